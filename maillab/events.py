@@ -1,0 +1,217 @@
+"""The event stream every lab session writes to.
+
+Transcripts, live widgets, the relay path and tests all read the same events, so
+what a view shows is exactly what went over the wire. Servers run on the lab
+thread and views live on the kernel thread: the bus is therefore thread-safe, and
+subscribers are called on the emitting thread (a view must hand the update over
+to its own thread and must never raise into a server; exceptions are swallowed).
+
+Credentials are masked *when the event is recorded*: the unmasked text never
+enters the stream, so no view can leak it by accident.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The kinds of event a session can emit.
+OPENED = "opened"
+# Lines keep the C:/S: convention of RFC transcripts whichever end records them:
+CLIENT_LINE = "C"  # a line the client sent
+SERVER_LINE = "S"  # a line the server sent
+TLS = "tls"
+AUTH = "auth"
+STATE = "state"  # a protocol state change, e.g. POP3 AUTHORIZATION -> TRANSACTION
+STORED = "stored"  # a message written to a mailbox
+NOTE = "note"  # anything else worth showing (discarded bytes, limits hit, relay decisions)
+CLOSED = "closed"
+
+MASK = "****"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened in one session."""
+
+    seq: int
+    time: float
+    session: str
+    kind: str
+    protocol: str
+    side: str  # "server" or "client"
+    host: str
+    text: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_line(self) -> bool:
+        return self.kind in (CLIENT_LINE, SERVER_LINE)
+
+
+class EventBus:
+    """A bounded, thread-safe log of events with subscribers.
+
+    The log keeps the newest ``maxlen`` events so a long-running lab (or a
+    benchmark) cannot grow memory without bound.
+    """
+
+    def __init__(self, maxlen: int = 200_000) -> None:
+        self._events: deque[Event] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._session_ids = itertools.count(1)
+        self._subscribers: list[Callable[[Event], None]] = []
+
+    # -- writing -----------------------------------------------------------------
+    def emit(
+        self,
+        session: str,
+        kind: str,
+        protocol: str,
+        side: str,
+        host: str,
+        text: str = "",
+        **data: Any,
+    ) -> Event:
+        with self._lock:
+            ev = Event(next(self._seq), time.time(), session, kind, protocol, side, host, text, data)
+            self._events.append(ev)
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(ev)
+            except Exception:  # a broken view must never break a server
+                pass
+        return ev
+
+    def session(self, protocol: str, side: str, host: str, peer: str = "", **data: Any) -> SessionRecorder:
+        """Open a new session and return the recorder its driver writes through."""
+        sid = f"{protocol}-{next(self._session_ids)}"
+        rec = SessionRecorder(self, sid, protocol, side, host)
+        rec.emit(OPENED, peer, peer=peer, **data)
+        return rec
+
+    # -- reading -----------------------------------------------------------------
+    def events(
+        self,
+        *,
+        session: str | None = None,
+        protocol: str | None = None,
+        since: int = 0,
+        kinds: tuple[str, ...] | None = None,
+    ) -> list[Event]:
+        with self._lock:
+            snapshot = list(self._events)
+        return [
+            e
+            for e in snapshot
+            if e.seq > since
+            and (session is None or e.session == session)
+            and (protocol is None or e.protocol == protocol)
+            and (kinds is None or e.kind in kinds)
+        ]
+
+    def sessions(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for e in self.events(kinds=(OPENED,)):
+            seen[e.session] = None
+        return list(seen)
+
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._events[-1].seq if self._events else 0
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._events)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._events.clear()
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for each new event; returns an unsubscribe function."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+
+class SessionRecorder:
+    """What a protocol driver (server or client side) writes its session through."""
+
+    def __init__(self, bus: EventBus, session: str, protocol: str, side: str, host: str) -> None:
+        self.bus = bus
+        self.session = session
+        self.protocol = protocol
+        self.side = side
+        self.host = host
+        self.user: str | None = None
+        self.closed = False
+
+    def emit(self, kind: str, text: str = "", **data: Any) -> Event:
+        if self.user is not None:
+            data.setdefault("user", self.user)
+        return self.bus.emit(self.session, kind, self.protocol, self.side, self.host, text, **data)
+
+    def client_line(self, text: str, **data: Any) -> None:
+        """A line the client sent (already masked if it carries a credential)."""
+        self.emit(CLIENT_LINE, text, **data)
+
+    def server_line(self, text: str, **data: Any) -> None:
+        """A line the server sent."""
+        self.emit(SERVER_LINE, text, **data)
+
+    def payload(self, direction: str, data: bytes, *, head_lines: int = 12) -> None:
+        """Record a message body (DATA, RETR, FETCH literal) compactly.
+
+        A 5 MB attachment must not become 70,000 events: the first lines are kept
+        and the rest is summarised with its size.
+        """
+        lines = data.split(b"\n", head_lines)
+        shown = [ln.rstrip(b"\r").decode("utf-8", "replace") for ln in lines[:head_lines]]
+        rest = len(data) - sum(len(x) + 1 for x in lines[:head_lines])
+        text = "\n".join(shown)
+        if len(lines) > head_lines and rest > 0:
+            text += f"\n… ({rest} more bytes)"
+        kind = CLIENT_LINE if direction == "C" else SERVER_LINE
+        self.emit(kind, text, payload=True, bytes=len(data))
+
+    def tls(self, version: str | None, cipher: str | None, peer_cert: str | None = None, **data: Any) -> None:
+        self.emit(TLS, f"TLS started: {version} {cipher}", version=version, cipher=cipher,
+                  peer_cert=peer_cert, **data)
+
+    def auth(self, user: str, ok: bool, mechanism: str) -> None:
+        if ok:
+            self.user = user
+        self.emit(AUTH, f"AUTH {mechanism} as {user}: {'ok' if ok else 'failed'}",
+                  ok=ok, mechanism=mechanism, login=user)
+
+    def state(self, name: str) -> None:
+        self.emit(STATE, name, state=name)
+
+    def note(self, text: str, **data: Any) -> None:
+        self.emit(NOTE, text, **data)
+
+    def stored(self, mailbox: str, uid: int | None, size: int, **data: Any) -> None:
+        self.emit(STORED, f"stored in {mailbox} (uid {uid}, {size} bytes)", mailbox=mailbox,
+                  uid=uid, size=size, **data)
+
+    def close(self, reason: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            self.emit(CLOSED, reason, reason=reason)

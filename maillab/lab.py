@@ -1,0 +1,274 @@
+"""The Lab: the topology (domains, hosts, users), its servers, and the handles
+that views, magics, the CLI and tests use.
+
+::
+
+    from maillab import Lab
+    lab = Lab()                 # the default lab network, in a fresh temp dir
+    lab.start()                 # every service up on the lab thread
+    lab.status()                # the port/TLS table
+    lab.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import importlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .events import EventBus
+from .limits import Limits
+from .runtime import LabLoop
+from .services import FACTORIES, PortBusy, Service
+from .store import Store
+from .tls import LabCA
+from .topology import SERVICES, Topology, default_network, lab_port, single_host
+from .users import DEFAULT_USERS, Users
+
+#: Modules that register services; a missing one just means fewer services.
+SERVICE_MODULES = (
+    "maillab.smtp.server",
+    "maillab.pop3.server",
+    "maillab.imap.server",
+    "maillab.dns.server",
+    "maillab.relay.queue",
+)
+
+
+def _load_service_modules() -> None:
+    for mod in SERVICE_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not mod.startswith(exc.name):
+                raise
+
+
+class Lab:
+    """A mail lab: servers for every host of a topology, on one lab thread."""
+
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        ports: str | dict[str, int] = "default",
+        domains: list[str] | None = None,
+        users: dict[str, str] | None = None,
+        services: tuple[str, ...] | None = None,
+        limits: Limits | None = None,
+        topology: Topology | None = None,
+    ) -> None:
+        self.directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="maillab-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.bind_host = host
+        self.ports = ports
+        self.limits = limits or Limits()
+        if topology is not None:
+            self.topology = topology
+        elif domains:
+            self.topology = single_host([d.lower() for d in domains], host)
+        else:
+            self.topology = default_network(host)
+        if users is None:
+            local = set(self.topology.domains)
+            users = {a: p for a, p in DEFAULT_USERS.items() if a.split("@")[1] in local}
+            if not users:
+                first = next(iter(self.topology.domains))
+                users = {f"alice@{first}": "alice-pw", f"bob@{first}": "bob-pw"}
+        self.users = Users(users)
+        self.wanted_services = services
+        self.events = EventBus()
+        self.loop = LabLoop(f"maillab-loop-{id(self):x}")
+        self.store = Store(self.directory / "mail")
+        self.ca: LabCA | None = None
+        self.services: list[Service] = []
+        self.relay: Any = None  # the MTA queue, when maillab.relay is present
+        self.dns: Any = None  # the lab DNS server, when maillab.dns is present
+        self.extras: dict[str, Any] = {}  # per-feature state (failure injection, ...)
+        self.started = False
+
+    # -- life cycle -------------------------------------------------------------
+    def start(self) -> Lab:
+        """Start every service (idempotent)."""
+        if self.started:
+            return self
+        _load_service_modules()
+        self.loop.start()
+        if self.ca is None:
+            self.ca = LabCA(self.directory / "tls")
+        for user in self.users:
+            self.store.ensure_user(user.address)
+        self.services = self._plan_services()
+        try:
+            self.loop.run(self._start_services(), timeout=30)
+        except BaseException:
+            self.loop.run(self._stop_services(), timeout=10)
+            self.loop.stop()
+            raise
+        self.started = True
+        self.write_lab_json()
+        return self
+
+    def stop(self) -> None:
+        """Close every listener and session, then the lab thread."""
+        if self.loop.running:
+            try:
+                self.loop.run(self._stop_services(), timeout=10)
+            finally:
+                self.loop.stop()
+        self.started = False
+        self.store.close()
+
+    def __enter__(self) -> Lab:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _port_for(self, name: str, shared_address: bool) -> int:
+        if isinstance(self.ports, dict):
+            return int(self.ports.get(name, lab_port(name)))
+        if self.ports == "auto" or shared_address:
+            return 0
+        return lab_port(name)
+
+    def _plan_services(self) -> list[Service]:
+        wanted = self.wanted_services
+        planned: list[Service] = []
+        seen_addresses: set[str] = set()
+        for host in self.topology.hosts.values():
+            # Hosts that had to share an address (no loopback aliases) get free ports.
+            shared = host.address in seen_addresses
+            seen_addresses.add(host.address)
+            for name in host.services:
+                reg = FACTORIES.get(name)
+                if reg is None or not reg.per_host or (wanted and name not in wanted):
+                    continue
+                planned.append(Service(name, host.name, host.address,
+                                       self._port_for(name, shared), host=host))
+        for name, reg in FACTORIES.items():
+            if not reg.per_host and (not wanted or name in wanted):
+                planned.append(Service(name, f"lab-{name}", self.bind_host,
+                                       self._port_for(name, False)))
+        return planned
+
+    async def _start_services(self) -> None:
+        for svc in self.services:
+            try:
+                svc.listener = await FACTORIES[svc.name].factory(self, svc)
+            except OSError as exc:
+                svc.state = f"failed: {exc.strerror or exc}"
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortBusy(svc) from None
+                raise
+            svc.state = "running"
+        for hook in self.extras.get("on_start", []):
+            await hook(self)
+
+    async def _stop_services(self) -> None:
+        for hook in self.extras.get("on_stop", []):
+            try:
+                await hook(self)
+            except Exception:
+                pass
+        for svc in self.services:
+            if svc.listener is not None:
+                svc.listener.close()
+        for svc in self.services:
+            if svc.listener is not None:
+                try:
+                    await asyncio.wait_for(svc.listener.wait_closed(), 3)
+                except Exception:
+                    pass
+                svc.listener = None
+            svc.state = "stopped"
+        # Sessions still open (a client that never said QUIT) are cancelled.
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=3)
+
+    # -- lookups ----------------------------------------------------------------
+    def service(self, name: str, host: str | None = None) -> Service:
+        """The service ``name`` of ``host`` (default: the primary host)."""
+        hostname = host or (self.topology.primary.name if SERVICES.get(name, (0, 0, "", ""))[3] != "dns"
+                            else f"lab-{name}")
+        for svc in self.services:
+            if svc.name == name and (svc.hostname == hostname or (svc.host is None and host is None)):
+                return svc
+        raise KeyError(f"no service {name!r} on {hostname} (is the lab started?)")
+
+    def address(self, name: str, host: str | None = None) -> tuple[str, int]:
+        svc = self.service(name, host)
+        return svc.address, svc.port
+
+    def status(self) -> list[dict[str, Any]]:
+        """One row per service: what ``%mail status`` and ``maillab serve`` show."""
+        rows = []
+        for svc in self.services:
+            cert = ""
+            if svc.tls != "none":
+                cert = f"lab CA: {svc.hostname}"
+            rows.append({
+                "service": svc.name,
+                "host": svc.hostname,
+                "address": svc.address,
+                "lab_port": svc.port,
+                "standard_port": svc.standard_port,
+                "tls": svc.tls,
+                "cert": cert,
+                "state": svc.state,
+                "sessions": svc.active,
+                "total": svc.total,
+            })
+        return rows
+
+    @property
+    def ca_path(self) -> Path:
+        if self.ca is None:
+            raise RuntimeError("start the lab first: the CA is made at start")
+        return self.ca.ca_path
+
+    def lab_json(self) -> dict[str, Any]:
+        primary = self.topology.primary.name
+        services = {s.name: s.as_dict() for s in self.services
+                    if s.hostname == primary or s.host is None}
+        hosts: dict[str, Any] = {}
+        for host in self.topology.hosts.values():
+            hosts[host.name] = {
+                "address": host.address,
+                "domains": host.domains,
+                "services": {s.name: s.as_dict() for s in self.services if s.hostname == host.name},
+            }
+        return {
+            "directory": str(self.directory),
+            "ca": str(self.ca.ca_path) if self.ca else None,
+            "services": services,
+            "hosts": hosts,
+            "domains": {d.name: {"mx": [[p, h] for p, h in d.mx]} for d in self.topology.domains.values()},
+            "users": {u.address: u.password for u in self.users},
+        }
+
+    def write_lab_json(self) -> Path:
+        path = self.directory / "lab.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.lab_json(), indent=2))
+        tmp.replace(path)
+        return path
+
+    def add_user(self, address: str, password: str) -> None:
+        self.users.add(address, password)
+        if self.started:
+            self.store.ensure_user(address)
+            self.write_lab_json()
+
+    def __repr__(self) -> str:
+        state = "running" if self.started else "stopped"
+        return f"<Lab {state} dir={self.directory} services={len(self.services)}>"

@@ -1,0 +1,36 @@
+"""IPython magics: ``%mail``, ``%%mail``, ``%%smtp``, ``%pop3``, ``%imap``, ...
+
+Each protocol contributes its own ``Magics`` class (``magics/mail.py``,
+``magics/pop3.py``, ...); :func:`load_ipython_extension` registers whichever are
+present. Magics are thin: they parse arguments, call the plain Python API and
+return objects with rich reprs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+MAGIC_MODULES = (
+    "maillab.magics.mail",
+    "maillab.magics.pop3",
+    "maillab.magics.imap",
+    "maillab.magics.relay",
+)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    for name in MAGIC_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        ipython.register_magics(mod.MAGICS)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .state import shutdown
+
+    shutdown()

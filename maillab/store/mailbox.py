@@ -1,0 +1,360 @@
+"""One mailbox: a real Maildir plus an index of UIDs, flags and cached summaries.
+
+The Maildir (``new/``, ``cur/``, ``tmp/``) is the truth for *which* messages
+exist, so real tools (mutt, Dovecot, ``ls``) can read and even change it. The
+index beside it (``maillab-index.sqlite``) adds what IMAP needs and a Maildir
+cannot hold: a UIDVALIDITY, a UID per message that is never reused, keywords, and
+cached parse results (envelope, body structure) so FETCH never re-parses.
+
+Delivery is atomic: the message is written in ``tmp/`` and renamed into
+``new/``; a crash mid-write leaves only a file in ``tmp/`` that no reader lists.
+
+Standard flags are mirrored in the file name (``:2,FRS``, the Maildir "info"),
+so flags set over IMAP show up in mutt and the other way round.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+INDEX_FILE = "maillab-index.sqlite"
+
+#: IMAP system flags <-> Maildir info letters (https://cr.yp.to/proto/maildir.html).
+FLAG_LETTERS = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "$Forwarded": "P",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+LETTER_FLAGS = {v: k for k, v in FLAG_LETTERS.items()}
+
+_counter = itertools.count(1)
+_HOSTNAME = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """What the index knows about one message."""
+
+    uid: int
+    key: str  # the unique part of the Maildir file name
+    subdir: str  # "new" or "cur"
+    filename: str  # current file name inside subdir
+    size: int  # bytes on disk
+    crlf_size: int  # bytes with every line ending as CRLF: what IMAP RFC822.SIZE and POP3 LIST report
+    internaldate: float  # when it arrived (IMAP INTERNALDATE), seconds since the epoch
+    flags: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.subdir}/{self.filename}"
+
+
+def crlf_size(data: bytes) -> int:
+    """Size of ``data`` once every bare LF is written as CRLF."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Every line ending as CRLF (files written by other tools often use bare LF)."""
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _info_for(flags: Iterable[str]) -> str:
+    return "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
+
+
+def _flags_from_filename(filename: str) -> set[str]:
+    if ":2," not in filename:
+        return set()
+    letters = filename.rsplit(":2,", 1)[1]
+    return {LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS}
+
+
+class Mailbox:
+    """A Maildir folder with its index. One instance per folder per process
+    (the :class:`~maillab.store.Store` hands them out), guarded by one lock."""
+
+    def __init__(self, path: Path, name: str, *, uidvalidity_source: Any = None) -> None:
+        self.path = Path(path)
+        self.name = name
+        self.lock = threading.RLock()
+        for sub in ("tmp", "new", "cur"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path / INDEX_FILE), check_same_thread=False,
+                                   isolation_level=None)
+        # WAL with synchronous=NORMAL: commits are atomic and survive a process crash
+        # without an fsync per message.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS messages (
+                uid INTEGER PRIMARY KEY,
+                key TEXT UNIQUE NOT NULL,
+                subdir TEXT NOT NULL,
+                filename TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                crlf_size INTEGER NOT NULL,
+                internaldate REAL NOT NULL,
+                flags TEXT NOT NULL DEFAULT '',
+                cache TEXT
+            );
+            """
+        )
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if "uidvalidity" not in meta:
+            uv = uidvalidity_source() if uidvalidity_source else int(time.time())
+            self._set_meta("uidvalidity", uv)
+            self._set_meta("uidnext", 1)
+            self._set_meta("highestmodseq", 1)
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        self.uidvalidity: int = int(meta["uidvalidity"])
+        self.uidnext: int = int(meta["uidnext"])
+        self._messages: dict[int, MessageInfo] = {}
+        self._by_key: dict[str, int] = {}
+        for row in self._db.execute(
+            "SELECT uid, key, subdir, filename, size, crlf_size, internaldate, flags FROM messages"
+        ):
+            info = MessageInfo(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
+                               frozenset(f for f in row[7].split(" ") if f))
+            self._messages[info.uid] = info
+            self._by_key[info.key] = info.uid
+        self._dir_stamp: tuple[int, int] | None = None
+        self.sync()
+
+    # -- index bookkeeping -------------------------------------------------------
+    def _set_meta(self, key: str, value: Any) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self.lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return row[0] if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.lock:
+            self._set_meta(key, value)
+
+    def _stamp(self) -> tuple[int, int]:
+        return (os.stat(self.path / "new").st_mtime_ns, os.stat(self.path / "cur").st_mtime_ns)
+
+    def _in_sync(self) -> bool:
+        return self._dir_stamp == self._stamp()
+
+    def _own_change_done(self, was_in_sync: bool) -> None:
+        # Our own rename/unlink changes the directory times; if nothing else had
+        # changed before it, the index is still complete and needs no rescan.
+        self._dir_stamp = self._stamp() if was_in_sync else None
+
+    def sync(self) -> bool:
+        """Reconcile the index with the directories: files added, renamed or
+        removed by other tools. Returns True when anything changed."""
+        with self.lock:
+            stamp = self._stamp()
+            if stamp == self._dir_stamp:
+                return False
+            on_disk: dict[str, tuple[str, str]] = {}
+            for sub in ("new", "cur"):
+                for entry in os.scandir(self.path / sub):
+                    if entry.name.startswith("."):
+                        continue
+                    on_disk[entry.name.split(":", 1)[0]] = (sub, entry.name)
+            changed = False
+            self._db.execute("BEGIN")
+            try:
+                for key, uid in list(self._by_key.items()):
+                    if key not in on_disk:
+                        self._forget(uid)
+                        changed = True
+                        continue
+                    sub, filename = on_disk[key]
+                    info = self._messages[uid]
+                    if (sub, filename) != (info.subdir, info.filename):
+                        # renamed by another tool: its flags are in the new name
+                        keywords = {f for f in info.flags if f not in FLAG_LETTERS}
+                        flags = frozenset(_flags_from_filename(filename) | keywords)
+                        self._replace(replace(info, subdir=sub, filename=filename, flags=flags))
+                        changed = True
+                new_keys = [k for k in on_disk if k not in self._by_key]
+                if new_keys:
+                    changed = True
+                    # arrival order: Maildir names start with the delivery time
+                    new_keys.sort(key=lambda k: (os.stat(self.path / on_disk[k][0] / on_disk[k][1]).st_mtime, k))
+                    for key in new_keys:
+                        sub, filename = on_disk[key]
+                        p = self.path / sub / filename
+                        data = p.read_bytes()
+                        st = p.stat()
+                        self._insert(key, sub, filename, len(data), crlf_size(data), st.st_mtime,
+                                     frozenset(_flags_from_filename(filename)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._dir_stamp = self._stamp()
+            return changed
+
+    def _insert(self, key: str, subdir: str, filename: str, size: int, crlf: int,
+                internaldate: float, flags: frozenset[str]) -> MessageInfo:
+        uid = self.uidnext
+        self.uidnext += 1
+        info = MessageInfo(uid, key, subdir, filename, size, crlf, internaldate, flags)
+        self._db.execute(
+            "INSERT INTO messages (uid, key, subdir, filename, size, crlf_size, internaldate, flags)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (uid, key, subdir, filename, size, crlf, internaldate, " ".join(sorted(flags))),
+        )
+        self._set_meta("uidnext", self.uidnext)
+        self._messages[uid] = info
+        self._by_key[key] = uid
+        return info
+
+    def _replace(self, info: MessageInfo) -> None:
+        self._db.execute(
+            "UPDATE messages SET subdir = ?, filename = ?, flags = ? WHERE uid = ?",
+            (info.subdir, info.filename, " ".join(sorted(info.flags)), info.uid),
+        )
+        self._messages[info.uid] = info
+
+    def _forget(self, uid: int) -> None:
+        info = self._messages.pop(uid)
+        self._by_key.pop(info.key, None)
+        self._db.execute("DELETE FROM messages WHERE uid = ?", (uid,))
+
+    # -- reading -----------------------------------------------------------------
+    def messages(self) -> list[MessageInfo]:
+        """All messages in UID order (after picking up outside changes)."""
+        with self.lock:
+            self.sync()
+            return [self._messages[u] for u in sorted(self._messages)]
+
+    def get(self, uid: int) -> MessageInfo | None:
+        with self.lock:
+            return self._messages.get(uid)
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self._messages)
+
+    def file_path(self, uid: int) -> Path:
+        info = self._messages[uid]
+        return self.path / info.subdir / info.filename
+
+    def read(self, uid: int) -> bytes:
+        """The message exactly as stored."""
+        with self.lock:
+            path = self.file_path(uid)
+        return path.read_bytes()
+
+    def read_crlf(self, uid: int) -> bytes:
+        """The message with CRLF line endings, as the wire protocols send it."""
+        return to_crlf(self.read(uid))
+
+    def get_cache(self, uid: int) -> dict[str, Any] | None:
+        """Parse results cached for ``uid`` (envelope, body structure, ...)."""
+        with self.lock:
+            row = self._db.execute("SELECT cache FROM messages WHERE uid = ?", (uid,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def set_cache(self, uid: int, cache: dict[str, Any]) -> None:
+        with self.lock:
+            self._db.execute("UPDATE messages SET cache = ? WHERE uid = ?", (json.dumps(cache), uid))
+
+    # -- writing -----------------------------------------------------------------
+    def add(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> MessageInfo:
+        """Deliver ``data`` atomically (tmp -> new, or cur when it already has flags)."""
+        flags = frozenset(flags)
+        now = time.time()
+        key = f"{int(now)}.M{int((now % 1) * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOSTNAME}"
+        key += f",S={len(data)},W={crlf_size(data)}"
+        tmp = self.path / "tmp" / key
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        if internaldate is not None:
+            os.utime(tmp, (internaldate, internaldate))
+        subdir = "cur" if flags else "new"
+        filename = f"{key}:2,{_info_for(flags)}" if flags else key
+        with self.lock:
+            was_in_sync = self._in_sync()
+            try:
+                os.rename(tmp, self.path / subdir / filename)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._db.execute("BEGIN")
+            info = self._insert(key, subdir, filename, len(data), crlf_size(data),
+                                internaldate if internaldate is not None else now, flags)
+            self._db.execute("COMMIT")
+            self._own_change_done(was_in_sync)
+            return info
+
+    def set_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
+        """Replace the flags of ``uid``; standard flags go into the file name too."""
+        with self.lock:
+            info = self._messages[uid]
+            flags = frozenset(flags)
+            if flags == info.flags:
+                return info
+            subdir, filename = info.subdir, info.filename
+            new_info_letters = _info_for(flags)
+            if _info_for(info.flags) != new_info_letters or subdir == "new":
+                filename = f"{info.key}:2,{new_info_letters}"
+                # Moving new/ -> cur/ is what "no longer new" means in Maildir.
+                was_in_sync = self._in_sync()
+                os.rename(self.path / info.subdir / info.filename, self.path / "cur" / filename)
+                subdir = "cur"
+                self._own_change_done(was_in_sync)
+            info = replace(info, subdir=subdir, filename=filename, flags=flags)
+            self._replace(info)
+            return info
+
+    def add_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
+        with self.lock:
+            return self.set_flags(uid, self._messages[uid].flags | frozenset(flags))
+
+    def remove_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
+        with self.lock:
+            return self.set_flags(uid, self._messages[uid].flags - frozenset(flags))
+
+    def remove(self, uids: Iterable[int]) -> list[int]:
+        """Delete messages for good (POP3 UPDATE, IMAP EXPUNGE). Returns the UIDs removed."""
+        removed = []
+        with self.lock:
+            was_in_sync = self._in_sync()
+            self._db.execute("BEGIN")
+            try:
+                for uid in sorted(set(uids)):
+                    if uid not in self._messages:
+                        continue
+                    try:
+                        os.unlink(self.file_path(uid))
+                    except FileNotFoundError:
+                        pass
+                    self._forget(uid)
+                    removed.append(uid)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._own_change_done(was_in_sync)
+        return removed
+
+    def close(self) -> None:
+        with self.lock:
+            self._db.close()

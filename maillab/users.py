@@ -1,0 +1,93 @@
+"""Lab users: who may log in, and with which password.
+
+Passwords are lab passwords, documented and shown by ``%mail users``: the lab
+teaches protocols, not secrecy. They are still never written into a transcript.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class User:
+    address: str
+    password: str
+
+    @property
+    def local(self) -> str:
+        return self.address.split("@", 1)[0]
+
+    @property
+    def domain(self) -> str:
+        return self.address.split("@", 1)[1]
+
+
+#: The default lab's users (README, ``%mail users``).
+DEFAULT_USERS = {
+    "alice@alpha.test": "alice-pw",
+    "bob@alpha.test": "bob-pw",
+    "carol@beta.test": "carol-pw",
+    "dave@gamma.test": "dave-pw",
+}
+
+
+class Users:
+    def __init__(self, users: dict[str, str] | None = None) -> None:
+        self._users: dict[str, User] = {}
+        for address, password in (users or {}).items():
+            self.add(address, password)
+
+    def add(self, address: str, password: str) -> User:
+        address = address.strip().lower()
+        if address.count("@") != 1 or not all(address.split("@")):
+            raise ValueError(f"a lab user is a full address like bob@alpha.test, not {address!r}")
+        user = User(address, password)
+        self._users[address] = user
+        return user
+
+    def __iter__(self) -> Iterator[User]:
+        return iter(self._users.values())
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, str) and address.lower() in self._users
+
+    def get(self, address: str) -> User | None:
+        return self._users.get(address.lower())
+
+    def resolve(self, login: str) -> str | None:
+        """The address a login names: the full address, or a local part that only
+        one user has (clients differ in what they send)."""
+        login = login.strip().lower()
+        if login in self._users:
+            return login
+        if "@" not in login:
+            matches = [u.address for u in self._users.values() if u.local == login]
+            if len(matches) == 1:
+                return matches[0]
+        return None
+
+    def authenticate(self, login: str, password: str) -> str | None:
+        """The user's address when ``password`` is right, else None."""
+        address = self.resolve(login)
+        if address is None:
+            # compare anyway so a wrong user and a wrong password take equally long
+            hmac.compare_digest(password.encode(), b"x" * len(password.encode()))
+            return None
+        if hmac.compare_digest(self._users[address].password.encode(), password.encode()):
+            return address
+        return None
+
+    def domains(self) -> list[str]:
+        return sorted({u.domain for u in self._users.values()})
+
+    def password(self, login: str) -> str:
+        address = self.resolve(login)
+        if address is None:
+            raise KeyError(f"no lab user {login!r}")
+        return self._users[address].password
