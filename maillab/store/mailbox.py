@@ -135,6 +135,7 @@ class Mailbox:
                                frozenset(f for f in row[7].split(" ") if f))
             self._messages[info.uid] = info
             self._by_key[info.key] = info.uid
+        self._cache: dict[int, dict[str, Any]] = {}
         self._dir_stamp: tuple[int, int] | None = None
         self.sync()
 
@@ -233,6 +234,7 @@ class Mailbox:
         self._messages[info.uid] = info
 
     def _forget(self, uid: int) -> None:
+        self._cache.pop(uid, None)
         info = self._messages.pop(uid)
         self._by_key.pop(info.key, None)
         self._db.execute("DELETE FROM messages WHERE uid = ?", (uid,))
@@ -267,13 +269,23 @@ class Mailbox:
         return to_crlf(self.read(uid))
 
     def get_cache(self, uid: int) -> dict[str, Any] | None:
-        """Parse results cached for ``uid`` (envelope, body structure, ...)."""
+        """Parse results cached for ``uid`` (envelope, body structure, ...).
+
+        Kept in memory after the first read and persisted in the index, so a
+        warm mailbox answers FETCH ENVELOPE without opening a single message.
+        """
         with self.lock:
+            if uid in self._cache:
+                return self._cache[uid]
             row = self._db.execute("SELECT cache FROM messages WHERE uid = ?", (uid,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
+            cache = json.loads(row[0]) if row and row[0] else None
+            if cache is not None:
+                self._cache[uid] = cache
+            return cache
 
     def set_cache(self, uid: int, cache: dict[str, Any]) -> None:
         with self.lock:
+            self._cache[uid] = cache
             self._db.execute("UPDATE messages SET cache = ? WHERE uid = ?", (json.dumps(cache), uid))
 
     # -- writing -----------------------------------------------------------------
