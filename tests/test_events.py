@@ -1,0 +1,66 @@
+"""The event stream: ordering, bounded memory, thread safety, subscribers that fail."""
+
+from __future__ import annotations
+
+import threading
+
+from maillab.events import CLIENT_LINE, SERVER_LINE, EventBus
+
+
+def test_sessions_record_lines_in_order():
+    bus = EventBus()
+    rec = bus.session("smtp", "server", "mail.alpha.test", "127.0.0.1:5000")
+    rec.client_line("EHLO x")
+    rec.server_line("250 ok")
+    rec.close("QUIT")
+    kinds = [e.kind for e in bus.events(session=rec.session)]
+    assert kinds == ["opened", CLIENT_LINE, SERVER_LINE, "closed"]
+    assert bus.sessions() == [rec.session]
+
+
+def test_the_log_is_bounded():
+    bus = EventBus(maxlen=100)
+    rec = bus.session("smtp", "server", "h")
+    for i in range(1000):
+        rec.client_line(f"NOOP {i}")
+    assert len(bus) == 100
+    assert bus.events()[-1].text == "NOOP 999"
+
+
+def test_a_failing_subscriber_never_breaks_the_emitter():
+    bus = EventBus()
+    seen = []
+    bus.subscribe(lambda e: 1 / 0)
+    unsubscribe = bus.subscribe(seen.append)
+    rec = bus.session("pop3", "server", "h")
+    rec.client_line("STAT")
+    unsubscribe()
+    rec.client_line("QUIT")
+    assert [e.text for e in seen] == ["", "STAT"]
+
+
+def test_payloads_are_summarised_not_split_into_lines():
+    bus = EventBus()
+    rec = bus.session("smtp", "server", "h")
+    body = b"".join(b"line %d\r\n" % i for i in range(10000))
+    rec.payload("C", body)
+    (ev,) = bus.events(kinds=(CLIENT_LINE,))
+    assert ev.data["bytes"] == len(body)
+    assert "more bytes" in ev.text and ev.text.count("\n") <= 13
+
+
+def test_concurrent_emitters_get_unique_increasing_sequence_numbers():
+    bus = EventBus()
+
+    def work():
+        rec = bus.session("imap", "server", "h")
+        for _ in range(500):
+            rec.client_line("a NOOP")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = [e.seq for e in bus.events()]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) == 4 * 501

@@ -1,0 +1,138 @@
+"""The Maildir store and its index: atomic delivery, UIDs, flags, outside changes."""
+
+from __future__ import annotations
+
+import mailbox as stdlib_mailbox
+import os
+import threading
+
+import pytest
+
+from maillab.store import InvalidName, MailboxExists, NoSuchMailbox, Store
+from maillab.store.names import decode_mutf7, encode_mutf7
+
+MSG = b"From: a@alpha.test\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+def test_delivery_is_a_real_maildir_readable_by_stdlib(tmp_path):
+    store = Store(tmp_path)
+    info = store.deliver("bob@alpha.test", MSG)
+    assert info.uid == 1 and info.subdir == "new"
+    md = stdlib_mailbox.Maildir(tmp_path / "bob@alpha.test", factory=None, create=False)
+    (only,) = list(md)
+    assert only["Subject"] == "hi"
+    assert (tmp_path / "bob@alpha.test" / "new" / info.filename).read_bytes() == MSG
+    assert os.listdir(tmp_path / "bob@alpha.test" / "tmp") == []
+
+
+def test_uids_ascend_and_survive_restart(tmp_path):
+    store = Store(tmp_path)
+    uids = [store.deliver("bob@alpha.test", MSG).uid for _ in range(3)]
+    mb = store.mailbox("bob@alpha.test")
+    uidvalidity = mb.uidvalidity
+    mb.remove([uids[-1]])
+    store.close()
+    again = Store(tmp_path).mailbox("bob@alpha.test")
+    assert again.uidvalidity == uidvalidity
+    assert [m.uid for m in again.messages()] == uids[:2]
+    assert again.add(MSG).uid == 4, "a removed UID is never reused"
+
+
+def test_flags_are_mirrored_in_maildir_info_and_read_back(tmp_path):
+    store = Store(tmp_path)
+    info = store.deliver("bob@alpha.test", MSG)
+    mb = store.mailbox("bob@alpha.test")
+    mb.add_flags(info.uid, ["\\Seen", "\\Flagged", "$Label1"])
+    on_disk = os.listdir(tmp_path / "bob@alpha.test" / "cur")
+    assert on_disk == [f"{info.key}:2,FS"]
+    # another tool (mutt) marks it replied by renaming the file
+    os.rename(tmp_path / "bob@alpha.test" / "cur" / on_disk[0],
+              tmp_path / "bob@alpha.test" / "cur" / f"{info.key}:2,RS")
+    (m,) = mb.messages()
+    assert m.flags == {"\\Seen", "\\Answered", "$Label1"}
+
+
+def test_outside_additions_and_removals_are_picked_up(tmp_path):
+    store = Store(tmp_path)
+    store.deliver("bob@alpha.test", MSG)
+    mb = store.mailbox("bob@alpha.test")
+    md = stdlib_mailbox.Maildir(tmp_path / "bob@alpha.test", create=False)
+    key = md.add(b"Subject: from outside\n\nbody\n")
+    msgs = mb.messages()
+    assert [m.uid for m in msgs] == [1, 2]
+    assert msgs[1].crlf_size == msgs[1].size + 3  # three bare LFs
+    assert mb.read_crlf(2) == b"Subject: from outside\r\n\r\nbody\r\n"
+    md.remove(key)
+    assert [m.uid for m in mb.messages()] == [1]
+
+
+def test_a_half_written_message_is_never_listed(tmp_path):
+    store = Store(tmp_path)
+    mb = store.mailbox("bob@alpha.test", create=True)
+    (mb.path / "tmp" / "123.crashed").write_bytes(b"Subject: half")
+    assert mb.messages() == []
+
+
+def test_concurrent_deliveries_get_distinct_uids(tmp_path):
+    store = Store(tmp_path)
+    store.ensure_user("bob@alpha.test")
+
+    def worker():
+        for _ in range(50):
+            store.deliver("bob@alpha.test", MSG)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    uids = [m.uid for m in store.mailbox("bob@alpha.test").messages()]
+    assert uids == list(range(1, 201))
+
+
+def test_folders_are_maildirplusplus_with_mutf7_names(tmp_path):
+    store = Store(tmp_path)
+    store.ensure_user("bob@alpha.test")
+    store.create_mailbox("bob@alpha.test", "Archive/2024")
+    store.create_mailbox("bob@alpha.test", "台北")
+    assert (tmp_path / "bob@alpha.test" / ".Archive.2024" / "cur").is_dir()
+    assert (tmp_path / "bob@alpha.test" / ".&U,BTFw-" / "cur").is_dir()
+    names = store.list_mailboxes("bob@alpha.test")
+    assert {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive/2024", "台北"} <= set(names)
+    with pytest.raises(MailboxExists):
+        store.create_mailbox("bob@alpha.test", "Archive/2024")
+    with pytest.raises(NoSuchMailbox):
+        store.mailbox("bob@alpha.test", "Nope")
+
+
+@pytest.mark.parametrize("name", ["..", "../carol@beta.test", "/etc", "~root", "a/../../x",
+                                  "bad\0name", "x" * 600, "dot.ted"])
+def test_names_cannot_leave_the_users_store(tmp_path, name):
+    store = Store(tmp_path)
+    store.ensure_user("bob@alpha.test")
+    with pytest.raises(InvalidName):
+        store.create_mailbox("bob@alpha.test", name)
+
+
+@pytest.mark.parametrize("encoded", ["&AC8-", "&AC4ALg-", "&AGE-", "&Jjo", "&-&-x&"])
+def test_non_canonical_modified_utf7_is_refused(encoded):
+    with pytest.raises(InvalidName):
+        decode_mutf7(encoded)
+
+
+def test_mutf7_round_trip_rfc3501_example():
+    # RFC 3501 5.1.3's example: "~peter/mail/台北/日本語"
+    assert encode_mutf7("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+    assert decode_mutf7("~peter/mail/&U,BTFw-/&ZeVnLIqe-") == "~peter/mail/台北/日本語"
+    assert decode_mutf7("A&-B") == "A&B"
+
+
+def test_uidvalidity_changes_when_a_mailbox_is_recreated_or_renamed(tmp_path):
+    store = Store(tmp_path)
+    store.ensure_user("bob@alpha.test")
+    first = store.create_mailbox("bob@alpha.test", "Work").uidvalidity
+    store.delete_mailbox("bob@alpha.test", "Work")
+    second = store.create_mailbox("bob@alpha.test", "Work").uidvalidity
+    assert second != first
+    store.rename_mailbox("bob@alpha.test", "Work", "Job")
+    assert store.mailbox("bob@alpha.test", "Job").uidvalidity not in (first, second)
