@@ -1,0 +1,179 @@
+"""The POP3 servers of a lab host: ``pop3`` (lab port 1110, STLS) and ``pop3s``
+(lab port 1995, implicit TLS, RFC 8314).
+
+A thin asyncio driver: it reads lines through :class:`~maillab.connection.LineConnection`
+(which enforces the line limit and discards plaintext pipelined after STLS),
+hands each one to the sans-IO :class:`~maillab.pop3.session.POP3Session`, writes
+the reply and records both into the lab's event stream.
+
+Lab policy on passwords without TLS: USER/PASS and AUTH PLAIN are accepted on
+the plaintext port, because every lab server listens on loopback only and
+curl, fetchmail and poplib examples should work as typed. Each such login gets
+a note in the transcript saying that a real server would refuse it before STLS.
+Set ``lab.extras["pop3_plaintext_auth"] = False`` to behave like such a server:
+``-ERR [AUTH] ...`` until STLS, and CAPA stops offering USER and SASL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING
+
+from ..connection import ConnectionClosed, LineConnection, LineTooLong
+from ..services import Service, register
+from .maildrop import Maildrop
+from .session import POP3Session, Reply
+
+if TYPE_CHECKING:
+    from ..lab import Lab
+
+#: ``lab.extras`` key: accept passwords before STLS (default True; see module doc).
+PLAINTEXT_AUTH = "pop3_plaintext_auth"
+#: Multi-line text bodies up to this many lines are recorded line by line.
+RECORD_LINES = 40
+
+
+class LabBackend:
+    """Users and maildrops of a lab, as the POP3 session asks for them."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+
+    def authenticate(self, login: str, password: str) -> str | None:
+        return self.lab.users.authenticate(login, password)
+
+    def password(self, login: str) -> str | None:
+        try:
+            return self.lab.users.password(login)
+        except KeyError:
+            return None
+
+    def open_maildrop(self, address: str) -> Maildrop:
+        return Maildrop(self.lab.store.mailbox(address, "INBOX", create=True))
+
+
+class POP3Server:
+    """One listener (pop3 or pop3s) of one lab host."""
+
+    def __init__(self, lab: Lab, service: Service, *, implicit_tls: bool) -> None:
+        self.lab = lab
+        self.service = service
+        self.implicit_tls = implicit_tls
+        assert lab.ca is not None
+        self.tls_context: ssl.SSLContext = lab.ca.server_context(service.hostname, [service.address])
+        self.backend = LabBackend(lab)
+
+    async def start(self) -> asyncio.AbstractServer:
+        return await asyncio.start_server(
+            self.handle, self.service.address, self.service.port,
+            ssl=self.tls_context if self.implicit_tls else None,
+            ssl_handshake_timeout=self.lab.limits.tls_handshake_timeout if self.implicit_tls else None,
+            limit=2 ** 16,
+        )
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        svc, limits = self.service, self.lab.limits
+        peer = writer.get_extra_info("peername")
+        rec = self.lab.events.session("pop3", "server", svc.hostname,
+                                      f"{peer[0]}:{peer[1]}" if peer else "?",
+                                      service=svc.name, port=svc.port)
+        conn = LineConnection(reader, writer, rec, idle_timeout=limits.pop3_idle_timeout)
+        if svc.active >= limits.max_connections:
+            await conn.send_line("-ERR [SYS/TEMP] too many connections, try again later")
+            rec.close("too many connections")
+            await conn.close()
+            return
+        svc.session_opened()
+        session = POP3Session(
+            self.backend,
+            hostname=svc.hostname,
+            tls_active=self.implicit_tls,
+            stls_available=not self.implicit_tls,
+            plaintext_auth=bool(self.lab.extras.get(PLAINTEXT_AUTH, True)),
+            auth_failure_delay=limits.auth_failure_delay,
+            line_limit=limits.pop3_command_line,
+        )
+        reason = "connection closed by the client"
+        try:
+            if self.implicit_tls:
+                conn.record_tls()
+            rec.state(session.state.value)
+            await self._send(conn, rec, session.greeting())
+            while True:
+                try:
+                    # +2: the limit counts the command, LineConnection counts CRLF too
+                    line = await conn.readline(session.line_limit + 2)
+                except LineTooLong as exc:
+                    rec.note(f"command line of {exc.length}+ octets discarded", limit="pop3_command_line")
+                    await self._send(conn, rec, session.line_too_long())
+                    continue
+                except TimeoutError:
+                    reason = "idle timeout"
+                    await self._send(conn, rec, session.timed_out())
+                    break
+                rec.client_line(session.masked(line))
+                reply = session.receive(line)
+                await self._send(conn, rec, reply)
+                if reply.starttls:
+                    try:
+                        await conn.starttls(self.tls_context, limits.tls_handshake_timeout)
+                    except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
+                        reason = f"TLS handshake failed: {exc}"
+                        break
+                    session.tls_started()
+                if reply.close:
+                    reason = "QUIT" if reply.ok else reason
+                    break
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            reason = "lab stopped"
+            raise
+        except (ConnectionError, ssl.SSLError) as exc:
+            reason = f"connection error: {exc}"
+        finally:
+            if session.maildrop is not None:
+                rec.note("session ended without QUIT: no UPDATE state, nothing deleted",
+                         pop3="aborted")
+            session.end()
+            rec.close(reason)
+            svc.session_closed()
+            await conn.close()
+
+    async def _send(self, conn: LineConnection, rec, reply: Reply) -> None:  # noqa: ANN001
+        if reply.auth is not None:
+            rec.auth(*reply.auth)
+        for text, data in reply.notes:
+            rec.note(text, **data)
+        if reply.state is not None:
+            rec.state(reply.state.value)
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        rec.server_line(reply.status)
+        if reply.multiline:
+            body = reply.body()
+            if reply.lines is not None and len(reply.lines) <= RECORD_LINES:
+                for ln in body[:-2].decode("utf-8", "replace").split("\r\n"):
+                    rec.server_line(ln)
+            else:
+                rec.payload("S", body)
+            conn.write(reply.status.encode("utf-8") + b"\r\n")
+            conn.write(body)
+        else:
+            conn.write(reply.status.encode("utf-8") + b"\r\n")
+        await conn.drain()
+
+
+@register("pop3")
+async def start_pop3(lab: Lab, service: Service) -> asyncio.AbstractServer:
+    server = await POP3Server(lab, service, implicit_tls=False).start()
+    service.port = server.sockets[0].getsockname()[1]
+    return server
+
+
+@register("pop3s")
+async def start_pop3s(lab: Lab, service: Service) -> asyncio.AbstractServer:
+    server = await POP3Server(lab, service, implicit_tls=True).start()
+    service.port = server.sockets[0].getsockname()[1]
+    return server

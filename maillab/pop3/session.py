@@ -1,0 +1,541 @@
+"""The POP3 protocol core (RFC 1939), sans-IO: feed it a line, get the reply.
+
+A POP3 session moves through three states, named exactly as in RFC 1939
+section 3::
+
+    AUTHORIZATION --(USER/PASS, APOP, AUTH ok)--> TRANSACTION --(QUIT)--> UPDATE
+          |                                            |
+          +--(QUIT: nothing changes)                   +--(connection lost: nothing changes)
+
+Only the UPDATE state removes messages, and only after QUIT. DELE merely marks
+(RSET unmarks); a client that drops the connection deletes nothing. That is the
+whole lesson of POP3: download, then (maybe) remove.
+
+Extensions: RFC 2449 (CAPA, response codes [IN-USE] [AUTH] [SYS/TEMP]),
+RFC 2595 (STLS), RFC 5034 (AUTH PLAIN with initial response), RFC 1939 APOP.
+
+Nothing here touches a socket: the driver (``server.py``) reads lines, calls
+:meth:`POP3Session.receive`, writes ``reply.wire()`` and acts on the flags
+(``starttls``, ``close``, ``delay``). Tests can drive the state machine directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import itertools
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from .maildrop import Entry, InUse, Maildrop, StoreFailure
+
+
+class State(str, Enum):
+    """The three states of RFC 1939 section 3."""
+
+    AUTHORIZATION = "AUTHORIZATION"
+    TRANSACTION = "TRANSACTION"
+    UPDATE = "UPDATE"
+
+
+#: Which commands each state accepts (RFC 1939 sections 4-6, RFC 2449, 2595, 5034).
+COMMANDS: dict[State, frozenset[str]] = {
+    State.AUTHORIZATION: frozenset({"USER", "PASS", "APOP", "AUTH", "STLS", "CAPA", "QUIT"}),
+    State.TRANSACTION: frozenset({"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL",
+                                  "CAPA", "QUIT"}),
+    State.UPDATE: frozenset(),
+}
+ALL_COMMANDS = frozenset().union(*COMMANDS.values())
+
+#: SASL continuation lines may be longer than a command (RFC 5034 section 4).
+SASL_LINE_LIMIT = 8192
+
+_NUMBER = re.compile(r"[0-9]{1,10}")
+_timestamps = itertools.count(1)
+
+
+class Backend(Protocol):
+    """What the session needs from the lab: users and maildrops."""
+
+    def authenticate(self, login: str, password: str) -> str | None: ...
+
+    def password(self, login: str) -> str | None: ...
+
+    def open_maildrop(self, address: str) -> Maildrop: ...
+
+
+@dataclass
+class Reply:
+    """One server response, plus what the driver must do after sending it."""
+
+    status: str  # "+OK ...", "-ERR ..." or "+ " (a SASL continuation)
+    lines: list[str] | None = None  # a multi-line text body (CAPA, LIST, UIDL)
+    message: bytes | None = None  # a multi-line message body (RETR, TOP), CRLF, not yet dot-stuffed
+    starttls: bool = False  # begin the TLS handshake after sending
+    close: bool = False  # close the connection after sending
+    delay: float = 0.0  # wait this long before sending (after a failed login)
+    state: State | None = None  # the state the session moved to, if it changed
+    notes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    auth: tuple[str, bool, str] | None = None  # (login, ok, mechanism) for the event stream
+
+    @property
+    def ok(self) -> bool:
+        return self.status.startswith("+")
+
+    @property
+    def multiline(self) -> bool:
+        return self.lines is not None or self.message is not None
+
+    def body(self) -> bytes:
+        """The multi-line part as sent: dot-stuffed, ending in CRLF "." CRLF."""
+        if self.lines is not None:
+            text = "".join(("." + ln if ln.startswith(".") else ln) + "\r\n" for ln in self.lines)
+            return text.encode("utf-8") + b".\r\n"
+        if self.message is not None:
+            return dot_stuff(self.message) + b".\r\n"
+        return b""
+
+    def wire(self) -> bytes:
+        return self.status.encode("utf-8") + b"\r\n" + self.body()
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """RFC 1939 section 3: a line starting with "." gets one more "." in front,
+    so that only the final CRLF "." CRLF ends the response. ``data`` has CRLF
+    line ends; the result always ends with CRLF."""
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\n.", b"\n..")
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+def top_of(message: bytes, lines: int) -> bytes:
+    """The header, the blank line and the first ``lines`` body lines (RFC 1939 TOP)."""
+    if message.startswith(b"\r\n"):
+        end = 0  # no header at all
+    else:
+        sep = message.find(b"\r\n\r\n")
+        if sep < 0:
+            return message  # only a header: all of it
+        end = sep + 2
+    pos = end + 2  # after the blank line
+    for _ in range(lines):
+        nl = message.find(b"\r\n", pos)
+        if nl < 0:
+            return message
+        pos = nl + 2
+    return message[:pos]
+
+
+def apop_timestamp(hostname: str) -> str:
+    """A unique msg-id for the greeting, the APOP challenge (RFC 1939 section 7)."""
+    return f"<{os.getpid()}.{next(_timestamps)}.{int(time.time())}@{hostname}>"
+
+
+class POP3Session:
+    """One POP3 session's state machine."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        hostname: str = "localhost",
+        tls_active: bool = False,
+        stls_available: bool = True,
+        plaintext_auth: bool = True,
+        auth_failure_delay: float = 1.0,
+        line_limit: int = 255,
+        timestamp: str | None = None,
+        implementation: str = "maillab",
+    ) -> None:
+        self.backend = backend
+        self.hostname = hostname
+        self.tls_active = tls_active
+        self.stls_available = stls_available
+        self.plaintext_auth = plaintext_auth
+        self.auth_failure_delay = auth_failure_delay
+        self.command_line_limit = line_limit
+        self.timestamp = timestamp or apop_timestamp(hostname)
+        self.implementation = implementation
+        self.state = State.AUTHORIZATION
+        self.maildrop: Maildrop | None = None
+        self.address: str | None = None
+        self.deleted: set[int] = set()  # message numbers marked by DELE
+        self._user: str | None = None  # the name given with USER, waiting for PASS
+        self._sasl: str | None = None  # the mechanism whose response we are waiting for
+        self.on_state: Callable[[State], None] | None = None
+
+    # -- what the driver asks ----------------------------------------------------
+    @property
+    def line_limit(self) -> int:
+        """The longest line (without CRLF) the next read may return."""
+        return SASL_LINE_LIMIT if self._sasl else self.command_line_limit
+
+    def greeting(self) -> Reply:
+        # The timestamp in the greeting is what announces APOP (RFC 1939 section 7).
+        return Reply(f"+OK maillab POP3 server ready {self.timestamp}")
+
+    def masked(self, line: bytes | str) -> str:
+        """The client line as it may be recorded: credentials replaced by ****."""
+        text = _text(line)
+        if self._sasl:
+            return "****" if text.strip() != "*" else "*"
+        words = text.split(" ")
+        keyword = words[0].upper()
+        if keyword == "PASS" and len(words) > 1:
+            return "PASS ****"
+        if keyword == "APOP" and len(words) > 2:
+            return f"{words[0]} {words[1]} ****"
+        if keyword == "AUTH" and len(words) > 2:
+            return f"{words[0]} {words[1]} ****"
+        return text
+
+    def line_too_long(self) -> Reply:
+        if self._sasl:
+            self._sasl = None
+            return Reply("-ERR authentication response too long; authentication cancelled")
+        return Reply(f"-ERR command line too long (limit {self.command_line_limit} octets,"
+                     " RFC 2449 section 4)")
+
+    def timed_out(self) -> Reply:
+        """The autologout timer fired (RFC 1939 section 3): no UPDATE, nothing removed."""
+        self.end()
+        return Reply("-ERR autologout: idle for too long; no messages were deleted", close=True)
+
+    def tls_started(self) -> None:
+        """After STLS: forget everything said in plaintext (RFC 2595 section 4)."""
+        self.tls_active = True
+        self._user = None
+        self._sasl = None
+
+    def end(self) -> None:
+        """The connection is going away without QUIT: release the lock, remove nothing."""
+        if self.maildrop is not None:
+            self.maildrop.release()
+            self.maildrop = None
+
+    # -- the commands ------------------------------------------------------------
+    def receive(self, line: bytes | str) -> Reply:
+        """Handle one line from the client (CRLF or LF already allowed at the end)."""
+        text = _text(line)
+        if self._sasl:
+            return self._sasl_response(text)
+        if "\0" in text or not text.isprintable():
+            return Reply("-ERR command contains control characters or binary data")
+        words = text.split(" ")
+        keyword = words[0].upper()
+        args = words[1:]
+        if keyword not in ALL_COMMANDS:
+            return Reply(f"-ERR unknown command {_short(words[0])!r}")
+        if keyword not in COMMANDS[self.state]:
+            hint = "log in first" if self.state is State.AUTHORIZATION else "already logged in"
+            return Reply(f"-ERR {keyword} is not valid in the {self.state.value} state ({hint})")
+        if any(a == "" for a in args):
+            return Reply("-ERR arguments are separated by a single space (RFC 1939 section 3)")
+        return getattr(self, f"cmd_{keyword.lower()}")(args)
+
+    # AUTHORIZATION state ---------------------------------------------------------
+    def _plaintext_refused(self) -> Reply | None:
+        if self.tls_active or self.plaintext_auth:
+            return None
+        return Reply("-ERR [AUTH] plaintext authentication disallowed on a connection without"
+                     " TLS; send STLS first (RFC 2595 section 2.1)")
+
+    def _plaintext_note(self) -> list[tuple[str, dict[str, Any]]]:
+        if self.tls_active:
+            return []
+        return [("password sent without TLS: allowed in the lab because it only listens on"
+                 " loopback; real servers refuse this before STLS (RFC 2595 section 2.1)",
+                 {"plaintext_auth": True})]
+
+    def cmd_user(self, args: list[str]) -> Reply:
+        refused = self._plaintext_refused()
+        if refused:
+            return refused
+        if len(args) != 1:
+            return Reply("-ERR usage: USER name")
+        self._user = args[0]
+        # Same answer for every name, so USER cannot be used to probe who exists.
+        return Reply(f"+OK send PASS for {args[0]}")
+
+    def cmd_pass(self, args: list[str]) -> Reply:
+        refused = self._plaintext_refused()
+        if refused:
+            return refused
+        if self._user is None:
+            return Reply("-ERR give USER first")
+        login, self._user = self._user, None
+        # RFC 1939: the password is the rest of the line, spaces included.
+        password = " ".join(args)
+        reply = self._login(login, self.backend.authenticate(login, password), "USER")
+        reply.notes[:0] = self._plaintext_note()
+        return reply
+
+    def cmd_apop(self, args: list[str]) -> Reply:
+        if len(args) != 2:
+            return Reply("-ERR usage: APOP name digest")
+        login, digest = args
+        password = self.backend.password(login)
+        address = None
+        if password is not None:
+            expected = hashlib.md5((self.timestamp + password).encode("utf-8")).hexdigest()
+            if hmac.compare_digest(expected, digest.lower()):
+                address = self.backend.authenticate(login, password)
+        return self._login(login, address, "APOP")
+
+    def cmd_auth(self, args: list[str]) -> Reply:
+        if not args:
+            # Not in RFC 5034, but older clients (and Dovecot) list mechanisms this way.
+            return Reply("+OK SASL mechanisms follow", lines=self._sasl_mechanisms())
+        mechanism = args[0].upper()
+        if mechanism != "PLAIN":
+            return Reply(f"-ERR unsupported authentication mechanism {_short(args[0])}")
+        refused = self._plaintext_refused()
+        if refused:
+            return refused
+        if len(args) > 2:
+            return Reply("-ERR usage: AUTH PLAIN [initial-response]")
+        if len(args) == 2:
+            return self._sasl_plain(args[1])
+        self._sasl = mechanism
+        return Reply("+ ")  # RFC 5034 section 4: an empty challenge
+
+    def _sasl_response(self, text: str) -> Reply:
+        self._sasl = None
+        if text.strip() == "*":
+            return Reply("-ERR authentication cancelled by the client")
+        return self._sasl_plain(text.strip())
+
+    def _sasl_plain(self, response: str) -> Reply:
+        """RFC 4616: base64 of ``authzid NUL authcid NUL password``."""
+        try:
+            raw = b"" if response == "=" else base64.b64decode(response, validate=True)
+            parts = raw.decode("utf-8").split("\0")
+        except (binascii.Error, ValueError):
+            return Reply("-ERR malformed AUTH PLAIN response (not base64 of authzid NUL authcid NUL"
+                         " password)")
+        if len(parts) != 3:
+            return Reply("-ERR malformed AUTH PLAIN response (not base64 of authzid NUL authcid NUL"
+                         " password)")
+        authzid, login, password = parts
+        address = self.backend.authenticate(login, password)
+        if authzid and address is not None and self.backend.authenticate(authzid, password) != address:
+            address = None  # acting as someone else is not allowed in the lab
+        reply = self._login(login, address, "PLAIN")
+        reply.notes[:0] = self._plaintext_note()
+        return reply
+
+    def _login(self, login: str, address: str | None, mechanism: str) -> Reply:
+        if address is None:
+            return Reply("-ERR [AUTH] invalid user name or password", delay=self.auth_failure_delay,
+                         auth=(login, False, mechanism))
+        try:
+            maildrop = self.backend.open_maildrop(address)
+        except InUse:
+            return Reply("-ERR [IN-USE] maildrop already locked: another POP3 session is using it",
+                         auth=(address, True, mechanism),
+                         notes=[("maildrop locked by another session (RFC 1939 section 8)",
+                                 {"in_use": True})])
+        except StoreFailure as exc:
+            return Reply(f"-ERR [SYS/TEMP] cannot open the maildrop: {exc}",
+                         auth=(address, True, mechanism))
+        self.maildrop = maildrop
+        self.address = address
+        self.deleted.clear()
+        count, octets = self._totals()
+        return Reply(f"+OK {address}'s maildrop has {count} messages ({octets} octets)",
+                     state=self._enter(State.TRANSACTION), auth=(address, True, mechanism),
+                     notes=[self._drop_note("maildrop opened")])
+
+    def cmd_stls(self, args: list[str]) -> Reply:
+        if self.tls_active:
+            return Reply("-ERR TLS is already active")
+        if not self.stls_available:
+            return Reply("-ERR STLS is not offered here")
+        if args:
+            return Reply("-ERR usage: STLS")
+        return Reply("+OK begin TLS negotiation", starttls=True)
+
+    def cmd_capa(self, args: list[str]) -> Reply:
+        return Reply("+OK capability list follows", lines=self.capabilities())
+
+    def capabilities(self) -> list[str]:
+        """RFC 2449 section 6; what is offered depends on the state and on TLS."""
+        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        if self.state is State.AUTHORIZATION:
+            if self.tls_active or self.plaintext_auth:
+                caps.append("USER")
+                caps.append("SASL " + " ".join(self._sasl_mechanisms()))
+            # RFC 2595 section 4: no STLS once TLS is active (nor after login).
+            if self.stls_available and not self.tls_active:
+                caps.append("STLS")
+        caps.append(f"IMPLEMENTATION {self.implementation}")
+        return caps
+
+    def _sasl_mechanisms(self) -> list[str]:
+        return ["PLAIN"] if self.tls_active or self.plaintext_auth else []
+
+    def cmd_quit(self, args: list[str]) -> Reply:
+        if self.state is State.AUTHORIZATION:
+            # RFC 1939 section 4: QUIT here closes without entering UPDATE.
+            return Reply("+OK maillab POP3 server signing off", close=True)
+        # RFC 1939 section 6: the UPDATE state removes what DELE marked.
+        state = self._enter(State.UPDATE)
+        assert self.maildrop is not None
+        marked = [e for e in self.maildrop.entries if e.number in self.deleted]
+        try:
+            self.maildrop.remove(marked)
+        except StoreFailure as exc:
+            self.end()
+            return Reply(f"-ERR [SYS/TEMP] some deleted messages were not removed: {exc}",
+                         close=True, state=state)
+        left = len(self.maildrop.mailbox)
+        removed = [e.number for e in marked]
+        note = ("UPDATE: removed " + (", ".join(map(str, removed)) if removed else "nothing"),
+                {"pop3": "update", "removed": removed, "left": left})
+        self.end()
+        return Reply(f"+OK maillab POP3 server signing off ({len(removed)} messages deleted,"
+                     f" {left} left)", close=True, state=state, notes=[note])
+
+    # TRANSACTION state -----------------------------------------------------------
+    def _totals(self) -> tuple[int, int]:
+        live = self._live()
+        return len(live), sum(e.info.crlf_size for e in live)
+
+    def _live(self) -> list[Entry]:
+        assert self.maildrop is not None
+        return [e for e in self.maildrop.entries if e.number not in self.deleted]
+
+    def _message(self, arg: str) -> Entry | Reply:
+        """The entry an argument names, or the -ERR to send instead."""
+        assert self.maildrop is not None
+        if not _NUMBER.fullmatch(arg):
+            return Reply(f"-ERR {_short(arg)!r} is not a message number")
+        entry = self.maildrop.entry(int(arg))
+        if entry is None:
+            return Reply(f"-ERR no such message, only {len(self.maildrop)} messages in maildrop")
+        if entry.number in self.deleted:
+            return Reply(f"-ERR message {entry.number} already deleted")
+        return entry
+
+    def cmd_stat(self, args: list[str]) -> Reply:
+        if args:
+            return Reply("-ERR usage: STAT")
+        count, octets = self._totals()
+        return Reply(f"+OK {count} {octets}")
+
+    def cmd_list(self, args: list[str]) -> Reply:
+        if len(args) > 1:
+            return Reply("-ERR usage: LIST [msg]")
+        if args:
+            entry = self._message(args[0])
+            if isinstance(entry, Reply):
+                return entry
+            return Reply(f"+OK {entry.number} {entry.info.crlf_size}")
+        count, octets = self._totals()
+        return Reply(f"+OK {count} messages ({octets} octets)",
+                     lines=[f"{e.number} {e.info.crlf_size}" for e in self._live()])
+
+    def cmd_uidl(self, args: list[str]) -> Reply:
+        if len(args) > 1:
+            return Reply("-ERR usage: UIDL [msg]")
+        if args:
+            entry = self._message(args[0])
+            if isinstance(entry, Reply):
+                return entry
+            return Reply(f"+OK {entry.number} {entry.unique_id}")
+        return Reply("+OK unique-id listing follows",
+                     lines=[f"{e.number} {e.unique_id}" for e in self._live()])
+
+    def _read(self, entry: Entry) -> bytes | Reply:
+        assert self.maildrop is not None
+        try:
+            return self.maildrop.read(entry)
+        except StoreFailure as exc:
+            return Reply(f"-ERR [SYS/TEMP] {exc}")
+
+    def cmd_retr(self, args: list[str]) -> Reply:
+        if len(args) != 1:
+            return Reply("-ERR usage: RETR msg")
+        entry = self._message(args[0])
+        if isinstance(entry, Reply):
+            return entry
+        data = self._read(entry)
+        if isinstance(data, Reply):
+            return data
+        assert self.maildrop is not None
+        self.maildrop.mark_seen(entry)
+        return Reply(f"+OK {len(data)} octets", message=data)
+
+    def cmd_top(self, args: list[str]) -> Reply:
+        if len(args) != 2:
+            return Reply("-ERR usage: TOP msg lines")
+        entry = self._message(args[0])
+        if isinstance(entry, Reply):
+            return entry
+        if not _NUMBER.fullmatch(args[1]):
+            return Reply(f"-ERR {_short(args[1])!r} is not a number of lines")
+        data = self._read(entry)
+        if isinstance(data, Reply):
+            return data
+        # TOP is a peek: unlike RETR it does not mark the message \Seen.
+        return Reply("+OK top of message follows", message=top_of(data, int(args[1])))
+
+    def cmd_dele(self, args: list[str]) -> Reply:
+        if len(args) != 1:
+            return Reply("-ERR usage: DELE msg")
+        entry = self._message(args[0])
+        if isinstance(entry, Reply):
+            return entry
+        self.deleted.add(entry.number)
+        return Reply(f"+OK message {entry.number} marked for deletion (removed only after QUIT)",
+                     notes=[self._drop_note(f"message {entry.number} marked for deletion")])
+
+    def cmd_noop(self, args: list[str]) -> Reply:
+        return Reply("+OK") if not args else Reply("-ERR usage: NOOP")
+
+    def cmd_rset(self, args: list[str]) -> Reply:
+        if args:
+            return Reply("-ERR usage: RSET")
+        self.deleted.clear()
+        count, octets = self._totals()
+        return Reply(f"+OK maildrop has {count} messages ({octets} octets)",
+                     notes=[self._drop_note("deletion marks removed")])
+
+    # -- bookkeeping ---------------------------------------------------------------
+    def _enter(self, state: State) -> State:
+        self.state = state
+        if self.on_state:
+            self.on_state(state)
+        return state
+
+    def _drop_note(self, text: str) -> tuple[str, dict[str, Any]]:
+        """A structured note the state view draws the maildrop from."""
+        assert self.maildrop is not None
+        return (text, {"pop3": "maildrop",
+                       "messages": [[e.number, e.unique_id, e.info.crlf_size]
+                                    for e in self.maildrop.entries],
+                       "marked": sorted(self.deleted)})
+
+
+def _text(line: bytes | str) -> str:
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", "replace")
+    if line.endswith("\n"):
+        line = line[:-1]
+    if line.endswith("\r"):
+        line = line[:-1]
+    return line
+
+
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n] + "..."
