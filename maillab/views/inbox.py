@@ -1,0 +1,111 @@
+"""A user's mailbox at a glance: date, from, subject (RFC 2047 words decoded), size.
+
+Read straight from the lab's store (the same Maildir files POP3 and IMAP serve),
+not through a protocol: this is the ground truth the protocol views are checked
+against.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from email import policy
+from email.parser import BytesHeaderParser
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .status import text_table
+
+if TYPE_CHECKING:
+    from ..lab import Lab
+
+_HEADER_LIMIT = 256 * 1024  # enough for any sane header section; bodies are not read
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    uid: int
+    date: str
+    sender: str
+    subject: str
+    size: int  # octets as the protocols count them (CRLF line ends)
+    flags: str
+    path: str
+
+
+def _header_section(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        head = fh.read(_HEADER_LIMIT)
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        i = head.find(sep)
+        if i >= 0:
+            return head[: i + len(sep)]
+    return head
+
+
+def _header(msg: object, name: str) -> str:
+    try:
+        value = msg[name]  # type: ignore[index]
+    except Exception:  # a malformed header must not hide the rest of the mailbox
+        return "(unparsable)"
+    return "" if value is None else " ".join(str(value).split())
+
+
+def read_inbox(lab: Lab, user: str, folder: str = "INBOX") -> tuple[str, list[InboxRow]]:
+    """The resolved address of ``user`` (full address or unambiguous local part) and its rows."""
+    address = lab.users.resolve(user) or user.lower()
+    mailbox = lab.store.mailbox(address, folder)
+    rows = []
+    parser = BytesHeaderParser(policy=policy.default)
+    for info in mailbox.messages():
+        path = mailbox.path / info.subdir / info.filename
+        try:
+            msg = parser.parsebytes(_header_section(path))
+        except OSError:
+            continue  # expunged between listing and reading
+        rows.append(InboxRow(
+            uid=info.uid,
+            date=_header(msg, "Date") or time.strftime("%a, %d %b %Y %H:%M:%S", time.localtime(info.internaldate)),
+            sender=_header(msg, "From"),
+            subject=_header(msg, "Subject"),
+            size=info.crlf_size,
+            flags=" ".join(sorted(info.flags)),
+            path=str(path),
+        ))
+    return address, rows
+
+
+class Inbox:
+    """What ``%mail inbox USER`` returns."""
+
+    def __init__(self, lab: Lab, user: str, folder: str = "INBOX") -> None:
+        self.folder = folder
+        self.address, self.rows = read_inbox(lab, user, folder)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _dicts(self) -> list[dict[str, object]]:
+        return [{"uid": r.uid, "date": r.date, "from": r.sender, "subject": r.subject,
+                 "size": r.size, "flags": r.flags} for r in self.rows]
+
+    def __repr__(self) -> str:
+        title = f"{self.address} {self.folder}: {len(self.rows)} message(s)"
+        if not self.rows:
+            return title
+        cols = [(c, c) for c in ("uid", "date", "from", "subject", "size", "flags")]
+        return f"{title}\n{text_table(self._dicts(), cols)}"
+
+    def _repr_html_(self) -> str:
+        title = (f"<b>{html.escape(self.address)}</b> {html.escape(self.folder)}: "
+                 f"{len(self.rows)} message(s)")
+        if not self.rows:
+            return title
+        cols = ("uid", "date", "from", "subject", "size", "flags")
+        head = "".join(f"<th style='text-align:left'>{c}</th>" for c in cols)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(d[c]))}</td>" for c in cols) + "</tr>"
+            for d in self._dicts()
+        )
+        return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

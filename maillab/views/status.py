@@ -1,0 +1,98 @@
+"""The port/TLS table: which lab service listens where, next to the standard port
+it stands in for, how it does TLS and how many sessions it has.
+
+Rows come from :meth:`maillab.lab.Lab.status`; this module only renders them, as
+HTML in a notebook and as an aligned text table in a terminal (``maillab serve``).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+#: column title -> row key
+COLUMNS = (
+    ("service", "service"),
+    ("host", "host"),
+    ("address", "address"),
+    ("lab port", "lab_port"),
+    ("standard port", "standard_port"),
+    ("TLS", "tls"),
+    ("cert", "cert"),
+    ("state", "state"),
+    ("sessions", "sessions"),
+)
+
+#: What each TLS mode means, for the table's footnote.
+TLS_MODES = {
+    "starttls": "plaintext first, upgraded by STARTTLS/STLS (RFC 3207, 2595)",
+    "implicit": "TLS from the first byte (RFC 8314)",
+    "none": "no TLS",
+}
+
+
+def text_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]] = COLUMNS) -> str:
+    """An aligned plain-text table (for terminals and tests)."""
+    cells = [[title for title, _ in columns]]
+    for row in rows:
+        cells.append([_cell(row, key) for _, key in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key, "")
+    if key == "sessions":
+        total = row.get("total")
+        return f"{value} open / {total}" if total is not None else str(value)
+    return "" if value is None else str(value)
+
+
+class StatusTable:
+    """What ``%mail status`` returns."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], *, ca_path: str | None = None,
+                 directory: str | None = None) -> None:
+        self.rows = list(rows)
+        self.ca_path = ca_path
+        self.directory = directory
+
+    def __repr__(self) -> str:
+        if not self.rows:
+            return "the lab is not running (%mail start)"
+        out = [text_table(self.rows)]
+        if self.ca_path:
+            out.append(f"CA certificate: {self.ca_path}")
+        if self.directory:
+            out.append(f"lab directory: {self.directory}")
+        return "\n".join(out)
+
+    def _repr_html_(self) -> str:
+        if not self.rows:
+            return "<i>the lab is not running (<code>%mail start</code>)</i>"
+        head = "".join(f"<th style='text-align:left'>{html.escape(t)}</th>" for t, _ in COLUMNS)
+        body = []
+        for row in self.rows:
+            state = str(row.get("state", ""))
+            color = "#1a7f37" if state == "running" else "#b42318"
+            tds = []
+            for _, key in COLUMNS:
+                text = html.escape(_cell(row, key))
+                if key == "state":
+                    text = f"<span style='color:{color}'>{text}</span>"
+                elif key == "tls":
+                    text = f"<span title='{html.escape(TLS_MODES.get(row.get('tls', ''), ''))}'>{text}</span>"
+                tds.append(f"<td style='text-align:left'>{text}</td>")
+            body.append(f"<tr>{''.join(tds)}</tr>")
+        foot = []
+        if self.ca_path:
+            foot.append(f"CA certificate: <code>{html.escape(self.ca_path)}</code>")
+        if self.directory:
+            foot.append(f"lab directory: <code>{html.escape(self.directory)}</code>")
+        modes = "; ".join(f"<b>{m}</b>: {html.escape(d)}" for m, d in TLS_MODES.items())
+        foot.append(f"TLS modes: {modes}")
+        return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+                f"<div style='font-size:90%'>{'<br>'.join(foot)}</div>")

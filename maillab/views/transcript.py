@@ -1,0 +1,360 @@
+"""Transcripts: every session's wire lines, as ``C:``/``S:`` lines in the style of
+the RFCs' own examples, timestamped and annotated with what each command and
+reply means.
+
+Three renderings of the same events: :func:`render_text` (terminals, ``maillab
+tour``, tests), :func:`render_html` (a static table in a cell's output) and
+:class:`TranscriptView` (a live ipywidgets view that grows while sessions run).
+
+The live view is fed from the lab thread (the event bus calls subscribers on the
+thread that emitted the event). That thread must never wait for the kernel nor
+see an exception from a view, so the subscriber only appends to a buffer; one
+publisher (a short timer thread) applies buffered events to the widget at most
+every ``interval`` seconds. A timer rather than the kernel's IOLoop, because the
+kernel's loop is blocked while a cell waits on a client, and the transcript
+should grow exactly then.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..events import CLIENT_LINE, CLOSED, OPENED, SERVER_LINE, Event, EventBus
+
+Explainer = Callable[[str, str], "str | None"]
+_explainers: dict[str, Explainer | None] = {}
+
+
+def explainer(protocol: str) -> Explainer | None:
+    """``maillab.<protocol>.explain.explain``, or None when that module is absent."""
+    if protocol not in _explainers:
+        fn: Explainer | None = None
+        try:
+            mod = importlib.import_module(f"maillab.{protocol}.explain")
+            fn = getattr(mod, "explain", None)
+        except Exception:  # absent or broken: the transcript still shows the lines
+            fn = None
+        _explainers[protocol] = fn
+    return _explainers[protocol]
+
+
+def explain_event(ev: Event) -> str | None:
+    """The note for one line event (none for message bodies: they are data, not commands)."""
+    if not ev.is_line or ev.data.get("payload"):
+        return None
+    fn = explainer(ev.protocol)
+    if fn is None:
+        return None
+    try:
+        return fn(ev.text, ev.kind)
+    except Exception:
+        return None
+
+
+def clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+
+
+# -- filtering ------------------------------------------------------------------------
+
+
+def _session_users(events: Iterable[Event]) -> dict[str, set[str]]:
+    """Which lab users each session concerns: who logged in, whom mail was stored for."""
+    users: dict[str, set[str]] = {}
+    for e in events:
+        found = users.setdefault(e.session, set())
+        for key in ("user", "login", "mailbox", "rcpt", "recipient"):
+            value = e.data.get(key)
+            if isinstance(value, str) and value:
+                found.add(value.lower())
+    return users
+
+
+def select(
+    events: Sequence[Event],
+    *,
+    session: str | None = None,
+    protocol: str | None = None,
+    user: str | None = None,
+) -> list[Event]:
+    """The events of the sessions that match every filter given."""
+    wanted_user = (user or "").strip().lower()
+    users = _session_users(events) if wanted_user else {}
+    out = []
+    for e in events:
+        if session and e.session != session:
+            continue
+        if protocol and e.protocol != protocol:
+            continue
+        if wanted_user and not any(wanted_user in u for u in users.get(e.session, ())):
+            continue
+        out.append(e)
+    return out
+
+
+# -- text ----------------------------------------------------------------------------
+
+
+def _session_title(e: Event) -> str:
+    peer = e.data.get("peer") or e.text
+    side = "client" if e.side == "client" else "server"
+    where = f"{e.host}" + (f" <- {peer}" if side == "server" and peer else "")
+    if side == "client":
+        where = f"to {e.host}"
+    return f"{e.session} ({e.protocol} {side}, {where})"
+
+
+def _event_lines(e: Event) -> list[str]:
+    if e.is_line:
+        tag = "C:" if e.kind == CLIENT_LINE else "S:"
+        return [f"{tag} {ln}" for ln in (e.text.split("\n") if e.data.get("payload") else [e.text])]
+    if e.kind == OPENED:
+        return [f"-- session opened ({e.text})" if e.text else "-- session opened"]
+    if e.kind == CLOSED:
+        return ["-- session closed" + (f" ({e.text})" if e.text else "")]
+    return [f"** {e.text}"]
+
+
+def render_text(events: Iterable[Event], *, explain: bool = True, times: bool = True) -> str:
+    """Sessions one after another, each a block of timestamped ``C:``/``S:`` lines."""
+    by_session: dict[str, list[Event]] = {}
+    for e in events:
+        by_session.setdefault(e.session, []).append(e)
+    blocks = []
+    for sid, evs in by_session.items():
+        opened = next((e for e in evs if e.kind == OPENED), None)
+        title = _session_title(opened) if opened else sid
+        out = [f"=== {title}"]
+        for e in evs:
+            note = explain_event(e) if explain else None
+            stamp = f"{clock(e.time)} " if times else ""
+            for i, line in enumerate(_event_lines(e)):
+                text = f"{stamp if i == 0 else ' ' * len(stamp)}{line}"
+                if note and i == 0:
+                    text = f"{text:<60}  # {note}"
+                out.append(text.rstrip())
+        blocks.append("\n".join(out))
+    return "\n\n".join(blocks)
+
+
+# -- HTML ----------------------------------------------------------------------------
+
+_STYLE = (
+    "<style>.ml-tr{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;"
+    "border-collapse:collapse}.ml-tr td{padding:1px 6px;vertical-align:top;white-space:pre-wrap;"
+    "text-align:left}.ml-tr .t{color:#888}.ml-tr .C{color:#0550ae}.ml-tr .S2,.ml-tr .S3{color:#1a7f37}"
+    ".ml-tr .S4{color:#9a6700}.ml-tr .S5{color:#b42318}.ml-tr .n{color:#6e7781;font-style:italic}"
+    ".ml-tr .ev{color:#8250df}.ml-tr .h td{font-weight:bold;border-top:1px solid #ddd;padding-top:4px}"
+    "</style>"
+)
+
+
+def _line_class(e: Event) -> str:
+    if e.kind == CLIENT_LINE:
+        return "C"
+    if e.kind == SERVER_LINE:
+        code = e.text[:1]
+        return f"S{code}" if code in "2345" and not e.data.get("payload") else "S2"
+    return "ev"
+
+
+def _html_rows(events: Iterable[Event], explain: bool) -> list[str]:
+    rows = []
+    current = None
+    for e in events:
+        if e.session != current:
+            current = e.session
+            title = _session_title(e) if e.kind == OPENED else e.session
+            rows.append(f'<tr class="h"><td colspan="4">{html.escape(title)}</td></tr>')
+        note = explain_event(e) if explain else None
+        tag = {CLIENT_LINE: "C:", SERVER_LINE: "S:"}.get(e.kind, "")
+        body = e.text if e.is_line else " ".join(_event_lines(e))
+        rows.append(
+            f'<tr><td class="t">{clock(e.time)}</td><td class="{_line_class(e)}">{tag}</td>'
+            f'<td class="{_line_class(e)}">{html.escape(body)}</td>'
+            f'<td class="n">{html.escape(note or "")}</td></tr>'
+        )
+    return rows
+
+
+def render_html(events: Iterable[Event], *, explain: bool = True, limit: int | None = None) -> str:
+    evs = list(events)
+    hidden = 0
+    if limit is not None and len(evs) > limit:
+        hidden = len(evs) - limit
+        evs = evs[-limit:]
+    head = f'<div class="n">… {hidden} earlier events not shown</div>' if hidden else ""
+    return f'{_STYLE}{head}<table class="ml-tr">{"".join(_html_rows(evs, explain))}</table>'
+
+
+class Transcript:
+    """A static transcript (what a cell returns): HTML in notebooks, text elsewhere."""
+
+    def __init__(self, events: Sequence[Event], *, explain: bool = True) -> None:
+        self.events = list(events)
+        self.explain = explain
+
+    def __repr__(self) -> str:
+        return render_text(self.events, explain=self.explain) or "(no sessions yet)"
+
+    def _repr_html_(self) -> str:
+        return render_html(self.events, explain=self.explain) if self.events else "<i>no sessions yet</i>"
+
+
+# -- the live widget -------------------------------------------------------------------
+
+ALL = "(all)"
+
+
+class TranscriptView:
+    """A live transcript of ``bus``: filters by session, protocol and user.
+
+    ``interval`` is the publishing period in seconds; ``max_events`` bounds what
+    the widget shows (the newest events), so a long session stays responsive.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        session: str | None = None,
+        protocol: str | None = None,
+        user: str | None = None,
+        explain: bool = True,
+        interval: float = 0.1,
+        max_events: int = 1500,
+    ) -> None:
+        import ipywidgets as w
+
+        self.bus = bus
+        self.interval = interval
+        self.max_events = max_events
+        self._lock = threading.RLock()  # widget state: publisher vs. the kernel thread
+        self._timer_lock = threading.Lock()  # held only for an instant on the lab thread
+        self._pending: deque[Event] = deque()
+        self._timer: threading.Timer | None = None
+        self._events: list[Event] = []
+        self.updates = 0  # how many times the publisher refreshed the widget
+
+        self.session_w = w.Dropdown(options=[ALL], value=ALL, description="session")
+        self.protocol_w = w.Dropdown(options=[ALL], value=ALL, description="protocol")
+        self.user_w = w.Text(value=user or "", description="user", placeholder="e.g. bob")
+        self.explain_w = w.Checkbox(value=explain, description="explain", indent=False)
+        self.html = w.HTML(layout=w.Layout(max_height="28em", overflow="auto"))
+        self.widget = w.VBox([w.HBox([self.session_w, self.protocol_w, self.user_w, self.explain_w]),
+                              self.html])
+        # Subscribe before the snapshot so nothing falls between the two; the seq
+        # check in _apply drops events seen twice.
+        self._unsubscribe = bus.subscribe(self._on_event)
+        self._events = bus.events()
+        self._refresh_options()
+        if session:
+            self._set_option(self.session_w, session)
+        if protocol:
+            self._set_option(self.protocol_w, protocol)
+        for control in (self.session_w, self.protocol_w, self.user_w, self.explain_w):
+            control.observe(lambda _change: self.refresh(), names="value")
+        self.refresh()
+
+    # -- called on the lab thread: must be cheap and must not raise
+    def _on_event(self, ev: Event) -> None:
+        try:
+            self._pending.append(ev)
+            with self._timer_lock:
+                if self._timer is None:
+                    self._timer = threading.Timer(self.interval, self._publish)
+                    self._timer.daemon = True
+                    self._timer.start()
+        except Exception:
+            pass
+
+    # -- the publisher
+    def _publish(self) -> None:
+        try:
+            with self._timer_lock:
+                self._timer = None
+            with self._lock:
+                self._apply()
+        except Exception:
+            pass
+
+    def _apply(self) -> None:
+        last = self._events[-1].seq if self._events else 0
+        new = []
+        while self._pending:
+            ev = self._pending.popleft()
+            if ev.seq > last:
+                new.append(ev)
+        if not new:
+            return
+        self._events.extend(new)
+        if len(self._events) > 4 * self.max_events:
+            self._events = self._events[-2 * self.max_events:]
+        self._refresh_options()
+        self._render()
+
+    def flush(self) -> None:
+        """Apply buffered events now (tests, and before showing a snapshot)."""
+        with self._lock:
+            self._apply()
+
+    def _set_option(self, control: Any, value: str) -> None:
+        if value not in control.options:
+            control.options = [*control.options, value]
+        control.value = value
+
+    def _refresh_options(self) -> None:
+        sessions = [ALL, *dict.fromkeys(e.session for e in self._events)]
+        protocols = [ALL, *sorted({e.protocol for e in self._events})]
+        for control, options in ((self.session_w, sessions), (self.protocol_w, protocols)):
+            if list(control.options) != options:
+                keep = control.value
+                control.options = options
+                control.value = keep if keep in options else ALL
+
+    def selected(self) -> list[Event]:
+        with self._lock:
+            return select(
+                self._events,
+                session=None if self.session_w.value == ALL else self.session_w.value,
+                protocol=None if self.protocol_w.value == ALL else self.protocol_w.value,
+                user=self.user_w.value or None,
+            )
+
+    def _render(self) -> None:
+        events = self.selected()
+        self.html.value = (render_html(events, explain=self.explain_w.value, limit=self.max_events)
+                           if events else "<i>no sessions yet: they appear here as they happen</i>")
+        self.updates += 1
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._apply()
+            self._render()
+
+    def text(self) -> str:
+        self.flush()
+        return render_text(self.selected(), explain=self.explain_w.value)
+
+    def close(self) -> None:
+        """Stop following the bus and close the widgets."""
+        self._unsubscribe()
+        with self._timer_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self.widget.close()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/plain"] = self.text() or "(no sessions yet)"
+        return bundle
+
+    def __repr__(self) -> str:
+        return self.text() or "(no sessions yet)"
