@@ -91,3 +91,11 @@ class Users:
         if address is None:
             raise KeyError(f"no lab user {login!r}")
         return self._users[address].password
+
+
+def parse_user_spec(spec: str) -> tuple[str, str]:
+    """``"carol@alpha.test=secret"`` (the ``--user`` option) -> (address, password)."""
+    address, sep, password = spec.partition("=")
+    if not sep or not password or "@" not in address:
+        raise ValueError(f"--user takes ADDRESS=PASSWORD, e.g. carol@alpha.test=carol-pw, not {spec!r}")
+    return address.strip(), password
