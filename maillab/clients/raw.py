@@ -52,7 +52,7 @@ class RawSession:
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname or host
         self.recorder: SessionRecorder | None = (
-            events.session(protocol, "client", f"{host}:{port}", f"{host}:{port}") if events else None
+            events.session(protocol, "client", f"{host}:{port}", f"{host}:{port}") if events is not None else None
         )
         self.exchanges: list[Exchange] = []
         sock = socket.create_connection((host, port), timeout=timeout)

@@ -128,8 +128,9 @@ class POP3Server:
         except ConnectionClosed:
             pass
         except asyncio.CancelledError:
+            # The lab is stopping. Not re-raised: asyncio's stream callback would
+            # log a cancelled handler task as an unhandled error.
             reason = "lab stopped"
-            raise
         except (ConnectionError, ssl.SSLError) as exc:
             reason = f"connection error: {exc}"
         finally:
