@@ -28,6 +28,17 @@ class Limits:
     imap_nesting: int = 32  # parenthesis depth
     imap_idle_timeout: float = 1800.0  # RFC 3501 5.4: at least 30 minutes
     imap_connections_per_user: int = 20
+    # DNS (RFC 7766 6.2.3: servers may close idle TCP connections)
+    dns_tcp_idle_timeout: float = 10.0
+    dns_tcp_connections: int = 64
+    # Relay queue (RFC 5321 4.5.4.1 retry strategy, shortened for a class: Postfix waits
+    # 300 s before the first retry, backs off to 4000 s and gives up after 5 days)
+    relay_retry_first: float = 5.0  # seconds until the first retry; doubles each time
+    relay_retry_max: float = 60.0  # the backoff never waits longer than this
+    relay_expiry: float = 600.0  # a message still undelivered after this bounces (4.4.7)
+    relay_connect_timeout: float = 5.0  # per MX address
+    relay_reply_timeout: float = 60.0  # per SMTP reply (RFC 5321 4.5.3.2 allows minutes)
+    relay_concurrency: int = 32  # outgoing SMTP connections at once, whole lab
     # All protocols
     auth_failure_delay: float = 1.0  # seconds before answering a failed login
     max_connections: int = 256  # per listener; past it new connections get a busy reply
