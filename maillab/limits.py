@@ -20,7 +20,7 @@ class Limits:
     smtp_bad_commands: int = 20  # unknown/invalid commands before we disconnect (421)
     smtp_timeout: float = 300.0  # idle seconds before 421 (RFC 5321 4.5.3.2: 5 minutes)
     # POP3 (RFC 1939, RFC 2449)
-    pop3_command_line: int = 255  # octets excl. CRLF (RFC 2449 4); over it: -ERR
+    pop3_command_line: int = 255  # octets incl. CRLF (RFC 2449 4); over it: -ERR
     pop3_idle_timeout: float = 600.0  # RFC 1939: at least 10 minutes
     # IMAP (RFC 3501, RFC 7162 3.2.1 suggests 8192-octet lines)
     imap_line: int = 64 * 1024

@@ -18,7 +18,6 @@ from maillab.clients.pop3 import connect
 from maillab.limits import Limits
 from maillab.pop3.server import PLAINTEXT_AUTH
 
-
 BOB = "bob@alpha.test"
 
 

@@ -18,7 +18,7 @@ import poplib
 import ssl
 from typing import Any
 
-from ..events import MASK, EventBus, Event, SessionRecorder
+from ..events import MASK, Event, EventBus, SessionRecorder
 from ..tls import describe
 
 #: Bodies up to this many lines (LIST, UIDL, CAPA) are recorded line by line.

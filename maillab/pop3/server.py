@@ -102,8 +102,8 @@ class POP3Server:
             await self._send(conn, rec, session.greeting())
             while True:
                 try:
-                    # +2: the limit counts the command, LineConnection counts CRLF too
-                    line = await conn.readline(session.line_limit + 2)
+                    # RFC 2449 section 4: 255 octets including the CRLF
+                    line = await conn.readline(session.line_limit)
                 except LineTooLong as exc:
                     rec.note(f"command line of {exc.length}+ octets discarded", limit="pop3_command_line")
                     await self._send(conn, rec, session.line_too_long())

@@ -177,7 +177,7 @@ class POP3Session:
     # -- what the driver asks ----------------------------------------------------
     @property
     def line_limit(self) -> int:
-        """The longest line (without CRLF) the next read may return."""
+        """The longest line (CRLF included, RFC 2449 section 4) the next read may return."""
         return SASL_LINE_LIMIT if self._sasl else self.command_line_limit
 
     def greeting(self) -> Reply:
