@@ -32,3 +32,8 @@ def shutdown() -> None:
 
 
 atexit.register(shutdown)
+
+
+def existing_lab() -> Lab | None:
+    """The kernel's lab if one was made, without making or starting one."""
+    return _lab

@@ -55,15 +55,17 @@ class StatusTable:
     """What ``%mail status`` returns."""
 
     def __init__(self, rows: Sequence[dict[str, Any]], *, ca_path: str | None = None,
-                 directory: str | None = None) -> None:
+                 directory: str | None = None, note: str | None = None) -> None:
         self.rows = list(rows)
+        self.note = note
         self.ca_path = ca_path
         self.directory = directory
 
     def __repr__(self) -> str:
         if not self.rows:
             return "the lab is not running (%mail start)"
-        out = [text_table(self.rows)]
+        out = [self.note] if self.note else []
+        out.append(text_table(self.rows))
         if self.ca_path:
             out.append(f"CA certificate: {self.ca_path}")
         if self.directory:
@@ -88,6 +90,8 @@ class StatusTable:
                 tds.append(f"<td style='text-align:left'>{text}</td>")
             body.append(f"<tr>{''.join(tds)}</tr>")
         foot = []
+        if self.note:
+            foot.append(f"<b>{html.escape(self.note)}</b>")
         if self.ca_path:
             foot.append(f"CA certificate: <code>{html.escape(self.ca_path)}</code>")
         if self.directory:
