@@ -17,6 +17,7 @@ import errno
 import importlib
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,12 @@ SERVICE_MODULES = (
     "maillab.dns.server",
     "maillab.relay.queue",
 )
+
+
+#: Features without a listener of their own (the relay queue) add an installer here;
+#: ``install(lab)`` runs at each start, before the services, and hooks per-lab
+#: coroutines into ``lab.extras["on_start"]`` / ``lab.extras["on_stop"]``.
+LAB_INSTALLERS: list[Callable[[Lab], None]] = []
 
 
 def _load_service_modules() -> None:
@@ -98,6 +105,8 @@ class Lab:
         if self.started:
             return self
         _load_service_modules()
+        for install in LAB_INSTALLERS:
+            install(self)
         self.loop.start()
         if self.ca is None:
             self.ca = LabCA(self.directory / "tls")
