@@ -1,0 +1,13 @@
+"""The lab's SMTP servers (MX, submission, SMTPS) on aiosmtpd.
+
+* :mod:`.policy` — what the server decides (addresses, parameters, relay rules), no I/O
+* :mod:`.data` — the DATA phase: end of data, dot-unstuffing, refused messages
+* :mod:`.received` — the Received header each accepted message gets
+* :mod:`.server` — the asyncio driver and the three registered services
+"""
+
+from __future__ import annotations
+
+from .policy import Path, PathError, Reply, parse_path, route_recipient
+
+__all__ = ["Path", "PathError", "Reply", "parse_path", "route_recipient"]
