@@ -44,7 +44,9 @@ class LabCA:
             return self._hosts[host][1]
         names = [host, "localhost", *[a for a in addresses if a]]
         names = list(dict.fromkeys(names))
-        leaf = self._ca.issue_cert(*names, key_type=trustme.KeyType.ECDSA)
+        # A subject CN as well as the SANs: fetchmail refuses a certificate without
+        # a CN ("Server name not specified in certificate!") even when a SAN matches.
+        leaf = self._ca.issue_cert(*names, common_name=host, key_type=trustme.KeyType.ECDSA)
         d = self.directory / "certs"
         d.mkdir(exist_ok=True)
         hc = HostCert(host, d / f"{host}.crt", d / f"{host}.key", d / f"{host}.chain.pem")
