@@ -1,0 +1,538 @@
+"""The relay path: which hosts a message crossed, how, and how long each hop took.
+
+One model (:class:`RelayPath`: hosts as nodes, hops as arrows) is built from
+either of two sources:
+
+* a raw message's Received chain (:func:`path_from_hops`, via
+  :mod:`maillab.relay.hops`): what the servers wrote into the header;
+* the lab's relay queue and event stream (:func:`path_from_relay`): what the
+  lab's MTAs did, including the attempts that failed (a dead MX, a 4xx) and the
+  DNS answers they used, while the message is still moving.
+
+and drawn three ways: text (terminals, tests), SVG inside HTML (notebooks, and
+the live widget, which needs no matplotlib off the kernel thread) and a
+matplotlib :func:`figure` for slides (``fig.savefig("path.svg")``).
+
+The live view (:class:`LiveRelayView`) subscribes to ``lab.events``. Events
+arrive on the lab thread; the callback only notes that something changed and
+returns, a publisher thread rebuilds the path at most every 100 ms and sets the
+widget's value (ipykernel's comms are thread-safe). Nothing here can raise into
+a server, and nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ..relay.hops import Hop, HopTable, parse_hops
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..lab import Lab
+
+
+# -- the hop table (from a Received chain) ------------------------------------------------
+HOP_COLUMNS = ("hop", "from", "by", "with", "TLS", "id", "for", "time (UTC)", "delay")
+
+
+def _hop_cells(hop: Hop) -> list[str]:
+    if not hop.parsed:
+        return [str(hop.number), "unparsed:", hop.raw or "(empty Received field)", "", "", "", "", "", ""]
+    frm = hop.from_host or ""
+    if hop.from_ip and hop.from_ip != frm.strip("[]"):
+        frm = f"{frm} [{hop.from_ip}]" if frm else f"[{hop.from_ip}]"
+    if hop.helo and hop.helo != hop.from_host:
+        frm += f" helo={hop.helo}"
+    return [
+        str(hop.number),
+        frm,
+        hop.by or "",
+        hop.with_ or "",
+        hop.tls_summary,
+        hop.id or "",
+        hop.for_ or "",
+        _utc(hop.time),
+        _delay(hop.delay),
+    ]
+
+
+def _utc(t: datetime | None) -> str:
+    if t is None:
+        return ""
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _delay(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    sign = "-" if seconds < 0 else "+"
+    s = abs(seconds)
+    if s < 60:
+        text = f"{s:.3g} s" if s < 10 else f"{s:.0f} s"
+    elif s < 3600:
+        text = f"{s // 60:.0f} min {s % 60:.0f} s"
+    else:
+        text = f"{s / 3600:.1f} h"
+    return sign + text
+
+
+def _aligned(rows: list[list[str]], titles: Iterable[str]) -> str:
+    cells = [list(titles), *rows]
+    widths = [min(48, max(len(r[i]) for r in cells)) for i in range(len(cells[0]))]
+    out = []
+    for n, r in enumerate(cells):
+        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def hop_table_text(table: HopTable) -> str:
+    """The hop table as aligned text, first hop first (read the header bottom-up)."""
+    if not table.hops:
+        return "no Received header fields: this message has not crossed any server yet"
+    lines = [_aligned([_hop_cells(h) for h in table], HOP_COLUMNS)]
+    if table.total_delay is not None:
+        lines.append(f"total: {_delay(table.total_delay)} from the first to the last dated hop")
+    for h in table:
+        for p in h.problems if h.parsed else []:
+            lines.append(f"hop {h.number}: {p}")
+    negative = [h.number for h in table if h.delay is not None and h.delay < 0]
+    if negative:
+        lines.append("negative delay at hop " + ", ".join(map(str, negative))
+                     + ": that server's clock is behind the previous one's")
+    return "\n".join(lines)
+
+
+def hop_table_html(table: HopTable) -> str:
+    if not table.hops:
+        return "<i>no Received header fields: this message has not crossed any server yet</i>"
+    head = "".join(f"<th style='text-align:left'>{html.escape(t)}</th>" for t in HOP_COLUMNS)
+    body = []
+    for h in table:
+        cells = _hop_cells(h)
+        if not h.parsed:
+            body.append(
+                f"<tr style='background:#fff3cd'><td>{h.number}</td><td colspan='8'><b>unparsed:</b> "
+                f"<code>{html.escape(h.raw) or '(empty Received field)'}</code></td></tr>")
+            continue
+        tls = cells[4]
+        colour = "#1a7f37" if h.encrypted else ("#cf222e" if h.encrypted is False else "#57606a")
+        cells_html = [html.escape(c) for c in cells]
+        cells_html[4] = f"<span style='color:{colour}'>{html.escape(tls)}</span>"
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells_html) + "</tr>")
+    notes = []
+    if table.total_delay is not None:
+        notes.append(f"total {html.escape(_delay(table.total_delay))} from the first to the last dated hop")
+    notes.append("read bottom-up: hop 1 is the lowest Received line")
+    return (f"<table style='font-family:monospace;font-size:90%'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table><div style='color:#57606a'>{'; '.join(notes)}</div>")
+
+
+# -- the path model ---------------------------------------------------------------------
+@dataclass
+class PathNode:
+    name: str
+    address: str | None = None
+    side: bool = False  # True: off the main path (an MX that was tried and failed)
+
+
+@dataclass
+class PathHop:
+    source: int  # node index
+    target: int
+    protocol: str | None = None  # ESMTP, ESMTPS, ESMTPSA, LMTP, ...
+    encrypted: bool | None = None
+    tls: str | None = None
+    seconds: float | None = None  # time taken (relay attempt) or delay since the previous hop (header)
+    dns: str | None = None  # the DNS answer this hop was chosen by
+    result: str | None = None  # the reply or error
+    ok: bool | None = True  # False: failed attempt; None: in progress
+    when: datetime | None = None
+
+    def label(self) -> str:
+        parts = [self.protocol or ""]
+        if self.encrypted is not None:
+            parts.append((self.tls or "TLS") if self.encrypted else "no TLS")
+        if self.seconds is not None:
+            parts.append(_delay(self.seconds).lstrip("+"))
+        return ", ".join(p for p in parts if p)
+
+
+@dataclass
+class RelayPath:
+    title: str
+    nodes: list[PathNode] = field(default_factory=list)
+    hops: list[PathHop] = field(default_factory=list)
+    state: str | None = None  # queued / retrying / delivered / bounced (lab messages)
+    notes: list[str] = field(default_factory=list)
+
+    def node(self, name: str, address: str | None = None, *, side: bool = False) -> int:
+        for i, n in enumerate(self.nodes):
+            if n.name == name and n.side == side:
+                if address and not n.address:
+                    n.address = address
+                return i
+        self.nodes.append(PathNode(name, address, side))
+        return len(self.nodes) - 1
+
+    # renderings
+    def text(self) -> str:
+        return path_text(self)
+
+    def __repr__(self) -> str:
+        return path_text(self)
+
+    def _repr_html_(self) -> str:
+        return path_html(self)
+
+    def figure(self, **kwargs: Any) -> Figure:
+        return figure(self, **kwargs)
+
+
+def path_from_hops(table: HopTable | bytes | str, title: str | None = None) -> RelayPath:
+    """The path a Received chain describes: each hop an arrow into its ``by`` host."""
+    if not isinstance(table, HopTable):
+        table = parse_hops(table)
+    path = RelayPath(title or (f"Received chain of: {table.subject}" if table.subject else "Received chain"))
+    last: int | None = None
+    for hop in table:
+        if not hop.parsed:
+            target = path.node(f"? (hop {hop.number})")
+            source = last if last is not None else path.node("?")
+            path.hops.append(PathHop(source, target, result="unparsed: " + (hop.raw or "(empty)"), ok=False))
+            path.notes.append(f"hop {hop.number} unparsed: {hop.raw or '(empty Received field)'}")
+            last = target
+            continue
+        sender = hop.helo or hop.from_host or (f"[{hop.from_ip}]" if hop.from_ip else None)
+        if last is None:
+            source = path.node(sender or "(origin)", hop.from_ip)
+        elif sender is None or _same_host(sender, path.nodes[last].name) or _local(sender, hop.from_ip):
+            source = last  # the previous server handed it on (or a hand-over inside one machine)
+        else:
+            source = path.node(sender, hop.from_ip)
+            if not path.nodes[last].name.startswith("?"):
+                path.notes.append(f"hop {hop.number}: {sender} is not the previous by-host "
+                                  f"{path.nodes[last].name} (a gap in the chain, or another name)")
+        target = path.node(hop.by or "?")
+        path.hops.append(PathHop(source, target, protocol=hop.with_, encrypted=hop.encrypted, tls=hop.tls,
+                                 seconds=hop.delay, when=hop.time))
+        last = target
+    return path
+
+
+def _same_host(a: str, b: str) -> bool:
+    # Exchange names one machine DB1PEPF000509EA.eurprd03.prod.outlook.com as a client
+    # and DB1PEPF000509EA.mail.protection.outlook.com as a server: same first label.
+    return a.lower() == b.lower() or a.split(".")[0].lower() == b.split(".")[0].lower()
+
+
+def _local(name: str, ip: str | None) -> bool:
+    return name.lower() in ("localhost", "localhost.localdomain") or ip in ("127.0.0.1", "::1")
+
+
+# -- text -----------------------------------------------------------------------------
+def path_text(path: RelayPath) -> str:
+    lines = [path.title + (f"   [{path.state}]" if path.state else "")]
+    for n, hop in enumerate(path.hops, start=1):
+        src, dst = path.nodes[hop.source], path.nodes[hop.target]
+        mark = {True: " ", False: "x", None: "…"}[hop.ok]
+        label = hop.label()
+        arrow = f"--{label}-->" if label else "-->"
+        line = f" {mark} {n}. {_node_text(src)} {arrow} {_node_text(dst)}"
+        if hop.dns:
+            line += f"   DNS: {hop.dns}"
+        if hop.result:
+            line += f"   {hop.result}"
+        lines.append(line)
+    if not path.hops:
+        lines.append("   (no hops yet)")
+    lines.extend(f"   note: {n}" for n in path.notes)
+    return "\n".join(lines)
+
+
+def _node_text(node: PathNode) -> str:
+    return f"{node.name} ({node.address})" if node.address and node.address != node.name.strip("[]") else node.name
+
+
+# -- SVG (notebook and widget) ----------------------------------------------------------
+_OK, _FAIL, _PENDING, _PLAIN, _INK = "#1a7f37", "#cf222e", "#9a6700", "#57606a", "#24292f"
+
+
+def _layout(path: RelayPath) -> dict[int, tuple[int, int]]:
+    """Main-path nodes left to right in order of first appearance; side nodes under
+    the slot they were an alternative for."""
+    pos: dict[int, tuple[int, int]] = {}
+    col = 0
+    side_rows: dict[int, int] = {}
+    for hop in path.hops:
+        for idx in (hop.source, hop.target):
+            if idx in pos:
+                continue
+            node = path.nodes[idx]
+            if node.side:
+                src_col = pos.get(hop.source, (col, 0))[0]
+                c = src_col + 1
+                side_rows[c] = side_rows.get(c, 0) + 1
+                pos[idx] = (c, side_rows[c])
+            else:
+                pos[idx] = (col, 0)
+                col += 1
+    for idx in range(len(path.nodes)):
+        if idx not in pos:
+            pos[idx] = (col, 0)
+            col += 1
+    return pos
+
+
+def path_svg(path: RelayPath, *, box_w: int = 170, gap: int = 120, row_h: int = 95) -> str:
+    pos = _layout(path)
+    cols = max((c for c, _ in pos.values()), default=0) + 1
+    rows = max((r for _, r in pos.values()), default=0) + 1
+    width = cols * box_w + (cols - 1) * gap + 20
+    height = rows * row_h + 60
+    x = {i: 10 + c * (box_w + gap) for i, (c, _) in pos.items()}
+    y = {i: 40 + r * row_h for i, (_, r) in pos.items()}
+    esc = html.escape
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+           f"font-family='sans-serif' font-size='12'>",
+           "<defs>" + "".join(
+               f"<marker id='ah{n}' markerWidth='10' markerHeight='8' refX='9' refY='4' orient='auto'>"
+               f"<path d='M0,0 L10,4 L0,8 z' fill='{c}'/></marker>"
+               for n, c in (("ok", _OK), ("fail", _FAIL), ("pend", _PENDING), ("plain", _PLAIN))) + "</defs>",
+           f"<text x='10' y='18' font-weight='bold'>{esc(path.title)}"
+           + (f" — {esc(path.state)}" if path.state else "") + "</text>"]
+    for hop in path.hops:
+        s, t = hop.source, hop.target
+        colour, marker = ((_FAIL, "fail") if hop.ok is False else (_PENDING, "pend") if hop.ok is None
+                          else (_OK, "ok") if hop.encrypted else (_PLAIN, "plain"))
+        x1, y1 = x[s] + box_w, y[s] + 18
+        x2, y2 = x[t], y[t] + 18
+        if x2 <= x1:  # back to an earlier column (a loop in a header): curve under
+            x1, x2 = x[s] + box_w / 2, x[t] + box_w / 2
+        dash = " stroke-dasharray='6,4'" if hop.ok is not True or hop.encrypted is False else ""
+        out.append(f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='{colour}' stroke-width='2'"
+                   f"{dash} marker-end='url(#ah{marker})'/>")
+        mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+        label = hop.label()
+        if label:
+            out.append(f"<text x='{mx}' y='{my - 6}' text-anchor='middle' fill='{colour}'>{esc(label)}</text>")
+        below = [b for b in (hop.dns and f"DNS {hop.dns}", hop.result) if b]
+        for k, b in enumerate(below):
+            out.append(f"<text x='{mx}' y='{my + 14 + 13 * k}' text-anchor='middle' font-size='10' "
+                       f"fill='{_PLAIN}'>{esc(_short(b, 40))}</text>")
+    for i, node in enumerate(path.nodes):
+        stroke = _FAIL if node.side else _INK
+        out.append(f"<rect x='{x[i]}' y='{y[i]}' width='{box_w}' height='36' rx='6' fill='#f6f8fa' "
+                   f"stroke='{stroke}'/>")
+        out.append(f"<text x='{x[i] + box_w / 2}' y='{y[i] + 15}' text-anchor='middle'>"
+                   f"{esc(_short(node.name, 26))}</text>")
+        if node.address:
+            out.append(f"<text x='{x[i] + box_w / 2}' y='{y[i] + 29}' text-anchor='middle' font-size='10' "
+                       f"fill='{_PLAIN}'>{esc(node.address)}</text>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def path_html(path: RelayPath) -> str:
+    rows = []
+    for n, hop in enumerate(path.hops, start=1):
+        src, dst = path.nodes[hop.source], path.nodes[hop.target]
+        status = {True: "ok", False: "failed", None: "in progress"}[hop.ok]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+            n, _node_text(src), _node_text(dst), hop.protocol or "", _tls_text(hop),
+            _delay(hop.seconds).lstrip("+") if hop.seconds is not None else "", hop.dns or "",
+            hop.result or status)) + "</tr>")
+    head = "".join(f"<th style='text-align:left'>{t}</th>" for t in
+                   ("#", "from", "to", "with", "TLS", "time", "DNS answer used", "result"))
+    notes = "".join(f"<div style='color:{_PLAIN}'>note: {html.escape(n)}</div>" for n in path.notes)
+    return (f"<div>{path_svg(path)}<table style='font-size:90%'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>{notes}</div>")
+
+
+def _tls_text(hop: PathHop) -> str:
+    if hop.encrypted is None:
+        return "?"
+    return (hop.tls or "yes") if hop.encrypted else "no"
+
+
+# -- matplotlib (slides) ---------------------------------------------------------------
+def figure(path: RelayPath, *, width: float | None = None) -> Figure:
+    """The path as a matplotlib Figure (``fig.savefig("path.png")`` / ``.svg``).
+
+    Built with the object API (no pyplot state), so it neither shows itself twice
+    in a notebook nor needs a GUI backend. Call it on the kernel's thread.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    pos = _layout(path)
+    cols = max((c for c, _ in pos.values()), default=0) + 1
+    rows = max((r for _, r in pos.values()), default=0) + 1
+    bw, bh, step = 1.9, 0.55, 3.4
+    span = (cols - 1) * step + bw + 0.4
+    fig = Figure(figsize=(width or max(6.0, span * 0.9), 1.6 + 1.5 * rows))
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.02)
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.set_xlim(-0.2, span - 0.2)
+    ax.set_ylim(-(rows - 1) * 1.5 - 1.3, 1.0)
+    title = path.title + (f"  [{path.state}]" if path.state else "")
+    ax.set_title(title, loc="left", fontsize=11)
+
+    def xy(i: int) -> tuple[float, float]:
+        c, r = pos[i]
+        return c * step, -r * 1.5
+
+    for hop in path.hops:
+        (xs, ys), (xt, yt) = xy(hop.source), xy(hop.target)
+        colour = (_FAIL if hop.ok is False else _PENDING if hop.ok is None
+                  else _OK if hop.encrypted else _PLAIN)
+        style = "-" if hop.ok is True and hop.encrypted is not False else "--"
+        back = xt <= xs and hop.source != hop.target
+        if back:  # a hop back to an earlier host (e.g. through a content filter): arc below
+            start, end, bend = (xs + bw / 2, ys), (xt + bw / 2, yt), "arc3,rad=-0.4"
+        else:
+            start, end, bend = (xs + bw, ys + bh / 2), (xt, yt + bh / 2), "arc3,rad=0"
+        if hop.source != hop.target:
+            ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color=colour,
+                                         linestyle=style, linewidth=1.6, connectionstyle=bend))
+        mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+        if back:
+            my -= 0.2 * abs(end[0] - start[0]) + 0.05
+        below = [b for b in (hop.dns and f"DNS {hop.dns}", hop.result) if b]
+        if hop.label():
+            ax.text(mx, my + (0.08 if not back else -0.05), hop.label().replace(", ", "\n", 1), ha="center",
+                    va="bottom" if not back else "top", fontsize=7.5, color=colour)
+        if below:
+            ax.text(mx, my - (0.1 if not back else 0.4), "\n".join(_short(b, 34) for b in below),
+                    ha="center", va="top", fontsize=7, color=_PLAIN)
+    for i, node in enumerate(path.nodes):
+        x0, y0 = xy(i)
+        ax.add_patch(FancyBboxPatch((x0, y0), bw, bh, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                    facecolor="#f6f8fa", edgecolor=_FAIL if node.side else _INK))
+        ax.text(x0 + bw / 2, y0 + bh * 0.62, _short(node.name, 26), ha="center", va="center", fontsize=9)
+        if node.address:
+            ax.text(x0 + bw / 2, y0 + bh * 0.25, node.address, ha="center", va="center", fontsize=7,
+                    color=_PLAIN)
+    return fig
+
+
+# -- the lab's own messages ---------------------------------------------------------------
+def path_from_relay(lab: Lab, message: Any = None) -> RelayPath:
+    """The path of a lab message from the relay's queue entries (all hosts) and,
+    once it is delivered, the Received chain of the delivered copy.
+
+    ``message``: a queue id, a Message-ID, a queue entry, or None for the last one.
+    """
+    from .relay_lab import build_path  # the part that knows the relay's data
+
+    return build_path(lab, message)
+
+
+class RelayView:
+    """What ``%mail relay`` returns when widgets are not wanted: a snapshot."""
+
+    def __init__(self, path: RelayPath) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return path_text(self.path)
+
+    def _repr_html_(self) -> str:
+        return path_html(self.path)
+
+    def figure(self, **kwargs: Any) -> Figure:
+        return figure(self.path, **kwargs)
+
+
+class LiveRelayView:
+    """The relay path as a live ipywidgets HTML widget.
+
+    ``build()`` makes a :class:`RelayPath` from current state; it is called on a
+    publisher thread whenever events arrived (at most every ``interval`` s).
+    """
+
+    FINAL = ("delivered", "bounced")
+
+    def __init__(self, lab: Lab, build: Callable[[], RelayPath], *, interval: float = 0.1,
+                 linger: float = 30.0) -> None:
+        import ipywidgets
+
+        self.lab = lab
+        self._build = build
+        self.interval = interval
+        self.linger = linger  # keep listening this long after the message reached a final state
+        self.path = self._safe_build()
+        self.widget = ipywidgets.HTML(value=path_html(self.path))
+        self.updates = 0
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._unsubscribe = lab.events.subscribe(self._on_event)
+        self._thread = threading.Thread(target=self._publish, name="maillab-relay-view", daemon=True)
+        self._thread.start()
+
+    def _on_event(self, event: Any) -> None:
+        # Called on the lab thread: do nothing but flag it (never block, never raise).
+        try:
+            if event.protocol in ("relay", "dns", "smtp"):
+                self._dirty.set()
+        except Exception:
+            pass
+
+    def _safe_build(self) -> RelayPath:
+        try:
+            return self._build()
+        except Exception as exc:  # a view must never take anything down with it
+            return RelayPath("relay path unavailable", notes=[f"{type(exc).__name__}: {exc}"])
+
+    def _publish(self) -> None:
+        final_since: float | None = None
+        while not self._stop.is_set():
+            if self._dirty.wait(self.interval * 5):
+                self._dirty.clear()
+                time.sleep(self.interval)  # batch a burst of events into one update
+                self.refresh()
+            if self.path.state in self.FINAL:
+                final_since = final_since or time.monotonic()
+                if time.monotonic() - final_since > self.linger:
+                    break
+            else:
+                final_since = None
+        self.close()
+
+    def refresh(self) -> None:
+        self.path = self._safe_build()
+        value = path_html(self.path)
+        if value != self.widget.value:
+            self.widget.value = value
+            self.updates += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self._unsubscribe()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return path_text(self.path)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/plain"] = path_text(self.path)
+        return bundle
+
+    def figure(self, **kwargs: Any) -> Figure:
+        return figure(self.path, **kwargs)
