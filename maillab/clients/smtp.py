@@ -122,7 +122,12 @@ class RecordingSMTP(smtplib.SMTP):
         if self.recorder is not None:
             if self._data_next and data.lower() != b"data\r\n":
                 self._data_next = False
-                self.recorder.payload("C", data)
+                # The message, then the end-of-data line on its own (RFC 5321 4.1.1.4).
+                if data.endswith(b"\r\n.\r\n"):
+                    self.recorder.payload("C", data[:-3])
+                    self.recorder.client_line(".")
+                else:
+                    self.recorder.payload("C", data)
             else:
                 self.recorder.client_line(self._masked(data.rstrip(b"\r\n").decode("utf-8", "replace")))
         super().send(s)

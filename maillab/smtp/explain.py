@@ -139,7 +139,7 @@ def explain_reply(line: str) -> str | None:
     if not m:
         return None
     code, sep, text = m.groups()
-    if sep == "-" and code == "250":
+    if code == "250":  # an EHLO reply lists one extension per line, the last one too
         keyword = text.split(None, 1)[0].upper() if text.strip() else ""
         if keyword in EXTENSIONS:
             return f"extension {keyword}: {EXTENSIONS[keyword]}"

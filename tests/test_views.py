@@ -1,0 +1,172 @@
+"""Views rendered from the events of real sessions (real sockets, real servers)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+
+from maillab.clients.smtp import send
+from maillab.compose import compose
+from maillab.events import EventBus
+from maillab.views import Inbox, StatusTable, TranscriptView, render_html, render_text
+from maillab.views.transcript import explainer, select
+
+
+def _send_one(lab, subject="你好, Bob", body="Hello from the lab.\n"):
+    return send(lab, compose(sender="alice@alpha.test", to=["bob@alpha.test"], subject=subject, body=body))
+
+
+def test_transcript_text_from_a_real_submission_session(single_lab):
+    result = _send_one(single_lab)
+    text = render_text(single_lab.events.events())
+    # both ends of the conversation are there: maillab's client and the lab's server
+    assert f"=== {result.session} (smtp client, to 127.0.0.1:{result.port})" in text
+    assert re.search(r"=== smtp-\d+ \(smtp server, mail\.alpha\.test <- 127\.0\.0\.1:\d+\)", text)
+    lines = text.splitlines()
+    stamped = [ln for ln in lines if re.match(r"\d\d:\d\d:\d\d\.\d{3} [CS]: ", ln)]
+    assert len(stamped) > 20
+    assert any(re.match(r".*S: 354 .*# start mail input; end with <CRLF>\.<CRLF> \(RFC 5321", ln) for ln in lines)
+    assert any("C: STARTTLS" in ln and "RFC 3207" in ln for ln in lines)
+    assert any("TLS started: TLSv1." in ln for ln in lines)
+    # the credential never reaches a transcript; the masked line does, on both ends
+    assert text.count("C: AUTH PLAIN ****") == 2
+    assert "alice-pw" not in text
+    import base64
+    secret = base64.b64encode(b"\0alice@alpha.test\0alice-pw").decode()
+    assert secret not in text
+    # the message went over the wire with its encoded subject
+    assert "C: Subject: =?utf-8?b?" in text
+
+
+def test_render_without_notes_and_times(single_lab):
+    _send_one(single_lab)
+    text = render_text(single_lab.events.events(), explain=False, times=False)
+    assert "# " not in text
+    assert "\nS: 220 " in text
+
+
+def test_select_filters_by_session_protocol_and_user(single_lab):
+    result = _send_one(single_lab)
+    events = single_lab.events.events()
+    only = select(events, session=result.session)
+    assert {e.session for e in only} == {result.session}
+    assert select(events, protocol="imap") == []
+    alice = {e.session for e in select(events, user="alice")}
+    assert result.session in alice and len(alice) == 2  # client and server side both logged in as alice
+    assert select(events, user="carol") == []
+
+
+def test_html_rendering_escapes_and_colours(single_lab):
+    _send_one(single_lab, subject="<script>x</script>")
+    html = render_html(single_lab.events.events())
+    assert "<script>x</script>" not in html
+    assert "&lt;script&gt;" in html
+    assert 'class="S3"' in html  # the 354 line
+    limited = render_html(single_lab.events.events(), limit=5)
+    assert "earlier events not shown" in limited
+
+
+def test_missing_explainer_is_tolerated():
+    assert explainer("nosuchprotocol") is None
+    bus = EventBus()
+    rec = bus.session("nosuchprotocol", "server", "h", "p")
+    rec.client_line("HELLO")
+    rec.server_line("+OK")
+    rec.close()
+    text = render_text(bus.events())
+    assert "C: HELLO" in text and "#" not in text
+
+
+def test_live_widget_updates_from_the_lab_thread(single_lab):
+    view = TranscriptView(single_lab.events, interval=0.05)
+    try:
+        applied_on: list[threading.Thread] = []
+        view.html.observe(lambda change: applied_on.append(threading.current_thread()), names="value")
+        before = view.updates
+        result = _send_one(single_lab)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "Bye" not in view.html.value:
+            time.sleep(0.02)
+        assert view.updates > before
+        assert "354" in view.html.value and "Bye" in view.html.value
+        # updates were applied by the view's publisher, never on the lab's server thread
+        assert applied_on and single_lab.loop.thread not in applied_on
+        # the filters
+        assert result.session in view.session_w.options
+        view.session_w.value = result.session
+        assert "smtp client" in view.html.value and "smtp server" not in view.html.value
+        view.session_w.value = "(all)"
+        view.user_w.value = "nobody-here"
+        assert "no sessions yet" in view.html.value
+        view.user_w.value = ""
+        assert "smtp server" in view.html.value
+        assert "S: 354" in view.text()
+    finally:
+        view.close()
+    # a closed view no longer follows the bus
+    updates = view.updates
+    _send_one(single_lab)
+    time.sleep(0.2)
+    assert view.updates == updates
+
+
+def test_a_broken_subscriber_never_breaks_a_server(single_lab):
+    def broken(_event):
+        raise RuntimeError("view bug")
+
+    unsubscribe = single_lab.events.subscribe(broken)
+    try:
+        assert _send_one(single_lab).ok
+    finally:
+        unsubscribe()
+    assert len(Inbox(single_lab, "bob")) == 1
+
+
+def test_inbox_decodes_subjects_and_counts_crlf_size(single_lab):
+    _send_one(single_lab)
+    inbox = Inbox(single_lab, "bob")
+    assert inbox.address == "bob@alpha.test"
+    (row,) = inbox.rows
+    assert row.subject == "你好, Bob"
+    assert row.sender == "alice@alpha.test"
+    mb = single_lab.store.mailbox("bob@alpha.test")
+    assert row.size == mb.messages()[0].crlf_size
+    assert "你好, Bob" in repr(inbox) and "你好, Bob" in inbox._repr_html_()
+    assert "0 message(s)" in repr(Inbox(single_lab, "alice"))
+
+
+def test_status_table_lists_lab_and_standard_ports(single_lab):
+    table = StatusTable(single_lab.status(), ca_path=str(single_lab.ca_path))
+    text = repr(table)
+    host, port = single_lab.address("submission")
+    row = next(ln for ln in text.splitlines() if ln.startswith("submission "))
+    assert f" {port} " in row and " 587 " in row and "starttls" in row and "running" in row
+    smtps = next(ln for ln in text.splitlines() if ln.startswith("smtps "))
+    assert " 465 " in smtps and "implicit" in smtps
+    assert str(single_lab.ca_path) in text
+    assert "<table>" in table._repr_html_()
+
+
+@pytest.mark.parametrize("line, direction, expected", [
+    ("354 End data with <CR><LF>.<CR><LF>", "S", "start mail input; end with <CRLF>.<CRLF>"),
+    ("550 5.7.1 Relaying denied", "S", "5.7.1"),
+    ("250-PIPELINING", "S", "RFC 2920"),
+    ("451 4.3.0 try later", "S", "try again later"),
+    ("RCPT TO:<bob@alpha.test>", "C", "RFC 5321 4.1.1.3"),
+    ("quit", "C", "RFC 5321 4.1.1.10"),
+])
+def test_smtp_explanations(line, direction, expected):
+    from maillab.smtp.explain import explain
+
+    note = explain(line, direction)
+    assert note is not None and expected in note
+
+
+def test_smtp_explanation_is_silent_on_message_text():
+    from maillab.smtp.explain import explain
+
+    assert explain("Hello Bob, how are you?", "C") is None
+    assert explain("no code here", "S") is None
