@@ -1,0 +1,353 @@
+"""The relay's SMTP client: how one lab host hands a message to the next.
+
+It speaks the client half of RFC 5321 on the lab loop: greeting, EHLO (HELO if
+EHLO is refused), STARTTLS whenever the server offers it (RFC 3207), verifying
+the lab CA and the MX host's name, then MAIL, RCPT for each recipient, DATA,
+QUIT. Its outgoing socket is bound to the sending host's own loopback address,
+so the next hop's ``Received: from`` line names the real sender.
+
+Two classic mistakes it avoids:
+
+* bytes a server sends after ``220 ready to start TLS`` arrived in plaintext and
+  are thrown away before the handshake (the STARTTLS injection bugs);
+* the message is sent with every line ending as CRLF and lines starting with "."
+  doubled (dot-stuffing, RFC 5321 4.5.2), so a stray LF or CR can never end the
+  DATA early at the next hop (SMTP smuggling).
+
+Every line sent and received is recorded as a client-side session (protocol
+"smtp", side "client", host = the sending host), so the transcript shows the hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .. import tls as tlsinfo
+
+if TYPE_CHECKING:
+    from ..events import EventBus
+
+#: RFC 5321 4.5.3.1.5: a reply line is at most 512 octets; we are lenient but bounded.
+MAX_REPLY_LINE = 4096
+MAX_REPLY_LINES = 100
+
+
+# -- the sans-IO part: replies and message encoding ------------------------------------
+
+
+@dataclass
+class Reply:
+    code: int
+    lines: list[str]  # the text of each line, without "250-"
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.lines)
+
+    @property
+    def status(self) -> str:
+        """The enhanced status code (RFC 3463) at the start of the text, if any."""
+        first = self.lines[0].split(" ", 1)[0] if self.lines and self.lines[0] else ""
+        parts = first.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] == str(self.code)[0]:
+            return first
+        return f"{str(self.code)[0]}.0.0"
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+    @property
+    def transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+class ReplyParser:
+    """Feed reply lines, get a :class:`Reply` when the last line (``NNN text``) arrives."""
+
+    def __init__(self) -> None:
+        self._code: int | None = None
+        self._lines: list[str] = []
+
+    def feed(self, line: str) -> Reply | None:
+        line = line.rstrip("\r\n")
+        if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in " -"):
+            raise ProtocolError(f"not an SMTP reply line: {line[:80]!r}")
+        code = int(line[:3])
+        if self._code is not None and code != self._code:
+            raise ProtocolError(f"reply code changed inside a multi-line reply: {line[:80]!r}")
+        self._code = code
+        self._lines.append(line[4:])
+        if len(self._lines) > MAX_REPLY_LINES:
+            raise ProtocolError("reply has too many lines")
+        if len(line) == 3 or line[3] == " ":
+            reply = Reply(code, self._lines)
+            self._code, self._lines = None, []
+            return reply
+        return None
+
+
+def encode_data(data: bytes) -> bytes:
+    """The message as it goes after ``354``: CRLF line endings, dot-stuffed, ending
+    ``CRLF . CRLF``. Bare CR or LF become CRLF: nothing stray reaches the next hop."""
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = bytearray()
+    for line in lines:
+        if line.startswith(b"."):
+            out += b"."
+        out += line + b"\r\n"
+    out += b".\r\n"
+    return bytes(out)
+
+
+def ehlo_extensions(reply: Reply) -> dict[str, str]:
+    """``250-SIZE 1000`` lines -> {"SIZE": "1000", ...} (the first line is the greeting)."""
+    ext = {}
+    for line in reply.lines[1:]:
+        keyword, _, params = line.partition(" ")
+        ext[keyword.upper()] = params
+    return ext
+
+
+class ProtocolError(Exception):
+    pass
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    """What one SMTP session with one MX address came to."""
+
+    host: str
+    address: str
+    port: int
+    connected: bool = False
+    stage: str = "connect"  # the last command sent: connect, greeting, EHLO, STARTTLS, MAIL, RCPT, DATA, QUIT
+    session_failure: Reply | None = None  # connect/greeting/EHLO/TLS: try the next MX
+    error: str = ""  # text for failures that had no SMTP reply (refused, timeout, TLS)
+    mail_reply: Reply | None = None
+    rcpt_replies: dict[str, Reply] = field(default_factory=dict)  # final per-recipient outcome
+    data_reply: Reply | None = None
+    tls: bool = False
+    tls_version: str | None = None
+    protocol: str = "ESMTP"  # ESMTP / ESMTPS (RFC 3848), as the next hop writes it
+    session: str | None = None  # the client-side session id in the event stream
+    duration: float = 0.0
+
+    @property
+    def unreachable(self) -> bool:
+        """Nothing was said about the recipients: the next MX may be tried."""
+        return self.mail_reply is None and not self.rcpt_replies
+
+
+# -- the asyncio driver ------------------------------------------------------------------
+
+
+class _Session:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rec, timeout: float) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.rec = rec
+        self.timeout = timeout
+
+    async def reply(self) -> Reply:
+        parser = ReplyParser()
+        while True:
+            try:
+                raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
+            except ValueError:  # the line exceeded the stream limit
+                raise ProtocolError("reply line too long") from None
+            if not raw:
+                raise ConnectionError("connection closed by the server")
+            if len(raw) > MAX_REPLY_LINE:
+                raise ProtocolError("reply line too long")
+            text = raw.decode("utf-8", "replace").rstrip("\r\n")
+            self.rec.server_line(text)
+            reply = parser.feed(text)
+            if reply is not None:
+                return reply
+
+    async def command(self, line: str) -> Reply:
+        self.rec.client_line(line)
+        self.writer.write(line.encode("utf-8") + b"\r\n")
+        await self.writer.drain()
+        return await self.reply()
+
+
+async def _start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     context: ssl.SSLContext, server_hostname: str, timeout: float) -> None:
+    if sys.version_info >= (3, 11):
+        await writer.start_tls(context, server_hostname=server_hostname, ssl_handshake_timeout=timeout)
+    else:  # pragma: no cover - Python 3.10 has no StreamWriter.start_tls
+        loop = asyncio.get_running_loop()
+        transport = writer.transport
+        protocol = transport.get_protocol()
+        new = await loop.start_tls(transport, protocol, context, server_side=False,
+                                   server_hostname=server_hostname, ssl_handshake_timeout=timeout)
+        writer._transport = new  # noqa: SLF001
+        protocol._transport = new  # noqa: SLF001
+
+
+async def deliver(
+    events: EventBus,
+    *,
+    helo_name: str,
+    source_address: str | None,
+    host: str,
+    address: str,
+    port: int,
+    mail_from: str,
+    rcpts: list[str],
+    data: bytes,
+    tls_context: ssl.SSLContext | None,
+    connect_timeout: float = 5.0,
+    reply_timeout: float = 60.0,
+    queue_id: str = "",
+) -> Delivery:
+    """One SMTP session from ``helo_name`` to the MX ``host`` at ``address:port``.
+
+    Never raises for anything the network or the server does: the outcome is in
+    the returned :class:`Delivery`.
+    """
+    result = Delivery(host, address, port)
+    started = time.perf_counter()
+    rec = events.session("smtp", "client", helo_name, f"{address}:{port}", mx=host, relay=queue_id)
+    result.session = rec.session
+    writer: asyncio.StreamWriter | None = None
+    try:
+        local = (source_address, 0) if source_address else None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address, port, local_addr=local, limit=MAX_REPLY_LINE * 2),
+                connect_timeout)
+        except asyncio.TimeoutError:
+            result.error = f"connect to {host}[{address}]:{port}: timed out"
+            return result
+        except OSError as exc:
+            result.error = f"connect to {host}[{address}]:{port}: {exc.strerror or exc}"
+            return result
+        result.connected = True
+        s = _Session(reader, writer, rec, reply_timeout)
+        result.stage = "greeting"
+        greeting = await s.reply()
+        if greeting.code != 220:
+            result.session_failure = greeting
+            await _quit(s)
+            return result
+        result.stage = "EHLO"
+        ehlo = await s.command(f"EHLO {helo_name}")
+        extensions: dict[str, str] = {}
+        if ehlo.code == 250:
+            extensions = ehlo_extensions(ehlo)
+        else:
+            helo = await s.command(f"HELO {helo_name}")
+            if helo.code != 250:
+                result.session_failure = helo
+                await _quit(s)
+                return result
+            result.protocol = "SMTP"
+        if "STARTTLS" in extensions and tls_context is not None:
+            result.stage = "STARTTLS"
+            go = await s.command("STARTTLS")
+            if go.code == 220:
+                dropped = len(reader._buffer)  # noqa: SLF001 - see the module docstring
+                if dropped:
+                    reader._buffer.clear()  # noqa: SLF001
+                    rec.note(f"discarded {dropped} bytes the server sent after 220 before TLS started",
+                             discarded=dropped)
+                try:
+                    await _start_tls(reader, writer, tls_context, host, connect_timeout)
+                except (ssl.SSLError, ssl.CertificateError, OSError, asyncio.TimeoutError) as exc:
+                    # A failed handshake leaves the session unusable; the next MX may do better.
+                    result.error = f"TLS handshake with {host}[{address}] failed: {exc}"
+                    rec.note(result.error)
+                    return result
+                info = tlsinfo.describe(writer.get_extra_info("ssl_object"))
+                rec.tls(info["version"], info["cipher"], peer_cert=host, verified=True)
+                result.tls, result.tls_version = True, info["version"]
+                result.protocol = "ESMTPS"
+                result.stage = "EHLO"
+                ehlo = await s.command(f"EHLO {helo_name}")  # RFC 3207 4.2: forget what we knew
+                if ehlo.code != 250:
+                    result.session_failure = ehlo
+                    await _quit(s)
+                    return result
+                extensions = ehlo_extensions(ehlo)
+            else:
+                rec.note(f"STARTTLS refused ({go}); continuing without TLS")
+        result.stage = "MAIL"
+        params = []
+        if "SIZE" in extensions:
+            params.append(f"SIZE={len(data)}")
+        if "8BITMIME" in extensions and any(b > 0x7F for b in data):
+            params.append("BODY=8BITMIME")
+        if "SMTPUTF8" in extensions and not (mail_from + "".join(rcpts)).isascii():
+            params.append("SMTPUTF8")
+        mail = await s.command(f"MAIL FROM:<{mail_from}>" + "".join(" " + p for p in params))
+        result.mail_reply = mail
+        if mail.code != 250:
+            await _quit(s)
+            return result
+        accepted = []
+        for rcpt in rcpts:
+            result.stage = "RCPT"
+            r = await s.command(f"RCPT TO:<{rcpt}>")
+            result.rcpt_replies[rcpt] = r
+            if r.code in (250, 251):
+                accepted.append(rcpt)
+        if not accepted:
+            await _quit(s)
+            return result
+        result.stage = "DATA"
+        go = await s.command("DATA")
+        if go.code != 354:
+            for rcpt in accepted:
+                result.rcpt_replies[rcpt] = go
+            await _quit(s)
+            return result
+        rec.payload("C", data)
+        writer.write(encode_data(data))
+        await writer.drain()
+        final = await s.reply()
+        result.data_reply = final
+        for rcpt in accepted:
+            result.rcpt_replies[rcpt] = final
+        result.stage = "QUIT"
+        await _quit(s)
+        return result
+    except asyncio.TimeoutError:
+        result.error = f"{host}[{address}]: no reply to {result.stage} within {reply_timeout:g} s"
+        rec.note(result.error)
+        return result
+    except (ConnectionError, ProtocolError, ssl.SSLError, OSError) as exc:
+        result.error = f"{host}[{address}]: lost connection after {result.stage}: {exc}"
+        rec.note(result.error)
+        return result
+    finally:
+        result.duration = time.perf_counter() - started
+        if writer is not None:
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1)
+            except Exception:  # noqa: BLE001 - the peer may already be gone
+                pass
+        rec.close(result.error or "")
+
+
+async def _quit(s: _Session) -> None:
+    try:
+        await asyncio.wait_for(s.command("QUIT"), 5)
+    except Exception:  # noqa: BLE001 - QUIT is a courtesy; the result is already decided
+        pass

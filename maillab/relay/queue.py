@@ -1,0 +1,624 @@
+"""The MTA queue: what happens to a message after "250 OK, queued as ...".
+
+A message submitted on one lab host for a domain it does not own is queued
+here (``lab.relay.submit``). For each recipient domain the queue looks up the MX
+route in the lab DNS (:mod:`.mx`), tries the MX hosts in preference order over
+SMTP (:mod:`.client`), and then, per recipient (RFC 5321 4.5.4.1, 6.1):
+
+* 2xx — delivered: the next hop has taken responsibility;
+* 4xx, or no MX host reachable — deferred: the message stays queued and is
+  retried with exponential backoff (seconds in the lab, minutes to hours on the
+  internet), until it is delivered or it expires;
+* 5xx, a null MX, a domain that does not exist, or expiry — bounced: a delivery
+  status notification (:mod:`.bounce`) goes back to the sender.
+
+Each message's path is kept for the views: every attempt (time, MX host and
+address, the DNS answer used, reply, TLS, duration, the client session id of its
+transcript), the next attempt time and the last error. Every state change is an
+event (protocol "relay") in the lab's event stream.
+
+Failure injection for class (``%mail fail``): ``lab.relay.fail(host, kind)``
+with kind ``down`` (its SMTP listener is closed, the port kept for ``heal``),
+``tempfail`` (451 at RCPT), ``reject`` (550 at RCPT) or ``slow`` (each reply
+delayed), and ``lab.relay.heal(host)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from email.parser import BytesHeaderParser
+from typing import TYPE_CHECKING, Any
+
+from .. import lab as lab_module
+from ..services import FACTORIES
+from ..topology import MailHost, lab_port
+from .bounce import FailedRecipient, build_dsn, original_header
+from .client import Delivery, deliver
+from .mx import RouteError, find_route
+
+if TYPE_CHECKING:
+    from ..events import SessionRecorder
+    from ..lab import Lab
+
+QUEUED, RETRYING, DELIVERED, BOUNCED = "queued", "retrying", "delivered", "bounced"
+FINAL = (DELIVERED, BOUNCED)
+FAULT_KINDS = ("down", "tempfail", "reject", "slow")
+#: Finished messages kept for the views; older ones are forgotten (memory stays bounded).
+KEEP_FINISHED = 5000
+
+
+@dataclass
+class Attempt:
+    """One try at one recipient domain: a DNS lookup and (usually) one SMTP session."""
+
+    time: float
+    domain: str
+    recipients: list[str]
+    result: str  # delivered / deferred / bounced / unreachable (next MX tried)
+    host: str | None = None  # the MX host tried
+    address: str | None = None
+    port: int | None = None
+    mx: list[str] = field(default_factory=list)  # the DNS answers used
+    code: int | None = None  # the deciding SMTP reply code (None: no reply, e.g. refused)
+    text: str = ""
+    tls: bool = False
+    tls_version: str | None = None
+    protocol: str | None = None  # ESMTP / ESMTPS, as the next hop's Received line says
+    duration: float = 0.0
+    session: str | None = None  # client-side session id: its transcript
+    replies: dict[str, str] = field(default_factory=dict)  # recipient -> reply
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Recipient:
+    address: str
+    state: str = QUEUED  # queued / deferred / delivered / bounced
+    code: int | None = None
+    status: str | None = None  # RFC 3463 enhanced status code
+    text: str = ""
+    host: str | None = None  # the MX host that accepted or refused it
+    command: str | None = None  # the command whose reply decided it
+    reported: bool = False  # a DSN has gone out for it
+
+    @property
+    def domain(self) -> str:
+        return self.address.rsplit("@", 1)[-1].lower()
+
+
+@dataclass
+class QueuedMessage:
+    id: str
+    origin: str  # the host whose queue holds it
+    mail_from: str
+    recipients: list[Recipient]
+    created: float
+    size: int
+    subject: str = ""
+    message_id: str = ""
+    state: str = QUEUED
+    attempts: list[Attempt] = field(default_factory=list)
+    next_attempt: float | None = None
+    last_error: str | None = None
+    routes: dict[str, dict[str, Any]] = field(default_factory=dict)  # domain -> MX route used
+    retries: int = 0
+    dsn: dict[str, Any] | None = None  # where the bounce went
+    submitted_session: str | None = None  # the SMTP session it was submitted in
+    events_session: str | None = None  # this message's "relay" session in the event stream
+    finished: float | None = None
+    data: bytes = field(default=b"", repr=False)  # dropped once final; ``header`` stays
+    header: bytes = field(default=b"", repr=False)
+    running: bool = field(default=False, repr=False)
+
+    @property
+    def rcpts(self) -> list[str]:
+        return [r.address for r in self.recipients]
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain snapshot for views (safe to keep; the queue goes on changing)."""
+        return {
+            "id": self.id,
+            "origin": self.origin,
+            "mail_from": self.mail_from,
+            "recipients": [asdict(r) for r in self.recipients],
+            "state": self.state,
+            "created": self.created,
+            "finished": self.finished,
+            "size": self.size,
+            "subject": self.subject,
+            "message_id": self.message_id,
+            "attempts": [a.as_dict() for a in self.attempts],
+            "next_attempt": self.next_attempt,
+            "last_error": self.last_error,
+            "routes": dict(self.routes),
+            "retries": self.retries,
+            "dsn": self.dsn,
+            "submitted_session": self.submitted_session,
+            "events_session": self.events_session,
+        }
+
+
+def parse_duration(value: Any) -> float:
+    """``2``, ``"2s"``, ``"500ms"``, ``"1.5"`` -> seconds."""
+    if value is None:
+        return 2.0
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip().lower()
+    if text.endswith("ms"):
+        return float(text[:-2]) / 1000
+    if text.endswith("s"):
+        return float(text[:-1])
+    return float(text)
+
+
+class RelayQueue:
+    """``lab.relay``: every lab host's outgoing queue (one object; each message
+    remembers which host it is queued on)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self._messages: OrderedDict[str, QueuedMessage] = OrderedDict()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._recorders: dict[str, SessionRecorder] = {}
+        self._faults: dict[str, tuple[str, Any]] = {}
+        self._resolver: Any = None
+        self._tls_context: Any = None
+        self._last: str | None = None
+        self.closed = False
+        self.control = lab.events.session("relay", "server", "lab-relay", "", role="control")
+
+    # -- life cycle (on the lab loop) ---------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sem = asyncio.Semaphore(self.lab.limits.relay_concurrency)
+        if self.lab.ca is not None:
+            self._tls_context = self.lab.ca.client_context()
+        self.closed = False
+
+    async def stop(self) -> None:
+        self.closed = True
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=3)
+        self.control.close("lab stopped")
+
+    # -- the interface the SMTP server calls ----------------------------------------------
+    def submit(self, mail_from: str, rcpts: list[str], data: bytes, *,
+               origin: MailHost | str, session: str | None = None) -> str:
+        """Queue ``data`` from ``mail_from`` for ``rcpts`` on host ``origin``; returns the
+        queue id at once (delivery runs as a task on the lab loop)."""
+        if self.closed or self._loop is None:
+            raise RuntimeError("the relay queue is not running (start the lab)")
+        host = origin if isinstance(origin, MailHost) else self.lab.topology.hosts[origin]
+        qid = self._new_id()
+        msg = QueuedMessage(
+            id=qid, origin=host.name, mail_from=mail_from,
+            recipients=[Recipient(r) for r in dict.fromkeys(rcpts)],
+            created=time.time(), size=len(data), data=data, header=original_header(data),
+            submitted_session=session,
+        )
+        try:
+            hdr = BytesHeaderParser().parsebytes(msg.header)
+            msg.subject = str(hdr.get("Subject", "") or "")
+            msg.message_id = str(hdr.get("Message-ID", "") or "")
+        except Exception:  # noqa: BLE001 - a header we cannot read still gets delivered
+            pass
+        self._messages[qid] = msg
+        self._last = qid
+        rec = self.lab.events.session("relay", "server", host.name, "", queue_id=qid)
+        self._recorders[qid] = rec
+        msg.events_session = rec.session
+        self._state(msg, QUEUED, f"queued as {qid}: from <{mail_from}> to "
+                                 f"{', '.join('<' + r + '>' for r in msg.rcpts)} ({len(data)} bytes)")
+        self._trim()
+        self._loop.call_soon_threadsafe(self._launch, msg)
+        return qid
+
+    # -- views ------------------------------------------------------------------------------
+    def messages(self) -> list[QueuedMessage]:
+        """Every message the queue knows (oldest first), live objects: read, do not modify."""
+        return list(self._messages.values())
+
+    def queue(self, host: str | None = None) -> list[QueuedMessage]:
+        """Messages still waiting (queued or retrying), of one host or all."""
+        return [m for m in self._messages.values() if not m.final and (host is None or m.origin == host)]
+
+    def get(self, queue_id: str) -> QueuedMessage:
+        try:
+            return self._messages[queue_id]
+        except KeyError:
+            raise KeyError(f"no message {queue_id!r} in the relay queue") from None
+
+    def last(self) -> QueuedMessage | None:
+        """The message submitted most recently (``%mail relay`` with no argument)."""
+        return self._messages.get(self._last) if self._last else None
+
+    def wait(self, queue_id: str, states: tuple[str, ...] = FINAL, timeout: float = 30.0) -> QueuedMessage:
+        """Block (from a cell or a test, never the lab thread) until the message reaches
+        one of ``states``; raises TimeoutError with its last error otherwise."""
+        deadline = time.monotonic() + timeout
+        msg = self.get(queue_id)
+        while msg.state not in states:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"message {queue_id} is {msg.state} after {timeout:g} s"
+                                   f" (last error: {msg.last_error})")
+            time.sleep(0.02)
+        return msg
+
+    def faults(self) -> dict[str, tuple[str, Any]]:
+        """The failures injected now: host -> (kind, value)."""
+        return dict(self._faults)
+
+    # -- failure injection -------------------------------------------------------------------
+    def fail(self, hostname: str, kind: str, value: Any = None) -> str:
+        """Make lab host ``hostname`` fail: ``down``, ``tempfail``, ``reject`` or ``slow``
+        (``value``: seconds per reply, default 2). Returns what was done."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown failure {kind!r}; choose one of {', '.join(FAULT_KINDS)}")
+        if hostname not in self.lab.topology.hosts:
+            raise KeyError(f"no lab host {hostname!r}; hosts: {', '.join(self.lab.topology.hosts)}")
+        if kind == "slow":
+            value = parse_duration(value)
+        return self._run(self.afail(hostname, kind, value))
+
+    def heal(self, hostname: str | None = None) -> str:
+        """Undo the failures of ``hostname`` (all hosts when None)."""
+        return self._run(self.aheal(hostname))
+
+    def flush(self) -> int:
+        """Retry every deferred message now (``postqueue -f``); returns how many."""
+        return self._run(self.aflush())
+
+    def _run(self, coro: Any) -> Any:
+        if self.lab.loop.in_lab_thread():
+            task = asyncio.ensure_future(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return "scheduled"
+        return self.lab.loop.run(coro, timeout=15)
+
+    async def afail(self, hostname: str, kind: str, value: Any = None) -> str:
+        await self.aheal(hostname, quiet=True)
+        if kind == "down":
+            svc = self.lab.service("smtp", hostname)
+            if svc.listener is not None:
+                svc.listener.close()
+                try:
+                    await asyncio.wait_for(svc.listener.wait_closed(), 2)
+                except Exception:  # noqa: BLE001 - open sessions may keep it; new ones are refused
+                    pass
+                svc.listener = None
+            svc.state = "down (failure injected)"
+            what = f"{hostname} is down: its SMTP port {svc.address}:{svc.port} refuses connections"
+        else:
+            self.lab.extras.setdefault("smtp_faults", {})[hostname] = (kind, value)
+            what = {
+                "tempfail": f"{hostname} answers RCPT with 451 4.3.0 (temporary failure)",
+                "reject": f"{hostname} answers RCPT with 550 5.7.1 (permanent refusal)",
+                "slow": f"{hostname} waits {value:g} s before each reply",
+            }[kind]
+        self._faults[hostname] = (kind, value)
+        self.control.note(f"failure injected: {what}", host=hostname, fault=kind, value=value)
+        return what
+
+    async def aheal(self, hostname: str | None = None, *, quiet: bool = False) -> str:
+        hosts = [hostname] if hostname else list(self._faults)
+        done = []
+        for name in hosts:
+            kind, _value = self._faults.pop(name, (None, None))
+            self.lab.extras.get("smtp_faults", {}).pop(name, None)
+            if kind == "down":
+                svc = self.lab.service("smtp", name)
+                if svc.listener is None:
+                    svc.listener = await FACTORIES["smtp"].factory(self.lab, svc)  # same port
+                svc.state = "running"
+            if kind:
+                done.append(f"{name} ({kind})")
+        what = f"healed: {', '.join(done)}" if done else "nothing to heal"
+        if done and not quiet:
+            self.control.note(what, host=hostname)
+        return what
+
+    async def aflush(self) -> int:
+        n = 0
+        for msg in list(self._messages.values()):
+            if msg.state == RETRYING and not msg.running:
+                handle = self._timers.pop(msg.id, None)
+                if handle:
+                    handle.cancel()
+                self._launch(msg)
+                n += 1
+        return n
+
+    # -- the delivery machinery (lab loop) ---------------------------------------------------
+    def _new_id(self) -> str:
+        while True:
+            qid = secrets.token_hex(5).upper()  # Postfix-style queue id
+            if qid not in self._messages:
+                return qid
+
+    def _trim(self) -> None:
+        finished = [k for k, m in self._messages.items() if m.final]
+        for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self._messages[key]
+
+    def _state(self, msg: QueuedMessage, state: str, text: str, **data: Any) -> None:
+        msg.state = state
+        rec = self._recorders.get(msg.id)
+        if rec is not None:
+            rec.emit("state", text, state=state, queue_id=msg.id, next_attempt=msg.next_attempt,
+                     last_error=msg.last_error, **data)
+
+    def _note(self, msg: QueuedMessage, text: str, **data: Any) -> None:
+        rec = self._recorders.get(msg.id)
+        if rec is not None:
+            rec.note(text, queue_id=msg.id, **data)
+
+    def _launch(self, msg: QueuedMessage) -> None:
+        self._timers.pop(msg.id, None)
+        if self.closed or msg.final or msg.running:
+            return
+        msg.running = True
+        msg.next_attempt = None
+        task = asyncio.get_running_loop().create_task(self._attempt(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _attempt(self, msg: QueuedMessage) -> None:
+        try:
+            pending: dict[str, list[Recipient]] = {}
+            for r in msg.recipients:
+                if r.state in (QUEUED, "deferred"):
+                    pending.setdefault(r.domain, []).append(r)
+            await asyncio.gather(*(self._deliver_domain(msg, d, rs) for d, rs in pending.items()))
+            self._after_attempt(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug must defer the message, not lose it
+            msg.last_error = f"4.3.0 internal relay error: {exc.__class__.__name__}: {exc}"
+            for r in msg.recipients:
+                if r.state == QUEUED:
+                    r.state, r.status, r.text = "deferred", "4.3.0", msg.last_error
+            self._after_attempt(msg)
+        finally:
+            msg.running = False
+
+    async def _deliver_domain(self, msg: QueuedMessage, domain: str, rcpts: list[Recipient]) -> None:
+        started = time.time()
+        try:
+            route = await self._route(msg, domain)
+        except RouteError as exc:
+            result = "bounced" if exc.permanent else "deferred"
+            attempt = Attempt(started, domain, [r.address for r in rcpts], result, mx=exc.answer,
+                              text=f"{exc.status} {exc.text}", duration=time.time() - started)
+            self._record(msg, attempt, f"{domain}: {exc.status} {exc.text}")
+            for r in rcpts:
+                self._decide(r, result, None, exc.status, exc.text, None, "MX lookup")
+            return
+        msg.routes[domain] = route.as_dict()
+        self._note(msg, f"MX for {domain}: " + ", ".join(
+            f"{t.preference} {t.name} [{', '.join(t.addresses)}]" for t in route.targets)
+            + ("" if not route.notes else " — " + "; ".join(route.notes)), domain=domain, route=route.as_dict())
+        last_error = "no MX host answered"
+        for target in route.targets:
+            for address in target.addresses:
+                port = self._smtp_port(target.name, address)
+                if port is None:
+                    last_error = f"{target.name}[{address}]: no lab SMTP service at that address"
+                    self._record(msg, Attempt(time.time(), domain, [r.address for r in rcpts], "unreachable",
+                                              target.name, address, None, route.answer, text=last_error),
+                                 last_error)
+                    continue
+                d = await self._session(msg, target.name, address, port, [r.address for r in rcpts])
+                if d.unreachable:
+                    last_error = d.error or (str(d.session_failure) if d.session_failure else "no answer")
+                    self._record(msg, self._attempt_of(d, msg, domain, rcpts, route.answer, "unreachable",
+                                                       last_error), f"{target.name}[{address}]: {last_error};"
+                                                                    " trying the next MX")
+                    continue
+                self._apply(msg, d, domain, rcpts, route.answer)
+                return
+        for r in rcpts:
+            self._decide(r, "deferred", None, "4.4.1", f"connect to all MX hosts of {domain} failed"
+                                                       f" (last: {last_error})", None, "connect")
+
+    async def _route(self, msg: QueuedMessage, domain: str) -> Any:
+        dns_ = self.lab.dns
+        if dns_ is None:
+            raise RouteError(False, "4.4.3", "the lab DNS is not running: no MX lookup possible")
+        if self._resolver is None:
+            self._resolver = dns_.async_resolver(timeout=2.0)
+        return await find_route(domain, self._resolver, self_names=[msg.origin], lab_zone=dns_.zones.covers)
+
+    def _smtp_port(self, hostname: str, address: str) -> int | None:
+        """The lab port of the SMTP ("port 25") service at ``address`` (the lab's port map)."""
+        candidates = [s for s in self.lab.services if s.name == "smtp" and s.address == address]
+        for s in candidates:
+            if s.hostname == hostname:
+                return s.port
+        if candidates:
+            return candidates[0].port
+        if isinstance(self.lab.ports, dict):
+            return int(self.lab.ports.get("smtp", lab_port("smtp")))
+        return lab_port("smtp") if self.lab.ports == "default" else None
+
+    async def _session(self, msg: QueuedMessage, host: str, address: str, port: int,
+                       rcpts: list[str]) -> Delivery:
+        origin = self.lab.topology.hosts.get(msg.origin)
+        limits = self.lab.limits
+        kwargs = dict(helo_name=msg.origin, source_address=origin.address if origin else None,
+                      host=host, address=address, port=port, mail_from=msg.mail_from, rcpts=rcpts,
+                      data=msg.data, connect_timeout=limits.relay_connect_timeout,
+                      reply_timeout=limits.relay_reply_timeout, queue_id=msg.id)
+        assert self._sem is not None
+        async with self._sem:
+            d = await deliver(self.lab.events, tls_context=self._tls_context, **kwargs)
+            if d.unreachable and d.stage == "STARTTLS" and d.error and self._tls_context is not None:
+                # Opportunistic TLS (RFC 7435, Postfix's "may"): a failed handshake is
+                # noted and the same host is tried again in plaintext.
+                self._note(msg, f"{d.error}; retrying {host} without TLS (opportunistic TLS)")
+                d = await deliver(self.lab.events, tls_context=None, **kwargs)
+        return d
+
+    def _attempt_of(self, d: Delivery, msg: QueuedMessage, domain: str, rcpts: list[Recipient],
+                    answer: list[str], result: str, text: str, code: int | None = None) -> Attempt:
+        return Attempt(time.time() - d.duration, domain, [r.address for r in rcpts], result, d.host, d.address,
+                       d.port, answer, code if code is not None else
+                       (d.session_failure.code if d.session_failure else None), text, d.tls, d.tls_version,
+                       d.protocol if d.connected else None, round(d.duration, 4), d.session,
+                       {k: str(v) for k, v in d.rcpt_replies.items()})
+
+    def _apply(self, msg: QueuedMessage, d: Delivery, domain: str, rcpts: list[Recipient],
+               answer: list[str]) -> None:
+        """Turn one SMTP session's replies into a fate per recipient."""
+        results = set()
+        for r in rcpts:
+            if d.mail_reply is not None and d.mail_reply.code != 250:
+                reply, command = d.mail_reply, "MAIL FROM"
+            elif r.address in d.rcpt_replies:
+                reply = d.rcpt_replies[r.address]
+                command = "end of DATA" if reply is d.data_reply else "RCPT TO"
+                if reply.code in (250, 251) and d.data_reply is None:
+                    # accepted at RCPT, but the session died before the message was taken
+                    self._decide(r, "deferred", None, "4.4.2", d.error or "connection lost during DATA",
+                                 d.host, "DATA")
+                    results.add("deferred")
+                    continue
+            else:
+                self._decide(r, "deferred", None, "4.4.2", d.error or "connection lost", d.host, d.stage)
+                results.add("deferred")
+                continue
+            fate = "delivered" if reply.code < 400 else "deferred" if reply.code < 500 else "bounced"
+            self._decide(r, fate, reply.code, reply.status, str(reply), d.host, command)
+            results.add(fate)
+        final = d.data_reply or next(iter(d.rcpt_replies.values()), None) or d.mail_reply
+        result = results.pop() if len(results) == 1 else "partial"
+        text = str(final) if final else d.error
+        attempt = self._attempt_of(d, msg, domain, rcpts, answer, result, text,
+                                   final.code if final else None)
+        tls = f"TLS {d.tls_version}" if d.tls else "no TLS"
+        self._record(msg, attempt, f"{d.host}[{d.address}]:{d.port} ({d.protocol}, {tls},"
+                                   f" {d.duration * 1000:.0f} ms): {result}: {text}")
+
+    def _decide(self, r: Recipient, fate: str, code: int | None, status: str | None, text: str,
+                host: str | None, command: str | None) -> None:
+        r.state, r.code, r.status, r.text, r.host, r.command = fate, code, status, text, host, command
+
+    def _record(self, msg: QueuedMessage, attempt: Attempt, text: str) -> None:
+        msg.attempts.append(attempt)
+        if attempt.result in ("deferred", "unreachable", "bounced", "partial"):
+            msg.last_error = attempt.text
+        self._note(msg, text, attempt=attempt.as_dict())
+
+    def _after_attempt(self, msg: QueuedMessage) -> None:
+        limits = self.lab.limits
+        pending = [r for r in msg.recipients if r.state == "deferred"]
+        if pending and time.time() - msg.created >= limits.relay_expiry:
+            for r in pending:
+                self._decide(r, "bounced", r.code, "4.4.7", f"message expired: still undeliverable after"
+                             f" {limits.relay_expiry:g} s in the queue (last error: {r.text})", r.host, r.command)
+            pending = []
+        newly_bounced = [r for r in msg.recipients if r.state == "bounced" and not r.reported]
+        if newly_bounced:
+            self._bounce(msg, newly_bounced)
+        if pending:
+            msg.retries += 1
+            delay = min(limits.relay_retry_first * 2 ** (msg.retries - 1), limits.relay_retry_max)
+            msg.next_attempt = time.time() + delay
+            msg.last_error = pending[0].text
+            assert self._loop is not None
+            self._timers[msg.id] = self._loop.call_later(delay, self._launch, msg)
+            self._state(msg, RETRYING, f"{len(pending)} recipient(s) deferred ({pending[0].text});"
+                                       f" retry {msg.retries} in {delay:g} s")
+            return
+        msg.next_attempt = None
+        msg.finished = time.time()
+        delivered = all(r.state == "delivered" for r in msg.recipients)
+        state = DELIVERED if delivered else BOUNCED
+        if delivered:
+            msg.last_error = None
+        msg.data = b""  # delivered or bounced: the body is no longer the queue's to keep
+        summary = "; ".join(f"<{r.address}> {r.state} by {r.host or '-'} ({r.text})" for r in msg.recipients)
+        self._state(msg, state, f"{state}: {summary}",
+                    elapsed=round(msg.finished - msg.created, 4))
+        rec = self._recorders.pop(msg.id, None)
+        if rec is not None:
+            rec.close(state)
+
+    def _bounce(self, msg: QueuedMessage, failed: list[Recipient]) -> None:
+        for r in failed:
+            r.reported = True
+        if not msg.mail_from:
+            # RFC 5321 4.5.5 / RFC 3464: never a DSN for a message with a null sender.
+            self._note(msg, "the failed message was itself a bounce (MAIL FROM:<>): no DSN is sent")
+            return
+        last = msg.attempts[-1].time if msg.attempts else time.time()
+        dsn = build_dsn(
+            reporting_mta=msg.origin, sender=msg.mail_from, queue_id=msg.id, arrival=msg.created,
+            original=msg.data,
+            failed=[FailedRecipient(r.address, r.status or "5.0.0", r.text, r.host, last, r.command)
+                    for r in failed],
+        )
+        origin = self.lab.topology.hosts.get(msg.origin)
+        sender_domain = msg.mail_from.rsplit("@", 1)[-1].lower()
+        if origin is not None and sender_domain in origin.domains and msg.mail_from in self.lab.users:
+            # The sender's own host: the bounce goes straight into the sender's mailbox,
+            # with the Return-Path an MDA writes for the null sender (RFC 5321 4.4).
+            info = self.lab.store.deliver(msg.mail_from, b"Return-Path: <>\r\n" + dsn)
+            msg.dsn = {"delivered_to": msg.mail_from, "uid": info.uid, "host": msg.origin}
+            rec = self._recorders.get(msg.id)
+            if rec is not None:
+                rec.stored("INBOX", info.uid, info.size, queue_id=msg.id, dsn=True, user=msg.mail_from)
+            self._note(msg, f"bounce (DSN) for {len(failed)} recipient(s) delivered to"
+                            f" <{msg.mail_from}>'s INBOX on {msg.origin}", dsn=msg.dsn)
+        else:
+            qid = self.submit("", [msg.mail_from], dsn, origin=msg.origin)
+            msg.dsn = {"queue_id": qid, "host": msg.origin}
+            self._note(msg, f"bounce (DSN) queued as {qid} for <{msg.mail_from}>", dsn=msg.dsn)
+
+
+# -- hooking into the Lab ---------------------------------------------------------------------
+
+
+async def _start_relay(lab: Lab) -> None:
+    queue = RelayQueue(lab)
+    await queue.start()
+    lab.relay = queue
+
+
+async def _stop_relay(lab: Lab) -> None:
+    if isinstance(lab.relay, RelayQueue):
+        await lab.relay.stop()
+
+
+def install(lab: Lab) -> None:
+    """Run at each ``Lab.start()``: create ``lab.relay`` after the services start,
+    stop it before they stop."""
+    on_start = lab.extras.setdefault("on_start", [])
+    on_stop = lab.extras.setdefault("on_stop", [])
+    if _start_relay not in on_start:
+        on_start.append(_start_relay)
+    if _stop_relay not in on_stop:
+        on_stop.append(_stop_relay)
+
+
+if install not in lab_module.LAB_INSTALLERS:
+    lab_module.LAB_INSTALLERS.append(install)
