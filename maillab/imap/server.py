@@ -1,0 +1,367 @@
+"""The IMAP servers of a lab host: ``imap`` (lab port 1143, STARTTLS) and ``imaps``
+(lab port 1993, implicit TLS, RFC 8314).
+
+A thin asyncio driver around the sans-IO parser and session: it reads lines
+through :class:`~maillab.connection.LineConnection` (line limit; plaintext
+pipelined after STARTTLS is discarded), reads literals only after checking
+their announced size, writes responses in large chunks while honouring a slow
+reader's backpressure, and records everything into the lab's event stream.
+
+Lab policy on passwords without TLS: LOGIN and AUTHENTICATE PLAIN work on the
+plaintext port when the server listens on a loopback address, so ``curl
+imap://`` and imaplib examples work as typed (Dovecot makes the same exception
+for connections from the server's own address). Each such login gets a note in
+the transcript. A server bound to any other address, or a lab with
+``lab.extras["imap_plaintext_auth"] = False``, advertises LOGINDISABLED and
+answers ``NO [PRIVACYREQUIRED]`` until STARTTLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ..connection import ConnectionClosed, LineConnection, LineTooLong
+from ..events import MASK, SessionRecorder
+from ..services import Service, register
+from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser
+from .session import Delay, IMAPSession, Notice, Output, Response
+
+if TYPE_CHECKING:
+    from ..lab import Lab
+
+#: ``lab.extras`` key: accept passwords before STARTTLS on loopback (default True).
+PLAINTEXT_AUTH = "imap_plaintext_auth"
+HUB = "imap_hub"
+#: Write to the socket once this much is buffered (then wait for the reader).
+CHUNK = 256 * 1024
+#: How often an IDLE session looks for changes nobody announced (mutt, cp, POP3).
+IDLE_POLL = 1.0
+
+
+class IMAPHub:
+    """What all IMAP sessions of a lab share: who is logged in how often, and who
+    is waiting in IDLE on which mailbox."""
+
+    def __init__(self, lab: Lab, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sessions_per_user: dict[str, int] = {}
+        self.waiting: dict[tuple[str, str], set[asyncio.Event]] = {}
+        # Deliveries happen on any thread (SMTP on the lab thread, tests on theirs).
+        self._unsubscribe = lab.store.subscribe(
+            lambda user, folder, info: loop.call_soon_threadsafe(self.changed, user, folder))
+
+    def changed(self, user: str, folder: str) -> None:
+        for event in self.waiting.get((user.lower(), folder), ()):
+            event.set()
+
+    def watch(self, user: str, folder: str, event: asyncio.Event) -> None:
+        self.waiting.setdefault((user.lower(), folder), set()).add(event)
+
+    def unwatch(self, user: str, folder: str, event: asyncio.Event) -> None:
+        events = self.waiting.get((user.lower(), folder))
+        if events is not None:
+            events.discard(event)
+            if not events:
+                del self.waiting[(user.lower(), folder)]
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+
+def _hub(lab: Lab) -> IMAPHub:
+    hub = lab.extras.get(HUB)
+    if hub is None:
+        hub = IMAPHub(lab, asyncio.get_running_loop())
+        lab.extras[HUB] = hub
+
+        async def stop(lab: Lab) -> None:
+            lab.extras.pop(HUB, None)
+            hub.close()
+
+        lab.extras.setdefault("on_stop", []).append(stop)
+    return hub
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+class IMAPServer:
+    """One listener (imap or imaps) of one lab host."""
+
+    def __init__(self, lab: Lab, service: Service, *, implicit_tls: bool) -> None:
+        self.lab = lab
+        self.service = service
+        self.implicit_tls = implicit_tls
+        assert lab.ca is not None
+        self.tls_context: ssl.SSLContext = lab.ca.server_context(service.hostname, [service.address])
+        self.hub = _hub(lab)
+
+    async def start(self) -> asyncio.AbstractServer:
+        return await asyncio.start_server(
+            self.handle, self.service.address, self.service.port,
+            ssl=self.tls_context if self.implicit_tls else None,
+            ssl_handshake_timeout=self.lab.limits.tls_handshake_timeout if self.implicit_tls else None,
+            limit=2 ** 16,
+        )
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        svc, limits = self.service, self.lab.limits
+        peer = writer.get_extra_info("peername")
+        rec = self.lab.events.session("imap", "server", svc.hostname,
+                                      f"{peer[0]}:{peer[1]}" if peer else "?",
+                                      service=svc.name, port=svc.port)
+        conn = LineConnection(reader, writer, rec, idle_timeout=limits.imap_idle_timeout)
+        if svc.active >= limits.max_connections:
+            await conn.send_line("* BYE [UNAVAILABLE] too many connections, try again later")
+            rec.close("too many connections")
+            await conn.close()
+            return
+        svc.session_opened()
+        session = IMAPSession(
+            self.lab.store, self.lab.users, limits,
+            hostname=svc.hostname,
+            tls_active=self.implicit_tls,
+            starttls_available=not self.implicit_tls,
+            plaintext_auth=bool(self.lab.extras.get(PLAINTEXT_AUTH, True))
+            and _is_loopback(svc.address),
+            on_change=self.hub.changed,
+            sessions_per_user=self.hub.sessions_per_user,
+        )
+        parser = Parser(max_literal=limits.imap_literal,
+                        max_command=limits.imap_literal + limits.imap_line,
+                        max_depth=limits.imap_nesting)
+        reason = "connection closed by the client"
+        try:
+            if self.implicit_tls:
+                conn.record_tls()
+            await self._send(conn, rec, session.greeting())
+            while session.action != "close":
+                try:
+                    line = await conn.readline(limits.imap_line)
+                except LineTooLong as exc:
+                    parser.reset()
+                    rec.note(f"command line of {exc.length}+ octets discarded", limit="imap_line")
+                    await self._send(conn, rec, [Response(
+                        b"* BAD [TOOBIG] line over %d octets (imap_line)\r\n" % limits.imap_line)])
+                    continue
+                except TimeoutError:
+                    reason = "idle timeout"
+                    await self._send(conn, rec, [Response(b"* BYE autologout: idle for too long\r\n")])
+                    break
+                if session.mode == "authenticate":
+                    rec.client_line(session.masked(line))
+                    await self._send(conn, rec, session.continue_line(line))
+                    continue
+                result = await self._read_command(conn, rec, parser, session, line)
+                if result is None:
+                    continue
+                if isinstance(result, LiteralRefused):
+                    if await self._refuse_literal(conn, rec, result):
+                        reason = "non-synchronizing literal over the limit"
+                        break
+                    continue
+                await self._send(conn, rec, session.execute(result),
+                                 tag=result.tag if isinstance(result, Command) else None)
+                if session.mode == "idle":
+                    reason = await self._idle(conn, rec, session) or reason
+                if session.action == "starttls":
+                    try:
+                        await conn.starttls(self.tls_context, limits.tls_handshake_timeout)
+                    except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
+                        reason = f"TLS handshake failed: {exc}"
+                        break
+                    session.tls_started()
+                    parser.reset()
+                if session.action == "close":
+                    reason = "LOGOUT" if session.state.value == "LOGOUT" else "closed by the server"
+        except ConnectionClosed:
+            pass
+        except TimeoutError:
+            reason = "idle timeout"
+        except asyncio.CancelledError:
+            # The lab is stopping. Not re-raised: asyncio's stream callback would
+            # log a cancelled handler task as an unhandled error.
+            reason = "lab stopped"
+        except (ConnectionError, ssl.SSLError) as exc:
+            reason = f"connection error: {exc}"
+        finally:
+            session.end()
+            rec.close(reason)
+            svc.session_closed()
+            await conn.close()
+
+    async def _read_command(self, conn: LineConnection, rec: SessionRecorder, parser: Parser,
+                            session: IMAPSession, line: bytes,
+                            ) -> Command | ParseError | LiteralRefused | None:
+        """Feed the parser a line and, while it asks for them, literals and more lines."""
+        limits = self.lab.limits
+        rec.client_line(session.masked(line))
+        # Literals of LOGIN and AUTHENTICATE carry credentials: never recorded.
+        hide = self._hides_literals(line)
+        result = parser.feed_line(line)
+        while isinstance(result, NeedLiteral):
+            if result.sync:
+                # RFC 3501 7.5: go ahead (only now, after the size was checked)
+                await self._send(conn, rec, [Response(b"+ ready for literal data\r\n")])
+            data = await conn.readexactly(result.size)
+            if hide:
+                rec.client_line(MASK, literal=True)
+            else:
+                rec.payload("C", data)
+            parser.feed_literal(data)
+            try:
+                line = await conn.readline(limits.imap_line)
+            except LineTooLong as exc:
+                parser.reset()
+                rec.note(f"command line of {exc.length}+ octets discarded", limit="imap_line")
+                await self._send(conn, rec, [Response(
+                    b"* BAD [TOOBIG] line over %d octets (imap_line)\r\n" % limits.imap_line)])
+                return None
+            rec.client_line(MASK if hide and line.strip() else session.masked(line))
+            result = parser.feed_line(line)
+        return result
+
+    @staticmethod
+    def _hides_literals(first: bytes) -> bool:
+        words = first.split(b" ", 2)
+        return len(words) > 1 and words[1].upper() in (b"LOGIN", b"AUTHENTICATE")
+
+    async def _refuse_literal(self, conn: LineConnection, rec: SessionRecorder,
+                              refused: LiteralRefused) -> bool:
+        """A literal over imap_literal. Returns True when the connection must close."""
+        limit = self.lab.limits.imap_literal
+        tag = refused.tag or "*"
+        rec.note(f"literal of {refused.size} octets refused before reading it", limit="imap_literal")
+        if refused.sync:
+            # No "+" was sent, so the client sends no bytes: the next line is a new command.
+            await self._send(conn, rec, [Response(
+                f"{tag} NO [TOOBIG] literal of {refused.size} octets is over the limit of"
+                f" {limit} (imap_literal)\r\n".encode())])
+            return False
+        # LITERAL+ bytes are already on their way: never read them as commands.
+        await self._send(conn, rec, [
+            Response(f"{tag} BAD [TOOBIG] non-synchronizing literal of {refused.size} octets is"
+                     f" over the limit of {limit} (imap_literal)\r\n".encode()),
+            Response(b"* BYE closing: the literal's bytes cannot be skipped safely\r\n")])
+        return True
+
+    async def _idle(self, conn: LineConnection, rec: SessionRecorder, session: IMAPSession) -> str | None:
+        """RFC 2177: tell the client about changes as they happen until it sends DONE."""
+        wake = asyncio.Event()
+        watched = None
+        if session.selected is not None and session.user:
+            watched = (session.user, session.selected.name)
+            self.hub.watch(*watched, wake)
+        read: asyncio.Task[bytes] | None = None
+        try:
+            while session.mode == "idle":
+                if read is None:
+                    read = asyncio.ensure_future(conn.readline(self.lab.limits.imap_line))
+                waiter = asyncio.ensure_future(wake.wait())
+                done, _ = await asyncio.wait({read, waiter}, timeout=IDLE_POLL,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                wake.clear()
+                if read in done:
+                    task, read = read, None
+                    try:
+                        line = task.result()
+                    except LineTooLong:
+                        line = b"<overlong line>\r\n"
+                    rec.client_line(session.masked(line))
+                    await self._send(conn, rec, session.continue_line(line))
+                else:
+                    await self._send(conn, rec, session.idle_updates())
+        except TimeoutError:
+            await self._send(conn, rec, [Response(b"* BYE autologout: idle for too long\r\n")])
+            session.action = "close"
+            return "idle timeout"
+        finally:
+            if watched is not None:
+                self.hub.unwatch(*watched, wake)
+            if read is not None and not read.done():
+                read.cancel()
+        return None
+
+    async def _send(self, conn: LineConnection, rec: SessionRecorder, outputs: Iterable[Output],
+                    tag: str | None = None) -> None:
+        """Write responses in large chunks, recording each; wait for slow readers."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for out in outputs:
+                if isinstance(out, Response):
+                    _record(rec, out)
+                    chunks.append(out.data)
+                    size += len(out.data)
+                    if size >= CHUNK:
+                        conn.write(b"".join(chunks))
+                        chunks, size = [], 0
+                        await conn.drain()
+                elif isinstance(out, Delay):
+                    if chunks:
+                        conn.write(b"".join(chunks))
+                        chunks, size = [], 0
+                    await conn.drain()
+                    await asyncio.sleep(out.seconds)
+                elif isinstance(out, Notice):
+                    _notice(rec, out)
+        except (ConnectionError, ConnectionClosed, asyncio.CancelledError, TimeoutError):
+            raise
+        except Exception as exc:  # a bug must cost one command, never the server
+            rec.note(f"internal error: {exc!r}", error=True)
+            text = f"{tag or '*'} NO [SERVERBUG] internal error: {type(exc).__name__}\r\n"
+            resp = Response(text.encode())
+            _record(rec, resp)
+            chunks.append(resp.data)
+        if chunks:
+            conn.write(b"".join(chunks))
+        await conn.drain()
+
+
+def _record(rec: SessionRecorder, resp: Response) -> None:
+    data = resp.data
+    if not resp.literals:
+        rec.server_line(data[:-2].decode("utf-8", "replace"))
+        return
+    pos = 0
+    for start, end in resp.literals:
+        rec.server_line(data[pos:start].rstrip(b"\r\n").decode("utf-8", "replace"))
+        rec.payload("S", data[start:end])
+        pos = end
+    rest = data[pos:-2].decode("utf-8", "replace")
+    if rest:
+        rec.server_line(rest)
+
+
+def _notice(rec: SessionRecorder, notice: Notice) -> None:
+    if notice.kind == "auth":
+        rec.auth(*notice.args)
+    elif notice.kind == "state":
+        rec.state(notice.args[0])
+    elif notice.kind == "stored":
+        rec.stored(*notice.args)
+    else:
+        rec.note(notice.args[0], **notice.data)
+
+
+@register("imap")
+async def start_imap(lab: Lab, service: Service) -> asyncio.AbstractServer:
+    server = await IMAPServer(lab, service, implicit_tls=False).start()
+    service.port = server.sockets[0].getsockname()[1]
+    return server
+
+
+@register("imaps")
+async def start_imaps(lab: Lab, service: Service) -> asyncio.AbstractServer:
+    server = await IMAPServer(lab, service, implicit_tls=True).start()
+    service.port = server.sockets[0].getsockname()[1]
+    return server
