@@ -6,7 +6,8 @@
 verbs without editing this file::
 
     from maillab.magics.mail import subcommand
-    from IPython.core.magic_arguments import argument, magic_arguments
+    from IPython.utils.process import arg_split
+from IPython.core.magic_arguments import argument, magic_arguments
 
     @subcommand("queue")
     @magic_arguments("mail queue")
@@ -34,6 +35,7 @@ from IPython.core.magic_arguments import (
     argument,
     magic_arguments,
 )
+from IPython.utils.process import arg_split
 from traitlets import Float
 
 from ..clients.raw import RawSession
@@ -161,10 +163,14 @@ def ensure_started(lab: Lab) -> tuple[Lab, str | None]:
 
 
 def _parse(parser: MagicArgumentParser, line: str) -> argparse.Namespace | HelpText:
-    words = line.split()
+    # posix=True: quotes group words and are removed, as in a shell ("你好, Bob").
+    try:
+        words = arg_split(line, posix=True)
+    except ValueError as exc:  # an unclosed quote
+        raise UsageError(f"cannot split the options: {exc}") from None
     if "--help" in words or "-h" in words:
         return HelpText(parser.format_help())
-    return parser.parse_argstring(line)
+    return parser.parse_args(words)
 
 
 def _ssl_context(lab: Lab) -> ssl.SSLContext:
@@ -195,6 +201,20 @@ class RawResult:
 
     def _events(self) -> list[Any]:
         return self.events.events(session=self.session) if self.session else []
+
+    @property
+    def replies(self) -> list[str]:
+        """The server's final reply lines, in order (greeting first)."""
+        out = []
+        for e in self._events():
+            if e.kind == "S" and e.text[3:4] != "-":
+                out.append(e.text)
+        return out
+
+    @property
+    def codes(self) -> list[int]:
+        """The reply codes, in order: ``[220, 250, 250, 550, 221]``."""
+        return [int(r[:3]) for r in self.replies if r[:3].isdigit()]
 
     def __repr__(self) -> str:
         text = render_text(self._events())

@@ -1,0 +1,201 @@
+"""The magics, driven through a real IPython InteractiveShell against a real lab."""
+
+from __future__ import annotations
+
+import base64
+import socket
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from maillab.clients.smtp import SendResult
+from maillab.magics import state
+from maillab.magics.mail import SUBCOMMANDS, HelpText, RawResult, subcommand
+from maillab.views import Inbox, StatusTable, TranscriptView
+
+
+@pytest.fixture
+def ip(tmp_path):
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "maillab")
+    table = shell.run_line_magic("mail", f"start --ports auto --dir {tmp_path / 'lab'} --domain alpha.test"
+                                 " --user carol@alpha.test=carol-pw")
+    assert isinstance(table, StatusTable)
+    try:
+        yield shell
+    finally:
+        shell.run_line_magic("mail", "stop")
+
+
+def lab():
+    current = state.existing_lab()
+    assert current is not None
+    return current
+
+
+def test_start_status_and_users(ip, tmp_path):
+    table = ip.run_line_magic("mail", "status")
+    services = {r["service"] for r in table.rows}
+    assert {"smtp", "submission", "smtps"} <= services
+    assert all(r["state"] == "running" for r in table.rows)
+    assert (tmp_path / "lab" / "lab.json").exists()
+    # start is idempotent
+    again = ip.run_line_magic("mail", "start")
+    assert "already running" in repr(again)
+    users = repr(ip.run_line_magic("mail", "users"))
+    assert "alice@alpha.test" in users and "alice-pw" in users and "carol@alpha.test" in users
+
+
+def test_help_for_verbs_and_the_magic(ip):
+    helptext = ip.run_line_magic("mail", "start --help")
+    assert isinstance(helptext, HelpText)
+    assert "--ports" in repr(helptext) and "%mail start" in repr(helptext)
+    doc = ip.find_magic("mail").__doc__
+    for verb in ("start", "stop", "status", "users", "inbox", "transcript", "send"):
+        assert f"%mail {verb}" in doc
+    with pytest.raises(UsageError, match="unknown verb"):
+        ip.run_line_magic("mail", "frobnicate")
+    with pytest.raises(UsageError):
+        ip.run_line_magic("mail", "start --ports sometimes")
+
+
+def test_cell_mail_sends_with_chinese_subject_and_inbox_shows_it(ip):
+    result = ip.run_cell_magic("mail", '--from alice@alpha.test --to bob@alpha.test --subject "你好, Bob"',
+                               "Hello from the lab.\n")
+    assert isinstance(result, SendResult)
+    assert result.ok, result
+    assert "STARTTLS" in result.mode and "AUTH as alice@alpha.test" in result.mode
+    inbox = ip.run_line_magic("mail", "inbox bob")
+    assert isinstance(inbox, Inbox)
+    assert [r.subject for r in inbox.rows] == ["你好, Bob"]
+    stored = lab().store.mailbox("bob@alpha.test")
+    data = stored.read(stored.messages()[0].uid)
+    assert b"Hello from the lab." in data and b"=?utf-8?b?" in data
+
+
+def test_cell_mail_header_block_attachment_and_html(ip, tmp_path):
+    (tmp_path / "notes.txt").write_text("attached text\n")
+    cell = "To: bob@alpha.test\nSubject: from the block\n\n<p>Hi <b>Bob</b></p>\n"
+    result = ip.run_cell_magic("mail", f"--from alice@alpha.test --html --attach {tmp_path / 'notes.txt'}", cell)
+    assert result.ok, result
+    (row,) = ip.run_line_magic("mail", "inbox bob@alpha.test").rows
+    assert row.subject == "from the block"
+    stored = lab().store.mailbox("bob@alpha.test")
+    data = stored.read(stored.messages()[0].uid)
+    assert b"multipart/mixed" in data and b"multipart/alternative" in data and b'filename="notes.txt"' in data
+
+
+def test_line_send_and_errors_are_shown_not_raised(ip):
+    ok = ip.run_line_magic("mail", 'send --from carol@alpha.test --to bob@alpha.test --subject "two words" --body hi')
+    assert ok.ok, ok
+    assert ip.run_line_magic("mail", "inbox bob").rows[0].subject == "two words"
+    # an unknown local user is refused by the server: the cell shows the refusal
+    refused = ip.run_line_magic("mail", "send --from alice@alpha.test --to nobody@alpha.test --body x")
+    assert not refused.ok
+    assert "nobody@alpha.test" in refused.refused and refused.refused["nobody@alpha.test"][0] == 550
+    with pytest.raises(UsageError, match="sender"):
+        ip.run_line_magic("mail", "send --to bob@alpha.test --body x")
+
+
+def test_via_mx_port_refuses_relaying(ip):
+    result = ip.run_cell_magic("mail", "--from alice@alpha.test --to someone@example.com --via smtp", "x\n")
+    assert not result.ok
+    code, text = result.refused["someone@example.com"]
+    assert code == 550 and "5.7.1" in text
+
+
+SMTP_CELL = """EHLO student.test
+MAIL FROM:<alice@alpha.test>
+RCPT TO:<bob@alpha.test>
+DATA
+Subject: typed by hand
+
+hi
+..a line that began with a dot
+.
+QUIT
+"""
+
+
+def test_raw_smtp_cell(ip):
+    host, port = lab().address("smtp")
+    result = ip.run_cell_magic("smtp", f"{host}:{port}", SMTP_CELL)
+    assert isinstance(result, RawResult)
+    assert result.problems == []
+    assert result.codes == [220, 250, 250, 250, 354, 250, 221]
+    text = repr(result)
+    assert "C: hi" in text and "# start mail input" in text
+    (row,) = ip.run_line_magic("mail", "inbox bob").rows
+    assert row.subject == "typed by hand"
+    stored = lab().store.mailbox("bob@alpha.test")
+    data = stored.read(stored.messages()[0].uid)
+    assert b"\r\n.a line that began with a dot\r\n" in data  # dot-stuffing undone (RFC 5321 4.5.2)
+
+
+def test_raw_smtp_cell_starttls_auth_is_masked(ip):
+    secret = base64.b64encode(b"\0alice@alpha.test\0alice-pw").decode()
+    cell = f"EHLO student.test\nMAIL FROM:<alice@alpha.test>\nSTARTTLS\nEHLO student.test\nAUTH PLAIN {secret}\nQUIT\n"
+    result = ip.run_cell_magic("smtp", "submission", cell)
+    assert result.problems == []
+    assert result.codes == [220, 250, 530, 220, 250, 235, 221]
+    events = lab().events.events()
+    assert any(e.kind == "tls" and e.session == result.session for e in events)
+    assert all(secret not in e.text for e in events)
+    assert "C: AUTH PLAIN ****" in repr(result)
+
+
+def test_raw_smtp_cell_sasl_continuation_is_masked(ip):
+    user = base64.b64encode(b"alice@alpha.test").decode()
+    password = base64.b64encode(b"alice-pw").decode()
+    cell = f"EHLO s.test\nAUTH LOGIN\n{user}\n{password}\nQUIT\n"
+    result = ip.run_cell_magic("smtp", "smtps", cell)
+    assert result.codes == [220, 250, 334, 334, 235, 221]
+    assert all(password not in e.text for e in lab().events.events())
+
+
+def test_raw_smtp_cell_reports_connection_problems(ip):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = ip.run_cell_magic("smtp", f"127.0.0.1:{port}", "EHLO x\n")
+    assert result.problems and "cannot connect" in result.problems[0]
+    with pytest.raises(UsageError):
+        ip.run_cell_magic("smtp", "not-a-target", "EHLO x\n")
+
+
+def test_transcript_verb(ip):
+    ip.run_cell_magic("mail", "--from alice@alpha.test --to bob@alpha.test --subject t", "x\n")
+    view = ip.run_line_magic("mail", "transcript --protocol smtp")
+    try:
+        assert isinstance(view, TranscriptView)
+        assert "S: 354" in view.text()
+    finally:
+        view.close()
+    static = ip.run_line_magic("mail", "transcript --session last --static")
+    assert "=== smtp-" in repr(static) and repr(static).count("===") == 1
+
+
+def test_verb_registry_accepts_verbs_from_other_modules(ip):
+    @subcommand("echo-test")
+    @magic_arguments("mail echo-test")
+    @argument("word")
+    def _echo(magics, args):
+        """Echo a word (test verb)."""
+        return HelpText(f"{args.word} from {magics.lab().topology.primary.name}")
+
+    try:
+        assert repr(ip.run_line_magic("mail", "echo-test hello")) == "hello from mail.alpha.test"
+        assert "%mail echo-test" in ip.find_magic("mail").__doc__
+        assert "word" in repr(ip.run_line_magic("mail", "echo-test --help"))
+    finally:
+        SUBCOMMANDS.pop("echo-test")
+
+
+def test_stop_closes_the_sockets(ip):
+    host, port = lab().address("smtp")
+    ip.run_line_magic("mail", "stop")
+    with pytest.raises(OSError):
+        socket.create_connection((host, port), timeout=2).close()
+    assert "not running" in repr(ip.run_line_magic("mail", "status"))
