@@ -27,7 +27,16 @@ from .runtime import LabLoop
 from .services import FACTORIES, PortBusy, Service
 from .store import Store
 from .tls import LabCA
-from .topology import SERVICES, Topology, default_network, lab_port, single_host
+from .topology import (
+    SERVICES,
+    Domain,
+    MailHost,
+    Topology,
+    default_network,
+    lab_port,
+    loopback_aliases_work,
+    single_host,
+)
 from .users import DEFAULT_USERS, Users
 
 #: Modules that register services; a missing one just means fewer services.
@@ -271,6 +280,61 @@ class Lab:
         tmp.write_text(json.dumps(self.lab_json(), indent=2))
         tmp.replace(path)
         return path
+
+    def add_domain(self, name: str, mx: list[tuple[int, str]] | None = None, *,
+                   users: dict[str, str] | None = None) -> Domain:
+        """Add a mail domain (``lab.add_domain("delta.test", mx=[(10, "mx1"), (20, "mx2")])``).
+
+        Short MX names are hosts under the domain (``mx1`` -> ``mx1.delta.test``); hosts the
+        lab does not have yet get their own loopback address and, on a running lab, their
+        services at once. ``mx=None`` means one host ``mail.<domain>``; ``mx=[]`` no MX
+        record (senders use the domain's A record); ``[(0, ".")]`` a null MX (RFC 7505).
+        The lab DNS zones and ``lab.json`` follow.
+        """
+        name = name.lower().rstrip(".")
+        wanted = [(10, "mail")] if mx is None else mx
+        records: list[tuple[int, str]] = []
+        for pref, host in wanted:
+            host = host.lower().rstrip(".")
+            records.append((int(pref), "." if not host else host if "." in host else f"{host}.{name}"))
+        new_hosts: list[MailHost] = []
+        third = self._free_third_octet()
+        for _pref, hostname in records:
+            if hostname != "." and hostname not in self.topology.hosts:
+                address = (f"127.0.{third}.{len(new_hosts) + 1}" if loopback_aliases_work()
+                           else self.bind_host)
+                new_hosts.append(self.topology.add_host(MailHost(hostname, address)))
+        domain = self.topology.add_domain(name, records)
+        if self.started:
+            self.loop.run(self._start_hosts(new_hosts), timeout=30)
+            if self.dns is not None:
+                self.dns.rebuild()
+        for address, password in (users or {}).items():
+            self.add_user(address, password)
+        if self.started:
+            self.write_lab_json()
+        return domain
+
+    def _free_third_octet(self) -> int:
+        used = {h.address.split(".")[2] for h in self.topology.hosts.values() if h.address.count(".") == 3}
+        return next(n for n in [*range(40, 251, 10), *range(1, 256)] if str(n) not in used)
+
+    async def _start_hosts(self, hosts: list[MailHost]) -> None:
+        for host in hosts:
+            shared = any(h.address == host.address for h in self.topology.hosts.values() if h is not host)
+            for name in host.services:
+                reg = FACTORIES.get(name)
+                if reg is None or not reg.per_host or (self.wanted_services and name not in self.wanted_services):
+                    continue
+                svc = Service(name, host.name, host.address, self._port_for(name, shared), host=host)
+                try:
+                    svc.listener = await reg.factory(self, svc)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise PortBusy(svc) from None
+                    raise
+                svc.state = "running"
+                self.services.append(svc)
 
     def add_user(self, address: str, password: str) -> None:
         self.users.add(address, password)
