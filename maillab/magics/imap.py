@@ -1,0 +1,447 @@
+"""``%imap`` and ``%%imap``: IMAP from a notebook.
+
+``%imap bob --list | --envelopes [MAILBOX] | --fetch UID [--peek] | --search QUERY |
+--flag UID FLAG`` runs a real client session (imaplib through maillab's recording
+wrapper, STARTTLS with the lab CA) and returns a table or view; the session's
+lines are in ``%mail transcript``.
+
+``%%imap [host:port | imap | imaps]`` is a raw session: each line of the cell is
+sent as one command with a tag added (a1, a2, ...), and the reply is read until
+the line with that tag (RFC 3501 2.2.2). A line ending in ``{n}`` (or ``{n+}``,
+LITERAL+) is followed by n octets of literal taken from the next lines of the
+cell (joined with CRLF); STARTTLS upgrades the connection, trusting the lab CA;
+``IDLE`` waits for the server's pushes until a line ``DONE``.
+"""
+
+from __future__ import annotations
+
+import html
+import imaplib
+import re
+import select
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Float
+
+from ..clients.imap import connect, mask_imap, parse_fetch, parse_list_line
+from ..clients.raw import Exchange, RawSession
+from ..lab import Lab
+from ..store.names import decode_mutf7
+from ..views.mailbox import ENVELOPE_ITEMS, ROW_COLUMNS, MailboxView, envelope_rows
+from ..views.mime_tree import MimeTree, from_message
+from ..views.status import text_table
+from .mail import RawResult, _ssl_context, ensure_started
+from .state import current_lab
+
+_LITERAL = re.compile(r"\{(\d+)(\+?)\}$")
+
+
+@dataclass
+class ResultTable:
+    """Rows with a title: text in terminals, an HTML table in notebooks."""
+
+    title: str
+    rows: list[dict[str, Any]]
+    columns: tuple[tuple[str, str], ...]
+    note: str = ""
+
+    def __repr__(self) -> str:
+        parts = [self.title, text_table(self.rows, self.columns) if self.rows else "(none)"]
+        return "\n".join(parts + ([self.note] if self.note else []))
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(t)}</th>" for t, _ in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for _, k in self.columns)
+                       + "</tr>" for r in self.rows)
+        note = f"<p>{html.escape(self.note)}</p>" if self.note else ""
+        return f"<b>{html.escape(self.title)}</b><table><tr>{head}</tr>{body}</table>{note}"
+
+
+@dataclass
+class FetchedMessage:
+    """What ``%imap bob --fetch UID`` returns: flags before and after, the MIME tree, the text."""
+
+    uid: int
+    mailbox: str
+    data: bytes
+    flags_before: tuple[str, ...]
+    flags_after: tuple[str, ...]
+    peek: bool
+    tree: MimeTree = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tree = MimeTree(from_message(self.data), "parsed from the downloaded bytes")
+
+    def text_body(self, limit: int = 2000) -> str:
+        from email import message_from_bytes, policy
+
+        msg = message_from_bytes(self.data, policy=policy.default)
+        part = msg.get_body(("plain", "html"))  # type: ignore[attr-defined]
+        text = part.get_content() if part is not None else ""
+        return text[:limit] + ("…" if len(text) > limit else "")
+
+    def summary(self) -> str:
+        how = "BODY.PEEK[] (flags unchanged)" if self.peek else "BODY[] (the server sets \\Seen)"
+        return (f"UID {self.uid} in {self.mailbox}: {len(self.data)} octets via {how}; "
+                f"flags before: {' '.join(self.flags_before) or '(none)'}; "
+                f"after: {' '.join(self.flags_after) or '(none)'}")
+
+    def __repr__(self) -> str:
+        return "\n\n".join([self.summary(), self.tree.text(), self.text_body()])
+
+    def _repr_html_(self) -> str:
+        return (f"<p>{html.escape(self.summary())}</p>{self.tree._repr_html_()}"
+                f"<pre style='white-space:pre-wrap'>{html.escape(self.text_body())}</pre>")
+
+
+def _flags(client: Any, uid: int) -> tuple[str, ...]:
+    typ, data = client.uid("FETCH", str(uid), "(FLAGS)")
+    items = parse_fetch(data) if typ == "OK" and data and data[0] else []
+    if not items:
+        raise UsageError(f"no message with UID {uid}")
+    return tuple(str(f) for f in items[0].get("FLAGS", []))
+
+
+def _search_args(words: list[str]) -> tuple[list[str], bytes | None]:
+    """Search words -> (atoms, literal): non-ASCII text travels as a UTF-8 literal
+    after CHARSET UTF-8 (RFC 3501 6.4.4), so it must be the last criterion."""
+    if all(w.isascii() for w in words):
+        return [w if " " not in w and w else f'"{w}"' for w in words], None
+    if not words[-1].isascii() and all(w.isascii() for w in words[:-1]):
+        return ["CHARSET", "UTF-8", *words[:-1]], words[-1].encode("utf-8")
+    raise UsageError("put the non-ASCII search text last, e.g. --search SUBJECT 你好")
+
+
+# -- raw sessions ---------------------------------------------------------------------------
+
+class IMAPRawSession(RawSession):
+    """A raw session that knows IMAP's framing: tagged completion and literals.
+
+    Server literals (``{n}`` at a line's end, e.g. a FETCH BODY[]) are read by
+    octet count, not by lines, so a message line that happens to start with the
+    tag cannot end the reply early.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.continuation_ok = False  # does the current command expect a "+"?
+        super().__init__(*args, reply_complete=self._complete, **kwargs)
+
+    def _complete(self, command: str | None, lines: list[str]) -> bool:
+        if command is None:
+            return True  # the greeting is one line
+        last = lines[-1]
+        if self.continuation_ok and last.startswith("+"):
+            return True
+        tag = command.split(" ", 1)[0]
+        return last.startswith(tag + " ")
+
+    def _read_exact(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection inside a literal")
+            self._buf += chunk
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def read_reply(self, command: str | None) -> Exchange:
+        ex = Exchange(command)
+        try:
+            while True:
+                line = self._readline()
+                ex.reply.append(line)
+                if self.recorder:
+                    self.recorder.server_line(line, bytes=len(line.encode()) + 2)
+                m = _LITERAL.search(line)
+                while m:
+                    data = self._read_exact(int(m.group(1)))
+                    if self.recorder:
+                        self.recorder.payload("S", data)
+                    ex.reply.append(data.decode("utf-8", "replace"))
+                    line = self._readline()
+                    ex.reply.append(line)
+                    if self.recorder:
+                        self.recorder.server_line(line, bytes=len(line.encode()) + 2)
+                    m = _LITERAL.search(line)
+                if self.reply_complete(command, ex.reply):
+                    break
+        except TimeoutError:
+            ex.timed_out = True
+            if self.recorder:
+                self.recorder.note(f"no complete reply within {self.timeout} s")
+        self.exchanges.append(ex)
+        return ex
+
+    def drain(self, wait: float) -> list[str]:
+        """Lines the server pushes within ``wait`` seconds (IDLE updates)."""
+        got = []
+        while True:
+            pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+            if b"\n" not in self._buf and not pending:
+                ready, _, _ = select.select([self.sock], [], [], wait)
+                if not ready:
+                    return got
+            line = self._readline()
+            got.append(line)
+            if self.recorder:
+                self.recorder.server_line(line, bytes=len(line.encode()) + 2)
+
+    def send_raw(self, data: bytes) -> None:
+        if self.recorder:
+            self.recorder.payload("C", data)
+        self.sock.sendall(data)
+
+
+def _raw_target(lab: Lab, target: str) -> tuple[str, int, bool, str]:
+    """host, port, implicit TLS?, the name its certificate carries."""
+    target = target.strip() or "imap"
+    if target in ("imap", "imaps"):
+        svc = lab.service(target)
+        return svc.address, svc.port, target == "imaps", svc.hostname
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"%%imap takes host:port or imap|imaps, not {target!r}")
+    p, host = int(port), host.strip("[]")
+    for svc in lab.services:
+        if svc.port == p and svc.address == host and svc.protocol == "imap":
+            return host, p, svc.name == "imaps", svc.hostname
+    return host, p, p == 993, host
+
+
+def run_raw_imap(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
+                 idle_wait: float = 2.0) -> RawResult:
+    """Send the cell's commands with tags a1, a2, ... and record the session."""
+    host, port, implicit, cert_name = _raw_target(lab, target)
+    state = {"sasl": False}
+
+    def mask(line: str) -> str:
+        return "****" if state["sasl"] else mask_imap(line)
+
+    result = RawResult(f"{host}:{port}", None, lab.events)
+    try:
+        raw = IMAPRawSession(host, port, protocol="imap", events=lab.events, implicit_tls=implicit,
+                             ssl_context=_ssl_context(lab), server_hostname=cert_name,
+                             timeout=timeout, mask=mask)
+    except OSError as exc:
+        result.problems.append(f"cannot connect to {host}:{port}: {exc}")
+        return result
+    result.session = raw.recorder.session if raw.recorder else None
+    lines = text.splitlines()
+    n = 0
+    i = 0
+    try:
+        if raw.greeting().timed_out:
+            result.problems.append(f"no greeting within {timeout} s")
+            return result
+        while i < len(lines):
+            line = lines[i]
+            i += 1
+            if not line.strip():
+                continue  # blank lines are layout
+            n += 1
+            command = f"a{n} {line}"
+            words = line.split()
+            verb = words[0].upper()
+            lit = _LITERAL.search(line)
+            if lit:
+                if not _send_with_literal(raw, command, lit, lines, i, result):
+                    break
+                i = _take_literal(lines, i, int(lit.group(1)))[1]
+                continue
+            raw.continuation_ok = verb in ("IDLE", "AUTHENTICATE")
+            ex = raw.command(command)
+            if ex.timed_out:
+                result.problems.append(f"no complete reply to {mask(command)!r} within {timeout} s")
+                break
+            last = ex.reply[-1] if ex.reply else ""
+            if verb == "IDLE" and last.startswith("+"):
+                raw.drain(idle_wait)
+                while i < len(lines) and not lines[i].strip():
+                    i += 1
+                if i < len(lines) and lines[i].strip().upper() == "DONE":
+                    i += 1
+                raw.continuation_ok = False
+                raw.send_line("DONE")  # RFC 2177: DONE ends IDLE; it has no tag
+                raw.read_reply(command)
+            elif verb == "AUTHENTICATE":
+                while last.startswith("+") and i < len(lines):
+                    state["sasl"] = True
+                    raw.send_line(lines[i].strip())
+                    i += 1
+                    ex = raw.read_reply(command)
+                    last = ex.reply[-1] if ex.reply else ""
+                state["sasl"] = False
+            elif verb == "STARTTLS" and last.startswith(f"a{n} OK"):
+                raw.starttls()
+            elif verb == "LOGOUT" or last.startswith("* BYE"):
+                break
+    except ssl.SSLError as exc:
+        result.problems.append(f"TLS failed: {exc}")
+    except (ConnectionError, OSError) as exc:
+        result.problems.append(f"connection lost: {exc}")
+    finally:
+        raw.close()
+    return result
+
+
+def _take_literal(lines: list[str], i: int, size: int) -> tuple[bytes, int]:
+    """The cell lines that make up a literal of ``size`` octets (joined with CRLF), and
+    the index of the line after them. The literal ends at a line's end: either its last
+    CRLF belongs to the literal, or that CRLF ends the command."""
+    taken = b""
+    while i < len(lines) and len(taken) < size:
+        taken += lines[i].encode("utf-8") + b"\r\n"
+        i += 1
+    return taken, i
+
+
+def _send_with_literal(raw: IMAPRawSession, command: str, lit: re.Match[str], lines: list[str],
+                       i: int, result: RawResult) -> bool:
+    """A command ending in a literal: wait for "+" (unless LITERAL+), send the octets,
+    then the CRLF that ends the command. False when the session cannot go on."""
+    size = int(lit.group(1))
+    body, _next = _take_literal(lines, i, size)
+    if len(body) not in (size, size + 2):
+        result.problems.append(
+            f"{command.split(' ', 1)[1]!r} announces {size} octets, but the lines that follow hold"
+            f" {len(body) - 2} (or {len(body)} counting the last line's CRLF): fix the count")
+        return False
+    if lit.group(2):  # {n+}: LITERAL+ (RFC 7888), no waiting for "+"
+        raw.send_line(command)
+    else:
+        raw.continuation_ok = True
+        ex = raw.command(command)
+        raw.continuation_ok = False
+        last = ex.reply[-1] if ex.reply else ""
+        if ex.timed_out or not last.startswith("+"):
+            return not ex.timed_out  # refused (NO/BAD, e.g. TOOBIG): the literal is not sent
+    raw.send_raw(body[:size])
+    raw.sock.sendall(b"\r\n")  # the CRLF that ends the command
+    ex = raw.read_reply(command)
+    if ex.timed_out:
+        result.problems.append(f"no reply after the literal of {command.split(' {')[0]!r}")
+        return False
+    return True
+
+
+# -- the magics ---------------------------------------------------------------------------------
+
+@magics_class
+class IMAPMagics(Magics):
+    timeout = Float(10.0, help="seconds every IMAP client call may wait").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        self._views: list[MailboxView] = []
+
+    def lab(self) -> Lab:
+        lab, _note = ensure_started(current_lab(start=False))
+        return lab
+
+    @magic_arguments()
+    @argument("user", nargs="?", help="lab user (bob or bob@alpha.test); in %%%%imap: host:port, imap or imaps")
+    @argument("--list", action="store_true", help="the user's mailboxes with message counts")
+    @argument("--envelopes", nargs="?", const="INBOX", metavar="MAILBOX",
+              help="summaries (date, from, subject, size, flags) without the bodies")
+    @argument("--fetch", type=int, metavar="UID", help="download one message")
+    @argument("--peek", action="store_true", help="with --fetch: BODY.PEEK[], leaves \\Seen alone")
+    @argument("--search", nargs="+", metavar="QUERY", help="UID SEARCH, e.g. --search SUBJECT 你好")
+    @argument("--flag", nargs=2, metavar=("UID", "FLAG"), help="UID STORE +FLAGS, e.g. --flag 3 \\\\Seen")
+    @argument("--unflag", nargs=2, metavar=("UID", "FLAG"), help="UID STORE -FLAGS")
+    @argument("--mailbox", "-m", default="INBOX", help="mailbox for --fetch/--search/--flag")
+    @argument("--tls", default="starttls", choices=("starttls", "implicit", "none"))
+    @line_cell_magic
+    def imap(self, line: str = "", cell: str | None = None) -> Any:
+        """IMAP client sessions as tables, or (as a cell magic) a raw IMAP session."""
+        if cell is not None:
+            words = line.split()
+            return run_raw_imap(self.lab(), words[0] if words else "imap", cell, timeout=self.timeout)
+        args = parse_argstring(self.imap, line)
+        if not args.user:
+            raise UsageError("%imap needs a user: %imap bob --envelopes (see %imap?)")
+        lab = self.lab()
+        if lab.users.resolve(args.user) is None:
+            raise UsageError(f"no lab user {args.user!r}; users: {', '.join(u.address for u in lab.users)}")
+        if args.envelopes is not None:
+            for old in self._views:
+                old.close()
+            view = MailboxView.open(lab, args.user, args.envelopes, tls=args.tls, timeout=self.timeout)
+            self._views = [view]
+            return view
+        try:
+            return self._client_session(lab, args)
+        except imaplib.IMAP4.error as exc:
+            raise UsageError(f"the server said: {exc}") from None
+
+    def _client_session(self, lab: Lab, args: Any) -> Any:
+        with connect(lab, args.user, tls=args.tls, timeout=self.timeout) as client:
+            if args.list:
+                return list_mailboxes(client)
+            typ, data = client.select(args.mailbox, readonly=not (args.flag or args.unflag or
+                                                                  (args.fetch and not args.peek)))
+            if typ != "OK":
+                raise UsageError(f"cannot open {args.mailbox}: {data[0]!r}")
+            if args.fetch is not None:
+                before = _flags(client, args.fetch)
+                item = "BODY.PEEK[]" if args.peek else "BODY[]"
+                typ, data = client.uid("FETCH", str(args.fetch), f"({item})")
+                body = parse_fetch(data)[0].get("BODY[]", b"") if typ == "OK" and data[0] else b""
+                return FetchedMessage(args.fetch, args.mailbox, body, before, _flags(client, args.fetch),
+                                      args.peek)
+            if args.search:
+                atoms, literal = _search_args(args.search)
+                if literal is not None:
+                    client.literal = literal
+                typ, data = client.uid("SEARCH", *atoms)
+                if typ != "OK":
+                    raise UsageError(f"SEARCH failed: {data!r}")
+                uids = [int(x) for x in (data[0] or b"").split()]
+                rows = []
+                if uids:
+                    typ, data = client.uid("FETCH", ",".join(map(str, uids)), ENVELOPE_ITEMS)
+                    rows = [r.as_dict() for r in envelope_rows(data)]
+                return ResultTable(f"UID SEARCH {' '.join(args.search)} in {args.mailbox}: {len(uids)} found",
+                                   rows, ROW_COLUMNS, note="The server searched; only the summaries crossed the wire.")
+            if args.flag or args.unflag:
+                uid, flag = args.flag or args.unflag
+                if flag.startswith("\\"):
+                    flag = "\\" + flag.lstrip("\\")  # "\\Seen" typed in a shell-quoted line
+                op = "+FLAGS" if args.flag else "-FLAGS"
+                typ, data = client.uid("STORE", uid, op, f"({flag})")
+                if typ != "OK":
+                    raise UsageError(f"STORE failed: {data!r}")
+                return ResultTable(f"UID STORE {uid} {op} ({flag}) in {args.mailbox}",
+                                   [{"uid": uid, "flags": " ".join(_flags(client, int(uid)))}],
+                                   (("UID", "uid"), ("flags now", "flags")))
+        raise UsageError("say what to do: --list, --envelopes, --fetch UID, --search QUERY or --flag UID FLAG")
+
+
+def list_mailboxes(client: Any) -> ResultTable:
+    """LIST "" "*" plus STATUS (MESSAGES UNSEEN) for each mailbox."""
+    typ, data = client.list('""', "*")
+    rows = []
+    for raw in data:
+        if not isinstance(raw, bytes):
+            continue
+        attrs, _delim, name = parse_list_line(raw)
+        row: dict[str, Any] = {"mailbox": decode_mutf7(name), "attributes": " ".join(attrs)}
+        if "\\Noselect" not in attrs and "\\NonExistent" not in attrs:
+            quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            typ, status = client.status(quoted, "(MESSAGES UNSEEN)")
+            if typ == "OK" and status and status[0]:
+                m = re.search(rb"MESSAGES (\d+)", status[0])
+                u = re.search(rb"UNSEEN (\d+)", status[0])
+                row["messages"] = int(m.group(1)) if m else ""
+                row["unseen"] = int(u.group(1)) if u else ""
+        rows.append(row)
+    return ResultTable("Mailboxes (LIST, then STATUS for each)", rows,
+                       (("mailbox", "mailbox"), ("attributes", "attributes"),
+                        ("messages", "messages"), ("unseen", "unseen")))
+
+
+MAGICS = IMAPMagics
