@@ -122,6 +122,8 @@ def tour(args: argparse.Namespace) -> int:
 
 
 def _read_pop3(lab: Lab) -> str:
+    from email.header import decode_header, make_header
+
     from .clients.pop3 import connect
 
     host, port = lab.address("pop3")
@@ -130,9 +132,10 @@ def _read_pop3(lab: Lab) -> str:
         pop.pass_(lab.users.password("bob@alpha.test"))
         count, size = pop.stat()
         _resp, lines, _octets = pop.retr(count)
-        subject = next((ln.decode("ascii", "replace") for ln in lines if ln.lower().startswith(b"subject:")), "")
+        raw = next((ln.decode("ascii", "replace") for ln in lines if ln.lower().startswith(b"subject:")), "")
         pop.quit()
-    return f"STAT: {count} message(s), {size} octets; RETR {count}: {subject}"
+    subject = str(make_header(decode_header(raw.split(":", 1)[-1].strip())))
+    return f"STAT: {count} message(s), {size} octets; RETR {count}: Subject {subject!r} (on the wire: {raw})"
 
 
 def _read_imap(lab: Lab) -> str:
@@ -175,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # `maillab tour | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
