@@ -139,18 +139,14 @@ def parse_path(text: str, *, what: str = "recipient", allow_null: bool = False) 
         inner, rest = text[1:end], text[end + 1:]
         if rest and not rest.startswith(" "):
             raise _syntax("text after '>'", what, text)
-        if len(text[:end + 1].encode()) > MAX_PATH:
-            raise PathError(Reply(501, "5.1.3" if what != "sender" else "5.1.7",
-                                  f"Path too long (RFC 5321 4.5.3.1.3: at most {MAX_PATH} octets)"))
     else:
         inner, _, rest = text.partition(" ")
-        if len(inner.encode()) + 2 > MAX_PATH:
-            raise PathError(Reply(501, "5.1.3", f"Path too long (RFC 5321 4.5.3.1.3: at most {MAX_PATH} octets)"))
     rest = rest.strip()
     if inner == "":
         if allow_null:
             return NULL_PATH, rest
         raise _syntax("the null path <> is only a sender", what, text)
+    full = inner
     route = ""
     if inner.startswith("@"):
         # RFC 5321 4.1.1.3: source routes must be accepted but SHOULD be ignored;
@@ -178,6 +174,9 @@ def parse_path(text: str, *, what: str = "recipient", allow_null: bool = False) 
                               f"Domain too long (RFC 5321 4.5.3.1.2: at most {MAX_DOMAIN} octets)"))
     if not (_DOMAIN.match(domain) or _ADDRESS_LITERAL.match(domain)):
         raise _syntax("bad domain", what, inner)
+    if len(full.encode()) + 2 > MAX_PATH:
+        raise PathError(Reply(501, "5.1.3" if what != "sender" else "5.1.7",
+                              f"Path too long (RFC 5321 4.5.3.1.3: at most {MAX_PATH} octets)"))
     return Path(local, domain.lower(), route, quoted), rest
 
 

@@ -558,7 +558,9 @@ class LabSMTP(SMTP):
         self._reader._buffer[0:0] = b"\r\n"  # type: ignore[attr-defined]
         limit = self.limits.smtp_message_size
         chunks: list[bytes] = []
-        size = 0  # octets of message, without the transparency dots (RFC 1870)
+        # Octets of message so far, without transparency dots (RFC 1870); it starts
+        # at -4 for the CRLF put in front and the ".CRLF" of the end marker.
+        size = -4
         slack = 0  # a stuffed dot split across two chunks may be counted once as text
         too_big = False
         while True:
@@ -572,7 +574,7 @@ class LabSMTP(SMTP):
             if not too_big:
                 size += len(chunk) - chunk.count(b"\r\n.")
                 slack += 1
-                if size - 2 > limit + slack:
+                if size > limit + slack:
                     too_big = True
                     chunks.clear()
                 else:
