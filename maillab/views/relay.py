@@ -23,6 +23,7 @@ a server, and nothing here touches a socket.
 from __future__ import annotations
 
 import html
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -74,7 +75,9 @@ def _delay(seconds: float | None) -> str:
         return ""
     sign = "-" if seconds < 0 else "+"
     s = abs(seconds)
-    if s < 60:
+    if 0 < s < 1:
+        text = f"{s * 1000:.0f} ms"
+    elif s < 60:
         text = f"{s:.3g} s" if s < 10 else f"{s:.0f} s"
     elif s < 3600:
         text = f"{s // 60:.0f} min {s % 60:.0f} s"
@@ -212,6 +215,11 @@ def path_from_hops(table: HopTable | bytes | str, title: str | None = None) -> R
             last = target
             continue
         sender = hop.helo or hop.from_host or (f"[{hop.from_ip}]" if hop.from_ip else None)
+        if hop.by is None and sender is None:
+            # qmail's "(qmail 123 invoked from network)": a step inside one machine
+            where = path.nodes[last].name if last is not None else "the first server"
+            path.notes.append(f"hop {hop.number}: a local stamp at {where}: " + "; ".join(hop.comments))
+            continue
         if last is None:
             source = path.node(sender or "(origin)", hop.from_ip)
         elif sender is None or _same_host(sender, path.nodes[last].name) or _local(sender, hop.from_ip):
@@ -430,15 +438,178 @@ def figure(path: RelayPath, *, width: float | None = None) -> Figure:
 
 
 # -- the lab's own messages ---------------------------------------------------------------
+_QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
+
+
+def find_message(lab: Lab, message: Any = None) -> Any:
+    """The relay queue entry meant by ``message``: None/"last" for the last one, a
+    queue id, a Message-ID (with or without <>), or an entry itself."""
+    relay = getattr(lab, "relay", None)
+    if relay is None:
+        raise LookupError("the lab has no relay queue (is the lab started?)")
+    if message is None or message == "last":
+        msg = relay.last()
+        if msg is None:
+            raise LookupError("no message has been relayed yet: send one to another domain first")
+        return msg
+    if not isinstance(message, str):
+        return message
+    try:
+        return relay.get(message)
+    except KeyError:
+        pass
+    wanted = message.strip().strip("<>")
+    for msg in reversed(relay.messages()):
+        if msg.message_id.strip().strip("<>") == wanted or msg.id.lower() == wanted.lower():
+            return msg
+    raise LookupError(f"no relayed message {message!r} (a queue id from %mail queue, or a Message-ID)")
+
+
+def _stored_for(lab: Lab, host: str | None, smtp_queue_id: str | None) -> list[Any]:
+    """The "stored" events the receiving server wrote for one accepted message."""
+    if not smtp_queue_id:
+        return []
+    return [e for e in lab.events.events(protocol="smtp", kinds=("stored",))
+            if e.data.get("queue_id") == smtp_queue_id and (host is None or e.host == host)]
+
+
+def delivered_copy(lab: Lab, message: Any = None) -> bytes | None:
+    """The message as it sits in the (first) recipient's mailbox, Received lines and
+    all; None while it is not delivered yet."""
+    msg = find_message(lab, message)
+    for attempt in msg.attempts:
+        if attempt.result not in ("delivered", "partial"):
+            continue
+        m = _QUEUED_AS.search(attempt.text or "")
+        for ev in _stored_for(lab, attempt.host, m.group(1) if m else None):
+            user, _, folder = str(ev.data.get("mailbox", "")).partition("/")
+            uid = ev.data.get("uid")
+            if user and uid is not None:
+                try:
+                    return lab.store.mailbox(user, folder or "INBOX").read(int(uid))
+                except (OSError, KeyError, ValueError):
+                    continue
+        if m:
+            try:  # accepted for relaying onwards: follow the next queue
+                return delivered_copy(lab, lab.relay.get(m.group(1)))
+            except (KeyError, LookupError):
+                pass
+    return None
+
+
+def _submission_hop(lab: Lab, path: RelayPath, msg: Any, origin: int) -> None:
+    sid = msg.submitted_session
+    if not sid:
+        path.nodes.insert(0, PathNode("(submitted from Python)"))  # lab.relay.submit() called directly
+        _shift(path, 1)
+        path.hops.insert(0, PathHop(0, origin + 1, protocol="API", ok=True))
+        return
+    events = lab.events.events(session=sid)
+    opened = next((e for e in events if e.kind == "opened"), None)
+    helo = next((e.text.split(None, 1)[1] for e in events if e.kind == "C"
+                 and e.text[:4].upper() in ("EHLO", "HELO") and " " in e.text), None)
+    tls = next((e for e in events if e.kind == "tls"), None)
+    auth = any(e.kind == "auth" and e.data.get("ok") for e in events)
+    ehlo = any(e.kind == "C" and e.text[:4].upper() == "EHLO" for e in events)
+    queued = next((e for e in events if e.kind == "note" and e.data.get("relay_id") == msg.id), None)
+    peer = str(opened.data.get("peer", "")) if opened else ""
+    address = peer.rsplit(":", 1)[0] if peer else None
+    service = opened.data.get("service") if opened else None
+    name = f"client {helo}" if helo else "mail client"
+    path.nodes.insert(0, PathNode(name, address))
+    _shift(path, 1)
+    protocol = ("ESMTP" if ehlo else "SMTP") + ("S" if tls else "") + ("A" if auth else "")
+    seconds = (queued.time - opened.time) if (opened and queued) else None
+    path.hops.insert(0, PathHop(0, origin + 1, protocol=protocol, encrypted=tls is not None,
+                                tls=tls.data.get("version") if tls else None, seconds=seconds,
+                                result=f"{service or 'smtp'}: queued as {msg.id}"))
+
+
+def _shift(path: RelayPath, n: int) -> None:
+    for h in path.hops:
+        h.source += n
+        h.target += n
+
+
+def _dns_text(msg: Any, attempt: Any) -> str | None:
+    route = msg.routes.get(attempt.domain) or {}
+    for t in route.get("targets", []):
+        if t.get("name") == attempt.host:
+            kind = "A (no MX: implicit MX)" if t.get("implicit") else f"MX {t.get('preference')}"
+            return f"{attempt.domain} {kind} {attempt.host} -> {attempt.address}"
+    if attempt.mx:
+        return "; ".join(attempt.mx[:2])
+    return None
+
+
+def _relay_hops(lab: Lab, path: RelayPath, msg: Any, depth: int = 0) -> None:
+    origin = path.node(msg.origin, _host_address(lab, msg.origin))
+    for attempt in msg.attempts:
+        ok = attempt.result in ("delivered", "partial")
+        name = attempt.host or f"MX of {attempt.domain}?"
+        target = path.node(name, attempt.address, side=not ok)
+        result = f"{attempt.result}: {attempt.text}" if attempt.text else attempt.result
+        path.hops.append(PathHop(origin, target, protocol=attempt.protocol, encrypted=attempt.tls if
+                                 attempt.protocol else None, tls=attempt.tls_version,
+                                 seconds=attempt.duration, dns=_dns_text(msg, attempt), result=result,
+                                 ok=ok, when=datetime.fromtimestamp(attempt.time, timezone.utc)))
+        if not ok:
+            continue
+        m = _QUEUED_AS.search(attempt.text or "")
+        stored = _stored_for(lab, attempt.host, m.group(1) if m else None)
+        for ev in stored:
+            box = path.node(f"mailbox {ev.data.get('mailbox', '?')}")
+            path.hops.append(PathHop(target, box, protocol="Maildir", seconds=None,
+                                     result=f"stored, uid {ev.data.get('uid')}", ok=True))
+        if not stored and m and depth < 8:
+            try:
+                onward = lab.relay.get(m.group(1))
+            except KeyError:
+                continue
+            _relay_hops(lab, path, onward, depth + 1)
+    if not msg.final and msg.next_attempt:
+        route = next(iter(msg.routes.values()), {})
+        first = (route.get("targets") or [{}])[0].get("name") or "next attempt"
+        target = path.node(first, side=True)
+        wait = msg.next_attempt - time.time()
+        when = datetime.fromtimestamp(msg.next_attempt).strftime("%H:%M:%S")
+        path.hops.append(PathHop(origin, target, result=f"retry {msg.retries} at {when}"
+                                 f" ({max(0.0, wait):.0f} s from the last update)", ok=None))
+    elif not msg.final and msg.running:
+        path.notes.append("an attempt is running now")
+    if msg.dsn:
+        who = msg.dsn.get("delivered_to") or msg.mail_from
+        box = path.node(f"mailbox {who}/INBOX")
+        path.hops.append(PathHop(origin, box, protocol="DSN", result=(
+            f"bounce delivered, uid {msg.dsn.get('uid')}" if msg.dsn.get("uid") is not None
+            else f"bounce queued as {msg.dsn.get('queue_id')}"), ok=True))
+
+
+def _host_address(lab: Lab, name: str) -> str | None:
+    host = lab.topology.hosts.get(name)
+    return host.address if host else None
+
+
 def path_from_relay(lab: Lab, message: Any = None) -> RelayPath:
-    """The path of a lab message from the relay's queue entries (all hosts) and,
-    once it is delivered, the Received chain of the delivered copy.
+    """The path of a lab message, from the relay queue (every attempt, also the
+    failed ones, with the DNS answer each used) and the event stream (the
+    submission session, the mailbox the last hop stored it in).
 
     ``message``: a queue id, a Message-ID, a queue entry, or None for the last one.
     """
-    from .relay_lab import build_path  # the part that knows the relay's data
-
-    return build_path(lab, message)
+    msg = find_message(lab, message)
+    subject = f"{msg.subject!r}: " if msg.subject else ""
+    path = RelayPath(f"{subject}<{msg.mail_from}> -> " + ", ".join(f"<{r}>" for r in msg.rcpts),
+                     state=msg.state)
+    _relay_hops(lab, path, msg)
+    origin = next(i for i, n in enumerate(path.nodes) if n.name == msg.origin)
+    _submission_hop(lab, path, msg, origin)
+    if msg.last_error and not msg.final:
+        path.notes.append(f"last error: {msg.last_error}")
+    for r in msg.recipients:
+        if r.state == "bounced":
+            path.notes.append(f"<{r.address}> bounced: {r.status} {r.text}")
+    return path
 
 
 class RelayView:
@@ -536,3 +707,90 @@ class LiveRelayView:
 
     def figure(self, **kwargs: Any) -> Figure:
         return figure(self.path, **kwargs)
+
+
+class FigureView:
+    """A matplotlib figure as a cell result: shown as PNG in a notebook (without
+    needing ``%matplotlib inline``), as a sentence in a terminal."""
+
+    def __init__(self, fig: Figure, saved: str | None = None) -> None:
+        self.figure = fig
+        self.saved = saved
+
+    def savefig(self, path: str, **kwargs: Any) -> str:
+        self.figure.savefig(path, **kwargs)
+        self.saved = path
+        return path
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        self.figure.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
+    def __repr__(self) -> str:
+        w, h = self.figure.get_size_inches()
+        where = f", saved to {self.saved}" if self.saved else ""
+        return f"<relay path figure {w:.0f}x{h:.0f} in{where}>"
+
+
+class HopsView:
+    """What ``%mail hops`` returns: the hop table and the path it describes."""
+
+    def __init__(self, table: HopTable, source: str = "") -> None:
+        self.table = table
+        self.path = path_from_hops(table)
+        self.source = source
+
+    def __repr__(self) -> str:
+        head = f"Received chain of {self.source}\n" if self.source else ""
+        return head + hop_table_text(self.table) + "\n\n" + path_text(self.path)
+
+    def _repr_html_(self) -> str:
+        head = f"<b>Received chain of {html.escape(self.source)}</b>" if self.source else ""
+        return head + hop_table_html(self.table) + path_svg(self.path)
+
+    def figure(self, **kwargs: Any) -> Figure:
+        return figure(self.path, **kwargs)
+
+
+QUEUE_COLUMNS = ("id", "host", "from", "to", "state", "attempts", "next attempt", "last error")
+
+
+class QueueView:
+    """What ``%mail queue`` returns: each host's queue, one row per message."""
+
+    def __init__(self, messages: Iterable[Any], *, faults: dict[str, Any] | None = None,
+                 title: str = "relay queue") -> None:
+        self.rows = [self._row(m) for m in messages]
+        self.faults = dict(faults or {})
+        self.title = title
+
+    @staticmethod
+    def _row(m: Any) -> list[str]:
+        nxt = ""
+        if m.next_attempt:
+            nxt = (datetime.fromtimestamp(m.next_attempt).strftime("%H:%M:%S")
+                   + f" (in {max(0.0, m.next_attempt - time.time()):.0f} s)")
+        return [m.id, m.origin, m.mail_from or "<>", ", ".join(m.rcpts), m.state, str(len(m.attempts)), nxt,
+                m.last_error or ""]
+
+    def _footer(self) -> list[str]:
+        return [f"failure injected: {h} {k}" + (f" {v:g} s" if isinstance(v, (int, float)) else "")
+                for h, (k, v) in self.faults.items()]
+
+    def __repr__(self) -> str:
+        if not self.rows:
+            return "\n".join([f"{self.title}: empty (every message delivered or bounced)", *self._footer()])
+        return "\n".join([self.title, _aligned(self.rows, QUEUE_COLUMNS), *self._footer()])
+
+    def _repr_html_(self) -> str:
+        if not self.rows:
+            body = f"<i>{html.escape(self.title)}: empty (every message delivered or bounced)</i>"
+        else:
+            head = "".join(f"<th style='text-align:left'>{t}</th>" for t in QUEUE_COLUMNS)
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
+            body = (f"<b>{html.escape(self.title)}</b><table style='font-size:90%'><thead><tr>{head}</tr>"
+                    f"</thead><tbody>{rows}</tbody></table>")
+        return body + "".join(f"<div style='color:{_FAIL}'>{html.escape(f)}</div>" for f in self._footer())
