@@ -1,0 +1,199 @@
+"""BODY and BODYSTRUCTURE of a message (RFC 3501 7.4.2, grammar "body" in section 9).
+
+A leaf part is::
+
+    (type subtype (params) id description encoding size [lines | envelope body lines]
+     md5 disposition language location)          <- from md5 on: BODYSTRUCTURE only
+
+text/* parts carry their line count; message/rfc822 parts carry the ENVELOPE, the
+structure and the line count of the message inside. A multipart is its parts in
+a row followed by its subtype (and, in BODYSTRUCTURE, its params, disposition,
+language and location).
+
+The values follow Dovecot, the reference the lab compares itself with:
+type, subtype, parameter names and values are sent as the message writes them
+(RFC 2231 continuations ``name*0``, ``name*1`` merged into one ``name`` or
+``name*`` value, still encoded); a text part without a charset parameter gets
+``("charset" "us-ascii")`` (RFC 2045 5.2's default), a part without
+Content-Type is text/plain, a missing encoding is ``"7bit"``, MD5 is NIL, and
+a multipart without any part shows one empty text/plain part, since the grammar
+needs at least one.
+"""
+
+from __future__ import annotations
+
+from .envelope import envelope
+from .mimeparse import Lexer, Part, parse_content_type, parse_params, unfold
+from .quoting import imap_nstring, imap_string, wire_text
+
+_EMPTY_BODY = '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
+_EMPTY_BODYSTRUCTURE = '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0 NIL NIL NIL NIL)'
+
+
+def _first(part: Part, name: str) -> bytes | None:
+    # The first occurrence of a MIME field wins, as in Dovecot.
+    for f in part.fields:
+        if f.key == name:
+            return unfold(f.value)
+    return None
+
+
+def merge_rfc2231(params: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """RFC 2231 3: ``name*0``, ``name*1``... become one ``name`` (``name*`` if any part is
+    extended); the value keeps its ``charset'lang'`` prefix and %-encoding. Plain
+    parameters come first; continuations with a missing index are left as they are."""
+    plain: list[tuple[bytes, bytes]] = []
+    split: list[tuple[bytes, int, bool, bytes]] = []
+    for name, value in params:
+        star = name.find(b"*")
+        if star < 0:
+            plain.append((name, value))
+            continue
+        # Read as Dovecot reads it: "*" [digits] ["*"]; a bare "name*" is extended.
+        rest, idx, extended = name[star + 1:], 0, False
+        if rest:
+            digits = len(rest) - len(rest.lstrip(b"0123456789"))
+            idx = int(rest[:digits]) if digits else 0
+            rest = rest[digits:]
+            extended = rest == b"*"
+            if rest not in (b"", b"*"):
+                plain.append((name, value))
+                continue
+        else:
+            extended = True
+        split.append((name[:star], idx, extended, value))
+    if not split:
+        return plain
+    split.sort(key=lambda p: (p[0].lower(), p[1]))
+    merged: list[tuple[bytes, bytes]] = []
+    i = 0
+    while i < len(split):
+        j = i
+        key = split[i][0].lower()
+        while j < len(split) and split[j][0].lower() == key:
+            j += 1
+        group = split[i:j]
+        if any(p[1] != n for n, p in enumerate(group)):
+            for base, idx, ext, value in group:
+                merged.append((base + b"*%d" % idx + (b"*" if ext else b""), value))
+        else:
+            any_ext = any(p[2] for p in group)
+            out = bytearray(b"''" if any_ext and not group[0][2] else b"")
+            for _base, _idx, ext, value in group:
+                out += _pct_escape(value) if any_ext and not ext else value
+            merged.append((group[0][0] + (b"*" if any_ext else b""), bytes(out)))
+        i = j
+    return plain + merged
+
+
+def _pct_escape(value: bytes) -> bytes:
+    """An unencoded continuation joined to encoded ones: only "%" needs escaping (as Dovecot)."""
+    return value.replace(b"%", b"%25")
+
+
+def _params(params: list[tuple[bytes, bytes]], text: bool) -> str:
+    if not params and not text:
+        return "NIL"
+    items = []
+    seen_charset = False
+    for name, value in params:
+        seen_charset = seen_charset or name.lower() == b"charset"
+        items.append(imap_string(wire_text(name)) + " " + imap_string(wire_text(value)))
+    if text and not seen_charset:
+        items.append('"charset" "us-ascii"')
+    return "(" + " ".join(items) + ")"
+
+
+def _mime_token(lex: Lexer) -> bytes:
+    lex.skip_cfws()
+    tok = lex.token()
+    lex.skip_cfws()
+    return tok
+
+
+def _extension(part: Part) -> str:
+    """body-ext-1part/-mpart after md5: disposition, language, location."""
+    disp = "NIL"
+    value = _first(part, "content-disposition")
+    if value is not None:
+        lex = Lexer(value)
+        kind = _mime_token(lex)
+        params = merge_rfc2231(parse_params(lex))
+        disp = "(%s %s)" % (imap_string(wire_text(kind)), _params(params, False))
+    lang = "NIL"
+    value = _first(part, "content-language")
+    if value is not None:
+        lex = Lexer(value)
+        tags = []
+        while True:
+            tag = _mime_token(lex)
+            if not tag:
+                break
+            tags.append(imap_string(wire_text(tag)))
+            if lex.peek() != 0x2C:
+                break
+            lex.i += 1
+        if tags:
+            lang = "(" + " ".join(tags) + ")"
+    location = _first(part, "content-location")
+    loc = imap_nstring(None if location is None else wire_text(location))
+    return "%s %s %s" % (disp, lang, loc)
+
+
+def _encoding(part: Part) -> str:
+    value = _first(part, "content-transfer-encoding")
+    if value is not None:
+        lex = Lexer(value)
+        tok = _mime_token(lex)
+        if tok and lex.at_end():
+            return imap_string(wire_text(tok))
+    return '"7bit"'
+
+
+def body_structure(part: Part, data: bytes, extended: bool) -> str:
+    """BODYSTRUCTURE (``extended``) or BODY of ``part`` in ``data``."""
+    ct = parse_content_type(_first(part, "content-type"))
+    if part.is_multipart:
+        if part.children:
+            inner = "".join(body_structure(c, data, extended) for c in part.children)
+        else:
+            inner = _EMPTY_BODYSTRUCTURE if extended else _EMPTY_BODY
+        subtype = ct[1] if ct else part.subtype.encode()
+        out = inner + " " + imap_string(wire_text(subtype))
+        if extended:
+            params = merge_rfc2231(ct[2]) if ct else []
+            out += " " + _params(params, False) + " " + _extension(part)
+        return "(" + out + ")"
+
+    size = part.end - part.body_start
+    if part.message is not None:
+        head = '"message" "rfc822"'
+        text = False
+    elif ct is None and _first(part, "content-type") is not None:
+        # A Content-Type that is not type/subtype: Dovecot says so with empty strings.
+        head = '"" ""'
+        text = False
+    elif ct is None:
+        head = '"%s" "%s"' % (part.type, part.subtype)  # text/plain, or message/rfc822 in a digest
+        text = part.type == "text"
+    else:
+        head = imap_string(wire_text(ct[0])) + " " + imap_string(wire_text(ct[1]))
+        text = part.type == "text"
+    params = merge_rfc2231(ct[2]) if ct else []
+    cid = _first(part, "content-id")
+    desc = _first(part, "content-description")
+    fields = [head, _params(params, text),
+              imap_nstring(None if cid is None else wire_text(cid)),
+              imap_nstring(None if desc is None else wire_text(desc)),
+              _encoding(part), str(size)]
+    if text:
+        fields.append(str(data.count(b"\n", part.body_start, part.end)))
+    elif part.message is not None:
+        inner = part.message
+        fields.append(envelope(inner))
+        fields.append(body_structure(inner, data, extended))
+        fields.append(str(data.count(b"\n", part.body_start, part.end)))
+    if extended:
+        fields.append("NIL")  # Content-MD5: Dovecot does not report it either
+        fields.append(_extension(part))
+    return "(" + " ".join(fields) + ")"

@@ -1,0 +1,174 @@
+"""What FETCH and SEARCH need to know about one message (RFC 3501 6.4.4, 6.4.5, 7.4.2).
+
+The IMAP server asks four things of a stored message (CRLF bytes, as
+``Mailbox.read_crlf`` returns them):
+
+- ``summarize(data)``: ENVELOPE, BODY and BODYSTRUCTURE as wire strings, and the
+  Date for SENTBEFORE/SENTON/SENTSINCE. Computed once per message and cached in the
+  mailbox index (the dict is JSON-safe), so FETCH never re-parses.
+- ``section(data, part, kind, fields)``: the bytes of ``BODY[<section>]``.
+- ``header_matches``, ``body_matches``, ``text_matches``: the text comparisons of
+  SEARCH HEADER/FROM/TO/CC/BCC/SUBJECT, BODY and TEXT, on decoded text.
+
+Wire strings are Python ``str``; send them as UTF-8 (``s.encode()``): literal
+lengths inside them count UTF-8 octets, and header bytes that are not UTF-8 have
+been replaced with U+FFFD. The MIME splitting lives in ``mimeparse``, the
+ENVELOPE in ``envelope``, the BODYSTRUCTURE in ``bodystructure``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Iterator
+
+from .bodystructure import body_structure
+from .decoding import decode_bytes, decode_header, decode_transfer, fold_case
+from .envelope import envelope
+from .mimeparse import Part, find_part, param_value, parse, parse_content_type, unfold
+
+__all__ = ["summarize", "section", "header_matches", "body_matches", "text_matches", "parse"]
+
+#: Section kinds of RFC 3501 6.4.5 (besides a bare part number).
+SECTION_KINDS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME")
+
+
+def summarize(data: bytes) -> dict[str, object]:
+    """ENVELOPE, BODY and BODYSTRUCTURE strings and the sent date of a message.
+
+    Keys: ``envelope``, ``body``, ``bodystructure`` (each exactly what follows
+    ``ENVELOPE `` / ``BODY `` / ``BODYSTRUCTURE `` on the wire), ``date`` (the Date
+    header as a POSIX timestamp, None when missing or unreadable) and ``date_tz``
+    (its zone offset in minutes, so SENTON can compare the sender's calendar day,
+    as RFC 3501 6.4.4 asks: ``date + date_tz * 60`` read as UTC; 0 when unknown).
+    """
+    root = parse(data)
+    date, tz = _sent_date(root)
+    return {
+        "envelope": envelope(root),
+        "body": body_structure(root, data, extended=False),
+        "bodystructure": body_structure(root, data, extended=True),
+        "date": date,
+        "date_tz": tz,
+    }
+
+
+def _sent_date(root: Part) -> tuple[float | None, int]:
+    raw = None
+    for f in root.fields:
+        if f.key == "date":
+            raw = f.value
+    if raw is None:
+        return None, 0
+    try:
+        parsed = email.utils.parsedate_tz(unfold(raw).decode("latin-1"))
+        if parsed is None or not 1 <= parsed[0] <= 9999:
+            return None, 0
+        offset = parsed[9] or 0
+        return float(email.utils.mktime_tz(parsed)), offset // 60
+    except (ValueError, OverflowError, TypeError, IndexError):
+        return None, 0
+
+
+# -- BODY[section] ---------------------------------------------------------------------
+
+def section(data: bytes, part: tuple[int, ...], kind: str | None,
+            fields: tuple[str, ...] = ()) -> bytes:
+    """The bytes of ``BODY[part.kind (fields)]`` (RFC 3501 6.4.5); b"" if there is no such part.
+
+    ``part`` () is the whole message; HEADER, HEADER.FIELDS(.NOT) and TEXT of a
+    numbered part need a message/rfc822 part and refer to the message inside it;
+    MIME is the header of a numbered part.
+    """
+    root = parse(data)
+    kind = kind.upper() if kind else None
+    if part:
+        target = find_part(root, part)
+        if target is None:
+            return b""
+        if kind is None:
+            return data[target.body_start:target.end]
+        if kind == "MIME":
+            return data[target.start:target.body_start]
+        if target.message is None:
+            return b""
+        msg = target.message
+    else:
+        if kind is None:
+            return data
+        if kind == "MIME":
+            return b""
+        msg = root
+    if kind == "HEADER":
+        return data[msg.start:msg.body_start]
+    if kind == "TEXT":
+        return data[msg.body_start:msg.end]
+    if kind in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        wanted = {f.lower() for f in fields}
+        keep = kind == "HEADER.FIELDS"
+        lines = [data[f.start:f.end] for f in msg.fields if (f.key in wanted) == keep]
+        out = b"".join(line if line.endswith(b"\n") else line + b"\r\n" for line in lines)
+        # Then the empty line that ends a header. Dovecot adds it to HEADER.FIELDS even
+        # when the message has none, and copies it for HEADER.FIELDS.NOT.
+        return out + (b"\r\n" if keep else data[msg.header_end:msg.body_start])
+    return b""
+
+
+# -- SEARCH ------------------------------------------------------------------------
+
+def header_matches(data: bytes, field: str, needle: str) -> bool:
+    """SEARCH HEADER field needle (and FROM/TO/CC/BCC/SUBJECT): decoded, case-insensitive.
+
+    An empty needle matches every message that has the field (RFC 3501 6.4.4).
+    """
+    root = parse(data)
+    name = field.lower()
+    want = fold_case(needle)
+    for f in root.fields:
+        if f.key == name:
+            if not want or want in fold_case(decode_header(f.value)):
+                return True
+    return False
+
+
+def _texts(data: bytes, part: Part, depth: int = 0) -> Iterator[str]:
+    """The decoded text of every text part, and the headers of embedded messages."""
+    if part.is_multipart:
+        for child in part.children:
+            yield from _texts(data, child, depth + 1)
+        return
+    if part.message is not None:
+        inner = part.message
+        yield _header_text(inner)
+        yield from _texts(data, inner, depth + 1)
+        return
+    if part.type != "text":
+        return
+    ct = None
+    enc = None
+    for f in part.fields:
+        if ct is None and f.key == "content-type":
+            ct = parse_content_type(unfold(f.value))
+        elif enc is None and f.key == "content-transfer-encoding":
+            enc = unfold(f.value)
+    charset = param_value(ct[2], b"charset") if ct else None
+    raw = decode_transfer(data[part.body_start:part.end], enc)
+    yield decode_bytes(raw, charset)
+
+
+def _header_text(part: Part) -> str:
+    return "\n".join(f.name.decode("latin-1") + ": " + decode_header(f.value) for f in part.fields)
+
+
+def body_matches(data: bytes, needle: str) -> bool:
+    """SEARCH BODY: the decoded text of the message's text parts contains ``needle``."""
+    want = fold_case(needle)
+    return any(want in fold_case(text) for text in _texts(data, parse(data)))
+
+
+def text_matches(data: bytes, needle: str) -> bool:
+    """SEARCH TEXT: the decoded header or body contains ``needle``."""
+    want = fold_case(needle)
+    root = parse(data)
+    if want in fold_case(_header_text(root)):
+        return True
+    return any(want in fold_case(text) for text in _texts(data, root))
