@@ -18,6 +18,7 @@ ENHANCEDSTATUSCODES, RFC 2034).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # -- replies -----------------------------------------------------------------------
@@ -261,7 +262,7 @@ def route_recipient(
     path: Path,
     *,
     local_domains: set[str] | frozenset[str],
-    is_user: object,
+    is_user: Callable[[str], bool],
     authenticated: bool,
     relay_available: bool,
 ) -> Route:
@@ -281,7 +282,8 @@ def route_recipient(
         raise PathError(Reply(550, "5.7.1", f"{path}: Relay access denied"
                               " (an address literal is not a local domain here)"))
     if path.domain in local_domains:
-        if callable(is_user) and is_user(address):
+        # Lab users are case-insensitive (RFC 5321 2.4 allows a server to choose).
+        if is_user(address.lower()):
             return Route(LOCAL, address.lower())
         raise PathError(Reply(550, "5.1.1", f"{path}: Recipient address rejected:"
                               " User unknown in local recipient table"))
