@@ -119,7 +119,7 @@ def _extension(part: Part) -> str:
         lex = Lexer(value)
         kind = _mime_token(lex)
         params = merge_rfc2231(parse_params(lex))
-        disp = "(%s %s)" % (imap_string(wire_text(kind)), _params(params, False))
+        disp = f"({imap_string(wire_text(kind))} {_params(params, False)})"
     lang = "NIL"
     value = _first(part, "content-language")
     if value is not None:
@@ -137,7 +137,7 @@ def _extension(part: Part) -> str:
             lang = "(" + " ".join(tags) + ")"
     location = _first(part, "content-location")
     loc = imap_nstring(None if location is None else wire_text(location))
-    return "%s %s %s" % (disp, lang, loc)
+    return f"{disp} {lang} {loc}"
 
 
 def _encoding(part: Part) -> str:
@@ -174,7 +174,7 @@ def body_structure(part: Part, data: bytes, extended: bool) -> str:
         head = '"" ""'
         text = False
     elif ct is None:
-        head = '"%s" "%s"' % (part.type, part.subtype)  # text/plain, or message/rfc822 in a digest
+        head = f'"{part.type}" "{part.subtype}"'  # text/plain, or message/rfc822 in a digest
         text = part.type == "text"
     else:
         head = imap_string(wire_text(ct[0])) + " " + imap_string(wire_text(ct[1]))

@@ -38,9 +38,8 @@ class Address:
     host: bytes | None = None
 
     def imap(self) -> str:
-        return "(%s %s %s %s)" % tuple(
-            imap_nstring(None if v is None else wire_text(v))
-            for v in (self.name, self.adl, self.mailbox, self.host))
+        return "(" + " ".join(imap_nstring(None if v is None else wire_text(v))
+                              for v in (self.name, self.adl, self.mailbox, self.host)) + ")"
 
 
 class _AddressParser:
@@ -267,9 +266,9 @@ def envelope(part: Part) -> str:
     from_ = addrs("from")
     sender = addrs("sender") or from_
     reply_to = addrs("reply-to") or from_
-    return "(%s)" % " ".join([
+    return "({})".format(" ".join([
         text("date"), text("subject"),
         address_list(from_), address_list(sender), address_list(reply_to),
         address_list(addrs("to")), address_list(addrs("cc")), address_list(addrs("bcc")),
         text("in-reply-to"), text("message-id"),
-    ])
+    ]))

@@ -57,6 +57,8 @@ class Part:
     children: list[Part] = field(default_factory=list)  # parts of a multipart
     message: Part | None = None  # the embedded message of a message/rfc822 part
     is_multipart: bool = False
+    # A header cut short by a delimiter hands the line break before it to the parent.
+    gave_line_break: bool = False
 
     def get(self, name: str) -> bytes | None:
         """The raw value of the first field called ``name`` (case-insensitive)."""
@@ -285,8 +287,9 @@ class _Splitter:
     def next_delimiter(self, pos: int, end: int, stack: list[bytes]) -> tuple[int, int, int, bool] | None:
         """The next boundary line at or after ``pos``: (line start, line end, stack index, closes).
 
-        The innermost matching boundary wins, as in Dovecot; a delimiter line may carry
-        trailing garbage after the boundary (RFC 2046 says whitespace, mailers do worse).
+        As in Dovecot, the line only has to start with a boundary (RFC 2046 allows
+        trailing whitespace, mailers write worse); the longest matching boundary wins,
+        then the innermost.
         """
         if not stack:
             return None
@@ -305,11 +308,15 @@ class _Splitter:
                 cand = j + 1
             line_end = data.find(b"\n", cand, end)
             line_end = end if line_end < 0 else line_end + 1
+            best = -1
             for idx in range(len(stack) - 1, -1, -1):
                 b = stack[idx]
-                if data.startswith(b, cand + 2) and cand + 2 + len(b) <= line_end:
-                    closes = data.startswith(b"--", cand + 2 + len(b))
-                    return cand, line_end, idx, closes
+                if (data.startswith(b, cand + 2) and cand + 2 + len(b) <= line_end
+                        and (best < 0 or len(b) > len(stack[best]))):
+                    best = idx
+            if best >= 0:
+                closes = data.startswith(b"--", cand + 2 + len(stack[best]))
+                return cand, line_end, best, closes
             i = cand + 2
         return None
 
@@ -351,13 +358,14 @@ class _Splitter:
         if part.type == "message" and part.subtype == "rfc822" and not too_deep:
             inner, hit = self.entity(body_start, end, stack, depth + 1, ("text", "plain"))
             part.message = inner
-            part.end = inner.end
+            part.end = hit[0] if hit and inner.gave_line_break else inner.end
             return part, hit
         if hit and body_start >= hit[0] > start:
             # The header ran up to the delimiter: the line break before the delimiter
             # belongs to the delimiter, so the header gives it back (as in Dovecot).
             part.body_start = self.body_end(start, hit[0])
             part.header_end = min(part.header_end, part.body_start)
+            part.gave_line_break = True
         part.end = self.body_end(part.body_start, hit[0]) if hit else end
         return part, hit
 
@@ -381,9 +389,10 @@ class _Splitter:
             body_floor = hit[1]
             hit = self.next_delimiter(hit[1], end, stack)
         if hit is not None and not closed and part.children:
-            # An outer delimiter cut this multipart short (no close delimiter): only the
-            # open part gives its last line break to that delimiter, not we (Dovecot).
-            part.end = hit[0]
+            # An outer delimiter cut this multipart short (no close delimiter). It ends
+            # where its last part ends, plus the line break that part's header gave back.
+            last = part.children[-1]
+            part.end = hit[0] if last.gave_line_break else last.end
         else:
             part.end = self.body_end(body_floor, hit[0]) if hit else end
         return part, hit

@@ -18,7 +18,7 @@ def imap_string(s: str) -> str:
     if _quotable(s):
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
     s = s.replace("\0", "\ufffd")  # NUL is never allowed, not even in a literal (RFC 3501 4.3)
-    return "{%d}\r\n%s" % (len(s.encode("utf-8")), s)
+    return f"{{{len(s.encode('utf-8'))}}}\r\n{s}"
 
 
 def imap_nstring(s: str | None) -> str:
