@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from ..store import Mailbox, MessageInfo
+from ..store import Mailbox, MessageInfo, to_crlf
 
 
 class InUse(Exception):
@@ -84,11 +84,14 @@ class Maildrop:
     def read(self, entry: Entry) -> bytes:
         """The message with CRLF line ends (what goes on the wire)."""
         try:
-            return self.mailbox.read_crlf(entry.info.uid)
+            data = self.mailbox.read(entry.info.uid)
         except (KeyError, FileNotFoundError) as exc:
             raise StoreFailure(f"message {entry.number} is no longer in the mailbox") from exc
         except OSError as exc:
             raise StoreFailure(str(exc)) from exc
+        # Maildir files never change, so when the file already has its CRLF size
+        # every line end is CRLF and the two scans of to_crlf() can be skipped.
+        return data if len(data) == entry.info.crlf_size else to_crlf(data)
 
     def mark_seen(self, entry: Entry) -> None:
         """RETR means "read": the shared index gets \\Seen so IMAP shows it read."""

@@ -159,8 +159,8 @@ class POP3Server:
                     rec.server_line(ln)
             else:
                 rec.payload("S", body)
-            conn.write(reply.status.encode("utf-8") + b"\r\n")
-            conn.write(body)
+            # one write: status and body leave in the same send() where they fit
+            conn.write(reply.status.encode("utf-8") + b"\r\n" + body)
         else:
             conn.write(reply.status.encode("utf-8") + b"\r\n")
         await conn.drain()
