@@ -22,8 +22,10 @@ needs at least one.
 
 from __future__ import annotations
 
+__all__ = ["body_structure", "merge_rfc2231"]
+
 from .envelope import envelope
-from .mimeparse import Lexer, Part, parse_content_type, parse_params, unfold
+from .mimeparse import Lexer, Part, parse_params, unfold
 from .quoting import imap_nstring, imap_string, wire_text
 
 _EMPTY_BODY = '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
@@ -150,20 +152,20 @@ def _encoding(part: Part) -> str:
     return '"7bit"'
 
 
-def body_structure(part: Part, data: bytes, extended: bool) -> str:
-    """BODYSTRUCTURE (``extended``) or BODY of ``part`` in ``data``."""
-    ct = parse_content_type(_first(part, "content-type"))
+def body_structure(part: Part, data: bytes) -> tuple[str, str]:
+    """BODY and BODYSTRUCTURE of ``part`` in ``data``, built in one walk."""
+    ct = part.content_type
     if part.is_multipart:
         if part.children:
-            inner = "".join(body_structure(c, data, extended) for c in part.children)
+            pairs = [body_structure(c, data) for c in part.children]
+            body = "".join(p[0] for p in pairs)
+            ext = "".join(p[1] for p in pairs)
         else:
-            inner = _EMPTY_BODYSTRUCTURE if extended else _EMPTY_BODY
-        subtype = ct[1] if ct else part.subtype.encode()
-        out = inner + " " + imap_string(wire_text(subtype))
-        if extended:
-            params = merge_rfc2231(ct[2]) if ct else []
-            out += " " + _params(params, False) + " " + _extension(part)
-        return "(" + out + ")"
+            body, ext = _EMPTY_BODY, _EMPTY_BODYSTRUCTURE
+        subtype = " " + imap_string(wire_text(ct[1] if ct else part.subtype.encode()))
+        params = merge_rfc2231(ct[2]) if ct else []
+        return ("(" + body + subtype + ")",
+                "(" + ext + subtype + " " + _params(params, False) + " " + _extension(part) + ")")
 
     size = part.end - part.body_start
     if part.message is not None:
@@ -182,18 +184,21 @@ def body_structure(part: Part, data: bytes, extended: bool) -> str:
     params = merge_rfc2231(ct[2]) if ct else []
     cid = _first(part, "content-id")
     desc = _first(part, "content-description")
-    fields = [head, _params(params, text),
-              imap_nstring(None if cid is None else wire_text(cid)),
-              imap_nstring(None if desc is None else wire_text(desc)),
-              _encoding(part), str(size)]
+    common = " ".join([head, _params(params, text),
+                       imap_nstring(None if cid is None else wire_text(cid)),
+                       imap_nstring(None if desc is None else wire_text(desc)),
+                       _encoding(part), str(size)])
+    body = ext = common
     if text:
-        fields.append(str(data.count(b"\n", part.body_start, part.end)))
+        lines = " " + str(data.count(b"\n", part.body_start, part.end))
+        body += lines
+        ext += lines
     elif part.message is not None:
         inner = part.message
-        fields.append(envelope(inner))
-        fields.append(body_structure(inner, data, extended))
-        fields.append(str(data.count(b"\n", part.body_start, part.end)))
-    if extended:
-        fields.append("NIL")  # Content-MD5: Dovecot does not report it either
-        fields.append(_extension(part))
-    return "(" + " ".join(fields) + ")"
+        env = " " + envelope(inner) + " "
+        lines = " " + str(data.count(b"\n", part.body_start, part.end))
+        inner_body, inner_ext = body_structure(inner, data)
+        body += env + inner_body + lines
+        ext += env + inner_ext + lines
+    # Content-MD5 is sent as NIL: Dovecot does not report it either.
+    return "(" + body + ")", "(" + ext + " NIL " + _extension(part) + ")"

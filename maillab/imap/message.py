@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from .bodystructure import body_structure
 from .decoding import decode_bytes, decode_header, decode_transfer, fold_case
 from .envelope import envelope
-from .mimeparse import Part, find_part, param_value, parse, parse_content_type, unfold
+from .mimeparse import Part, find_part, param_value, parse, unfold
 
 __all__ = ["summarize", "section", "header_matches", "body_matches", "text_matches", "parse"]
 
@@ -43,10 +43,11 @@ def summarize(data: bytes) -> dict[str, object]:
     """
     root = parse(data)
     date, tz = _sent_date(root)
+    body, bodystructure = body_structure(root, data)
     return {
         "envelope": envelope(root),
-        "body": body_structure(root, data, extended=False),
-        "bodystructure": body_structure(root, data, extended=True),
+        "body": body,
+        "bodystructure": bodystructure,
         "date": date,
         "date_tz": tz,
     }
@@ -143,13 +144,12 @@ def _texts(data: bytes, part: Part, depth: int = 0) -> Iterator[str]:
         return
     if part.type != "text":
         return
-    ct = None
+    ct = part.content_type
     enc = None
     for f in part.fields:
-        if ct is None and f.key == "content-type":
-            ct = parse_content_type(unfold(f.value))
-        elif enc is None and f.key == "content-transfer-encoding":
+        if f.key == "content-transfer-encoding":
             enc = unfold(f.value)
+            break
     charset = param_value(ct[2], b"charset") if ct else None
     raw = decode_transfer(data[part.body_start:part.end], enc)
     yield decode_bytes(raw, charset)

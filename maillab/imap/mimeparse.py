@@ -37,10 +37,10 @@ class HeaderField:
     value: bytes  # after the colon and any whitespace following it; CRLFs of folding kept
     start: int  # offset of the field's first line in the message
     end: int  # offset just past the field's last line (its CRLF included)
+    key: str = ""  # the name in lower case, for lookups
 
-    @property
-    def key(self) -> str:
-        return self.name.decode("latin-1").lower()
+    def __post_init__(self) -> None:
+        self.key = self.name.decode("latin-1").lower()
 
 
 @dataclass
@@ -57,6 +57,8 @@ class Part:
     children: list[Part] = field(default_factory=list)  # parts of a multipart
     message: Part | None = None  # the embedded message of a message/rfc822 part
     is_multipart: bool = False
+    # The first Content-Type field parsed (None if absent or not type/subtype).
+    content_type: tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None = None
     # A header cut short by a delimiter hands the line break before it to the parent.
     gave_line_break: bool = False
 
@@ -345,6 +347,7 @@ class _Splitter:
                 ct_value = f.value
                 break
         ct = parse_content_type(unfold(ct_value)) if ct_value is not None else None
+        part.content_type = ct
         if ct is not None:
             part.type = ct[0].decode("latin-1").lower()
             part.subtype = ct[1].decode("latin-1").lower()
