@@ -177,8 +177,8 @@ def _read_message(lab: Lab | None, source: str) -> tuple[bytes, str]:
           help="the path as a matplotlib figure; with PATH also saved")
 def relay_hops(magics: MailMagics, args: argparse.Namespace) -> Any:
     """Read a message's Received header chain bottom-up: a hop table and the path."""
-    lab = state.current_lab(start=False)
-    data, source = _read_message(lab if lab.started else None, args.file)
+    lab = state.existing_lab()
+    data, source = _read_message(lab if lab is not None and lab.started else None, args.file)
     view = HopsView(parse_hops(data), source)
     if args.figure is not None:
         return _figure_result(view.figure(), args.figure)
