@@ -22,7 +22,6 @@ import base64
 import binascii
 import bisect
 import datetime
-import email.utils
 import enum
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -939,13 +938,16 @@ class IMAPSession:
             if data is None:
                 data = mb.read_crlf(uid)
             cache = dict(message.summarize(data))
-            cache["sent"] = _sent_ordinal(message, data)
             mb.set_cache(uid, cache)
         return cache
 
     def _sent_date(self, mb: Mailbox, uid: int) -> datetime.date | None:
-        ordinal = self.summary(mb, uid).get("sent")
-        return datetime.date.fromordinal(ordinal) if ordinal else None
+        summary = self.summary(mb, uid)
+        if summary.get("date") is None:
+            return None
+        # the sender's calendar day: the Date header's own zone (RFC 3501 6.4.4)
+        local = summary["date"] + 60 * (summary.get("date_tz") or 0)
+        return datetime.datetime.fromtimestamp(local, datetime.timezone.utc).date()
 
     def do_fetch(self, cmd: Command) -> Iterator[Output]:
         seqs, items = cmd.args
@@ -1096,17 +1098,3 @@ def _uid_set(uids: list[int]) -> str:
         start = prev = u
     out.append(f"{start}:{prev}" if start != prev else str(start))
     return ",".join(out)
-
-
-def _sent_ordinal(message: Any, data: bytes) -> int | None:
-    """The calendar date of the Date: header in its own time zone (SENTON etc. ignore
-    time and zone, RFC 3501 6.4.4)."""
-    try:
-        raw = message.section(data, (), "HEADER.FIELDS", ("DATE",))
-        value = raw.split(b":", 1)[1].decode("ascii", "replace").strip() if b":" in raw else ""
-        parsed = email.utils.parsedate_tz(value)
-        if not parsed:
-            return None
-        return datetime.date(parsed[0], parsed[1], parsed[2]).toordinal()
-    except (ValueError, IndexError, TypeError, OverflowError):
-        return None
