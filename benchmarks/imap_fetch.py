@@ -385,9 +385,27 @@ class Pymap(Server):
 
 
 class Maillab(Server):
-    """maillab's own IMAP server in a Lab (its lab thread in this process)."""
+    """maillab's own IMAP server: a Lab in a child process.
+
+    A separate process like Dovecot's and pymap's, so the benchmark's client
+    threads do not compete with the server for this interpreter's GIL.
+    """
 
     name = "maillab"
+    SCRIPT = """
+import shutil, sys
+from pathlib import Path
+from maillab import Lab
+from maillab.limits import Limits
+work, corpus, user, password = sys.argv[1:5]
+lab = Lab(Path(work), ports="auto", domains=["alpha.test"], users={user: password},
+          services=("imap",), limits=Limits(auth_failure_delay=0.05))
+shutil.copytree(corpus, lab.store.user_root(user))
+lab.start()
+print(*lab.address("imap"), flush=True)
+sys.stdin.read()  # serve until the benchmark closes our stdin
+lab.stop()
+"""
 
     @classmethod
     def available(cls) -> bool:
@@ -398,20 +416,25 @@ class Maillab(Server):
         return True
 
     def start(self, corpus: Path, work: Path) -> None:
-        from maillab import Lab
-        from maillab.limits import Limits
-
-        address = f"{USER}@alpha.test"
-        self.lab = Lab(work / "maillab", ports="auto", domains=["alpha.test"],
-                       users={address: PASSWORD}, services=("imap",),
-                       limits=Limits(auth_failure_delay=0.05))
-        inbox = self.lab.store.user_root(address)
-        shutil.copytree(corpus, inbox)
-        self.lab.start()
-        self.host, self.port = self.lab.address("imap")
+        root = Path(__file__).resolve().parent.parent
+        env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.SCRIPT, str(work / "maillab"), str(corpus), f"{USER}@alpha.test",
+             PASSWORD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().split()
+        if len(line) != 2:
+            raise RuntimeError(f"the maillab server did not start (exit {self.proc.poll()})")
+        self.host, self.port = line[0], int(line[1])
 
     def stop(self) -> None:
-        self.lab.stop()
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 # -- the phases ----------------------------------------------------------------------
