@@ -21,6 +21,7 @@ Every line sent and received is recorded as a client-side session (protocol
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import sys
 import time
@@ -236,7 +237,8 @@ async def deliver(
             result.error = f"connect to {host}[{address}]:{port}: timed out"
             return result
         except OSError as exc:
-            result.error = f"connect to {host}[{address}]:{port}: {exc.strerror or exc}"
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # "Connection refused", as Postfix says
+            result.error = f"connect to {host}[{address}]:{port}: {reason}"
             return result
         result.connected = True
         s = _Session(reader, writer, rec, reply_timeout)

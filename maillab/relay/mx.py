@@ -140,8 +140,8 @@ async def find_route(
     if mx is not None and mx.rrset is not None:
         for rr in mx.rrset:
             answer.append(f"{domain}. MX {rr.preference} {rr.exchange}")
-            records.append((rr.preference, _name(rr.exchange)))
-    if any(exchange == "" for _p, exchange in records):  # exchange "." is the root name
+            records.append((rr.preference, "." if rr.exchange == dns.name.root else _name(rr.exchange)))
+    if any(exchange == "." for _p, exchange in records):
         raise RouteError(True, "5.1.10", f"Recipient address rejected: domain {domain} has a null MX"
                                          " (RFC 7505): it accepts no mail", answer)
 

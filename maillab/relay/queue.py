@@ -310,13 +310,14 @@ class RelayQueue:
             what = f"{hostname} is down: its SMTP port {svc.address}:{svc.port} refuses connections"
         else:
             self.lab.extras.setdefault("smtp_faults", {})[hostname] = (kind, value)
-            what = {
-                "tempfail": f"{hostname} answers RCPT with 451 4.3.0 (temporary failure)",
-                "reject": f"{hostname} answers RCPT with 550 5.7.1 (permanent refusal)",
-                "slow": f"{hostname} waits {value:g} s before each reply",
-            }[kind]
+            if kind == "tempfail":
+                what = f"{hostname} answers RCPT with 451 4.3.0 (temporary failure)"
+            elif kind == "reject":
+                what = f"{hostname} answers RCPT with 550 5.7.1 (permanent refusal)"
+            else:
+                what = f"{hostname} waits {value:g} s before each reply"
         self._faults[hostname] = (kind, value)
-        self.control.note(f"failure injected: {what}", host=hostname, fault=kind, value=value)
+        self.control.note(f"failure injected: {what}", target=hostname, fault=kind, value=value)
         return what
 
     async def aheal(self, hostname: str | None = None, *, quiet: bool = False) -> str:
@@ -334,7 +335,7 @@ class RelayQueue:
                 done.append(f"{name} ({kind})")
         what = f"healed: {', '.join(done)}" if done else "nothing to heal"
         if done and not quiet:
-            self.control.note(what, host=hostname)
+            self.control.note(what, target=hostname)
         return what
 
     async def aflush(self) -> int:

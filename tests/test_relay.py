@@ -1,0 +1,386 @@
+"""The lab internet over real sockets: submission -> queue -> MX lookup -> next hop.
+
+alice@alpha.test submits on mail.alpha.test's submission port (STARTTLS + AUTH,
+smtplib); the relay finds beta.test's MX in the lab DNS and carries the message
+to mx1.beta.test (or mx2) over SMTP; carol reads it from her Maildir or over POP3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import mailbox
+import poplib
+import smtplib
+import socket
+import ssl
+import time
+from email import policy
+
+import dns.asyncresolver
+import pytest
+from conftest import fast_limits
+
+from maillab import Lab
+from maillab.relay.client import ProtocolError, ReplyParser, encode_data
+from maillab.relay.mx import RouteError, find_route
+
+ALICE = ("alice@alpha.test", "alice-pw")
+
+
+@pytest.fixture
+def rlab(tmp_path):
+    """The default network with lab-short relay times."""
+    lab = Lab(tmp_path / "lab", ports="auto", limits=fast_limits(
+        relay_retry_first=0.3, relay_retry_max=0.6, relay_expiry=60, relay_connect_timeout=2,
+        relay_reply_timeout=10))
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+def submit(lab: Lab, rcpts: list[str], subject: str = "hello", body: str = "Hi there.\r\n",
+           *, extra_headers: str = "", login=ALICE) -> str:
+    """Send over mail.alpha.test's submission port like a mail client; the relay queue id."""
+    before = lab.relay.last()
+    host, port = lab.address("submission", "mail.alpha.test")
+    ctx = ssl.create_default_context(cafile=str(lab.ca_path))
+    msg = (f"From: {login[0]}\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n{extra_headers}\r\n{body}")
+    with smtplib.SMTP(host, port, timeout=10) as s:
+        s.starttls(context=ctx)
+        s.login(*login)
+        s.sendmail(login[0], rcpts, msg.encode())
+    queued = lab.relay.last()
+    assert queued is not None and queued is not before
+    return queued.id
+
+
+def maildir(lab: Lab, user: str) -> list[email.message.Message]:
+    box = mailbox.Maildir(lab.directory / "mail" / user, factory=None, create=False)
+    return [email.message_from_bytes(box.get_bytes(k), policy=policy.default) for k in box.keys()]
+
+
+def pop3_messages(lab: Lab, user: str, password: str, host: str) -> list[email.message.Message]:
+    addr, port = lab.address("pop3", host)
+    ctx = ssl.create_default_context(cafile=str(lab.ca_path))
+    p = poplib.POP3(addr, port, timeout=10)
+    try:
+        p.stls(context=ctx)
+        p.user(user)
+        p.pass_(password)
+        count, _size = p.stat()
+        return [email.message_from_bytes(b"\r\n".join(p.retr(i)[1]), policy=policy.default)
+                for i in range(1, count + 1)]
+    finally:
+        p.quit()
+
+
+def received_by(msg: email.message.Message) -> list[str]:
+    """The ``by`` host of each Received header, top (newest) first."""
+    out = []
+    for value in msg.get_all("Received", []):
+        text = " ".join(str(value).split())
+        out.append(text.split(" by ", 1)[1].split()[0] if " by " in text else "?")
+    return out
+
+
+# -- the three-host path ----------------------------------------------------------------
+
+
+def test_three_host_relay_with_received_chain(rlab):
+    qid = submit(rlab, ["carol@beta.test"], "three hosts", "line one\r\n.starts with a dot\r\n")
+    msg = rlab.relay.wait(qid, timeout=15)
+    assert msg.state == "delivered", msg.last_error
+    attempt = msg.attempts[-1]
+    assert (attempt.host, attempt.code, attempt.tls, attempt.protocol) == ("mx1.beta.test", 250, True, "ESMTPS")
+    assert "beta.test. MX 10 mx1.beta.test." in attempt.mx
+    assert attempt.session and attempt.duration > 0
+
+    [got] = [m for m in maildir(rlab, "carol@beta.test") if m["Subject"] == "three hosts"]
+    assert received_by(got) == ["mx1.beta.test", "mail.alpha.test"]
+    top, second = (" ".join(str(v).split()) for v in got.get_all("Received"))
+    assert top.startswith("from mail.alpha.test") and "with ESMTPS" in top
+    assert f"[{rlab.topology.hosts['mail.alpha.test'].address}]" in top  # the true source address
+    assert "with ESMTPSA" in second
+    assert got.get_content().replace("\r\n", "\n") == "line one\n.starts with a dot\n"  # unstuffed once
+
+    # the hop is in the transcript: a client-side session of mail.alpha.test
+    lines = [e for e in rlab.events.events(session=attempt.session)]
+    assert all(e.side == "client" and e.host == "mail.alpha.test" for e in lines)
+    assert [e.text for e in lines if e.kind == "C"][:2] == ["EHLO mail.alpha.test", "STARTTLS"]
+    # and every state change of the queue entry is an event
+    states = [e.data["state"] for e in rlab.events.events(protocol="relay") if e.kind == "state"
+              and e.data.get("queue_id") == qid]
+    assert states == ["queued", "delivered"]
+    assert rlab.relay.queue() == []
+
+
+def test_two_domains_in_one_message(rlab):
+    qid = submit(rlab, ["carol@beta.test", "dave@gamma.test"], "two domains")
+    msg = rlab.relay.wait(qid, timeout=15)
+    assert msg.state == "delivered"
+    assert sorted(a.host for a in msg.attempts) == ["mail.gamma.test", "mx1.beta.test"]
+    assert any(m["Subject"] == "two domains" for m in maildir(rlab, "dave@gamma.test"))
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+def test_mx_fallback_when_mx1_is_down_then_heal(rlab):
+    port = rlab.service("smtp", "mx1.beta.test").port
+    rlab.relay.fail("mx1.beta.test", "down")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.20.1" if rlab.topology.hosts["mx1.beta.test"].address == "127.0.20.1"
+                                  else rlab.topology.hosts["mx1.beta.test"].address, port), timeout=2).close()
+    qid = submit(rlab, ["carol@beta.test"], "fallback")
+    msg = rlab.relay.wait(qid, timeout=15)
+    assert msg.state == "delivered"
+    assert [(a.host, a.result) for a in msg.attempts] == [("mx1.beta.test", "unreachable"),
+                                                          ("mx2.beta.test", "delivered")]
+    assert "refused" in msg.attempts[0].text.lower()
+    [got] = [m for m in maildir(rlab, "carol@beta.test") if m["Subject"] == "fallback"]
+    assert received_by(got)[0] == "mx2.beta.test"
+
+    rlab.relay.heal("mx1.beta.test")
+    svc = rlab.service("smtp", "mx1.beta.test")
+    assert svc.port == port and svc.state == "running"
+    qid = submit(rlab, ["carol@beta.test"], "mx1 back")
+    assert rlab.relay.wait(qid, timeout=15).attempts[-1].host == "mx1.beta.test"
+
+
+def test_tempfail_is_retried_with_backoff_then_delivered_after_heal(rlab):
+    rlab.relay.fail("mx1.beta.test", "tempfail")
+    qid = submit(rlab, ["carol@beta.test"], "retry me")
+    msg = rlab.relay.wait(qid, states=("retrying",), timeout=10)
+    assert msg.attempts[0].code == 451 and msg.attempts[0].host == "mx1.beta.test"
+    assert "451" in (msg.last_error or "")
+    assert msg.next_attempt is not None
+    deadline = time.time() + 10
+    while len(msg.attempts) < 2 and time.time() < deadline:  # a second try, still failing
+        time.sleep(0.05)
+    assert len(msg.attempts) >= 2 and msg.state == "retrying"
+    assert [m.id for m in rlab.relay.queue("mail.alpha.test")] == [qid]
+    rlab.relay.heal("mx1.beta.test")
+    msg = rlab.relay.wait(qid, timeout=15)
+    assert msg.state == "delivered"
+    assert msg.attempts[-1].code == 250 and msg.retries >= 2
+    # a 4xx at RCPT defers: the second MX is not asked (it would say the same)
+    assert {a.host for a in msg.attempts} == {"mx1.beta.test"}
+
+
+def test_reject_bounces_with_a_dsn_alice_reads_over_pop3(rlab):
+    rlab.relay.fail("mx1.beta.test", "reject")
+    qid = submit(rlab, ["carol@beta.test"], "will bounce")
+    msg = rlab.relay.wait(qid, timeout=15)
+    assert msg.state == "bounced"
+    assert msg.recipients[0].status == "5.7.1" and msg.recipients[0].code == 550
+    assert msg.dsn and msg.dsn["delivered_to"] == "alice@alpha.test"
+    dsns = [m for m in pop3_messages(rlab, *ALICE, "mail.alpha.test")
+            if m.get_content_type() == "multipart/report"]
+    assert len(dsns) == 1
+    dsn = dsns[0]
+    assert dsn.get_param("report-type") == "delivery-status"
+    assert dsn["Subject"] == "Undelivered Mail Returned to Sender"
+    assert dsn["Auto-Submitted"] == "auto-replied"
+    human, status, original = dsn.get_payload()
+    assert "550 5.7.1" in human.get_content()
+    per_message, per_rcpt = status.get_payload()
+    assert per_message["Reporting-MTA"] == "dns; mail.alpha.test"
+    assert per_rcpt["Final-Recipient"] == "rfc822; carol@beta.test"
+    assert per_rcpt["Action"] == "failed" and per_rcpt["Status"] == "5.7.1"
+    assert per_rcpt["Remote-MTA"] == "dns; mx1.beta.test"
+    assert per_rcpt["Diagnostic-Code"].startswith("smtp; 550 5.7.1")
+    assert original.get_content_type() == "message/rfc822"
+    assert original.get_payload()[0]["Subject"] == "will bounce"
+
+
+def test_expiry_bounces_with_4_4_7(tmp_path):
+    lab = Lab(tmp_path / "lab", ports="auto", limits=fast_limits(
+        relay_retry_first=0.2, relay_retry_max=0.3, relay_expiry=1.0, relay_connect_timeout=1))
+    lab.start()
+    try:
+        lab.relay.fail("mx1.beta.test", "down")
+        lab.relay.fail("mx2.beta.test", "down")
+        qid = submit(lab, ["carol@beta.test"], "nobody home")
+        msg = lab.relay.wait(qid, timeout=15)
+        assert msg.state == "bounced"
+        assert msg.recipients[0].status == "4.4.7"
+        assert len(msg.attempts) >= 4  # mx1 and mx2 tried, at least twice each
+        assert all(a.result == "unreachable" for a in msg.attempts)
+        [dsn] = [m for m in maildir(lab, "alice@alpha.test") if m.get_content_type() == "multipart/report"]
+        assert "Status: 4.4.7" in dsn.as_string()
+    finally:
+        lab.stop()
+
+
+def test_null_mx_bounces_without_a_connection(rlab):
+    text = rlab.dns.zone_text("gamma.test").replace("@\tIN\tMX\t10 mail", "@\tIN\tMX\t0 .")
+    rlab.dns.replace_zone("gamma.test", text)
+    before = {e.session for e in rlab.events.events(protocol="smtp") if e.side == "client"}
+    qid = submit(rlab, ["dave@gamma.test"], "to a null MX")
+    msg = rlab.relay.wait(qid, timeout=10)
+    assert msg.state == "bounced"
+    assert msg.recipients[0].status == "5.1.10"
+    assert "null MX" in msg.recipients[0].text
+    assert [a.host for a in msg.attempts] == [None]  # no SMTP session at all
+    after = {e.session for e in rlab.events.events(protocol="smtp") if e.side == "client"}
+    assert after == before
+    assert any(m.get_content_type() == "multipart/report" for m in maildir(rlab, "alice@alpha.test"))
+
+
+def test_domain_outside_the_lab_bounces_and_never_leaves(rlab):
+    before = rlab.events.last_seq()
+    qid = submit(rlab, ["someone@example.com"], "to the real internet")
+    msg = rlab.relay.wait(qid, timeout=10)
+    assert msg.state == "bounced"
+    assert msg.recipients[0].status == "5.1.2"
+    assert "outside the lab" in msg.recipients[0].text
+    new = rlab.events.events(since=before)
+    assert not [e for e in new if e.protocol == "smtp" and e.side == "client"]
+    assert not [e for e in new if e.protocol == "dns" and "example.com" in e.text]  # not even asked
+    [dsn] = [m for m in maildir(rlab, "alice@alpha.test") if m.get_content_type() == "multipart/report"]
+    assert "outside the lab" in dsn.as_string()
+
+
+def test_mx_pointing_outside_loopback_is_never_contacted(rlab):
+    text = rlab.dns.zone_text("gamma.test").replace("@\tIN\tMX\t10 mail", "@\tIN\tMX\t10 evil.gamma.test.")
+    text += "evil\tIN\tA\t192.0.2.25\n"
+    rlab.dns.replace_zone("gamma.test", text)
+    qid = submit(rlab, ["dave@gamma.test"], "to a non-lab address")
+    msg = rlab.relay.wait(qid, timeout=10)
+    assert msg.state == "bounced" and msg.recipients[0].status == "5.4.4"
+    assert "192.0.2.25" in msg.recipients[0].text
+    assert [a.address for a in msg.attempts] == [None]
+
+
+def test_implicit_mx_from_the_a_record(rlab):
+    gamma = rlab.topology.hosts["mail.gamma.test"].address
+    text = rlab.dns.zone_text("gamma.test").replace("@\tIN\tMX\t10 mail\n", f"@\tIN\tA\t{gamma}\n")
+    rlab.dns.replace_zone("gamma.test", text)
+    qid = submit(rlab, ["dave@gamma.test"], "implicit")
+    msg = rlab.relay.wait(qid, timeout=15)
+    assert msg.state == "delivered", msg.last_error
+    assert msg.routes["gamma.test"]["targets"][0]["implicit"] is True
+    assert any("implicit MX" in n for n in msg.routes["gamma.test"]["notes"])
+
+
+def test_loop_refused_with_554_5_4_6_and_bounced(rlab):
+    hops = "".join(f"Received: from hop{i}.test by hop{i + 1}.test; Mon, 1 Jan 2024 00:00:{i:02d} +0000\r\n"
+                   for i in range(25))
+    qid = submit(rlab, ["carol@beta.test"], "looping", extra_headers=hops)
+    msg = rlab.relay.wait(qid, timeout=15)
+    assert msg.state == "bounced"
+    assert msg.recipients[0].code == 554 and msg.recipients[0].status == "5.4.6"
+    assert msg.recipients[0].command == "end of DATA"
+    assert not [m for m in maildir(rlab, "carol@beta.test") if m["Subject"] == "looping"]
+
+
+def test_no_host_relays_for_an_outsider(rlab):
+    for host, rcpt in (("mx1.beta.test", "dave@gamma.test"), ("mail.alpha.test", "carol@beta.test"),
+                       ("mail.gamma.test", "someone@example.com"), ("mx2.beta.test", "bob@alpha.test")):
+        addr, port = rlab.address("smtp", host)
+        with smtplib.SMTP(addr, port, timeout=10) as s:
+            s.ehlo("outsider.test")
+            assert s.mail("stranger@outsider.test")[0] == 250
+            code, text = s.rcpt(rcpt)
+            assert code == 550 and b"5.7.1" in text, (host, rcpt, code, text)
+    assert rlab.relay.messages() == []
+
+
+def test_unauthenticated_submission_is_not_relayed(rlab):
+    addr, port = rlab.address("submission", "mail.alpha.test")
+    with smtplib.SMTP(addr, port, timeout=10) as s:
+        s.starttls(context=ssl.create_default_context(cafile=str(rlab.ca_path)))
+        s.ehlo("client.test")
+        code, _ = s.mail("alice@alpha.test")
+        assert code == 530  # authentication first
+    assert rlab.relay.messages() == []
+
+
+# -- routing rules, without a whole delivery -----------------------------------------------------
+
+
+def _route(lab, domain, **kw):
+    async def go():
+        return await find_route(domain, lab.dns.async_resolver(timeout=1), lab_zone=lab.dns.zones.covers, **kw)
+    return lab.loop.run(go(), timeout=10)
+
+
+def test_route_order_and_self_in_mx_list(rlab):
+    route = _route(rlab, "beta.test")
+    assert [(t.preference, t.name) for t in route.targets] == [(10, "mx1.beta.test"), (20, "mx2.beta.test")]
+    # mx2 relaying for beta.test must not hand mail to itself or to an MX it outranks
+    route = _route(rlab, "beta.test", self_names=["mx2.beta.test"])
+    assert [t.name for t in route.targets] == ["mx1.beta.test"]
+    assert any("ignoring mx2.beta.test" in n for n in route.notes)
+    with pytest.raises(RouteError) as err:
+        _route(rlab, "beta.test", self_names=["mx1.beta.test"])
+    assert err.value.permanent and err.value.status == "5.4.6"
+
+
+def test_route_nxdomain_is_permanent(rlab):
+    rlab.dns.replace_zone("gamma.test", rlab.dns.zone_text("gamma.test"))  # still there
+    with pytest.raises(RouteError) as err:
+        _route(rlab, "nosuch.gamma.test")
+    assert err.value.permanent and err.value.status == "5.1.2"
+
+
+def test_dns_timeout_defers_not_bounces(rlab):
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))  # a "name server" that never answers
+    try:
+        async def go():
+            res = dns.asyncresolver.Resolver(configure=False)
+            res.nameservers, res.port, res.timeout, res.lifetime = ["127.0.0.1"], silent.getsockname()[1], 0.3, 0.6
+            return await find_route("beta.test", res)
+        with pytest.raises(RouteError) as err:
+            rlab.loop.run(go(), timeout=10)
+        assert not err.value.permanent and err.value.status.startswith("4.")
+    finally:
+        silent.close()
+
+
+# -- the client's wire format ---------------------------------------------------------------------
+
+
+def test_encode_data_normalises_line_endings_and_stuffs_dots():
+    raw = b"a\nb\rc\r\n.\r\n..x\n.\rend"
+    assert encode_data(raw) == b"a\r\nb\r\nc\r\n..\r\n...x\r\n..\r\nend\r\n.\r\n"
+    # SMTP smuggling shapes can never end the data early at the next hop
+    for bad in (b"x\n.\ny", b"x\r.\ry", b"x\n.\r\ny", b"x\r\n.\ny"):
+        wire = encode_data(bad)
+        assert wire.count(b"\r\n.\r\n") == 1 and wire.endswith(b"\r\n.\r\n")
+
+
+def test_reply_parser_multiline_and_garbage():
+    p = ReplyParser()
+    assert p.feed("250-mx1.beta.test") is None
+    r = p.feed("250 SIZE 100")
+    assert r.code == 250 and r.lines == ["mx1.beta.test", "SIZE 100"]
+    r = ReplyParser().feed("451 4.3.0 try later")
+    assert r.status == "4.3.0" and r.transient
+    with pytest.raises(ProtocolError):
+        ReplyParser().feed("hello")
+    p = ReplyParser()
+    p.feed("250-first")
+    with pytest.raises(ProtocolError):
+        p.feed("550 changed code mid-reply")
+
+
+def test_relay_submit_does_not_block_the_lab_loop(rlab):
+    rlab.relay.fail("mx1.beta.test", "slow", "150ms")  # per reply: about nine replies
+    started = time.monotonic()
+
+    async def submit_on_loop():
+        t0 = time.monotonic()
+        qid = rlab.relay.submit("alice@alpha.test", ["carol@beta.test"], b"Subject: slow\r\n\r\nx\r\n",
+                                origin=rlab.topology.hosts["mail.alpha.test"])
+        await asyncio.sleep(0)
+        return qid, time.monotonic() - t0
+
+    qid, took = rlab.loop.run(submit_on_loop())
+    assert took < 0.1
+    msg = rlab.relay.wait(qid, timeout=20)
+    assert msg.state == "delivered" and time.monotonic() - started >= 1.0
