@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .mimeparse import Lexer, Part
+from .mimeparse import Lexer, Part, unfold
 from .quoting import imap_nstring, wire_text
 
 #: Most addresses kept in one ENVELOPE field (group markers included).
@@ -246,11 +246,8 @@ def _all_addresses(part: Part, name: str) -> list[Address]:
 
 
 def envelope_text(raw: bytes) -> str:
-    """A header value as ENVELOPE sends it: unfolded, a TAB after a fold sent as a space."""
-    if b"\n" in raw:
-        raw = raw.replace(b"\r\n\t", b" ").replace(b"\n\t", b" ")
-        raw = raw.replace(b"\r\n", b"").replace(b"\n", b"")
-    return wire_text(raw)
+    """A header value as ENVELOPE sends it: unfolded (RFC 5322 2.2.3), never decoded."""
+    return wire_text(unfold(raw))
 
 
 def envelope(part: Part) -> str:

@@ -14,6 +14,7 @@ just a smaller one. The caps below keep a hostile message from building a huge o
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 #: Deepest MIME nesting parsed (multiparts and message/rfc822 inside each other);
@@ -130,11 +131,15 @@ def parse_fields(data: bytes, start: int, end: int) -> list[HeaderField]:
     return fields
 
 
+_FOLD = re.compile(rb"\r?\n[ \t]*")
+
+
 def unfold(value: bytes) -> bytes:
-    """A field value on one line: folding CRLFs removed, the whitespace after them kept."""
+    """A field value on one line (RFC 5322 2.2.3): each fold and the whitespace after it
+    become one space, as Dovecot writes ENVELOPE and BODYSTRUCTURE strings."""
     if b"\n" not in value:
         return value
-    return value.replace(b"\r\n", b"").replace(b"\n", b"")
+    return _FOLD.sub(b" ", value)
 
 
 # -- RFC 822 lexical tokens (used by Content-Type and addresses) -----------------------
