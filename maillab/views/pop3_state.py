@@ -1,0 +1,258 @@
+"""The POP3 state view: the three states of RFC 1939 as a small diagram, the
+live session's state highlighted as it moves, the messages marked by DELE, and
+after the session what is left on the server.
+
+It reads the event stream only: the server session emits ``state`` events
+(AUTHORIZATION, TRANSACTION, UPDATE) and structured notes (``pop3`` =
+``maildrop`` with the numbered messages and the marks, ``update`` with what was
+removed, ``aborted`` when the connection ended without QUIT).
+
+:func:`session_state` folds events into a :class:`POP3SessionState`;
+:func:`render_text` and :func:`render_html` draw it; :class:`POP3StateView` is
+the live widget, refreshed by one publisher thread at most every ``interval``
+seconds (never from the lab thread, which only queues).
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import CLOSED, NOTE, OPENED, STATE, Event, EventBus
+
+STATES = ("AUTHORIZATION", "TRANSACTION", "UPDATE")
+#: What moves the session from one state to the next (RFC 1939 section 3).
+TRANSITIONS = ("USER/PASS, APOP or AUTH", "QUIT")
+
+
+@dataclass
+class POP3SessionState:
+    """One server-side POP3 session, as far as the events tell."""
+
+    session: str
+    peer: str = ""
+    state: str | None = None
+    visited: list[str] = field(default_factory=list)
+    user: str | None = None
+    messages: list[tuple[int, str, int]] = field(default_factory=list)  # number, UIDL, size
+    marked: list[int] = field(default_factory=list)
+    closed: bool = False
+    reason: str = ""
+    aborted: bool = False  # ended in TRANSACTION without QUIT
+    removed: list[int] | None = None  # set in UPDATE
+    left: int | None = None  # messages on the server after UPDATE
+
+    @property
+    def outcome(self) -> str:
+        if self.removed is not None:
+            gone = ", ".join(map(str, self.removed)) or "none"
+            return (f"QUIT -> UPDATE removed message(s) {gone}; {self.left} message(s) left"
+                    " on the server")
+        if self.aborted:
+            marks = f" (marks on {', '.join(map(str, self.marked))} forgotten)" if self.marked else ""
+            return f"connection ended without QUIT: no UPDATE state, nothing deleted{marks}"
+        if self.closed:
+            return "closed in the AUTHORIZATION state: the maildrop was never opened"
+        if self.state == "TRANSACTION":
+            return "logged in: DELE only marks; removal happens in UPDATE, after QUIT"
+        return "waiting for a login"
+
+
+def server_sessions(events: Iterable[Event]) -> list[str]:
+    """Server-side POP3 sessions, oldest first."""
+    return [e.session for e in events
+            if e.kind == OPENED and e.protocol == "pop3" and e.side == "server"]
+
+
+def session_for_client(events: Iterable[Event], client_address: str) -> str | None:
+    """The server session whose peer is ``host:port`` (a client's own address)."""
+    found = None
+    for e in events:
+        if e.kind == OPENED and e.protocol == "pop3" and e.side == "server" and e.text == client_address:
+            found = e.session
+    return found
+
+
+def session_state(events: Iterable[Event], session: str) -> POP3SessionState:
+    st = POP3SessionState(session)
+    for e in events:
+        if e.session != session:
+            continue
+        if e.kind == OPENED:
+            st.peer = e.text
+        elif e.kind == STATE:
+            st.state = e.text
+            st.visited.append(e.text)
+        elif e.kind == NOTE:
+            kind = e.data.get("pop3")
+            if kind == "maildrop":
+                st.messages = [tuple(m) for m in e.data.get("messages", [])]  # type: ignore[misc]
+                st.marked = list(e.data.get("marked", []))
+            elif kind == "update":
+                st.removed = list(e.data.get("removed", []))
+                st.left = e.data.get("left")
+            elif kind == "aborted":
+                st.aborted = True
+        elif e.kind == CLOSED:
+            st.closed = True
+            st.reason = e.text
+        if e.data.get("user"):
+            st.user = e.data["user"]
+    return st
+
+
+# -- renderings ------------------------------------------------------------------------
+
+def render_text(st: POP3SessionState) -> str:
+    boxes = [f"[{s}]" if s == st.state and not (st.closed and s != "UPDATE") else s for s in STATES]
+    lines = [f"POP3 session {st.session}" + (f" ({st.user})" if st.user else "")
+             + (" - closed" if st.closed else ""),
+             f"  {boxes[0]} --{TRANSITIONS[0]}--> {boxes[1]} --{TRANSITIONS[1]}--> {boxes[2]}"]
+    if st.messages:
+        lines.append("  maildrop: " + ", ".join(
+            f"{n}{' (marked)' if n in st.marked else ''}{' (removed)' if st.removed and n in st.removed else ''}"
+            for n, _uid, _size in st.messages))
+    lines.append("  " + st.outcome)
+    return "\n".join(lines)
+
+
+_BOX_W, _BOX_H, _GAP = 150, 40, 90
+
+
+def _diagram_svg(st: POP3SessionState) -> str:
+    parts = []
+    width = 3 * _BOX_W + 2 * _GAP + 10
+    for i, name in enumerate(STATES):
+        x = 5 + i * (_BOX_W + _GAP)
+        current = name == st.state and not (st.closed and name != "UPDATE")
+        seen = name in st.visited
+        fill = "#2563eb" if current else ("#dbeafe" if seen else "#f3f4f6")
+        color = "white" if current else "#111827"
+        parts.append(f"<rect x='{x}' y='5' width='{_BOX_W}' height='{_BOX_H}' rx='8' fill='{fill}'"
+                     f" stroke='#1e3a8a' stroke-width='{2 if current else 1}'/>"
+                     f"<text x='{x + _BOX_W / 2}' y='{5 + _BOX_H / 2 + 5}' text-anchor='middle'"
+                     f" font-family='sans-serif' font-size='13' fill='{color}'>{name}</text>")
+        if i < 2:
+            x1, x2 = x + _BOX_W, x + _BOX_W + _GAP
+            parts.append(f"<line x1='{x1}' y1='25' x2='{x2 - 6}' y2='25' stroke='#374151'"
+                         " marker-end='url(#pop3arrow)'/>"
+                         f"<text x='{(x1 + x2) / 2}' y='60' text-anchor='middle' font-family='sans-serif'"
+                         f" font-size='10' fill='#374151'>{html.escape(TRANSITIONS[i])}</text>")
+    defs = ("<defs><marker id='pop3arrow' markerWidth='8' markerHeight='8' refX='6' refY='4'"
+            " orient='auto'><path d='M0,0 L8,4 L0,8 z' fill='#374151'/></marker></defs>")
+    return f"<svg width='{width}' height='70' xmlns='http://www.w3.org/2000/svg'>{defs}{''.join(parts)}</svg>"
+
+
+def render_html(st: POP3SessionState) -> str:
+    title = f"POP3 session {html.escape(st.session)}" + (f" ({html.escape(st.user)})" if st.user else "")
+    rows = []
+    for n, uid, size in st.messages:
+        if st.removed is not None and n in st.removed:
+            status, style = "removed in UPDATE", "color:#b42318;text-decoration:line-through"
+        elif n in st.marked and st.removed is None and not st.aborted:
+            status, style = "marked for deletion", "color:#b45309"
+        elif st.removed is not None or st.aborted:
+            status, style = "still on the server", "color:#047857"
+        else:
+            status, style = "", ""
+        rows.append(f"<tr style='{style}'><td>{n}</td><td><code>{html.escape(uid)}</code></td>"
+                    f"<td>{size}</td><td>{status}</td></tr>")
+    table = ("<table><tr><th>#</th><th>UIDL</th><th>octets</th><th></th></tr>" + "".join(rows)
+             + "</table>") if rows else ""
+    return (f"<div><b>{title}</b><br>{_diagram_svg(st)}{table}"
+            f"<p><i>{html.escape(st.outcome)}</i></p></div>")
+
+
+# -- the live widget -------------------------------------------------------------------
+
+class POP3StateView:
+    """Follows one server-side POP3 session (by default the newest one, switching
+    to each new session as it opens) and redraws as its state changes."""
+
+    def __init__(self, bus: EventBus, session: str | None = None, *, interval: float = 0.1) -> None:
+        import ipywidgets as w
+
+        self.bus = bus
+        self.follow = session is None
+        self.session = session
+        self.interval = interval
+        self.updates = 0
+        self._timer: threading.Timer | None = None
+        self._timer_lock = threading.Lock()
+        self.html = w.HTML()
+        self.widget = self.html
+        self._unsubscribe = bus.subscribe(self._on_event)
+        self.refresh()
+
+    def _on_event(self, ev: Event) -> None:  # lab thread: queue only, never raise
+        try:
+            if ev.protocol != "pop3" or ev.side != "server":
+                return
+            if self.follow and ev.kind == OPENED:
+                self.session = ev.session
+            if ev.session != self.session:
+                return
+            with self._timer_lock:
+                if self._timer is None:
+                    self._timer = threading.Timer(self.interval, self._publish)
+                    self._timer.daemon = True
+                    self._timer.start()
+        except Exception:
+            pass
+
+    def _publish(self) -> None:
+        try:
+            with self._timer_lock:
+                self._timer = None
+            self.refresh()
+        except Exception:
+            pass
+
+    def state(self) -> POP3SessionState | None:
+        if self.session is None:
+            sessions = server_sessions(self.bus.events(protocol="pop3"))
+            if not sessions:
+                return None
+            self.session = sessions[-1]
+        return session_state(self.bus.events(session=self.session), self.session)
+
+    def refresh(self) -> None:
+        st = self.state()
+        self.html.value = render_html(st) if st else "<i>no POP3 session yet: it appears here</i>"
+        self.updates += 1
+
+    def text(self) -> str:
+        st = self.state()
+        return render_text(st) if st else "(no POP3 session yet)"
+
+    def close(self) -> None:
+        self._unsubscribe()
+        with self._timer_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self.widget.close()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/plain"] = self.text()
+        return bundle
+
+    def __repr__(self) -> str:
+        return self.text()
+
+
+class POP3StateFigure:
+    """A static snapshot of one session (what ``%pop3`` returns beside its table)."""
+
+    def __init__(self, st: POP3SessionState) -> None:
+        self.st = st
+
+    def __repr__(self) -> str:
+        return render_text(self.st)
+
+    def _repr_html_(self) -> str:
+        return render_html(self.st)

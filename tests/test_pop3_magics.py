@@ -1,0 +1,177 @@
+"""%pop3, %%pop3 and the POP3 state view, through a real IPython shell and a real lab."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from maillab.magics import state
+from maillab.magics.pop3 import POP3Result, pop3_reply_complete
+from maillab.views.pop3_state import POP3StateView, render_text, session_state
+
+BOB = "bob@alpha.test"
+
+
+@pytest.fixture
+def ip(tmp_path):
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "maillab")
+    shell.run_line_magic("mail", f"start --ports auto --dir {tmp_path / 'lab'} --domain alpha.test")
+    try:
+        yield shell
+    finally:
+        shell.run_line_magic("mail", "stop")
+
+
+def lab():
+    current = state.existing_lab()
+    assert current is not None
+    return current
+
+
+def deliver(n: int) -> None:
+    for i in range(1, n + 1):
+        lab().store.deliver(BOB, f"From: alice@alpha.test\r\nSubject: =?utf-8?b?5L2g5aW9?= {i}\r\n"
+                                 f"\r\nline one of {i}\r\nline two\r\n".encode())
+
+
+def left() -> int:
+    return len(lab().store.mailbox(BOB).messages())
+
+
+def test_pop3_list_top_retr(ip) -> None:
+    deliver(3)
+    res = ip.run_line_magic("pop3", "bob --list")
+    assert isinstance(res, POP3Result)
+    assert [r["number"] for r in res.rows] == [1, 2, 3]
+    assert all(r["uidl"] and r["size"] > 0 for r in res.rows)
+    text = repr(res)
+    assert "C: LIST" in text and "C: UIDL" in text and "C: PASS ****" in text and "bob-pw" not in text
+    assert res.state.visited == ["AUTHORIZATION", "TRANSACTION", "UPDATE"]
+    res = ip.run_line_magic("pop3", "bob --top 2 1")
+    assert res.rows[1]["subject"] == "你好 2" and "peek" in res.rows[1]["action"]
+    assert res.bodies[0][1].endswith("line one of 2")
+    assert "\\Seen" not in lab().store.mailbox(BOB).messages()[1].flags
+    res = ip.run_line_magic("pop3", "bob --retr 1")
+    assert "line two" in res.bodies[0][1]
+    assert "\\Seen" in lab().store.mailbox(BOB).messages()[0].flags
+    assert left() == 3  # --keep is the default
+    assert "<svg" in res._repr_html_() and "RETR" in res._repr_html_()
+
+
+def test_dele_then_drop_versus_dele_then_quit(ip) -> None:
+    deliver(3)
+    res = ip.run_line_magic("pop3", "bob --dele 1 2 --drop")
+    assert left() == 3
+    assert res.state.aborted and res.state.removed is None
+    assert "nothing deleted" in res.state.outcome
+    res = ip.run_line_magic("pop3", "bob --dele 1 2")
+    assert left() == 1
+    assert res.state.removed == [1, 2] and res.state.left == 1
+    res = ip.run_line_magic("pop3", "bob --retr 1 --no-keep")
+    assert left() == 0 and "DELE" in res.rows[0]["action"]
+
+
+def test_usage_errors(ip) -> None:
+    with pytest.raises(UsageError, match="needs a user"):
+        ip.run_line_magic("pop3", "")
+    with pytest.raises(UsageError, match="no lab user"):
+        ip.run_line_magic("pop3", "mallory --list")
+    res = ip.run_line_magic("pop3", "bob --retr 7")
+    assert "no such message" in res.note
+
+
+def test_tls_modes(ip) -> None:
+    deliver(1)
+    for mode in ("stls", "implicit"):
+        res = ip.run_line_magic("pop3", f"bob --tls {mode}")
+        assert any(e.kind == "tls" for e in res.events)
+        assert len(res.rows) == 1
+
+
+def test_raw_cell_by_hand(ip) -> None:
+    deliver(2)
+    res = ip.run_cell_magic("pop3", "pop3", "CAPA\nUSER bob\nPASS bob-pw\nSTAT\nLIST\nUIDL 1\n"
+                            "RETR 2\nTOP 1 0\nDELE 1\nRETR 1\nRSET\nQUIT\n")
+    assert res.problems == []
+    text = repr(res)
+    assert "C: PASS ****" in text and "bob-pw" not in text
+    assert "S: +OK 2 " in text and "-ERR message 1 already deleted" in text
+    assert "S: ." in text
+    assert left() == 2  # RSET undid the DELE
+
+
+def test_raw_cell_stls_and_pop3s(ip) -> None:
+    res = ip.run_cell_magic("pop3", "pop3", "STLS\nCAPA\nUSER bob\nPASS bob-pw\nQUIT\n")
+    assert res.problems == []
+    events = res._events()
+    assert any(e.kind == "tls" for e in events)
+    capa = [e.text for e in events if e.kind == "S"]
+    assert "STLS" not in capa[capa.index("+OK begin TLS negotiation") + 1:]
+    h, p = lab().address("pop3s")
+    res = ip.run_cell_magic("pop3", f"{h}:{p}", "USER bob\nPASS wrong\nQUIT\n")
+    assert any("[AUTH]" in e.text for e in res._events())
+    assert any(e.kind == "tls" for e in res._events())
+
+
+def test_raw_cell_sasl_continuation_masked(ip) -> None:
+    res = ip.run_cell_magic("pop3", "pop3", "AUTH PLAIN\nAGJvYgBib2ItcHc=\nSTAT\nQUIT\n")
+    lines = [e.text for e in res._events() if e.kind == "C"]
+    assert lines == ["AUTH PLAIN", "****", "STAT", "QUIT"]
+    assert any(e.text.startswith("+OK bob@alpha.test's maildrop") for e in res._events())
+
+
+def test_reply_complete_rule() -> None:
+    assert pop3_reply_complete(None, ["+OK ready"])
+    assert pop3_reply_complete("STAT", ["+OK 1 2"])
+    assert pop3_reply_complete("LIST 1", ["+OK 1 2"])
+    assert not pop3_reply_complete("LIST", ["+OK 1 messages"])
+    assert pop3_reply_complete("LIST", ["+OK 1 messages", "1 2", "."])
+    assert not pop3_reply_complete("RETR 1", ["+OK", "..", "x"])
+    assert pop3_reply_complete("RETR 1", ["-ERR no such message"])
+    assert pop3_reply_complete("AUTH PLAIN", ["+ "])
+
+
+def test_state_view_follows_live_session(ip) -> None:
+    import poplib
+
+    deliver(2)
+    view = POP3StateView(lab().events, interval=0.02)
+    h, p = lab().address("pop3")
+    c = poplib.POP3(h, p, timeout=5)
+
+    def wait_for(text: str) -> str:
+        deadline = time.time() + 3
+        while time.time() < deadline:
+            if text in view.html.value:
+                return view.html.value
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not in the view: {view.text()}")
+
+    wait_for("AUTHORIZATION")
+    assert "[AUTHORIZATION]" in view.text()
+    c.user("bob")
+    c.pass_("bob-pw")
+    wait_for("<code>")
+    assert "[TRANSACTION]" in view.text()
+    c.dele(2)
+    wait_for("marked for deletion")
+    c.quit()
+    html = wait_for("removed in UPDATE")
+    assert "still on the server" in html
+    assert "[UPDATE]" in view.text() and "left on the server" in view.text()
+    assert view.updates >= 3
+    view.close()
+
+
+def test_state_text_after_drop(ip) -> None:
+    deliver(1)
+    ip.run_line_magic("pop3", "bob --dele 1 --drop")
+    sid = [e.session for e in lab().events.events(kinds=("opened",)) if e.side == "server"
+           and e.protocol == "pop3"][-1]
+    text = render_text(session_state(lab().events.events(session=sid), sid))
+    assert "1 (marked)" in text and "no UPDATE state, nothing deleted" in text
+    assert "[TRANSACTION]" not in text
