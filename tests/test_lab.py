@@ -12,7 +12,7 @@ import pytest
 from maillab import Lab
 from maillab.services import PortBusy
 
-from .conftest import fast_limits
+from conftest import fast_limits
 
 
 def _lab_threads() -> list[threading.Thread]:
