@@ -1,0 +1,61 @@
+"""Every notebook executes top to bottom in a fresh kernel (one test per notebook,
+so notebooks added later are run too), and is committed without outputs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+#: What a notebook's outputs must show: the claims its text makes.
+CLAIMS = {
+    "01_smtp.ipynb": [
+        "S: 354 ",  # DATA: go ahead
+        "502 5.5.2", "503 5.5.1", "550 5.1.1", "452 4.5.3",  # the reply classes, provoked
+        "\n.begins with one dot",  # dot-stuffing undone by the server
+        "C: ..a line that starts with a dot",  # ... and done by smtplib
+        "530 5.7.0 Must issue a STARTTLS command first", "530 5.7.0 Authentication required",
+        "C: AUTH PLAIN ****", "235 2.7.0",
+        re.compile(r"C: RCPT TO:<carol@beta\.test>.*\n.*S: 250 2\.1\.5"),  # relay for a logged-in user ...
+        "Relay access denied",  # ... refused on port 25
+        "你好, Bob",
+    ],
+}
+CELL_TIMEOUT = 90  # seconds; every client call in a notebook has its own, shorter timeout
+
+
+def test_there_are_notebooks():
+    assert any(p.name == "01_smtp.ipynb" for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: outputs committed"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_executes(path):
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=False,
+                            store_widget_state=True, resources={"metadata": {"path": str(path.parent)}})
+    client.execute()  # raises CellExecutionError on the first failing cell
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+    shown = "\n".join(_text(o) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    missing = [claim for claim in CLAIMS.get(path.name, [])
+               if (claim.search(shown) is None if isinstance(claim, re.Pattern) else claim not in shown)]
+    assert missing == [], f"{path.name} no longer shows: {missing}"
+
+
+def _text(output) -> str:
+    if output.output_type == "stream":
+        return output.text
+    return output.get("data", {}).get("text/plain", "")
