@@ -14,19 +14,21 @@ import codecs
 import re
 import unicodedata
 
+from .mimeparse import unfold
+
 #: Charsets mail uses under names Python lacks, or whose superset decodes more real mail.
 _CHARSET_ALIASES = {
     "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "euc-cn": "gb18030",
     "ks_c_5601-1987": "cp949", "x-sjis": "shift_jis", "unicode-1-1-utf-7": "utf-7",
-    "x-unknown": "latin-1", "unknown-8bit": "latin-1", "iso-8859-8-i": "iso-8859-8",
+    "iso-8859-8-i": "iso-8859-8",
 }
 
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(rb"[ \t\r\n]+")
 
 
-def charset_codec(charset: str | bytes | None) -> str:
-    """A Python codec for a MIME charset name (``utf-8`` when unknown)."""
+def known_codec(charset: str | bytes | None) -> str | None:
+    """A Python codec for a MIME charset name, or None when Python has none."""
     if isinstance(charset, bytes):
         charset = charset.decode("latin-1")
     name = (charset or "us-ascii").strip().strip('"').lower()
@@ -35,7 +37,12 @@ def charset_codec(charset: str | bytes | None) -> str:
     try:
         return codecs.lookup(name).name
     except LookupError:
-        return "utf-8"
+        return None
+
+
+def charset_codec(charset: str | bytes | None) -> str:
+    """A Python codec for a MIME charset name (``utf-8`` when unknown)."""
+    return known_codec(charset) or "utf-8"
 
 
 def decode_bytes(raw: bytes, charset: str | bytes | None) -> str:
@@ -49,6 +56,8 @@ def decode_bytes(raw: bytes, charset: str | bytes | None) -> str:
 
 
 def _decode_word(charset: bytes, enc: bytes, text: bytes) -> str | None:
+    if known_codec(charset) is None:
+        return ""  # text in a charset we cannot read is not searchable (nor in Dovecot)
     try:
         if enc in b"bB":
             raw = base64_decode(text)
@@ -60,12 +69,12 @@ def _decode_word(charset: bytes, enc: bytes, text: bytes) -> str | None:
 
 
 def decode_header(value: bytes) -> str:
-    """An unfolded header value with RFC 2047 encoded words decoded.
+    """A header value unfolded (each fold one space) with RFC 2047 encoded words decoded.
 
     Whitespace between two adjacent encoded words is dropped (RFC 2047 6.2); raw
     8-bit text is taken as UTF-8.
     """
-    value = value.replace(b"\r\n", b"").replace(b"\n", b"")
+    value = unfold(value)
     if b"=?" not in value:
         return decode_bytes(value, "utf-8")
     out: list[str] = []

@@ -131,28 +131,31 @@ def header_matches(data: bytes, field: str, needle: str) -> bool:
     return False
 
 
-def _texts(data: bytes, part: Part, depth: int = 0) -> Iterator[str]:
-    """The decoded text of every text part, and the headers of embedded messages."""
-    if part.is_multipart:
-        for child in part.children:
-            yield from _texts(data, child, depth + 1)
-        return
-    if part.message is not None:
-        inner = part.message
-        yield _header_text(inner)
-        yield from _texts(data, inner, depth + 1)
-        return
-    if part.type != "text":
-        return
-    ct = part.content_type
-    enc = None
-    for f in part.fields:
-        if f.key == "content-transfer-encoding":
-            enc = unfold(f.value)
-            break
-    charset = param_value(ct[2], b"charset") if ct else None
-    raw = decode_transfer(data[part.body_start:part.end], enc)
-    yield decode_bytes(raw, charset)
+def _texts(data: bytes, part: Part) -> Iterator[str]:
+    """The decoded text of every text part (what SEARCH BODY looks at, as in Dovecot)."""
+    for p in _walk(part):
+        if p.type != "text" or p.is_multipart or p.message is not None:
+            continue
+        ct = p.content_type
+        enc = None
+        for f in p.fields:
+            if f.key == "content-transfer-encoding":
+                enc = unfold(f.value)
+                break
+        charset = param_value(ct[2], b"charset") if ct else None
+        raw = decode_transfer(data[p.body_start:p.end], enc)
+        yield decode_bytes(raw, charset)
+
+
+def _walk(part: Part) -> Iterator[Part]:
+    """``part`` and every part inside it, in order."""
+    stack = [part]
+    while stack:
+        p = stack.pop()
+        yield p
+        if p.message is not None:
+            stack.append(p.message)
+        stack.extend(reversed(p.children))
 
 
 def _header_text(part: Part) -> str:
@@ -166,9 +169,10 @@ def body_matches(data: bytes, needle: str) -> bool:
 
 
 def text_matches(data: bytes, needle: str) -> bool:
-    """SEARCH TEXT: the decoded header or body contains ``needle``."""
+    """SEARCH TEXT: a decoded header (of the message or of any part inside it) or the
+    decoded body text contains ``needle``."""
     want = fold_case(needle)
     root = parse(data)
-    if want in fold_case(_header_text(root)):
+    if any(want in fold_case(_header_text(p)) for p in _walk(root)):
         return True
     return any(want in fold_case(text) for text in _texts(data, root))
