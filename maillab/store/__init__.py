@@ -54,10 +54,15 @@ class Store:
         return self.root / user
 
     def ensure_user(self, user: str) -> None:
-        """Create the user's INBOX and special-use folders if they do not exist yet."""
-        self.mailbox(user, "INBOX", create=True)
-        for name in SPECIAL_USE:
-            self.mailbox(user, name, create=True)
+        """Create the user's INBOX and special-use folders if they do not exist yet.
+
+        Only the Maildir directories are made here; each folder's index is created
+        when the folder is first opened, which keeps lab start-up fast.
+        """
+        for name in ("INBOX", *SPECIAL_USE):
+            path = self.folder_path(user, name)
+            for sub in ("tmp", "new", "cur"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
 
     def users(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / "cur").is_dir())
