@@ -164,6 +164,7 @@ class LabSMTP(SMTP):
                 self.rec.server_line(line)
             self._writer.write(str(reply).encode() + b"\r\n")
             self.rec.note(f"idle for {self.limits.smtp_timeout} s: session closed")
+            self._close_reason = "idle timeout"
         super()._timeout_cb()
 
     # -- the wire ---------------------------------------------------------------------
@@ -209,6 +210,7 @@ class LabSMTP(SMTP):
     async def _handle_client(self) -> None:
         if self.service.active > self.limits.max_connections:
             await self.push(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections"))
+            self._close_reason = "too many connections"
             self.transport.close()
             return
         await self.push(f"220 {self.hostname} {self.__ident__}")
@@ -217,6 +219,7 @@ class LabSMTP(SMTP):
                 if self.errors >= self.limits.smtp_bad_commands:
                     await self.push(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors"))
                     self.rec.note(f"{self.errors} errors: session closed")
+                    self._close_reason = "too many errors"
                     self.transport.close()
                     return
                 # Read up to the largest line any command may have, then apply the
@@ -635,7 +638,9 @@ class LabSMTP(SMTP):
                           recipients=remote)
         for address in local:
             try:
-                info = self.lab.store.deliver(address, message)
+                # File system work happens on a worker thread, so other sessions on
+                # the lab loop go on meanwhile (the store is thread-safe).
+                info = await self.loop.run_in_executor(None, self.lab.store.deliver, address, message)
             except OSError as exc:
                 self.rec.note(f"delivery to {address} failed: {exc}")
                 return Reply(451, "4.3.0", "Error: local delivery failed, try again later")
