@@ -269,3 +269,15 @@ def test_fuzzed_packets_never_raise_and_server_survives(lab):
     for _ in range(200):
         udp(lab, bytes(rnd.randrange(256) for _ in range(rnd.randint(0, 60))), timeout=0.01)
     still_answers(lab)
+
+
+def test_cname_loop_and_long_chain_are_cut_short(lab):
+    chain = "".join(f"c{i}\tIN\tCNAME\tc{i + 1}\n" for i in range(20))
+    lab.dns.replace_zone("gamma.test", lab.dns.zone_text("gamma.test")
+                         + "loop1\tIN\tCNAME\tloop2\nloop2\tIN\tCNAME\tloop1\n" + chain)
+    r = lab.dns.query("loop1.gamma.test", "A")
+    assert r.rcode() == dns.rcode.NOERROR
+    assert [rr.name.to_text() for rr in r.answer] == ["loop1.gamma.test.", "loop2.gamma.test."]
+    r = lab.dns.query("c0.gamma.test", "A", tcp=True)
+    assert len(r.answer) == 9  # the first CNAME and eight more (CNAME_DEPTH), then we stop
+    still_answers(lab)

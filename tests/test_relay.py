@@ -384,3 +384,71 @@ def test_relay_submit_does_not_block_the_lab_loop(rlab):
     assert took < 0.1
     msg = rlab.relay.wait(qid, timeout=20)
     assert msg.state == "delivered" and time.monotonic() - started >= 1.0
+
+
+# -- TLS on the relay's client side -----------------------------------------------------------
+
+
+def test_implicit_mx_with_tls_required_defers_on_a_name_mismatch(rlab):
+    rlab.relay.tls_policy = "verify"  # the cert names mail.gamma.test, the "MX" is gamma.test
+    gamma = rlab.topology.hosts["mail.gamma.test"].address
+    text = rlab.dns.zone_text("gamma.test").replace("@\tIN\tMX\t10 mail\n", f"@\tIN\tA\t{gamma}\n")
+    rlab.dns.replace_zone("gamma.test", text)
+    qid = submit(rlab, ["dave@gamma.test"], "tls required")
+    msg = rlab.relay.wait(qid, states=("retrying",), timeout=10)
+    assert "TLS handshake" in msg.last_error and "gamma.test" in msg.last_error
+    rlab.relay.tls_policy = "may"  # opportunistic: noted, then plaintext
+    rlab.relay.flush()
+    msg = rlab.relay.wait(qid, timeout=10)
+    assert msg.state == "delivered" and msg.attempts[-1].tls is False
+    notes = [e.text for e in rlab.events.events(session=msg.events_session) if e.kind == "note"]
+    assert any("without TLS (opportunistic TLS)" in n for n in notes)
+
+
+def test_bytes_after_220_ready_are_discarded_before_tls(rlab):
+    """A hostile next hop pipelines a fake reply after "220 ready": it must never be
+    read as if it had come over TLS (SECURITY.md, TLS section)."""
+    from maillab.relay.client import deliver
+
+    ctx = rlab.ca.server_context("evil.beta.test", ["127.0.0.1"])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        f = conn.makefile("rb")
+        conn.sendall(b"220 evil.beta.test ESMTP\r\n")
+        seen.append(f.readline())
+        conn.sendall(b"250-evil.beta.test\r\n250 STARTTLS\r\n")
+        seen.append(f.readline())
+        conn.sendall(b"220 2.0.0 ready\r\n250 2.1.5 injected in plaintext\r\n")
+        tls = ctx.wrap_socket(conn, server_side=True)
+        tf = tls.makefile("rb")
+        for reply in (b"250-evil.beta.test\r\n250 SIZE 1000\r\n", b"250 2.1.0 ok\r\n", b"550 5.1.1 no such user\r\n",
+                      b"221 bye\r\n"):
+            seen.append(tf.readline())
+            tls.sendall(reply)
+        tls.close()
+
+    import threading
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+
+    async def go():
+        return await deliver(rlab.events, helo_name="mail.alpha.test", source_address=None,
+                             host="evil.beta.test", address="127.0.0.1", port=listener.getsockname()[1],
+                             mail_from="alice@alpha.test", rcpts=["carol@beta.test"], data=b"x\r\n",
+                             tls_context=rlab.ca.client_context(), queue_id="T")
+    try:
+        d = rlab.loop.run(go(), timeout=15)
+    finally:
+        t.join(5)
+        listener.close()
+    assert d.tls and d.mail_reply.code == 250
+    # the injected "250 2.1.5" was thrown away: the RCPT got the real (TLS) answer
+    assert d.rcpt_replies["carol@beta.test"].code == 550
+    assert seen[2].startswith(b"EHLO")  # after TLS the client starts over with EHLO
+    notes = [e.text for e in rlab.events.events(session=d.session) if e.kind == "note"]
+    assert any("discarded" in n for n in notes)

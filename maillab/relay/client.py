@@ -216,6 +216,7 @@ async def deliver(
     connect_timeout: float = 5.0,
     reply_timeout: float = 60.0,
     queue_id: str = "",
+    require_tls: bool = False,
 ) -> Delivery:
     """One SMTP session from ``helo_name`` to the MX ``host`` at ``address:port``.
 
@@ -260,6 +261,12 @@ async def deliver(
                 await _quit(s)
                 return result
             result.protocol = "SMTP"
+        if require_tls and ("STARTTLS" not in extensions or tls_context is None):
+            # RFC 3207 4.1 / RFC 8689: a client that requires TLS must not go on in plaintext.
+            result.error = f"{host}[{address}] does not offer STARTTLS, and this relay requires TLS"
+            rec.note(result.error)
+            await _quit(s)
+            return result
         if "STARTTLS" in extensions and tls_context is not None:
             result.stage = "STARTTLS"
             go = await s.command("STARTTLS")

@@ -179,6 +179,9 @@ class RelayQueue:
         self._tls_context: Any = None
         self._last: str | None = None
         self.closed = False
+        #: "may": STARTTLS whenever offered, plaintext if the handshake fails (opportunistic,
+        #: RFC 7435, Postfix's default); "verify": TLS with a verified certificate or no delivery.
+        self.tls_policy = "may"
         self.control = lab.events.session("relay", "server", "lab-relay", "", role="control")
 
     # -- life cycle (on the lab loop) ---------------------------------------------------
@@ -357,6 +360,8 @@ class RelayQueue:
                 return qid
 
     def _trim(self) -> None:
+        if len(self._messages) <= KEEP_FINISHED + 500:  # trim in batches: submit stays O(1)
+            return
         finished = [k for k, m in self._messages.items() if m.final]
         for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._messages[key]
@@ -471,8 +476,10 @@ class RelayQueue:
                       reply_timeout=limits.relay_reply_timeout, queue_id=msg.id)
         assert self._sem is not None
         async with self._sem:
-            d = await deliver(self.lab.events, tls_context=self._tls_context, **kwargs)
-            if d.unreachable and d.stage == "STARTTLS" and d.error and self._tls_context is not None:
+            required = self.tls_policy == "verify"
+            d = await deliver(self.lab.events, tls_context=self._tls_context, require_tls=required, **kwargs)
+            if (d.unreachable and d.stage == "STARTTLS" and d.error and self._tls_context is not None
+                    and not required):
                 # Opportunistic TLS (RFC 7435, Postfix's "may"): a failed handshake is
                 # noted and the same host is tried again in plaintext.
                 self._note(msg, f"{d.error}; retrying {host} without TLS (opportunistic TLS)")

@@ -1,0 +1,252 @@
+"""Relay benchmark: messages across the lab internet, against single-hop ingest, same run.
+
+One command::
+
+    python benchmarks/relay.py                  # 1,000 messages per phase
+    python benchmarks/relay.py --messages 300   # quicker
+
+Phases, each with the same client (smtplib, one persistent STARTTLS session per
+client thread, ``--clients`` threads) and 2 KiB messages:
+
+1. single hop, MX: straight into mx1.beta.test's "port 25" for carol@beta.test
+   (the cost of one SMTP hop into a mailbox);
+2. single hop, submission: alice@alpha.test (AUTH) to bob@alpha.test on
+   mail.alpha.test (submission into a local mailbox);
+3. three hops: alice@alpha.test submits for carol@beta.test: submission ->
+   mail.alpha.test's queue -> MX lookup in the lab DNS -> SMTP (STARTTLS) to
+   mx1.beta.test -> carol's Maildir;
+4. ten domains, all to all: d0.test ... d9.test, one mail host each on its own
+   loopback address; every domain's user sends to the users of all nine others.
+
+For each: messages/s end to end (first byte sent to last message in its mailbox),
+median and p95 delivery latency (client starts sending -> the relay reports the
+next hop's 250, or the local store has it), and the process's peak RSS. Ratios
+against phase 1 show what each extra hop costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import smtplib
+import ssl
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from maillab import Lab  # noqa: E402
+from maillab.limits import Limits  # noqa: E402
+from maillab.topology import MailHost, Topology, loopback_aliases_work  # noqa: E402
+
+BODY = ("The quick brown fox jumps over the lazy dog. " * 2 + "\r\n") * 22  # ~2 KiB
+
+
+def message(sender: str, rcpt: str, n: int) -> bytes:
+    return (f"From: {sender}\r\nTo: {rcpt}\r\nSubject: bench {n}\r\n"
+            f"Message-ID: <bench-{n}@bench.test>\r\n\r\n{BODY}").encode()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def p95(values: list[float]) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+
+
+class Phase:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent_at: dict[int, float] = {}
+        self.done_at: dict[int, float] = {}
+        self.start = 0.0
+        self.end = 0.0
+        self.rss = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.done_at) / (self.end - self.start)
+
+    def latencies(self) -> list[float]:
+        return [self.done_at[n] - self.sent_at[n] for n in self.done_at if n in self.sent_at]
+
+    def row(self, base: Phase | None) -> str:
+        lat = self.latencies()
+        ratio = f"{self.rate / base.rate:5.2f}" if base else "  1.00"
+        return (f"{self.name:<44} {len(self.done_at):>5} {self.rate:8.1f} {ratio}  "
+                f"{statistics.median(lat) * 1000:8.1f} {p95(lat) * 1000:8.1f}  {self.rss:7.0f}")
+
+
+def send_all(lab: Lab, phase: Phase, jobs: list[tuple[str, str, str, str | None, int]], clients: int) -> None:
+    """jobs: (submitting host, sender, recipient, password or None for the MX port, n).
+    Each client thread keeps one STARTTLS session per host it talks to."""
+    ctx = ssl.create_default_context(cafile=str(lab.ca_path))
+    chunks = [jobs[i::clients] for i in range(clients)]
+    errors: list[BaseException] = []
+
+    def run(chunk: list[tuple[str, str, str, str | None, int]]) -> None:
+        sessions: dict[tuple[str, str], smtplib.SMTP] = {}
+        try:
+            for host, sender, rcpt, password, n in chunk:
+                service = "submission" if password else "smtp"
+                key = (host, sender if password else "")
+                s = sessions.get(key)
+                if s is None:
+                    addr, port = lab.address(service, host)
+                    s = smtplib.SMTP(addr, port, timeout=30)
+                    s.starttls(context=ctx)
+                    if password:
+                        s.login(sender, password)
+                    sessions[key] = s
+                phase.sent_at[n] = time.time()
+                s.sendmail(sender, [rcpt], message(sender, rcpt, n))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            for s in sessions.values():
+                try:
+                    s.quit()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    phase.start = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def watch_store(lab: Lab, phase: Phase) -> Callable[[], None]:
+    """Record when each message reaches a mailbox (the store tells its listeners)."""
+    import email.parser
+
+    parser = email.parser.BytesHeaderParser()
+
+    def on_deliver(user: str, folder: str, info) -> None:
+        path = lab.store.mailbox(user, folder).path / info.subdir / info.filename
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4096)
+            subject = parser.parsebytes(head).get("Subject", "")
+        except OSError:
+            return
+        if subject.startswith("bench "):
+            phase.done_at[int(subject.split()[1])] = time.time()
+
+    return lab.store.subscribe(on_deliver)
+
+
+def wait_done(phase: Phase, expected: int, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while len(phase.done_at) < expected and time.time() < deadline:
+        time.sleep(0.01)
+    if len(phase.done_at) < expected:
+        raise SystemExit(f"{phase.name}: only {len(phase.done_at)} of {expected} delivered in time")
+    phase.end = max(phase.done_at.values())
+    phase.rss = peak_rss_mb()
+
+
+def limits() -> Limits:
+    return Limits(auth_failure_delay=0.05, relay_retry_first=1.0, relay_retry_max=5.0)
+
+
+def default_lab_phases(n: int, clients: int) -> list[Phase]:
+    out = []
+    lab = Lab(tempfile.mkdtemp(prefix="maillab-bench-"), ports="auto", limits=limits()).start()
+    try:
+        cases = [
+            ("1 hop: MX port -> mailbox", "mx1.beta.test", "stranger@outside.test", "carol@beta.test", None),
+            ("1 hop: submission -> local mailbox", "mail.alpha.test", "alice@alpha.test", "bob@alpha.test",
+             "alice-pw"),
+            ("3 hops: submission -> queue -> MX -> mailbox", "mail.alpha.test", "alice@alpha.test",
+             "carol@beta.test", "alice-pw"),
+        ]
+        base = 0
+        for name, host, sender, rcpt, pw in cases:
+            phase = Phase(name)
+            unsubscribe = watch_store(lab, phase)
+            jobs = [(host, sender, rcpt, pw, base + i) for i in range(n)]
+            send_all(lab, phase, jobs, clients)
+            wait_done(phase, n)
+            # per-phase numbering keeps phases apart in the store listener
+            phase.done_at = {k: v for k, v in phase.done_at.items() if base <= k < base + n}
+            out.append(phase)
+            base += n
+            unsubscribe()
+        relayed = [m for m in lab.relay.messages() if m.subject.startswith("bench ")]
+        for m in relayed:  # the 250 after DATA is stored before the relay hears it
+            lab.relay.wait(m.id, timeout=30)
+        states = {s: sum(1 for m in relayed if m.state == s) for s in ("delivered", "bounced", "retrying")}
+        print(f"  relay queue after phase 3: {states}; "
+              f"median relay hop {statistics.median(m.attempts[-1].duration for m in relayed) * 1000:.1f} ms "
+              f"(SMTP session mail.alpha.test -> mx1.beta.test incl. STARTTLS)")
+    finally:
+        lab.stop()
+    return out
+
+
+def ten_domain_phase(n: int, clients: int) -> Phase:
+    aliases = loopback_aliases_work()
+    topo = Topology()
+    users = {}
+    for i in range(10):
+        d = f"d{i}.test"
+        topo.add_host(MailHost(f"mail.{d}", f"127.0.{40 + i}.1" if aliases else "127.0.0.1"))
+        topo.add_domain(d, [(10, f"mail.{d}")])
+        users[f"u{i}@{d}"] = f"u{i}-pw"
+    lab = Lab(tempfile.mkdtemp(prefix="maillab-bench10-"), ports="auto", limits=limits(),
+              topology=topo, users=users).start()
+    try:
+        phase = Phase("10 domains, all to all (3 hops each)")
+        watch_store(lab, phase)
+        pairs = [(i, j) for i in range(10) for j in range(10) if i != j]
+        jobs = []
+        for k in range(n):
+            i, j = pairs[k % len(pairs)]
+            jobs.append((f"mail.d{i}.test", f"u{i}@d{i}.test", f"u{j}@d{j}.test", f"u{i}-pw", k))
+        # one client thread per sending domain at most, so sessions stay few
+        send_all(lab, phase, jobs, min(clients, 10))
+        wait_done(phase, n)
+        per_host = {}
+        for m in lab.relay.messages():
+            per_host[m.origin] = per_host.get(m.origin, 0) + 1
+        print(f"  10-domain lab: {len(lab.services)} services, relayed per host: "
+              f"{min(per_host.values())}..{max(per_host.values())}")
+    finally:
+        lab.stop()
+    return phase
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=1000)
+    ap.add_argument("--clients", type=int, default=4)
+    args = ap.parse_args()
+    print(f"relay benchmark: {args.messages} messages of {len(message('a@b', 'c@d', 0))} bytes per phase,"
+          f" {args.clients} client threads, Python {sys.version.split()[0]}")
+    phases = default_lab_phases(args.messages, args.clients)
+    phases.append(ten_domain_phase(args.messages, args.clients))
+    print()
+    print(f"{'phase':<44} {'msgs':>5} {'msg/s':>8} {'ratio':>5}  {'p50 ms':>8} {'p95 ms':>8}  {'RSS MB':>7}")
+    base = phases[0]
+    for p in phases:
+        print(p.row(None if p is base else base))
+    three = phases[2]
+    print()
+    print(f"cost of the extra hops: the 3-hop path runs at {three.rate / base.rate:.2f} of the single MX hop"
+          f" and {three.rate / phases[1].rate:.2f} of single-hop submission;"
+          f" median latency {statistics.median(three.latencies()) / statistics.median(base.latencies()):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
