@@ -67,8 +67,13 @@ class POP3Result:
     def state(self) -> Any:
         return self.figure.st if self.figure else None
 
+    @property
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        """The table's columns, without those this session left empty."""
+        return tuple((t, k) for t, k in COLUMNS if k in ("number", "size") or any(r.get(k) for r in self.rows))
+
     def __repr__(self) -> str:
-        parts = [f"POP3 session as {self.user}", text_table(self.rows, COLUMNS) if self.rows else "(no messages)"]
+        parts = [f"POP3 session as {self.user}", text_table(self.rows, self.columns) if self.rows else "(no messages)"]
         for title, text in self.bodies:
             parts += [f"--- {title}", text]
         if self.figure:
@@ -79,8 +84,8 @@ class POP3Result:
         return "\n".join(parts)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{html.escape(t)}</th>" for t, _ in COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for _, k in COLUMNS)
+        head = "".join(f"<th style='text-align:left'>{html.escape(t)}</th>" for t, _ in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for _, k in self.columns)
                        + "</tr>" for r in self.rows)
         out = [f"<b>POP3 session as {html.escape(self.user)}</b>",
                f"<table><tr>{head}</tr>{body}</table>" if self.rows else "<i>no messages</i>"]
