@@ -25,6 +25,11 @@ CLAIMS = {
         "你好, Bob",
     ],
 }
+#: What a notebook's live widgets must show by the end (their state as the kernel sent it).
+WIDGET_CLAIMS = {
+    # the transcript widget grew after its cell had finished: a later cell's session is in it
+    "01_smtp.ipynb": ["FROM:&lt;bob@alpha.test&gt;"],
+}
 CELL_TIMEOUT = 90  # seconds; every client call in a notebook has its own, shorter timeout
 
 
@@ -53,6 +58,10 @@ def test_notebook_executes(path):
     missing = [claim for claim in CLAIMS.get(path.name, [])
                if (claim.search(shown) is None if isinstance(claim, re.Pattern) else claim not in shown)]
     assert missing == [], f"{path.name} no longer shows: {missing}"
+    widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    values = "\n".join(str(m["state"].get("value", "")) for m in widgets.get("state", {}).values())
+    missing = [claim for claim in WIDGET_CLAIMS.get(path.name, []) if claim not in values]
+    assert missing == [], f"{path.name}: widgets no longer show: {missing}"
 
 
 def _text(output) -> str:
