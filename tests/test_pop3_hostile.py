@@ -214,3 +214,17 @@ def test_pipelined_commands_answered_in_order(single_lab: Lab) -> None:
     assert w.line().startswith(b"+OK 1 ")
     assert w.line().startswith(b"+OK")
     w.close()
+
+
+def test_connection_limit_answers_busy_and_recovers(tmp_path) -> None:
+    limits = Limits(auth_failure_delay=0.05, max_connections=2)
+    with Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], limits=limits) as lab:
+        held = [Wire(lab), Wire(lab)]
+        with socket.create_connection(lab.address("pop3"), timeout=5) as s:
+            assert s.recv(200).startswith(b"-ERR [SYS/TEMP] too many connections")
+        for w in held:
+            w.close()
+        deadline = time.time() + 3
+        while lab.service("pop3").active and time.time() < deadline:
+            time.sleep(0.02)
+        still_serving(lab)
