@@ -54,7 +54,9 @@ CORPUS = sorted((Path(__file__).parent / "data" / "imap").glob("*.eml"))
 SECTIONS = ["HEADER", "TEXT", "1", "1.MIME", "2", "2.MIME", "1.1", "1.2", "1.1.MIME", "2.1",
             "2.1.1", "1.HEADER", "1.TEXT", "2.HEADER", "2.TEXT", "3", "3.1", "3.1.MIME", "4", "4.1",
             "9", "HEADER.FIELDS (FROM SUBJECT)", "HEADER.FIELDS.NOT (FROM SUBJECT)",
-            "HEADER.FIELDS (X-NOT-THERE)", "1.HEADER.FIELDS (SUBJECT)", "2.HEADER.FIELDS (SUBJECT)"]
+            "HEADER.FIELDS (X-NOT-THERE)", "1.HEADER.FIELDS (SUBJECT)", "2.HEADER.FIELDS (SUBJECT)",
+            "3.HEADER", "3.TEXT", "3.2", "4.1.MIME", "4.2.HEADER", "4.2.TEXT", "4.2.2.1", "4.2.2.2",
+            "4.2.2.MIME"]
 
 #: SEARCH keys whose results are compared (CHARSET UTF-8, the needle sent as a literal).
 SEARCHES = [("SUBJECT", "你好"), ("SUBJECT", "中文"), ("FROM", "张三"), ("FROM", "example.com"),

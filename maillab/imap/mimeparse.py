@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 #: Deepest MIME nesting parsed (multiparts and message/rfc822 inside each other);
 #: deeper parts are kept as opaque leaves. Dovecot's default is also 100.
 MAX_NESTING = 100
-#: Most MIME parts parsed in one message; the rest of the body stays in the last part.
+#: Most MIME parts parsed in one message; parts past it stay unparsed bytes of their multipart.
 MAX_PARTS = 10_000
 #: Most parameters kept from one Content-Type or Content-Disposition.
 MAX_PARAMETERS = 100
