@@ -47,7 +47,8 @@ def _describe(lab: Lab) -> str:
              f"lab directory:  {lab.directory}",
              f"lab.json:       {lab.directory / 'lab.json'}",
              "", "users (log in with the full address):"]
-    lines += [f"  {u.address}  password {u.password}" for u in lab.users]
+    width = max((len(u.address) for u in lab.users), default=0)
+    lines += [f"  {u.address:<{width}}  password {u.password}" for u in lab.users]
     return "\n".join(lines)
 
 

@@ -6,13 +6,9 @@ Three renderings of the same events: :func:`render_text` (terminals, ``maillab
 tour``, tests), :func:`render_html` (a static table in a cell's output) and
 :class:`TranscriptView` (a live ipywidgets view that grows while sessions run).
 
-The live view is fed from the lab thread (the event bus calls subscribers on the
-thread that emitted the event). That thread must never wait for the kernel nor
-see an exception from a view, so the subscriber only appends to a buffer; one
-publisher (a short timer thread) applies buffered events to the widget at most
-every ``interval`` seconds. A timer rather than the kernel's IOLoop, because the
-kernel's loop is blocked while a cell waits on a client, and the transcript
-should grow exactly then.
+The live view is fed from the lab thread: its subscriber only appends to a
+buffer and pokes a :class:`~maillab.views.publish.Throttle`, whose timer thread
+applies the buffered events to the widget (see :mod:`maillab.views.publish`).
 """
 
 from __future__ import annotations
@@ -26,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..events import CLIENT_LINE, CLOSED, OPENED, SERVER_LINE, Event, EventBus
+from .publish import Throttle
 
 Explainer = Callable[[str, str], "str | None"]
 _explainers: dict[str, Explainer | None] = {}
@@ -236,9 +233,8 @@ class TranscriptView:
         self.interval = interval
         self.max_events = max_events
         self._lock = threading.RLock()  # widget state: publisher vs. the kernel thread
-        self._timer_lock = threading.Lock()  # held only for an instant on the lab thread
-        self._pending: deque[Event] = deque()
-        self._timer: threading.Timer | None = None
+        self._pending: deque[Event] = deque()  # appended on the lab thread
+        self._throttle = Throttle(interval, self._publish)
         self._events: list[Event] = []
         self.updates = 0  # how many times the publisher refreshed the widget
 
@@ -264,25 +260,12 @@ class TranscriptView:
 
     # -- called on the lab thread: must be cheap and must not raise
     def _on_event(self, ev: Event) -> None:
-        try:
-            self._pending.append(ev)
-            with self._timer_lock:
-                if self._timer is None:
-                    self._timer = threading.Timer(self.interval, self._publish)
-                    self._timer.daemon = True
-                    self._timer.start()
-        except Exception:
-            pass
+        self._pending.append(ev)
+        self._throttle.poke()
 
-    # -- the publisher
     def _publish(self) -> None:
-        try:
-            with self._timer_lock:
-                self._timer = None
-            with self._lock:
-                self._apply()
-        except Exception:
-            pass
+        with self._lock:
+            self._apply()
 
     def _apply(self) -> None:
         last = self._events[-1].seq if self._events else 0
@@ -345,10 +328,7 @@ class TranscriptView:
     def close(self) -> None:
         """Stop following the bus and close the widgets."""
         self._unsubscribe()
-        with self._timer_lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+        self._throttle.close()
         self.widget.close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
