@@ -251,8 +251,17 @@ class Server:
     host = "127.0.0.1"
     port = 0
 
+    proc: subprocess.Popen | None = None
+
     def start(self, corpus: Path, work: Path) -> None: ...
-    def stop(self) -> None: ...
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 class Dovecot(Server):
@@ -335,14 +344,6 @@ service anvil {{
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n{self.log.read_text()[-2000:] if self.log.exists() else ''}") from None
 
-    def stop(self) -> None:
-        if getattr(self, "proc", None) and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
 
 class Pymap(Server):
     """pymap's maildir backend, serving a copy of the same Maildir."""
@@ -375,13 +376,6 @@ class Pymap(Server):
             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
         wait_listening(self.port, self.proc, log, timeout=60)
 
-    def stop(self) -> None:
-        if getattr(self, "proc", None) and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 class Maillab(Server):
