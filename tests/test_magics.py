@@ -23,6 +23,7 @@ def ip(tmp_path):
     table = shell.run_line_magic("mail", f"start --ports auto --dir {tmp_path / 'lab'} --domain alpha.test"
                                  " --user carol@alpha.test=carol-pw")
     assert isinstance(table, StatusTable)
+    state.existing_lab().limits.auth_failure_delay = 0.05  # the servers read the lab's limits live
     try:
         yield shell
     finally:
@@ -199,3 +200,20 @@ def test_stop_closes_the_sockets(ip):
     with pytest.raises(OSError):
         socket.create_connection((host, port), timeout=2).close()
     assert "not running" in repr(ip.run_line_magic("mail", "status"))
+
+
+def test_via_any_host_and_port(ip):
+    host, port = lab().address("submission")
+    result = ip.run_cell_magic("mail", f"--from alice@alpha.test --to bob@alpha.test --subject direct"
+                               f" --via {host}:{port} --user alice@alpha.test", "x\n")
+    assert result.ok, result
+    assert result.mode == "direct: STARTTLS, AUTH as alice@alpha.test"
+    mx_host, mx_port = lab().address("smtp")
+    plain = ip.run_cell_magic("mail", f"--from carol@alpha.test --to bob@alpha.test --subject mx"
+                              f" --via {mx_host}:{mx_port} --no-starttls", "x\n")
+    assert plain.ok and plain.mode == "direct"
+    assert not any(e.kind == "tls" for e in lab().events.events(session=plain.session))
+    wrong = ip.run_cell_magic("mail", f"--from alice@alpha.test --to bob@alpha.test --via {host}:{port}"
+                              " --user alice@alpha.test --password wrong", "x\n")
+    assert not wrong.ok and wrong.error.startswith("535 5.7.8")
+    assert sorted(r.subject for r in ip.run_line_magic("mail", "inbox bob").rows) == ["direct", "mx"]
