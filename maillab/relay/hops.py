@@ -431,34 +431,29 @@ def _read_tls(hop: Hop) -> None:
     """Find what the line says about TLS, in any of the dialects above."""
     for c in hop.comments:
         text = " ".join(c.split())
-        for pattern in (_USING_TLS_COLON, _POSTFIX_TLS, _VERSION_CIPHER):
-            m = pattern.search(text)
-            if m:
-                hop.encrypted = True
-                hop.tls = hop.tls or m.group(1)
-                if m.group(2):
-                    hop.cipher = hop.cipher or m.group(2)
-                break
-        else:
-            m = _EXIM_TLS.match(text)
-            if m:
-                hop.encrypted = True
-                hop.tls = hop.tls or m.group(1)
-                if m.group(2):
-                    hop.cipher = hop.cipher or m.group(2)
-                continue
-            m = _QMAIL_TLS.match(text) or _CIPHER_ONLY.match(text)
-            if m:
-                hop.encrypted = True
-                hop.cipher = hop.cipher or m.group(1)
-            elif text in ("TLS", "Google Transport Security"):
-                hop.encrypted = True
+        m = (_USING_TLS_COLON.search(text) or _POSTFIX_TLS.search(text) or _VERSION_CIPHER.search(text)
+             or _EXIM_TLS.match(text))
+        if m:
+            _tls_seen(hop, m.group(1), m.group(2))
+            continue
+        m = _QMAIL_TLS.match(text) or _CIPHER_ONLY.match(text)
+        if m:
+            _tls_seen(hop, None, m.group(1))
+        elif text in ("TLS", "Google Transport Security"):
+            _tls_seen(hop, None, None)
     if hop.encrypted is None and hop.with_:
         proto = hop.with_.upper()
         if proto in ENCRYPTED_PROTOCOLS:
             hop.encrypted = True
         elif proto in PLAIN_PROTOCOLS:
             hop.encrypted = False
+
+
+def _tls_seen(hop: Hop, version: str | None, cipher: str | None) -> None:
+    # The first remark that names a version or cipher wins; later ones only confirm.
+    hop.encrypted = True
+    hop.tls = hop.tls or version
+    hop.cipher = hop.cipher or cipher
 
 
 _DATE_COMMENT = re.compile(r"\([^()]*\)")
