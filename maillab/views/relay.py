@@ -675,6 +675,8 @@ class LiveRelayView:
                 self._dirty.clear()
                 time.sleep(self.interval)  # batch a burst of events into one update
                 self.refresh()
+            if not getattr(self.lab, "started", True):
+                break  # the lab stopped: nothing more will happen to this message
             if self.path.state in self.FINAL:
                 final_since = final_since or time.monotonic()
                 if time.monotonic() - final_since > self.linger:
