@@ -67,6 +67,15 @@ def test_states_and_transitions(backend) -> None:
     assert s.maildrop is None  # lock released
 
 
+def test_password_with_spaces(tmp_path) -> None:
+    store = Store(tmp_path / "mail")
+    s = POP3Session(StoreBackend(store, Users({BOB: "two  spaces here "})))
+    s.receive("USER bob")
+    assert s.receive("PASS two  spaces here ").ok
+    s.end()
+    store.close()
+
+
 def test_failed_login_carries_delay_and_auth_code(backend) -> None:
     s = POP3Session(backend, auth_failure_delay=0.5)
     s.receive("USER bob")

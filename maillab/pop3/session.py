@@ -239,7 +239,10 @@ class POP3Session:
         if keyword not in COMMANDS[self.state]:
             hint = "log in first" if self.state is State.AUTHORIZATION else "already logged in"
             return Reply(f"-ERR {keyword} is not valid in the {self.state.value} state ({hint})")
-        if any(a == "" for a in args):
+        if keyword == "PASS" and args:
+            # RFC 1939 section 7: the password is the rest of the line, spaces included
+            args = [text.split(" ", 1)[1]]
+        elif any(a == "" for a in args):
             return Reply("-ERR arguments are separated by a single space (RFC 1939 section 3)")
         return getattr(self, f"cmd_{keyword.lower()}")(args)
 
@@ -274,8 +277,7 @@ class POP3Session:
         if self._user is None:
             return Reply("-ERR give USER first")
         login, self._user = self._user, None
-        # RFC 1939: the password is the rest of the line, spaces included.
-        password = " ".join(args)
+        password = args[0] if args else ""
         reply = self._login(login, self.backend.authenticate(login, password), "USER")
         reply.notes[:0] = self._plaintext_note()
         return reply
