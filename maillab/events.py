@@ -182,11 +182,23 @@ class SessionRecorder:
         A 5 MB attachment must not become 70,000 events: the first lines are kept
         and the rest is summarised with its size.
         """
-        lines = data.split(b"\n", head_lines)
-        shown = [ln.rstrip(b"\r").decode("utf-8", "replace") for ln in lines[:head_lines]]
-        rest = len(data) - sum(len(x) + 1 for x in lines[:head_lines])
+        # Only the head is looked at: a 50 MB body must not be copied to show 12 lines.
+        pieces: list[bytes] = []
+        pos = 0
+        complete = True  # the head ended at a newline with more data after it
+        while len(pieces) < head_lines:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                pieces.append(data[pos:])
+                pos = len(data)
+                complete = False
+                break
+            pieces.append(data[pos:nl])
+            pos = nl + 1
+        shown = [ln.rstrip(b"\r").decode("utf-8", "replace") for ln in pieces]
+        rest = len(data) - pos
         text = "\n".join(shown)
-        if len(lines) > head_lines and rest > 0:
+        if complete and rest > 0:
             text += f"\n… ({rest} more bytes)"
         kind = CLIENT_LINE if direction == "C" else SERVER_LINE
         self.emit(kind, text, payload=True, bytes=len(data))

@@ -41,6 +41,7 @@ class Candidate:
     size: int  # RFC822.SIZE
     internaldate: float
     load: Callable[[], bytes]  # the message bytes (read only when a key needs them)
+    load_header: Callable[[str], bytes]  # the lines of one header field (cached by the session)
     sent: Callable[[], datetime.date | None]  # the date of its Date: header
 
     _data: bytes | None = None
@@ -164,7 +165,7 @@ def compile_key(key: tuple[Any, ...], *, charset: str | None, max_seq: int, max_
         return sent
     if kind == "HEADER":
         name, needle = key[1], decode_needle(key[2], charset)
-        return lambda m: bool(matcher.header_matches(m.data(), name, needle))
+        return lambda m: bool(matcher.header_matches(m.load_header(name), name, needle))
     if kind == "BODY":
         needle = decode_needle(key[1], charset)
         return lambda m: bool(matcher.body_matches(m.data(), needle))

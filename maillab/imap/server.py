@@ -300,8 +300,8 @@ class IMAPServer:
             for out in outputs:
                 if isinstance(out, Response):
                     _record(rec, out)
-                    chunks.append(out.data)
-                    size += len(out.data)
+                    chunks.extend(out.parts)
+                    size += len(out)
                     if size >= CHUNK:
                         conn.write(b"".join(chunks))
                         chunks, size = [], 0
@@ -321,25 +321,27 @@ class IMAPServer:
             text = f"{tag or '*'} NO [SERVERBUG] internal error: {type(exc).__name__}\r\n"
             resp = Response(text.encode())
             _record(rec, resp)
-            chunks.append(resp.data)
+            chunks.extend(resp.parts)
         if chunks:
             conn.write(b"".join(chunks))
         await conn.drain()
 
 
 def _record(rec: SessionRecorder, resp: Response) -> None:
-    data = resp.data
     if not resp.literals:
-        rec.server_line(data[:-2].decode("utf-8", "replace"))
+        rec.server_line(resp.data[:-2].decode("utf-8", "replace"))
         return
-    pos = 0
-    for start, end in resp.literals:
-        rec.server_line(data[pos:start].rstrip(b"\r\n").decode("utf-8", "replace"))
-        rec.payload("S", data[start:end])
-        pos = end
-    rest = data[pos:-2].decode("utf-8", "replace")
-    if rest:
-        rec.server_line(rest)
+    text = b""
+    for i, part in enumerate(resp.parts):
+        if i in resp.literals:
+            rec.server_line(text.rstrip(b"\r\n").decode("utf-8", "replace"))
+            rec.payload("S", part)
+            text = b""
+        else:
+            text += part
+    text = text.rstrip(b"\r\n")
+    if text:
+        rec.server_line(text.decode("utf-8", "replace"))
 
 
 def _notice(rec: SessionRecorder, notice: Notice) -> None:

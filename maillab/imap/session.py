@@ -23,14 +23,25 @@ import binascii
 import bisect
 import datetime
 import enum
+import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..limits import Limits
-from ..store import SPECIAL_USE, InvalidName, Mailbox, MailboxExists, NoSuchMailbox, Store
+from ..store import (
+    SPECIAL_USE,
+    InvalidName,
+    Mailbox,
+    MailboxExists,
+    MessageInfo,
+    NoSuchMailbox,
+    Store,
+    to_crlf,
+)
 from ..store.names import DELIMITER, decode_mutf7, encode_mutf7, is_inbox
 from ..users import Users
 from . import search as searching
@@ -76,16 +87,29 @@ CRLF = b"\r\n"
 
 # -- what the session hands the driver --------------------------------------------
 
-@dataclass
 class Response:
-    """One response as it goes on the wire (CRLF included).
+    """One response as it goes on the wire (CRLF included), in parts.
 
-    ``literals`` marks message data inside it (start, end offsets), which the
-    recorder shows compactly instead of line by line.
+    Message data inside it (a FETCH literal's bytes) is a part of its own, named
+    in ``literals``: written without being copied into the text around it, and
+    shown compactly by the recorder instead of line by line.
     """
 
-    data: bytes
-    literals: tuple[tuple[int, int], ...] = ()
+    __slots__ = ("parts", "literals")
+
+    def __init__(self, data: bytes | tuple[bytes, ...], literals: tuple[int, ...] = ()) -> None:
+        self.parts: tuple[bytes, ...] = (data,) if isinstance(data, bytes) else data
+        self.literals = literals
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.parts))
+
+    def __repr__(self) -> str:
+        return f"Response({self.data[:60]!r}...)"
 
 
 @dataclass
@@ -821,23 +845,25 @@ class IMAPSession:
         flags = self._check_flags(raw_flags)
         mb = view.mailbox
         missing = False
-        changed = False
-        for idx in self._resolve(seqs, cmd.uid):
-            uid = view.uids[idx]
-            with mb.lock:
+        indexes = self._resolve(seqs, cmd.uid)
+        with mb.lock:
+            wanted: dict[int, frozenset[str]] = {}
+            for idx in indexes:
+                uid = view.uids[idx]
                 info = mb.get(uid)
                 if info is None:
-                    missing = True
                     continue
-                if mode == "+":
-                    new = info.flags | flags
-                elif mode == "-":
-                    new = info.flags - flags
-                else:
-                    new = flags
+                new = (info.flags | flags if mode == "+" else info.flags - flags if mode == "-"
+                       else flags)
                 if new != info.flags:
-                    info = mb.set_flags(uid, new)
-                    changed = True
+                    wanted[uid] = new
+            changed = mb.set_flags_many(wanted) if wanted else {}
+        for idx in indexes:
+            uid = view.uids[idx]
+            info = changed.get(uid) or mb.get(uid)
+            if info is None:
+                missing = True
+                continue
             view.flags[uid] = info.flags
             if not silent:
                 uid_part = f"UID {uid} " if cmd.uid else ""
@@ -917,7 +943,8 @@ class IMAPSession:
             flags = info.flags | {"\\Recent"} if uid in view.recent else info.flags
             cand = searching.Candidate(
                 seq, uid, flags, info.crlf_size, info.internaldate,
-                load=lambda uid=uid: mb.read_crlf(uid),
+                load=lambda info=info: _read_wire(mb, info),
+                load_header=lambda name, info=info: _header_field(mb, info, name),
                 sent=lambda uid=uid: self._sent_date(mb, uid))
             try:
                 if test(cand):
@@ -936,7 +963,8 @@ class IMAPSession:
             from . import message
 
             if data is None:
-                data = mb.read_crlf(uid)
+                info = mb.get(uid)
+                data = _read_wire(mb, info) if info is not None else mb.read_crlf(uid)
             cache = dict(message.summarize(data))
             mb.set_cache(uid, cache)
         return cache
@@ -974,7 +1002,7 @@ class IMAPSession:
             data: bytes | None = None
             if needs_data:
                 try:
-                    data = mb.read_crlf(uid)
+                    data = _read_wire(mb, info)
                 except FileNotFoundError:
                     missing = True
                     continue
@@ -986,7 +1014,8 @@ class IMAPSession:
                 seen_changed = True
                 extra_flags = not wants_flags  # RFC 3501 6.4.5: report the \Seen we set
             buf = bytearray(b"* %d FETCH (" % (idx + 1))
-            literals: list[tuple[int, int]] = []
+            parts: list[bytes] = []
+            literals: list[int] = []
             first = True
             for item in items:
                 if not first:
@@ -1029,14 +1058,17 @@ class IMAPSession:
                             body = body[origin:origin + count]
                         label = item.label
                     buf += b"%s {%d}\r\n" % (label.encode(), len(body))
-                    literals.append((len(buf), len(buf) + len(body)))
-                    buf += body
+                    parts.append(bytes(buf))
+                    literals.append(len(parts))
+                    parts.append(body)
+                    buf = bytearray()
             else:
                 if extra_flags:
                     buf += (" FLAGS (" + self._flags_text(view, uid, flags_now) + ")").encode()
                     view.flags[uid] = flags_now
                 buf += b")\r\n"
-                yield Response(bytes(buf), tuple(literals))
+                parts.append(bytes(buf))
+                yield Response(tuple(parts), tuple(literals))
         if seen_changed:
             self.on_change(self.user or "", view.name)
         if missing:
@@ -1098,3 +1130,74 @@ def _uid_set(uids: list[int]) -> str:
         start = prev = u
     out.append(f"{start}:{prev}" if start != prev else str(start))
     return ",".join(out)
+
+
+def _read_wire(mb: Mailbox, info: MessageInfo) -> bytes:
+    """A message as IMAP sends it (CRLF line ends). Files that already are CRLF
+    (everything SMTP and APPEND stored) are sent as read, without a scan."""
+    try:
+        with open(os.path.join(mb.path, info.subdir, info.filename), "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return mb.read_crlf(info.uid)  # renamed meanwhile (a flag change): ask the index
+    if info.crlf_size == info.size:
+        return data
+    if b"\r" not in data:  # a file with bare LF only (Dovecot, mutt): one pass
+        return data.replace(b"\n", b"\r\n")
+    return to_crlf(data)
+
+
+#: Header blocks for SEARCH HEADER/FROM/SUBJECT..., per mailbox and UID: a warm
+#: mailbox answers a header search without opening a file.
+_HEADERS: weakref.WeakKeyDictionary[Mailbox, dict[int, bytes]] = weakref.WeakKeyDictionary()
+
+
+def _read_header(mb: Mailbox, info: MessageInfo) -> bytes:
+    cache = _HEADERS.setdefault(mb, {})
+    header = cache.get(info.uid)
+    if header is None:
+        path = os.path.join(mb.path, info.subdir, info.filename)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(16384)
+                while b"\n\r\n" not in data and b"\n\n" not in data:
+                    more = fh.read(65536)
+                    if not more:
+                        break
+                    data += more
+        except FileNotFoundError:
+            data = mb.read(info.uid)
+        data = to_crlf(data)
+        end = data.find(b"\r\n\r\n")
+        header = data[:end + 4] if end >= 0 else data
+        if len(cache) < 100_000:
+            cache[info.uid] = header
+    return header
+
+
+#: The lines of one header field, per mailbox, UID and field name: what a warm
+#: header search hands to the matcher (a few bytes instead of the whole header).
+_FIELDS: weakref.WeakKeyDictionary[Mailbox, dict[tuple[int, str], bytes]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _header_field(mb: Mailbox, info: MessageInfo, name: str) -> bytes:
+    cache = _FIELDS.setdefault(mb, {})
+    key = (info.uid, name)
+    block = cache.get(key)
+    if block is None:
+        lname = name.lower().encode("ascii", "replace")
+        out: list[bytes] = []
+        taking = False
+        for ln in _read_header(mb, info).split(b"\r\n"):
+            if ln[:1] in (b" ", b"\t"):
+                if taking:
+                    out.append(ln)
+                continue
+            taking = ln.split(b":", 1)[0].rstrip().lower() == lname
+            if taking:
+                out.append(ln)
+        block = b"".join(x + b"\r\n" for x in out) + b"\r\n"
+        if len(cache) < 200_000:
+            cache[key] = block
+    return block

@@ -336,6 +336,24 @@ class Mailbox:
             self._replace(info)
             return info
 
+    def set_flags_many(self, changes: dict[int, frozenset[str]]) -> dict[int, MessageInfo]:
+        """:meth:`set_flags` for many messages in one index transaction (IMAP STORE 1:*).
+
+        UIDs that no longer exist are left out of the result.
+        """
+        out: dict[int, MessageInfo] = {}
+        with self.lock:
+            self._db.execute("BEGIN")
+            try:
+                for uid, flags in changes.items():
+                    if uid in self._messages:
+                        out[uid] = self.set_flags(uid, flags)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return out
+
     def add_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
         with self.lock:
             return self.set_flags(uid, self._messages[uid].flags | frozenset(flags))
