@@ -34,10 +34,8 @@ _EMPTY_BODYSTRUCTURE = '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 
 
 def _first(part: Part, name: str) -> bytes | None:
     # The first occurrence of a MIME field wins, as in Dovecot.
-    for f in part.fields:
-        if f.key == name:
-            return unfold(f.value)
-    return None
+    value = part.first(name)
+    return None if value is None else unfold(value)
 
 
 def merge_rfc2231(params: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

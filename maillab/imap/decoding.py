@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import functools
 import re
 import unicodedata
 
@@ -27,6 +28,7 @@ _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(rb"[ \t\r\n]+")
 
 
+@functools.lru_cache(maxsize=256)
 def known_codec(charset: str | bytes | None) -> str | None:
     """A Python codec for a MIME charset name, or None when Python has none."""
     if isinstance(charset, bytes):

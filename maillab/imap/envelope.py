@@ -227,21 +227,13 @@ def address_list(addresses: list[Address]) -> str:
     return "(" + "".join(a.imap() for a in addresses) + ")"
 
 
-def _last(part: Part, name: str) -> bytes | None:
-    # Dovecot lets a repeated field override the earlier one; so do we.
-    value = None
-    for f in part.fields:
-        if f.key == name:
-            value = f.value
-    return value
-
-
 def _all_addresses(part: Part, name: str) -> list[Address]:
     # A repeated address field adds its addresses (To: a / To: b is To: a, b), as in Dovecot.
     out: list[Address] = []
-    for f in part.fields:
-        if f.key == name and len(out) < MAX_ADDRESSES:
-            out += parse_addresses(f.value)
+    for f in part.all(name):
+        if len(out) >= MAX_ADDRESSES:
+            break
+        out += parse_addresses(f.value)
     return out[:MAX_ADDRESSES]
 
 
@@ -254,7 +246,7 @@ def envelope(part: Part) -> str:
     """The ENVELOPE of the message whose header is ``part``'s header."""
 
     def text(name: str) -> str:
-        raw = _last(part, name)
+        raw = part.last(name)  # a repeated field overrides the earlier one, as in Dovecot
         return imap_nstring(None if raw is None else envelope_text(raw))
 
     def addrs(name: str) -> list[Address]:

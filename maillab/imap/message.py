@@ -54,10 +54,7 @@ def summarize(data: bytes) -> dict[str, object]:
 
 
 def _sent_date(root: Part) -> tuple[float | None, int]:
-    raw = None
-    for f in root.fields:
-        if f.key == "date":
-            raw = f.value
+    raw = root.last("date")
     if raw is None:
         return None, 0
     try:
@@ -124,11 +121,7 @@ def header_matches(data: bytes, field: str, needle: str) -> bool:
     root = parse(data)
     name = field.lower()
     want = fold_case(needle)
-    for f in root.fields:
-        if f.key == name:
-            if not want or want in fold_case(decode_header(f.value)):
-                return True
-    return False
+    return any(not want or want in fold_case(decode_header(f.value)) for f in root.all(name))
 
 
 def _texts(data: bytes, part: Part) -> Iterator[str]:
@@ -137,13 +130,9 @@ def _texts(data: bytes, part: Part) -> Iterator[str]:
         if p.type != "text" or p.is_multipart or p.message is not None:
             continue
         ct = p.content_type
-        enc = None
-        for f in p.fields:
-            if f.key == "content-transfer-encoding":
-                enc = unfold(f.value)
-                break
+        enc = p.first("content-transfer-encoding")
         charset = param_value(ct[2], b"charset") if ct else None
-        raw = decode_transfer(data[p.body_start:p.end], enc)
+        raw = decode_transfer(data[p.body_start:p.end], None if enc is None else unfold(enc))
         yield decode_bytes(raw, charset)
 
 

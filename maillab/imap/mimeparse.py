@@ -62,14 +62,25 @@ class Part:
     content_type: tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None = None
     # A header cut short by a delimiter hands the line break before it to the parent.
     gave_line_break: bool = False
+    _index: dict[str, list[HeaderField]] | None = field(default=None, repr=False, compare=False)
 
-    def get(self, name: str) -> bytes | None:
-        """The raw value of the first field called ``name`` (case-insensitive)."""
-        lname = name.lower()
-        for f in self.fields:
-            if f.key == lname:
-                return f.value
-        return None
+    def all(self, name: str) -> list[HeaderField]:
+        """Every field called ``name`` (lower case), in message order."""
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for f in self.fields:
+                index.setdefault(f.key, []).append(f)
+        return index.get(name, [])
+
+    def first(self, name: str) -> bytes | None:
+        """The raw value of the first field called ``name`` (lower case), if any."""
+        found = self.all(name)
+        return found[0].value if found else None
+
+    def last(self, name: str) -> bytes | None:
+        found = self.all(name)
+        return found[-1].value if found else None
 
 
 # -- header ------------------------------------------------------------------------
@@ -87,46 +98,48 @@ def header_end(data: bytes, start: int, limit: int) -> tuple[int, int]:
         return start, start + 2
     if data.startswith(b"\n", start):
         return start, start + 1
-    pos = start
-    while True:
-        i = data.find(b"\n", pos, limit)
-        if i < 0:
-            return limit, limit
-        nxt = i + 1
-        if data.startswith(b"\r\n", nxt) and nxt + 2 <= limit:
-            return nxt, nxt + 2
-        if data.startswith(b"\n", nxt) and nxt + 1 <= limit:
-            return nxt, nxt + 1
-        pos = nxt
+    crlf = data.find(b"\n\r\n", start, limit)
+    lf = data.find(b"\n\n", start, limit)
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf + 1, crlf + 3
+    if lf >= 0:
+        return lf + 1, lf + 2
+    return limit, limit
 
 
 def parse_fields(data: bytes, start: int, end: int) -> list[HeaderField]:
-    """Split the header lines in ``data[start:end]`` into fields (continuations unfolded later)."""
+    """Split the header lines in ``data[start:end]`` into fields (folding kept in values)."""
     fields: list[HeaderField] = []
+    block = data[start:end]
+    lines = block.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the block ended with a line break
+    pieces: list[bytes] = []  # value lines of the field being read, joined once (linear)
     pos = start
-    while pos < end:
-        i = data.find(b"\n", pos, end)
-        line_end = end if i < 0 else i + 1
-        line = data[pos:line_end]
+    for line in lines:
+        line_end = min(pos + len(line) + 1, end)
         if line[:1] in (b" ", b"\t") and fields:
             # A continuation line (folding, RFC 5322 2.2.3) belongs to the field above.
-            last = fields[-1]
-            last.value += line
-            last.end = line_end
+            pieces.append(line)
+            fields[-1].end = line_end
         else:
+            if pieces:
+                fields[-1].value = b"\n".join(pieces)
+                pieces = []
             colon = line.find(b":")
             if colon < 0:
-                name, value = line.rstrip(b"\r\n"), b""
+                name, value = line.rstrip(b"\r"), b""
             else:
                 name = line[:colon].rstrip(_WSP)
                 value = line[colon + 1:].lstrip(_WSP)
             fields.append(HeaderField(name, value, pos, line_end))
+            pieces.append(value)
         pos = line_end
+    if pieces:
+        fields[-1].value = b"\n".join(pieces)
     for f in fields:
         # The line break that ends the field is not part of its value.
-        if f.value.endswith(b"\r\n"):
-            f.value = f.value[:-2]
-        elif f.value.endswith(b"\n"):
+        if f.value.endswith(b"\r"):
             f.value = f.value[:-1]
     return fields
 
@@ -290,6 +303,7 @@ class _Splitter:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.parts = 0
+        self.patterns: dict[tuple[bytes, ...], re.Pattern[bytes]] = {}
 
     def next_delimiter(self, pos: int, end: int, stack: list[bytes]) -> tuple[int, int, int, bool] | None:
         """The next boundary line at or after ``pos``: (line start, line end, stack index, closes).
@@ -300,32 +314,20 @@ class _Splitter:
         """
         if not stack:
             return None
-        data = self.data
-        i = pos
-        while i < end:
-            if i == pos and (pos == 0 or data[pos - 1] == 0x0A):
-                cand = pos if data.startswith(b"--", pos) else -1
-                if cand < 0:
-                    i = pos + 1
-                    continue
-            else:
-                j = data.find(b"\n--", i - 1 if i > pos else i, end)
-                if j < 0:
-                    return None
-                cand = j + 1
-            line_end = data.find(b"\n", cand, end)
-            line_end = end if line_end < 0 else line_end + 1
-            best = -1
-            for idx in range(len(stack) - 1, -1, -1):
-                b = stack[idx]
-                if (data.startswith(b, cand + 2) and cand + 2 + len(b) <= line_end
-                        and (best < 0 or len(b) > len(stack[best]))):
-                    best = idx
-            if best >= 0:
-                closes = data.startswith(b"--", cand + 2 + len(stack[best]))
-                return cand, line_end, best, closes
-            i = cand + 2
-        return None
+        key = tuple(stack)
+        pattern = self.patterns.get(key)
+        if pattern is None:
+            # Longest boundaries first, so the regex finds the longest that matches.
+            alternatives = b"|".join(re.escape(b) for b in sorted(set(stack), key=len, reverse=True))
+            pattern = self.patterns[key] = re.compile(rb"^--(" + alternatives + rb")", re.MULTILINE)
+        m = pattern.search(self.data, pos, end)
+        if m is None:
+            return None
+        cand, matched = m.start(), m.group(1)
+        best = max(i for i, b in enumerate(stack) if b == matched)  # the innermost of equals
+        line_end = self.data.find(b"\n", cand, end)
+        line_end = end if line_end < 0 else line_end + 1
+        return cand, line_end, best, self.data.startswith(b"--", m.end())
 
     def body_end(self, body_start: int, delim_start: int) -> int:
         """The body ends before the line break that precedes the delimiter line."""
@@ -346,11 +348,7 @@ class _Splitter:
         hdr_end, body_start = header_end(data, start, limit)
         fields = parse_fields(data, start, hdr_end)
         part = Part(start, hdr_end, body_start, limit, fields, *default)
-        ct_value = None
-        for f in fields:
-            if f.key == "content-type":
-                ct_value = f.value
-                break
+        ct_value = part.first("content-type")
         ct = parse_content_type(unfold(ct_value)) if ct_value is not None else None
         part.content_type = ct
         if ct is not None:
