@@ -217,3 +217,13 @@ def test_via_any_host_and_port(ip):
                               " --user alice@alpha.test --password wrong", "x\n")
     assert not wrong.ok and wrong.error.startswith("535 5.7.8")
     assert sorted(r.subject for r in ip.run_line_magic("mail", "inbox bob").rows) == ["direct", "mx"]
+
+
+def test_live_transcripts_are_current_when_a_cell_ends(ip):
+    # a view whose timer would not fire for a minute: the post_run_cell hook brings it up to date
+    view = TranscriptView(lab().events, interval=60)
+    try:
+        ip.run_cell('%%mail --from alice@alpha.test --to bob@alpha.test --subject "hook"\nx\n')
+        assert "Subject: hook" in view.html.value
+    finally:
+        view.close()

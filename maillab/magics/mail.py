@@ -45,7 +45,7 @@ from ..lab import Lab
 from ..services import PortBusy
 from ..users import parse_user_spec
 from ..views import Inbox, StatusTable, Transcript, TranscriptView
-from ..views.transcript import render_html, render_text
+from ..views.transcript import flush_live_views, render_html, render_text
 from . import state
 
 # -- the verb registry ------------------------------------------------------------------
@@ -335,6 +335,11 @@ def _compose_args() -> None:
 @magics_class
 class MailMagics(Magics):
     timeout = Float(10.0, help="seconds every client call may wait for a server").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        if shell is not None and flush_live_views not in shell.events.callbacks["post_run_cell"]:
+            shell.events.register("post_run_cell", flush_live_views)
 
     def lab(self) -> Lab:
         """The kernel's lab, started if needed (what verbs from other modules call too)."""

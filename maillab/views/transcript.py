@@ -17,6 +17,7 @@ import html
 import importlib
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -208,6 +209,19 @@ class Transcript:
 
 ALL = "(all)"
 
+#: Live views, so that the kernel can bring them up to date after every cell.
+_LIVE: weakref.WeakSet[TranscriptView] = weakref.WeakSet()
+
+
+def flush_live_views(*_args: Any) -> None:
+    """Apply every live view's buffered events now (an IPython ``post_run_cell`` hook:
+    when a cell ends, what it did is in the transcripts, whatever the timer's phase)."""
+    for view in list(_LIVE):
+        try:
+            view.flush()
+        except Exception:
+            pass
+
 
 class TranscriptView:
     """A live transcript of ``bus``: filters by session, protocol and user.
@@ -257,6 +271,7 @@ class TranscriptView:
         for control in (self.session_w, self.protocol_w, self.user_w, self.explain_w):
             control.observe(lambda _change: self.refresh(), names="value")
         self.refresh()
+        _LIVE.add(self)
 
     # -- called on the lab thread: must be cheap and must not raise
     def _on_event(self, ev: Event) -> None:
@@ -329,6 +344,7 @@ class TranscriptView:
         """Stop following the bus and close the widgets."""
         self._unsubscribe()
         self._throttle.close()
+        _LIVE.discard(self)
         self.widget.close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
