@@ -38,7 +38,7 @@ class Limits:
     relay_expiry: float = 600.0  # a message still undelivered after this bounces (4.4.7)
     relay_connect_timeout: float = 5.0  # per MX address
     relay_reply_timeout: float = 60.0  # per SMTP reply (RFC 5321 4.5.3.2 allows minutes)
-    relay_concurrency: int = 32  # outgoing SMTP connections at once, whole lab
+    relay_concurrency: int = 10  # deliveries (DNS + SMTP) at once, whole lab
     # All protocols
     auth_failure_delay: float = 1.0  # seconds before answering a failed login
     max_connections: int = 256  # per listener; past it new connections get a busy reply

@@ -452,3 +452,11 @@ def test_bytes_after_220_ready_are_discarded_before_tls(rlab):
     assert seen[2].startswith(b"EHLO")  # after TLS the client starts over with EHLO
     notes = [e.text for e in rlab.events.events(session=d.session) if e.kind == "note"]
     assert any("discarded" in n for n in notes)
+
+
+def test_submit_from_python_outside_the_lab_thread(rlab):
+    qid = rlab.relay.submit("bob@alpha.test", ["dave@gamma.test"], b"Subject: from a cell\r\n\r\nhi\r\n",
+                            origin="mail.alpha.test")
+    msg = rlab.relay.wait(qid, timeout=10)
+    assert msg.state == "delivered" and msg.subject == "from a cell"
+    assert msg.routes["gamma.test"]["answer"][0] == "gamma.test. MX 10 mail.gamma.test."

@@ -300,7 +300,7 @@ async def deliver(
         params = []
         if "SIZE" in extensions:
             params.append(f"SIZE={len(data)}")
-        if "8BITMIME" in extensions and any(b > 0x7F for b in data):
+        if "8BITMIME" in extensions and not data.isascii():
             params.append("BODY=8BITMIME")
         if "SMTPUTF8" in extensions and not (mail_from + "".join(rcpts)).isascii():
             params.append("SMTPUTF8")

@@ -31,6 +31,7 @@ and on any message pasted into a notebook.
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -220,58 +221,65 @@ class _Token:
     end: int
 
 
+_LEX = re.compile(r"""
+    \s+
+  | (?P<semi>;)
+  | (?P<literal>\[[^\]]*\](?::\d+)?)     # [192.0.2.1], Exim's [192.0.2.1]:port
+  | (?P<angle><[^>]*>)
+  | (?P<quoted>"[^"]*")
+  | (?P<open>\()
+  | (?P<bad>[\[<"])                    # a bracket, angle or quote that never closes
+  | (?P<atom>[^\s();<"\[][^\s();<"]*)
+""", re.VERBOSE)
+_PARENS = re.compile(r"[()\\]")
+
+
 def _tokenize(value: str) -> tuple[list[_Token], list[str]]:
     """Split a Received value into RFC 5322 lexical tokens (comments may nest)."""
     tokens: list[_Token] = []
     problems: list[str] = []
     i, n = 0, len(value)
     while i < n:
-        c = value[i]
-        if c.isspace():
-            i += 1
-        elif c == "(":
-            depth, j = 0, i
-            while j < n:
-                if value[j] == "\\":
-                    j += 2
-                    continue
-                if value[j] == "(":
-                    depth += 1
-                elif value[j] == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if j >= n:
+        m = _LEX.match(value, i)
+        assert m is not None  # every character starts one of the alternatives
+        kind = m.lastgroup
+        if kind is None:  # whitespace
+            i = m.end()
+        elif kind == "open":
+            end = _comment_end(value, i)
+            if end is None:
                 problems.append("unbalanced parenthesis")
                 tokens.append(_Token("comment", value[i + 1:], i, n))
                 i = n
             else:
-                tokens.append(_Token("comment", value[i + 1:j], i, j + 1))
-                i = j + 1
-        elif c in "[<\"":
-            close = {"[": "]", "<": ">", "\"": "\""}[c]
-            j = value.find(close, i + 1)
-            if j < 0:
-                problems.append(f"unclosed {c}")
-                j = n - 1
-            k = j + 1
-            if c == "[":  # Exim writes [ip]:port
-                while k < n and (value[k] == ":" or value[k].isdigit()):
-                    k += 1
-            kind = {"[": "literal", "<": "angle", "\"": "quoted"}[c]
-            tokens.append(_Token(kind, value[i:k], i, k))
-            i = k
-        elif c == ";":
-            tokens.append(_Token("semi", ";", i, i + 1))
-            i += 1
+                tokens.append(_Token("comment", value[i + 1:end], i, end + 1))
+                i = end + 1
+        elif kind == "bad":
+            problems.append(f"unclosed {m.group()}")
+            tokens.append(_Token("atom", value[i:], i, n))
+            i = n
         else:
-            j = i
-            while j < n and not value[j].isspace() and value[j] not in "();<\"":
-                j += 1
-            tokens.append(_Token("atom", value[i:j], i, j))
-            i = j
+            tokens.append(_Token(kind, m.group(), i, m.end()))
+            i = m.end()
     return tokens, problems
+
+
+def _comment_end(value: str, start: int) -> int | None:
+    """The index of the ")" closing the comment that opens at ``start``."""
+    depth = 0
+    pos = start
+    while True:
+        m = _PARENS.search(value, pos)
+        if m is None:
+            return None
+        c = m.group()
+        if c == "\\":
+            pos = m.end() + 1  # a quoted-pair: the next character is literal
+            continue
+        depth += 1 if c == "(" else -1
+        if depth == 0:
+            return m.start()
+        pos = m.end()
 
 
 _IPV4 = r"(?:\d{1,3}\.){3}\d{1,3}"
@@ -297,6 +305,7 @@ def _ip_of(text: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _valid_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)

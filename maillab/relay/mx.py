@@ -27,8 +27,10 @@ from typing import Any
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.rcode
+import dns.rdatatype
 import dns.resolver
 
 
@@ -168,8 +170,25 @@ async def find_route(
             if not targets:
                 raise RouteError(True, "5.4.6", f"mail for {domain} loops back to myself", answer)
 
+    # An authoritative MX answer carries the exchanges' addresses in its additional
+    # section (as dig shows); use them and save a query per MX host.
+    glue: dict[str, list[str]] = {}
+    if mx is not None and mx.response.flags & dns.flags.AA:
+        for rrset in mx.response.additional:
+            if rrset.rdtype == dns.rdatatype.A:
+                glue.setdefault(_name(rrset.name), []).extend(rr.address for rr in rrset)
+
     temporary: RouteError | None = None
     for target in targets:
+        if target.name in glue:
+            for address in glue[target.name]:
+                answer.append(f"{target.name}. A {address}")
+                if in_lab(address):
+                    target.addresses.append(address)
+                else:
+                    notes.append(f"{target.name} has address {address}, outside the lab (not loopback):"
+                                 " never contacted")
+            continue
         try:
             a = await _lookup(resolver, target.name, "A")
         except RouteError as exc:

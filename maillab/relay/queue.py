@@ -26,6 +26,7 @@ delayed), and ``lab.relay.heal(host)``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections import OrderedDict
@@ -210,6 +211,10 @@ class RelayQueue:
         queue id at once (delivery runs as a task on the lab loop)."""
         if self.closed or self._loop is None:
             raise RuntimeError("the relay queue is not running (start the lab)")
+        if not self.lab.loop.in_lab_thread():
+            # From a cell: the queue's state belongs to the lab thread, so submit there.
+            return self.lab.loop.call(functools.partial(self.submit, mail_from, rcpts, data,
+                                                        origin=origin, session=session))
         host = origin if isinstance(origin, MailHost) else self.lab.topology.hosts[origin]
         qid = self._new_id()
         msg = QueuedMessage(
@@ -394,7 +399,7 @@ class RelayQueue:
             for r in msg.recipients:
                 if r.state in (QUEUED, "deferred"):
                     pending.setdefault(r.domain, []).append(r)
-            await asyncio.gather(*(self._deliver_domain(msg, d, rs) for d, rs in pending.items()))
+            await asyncio.gather(*(self._gated(msg, d, rs) for d, rs in pending.items()))
             self._after_attempt(msg)
         except asyncio.CancelledError:
             raise
@@ -406,6 +411,13 @@ class RelayQueue:
             self._after_attempt(msg)
         finally:
             msg.running = False
+
+    async def _gated(self, msg: QueuedMessage, domain: str, rcpts: list[Recipient]) -> None:
+        """At most ``relay_concurrency`` deliveries at once, DNS lookups included: a burst
+        of a thousand messages must not become a thousand queries timing out together."""
+        assert self._sem is not None
+        async with self._sem:
+            await self._deliver_domain(msg, domain, rcpts)
 
     async def _deliver_domain(self, msg: QueuedMessage, domain: str, rcpts: list[Recipient]) -> None:
         started = time.time()
@@ -474,16 +486,14 @@ class RelayQueue:
                       host=host, address=address, port=port, mail_from=msg.mail_from, rcpts=rcpts,
                       data=msg.data, connect_timeout=limits.relay_connect_timeout,
                       reply_timeout=limits.relay_reply_timeout, queue_id=msg.id)
-        assert self._sem is not None
-        async with self._sem:
-            required = self.tls_policy == "verify"
-            d = await deliver(self.lab.events, tls_context=self._tls_context, require_tls=required, **kwargs)
-            if (d.unreachable and d.stage == "STARTTLS" and d.error and self._tls_context is not None
-                    and not required):
-                # Opportunistic TLS (RFC 7435, Postfix's "may"): a failed handshake is
-                # noted and the same host is tried again in plaintext.
-                self._note(msg, f"{d.error}; retrying {host} without TLS (opportunistic TLS)")
-                d = await deliver(self.lab.events, tls_context=None, **kwargs)
+        required = self.tls_policy == "verify"
+        d = await deliver(self.lab.events, tls_context=self._tls_context, require_tls=required, **kwargs)
+        if (d.unreachable and d.stage == "STARTTLS" and d.error and self._tls_context is not None
+                and not required):
+            # Opportunistic TLS (RFC 7435, Postfix's "may"): a failed handshake is
+            # noted and the same host is tried again in plaintext.
+            self._note(msg, f"{d.error}; retrying {host} without TLS (opportunistic TLS)")
+            d = await deliver(self.lab.events, tls_context=None, **kwargs)
         return d
 
     def _attempt_of(self, d: Delivery, msg: QueuedMessage, domain: str, rcpts: list[Recipient],
