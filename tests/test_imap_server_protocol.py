@@ -88,6 +88,17 @@ def test_failed_login_is_no_and_password_never_recorded(lab: Lab, user: str) -> 
     assert f"LOGIN {user} ****" in text
 
 
+def test_login_with_literals_is_masked_in_the_transcript(lab: Lab, user: str) -> None:
+    r = raw(lab)
+    r.send(f"a LOGIN {{{len(user)}}}\r\n".encode())
+    assert r.readline().startswith(b"+")
+    r.send(user.encode() + f" {{{len(PASSWORD)}+}}\r\n".encode() + PASSWORD.encode() + b"\r\n")
+    assert r.until_tagged("a")[-1].startswith(b"a OK")
+    r.close()
+    text = " ".join(e.text for e in lab.events.events(protocol="imap"))
+    assert PASSWORD not in text
+
+
 def test_authenticate_plain_with_and_without_initial_response(lab: Lab, user: str) -> None:
     token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode()).decode()
     r = raw(lab)
