@@ -112,7 +112,8 @@ def zone_text_for(
              and not any(_under(h.name, z) and len(z) > len(origin) for z in zone_origins)]
     if hosts:
         lines.append("")
-        lines.append("; The lab's mail hosts, each on its own loopback address.")
+        lines.append("; The lab's mail hosts, each on its own loopback address (IPv4 only: an AAAA")
+        lines.append("; record such as 'mail IN AAAA ::1' would send MTAs to an address nobody listens on).")
         for host in hosts:
             lines.append(f"{_relative(host.name, origin)}\tIN\tA\t{host.address}")
     final = topology.host_for_domain(origin) if domain is not None else None
