@@ -227,3 +227,26 @@ def test_live_transcripts_are_current_when_a_cell_ends(ip):
         assert "Subject: hook" in view.html.value
     finally:
         view.close()
+
+
+def test_busy_default_ports_fall_back_to_free_ports(tmp_path):
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "maillab")
+    holder = socket.socket()
+    try:
+        try:
+            holder.bind(("127.0.0.1", 2525))
+            holder.listen()
+        except OSError:
+            pass  # held by someone else: just as busy
+        table = shell.run_line_magic("mail", f"start --dir {tmp_path / 'lab'} --domain alpha.test")
+        try:
+            # 2525 (or, when another lab holds the defaults, whichever port was first busy)
+            assert "is already in use" in repr(table), repr(table)
+            assert "using free ports instead" in repr(table)
+            smtp = next(r for r in table.rows if r["service"] == "smtp")
+            assert smtp["lab_port"] != 2525 and smtp["state"] == "running"
+        finally:
+            shell.run_line_magic("mail", "stop")
+    finally:
+        holder.close()
