@@ -339,19 +339,41 @@ class Mailbox:
     def set_flags_many(self, changes: dict[int, frozenset[str]]) -> dict[int, MessageInfo]:
         """:meth:`set_flags` for many messages in one index transaction (IMAP STORE 1:*).
 
-        UIDs that no longer exist are left out of the result.
+        UIDs that no longer exist (or whose file another tool removed) are left
+        out of the result.
         """
         out: dict[int, MessageInfo] = {}
+        base = str(self.path)
         with self.lock:
+            was_in_sync = self._in_sync()
             self._db.execute("BEGIN")
             try:
-                for uid, flags in changes.items():
-                    if uid in self._messages:
-                        out[uid] = self.set_flags(uid, flags)
+                for uid, wanted in changes.items():
+                    info = self._messages.get(uid)
+                    if info is None:
+                        continue
+                    flags = frozenset(wanted)
+                    subdir, filename = info.subdir, info.filename
+                    letters = _info_for(flags)
+                    if flags != info.flags and (_info_for(info.flags) != letters or subdir == "new"):
+                        filename = f"{info.key}:2,{letters}"
+                        try:
+                            os.rename(os.path.join(base, info.subdir, info.filename),
+                                      os.path.join(base, "cur", filename))
+                        except FileNotFoundError:
+                            was_in_sync = False  # changed behind our back: rescan next time
+                            continue
+                        subdir = "cur"
+                    if flags != info.flags:
+                        info = replace(info, subdir=subdir, filename=filename, flags=flags)
+                        self._replace(info)
+                    out[uid] = info
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._own_change_done(was_in_sync)
         return out
 
     def add_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
