@@ -18,6 +18,11 @@ How answers are compared (every normalisation, and why):
 - Address lists: maillab keeps at most envelope.MAX_ADDRESSES addresses per
   ENVELOPE field (odd_huge_header.eml has 1,500 recipients); Dovecot keeps all.
   Dovecot's list is cut at the same length before comparing.
+- SENTBEFORE/SENTON/SENTSINCE: Dovecot gives a message without a usable Date
+  header the date 1-Jan-1970; maillab never matches it with a SENT* key (RFC 3501
+  speaks only of messages whose Date header ...). Those messages (Dovecot's own
+  SENTON 1-Jan-1970 answer, checked to be exactly the ones maillab finds no
+  date in) are left out of both servers' SENT* answers.
 
 Everything else (part numbering, sizes, line counts, parameter order, RFC 2231
 merging, defaults, header-only parts, broken boundaries, SEARCH decoding) must be
@@ -209,6 +214,15 @@ def search(c: imaplib.IMAP4, key: str, needle: str) -> set[int]:
     return {int(x) for x in data[0].split()}
 
 
+#: SEARCH keys without a needle, compared between the two servers only.
+SERVER_SEARCHES = ["SENTON 1-Jan-1970", "SENTON 7-Feb-1994", "SENTON 4-May-2001", "SENTON 20-Apr-2001", "SENTON 4-Jan-2024",
+                   "SENTON 3-Jan-2024", "SENTON 1-Jan-2001", "SENTON 5-Jan-2024", "SENTON 1-Aug-2023",
+                   "SENTBEFORE 1-Jan-2001", "SENTSINCE 1-Jan-2024", "NOT SENTSINCE 1-Jan-2002",
+                   "LARGER 5000", "SMALLER 500", "OR SUBJECT test FROM python", "NOT BODY the",
+                   'HEADER Content-Type ""', 'CC ""', "TO example.com SUBJECT nested",
+                   "OR (SMALLER 1000 BODY x) (LARGER 20000 TEXT boundary)"]
+
+
 def _section_items() -> str:
     return "(" + " ".join(f"BODY.PEEK[{s}]" for s in SECTIONS) + ")"
 
@@ -238,6 +252,10 @@ def collect(host: str, port: int, user: str, password: str) -> dict[str, object]
             answers[name].update(fetch(c, uid, _section_items()))
         names = {uid: name for name, uid in uids.items()}
         searches = {(key, needle): {names[u] for u in search(c, key, needle)} for key, needle in SEARCHES}
+        for criteria in SERVER_SEARCHES:
+            typ, data = c.uid("SEARCH", criteria)
+            assert typ == "OK", (criteria, data)
+            searches[criteria] = {names[int(u)] for u in data[0].split()}
         return {"fetch": answers, "search": searches}
     finally:
         c.logout()
@@ -368,7 +386,21 @@ def test_server_fetch_matches_dovecot(path: Path, dovecot_answers, maillab_answe
         assert (ours.get(key) or b"") == (theirs.get(key) or b""), spec
 
 
-def test_server_search_matches_dovecot(dovecot_answers, maillab_answers) -> None:
-    different = {q: (maillab_answers["search"][q], d)
-                 for q, d in dovecot_answers["search"].items() if maillab_answers["search"][q] != d}
-    assert not different
+@pytest.mark.parametrize("query", [*SEARCHES, *SERVER_SEARCHES], ids=str)
+def test_server_search_matches_dovecot(query, dovecot_answers, maillab_answers) -> None:
+    theirs, ours = dovecot_answers["search"][query], maillab_answers["search"][query]
+    if isinstance(query, str) and "SENT" in query:
+        # Known difference: Dovecot dates a message without a (valid) Date header
+        # 1-Jan-1970, so SENTBEFORE finds it; maillab, reading RFC 3501 literally
+        # ("messages whose Date: header ..."), never matches it with a SENT* key.
+        # Those messages are left out of SENT* comparisons.
+        undated = dovecot_answers["search"]["SENTON 1-Jan-1970"]
+        theirs, ours = theirs - undated, ours - undated
+    assert ours == theirs
+
+
+def test_same_messages_have_no_date(dovecot_answers) -> None:
+    """Both agree on which messages have no usable Date (what the SENT* normalisation hides)."""
+    ours = {p.name for p in CORPUS if summarize(to_crlf(p.read_bytes()))["date"] is None}
+    assert ours == dovecot_answers["search"]["SENTON 1-Jan-1970"]
+    assert "cpython_msg_47.eml" in ours  # "00:01+0000": no space before the zone

@@ -19,6 +19,7 @@ ENVELOPE in ``envelope``, the BODYSTRUCTURE in ``bodystructure``.
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Iterator
 
 from .bodystructure import body_structure
@@ -27,6 +28,8 @@ from .envelope import envelope
 from .mimeparse import Part, find_part, param_value, parse, unfold
 
 __all__ = ["summarize", "section", "header_matches", "body_matches", "text_matches", "parse"]
+
+_TIME_THEN_ZONE = re.compile(r"\d:\d\d(?::\d\d)?[ \t]+[-+A-Za-z]")
 
 #: Section kinds of RFC 3501 6.4.5 (besides a bare part number).
 SECTION_KINDS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME")
@@ -54,11 +57,14 @@ def summarize(data: bytes) -> dict[str, object]:
 
 
 def _sent_date(root: Part) -> tuple[float | None, int]:
-    raw = root.last("date")
+    raw = root.first("date")  # SENT* use the first Date (Dovecot), ENVELOPE the last
     if raw is None:
         return None, 0
+    text = unfold(raw).decode("latin-1")
+    if not _TIME_THEN_ZONE.search(text):
+        return None, 0  # RFC 5322 3.3: time-of-day FWS zone; no zone, no date (as Dovecot)
     try:
-        parsed = email.utils.parsedate_tz(unfold(raw).decode("latin-1"))
+        parsed = email.utils.parsedate_tz(text)
         if parsed is None or not 1 <= parsed[0] <= 9999:
             return None, 0
         offset = parsed[9] or 0
@@ -125,9 +131,10 @@ def header_matches(data: bytes, field: str, needle: str) -> bool:
 
 
 def _texts(data: bytes, part: Part) -> Iterator[str]:
-    """The decoded text of every text part (what SEARCH BODY looks at, as in Dovecot)."""
+    """The decoded text of every text/* and message/* leaf part (what SEARCH BODY looks at,
+    as in Dovecot: images and applications are not text)."""
     for p in _walk(part):
-        if p.type != "text" or p.is_multipart or p.message is not None:
+        if p.type not in ("text", "message") or p.is_multipart or p.message is not None:
             continue
         ct = p.content_type
         enc = p.first("content-transfer-encoding")
