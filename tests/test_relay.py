@@ -460,3 +460,16 @@ def test_submit_from_python_outside_the_lab_thread(rlab):
     msg = rlab.relay.wait(qid, timeout=10)
     assert msg.state == "delivered" and msg.subject == "from a cell"
     assert msg.routes["gamma.test"]["answer"][0] == "gamma.test. MX 10 mail.gamma.test."
+
+
+def test_bounce_for_a_sender_of_another_host_travels_with_a_null_sender(rlab):
+    rlab.relay.fail("mail.gamma.test", "reject")
+    qid = submit(rlab, ["dave@gamma.test"], "carol via alpha", login=("carol@beta.test", "carol-pw"))
+    msg = rlab.relay.wait(qid, timeout=15)
+    assert msg.state == "bounced"
+    # mail.alpha.test does not hold carol's mailbox: the DSN is queued for her MX, from <>
+    dsn = rlab.relay.wait(msg.dsn["queue_id"], timeout=15)
+    assert dsn.mail_from == "" and dsn.state == "delivered"
+    assert dsn.attempts[-1].host == "mx1.beta.test"
+    [report] = [m for m in maildir(rlab, "carol@beta.test") if m.get_content_type() == "multipart/report"]
+    assert "5.7.1" in report.as_string()
