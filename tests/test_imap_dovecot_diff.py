@@ -223,6 +223,12 @@ SERVER_SEARCHES = ["SENTON 1-Jan-1970", "SENTON 7-Feb-1994", "SENTON 4-May-2001"
                    "OR (SMALLER 1000 BODY x) (LARGER 20000 TEXT boundary)"]
 
 
+#: More FETCH items, compared between the two servers only (the mailbox is EXAMINEd,
+#: so RFC822.TEXT cannot set \Seen). FLAGS and INTERNALDATE legitimately differ.
+OTHER_ITEMS = ("(RFC822.SIZE RFC822.HEADER RFC822.TEXT BODY.PEEK[]<0.100> BODY.PEEK[1]<3.10> "
+               "BODY.PEEK[TEXT]<5000.100> BODY.PEEK[2.MIME]<0.20> BODY.PEEK[HEADER.FIELDS (DATE)]<2.5>)")
+
+
 def _section_items() -> str:
     return "(" + " ".join(f"BODY.PEEK[{s}]" for s in SECTIONS) + ")"
 
@@ -250,6 +256,7 @@ def collect(host: str, port: int, user: str, password: str) -> dict[str, object]
         for name, uid in uids.items():
             answers[name] = fetch(c, uid, "(ENVELOPE BODY BODYSTRUCTURE)")
             answers[name].update(fetch(c, uid, _section_items()))
+            answers[name]["other"] = fetch(c, uid, OTHER_ITEMS)
         names = {uid: name for name, uid in uids.items()}
         searches = {(key, needle): {names[u] for u in search(c, key, needle)} for key, needle in SEARCHES}
         for criteria in SERVER_SEARCHES:
@@ -384,6 +391,9 @@ def test_server_fetch_matches_dovecot(path: Path, dovecot_answers, maillab_answe
     for spec in SECTIONS:
         key = _section_key(spec)
         assert (ours.get(key) or b"") == (theirs.get(key) or b""), spec
+    mine = {k: v for k, v in ours["other"].items() if k != "UID"}
+    assert {"RFC822.SIZE", "RFC822.HEADER", "RFC822.TEXT", "BODY[]<0>"} <= mine.keys()
+    assert mine == {k: v for k, v in theirs["other"].items() if k != "UID"}
 
 
 @pytest.mark.parametrize("query", [*SEARCHES, *SERVER_SEARCHES], ids=str)
