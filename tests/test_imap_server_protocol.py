@@ -142,6 +142,30 @@ def test_wrong_state_is_bad_and_bad_tag_is_untagged_bad(lab: Lab, user: str) -> 
     r.close()
 
 
+def test_logindisabled_when_plaintext_passwords_are_off(lab: Lab, user: str) -> None:
+    lab.extras["imap_plaintext_auth"] = False
+    try:
+        c = client(lab)
+        assert "LOGINDISABLED" in c.capabilities and "AUTH=PLAIN" not in c.capabilities
+        typ, data = c._simple_command("LOGIN", user, PASSWORD)
+        assert typ == "NO" and b"PRIVACYREQUIRED" in data[0]
+        c.starttls(lab.ca.client_context())
+        assert "AUTH=PLAIN" in c.capabilities and "LOGINDISABLED" not in c.capabilities
+        c.login(user, PASSWORD)
+        c.logout()
+    finally:
+        lab.extras.pop("imap_plaintext_auth")
+
+
+def test_idle_timeout_ends_the_session(tmp_path) -> None:
+    with Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], services=("imap",),
+             limits=fast_limits(imap_idle_timeout=0.5)) as lab:
+        r = RawIMAP(*lab.address("imap"))
+        r.sock.settimeout(5)
+        assert r.readline().startswith(b"* BYE")
+        assert r.closed()
+
+
 def test_connections_per_user_are_capped(lab: Lab, user: str) -> None:
     clients = [client(lab, user) for _ in range(lab.limits.imap_connections_per_user)]
     extra = client(lab)
