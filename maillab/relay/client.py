@@ -180,6 +180,13 @@ class _Session:
             if reply is not None:
                 return reply
 
+    async def send(self, lines: list[str]) -> None:
+        """Write ``lines`` at once, without waiting for replies (PIPELINING)."""
+        for line in lines:
+            self.rec.client_line(line)
+        self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
+        await self.writer.drain()
+
     async def command(self, line: str) -> Reply:
         self.rec.client_line(line)
         self.writer.write(line.encode("utf-8") + b"\r\n")
@@ -304,23 +311,44 @@ async def deliver(
             params.append("BODY=8BITMIME")
         if "SMTPUTF8" in extensions and not (mail_from + "".join(rcpts)).isascii():
             params.append("SMTPUTF8")
-        mail = await s.command(f"MAIL FROM:<{mail_from}>" + "".join(" " + p for p in params))
-        result.mail_reply = mail
-        if mail.code != 250:
-            await _quit(s)
-            return result
-        accepted = []
-        for rcpt in rcpts:
-            result.stage = "RCPT"
-            r = await s.command(f"RCPT TO:<{rcpt}>")
-            result.rcpt_replies[rcpt] = r
-            if r.code in (250, 251):
-                accepted.append(rcpt)
-        if not accepted:
-            await _quit(s)
-            return result
-        result.stage = "DATA"
-        go = await s.command("DATA")
+        mail_line = f"MAIL FROM:<{mail_from}>" + "".join(" " + p for p in params)
+        accepted: list[str] = []
+        if "PIPELINING" in extensions:
+            # RFC 2920: MAIL, every RCPT and DATA in one write; the replies come back
+            # in the same order. One round trip instead of two plus one per recipient.
+            await s.send([mail_line, *(f"RCPT TO:<{r}>" for r in rcpts), "DATA"])
+            mail = result.mail_reply = await s.reply()
+            for rcpt in rcpts:
+                result.stage = "RCPT"
+                r = await s.reply()
+                if mail.code == 250:
+                    result.rcpt_replies[rcpt] = r
+                    if r.code in (250, 251):
+                        accepted.append(rcpt)
+            result.stage = "DATA"
+            go = await s.reply()
+            if mail.code != 250 or not accepted:
+                if go.code == 354:  # RFC 2920 3.1: nobody to deliver to, so end the data at once
+                    await s.send(["."])
+                    await s.reply()
+                await _quit(s)
+                return result
+        else:
+            mail = result.mail_reply = await s.command(mail_line)
+            if mail.code != 250:
+                await _quit(s)
+                return result
+            for rcpt in rcpts:
+                result.stage = "RCPT"
+                r = await s.command(f"RCPT TO:<{rcpt}>")
+                result.rcpt_replies[rcpt] = r
+                if r.code in (250, 251):
+                    accepted.append(rcpt)
+            if not accepted:
+                await _quit(s)
+                return result
+            result.stage = "DATA"
+            go = await s.command("DATA")
         if go.code != 354:
             for rcpt in accepted:
                 result.rcpt_replies[rcpt] = go
