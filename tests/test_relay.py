@@ -110,6 +110,10 @@ def test_three_host_relay_with_received_chain(rlab):
     lines = [e for e in rlab.events.events(session=attempt.session)]
     assert all(e.side == "client" and e.host == "mail.alpha.test" for e in lines)
     assert [e.text for e in lines if e.kind == "C"][:2] == ["EHLO mail.alpha.test", "STARTTLS"]
+    # PIPELINING (RFC 2920): MAIL, RCPT and DATA leave in one write, the replies follow
+    wire = [(e.kind, e.text.split()[0]) for e in lines if e.kind in ("C", "S")]
+    i = wire.index(("C", "MAIL"))
+    assert wire[i:i + 6] == [("C", "MAIL"), ("C", "RCPT"), ("C", "DATA"), ("S", "250"), ("S", "250"), ("S", "354")]
     # and every state change of the queue entry is an event
     states = [e.data["state"] for e in rlab.events.events(protocol="relay") if e.kind == "state"
               and e.data.get("queue_id") == qid]
