@@ -213,7 +213,7 @@ def parse_hops(message: bytes | str) -> HopTable:
 
 
 # -- one Received line ---------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class _Token:
     kind: str  # "atom", "comment", "literal" ([...]), "angle" (<...>), "quoted", "semi"
     text: str  # comments without their outer parentheses; others as written
@@ -222,14 +222,16 @@ class _Token:
 
 
 _LEX = re.compile(r"""
-    \s+
-  | (?P<semi>;)
+    \s*(?:
+    (?P<semi>;)
+  | (?P<comment>\((?:[^()\\]|\\.)*\))     # a comment without nested ones (most are)
   | (?P<literal>\[[^\]]*\](?::\d+)?)     # [192.0.2.1], Exim's [192.0.2.1]:port
   | (?P<angle><[^>]*>)
   | (?P<quoted>"[^"]*")
   | (?P<open>\()
   | (?P<bad>[\[<"])                    # a bracket, angle or quote that never closes
   | (?P<atom>[^\s();<"\[][^\s();<"]*)
+  | $)
 """, re.VERBOSE)
 _PARENS = re.compile(r"[()\\]")
 
@@ -243,9 +245,13 @@ def _tokenize(value: str) -> tuple[list[_Token], list[str]]:
         m = _LEX.match(value, i)
         assert m is not None  # every character starts one of the alternatives
         kind = m.lastgroup
-        if kind is None:  # whitespace
+        if kind is None:  # only whitespace was left
+            break
+        if kind == "comment":
+            tokens.append(_Token("comment", m.group(kind)[1:-1], m.start(kind), m.end()))
             i = m.end()
         elif kind == "open":
+            i = m.start(kind)
             end = _comment_end(value, i)
             if end is None:
                 problems.append("unbalanced parenthesis")
@@ -255,11 +261,12 @@ def _tokenize(value: str) -> tuple[list[_Token], list[str]]:
                 tokens.append(_Token("comment", value[i + 1:end], i, end + 1))
                 i = end + 1
         elif kind == "bad":
-            problems.append(f"unclosed {m.group()}")
+            i = m.start(kind)
+            problems.append(f"unclosed {m.group(kind)}")
             tokens.append(_Token("atom", value[i:], i, n))
             i = n
         else:
-            tokens.append(_Token(kind, m.group(), i, m.end()))
+            tokens.append(_Token(kind, m.group(kind), m.start(kind), m.end()))
             i = m.end()
     return tokens, problems
 
