@@ -116,8 +116,9 @@ def exercise(data: bytes) -> None:
     check_body(read(s["body"]), extended=False)
     check_body(read(s["bodystructure"]), extended=True)
     assert s["date"] is None or isinstance(s["date"], float)
-    assert section(data, (), None) == data
-    assert section(data, (), "HEADER") + section(data, (), "TEXT") == data
+    wire = data.replace(b"\0", b"\x80")  # NUL never goes into a literal (RFC 3501 4.3)
+    assert section(data, (), None) == wire
+    assert section(data, (), "HEADER") + section(data, (), "TEXT") == wire
     # HEADER.FIELDS always ends with the empty line; .NOT copies the message's own.
     assert section(data, (), "HEADER.FIELDS", ("From", "Subject")).endswith(b"\r\n")
     assert isinstance(section(data, (), "HEADER.FIELDS.NOT", ("From", "Subject")), bytes)

@@ -81,8 +81,15 @@ def section(data: bytes, part: tuple[int, ...], kind: str | None,
 
     ``part`` () is the whole message; HEADER, HEADER.FIELDS(.NOT) and TEXT of a
     numbered part need a message/rfc822 part and refer to the message inside it;
-    MIME is the header of a numbered part.
+    MIME is the header of a numbered part. A literal may not carry NUL (RFC 3501
+    4.3), so NUL octets come out as 0x80, as Dovecot sends them.
     """
+    out = _section(data, part, kind, fields)
+    return out.replace(b"\0", b"\x80") if b"\0" in out else out
+
+
+def _section(data: bytes, part: tuple[int, ...], kind: str | None,
+             fields: tuple[str, ...] = ()) -> bytes:
     root = parse(data)
     kind = kind.upper() if kind else None
     if part:
