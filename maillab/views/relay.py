@@ -300,14 +300,25 @@ def _layout(path: RelayPath) -> dict[int, tuple[int, int]]:
     return pos
 
 
-def path_svg(path: RelayPath, *, box_w: int = 170, gap: int = 120, row_h: int = 95) -> str:
+def _label_lines(hop: PathHop) -> list[str]:
+    """The arrow's label in two short lines: protocol + TLS, then the time taken."""
+    first = ", ".join(p for p in (hop.protocol or "", _tls_text(hop) if hop.encrypted is not None else "") if p)
+    if hop.encrypted is False:
+        first = first.replace(", no", ", no TLS")
+    second = _delay(hop.seconds).lstrip("+") if hop.seconds is not None else ""
+    return [line for line in (first, second) if line]
+
+
+def path_svg(path: RelayPath, *, box_w: int = 190, gap: int = 210, row_h: int = 130) -> str:
+    """The path as an SVG drawing: main path left to right, failed attempts below."""
     pos = _layout(path)
     cols = max((c for c, _ in pos.values()), default=0) + 1
     rows = max((r for _, r in pos.values()), default=0) + 1
     width = cols * box_w + (cols - 1) * gap + 20
-    height = rows * row_h + 60
+    height = rows * row_h + 50
     x = {i: 10 + c * (box_w + gap) for i, (c, _) in pos.items()}
-    y = {i: 40 + r * row_h for i, (_, r) in pos.items()}
+    y = {i: 50 + r * row_h for i, (_, r) in pos.items()}
+    chars = (gap - 10) // 6  # what fits between two boxes at 10 px
     esc = html.escape
     out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
            f"font-family='sans-serif' font-size='12'>",
@@ -317,34 +328,51 @@ def path_svg(path: RelayPath, *, box_w: int = 170, gap: int = 120, row_h: int = 
                for n, c in (("ok", _OK), ("fail", _FAIL), ("pend", _PENDING), ("plain", _PLAIN))) + "</defs>",
            f"<text x='10' y='18' font-weight='bold'>{esc(path.title)}"
            + (f" — {esc(path.state)}" if path.state else "") + "</text>"]
+
+    def text(tx: float, ty: float, body: str, colour: str = _PLAIN, size: int = 10, anchor: str = "middle") -> None:
+        out.append(f"<text x='{tx:.0f}' y='{ty:.0f}' text-anchor='{anchor}' font-size='{size}' "
+                   f"fill='{colour}'>{esc(body)}</text>")
+
     for hop in path.hops:
         s, t = hop.source, hop.target
         colour, marker = ((_FAIL, "fail") if hop.ok is False else (_PENDING, "pend") if hop.ok is None
                           else (_OK, "ok") if hop.encrypted else (_PLAIN, "plain"))
-        x1, y1 = x[s] + box_w, y[s] + 18
-        x2, y2 = x[t], y[t] + 18
-        if x2 <= x1:  # back to an earlier column (a loop in a header): curve under
-            x1, x2 = x[s] + box_w / 2, x[t] + box_w / 2
         dash = " stroke-dasharray='6,4'" if hop.ok is not True or hop.encrypted is False else ""
-        out.append(f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='{colour}' stroke-width='2'"
-                   f"{dash} marker-end='url(#ah{marker})'/>")
-        mx, my = (x1 + x2) / 2, (y1 + y2) / 2
-        label = hop.label()
-        if label:
-            out.append(f"<text x='{mx}' y='{my - 6}' text-anchor='middle' fill='{colour}'>{esc(label)}</text>")
         below = [b for b in (hop.dns and f"DNS {hop.dns}", hop.result) if b]
-        for k, b in enumerate(below):
-            out.append(f"<text x='{mx}' y='{my + 14 + 13 * k}' text-anchor='middle' font-size='10' "
-                       f"fill='{_PLAIN}'>{esc(_short(b, 40))}</text>")
+        side = pos[t][1] > pos[s][1]
+        if s == t:
+            continue  # a step inside one host (e.g. MAPI inside Exchange): listed, not drawn
+        if side:  # a failed or pending attempt: down to its node, its story under the node
+            x1, y1, x2, y2 = x[s] + box_w, y[s] + 30, x[t] + box_w / 2, y[t]
+            out.append(f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='{colour}' stroke-width='2'"
+                       f"{dash} marker-end='url(#ah{marker})'/>")
+            for k, line in enumerate(_label_lines(hop)):
+                text((x1 + x2) / 2 - 8, (y1 + y2) / 2 + 13 * k, line, colour, 11, "end")
+            for k, b in enumerate(below):
+                text(x[t] + box_w / 2, y[t] + 50 + 13 * k, _short(b, (box_w + gap) // 6))
+            continue
+        if pos[t][0] > pos[s][0]:
+            x1, y1, x2, y2 = x[s] + box_w, y[s] + 18, x[t], y[t] + 18
+            mx = (x1 + x2) / 2
+            lines = _label_lines(hop)
+            for k, line in enumerate(lines):
+                text(mx, y1 - 6 - 13 * (len(lines) - 1 - k), line, colour, 11)
+            for k, b in enumerate(below):
+                text(mx, y1 + 16 + 12 * k, _short(b, chars))
+            out.append(f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='{colour}' stroke-width='2'"
+                       f"{dash} marker-end='url(#ah{marker})'/>")
+        else:  # back to an earlier host (a content filter loop in a header): an arc underneath
+            x1, x2, yb = x[s] + box_w / 2, x[t] + box_w / 2, y[s] + 36
+            out.append(f"<path d='M{x1},{yb} C{x1},{yb + 50} {x2},{yb + 50} {x2},{yb}' fill='none' "
+                       f"stroke='{colour}' stroke-width='2'{dash} marker-end='url(#ah{marker})'/>")
+            text((x1 + x2) / 2, yb + 52, " ".join(_label_lines(hop)), colour, 11)
     for i, node in enumerate(path.nodes):
         stroke = _FAIL if node.side else _INK
         out.append(f"<rect x='{x[i]}' y='{y[i]}' width='{box_w}' height='36' rx='6' fill='#f6f8fa' "
                    f"stroke='{stroke}'/>")
-        out.append(f"<text x='{x[i] + box_w / 2}' y='{y[i] + 15}' text-anchor='middle'>"
-                   f"{esc(_short(node.name, 26))}</text>")
+        text(x[i] + box_w / 2, y[i] + 15, _short(node.name, 29), _INK, 12)
         if node.address:
-            out.append(f"<text x='{x[i] + box_w / 2}' y='{y[i] + 29}' text-anchor='middle' font-size='10' "
-                       f"fill='{_PLAIN}'>{esc(node.address)}</text>")
+            text(x[i] + box_w / 2, y[i] + 29, node.address)
     out.append("</svg>")
     return "".join(out)
 
@@ -423,7 +451,10 @@ def figure(path: RelayPath, *, width: float | None = None) -> Figure:
         if hop.label():
             ax.text(mx, my + (0.08 if not back else -0.05), hop.label().replace(", ", "\n", 1), ha="center",
                     va="bottom" if not back else "top", fontsize=7.5, color=colour)
-        if below:
+        if below and yt < ys:  # a failed attempt: its story under its own node
+            ax.text(xt + bw / 2, yt - 0.08, "\n".join(_short(b, 44) for b in below), ha="center", va="top",
+                    fontsize=7, color=_PLAIN)
+        elif below:
             ax.text(mx, my - (0.1 if not back else 0.4), "\n".join(_short(b, 34) for b in below),
                     ha="center", va="top", fontsize=7, color=_PLAIN)
     for i, node in enumerate(path.nodes):
@@ -558,7 +589,7 @@ def _relay_hops(lab: Lab, path: RelayPath, msg: Any, depth: int = 0) -> None:
         m = _QUEUED_AS.search(attempt.text or "")
         stored = _stored_for(lab, attempt.host, m.group(1) if m else None)
         for ev in stored:
-            box = path.node(f"mailbox {ev.data.get('mailbox', '?')}")
+            box = path.node(_mailbox_name(str(ev.data.get("mailbox", "?"))))
             path.hops.append(PathHop(target, box, protocol="Maildir", seconds=None,
                                      result=f"stored, uid {ev.data.get('uid')}", ok=True))
         if not stored and m and depth < 8:
@@ -579,10 +610,16 @@ def _relay_hops(lab: Lab, path: RelayPath, msg: Any, depth: int = 0) -> None:
         path.notes.append("an attempt is running now")
     if msg.dsn:
         who = msg.dsn.get("delivered_to") or msg.mail_from
-        box = path.node(f"mailbox {who}/INBOX")
+        box = path.node(_mailbox_name(f"{who}/INBOX"))
         path.hops.append(PathHop(origin, box, protocol="DSN", result=(
             f"bounce delivered, uid {msg.dsn.get('uid')}" if msg.dsn.get("uid") is not None
             else f"bounce queued as {msg.dsn.get('queue_id')}"), ok=True))
+
+
+def _mailbox_name(mailbox: str) -> str:
+    """"carol@beta.test/INBOX" -> "mailbox carol@beta.test" (other folders keep their name)."""
+    user, _, folder = mailbox.partition("/")
+    return f"mailbox {user}" + (f" ({folder})" if folder and folder.upper() != "INBOX" else "")
 
 
 def _host_address(lab: Lab, name: str) -> str | None:
