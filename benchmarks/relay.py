@@ -9,13 +9,16 @@ Phases, each with the same client (smtplib, one persistent STARTTLS session per
 client thread, ``--clients`` threads) and 2 KiB messages:
 
 1. single hop, MX: straight into mx1.beta.test's "port 25" for carol@beta.test
-   (the cost of one SMTP hop into a mailbox);
+   (the cost of one SMTP hop into a mailbox); then the same with a new connection and
+   STARTTLS handshake for every message, which is what each relay hop does;
 2. single hop, submission: alice@alpha.test (AUTH) to bob@alpha.test on
    mail.alpha.test (submission into a local mailbox);
 3. three hops: alice@alpha.test submits for carol@beta.test: submission ->
    mail.alpha.test's queue -> MX lookup in the lab DNS -> SMTP (STARTTLS) to
    mx1.beta.test -> carol's Maildir;
-4. ten domains, all to all: d0.test ... d9.test, one mail host each on its own
+4. phase 3 once more, one at a time (latency without queueing), and with the relay's
+   DNS cache on (``relay_dns_cache``; off by default so students see every lookup);
+5. ten domains, all to all: d0.test ... d9.test, one mail host each on its own
    loopback address; every domain's user sends to the users of all nine others.
 
 For each: messages/s end to end (first byte sent to last message in its mailbox),
@@ -84,7 +87,8 @@ class Phase:
                 f"{statistics.median(lat) * 1000:8.1f} {p95(lat) * 1000:8.1f}  {self.rss:7.0f}")
 
 
-def send_all(lab: Lab, phase: Phase, jobs: list[tuple[str, str, str, str | None, int]], clients: int) -> None:
+def send_all(lab: Lab, phase: Phase, jobs: list[tuple[str, str, str, str | None, int]], clients: int,
+             *, fresh: bool = False) -> None:
     """jobs: (submitting host, sender, recipient, password or None for the MX port, n).
     Each client thread keeps one STARTTLS session per host it talks to."""
     ctx = ssl.create_default_context(cafile=str(lab.ca_path))
@@ -107,6 +111,9 @@ def send_all(lab: Lab, phase: Phase, jobs: list[tuple[str, str, str, str | None,
                     sessions[key] = s
                 phase.sent_at[n] = time.time()
                 s.sendmail(sender, [rcpt], message(sender, rcpt, n))
+                if fresh:  # a new connection and TLS handshake per message, as the relay does
+                    s.quit()
+                    del sessions[key]
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
@@ -156,8 +163,24 @@ def wait_done(phase: Phase, expected: int, timeout: float = 600) -> None:
     phase.rss = peak_rss_mb()
 
 
-def limits() -> Limits:
-    return Limits(auth_failure_delay=0.05, relay_retry_first=1.0, relay_retry_max=5.0)
+def limits(**kw: float) -> Limits:
+    return Limits(auth_failure_delay=0.05, relay_retry_first=1.0, relay_retry_max=5.0, **kw)  # type: ignore[arg-type]
+
+
+def cached_dns_phase(n: int, clients: int) -> Phase:
+    """Phase 3 again in a lab whose relay keeps MX routes (relay_dns_cache), as an MTA
+    behind a caching resolver does: what the per-message DNS lookups cost."""
+    lab = Lab(tempfile.mkdtemp(prefix="maillab-bench-"), ports="auto", limits=limits(relay_dns_cache=300)).start()
+    try:
+        phase = Phase("3 hops, relay DNS cache on")
+        unsubscribe = watch_store(lab, phase)
+        send_all(lab, phase, [("mail.alpha.test", "alice@alpha.test", "carol@beta.test", "alice-pw", i)
+                              for i in range(n)], clients)
+        wait_done(phase, n)
+        unsubscribe()
+    finally:
+        lab.stop()
+    return phase
 
 
 def default_lab_phases(n: int, clients: int) -> list[Phase]:
@@ -166,6 +189,8 @@ def default_lab_phases(n: int, clients: int) -> list[Phase]:
     try:
         cases = [
             ("1 hop: MX port -> mailbox", "mx1.beta.test", "stranger@outside.test", "carol@beta.test", None),
+            ("1 hop: MX port, new STARTTLS session per msg", "mx1.beta.test", "stranger@outside.test",
+             "carol@beta.test", None),
             ("1 hop: submission -> local mailbox", "mail.alpha.test", "alice@alpha.test", "bob@alpha.test",
              "alice-pw"),
             ("3 hops: submission -> queue -> MX -> mailbox", "mail.alpha.test", "alice@alpha.test",
@@ -176,7 +201,7 @@ def default_lab_phases(n: int, clients: int) -> list[Phase]:
             phase = Phase(name)
             unsubscribe = watch_store(lab, phase)
             jobs = [(host, sender, rcpt, pw, base + i) for i in range(n)]
-            send_all(lab, phase, jobs, clients)
+            send_all(lab, phase, jobs, clients, fresh="new STARTTLS" in name)
             wait_done(phase, n)
             # per-phase numbering keeps phases apart in the store listener
             phase.done_at = {k: v for k, v in phase.done_at.items() if base <= k < base + n}
@@ -245,18 +270,20 @@ def main() -> None:
     print(f"relay benchmark: {args.messages} messages of {len(message('a@b', 'c@d', 0))} bytes per phase,"
           f" {args.clients} client threads, Python {sys.version.split()[0]}")
     phases = default_lab_phases(args.messages, args.clients)
+    phases.append(cached_dns_phase(args.messages, args.clients))
     phases.append(ten_domain_phase(args.messages, args.clients))
     print()
     print(f"{'phase':<44} {'msgs':>5} {'msg/s':>8} {'ratio':>5}  {'p50 ms':>8} {'p95 ms':>8}  {'RSS MB':>7}")
     base = phases[0]
     for p in phases:
         print(p.row(None if p is base else base))
-    three, quiet = phases[2], phases[3]
+    fresh, submission, three, quiet = phases[1], phases[2], phases[3], phases[4]
     print()
-    print(f"cost of the extra hops: the 3-hop path runs at {three.rate / base.rate:.2f} of the single MX hop"
-          f" and {three.rate / phases[1].rate:.2f} of single-hop submission (messages/s, same run);"
+    print(f"cost of the extra hops: the 3-hop path runs at {three.rate / base.rate:.2f} of the single MX hop,"
+          f" {three.rate / submission.rate:.2f} of single-hop submission and {three.rate / fresh.rate:.2f} of a"
+          " single hop that opens a new STARTTLS session per message, as the relay does (messages/s, same run);"
           f" one message at a time it takes {statistics.median(quiet.latencies()) * 1000:.0f} ms end to end,"
-          f" {statistics.median(quiet.latencies()) / statistics.median(phases[1].latencies()):.1f}x"
+          f" {statistics.median(quiet.latencies()) / statistics.median(submission.latencies()):.1f}x"
           " a single submission hop")
 
 

@@ -39,6 +39,8 @@ class Limits:
     relay_connect_timeout: float = 5.0  # per MX address
     relay_reply_timeout: float = 60.0  # per SMTP reply (RFC 5321 4.5.3.2 allows minutes)
     relay_concurrency: int = 10  # deliveries (DNS + SMTP) at once, whole lab
+    relay_dns_cache: float = 0.0  # seconds an MX route is reused (capped by its TTL); 0: every
+    # message asks the lab DNS, so each lookup shows in the transcript. Zone edits always apply at once.
     # All protocols
     auth_failure_delay: float = 1.0  # seconds before answering a failed login
     max_connections: int = 256  # per listener; past it new connections get a busy reply

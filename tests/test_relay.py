@@ -477,3 +477,23 @@ def test_bounce_for_a_sender_of_another_host_travels_with_a_null_sender(rlab):
     assert dsn.attempts[-1].host == "mx1.beta.test"
     [report] = [m for m in maildir(rlab, "carol@beta.test") if m.get_content_type() == "multipart/report"]
     assert "5.7.1" in report.as_string()
+
+
+def test_dns_cache_reuses_routes_until_the_zone_changes(tmp_path):
+    lab = Lab(tmp_path / "lab", ports="auto", limits=fast_limits(relay_dns_cache=60))
+    lab.start()
+    try:
+        def mx_queries() -> int:
+            return sum(1 for e in lab.events.events(protocol="dns") if e.kind == "C" and e.text == "beta.test. IN MX")
+
+        lab.relay.wait(submit(lab, ["carol@beta.test"], "first"), timeout=15)
+        assert mx_queries() == 1
+        second = lab.relay.wait(submit(lab, ["carol@beta.test"], "second"), timeout=15)
+        assert mx_queries() == 1  # the cached route, no new query
+        assert any("DNS cache" in n for n in second.routes["beta.test"]["notes"])
+        text = lab.dns.zone_text("beta.test").replace("@\tIN\tMX\t20 mx2", "@\tIN\tMX\t5 mx2")
+        lab.dns.replace_zone("beta.test", text)  # an edit applies at once
+        third = lab.relay.wait(submit(lab, ["carol@beta.test"], "third"), timeout=15)
+        assert mx_queries() == 2 and third.attempts[-1].host == "mx2.beta.test"
+    finally:
+        lab.stop()

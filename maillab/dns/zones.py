@@ -173,6 +173,7 @@ class LabZones:
         self._zones: dict[dns.name.Name, dns.zone.Zone] = {}
         self._texts: dict[dns.name.Name, str] = {}
         self.edited: set[str] = set()  # zones a user replaced: a rebuild keeps them
+        self.generation = 0  # bumped on every change, so caches of answers know they are stale
         self._lock = threading.Lock()
 
     def build(self, topology: Topology, ns_address: str,
@@ -197,6 +198,7 @@ class LabZones:
         with self._lock:
             self._zones[zone.origin] = zone
             self._texts[zone.origin] = text
+            self.generation += 1
         return zone
 
     def replace(self, origin: str, text: str) -> dns.zone.Zone:
@@ -213,6 +215,7 @@ class LabZones:
         with self._lock:
             self._zones.pop(name, None)
             self._texts.pop(name, None)
+            self.generation += 1
         self.edited.discard(origin.lower().rstrip("."))
 
     def find(self, qname: dns.name.Name) -> dns.zone.Zone | None:

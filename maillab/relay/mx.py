@@ -59,6 +59,7 @@ class Route:
     targets: list[MXTarget]
     answer: list[str]  # the DNS answers used, as text ("beta.test. MX 10 mx1.beta.test.")
     notes: list[str] = field(default_factory=list)  # decisions worth showing (skipped MX, ...)
+    ttl: float = 0.0  # the smallest TTL of the answers used: how long a cache may keep it
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,7 +138,10 @@ async def find_route(
 
     answer: list[str] = []
     notes: list[str] = []
+    ttls: list[float] = []
     mx = await _lookup(resolver, domain, "MX")
+    if mx is not None and mx.rrset is not None:
+        ttls.append(mx.rrset.ttl)
     records: list[tuple[int, str]] = []
     if mx is not None and mx.rrset is not None:
         for rr in mx.rrset:
@@ -199,6 +203,7 @@ async def find_route(
         if a is None or a.rrset is None:
             notes.append(f"{target.name} has no A record: skipped")
             continue
+        ttls.append(a.rrset.ttl)
         if a.canonical_name != dns.name.from_text(target.name):
             answer.append(f"{target.name}. CNAME {a.canonical_name}")
         for rr in a.rrset:
@@ -216,4 +221,4 @@ async def find_route(
             raise RouteError(True, "5.1.2", f"{domain} has neither an MX nor a usable A record", answer)
         raise RouteError(True, "5.4.4", f"unable to route: no lab address for any MX host of {domain}"
                                         f" ({'; '.join(notes) or 'none'})", answer)
-    return Route(domain, reachable, answer, notes)
+    return Route(domain, reachable, answer, notes, ttl=float(min(ttls, default=0)))

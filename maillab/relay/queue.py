@@ -26,6 +26,7 @@ delayed), and ``lab.relay.heal(host)``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import secrets
 import time
@@ -177,6 +178,7 @@ class RelayQueue:
         self._recorders: dict[str, SessionRecorder] = {}
         self._faults: dict[str, tuple[str, Any]] = {}
         self._resolver: Any = None
+        self._routes: dict[tuple[str, str], tuple[int, float, Any]] = {}  # relay_dns_cache
         self._tls_context: Any = None
         self._last: str | None = None
         self.closed = False
@@ -464,7 +466,17 @@ class RelayQueue:
             raise RouteError(False, "4.4.3", "the lab DNS is not running: no MX lookup possible")
         if self._resolver is None:
             self._resolver = dns_.async_resolver(timeout=2.0)
-        return await find_route(domain, self._resolver, self_names=[msg.origin], lab_zone=dns_.zones.covers)
+        key = (domain, msg.origin)
+        cached = self._routes.get(key)
+        if cached is not None and cached[0] == dns_.zones.generation and cached[1] > time.monotonic():
+            route = copy.deepcopy(cached[2])
+            route.notes.append("MX route from the relay's DNS cache (lab.limits.relay_dns_cache)")
+            return route
+        route = await find_route(domain, self._resolver, self_names=[msg.origin], lab_zone=dns_.zones.covers)
+        keep = min(self.lab.limits.relay_dns_cache, route.ttl)
+        if keep > 0:
+            self._routes[key] = (dns_.zones.generation, time.monotonic() + keep, copy.deepcopy(route))
+        return route
 
     def _smtp_port(self, hostname: str, address: str) -> int | None:
         """The lab port of the SMTP ("port 25") service at ``address`` (the lab's port map)."""
