@@ -623,8 +623,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name}: not available, skipped")
                 continue
             pymap = name == "pymap"
-            results[name] = run_server(cls(), corpus, work, args.pymap_runs if pymap else args.runs,
-                                       warmup=not pymap)
+            results[name] = m = run_server(cls(), corpus, work, args.pymap_runs if pymap else args.runs,
+                                           warmup=not pymap)
+            # printed now too, so a long run shows its figures before the last server ends
+            print("    medians (ms): " + "; ".join(f"{p} {m.median(p) * 1000:.1f}" for p in m.times),
+                  flush=True)
         print("\n".join(report(results, count, total)))
     finally:
         if args.keep:
