@@ -71,6 +71,10 @@ def test_dig_nxdomain_over_tcp_shows_the_authority_soa(ip) -> None:
     assert ans.status == "NXDOMAIN" and ans.transport == "TCP"
     assert [t for _n, _ttl, t, _d in ans.records("authority")] == ["SOA"]
     assert "(TCP)" in repr(ans)
+    with pytest.raises(UsageError):
+        ip.run_line_magic("mail", "dig beta.test NOSUCHTYPE")
+    with pytest.raises(UsageError, match="not a valid domain name"):
+        ip.run_line_magic("mail", "dig a..beta.test MX")
 
 
 def test_dig_real_says_offline_plainly() -> None:

@@ -130,6 +130,7 @@ def test_dead_mx_shows_the_failed_attempt_and_the_fallback(rlab: Lab) -> None:
 
 
 def test_tempfail_retry_is_shown_pending_then_delivered(rlab: Lab) -> None:
+    rlab.limits.relay_retry_first = 5.0  # the retry must not start while we look at the queue
     rlab.relay.fail("mx1.beta.test", "tempfail")
     qid = _send(rlab, "retry me")
     rlab.relay.wait(qid, states=("retrying",), timeout=10)
@@ -141,6 +142,7 @@ def test_tempfail_retry_is_shown_pending_then_delivered(rlab: Lab) -> None:
     text = repr(queue)
     assert qid in text and "retrying" in text and "451" in text and "mx1.beta.test tempfail" in text
     rlab.relay.heal("mx1.beta.test")
+    assert rlab.relay.flush() == 1  # retry now rather than in 5 s (postqueue -f)
     rlab.relay.wait(qid, timeout=10)
     path = path_from_relay(rlab, qid)
     assert path.state == "delivered" and not any(h.ok is None for h in path.hops)
@@ -159,6 +161,7 @@ def test_bounce_shows_the_dsn_going_back_to_alice(rlab: Lab) -> None:
 
 
 def test_live_widget_updates_from_lab_thread_events(rlab: Lab) -> None:
+    rlab.limits.relay_retry_first = 5.0
     rlab.relay.fail("mx1.beta.test", "tempfail")
     qid = _send(rlab, "watch me")
     rlab.relay.wait(qid, states=("retrying",), timeout=10)

@@ -143,14 +143,11 @@ def relay_heal(magics: MailMagics, args: argparse.Namespace) -> Any:
 @argument("--real", action="store_true", help="ask the machine's own resolver instead of the lab DNS")
 def relay_dig(magics: MailMagics, args: argparse.Namespace) -> Any:
     """Look a name up like dig: question, answer, authority, additional, TTLs, time."""
-    if args.real:
-        return dig_real(args.name, args.type, tcp=args.tcp)
-    lab = magics.lab()
     try:
-        return dig_lab(lab, args.name, args.type, tcp=args.tcp)
-    except RuntimeError as exc:
-        raise UsageError(str(exc)) from None
-    except Exception as exc:  # dnspython: an unknown record type and the like
+        if args.real:
+            return dig_real(args.name, args.type, tcp=args.tcp)
+        return dig_lab(magics.lab(), args.name, args.type, tcp=args.tcp)
+    except (ValueError, RuntimeError) as exc:  # an unknown type, a bad name, no DNS service
         raise UsageError(f"dig {args.name} {args.type}: {exc}") from None
 
 

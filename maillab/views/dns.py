@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
@@ -113,8 +114,26 @@ class DigAnswer:
         return f"<pre>{html.escape(self.text())}</pre>"
 
 
+def record_type(rdtype: str) -> str:
+    """``mx`` -> ``MX``; an unknown type is a ValueError (not a query that fails later)."""
+    try:
+        return dns.rdatatype.to_text(dns.rdatatype.from_text(rdtype.upper()))
+    except dns.rdatatype.UnknownRdatatype:
+        raise ValueError(f"unknown record type {rdtype!r} (try A, AAAA, MX, TXT, NS, SOA, PTR, CNAME)") from None
+
+
+def domain_name(name: str) -> str:
+    """Check ``name`` is a domain name dig could ask for (labels <= 63 octets, no empty label)."""
+    try:
+        dns.name.from_text(name)
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"{name!r} is not a valid domain name ({exc})") from None
+    return name
+
+
 def dig_lab(lab: Lab, name: str, rdtype: str = "A", *, tcp: bool = False, timeout: float = 2.0) -> DigAnswer:
     """Ask the lab DNS, as ``dig @127.0.0.1 -p 1053 NAME TYPE`` would."""
+    rdtype, name = record_type(rdtype), domain_name(name)
     if lab.dns is None:
         raise RuntimeError("the lab has no DNS service (is maillab.dns installed and the lab started?)")
     result = DigAnswer(name, rdtype.upper(), lab.dns.address, lab.dns.port, "TCP" if tcp else "UDP", "lab DNS")
@@ -134,6 +153,7 @@ def dig_real(name: str, rdtype: str = "A", *, tcp: bool = False, timeout: float 
     Offline, or with no resolver configured, the answer says so plainly instead of
     raising: a notebook cell should explain, not crash.
     """
+    rdtype, name = record_type(rdtype), domain_name(name)
     if nameserver is None:
         try:
             nameserver = dns.resolver.Resolver().nameservers[0]
