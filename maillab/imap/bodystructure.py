@@ -22,10 +22,10 @@ needs at least one.
 
 from __future__ import annotations
 
-__all__ = ["body_structure", "merge_rfc2231"]
+__all__ = ["body_structure"]
 
 from .envelope import envelope
-from .mimeparse import Lexer, Part, parse_params, unfold
+from .mimeparse import Lexer, Part, merge_rfc2231, parse_params, unfold
 from .quoting import imap_nstring, imap_string, wire_text
 
 _EMPTY_BODY = '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
@@ -36,59 +36,6 @@ def _first(part: Part, name: str) -> bytes | None:
     # The first occurrence of a MIME field wins, as in Dovecot.
     value = part.first(name)
     return None if value is None else unfold(value)
-
-
-def merge_rfc2231(params: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """RFC 2231 3: ``name*0``, ``name*1``... become one ``name`` (``name*`` if any part is
-    extended); the value keeps its ``charset'lang'`` prefix and %-encoding. Plain
-    parameters come first; continuations with a missing index are left as they are."""
-    plain: list[tuple[bytes, bytes]] = []
-    split: list[tuple[bytes, int, bool, bytes]] = []
-    for name, value in params:
-        star = name.find(b"*")
-        if star < 0:
-            plain.append((name, value))
-            continue
-        # Read as Dovecot reads it: "*" [digits] ["*"]; a bare "name*" is extended.
-        rest, idx, extended = name[star + 1:], 0, False
-        if rest:
-            digits = len(rest) - len(rest.lstrip(b"0123456789"))
-            idx = int(rest[:digits]) if digits else 0
-            rest = rest[digits:]
-            extended = rest == b"*"
-            if rest not in (b"", b"*"):
-                plain.append((name, value))
-                continue
-        else:
-            extended = True
-        split.append((name[:star], idx, extended, value))
-    if not split:
-        return plain
-    split.sort(key=lambda p: (p[0].lower(), p[1]))
-    merged: list[tuple[bytes, bytes]] = []
-    i = 0
-    while i < len(split):
-        j = i
-        key = split[i][0].lower()
-        while j < len(split) and split[j][0].lower() == key:
-            j += 1
-        group = split[i:j]
-        if any(p[1] != n for n, p in enumerate(group)):
-            for base, idx, ext, value in group:
-                merged.append((base + b"*%d" % idx + (b"*" if ext else b""), value))
-        else:
-            any_ext = any(p[2] for p in group)
-            out = bytearray(b"''" if any_ext and not group[0][2] else b"")
-            for _base, _idx, ext, value in group:
-                out += _pct_escape(value) if any_ext and not ext else value
-            merged.append((group[0][0] + (b"*" if any_ext else b""), bytes(out)))
-        i = j
-    return plain + merged
-
-
-def _pct_escape(value: bytes) -> bytes:
-    """An unencoded continuation joined to encoded ones: only "%" needs escaping (as Dovecot)."""
-    return value.replace(b"%", b"%25")
 
 
 def _params(params: list[tuple[bytes, bytes]], text: bool) -> str:

@@ -36,9 +36,11 @@ def known_codec(charset: str | bytes | None) -> str | None:
     name = (charset or "us-ascii").strip().strip('"').lower()
     name = name.split("*", 1)[0]  # RFC 2231 5: charset*language
     name = _CHARSET_ALIASES.get(name, name)
+    if len(name) > 64:
+        return None
     try:
         return codecs.lookup(name).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         return None
 
 
