@@ -280,6 +280,38 @@ def test_neomutt_reads_imap(single_lab: Lab, tmp_path: Path, implicit_tls: bool)
     assert tls and tls[-1].data["version"] == "TLSv1.3"
 
 
+def test_neomutt_saves_to_a_non_ascii_folder_and_expunges(single_lab: Lab, tmp_path: Path) -> None:
+    """s (save-message) to =日本語: neomutt copies (or MOVEs) the message into a folder whose
+    IMAP name is modified UTF-7, then expunges it from INBOX on the way out."""
+    lab = single_lab
+    original = smtp_deliver(lab, BOB, "to be filed")
+    folder = lab.store.create_mailbox(BOB, "日本語")
+    url = f"imaps://localhost:{lab.address('imaps')[1]}"
+    rc = neomuttrc(tmp_path / "muttrc", ca=lab.ca_path, lines=[
+        f'set imap_user = "{BOB}"', f'set imap_pass = "{password(lab, BOB)}"',
+        f'set folder = "{url}/"', 'set spoolfile = "+INBOX"',
+        "set delete = yes",  # expunge deleted messages on leaving, without asking
+        "set confirmappend = no",
+    ])
+    term = Terminal(["neomutt", "-n", "-F", str(rc), "-f", f"{url}/INBOX"],
+                    env={"HOME": str(tmp_path), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+    term.expect(b"to be filed")
+    term.type(b"s")
+    term.expect(b"Save to mailbox")
+    term.type("\x15=日本語\r".encode())  # ^U clears the suggested name first
+    term.expect(f"Copying to {url}/日本語".encode())  # neomutt shows the decoded name
+    term.expect(b"Del:1")  # copied, and marked deleted in INBOX
+    term.type(b"q")
+    assert term.wait() == 0
+    assert lab.store.mailbox(BOB).messages() == [], "not expunged from INBOX"
+    (filed,) = folder.messages()
+    assert folder.read(filed.uid).endswith(original)
+    commands = [e.text.split(" ", 1)[1] for e in lab.events.events(protocol="imap", kinds=("C",))
+                if e.side == "server" and " " in e.text]
+    assert 'UID COPY 1 "&ZeVnLIqe-"' in commands  # the name on the wire: RFC 3501 5.1.3
+    assert commands[-1] in ("CLOSE", "EXPUNGE", "LOGOUT"), commands  # CLOSE expunges silently
+
+
 # == offlineimap3 ========================================================================
 
 def test_offlineimap_sync_utf7_folders_and_flags(single_lab: Lab, tmp_path: Path) -> None:
@@ -322,9 +354,20 @@ def test_offlineimap_sync_utf7_folders_and_flags(single_lab: Lab, tmp_path: Path
     jp_dir = local / "日本語" / "cur"
     (jp_file,) = jp_dir.iterdir()
     jp_file.rename(jp_dir / (jp_file.name.rsplit(":2,", 1)[0] + ":2,FS"))
+    # and a message written locally (a draft saved offline) goes up by APPEND
+    draft = b"From: bob@alpha.test\nSubject: written offline\n\nGr\xc3\xbc\xc3\x9fe\n"
+    (local / "Drafts" / "cur" / "1700000000.offline.vm:2,DS").write_bytes(draft)
     sync(implicit_tls=False)  # second run over STARTTLS, same local state
     assert local_flags("INBOX", b"one") == "RS" and local_flags("INBOX", b"two") == "F"
     assert japanese.get(jp.uid).flags == {"\\Seen", "\\Flagged"}  # pushed back by STORE
+    drafts = store.mailbox(BOB, "Drafts")
+    (uploaded,) = drafts.messages()
+    assert uploaded.flags == {"\\Draft", "\\Seen"}
+    text = drafts.read(uploaded.uid)
+    assert text.endswith(b"Subject: written offline\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n"), text
+    # offlineimap learned the new UID (UIDPLUS APPENDUID, RFC 4315) and renamed its file
+    (local_draft,) = (local / "Drafts" / "cur").iterdir()
+    assert f",U={uploaded.uid}," in local_draft.name, local_draft.name
     starttls = [e for e in lab.events.events(protocol="imap", kinds=("C",)) if e.side == "server"
                 and e.text.split(" ")[1:2] == ["STARTTLS"]]
     assert starttls, "the second run did not use STARTTLS"
@@ -352,6 +395,9 @@ def test_mbsync_imaps_inbox_and_folder_then_new_delivery(single_lab: Lab, tmp_pa
     assert len(archived) == 1 and b"Subject: archived" in archived[0].read_bytes()
     assert not (local / "Sent").exists()  # Patterns: only what was asked for
     later = smtp_deliver(lab, BOB, "after sync")
+    # a message filed locally goes up to the server's folder (APPEND)
+    (local / "Archive" / "new" / "1700000000.filed.vm").write_bytes(
+        b"From: bob@alpha.test\nSubject: filed locally\n\nkept\n")
     got = sync()
     assert len(got) == 2
     (new,) = [g for g in got if b"after sync" in g]
@@ -359,6 +405,10 @@ def test_mbsync_imaps_inbox_and_folder_then_new_delivery(single_lab: Lab, tmp_pa
     assert b"\nX-TUID: " in new
     without_tuid = b"\n".join(ln for ln in lf(new).split(b"\n") if not ln.startswith(b"X-TUID: "))
     assert without_tuid.endswith(lf(later))
+    archive = lab.store.mailbox(BOB, "Archive")
+    assert len(archive.messages()) == 2
+    appended = archive.read(archive.messages()[-1].uid)
+    assert b"Subject: filed locally\r\n" in appended and appended.endswith(b"\r\n\r\nkept\r\n")
 
 
 # == aioimaplib and IMAPClient: envelopes, IDLE woken by an SMTP delivery ===============
