@@ -272,3 +272,29 @@ def test_curl_smtp_starttls_and_smtps(lab):
     assert len(stored) == 3
     for m in stored:
         only_received_prefix(m, body)
+
+
+def test_submission_to_another_lab_domain_goes_through_the_relay(tmp_path):
+    """alice@alpha.test -> carol@beta.test: submission hands over to the relay queue,
+    which delivers to beta.test's MX (another lab host, another SMTP listener)."""
+    import time
+
+    net = Lab(tmp_path / "net", ports="auto", limits=fast_limits()).start()
+    try:
+        if net.relay is None:
+            pytest.fail("maillab.relay is part of the lab: lab.relay should be set")
+        with NamedSMTP_SSL(net.address("smtps"), HOST, net.ca.client_context()) as s:
+            s.login("alice@alpha.test", "alice-pw")
+            refused = s.sendmail("alice@alpha.test", ["carol@beta.test", "bob@alpha.test"],
+                                 b"Subject: across\r\n\r\nhello carol\r\n")
+        assert refused == {}
+        assert len(messages(net)) == 1  # the local recipient directly
+        deadline = time.time() + 15
+        while time.time() < deadline and not messages(net, "carol@beta.test"):
+            time.sleep(0.1)
+        (stored,) = messages(net, "carol@beta.test")
+        # two hops, newest on top: beta's MX, then alpha's submission
+        assert stored.index(b"by mx1.beta.test") < stored.index(b"by mail.alpha.test")
+        assert stored.endswith(b"Subject: across\r\n\r\nhello carol\r\n")
+    finally:
+        net.stop()

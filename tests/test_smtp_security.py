@@ -585,3 +585,33 @@ def test_fault_injection(mx_lab):
     s = authed_submission(mx_lab)
     assert s.cmd("MAIL FROM:<alice@alpha.test>")[0] == 250
     assert s.cmd("RCPT TO:<bob@alpha.test>")[0] == 250
+
+
+def test_connection_cap_and_informational_commands(tmp_path):
+    lab = Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], services=("smtp",),
+              limits=fast_limits(max_connections=2))
+    lab.start()
+    try:
+        first, second = mx(lab), mx(lab)
+        third = Wire(lab.address("smtp"))
+        code, text = third.reply()
+        assert (code, text[:5]) == (421, "4.7.0") and "too many connections" in text
+        assert third.closed()
+        assert first.cmd("VRFY bob@alpha.test")[0] == 252
+        assert first.cmd("EXPN staff")[0] == 502
+        assert first.cmd("HELP")[0] == 214
+        assert second.cmd("QUIT")[0] == 221
+        assert second.closed()
+        again = mx(lab)  # a freed slot is usable again
+        assert again.cmd("NOOP")[0] == 250
+    finally:
+        lab.stop()
+
+
+def test_overlong_auth_line_is_masked_too(mx_lab):
+    s = Wire(mx_lab.address("smtps"), tls=mx_lab.ca.client_context())
+    s.reply()
+    ehlo(s)
+    code, _ = s.cmd("AUTH PLAIN " + "c2VjcmV0" * 2000)
+    assert code == 500
+    assert all("c2VjcmV0" not in e.text for e in mx_lab.events)

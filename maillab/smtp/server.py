@@ -90,6 +90,8 @@ class LabSMTP(SMTP):
         self.rec: Any = None
         self._opened = False
         self._close_reason = ""
+        # 5xx replies since the last delivered message; STARTTLS does not reset it.
+        self.errors = 0
         self._reset_session()
         super().__init__(
             _NoHooks(),
@@ -110,7 +112,6 @@ class LabSMTP(SMTP):
         self.helo: str | None = None
         self.extended = False
         self.user: str | None = None
-        self.errors = 0
         self._reset_transaction()
 
     def _reset_transaction(self) -> None:
@@ -228,6 +229,8 @@ class LabSMTP(SMTP):
                 self._reset_timeout()
                 if too_long or len(line) > self._line_limit(line):
                     text = line[:80].decode("utf-8", "replace").rstrip("\r\n")
+                    if text[:4].upper() == "AUTH":
+                        text = f"{' '.join(text.split()[:2])} {MASK}"
                     self.rec.client_line(f"{text}… (over the limit, discarded)", too_long=True)
                     await self.push(Reply(500, "5.5.2", "Error: command line too long (RFC 5321"
                                           f" 4.5.3.1.4: at most {self.limits.smtp_command_line} octets)"))
@@ -547,6 +550,8 @@ class LabSMTP(SMTP):
             reply = await self._accept(raw, too_big)
         finally:
             self._reset_transaction()
+        if reply.ok:
+            self.errors = 0  # like Postfix: the error limit is for clients that deliver nothing
         await self.push(reply)
 
     async def _read_data(self) -> tuple[bytes, bool]:
