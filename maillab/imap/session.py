@@ -1041,7 +1041,7 @@ class IMAPSession:
                 else:
                     assert data is not None and message is not None
                     if name == "RFC822":
-                        body, label = data, "RFC822"
+                        body, label = _no_nul(data), "RFC822"
                     elif name == "RFC822.HEADER":
                         body, label = message.section(data, (), "HEADER"), name
                     elif name == "RFC822.TEXT":
@@ -1050,7 +1050,7 @@ class IMAPSession:
                         sec = item.section
                         assert sec is not None
                         if not sec.part and sec.kind is None:
-                            body = data
+                            body = _no_nul(data)
                         else:
                             body = message.section(data, sec.part, sec.kind, sec.fields)
                         if item.partial is not None:
@@ -1201,3 +1201,8 @@ def _header_field(mb: Mailbox, info: MessageInfo, name: str) -> bytes:
         if len(cache) < 200_000:
             cache[key] = block
     return block
+
+
+def _no_nul(data: bytes) -> bytes:
+    """NUL is not a CHAR8 (RFC 3501 9): sent as 0x80, as Dovecot and message.section() do."""
+    return data.replace(b"\0", b"\x80") if b"\0" in data else data
