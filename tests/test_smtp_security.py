@@ -6,6 +6,7 @@ A small byte-level client (``Wire``) sends exactly the bytes each attack needs
 
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
 import ssl
@@ -415,7 +416,9 @@ def test_body_and_smtputf8_parameters(mx_lab):
     assert b"with UTF8SMTP id" in inbox(mx_lab)[0]
     w2 = mx(mx_lab)
     assert w2.cmd("HELO old.test")[0] == 250
-    assert w2.cmd("MAIL FROM:<a@ext.test> SIZE=10")[0] == 555  # no extensions after HELO
+    # after HELO nothing is advertised, so nothing is accepted
+    for param in ("SIZE=10", "BODY=8BITMIME", "SMTPUTF8"):
+        assert w2.cmd(f"MAIL FROM:<a@ext.test> {param}")[0] == 555
 
 
 # -- abuse and timeouts ----------------------------------------------------------------
@@ -480,8 +483,14 @@ def test_starttls_pipelined_plaintext_is_discarded(mx_lab):
     assert any("discarded" in n for n in notes)
 
 
+def session_tasks(lab: Lab) -> int:
+    return lab.loop.call(lambda: sum(1 for t in asyncio.all_tasks()
+                                     if "_handle_client" in repr(t.get_coro())))
+
+
 def test_tls_garbage_and_old_versions_are_refused_others_undisturbed(mx_lab):
     healthy = mx(mx_lab)
+    assert session_tasks(mx_lab) == 1
     # garbage instead of a ClientHello on the implicit-TLS port
     g = socket.create_connection(mx_lab.address("smtps"), timeout=5)
     g.sendall(b"EHLO plain.text\r\n" * 10)
@@ -510,6 +519,13 @@ def test_tls_garbage_and_old_versions_are_refused_others_undisturbed(mx_lab):
     assert healthy.cmd("NOOP")[0] == 250
     ok = Wire(mx_lab.address("smtps"), tls=mx_lab.ca.client_context())
     assert ok.reply()[0] == 220
+    ok.close()
+    healthy.close()
+    deadline = time.time() + 3
+    while time.time() < deadline and (session_tasks(mx_lab) or mx_lab.service("smtps").active):
+        time.sleep(0.05)
+    assert session_tasks(mx_lab) == 0  # no session task leaked
+    assert [mx_lab.service(n).active for n in ("smtp", "smtps")] == [0, 0]
 
 
 def test_auth_rules(mx_lab):

@@ -144,10 +144,14 @@ class LabSMTP(SMTP):
         try:
             super().connection_lost(error)
         finally:
-            if self._opened and self.rec is not None:
-                self._opened = False
-                self.service.session_closed()
-                self.rec.close(self._close_reason or (str(error) if error else "connection closed"))
+            self._session_over(str(error) if error else "connection closed")
+
+    def _session_over(self, reason: str) -> None:
+        """Count the session as closed and close its record (once)."""
+        if self._opened and self.rec is not None:
+            self._opened = False
+            self.service.session_closed()
+            self.rec.close(self._close_reason or reason)
 
     def _record_tls(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
@@ -350,8 +354,11 @@ class LabSMTP(SMTP):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            # The TLS layer never reached our protocol, so connection_lost() will
+            # not come: close the socket and the session record here.
             self.rec.note(f"TLS handshake failed: {exc}")
-            self.transport.close()
+            self._original_transport.close()
+            self._session_over("TLS handshake failed")
             raise ConnectionError("TLS handshake failed") from exc
         if pending:
             self.rec.note(f"{pending} plaintext bytes pipelined after STARTTLS were discarded"
