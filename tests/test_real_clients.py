@@ -202,6 +202,26 @@ def test_msmtp_submission_starttls_and_smtps(single_lab: Lab, tmp_path: Path) ->
     assert len(inbox(lab)) == 2
 
 
+def test_msmtp_mx_starttls_without_auth_delivers_locally_and_is_no_relay(single_lab: Lab,
+                                                                         tmp_path: Path) -> None:
+    """Port 25's job: take mail for local users from anyone (STARTTLS, no AUTH), relay none."""
+    lab = single_lab
+    rc = tmp_path / "msmtprc"
+    rc.write_text(f"account mx\nhost localhost\nport {lab.address('smtp')[1]}\ntls on\n"
+                  f"tls_starttls on\ntls_trust_file {lab.ca_path}\nauth off\nfrom ann@ext.test\n")
+    rc.chmod(0o600)
+    sent = b"From: ann@ext.test\nTo: bob@alpha.test\nSubject: to the MX\nDate: Tue, 02 Jan 2024 09:00:00 +0100\n" \
+           b"Message-ID: <mx@ext.test>\n\nhi\n"
+    proc = run(["msmtp", "-C", str(rc), "-a", "mx", BOB], input=sent)
+    assert proc.returncode == 0, proc.stderr.decode()
+    trace = split_received(inbox(lab)[-1], sent.replace(b"\n", b"\r\n"))
+    assert b"with ESMTPS " in trace  # TLS, no AUTH (RFC 3848)
+    proc = run(["msmtp", "-C", str(rc), "-a", "mx", "carol@beta.test"], input=sent)
+    assert proc.returncode != 0
+    assert b"550 5.7.1" in proc.stderr, proc.stderr
+    assert len(inbox(lab)) == 1
+
+
 def test_msmtp_refuses_a_server_its_trust_file_does_not_vouch_for(single_lab: Lab, tmp_path: Path) -> None:
     """The other side of the test above: msmtp really checks the lab CA."""
     other = tmp_path / "other-ca.pem"
@@ -500,6 +520,50 @@ def test_fetchmail_imap_keep_then_flush(single_lab: Lab, tmp_path: Path) -> None
                 if e.side == "server" and " " in e.text}
     assert {"STARTTLS", "LOGIN", "FETCH", "STORE", "EXPUNGE"} <= commands or \
         {"STARTTLS", "AUTHENTICATE", "FETCH", "STORE", "EXPUNGE"} <= commands, commands
+
+
+# == getmail6 over IMAPS ====================================================================
+
+def test_getmail_imaps_two_folders_only_new_then_delete(single_lab: Lab, tmp_path: Path) -> None:
+    lab = single_lab
+    first = smtp_deliver(lab, BOB, "first")
+    japanese = lab.store.create_mailbox(BOB, "日本語")
+    japanese.add("From: ann@ext.test\r\nSubject: filed\r\n\r\nin 日本語\r\n".encode())
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def retrieve(*, delete: bool, read_all: bool) -> list[bytes]:
+        (tmp_path / "getmailrc").write_text(
+            "[retriever]\ntype = SimpleIMAPSSLRetriever\nserver = localhost\n"
+            f"port = {lab.address('imaps')[1]}\nusername = {BOB}\npassword = {password(lab, BOB)}\n"
+            f"ca_certs = {lab.ca_path}\nmailboxes = (\"INBOX\", \"日本語\")\n\n"
+            # an MDA rather than getmail's Maildir writer, which refuses to run as root (CI)
+            "[destination]\ntype = MDA_external\npath = /bin/sh\n"
+            f'arguments = ("-c", "cat > {out}/msg.$$")\nallow_root_commands = true\n\n'
+            f"[options]\nread_all = {str(read_all).lower()}\ndelete = {str(delete).lower()}\n",
+            encoding="utf-8")
+        proc = run(["getmail", "--getmaildir", str(tmp_path), "--rcfile", "getmailrc"],
+                   env={"LANG": "C.UTF-8"})
+        assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+        return [p.read_bytes() for p in out.iterdir()]
+
+    def contains(got: bytes, original: bytes) -> bool:
+        """getmail adds header lines above and below the original's: headers in order, body exact."""
+        head, body = lf(got).split(b"\n\n", 1)
+        orig_head, orig_body = lf(original).split(b"\n\n", 1)
+        return body == orig_body and orig_head in head
+
+    got = retrieve(delete=False, read_all=False)
+    assert len(got) == 2
+    assert any(contains(g, first) for g in got)
+    (jp,) = [g for g in got if g.endswith("in 日本語\n".encode())]
+    parsed = email.message_from_bytes(jp, policy=email.policy.default)
+    assert parsed["X-getmail-retrieved-from-mailbox"] == "日本語"  # decoded from &ZeVnLIqe-
+    later = smtp_deliver(lab, BOB, "later")
+    got = retrieve(delete=False, read_all=False)  # only what it has not seen (by UID)
+    assert len(got) == 3 and any(contains(g, later) for g in got)
+    retrieve(delete=True, read_all=True)
+    assert lab.store.mailbox(BOB).messages() == [] and japanese.messages() == []
 
 
 # == a round trip between lab hosts, real clients only =====================================
