@@ -188,26 +188,21 @@ def test_big_attachment_and_chinese_subject_byte_exact(lab):
 
 
 def test_restart_keeps_mail_and_uidvalidity(tmp_path):
-    first = Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], services=("smtp",),
-                limits=fast_limits()).start()
-    try:
-        with smtplib.SMTP(*first.address("smtp"), timeout=10) as s:
-            s.sendmail("a@ext.test", ["bob@alpha.test"], b"Subject: one\r\n\r\n1\r\n")
-        mb = first.store.mailbox("bob@alpha.test")
-        uidvalidity, uids = mb.uidvalidity, [m.uid for m in mb.messages()]
-    finally:
-        first.stop()
-    second = Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], services=("smtp",),
-                 limits=fast_limits()).start()
-    try:
-        with smtplib.SMTP(*second.address("smtp"), timeout=10) as s:
-            s.sendmail("a@ext.test", ["bob@alpha.test"], b"Subject: two\r\n\r\n2\r\n")
-        mb = second.store.mailbox("bob@alpha.test")
-        assert mb.uidvalidity == uidvalidity
-        assert [m.uid for m in mb.messages()] == uids + [uids[-1] + 1]
-        assert messages(second)[0].endswith(b"Subject: one\r\n\r\n1\r\n")
-    finally:
-        second.stop()
+    seen = []
+    for subject in ("one", "two"):  # the same directory, two lab lifetimes
+        lab = Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], services=("smtp",),
+                  limits=fast_limits()).start()
+        try:
+            with smtplib.SMTP(*lab.address("smtp"), timeout=10) as s:
+                s.sendmail("a@ext.test", ["bob@alpha.test"], f"Subject: {subject}\r\n\r\nx\r\n".encode())
+            mb = lab.store.mailbox("bob@alpha.test")
+            seen.append((mb.uidvalidity, [m.uid for m in mb.messages()], messages(lab)))
+        finally:
+            lab.stop()
+    (uv1, uids1, _), (uv2, uids2, stored) = seen
+    assert uv1 == uv2
+    assert uids2 == uids1 + [uids1[-1] + 1]
+    assert stored[0].endswith(b"Subject: one\r\n\r\nx\r\n") and stored[1].endswith(b"Subject: two\r\n\r\nx\r\n")
 
 
 # -- swaks -------------------------------------------------------------------------------
