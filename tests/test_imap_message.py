@@ -299,3 +299,25 @@ def test_many_parts_are_bounded(monkeypatch) -> None:
     root = mimeparse.parse(data)
     assert len(root.children) < mimeparse.MAX_PARTS
     assert read(summarize(data)["body"])
+
+
+def test_simple_address_shapes_read_as_the_full_parser_reads_them() -> None:
+    """envelope's regex shortcut for common shapes gives what the RFC 5322 parser gives."""
+    import random
+
+    from maillab.imap.envelope import _AddressParser, _simple_addresses
+
+    rng = random.Random(7)
+    words = [b"john", b"Doe", b"J.", b"=?utf-8?q?J=C3=B6rg?=", "Jörg".encode(), b"a-b", b"o'neil", b""]
+    addrs = [b"a@b.example", b"first.last@sub.example", b"x+tag@example.com", b"a..b@c", b"a@", b"x"]
+    shortcut = 0
+    for _ in range(3000):
+        name = b" ".join(rng.choice(words) for _ in range(rng.randint(0, 3)))
+        addr = rng.choice(addrs)
+        value = rng.choice([addr, name + b" <" + addr + b">", b'"' + name + b'" <' + addr + b">",
+                            b"  " + addr + b" , " + name + b"  <" + addr + b">,"])
+        simple = _simple_addresses(value)
+        if simple is not None:
+            shortcut += 1
+            assert simple == _AddressParser(value).address_list(), value
+    assert shortcut > 1000  # the shortcut was really taken
