@@ -24,6 +24,19 @@ CLAIMS = {
         "Relay access denied",  # ... refused on port 25
         "你好, Bob",
     ],
+    "02_pop3.ipynb": [
+        "-ERR STAT is not valid in the AUTHORIZATION state", "S: ..this line starts with a dot",
+        "password sent without TLS", "--QUIT--> [UPDATE]", "no UPDATE state, nothing deleted",
+        "UPDATE removed message(s) 1;", "-ERR message 1 already deleted", "TOP 2 0 (peek)",
+        "[True, False]", "[True, True]", "-ERR [IN-USE]", "S: +OK begin TLS negotiation",
+        "no answer to the smuggled CAPA", "discarded 6 plaintext bytes", "('pop3', 110, ",
+        "('pop3s', 995, ",
+    ],
+    "04_relay_dns.ipynb": [
+        ";; ANSWER SECTION:", "status: NXDOMAIN", "status: REFUSED", "delivered by mx2.beta.test",
+        "ESMTPSA", "unreachable: connect to mx1.beta.test", "451 4.3.0", "Status: 5.7.1",
+        "Undelivered Mail Returned to Sender", "negative delay at hop 5", "unparsed:",
+    ],
 }
 #: What a notebook's live widgets must show by the end (their state as the kernel sent it).
 WIDGET_CLAIMS = {
