@@ -249,14 +249,19 @@ def test_neomutt_batch_send(single_lab: Lab, tmp_path: Path, scheme: str) -> Non
         f"set ssl_starttls = {'yes' if scheme == 'smtp' else 'no'}",
     ])
     body = "Hallo Bob,\nGrüße aus neomutt.\n.a dotted line\n".encode()
-    proc = run(["neomutt", "-n", "-F", str(rc), "-s", f"Grüße via {scheme}", "--", BOB],
-               input=body, env={"HOME": str(tmp_path)})
+    attachment = tmp_path / "data.bin"
+    attachment.write_bytes(bytes(range(256)) * 40)  # binary: travels base64-encoded
+    proc = run(["neomutt", "-n", "-F", str(rc), "-s", f"Grüße via {scheme}", "-a", str(attachment),
+                "--", BOB], input=body, env={"HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     (stored,) = inbox(lab)
     msg = email.message_from_bytes(stored, policy=email.policy.default)
     assert msg["Subject"] == f"Grüße via {scheme}"
     assert msg["From"].addresses[0].addr_spec == ALICE
-    assert msg.get_content().replace("\r\n", "\n") == body.decode()
+    text, attached = msg.iter_parts()
+    assert text.get_content().replace("\r\n", "\n") == body.decode()
+    assert attached.get_filename() == "data.bin"
+    assert attached.get_content() == attachment.read_bytes()
     assert b"with ESMTPSA" in stored.split(b"\r\n\r\n")[0]
 
 
@@ -377,6 +382,10 @@ def test_offlineimap_sync_utf7_folders_and_flags(single_lab: Lab, tmp_path: Path
     # and a message written locally (a draft saved offline) goes up by APPEND
     draft = b"From: bob@alpha.test\nSubject: written offline\n\nGr\xc3\xbc\xc3\x9fe\n"
     (local / "Drafts" / "cur" / "1700000000.offline.vm:2,DS").write_bytes(draft)
+    # and a folder made locally is created on the server (CREATE "Z&APw-rich")
+    for sub in ("tmp", "new", "cur"):
+        (local / "Zürich" / sub).mkdir(parents=True)
+    (local / "Zürich" / "new" / "1700000001.zurich.vm").write_bytes(b"Subject: Gruezi\n\nhoi\n")
     sync(implicit_tls=False)  # second run over STARTTLS, same local state
     assert local_flags("INBOX", b"one") == "RS" and local_flags("INBOX", b"two") == "F"
     assert japanese.get(jp.uid).flags == {"\\Seen", "\\Flagged"}  # pushed back by STORE
@@ -385,6 +394,10 @@ def test_offlineimap_sync_utf7_folders_and_flags(single_lab: Lab, tmp_path: Path
     assert uploaded.flags == {"\\Draft", "\\Seen"}
     text = drafts.read(uploaded.uid)
     assert text.endswith(b"Subject: written offline\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n"), text
+    zurich = store.mailbox(BOB, "Zürich")
+    assert any(e.text.endswith(" CREATE Z&APw-rich") or e.text.endswith(' CREATE "Z&APw-rich"')
+               for e in lab.events.events(protocol="imap", kinds=("C",)))
+    assert [zurich.read(m.uid).endswith(b"Subject: Gruezi\r\n\r\nhoi\r\n") for m in zurich.messages()] == [True]
     # offlineimap learned the new UID (UIDPLUS APPENDUID, RFC 4315) and renamed its file
     (local_draft,) = (local / "Drafts" / "cur").iterdir()
     assert f",U={uploaded.uid}," in local_draft.name, local_draft.name
@@ -597,3 +610,33 @@ def test_round_trip_msmtp_relay_curl_imaps(lab: Lab, tmp_path: Path) -> None:
     assert b"by mx1.beta.test" in hops[0] and b"from mail.alpha.test" in hops[0]
     assert b"with ESMTPS " in hops[0]  # the relay hop used STARTTLS
     assert b"by mail.alpha.test" in hops[1] and b"with ESMTPSA " in hops[1]
+
+
+def test_round_trip_back_neomutt_by_ip_relay_curl_pop3s(lab: Lab, tmp_path: Path) -> None:
+    """The other direction: carol sends from mx1.beta.test with neomutt, naming the server by
+    its IP address (the certificate carries it), and alice reads over POP3S at home."""
+    carol = "carol@beta.test"
+    ip, port = lab.address("submission", "mx1.beta.test")
+    rc = neomuttrc(tmp_path / "muttrc", ca=lab.ca_path, lines=[
+        f'set from = "{carol}"', f'set smtp_url = "smtp://{carol}@{ip}:{port}/"',
+        f'set smtp_pass = "{password(lab, carol)}"', "set ssl_starttls = yes",
+    ])
+    proc = run(["neomutt", "-n", "-F", str(rc), "-s", "back to alpha", "--", ALICE],
+               input=b"Reply from beta.\n", env={"HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    pop3s = lab.address("pop3s")[1]
+    curl = ["curl", "--silent", "--show-error", "--max-time", "10", "--cacert", str(lab.ca_path),
+            "--user", f"{ALICE}:{password(lab, ALICE)}", f"pop3s://localhost:{pop3s}/1"]
+    deadline = time.monotonic() + 20
+    while True:
+        fetched = run(curl, timeout=20)
+        if fetched.returncode == 0 and fetched.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert fetched.returncode == 0 and fetched.stdout, fetched.stderr.decode()
+    msg = email.message_from_bytes(fetched.stdout, policy=email.policy.default)
+    assert msg["Subject"] == "back to alpha" and msg.get_content().strip() == "Reply from beta."
+    received = msg.get_all("Received")
+    assert len(received) == 2
+    assert "by mail.alpha.test" in received[0] and "from mx1.beta.test" in received[0]
+    assert "by mx1.beta.test" in received[1] and "ESMTPSA" in received[1]
