@@ -293,3 +293,28 @@ def test_submission_to_another_lab_domain_goes_through_the_relay(tmp_path):
         assert stored.endswith(b"Subject: across\r\n\r\nhello carol\r\n")
     finally:
         net.stop()
+
+
+# -- msmtp -------------------------------------------------------------------------------
+
+def test_msmtp_starttls_and_smtps(lab):
+    """msmtp (what mutt users send with) turns the LF text it is given into CRLF lines."""
+    host, sub = lab.address("submission")
+    _, smtps = lab.address("smtps")
+    msg = b"Subject: msmtp\n\nhello from msmtp\n.dot line\n"
+
+    def msmtp(port: int, starttls: str, name: str = HOST) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["msmtp", f"--host={host}", f"--port={port}", "--tls=on", f"--tls-starttls={starttls}",
+             f"--tls-trust-file={lab.ca_path}", f"--tls-host-override={name}", "--auth=on",
+             "--user=alice@alpha.test", "--passwordeval=echo alice-pw", "--from=alice@alpha.test",
+             "--timeout=10", "bob@alpha.test"], input=msg, capture_output=True, timeout=60)
+
+    assert msmtp(sub, "on").returncode == 0
+    assert msmtp(smtps, "off").returncode == 0
+    assert msmtp(smtps, "off", name="mx1.beta.test").returncode != 0  # the name is checked
+    stored = messages(lab)
+    assert len(stored) == 2
+    for m in stored:
+        assert m.endswith(b"Subject: msmtp\r\n\r\nhello from msmtp\r\n.dot line\r\n")
+        assert b"with ESMTPSA id" in m
