@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import os
 import smtplib
 import socket
 import ssl
+import subprocess
 import threading
 import time
 import warnings
@@ -533,6 +535,42 @@ def test_fetchmail_imap_keep_then_flush(single_lab: Lab, tmp_path: Path) -> None
                 if e.side == "server" and " " in e.text}
     assert {"STARTTLS", "LOGIN", "FETCH", "STORE", "EXPUNGE"} <= commands or \
         {"STARTTLS", "AUTHENTICATE", "FETCH", "STORE", "EXPUNGE"} <= commands, commands
+
+
+def test_fetchmail_imap_idle_picks_up_an_smtp_delivery(single_lab: Lab, tmp_path: Path) -> None:
+    """fetchmail's ``idle``: it waits in IMAP IDLE (RFC 2177) and fetches when the server
+    says EXISTS, the moment an SMTP delivery lands."""
+    lab = single_lab
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = fetchmailrc(tmp_path / "fetchmailrc", ca=lab.ca_path, port=lab.address("imaps")[1], user=BOB,
+                     password=password(lab, BOB), out=out, protocol="IMAP", implicit_tls=True,
+                     keep=True, fetchall=False)
+    rc.write_text(rc.read_text().replace(" no fetchall", " no fetchall idle"))
+    log = tmp_path / "fetchmail.log"
+    with open(log, "wb") as log_file:
+        # -d 60: stay up (the idle loop lives in daemon mode); --nodetach: as our child
+        proc = subprocess.Popen(["fetchmail", "-f", str(rc), "--nodetach", "-d", "60", "-v",
+                                 "--pidfile", str(tmp_path / "pid")], stdout=log_file,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "HOME": str(tmp_path)})
+        try:
+            deadline = time.monotonic() + 15
+            while b" IDLE\n" not in log.read_bytes() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert b" IDLE\n" in log.read_bytes(), log.read_text(errors="replace")
+            sent = smtp_deliver(lab, BOB, "wakes fetchmail")
+            deadline = time.monotonic() + 10
+            # "not flushed" (kept on the server) is logged once the MDA has finished
+            while b" not flushed" not in log.read_bytes() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    got = [p.read_bytes() for p in out.iterdir()]
+    assert len(got) == 1, log.read_text(errors="replace")
+    assert lf(got[0]).endswith(lf(sent))
+    assert b"EXISTS" in log.read_bytes() and b"IMAP> DONE" in log.read_bytes()
 
 
 # == getmail6 over IMAPS ====================================================================
