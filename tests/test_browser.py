@@ -1,0 +1,409 @@
+"""The lab in a real browser: JupyterLab served in a subprocess, driven by Debian's
+Chromium through Playwright, the way a student uses it.
+
+What only a browser can show: the ipywidgets transcript renders in JupyterLab, and
+it grows in the page while a *later* cell is still running (its updates come from
+the lab thread through :class:`maillab.views.publish.Throttle`, not from re-running
+its cell nor from the post-cell flush). Also: a cell that talks to a silent server
+fails within its timeout instead of hanging the notebook, and ``%mail stop``
+closes the lab's ports.
+
+Needs the Debian packages ``chromium`` and ``fonts-dejavu-core`` and the pip package
+``playwright`` (its own browser download is not used). Set
+``MAILLAB_DOCS_SCREENSHOT=docs/screenshot-transcript.png`` to refresh the README's picture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from playwright.sync_api import sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+NOTEBOOK = "browser.ipynb"
+SERVER_START_TIMEOUT = 60.0  # s until JupyterLab answers on its port
+KERNEL_START_TIMEOUT = 60.0  # s for the first cell: page load, kernel start, maillab import
+CELL_TIMEOUT = 20.0  # s for any later cell; each client call inside has a shorter timeout
+CLIENT_TIMEOUT = 2  # s: what the failing cells wait for a silent server
+
+#: The notebook, one entry per code cell (the test refers to them by name).
+CELLS = {
+    "load": "%load_ext maillab",
+    "start": "%mail start --ports auto --dir lab",
+    "status": "%mail status",
+    "transcript": "%mail transcript",
+    # Sends through the MX port, then keeps the cell running until the browser says
+    # it has seen the session in the widget above: an update that can only have
+    # come from the lab thread while the kernel was busy in this cell.
+    "send": """\
+import pathlib, smtplib, time
+from email.message import EmailMessage
+from maillab.magics.state import current_lab
+
+msg = EmailMessage()
+msg["From"], msg["To"], msg["Subject"] = "alice@alpha.test", "bob@alpha.test", "seen live"
+msg.set_content("Hello Bob, this session shows up in the transcript above while this cell runs.")
+with smtplib.SMTP(*current_lab().address("smtp"), timeout=10) as smtp:
+    smtp.send_message(msg)
+
+seen = pathlib.Path("browser-saw-it")
+deadline = time.monotonic() + 30
+while not seen.exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("transcript updated while this cell ran:", seen.exists())""",
+    # A server that accepts connections and never says a word: the client's timeout must end the cell.
+    "silent": f"""\
+import smtplib, socket
+
+silent = socket.create_server(("127.0.0.1", 0))
+try:
+    smtplib.SMTP("127.0.0.1", silent.getsockname()[1], timeout={CLIENT_TIMEOUT})
+finally:
+    silent.close()""",
+    "raw_silent": f"""\
+%config MailMagics.timeout = {CLIENT_TIMEOUT}
+silent = socket.create_server(("127.0.0.1", 0))
+silent_port = silent.getsockname()[1]""",
+    "raw_silent_run": "%%smtp 127.0.0.1:{silent_port}\nEHLO student.test",
+    "smtp_address": "smtp_address = current_lab().address('smtp'); silent.close()",
+    "stop": "%mail stop",
+    "stopped": """\
+try:
+    socket.create_connection(smtp_address, timeout=2).close()
+    print("smtp port still open")
+except ConnectionRefusedError:
+    print("smtp port closed")
+%mail status""",
+}
+NAMES = list(CELLS)
+
+
+# -- JupyterLab in a subprocess -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_settings(settings: Path) -> None:
+    """User settings that keep the page deterministic: every cell in the DOM (no
+    windowing), the notebook's kernel started without a kernel dialog, no news or
+    update pop-ups over the notebook."""
+    values = {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {
+            "windowingMode": "none", "autoStartDefaultKernel": True},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false", "checkForUpdates": False},
+    }
+    for name, value in values.items():
+        path = settings / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+
+
+@dataclass
+class JupyterLab:
+    url: str
+    token: str
+    root: Path
+    log: Path
+
+    def get(self, path: str, method: str = "GET") -> object:
+        req = urllib.request.Request(f"{self.url}{path}", method=method,
+                                     headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _write_notebook(path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS.values()]
+    nbformat.write(nb, path)
+
+
+@contextmanager
+def serve_jupyterlab(tmp: Path) -> Iterator[JupyterLab]:
+    """JupyterLab on a free port, serving a fresh copy of the test notebook; always stopped."""
+    root = tmp / "root"
+    root.mkdir()
+    _write_notebook(root / NOTEBOOK)
+    home = tmp / "jupyter"
+    _write_settings(home / "settings")
+    token, port = secrets.token_hex(16), _free_port()
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"),
+               JUPYTER_RUNTIME_DIR=str(home / "runtime"), IPYTHONDIR=str(home / "ipython"))
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
+           "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1", f"--ServerApp.token={token}",
+           f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={home / 'settings'}",
+           f"--LabApp.workspaces_dir={home / 'workspaces'}"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = tmp / "jupyterlab.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = JupyterLab(f"http://127.0.0.1:{port}", token, root, log)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited ({proc.returncode}):\n{server.log_tail()}")
+            try:
+                server.get("/api/status")
+                break
+            except (OSError, urllib.error.URLError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"JupyterLab did not answer within {SERVER_START_TIMEOUT} s:\n"
+                                       f"{server.log_tail()}") from None
+                time.sleep(0.2)
+        yield server
+    finally:
+        _stop_server(server, proc)
+
+
+@pytest.fixture
+def jupyterlab(tmp_path: Path) -> Iterator[JupyterLab]:
+    with serve_jupyterlab(tmp_path) as server:
+        yield server
+
+
+def _stop_server(server: JupyterLab, proc: subprocess.Popen[bytes]) -> None:
+    """Kernels first (they run in sessions of their own), then the server, then its group."""
+    if proc.poll() is None:
+        try:
+            for kernel in server.get("/api/kernels") or []:  # type: ignore[union-attr]
+                server.get(f"/api/kernels/{kernel['id']}", method="DELETE")
+        except (OSError, urllib.error.URLError, ValueError):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # anything the server left in its group
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# -- the page ------------------------------------------------------------------------------
+
+#: The prompt, output text and transcript widget of one cell, read in the page.
+_CELL_STATE = """([index]) => {
+  const cell = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')[index];
+  if (!cell) return null;
+  const prompt = cell.querySelector('.jp-InputArea-prompt');
+  const outputs = cell.querySelector('.jp-OutputArea');
+  const html = cell.querySelector('.jp-OutputArea-output .widget-html-content');
+  const rows = html ? [...html.querySelectorAll('table.ml-tr tr')].map(
+      tr => [...tr.querySelectorAll('td')].map(td => td.textContent)) : null;
+  return {
+    prompt: prompt ? prompt.textContent.trim() : '',
+    output: outputs ? outputs.innerText : '',
+    errors: cell.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length,
+    widget: html ? html.innerText : null,
+    rows: rows,
+  };
+}"""
+
+
+def _done(prompt: str) -> bool:
+    return prompt.startswith("[") and prompt[1:-2].strip().isdigit()
+
+
+class Notebook:
+    def __init__(self, page) -> None:
+        self.page = page
+
+    def state(self, name: str) -> dict:
+        return self.page.evaluate(_CELL_STATE, [NAMES.index(name)])
+
+    def run(self, name: str, *, timeout: float = CELL_TIMEOUT, wait: bool = True) -> dict:
+        """Select the cell by its prompt and press Shift+Enter, as a student does."""
+        cell = self.page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").nth(NAMES.index(name))
+        cell.locator(".jp-InputPrompt").click()
+        self.page.keyboard.press("Shift+Enter")
+        return self.wait(name, timeout=timeout) if wait else self.state(name)
+
+    def wait(self, name: str, *, timeout: float = CELL_TIMEOUT) -> dict:
+        """Until the cell's prompt shows its execution count (``[*]`` while it runs)."""
+        self.page.wait_for_function(
+            "([index]) => { const c = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')[index];"
+            " const p = c && c.querySelector('.jp-InputArea-prompt');"
+            " return p && /^\\[\\d+\\]:?$/.test(p.textContent.trim()); }",
+            arg=[NAMES.index(name)], timeout=timeout * 1000)
+        return self.state(name)
+
+    def until(self, js: str, name: str, *, timeout: float = CELL_TIMEOUT) -> dict:
+        """Until ``js`` (a function of the cell's state) holds."""
+        self.page.wait_for_function(
+            f"([index]) => {{ const s = ({_CELL_STATE})([index]); return s && ({js})(s); }}",
+            arg=[NAMES.index(name)], timeout=timeout * 1000)
+        return self.state(name)
+
+    def screenshot(self, path: Path, first: str, last: str) -> None:
+        """The cells ``first`` .. ``last`` of the notebook, as the page shows them."""
+        cells = self.page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
+        top = cells.nth(NAMES.index(first)).bounding_box()
+        bottom = cells.nth(NAMES.index(last)).bounding_box()
+        assert top and bottom
+        clip = {"x": top["x"], "y": top["y"], "width": top["width"],
+                "height": bottom["y"] + bottom["height"] - top["y"]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(path), clip=clip)
+
+
+@contextmanager
+def chromium_page(tmp: Path) -> Iterator[Any]:
+    """A page in Debian's Chromium with a fresh profile, driven by Playwright."""
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test installs it)")
+    with sync_playwright() as pw:
+        # headless=False: the --headless=new in CHROMIUM_ARGS decides, not Playwright's own flag.
+        context = pw.chromium.launch_persistent_context(
+            str(tmp / "chromium-profile"), executable_path=CHROMIUM, headless=False,
+            args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1800})
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path) -> Iterator[Any]:
+    with chromium_page(tmp_path) as page:
+        yield page
+
+
+# -- the test ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_lab_in_jupyterlab(jupyterlab: JupyterLab, browser_page, tmp_path: Path) -> None:
+    page = browser_page
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+    nb = Notebook(page)
+    try:
+        _drive(nb, jupyterlab)
+    except BaseException:
+        shot = tmp_path / "failure.png"
+        try:
+            page.screenshot(path=str(shot), full_page=True)
+        except Exception:
+            pass
+        print(f"screenshot: {shot}\nbrowser console errors:\n" + "\n".join(console[-20:]))
+        print(f"JupyterLab log:\n{jupyterlab.log_tail()}")
+        raise
+
+
+def _drive(nb: Notebook, lab: JupyterLab) -> None:
+    page = nb.page
+    page.set_default_timeout(CELL_TIMEOUT * 1000)
+    page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}")
+    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").nth(len(CELLS) - 1).wait_for(
+        timeout=KERNEL_START_TIMEOUT * 1000)
+    # The status bar names the kernel and says it is idle: a cell run before that is dropped.
+    page.wait_for_function(
+        "() => { const bar = document.querySelector('#jp-main-statusbar');"
+        " return bar && /ipykernel\\) \\| Idle/.test(bar.innerText); }",
+        timeout=KERNEL_START_TIMEOUT * 1000)
+
+    nb.run("load", timeout=KERNEL_START_TIMEOUT)
+    assert nb.state("load")["errors"] == 0, nb.state("load")["output"]
+    nb.run("start")
+
+    status = nb.run("status")
+    table = status["output"]
+    assert "smtp" in table and "submission" in table, table
+    ports = {row["service"]: row for row in _status_rows(page, NAMES.index("status"))}
+    for service, standard in (("smtp", "25"), ("submission", "587")):
+        row = ports[service]
+        assert row["standard port"] == standard, row
+        assert row["lab port"].isdigit() and int(row["lab port"]) > 1024, row
+
+    # The live widget: rendered by ipywidgets' manager in JupyterLab (not the text fallback).
+    transcript = nb.run("transcript")
+    widget = nb.until("s => s.widget !== null", "transcript")
+    assert "alice@alpha.test" not in widget["widget"], widget["widget"]
+    transcript_prompt = transcript["prompt"]
+
+    # A later cell sends mail; the earlier cell's widget must grow while that cell still runs.
+    nb.run("send", wait=False)
+    grown = nb.until(
+        """s => { const rows = s.rows || [];
+             const i = rows.findIndex(r => r[1] === 'C:'
+                 && r[2].toUpperCase().startsWith('MAIL FROM:<ALICE@ALPHA.TEST>'));  // smtplib: "mail FROM:"
+             return i >= 0 && rows.slice(i + 1).some(r => r[1] === 'S:' && r[2].startsWith('250')); }""",
+        "transcript")
+    running = nb.state("send")["prompt"]
+    assert running in ("[*]:", "[*]"), f"the send cell had already ended ({running}): not a live update"
+    assert grown["prompt"] == transcript_prompt  # the transcript cell was not re-run
+    assert "rcpt to:<bob@alpha.test>" in grown["widget"].lower()
+    (lab.root / "browser-saw-it").touch()
+    sent = nb.wait("send")
+    assert "transcript updated while this cell ran: True" in sent["output"], sent["output"]
+
+    docs_shot = os.environ.get("MAILLAB_DOCS_SCREENSHOT")
+    if docs_shot:
+        nb.screenshot(Path(docs_shot), "status", "send")
+
+    # Failing cells end within their timeouts and leave the kernel usable.
+    began = time.monotonic()
+    failed = nb.run("silent", timeout=CLIENT_TIMEOUT + CELL_TIMEOUT)
+    assert failed["errors"] >= 1 or "Error" in failed["output"], failed["output"]
+    assert "timed out" in failed["output"] or "TimeoutError" in failed["output"], failed["output"]
+    nb.run("raw_silent")
+    raw = nb.run("raw_silent_run", timeout=CLIENT_TIMEOUT + CELL_TIMEOUT)
+    assert f"no greeting within {CLIENT_TIMEOUT}" in raw["output"], raw["output"]
+    assert time.monotonic() - began < 2 * CLIENT_TIMEOUT + CELL_TIMEOUT
+
+    nb.run("smtp_address")
+    stopped = nb.run("stop")
+    assert "lab stopped" in stopped["output"], stopped["output"]
+    after = nb.run("stopped")
+    assert "smtp port closed" in after["output"], after["output"]
+    assert "the lab is not running" in after["output"], after["output"]
+
+
+def _status_rows(page, index: int) -> list[dict[str, str]]:
+    """The status table of cell ``index`` as the browser shows it: header -> cell text."""
+    return page.evaluate(
+        """([index]) => {
+          const cell = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')[index];
+          const table = cell.querySelector('.jp-OutputArea-output table');
+          if (!table) return [];
+          const heads = [...table.querySelectorAll('thead th')].map(th => th.textContent.trim());
+          return [...table.querySelectorAll('tbody tr')].map(tr => Object.fromEntries(
+            [...tr.querySelectorAll('td')].map((td, i) => [heads[i], td.textContent.trim()])));
+        }""",
+        [index],
+    )
+
