@@ -73,7 +73,18 @@ SEARCHES = [("SUBJECT", "你好"), ("SUBJECT", "中文"), ("FROM", "张三"), ("
             ("BODY", "digest entry"), ("BODY", "Subject"), ("SUBJECT", "caf"), ("FROM", "Jörg"),
             ("TO", "user1499@"), ("BODY", "soft line break"), ("HEADER Content-Type", "multipart"),
             ("TEXT", "boundary"), ("BODY", "iVBORw0KGgo"), ("SUBJECT", "second subject"),
-            ("FROM", "two@"), ("SUBJECT", "subject folded"), ("TEXT", "world"), ("BODY", "<p>é</p>")]
+            ("FROM", "two@"), ("SUBJECT", "subject folded"), ("TEXT", "world"), ("BODY", "<p>é</p>"),
+            # FROM/TO/CC/BCC compare addresses in one written form, SUBJECT with runs of
+            # white space as one space; HEADER compares the field as written.
+            ("FROM", "(John"), ("FROM", '"John X. Doe" <bbb@'), ("HEADER FROM", "(John"),
+            ("HEADER FROM", '"John X. Doe" <bbb@'), ("SUBJECT", "subject folded with spaces and"),
+            ("HEADER SUBJECT", "subject  folded"), ("HEADER SUBJECT", "subject folded"),
+            ("HEADER SUBJECT", "spaces and"), ("TO", "<b@example.com>"), ("TO", "a@example.com, b@"),
+            ("HEADER TO", "a@example.com, b@"), ("TO", "undisclosed-recipients:;"),
+            ("CC", 'Team: <alice@example.com>, "Bob B." <bob@example.com>;, <carol'),
+            ("FROM", '"Doe, John \\"JD\\"" <john'), ("FROM", "Jörg Müller <joerg"),
+            ("FROM", '"Jörg Müller" <joerg'), ("FROM", "张三 <zhang"), ("TO", "André Pirard <PIRARD"),
+            ("FROM", "MISSING_MAILBOX"), ("BCC", "<@relay1.example,@relay2.example:dave@")]
 
 
 # -- a throwaway Dovecot -------------------------------------------------------------
@@ -343,7 +354,7 @@ def test_search_matches_dovecot(key: str, needle: str, dovecot_answers) -> None:
         elif words[0] == "TEXT":
             hit = text_matches(data, needle)
         elif words[0] == "HEADER":
-            hit = header_matches(data, words[1], needle)
+            hit = header_matches(data, words[1], needle, exact=True)
         else:
             hit = header_matches(data, words[0], needle)
         if hit:

@@ -321,3 +321,20 @@ def test_simple_address_shapes_read_as_the_full_parser_reads_them() -> None:
             shortcut += 1
             assert simple == _AddressParser(value).address_list(), value
     assert shortcut > 1000  # the shortcut was really taken
+
+
+def test_address_keys_match_one_written_form() -> None:
+    """SEARCH FROM/TO/CC/BCC see each address as ``Name <user@host>`` whatever the header
+    wrote (a comment as the name, quotes where RFC 5322 needs them), as Dovecot does;
+    HEADER From sees the field as written."""
+    data = crlf("From: john@example.com (John X. Doe)\nTo: a@example.com,\n\tb@example.com\n"
+                "Subject: a  subject\n\twith a tab\n\nbody\n")
+    assert header_matches(data, "from", '"John X. Doe" <john@example.com>')
+    assert not header_matches(data, "from", "(John")
+    assert header_matches(data, "from", "(John", exact=True)
+    assert header_matches(data, "to", "<a@example.com>, <b@example.com>")
+    assert header_matches(data, "to", "a@example.com, b@", exact=True)
+    # SUBJECT: runs of white space are one space; HEADER: only the fold is undone.
+    assert header_matches(data, "subject", "a subject with a tab")
+    assert header_matches(data, "subject", "a  subject with", exact=True)
+    assert not header_matches(data, "subject", "a subject", exact=True)

@@ -46,9 +46,10 @@ class Address:
 class _AddressParser:
     """RFC 5322 3.4 address-list, forgiving in the ways real mail needs."""
 
-    def __init__(self, value: bytes) -> None:
+    def __init__(self, value: bytes, limit: int = MAX_ADDRESSES) -> None:
         self.lex = Lexer(value)
         self.out: list[Address] = []
+        self.limit = limit
 
     # -- lexical pieces --
     def phrase(self) -> bytes | None:
@@ -177,7 +178,7 @@ class _AddressParser:
         if name is not None and lex.peek() == 0x3A:  # group = display-name ":" [list] ";"
             lex.i += 1
             self.out.append(Address(mailbox=name))
-            while len(self.out) < MAX_ADDRESSES:
+            while len(self.out) < self.limit:
                 lex.skip_cfws()
                 c = lex.peek()
                 if c is None:
@@ -199,7 +200,7 @@ class _AddressParser:
 
     def address_list(self) -> list[Address]:
         lex = self.lex
-        while len(self.out) < MAX_ADDRESSES:
+        while len(self.out) < self.limit:
             lex.skip_cfws()
             if lex.at_end():
                 break
@@ -214,7 +215,7 @@ class _AddressParser:
             elif not lex.at_end() and lex.peek() != 0x2C:
                 # Garbage after an address ends the list (as Dovecot does).
                 break
-        return self.out[:MAX_ADDRESSES]
+        return self.out[:self.limit]
 
 
 # The shapes nearly all real headers have, read by one regex each instead of byte by
@@ -251,12 +252,62 @@ def _simple_addresses(value: bytes) -> list[Address] | None:
     return out
 
 
-def parse_addresses(value: bytes) -> list[Address]:
+def parse_addresses(value: bytes, limit: int = MAX_ADDRESSES) -> list[Address]:
     """The addresses in a header value (folding allowed); [] for an empty value."""
     simple = _simple_addresses(value)
     if simple is not None:
-        return simple[:MAX_ADDRESSES]
-    return _AddressParser(value).address_list()
+        return simple[:limit]
+    return _AddressParser(value, limit).address_list()
+
+
+_ATEXT_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                         b"!#$%&'*+-/=?^_`{|}~") | frozenset(range(0x80, 0x100))
+
+
+def _phrase_text(text: bytes) -> bytes:
+    """A display name as an address list writes it: bare if all atext, else quoted."""
+    if b"=?" in text or all(c in _ATEXT_BYTES for c in text):
+        return text  # encoded words stay bare so that SEARCH can decode them
+    return b'"' + text.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def address_search_text(value: bytes) -> bytes:
+    """An address field rewritten in one normal form, the text SEARCH FROM/TO/CC/BCC match.
+
+    Dovecot matches these keys against the parsed addresses written back out:
+    ``Name <user@host>`` (the name quoted when it needs it, a comment used as the
+    name), a bare address as ``<user@host>``, groups as ``name: a, b;``, so a
+    search for ``"Doe, John" <j`` finds every way of writing that address.
+    Not capped at MAX_ADDRESSES: the text is no longer than the header it comes from.
+    """
+    out = bytearray()
+    first, in_group = True, False
+    for a in parse_addresses(value, limit=len(value) + 1):
+        if not first:
+            out += b", "
+        first = False
+        if a.host is None:  # group syntax: start (name in mailbox) or end marker
+            if not in_group:
+                out += _phrase_text(a.mailbox) if a.mailbox else b'""'
+                out += b": "
+                first = True
+            else:
+                if out.endswith(b", "):
+                    del out[-2:]
+                elif out.endswith(b": "):
+                    del out[-1:]
+                out += b";"
+            in_group = not in_group
+            continue
+        if a.name is not None:
+            out += _phrase_text(a.name)
+            out += b" "
+        out += b"<"
+        if a.adl:
+            out += a.adl + b":"
+        out += (a.mailbox or b'""').replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        out += b"@" + a.host + b">"
+    return bytes(out)
 
 
 def address_list(addresses: list[Address]) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 from .bodystructure import body_structure
 from .decoding import decode_bytes, decode_header, decode_transfer, fold_case
-from .envelope import envelope
+from .envelope import address_search_text, envelope
 from .mimeparse import Part, find_part, param_value, parse, unfold
 
 __all__ = ["summarize", "section", "header_matches", "body_matches", "text_matches", "parse"]
@@ -126,15 +126,44 @@ def _section(data: bytes, part: tuple[int, ...], kind: str | None,
 
 # -- SEARCH ------------------------------------------------------------------------
 
-def header_matches(data: bytes, field: str, needle: str) -> bool:
-    """SEARCH HEADER field needle (and FROM/TO/CC/BCC/SUBJECT): decoded, case-insensitive.
+#: Fields SEARCH FROM/TO/CC/BCC compare in address form (Dovecot's list, RFC 5322 3.6).
+ADDRESS_FIELDS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc", "resent-from",
+                            "resent-sender", "resent-to", "resent-cc", "resent-bcc"})
+_LWSP_RUN = re.compile(rb"[ \t]+")
+
+
+def _joined(value: bytes) -> bytes:
+    """A folded value on one line as SEARCH HEADER sees it: line breaks removed, a TAB
+    that starts a continuation line read as a space (what Dovecot compares)."""
+    if b"\n" not in value:
+        return value
+    return value.replace(b"\r\n\t", b" ").replace(b"\n\t", b" ").replace(b"\r\n", b"").replace(b"\n", b"")
+
+
+def header_matches(data: bytes, field: str, needle: str, *, exact: bool = False) -> bool:
+    """SEARCH FROM/TO/CC/BCC/SUBJECT/HEADER: decoded (RFC 2047), case-insensitive, Unicode.
 
     An empty needle matches every message that has the field (RFC 3501 6.4.4).
+    By default the field is read as the dedicated keys read it, as Dovecot does:
+    address fields in one normal form (``Name <user@host>``, see
+    envelope.address_search_text) and Subject with each run of spaces and tabs as
+    one space. ``exact=True`` is the HEADER key: the field's text as written, only
+    unfolded.
     """
     root = parse(data)
     name = field.lower()
     want = fold_case(needle)
-    return any(not want or want in fold_case(decode_header(f.value)) for f in root.all(name))
+    for f in root.all(name):
+        if not want:
+            return True
+        value = _joined(f.value)
+        if not exact and name in ADDRESS_FIELDS:
+            value = address_search_text(f.value)
+        elif not exact and name == "subject":
+            value = _LWSP_RUN.sub(b" ", value).strip(b" ")
+        if want in fold_case(decode_header(value)):
+            return True
+    return False
 
 
 def _texts(data: bytes, part: Part) -> Iterator[str]:
