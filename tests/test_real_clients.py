@@ -307,6 +307,42 @@ def test_neomutt_reads_imap(single_lab: Lab, tmp_path: Path, implicit_tls: bool)
     assert tls and tls[-1].data["version"] == "TLSv1.3"
 
 
+@pytest.mark.parametrize("implicit_tls", [True, False], ids=["pop3s", "stls"])
+def test_neomutt_pop3_reads_and_deletes(single_lab: Lab, tmp_path: Path, implicit_tls: bool) -> None:
+    """neomutt's POP3 mailbox: headers by TOP, a message by RETR, d marks it (DELE), and
+    leaving sends QUIT, so the UPDATE state removes it (RFC 1939 6)."""
+    lab = single_lab
+    keep = smtp_deliver(lab, BOB, "keep me")
+    smtp_deliver(lab, BOB, "delete me")
+    service = "pop3s" if implicit_tls else "pop3"
+    url = f"{'pops' if implicit_tls else 'pop'}://localhost:{lab.address(service)[1]}/"
+    rc = neomuttrc(tmp_path / "muttrc", ca=lab.ca_path, lines=[
+        f'set pop_user = "{BOB}"', f'set pop_pass = "{password(lab, BOB)}"',
+        f"set ssl_starttls = {'no' if implicit_tls else 'yes'}",
+        f'set folder = "{tmp_path}"', "set delete = yes", "set sort = unsorted",  # POP3 message-number order
+    ])
+    out = tmp_path / "piped.eml"
+    term = Terminal(["neomutt", "-n", "-F", str(rc), "-f", url], env={"HOME": str(tmp_path)})
+    term.expect(b"[Msgs:2 New:2 ")
+    term.type(b"|")  # the cursor is on the first message, "keep me"
+    term.expect(b"Pipe to")
+    term.type(f"cat > {out}.part && mv {out}.part {out}\r".encode())
+    deadline = time.monotonic() + 10
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    term.type(b"jd")  # down to "delete me", delete it
+    term.expect(b"Del:1")
+    term.type(b"q")
+    term.expect(b"1 kept, 1 deleted")
+    assert term.wait() == 0
+    assert lf(out.read_bytes()).endswith(lf(keep))
+    assert inbox(lab) and [b"Subject: keep me" in m for m in inbox(lab)] == [True]
+    commands = {e.text.split(" ")[0] for e in lab.events.events(protocol="pop3", kinds=("C",))
+                if e.side == "server"}
+    assert {"RETR", "DELE", "QUIT"} <= commands, commands
+    assert implicit_tls or "STLS" in commands
+
+
 def test_neomutt_saves_to_a_non_ascii_folder_and_expunges(single_lab: Lab, tmp_path: Path) -> None:
     """s (save-message) to =日本語: neomutt copies (or MOVEs) the message into a folder whose
     IMAP name is modified UTF-7, then expunges it from INBOX on the way out."""
