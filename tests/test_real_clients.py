@@ -8,10 +8,13 @@ Already covered elsewhere, not repeated here: swaks and curl for SMTP
 curl, IMAPClient over IMAPS and mbsync over STARTTLS for IMAP (test_imap_server_clients.py).
 
 Here: openssl s_client on every TLS port (implicit and STARTTLS, three names per
-certificate, old protocol versions refused), msmtp, neomutt (sending in batch mode;
-reading IMAP through its screen on a pseudo-terminal), offlineimap3, mbsync over IMAPS,
-aioimaplib, IMAPClient over STARTTLS with IDLE, fetchmail over IMAP, and a round trip
-between two lab hosts with real clients only.
+certificate, old protocol versions refused), msmtp (submission, SMTPS, MX), neomutt
+(sending in batch mode; reading IMAP and POP3 through its screen on a pseudo-terminal),
+offlineimap3, mbsync over IMAPS, aioimaplib, IMAPClient over STARTTLS with IDLE,
+fetchmail and getmail6 over IMAP (fetchmail also in IDLE mode), and round trips between
+two lab hosts with real clients only.
+
+aioimaplib has no STARTTLS command, so it is checked over IMAPS only.
 """
 
 from __future__ import annotations
