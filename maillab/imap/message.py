@@ -1,6 +1,6 @@
 """What FETCH and SEARCH need to know about one message (RFC 3501 6.4.4, 6.4.5, 7.4.2).
 
-The IMAP server asks four things of a stored message (CRLF bytes, as
+The IMAP server asks these things of a stored message (CRLF bytes, as
 ``Mailbox.read_crlf`` returns them):
 
 - ``summarize(data)``: ENVELOPE, BODY and BODYSTRUCTURE as wire strings, and the
