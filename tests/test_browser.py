@@ -268,16 +268,30 @@ class Notebook:
             arg=[NAMES.index(name)], timeout=timeout * 1000)
         return self.state(name)
 
-    def screenshot(self, path: Path, first: str, last: str) -> None:
-        """The cells ``first`` .. ``last`` of the notebook, as the page shows them."""
-        cells = self.page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
-        top = cells.nth(NAMES.index(first)).bounding_box()
-        bottom = cells.nth(NAMES.index(last)).bounding_box()
-        assert top and bottom
-        clip = {"x": top["x"], "y": top["y"], "width": top["width"],
-                "height": bottom["y"] + bottom["height"] - top["y"]}
+    def screenshot(self, path: Path, first: str, last: str, *, line: str) -> None:
+        """The cells ``first`` .. ``last`` as the page shows them, each transcript
+        scrolled to its first row starting with ``line`` (case-insensitive). The
+        notebook scrolls inside the page, so the window is made tall enough for them."""
+        self.page.set_viewport_size({"width": 1500, "height": 2400})
+        collapse = self.page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
+        if collapse.count():
+            collapse.first.click()  # the file browser: clicking its open tab folds it away
+        box = self.page.wait_for_function(
+            """([first, last, line]) => {
+              const cells = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell');
+              cells[first].scrollIntoView({block: 'start'});
+              for (const w of document.querySelectorAll('.jp-OutputArea-output .widget-html')) {
+                const row = [...w.querySelectorAll('tr')].find(
+                  tr => tr.innerText.toLowerCase().includes(line.toLowerCase()));
+                if (row) w.scrollTop += row.getBoundingClientRect().top - w.getBoundingClientRect().top - 4;
+              }
+              const top = cells[first].getBoundingClientRect(), bottom = cells[last].getBoundingClientRect();
+              if (top.top < 0 || bottom.bottom > window.innerHeight) return null;
+              return {x: top.left, y: top.top, width: top.width, height: bottom.bottom - top.top};
+            }""",
+            arg=[NAMES.index(first), NAMES.index(last), line]).json_value()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(path), clip=clip)
+        self.page.screenshot(path=str(path), clip=box)
 
 
 @contextmanager
@@ -373,7 +387,7 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
 
     docs_shot = os.environ.get("MAILLAB_DOCS_SCREENSHOT")
     if docs_shot:
-        nb.screenshot(Path(docs_shot), "status", "send")
+        nb.screenshot(Path(docs_shot), "status", "send", line="mail FROM:<alice@alpha.test>")
 
     # Failing cells end within their timeouts and leave the kernel usable.
     began = time.monotonic()
