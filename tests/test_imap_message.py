@@ -9,7 +9,6 @@ after parsing (tests/imap_sexp.py), so only meaning counts, not quoting style.
 from __future__ import annotations
 
 import calendar
-import time
 from pathlib import Path
 
 from imap_sexp import read
@@ -281,9 +280,7 @@ def test_deep_nesting_is_bounded() -> None:
     depth = 3 * mimeparse.MAX_NESTING
     head = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(depth))
     data = crlf(head + "Content-Type: text/plain\n\ndeep\n")
-    start = time.perf_counter()
     s = summarize(data)
-    assert time.perf_counter() - start < 5
     assert read(s["bodystructure"])
     assert _depth(read(s["bodystructure"])) <= mimeparse.MAX_NESTING + 2  # + leaf + its params
 
