@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 from maillab import Lab
 from maillab.limits import Limits
@@ -37,3 +39,26 @@ def single_lab(tmp_path) -> Iterator[Lab]:
         yield lab
     finally:
         lab.stop()
+
+
+@contextmanager
+def magic_shell(tmp_path, start_args: str = "") -> Iterator[tuple[InteractiveShell, Lab]]:
+    """A real IPython shell with ``%load_ext maillab`` and ``%mail start`` on free ports."""
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "maillab")
+    shell.run_line_magic("mail", f"start --ports auto --dir {tmp_path / 'lab'} {start_args}")
+    lab = kernel_lab()
+    lab.limits.auth_failure_delay = 0.05  # the servers read the lab's limits live
+    try:
+        yield shell, lab
+    finally:
+        shell.run_line_magic("mail", "stop")
+
+
+def kernel_lab() -> Lab:
+    """The lab the magics started (``%mail start``)."""
+    from maillab.magics import state
+
+    current = state.existing_lab()
+    assert current is not None
+    return current

@@ -6,34 +6,21 @@ import base64
 import socket
 
 import pytest
+from conftest import kernel_lab as lab
+from conftest import magic_shell
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from maillab.clients.smtp import SendResult
-from maillab.magics import state
 from maillab.magics.mail import SUBCOMMANDS, HelpText, RawResult, subcommand
-from maillab.views import Inbox, StatusTable, TranscriptView
+from maillab.views import Inbox, TranscriptView
 
 
 @pytest.fixture
 def ip(tmp_path):
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "maillab")
-    table = shell.run_line_magic("mail", f"start --ports auto --dir {tmp_path / 'lab'} --domain alpha.test"
-                                 " --user carol@alpha.test=carol-pw")
-    assert isinstance(table, StatusTable)
-    state.existing_lab().limits.auth_failure_delay = 0.05  # the servers read the lab's limits live
-    try:
+    with magic_shell(tmp_path, "--domain alpha.test --user carol@alpha.test=carol-pw") as (shell, _):
         yield shell
-    finally:
-        shell.run_line_magic("mail", "stop")
-
-
-def lab():
-    current = state.existing_lab()
-    assert current is not None
-    return current
 
 
 def test_start_status_and_users(ip, tmp_path):

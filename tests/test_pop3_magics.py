@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import kernel_lab as lab
+from conftest import magic_shell
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
-from maillab.magics import state
 from maillab.magics.pop3 import POP3Result, pop3_reply_complete
 from maillab.views.pop3_state import POP3StateView, render_text, session_state
 
@@ -17,19 +17,8 @@ BOB = "bob@alpha.test"
 
 @pytest.fixture
 def ip(tmp_path):
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "maillab")
-    shell.run_line_magic("mail", f"start --ports auto --dir {tmp_path / 'lab'} --domain alpha.test")
-    try:
+    with magic_shell(tmp_path, "--domain alpha.test") as (shell, _):
         yield shell
-    finally:
-        shell.run_line_magic("mail", "stop")
-
-
-def lab():
-    current = state.existing_lab()
-    assert current is not None
-    return current
 
 
 def deliver(n: int) -> None:

@@ -9,10 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import kernel_lab as lab
+from conftest import magic_shell
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
-from maillab.magics import state
 from maillab.views.dns import DigAnswer, dig_real
 from maillab.views.relay import FigureView, HopsView, LiveRelayView, QueueView, RelayView
 
@@ -21,23 +21,10 @@ DATA = Path(__file__).parent / "data" / "received"
 
 @pytest.fixture
 def ip(tmp_path):
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "maillab")
-    shell.run_line_magic("mail", f"start --ports auto --dir {tmp_path / 'lab'}")
-    lab = state.existing_lab()
-    assert lab is not None and lab.started
-    lab.limits.relay_retry_first = 0.3  # the lab's short retry times, shorter still for tests
-    lab.limits.relay_retry_max = 1.0
-    try:
+    with magic_shell(tmp_path) as (shell, lab):
+        lab.limits.relay_retry_first = 0.3  # the lab's short retry times, shorter still for tests
+        lab.limits.relay_retry_max = 1.0
         yield shell
-    finally:
-        shell.run_line_magic("mail", "stop")
-
-
-def lab():
-    current = state.existing_lab()
-    assert current is not None
-    return current
 
 
 def send(ip, subject: str, to: str = "carol@beta.test") -> str:
