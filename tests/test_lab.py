@@ -8,11 +8,10 @@ import socket
 import threading
 
 import pytest
+from conftest import fast_limits
 
 from maillab import Lab
 from maillab.services import PortBusy
-
-from conftest import fast_limits
 
 
 def _lab_threads() -> list[threading.Thread]:

@@ -93,7 +93,7 @@ class RawSession:
                     self.recorder.server_line(line)
                 if self.reply_complete(command, ex.reply):
                     break
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             ex.timed_out = True
             if self.recorder:
                 self.recorder.note(f"no complete reply within {self.timeout} s")

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .mailbox import MessageInfo, Mailbox, crlf_size, to_crlf
+from .mailbox import Mailbox, MessageInfo, crlf_size, to_crlf
 from .names import InvalidName, folder_dirname, is_inbox, name_from_dirname, split_name
 
 __all__ = ["Store", "Mailbox", "MessageInfo", "InvalidName", "MailboxExists", "NoSuchMailbox",
