@@ -508,9 +508,22 @@ class Measurements:
     times: dict[str, list[float]] = field(default_factory=dict)
     check: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # phase -> (untagged, literal bytes, hits)
     bytes: dict[str, int] = field(default_factory=dict)
+    lower_bounds: set[str] = field(default_factory=set)  # phases that timed out: times are minimums
 
     def median(self, phase: str) -> float:
         return statistics.median(self.times[phase])
+
+
+def _timed(fn: Callable[[], Reply]) -> tuple[float, Reply | None]:
+    """Elapsed seconds and the reply; None when the server timed out or failed (the
+    elapsed time is then a lower bound, reported with ">")."""
+    t = time.perf_counter()
+    try:
+        reply = fn()
+    except (TimeoutError, IMAPFailed, OSError) as exc:
+        print(f"    failed after {time.perf_counter() - t:.1f} s: {exc!r}", flush=True)
+        return time.perf_counter() - t, None
+    return time.perf_counter() - t, reply
 
 
 def run_server(server: Server, corpus: Path, work: Path, runs: int, warmup: bool) -> Measurements:
@@ -525,20 +538,28 @@ def run_server(server: Server, corpus: Path, work: Path, runs: int, warmup: bool
         for i in range(runs + (1 if warmup else 0)):
             timed = not warmup or i > 0
             for name, phase in PHASES:
-                t = time.perf_counter()
-                reply = phase(server, client)
-                elapsed = time.perf_counter() - t
-                if name == "STORE +FLAGS":
+                elapsed, reply = _timed(lambda phase=phase, c=client: phase(server, c))
+                if reply is None:  # the connection's state is unknown now: start afresh
+                    m.lower_bounds.add(name)
+                    client = LeanClient(server.host, server.port)
+                    client.login_select()
+                elif name == "STORE +FLAGS":
                     undo_store(client)
                 if timed:
                     m.times.setdefault(name, []).append(elapsed)
-                    m.check[name] = (reply.untagged, reply.literal_bytes, len(reply.search))
-                    m.bytes[name] = reply.literal_bytes or reply.bytes
-            elapsed, body_bytes = concurrent_bodies(server)
+                    if reply is not None:
+                        m.check[name] = (reply.untagged, reply.literal_bytes, len(reply.search))
+                        m.bytes[name] = reply.literal_bytes or reply.bytes
+            try:
+                elapsed, body_bytes = concurrent_bodies(server)
+            except (TimeoutError, IMAPFailed, OSError) as exc:
+                print(f"    8 clients failed: {exc!r}", flush=True)
+                elapsed, body_bytes = TIMEOUT, 0
+                m.lower_bounds.add(CONCURRENT)
             if timed:
                 m.times.setdefault(CONCURRENT, []).append(elapsed)
                 m.check[CONCURRENT] = (0, body_bytes, 0)
-                m.bytes[CONCURRENT] = body_bytes
+                m.bytes[CONCURRENT] = body_bytes or m.bytes.get("UID FETCH BODY.PEEK[]", 0) * 8
             print(f"    {'warm-up' if not timed else f'run {i if warmup else i + 1}'} done", flush=True)
         client.close()
     finally:
@@ -560,7 +581,7 @@ def report(results: dict[str, Measurements], messages: int, total: int) -> list[
                 line += f"{'-':>16}"
                 continue
             ms = results[n].median(phase) * 1000
-            cell = f"{ms:.1f}"
+            cell = (">" if phase in results[n].lower_bounds else "") + f"{ms:.1f}"
             if phase in BODY_PHASES:
                 mbs = results[n].bytes[phase] / 1e6 / (ms / 1000)
                 cell += f" ({mbs:.0f})"
