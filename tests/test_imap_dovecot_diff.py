@@ -84,7 +84,9 @@ SEARCHES = [("SUBJECT", "你好"), ("SUBJECT", "中文"), ("FROM", "张三"), ("
             ("CC", 'Team: <alice@example.com>, "Bob B." <bob@example.com>;, <carol'),
             ("FROM", '"Doe, John \\"JD\\"" <john'), ("FROM", "Jörg Müller <joerg"),
             ("FROM", '"Jörg Müller" <joerg'), ("FROM", "张三 <zhang"), ("TO", "André Pirard <PIRARD"),
-            ("FROM", "MISSING_MAILBOX"), ("BCC", "<@relay1.example,@relay2.example:dave@")]
+            ("FROM", "MISSING_MAILBOX"), ("BCC", "<@relay1.example,@relay2.example:dave@"),
+            ("SUBJECT", "测试邮件"), ("BODY", "这是一封"), ("BODY", "Hello Bob"), ("TO", "Carol <carol"),
+            ("TEXT", "notes.txt"), ("BODY", "Grüße")]
 
 
 # -- a throwaway Dovecot -------------------------------------------------------------
@@ -368,7 +370,8 @@ def test_the_comparison_sees_real_content(dovecot_answers) -> None:
     assert len(fetched) == len(CORPUS) >= 60
     env = fetched["odd_encoded_subjects.eml"]["ENVELOPE"]
     assert env[1].startswith(b"=?UTF-8?B?")
-    assert dovecot_answers["search"][("SUBJECT", "你好")] == {"odd_encoded_subjects.eml"}
+    assert dovecot_answers["search"][("SUBJECT", "你好")] == {"odd_encoded_subjects.eml",
+                                                       "composed_chinese_subject.eml"}
     nested = fetched["odd_nested.eml"]["BODYSTRUCTURE"]
     assert nested[1][:2] == [b"message", b"rfc822"]  # part 2 is a forwarded message
 
