@@ -319,7 +319,7 @@ def address_list(addresses: list[Address]) -> str:
 def _all_addresses(part: Part, name: str) -> list[Address]:
     # A repeated address field adds its addresses (To: a / To: b is To: a, b), as in Dovecot.
     out: list[Address] = []
-    for f in part.all(name):
+    for f in part.named(name):
         if len(out) >= MAX_ADDRESSES:
             break
         out += parse_addresses(f.value)

@@ -153,7 +153,7 @@ def header_matches(data: bytes, field: str, needle: str, *, exact: bool = False)
     root = parse(data)
     name = field.lower()
     want = fold_case(needle)
-    for f in root.all(name):
+    for f in root.named(name):
         if not want:
             return True
         value = _joined(f.value)

@@ -3,9 +3,12 @@
 It never decodes anything: it finds where each header, body and part starts and
 ends, in the CRLF bytes the IMAP server sends, so sizes and sections come out
 exactly as they go on the wire. Boundaries are found the way Dovecot finds them:
-a line that starts with ``--`` followed by the boundary of the innermost open
-multipart that matches (an outer boundary also closes every part inside it, so a
-multipart whose closing delimiter is missing still ends where its parent does).
+a line that starts with ``--`` and the boundary of an open multipart (the longest
+that matches, then the innermost); an outer boundary also closes every part inside
+it, so a multipart whose closing delimiter is missing still ends where its parent
+does. Where RFC 2046 leaves the edges open (which line break belongs to which part,
+what a header cut short by a delimiter holds) the choices are Dovecot's, so that
+BODY[section] sizes agree with it byte for byte.
 
 Nothing here raises on malformed input: a message without a header, a multipart
 without a boundary or without parts, or a part nested too deep is still a tree,
@@ -18,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 
 #: Deepest MIME nesting parsed (multiparts and message/rfc822 inside each other);
-#: deeper parts are kept as opaque leaves. Dovecot's default is also 100.
+#: deeper parts are kept as opaque leaves (Dovecot's limit is 100 too).
 MAX_NESTING = 100
 #: Most MIME parts parsed in one message; parts past it stay unparsed bytes of their multipart.
 MAX_PARTS = 10_000
@@ -64,7 +67,7 @@ class Part:
     gave_line_break: bool = False
     _index: dict[str, list[HeaderField]] | None = field(default=None, repr=False, compare=False)
 
-    def all(self, name: str) -> list[HeaderField]:
+    def named(self, name: str) -> list[HeaderField]:
         """Every field called ``name`` (lower case), in message order."""
         index = self._index
         if index is None:
@@ -75,11 +78,11 @@ class Part:
 
     def first(self, name: str) -> bytes | None:
         """The raw value of the first field called ``name`` (lower case), if any."""
-        found = self.all(name)
+        found = self.named(name)
         return found[0].value if found else None
 
     def last(self, name: str) -> bytes | None:
-        found = self.all(name)
+        found = self.named(name)
         return found[-1].value if found else None
 
 
