@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..connection import ConnectionClosed, LineConnection, LineTooLong
 from ..events import MASK, SessionRecorder
+from ..listener import LineServer
 from ..services import Service, register
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser
 from .session import Delay, IMAPSession, Notice, Output, Response
@@ -93,40 +94,24 @@ def _is_loopback(address: str) -> bool:
         return address == "localhost"
 
 
-class IMAPServer:
+class IMAPServer(LineServer):
     """One listener (imap or imaps) of one lab host."""
 
+    protocol = "imap"
+    busy_reply = "* BYE [UNAVAILABLE] too many connections, try again later"
+
     def __init__(self, lab: Lab, service: Service, *, implicit_tls: bool) -> None:
-        self.lab = lab
-        self.service = service
-        self.implicit_tls = implicit_tls
-        assert lab.ca is not None
-        self.tls_context: ssl.SSLContext = lab.ca.server_context(service.hostname, [service.address])
+        super().__init__(lab, service, implicit_tls=implicit_tls)
         self.hub = _hub(lab)
 
-    async def start(self) -> asyncio.AbstractServer:
-        return await asyncio.start_server(
-            self.handle, self.service.address, self.service.port,
-            ssl=self.tls_context if self.implicit_tls else None,
-            ssl_handshake_timeout=self.lab.limits.tls_handshake_timeout if self.implicit_tls else None,
-            limit=2 ** 16,
-        )
+    @property
+    def idle_timeout(self) -> float:
+        return self.lab.limits.imap_idle_timeout
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        svc, limits = self.service, self.lab.limits
-        peer = writer.get_extra_info("peername")
-        rec = self.lab.events.session("imap", "server", svc.hostname,
-                                      f"{peer[0]}:{peer[1]}" if peer else "?",
-                                      service=svc.name, port=svc.port)
-        conn = LineConnection(reader, writer, rec, idle_timeout=limits.imap_idle_timeout)
-        if svc.active >= limits.max_connections:
-            await conn.send_line("* BYE [UNAVAILABLE] too many connections, try again later")
-            rec.close("too many connections")
-            await conn.close()
-            return
-        svc.session_opened()
-        session = IMAPSession(
-            self.lab.store, self.lab.users, limits,
+    def open_session(self) -> IMAPSession:
+        svc = self.service
+        return IMAPSession(
+            self.lab.store, self.lab.users, self.lab.limits,
             hostname=svc.hostname,
             tls_active=self.implicit_tls,
             starttls_available=not self.implicit_tls,
@@ -135,68 +120,51 @@ class IMAPServer:
             on_change=self.hub.changed,
             sessions_per_user=self.hub.sessions_per_user,
         )
+
+    async def converse(self, conn: LineConnection, rec: SessionRecorder, session: IMAPSession) -> str:
+        limits = self.lab.limits
         parser = Parser(max_literal=limits.imap_literal,
                         max_command=limits.imap_literal + limits.imap_line,
                         max_depth=limits.imap_nesting)
         reason = "connection closed by the client"
-        try:
-            if self.implicit_tls:
-                conn.record_tls()
-            await self._send(conn, rec, session.greeting())
-            while session.action != "close":
+        await self._send(conn, rec, session.greeting())
+        while session.action != "close":
+            try:
+                line = await conn.readline(limits.imap_line)
+            except LineTooLong as exc:
+                parser.reset()
+                rec.note(f"command line of {exc.length}+ octets discarded", limit="imap_line")
+                await self._send(conn, rec, [Response(
+                    b"* BAD [TOOBIG] line over %d octets (imap_line)\r\n" % limits.imap_line)])
+                continue
+            except TimeoutError:
+                await self._send(conn, rec, [Response(b"* BYE autologout: idle for too long\r\n")])
+                return "idle timeout"
+            if session.mode == "authenticate":
+                rec.client_line(session.masked(line))
+                await self._send(conn, rec, session.continue_line(line))
+                continue
+            result = await self._read_command(conn, rec, parser, session, line)
+            if result is None:
+                continue
+            if isinstance(result, LiteralRefused):
+                if await self._refuse_literal(conn, rec, result):
+                    return "non-synchronizing literal over the limit"
+                continue
+            await self._send(conn, rec, session.execute(result),
+                             tag=result.tag if isinstance(result, Command) else None)
+            if session.mode == "idle":
+                reason = await self._idle(conn, rec, session) or reason
+            if session.action == "starttls":
                 try:
-                    line = await conn.readline(limits.imap_line)
-                except LineTooLong as exc:
-                    parser.reset()
-                    rec.note(f"command line of {exc.length}+ octets discarded", limit="imap_line")
-                    await self._send(conn, rec, [Response(
-                        b"* BAD [TOOBIG] line over %d octets (imap_line)\r\n" % limits.imap_line)])
-                    continue
-                except TimeoutError:
-                    reason = "idle timeout"
-                    await self._send(conn, rec, [Response(b"* BYE autologout: idle for too long\r\n")])
-                    break
-                if session.mode == "authenticate":
-                    rec.client_line(session.masked(line))
-                    await self._send(conn, rec, session.continue_line(line))
-                    continue
-                result = await self._read_command(conn, rec, parser, session, line)
-                if result is None:
-                    continue
-                if isinstance(result, LiteralRefused):
-                    if await self._refuse_literal(conn, rec, result):
-                        reason = "non-synchronizing literal over the limit"
-                        break
-                    continue
-                await self._send(conn, rec, session.execute(result),
-                                 tag=result.tag if isinstance(result, Command) else None)
-                if session.mode == "idle":
-                    reason = await self._idle(conn, rec, session) or reason
-                if session.action == "starttls":
-                    try:
-                        await conn.starttls(self.tls_context, limits.tls_handshake_timeout)
-                    except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
-                        reason = f"TLS handshake failed: {exc}"
-                        break
-                    session.tls_started()
-                    parser.reset()
-                if session.action == "close":
-                    reason = "LOGOUT" if session.state.value == "LOGOUT" else "closed by the server"
-        except ConnectionClosed:
-            pass
-        except TimeoutError:
-            reason = "idle timeout"
-        except asyncio.CancelledError:
-            # The lab is stopping. Not re-raised: asyncio's stream callback would
-            # log a cancelled handler task as an unhandled error.
-            reason = "lab stopped"
-        except (ConnectionError, ssl.SSLError) as exc:
-            reason = f"connection error: {exc}"
-        finally:
-            session.end()
-            rec.close(reason)
-            svc.session_closed()
-            await conn.close()
+                    await conn.starttls(self.tls_context, limits.tls_handshake_timeout)
+                except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
+                    return f"TLS handshake failed: {exc}"
+                session.tls_started()
+                parser.reset()
+            if session.action == "close":
+                reason = "LOGOUT" if session.state.value == "LOGOUT" else "closed by the server"
+        return reason
 
     async def _read_command(self, conn: LineConnection, rec: SessionRecorder, parser: Parser,
                             session: IMAPSession, line: bytes,
@@ -357,13 +325,9 @@ def _notice(rec: SessionRecorder, notice: Notice) -> None:
 
 @register("imap")
 async def start_imap(lab: Lab, service: Service) -> asyncio.AbstractServer:
-    server = await IMAPServer(lab, service, implicit_tls=False).start()
-    service.port = server.sockets[0].getsockname()[1]
-    return server
+    return await IMAPServer(lab, service, implicit_tls=False).start()
 
 
 @register("imaps")
 async def start_imaps(lab: Lab, service: Service) -> asyncio.AbstractServer:
-    server = await IMAPServer(lab, service, implicit_tls=True).start()
-    service.port = server.sockets[0].getsockname()[1]
-    return server
+    return await IMAPServer(lab, service, implicit_tls=True).start()

@@ -20,7 +20,9 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
-from ..connection import ConnectionClosed, LineConnection, LineTooLong
+from ..connection import LineConnection, LineTooLong
+from ..events import SessionRecorder
+from ..listener import LineServer
 from ..services import Service, register
 from .maildrop import Maildrop
 from .session import POP3Session, Reply
@@ -53,96 +55,65 @@ class LabBackend:
         return Maildrop(self.lab.store.mailbox(address, "INBOX", create=True))
 
 
-class POP3Server:
+class POP3Server(LineServer):
     """One listener (pop3 or pop3s) of one lab host."""
 
+    protocol = "pop3"
+    busy_reply = "-ERR [SYS/TEMP] too many connections, try again later"
+
     def __init__(self, lab: Lab, service: Service, *, implicit_tls: bool) -> None:
-        self.lab = lab
-        self.service = service
-        self.implicit_tls = implicit_tls
-        assert lab.ca is not None
-        self.tls_context: ssl.SSLContext = lab.ca.server_context(service.hostname, [service.address])
+        super().__init__(lab, service, implicit_tls=implicit_tls)
         self.backend = LabBackend(lab)
 
-    async def start(self) -> asyncio.AbstractServer:
-        return await asyncio.start_server(
-            self.handle, self.service.address, self.service.port,
-            ssl=self.tls_context if self.implicit_tls else None,
-            ssl_handshake_timeout=self.lab.limits.tls_handshake_timeout if self.implicit_tls else None,
-            limit=2 ** 16,
-        )
+    @property
+    def idle_timeout(self) -> float:
+        return self.lab.limits.pop3_idle_timeout
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        svc, limits = self.service, self.lab.limits
-        peer = writer.get_extra_info("peername")
-        rec = self.lab.events.session("pop3", "server", svc.hostname,
-                                      f"{peer[0]}:{peer[1]}" if peer else "?",
-                                      service=svc.name, port=svc.port)
-        conn = LineConnection(reader, writer, rec, idle_timeout=limits.pop3_idle_timeout)
-        if svc.active >= limits.max_connections:
-            await conn.send_line("-ERR [SYS/TEMP] too many connections, try again later")
-            rec.close("too many connections")
-            await conn.close()
-            return
-        svc.session_opened()
-        session = POP3Session(
+    def open_session(self) -> POP3Session:
+        limits = self.lab.limits
+        return POP3Session(
             self.backend,
-            hostname=svc.hostname,
+            hostname=self.service.hostname,
             tls_active=self.implicit_tls,
             stls_available=not self.implicit_tls,
             plaintext_auth=bool(self.lab.extras.get(PLAINTEXT_AUTH, True)),
             auth_failure_delay=limits.auth_failure_delay,
             line_limit=limits.pop3_command_line,
         )
-        reason = "connection closed by the client"
-        try:
-            if self.implicit_tls:
-                conn.record_tls()
-            rec.state(session.state.value)
-            await self._send(conn, rec, session.greeting())
-            while True:
-                try:
-                    # RFC 2449 section 4: 255 octets including the CRLF
-                    line = await conn.readline(session.line_limit)
-                except LineTooLong as exc:
-                    rec.note(f"command line of {exc.length}+ octets discarded", limit="pop3_command_line")
-                    await self._send(conn, rec, session.line_too_long())
-                    continue
-                except TimeoutError:
-                    reason = "idle timeout"
-                    await self._send(conn, rec, session.timed_out())
-                    break
-                rec.client_line(session.masked(line))
-                reply = session.receive(line)
-                await self._send(conn, rec, reply)
-                if reply.starttls:
-                    try:
-                        await conn.starttls(self.tls_context, limits.tls_handshake_timeout)
-                    except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
-                        reason = f"TLS handshake failed: {exc}"
-                        break
-                    session.tls_started()
-                if reply.close:
-                    reason = "QUIT" if reply.ok else reason
-                    break
-        except ConnectionClosed:
-            pass
-        except asyncio.CancelledError:
-            # The lab is stopping. Not re-raised: asyncio's stream callback would
-            # log a cancelled handler task as an unhandled error.
-            reason = "lab stopped"
-        except (ConnectionError, ssl.SSLError) as exc:
-            reason = f"connection error: {exc}"
-        finally:
-            if session.maildrop is not None:
-                rec.note("session ended without QUIT: no UPDATE state, nothing deleted",
-                         pop3="aborted")
-            session.end()
-            rec.close(reason)
-            svc.session_closed()
-            await conn.close()
 
-    async def _send(self, conn: LineConnection, rec, reply: Reply) -> None:  # noqa: ANN001
+    async def converse(self, conn: LineConnection, rec: SessionRecorder, session: POP3Session) -> str:
+        rec.state(session.state.value)
+        await self._send(conn, rec, session.greeting())
+        while True:
+            try:
+                # RFC 2449 section 4: 255 octets including the CRLF
+                line = await conn.readline(session.line_limit)
+            except LineTooLong as exc:
+                rec.note(f"command line of {exc.length}+ octets discarded", limit="pop3_command_line")
+                await self._send(conn, rec, session.line_too_long())
+                continue
+            except TimeoutError:
+                await self._send(conn, rec, session.timed_out())
+                return "idle timeout"
+            rec.client_line(session.masked(line))
+            reply = session.receive(line)
+            await self._send(conn, rec, reply)
+            if reply.starttls:
+                try:
+                    await conn.starttls(self.tls_context, self.lab.limits.tls_handshake_timeout)
+                except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
+                    return f"TLS handshake failed: {exc}"
+                session.tls_started()
+            if reply.close:
+                return "QUIT" if reply.ok else "connection closed by the client"
+
+    def session_ended(self, rec: SessionRecorder, session: POP3Session) -> None:
+        if session.maildrop is not None:
+            rec.note("session ended without QUIT: no UPDATE state, nothing deleted",
+                     pop3="aborted")
+        session.end()
+
+    async def _send(self, conn: LineConnection, rec: SessionRecorder, reply: Reply) -> None:
         if reply.auth is not None:
             rec.auth(*reply.auth)
         for text, data in reply.notes:
@@ -168,13 +139,9 @@ class POP3Server:
 
 @register("pop3")
 async def start_pop3(lab: Lab, service: Service) -> asyncio.AbstractServer:
-    server = await POP3Server(lab, service, implicit_tls=False).start()
-    service.port = server.sockets[0].getsockname()[1]
-    return server
+    return await POP3Server(lab, service, implicit_tls=False).start()
 
 
 @register("pop3s")
 async def start_pop3s(lab: Lab, service: Service) -> asyncio.AbstractServer:
-    server = await POP3Server(lab, service, implicit_tls=True).start()
-    service.port = server.sockets[0].getsockname()[1]
-    return server
+    return await POP3Server(lab, service, implicit_tls=True).start()

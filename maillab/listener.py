@@ -1,0 +1,106 @@
+"""The listener half of the hand-written line servers (POP3, IMAP).
+
+Both protocols open and close a session the same way, so that part lives here
+once: bind the service's address (implicit TLS on the pop3s/imaps ports, RFC
+8314), open a transcript for every connection, refuse connections over
+``max_connections`` with the protocol's own busy reply, count the session in
+the service record, and, however the session ends (QUIT/LOGOUT, the client
+going away, a TLS error, the lab stopping), close it with a reason the
+transcript shows.
+
+What happens in between, the conversation itself, is each protocol's own
+:meth:`LineServer.converse`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .connection import ConnectionClosed, LineConnection
+
+if TYPE_CHECKING:
+    from .events import SessionRecorder
+    from .lab import Lab
+    from .services import Service
+
+
+class LineServer:
+    """One listener (e.g. pop3 or pop3s) of one lab host; a subclass per protocol."""
+
+    #: The protocol name the transcript files sessions under ("pop3", "imap").
+    protocol: ClassVar[str]
+    #: The line a client gets when ``max_connections`` sessions are open already.
+    busy_reply: ClassVar[str]
+
+    def __init__(self, lab: Lab, service: Service, *, implicit_tls: bool) -> None:
+        self.lab = lab
+        self.service = service
+        self.implicit_tls = implicit_tls
+        assert lab.ca is not None
+        self.tls_context: ssl.SSLContext = lab.ca.server_context(service.hostname, [service.address])
+
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds a client may stay silent before the server gives up on it."""
+        raise NotImplementedError
+
+    def open_session(self) -> Any:
+        """The protocol's sans-IO session for a new connection (has an ``end()``)."""
+        raise NotImplementedError
+
+    async def converse(self, conn: LineConnection, rec: SessionRecorder, session: Any) -> str:
+        """Greet, then serve commands until the session ends; returns why it ended."""
+        raise NotImplementedError
+
+    def session_ended(self, rec: SessionRecorder, session: Any) -> None:
+        """The connection is gone, whichever way: release what the session holds."""
+        session.end()
+
+    async def start(self) -> asyncio.AbstractServer:
+        """Listen, and write the port actually bound (port 0 = any) into the service."""
+        limits = self.lab.limits
+        server = await asyncio.start_server(
+            self.handle, self.service.address, self.service.port,
+            ssl=self.tls_context if self.implicit_tls else None,
+            ssl_handshake_timeout=limits.tls_handshake_timeout if self.implicit_tls else None,
+            limit=2 ** 16,
+        )
+        self.service.port = server.sockets[0].getsockname()[1]
+        return server
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        svc = self.service
+        peer = writer.get_extra_info("peername")
+        rec = self.lab.events.session(self.protocol, "server", svc.hostname,
+                                      f"{peer[0]}:{peer[1]}" if peer else "?",
+                                      service=svc.name, port=svc.port)
+        conn = LineConnection(reader, writer, rec, idle_timeout=self.idle_timeout)
+        if svc.active >= self.lab.limits.max_connections:
+            await conn.send_line(self.busy_reply)
+            rec.close("too many connections")
+            await conn.close()
+            return
+        svc.session_opened()
+        session = self.open_session()
+        reason = "connection closed by the client"
+        try:
+            if self.implicit_tls:
+                conn.record_tls()
+            reason = await self.converse(conn, rec, session)
+        except ConnectionClosed:
+            pass
+        except TimeoutError:
+            reason = "idle timeout"
+        except asyncio.CancelledError:
+            # The lab is stopping. Not re-raised: asyncio's stream callback would
+            # log a cancelled handler task as an unhandled error.
+            reason = "lab stopped"
+        except (ConnectionError, ssl.SSLError) as exc:
+            reason = f"connection error: {exc}"
+        finally:
+            self.session_ended(rec, session)
+            rec.close(reason)
+            svc.session_closed()
+            await conn.close()
