@@ -6,7 +6,9 @@ import random
 import socket
 import struct
 import subprocess
+import time
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.opcode
@@ -281,3 +283,100 @@ def test_cname_loop_and_long_chain_are_cut_short(lab):
     r = lab.dns.query("c0.gamma.test", "A", tcp=True)
     assert len(r.answer) == 9  # the first CNAME and eight more (CNAME_DEPTH), then we stop
     still_answers(lab)
+
+
+# -- the answer cache and the relay's stub resolver -------------------------------------------
+
+
+def test_repeated_queries_get_the_same_answer_with_their_own_id_until_a_zone_edit(lab):
+    q = dns.message.make_query("beta.test", "MX")
+    wire = q.to_wire()
+    before = len([s for s in lab.events.sessions() if s.startswith("dns-")])
+    hits = lab.dns.server.answers.hits
+    first = udp(lab, wire)
+    second = udp(lab, struct.pack("!H", 0xBEEF) + wire[2:])
+    assert first is not None and second is not None
+    assert first[:2] == wire[:2] and second[:2] == b"\xbe\xef" and first[2:] == second[2:]
+    assert lab.dns.server.answers.hits == hits + 1
+    # both queries were received, answered and recorded: the cache only saves the work
+    assert len([s for s in lab.events.sessions() if s.startswith("dns-")]) == before + 2
+    ids = [e.data.get("id") for e in lab.events.events(protocol="dns", kinds=("S",))][-2:]
+    assert ids == [q.id, 0xBEEF]
+    text = lab.dns.zone_text("beta.test").replace("MX\t10 mx1", "MX\t30 mx1")
+    lab.dns.replace_zone("beta.test", text)
+    third = dns.message.from_wire(udp(lab, wire))
+    assert sorted(rr.preference for rr in third.answer[0]) == [20, 30]
+
+
+def _run(lab, coro):
+    return lab.loop.run(coro, timeout=20)
+
+
+def test_stub_resolver_answers_like_dnspython(lab):
+    stub = lab.dns.stub_resolver()
+    resolver = lab.dns.async_resolver()
+
+    async def both(name, rdtype):
+        out = []
+        for res in (stub, resolver):
+            try:
+                a = await res.resolve(name, rdtype, raise_on_no_answer=False, search=False)
+                out.append(("ok", sorted(rr.to_text() for rr in a.rrset) if a.rrset else None,
+                            str(a.canonical_name)))
+            except dns.resolver.NXDOMAIN:
+                out.append(("NXDOMAIN",))
+            except dns.resolver.NoNameservers as exc:
+                out.append(("NoNameservers", "REFUSED" in str(exc)))
+        return out
+
+    try:
+        for name, rdtype in [("beta.test", "MX"), ("smtp.alpha.test", "A"), ("mx1.beta.test", "TXT"),
+                             ("nope.beta.test", "A"), ("example.com", "MX")]:
+            ours, theirs = _run(lab, both(name, rdtype))
+            assert ours == theirs, (name, rdtype)
+    finally:
+        lab.loop.call(stub.close)
+
+
+def test_stub_resolver_fails_fast_when_nobody_listens_and_times_out_on_silence(lab):
+    from maillab.dns.stub import StubResolver
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        quiet = StubResolver("127.0.0.1", silent.getsockname()[1], timeout=0.3)
+        with pytest.raises(dns.exception.Timeout):
+            _run(lab, quiet.resolve("beta.test", "MX"))
+        lab.loop.call(quiet.close)
+        closed_port = silent.getsockname()[1]
+    gone = StubResolver("127.0.0.1", closed_port, timeout=30)
+    started = time.monotonic()
+    with pytest.raises(dns.exception.DNSException, match="did not take the query"):
+        _run(lab, gone.resolve("beta.test", "MX"))
+    assert time.monotonic() - started < 5  # "port unreachable", not the 30 s timeout
+    lab.loop.call(gone.close)
+
+
+def test_stub_resolver_ignores_responses_that_do_not_match(lab):
+    """RFC 5452 9.1: a response counts only with the query's ID and question."""
+    from maillab.dns.stub import StubResolver
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        stub = StubResolver("127.0.0.1", server.getsockname()[1], timeout=10)
+        fut = lab.loop.submit(stub.resolve("beta.test", "MX"))
+        server.settimeout(10)
+        wire, client = server.recvfrom(512)
+        q = dns.message.from_wire(wire)
+        good = handle_wire(lab.dns.zones, wire).wire
+        other = dns.message.make_query("gamma.test", "MX")
+        other.id = q.id
+        wrong_question = handle_wire(lab.dns.zones, other.to_wire()).wire
+        wrong_id = struct.pack("!H", (q.id + 1) % 65536) + good[2:]
+        for forged in (wrong_id, wrong_question, wire):  # wrong ID, wrong question, not a response
+            server.sendto(forged, client)
+        time.sleep(0.2)
+        assert not fut.done()
+        server.sendto(good, client)
+        answer = fut.result(10)
+    assert sorted(rr.preference for rr in answer.rrset) == [10, 20]
+    lab.loop.call(stub.close)

@@ -308,7 +308,7 @@ def test_unauthenticated_submission_is_not_relayed(rlab):
 
 def _route(lab, domain, **kw):
     async def go():
-        return await find_route(domain, lab.dns.async_resolver(timeout=1), lab_zone=lab.dns.zones.covers, **kw)
+        return await find_route(domain, lab.dns.async_resolver(), lab_zone=lab.dns.zones.covers, **kw)
     return lab.loop.run(go(), timeout=10)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 import struct
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ import dns.rrset
 import dns.zone
 
 from ..services import Service, register
+from .stub import StubResolver
 from .zones import LabZones
 
 if TYPE_CHECKING:
@@ -52,6 +54,13 @@ UDP_LIMIT = 512
 EDNS_PAYLOAD = 1232
 #: How many CNAMEs we follow inside our zones before giving up (a CNAME loop).
 CNAME_DEPTH = 8
+#: Seconds a lab client (dig magic, cell resolver, the relay) waits for the lab DNS. The
+#: server shares the lab thread with every other lab server, so on a busy 2-core machine
+#: an answer can take a while; a DNS that is not there at all fails at once instead
+#: (the clients use connected sockets, which hear "port unreachable").
+LAB_DNS_TIMEOUT = 10.0
+#: Responses kept by query bytes (see :class:`AnswerCache`).
+ANSWER_CACHE_SIZE = 1024
 HEADER = struct.Struct("!HHHHHH")
 
 
@@ -283,6 +292,46 @@ def handle_wire(zones: LabZones, wire: bytes, transport: str = "udp") -> Outcome
     return Outcome(out, question=question, rcode=rcode, summary=summary, data=data)
 
 
+class AnswerCache:
+    """The responses already worked out, by query (every byte but the ID) and transport.
+
+    Parsing a query, walking the zone and rendering the response with dnspython
+    costs far more than the rest of a lookup, and a relay under load asks the same
+    few questions again and again. A query with the same bytes gets the same
+    response bytes (only the ID differs) for as long as the zones do not change:
+    any zone edit empties the cache. Every query is still received, answered on
+    the wire and recorded in the event stream; this is not a resolver's TTL cache.
+    """
+
+    def __init__(self, zones: LabZones, size: int = ANSWER_CACHE_SIZE) -> None:
+        self.zones = zones
+        self.size = size
+        self.hits = 0
+        self._generation = zones.generation
+        self._outcomes: dict[tuple[str, bytes], Outcome] = {}
+
+    def answer(self, wire: bytes, transport: str) -> Outcome:
+        """What :func:`handle_wire` would answer, from the cache when it can."""
+        generation = self.zones.generation
+        if generation != self._generation:
+            self._outcomes.clear()
+            self._generation = generation
+        key = (transport, wire[2:])
+        known = self._outcomes.get(key)
+        if known is not None and known.wire is not None and len(wire) >= 2:
+            self.hits += 1
+            data = dict(known.data, id=struct.unpack("!H", wire[:2])[0])
+            return Outcome(wire[:2] + known.wire[2:], known.question, known.rcode, known.summary, data)
+        outcome = handle_wire(self.zones, wire, transport)
+        # FORMERR and dropped queries are cheap and often random bytes: not worth a slot.
+        if outcome.wire is not None and outcome.rcode != "FORMERR" and self.zones.generation == generation:
+            if len(self._outcomes) >= self.size:
+                self._outcomes.clear()
+            self._outcomes[key] = Outcome(outcome.wire, outcome.question, outcome.rcode, outcome.summary,
+                                          dict(outcome.data))
+        return outcome
+
+
 # -- the asyncio drivers -----------------------------------------------------------
 
 
@@ -314,6 +363,7 @@ class DNSServer:
         self.service = service
         self.zones = zones
         self.queries = 0
+        self.answers = AnswerCache(zones)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self._tcp_sessions: set[asyncio.Task[None]] = set()
@@ -322,7 +372,7 @@ class DNSServer:
     # a transcript shows "C: beta.test. IN MX" / "S: NOERROR aa: 2 answer(s) ...".
     def handle(self, wire: bytes, addr: tuple[str, int], transport: str) -> bytes | None:
         started = time.perf_counter()
-        outcome = handle_wire(self.zones, wire, transport)
+        outcome = self.answers.answer(wire, transport)
         self.queries += 1
         peer = f"{addr[0]}:{addr[1]}"
         rec = self.lab.events.session("dns", "server", self.service.hostname, peer, transport=transport)
@@ -417,25 +467,37 @@ class LabDNS:
     def port(self) -> int:
         return self.server.service.port
 
-    def resolver(self, timeout: float = 2.0) -> dns.resolver.Resolver:
+    def resolver(self, timeout: float = LAB_DNS_TIMEOUT) -> dns.resolver.Resolver:
         """A dnspython Resolver that asks only the lab DNS (for cells: blocking)."""
         res = dns.resolver.Resolver(configure=False)
         _point_at(res, self.address, self.port, timeout)
         return res
 
-    def async_resolver(self, timeout: float = 2.0) -> dns.asyncresolver.Resolver:
-        """The same for coroutines on the lab loop (the relay uses this one)."""
+    def async_resolver(self, timeout: float = LAB_DNS_TIMEOUT) -> dns.asyncresolver.Resolver:
+        """The same for coroutines on the lab loop."""
         res = dns.asyncresolver.Resolver(configure=False)
         _point_at(res, self.address, self.port, timeout)
         return res
 
-    def query(self, name: str, rdtype: str = "A", *, tcp: bool = False, timeout: float = 2.0) -> dns.message.Message:
+    def stub_resolver(self, timeout: float = LAB_DNS_TIMEOUT) -> StubResolver:
+        """The stub resolver the lab's MTAs use on the lab loop (see :mod:`.stub`)."""
+        return StubResolver(self.address, self.port, timeout)
+
+    def query(self, name: str, rdtype: str = "A", *, tcp: bool = False,
+              timeout: float | None = None) -> dns.message.Message:
         """One query to the lab DNS, as dig sends it; the raw response message
-        (``%mail dig`` prints its sections). Blocking: call from a cell, not the lab thread."""
+        (``%mail dig`` prints its sections). Blocking: call from a cell, not the lab thread.
+
+        ``timeout`` (default :data:`LAB_DNS_TIMEOUT`) only matters when the lab is busy:
+        a lab DNS that is not listening answers "connection refused" at once."""
+        timeout = LAB_DNS_TIMEOUT if timeout is None else timeout
         q = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
         if tcp:
             return dns.query.tcp(q, self.address, port=self.port, timeout=timeout)
-        return dns.query.udp(q, self.address, port=self.port, timeout=timeout)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((self.address, self.port))  # so "port unreachable" is heard, not waited out
+            sock.setblocking(False)
+            return dns.query.udp(q, self.address, port=self.port, timeout=timeout, sock=sock)
 
     def replace_zone(self, name: str, text: str) -> list[str]:
         """Load zone-file ``text`` as zone ``name`` (``%%zone``). A zone that does not

@@ -204,6 +204,8 @@ class RelayQueue:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=3)
+        if self._resolver is not None:
+            self._resolver.close()
         self.control.close("lab stopped")
 
     # -- the interface the SMTP server calls ----------------------------------------------
@@ -464,8 +466,8 @@ class RelayQueue:
         dns_ = self.lab.dns
         if dns_ is None:
             raise RouteError(False, "4.4.3", "the lab DNS is not running: no MX lookup possible")
-        if self._resolver is None:
-            self._resolver = dns_.async_resolver(timeout=2.0)
+        if self._resolver is None or (self._resolver.address, self._resolver.port) != (dns_.address, dns_.port):
+            self._resolver = dns_.stub_resolver()
         key = (domain, msg.origin)
         cached = self._routes.get(key)
         if cached is not None and cached[0] == dns_.zones.generation and cached[1] > time.monotonic():

@@ -131,7 +131,8 @@ def domain_name(name: str) -> str:
     return name
 
 
-def dig_lab(lab: Lab, name: str, rdtype: str = "A", *, tcp: bool = False, timeout: float = 2.0) -> DigAnswer:
+def dig_lab(lab: Lab, name: str, rdtype: str = "A", *, tcp: bool = False,
+            timeout: float | None = None) -> DigAnswer:
     """Ask the lab DNS, as ``dig @127.0.0.1 -p 1053 NAME TYPE`` would."""
     rdtype, name = record_type(rdtype), domain_name(name)
     if lab.dns is None:
