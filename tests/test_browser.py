@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import poplib
 import secrets
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -245,10 +247,12 @@ class Notebook:
     def state(self, name: str) -> dict:
         return self.page.evaluate(_CELL_STATE, [NAMES.index(name)])
 
+    def cell(self, name: str) -> Any:
+        return self.page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").nth(NAMES.index(name))
+
     def run(self, name: str, *, timeout: float = CELL_TIMEOUT, wait: bool = True) -> dict:
         """Select the cell by its prompt and press Shift+Enter, as a student does."""
-        cell = self.page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").nth(NAMES.index(name))
-        cell.locator(".jp-InputPrompt").click()
+        self.cell(name).locator(".jp-InputPrompt").click()
         self.page.keyboard.press("Shift+Enter")
         return self.wait(name, timeout=timeout) if wait else self.state(name)
 
@@ -357,7 +361,9 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     status = nb.run("status")
     table = status["output"]
     assert "smtp" in table and "submission" in table, table
-    ports = {row["service"]: row for row in _status_rows(page, NAMES.index("status"))}
+    ports: dict[str, dict[str, str]] = {}  # service -> its first row (the main host's)
+    for row in _status_rows(page, NAMES.index("status")):
+        ports.setdefault(row["service"], row)
     for service, standard in (("smtp", "25"), ("submission", "587")):
         row = ports[service]
         assert row["standard port"] == standard, row
@@ -388,6 +394,23 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     docs_shot = os.environ.get("MAILLAB_DOCS_SCREENSHOT")
     if docs_shot:
         nb.screenshot(Path(docs_shot), "status", "send", line="mail FROM:<alice@alpha.test>")
+
+    # No cell running at all: a client outside the kernel (this test process, as a
+    # student's terminal would be) still shows up in the widget.
+    with smtplib.SMTP(ports["smtp"]["address"], int(ports["smtp"]["lab port"]), timeout=10) as client:
+        client.sendmail("outside@example.test", ["bob@alpha.test"],
+                        b"Subject: from outside the kernel\r\n\r\nhello\r\n")
+    idle = nb.until("s => (s.widget || '').toLowerCase().includes('mail from:<outside@example.test>')",
+                    "transcript")
+    assert idle["prompt"] == transcript_prompt and nb.state("send")["prompt"] == sent["prompt"]
+
+    # The filters are live too: choosing a protocol in the page goes to the kernel and back.
+    poplib.POP3(ports["pop3"]["address"], int(ports["pop3"]["lab port"]), timeout=10).quit()
+    headers = "s => (s.rows || []).filter(r => r.length === 1).map(r => r[0])"
+    nb.until(f"s => ({headers})(s).some(t => t.includes('(pop3 '))", "transcript")
+    nb.cell("transcript").locator("select").nth(1).select_option("pop3")
+    nb.until(f"s => {{ const h = ({headers})(s); return h.length > 0 && h.every(t => t.includes('(pop3 ')); }}",
+             "transcript")
 
     # Failing cells end within their timeouts and leave the kernel usable.
     began = time.monotonic()
