@@ -27,7 +27,8 @@ from .decoding import decode_bytes, decode_header, decode_transfer, fold_case
 from .envelope import address_search_text, envelope
 from .mimeparse import Part, find_part, param_value, parse, unfold
 
-__all__ = ["summarize", "section", "header_matches", "body_matches", "text_matches", "parse"]
+__all__ = ["summarize", "section", "header_matches", "header_search_texts", "body_matches",
+           "text_matches", "parse", "ADDRESS_FIELDS"]
 
 _TIME_THEN_ZONE = re.compile(r"\d:\d\d(?::\d\d)?[ \t]+[-+A-Za-z]")
 
@@ -140,30 +141,36 @@ def _joined(value: bytes) -> bytes:
     return value.replace(b"\r\n\t", b" ").replace(b"\n\t", b" ").replace(b"\r\n", b"").replace(b"\n", b"")
 
 
-def header_matches(data: bytes, field: str, needle: str, *, exact: bool = False) -> bool:
-    """SEARCH FROM/TO/CC/BCC/SUBJECT/HEADER: decoded (RFC 2047), case-insensitive, Unicode.
+def header_search_texts(data: bytes, field: str, *, exact: bool = False) -> tuple[str, ...]:
+    """The texts SEARCH compares for ``field``, one per occurrence, decoded and case-folded.
 
-    An empty needle matches every message that has the field (RFC 3501 6.4.4).
     By default the field is read as the dedicated keys read it, as Dovecot does:
     address fields in one normal form (``Name <user@host>``, see
     envelope.address_search_text) and Subject with each run of spaces and tabs as
     one space. ``exact=True`` is the HEADER key: the field's text as written, only
-    unfolded.
+    unfolded. They do not depend on the needle, so a server may keep them per message.
     """
-    root = parse(data)
     name = field.lower()
-    want = fold_case(needle)
-    for f in root.named(name):
-        if not want:
-            return True
-        value = _joined(f.value)
+    out = []
+    for f in parse(data).named(name):
         if not exact and name in ADDRESS_FIELDS:
             value = address_search_text(f.value)
-        elif not exact and name == "subject":
-            value = _LWSP_RUN.sub(b" ", value).strip(b" ")
-        if want in fold_case(decode_header(value)):
-            return True
-    return False
+        else:
+            value = _joined(f.value)
+            if not exact and name == "subject":
+                value = _LWSP_RUN.sub(b" ", value).strip(b" ")
+        out.append(fold_case(decode_header(value)))
+    return tuple(out)
+
+
+def header_matches(data: bytes, field: str, needle: str, *, exact: bool = False) -> bool:
+    """SEARCH FROM/TO/CC/BCC/SUBJECT/HEADER: decoded (RFC 2047), case-insensitive, Unicode.
+
+    An empty needle matches every message that has the field (RFC 3501 6.4.4); what
+    is compared is :func:`header_search_texts` (``exact=True`` for the HEADER key).
+    """
+    want = fold_case(needle)
+    return any(want in text for text in header_search_texts(data, field, exact=exact))
 
 
 def _texts(data: bytes, part: Part) -> Iterator[str]:
