@@ -236,12 +236,8 @@ _CELL_STATE = """([index]) => {
 }"""
 
 
-def _done(prompt: str) -> bool:
-    return prompt.startswith("[") and prompt[1:-2].strip().isdigit()
-
-
 class Notebook:
-    def __init__(self, page) -> None:
+    def __init__(self, page: Any) -> None:
         self.page = page
 
     def state(self, name: str) -> dict:
@@ -324,7 +320,7 @@ def browser_page(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.mark.timeout(240)
-def test_lab_in_jupyterlab(jupyterlab: JupyterLab, browser_page, tmp_path: Path) -> None:
+def test_lab_in_jupyterlab(jupyterlab: JupyterLab, browser_page: Any, tmp_path: Path) -> None:
     page = browser_page
     console: list[str] = []
     page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
@@ -351,7 +347,7 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     # The status bar names the kernel and says it is idle: a cell run before that is dropped.
     page.wait_for_function(
         "() => { const bar = document.querySelector('#jp-main-statusbar');"
-        " return bar && /ipykernel\\) \\| Idle/.test(bar.innerText); }",
+        " return bar && /\\| Idle/.test(bar.innerText) && !/No Kernel/.test(bar.innerText); }",
         timeout=KERNEL_START_TIMEOUT * 1000)
 
     nb.run("load", timeout=KERNEL_START_TIMEOUT)
@@ -415,8 +411,7 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     # Failing cells end within their timeouts and leave the kernel usable.
     began = time.monotonic()
     failed = nb.run("silent", timeout=CLIENT_TIMEOUT + CELL_TIMEOUT)
-    assert failed["errors"] >= 1 or "Error" in failed["output"], failed["output"]
-    assert "timed out" in failed["output"] or "TimeoutError" in failed["output"], failed["output"]
+    assert failed["errors"] >= 1 and "TimeoutError" in failed["output"], failed["output"]
     nb.run("raw_silent")
     raw = nb.run("raw_silent_run", timeout=CLIENT_TIMEOUT + CELL_TIMEOUT)
     assert f"no greeting within {CLIENT_TIMEOUT}" in raw["output"], raw["output"]
@@ -430,7 +425,7 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     assert "the lab is not running" in after["output"], after["output"]
 
 
-def _status_rows(page, index: int) -> list[dict[str, str]]:
+def _status_rows(page: Any, index: int) -> list[dict[str, str]]:
     """The status table of cell ``index`` as the browser shows it: header -> cell text."""
     return page.evaluate(
         """([index]) => {
