@@ -39,6 +39,8 @@ class Limits:
     relay_connect_timeout: float = 5.0  # per MX address
     relay_reply_timeout: float = 60.0  # per SMTP reply (RFC 5321 4.5.3.2 allows minutes)
     relay_concurrency: int = 10  # deliveries (DNS + SMTP) at once, whole lab
+    relay_connection_cache: float = 2.0  # seconds a finished relay session stays open while more
+    # mail waits for the same host (Postfix's on-demand connection cache); 0: a new session per message
     relay_dns_cache: float = 0.0  # seconds an MX route is reused (capped by its TTL); 0: every
     # message asks the lab DNS, so each lookup shows in the transcript. Zone edits always apply at once.
     # All protocols

@@ -497,3 +497,161 @@ def test_dns_cache_reuses_routes_until_the_zone_changes(tmp_path):
         assert mx_queries() == 2 and third.attempts[-1].host == "mx2.beta.test"
     finally:
         lab.stop()
+
+
+# -- the connection cache (Postfix's on-demand connection reuse) ------------------------------
+
+
+def _burst(lab: Lab, n: int, subject: str = "burst") -> list:
+    """n messages queued at once on mail.alpha.test for carol@beta.test; their final states."""
+    qids = [lab.relay.submit("alice@alpha.test", ["carol@beta.test"],
+                             f"Subject: {subject} {i}\r\n\r\nmessage {i}\r\n".encode(), origin="mail.alpha.test")
+            for i in range(n)]
+    return [lab.relay.wait(q, timeout=30) for q in qids]
+
+
+def _client_sessions(lab: Lab, msgs: list) -> list[list]:
+    return [lab.events.events(session=m.attempts[-1].session) for m in msgs]
+
+
+def _cache_a_connection(lab: Lab) -> str:
+    """Leave an open session from mail.alpha.test to mx1.beta.test in the relay's connection
+    cache, as a burst would (deterministically); the id of the transcript that opened it."""
+    from maillab.relay.client import deliver
+
+    source = lab.topology.hosts["mail.alpha.test"].address
+    address, port = lab.address("smtp", "mx1.beta.test")
+
+    async def go():
+        d = await deliver(lab.events, helo_name="mail.alpha.test", source_address=source, host="mx1.beta.test",
+                          address=address, port=port, mail_from="alice@alpha.test", rcpts=["carol@beta.test"],
+                          data=b"Subject: opener\r\n\r\nhi\r\n", tls_context=lab.relay._tls_context,
+                          keep_open=lambda: True)
+        assert d.kept is not None
+        lab.relay._connections.put(("mail.alpha.test", source, "mx1.beta.test", address, port, False), d.kept)
+        return d.session
+
+    return lab.loop.run(go(), timeout=15)
+
+
+@pytest.fixture
+def burst_lab(tmp_path):
+    """Two delivery slots, so a burst makes a backlog; cached connections wait 30 s."""
+    lab = Lab(tmp_path / "lab", ports="auto", limits=fast_limits(
+        relay_concurrency=2, relay_connection_cache=30, relay_connect_timeout=2, relay_reply_timeout=10))
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+def test_a_burst_reuses_connections_and_every_message_keeps_its_own_transcript(burst_lab):
+    lab = burst_lab
+    msgs = _burst(lab, 10)
+    assert [m.state for m in msgs] == ["delivered"] * 10
+    sessions = _client_sessions(lab, msgs)
+    assert len({m.attempts[-1].session for m in msgs}) == 10  # one client transcript per message
+    for m, events in zip(msgs, sessions, strict=True):
+        lines = [e.text for e in events if e.kind == "C"]
+        assert lines.count("MAIL FROM:<alice@alpha.test> SIZE=" + str(m.size)) == 1
+        assert m.attempts[-1].tls and m.attempts[-1].protocol == "ESMTPS"
+    reused = [m for m in msgs if m.attempts[-1].reused_from]
+    fresh = [m for m in msgs if not m.attempts[-1].reused_from]
+    assert reused and len(fresh) <= 2  # at most one new session per delivery slot
+    handshakes = [e for events in sessions for e in events if e.kind == "tls"]
+    assert len(handshakes) == len(fresh)
+    for m in reused:
+        events = lab.events.events(session=m.attempts[-1].session)
+        assert events[0].data.get("reuses") == m.attempts[-1].reused_from
+        assert "reusing the open connection" in events[1].text
+        assert [e.text for e in events if e.kind == "C"][0] == "RSET"
+        assert not any(e.kind == "C" and e.text.startswith(("EHLO", "STARTTLS")) for e in events)
+    # every copy carries its own Received line from a TLS session, as without reuse
+    copies = [m for m in maildir(lab, "carol@beta.test") if str(m["Subject"]).startswith("burst ")]
+    assert len(copies) == 10
+    for copy in copies:
+        assert "by mx1.beta.test" in copy.get_all("Received")[0] and "ESMTPS" in copy.get_all("Received")[0]
+
+
+def test_a_message_on_its_own_gets_a_whole_session(burst_lab):
+    [msg] = _burst(burst_lab, 1, "alone")
+    events = burst_lab.events.events(session=msg.attempts[-1].session)
+    lines = [e.text for e in events if e.kind == "C"]
+    assert lines[0].startswith("EHLO") and "STARTTLS" in lines and lines[-1] == "QUIT"
+    assert msg.attempts[-1].reused_from is None and len(burst_lab.relay._connections) == 0
+
+
+def test_connection_cache_off_gives_every_message_a_new_session(tmp_path):
+    lab = Lab(tmp_path / "lab", ports="auto", limits=fast_limits(relay_concurrency=2, relay_connection_cache=0))
+    lab.start()
+    try:
+        msgs = _burst(lab, 6)
+        assert [m.state for m in msgs] == ["delivered"] * 6
+        for events in _client_sessions(lab, msgs):
+            lines = [e.text for e in events if e.kind == "C"]
+            assert "STARTTLS" in lines and lines[-1] == "QUIT"
+        assert not any(m.attempts[-1].reused_from for m in msgs)
+    finally:
+        lab.stop()
+
+
+def test_idle_cached_connections_close_with_quit(rlab):
+    from maillab.relay.client import deliver
+    from maillab.relay.connections import ConnectionCache
+
+    address, port = rlab.address("smtp", "mx1.beta.test")
+    cache = ConnectionCache(rlab.events, idle=0.3)
+
+    async def go():
+        d = await deliver(rlab.events, helo_name="mail.alpha.test", source_address=None, host="mx1.beta.test",
+                          address=address, port=port, mail_from="alice@alpha.test", rcpts=["carol@beta.test"],
+                          data=b"Subject: kept\r\n\r\nhi\r\n", tls_context=rlab.ca.client_context(),
+                          keep_open=lambda: True)
+        cache.put(("mail.alpha.test", None, "mx1.beta.test", address, port, False), d.kept)
+        return d
+
+    d = rlab.loop.run(go(), timeout=15)
+    assert d.data_reply.code == 250 and d.kept is not None and len(cache) == 1
+    lines = [e.text for e in rlab.events.events(session=d.session) if e.kind == "C"]
+    assert "DATA" in lines and "QUIT" not in lines  # kept open, not ended
+    deadline = time.monotonic() + 10
+    while len(cache) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(cache) == 0
+    rlab.loop.run(cache.close(), timeout=10)
+    [closing] = [s for s in rlab.events.sessions()
+                 if any("closing the cached connection" in e.text for e in rlab.events.events(session=s))]
+    events = rlab.events.events(session=closing)
+    assert events[0].data.get("reuses") == d.session
+    assert [e.text for e in events if e.kind == "C"] == ["QUIT"]
+    assert any(e.kind == "S" and e.text.startswith("221") for e in events)
+
+
+def test_a_failure_injected_drops_cached_connections(burst_lab):
+    lab = burst_lab
+    _cache_a_connection(lab)
+    assert len(lab.relay._connections) == 1  # kept: the cache waits 30 s
+    lab.relay.fail("mx1.beta.test", "down")
+    assert len(lab.relay._connections) == 0
+    [msg] = _burst(lab, 1, "after the failure")
+    assert [(a.host, a.result) for a in msg.attempts] == [("mx1.beta.test", "unreachable"),
+                                                          ("mx2.beta.test", "delivered")]
+
+
+def test_a_cached_connection_the_server_closed_is_replaced_in_the_same_transcript(tmp_path):
+    lab = Lab(tmp_path / "lab", ports="auto", limits=fast_limits(
+        relay_concurrency=2, relay_connection_cache=30, smtp_timeout=0.5))
+    lab.start()
+    try:
+        opener = _cache_a_connection(lab)
+        time.sleep(1.5)  # the MX ends the idle session (421, RFC 5321 4.5.3.2)
+        [msg] = _burst(lab, 1, "after the timeout")
+        assert msg.state == "delivered"
+        texts = [e.text for e in lab.events.events(session=msg.attempts[-1].session)]
+        assert any("reusing the open connection" in t and opener in t for t in texts)
+        assert any("no longer works" in t for t in texts)
+        # a whole new session in the same transcript, TLS again
+        assert "STARTTLS" in texts and msg.attempts[-1].tls and msg.attempts[-1].reused_from is None
+    finally:
+        lab.stop()

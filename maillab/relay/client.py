@@ -25,8 +25,9 @@ import os
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import tls as tlsinfo
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 #: RFC 5321 4.5.3.1.5: a reply line is at most 512 octets; we are lenient but bounded.
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
+#: Messages sent over one connection before it is closed anyway, so one session (and
+#: its transcript on the receiving side) does not grow without end.
+REUSE_LIMIT = 100
 
 
 # -- the sans-IO part: replies and message encoding ------------------------------------
@@ -146,6 +150,8 @@ class Delivery:
     protocol: str = "ESMTP"  # ESMTP / ESMTPS (RFC 3848), as the next hop writes it
     session: str | None = None  # the client-side session id in the event stream
     duration: float = 0.0
+    reused_from: str | None = None  # a cached connection: the session id that opened it
+    kept: Connection | None = field(default=None, repr=False)  # left open for the next message
 
     @property
     def unreachable(self) -> bool:
@@ -194,6 +200,33 @@ class _Session:
         return await self.reply()
 
 
+@dataclass
+class Connection:
+    """An SMTP session past EHLO (and STARTTLS), between two mail transactions.
+
+    An MTA with more mail for the same host sends it over the session it already
+    has instead of connecting, greeting and negotiating TLS again (Postfix's
+    connection cache). Each message still gets a transcript of its own; the
+    connection remembers which transcript opened it.
+    """
+
+    host: str
+    address: str
+    port: int
+    session: _Session
+    extensions: dict[str, str]
+    tls: bool
+    tls_version: str | None
+    protocol: str
+    opened_in: str  # the client session id whose transcript shows connect, EHLO, STARTTLS
+    opened: float = field(default_factory=time.monotonic)
+    transactions: int = 0
+
+    async def quit(self) -> None:
+        await _quit(self.session)
+        await _close(self.session.writer)
+
+
 async def _start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      context: ssl.SSLContext, server_hostname: str, timeout: float) -> None:
     if sys.version_info >= (3, 11):
@@ -224,38 +257,110 @@ async def deliver(
     reply_timeout: float = 60.0,
     queue_id: str = "",
     require_tls: bool = False,
+    connection: Connection | None = None,
+    keep_open: Callable[[], bool] | None = None,
 ) -> Delivery:
-    """One SMTP session from ``helo_name`` to the MX ``host`` at ``address:port``.
+    """One mail transaction from ``helo_name`` to the MX ``host`` at ``address:port``:
+    over ``connection`` if one is given and still answers RSET, else over a new session.
 
-    Never raises for anything the network or the server does: the outcome is in
-    the returned :class:`Delivery`.
+    When the transaction is over and ``keep_open()`` says more mail waits for this
+    host, the session is not ended with QUIT but left in ``Delivery.kept`` for the
+    next message. Never raises for anything the network or the server does: the
+    outcome is in the returned :class:`Delivery`.
     """
     result = Delivery(host, address, port)
     started = time.perf_counter()
-    rec = events.session("smtp", "client", helo_name, f"{address}:{port}", mx=host, relay=queue_id)
+    extra = {"reuses": connection.opened_in} if connection is not None else {}
+    rec = events.session("smtp", "client", helo_name, f"{address}:{port}", mx=host, relay=queue_id, **extra)
     result.session = rec.session
-    writer: asyncio.StreamWriter | None = None
+    conn: Connection | None = None
     try:
-        local = (source_address, 0) if source_address else None
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, port, local_addr=local, limit=MAX_REPLY_LINE * 2),
-                connect_timeout)
-        except asyncio.TimeoutError:
-            result.error = f"connect to {host}[{address}]:{port}: timed out"
+        if connection is not None:
+            conn = await _resume(connection, rec, result)
+        if conn is None:
+            conn = await _open(rec, result, helo_name=helo_name, source_address=source_address,
+                               tls_context=tls_context, require_tls=require_tls,
+                               connect_timeout=connect_timeout, reply_timeout=reply_timeout)
+        if conn is None:
             return result
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # "Connection refused", as Postfix says
-            result.error = f"connect to {host}[{address}]:{port}: {reason}"
-            return result
-        result.connected = True
-        s = _Session(reader, writer, rec, reply_timeout)
+        clean = await _transaction(conn.session, result, conn.extensions, mail_from, rcpts, data)
+        conn.transactions += 1
+        if clean and keep_open is not None and conn.transactions < REUSE_LIMIT and keep_open():
+            rec.note(f"more mail waits for {host}: the connection stays open for it (connection cache)",
+                     kept=True)
+            result.kept = conn
+        else:
+            if result.data_reply is not None:
+                result.stage = "QUIT"
+            await _quit(conn.session)
+        return result
+    except asyncio.TimeoutError:
+        result.error = f"{host}[{address}]: no reply to {result.stage} within {reply_timeout:g} s"
+        rec.note(result.error)
+        return result
+    except (ConnectionError, ProtocolError, ssl.SSLError, OSError) as exc:
+        result.error = f"{host}[{address}]: lost connection after {result.stage}: {exc}"
+        rec.note(result.error)
+        return result
+    finally:
+        result.duration = time.perf_counter() - started
+        if conn is not None and result.kept is None:
+            await _close(conn.session.writer)
+        rec.close(result.error or ("connection kept open" if result.kept else ""))
+
+
+async def _resume(conn: Connection, rec: Any, result: Delivery) -> Connection | None:
+    """Take over a cached session for this message's transcript; RSET checks it still
+    answers (RFC 5321 4.1.1.5). None when it does not: the caller connects afresh."""
+    conn.session.rec = rec
+    tls = f"TLS {conn.tls_version}" if conn.tls else "no TLS"
+    rec.note(f"reusing the open connection to {conn.host} [{conn.address}]:{conn.port} ({conn.protocol}, {tls})"
+             f" opened in session {conn.opened_in}: message {conn.transactions + 1} on it", reused_from=conn.opened_in)
+    result.stage = "RSET"
+    try:
+        reply = await conn.session.command("RSET")
+    except (asyncio.TimeoutError, ConnectionError, ProtocolError, ssl.SSLError, OSError) as exc:
+        reply = None
+        why = str(exc) or exc.__class__.__name__
+    else:
+        why = str(reply)
+    if reply is None or reply.code != 250:
+        rec.note(f"the cached connection no longer works ({why}): opening a new one")
+        await _close(conn.session.writer)
+        return None
+    result.connected, result.reused_from = True, conn.opened_in
+    result.tls, result.tls_version, result.protocol = conn.tls, conn.tls_version, conn.protocol
+    return conn
+
+
+async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: str | None,
+                tls_context: ssl.SSLContext | None, require_tls: bool, connect_timeout: float,
+                reply_timeout: float) -> Connection | None:
+    """Connect, read the greeting, EHLO, STARTTLS when offered. None (with the reason in
+    ``result``) when the session cannot carry mail: the next MX may be tried."""
+    host, address, port = result.host, result.address, result.port
+    local = (source_address, 0) if source_address else None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(address, port, local_addr=local, limit=MAX_REPLY_LINE * 2),
+            connect_timeout)
+    except asyncio.TimeoutError:
+        result.error = f"connect to {host}[{address}]:{port}: timed out"
+        return None
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # "Connection refused", as Postfix says
+        result.error = f"connect to {host}[{address}]:{port}: {reason}"
+        return None
+    result.connected = True
+    s = _Session(reader, writer, rec, reply_timeout)
+    opened = False
+    try:
         result.stage = "greeting"
         greeting = await s.reply()
         if greeting.code != 220:
             result.session_failure = greeting
             await _quit(s)
-            return result
+            return None
         result.stage = "EHLO"
         ehlo = await s.command(f"EHLO {helo_name}")
         extensions: dict[str, str] = {}
@@ -266,14 +371,14 @@ async def deliver(
             if helo.code != 250:
                 result.session_failure = helo
                 await _quit(s)
-                return result
+                return None
             result.protocol = "SMTP"
         if require_tls and ("STARTTLS" not in extensions or tls_context is None):
             # RFC 3207 4.1 / RFC 8689: a client that requires TLS must not go on in plaintext.
             result.error = f"{host}[{address}] does not offer STARTTLS, and this relay requires TLS"
             rec.note(result.error)
             await _quit(s)
-            return result
+            return None
         if "STARTTLS" in extensions and tls_context is not None:
             result.stage = "STARTTLS"
             go = await s.command("STARTTLS")
@@ -289,7 +394,7 @@ async def deliver(
                     # A failed handshake leaves the session unusable; the next MX may do better.
                     result.error = f"TLS handshake with {host}[{address}] failed: {exc}"
                     rec.note(result.error)
-                    return result
+                    return None
                 info = tlsinfo.describe(writer.get_extra_info("ssl_object"))
                 rec.tls(info["version"], info["cipher"], peer_cert=host, verified=True)
                 result.tls, result.tls_version = True, info["version"]
@@ -299,92 +404,89 @@ async def deliver(
                 if ehlo.code != 250:
                     result.session_failure = ehlo
                     await _quit(s)
-                    return result
+                    return None
                 extensions = ehlo_extensions(ehlo)
             else:
                 rec.note(f"STARTTLS refused ({go}); continuing without TLS")
-        result.stage = "MAIL"
-        params = []
-        if "SIZE" in extensions:
-            params.append(f"SIZE={len(data)}")
-        if "8BITMIME" in extensions and not data.isascii():
-            params.append("BODY=8BITMIME")
-        if "SMTPUTF8" in extensions and not (mail_from + "".join(rcpts)).isascii():
-            params.append("SMTPUTF8")
-        mail_line = f"MAIL FROM:<{mail_from}>" + "".join(" " + p for p in params)
-        accepted: list[str] = []
-        if "PIPELINING" in extensions:
-            # RFC 2920: MAIL, every RCPT and DATA in one write; the replies come back
-            # in the same order. One round trip instead of two plus one per recipient.
-            await s.send([mail_line, *(f"RCPT TO:<{r}>" for r in rcpts), "DATA"])
-            mail = result.mail_reply = await s.reply()
-            for rcpt in rcpts:
-                result.stage = "RCPT"
-                r = await s.reply()
-                if mail.code == 250:
-                    result.rcpt_replies[rcpt] = r
-                    if r.code in (250, 251):
-                        accepted.append(rcpt)
-            result.stage = "DATA"
-            go = await s.reply()
-            if mail.code != 250 or not accepted:
-                if go.code == 354:  # RFC 2920 3.1: nobody to deliver to, so end the data at once
-                    await s.send(["."])
-                    await s.reply()
-                await _quit(s)
-                return result
-        else:
-            mail = result.mail_reply = await s.command(mail_line)
-            if mail.code != 250:
-                await _quit(s)
-                return result
-            for rcpt in rcpts:
-                result.stage = "RCPT"
-                r = await s.command(f"RCPT TO:<{rcpt}>")
+        opened = True
+        return Connection(host, address, port, s, extensions, result.tls, result.tls_version,
+                          result.protocol, rec.session)
+    finally:
+        if not opened:
+            await _close(writer)
+
+
+async def _transaction(s: _Session, result: Delivery, extensions: dict[str, str], mail_from: str,
+                       rcpts: list[str], data: bytes) -> bool:
+    """MAIL, RCPT for each recipient, DATA (RFC 5321 3.3). True when the session is back
+    between transactions, so another message may follow on it."""
+    result.stage = "MAIL"
+    params = []
+    if "SIZE" in extensions:
+        params.append(f"SIZE={len(data)}")
+    if "8BITMIME" in extensions and not data.isascii():
+        params.append("BODY=8BITMIME")
+    if "SMTPUTF8" in extensions and not (mail_from + "".join(rcpts)).isascii():
+        params.append("SMTPUTF8")
+    mail_line = f"MAIL FROM:<{mail_from}>" + "".join(" " + p for p in params)
+    accepted: list[str] = []
+    if "PIPELINING" in extensions:
+        # RFC 2920: MAIL, every RCPT and DATA in one write; the replies come back
+        # in the same order. One round trip instead of two plus one per recipient.
+        await s.send([mail_line, *(f"RCPT TO:<{r}>" for r in rcpts), "DATA"])
+        mail = result.mail_reply = await s.reply()
+        for rcpt in rcpts:
+            result.stage = "RCPT"
+            r = await s.reply()
+            if mail.code == 250:
                 result.rcpt_replies[rcpt] = r
                 if r.code in (250, 251):
                     accepted.append(rcpt)
-            if not accepted:
-                await _quit(s)
-                return result
-            result.stage = "DATA"
-            go = await s.command("DATA")
-        if go.code != 354:
-            for rcpt in accepted:
-                result.rcpt_replies[rcpt] = go
-            await _quit(s)
-            return result
-        rec.payload("C", data)
-        writer.write(encode_data(data))
-        await writer.drain()
-        final = await s.reply()
-        result.data_reply = final
+        result.stage = "DATA"
+        go = await s.reply()
+        if mail.code != 250 or not accepted:
+            if go.code == 354:  # RFC 2920 3.1: nobody to deliver to, so end the data at once
+                await s.send(["."])
+                await s.reply()
+            return True
+    else:
+        mail = result.mail_reply = await s.command(mail_line)
+        if mail.code != 250:
+            return True
+        for rcpt in rcpts:
+            result.stage = "RCPT"
+            r = await s.command(f"RCPT TO:<{rcpt}>")
+            result.rcpt_replies[rcpt] = r
+            if r.code in (250, 251):
+                accepted.append(rcpt)
+        if not accepted:
+            return True  # MAIL stays in effect until RSET (the next message sends one)
+        result.stage = "DATA"
+        go = await s.command("DATA")
+    if go.code != 354:
         for rcpt in accepted:
-            result.rcpt_replies[rcpt] = final
-        result.stage = "QUIT"
-        await _quit(s)
-        return result
-    except asyncio.TimeoutError:
-        result.error = f"{host}[{address}]: no reply to {result.stage} within {reply_timeout:g} s"
-        rec.note(result.error)
-        return result
-    except (ConnectionError, ProtocolError, ssl.SSLError, OSError) as exc:
-        result.error = f"{host}[{address}]: lost connection after {result.stage}: {exc}"
-        rec.note(result.error)
-        return result
-    finally:
-        result.duration = time.perf_counter() - started
-        if writer is not None:
-            writer.close()
-            try:
-                await asyncio.wait_for(writer.wait_closed(), 1)
-            except Exception:  # noqa: BLE001 - the peer may already be gone
-                pass
-        rec.close(result.error or "")
+            result.rcpt_replies[rcpt] = go
+        return True
+    s.rec.payload("C", data)
+    s.writer.write(encode_data(data))
+    await s.writer.drain()
+    final = await s.reply()
+    result.data_reply = final
+    for rcpt in accepted:
+        result.rcpt_replies[rcpt] = final
+    return True
 
 
 async def _quit(s: _Session) -> None:
     try:
         await asyncio.wait_for(s.command("QUIT"), 5)
     except Exception:  # noqa: BLE001 - QUIT is a courtesy; the result is already decided
+        pass
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 1)
+    except Exception:  # noqa: BLE001 - the peer may already be gone
         pass

@@ -40,6 +40,7 @@ from ..services import FACTORIES
 from ..topology import MailHost, lab_port
 from .bounce import FailedRecipient, build_dsn, original_header
 from .client import Delivery, deliver
+from .connections import ConnectionCache
 from .mx import RouteError, find_route
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class Attempt:
     duration: float = 0.0
     session: str | None = None  # client-side session id: its transcript
     replies: dict[str, str] = field(default_factory=dict)  # recipient -> reply
+    reused_from: str | None = None  # sent over a cached connection: the session that opened it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +182,11 @@ class RelayQueue:
         self._resolver: Any = None
         self._routes: dict[tuple[str, str], tuple[int, float, Any]] = {}  # relay_dns_cache
         self._tls_context: Any = None
+        self._connections: ConnectionCache | None = None
+        # Deliveries per recipient domain: wanting = started (waiting for a slot or
+        # running), active = running. More wanting than active is a backlog.
+        self._wanting: dict[str, int] = {}
+        self._active: dict[str, int] = {}
         self._last: str | None = None
         self.closed = False
         #: "may": STARTTLS whenever offered, plaintext if the handshake fails (opportunistic,
@@ -192,7 +199,8 @@ class RelayQueue:
         self._loop = asyncio.get_running_loop()
         self._sem = asyncio.Semaphore(self.lab.limits.relay_concurrency)
         if self.lab.ca is not None:
-            self._tls_context = self.lab.ca.client_context()
+            self._tls_context = self.lab.ca.client_context()  # once: contexts are costly to make
+        self._connections = ConnectionCache(self.lab.events, self.lab.limits.relay_connection_cache)
         self.closed = False
 
     async def stop(self) -> None:
@@ -206,6 +214,8 @@ class RelayQueue:
             await asyncio.wait(list(self._tasks), timeout=3)
         if self._resolver is not None:
             self._resolver.close()
+        if self._connections is not None:
+            await self._connections.close()
         self.control.close("lab stopped")
 
     # -- the interface the SMTP server calls ----------------------------------------------
@@ -309,6 +319,8 @@ class RelayQueue:
 
     async def afail(self, hostname: str, kind: str, value: Any = None) -> str:
         await self.aheal(hostname, quiet=True)
+        if self._connections is not None:
+            self._connections.drop(hostname)
         if kind == "down":
             svc = self.lab.service("smtp", hostname)
             if svc.listener is not None:
@@ -334,6 +346,8 @@ class RelayQueue:
 
     async def aheal(self, hostname: str | None = None, *, quiet: bool = False) -> str:
         hosts = [hostname] if hostname else list(self._faults)
+        if self._connections is not None:
+            self._connections.drop(hostname)  # sessions opened under the failure end with it
         done = []
         for name in hosts:
             kind, _value = self._faults.pop(name, (None, None))
@@ -420,8 +434,23 @@ class RelayQueue:
         """At most ``relay_concurrency`` deliveries at once, DNS lookups included: a burst
         of a thousand messages must not become a thousand queries timing out together."""
         assert self._sem is not None
-        async with self._sem:
-            await self._deliver_domain(msg, domain, rcpts)
+        self._wanting[domain] = self._wanting.get(domain, 0) + 1
+        try:
+            async with self._sem:
+                self._active[domain] = self._active.get(domain, 0) + 1
+                try:
+                    await self._deliver_domain(msg, domain, rcpts)
+                finally:
+                    self._active[domain] -= 1
+        finally:
+            self._wanting[domain] -= 1
+            if not self._wanting[domain]:
+                self._wanting.pop(domain, None)
+                self._active.pop(domain, None)
+
+    def _backlog(self, domain: str) -> bool:
+        """Is more mail for ``domain`` waiting for a delivery slot?"""
+        return self._wanting.get(domain, 0) > self._active.get(domain, 0)
 
     async def _deliver_domain(self, msg: QueuedMessage, domain: str, rcpts: list[Recipient]) -> None:
         started = time.time()
@@ -449,7 +478,7 @@ class RelayQueue:
                                               target.name, address, None, route.answer, text=last_error),
                                  last_error)
                     continue
-                d = await self._session(msg, target.name, address, port, [r.address for r in rcpts])
+                d = await self._session(msg, domain, target.name, address, port, [r.address for r in rcpts])
                 if d.unreachable:
                     last_error = d.error or (str(d.session_failure) if d.session_failure else "no answer")
                     self._record(msg, self._attempt_of(d, msg, domain, rcpts, route.answer, "unreachable",
@@ -492,16 +521,28 @@ class RelayQueue:
             return int(self.lab.ports.get("smtp", lab_port("smtp")))
         return lab_port("smtp") if self.lab.ports == "default" else None
 
-    async def _session(self, msg: QueuedMessage, host: str, address: str, port: int,
+    async def _session(self, msg: QueuedMessage, domain: str, host: str, address: str, port: int,
                        rcpts: list[str]) -> Delivery:
         origin = self.lab.topology.hosts.get(msg.origin)
+        source = origin.address if origin else None
         limits = self.lab.limits
-        kwargs = dict(helo_name=msg.origin, source_address=origin.address if origin else None,
+        kwargs = dict(helo_name=msg.origin, source_address=source,
                       host=host, address=address, port=port, mail_from=msg.mail_from, rcpts=rcpts,
                       data=msg.data, connect_timeout=limits.relay_connect_timeout,
                       reply_timeout=limits.relay_reply_timeout, queue_id=msg.id)
         required = self.tls_policy == "verify"
-        d = await deliver(self.lab.events, tls_context=self._tls_context, require_tls=required, **kwargs)
+        cache = self._connections
+        key = (msg.origin, source, host, address, port, required)
+        reuse = cache.take(key) if cache is not None else None
+
+        def keep_open() -> bool:
+            return cache is not None and cache.idle > 0 and not self.closed and self._backlog(domain) \
+                and host not in self._faults
+
+        d = await deliver(self.lab.events, tls_context=self._tls_context, require_tls=required,
+                          connection=reuse, keep_open=keep_open, **kwargs)
+        if d.kept is not None and cache is not None:
+            cache.put(key, d.kept)
         if (d.unreachable and d.stage == "STARTTLS" and d.error and self._tls_context is not None
                 and not required):
             # Opportunistic TLS (RFC 7435, Postfix's "may"): a failed handshake is
@@ -516,7 +557,7 @@ class RelayQueue:
                        d.port, answer, code if code is not None else
                        (d.session_failure.code if d.session_failure else None), text, d.tls, d.tls_version,
                        d.protocol if d.connected else None, round(d.duration, 4), d.session,
-                       {k: str(v) for k, v in d.rcpt_replies.items()})
+                       {k: str(v) for k, v in d.rcpt_replies.items()}, d.reused_from)
 
     def _apply(self, msg: QueuedMessage, d: Delivery, domain: str, rcpts: list[Recipient],
                answer: list[str]) -> None:
