@@ -626,7 +626,7 @@ def _search_key(r: _Reader, depth: int) -> tuple[Any, ...]:
         return ("FLAG", r.flag(), word == "KEYWORD")
     if word in _SEARCH_HEADERS:
         r.sp()
-        return ("HEADER", word, r.astring())
+        return (word, r.astring())
     if word == "HEADER":
         r.sp()
         name = r.astring().decode("ascii", "replace")

@@ -37,8 +37,14 @@ if TYPE_CHECKING:
 #: ``lab.extras`` key: accept passwords before STARTTLS on loopback (default True).
 PLAINTEXT_AUTH = "imap_plaintext_auth"
 HUB = "imap_hub"
-#: Write to the socket once this much is buffered (then wait for the reader).
+#: Wait for a slow reader (drain) after writing this much.
 CHUNK = 256 * 1024
+#: Parts this long (message data) are written as they are, not joined with others.
+BIG_PART = 16 * 1024
+#: Octets a connection's transport may hold before the driver waits for the reader.
+WRITE_BUFFER = 1 << 20
+#: Untagged responses of one command recorded one by one (the rest: one note).
+RECORD_RESPONSES = 100
 #: How often an IDLE session looks for changes nobody announced (mutt, cp, POP3).
 IDLE_POLL = 1.0
 
@@ -127,6 +133,7 @@ class IMAPServer(LineServer):
                         max_command=limits.imap_literal + limits.imap_line,
                         max_depth=limits.imap_nesting)
         reason = "connection closed by the client"
+        _roomy_writes(conn)
         await self._send(conn, rec, session.greeting())
         while session.action != "close":
             try:
@@ -161,6 +168,7 @@ class IMAPServer(LineServer):
                 except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
                     return f"TLS handshake failed: {exc}"
                 session.tls_started()
+                _roomy_writes(conn)  # a new transport: its own buffer limits
                 parser.reset()
             if session.action == "close":
                 reason = "LOGOUT" if session.state.value == "LOGOUT" else "closed by the server"
@@ -261,38 +269,94 @@ class IMAPServer(LineServer):
 
     async def _send(self, conn: LineConnection, rec: SessionRecorder, outputs: Iterable[Output],
                     tag: str | None = None) -> None:
-        """Write responses in large chunks, recording each; wait for slow readers."""
-        chunks: list[bytes] = []
-        size = 0
+        """Write responses in large chunks, recording them; wait for slow readers.
+
+        Message data (a FETCH literal) is written as the bytes object it was read
+        into, never copied into a joined buffer; the small text around it is.
+        """
+        small: list[bytes] = []  # short parts waiting to be joined into one write
+        unsent = 0  # octets written since the last drain
+        record = _Recorder(rec)
         try:
             for out in outputs:
                 if isinstance(out, Response):
-                    _record(rec, out)
-                    chunks.extend(out.parts)
-                    size += len(out)
-                    if size >= CHUNK:
-                        conn.write(b"".join(chunks))
-                        chunks, size = [], 0
+                    record(out)
+                    for part in out.parts:
+                        if len(part) >= BIG_PART:
+                            if small:
+                                conn.write(b"".join(small))
+                                small = []
+                            conn.write(part)
+                        else:
+                            small.append(part)
+                        unsent += len(part)
+                    if unsent >= CHUNK:
+                        if small:
+                            conn.write(b"".join(small))
+                            small = []
+                        unsent = 0
                         await conn.drain()
                 elif isinstance(out, Delay):
-                    if chunks:
-                        conn.write(b"".join(chunks))
-                        chunks, size = [], 0
+                    if small:
+                        conn.write(b"".join(small))
+                        small = []
                     await conn.drain()
                     await asyncio.sleep(out.seconds)
                 elif isinstance(out, Notice):
+                    record.flush()
                     _notice(rec, out)
         except (ConnectionError, ConnectionClosed, asyncio.CancelledError, TimeoutError):
             raise
         except Exception as exc:  # a bug must cost one command, never the server
+            record.flush()
             rec.note(f"internal error: {exc!r}", error=True)
             text = f"{tag or '*'} NO [SERVERBUG] internal error: {type(exc).__name__}\r\n"
             resp = Response(text.encode())
-            _record(rec, resp)
-            chunks.extend(resp.parts)
-        if chunks:
-            conn.write(b"".join(chunks))
+            record(resp)
+            small.extend(resp.parts)
+        record.flush()
+        if small:
+            conn.write(b"".join(small))
         await conn.drain()
+
+
+class _Recorder:
+    """Records the responses to one command: the first :data:`RECORD_RESPONSES`
+    untagged ones in full, the rest summed up in one note, so ``FETCH 1:*`` on
+    2,000 messages costs a few hundred events, not 6,000, and the transcript
+    stays readable. Tagged and continuation responses are always recorded."""
+
+    def __init__(self, rec: SessionRecorder) -> None:
+        self.rec = rec
+        self.untagged = 0
+        self.skipped = 0
+        self.skipped_octets = 0
+
+    def __call__(self, resp: Response) -> None:
+        if resp.parts[0][:2] == b"* ":
+            self.untagged += 1
+            if self.untagged > RECORD_RESPONSES:
+                self.skipped += 1
+                self.skipped_octets += len(resp)
+                return
+        self.flush()
+        _record(self.rec, resp)
+
+    def flush(self) -> None:
+        if self.skipped:
+            self.rec.note(f"... and {self.skipped} more untagged responses ({self.skipped_octets}"
+                          " octets) sent, not recorded one by one",
+                          responses=self.skipped, bytes=self.skipped_octets, limit="record")
+            self.skipped = self.skipped_octets = 0
+
+
+def _roomy_writes(conn: LineConnection) -> None:
+    """Let the transport buffer up to WRITE_BUFFER before the driver waits (asyncio's
+    default is 64 KiB), so a large FETCH keeps producing while the client reads
+    instead of the two taking turns."""
+    transport = conn.writer.transport
+    if transport is not None:
+        transport.set_write_buffer_limits(high=WRITE_BUFFER, low=WRITE_BUFFER // 4)
 
 
 def _record(rec: SessionRecorder, resp: Response) -> None:

@@ -340,39 +340,54 @@ class Mailbox:
         """:meth:`set_flags` for many messages in one index transaction (IMAP STORE 1:*).
 
         UIDs that no longer exist (or whose file another tool removed) are left
-        out of the result.
+        out of the result. Renames go through open directory handles and the
+        index rows are written with one statement: STORE on 2,000 messages is
+        2,000 renames and little else.
         """
         out: dict[int, MessageInfo] = {}
-        base = str(self.path)
+        rows: list[tuple[str, str, str, int]] = []
         with self.lock:
             was_in_sync = self._in_sync()
-            self._db.execute("BEGIN")
+            dirs = {sub: os.open(self.path / sub, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                    for sub in ("new", "cur")}
             try:
                 for uid, wanted in changes.items():
                     info = self._messages.get(uid)
                     if info is None:
                         continue
                     flags = frozenset(wanted)
+                    if flags == info.flags:
+                        out[uid] = info
+                        continue
                     subdir, filename = info.subdir, info.filename
                     letters = _info_for(flags)
-                    if flags != info.flags and (_info_for(info.flags) != letters or subdir == "new"):
+                    if subdir == "new" or _info_for(info.flags) != letters:
                         filename = f"{info.key}:2,{letters}"
                         try:
-                            os.rename(os.path.join(base, info.subdir, info.filename),
-                                      os.path.join(base, "cur", filename))
+                            os.rename(info.filename, filename,
+                                      src_dir_fd=dirs[info.subdir], dst_dir_fd=dirs["cur"])
                         except FileNotFoundError:
                             was_in_sync = False  # changed behind our back: rescan next time
                             continue
                         subdir = "cur"
-                    if flags != info.flags:
-                        info = replace(info, subdir=subdir, filename=filename, flags=flags)
-                        self._replace(info)
+                    info = MessageInfo(uid, info.key, subdir, filename, info.size, info.crlf_size,
+                                       info.internaldate, flags)
+                    self._messages[uid] = info
+                    rows.append((subdir, filename, " ".join(sorted(flags)), uid))
                     out[uid] = info
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             finally:
+                for fd in dirs.values():
+                    os.close(fd)
+                # whatever was renamed is written to the index, even after an error
+                if rows:
+                    self._db.execute("BEGIN")
+                    try:
+                        self._db.executemany(
+                            "UPDATE messages SET subdir = ?, filename = ?, flags = ? WHERE uid = ?", rows)
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
                 self._own_change_done(was_in_sync)
         return out
 
