@@ -318,6 +318,31 @@ def test_uids_strictly_ascending_and_never_reused(lab: Lab, user: str) -> None:
 
 # -- messages -------------------------------------------------------------------------------
 
+def test_a_large_fetch_is_recorded_compactly_but_sent_whole(lab: Lab, user: str) -> None:
+    from maillab.imap.server import RECORD_RESPONSES
+
+    count = RECORD_RESPONSES + 30
+    for i in range(count):
+        lab.store.deliver(user, msg(f"bulk {i}"))
+    c = client(lab, user)
+    c.select("INBOX")
+    since = lab.events.last_seq()
+    typ, data = c.fetch("1:*", "(UID BODY.PEEK[])")
+    assert typ == "OK"
+    bodies = [d[1] for d in data if isinstance(d, tuple)]
+    assert len(bodies) == count and bodies[-1].startswith(b"From: ann@beta.test")
+    sent = [e for e in lab.events.events(protocol="imap", since=since) if e.kind == "S"]
+    assert sum(1 for e in sent if e.text.startswith("* ") and " FETCH " in e.text) == RECORD_RESPONSES
+    notes = [e for e in lab.events.events(protocol="imap", since=since, kinds=("note",))
+             if e.data.get("limit") == "record"]
+    assert len(notes) == 1 and notes[0].data["responses"] == 30
+    # imaplib shows "* 130 FETCH (UID 130 BODY[] {142}" as "130 (UID 130 BODY[] {142}"
+    text = sum(len(b"* FETCH \r\n)\r\n") + len(d[0]) for d in data[-60:] if isinstance(d, tuple))
+    assert notes[0].data["bytes"] == text + sum(len(b) for b in bodies[-30:])
+    assert any(e.text.endswith("OK FETCH completed") for e in sent)  # the tagged reply is there
+    c.logout()
+
+
 def test_fetch_store_search_copy_move_append(lab: Lab, user: str) -> None:
     for i in range(5):
         lab.store.deliver(user, msg(f"report {i}", body=f"text number {i}\r\n"))
