@@ -318,6 +318,19 @@ def test_uids_strictly_ascending_and_never_reused(lab: Lab, user: str) -> None:
 
 # -- messages -------------------------------------------------------------------------------
 
+def test_overlapping_sequence_sets_name_each_message_once_in_order(lab: Lab, user: str) -> None:
+    for i in range(6):
+        lab.store.deliver(user, msg(f"seq {i}"))
+    r = raw(lab, user)
+    r.cmd("s", "SELECT INBOX")
+    lines = r.cmd("f", "FETCH 5:*,3:1,2,4,1:2 (UID)")
+    assert lines[:-1] == [b"* %d FETCH (UID %d)\r\n" % (n, n) for n in range(1, 7)]
+    lines = r.cmd("u", "UID FETCH 6,2:3,9:5,100:200 (FLAGS)")  # UIDs: gaps and ranges past the end
+    assert [ln.split()[1] for ln in lines[:-1]] == [b"2", b"3", b"5", b"6"]
+    assert r.cmd("b", "FETCH 1,7 (UID)")[-1].startswith(b"b BAD")  # 7 > EXISTS
+    r.close()
+
+
 def test_a_large_fetch_is_recorded_compactly_but_sent_whole(lab: Lab, user: str) -> None:
     from maillab.imap.server import RECORD_RESPONSES
 

@@ -799,11 +799,16 @@ class IMAPSession:
         yield
 
     def _resolve(self, seqs: SeqSet, uid: bool) -> list[int]:
-        """Indexes (sequence number - 1) named by a sequence set, ascending."""
+        """Indexes (sequence number - 1) named by a sequence set, ascending, each once.
+
+        Each range becomes an index interval (UIDs by binary search), the intervals
+        are merged, and only then expanded: linear in the answer, whatever the
+        client wrote (``1:*,1:*,...`` or ``1,2,3,...,2000``).
+        """
         view = self._view()
         uids = view.uids
         n = len(uids)
-        found: set[int] = set()
+        spans: list[tuple[int, int]] = []  # [lo, hi) index intervals
         if not uid:
             for a, b in seqs:
                 if n == 0 and (a == STAR or b == STAR):
@@ -814,23 +819,28 @@ class IMAPSession:
                     a, b = b, a
                 if b > n:
                     raise _Bad(f"message sequence number {b} does not exist (EXISTS is {n})")
-                if len(seqs) == 1:
-                    return list(range(a - 1, b))
-                found.update(range(a - 1, b))
-        else:
-            top = uids[-1] if uids else 0
+                spans.append((a - 1, b))
+        elif uids:
+            top = uids[-1]
             for a, b in seqs:
-                if not uids:
-                    break
                 a = top if a == STAR else a
                 b = top if b == STAR else b
                 if a > b:
                     a, b = b, a
                 lo, hi = bisect.bisect_left(uids, a), bisect.bisect_right(uids, b)
-                if len(seqs) == 1:
-                    return list(range(lo, hi))
-                found.update(range(lo, hi))
-        return sorted(found)
+                if lo < hi:
+                    spans.append((lo, hi))
+        if len(spans) == 1:
+            return list(range(*spans[0]))
+        spans.sort()
+        out: list[int] = []
+        end = 0
+        for lo, hi in spans:
+            lo = max(lo, end)
+            if lo < hi:
+                out.extend(range(lo, hi))
+                end = hi
+        return out
 
     def _flags_text(self, view: MailboxView, uid: int, flags: frozenset[str]) -> str:
         if uid in view.recent:
@@ -1086,7 +1096,8 @@ class IMAPSession:
         with mb.lock:
             current = mb.messages()
         present = {i.uid: i for i in current}
-        if allow_expunge and (len(present) != len(view.uids) or view.uids[-1:] != current[-1:]):
+        if allow_expunge and (len(present) != len(view.uids)
+                              or view.uids[-1:] != [i.uid for i in current[-1:]]):
             gone = [i for i, u in enumerate(view.uids) if u not in present]
             # Descending, so each number is still right when the client applies it.
             for i in reversed(gone):
@@ -1101,12 +1112,12 @@ class IMAPSession:
             if info is not None and info.flags != view.flags.get(u):
                 view.flags[u] = info.flags
                 yield line(f"* {idx + 1} FETCH (UID {u} FLAGS ({self._flags_text(view, u, info.flags)}))")
-        new = [i.uid for i in current if i.uid > view.max_uid]
-        if new:
+        arrived = [i for i in current if i.uid > view.max_uid]
+        if arrived:
+            new = [i.uid for i in arrived]
             view.max_uid = new[-1]
-            for i in current:
-                if i.uid in new:
-                    view.flags[i.uid] = i.flags
+            for i in arrived:
+                view.flags[i.uid] = i.flags
             view.uids.extend(new)
             view.recent |= self._claim_recent(view, new)
             yield line(f"* {len(view.uids)} EXISTS")
