@@ -183,10 +183,10 @@ class RelayQueue:
         self._routes: dict[tuple[str, str], tuple[int, float, Any]] = {}  # relay_dns_cache
         self._tls_context: Any = None
         self._connections: ConnectionCache | None = None
-        # Deliveries per recipient domain: wanting = started (waiting for a slot or
-        # running), active = running. More wanting than active is a backlog.
-        self._wanting: dict[str, int] = {}
-        self._active: dict[str, int] = {}
+        # Deliveries per (sending host, recipient domain): wanting = started (waiting for
+        # a slot or running), active = running. More wanting than active is a backlog.
+        self._wanting: dict[tuple[str, str], int] = {}
+        self._active: dict[tuple[str, str], int] = {}
         self._last: str | None = None
         self.closed = False
         #: "may": STARTTLS whenever offered, plaintext if the handshake fails (opportunistic,
@@ -434,23 +434,25 @@ class RelayQueue:
         """At most ``relay_concurrency`` deliveries at once, DNS lookups included: a burst
         of a thousand messages must not become a thousand queries timing out together."""
         assert self._sem is not None
-        self._wanting[domain] = self._wanting.get(domain, 0) + 1
+        flow = (msg.origin, domain)
+        self._wanting[flow] = self._wanting.get(flow, 0) + 1
         try:
             async with self._sem:
-                self._active[domain] = self._active.get(domain, 0) + 1
+                self._active[flow] = self._active.get(flow, 0) + 1
                 try:
                     await self._deliver_domain(msg, domain, rcpts)
                 finally:
-                    self._active[domain] -= 1
+                    self._active[flow] -= 1
         finally:
-            self._wanting[domain] -= 1
-            if not self._wanting[domain]:
-                self._wanting.pop(domain, None)
-                self._active.pop(domain, None)
+            self._wanting[flow] -= 1
+            if not self._wanting[flow]:
+                self._wanting.pop(flow, None)
+                self._active.pop(flow, None)
 
-    def _backlog(self, domain: str) -> bool:
-        """Is more mail for ``domain`` waiting for a delivery slot?"""
-        return self._wanting.get(domain, 0) > self._active.get(domain, 0)
+    def _backlog(self, origin: str, domain: str) -> bool:
+        """Is more mail from host ``origin`` for ``domain`` waiting for a delivery slot?"""
+        flow = (origin, domain)
+        return self._wanting.get(flow, 0) > self._active.get(flow, 0)
 
     async def _deliver_domain(self, msg: QueuedMessage, domain: str, rcpts: list[Recipient]) -> None:
         started = time.time()
@@ -536,7 +538,7 @@ class RelayQueue:
         reuse = cache.take(key) if cache is not None else None
 
         def keep_open() -> bool:
-            return cache is not None and cache.idle > 0 and not self.closed and self._backlog(domain) \
+            return cache is not None and cache.idle > 0 and not self.closed and self._backlog(msg.origin, domain) \
                 and host not in self._faults
 
         d = await deliver(self.lab.events, tls_context=self._tls_context, require_tls=required,
