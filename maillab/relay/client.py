@@ -15,7 +15,10 @@ Two classic mistakes it avoids:
   DATA early at the next hop (SMTP smuggling).
 
 Every line sent and received is recorded as a client-side session (protocol
-"smtp", side "client", host = the sending host), so the transcript shows the hop.
+"smtp", side "client", host = the sending host), so the transcript shows the hop:
+one transcript per message and hop, also when the message goes over a session
+kept open from the previous message (:class:`Connection`; it then starts with a
+note naming the transcript that opened the connection, and ``RSET``).
 """
 
 from __future__ import annotations

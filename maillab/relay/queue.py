@@ -17,6 +17,11 @@ address, the DNS answer used, reply, TLS, duration, the client session id of its
 transcript), the next attempt time and the last error. Every state change is an
 event (protocol "relay") in the lab's event stream.
 
+At most ``lab.limits.relay_concurrency`` deliveries run at once. While more mail
+from the same host for the same domain waits for one of those slots, a finished
+SMTP session is kept open for it (:mod:`.connections`, as Postfix does); a message
+on its own always gets a whole session of its own.
+
 Failure injection for class (``%mail fail``): ``lab.relay.fail(host, kind)``
 with kind ``down`` (its SMTP listener is closed, the port kept for ``heal``),
 ``tempfail`` (451 at RCPT), ``reject`` (550 at RCPT) or ``slow`` (each reply
