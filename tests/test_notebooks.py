@@ -32,6 +32,11 @@ CLAIMS = {
         "no answer to the smuggled CAPA", "discarded 6 plaintext bytes", "('pop3', 110, ",
         "('pop3s', 995, ",
     ],
+    "03_imap.ipynb": [
+        "1 messages deleted", "(the server sets \\Seen)", "FLAGS (\\Flagged)", " EXISTS'",
+        "a3 OK CREATE completed", "Projects/2024", "POP3 would download", "Übersicht 2024.pdf",
+        "= 你好，Bob：季度报告", "UID SEARCH SUBJECT 季度报告 in INBOX: 1 found",
+    ],
     "04_relay_dns.ipynb": [
         ";; ANSWER SECTION:", "status: NXDOMAIN", "status: REFUSED", "delivered by mx2.beta.test",
         "ESMTPSA", "unreachable: connect to mx1.beta.test", "451 4.3.0", "Status: 5.7.1",
