@@ -35,8 +35,9 @@ from ..store.names import decode_mutf7
 from ..views.mailbox import ENVELOPE_ITEMS, ROW_COLUMNS, MailboxView, envelope_rows
 from ..views.mime_tree import MimeTree, from_message
 from ..views.status import text_table
-from .mail import RawResult, _ssl_context, ensure_started
+from .mail import RawResult, ensure_started
 from .state import current_lab
+from .targets import lab_ssl_context, raw_target
 
 _LITERAL = re.compile(r"\{(\d+)(\+?)\}$")
 
@@ -197,26 +198,10 @@ class IMAPRawSession(RawSession):
         self.sock.sendall(data)
 
 
-def _raw_target(lab: Lab, target: str) -> tuple[str, int, bool, str]:
-    """host, port, implicit TLS?, the name its certificate carries."""
-    target = target.strip() or "imap"
-    if target in ("imap", "imaps"):
-        svc = lab.service(target)
-        return svc.address, svc.port, target == "imaps", svc.hostname
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"%%imap takes host:port or imap|imaps, not {target!r}")
-    p, host = int(port), host.strip("[]")
-    for svc in lab.services:
-        if svc.port == p and svc.address == host and svc.protocol == "imap":
-            return host, p, svc.name == "imaps", svc.hostname
-    return host, p, p == 993, host
-
-
 def run_raw_imap(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
                  idle_wait: float = 2.0) -> RawResult:
     """Send the cell's commands with tags a1, a2, ... and record the session."""
-    host, port, implicit, cert_name = _raw_target(lab, target)
+    host, port, implicit, cert_name = raw_target(lab, target, "imap")
     state = {"sasl": False}
 
     def mask(line: str) -> str:
@@ -225,7 +210,7 @@ def run_raw_imap(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
     result = RawResult(f"{host}:{port}", None, lab.events)
     try:
         raw = IMAPRawSession(host, port, protocol="imap", events=lab.events, implicit_tls=implicit,
-                             ssl_context=_ssl_context(lab), server_hostname=cert_name,
+                             ssl_context=lab_ssl_context(lab), server_hostname=cert_name,
                              timeout=timeout, mask=mask)
     except OSError as exc:
         result.problems.append(f"cannot connect to {host}:{port}: {exc}")

@@ -47,6 +47,7 @@ from ..users import parse_user_spec
 from ..views import Inbox, StatusTable, Transcript, TranscriptView
 from ..views.transcript import flush_live_views, render_html, render_text
 from . import state
+from .targets import lab_ssl_context, raw_target
 
 # -- the verb registry ------------------------------------------------------------------
 
@@ -173,15 +174,6 @@ def _parse(parser: MagicArgumentParser, line: str) -> argparse.Namespace | HelpT
     return parser.parse_args(words)
 
 
-def _ssl_context(lab: Lab) -> ssl.SSLContext:
-    """System CAs plus the lab CA: good for lab servers and real ones alike."""
-    ctx = ssl.create_default_context()
-    if lab.ca is not None:
-        ctx.load_verify_locations(cafile=str(lab.ca_path))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
-
-
 # -- raw SMTP cells ---------------------------------------------------------------------
 
 
@@ -234,7 +226,7 @@ def run_raw_smtp(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
     upgrades the connection with the lab CA trusted (RFC 3207 4). Lines after AUTH
     that answer a 334 challenge are masked in the events.
     """
-    host, port, implicit = _raw_target(lab, target)
+    host, port, implicit, cert_name = raw_target(lab, target, "smtp")
     if implicit_tls is not None:
         implicit = implicit_tls
     masking = {"sasl": False}
@@ -248,8 +240,8 @@ def run_raw_smtp(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
     result = RawResult(f"{host}:{port}", None, lab.events)
     try:
         raw = RawSession(host, port, protocol="smtp", reply_complete=smtp_reply_complete,
-                         events=lab.events, implicit_tls=implicit, ssl_context=_ssl_context(lab),
-                         timeout=timeout, mask=mask)
+                         events=lab.events, implicit_tls=implicit, ssl_context=lab_ssl_context(lab),
+                         server_hostname=cert_name, timeout=timeout, mask=mask)
     except OSError as exc:
         result.problems.append(f"cannot connect to {host}:{port}: {exc}")
         return result
@@ -295,20 +287,6 @@ def run_raw_smtp(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
     finally:
         raw.close()
     return result
-
-
-def _raw_target(lab: Lab, target: str) -> tuple[str, int, bool]:
-    target = target.strip() or "smtp"
-    if target in ("smtp", "submission", "smtps"):
-        host, port = lab.address(target)
-        return host, port, target == "smtps"
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"%%smtp takes host:port or smtp|submission|smtps, not {target!r}")
-    p = int(port)
-    implicit = p in (465,) or any(s.name == "smtps" and s.port == p and s.address == host
-                                  for s in lab.services)
-    return host.strip("[]"), p, implicit
 
 
 # -- the magics --------------------------------------------------------------------------

@@ -26,8 +26,9 @@ from ..lab import Lab
 from ..views.pop3_state import POP3StateFigure, session_for_client, session_state
 from ..views.status import text_table
 from ..views.transcript import render_html, render_text
-from .mail import RawResult, _ssl_context, ensure_started
+from .mail import RawResult, ensure_started
 from .state import current_lab
+from .targets import lab_ssl_context, raw_target
 
 COLUMNS = (("#", "number"), ("UIDL", "uidl"), ("octets", "size"), ("Subject", "subject"),
            ("this session", "action"))
@@ -130,7 +131,7 @@ def run_client_session(lab: Lab, user: str, *, list_: bool = True, top: tuple[in
         raise UsageError(f"no lab user {user!r}; users: {', '.join(u.address for u in lab.users)}")
     service = "pop3s" if tls == "implicit" else "pop3"
     host, port = lab.address(service)
-    client = connect(host, port, events=lab.events, tls=tls, ssl_context=_ssl_context(lab),
+    client = connect(host, port, events=lab.events, tls=tls, ssl_context=lab_ssl_context(lab),
                      timeout=timeout)
     session = client.recorder.session if client.recorder else None
     local_host, local_port = client.sock.getsockname()[:2]
@@ -201,29 +202,13 @@ def _wait_closed(lab: Lab, local: str, timeout: float = 2.0) -> str | None:
 
 # -- raw cells -----------------------------------------------------------------------------
 
-def _raw_target(lab: Lab, target: str) -> tuple[str, int, bool, str]:
-    """host, port, implicit TLS?, the name its certificate carries."""
-    target = target.strip() or "pop3"
-    if target in ("pop3", "pop3s"):
-        svc = lab.service(target)
-        return svc.address, svc.port, target == "pop3s", svc.hostname
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"%%pop3 takes host:port or pop3|pop3s, not {target!r}")
-    p, host = int(port), host.strip("[]")
-    for svc in lab.services:
-        if svc.port == p and svc.address == host and svc.protocol == "pop3":
-            return host, p, svc.name == "pop3s", svc.hostname
-    return host, p, p == 995, host
-
-
 def run_raw_pop3(lab: Lab, target: str, text: str, *, timeout: float = 10.0) -> RawResult:
     """Send each line of ``text`` and read its reply (multi-line where POP3 says so).
 
     ``STLS`` answered with +OK upgrades the connection, trusting the lab CA.
     Passwords (PASS, APOP digests, AUTH responses) are masked in the events.
     """
-    host, port, implicit, cert_name = _raw_target(lab, target)
+    host, port, implicit, cert_name = raw_target(lab, target, "pop3")
     state = {"sasl": False}
 
     def mask(line: str) -> str:
@@ -232,7 +217,7 @@ def run_raw_pop3(lab: Lab, target: str, text: str, *, timeout: float = 10.0) -> 
     result = RawResult(f"{host}:{port}", None, lab.events)
     try:
         raw = RawSession(host, port, protocol="pop3", reply_complete=pop3_reply_complete,
-                         events=lab.events, implicit_tls=implicit, ssl_context=_ssl_context(lab),
+                         events=lab.events, implicit_tls=implicit, ssl_context=lab_ssl_context(lab),
                          server_hostname=cert_name, timeout=timeout, mask=mask)
     except OSError as exc:
         result.problems.append(f"cannot connect to {host}:{port}: {exc}")
