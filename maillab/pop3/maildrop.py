@@ -17,7 +17,21 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from ..store import Mailbox, MessageInfo, to_crlf
+from ..store import Mailbox, MessageInfo
+
+
+def crlf_only(data: bytes) -> bytes:
+    """Every line end as CRLF, a bare CR included (RFC 1939 3: responses are lines
+    ended by CRLF). A bare CR left in would let a client that splits lines on CR
+    see a "." line the server never sent, and take what follows for the next
+    response; the relay normalises the same way (maillab.relay.client.encode_data).
+
+    LIST counts the stored CRLF size (``MessageInfo.crlf_size``), so a file with a
+    bare CR is sent one octet longer per CR than LIST said. SMTP refuses bare CR,
+    so only IMAP APPEND, ``store.deliver`` and files put into the Maildir by hand
+    bring one.
+    """
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 class InUse(Exception):
@@ -82,7 +96,7 @@ class Maildrop:
         return None
 
     def read(self, entry: Entry) -> bytes:
-        """The message with CRLF line ends (what goes on the wire)."""
+        """The message with CRLF line ends only (what goes on the wire)."""
         try:
             data = self.mailbox.read(entry.info.uid)
         except (KeyError, FileNotFoundError) as exc:
@@ -90,8 +104,10 @@ class Maildrop:
         except OSError as exc:
             raise StoreFailure(str(exc)) from exc
         # Maildir files never change, so when the file already has its CRLF size
-        # every line end is CRLF and the two scans of to_crlf() can be skipped.
-        return data if len(data) == entry.info.crlf_size else to_crlf(data)
+        # every LF has its CR; one more count tells whether every CR has its LF.
+        if len(data) == entry.info.crlf_size and data.count(b"\r") == data.count(b"\n"):
+            return data
+        return crlf_only(data)
 
     def mark_seen(self, entry: Entry) -> None:
         """RETR means "read": the shared index gets \\Seen so IMAP shows it read."""
