@@ -655,3 +655,54 @@ def test_a_cached_connection_the_server_closed_is_replaced_in_the_same_transcrip
         assert "STARTTLS" in texts and msg.attempts[-1].tls and msg.attempts[-1].reused_from is None
     finally:
         lab.stop()
+
+
+def test_reuse_without_pipelining_waits_for_the_rset_reply(rlab):
+    """A server without PIPELINING gets RSET on its own, then MAIL once RSET is answered."""
+    import threading
+
+    from maillab.relay.client import deliver
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        f = conn.makefile("rb")
+        conn.sendall(b"220 plain.beta.test ESMTP\r\n")
+        replies = {b"EHLO": b"250-plain.beta.test\r\n250 SIZE 1000\r\n", b"MAIL": b"250 ok\r\n",
+                   b"RCPT": b"250 ok\r\n", b"DATA": b"354 go\r\n", b"RSET": b"250 reset\r\n", b"QUIT": b"221 bye\r\n"}
+        while line := f.readline():
+            seen.append(line)
+            if line == b".\r\n":
+                conn.sendall(b"250 queued\r\n")
+            elif line[:4] in replies:
+                conn.sendall(replies[line[:4]])
+                if line[:4] == b"QUIT":
+                    break
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    port = listener.getsockname()[1]
+
+    async def go():
+        common = dict(helo_name="mail.alpha.test", source_address=None, host="plain.beta.test", address="127.0.0.1",
+                      port=port, mail_from="alice@alpha.test", rcpts=["carol@beta.test"], tls_context=None)
+        first = await deliver(rlab.events, data=b"one\r\n", keep_open=lambda: True, **common)
+        second = await deliver(rlab.events, data=b"two\r\n", connection=first.kept, **common)
+        return first, second
+
+    try:
+        first, second = rlab.loop.run(go(), timeout=15)
+    finally:
+        t.join(5)
+        listener.close()
+    assert first.data_reply.code == 250 and first.kept is not None
+    assert second.data_reply.code == 250 and second.reused_from == first.session
+    commands = [line.split(b" ")[0].rstrip(b"\r\n") for line in seen if not line.startswith((b"one", b"two"))]
+    assert commands == [b"EHLO", b"MAIL", b"RCPT", b"DATA", b".", b"RSET", b"MAIL", b"RCPT", b"DATA", b".", b"QUIT"]
+    transcript = [(e.kind, e.text) for e in rlab.events.events(session=second.session) if e.kind in ("C", "S")]
+    assert transcript[:3] == [("C", "RSET"), ("S", "250 reset"), ("C", "MAIL FROM:<alice@alpha.test> SIZE=5")]

@@ -278,15 +278,25 @@ async def deliver(
     result.session = rec.session
     conn: Connection | None = None
     try:
+        clean = False
         if connection is not None:
-            conn = await _resume(connection, rec, result)
+            conn = _adopt(connection, rec, result)
+            try:
+                clean = await _transaction(conn.session, result, conn.extensions, mail_from, rcpts, data,
+                                           reset=True)
+            except _Stale as exc:
+                rec.note(f"the cached connection no longer works ({exc}): opening a new one")
+                await _close(conn.session.writer)
+                conn = None
+                result.connected, result.reused_from, result.tls, result.tls_version = False, None, False, None
+                result.protocol = "ESMTP"
         if conn is None:
             conn = await _open(rec, result, helo_name=helo_name, source_address=source_address,
                                tls_context=tls_context, require_tls=require_tls,
                                connect_timeout=connect_timeout, reply_timeout=reply_timeout)
-        if conn is None:
-            return result
-        clean = await _transaction(conn.session, result, conn.extensions, mail_from, rcpts, data)
+            if conn is None:
+                return result
+            clean = await _transaction(conn.session, result, conn.extensions, mail_from, rcpts, data)
         conn.transactions += 1
         if clean and keep_open is not None and conn.transactions < REUSE_LIMIT and keep_open():
             rec.note(f"more mail waits for {host}: the connection stays open for it (connection cache)",
@@ -312,25 +322,17 @@ async def deliver(
         rec.close(result.error or ("connection kept open" if result.kept else ""))
 
 
-async def _resume(conn: Connection, rec: Any, result: Delivery) -> Connection | None:
-    """Take over a cached session for this message's transcript; RSET checks it still
-    answers (RFC 5321 4.1.1.5). None when it does not: the caller connects afresh."""
+class _Stale(Exception):
+    """A cached connection did not answer RSET with 250: nothing was delivered over it."""
+
+
+def _adopt(conn: Connection, rec: Any, result: Delivery) -> Connection:
+    """Take over a cached session for this message's transcript. Whether it still
+    works shows in the reply to the RSET that starts the transaction."""
     conn.session.rec = rec
     tls = f"TLS {conn.tls_version}" if conn.tls else "no TLS"
     rec.note(f"reusing the open connection to {conn.host} [{conn.address}]:{conn.port} ({conn.protocol}, {tls})"
              f" opened in session {conn.opened_in}: message {conn.transactions + 1} on it", reused_from=conn.opened_in)
-    result.stage = "RSET"
-    try:
-        reply = await conn.session.command("RSET")
-    except (asyncio.TimeoutError, ConnectionError, ProtocolError, ssl.SSLError, OSError) as exc:
-        reply = None
-        why = str(exc) or exc.__class__.__name__
-    else:
-        why = str(reply)
-    if reply is None or reply.code != 250:
-        rec.note(f"the cached connection no longer works ({why}): opening a new one")
-        await _close(conn.session.writer)
-        return None
     result.connected, result.reused_from = True, conn.opened_in
     result.tls, result.tls_version, result.protocol = conn.tls, conn.tls_version, conn.protocol
     return conn
@@ -420,9 +422,18 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
 
 
 async def _transaction(s: _Session, result: Delivery, extensions: dict[str, str], mail_from: str,
-                       rcpts: list[str], data: bytes) -> bool:
+                       rcpts: list[str], data: bytes, *, reset: bool = False) -> bool:
     """MAIL, RCPT for each recipient, DATA (RFC 5321 3.3). True when the session is back
-    between transactions, so another message may follow on it."""
+    between transactions, so another message may follow on it.
+
+    ``reset``: the session was kept from an earlier message, so RSET comes first
+    (RFC 5321 4.1.1.5), in the same pipelined write as MAIL and RCPT when the server
+    offers PIPELINING (RFC 2920 3.1 lists RSET among the commands that may be
+    grouped). Raises :class:`_Stale` when RSET gets no 250: the connection is not used."""
+    if reset:
+        result.stage = "RSET"
+        if "PIPELINING" not in extensions:
+            await _reset(s)
     result.stage = "MAIL"
     params = []
     if "SIZE" in extensions:
@@ -436,7 +447,11 @@ async def _transaction(s: _Session, result: Delivery, extensions: dict[str, str]
     if "PIPELINING" in extensions:
         # RFC 2920: MAIL, every RCPT and DATA in one write; the replies come back
         # in the same order. One round trip instead of two plus one per recipient.
-        await s.send([mail_line, *(f"RCPT TO:<{r}>" for r in rcpts), "DATA"])
+        lines = [mail_line, *(f"RCPT TO:<{r}>" for r in rcpts), "DATA"]
+        if reset:
+            await _reset(s, lines)
+        else:
+            await s.send(lines)
         mail = result.mail_reply = await s.reply()
         for rcpt in rcpts:
             result.stage = "RCPT"
@@ -478,6 +493,21 @@ async def _transaction(s: _Session, result: Delivery, extensions: dict[str, str]
     for rcpt in accepted:
         result.rcpt_replies[rcpt] = final
     return True
+
+
+async def _reset(s: _Session, pipelined: list[str] | None = None) -> None:
+    """RSET (with the ``pipelined`` commands after it in the same write). Any failure,
+    or a reply other than 250, means the cached connection is of no use: :class:`_Stale`."""
+    try:
+        if pipelined is None:
+            reply = await s.command("RSET")
+        else:
+            await s.send(["RSET", *pipelined])
+            reply = await s.reply()
+    except (asyncio.TimeoutError, ConnectionError, ProtocolError, ssl.SSLError, OSError) as exc:
+        raise _Stale(str(exc) or exc.__class__.__name__) from None
+    if reply.code != 250:
+        raise _Stale(f"RSET answered {reply}")
 
 
 async def _quit(s: _Session) -> None:
