@@ -139,10 +139,7 @@ class IMAPServer(LineServer):
             try:
                 line = await conn.readline(limits.imap_line)
             except LineTooLong as exc:
-                parser.reset()
-                rec.note(f"command line of {exc.length}+ octets discarded", limit="imap_line")
-                await self._send(conn, rec, [Response(
-                    b"* BAD [TOOBIG] line over %d octets (imap_line)\r\n" % limits.imap_line)])
+                await self._line_too_long(conn, rec, parser, exc)
                 continue
             except TimeoutError:
                 await self._send(conn, rec, [Response(b"* BYE autologout: idle for too long\r\n")])
@@ -196,14 +193,20 @@ class IMAPServer(LineServer):
             try:
                 line = await conn.readline(limits.imap_line)
             except LineTooLong as exc:
-                parser.reset()
-                rec.note(f"command line of {exc.length}+ octets discarded", limit="imap_line")
-                await self._send(conn, rec, [Response(
-                    b"* BAD [TOOBIG] line over %d octets (imap_line)\r\n" % limits.imap_line)])
+                await self._line_too_long(conn, rec, parser, exc)
                 return None
             rec.client_line(MASK if hide and line.strip() else session.masked(line))
             result = parser.feed_line(line)
         return result
+
+    async def _line_too_long(self, conn: LineConnection, rec: SessionRecorder, parser: Parser,
+                             exc: LineTooLong) -> None:
+        """An overlong line was read and thrown away: the command it belonged to is
+        dropped, the client told, and the session goes on."""
+        parser.reset()
+        rec.note(f"command line of {exc.length}+ octets discarded", limit="imap_line")
+        await self._send(conn, rec, [Response(
+            b"* BAD [TOOBIG] line over %d octets (imap_line)\r\n" % self.lab.limits.imap_line)])
 
     @staticmethod
     def _hides_literals(first: bytes) -> bool:
@@ -282,14 +285,15 @@ class IMAPServer(LineServer):
                 if isinstance(out, Response):
                     record(out)
                     for part in out.parts:
-                        if len(part) >= BIG_PART:
+                        size = len(part)
+                        if size >= BIG_PART:
                             if small:
                                 conn.write(b"".join(small))
                                 small = []
                             conn.write(part)
                         else:
                             small.append(part)
-                        unsent += len(part)
+                        unsent += size
                     if unsent >= CHUNK:
                         if small:
                             conn.write(b"".join(small))

@@ -843,9 +843,13 @@ class IMAPSession:
         return out
 
     def _flags_text(self, view: MailboxView, uid: int, flags: frozenset[str]) -> str:
-        if uid in view.recent:
-            return " ".join(sorted(flags | {"\\Recent"}))
-        return " ".join(sorted(flags))
+        key = (flags, uid in view.recent)
+        text = _FLAGS_TEXT.get(key)
+        if text is None:
+            text = " ".join(sorted(flags | {"\\Recent"} if key[1] else flags))
+            if len(_FLAGS_TEXT) < 10_000:  # a mailbox has few distinct flag sets
+                _FLAGS_TEXT[key] = text
+        return text
 
     def do_store(self, cmd: Command) -> Iterator[Output]:
         seqs, mode, silent, raw_flags = cmd.args
@@ -995,6 +999,7 @@ class IMAPSession:
         wants_flags = any(i.name == "FLAGS" for i in items)
         missing = False
         seen_changed = False
+        wire_items = _WIRE_ITEMS.setdefault(mb, {})
         if any(i.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE") for i in items) or needs_data:
             from . import message
         else:
@@ -1038,12 +1043,17 @@ class IMAPSession:
                 elif name == "INTERNALDATE":
                     buf += ("INTERNALDATE " + internaldate_text(info.internaldate)).encode()
                 elif name in ("ENVELOPE", "BODY", "BODYSTRUCTURE"):
-                    try:
-                        summary = self.summary(mb, uid, data)
-                    except FileNotFoundError:
-                        missing = True
-                        break
-                    buf += name.encode() + b" " + summary[name.lower()].encode("utf-8")
+                    item_bytes = wire_items.get((uid, name))
+                    if item_bytes is None:
+                        try:
+                            summary = self.summary(mb, uid, data)
+                        except FileNotFoundError:
+                            missing = True
+                            break
+                        item_bytes = name.encode() + b" " + summary[name.lower()].encode("utf-8")
+                        if len(wire_items) < 200_000:
+                            wire_items[(uid, name)] = item_bytes
+                    buf += item_bytes
                 else:
                     assert data is not None and message is not None
                     if name == "RFC822":
@@ -1163,6 +1173,14 @@ def _read_wire(mb: Mailbox, info: MessageInfo) -> bytes:
         return data.replace(b"\n", b"\r\n")
     return to_crlf(data)
 
+
+#: A flag set (and whether \Recent is added) as FETCH FLAGS writes it.
+_FLAGS_TEXT: dict[tuple[frozenset[str], bool], str] = {}
+
+#: ENVELOPE, BODY and BODYSTRUCTURE as they go on the wire (``b"ENVELOPE (...)"``), per
+#: mailbox and (UID, item): the summaries cached in the index, already encoded.
+_WIRE_ITEMS: weakref.WeakKeyDictionary[Mailbox, dict[tuple[int, str], bytes]] = \
+    weakref.WeakKeyDictionary()
 
 #: Header blocks for SEARCH HEADER/FROM/SUBJECT..., per mailbox and UID: a warm
 #: mailbox answers a header search without opening a file.
