@@ -34,6 +34,18 @@ CLOSED = "closed"
 
 MASK = "****"
 
+#: The longest line text one event keeps. Each protocol caps its lines (IMAP at
+#: 64 KB), but the log keeps 200,000 events: without this a client repeating long
+#: lines would make the lab keep gigabytes of them (SECURITY.md: memory flat).
+MAX_LINE_TEXT = 1000
+
+
+def clip(text: str) -> str:
+    """``text`` as an event keeps it: at most MAX_LINE_TEXT characters and a count of the rest."""
+    if len(text) <= MAX_LINE_TEXT:
+        return text
+    return text[:MAX_LINE_TEXT] + f"… ({len(text) - MAX_LINE_TEXT} more characters)"
+
 
 @dataclass(frozen=True)
 class Event:
@@ -170,11 +182,11 @@ class SessionRecorder:
 
     def client_line(self, text: str, **data: Any) -> None:
         """A line the client sent (already masked if it carries a credential)."""
-        self.emit(CLIENT_LINE, text, **data)
+        self.emit(CLIENT_LINE, clip(text), **data)
 
     def server_line(self, text: str, **data: Any) -> None:
         """A line the server sent."""
-        self.emit(SERVER_LINE, text, **data)
+        self.emit(SERVER_LINE, clip(text), **data)
 
     def payload(self, direction: str, data: bytes, *, head_lines: int = 12) -> None:
         """Record a message body (DATA, RETR, FETCH literal) compactly.
@@ -183,21 +195,23 @@ class SessionRecorder:
         and the rest is summarised with its size.
         """
         # Only the head is looked at: a 50 MB body must not be copied to show 12 lines.
-        pieces: list[bytes] = []
+        pieces: list[str] = []
         pos = 0
         complete = True  # the head ended at a newline with more data after it
         while len(pieces) < head_lines:
             nl = data.find(b"\n", pos)
+            end = len(data) if nl < 0 else nl
+            line = data[pos:min(end, pos + MAX_LINE_TEXT)].rstrip(b"\r").decode("utf-8", "replace")
+            if end - pos > MAX_LINE_TEXT:  # a long line: its head and its length, never a copy
+                line += f"… ({end - pos - MAX_LINE_TEXT} more bytes)"
+            pieces.append(line)
             if nl < 0:
-                pieces.append(data[pos:])
                 pos = len(data)
                 complete = False
                 break
-            pieces.append(data[pos:nl])
             pos = nl + 1
-        shown = [ln.rstrip(b"\r").decode("utf-8", "replace") for ln in pieces]
         rest = len(data) - pos
-        text = "\n".join(shown)
+        text = "\n".join(pieces)
         if complete and rest > 0:
             text += f"\n… ({rest} more bytes)"
         kind = CLIENT_LINE if direction == "C" else SERVER_LINE
