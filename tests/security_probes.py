@@ -29,13 +29,19 @@ MB = 1024 * 1024
 
 @dataclass
 class Peak:
-    """The largest amount of traced memory (bytes) above the level at the start."""
+    """Traced memory (bytes) above the level at the start: the largest amount while
+    the block ran, and what was still held when it ended."""
 
     bytes: int = 0
+    retained: int = 0
 
     @property
     def mb(self) -> float:
         return self.bytes / MB
+
+    @property
+    def retained_mb(self) -> float:
+        return self.retained / MB
 
 
 @contextmanager
@@ -50,8 +56,8 @@ def memory_peak() -> Iterator[Peak]:
     try:
         yield peak
     finally:
-        _, top = tracemalloc.get_traced_memory()
-        peak.bytes = top - base
+        now, top = tracemalloc.get_traced_memory()
+        peak.bytes, peak.retained = top - base, now - base
         if started_here:
             tracemalloc.stop()
 
