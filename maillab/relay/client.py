@@ -411,6 +411,13 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
                     await _quit(s)
                     return None
                 extensions = ehlo_extensions(ehlo)
+            elif require_tls:
+                # RFC 3207 4.1: after a 454 the client decides; one that requires TLS
+                # must not go on in the clear (RFC 7672 2.2: defer, never send it plain).
+                result.error = f"{host}[{address}] refused STARTTLS ({go}), and this relay requires TLS"
+                rec.note(result.error)
+                await _quit(s)
+                return None
             else:
                 rec.note(f"STARTTLS refused ({go}); continuing without TLS")
         opened = True
