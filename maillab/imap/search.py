@@ -97,7 +97,8 @@ def header_texts(data: bytes, field: str, exact: bool) -> tuple[str, ...]:
 Test = Callable[[Candidate], bool]
 
 #: How costly a key is, so an AND can try cheap ones first.
-_COST = {"HEADER": 2, "FROM": 2, "TO": 2, "CC": 2, "BCC": 2, "SUBJECT": 2, "BODY": 3, "TEXT": 3, "SENTBEFORE": 1, "SENTON": 1, "SENTSINCE": 1}
+_COST = {"HEADER": 2, **dict.fromkeys((*ADDRESS_KEYS, "SUBJECT"), 2), "BODY": 3, "TEXT": 3,
+         "SENTBEFORE": 1, "SENTON": 1, "SENTSINCE": 1}
 
 
 def _cost(key: tuple[Any, ...]) -> int:

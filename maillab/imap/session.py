@@ -1000,6 +1000,7 @@ class IMAPSession:
         missing = False
         seen_changed = False
         wire_items = _WIRE_ITEMS.setdefault(mb, {})
+        labelled = [(item, item.label.encode()) for item in items]  # BODY[...] names, once
         if any(i.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE") for i in items) or needs_data:
             from . import message
         else:
@@ -1028,7 +1029,7 @@ class IMAPSession:
             parts: list[bytes] = []
             literals: list[int] = []
             first = True
-            for item in items:
+            for item, item_label in labelled:
                 if not first:
                     buf += b" "
                 first = False
@@ -1057,11 +1058,11 @@ class IMAPSession:
                 else:
                     assert data is not None and message is not None
                     if name == "RFC822":
-                        body, label = _no_nul(data), "RFC822"
+                        body = _no_nul(data)
                     elif name == "RFC822.HEADER":
-                        body, label = message.section(data, (), "HEADER"), name
+                        body = message.section(data, (), "HEADER")
                     elif name == "RFC822.TEXT":
-                        body, label = message.section(data, (), "TEXT"), name
+                        body = message.section(data, (), "TEXT")
                     else:
                         sec = item.section
                         assert sec is not None
@@ -1072,8 +1073,7 @@ class IMAPSession:
                         if item.partial is not None:
                             origin, count = item.partial
                             body = body[origin:origin + count]
-                        label = item.label
-                    buf += b"%s {%d}\r\n" % (label.encode(), len(body))
+                    buf += b"%s {%d}\r\n" % (item_label, len(body))
                     parts.append(bytes(buf))
                     literals.append(len(parts))
                     parts.append(body)
@@ -1153,7 +1153,7 @@ def _read_wire(mb: Mailbox, info: MessageInfo) -> bytes:
     """A message as IMAP sends it (CRLF line ends). Files that already are CRLF
     (everything SMTP and APPEND stored) are sent as read, without a scan."""
     try:
-        fd = os.open(os.path.join(mb.path, info.subdir, info.filename), os.O_RDONLY)
+        fd = os.open(f"{os.fspath(mb.path)}/{info.subdir}/{info.filename}", os.O_RDONLY)
     except FileNotFoundError:
         return mb.read_crlf(info.uid)  # renamed meanwhile (a flag change): ask the index
     try:
