@@ -1,8 +1,8 @@
 """The lab's DNS: zone files generated from the lab topology (:mod:`.zones`) and an
 authoritative server that answers for them over UDP and TCP (:mod:`.server`).
 
-The lab's MTAs resolve MX and A records only through this server, so a lab
-message can never be routed to a real domain.
+The lab's MTAs resolve MX and A records only through this server (with the stub
+resolver of :mod:`.stub`), so a lab message can never be routed to a real domain.
 """
 
 from __future__ import annotations
