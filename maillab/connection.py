@@ -10,11 +10,17 @@ read as if they had come over TLS (CVE-2011-0411 and its many descendants).
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import sys
+from collections.abc import Sequence
 
 from . import tls as tlsinfo
 from .events import SessionRecorder
+
+#: Buffers one writev() call may take (POSIX IOV_MAX, 1024 on Linux).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+_WRITEV = hasattr(os, "writev")
 
 
 class LineTooLong(Exception):
@@ -111,6 +117,39 @@ class LineConnection:
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)
+
+    def writelines(self, parts: Sequence[bytes]) -> None:
+        """Write ``parts`` in order. On a plain TCP connection whose transport has
+        nothing queued, they go out in gathering system calls (writev), so large
+        message data is neither joined into one buffer nor sent one piece per call;
+        whatever the socket does not take at once (and everything over TLS) goes
+        through the transport as usual, behind it."""
+        transport = self.writer.transport
+        start = 0
+        sock = self.writer.get_extra_info("socket")
+        if (_WRITEV and sock is not None and self.writer.get_extra_info("ssl_object") is None
+                and not transport.get_write_buffer_size() and not transport.is_closing()):
+            fd = sock.fileno()
+            while start < len(parts):
+                batch = parts[start:start + _IOV_MAX]
+                try:
+                    sent = os.writev(fd, batch)
+                except OSError:  # would block, or a dead socket the transport will report
+                    break
+                whole = 0
+                for part in batch:
+                    if sent < len(part):
+                        break
+                    sent -= len(part)
+                    whole += 1
+                start += whole
+                if whole < len(batch):  # the socket is full for now
+                    if sent:
+                        transport.write(memoryview(parts[start])[sent:])
+                        start += 1
+                    break
+        if start < len(parts):
+            transport.write(b"".join(parts[start:]))
 
     async def drain(self) -> None:
         await self.writer.drain()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import imaplib
 import itertools
+import random
 import socket
 import ssl
 import time
@@ -16,6 +17,7 @@ from conftest import fast_limits
 from imap_raw import RawIMAP
 
 from maillab import Lab
+from maillab.store import to_crlf
 
 PASSWORD = "pw-secret-42"
 _users = itertools.count(1)
@@ -328,6 +330,37 @@ def test_overlapping_sequence_sets_name_each_message_once_in_order(lab: Lab, use
     lines = r.cmd("u", "UID FETCH 6,2:3,9:5,100:200 (FLAGS)")  # UIDs: gaps and ranges past the end
     assert [ln.split()[1] for ln in lines[:-1]] == [b"2", b"3", b"5", b"6"]
     assert r.cmd("b", "FETCH 1,7 (UID)")[-1].startswith(b"b BAD")  # 7 > EXISTS
+    r.close()
+
+
+def test_bodies_reach_a_slow_reader_whole_and_in_order(lab: Lab, user: str) -> None:
+    """FETCH data leaves in gathered writes (writev) while the socket takes it and
+    through the transport's buffer when it does not: a reader that lets the socket
+    fill up still gets every byte in order."""
+    rng = random.Random(7)
+    sent = []
+    for i in range(24):  # ~6 MB: more than the socket buffers and the 1 MiB write buffer
+        body = "".join(rng.choice("abcdefghij \r\n") for _ in range(2000)).encode() * 120
+        data = msg(f"big {i}", body=body.decode())
+        lab.store.deliver(user, data)
+        sent.append(data)
+    r = raw(lab, user)
+    r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    r.cmd("s", "SELECT INBOX")
+    r.send(b"f UID FETCH 1:* BODY.PEEK[]\r\n")
+    time.sleep(0.5)  # let the server fill the socket and queue the rest
+    got = []
+    while True:
+        ln = r.readline()
+        if ln.startswith(b"f "):
+            break
+        head, _, rest = ln.partition(b"}\r\n")
+        size = int(head.rsplit(b"{", 1)[1])
+        got.append(rest[:size])
+        assert rest[size:] == b")\r\n"
+    assert ln.startswith(b"f OK")
+    stored = [to_crlf(d) for d in sent]
+    assert len(got) == len(stored) and got == stored
     r.close()
 
 

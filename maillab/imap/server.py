@@ -39,8 +39,6 @@ PLAINTEXT_AUTH = "imap_plaintext_auth"
 HUB = "imap_hub"
 #: Wait for a slow reader (drain) after writing this much.
 CHUNK = 256 * 1024
-#: Parts this long (message data) are written as they are, not joined with others.
-BIG_PART = 16 * 1024
 #: Octets a connection's transport may hold before the driver waits for the reader.
 WRITE_BUFFER = 1 << 20
 #: Untagged responses of one command recorded one by one (the rest: one note).
@@ -274,36 +272,25 @@ class IMAPServer(LineServer):
                     tag: str | None = None) -> None:
         """Write responses in large chunks, recording them; wait for slow readers.
 
-        Message data (a FETCH literal) is written as the bytes object it was read
-        into, never copied into a joined buffer; the small text around it is.
+        Message data (a FETCH literal) is handed on as the bytes object it was read
+        into: :meth:`LineConnection.writelines` sends it without joining.
         """
-        small: list[bytes] = []  # short parts waiting to be joined into one write
-        unsent = 0  # octets written since the last drain
+        pending: list[bytes] = []  # parts not yet handed to the connection
+        size = 0
         record = _Recorder(rec)
         try:
             for out in outputs:
                 if isinstance(out, Response):
                     record(out)
-                    for part in out.parts:
-                        size = len(part)
-                        if size >= BIG_PART:
-                            if small:
-                                conn.write(b"".join(small))
-                                small = []
-                            conn.write(part)
-                        else:
-                            small.append(part)
-                        unsent += size
-                    if unsent >= CHUNK:
-                        if small:
-                            conn.write(b"".join(small))
-                            small = []
-                        unsent = 0
+                    pending.extend(out.parts)
+                    size += len(out)
+                    if size >= CHUNK:
+                        conn.writelines(pending)
+                        pending, size = [], 0
                         await conn.drain()
                 elif isinstance(out, Delay):
-                    if small:
-                        conn.write(b"".join(small))
-                        small = []
+                    conn.writelines(pending)
+                    pending, size = [], 0
                     await conn.drain()
                     await asyncio.sleep(out.seconds)
                 elif isinstance(out, Notice):
@@ -317,10 +304,9 @@ class IMAPServer(LineServer):
             text = f"{tag or '*'} NO [SERVERBUG] internal error: {type(exc).__name__}\r\n"
             resp = Response(text.encode())
             record(resp)
-            small.extend(resp.parts)
+            pending.extend(resp.parts)
         record.flush()
-        if small:
-            conn.write(b"".join(small))
+        conn.writelines(pending)
         await conn.drain()
 
 
