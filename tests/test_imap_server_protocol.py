@@ -364,6 +364,27 @@ def test_bodies_reach_a_slow_reader_whole_and_in_order(lab: Lab, user: str) -> N
     r.close()
 
 
+def test_fetch_body_sets_and_reports_seen_across_batches(lab: Lab, user: str) -> None:
+    from maillab.imap.session import SEEN_BATCH
+
+    count = SEEN_BATCH + 44
+    for i in range(count):
+        lab.store.deliver(user, msg(f"unseen {i}"), flags=("\\Seen",) if i % 3 == 0 else ())
+    r = raw(lab, user)
+    r.cmd("s", "SELECT INBOX")
+    lines = r.cmd("f", "FETCH 1:* (BODY[HEADER.FIELDS (SUBJECT)])")
+    assert lines[-1].startswith(b"f OK")
+    responses = lines[:-1]
+    assert len(responses) == count
+    for i, ln in enumerate(responses):
+        # RFC 3501 6.4.5: the \Seen the FETCH set is reported; an old \Seen is not
+        assert (b"FLAGS (\\Recent \\Seen)" in ln) == (i % 3 != 0), ln
+    mb = lab.store.mailbox(user, "INBOX")
+    assert all("\\Seen" in info.flags for info in mb.messages())
+    assert all(info.filename.endswith(":2,S") for info in mb.messages())  # Maildir info too
+    r.close()
+
+
 def test_a_large_fetch_is_recorded_compactly_but_sent_whole(lab: Lab, user: str) -> None:
     from maillab.imap.server import RECORD_RESPONSES
 

@@ -81,6 +81,8 @@ PERMANENT_FLAGS = (*SYSTEM_FLAGS, "\\*")
 RECENT_META = "imap-recent-uid"  # Mailbox meta: the highest UID some session has seen as \Recent
 SUBSCRIPTIONS_FILE = "maillab-imap-subscriptions"
 MAX_AUTH_FAILURES = 5
+#: A FETCH that sets \Seen sets it for this many messages at a time.
+SEEN_BATCH = 256
 
 CRLF = b"\r\n"
 
@@ -1005,7 +1007,14 @@ class IMAPSession:
             from . import message
         else:
             message = None  # type: ignore[assignment]
-        for idx in self._resolve(seqs, cmd.uid):
+        indexes = self._resolve(seqs, cmd.uid)
+        seen_set: dict[int, MessageInfo] = {}
+        for pos, idx in enumerate(indexes):
+            if sets_seen and pos % SEEN_BATCH == 0:
+                # \Seen for the next messages in one index transaction, just before
+                # they are sent (a client gone mid-FETCH leaves the rest unseen)
+                seen_set = self._set_seen(view, indexes[pos:pos + SEEN_BATCH])
+                seen_changed = seen_changed or bool(seen_set)
             uid = view.uids[idx]
             info = mb.get(uid)
             if info is None:
@@ -1019,12 +1028,7 @@ class IMAPSession:
                     missing = True
                     continue
             flags_now = info.flags
-            extra_flags = False
-            if sets_seen and "\\Seen" not in info.flags:
-                info = mb.add_flags(uid, {"\\Seen"})
-                flags_now = info.flags
-                seen_changed = True
-                extra_flags = not wants_flags  # RFC 3501 6.4.5: report the \Seen we set
+            extra_flags = uid in seen_set and not wants_flags  # RFC 3501 6.4.5: report the \Seen we set
             buf = bytearray(b"* %d FETCH (" % (idx + 1))
             parts: list[bytes] = []
             literals: list[int] = []
@@ -1090,6 +1094,17 @@ class IMAPSession:
         if missing:
             raise _No("[EXPUNGEISSUED] some of the requested messages no longer exist")
         return None
+
+    def _set_seen(self, view: MailboxView, indexes: list[int]) -> dict[int, MessageInfo]:
+        """Add \\Seen to those of these messages that lack it; returns the ones changed."""
+        mb = view.mailbox
+        with mb.lock:
+            wanted: dict[int, frozenset[str]] = {}
+            for idx in indexes:
+                info = mb.get(view.uids[idx])
+                if info is not None and "\\Seen" not in info.flags:
+                    wanted[info.uid] = info.flags | {"\\Seen"}
+            return mb.set_flags_many(wanted) if wanted else {}
 
     # -- keeping the view current (RFC 3501 5.2, 7.4.1) ----------------------------------
     def _updates(self, allow_expunge: bool) -> Iterator[Output]:
