@@ -62,3 +62,17 @@ def kernel_lab() -> Lab:
     current = state.existing_lab()
     assert current is not None
     return current
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, show the end of every lab's event stream: a client that hung
+    is explained by the last lines the servers saw and sent."""
+    report = yield
+    if report.failed and call.when == "call":
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, Lab):
+                tail = value.events.events()[-80:]
+                text = "\n".join(f"{e.time:.3f} {e.session} {e.kind}: {e.text[:200]}" for e in tail)
+                report.sections.append((f"lab events ({name}, last {len(tail)})", text))
+    return report
