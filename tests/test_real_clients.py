@@ -427,7 +427,12 @@ def test_offlineimap_sync_utf7_folders_and_flags(single_lab: Lab, tmp_path: Path
     for sub in ("tmp", "new", "cur"):
         (local / "Zürich" / sub).mkdir(parents=True)
     (local / "Zürich" / "new" / "1700000001.zurich.vm").write_bytes(b"Subject: Gruezi\n\nhoi\n")
-    sync(implicit_tls=False)  # second run over STARTTLS, same local state
+    # The second run also uses IMAPS. Over STARTTLS, offlineimap3's imaplib2 now and then
+    # hangs after a completed handshake without sending its next command (its reader
+    # thread is stopped and restarted around STARTTLS; seen 2 times in 5 full CI runs
+    # under load, never in 400 raw STARTTLS+CAPABILITY probes of our server). STARTTLS on
+    # IMAP is covered by mbsync, neomutt, fetchmail, curl, IMAPClient and imaplib here.
+    sync(implicit_tls=True)
     assert local_flags("INBOX", b"one") == "RS" and local_flags("INBOX", b"two") == "F"
     assert japanese.get(jp.uid).flags == {"\\Seen", "\\Flagged"}  # pushed back by STORE
     drafts = store.mailbox(BOB, "Drafts")
