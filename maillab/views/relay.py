@@ -418,12 +418,12 @@ def figure(path: RelayPath, *, width: float | None = None) -> Figure:
     rows = max((r for _, r in pos.values()), default=0) + 1
     bw, bh, step = 1.9, 0.55, 3.4
     span = (cols - 1) * step + bw + 0.4
-    fig = Figure(figsize=(width or max(6.0, span * 0.9), 1.6 + 1.5 * rows))
+    fig = Figure(figsize=(width or max(6.0, span * 0.9), 1.3 + 1.4 * rows))
     fig.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.02)
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.set_xlim(-0.2, span - 0.2)
-    ax.set_ylim(-(rows - 1) * 1.5 - 1.3, 1.0)
+    ax.set_ylim(-(rows - 1) * 1.5 - 0.8, 1.0)
     title = path.title + (f"  [{path.state}]" if path.state else "")
     ax.set_title(title, loc="left", fontsize=11)
 
@@ -454,8 +454,11 @@ def figure(path: RelayPath, *, width: float | None = None) -> Figure:
         if below and yt < ys:  # a failed attempt: its story under its own node
             ax.text(xt + bw / 2, yt - 0.08, "\n".join(_short(b, 44) for b in below), ha="center", va="top",
                     fontsize=7, color=_PLAIN)
+        elif below and not back:  # under the row of boxes, where it cannot overlap them
+            ax.text(mx, min(ys, yt) - 0.08, "\n".join(_short(b, 34) for b in below),
+                    ha="center", va="top", fontsize=7, color=_PLAIN)
         elif below:
-            ax.text(mx, my - (0.1 if not back else 0.4), "\n".join(_short(b, 34) for b in below),
+            ax.text(mx, my - 0.4, "\n".join(_short(b, 34) for b in below),
                     ha="center", va="top", fontsize=7, color=_PLAIN)
     for i, node in enumerate(path.nodes):
         x0, y0 = xy(i)
