@@ -11,6 +11,7 @@ from pathlib import Path
 import imapclient
 import pytest
 from conftest import fast_limits
+from real_clients import mbsyncrc
 
 from maillab import Lab
 
@@ -100,31 +101,9 @@ def test_mbsync_pulls_and_pushes(lab: Lab, tmp_path: Path) -> None:
     assert shutil.which("mbsync"), "isync (mbsync) is installed by .ci/run"
     local = tmp_path / "local"
     local.mkdir()
-    rc = tmp_path / "mbsyncrc"
     # localhost, not 127.0.0.1: mbsync refuses certificates that match an IP address only
-    rc.write_text(f"""IMAPAccount lab
-Host localhost
-Port {lab.address('imap')[1]}
-User {USER}
-Pass {PASSWORD}
-SSLType STARTTLS
-CertificateFile {lab.ca_path}
-
-IMAPStore lab-remote
-Account lab
-
-MaildirStore lab-local
-Path {local}/
-Inbox {local}/INBOX
-SubFolders Verbatim
-
-Channel lab
-Far :lab-remote:
-Near :lab-local:
-Patterns *
-Create Near
-SyncState *
-""")
+    rc = mbsyncrc(tmp_path / "mbsyncrc", ca=lab.ca_path, port=lab.address("imap")[1], user=USER,
+                  password=PASSWORD, local=local, ssl_type="STARTTLS")
 
     def sync() -> None:
         proc = subprocess.run(["mbsync", "-c", str(rc), "lab"], capture_output=True, text=True,
