@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .masking import MASK  # noqa: F401 - re-exported: recorders mask with it
+
 #: The kinds of event a session can emit.
 OPENED = "opened"
 # Lines keep the C:/S: convention of RFC transcripts whichever end records them:
@@ -32,7 +34,6 @@ STORED = "stored"  # a message written to a mailbox
 NOTE = "note"  # anything else worth showing (discarded bytes, limits hit, relay decisions)
 CLOSED = "closed"
 
-MASK = "****"
 
 #: The longest line text one event keeps. Each protocol caps its lines (IMAP at
 #: 64 KB), but the log keeps 200,000 events: without this a client repeating long

@@ -29,7 +29,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..events import MASK, Event, EventBus, SessionRecorder
+from ..events import Event, EventBus, SessionRecorder
+from ..masking import MASK, mask_line
 from ..tls import describe
 
 if TYPE_CHECKING:
@@ -37,23 +38,13 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 10.0
 
-# "a1 LOGIN user password": the password is the last argument (RFC 3501 6.2.3).
-_LOGIN = re.compile(r'(?i)^(\S+ +LOGIN +(?:"(?:[^"\\]|\\.)*"|\S+) +)(.+)$')
-# "a1 AUTHENTICATE PLAIN <initial response>" (SASL-IR, RFC 4959).
-_AUTH_IR = re.compile(r"(?i)^(\S+ +AUTHENTICATE +\S+ +)(\S+)$")
 _AUTH = re.compile(r"(?i)^(\S+) +AUTHENTICATE\b")
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}\r?\n?$")
 
 
 def mask_imap(line: str) -> str:
     """An IMAP command line with its credential replaced by ****."""
-    m = _LOGIN.match(line)
-    if m:
-        return m.group(1) + MASK
-    m = _AUTH_IR.match(line)
-    if m:
-        return m.group(1) + MASK
-    return line
+    return mask_line("imap", line)
 
 
 class _Recording:
@@ -163,7 +154,7 @@ class _Recording:
             lit = _LITERAL_AT_END.search(line)
             if lit:
                 self._literal_left = int(lit.group(1))
-                self._secret_literal = bool(_LOGIN.match(text) or self._auth_tag)
+                self._secret_literal = bool(shown != text or self._auth_tag)
 
     # -- TLS, login, life cycle --------------------------------------------------------
     def _record_tls(self) -> None:

@@ -18,7 +18,8 @@ import poplib
 import ssl
 from typing import Any
 
-from ..events import MASK, Event, EventBus, SessionRecorder
+from ..events import Event, EventBus, SessionRecorder
+from ..masking import mask_line
 from ..tls import describe
 
 #: Bodies up to this many lines (LIST, UIDL, CAPA) are recorded line by line.
@@ -28,13 +29,7 @@ DEFAULT_TIMEOUT = 10.0
 
 def mask_pop3(line: str) -> str:
     """A POP3 command line with its credential replaced by ****."""
-    words = line.split(" ")
-    keyword = words[0].upper()
-    if keyword == "PASS" and len(words) > 1:
-        return f"{words[0]} {MASK}"
-    if keyword in ("APOP", "AUTH") and len(words) > 2:
-        return f"{words[0]} {words[1]} {MASK}"
-    return line
+    return mask_line("pop3", line)
 
 
 class _Recording:
@@ -50,7 +45,7 @@ class _Recording:
     def _putline(self, line: bytes) -> None:
         if self.recorder:
             text = line.decode("utf-8", "replace")
-            self.recorder.client_line(MASK if self._in_sasl else mask_pop3(text))
+            self.recorder.client_line(mask_line("pop3", text, sasl=self._in_sasl))
         super()._putline(line)  # type: ignore[misc]
 
     def _getresp(self) -> bytes:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..events import EventBus, SessionRecorder
+from ..masking import mask_line
 
 ReplyComplete = Callable[[str | None, list[str]], bool]
 
@@ -43,12 +44,13 @@ class RawSession:
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         timeout: float = 10.0,
-        mask: Callable[[str], str] = lambda line: line,
     ) -> None:
         self.host, self.port = host, port
         self.reply_complete = reply_complete
         self.timeout = timeout
-        self.mask = mask
+        self.protocol = protocol
+        #: True while the lines sent answer a SASL challenge (they are masked whole).
+        self.sasl = False
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname or host
         self.recorder: SessionRecorder | None = (
@@ -106,8 +108,12 @@ class RawSession:
     def send_line(self, line: str) -> None:
         """Send one line without reading (lines inside SMTP DATA have no reply)."""
         if self.recorder:
-            self.recorder.client_line(self.mask(line))
+            self.recorder.client_line(self.masked(line))
         self.sock.sendall(line.encode("utf-8") + b"\r\n")
+
+    def masked(self, line: str) -> str:
+        """``line`` as the events may show it (:func:`maillab.masking.mask_line`)."""
+        return mask_line(self.protocol, line, sasl=self.sasl)
 
     def command(self, line: str) -> Exchange:
         self.send_line(line)

@@ -20,7 +20,8 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from ..compose import envelope
-from ..events import MASK, EventBus, SessionRecorder
+from ..events import EventBus, SessionRecorder
+from ..masking import mask_line
 
 if TYPE_CHECKING:
     from ..lab import Lab
@@ -138,10 +139,8 @@ class RecordingSMTP(smtplib.SMTP):
         if words and words[0].upper() == "AUTH":
             self._in_auth = True
             self._auth_mechanism = words[1].upper() if len(words) > 1 else "?"
-            return " ".join(words[:2]) + (f" {MASK}" if len(words) > 2 else "")
-        if self._in_auth:
-            return MASK
-        return line
+            return mask_line("smtp", line)
+        return mask_line("smtp", line, sasl=self._in_auth)
 
     def _reply_line(self, raw: bytes) -> None:
         line = raw.rstrip(b"\r\n").decode("utf-8", "replace")

@@ -18,8 +18,6 @@ stays in this session's numbering as a "ghost" that FETCH answers with
 
 from __future__ import annotations
 
-import base64
-import binascii
 import bisect
 import datetime
 import enum
@@ -31,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import sasl
 from ..limits import Limits
+from ..masking import mask_line
 from ..store import (
     SPECIAL_USE,
     InvalidName,
@@ -366,14 +366,7 @@ class IMAPSession:
     def masked(self, raw: bytes) -> str:
         """A command line as the transcript may show it (passwords and SASL data masked)."""
         text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-        if self.mode == "authenticate":
-            return text if text == "*" else "****"
-        parts = text.split(" ", 3)
-        if len(parts) >= 3 and parts[1].upper() == "LOGIN":
-            return " ".join(parts[:3]) + (" ****" if len(parts) == 4 else "")
-        if len(parts) >= 4 and parts[1].upper() == "AUTHENTICATE":
-            return " ".join(parts[:3]) + " ****"
-        return text
+        return mask_line("imap", text, sasl=self.mode == "authenticate")
 
     def end(self) -> None:
         """The connection is gone: release the per-user connection slot."""
@@ -436,16 +429,12 @@ class IMAPSession:
 
     def _finish_plain(self, tag: str, text: str) -> Iterator[Output]:
         try:
-            raw = b"" if text == "=" else base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            yield line(f"{tag} BAD invalid base64 in the SASL response")
+            credentials = sasl.parse_plain(sasl.decode_response(text))
+        except sasl.SASLError as exc:  # also "*", the client cancelling (RFC 3501 6.2.2)
+            yield line(f"{tag} BAD {exc}")
             return
-        parts = raw.split(b"\0")
-        if len(parts) != 3:
-            yield line(f"{tag} BAD PLAIN needs authzid NUL authcid NUL password (RFC 4616)")
-            return
-        authz, authc, password = (p.decode("utf-8", "replace") for p in parts)
-        if authz and authz.lower() != authc.lower():
+        authc, password = credentials.authcid, credentials.password
+        if not sasl.may_act_as(credentials, self.users.resolve(authc)):
             yield Delay(self.limits.auth_failure_delay)
             yield line(f"{tag} NO [AUTHORIZATIONFAILED] acting as another user is not allowed")
             return

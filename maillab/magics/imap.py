@@ -28,7 +28,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float
 
-from ..clients.imap import connect, mask_imap, parse_fetch, parse_list_line
+from ..clients.imap import connect, parse_fetch, parse_list_line
 from ..clients.raw import Exchange, RawSession
 from ..lab import Lab
 from ..store.names import decode_mutf7
@@ -202,16 +202,11 @@ def run_raw_imap(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
                  idle_wait: float = 2.0) -> RawResult:
     """Send the cell's commands with tags a1, a2, ... and record the session."""
     host, port, implicit, cert_name = raw_target(lab, target, "imap")
-    state = {"sasl": False}
-
-    def mask(line: str) -> str:
-        return "****" if state["sasl"] else mask_imap(line)
-
     result = RawResult(f"{host}:{port}", None, lab.events)
     try:
         raw = IMAPRawSession(host, port, protocol="imap", events=lab.events, implicit_tls=implicit,
                              ssl_context=lab_ssl_context(lab), server_hostname=cert_name,
-                             timeout=timeout, mask=mask)
+                             timeout=timeout)
     except OSError as exc:
         result.problems.append(f"cannot connect to {host}:{port}: {exc}")
         return result
@@ -241,7 +236,7 @@ def run_raw_imap(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
             raw.continuation_ok = verb in ("IDLE", "AUTHENTICATE")
             ex = raw.command(command)
             if ex.timed_out:
-                result.problems.append(f"no complete reply to {mask(command)!r} within {timeout} s")
+                result.problems.append(f"no complete reply to {raw.masked(command)!r} within {timeout} s")
                 break
             last = ex.reply[-1] if ex.reply else ""
             if verb == "IDLE" and last.startswith("+"):
@@ -255,12 +250,12 @@ def run_raw_imap(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
                 raw.read_reply(command)
             elif verb == "AUTHENTICATE":
                 while last.startswith("+") and i < len(lines):
-                    state["sasl"] = True
+                    raw.sasl = True
                     raw.send_line(lines[i].strip())
                     i += 1
                     ex = raw.read_reply(command)
                     last = ex.reply[-1] if ex.reply else ""
-                state["sasl"] = False
+                raw.sasl = False
             elif verb == "STARTTLS" and last.startswith(f"a{n} OK"):
                 raw.starttls()
             elif verb == "LOGOUT" or last.startswith("* BYE"):

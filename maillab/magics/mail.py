@@ -229,19 +229,11 @@ def run_raw_smtp(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
     host, port, implicit, cert_name = raw_target(lab, target, "smtp")
     if implicit_tls is not None:
         implicit = implicit_tls
-    masking = {"sasl": False}
-
-    def mask(line: str) -> str:
-        words = line.split()
-        if words and words[0].upper() == "AUTH":
-            return " ".join(words[:2]) + (" ****" if len(words) > 2 else "")
-        return "****" if masking["sasl"] else line
-
     result = RawResult(f"{host}:{port}", None, lab.events)
     try:
         raw = RawSession(host, port, protocol="smtp", reply_complete=smtp_reply_complete,
                          events=lab.events, implicit_tls=implicit, ssl_context=lab_ssl_context(lab),
-                         server_hostname=cert_name, timeout=timeout, mask=mask)
+                         server_hostname=cert_name, timeout=timeout)
     except OSError as exc:
         result.problems.append(f"cannot connect to {host}:{port}: {exc}")
         return result
@@ -266,11 +258,11 @@ def run_raw_smtp(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
             else:
                 ex = raw.command(line)
             if ex.timed_out:
-                result.problems.append(f"no complete reply to {mask(line)!r} within {timeout} s")
+                result.problems.append(f"no complete reply to {raw.masked(line)!r} within {timeout} s")
                 break
             code = ex.reply[-1][:3] if ex.reply else ""
             verb = line.split()[0].upper() if line.split() else ""
-            masking["sasl"] = code == "334"
+            raw.sasl = code == "334"
             if verb == "DATA" and code == "354":
                 in_data = True
             elif verb == "STARTTLS" and code == "220":

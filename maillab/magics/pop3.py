@@ -20,7 +20,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float
 
-from ..clients.pop3 import connect, mask_pop3
+from ..clients.pop3 import connect
 from ..clients.raw import RawSession
 from ..lab import Lab
 from ..views.pop3_state import POP3StateFigure, session_for_client, session_state
@@ -209,16 +209,11 @@ def run_raw_pop3(lab: Lab, target: str, text: str, *, timeout: float = 10.0) -> 
     Passwords (PASS, APOP digests, AUTH responses) are masked in the events.
     """
     host, port, implicit, cert_name = raw_target(lab, target, "pop3")
-    state = {"sasl": False}
-
-    def mask(line: str) -> str:
-        return "****" if state["sasl"] else mask_pop3(line)
-
     result = RawResult(f"{host}:{port}", None, lab.events)
     try:
         raw = RawSession(host, port, protocol="pop3", reply_complete=pop3_reply_complete,
                          events=lab.events, implicit_tls=implicit, ssl_context=lab_ssl_context(lab),
-                         server_hostname=cert_name, timeout=timeout, mask=mask)
+                         server_hostname=cert_name, timeout=timeout)
     except OSError as exc:
         result.problems.append(f"cannot connect to {host}:{port}: {exc}")
         return result
@@ -230,9 +225,9 @@ def run_raw_pop3(lab: Lab, target: str, text: str, *, timeout: float = 10.0) -> 
         lines = [ln for ln in text.splitlines() if ln.strip()]
         for i, line in enumerate(lines):
             ex = raw.command(line)
-            state["sasl"] = bool(ex.reply) and ex.reply[0].startswith("+ ")
+            raw.sasl = bool(ex.reply) and ex.reply[0].startswith("+ ")
             if ex.timed_out:
-                result.problems.append(f"no complete reply to {mask(line)!r} within {timeout} s")
+                result.problems.append(f"no complete reply to {raw.masked(line)!r} within {timeout} s")
                 break
             verb = line.split()[0].upper()
             ok = bool(ex.reply) and ex.reply[0].startswith("+OK")

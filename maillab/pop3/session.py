@@ -21,8 +21,6 @@ Nothing here touches a socket: the driver (``server.py``) reads lines, calls
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import itertools
@@ -34,6 +32,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from .. import sasl
+from ..masking import mask_line
 from .maildrop import Entry, InUse, Maildrop, StoreFailure
 
 
@@ -186,18 +186,7 @@ class POP3Session:
 
     def masked(self, line: bytes | str) -> str:
         """The client line as it may be recorded: credentials replaced by ****."""
-        text = _text(line)
-        if self._sasl:
-            return "****" if text.strip() != "*" else "*"
-        words = text.split(" ")
-        keyword = words[0].upper()
-        if keyword == "PASS" and len(words) > 1:
-            return "PASS ****"
-        if keyword == "APOP" and len(words) > 2:
-            return f"{words[0]} {words[1]} ****"
-        if keyword == "AUTH" and len(words) > 2:
-            return f"{words[0]} {words[1]} ****"
-        return text
+        return mask_line("pop3", _text(line), sasl=bool(self._sasl))
 
     def line_too_long(self) -> Reply:
         if self._sasl:
@@ -313,26 +302,20 @@ class POP3Session:
 
     def _sasl_response(self, text: str) -> Reply:
         self._sasl = None
-        if text.strip() == "*":
-            return Reply("-ERR authentication cancelled by the client")
-        return self._sasl_plain(text.strip())
+        return self._sasl_plain(text)
 
     def _sasl_plain(self, response: str) -> Reply:
-        """RFC 4616: base64 of ``authzid NUL authcid NUL password``."""
+        """RFC 4616: base64 of ``authzid NUL authcid NUL password`` (see :mod:`maillab.sasl`)."""
         try:
-            raw = b"" if response == "=" else base64.b64decode(response, validate=True)
-            parts = raw.decode("utf-8").split("\0")
-        except (binascii.Error, ValueError):
-            return Reply("-ERR malformed AUTH PLAIN response (not base64 of authzid NUL authcid NUL"
-                         " password)")
-        if len(parts) != 3:
-            return Reply("-ERR malformed AUTH PLAIN response (not base64 of authzid NUL authcid NUL"
-                         " password)")
-        authzid, login, password = parts
-        address = self.backend.authenticate(login, password)
-        if authzid and address is not None and self.backend.authenticate(authzid, password) != address:
+            credentials = sasl.parse_plain(sasl.decode_response(response))
+        except sasl.Cancelled:
+            return Reply("-ERR authentication cancelled by the client")
+        except sasl.SASLError as exc:
+            return Reply(f"-ERR malformed AUTH PLAIN response: {exc}")
+        address = self.backend.authenticate(credentials.authcid, credentials.password)
+        if not sasl.may_act_as(credentials, address):
             address = None  # acting as someone else is not allowed in the lab
-        reply = self._login(login, address, "PLAIN")
+        reply = self._login(credentials.authcid, address, "PLAIN")
         reply.notes[:0] = self._plaintext_note()
         return reply
 

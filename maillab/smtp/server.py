@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto as sslproto
-import binascii
 import inspect
 import logging
-from base64 import b64decode
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP
 
-from ..events import MASK
+from .. import sasl
+from ..masking import mask_line
 from ..services import Service, register
 from ..tls import describe
 from . import data as smtpdata
@@ -234,7 +233,7 @@ class LabSMTP(SMTP):
                 if too_long or len(line) > self._line_limit(line):
                     text = line[:80].decode("utf-8", "replace").rstrip("\r\n")
                     if text[:4].upper() == "AUTH":
-                        text = f"{' '.join(text.split()[:2])} {MASK}"
+                        text = mask_line("smtp", f"{text} ")  # cut short: mask whatever follows
                     self.rec.client_line(f"{text}… (over the limit, discarded)", too_long=True)
                     await self.push(Reply(500, "5.5.2", "Error: command line too long (RFC 5321"
                                           f" 4.5.3.1.4: at most {self.limits.smtp_command_line} octets)"))
@@ -264,10 +263,7 @@ class LabSMTP(SMTP):
         text = body.decode("utf-8", "replace")
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
-        if verb == "AUTH" and len(arg.split()) > 1:
-            self.rec.client_line(f"AUTH {arg.split()[0]} {MASK}")
-        else:
-            self.rec.client_line(text)
+        self.rec.client_line(mask_line("smtp", text))
         if bare_lf:
             await self.push(Reply(500, "5.5.2", "Error: bare <LF> received: SMTP commands end with"
                                   " <CRLF> (RFC 5321 2.3.8); with netcat use nc -C"))
@@ -415,23 +411,20 @@ class LabSMTP(SMTP):
         """Send ``334 prompt`` and read the client's base64 answer (recorded masked)."""
         await self.push(f"334 {prompt}")
         line, too_long = await self._read_line(AUTH_LINE_LIMIT)
-        self.rec.client_line(MASK)
+        self.rec.client_line(mask_line("smtp", line.decode("ascii", "replace").rstrip("\r\n"), sasl=True))
         if too_long:
             await self.push(Reply(500, "5.5.2", "Error: AUTH line too long"))
             return None
         return await self._decode_b64(line.strip())
 
     async def _decode_b64(self, blob: bytes) -> bytes | None:
-        if blob == b"*":  # RFC 4954 4: the client cancels
-            await self.push(Reply(501, "5.7.0", "Authentication aborted"))
-            return None
-        if blob == b"=":  # RFC 4954 4: an empty initial response
-            return b""
         try:
-            return b64decode(blob, validate=True)
-        except (binascii.Error, ValueError):
+            return sasl.decode_response(blob)
+        except sasl.Cancelled:  # RFC 4954 4: the client cancels
+            await self.push(Reply(501, "5.7.0", "Authentication aborted"))
+        except sasl.SASLError:
             await self.push(Reply(501, "5.5.2", "Error: cannot decode the base64 response"))
-            return None
+        return None
 
     async def _auth_plain(self, initial: str | None) -> tuple[str, str] | None:
         # RFC 4616: [authzid] NUL authcid NUL passwd
@@ -441,25 +434,26 @@ class LabSMTP(SMTP):
             decoded = await self._decode_b64(initial.encode())
         if decoded is None:
             return None
-        fields = decoded.split(b"\0")
-        if len(fields) != 3:
-            await self.push(Reply(501, "5.5.2", "Error: PLAIN response is not authzid NUL user NUL password"))
+        try:
+            credentials = sasl.parse_plain(decoded)
+        except sasl.SASLError as exc:
+            await self.push(Reply(501, "5.5.2", f"Error: {exc}"))
             return None
-        authzid, login, password = (f.decode("utf-8", "replace") for f in fields)
-        if authzid and authzid.lower() != login.lower():
+        login = credentials.authcid
+        if not sasl.may_act_as(credentials, self.lab.users.resolve(login)):
             # Acting as someone else would need an admin right the lab does not have.
-            login = f"{login} as {authzid}"
-        return login, password
+            login = f"{login} as {credentials.authzid}"
+        return login, credentials.password
 
     async def _auth_login(self, initial: str | None) -> tuple[str, str] | None:
         # The old LOGIN mechanism (draft-murchison-sasl-login): two prompts.
         if initial is None:
-            login = await self._challenge("VXNlcm5hbWU6")  # "Username:"
+            login = await self._challenge(sasl.challenge(sasl.LOGIN_PROMPTS[0]))
         else:
             login = await self._decode_b64(initial.encode())
         if login is None:
             return None
-        password = await self._challenge("UGFzc3dvcmQ6")  # "Password:"
+        password = await self._challenge(sasl.challenge(sasl.LOGIN_PROMPTS[1]))
         if password is None:
             return None
         return login.decode("utf-8", "replace"), password.decode("utf-8", "replace")
