@@ -42,7 +42,7 @@ def test_reply_lines():
     (" <Bob@ALPHA.test> SIZE=10", "Bob@alpha.test", "SIZE=10"),
     ("bob@alpha.test", "bob@alpha.test", ""),  # tolerated, like Postfix
     ('<"bob"@alpha.test>', "bob@alpha.test", ""),
-    ('<"b o\\"b"@alpha.test>', '"b o"b"@alpha.test', ""),
+    ('<"b o\\"b"@alpha.test>', '"b o\\"b"@alpha.test', ""),
     ("<@relay.test,@other.test:bob@alpha.test>", "bob@alpha.test", ""),
     ("<josé@exämple.test>", "josé@exämple.test", ""),
     ("<u@[127.0.0.1]>", "u@[127.0.0.1]", ""),

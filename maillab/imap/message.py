@@ -18,6 +18,7 @@ ENVELOPE in ``envelope``, the BODYSTRUCTURE in ``bodystructure``.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import re
 from collections.abc import Iterator
@@ -69,8 +70,13 @@ def _sent_date(root: Part) -> tuple[float | None, int]:
         if parsed is None or not 1 <= parsed[0] <= 9999:
             return None, 0
         offset = parsed[9] or 0
-        return float(email.utils.mktime_tz(parsed)), offset // 60
-    except (ValueError, OverflowError, TypeError, IndexError):
+        when = float(email.utils.mktime_tz(parsed))
+        # An hour of 99999999 still parses: keep only dates a datetime holds, in UTC and
+        # in the sender's zone, which is what SEARCH SENT* turns them into.
+        datetime.datetime.fromtimestamp(when + offset, datetime.timezone.utc)
+        datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+        return when, offset // 60
+    except (ValueError, OverflowError, OSError, TypeError, IndexError):
         return None, 0
 
 

@@ -305,6 +305,11 @@ def merge_rfc2231(params: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
         rest, idx, extended = name[star + 1:], 0, False
         if rest:
             digits = len(rest) - len(rest.lstrip(b"0123456789"))
+            if digits > 9:
+                # No real continuation has a billion parts; int() would also raise past
+                # its digit limit. Kept as the plain parameter it was written as.
+                plain.append((name, value))
+                continue
             idx = int(rest[:digits]) if digits else 0
             rest = rest[digits:]
             extended = rest == b"*"

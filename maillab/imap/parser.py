@@ -30,6 +30,9 @@ STAR = 0
 SeqSet = tuple[tuple[int, int], ...]
 
 MAX_NUMBER = 4294967295  # number = 1*DIGIT ; unsigned 32-bit (RFC 3501 section 9)
+#: More digits than any number the grammar allows (leading zeros aside): refused before
+#: int(), which is quadratic in the digits and raises past sys.get_int_max_str_digits().
+MAX_DIGITS = 20
 
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}\r?\n\Z")
 _TAG = re.compile(rb"[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c\x7e]+")  # ASTRING-CHAR minus "+"
@@ -177,7 +180,7 @@ class _Reader:
         return self.match(_ATOM, "an atom").decode("ascii")
 
     def number(self, nonzero: bool = False) -> int:
-        value = int(self.match(_NUMBER, "a number"))
+        value = _int(self.match(_NUMBER, "a number"))
         if value > MAX_NUMBER or (nonzero and value == 0):
             raise _Syntax("number out of range")
         return value
@@ -209,7 +212,7 @@ class _Reader:
         m = re.compile(rb"\{(\d+)\+?\}\r?\n").match(self.data, self.pos)
         if not m:
             raise _Syntax("malformed literal")
-        size = int(m.group(1))
+        size = _int(m.group(1))
         start = m.end()
         if start + size > len(self.data):
             raise _Syntax("literal shorter than announced")
@@ -299,10 +302,16 @@ class _Reader:
         return when.timestamp()
 
 
+def _int(digits: bytes | str) -> int:
+    if len(digits) > MAX_DIGITS:
+        raise _Syntax("number out of range")
+    return int(digits)
+
+
 def _seq_number(text: str) -> int:
     if text == "*":
         return STAR
-    n = int(text)
+    n = _int(text)
     if n == 0 or n > MAX_NUMBER:
         raise _Syntax("message numbers and UIDs are between 1 and 4294967295")
     return n
@@ -520,7 +529,7 @@ def _section(r: _Reader) -> Section:
     part: tuple[int, ...] = ()
     m = _SECTION_PART.match(r.data, r.pos)
     if m:
-        part = tuple(int(x) for x in m.group().split(b"."))
+        part = tuple(_int(x) for x in m.group().split(b"."))
         r.pos = m.end()
         if r.peek() == b".":
             r.pos += 1

@@ -279,7 +279,8 @@ class POP3Session:
         address = None
         if password is not None:
             expected = hashlib.md5((self.timestamp + password).encode("utf-8")).hexdigest()
-            if hmac.compare_digest(expected, digest.lower()):
+            # as bytes: compare_digest refuses a str that is not ASCII (a hostile digest)
+            if hmac.compare_digest(expected.encode(), digest.lower().encode("utf-8", "replace")):
                 address = self.backend.authenticate(login, password)
         return self._login(login, address, "APOP")
 

@@ -230,6 +230,7 @@ _LEX = re.compile(r"""
   | (?P<quoted>"[^"]*")
   | (?P<open>\()
   | (?P<bad>[\[<"])                    # a bracket, angle or quote that never closes
+  | (?P<close>\))                      # a ")" that closes nothing
   | (?P<atom>[^\s();<"\[][^\s();<"]*)
   | $)
 """, re.VERBOSE)
@@ -260,6 +261,9 @@ def _tokenize(value: str) -> tuple[list[_Token], list[str]]:
             else:
                 tokens.append(_Token("comment", value[i + 1:end], i, end + 1))
                 i = end + 1
+        elif kind == "close":
+            problems.append("unbalanced parenthesis")
+            i = m.end()
         elif kind == "bad":
             i = m.start(kind)
             problems.append(f"unclosed {m.group(kind)}")
@@ -488,5 +492,9 @@ def _parse_date(text: str) -> datetime | None:
         if dt.tzinfo is None:
             # "-0000": UTC, local zone not known (RFC 5322 3.3).
             dt = dt.replace(tzinfo=timezone.utc)
+        try:
+            dt.astimezone(timezone.utc)  # 31 Dec 9999 23:00 -0200 has no UTC time a datetime holds
+        except OverflowError:
+            return None
         return dt
     return None

@@ -106,7 +106,9 @@ class Path:
     def address(self) -> str:
         if self.null:
             return ""
-        local = f'"{self.local}"' if self.quoted else self.local
+        # Written back as a quoted-string: '"' and '\\' escaped again (RFC 5321 4.1.2
+        # quoted-pairSMTP), so "a\"b"@x survives its own round trip.
+        local = _quote_local(self.local) if self.quoted else self.local
         return f"{local}@{self.domain}"
 
     @property
@@ -118,6 +120,10 @@ class Path:
 
 
 NULL_PATH = Path("", "")
+
+
+def _quote_local(local: str) -> str:
+    return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _syntax(detail: str, what: str, arg: str) -> PathError:

@@ -1,0 +1,150 @@
+"""Regressions for what fuzzing found (issue 15), each with the smallest input.
+
+Every test names the input that once crashed, stalled or answered wrong; the
+fuzz targets in ``tests/fuzz/`` keep looking for the next one
+(docs/security-tests.md lists them).
+"""
+
+from __future__ import annotations
+
+import pytest
+from imap_raw import RawIMAP
+from test_pop3_hostile import Wire, still_serving
+
+from maillab import Lab
+from maillab.imap import message
+from maillab.imap.envelope import parse_addresses
+from maillab.imap.parser import ParseError, parse_command
+from maillab.relay.hops import parse_hops
+from maillab.smtp.policy import parse_path
+from maillab.smtp.received import received_header
+from maillab.views.relay import HopsView
+
+BOB = "bob@alpha.test"
+DIGITS = b"1" * 4301  # one past int()'s default limit of 4,300 digits
+
+
+def imap(lab: Lab) -> RawIMAP:
+    c = RawIMAP(*lab.address("imap"))
+    c.login("bob", "bob-pw")
+    return c
+
+
+# -- IMAP: numbers past int()'s digit limit are a BAD reply, and the session goes on ----
+
+@pytest.mark.parametrize("command", [
+    b"a FETCH " + DIGITS + b" FLAGS",
+    b"a UID FETCH 1:" + DIGITS + b" FLAGS",
+    b"a SEARCH LARGER " + DIGITS,
+    b"a SEARCH " + DIGITS,
+    b"a FETCH 1 BODY[" + DIGITS + b"]",
+    b"a FETCH 1 BODY[]<" + DIGITS + b".1>",
+    b"a LOGIN {" + DIGITS + b"}",
+], ids=["fetch", "uid-range", "larger", "search-seq", "section", "partial", "literal"])
+def test_parser_refuses_overlong_numbers(command: bytes) -> None:
+    result = parse_command(command + b"\r\n")
+    assert isinstance(result, ParseError) and result.tag == "a"
+
+
+def test_overlong_numbers_on_the_wire_get_bad(single_lab: Lab) -> None:
+    single_lab.store.deliver(BOB, b"Subject: x\r\n\r\nx\r\n")
+    c = imap(single_lab)
+    c.cmd("s", "SELECT INBOX")
+    for n, command in enumerate([b"FETCH " + DIGITS + b" FLAGS", b"SEARCH LARGER " + DIGITS,
+                                 b"FETCH 1 BODY[" + DIGITS + b"]", b"APPEND INBOX {" + DIGITS + b"}"]):
+        lines = c.cmd(f"t{n}", command)
+        assert lines[-1].startswith(f"t{n} BAD".encode()), lines
+    assert c.cmd("n", "NOOP")[-1].startswith(b"n OK")
+    c.close()
+
+
+# -- ENVELOPE: a long run of spaces in an address header is linear, not quadratic -------
+
+def test_spaces_in_an_address_header_are_read_in_one_pass(single_lab: Lab) -> None:
+    # 9 s at 64k spaces before the fix (regex backtracking); tests/test_linear.py checks
+    # the growth, this the answer over the wire after an APPEND.
+    msg = b"From: a" + b" " * 50_000 + b"x\r\nTo: a" + b" " * 50_000 + b"<b@c>\r\n\r\nhi\r\n"
+    c = imap(single_lab)
+    c.send(b"a APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
+    assert c.until_tagged("a")[-1].startswith(b"a OK")
+    c.cmd("s", "SELECT INBOX")
+    lines = c.cmd("f", "FETCH 1 ENVELOPE")
+    assert lines[-1].startswith(b"f OK")
+    assert b'(("a" NIL "b" "c"))' in lines[0]
+    c.close()
+
+
+@pytest.mark.parametrize("value, expected", [
+    (b"  Some   Name  <u@h>  ", [(b"Some Name", b"u", b"h")]),
+    (b" u@h ,  v@i ", [(None, b"u", b"h"), (None, b"v", b"i")]),
+    (b' "Q"  <u@h> ', [(b"Q", b"u", b"h")]),
+    (b"   <u@h>", [(None, b"u", b"h")]),
+])
+def test_simple_shapes_still_read_the_same(value: bytes, expected: list) -> None:
+    assert [(a.name, a.mailbox, a.host) for a in parse_addresses(value)] == expected
+
+
+# -- stored messages that once failed every FETCH or SEARCH of their range ---------------
+
+def test_rfc2231_index_past_the_digit_limit(single_lab: Lab) -> None:
+    single_lab.store.deliver(BOB, b"Content-Type: text/plain; a*" + DIGITS + b"=x\r\n\r\nhi\r\n")
+    c = imap(single_lab)
+    c.cmd("s", "SELECT INBOX")
+    lines = c.cmd("f", "FETCH 1 (BODYSTRUCTURE ENVELOPE)")
+    assert lines[-1].startswith(b"f OK"), lines[-1]
+    c.close()
+
+
+def test_date_hour_beyond_datetime(single_lab: Lab) -> None:
+    single_lab.store.deliver(BOB, b"Date: Fri, 1 Jan 9999 99999999:00:00 +0000\r\n\r\nx\r\n")
+    single_lab.store.deliver(BOB, b"Date: Fri, 1 Jan 2021 10:00:00 +0000\r\n\r\nx\r\n")
+    assert message.summarize(b"Date: Fri, 1 Jan 9999 99999999:00:00 +0000\r\n\r\n")["date"] is None
+    c = imap(single_lab)
+    c.cmd("s", "SELECT INBOX")
+    lines = c.cmd("f", "SEARCH SENTSINCE 1-Jan-2000")
+    assert lines == [b"* SEARCH 2\r\n", lines[-1]] and lines[-1].startswith(b"f OK")
+    c.close()
+
+
+# -- POP3 -----------------------------------------------------------------------------------
+
+def test_apop_with_a_non_ascii_digest(single_lab: Lab) -> None:
+    w = Wire(single_lab)
+    assert w.cmd("APOP bob é".encode()).startswith(b"-ERR")
+    assert w.cmd(b"APOP bob \xff\xfe").startswith(b"-ERR")
+    assert w.cmd(b"CAPA").startswith(b"+OK")
+    w.close()
+    still_serving(single_lab)
+
+
+# -- Received chains (%mail hops) ------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    "from a by b )",  # a ")" that closes nothing
+    "from a by b; Fri, 31 Dec 9999 23:59:59 -2359",  # no UTC time a datetime holds
+    "from a by b; Mon, 1 Jan 0001 00:00:00 +2359",
+    "from a by b; Mon, 1 Jan 99999 00:00:00 +0000",
+])
+def test_hops_never_raise(value: str) -> None:
+    table = parse_hops(f"Received: {value}\r\nReceived: from c by a; Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n")
+    assert len(table) == 2
+    view = HopsView(table, "test")
+    assert repr(view) and view._repr_html_()
+    table.as_dicts()
+
+
+# -- SMTP: a quoted local part survives its own round trip ----------------------------------
+
+@pytest.mark.parametrize("path", ['<"a\\"b"@alpha.test>', '<"a\\\\b"@alpha.test>', '<"a b"@alpha.test>'])
+def test_quoted_local_part_round_trip(path: str) -> None:
+    parsed, _ = parse_path(path)
+    assert str(parsed) == path
+    assert parse_path(str(parsed))[0] == parsed
+
+
+def test_quoted_local_part_in_received_header() -> None:
+    path, _ = parse_path('<"a\\"b"@beta.test>')
+    header = received_header(helo="c.test", peer_ip="127.0.0.1", by="mail.alpha.test",
+                             protocol="ESMTPSA", id="X1", recipient=path.address)
+    assert b'for <"a\\"b"@beta.test>;' in header
+    assert parse_path(f"<{path.address}>")[0] == path  # what the relay sends as RCPT TO
