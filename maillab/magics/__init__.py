@@ -16,6 +16,8 @@ MAGIC_MODULES = (
     "maillab.magics.pop3",
     "maillab.magics.imap",
     "maillab.magics.relay",
+    # verb-only modules: importing them adds %mail verbs (no Magics class of their own)
+    "maillab.magics.step",
 )
 
 
@@ -27,7 +29,9 @@ def load_ipython_extension(ipython: Any) -> None:
             if exc.name == name:
                 continue
             raise
-        ipython.register_magics(mod.MAGICS)
+        magics = getattr(mod, "MAGICS", None)
+        if magics is not None:
+            ipython.register_magics(magics)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

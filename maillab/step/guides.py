@@ -1,0 +1,363 @@
+"""What the step-through client knows about each protocol: where the session
+stands, what a sensible next command is, and which commands are valid now.
+
+A guide never talks to a socket. It is told what the client sent and what came
+back (:meth:`Guide.record`) and reads the *server's* own record of the same
+connection from the event stream where the server keeps one: POP3 and IMAP
+servers emit ``state`` events from their sans-IO cores (``pop3/session.py``,
+``imap/session.py``), and the list of valid commands comes from the same tables
+those cores run on, so the picture cannot disagree with the server.
+
+SMTP's session state lives inside aiosmtpd, which emits no state events, so the
+SMTP guide follows the envelope from the replies the client saw (RFC 5321 4.1.4:
+MAIL starts a transaction, RCPT adds recipients, the end of DATA or RSET ends it).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+from ..events import STATE, EventBus
+from ..imap.session import ALLOWED as IMAP_ALLOWED
+from ..imap.session import State as IMAPState
+from ..pop3.session import COMMANDS as POP3_COMMANDS
+from ..pop3.session import State as POP3State
+
+
+@dataclass
+class Picture:
+    """The state drawn beside the step-through transcript."""
+
+    states: tuple[str, ...]  # every state of the protocol, in order
+    current: str | None
+    facts: list[tuple[str, str]] = field(default_factory=list)  # (label, value)
+    valid: list[str] = field(default_factory=list)  # commands valid in this state
+
+
+class Guide:
+    protocol = ""
+    states: tuple[str, ...] = ()
+
+    def __init__(self, user: str, password: str, bus: EventBus) -> None:
+        self.user = user
+        self.password = password
+        self.bus = bus
+        self.server_session: str | None = None  # the server's id of this connection
+        self.sent: list[str] = []  # command words sent so far (upper case), in order
+        self.closed = False
+
+    # -- told by the client
+    def record(self, command: str, reply: list[str]) -> None:
+        words = command.split()
+        if words and self.succeeded(command, reply):
+            self.sent.append(words[0].upper())  # a refused command is still to do
+        self.after(command, reply)
+
+    def succeeded(self, command: str, reply: list[str]) -> bool:
+        return bool(reply) and reply[-1][:1] in "23+"
+
+    def after(self, command: str, reply: list[str]) -> None:
+        """Update what the client side knows from one exchange."""
+
+    def server_state(self) -> str | None:
+        if self.server_session is None:
+            return None
+        states = self.bus.events(session=self.server_session, kinds=(STATE,))
+        return states[-1].text if states else None
+
+    # -- asked by the view
+    def suggest(self) -> str:
+        raise NotImplementedError
+
+    def picture(self) -> Picture:
+        raise NotImplementedError
+
+    def in_data(self) -> bool:
+        """Is the next input message text rather than a command (SMTP DATA)?"""
+        return False
+
+    def mask(self, line: str) -> str:
+        return line
+
+
+def _first_unsent(plan: list[str], sent: list[str]) -> str | None:
+    for line in plan:
+        if line.split()[0].upper() not in sent:
+            return line
+    return None
+
+
+# -- POP3 (RFC 1939) ---------------------------------------------------------------------
+
+
+class POP3Guide(Guide):
+    protocol = "pop3"
+    states = tuple(s.value for s in POP3State)
+
+    def __init__(self, user: str, password: str, bus: EventBus) -> None:
+        super().__init__(user, password, bus)
+        self.user_accepted = False
+
+    def succeeded(self, command: str, reply: list[str]) -> bool:
+        return bool(reply) and reply[0].startswith("+OK")  # a multi-line reply ends in "."
+
+    def after(self, command: str, reply: list[str]) -> None:
+        verb = command.split()[0].upper() if command.split() else ""
+        ok = self.succeeded(command, reply)
+        if verb == "USER":
+            self.user_accepted = ok
+        if verb == "QUIT" and ok:
+            self.closed = True
+
+    def state(self) -> str:
+        return self.server_state() or POP3State.AUTHORIZATION.value
+
+    def suggest(self) -> str:
+        state = self.state()
+        if self.closed or state == POP3State.UPDATE.value:
+            return ""
+        if state == POP3State.AUTHORIZATION.value:
+            return f"PASS {self.password}" if self.user_accepted else f"USER {self.user}"
+        plan = ["STAT", "LIST", "UIDL"]
+        messages, marked = _pop3_maildrop(self.bus, self.server_session)
+        unmarked = [m[0] for m in messages if m[0] not in marked]
+        if unmarked:
+            n = unmarked[0]
+            plan += [f"TOP {n} 0", f"RETR {n}", f"DELE {n}"]
+        return _first_unsent(plan, self.sent) or "QUIT"
+
+    def picture(self) -> Picture:
+        state = self.state()
+        valid = sorted(POP3_COMMANDS[POP3State(state)]) if not self.closed else []
+        facts = [("user", self.user)]
+        if state == POP3State.TRANSACTION.value:
+            marked = _pop3_maildrop(self.bus, self.server_session)[1]
+            facts.append(("marked by DELE", ", ".join(map(str, marked)) or "none"))
+        return Picture(self.states, state, facts, valid)
+
+    def mask(self, line: str) -> str:
+        from ..clients.pop3 import mask_pop3
+
+        return mask_pop3(line)
+
+
+def _pop3_maildrop(bus: EventBus, session: str | None) -> tuple[list, list[int]]:
+    """The maildrop's messages and the DELE marks, as the server last reported them."""
+    messages: list = []
+    marks: list[int] = []
+    for e in bus.events(session=session, kinds=("note",)) if session else []:
+        if e.data.get("pop3") == "maildrop":
+            messages = list(e.data.get("messages", []))
+            marks = list(e.data.get("marked", []))
+    return messages, marks
+
+
+# -- IMAP (RFC 3501 / 9051) -------------------------------------------------------------
+
+
+class IMAPGuide(Guide):
+    protocol = "imap"
+    states = tuple(s.value for s in IMAPState)
+
+    def __init__(self, user: str, password: str, bus: EventBus) -> None:
+        super().__init__(user, password, bus)
+        self.tag = 0
+        self.mailbox: str | None = None
+        self.exists: int | None = None
+
+    def next_tag(self) -> str:
+        return f"a{self.tag + 1}"
+
+    def record(self, command: str, reply: list[str]) -> None:
+        words = command.split()
+        self.tag += 1
+        if len(words) > 1 and self.succeeded(command, reply):
+            verb = words[1].upper()
+            if verb == "UID" and len(words) > 2:
+                verb = f"UID {words[2].upper()}"
+            self.sent.append(verb)
+        self.after(command, reply)
+
+    def succeeded(self, command: str, reply: list[str]) -> bool:
+        tag = command.split()[0] if command.split() else ""
+        done = next((r for r in reversed(reply) if r.startswith(tag + " ")), "")
+        return done[len(tag) + 1:].upper().startswith("OK")
+
+    def after(self, command: str, reply: list[str]) -> None:
+        words = command.split()
+        if len(words) < 2 or not reply:
+            return
+        verb = words[1].upper()
+        ok = self.succeeded(command, reply)
+        if verb in ("SELECT", "EXAMINE") and len(words) > 2:
+            # A failed SELECT leaves no mailbox selected (RFC 3501 6.3.1).
+            self.mailbox = words[2].strip('"') if ok else None
+            self.exists = next((int(r.split()[1]) for r in reply
+                                if r.startswith("* ") and r.endswith(" EXISTS") and r.split()[1].isdigit()),
+                               None) if ok else None
+        elif verb in ("CLOSE", "UNSELECT") and ok:
+            self.mailbox = None
+        elif verb == "LOGOUT":
+            self.closed = True
+
+    def state(self) -> str:
+        return self.server_state() or IMAPState.NOT_AUTHENTICATED.value
+
+    def suggest(self) -> str:
+        state = self.state()
+        if self.closed or state == IMAPState.LOGOUT.value:
+            return ""
+        tag = self.next_tag()
+        if state == IMAPState.NOT_AUTHENTICATED.value:
+            return f"{tag} LOGIN {self.user} {self.password}"
+        if state == IMAPState.AUTHENTICATED.value:
+            line = _first_unsent(['LIST "" "*"', "SELECT INBOX"], self.sent) or "LOGOUT"
+            return f"{tag} {line}"
+        plan = ["FETCH 1:* (FLAGS ENVELOPE)"] if self.exists else []
+        plan += ["CLOSE"]
+        return f"{tag} {_first_unsent(plan, self.sent) or 'LOGOUT'}"
+
+    def picture(self) -> Picture:
+        state = self.state()
+        current = IMAPState(state)
+        valid = sorted(verb for verb, states in IMAP_ALLOWED.items() if current in states)
+        facts = [("user", self.user), ("selected mailbox", self.mailbox or "none")]
+        if self.mailbox and self.exists is not None:
+            facts.append(("messages (EXISTS)", str(self.exists)))
+        facts.append(("next tag", self.next_tag()))
+        return Picture(self.states, state, facts, [] if self.closed else valid)
+
+    def mask(self, line: str) -> str:
+        from ..clients.imap import mask_imap
+
+        return mask_imap(line)
+
+
+# -- SMTP (RFC 5321, 3207, 4954) --------------------------------------------------------
+
+#: The states the SMTP guide shows, in the order a submission session passes them.
+SMTP_STATES = ("CONNECTED", "GREETED", "AUTHENTICATED", "MAIL", "RCPT", "DATA", "CLOSED")
+
+
+class SMTPGuide(Guide):
+    protocol = "smtp"
+    states = SMTP_STATES
+
+    def __init__(self, user: str, password: str, bus: EventBus, *, recipient: str,
+                 tls_offered: bool = True, auth: bool = True) -> None:
+        super().__init__(user, password, bus)
+        self.recipient = recipient
+        self.tls_offered = tls_offered
+        self.auth = auth
+        self.greeted = False
+        self.tls = False
+        self.authenticated = False
+        self.sender: str | None = None
+        self.recipients: list[str] = []
+        self.data = False
+        self.accepted: list[str] = []  # replies to completed messages ("250 2.0.0 Ok: queued as ...")
+        self._sasl = False
+
+    def after(self, command: str, reply: list[str]) -> None:
+        code = reply[-1][:3] if reply else ""
+        if self.data:
+            self.data = False
+            if code.startswith("2"):
+                self.accepted.append(reply[-1])
+            self.sender, self.recipients = None, []  # the transaction ends either way
+            return
+        verb = command.split()[0].upper() if command.split() else ""
+        if self._sasl:
+            verb = "AUTH"  # a SASL response line
+        self._sasl = code == "334"
+        if verb in ("EHLO", "HELO") and code == "250":
+            self.greeted = True
+            self.sender, self.recipients = None, []  # RFC 5321 4.1.4: EHLO resets
+        elif verb == "STARTTLS" and code == "220":
+            self.tls, self.greeted = True, False  # RFC 3207 4.2: forget, greet again
+            self.sender, self.recipients = None, []
+        elif verb == "AUTH" and code == "235":
+            self.authenticated = True
+        elif verb == "MAIL" and code == "250":
+            self.sender = _angle(command)
+        elif verb == "RCPT" and code in ("250", "251"):
+            self.recipients.append(_angle(command))
+        elif verb == "DATA" and code == "354":
+            self.data = True
+        elif verb == "RSET" and code == "250":
+            self.sender, self.recipients = None, []
+        elif verb == "QUIT" or code == "421":
+            self.closed = True
+
+    def state(self) -> str:
+        if self.closed:
+            return "CLOSED"
+        if self.data:
+            return "DATA"
+        if self.recipients:
+            return "RCPT"
+        if self.sender is not None:
+            return "MAIL"
+        if self.authenticated:
+            return "AUTHENTICATED"
+        return "GREETED" if self.greeted else "CONNECTED"
+
+    def in_data(self) -> bool:
+        return self.data
+
+    def suggest(self) -> str:
+        if self.closed:
+            return ""
+        if self.data:
+            return (f"From: {self.user}\r\nTo: {self.recipient}\r\nSubject: one step at a time\r\n\r\n"
+                    "Sent line by line from the step-through client.\r\n.").replace("\r\n", "\n")
+        if self._sasl:
+            return self._plain()
+        if not self.greeted:
+            return "EHLO step.test"
+        if self.tls_offered and not self.tls:
+            return "STARTTLS"
+        if self.auth and not self.authenticated:
+            return f"AUTH PLAIN {self._plain()}"
+        if self.accepted and self.sender is None:
+            return "QUIT"
+        if self.sender is None:
+            return f"MAIL FROM:<{self.user}>"
+        if not self.recipients:
+            return f"RCPT TO:<{self.recipient}>"
+        return "DATA"
+
+    def _plain(self) -> str:
+        return base64.b64encode(f"\0{self.user}\0{self.password}".encode()).decode("ascii")
+
+    def picture(self) -> Picture:
+        facts = [("TLS", "yes" if self.tls else "no"),
+                 ("logged in", self.user if self.authenticated else "no"),
+                 ("envelope sender (MAIL FROM)", self.sender if self.sender is not None else "none yet"),
+                 ("recipients (RCPT TO)", ", ".join(self.recipients) or "none yet")]
+        if self.accepted:
+            facts.append(("messages accepted", str(len(self.accepted))))
+        valid = {"CONNECTED": ["EHLO", "HELO", "QUIT"],
+                 "GREETED": ["STARTTLS", "AUTH", "MAIL", "RSET", "NOOP", "QUIT"],
+                 "AUTHENTICATED": ["MAIL", "RSET", "NOOP", "QUIT"],
+                 "MAIL": ["RCPT", "RSET", "NOOP", "QUIT"],
+                 "RCPT": ["RCPT", "DATA", "RSET", "NOOP", "QUIT"],
+                 "DATA": ["message text, then a line with a single '.'"],
+                 "CLOSED": []}[self.state()]
+        return Picture(self.states, self.state(), facts, valid)
+
+    def mask(self, line: str) -> str:
+        words = line.split()
+        if self._sasl:
+            return "****"
+        if words and words[0].upper() == "AUTH" and len(words) > 2:
+            return f"{words[0]} {words[1]} ****"
+        return line
+
+
+def _angle(command: str) -> str:
+    start, end = command.find("<"), command.find(">")
+    if start >= 0 and end > start:
+        return command[start + 1:end]
+    return command.split(":", 1)[-1].strip()

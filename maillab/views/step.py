@@ -1,0 +1,185 @@
+"""The step-through view: the conversation so far on the left (each line with its
+explanation), the protocol state beside it, and below an editable next command
+with a button that sends it over the real connection.
+
+The button runs the exchange on the client's worker thread
+(:meth:`~maillab.step.StepClient.send_async`): the kernel's loop stays free while
+the server answers, and widget updates from that thread reach the browser
+(ipykernel's IOPub is thread-safe). Clicks are only processed while no cell is
+running: that is Jupyter's rule, and the reason cells can call ``view.send(...)``
+directly as well.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from ..step.client import Step, StepClient
+from ..step.guides import Picture
+
+_CSS = """<style>
+.ml-step{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:var(--ml-font-size,13px);
+ text-align:left;color:var(--jp-content-font-color1,inherit);line-height:1.45}
+.ml-step .row{display:flex;gap:.6em;align-items:baseline;flex-wrap:wrap}
+.ml-step .tag{flex:0 0 auto;font-weight:bold}
+.ml-step .txt{flex:1 1 18em;white-space:pre-wrap;overflow-wrap:anywhere}
+.ml-step .C .tag,.ml-step .C .txt{color:#0072b2}
+.ml-step .ok .txt{color:#009e73}.ml-step .no .txt{color:#d55e00}
+.ml-step .note{flex:1 1 100%;padding-left:2.4em;font-style:italic;opacity:.8;font-family:var(--jp-ui-font-family,sans-serif)}
+.ml-step .problem{color:#d55e00;font-weight:bold}
+.ml-step .sep{border-top:1px dashed rgba(128,128,128,.4);margin:.3em 0}
+.ml-state{font-family:var(--jp-ui-font-family,sans-serif);font-size:var(--ml-font-size,13px);text-align:left;
+ color:var(--jp-content-font-color1,inherit)}
+.ml-state .states{display:flex;flex-wrap:wrap;gap:.3em;margin-bottom:.5em}
+.ml-state .st{border:1px solid rgba(128,128,128,.6);border-radius:4px;padding:.15em .45em}
+.ml-state .st.now{border:2px solid #0072b2;font-weight:bold;background:rgba(0,114,178,.12)}
+.ml-state dt{font-weight:bold;margin-top:.3em}.ml-state dd{margin-left:1em;overflow-wrap:anywhere}
+</style>"""
+
+
+def _reply_class(protocol: str, text: str) -> str:
+    if text.startswith(("+OK", "+ ")) or text[:1] in "23" and text[:3].isdigit():
+        return "ok"
+    if text.startswith("-ERR") or text[:1] in "45" and text[:3].isdigit():
+        return "no"
+    words = text.split()
+    if protocol == "imap" and len(words) > 1 and words[0] != "*":
+        return "ok" if words[1].upper() == "OK" else "no" if words[1].upper() in ("NO", "BAD") else ""
+    return ""
+
+
+def _glyph(cls: str) -> str:
+    # Colour is never the only signal: a mark says it too.
+    return {"ok": "✓ ", "no": "✗ "}.get(cls, "")
+
+
+def steps_html(client: StepClient, steps: list[Step] | None = None) -> str:
+    rows = []
+    for i, step in enumerate(steps if steps is not None else client.steps):
+        if i:
+            rows.append('<div class="sep"></div>')
+        for ln in step.lines:
+            cls = "C" if ln.direction == "C" else _reply_class(client.protocol, ln.text)
+            tag = "C:" if ln.direction == "C" else "S:"
+            glyph = "" if ln.direction == "C" else _glyph(cls)
+            note = f'<div class="note">{html.escape(ln.note)}</div>' if ln.note else ""
+            rows.append(f'<div class="row {cls}"><span class="tag">{tag}</span>'
+                        f'<span class="txt">{glyph}{html.escape(ln.text)}</span>{note}</div>')
+        if step.problem:
+            rows.append(f'<div class="problem">!! {html.escape(step.problem)}</div>')
+    return f'{_CSS}<div class="ml-step">{"".join(rows)}</div>'
+
+
+def picture_html(protocol: str, pic: Picture) -> str:
+    states = "".join(f'<span class="st{" now" if s == pic.current else ""}">'
+                     f'{"▶ " if s == pic.current else ""}{html.escape(s)}</span>' for s in pic.states)
+    facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in pic.facts)
+    valid = ", ".join(pic.valid) or "none: the session is over"
+    return (f'{_CSS}<div class="ml-state"><div><b>{protocol.upper()} state</b></div>'
+            f'<div class="states">{states}</div><dl>{facts}<dt>valid now</dt>'
+            f"<dd>{html.escape(valid)}</dd></dl></div>")
+
+
+def picture_text(protocol: str, pic: Picture) -> str:
+    states = " → ".join(f"[{s}]" if s == pic.current else s for s in pic.states)
+    lines = [f"{protocol.upper()} state: {states}"]
+    lines += [f"  {k}: {v}" for k, v in pic.facts]
+    lines.append(f"  valid now: {', '.join(pic.valid) or 'none: the session is over'}")
+    return "\n".join(lines)
+
+
+def steps_text(steps: list[Step]) -> str:
+    out = []
+    for step in steps:
+        for ln in step.lines:
+            text = f"{ln.direction}: {ln.text}"
+            out.append(f"{text:<58}  # {ln.note}" if ln.note else text)
+        if step.problem:
+            out.append(f"!! {step.problem}")
+    return "\n".join(out)
+
+
+def render_text(client: StepClient) -> str:
+    nxt = client.suggestion()
+    return "\n".join([f"step-through {client.protocol.upper()} as {client.address} to {client.target}",
+                      steps_text(client.steps), "", picture_text(client.protocol, client.guide.picture()),
+                      f"next (suggested): {nxt!r}" if nxt else "the session is over"])
+
+
+class StepView:
+    """The live step-through widget over a :class:`StepClient`.
+
+    ``send(text)`` does what the button does, blocking (for cells and tests);
+    ``click()`` presses the button (the exchange then runs on the worker thread).
+    """
+
+    def __init__(self, client: StepClient) -> None:
+        import ipywidgets as w
+
+        self.client = client
+        self.title = w.HTML(f"<b>step-through {client.protocol.upper()}</b> as "
+                            f"<code>{html.escape(client.address)}</code> to {html.escape(client.target)}")
+        self.log = w.HTML(layout=w.Layout(flex="2 1 24em", max_height="32em", overflow="auto"))
+        self.state = w.HTML(layout=w.Layout(flex="1 1 14em", margin="0 0 0 1em"))
+        self.command = w.Textarea(layout=w.Layout(width="100%", height="auto"), rows=1,
+                                  placeholder="type a command; the suggestion follows the protocol state")
+        self.button = w.Button(description="send ▶", button_style="primary",
+                               tooltip="send this over the real connection")
+        self.reset = w.Button(description="suggest", tooltip="put the suggested next command back")
+        self.status = w.HTML()
+        self.button.on_click(lambda _b: self.click())
+        self.reset.on_click(lambda _b: self._suggest())
+        self.widget = w.VBox([
+            self.title,
+            w.HBox([self.log, self.state], layout=w.Layout(flex_flow="row wrap", width="100%")),
+            self.command, w.HBox([self.button, self.reset, self.status]),
+        ], layout=w.Layout(width="100%"))
+        client.listeners.append(self._refresh)
+        self._refresh()
+
+    def _suggest(self) -> None:
+        nxt = self.client.suggestion()
+        self.command.value = nxt
+        self.command.rows = max(1, min(10, nxt.count("\n") + 1))
+
+    def _refresh(self) -> None:
+        self.log.value = steps_html(self.client)
+        self.state.value = picture_html(self.client.protocol, self.client.guide.picture())
+        self._suggest()
+        over = self.client.closed
+        self.button.disabled = over
+        self.status.value = "<i>the session is over</i>" if over else ""
+
+    def send(self, text: str | None = None) -> list[Step]:
+        """Send ``text`` (default: what the command box holds) and wait for the reply."""
+        return self.client.send(self.command.value if text is None else text)
+
+    def click(self) -> Any:
+        """What the button does: send the box's text on the worker thread."""
+        text = self.command.value
+        if not text.strip() or self.client.closed:
+            return None
+        self.button.disabled = True
+        self.status.value = "<i>waiting for the server…</i>"
+        future = self.client.send_async(text)
+        future.add_done_callback(lambda f: self._done(f))
+        return future
+
+    def _done(self, future: Any) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self.status.value = f"<b>!! {html.escape(str(exc))}</b>"
+        self.button.disabled = self.client.closed
+
+    @property
+    def steps(self) -> list[Step]:
+        return self.client.steps
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/plain"] = render_text(self.client)
+        return bundle
+
+    def __repr__(self) -> str:
+        return render_text(self.client)
