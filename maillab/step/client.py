@@ -110,7 +110,7 @@ class StepClient:
             cls, kwargs = IMAPRawSession, {}
         raw = cls(host, port, protocol=self.protocol, events=self.lab.events, implicit_tls=implicit,
                   ssl_context=lab_ssl_context(self.lab), server_hostname=cert_name,
-                  timeout=self.timeout, mask=self.guide.mask, **kwargs)
+                  timeout=self.timeout, **kwargs)
         host, port = raw.sock.getsockname()[:2]
         self._local = f"{host}:{port}"
         return raw
@@ -156,7 +156,7 @@ class StepClient:
         return self._worker.submit(self.send, text)
 
     def _exchange(self, line: str | None) -> Step:
-        step = Step(self.guide.mask(line) if line is not None else "(connect)")
+        step = Step(self.raw.masked(line) if line is not None else "(connect)")
         try:
             ex = self.raw.greeting() if line is None else self.raw.command(line)
         except (ConnectionError, OSError) as exc:
@@ -169,6 +169,9 @@ class StepClient:
         if ex.timed_out:
             step.problem = f"no complete reply within {self.timeout} s"
             return step
+        # A challenge ("334 ", "+ ") means the next line is a SASL response: masked whole.
+        last = ex.reply[-1] if ex.reply else ""
+        self.raw.sasl = last.startswith("334") or (last.startswith("+") and not last.startswith("+OK"))
         if line is not None:
             self.guide.record(line, ex.reply)
             self._maybe_starttls(line, ex.reply, step)

@@ -77,9 +77,6 @@ class Guide:
         """Is the next input message text rather than a command (SMTP DATA)?"""
         return False
 
-    def mask(self, line: str) -> str:
-        return line
-
 
 def _first_unsent(plan: list[str], sent: list[str]) -> str | None:
     for line in plan:
@@ -135,11 +132,6 @@ class POP3Guide(Guide):
             marked = _pop3_maildrop(self.bus, self.server_session)[1]
             facts.append(("marked by DELE", ", ".join(map(str, marked)) or "none"))
         return Picture(self.states, state, facts, valid)
-
-    def mask(self, line: str) -> str:
-        from ..clients.pop3 import mask_pop3
-
-        return mask_pop3(line)
 
 
 def _pop3_maildrop(bus: EventBus, session: str | None) -> tuple[list, list[int]]:
@@ -227,11 +219,6 @@ class IMAPGuide(Guide):
             facts.append(("messages (EXISTS)", str(self.exists)))
         facts.append(("next tag", self.next_tag()))
         return Picture(self.states, state, facts, [] if self.closed else valid)
-
-    def mask(self, line: str) -> str:
-        from ..clients.imap import mask_imap
-
-        return mask_imap(line)
 
 
 # -- SMTP (RFC 5321, 3207, 4954) --------------------------------------------------------
@@ -346,14 +333,6 @@ class SMTPGuide(Guide):
                  "DATA": ["message text, then a line with a single '.'"],
                  "CLOSED": []}[self.state()]
         return Picture(self.states, self.state(), facts, valid)
-
-    def mask(self, line: str) -> str:
-        words = line.split()
-        if self._sasl:
-            return "****"
-        if words and words[0].upper() == "AUTH" and len(words) > 2:
-            return f"{words[0]} {words[1]} ****"
-        return line
 
 
 def _angle(command: str) -> str:
