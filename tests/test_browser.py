@@ -223,7 +223,7 @@ _CELL_STATE = """([index]) => {
   if (!cell) return null;
   const prompt = cell.querySelector('.jp-InputArea-prompt');
   const outputs = cell.querySelector('.jp-OutputArea');
-  const html = cell.querySelector('.jp-OutputArea-output .widget-html-content');
+  const html = cell.querySelector('.jp-OutputArea-output .ml-live .ml-body');
   const rows = html ? [...html.querySelectorAll('table.ml-tr tr')].map(
       tr => [...tr.querySelectorAll('td')].map(td => td.textContent)) : null;
   return {
@@ -232,6 +232,7 @@ _CELL_STATE = """([index]) => {
     errors: cell.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length,
     widget: html ? html.innerText : null,
     rows: rows,
+    heads: html ? [...html.querySelectorAll('summary')].map(s => s.textContent) : null,
   };
 }"""
 
@@ -280,7 +281,7 @@ class Notebook:
             """([first, last, line]) => {
               const cells = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell');
               cells[first].scrollIntoView({block: 'start'});
-              for (const w of document.querySelectorAll('.jp-OutputArea-output .widget-html')) {
+              for (const w of document.querySelectorAll('.jp-OutputArea-output .ml-live .ml-body')) {
                 const row = [...w.querySelectorAll('tr')].find(
                   tr => tr.innerText.toLowerCase().includes(line.toLowerCase()));
                 if (row) w.scrollTop += row.getBoundingClientRect().top - w.getBoundingClientRect().top - 4;
@@ -402,7 +403,7 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
 
     # The filters are live too: choosing a protocol in the page goes to the kernel and back.
     poplib.POP3(ports["pop3"]["address"], int(ports["pop3"]["lab port"]), timeout=10).quit()
-    headers = "s => (s.rows || []).filter(r => r.length === 1).map(r => r[0])"
+    headers = "s => s.heads || []"
     nb.until(f"s => ({headers})(s).some(t => t.includes('(pop3 '))", "transcript")
     nb.cell("transcript").locator("select").nth(1).select_option("pop3")
     nb.until(f"s => {{ const h = ({headers})(s); return h.length > 0 && h.every(t => t.includes('(pop3 ')); }}",

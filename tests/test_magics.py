@@ -237,3 +237,36 @@ def test_busy_default_ports_fall_back_to_free_ports(tmp_path):
             shell.run_line_magic("mail", "stop")
     finally:
         holder.close()
+
+
+def test_trailing_comments_are_ignored_like_in_a_shell(ip):
+    from maillab.magics.comments import strip_comment
+
+    assert strip_comment("inbox bob             # what bob's Maildir holds") == "inbox bob"
+    assert strip_comment('--subject "issue #5"  # a comment') == '--subject "issue #5"'
+    assert strip_comment("--top 1 0#not-a-comment") == "--top 1 0#not-a-comment"
+    # the README's lines, pasted with their comments
+    assert "bob@alpha.test" in repr(ip.run_line_magic("mail", "inbox bob             # what bob's Maildir holds"))
+    assert ip.run_line_magic("mail", "status                # service, host, lab port").rows
+    result = ip.run_cell_magic("mail", '--from alice@alpha.test --to bob@alpha.test --subject "#1"  # send it',
+                               "hello\n")
+    assert result.ok and "#1" in repr(ip.run_line_magic("mail", "inbox bob"))
+
+
+def test_presenter_mode_scales_every_view(ip):
+    from maillab.views import theme
+
+    try:
+        view = ip.run_line_magic("mail", "transcript")
+        assert view.html.scale == 1.0
+        ip.run_line_magic("mail", "present on   # for the back row")
+        assert theme.settings.presenter and view.html.scale == theme.PRESENTER_SCALE
+        assert f"--ml-scale:{theme.PRESENTER_SCALE:g}" in ip.run_line_magic("mail", "transcript --static")._repr_html_()
+        ip.run_line_magic("config", "MailMagics.presenter = False")
+        assert view.html.scale == 1.0
+        ip.run_line_magic("mail", "textsize 2")
+        assert view.html.scale == 2.0
+        with pytest.raises(UsageError):
+            ip.run_line_magic("mail", "textsize 40")
+    finally:
+        theme.settings.set_scale(1.0)

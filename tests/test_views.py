@@ -64,7 +64,10 @@ def test_html_rendering_escapes_and_colours(single_lab):
     html = render_html(single_lab.events.events())
     assert "<script>x</script>" not in html
     assert "&lt;script&gt;" in html
-    assert 'class="S3"' in html  # the 354 line
+    assert '<td class="line ml-ok">354 ' in html  # the 354 line, coloured as a positive reply
+    # one conversation: the client's and the server's copies shown once, in one column
+    assert html.count("(smtp server") == 1 and "(smtp client" not in html and "the client copy" in html
+    assert "text-align:left!important" in html  # whatever JupyterLab's table CSS says
     limited = render_html(single_lab.events.events(), limit=5)
     assert "earlier events not shown" in limited
 
@@ -98,11 +101,14 @@ def test_live_widget_updates_from_the_lab_thread(single_lab):
         assert result.session in view.session_w.options
         view.session_w.value = result.session
         assert "smtp client" in view.html.value and "smtp server" not in view.html.value
+        assert view.html.value.count("<details") == 1
         view.session_w.value = "(all)"
         view.user_w.value = "nobody-here"
         assert "no sessions yet" in view.html.value
         view.user_w.value = ""
-        assert "smtp server" in view.html.value
+        assert "smtp server" in view.html.value and "the client copy" in view.html.value
+        view.copy_w.value = "client"
+        assert "smtp client" in view.html.value and "the server copy" in view.html.value
         assert "S: 354" in view.text()
     finally:
         view.close()

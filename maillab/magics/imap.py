@@ -35,6 +35,7 @@ from ..store.names import decode_mutf7
 from ..views.mailbox import ENVELOPE_ITEMS, ROW_COLUMNS, MailboxView, envelope_rows
 from ..views.mime_tree import MimeTree, from_message
 from ..views.status import text_table
+from .comments import strip_comment
 from .mail import RawResult, ensure_started
 from .state import current_lab
 from .targets import lab_ssl_context, raw_target
@@ -338,6 +339,7 @@ class IMAPMagics(Magics):
     @line_cell_magic
     def imap(self, line: str = "", cell: str | None = None) -> Any:
         """IMAP client sessions as tables, or (as a cell magic) a raw IMAP session."""
+        line = strip_comment(line)
         if cell is not None:
             words = line.split()
             return run_raw_imap(self.lab(), words[0] if words else "imap", cell, timeout=self.timeout)

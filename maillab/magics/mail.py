@@ -36,7 +36,7 @@ from IPython.core.magic_arguments import (
     magic_arguments,
 )
 from IPython.utils.process import arg_split
-from traitlets import Float
+from traitlets import Bool, Float, observe
 
 from ..clients.raw import RawSession
 from ..clients.smtp import send as send_message
@@ -44,9 +44,10 @@ from ..compose import compose
 from ..lab import Lab
 from ..services import PortBusy
 from ..users import parse_user_spec
-from ..views import Inbox, StatusTable, Transcript, TranscriptView
+from ..views import Inbox, StatusTable, Transcript, TranscriptView, theme
 from ..views.transcript import flush_live_views, render_html, render_text
 from . import state
+from .comments import strip_comment
 from .targets import lab_ssl_context, raw_target
 
 # -- the verb registry ------------------------------------------------------------------
@@ -305,9 +306,27 @@ def _compose_args() -> None:
 @magics_class
 class MailMagics(Magics):
     timeout = Float(10.0, help="seconds every client call may wait for a server").tag(config=True)
+    presenter = Bool(False, help="large text in every view, for the back row of a class").tag(config=True)
+    text_scale = Float(1.0, help="text size of every view (1 = normal; presenter mode is 1.6)").tag(config=True)
+
+    @observe("presenter")
+    def _presenter_changed(self, change: dict) -> None:
+        theme.settings.set_presenter(bool(change["new"]))
+
+    @observe("text_scale")
+    def _text_scale_changed(self, change: dict) -> None:
+        try:
+            theme.settings.set_scale(float(change["new"]))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell, **kwargs)
+        # %config set before the extension loaded: apply it now.
+        if self.presenter:
+            theme.settings.set_presenter(True)
+        elif self.text_scale != 1.0:
+            theme.settings.set_scale(self.text_scale)
         if shell is not None and flush_live_views not in shell.events.callbacks["post_run_cell"]:
             shell.events.register("post_run_cell", flush_live_views)
 
@@ -318,6 +337,7 @@ class MailMagics(Magics):
 
     @line_cell_magic
     def mail(self, line: str = "", cell: str | None = None) -> Any:
+        line = strip_comment(line)
         if cell is not None:
             return self._send(line, cell, prog="%%mail")
         words = line.split(None, 1)
@@ -362,6 +382,7 @@ class MailMagics(Magics):
         without waiting. STARTTLS upgrades the connection (the lab CA is trusted).
         Add ``--tls`` for implicit TLS on a port the lab does not know.
         """
+        line = strip_comment(line)
         words = line.split()
         implicit = True if "--tls" in words else None
         words = [w for w in words if w != "--tls"]
@@ -501,6 +522,28 @@ def _transcript(magics: MailMagics, args: argparse.Namespace) -> Any:
                                  user=args.user), explain=not args.no_explain)
     return TranscriptView(lab.events, session=session, protocol=args.protocol, user=args.user,
                           explain=not args.no_explain)
+
+
+@subcommand("present")
+@magic_arguments("mail present")
+@argument("mode", nargs="?", default="on", choices=["on", "off"])
+def _present(magics: MailMagics, args: argparse.Namespace) -> Any:
+    """Presenter mode: large text in every view, live ones at once (on|off)."""
+    magics.presenter = args.mode == "on"
+    theme.settings.set_presenter(magics.presenter)  # also when the trait did not change
+    return HelpText(f"presenter mode {args.mode}: views use text scale {theme.settings.scale:g}")
+
+
+@subcommand("textsize")
+@magic_arguments("mail textsize")
+@argument("scale", type=float, help="1 = normal, 1.6 = presenter, 2 = very large")
+def _textsize(magics: MailMagics, args: argparse.Namespace) -> Any:
+    """Text size of every view (a scale: 1 normal, 1.6 presenter)."""
+    try:
+        theme.settings.set_scale(args.scale)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return HelpText(f"views use text scale {theme.settings.scale:g}")
 
 
 SUBCOMMANDS["send"] = Subcommand("send", lambda magics, args: magics._send_parsed(args, None),

@@ -26,6 +26,7 @@ from ..lab import Lab
 from ..views.pop3_state import POP3StateFigure, session_for_client, session_state
 from ..views.status import text_table
 from ..views.transcript import render_html, render_text
+from .comments import strip_comment
 from .mail import RawResult, ensure_started
 from .state import current_lab
 from .targets import lab_ssl_context, raw_target
@@ -272,6 +273,7 @@ class POP3Magics(Magics):
     @line_cell_magic
     def pop3(self, line: str = "", cell: str | None = None) -> Any:
         """A POP3 client session as a table, or (as a cell magic) a raw POP3 session."""
+        line = strip_comment(line)
         if cell is not None:
             words = line.split()
             return run_raw_pop3(self.lab(), words[0] if words else "pop3", cell, timeout=self.timeout)

@@ -45,6 +45,7 @@ from ..views.relay import (
     path_from_relay,
 )
 from . import state
+from .comments import strip_comment
 from .mail import HelpText, MailMagics, ensure_started, subcommand
 
 #: Reading a message file for its header: a header larger than this is not mail.
@@ -195,6 +196,7 @@ class RelayMagics(Magics):
         Names without a trailing dot are relative to the zone; the old zone stays
         when the new text does not parse.
         """
+        line = strip_comment(line)
         args = parse_argstring(self.zone, line)
         lab, _note = ensure_started(state.current_lab(start=False))
         if lab.dns is None:
@@ -212,6 +214,7 @@ class RelayMagics(Magics):
     def mail_hops(self, line: str, cell: str) -> Any:
         """Paste a message (or just its header) into the cell: its Received chain,
         read bottom-up, as a hop table and a path."""
+        line = strip_comment(line)
         args = parse_argstring(self.mail_hops, line)
         view = HopsView(parse_hops(cell), "the pasted message")
         if args.figure is not None:

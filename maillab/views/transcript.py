@@ -23,7 +23,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..events import CLIENT_LINE, CLOSED, OPENED, SERVER_LINE, Event, EventBus
+from .conversations import Conversation, conversations
+from .live import LiveHTML
 from .publish import Throttle
+from .theme import badge, page, reply_kind
 
 Explainer = Callable[[str, str], "str | None"]
 _explainers: dict[str, Explainer | None] = {}
@@ -143,52 +146,99 @@ def render_text(events: Iterable[Event], *, explain: bool = True, times: bool = 
 
 # -- HTML ----------------------------------------------------------------------------
 
-_STYLE = (
-    "<style>.ml-tr{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;"
-    "border-collapse:collapse}.ml-tr td{padding:1px 6px;vertical-align:top;white-space:pre-wrap;"
-    "text-align:left}.ml-tr .t{color:#888}.ml-tr .C{color:#0550ae}.ml-tr .S2,.ml-tr .S3{color:#1a7f37}"
-    ".ml-tr .S4{color:#9a6700}.ml-tr .S5{color:#b42318}.ml-tr .n{color:#6e7781;font-style:italic}"
-    ".ml-tr .ev{color:#8250df}.ml-tr .h td{font-weight:bold;border-top:1px solid #ddd;padding-top:4px}"
-    "</style>"
-)
 
-
-def _line_class(e: Event) -> str:
+def _line_kind(e: Event) -> str:
+    """The semantic colour of a row (see :mod:`maillab.views.theme`)."""
     if e.kind == CLIENT_LINE:
-        return "C"
+        return "client"
     if e.kind == SERVER_LINE:
-        code = e.text[:1]
-        return f"S{code}" if code in "2345" and not e.data.get("payload") else "S2"
-    return "ev"
+        return "ok" if e.data.get("payload") else reply_kind(e.protocol, e.text)
+    return "event"
 
 
-def _html_rows(events: Iterable[Event], explain: bool) -> list[str]:
+def _conversation_title(conv: Conversation, copy: str) -> str:
+    shown = conv.events(copy)
+    opened = next((e for e in shown if e.kind == OPENED), None)
+    title = _session_title(opened) if opened else shown[0].session
+    other = [s for s in conv.sessions if s != shown[0].session]
+    if other:
+        title += f" = {other[0]}, the {'server' if copy == 'client' else 'client'} copy"
+    return title
+
+
+def _conversation_summary(evs: Sequence[Event]) -> str:
+    """One line for a folded session: the commands sent and how it ended."""
+    verbs: list[str] = []
+    for e in evs:
+        if e.kind == CLIENT_LINE and not e.data.get("payload"):
+            words = e.text.split()
+            # IMAP commands follow a tag: "a1 LOGIN ..." -> LOGIN
+            verb = (words[1] if e.protocol == "imap" and len(words) > 1 else words[0] if words else "")
+            verb = verb.upper()
+            if verb and verb not in verbs and verb.isalpha():
+                verbs.append(verb)
+    last = next((e for e in reversed(evs) if e.kind == SERVER_LINE and not e.data.get("payload")), None)
+    closed = next((e for e in evs if e.kind == CLOSED), None)
+    end = ""
+    if last is not None:
+        end = badge(reply_kind(last.protocol, last.text), last.text[:40])
+    state = "closed" if closed else "open"
+    shown = ", ".join(verbs[:10]) + (", ..." if len(verbs) > 10 else "")
+    return f'<span class="ml-sum">{html.escape(shown)} · last reply {end} · {state}</span>'
+
+
+def _rows(evs: Sequence[Event], explain: bool) -> list[str]:
     rows = []
-    current = None
-    for e in events:
-        if e.session != current:
-            current = e.session
-            title = _session_title(e) if e.kind == OPENED else e.session
-            rows.append(f'<tr class="h"><td colspan="4">{html.escape(title)}</td></tr>')
+    for e in evs:
         note = explain_event(e) if explain else None
         tag = {CLIENT_LINE: "C:", SERVER_LINE: "S:"}.get(e.kind, "")
         body = e.text if e.is_line else " ".join(_event_lines(e))
+        kind = _line_kind(e)
         rows.append(
-            f'<tr><td class="t">{clock(e.time)}</td><td class="{_line_class(e)}">{tag}</td>'
-            f'<td class="{_line_class(e)}">{html.escape(body)}</td>'
-            f'<td class="n">{html.escape(note or "")}</td></tr>'
+            f'<tr class="{kind}"><td class="t ml-muted">{clock(e.time)}</td>'
+            f'<td class="tag ml-{kind}">{tag}</td>'
+            f'<td class="line ml-{kind}">{html.escape(body)}</td>'
+            f'<td class="n ml-note">{html.escape(note or "")}</td></tr>'
         )
     return rows
 
 
-def render_html(events: Iterable[Event], *, explain: bool = True, limit: int | None = None) -> str:
-    evs = list(events)
+def render_body(events: Iterable[Event], *, explain: bool = True, limit: int | None = None,
+                copy: str = "server", folded: bool = False) -> str:
+    """The transcript's HTML without the stylesheet (what the live view shows): one
+    ``<details>`` per conversation, the client's and server's copies of one
+    connection shown once (``copy`` says whose), at most ``limit`` events."""
+    convs = conversations(events)
+    shown = [(c, c.events(copy)) for c in convs]
     hidden = 0
-    if limit is not None and len(evs) > limit:
-        hidden = len(evs) - limit
-        evs = evs[-limit:]
-    head = f'<div class="n">… {hidden} earlier events not shown</div>' if hidden else ""
-    return f'{_STYLE}{head}<table class="ml-tr">{"".join(_html_rows(evs, explain))}</table>'
+    if limit is not None:
+        total = 0
+        kept = []
+        for conv, evs in reversed(shown):
+            if total >= limit:
+                hidden += len(evs)
+                continue
+            if total + len(evs) > limit:
+                hidden += total + len(evs) - limit
+                evs = evs[-(limit - total):]
+            total += len(evs)
+            kept.append((conv, evs))
+        shown = kept[::-1]
+    parts = [f'<div class="ml-note">… {hidden} earlier events not shown</div>'] if hidden else []
+    for conv, evs in shown:
+        state = "" if folded else " open"
+        parts.append(
+            f'<details{state} data-key="{html.escape(conv.key)}"><summary>'
+            f"{html.escape(_conversation_title(conv, copy))} {_conversation_summary(evs)}</summary>"
+            f'<table class="ml-tr ml-wire"><tbody>{"".join(_rows(evs, explain))}</tbody></table></details>'
+        )
+    return "".join(parts)
+
+
+def render_html(events: Iterable[Event], *, explain: bool = True, limit: int | None = None,
+                copy: str = "server") -> str:
+    """A static transcript: :func:`render_body` in the shared stylesheet."""
+    return page(render_body(events, explain=explain, limit=limit, copy=copy), kind="transcript")
 
 
 class Transcript:
@@ -202,7 +252,9 @@ class Transcript:
         return render_text(self.events, explain=self.explain) or "(no sessions yet)"
 
     def _repr_html_(self) -> str:
-        return render_html(self.events, explain=self.explain) if self.events else "<i>no sessions yet</i>"
+        if not self.events:
+            return page("<i>no sessions yet</i>")
+        return render_html(self.events, explain=self.explain)
 
 
 # -- the live widget -------------------------------------------------------------------
@@ -252,13 +304,18 @@ class TranscriptView:
         self._events: list[Event] = []
         self.updates = 0  # how many times the publisher refreshed the widget
 
-        self.session_w = w.Dropdown(options=[ALL], value=ALL, description="session")
-        self.protocol_w = w.Dropdown(options=[ALL], value=ALL, description="protocol")
-        self.user_w = w.Text(value=user or "", description="user", placeholder="e.g. bob")
-        self.explain_w = w.Checkbox(value=explain, description="explain", indent=False)
-        self.html = w.HTML(layout=w.Layout(max_height="28em", overflow="auto"))
-        self.widget = w.VBox([w.HBox([self.session_w, self.protocol_w, self.user_w, self.explain_w]),
-                              self.html])
+        narrow = w.Layout(width="auto", min_width="12em")
+        self.session_w = w.Dropdown(options=[ALL], value=ALL, description="session", layout=narrow)
+        self.protocol_w = w.Dropdown(options=[ALL], value=ALL, description="protocol", layout=narrow)
+        self.user_w = w.Text(value=user or "", description="user", placeholder="e.g. bob", layout=narrow)
+        self.copy_w = w.Dropdown(options=[("server copy", "server"), ("client copy", "client")],
+                                 value="server", description="copy", layout=narrow)
+        self.explain_w = w.Checkbox(value=explain, description="explain", indent=False,
+                                    layout=w.Layout(width="auto"))
+        self.html = LiveHTML(kind="transcript", follow=True)
+        self.widget = w.VBox([w.HBox([self.session_w, self.protocol_w, self.user_w, self.copy_w,
+                                      self.explain_w], layout=w.Layout(flex_flow="row wrap")),
+                              self.html], layout=w.Layout(width="100%"))
         # Subscribe before the snapshot so nothing falls between the two; the seq
         # check in _apply drops events seen twice.
         self._unsubscribe = bus.subscribe(self._on_event)
@@ -268,7 +325,7 @@ class TranscriptView:
             self._set_option(self.session_w, session)
         if protocol:
             self._set_option(self.protocol_w, protocol)
-        for control in (self.session_w, self.protocol_w, self.user_w, self.explain_w):
+        for control in (self.session_w, self.protocol_w, self.user_w, self.copy_w, self.explain_w):
             control.observe(lambda _change: self.refresh(), names="value")
         self.refresh()
         _LIVE.add(self)
@@ -327,7 +384,8 @@ class TranscriptView:
 
     def _render(self) -> None:
         events = self.selected()
-        self.html.value = (render_html(events, explain=self.explain_w.value, limit=self.max_events)
+        self.html.value = (render_body(events, explain=self.explain_w.value, limit=self.max_events,
+                                       copy=self.copy_w.value)
                            if events else "<i>no sessions yet: they appear here as they happen</i>")
         self.updates += 1
 

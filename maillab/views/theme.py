@@ -1,0 +1,174 @@
+"""The look every maillab view shares: one stylesheet, one palette, one text size.
+
+Why a stylesheet of our own: JupyterLab's rendered-HTML CSS right-aligns table
+cells, centres tables and sets 12-13 px text; protocol lines must read
+left-aligned, in monospace, from the back of a room. Every rule here is scoped
+under ``.ml-view`` and wins over JupyterLab's (``!important`` where JupyterLab's
+selector is as specific as ours), so a view looks the same in JupyterLab,
+Notebook 7, VS Code and a saved HTML file.
+
+- **Theme.** Colours come from JupyterLab's theme variables
+  (``--jp-content-font-color1``, ``--jp-layout-color1``, ...), with fallbacks
+  outside JupyterLab, so light and dark themes both read.
+- **Palette.** Okabe-Ito colours (safe for the common colour-vision
+  deficiencies), darker shades on light backgrounds, lighter on dark. A colour
+  is never the only signal: :func:`badge` pairs it with a glyph and a word.
+- **Size.** Text is ``calc(var(--ml-base) * var(--ml-scale))``; :data:`settings`
+  holds the scale (``%mail present on`` / ``%config MailMagics.presenter =
+  True`` / ``%mail textsize 1.4``). Static HTML takes the scale in force when it
+  is rendered; live views (:mod:`maillab.views.live`) follow changes at once.
+
+A view plugs in by wrapping its HTML with :func:`page` (static outputs) or by
+being a :class:`maillab.views.live.LiveHTML` (live outputs); see
+``docs/architecture.md`` ("Views: the shared base").
+"""
+
+from __future__ import annotations
+
+import html
+import weakref
+from dataclasses import dataclass, field
+
+#: Text size of a view at scale 1, and the scale the presenter setting uses.
+BASE_PX = 14
+PRESENTER_SCALE = 1.6
+
+#: Semantic colours: (light theme, dark theme). Okabe-Ito hues.
+PALETTE = {
+    "ok": ("#007a5a", "#3fd0a4"),      # bluish green: +OK, 2xx/3xx, delivered
+    "err": ("#c2410c", "#ff8a50"),     # vermillion: -ERR, 5xx, refused, bounced
+    "temp": ("#8a5a00", "#f0b429"),    # orange: 4xx, retrying, deferred
+    "client": ("#005a9c", "#7cc4f5"),  # blue: what the client sent
+    "event": ("#8e3a75", "#e39bd0"),   # reddish purple: TLS, auth, state, stored
+    "muted": ("#57606a", "#a0a8b0"),   # times, notes
+}
+
+#: Glyph and word shown with each semantic colour (colour is never the only signal).
+GLYPHS = {"ok": "✓", "err": "✗", "temp": "↻", "client": "▶", "event": "◆", "muted": ""}
+
+
+@dataclass
+class Settings:
+    """The text scale of every maillab view in this kernel (1.0 = normal)."""
+
+    scale: float = 1.0
+    _listeners: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False)
+
+    @property
+    def presenter(self) -> bool:
+        return self.scale >= PRESENTER_SCALE
+
+    def set_scale(self, scale: float) -> None:
+        if not 0.5 <= scale <= 4.0:
+            raise ValueError(f"text scale {scale} is outside 0.5 .. 4")
+        self.scale = float(scale)
+        for view in list(self._listeners):
+            try:
+                view.set_scale(self.scale)
+            except Exception:  # a closed view must not stop the others
+                pass
+
+    def set_presenter(self, on: bool) -> None:
+        self.set_scale(PRESENTER_SCALE if on else 1.0)
+
+    def follow(self, view: object) -> None:
+        """Call ``view.set_scale(scale)`` whenever the scale changes (held weakly)."""
+        self._listeners.add(view)
+
+
+settings = Settings()
+
+
+def _colour_vars(which: int) -> str:
+    return ";".join(f"--ml-{name}:{pair[which]}" for name, pair in PALETTE.items())
+
+
+#: The one stylesheet. Live views load it as their anywidget CSS; static views
+#: carry it in a <style> element (repeating it is harmless: same rules).
+CSS = (
+    ".ml-view{" + _colour_vars(0) + f";--ml-base:{BASE_PX}px;--ml-scale:1;"
+    "--ml-fg:var(--jp-content-font-color1,#1f2328);--ml-bg:var(--jp-layout-color0,#fff);"
+    "--ml-bg2:var(--jp-layout-color2,#eef1f4);--ml-line:var(--jp-border-color2,#d0d7de);"
+    "--ml-mono:var(--jp-code-font-family,ui-monospace,SFMono-Regular,Menlo,Consolas,monospace);"
+    "font-size:calc(var(--ml-base)*var(--ml-scale));line-height:1.35;color:var(--ml-fg);"
+    "text-align:left;max-width:100%;box-sizing:border-box;overflow-wrap:anywhere}"
+    "body[data-jp-theme-light='false'] .ml-view{" + _colour_vars(1) + "}"
+    "@media (prefers-color-scheme:dark){body:not([data-jp-theme-light]) .ml-view{"
+    + _colour_vars(1) + ";--ml-fg:#e6edf3;--ml-bg:#0d1117;--ml-bg2:#21262d;--ml-line:#30363d}}"
+    ".ml-view *{box-sizing:border-box}"
+    # JupyterLab: .jp-RenderedHTMLCommon td{text-align:right}, table{margin:auto;
+    # table-layout:fixed;font-size:12px}, tr:nth-child(odd){background}.
+    ".ml-view table{margin:0 0 .4em 0!important;border-collapse:collapse;table-layout:auto!important;"
+    "font-size:1em!important;color:var(--ml-fg)!important;max-width:100%;width:auto}"
+    ".ml-view :is(td,th,tr){text-align:left!important;vertical-align:top!important;"
+    "padding:.12em .5em!important;line-height:1.35!important;max-width:none;white-space:normal}"
+    ".ml-view th{font-weight:600;border-bottom:1px solid var(--ml-line)!important}"
+    ".ml-view tbody tr:nth-child(odd){background:transparent!important}"
+    ".ml-view tbody tr:hover{background:var(--ml-bg2)!important}"
+    ".ml-view .mono,.ml-view code,.ml-view pre,.ml-view .ml-wire td{font-family:var(--ml-mono)!important;"
+    "font-size:1em!important}"
+    ".ml-view pre{white-space:pre-wrap;text-align:left;margin:0;background:transparent;padding:0}"
+    ".ml-view .ml-wire .line{white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere}"
+    ".ml-view .ml-ok{color:var(--ml-ok)}.ml-view .ml-err{color:var(--ml-err)}"
+    ".ml-view .ml-temp{color:var(--ml-temp)}.ml-view .ml-client{color:var(--ml-client)}"
+    ".ml-view .ml-event{color:var(--ml-event)}.ml-view .ml-muted{color:var(--ml-muted)}"
+    ".ml-view .ml-note{color:var(--ml-muted);font-style:italic;font-family:var(--jp-ui-font-family,sans-serif)}"
+    ".ml-view .ml-badge{font-weight:600;white-space:nowrap}"
+    ".ml-view .ml-small{font-size:.9em}"
+    ".ml-view details{margin:.2em 0;border-left:3px solid var(--ml-line);padding-left:.4em}"
+    ".ml-view summary{cursor:pointer;font-weight:600;list-style-position:outside}"
+    ".ml-view summary .ml-sum{font-weight:400;color:var(--ml-muted)}"
+    ".ml-view svg{max-width:100%;height:auto;display:block}"
+    ".ml-view svg text{fill:var(--ml-fg)}"
+    ".ml-view .ml-bar{display:flex;flex-wrap:wrap;gap:.4em;align-items:center;margin-bottom:.3em}"
+    ".ml-view .ml-bar button{font-size:.9em;padding:.1em .6em;cursor:pointer;"
+    "background:var(--jp-layout-color2,#eef1f4);color:var(--ml-fg);border:1px solid var(--ml-line);"
+    "border-radius:4px}"
+    ".ml-view .ml-body{overflow:auto;max-height:70vh}"
+)
+
+
+def style_element() -> str:
+    return f"<style>{CSS}</style>"
+
+
+def page(body: str, *, kind: str = "", scale: float | None = None) -> str:
+    """A static view: ``body`` inside the shared stylesheet at the current text scale."""
+    s = settings.scale if scale is None else scale
+    cls = f"ml-view ml-{kind}" if kind else "ml-view"
+    return f'{style_element()}<div class="{cls}" style="--ml-scale:{s:g}">{body}</div>'
+
+
+def badge(kind: str, word: str) -> str:
+    """A coloured word with its glyph: ``✓ +OK``, ``✗ -ERR`` (never colour alone)."""
+    glyph = GLYPHS.get(kind, "")
+    text = f"{glyph} {word}" if glyph else word
+    return f'<span class="ml-badge ml-{kind}">{html.escape(text)}</span>'
+
+
+def reply_kind(protocol: str, text: str) -> str:
+    """The semantic colour of a server reply line: ok, temp or err.
+
+    SMTP: 2xx/3xx ok, 4xx temp, 5xx err (RFC 5321 4.2.1). POP3: ``+OK`` ok,
+    ``-ERR`` err (RFC 1939 3). IMAP: tagged or untagged OK/PREAUTH/BYE, NO, BAD
+    (RFC 3501 7.1); anything else (data, continuation) ok.
+    """
+    t = text.lstrip()
+    if t[:1] in "2345" and t[:3].isdigit():
+        return {"4": "temp", "5": "err"}.get(t[0], "ok")
+    upper = t.upper()
+    if upper.startswith("-ERR"):
+        return "err"
+    if upper.startswith("+OK"):
+        return "ok"
+    words = upper.split(None, 2)
+    if len(words) >= 2 and words[1] in ("NO", "BAD"):
+        return "err"
+    if protocol == "imap" and words[:1] in (["NO"], ["BAD"]):
+        return "err"
+    return "ok"
+
+
+def escape(text: object) -> str:
+    return html.escape(str(text))
+
