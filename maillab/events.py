@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,18 @@ class EventBus:
         self._seq = itertools.count(1)
         self._session_ids = itertools.count(1)
         self._subscribers: list[Callable[[Event], None]] = []
+
+    @classmethod
+    def from_events(cls, events: Iterable[Event]) -> EventBus:
+        """A bus that holds ``events`` as they were (a recorded run, ``recording.py``);
+        new events continue after their sequence numbers."""
+        evs = list(events)
+        bus = cls(maxlen=max(len(evs), 1000))
+        bus._events.extend(evs)
+        bus._seq = itertools.count(max((e.seq for e in evs), default=0) + 1)
+        numbers = [int(n) for e in evs for n in [e.session.rpartition("-")[2]] if n.isdigit()]
+        bus._session_ids = itertools.count(max(numbers, default=0) + 1)
+        return bus
 
     # -- writing -----------------------------------------------------------------
     def emit(

@@ -18,6 +18,7 @@ MAGIC_MODULES = (
     "maillab.magics.relay",
     # verb-only modules: importing them adds %mail verbs (no Magics class of their own)
     "maillab.magics.step",
+    "maillab.magics.record",
 )
 
 

@@ -1,0 +1,64 @@
+"""A recorded run shown again (``%mail replay run.json``): the same transcript
+and POP3 state views as a live lab, fed from the file's events, no server needed."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+from ..events import Event
+from ..recording import replay_bus
+from . import pop3_state
+from .transcript import TranscriptView, render_text
+
+
+class Replay:
+    """A recorded run: ``.events``, ``.bus`` (for any view), ``.transcript`` (the
+    transcript widget over it) and the POP3 state of every POP3 session."""
+
+    def __init__(self, events: Sequence[Event], source: str = "", *, session: str | None = None,
+                 protocol: str | None = None) -> None:
+        self.events = list(events)
+        self.source = source
+        self.bus = replay_bus(self.events)
+        self.session, self.protocol = session, protocol
+        self.sessions = list(dict.fromkeys(e.session for e in self.events))
+        self.pop3 = [pop3_state.session_state(self.events, sid)
+                     for sid in pop3_state.server_sessions(self.events)
+                     if session is None or sid == session]
+        self._transcript: TranscriptView | None = None
+
+    @property
+    def transcript(self) -> TranscriptView:
+        if self._transcript is None:
+            self._transcript = TranscriptView(self.bus, session=self.session, protocol=self.protocol)
+        return self._transcript
+
+    def summary(self) -> str:
+        protocols = sorted({e.protocol for e in self.events})
+        span = (self.events[-1].time - self.events[0].time) if self.events else 0.0
+        return (f"replay of {self.source or 'a recorded run'}: {len(self.sessions)} sessions "
+                f"({', '.join(protocols) or 'none'}), {len(self.events)} events over {span:.1f} s;"
+                " no server is running: these are the recorded lines")
+
+    def text(self) -> str:
+        from ..views.transcript import select
+
+        chosen = select(self.events, session=self.session, protocol=self.protocol)
+        parts = [self.summary(), render_text(chosen)]
+        parts += [pop3_state.render_text(st) for st in self.pop3]
+        return "\n\n".join(p for p in parts if p)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        import ipywidgets as w
+
+        states = "".join(pop3_state.render_html(st) for st in self.pop3)
+        box = w.VBox([w.HTML(f"<b>{html.escape(self.summary())}</b>"), self.transcript.widget,
+                      w.HTML(states)])
+        bundle = box._repr_mimebundle_(**kwargs) or {}
+        bundle["text/plain"] = self.text()
+        return bundle
+
+    def __repr__(self) -> str:
+        return self.text()
