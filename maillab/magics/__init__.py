@@ -19,6 +19,7 @@ MAGIC_MODULES = (
     # verb-only modules: importing them adds %mail verbs (no Magics class of their own)
     "maillab.magics.step",
     "maillab.magics.record",
+    "maillab.magics.tls",
 )
 
 

@@ -1,0 +1,119 @@
+"""Ports and TLS from a notebook: ``%mail ports``, ``probe``, ``tls``, ``mitm``, ``eve``.
+
+::
+
+    %mail ports                         # the live port/TLS map; pick a service to read its certificate
+    %mail ports --figure ports.svg      # the same for slides
+    %mail probe imaps                   # like openssl s_client, against a lab service by name
+    %mail probe 127.0.20.1:2525 --starttls smtp
+    %mail tls beta.test --policy encrypt   # relay TLS policy per destination (none|may|encrypt|dane)
+    %mail tls --default may
+    %mail mitm mx1.beta.test            # a STARTTLS-stripping middlebox in front of its port 25
+    %mail mitm mx1.beta.test --off
+    %mail eve                           # what an eavesdropper read of the tapped sessions
+
+The verbs register in the ``%mail`` router of :mod:`maillab.magics.mail`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..lab import Lab
+from ..probe import STARTTLS_PROTOCOLS, probe
+from ..topology import SERVICES, protocol_of, tls_mode
+from ..views.ports import LivePortMap, PortMap, port_map
+from ..views.ports import figure as ports_figure
+from .mail import MailMagics, subcommand
+
+
+def probe_target(lab: Lab | None, target: str, host: str | None,
+                 starttls: str | None) -> tuple[str, int, str | None, str | None, str | None]:
+    """address, port, STARTTLS protocol, protocol (for the greeting), name to verify."""
+    if target in SERVICES and SERVICES[target][3] != "dns":
+        if lab is None or not lab.started:
+            raise UsageError(f"{target!r} names a lab service: start the lab first (%mail start)")
+        try:
+            svc = lab.service(target, host)
+        except KeyError as exc:
+            raise UsageError(str(exc).strip("'\"")) from None
+        proto = protocol_of(target)
+        mode = starttls or (proto if tls_mode(target) == "starttls" else None)
+        return svc.address, svc.port, mode, proto, svc.hostname
+    name, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"probe takes HOST:PORT or a lab service ({', '.join(n for n in SERVICES if n != 'dns')}),"
+                         f" not {target!r}")
+    name = name.strip("[]")
+    address, verify_name = name, name
+    if lab is not None and lab.started:
+        if name in lab.topology.hosts:
+            address = lab.topology.hosts[name].address
+        else:
+            for h in lab.topology.hosts.values():
+                if h.address == name:
+                    verify_name = h.name
+                    break
+    proto = None
+    if lab is not None and lab.started:
+        for svc in lab.services:
+            if svc.address == address and svc.port == int(port) and svc.host is not None:
+                proto = svc.protocol
+    return address, int(port), starttls, proto, verify_name
+
+
+@subcommand("ports")
+@magic_arguments("mail ports")
+@argument("--figure", nargs="?", const=True, default=None, metavar="PATH",
+          help="a matplotlib figure instead of the widget; with PATH also saved (.png, .svg, .pdf)")
+@argument("--static", action="store_true", help="a snapshot (HTML/text) instead of the live widget")
+@argument("--cert", metavar="HOST", help="print HOST's certificate field by field")
+def ports(magics: MailMagics, args: argparse.Namespace) -> Any:
+    """Which port is which on every lab host: TLS mode, AUTH before TLS, sessions, certificates."""
+    lab = magics.lab()
+    if args.cert:
+        pm = port_map(lab)
+        if args.cert not in pm.certs:
+            raise UsageError(f"no lab host {args.cert!r}; hosts: {', '.join(pm.hosts)}")
+        from .mail import HelpText
+
+        return HelpText(pm.certificate_text(args.cert))
+    if args.figure is not None:
+        from .relay import _figure_result
+
+        return _figure_result(ports_figure(port_map(lab)), args.figure)
+    if args.static:
+        return port_map(lab)
+    try:
+        return LivePortMap(lab)
+    except ImportError:  # no ipywidgets: the snapshot answers the same question
+        return port_map(lab)
+
+
+@subcommand("probe")
+@magic_arguments("mail probe")
+@argument("target", help="HOST:PORT, or a lab service (smtp, submission, smtps, pop3, pop3s, imap, imaps)")
+@argument("--starttls", choices=STARTTLS_PROTOCOLS, help="speak this protocol first, then STARTTLS/STLS")
+@argument("--host", help="with a service name: that lab host's service (default: the first host)")
+@argument("--name", help="the name the certificate must carry (default: the lab host's name, or HOST)")
+@argument("--sni", help="the server name sent in the ClientHello (default: --name)")
+@argument("--ca", help="verify against this CA file (default: the lab CA)")
+@argument("--timeout", type=float, default=5.0, help="seconds to wait at each step (default 5)")
+def probe_cmd(magics: MailMagics, args: argparse.Namespace) -> Any:
+    """Connect like openssl s_client: greeting, STARTTLS, handshake, certificate chain, verdict."""
+    from . import state
+
+    lab = state.existing_lab()
+    if args.target in SERVICES and (lab is None or not lab.started):
+        lab = magics.lab()
+    address, port, starttls, proto, name = probe_target(lab, args.target, args.host, args.starttls)
+    ca = args.ca or (str(lab.ca_path) if lab is not None and lab.started and lab.ca else None)
+    return probe(address, port, starttls=starttls, protocol=proto, ca=ca, name=args.name or name,
+                 sni=args.sni, timeout=args.timeout)
+
+
+__all__ = ["PortMap", "ports", "probe_cmd", "probe_target"]

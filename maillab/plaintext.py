@@ -1,0 +1,35 @@
+"""When a password may cross the wire in plaintext: one rule for POP3, IMAP and the views.
+
+Real servers refuse a login before TLS (RFC 8314 4.1, RFC 2595 2.1). The lab's
+POP3 and IMAP servers accept one on the plaintext port by default because they
+listen on loopback only, and say so in the transcript; ``lab.extras
+["pop3_plaintext_auth"]`` / ``["imap_plaintext_auth"]`` = False make each behave
+like a real server. Two lab-wide switches win over those:
+
+* ``Lab(require_tls=True)`` (``maillab serve --require-tls``): no plaintext login
+  anywhere (POP3 ``-ERR [AUTH]`` and no USER in CAPA, IMAP LOGINDISABLED and
+  ``NO [PRIVACYREQUIRED]``, SMTP submission ``530 5.7.0``);
+* ``lab.plaintext_auth_demo = True``: the teacher's switch for the eavesdropper
+  lesson, allowing plaintext logins even so. Views that show a login label it loudly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: ``lab.extras`` keys of the per-protocol leniency (default True).
+EXTRAS_KEYS = {"pop3": "pop3_plaintext_auth", "imap": "imap_plaintext_auth"}
+
+#: What the views say while the teacher's switch is on.
+DEMO_WARNING = ("TEACHER SWITCH ON: plaintext logins are allowed for this demonstration"
+                " (lab.plaintext_auth_demo = True). Never configure a real server like this.")
+
+
+def plaintext_auth_allowed(lab: Any, protocol: str) -> bool:
+    """May a client of ``protocol`` (pop3, imap, submission) log in before TLS?"""
+    if getattr(lab, "plaintext_auth_demo", False):
+        return True
+    if getattr(lab, "require_tls", False):
+        return False
+    key = EXTRAS_KEYS.get(protocol)
+    return bool(lab.extras.get(key, True)) if key else False
