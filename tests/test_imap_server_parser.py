@@ -6,6 +6,7 @@ import datetime
 
 import pytest
 
+from maillab.imap.mailbox_names import compile_pattern, wire_name
 from maillab.imap.parser import (
     STAR,
     Command,
@@ -18,7 +19,6 @@ from maillab.imap.parser import (
     parse_command,
 )
 from maillab.imap.search import in_seq_set
-from maillab.imap.session import compile_pattern, wire_name
 
 
 def feed(parser: Parser, *pieces: bytes):

@@ -365,7 +365,7 @@ def test_bodies_reach_a_slow_reader_whole_and_in_order(lab: Lab, user: str) -> N
 
 
 def test_fetch_body_sets_and_reports_seen_across_batches(lab: Lab, user: str) -> None:
-    from maillab.imap.session import SEEN_BATCH
+    from maillab.imap.commands.fetch import SEEN_BATCH
 
     count = SEEN_BATCH + 44
     for i in range(count):

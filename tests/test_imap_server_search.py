@@ -13,8 +13,8 @@ import pytest
 from maillab.imap.decoding import fold_case
 from maillab.imap.message import header_matches
 from maillab.imap.search import header_texts
-from maillab.imap.session import _header_field
 from maillab.store import to_crlf
+from maillab.store.reading import header_field
 
 DATA = Path(__file__).parent / "data" / "imap"
 MESSAGES = sorted(DATA.glob("*.eml"))
@@ -50,7 +50,7 @@ def test_cached_header_texts_answer_like_header_matches(path: Path) -> None:
         for exact in (False, True):
             texts = header_texts(header, field, exact)
             # the server parses only the field's own lines, cut out of the header
-            assert header_texts(_header_field(header, field), field, exact) == texts
+            assert header_texts(header_field(header, field), field, exact) == texts
             for needle in _needles(texts, rng):
                 want = fold_case(needle)
                 fast = bool(texts) if not want else any(want in t for t in texts)

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .flags import SYSTEM_FLAGS
+
 #: "*" in a sequence set; 0 is never a valid message number or UID.
 STAR = 0
 
@@ -49,7 +51,6 @@ _DATE_TIME = re.compile(
 _DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})\Z")
 MONTHS = {m.upper(): i for i, m in enumerate(calendar.month_abbr) if m}
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _SYSTEM_BY_UPPER = {f.upper(): f for f in (*SYSTEM_FLAGS, "\\Recent")}
 
 

@@ -29,7 +29,8 @@ from ..events import MASK, SessionRecorder
 from ..listener import LineServer
 from ..services import Service, register
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser
-from .session import Delay, IMAPSession, Notice, Output, Response
+from .responses import Delay, Notice, Output, Response
+from .session import IMAPSession
 
 if TYPE_CHECKING:
     from ..lab import Lab

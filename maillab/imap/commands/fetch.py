@@ -1,0 +1,185 @@
+"""FETCH (RFC 3501 6.4.5, responses 7.4.2), and UID FETCH (6.4.8).
+
+ENVELOPE, BODY and BODYSTRUCTURE come from a summary parsed once per message
+and kept in the mailbox index; their wire form is cached per mailbox too
+(:mod:`maillab.store.reading`), so a warm ``FETCH 1:* ENVELOPE`` parses
+nothing. Message bytes are read with one system call and handed to the driver
+as literal parts of a :class:`~maillab.imap.responses.Response`, never copied
+into the text around them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ...store import Mailbox, MessageInfo
+from ...store.reading import WIRE_ITEMS_MAX, caches, read_wire, remember
+from ..mailbox_view import MailboxView
+from ..parser import Command, FetchItem
+from ..responses import No, Output, Response
+from ..states import SELECTED_ONLY
+
+if TYPE_CHECKING:
+    from ..session import IMAPSession
+
+#: A FETCH that sets \Seen sets it for this many messages at a time.
+SEEN_BATCH = 256
+
+#: The items that need the message's bytes (not only the index and its cached summary).
+_DATA_ITEMS = ("RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODY[]")
+_SUMMARY_ITEMS = ("ENVELOPE", "BODY", "BODYSTRUCTURE")
+
+
+def internaldate_text(t: float) -> str:
+    """RFC 3501 date-time, in the server's local time zone like Dovecot's."""
+    lt = time.localtime(t)
+    off = lt.tm_gmtoff // 60
+    sign = "+" if off >= 0 else "-"
+    off = abs(off)
+    return (f'"{lt.tm_mday:2d}-{time.strftime("%b", lt)}-{lt.tm_year:04d} '
+            f'{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d} {sign}{off // 60:02d}{off % 60:02d}"')
+
+
+def summary(mb: Mailbox, uid: int, data: bytes | None = None) -> dict[str, Any]:
+    """ENVELOPE, BODY, BODYSTRUCTURE and the Date of a message: parsed once, then
+    kept in the mailbox index (never re-parsed while the index is warm)."""
+    cache = mb.get_cache(uid)
+    if cache is None or "bodystructure" not in cache:
+        from .. import message
+
+        if data is None:
+            info = mb.get(uid)
+            data = read_wire(mb, info) if info is not None else mb.read_crlf(uid)
+        cache = dict(message.summarize(data))
+        mb.set_cache(uid, cache)
+    return cache
+
+
+def fetch(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+    """One ``* n FETCH (...)`` per message; BODY[] and RFC822 set \\Seen (not BODY.PEEK[])."""
+    seqs, items = cmd.args
+    view = s.view()
+    mb = view.mailbox
+    if cmd.uid and not any(i.name == "UID" for i in items):
+        items = (FetchItem("UID"), *items)  # RFC 3501 6.4.8: UID FETCH always reports UIDs
+    needs_data = any(i.name in _DATA_ITEMS for i in items)
+    sets_seen = not view.readonly and any(
+        i.name in ("RFC822", "RFC822.TEXT") or (i.name == "BODY[]" and not i.peek) for i in items)
+    wants_flags = any(i.name == "FLAGS" for i in items)
+    missing = False
+    seen_changed = False
+    wire_items = caches(mb).wire_items
+    labelled = [(item, item.label.encode()) for item in items]  # BODY[...] names, once
+    if any(i.name in _SUMMARY_ITEMS for i in items) or needs_data:
+        from .. import message
+    else:
+        message = None  # type: ignore[assignment]
+    indexes = view.resolve(seqs, cmd.uid)
+    seen_set: dict[int, MessageInfo] = {}
+    for pos, idx in enumerate(indexes):
+        if sets_seen and pos % SEEN_BATCH == 0:
+            # \Seen for the next messages in one index transaction, just before
+            # they are sent (a client gone mid-FETCH leaves the rest unseen)
+            seen_set = _set_seen(view, indexes[pos:pos + SEEN_BATCH])
+            seen_changed = seen_changed or bool(seen_set)
+        uid = view.uids[idx]
+        info = mb.get(uid)
+        if info is None:
+            missing = True
+            continue
+        data: bytes | None = None
+        if needs_data:
+            try:
+                data = read_wire(mb, info)
+            except FileNotFoundError:
+                missing = True
+                continue
+        flags_now = info.flags
+        extra_flags = uid in seen_set and not wants_flags  # RFC 3501 6.4.5: report the \Seen we set
+        buf = bytearray(b"* %d FETCH (" % (idx + 1))
+        parts: list[bytes] = []
+        literals: list[int] = []
+        first = True
+        for item, item_label in labelled:
+            if not first:
+                buf += b" "
+            first = False
+            name = item.name
+            if name == "UID":
+                buf += b"UID %d" % uid
+            elif name == "FLAGS":
+                buf += ("FLAGS (" + view.flags_text(uid, flags_now) + ")").encode()
+                view.flags[uid] = flags_now
+            elif name == "RFC822.SIZE":
+                buf += b"RFC822.SIZE %d" % info.crlf_size
+            elif name == "INTERNALDATE":
+                buf += ("INTERNALDATE " + internaldate_text(info.internaldate)).encode()
+            elif name in _SUMMARY_ITEMS:
+                item_bytes = wire_items.get((uid, name))
+                if item_bytes is None:
+                    try:
+                        parsed = summary(mb, uid, data)
+                    except FileNotFoundError:
+                        missing = True
+                        break
+                    item_bytes = name.encode() + b" " + parsed[name.lower()].encode("utf-8")
+                    remember(wire_items, (uid, name), item_bytes, WIRE_ITEMS_MAX)
+                buf += item_bytes
+            else:
+                assert data is not None and message is not None
+                if name == "RFC822":
+                    body = _no_nul(data)
+                elif name == "RFC822.HEADER":
+                    body = message.section(data, (), "HEADER")
+                elif name == "RFC822.TEXT":
+                    body = message.section(data, (), "TEXT")
+                else:
+                    sec = item.section
+                    assert sec is not None
+                    if not sec.part and sec.kind is None:
+                        body = _no_nul(data)
+                    else:
+                        body = message.section(data, sec.part, sec.kind, sec.fields)
+                    if item.partial is not None:
+                        origin, count = item.partial
+                        body = body[origin:origin + count]
+                buf += b"%s {%d}\r\n" % (item_label, len(body))
+                parts.append(bytes(buf))
+                literals.append(len(parts))
+                parts.append(body)
+                buf = bytearray()
+        else:
+            if extra_flags:
+                buf += (" FLAGS (" + view.flags_text(uid, flags_now) + ")").encode()
+                view.flags[uid] = flags_now
+            buf += b")\r\n"
+            parts.append(bytes(buf))
+            yield Response(tuple(parts), tuple(literals))
+    if seen_changed:
+        s.on_change(s.user or "", view.name)
+    if missing:
+        raise No("[EXPUNGEISSUED] some of the requested messages no longer exist")
+    return None
+
+
+def _set_seen(view: MailboxView, indexes: list[int]) -> dict[int, MessageInfo]:
+    """Add \\Seen to those of these messages that lack it; returns the ones changed."""
+    mb = view.mailbox
+    with mb.lock:
+        wanted: dict[int, frozenset[str]] = {}
+        for idx in indexes:
+            info = mb.get(view.uids[idx])
+            if info is not None and "\\Seen" not in info.flags:
+                wanted[info.uid] = info.flags | {"\\Seen"}
+        return mb.set_flags_many(wanted) if wanted else {}
+
+
+def _no_nul(data: bytes) -> bytes:
+    """NUL is not a CHAR8 (RFC 3501 9): sent as 0x80, as Dovecot and message.section() do."""
+    return data.replace(b"\0", b"\x80") if b"\0" in data else data
+
+
+#: command -> (handler, the states that accept it)
+COMMANDS = {"FETCH": (fetch, SELECTED_ONLY)}

@@ -1,0 +1,192 @@
+"""Commands of the selected state (RFC 3501 6.4), besides FETCH and SEARCH.
+
+CHECK, CLOSE, EXPUNGE, STORE, COPY (each also as UID EXPUNGE/STORE/COPY, RFC
+3501 6.4.8 and RFC 4315), and from extensions UNSELECT (RFC 3691) and MOVE (RFC
+6851). FETCH is in :mod:`.fetch`, SEARCH in :mod:`.search`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ...store import Mailbox
+from ..flags import check_flags
+from ..parser import Command
+from ..responses import No, Notice, Output, line
+from ..states import SELECTED_ONLY, State
+
+if TYPE_CHECKING:
+    from ..session import IMAPSession
+
+READ_ONLY = "[READ-ONLY] the mailbox is read-only (EXAMINE)"
+
+
+def check(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+    """RFC 3501 6.4.1: every change is on disk already; only the updates follow."""
+    return None
+    yield
+
+
+def _expunge_deleted(s: IMAPSession, only: set[int] | None = None) -> list[int]:
+    """Remove the messages flagged \\Deleted (of ``only``, for UID EXPUNGE)."""
+    view = s.view()
+    if view.readonly:
+        raise No(READ_ONLY)
+    mb = view.mailbox
+    with mb.lock:
+        doomed = [i.uid for i in mb.messages()
+                  if "\\Deleted" in i.flags and (only is None or i.uid in only)]
+        removed = mb.remove(doomed)
+    if removed:
+        s.on_change(s.user or "", view.name)
+    return removed
+
+
+def close(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+    """RFC 3501 6.4.2: expunge silently (no EXPUNGE responses), back to AUTHENTICATED."""
+    view = s.view()
+    if not view.readonly:
+        _expunge_deleted(s)
+    s.selected = None
+    s.set_state(State.AUTHENTICATED)
+    yield Notice("state", (s.state.value,))
+    return None
+
+
+def unselect(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+    """RFC 3691: CLOSE without the expunge."""
+    s.selected = None
+    s.set_state(State.AUTHENTICATED)
+    yield Notice("state", (s.state.value,))
+    return None
+
+
+def expunge(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+    """RFC 3501 6.4.3, and UID EXPUNGE (RFC 4315 2.1) limited to a UID set."""
+    only = None
+    if cmd.uid:
+        view = s.view()
+        only = {view.uids[i] for i in view.resolve(cmd.args[0], True)}
+    _expunge_deleted(s, only)
+    return None  # the EXPUNGE responses come from the session's updates right after
+    yield
+
+
+def store(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+    """RFC 3501 6.4.6: FLAGS, +FLAGS, -FLAGS (.SILENT), answered with the new flags."""
+    seqs, mode, silent, raw_flags = cmd.args
+    view = s.view()
+    if view.readonly:
+        raise No(READ_ONLY)
+    flags = check_flags(raw_flags)
+    mb = view.mailbox
+    missing = False
+    indexes = view.resolve(seqs, cmd.uid)
+    with mb.lock:
+        wanted: dict[int, frozenset[str]] = {}
+        for idx in indexes:
+            uid = view.uids[idx]
+            info = mb.get(uid)
+            if info is None:
+                continue
+            new = (info.flags | flags if mode == "+" else info.flags - flags if mode == "-"
+                   else flags)
+            if new != info.flags:
+                wanted[uid] = new
+        changed = mb.set_flags_many(wanted) if wanted else {}
+    for idx in indexes:
+        uid = view.uids[idx]
+        info = changed.get(uid) or mb.get(uid)
+        if info is None:
+            missing = True
+            continue
+        view.flags[uid] = info.flags
+        if not silent:
+            uid_part = f"UID {uid} " if cmd.uid else ""
+            yield line(f"* {idx + 1} FETCH ({uid_part}FLAGS ({view.flags_text(uid, info.flags)}))")
+    if changed:
+        s.on_change(s.user or "", view.name)
+    if missing:
+        raise No("[EXPUNGEISSUED] some of the messages were expunged by another session")
+    return None
+
+
+def _target(s: IMAPSession, raw: bytes) -> Mailbox:
+    name = s.mailbox_name(raw)
+    if not s.store.exists(s.user or "", name):
+        raise No(f"[TRYCREATE] no mailbox {name}")
+    return s.mailbox(name)
+
+
+def _copy(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+    """COPY, and the first half of MOVE. Returns the COPYUID data."""
+    seqs, raw_name = cmd.args
+    view = s.view()
+    target = _target(s, raw_name)
+    src_uids: list[int] = []
+    dst_uids: list[int] = []
+    for idx in view.resolve(seqs, cmd.uid):
+        uid = view.uids[idx]
+        info = view.mailbox.get(uid)
+        if info is None:
+            continue
+        try:
+            data = view.mailbox.read(uid)
+        except FileNotFoundError:
+            continue
+        new = target.add(data, info.flags, info.internaldate)
+        src_uids.append(uid)
+        dst_uids.append(new.uid)
+        s.store.notify(s.user or "", target.name, new)
+        yield Notice("stored", (target.name, new.uid, new.size))
+    if not src_uids:
+        return ""
+    return f"COPYUID {target.uidvalidity} {uid_set(src_uids)} {uid_set(dst_uids)}"
+
+
+def copy(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+    """RFC 3501 6.4.7, answering COPYUID (RFC 4315)."""
+    copyuid = yield from _copy(s, cmd)
+    return f"[{copyuid}] COPY completed" if copyuid else None
+
+
+def move(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+    """RFC 6851: COPY, then expunge the originals (no \\Deleted needed)."""
+    view = s.view()
+    if view.readonly:
+        raise No(READ_ONLY)
+    indexes = view.resolve(cmd.args[0], cmd.uid)
+    copyuid = yield from _copy(s, cmd)
+    if copyuid:
+        yield line(f"* OK [{copyuid}] moved")  # RFC 6851 4.3: COPYUID untagged, first
+    moved = [view.uids[i] for i in indexes]
+    if view.mailbox.remove(moved):
+        s.on_change(s.user or "", view.name)
+    return None  # the EXPUNGE responses follow from the updates (MOVE allows them)
+
+
+def uid_set(uids: list[int]) -> str:
+    """Compact a UID list for COPYUID: 4,5,6,9 -> 4:6,9 (order kept, as RFC 4315 requires)."""
+    out: list[str] = []
+    start = prev = uids[0]
+    for u in uids[1:]:
+        if u == prev + 1:
+            prev = u
+            continue
+        out.append(f"{start}:{prev}" if start != prev else str(start))
+        start = prev = u
+    out.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(out)
+
+
+#: command -> (handler, the states that accept it)
+COMMANDS = {
+    "CHECK": (check, SELECTED_ONLY),
+    "CLOSE": (close, SELECTED_ONLY),
+    "UNSELECT": (unselect, SELECTED_ONLY),
+    "EXPUNGE": (expunge, SELECTED_ONLY),
+    "STORE": (store, SELECTED_ONLY),
+    "COPY": (copy, SELECTED_ONLY),
+    "MOVE": (move, SELECTED_ONLY),
+}
