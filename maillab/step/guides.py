@@ -5,7 +5,7 @@ A guide never talks to a socket. It is told what the client sent and what came
 back (:meth:`Guide.record`) and reads the *server's* own record of the same
 connection from the event stream where the server keeps one: POP3 and IMAP
 servers emit ``state`` events from their sans-IO cores (``pop3/session.py``,
-``imap/session.py``), and the list of valid commands comes from the same tables
+``imap/commands/``), and the list of valid commands comes from the same tables
 those cores run on, so the picture cannot disagree with the server.
 
 SMTP's session state lives inside aiosmtpd, which emits no state events, so the
@@ -19,8 +19,8 @@ import base64
 from dataclasses import dataclass, field
 
 from ..events import STATE, EventBus
-from ..imap.session import ALLOWED as IMAP_ALLOWED
-from ..imap.session import State as IMAPState
+from ..imap.commands import ALLOWED as IMAP_ALLOWED
+from ..imap.states import State as IMAPState
 from ..pop3.session import COMMANDS as POP3_COMMANDS
 from ..pop3.session import State as POP3State
 

@@ -31,3 +31,6 @@ COMMANDS: dict[str, tuple[Handler, tuple[State, ...]]] = {
     **any_state.COMMANDS, **nonauth.COMMANDS, **auth.COMMANDS, **selected.COMMANDS,
     **fetch.COMMANDS, **search.COMMANDS,
 }
+
+#: command name -> the states that accept it (RFC 3501 6.1-6.4, and each extension's RFC).
+ALLOWED: dict[str, tuple[State, ...]] = {name: states for name, (_, states) in COMMANDS.items()}
