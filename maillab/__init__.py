@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from .lab import Lab
+from .limits import Limits
+from .policy import Policy
 
-__all__ = ["Lab", "load_ipython_extension", "unload_ipython_extension", "__version__"]
+__all__ = ["Lab", "Limits", "Policy", "load_ipython_extension", "unload_ipython_extension", "__version__"]
 __version__ = "0.1.0"
 
 

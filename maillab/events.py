@@ -32,6 +32,7 @@ AUTH = "auth"
 STATE = "state"  # a protocol state change, e.g. POP3 AUTHORIZATION -> TRANSACTION
 STORED = "stored"  # a message written to a mailbox
 NOTE = "note"  # anything else worth showing (discarded bytes, limits hit, relay decisions)
+FAULT = "fault"  # a failure injected by a lab.faults rule (%mail fail) answered here
 CLOSED = "closed"
 
 
@@ -245,6 +246,10 @@ class SessionRecorder:
 
     def note(self, text: str, **data: Any) -> None:
         self.emit(NOTE, text, **data)
+
+    def fault(self, text: str, **data: Any) -> None:
+        """A ``lab.faults`` rule answered (or delayed, or dropped) this command."""
+        self.emit(FAULT, text, **data)
 
     def stored(self, mailbox: str, uid: int | None, size: int, **data: Any) -> None:
         self.emit(STORED, f"stored in {mailbox} (uid {uid}, {size} bytes)", mailbox=mailbox,

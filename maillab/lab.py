@@ -17,12 +17,14 @@ import errno
 import importlib
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from .events import EventBus
+from .faults import Faults
 from .limits import Limits
+from .policy import Policy
 from .runtime import LabLoop
 from .services import FACTORIES, PortBusy, Service
 from .store import Store
@@ -50,9 +52,12 @@ SERVICE_MODULES = (
 
 
 #: Features without a listener of their own (the relay queue) add an installer here;
-#: ``install(lab)`` runs at each start, before the services, and hooks per-lab
-#: coroutines into ``lab.extras["on_start"]`` / ``lab.extras["on_stop"]``.
+#: ``install(lab)`` runs at each start, before the services, and registers per-lab
+#: coroutines with :meth:`Lab.on_start` / :meth:`Lab.on_stop`.
 LAB_INSTALLERS: list[Callable[[Lab], None]] = []
+
+#: A start or stop hook: ``async def hook(lab)``, run on the lab thread.
+Hook = Callable[["Lab"], Awaitable[None]]
 
 
 def _load_service_modules() -> None:
@@ -77,6 +82,7 @@ class Lab:
         users: dict[str, str] | None = None,
         services: tuple[str, ...] | None = None,
         limits: Limits | None = None,
+        policy: Policy | None = None,
         topology: Topology | None = None,
     ) -> None:
         self.directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="maillab-"))
@@ -84,6 +90,7 @@ class Lab:
         self.bind_host = host
         self.ports = ports
         self.limits = limits or Limits()
+        self.policy = policy or Policy()
         if topology is not None:
             self.topology = topology
         elif domains:
@@ -105,8 +112,22 @@ class Lab:
         self.services: list[Service] = []
         self.relay: Any = None  # the MTA queue, when maillab.relay is present
         self.dns: Any = None  # the lab DNS server, when maillab.dns is present
-        self.extras: dict[str, Any] = {}  # per-feature state (failure injection, ...)
+        self.imap_hub: Any = None  # what the IMAP sessions share (IDLE, logins per user)
+        self.faults = Faults(lambda: self.topology.hosts)  # %mail fail: injected failures
+        self._start_hooks: list[Hook] = []
+        self._stop_hooks: list[Hook] = []
         self.started = False
+
+    def on_start(self, hook: Hook) -> None:
+        """Run ``await hook(lab)`` on the lab thread after the services started
+        (once per hook, however often it is registered)."""
+        if hook not in self._start_hooks:
+            self._start_hooks.append(hook)
+
+    def on_stop(self, hook: Hook) -> None:
+        """Run ``await hook(lab)`` on the lab thread before the services stop."""
+        if hook not in self._stop_hooks:
+            self._stop_hooks.append(hook)
 
     # -- life cycle -------------------------------------------------------------
     def start(self) -> Lab:
@@ -185,11 +206,11 @@ class Lab:
                     raise PortBusy(svc) from None
                 raise
             svc.state = "running"
-        for hook in self.extras.get("on_start", []):
+        for hook in list(self._start_hooks):
             await hook(self)
 
     async def _stop_services(self) -> None:
-        for hook in self.extras.get("on_stop", []):
+        for hook in list(self._stop_hooks):
             try:
                 await hook(self)
             except Exception:

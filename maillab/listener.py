@@ -9,7 +9,9 @@ going away, a TLS error, the lab stopping), close it with a reason the
 transcript shows.
 
 What happens in between, the conversation itself, is each protocol's own
-:meth:`LineServer.converse`.
+:meth:`LineServer.converse`. Failure injection (``lab.faults``, ``%mail fail``)
+hooks in here too: :func:`injected` is asked before the greeting and before each
+command reaches the session, by every protocol's driver (SMTP's as well).
 """
 
 from __future__ import annotations
@@ -19,11 +21,34 @@ import ssl
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .connection import ConnectionClosed, LineConnection
+from .faults import CONNECT, Rule, transcript_text
 
 if TYPE_CHECKING:
     from .events import SessionRecorder
     from .lab import Lab
     from .services import Service
+
+#: Why a session ended when a fault rule closed it.
+DROPPED = "connection closed by an injected fault (%mail fail)"
+
+
+async def injected(lab: Lab, service: Service, protocol: str, rec: SessionRecorder,
+                   names: tuple[str, ...]) -> Rule | None:
+    """The ``lab.faults`` rule that answers this command (``names``: its verb, e.g.
+    ``("UID FETCH", "FETCH")``; ``("CONNECT",)`` for the greeting), or None.
+
+    A rule that fires is recorded as a ``fault`` event and its delay has been waited
+    when this returns; the driver then closes the connection (``rule.drop``), sends
+    ``rule.reply`` instead of running the command, or (a delay only) runs it.
+    """
+    rule = lab.faults.fire(service.hostname, protocol, service.name, names)
+    if rule is None:
+        return None
+    rec.fault(transcript_text(rule, names[0]), command=names[0], reply=rule.reply,
+              delay=rule.delay, drop=rule.drop, rule=rule.describe())
+    if rule.delay:
+        await asyncio.sleep(rule.delay)
+    return rule
 
 
 class LineServer:
@@ -53,6 +78,10 @@ class LineServer:
     async def converse(self, conn: LineConnection, rec: SessionRecorder, session: Any) -> str:
         """Greet, then serve commands until the session ends; returns why it ended."""
         raise NotImplementedError
+
+    async def injected(self, rec: SessionRecorder, *names: str) -> Rule | None:
+        """:func:`injected` for this listener."""
+        return await injected(self.lab, self.service, self.protocol, rec, names or (CONNECT,))
 
     def session_ended(self, rec: SessionRecorder, session: Any) -> None:
         """The connection is gone, whichever way: release what the session holds."""

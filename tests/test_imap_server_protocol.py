@@ -145,7 +145,7 @@ def test_wrong_state_is_bad_and_bad_tag_is_untagged_bad(lab: Lab, user: str) -> 
 
 
 def test_logindisabled_when_plaintext_passwords_are_off(lab: Lab, user: str) -> None:
-    lab.extras["imap_plaintext_auth"] = False
+    lab.policy.imap_plaintext_auth = False
     try:
         c = client(lab)
         assert "LOGINDISABLED" in c.capabilities and "AUTH=PLAIN" not in c.capabilities
@@ -156,7 +156,7 @@ def test_logindisabled_when_plaintext_passwords_are_off(lab: Lab, user: str) -> 
         c.login(user, PASSWORD)
         c.logout()
     finally:
-        lab.extras.pop("imap_plaintext_auth")
+        lab.policy.imap_plaintext_auth = True
 
 
 def test_idle_timeout_ends_the_session(tmp_path) -> None:

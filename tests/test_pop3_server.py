@@ -16,7 +16,7 @@ import pytest
 from maillab import Lab
 from maillab.clients.pop3 import connect
 from maillab.limits import Limits
-from maillab.pop3.server import PLAINTEXT_AUTH
+from maillab.policy import Policy
 
 BOB = "bob@alpha.test"
 
@@ -189,8 +189,8 @@ def test_capa_per_state(single_lab: Lab) -> None:
 
 
 def test_plaintext_policy_note_and_strict_mode(tmp_path) -> None:
-    lab = Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], limits=fast_limits())
-    lab.extras[PLAINTEXT_AUTH] = False
+    lab = Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], limits=fast_limits(),
+              policy=Policy(pop3_plaintext_auth=False))
     with lab:
         c = pop(lab)
         assert "USER" not in c.capa() and "STLS" in c.capa()

@@ -578,26 +578,26 @@ def test_unknown_local_user(mx_lab):
 # -- failure injection (the relay lessons) -----------------------------------------------
 
 def test_fault_injection(mx_lab):
-    faults = mx_lab.extras.setdefault("smtp_faults", {})
-    faults["mail.alpha.test"] = ("tempfail", None)
+    relay = mx_lab.relay  # %mail fail's presets: rules of mx_lab.faults
+    relay.fail("mail.alpha.test", "tempfail")
     w = mx(mx_lab)
     ehlo(w)
     assert w.cmd("MAIL FROM:<a@ext.test>")[0] == 250
     code, text = w.cmd("RCPT TO:<bob@alpha.test>")
     assert (code, text) == (451, "4.3.0 mail.alpha.test temporary failure (lab fault injected)")
-    faults["mail.alpha.test"] = ("reject", None)
+    relay.fail("mail.alpha.test", "reject")
     code, text = w.cmd("RCPT TO:<bob@alpha.test>")
     assert (code, text) == (550, "5.7.1 mail.alpha.test rejects this mail (lab fault injected)")
-    faults["mail.alpha.test"] = ("slow", 0.3)
+    relay.fail("mail.alpha.test", "slow", 0.3)
     start = time.time()
     assert w.cmd("NOOP")[0] == 250
     assert time.time() - start >= 0.3
-    del faults["mail.alpha.test"]
+    relay.heal("mail.alpha.test")
     start = time.time()
     assert w.cmd("RCPT TO:<bob@alpha.test>")[0] == 250
     assert time.time() - start < 0.3
     # submission is not the MX: faults do not apply there
-    faults["mail.alpha.test"] = ("reject", None)
+    relay.fail("mail.alpha.test", "reject")
     s = authed_submission(mx_lab)
     assert s.cmd("MAIL FROM:<alice@alpha.test>")[0] == 250
     assert s.cmd("RCPT TO:<bob@alpha.test>")[0] == 250

@@ -12,7 +12,7 @@ plaintext port when the server listens on a loopback address, so ``curl
 imap://`` and imaplib examples work as typed (Dovecot makes the same exception
 for connections from the server's own address). Each such login gets a note in
 the transcript. A server bound to any other address, or a lab with
-``lab.extras["imap_plaintext_auth"] = False``, advertises LOGINDISABLED and
+``lab.policy.imap_plaintext_auth = False``, advertises LOGINDISABLED and
 answers ``NO [PRIVACYREQUIRED]`` until STARTTLS.
 """
 
@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 from ..connection import ConnectionClosed, LineConnection, LineTooLong
 from ..events import MASK, SessionRecorder
-from ..listener import LineServer
+from ..faults import Rule, reply_closes
+from ..listener import DROPPED, LineServer
 from ..services import Service, register
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser
 from .responses import Delay, Notice, Output, Response
@@ -35,9 +36,6 @@ from .session import IMAPSession
 if TYPE_CHECKING:
     from ..lab import Lab
 
-#: ``lab.extras`` key: accept passwords before STARTTLS on loopback (default True).
-PLAINTEXT_AUTH = "imap_plaintext_auth"
-HUB = "imap_hub"
 #: Wait for a slow reader (drain) after writing this much.
 CHUNK = 256 * 1024
 #: Octets a connection's transport may hold before the driver waits for the reader.
@@ -79,17 +77,17 @@ class IMAPHub:
 
 
 def _hub(lab: Lab) -> IMAPHub:
-    hub = lab.extras.get(HUB)
-    if hub is None:
-        hub = IMAPHub(lab, asyncio.get_running_loop())
-        lab.extras[HUB] = hub
+    """The lab's hub (``lab.imap_hub``), made by the first IMAP listener of a start."""
+    if lab.imap_hub is None:
+        lab.imap_hub = IMAPHub(lab, asyncio.get_running_loop())
+        lab.on_stop(_stop_hub)
+    return lab.imap_hub
 
-        async def stop(lab: Lab) -> None:
-            lab.extras.pop(HUB, None)
-            hub.close()
 
-        lab.extras.setdefault("on_stop", []).append(stop)
-    return hub
+async def _stop_hub(lab: Lab) -> None:
+    hub, lab.imap_hub = lab.imap_hub, None
+    if hub is not None:
+        hub.close()
 
 
 def _is_loopback(address: str) -> bool:
@@ -120,8 +118,7 @@ class IMAPServer(LineServer):
             hostname=svc.hostname,
             tls_active=self.implicit_tls,
             starttls_available=not self.implicit_tls,
-            plaintext_auth=bool(self.lab.extras.get(PLAINTEXT_AUTH, True))
-            and _is_loopback(svc.address),
+            plaintext_auth=self.lab.policy.imap_plaintext_auth and _is_loopback(svc.address),
             on_change=self.hub.changed,
             sessions_per_user=self.hub.sessions_per_user,
         )
@@ -133,6 +130,11 @@ class IMAPServer(LineServer):
                         max_depth=limits.imap_nesting)
         reason = "connection closed by the client"
         _roomy_writes(conn)
+        fault = await self.injected(rec)
+        if fault is not None and (fault.drop or fault.reply):  # the greeting refused: BYE
+            if not fault.drop:
+                await self._send(conn, rec, [_fault_response("*", fault)])
+            return DROPPED
         await self._send(conn, rec, session.greeting())
         while session.action != "close":
             try:
@@ -154,6 +156,15 @@ class IMAPServer(LineServer):
                 if await self._refuse_literal(conn, rec, result):
                     return "non-synchronizing literal over the limit"
                 continue
+            if isinstance(result, Command):
+                names = (f"UID {result.name}", result.name) if result.uid else (result.name,)
+                fault = await self.injected(rec, *names)
+                if fault is not None and (fault.drop or fault.reply):
+                    if not fault.drop:  # answered in the session's place; it never sees the command
+                        await self._send(conn, rec, [_fault_response(result.tag, fault)])
+                    if reply_closes(fault):
+                        return DROPPED
+                    continue
             await self._send(conn, rec, session.execute(result),
                              tag=result.tag if isinstance(result, Command) else None)
             if session.mode == "idle":
@@ -339,6 +350,14 @@ class _Recorder:
                           " octets) sent, not recorded one by one",
                           responses=self.skipped, bytes=self.skipped_octets, limit="record")
             self.skipped = self.skipped_octets = 0
+
+
+def _fault_response(tag: str, fault: Rule) -> Response:
+    """An injected reply: tagged NO/BAD, or an untagged BYE (RFC 3501 7.1.5)."""
+    text = fault.reply or "BYE"
+    if text[:3].upper() == "BYE":
+        tag = "*"
+    return Response(f"{tag} {text}\r\n".encode())
 
 
 def _roomy_writes(conn: LineConnection) -> None:

@@ -20,6 +20,7 @@ MAGIC_MODULES = (
     "maillab.magics.step",
     "maillab.magics.record",
     "maillab.magics.tls",
+    "maillab.magics.faults",
 )
 
 

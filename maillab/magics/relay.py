@@ -1,5 +1,6 @@
-"""The lab internet from a notebook: ``%mail relay``, ``queue``, ``fail``, ``heal``,
-``dig``, ``hops``, and the cell magics ``%%zone`` and ``%%mail_hops``.
+"""The lab internet from a notebook: ``%mail relay``, ``queue``, ``dig``, ``hops``,
+and the cell magics ``%%zone`` and ``%%mail_hops`` (``fail`` and ``heal`` are in
+:mod:`maillab.magics.faults`).
 
 ::
 
@@ -108,32 +109,6 @@ def relay_queue(magics: MailMagics, args: argparse.Namespace) -> Any:
         msgs = relay.queue(args.host)
     title = f"relay queue of {args.host}" if args.host else "relay queue (all hosts)"
     return QueueView(msgs, faults=relay.faults(), title=title)
-
-
-@subcommand("fail")
-@magic_arguments("mail fail")
-@argument("host", help="a lab mail host, e.g. mx1.beta.test")
-@argument("kind", choices=["down", "tempfail", "reject", "slow"],
-          help="down: refuse connections; tempfail: 451 at RCPT; reject: 550 at RCPT; slow: delay replies")
-@argument("value", nargs="?", default=None, help="for slow: the delay per reply, e.g. 2s or 500ms")
-def relay_fail(magics: MailMagics, args: argparse.Namespace) -> Any:
-    """Make a lab host fail (down, tempfail, reject, slow 2s) to watch fallback, retries, bounces."""
-    relay = _relay(magics.lab())
-    try:
-        return HelpText(relay.fail(args.host, args.kind, args.value))
-    except (KeyError, ValueError) as exc:
-        raise UsageError(str(exc).strip("'\"")) from None
-
-
-@subcommand("heal")
-@magic_arguments("mail heal")
-@argument("host", nargs="?", default=None, help="the host to heal (default: every host)")
-def relay_heal(magics: MailMagics, args: argparse.Namespace) -> Any:
-    """Undo %mail fail for one host (or all)."""
-    relay = _relay(magics.lab())
-    if args.host and args.host not in magics.lab().topology.hosts:
-        raise UsageError(f"no lab host {args.host!r}; hosts: {', '.join(magics.lab().topology.hosts)}")
-    return HelpText(relay.heal(args.host))
 
 
 @subcommand("dig")

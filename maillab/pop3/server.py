@@ -10,7 +10,7 @@ Lab policy on passwords without TLS: USER/PASS and AUTH PLAIN are accepted on
 the plaintext port, because every lab server listens on loopback only and
 curl, fetchmail and poplib examples should work as typed. Each such login gets
 a note in the transcript saying that a real server would refuse it before STLS.
-Set ``lab.extras["pop3_plaintext_auth"] = False`` to behave like such a server:
+Set ``lab.policy.pop3_plaintext_auth = False`` to behave like such a server:
 ``-ERR [AUTH] ...`` until STLS, and CAPA stops offering USER and SASL.
 """
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..connection import LineConnection, LineTooLong
 from ..events import SessionRecorder
-from ..listener import LineServer
+from ..listener import DROPPED, LineServer
 from ..services import Service, register
 from .maildrop import Maildrop
 from .session import POP3Session, Reply
@@ -30,8 +30,6 @@ from .session import POP3Session, Reply
 if TYPE_CHECKING:
     from ..lab import Lab
 
-#: ``lab.extras`` key: accept passwords before STLS (default True; see module doc).
-PLAINTEXT_AUTH = "pop3_plaintext_auth"
 #: Multi-line text bodies up to this many lines are recorded line by line.
 RECORD_LINES = 40
 
@@ -76,13 +74,18 @@ class POP3Server(LineServer):
             hostname=self.service.hostname,
             tls_active=self.implicit_tls,
             stls_available=not self.implicit_tls,
-            plaintext_auth=bool(self.lab.extras.get(PLAINTEXT_AUTH, True)),
+            plaintext_auth=self.lab.policy.pop3_plaintext_auth,
             auth_failure_delay=limits.auth_failure_delay,
             line_limit=limits.pop3_command_line,
         )
 
     async def converse(self, conn: LineConnection, rec: SessionRecorder, session: POP3Session) -> str:
         rec.state(session.state.value)
+        fault = await self.injected(rec)
+        if fault is not None and (fault.drop or fault.reply):  # the greeting refused
+            if not fault.drop:
+                await self._send(conn, rec, Reply(fault.reply or "-ERR"))
+            return DROPPED
         await self._send(conn, rec, session.greeting())
         while True:
             try:
@@ -96,6 +99,13 @@ class POP3Server(LineServer):
                 await self._send(conn, rec, session.timed_out())
                 return "idle timeout"
             rec.client_line(session.masked(line))
+            command = session.command(line)
+            fault = await self.injected(rec, command) if command else None
+            if fault is not None and fault.drop:
+                return DROPPED
+            if fault is not None and fault.reply:  # the session never sees the command
+                await self._send(conn, rec, Reply(fault.reply))
+                continue
             reply = session.receive(line)
             await self._send(conn, rec, reply)
             if reply.starttls:

@@ -188,6 +188,13 @@ class POP3Session:
         """The client line as it may be recorded: credentials replaced by ****."""
         return mask_line("pop3", _text(line), sasl=bool(self._sasl))
 
+    def command(self, line: bytes | str) -> str | None:
+        """The command keyword ``line`` carries (upper case), or None for a SASL
+        response, which is no command (what failure injection matches on)."""
+        if self._sasl:
+            return None
+        return _text(line).split(" ", 1)[0].upper() or None
+
     def line_too_long(self) -> Reply:
         if self._sasl:
             self._sasl = None

@@ -41,6 +41,7 @@ from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Any
 
 from .. import lab as lab_module
+from ..faults import parse_duration
 from ..services import FACTORIES
 from ..topology import MailHost, lab_port
 from .bounce import FailedRecipient, build_dsn, original_header
@@ -155,20 +156,6 @@ class QueuedMessage:
             "submitted_session": self.submitted_session,
             "events_session": self.events_session,
         }
-
-
-def parse_duration(value: Any) -> float:
-    """``2``, ``"2s"``, ``"500ms"``, ``"1.5"`` -> seconds."""
-    if value is None:
-        return 2.0
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip().lower()
-    if text.endswith("ms"):
-        return float(text[:-2]) / 1000
-    if text.endswith("s"):
-        return float(text[:-1])
-    return float(text)
 
 
 class RelayQueue:
@@ -338,25 +325,34 @@ class RelayQueue:
             svc.state = "down (failure injected)"
             what = f"{hostname} is down: its SMTP port {svc.address}:{svc.port} refuses connections"
         else:
-            self.lab.extras.setdefault("smtp_faults", {})[hostname] = (kind, value)
+            # The MX port only (submission keeps working): rules of lab.faults, which the
+            # SMTP server consults before each command.
+            faults = self.lab.faults
             if kind == "tempfail":
+                faults.add(hostname, "smtp", "RCPT", f"451 4.3.0 {hostname} temporary failure"
+                           " (lab fault injected)", service="smtp", label=kind)
                 what = f"{hostname} answers RCPT with 451 4.3.0 (temporary failure)"
             elif kind == "reject":
+                faults.add(hostname, "smtp", "RCPT", f"550 5.7.1 {hostname} rejects this mail"
+                           " (lab fault injected)", service="smtp", label=kind)
                 what = f"{hostname} answers RCPT with 550 5.7.1 (permanent refusal)"
             else:
+                faults.add(hostname, "smtp", "*", delay=value, service="smtp", label=kind)
                 what = f"{hostname} waits {value:g} s before each reply"
         self._faults[hostname] = (kind, value)
         self.control.note(f"failure injected: {what}", target=hostname, fault=kind, value=value)
         return what
 
     async def aheal(self, hostname: str | None = None, *, quiet: bool = False) -> str:
+        """Undo the presets (down, tempfail, ...) of ``hostname`` and, unless ``quiet``
+        (a preset replacing another), every other ``lab.faults`` rule of it too."""
         hosts = [hostname] if hostname else list(self._faults)
         if self._connections is not None:
             self._connections.drop(hostname)  # sessions opened under the failure end with it
         done = []
         for name in hosts:
             kind, _value = self._faults.pop(name, (None, None))
-            self.lab.extras.get("smtp_faults", {}).pop(name, None)
+            self.lab.faults.heal(name, labels=FAULT_KINDS)
             if kind == "down":
                 svc = self.lab.service("smtp", name)
                 if svc.listener is None:
@@ -364,6 +360,8 @@ class RelayQueue:
                 svc.state = "running"
             if kind:
                 done.append(f"{name} ({kind})")
+        if not quiet:
+            done += [f"{r.host} ({r.protocol} {r.command})" for r in self.lab.faults.heal(hostname)]
         what = f"healed: {', '.join(done)}" if done else "nothing to heal"
         if done and not quiet:
             self.control.note(what, target=hostname)
@@ -692,12 +690,8 @@ async def _stop_relay(lab: Lab) -> None:
 def install(lab: Lab) -> None:
     """Run at each ``Lab.start()``: create ``lab.relay`` after the services start,
     stop it before they stop."""
-    on_start = lab.extras.setdefault("on_start", [])
-    on_stop = lab.extras.setdefault("on_stop", [])
-    if _start_relay not in on_start:
-        on_start.append(_start_relay)
-    if _stop_relay not in on_stop:
-        on_stop.append(_stop_relay)
+    lab.on_start(_start_relay)
+    lab.on_stop(_stop_relay)
 
 
 if install not in lab_module.LAB_INSTALLERS:

@@ -32,6 +32,8 @@ from aiosmtpd.smtp import SMTP
 
 from .. import sasl
 from ..masking import mask_line
+from ..faults import CONNECT, reply_closes
+from ..listener import DROPPED, injected
 from ..services import Service, register
 from ..tls import describe
 from . import data as smtpdata
@@ -180,10 +182,6 @@ class LabSMTP(SMTP):
             lines = status
         else:
             lines = [status.decode() if isinstance(status, bytes) else status]
-        if self.service.name == "smtp":
-            fault = self.lab.extras.get("smtp_faults", {}).get(self.service.hostname)
-            if fault and fault[0] == "slow":
-                await asyncio.sleep(float(fault[1]))
         if lines[0][:1] == "5":
             self.errors += 1
         for line in lines:
@@ -215,6 +213,13 @@ class LabSMTP(SMTP):
         if self.service.active > self.limits.max_connections:
             await self.push(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections"))
             self._close_reason = "too many connections"
+            self.transport.close()
+            return
+        fault = await injected(self.lab, self.service, "smtp", self.rec, (CONNECT,))
+        if fault is not None and (fault.drop or fault.reply):  # the greeting refused (421)
+            if not fault.drop:
+                await self.push(fault.reply)
+            self._close_reason = DROPPED
             self.transport.close()
             return
         await self.push(f"220 {self.hostname} {self.__ident__}")
@@ -279,6 +284,16 @@ class LabSMTP(SMTP):
             return
         if not verb:
             await self.push(Reply(500, "5.5.2", "Error: bad syntax"))
+            return
+        fault = await injected(self.lab, self.service, "smtp", self.rec, (verb,))
+        if fault is not None and (fault.drop or fault.reply):  # the command is never run
+            if fault.reply:
+                if verb == "RCPT":
+                    self.rejected_rcpts += 1
+                await self.push(fault.reply)
+            if reply_closes(fault):
+                self._close_reason = DROPPED
+                self.transport.close()
             return
         method = self._commands.get(verb)
         if method is None:
@@ -500,11 +515,6 @@ class LabSMTP(SMTP):
         if len(self.rcpts) >= self.limits.smtp_recipients:
             await self.push(Reply(452, "4.5.3", "Error: too many recipients (RFC 5321 4.5.3.1.8)"))
             return
-        fault = self._fault()
-        if fault is not None:
-            self.rejected_rcpts += 1
-            await self.push(fault)
-            return
         try:
             route = route_recipient(
                 path,
@@ -518,19 +528,6 @@ class LabSMTP(SMTP):
             raise
         self.rcpts.append(route)
         await self.push(Reply(250, "2.1.5", "Ok"))
-
-    def _fault(self) -> Reply | None:
-        """Failure injection for the relay lessons (``lab.extras["smtp_faults"]``)."""
-        if self.service.name != "smtp":
-            return None
-        fault = self.lab.extras.get("smtp_faults", {}).get(self.service.hostname)
-        if not fault:
-            return None
-        if fault[0] == "tempfail":
-            return Reply(451, "4.3.0", f"{self.hostname} temporary failure (lab fault injected)")
-        if fault[0] == "reject":
-            return Reply(550, "5.7.1", f"{self.hostname} rejects this mail (lab fault injected)")
-        return None
 
     async def smtp_DATA(self, arg: str) -> None:
         if self.helo is None:
