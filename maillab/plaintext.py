@@ -2,9 +2,9 @@
 
 Real servers refuse a login before TLS (RFC 8314 4.1, RFC 2595 2.1). The lab's
 POP3 and IMAP servers accept one on the plaintext port by default because they
-listen on loopback only, and say so in the transcript; ``lab.extras
-["pop3_plaintext_auth"]`` / ``["imap_plaintext_auth"]`` = False make each behave
-like a real server. Two lab-wide switches win over those:
+listen on loopback only, and say so in the transcript;
+``lab.policy.pop3_plaintext_auth`` / ``imap_plaintext_auth`` = False
+(:mod:`maillab.policy`) make each behave like a real server. Two lab-wide switches win over those:
 
 * ``Lab(require_tls=True)`` (``maillab serve --require-tls``): no plaintext login
   anywhere (POP3 ``-ERR [AUTH]`` and no USER in CAPA, IMAP LOGINDISABLED and
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-#: ``lab.extras`` keys of the per-protocol leniency (default True).
-EXTRAS_KEYS = {"pop3": "pop3_plaintext_auth", "imap": "imap_plaintext_auth"}
+#: ``lab.policy`` fields of the per-protocol leniency (default True).
+POLICY_FIELDS = {"pop3": "pop3_plaintext_auth", "imap": "imap_plaintext_auth"}
 
 #: What the views say while the teacher's switch is on.
 DEMO_WARNING = ("TEACHER SWITCH ON: plaintext logins are allowed for this demonstration"
@@ -31,5 +31,5 @@ def plaintext_auth_allowed(lab: Any, protocol: str) -> bool:
         return True
     if getattr(lab, "require_tls", False):
         return False
-    key = EXTRAS_KEYS.get(protocol)
-    return bool(lab.extras.get(key, True)) if key else False
+    field = POLICY_FIELDS.get(protocol)
+    return bool(getattr(lab.policy, field)) if field else False

@@ -47,7 +47,7 @@ from ..views.relay import (
 )
 from . import state
 from .comments import strip_comment
-from .mail import HelpText, MailMagics, ensure_started, subcommand
+from .mail import MailMagics, ensure_started, subcommand
 
 #: Reading a message file for its header: a header larger than this is not mail.
 MAX_HEADER_READ = 1024 * 1024

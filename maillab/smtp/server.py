@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import SMTP
 
 from .. import sasl
-from ..masking import mask_line
 from ..faults import CONNECT, reply_closes
 from ..listener import DROPPED, injected
+from ..masking import mask_line
 from ..services import Service, register
 from ..tls import describe
 from . import data as smtpdata
