@@ -35,7 +35,14 @@ SERVE_COLUMNS = (
 
 def _lab_from_args(args: argparse.Namespace) -> Lab:
     users = [parse_user_spec(u) for u in args.user]
-    lab = Lab(args.dir, host=args.host, ports=args.ports, domains=args.domain or None)
+    if args.join or args.key:
+        if not (args.join and args.key):
+            raise ValueError("joining a class takes both --join ADDR:PORT and --key NAME:SECRET")
+        from .classnet.member import join_lab
+
+        lab = join_lab(args.dir, args.join, args.key, listen=args.listen or args.host, ports=args.ports)
+    else:
+        lab = Lab(args.dir, host=args.listen or args.host, ports=args.ports, domains=args.domain or None)
     for address, password in users:
         lab.add_user(address, password)
     return lab
@@ -49,13 +56,17 @@ def _describe(lab: Lab) -> str:
              "", "users (log in with the full address):"]
     width = max((len(u.address) for u in lab.users), default=0)
     lines += [f"  {u.address:<{width}}  password {u.password}" for u in lab.users]
+    member = lab.extras.get("class_member")
+    if member is not None:
+        lines += ["", f"joined the class at {member.dns_address}:{member.dns_port} as {member.domain}:",
+                  *(f"  {r}" for r in member.records())]
     return "\n".join(lines)
 
 
 def serve(args: argparse.Namespace) -> int:
     try:
         lab = _lab_from_args(args)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: the class DNS unreachable
         print(f"maillab serve: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
@@ -69,6 +80,9 @@ def serve(args: argparse.Namespace) -> int:
         lab.start()
     except PortBusy as exc:
         print(f"maillab serve: {exc.strerror}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # a class DNS that refused the key (classnet.member.JoinError)
+        print(f"maillab serve: {exc}", file=sys.stderr)
         return 2
     try:
         print(_describe(lab), flush=True)
@@ -169,7 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve this mail domain (repeatable); default: the lab network alpha/beta/gamma.test")
     s.add_argument("--ports", choices=["default", "auto"], default="default",
                    help="default: 2525/2587/2465/1110/1995/1143/1993/1053; auto: free ports")
+    s.add_argument("--join", metavar="ADDR:PORT", help="join the class DNS at ADDR:PORT (needs --key)")
+    s.add_argument("--key", metavar="NAME:SECRET", help="the class key (maillab class key prints both)")
+    s.add_argument("--listen", metavar="ADDR", help="the address to serve on (the same as --host)")
     s.set_defaults(func=serve)
+    from .classnet.cli import add_parser as add_class_parser
+
+    add_class_parser(sub)
     t = sub.add_parser("tour", help="run the main scenario headless and print the transcripts")
     t.add_argument("--dir", help="keep the lab in this directory")
     t.add_argument("--keep", action="store_true", help="keep the temporary lab directory")

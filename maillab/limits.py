@@ -43,6 +43,12 @@ class Limits:
     # mail waits for the same host (Postfix's on-demand connection cache); 0: a new session per message
     relay_dns_cache: float = 0.0  # seconds an MX route is reused (capped by its TTL); 0: every
     # message asks the lab DNS, so each lookup shows in the transcript. Zone edits always apply at once.
+    # Class network DNS (maillab.classnet): what one student's key may do
+    class_update_rate: float = 5.0  # signed UPDATEs per second per key, sustained; past the burst: REFUSED
+    class_update_burst: int = 20
+    class_update_records: int = 64  # records in one UPDATE's update section; more: REFUSED
+    class_records_per_key: int = 64  # records a key may hold under its name; more: REFUSED
+    class_refresh: float = 60.0  # a joined lab re-sends its records this often (and at every start)
     # All protocols
     auth_failure_delay: float = 1.0  # seconds before answering a failed login
     max_connections: int = 256  # per listener; past it new connections get a busy reply

@@ -61,10 +61,11 @@ class _Endpoint(asyncio.DatagramProtocol):
 class StubResolver:
     """Lookups at one name server (the lab DNS), for coroutines on one event loop."""
 
-    def __init__(self, address: str, port: int, timeout: float) -> None:
+    def __init__(self, address: str, port: int, timeout: float, *, source: str | None = None) -> None:
         self.address = address
         self.port = port
         self.timeout = timeout
+        self.source = source  # the host's own address to ask from (None: the system's choice)
         self.queries = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._opening = asyncio.Lock()
@@ -115,7 +116,8 @@ class StubResolver:
             if self._transport is None:
                 loop = asyncio.get_running_loop()
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _Endpoint(self), remote_addr=(self.address, self.port))
+                    lambda: _Endpoint(self), remote_addr=(self.address, self.port),
+                    local_addr=(self.source, 0) if self.source else None)
                 self._transport = transport  # type: ignore[assignment]
             return self._transport
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,11 +122,13 @@ async def find_route(
     self_names: Iterable[str] = (),
     lab_zone: Any = None,
     rng: random.Random | None = None,
+    allowed: Callable[[str], bool] = in_lab,
 ) -> Route:
     """The ordered MX targets for ``domain``, with addresses, or :class:`RouteError`.
 
     ``self_names`` are the names of the sending host (step 5); ``lab_zone`` is a
-    callable telling whether a name lies in a lab zone (checked before any query).
+    callable telling whether a name lies in a lab zone (checked before any query);
+    ``allowed`` tells which addresses may be contacted (default: loopback only).
     """
     domain = domain.lower().rstrip(".")
     me = {n.lower().rstrip(".") for n in self_names}
@@ -187,7 +189,7 @@ async def find_route(
         if target.name in glue:
             for address in glue[target.name]:
                 answer.append(f"{target.name}. A {address}")
-                if in_lab(address):
+                if allowed(address):
                     target.addresses.append(address)
                 else:
                     notes.append(f"{target.name} has address {address}, outside the lab (not loopback):"
@@ -208,7 +210,7 @@ async def find_route(
             answer.append(f"{target.name}. CNAME {a.canonical_name}")
         for rr in a.rrset:
             answer.append(f"{a.canonical_name} A {rr.address}")
-            if in_lab(rr.address):
+            if allowed(rr.address):
                 target.addresses.append(rr.address)
             else:
                 notes.append(f"{target.name} has address {rr.address}, outside the lab (not loopback):"

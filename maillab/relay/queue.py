@@ -497,6 +497,9 @@ class RelayQueue:
                                                        f" (last: {last_error})", None, "connect")
 
     async def _route(self, msg: QueuedMessage, domain: str) -> Any:
+        upstream = self.lab.extras.get("upstream_dns")  # a class network (maillab.classnet.member)
+        if upstream is not None and upstream.covers(domain):
+            return await upstream.route(domain, self_names=[msg.origin])
         dns_ = self.lab.dns
         if dns_ is None:
             raise RouteError(False, "4.4.3", "the lab DNS is not running: no MX lookup possible")
@@ -516,6 +519,9 @@ class RelayQueue:
 
     def _smtp_port(self, hostname: str, address: str) -> int | None:
         """The lab port of the SMTP ("port 25") service at ``address`` (the lab's port map)."""
+        upstream = self.lab.extras.get("upstream_dns")
+        if upstream is not None and upstream.covers(hostname):
+            return int(upstream.smtp_port)  # another lab of the class: the class's MX port
         candidates = [s for s in self.lab.services if s.name == "smtp" and s.address == address]
         for s in candidates:
             if s.hostname == hostname:
@@ -544,7 +550,11 @@ class RelayQueue:
             return cache is not None and cache.idle > 0 and not self.closed and self._backlog(msg.origin, domain) \
                 and host not in self._faults
 
-        d = await deliver(self.lab.events, tls_context=self._tls_context, require_tls=required,
+        tls_context = self._tls_context
+        upstream = self.lab.extras.get("upstream_dns")
+        if upstream is not None and upstream.covers(host):
+            tls_context = upstream.tls_context  # another lab's CA: encrypted, not verified (RFC 7435)
+        d = await deliver(self.lab.events, tls_context=tls_context, require_tls=required,
                           connection=reuse, keep_open=keep_open, **kwargs)
         if d.kept is not None and cache is not None:
             cache.put(key, d.kept)

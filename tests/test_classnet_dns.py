@@ -1,0 +1,212 @@
+"""The class DNS (maillab.classnet): RFC 2136 UPDATE signed with RFC 8945 TSIG, the
+per-key update policy, and hostile input. Real clients: nsupdate -y and dig (bind9-dnsutils),
+and dnspython's dns.update/dns.query for the cases nsupdate cannot produce."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from unittest import mock
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.tsig
+import dns.update
+import pytest
+
+from maillab.classnet import ClassDNS
+from maillab.classnet.keys import KeyFile, parse_key_spec, tsig_key
+from maillab.classnet.policy import class_address
+from maillab.limits import Limits
+
+needs_bind_tools = pytest.mark.skipif(not (shutil.which("nsupdate") and shutil.which("dig")),
+                                      reason="bind9-dnsutils (nsupdate, dig) not installed")
+
+
+@pytest.fixture
+def host(tmp_path):
+    server = ClassDNS(tmp_path / "class", port=0, limits=Limits(class_update_burst=8, class_update_rate=1.0))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def nsupdate(host: ClassDNS, lines: str, key: str | None) -> subprocess.CompletedProcess:
+    cmd = ["nsupdate"] + (["-y", f"hmac-sha256:{key}"] if key else [])
+    script = f"server {host.listen} {host.port}\nzone class.test\n{lines}\nsend\n"
+    return subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=30)
+
+
+def dig(host: ClassDNS, *args: str) -> str:
+    return subprocess.run(["dig", f"@{host.listen}", "-p", str(host.port), *args], capture_output=True,
+                          text=True, timeout=30).stdout
+
+
+def update(host: ClassDNS, msg: dns.message.Message) -> dns.message.Message:
+    return dns.query.tcp(msg, host.listen, port=host.port, timeout=10)
+
+
+@needs_bind_tools
+def test_nsupdate_registers_and_dig_sees_it(host):
+    alice = host.keys.add("alice")
+    done = nsupdate(host, "update add mail.alice.class.test 60 A 127.0.77.1\n"
+                          "update add alice.class.test 60 MX 10 mail.alice.class.test.", alice.spec())
+    assert done.returncode == 0, done.stderr
+    answer = dig(host, "alice.class.test", "MX")
+    assert "status: NOERROR" in answer and "flags: qr aa" in answer
+    assert "10 mail.alice.class.test." in answer and "127.0.77.1" in answer  # A as additional data
+    assert "ns.class.test. hostmaster.class.test." in dig(host, "class.test", "SOA", "+short")
+    assert "status: REFUSED" in dig(host, "example.com", "A")  # only its zone
+    assert "mail.alice.class.test." in dig(host, "class.test", "AXFR")
+    # the key's records can be removed again by the same key
+    assert nsupdate(host, "update delete alice.class.test MX", alice.spec()).returncode == 0
+    assert "status: NOERROR" in dig(host, "alice.class.test", "MX") and "ANSWER: 0" in dig(host, "alice.class.test", "MX")
+
+
+@needs_bind_tools
+def test_hostile_updates_change_nothing(host):
+    alice = host.keys.add("alice")
+    bob = host.keys.add("bob")
+    assert nsupdate(host, "update add mail.bob.class.test 60 A 127.0.77.2\n"
+                          "update add bob.class.test 60 MX 10 mail.bob.class.test.", bob.spec()).returncode == 0
+    before = host.records()
+    wrong = f"{alice.name}:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"  # alice's name, another secret
+    cases = [
+        ("no key", "update add alice.class.test 60 A 127.0.0.9", None, "REFUSED"),
+        ("wrong secret", "update add alice.class.test 60 A 127.0.0.9", wrong, "NOTAUTH"),
+        ("unknown key", "update add eve.class.test 60 A 127.0.0.9",
+         "eve.class.test:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0", "NOTAUTH"),
+        ("take over bob's MX", "update delete bob.class.test MX\n"
+                               "update add bob.class.test 60 MX 10 mail.alice.class.test.", alice.spec(), "REFUSED"),
+        ("bob's A", "update add mail.bob.class.test 60 A 127.0.0.66", alice.spec(), "REFUSED"),
+        ("the zone apex", "update add class.test 60 MX 10 mail.alice.class.test.", alice.spec(), "REFUSED"),
+        ("a delegation", "update add alice.class.test 60 NS ns.example.com.", alice.spec(), "REFUSED"),
+        ("a public address", "update add alice.class.test 60 A 8.8.8.8", alice.spec(), "REFUSED"),
+        # all or nothing: an allowed record in the same UPDATE as a refused one is not added
+        ("half allowed", "update add ok.alice.class.test 60 A 127.0.0.9\n"
+                         "update add mail.bob.class.test 60 A 127.0.0.9", alice.spec(), "REFUSED"),
+    ]
+    for what, lines, key, rcode in cases:
+        done = nsupdate(host, lines, key)
+        assert done.returncode != 0, what
+        assert rcode in done.stdout + done.stderr, (what, done.stdout, done.stderr)
+    host.keys.revoke("alice")
+    done = nsupdate(host, "update add alice.class.test 60 A 127.0.0.9", alice.spec())
+    assert done.returncode != 0 and "NOTAUTH" in done.stdout + done.stderr
+    assert host.records() == before
+    reasons = [u.reason for u in host.updates]
+    assert any("unsigned" in r for r in reasons) and any("BADSIG" in r for r in reasons)
+    assert any("BADKEY" in r for r in reasons) and any("may not change mail.bob" in r for r in reasons)
+
+
+def test_bad_time_replay_other_zone_and_size(host):
+    alice = host.keys.add("alice")
+    key = tsig_key(alice.name, alice.secret)
+    before = host.records()
+
+    def signed(*records: tuple[str, str, str], zone: str = "class.test") -> dns.update.UpdateMessage:
+        msg = dns.update.UpdateMessage(zone, keyring=key, keyname=key.name)
+        for name, rdtype, rdata in records:
+            msg.add(name, 60, rdtype, rdata)
+        return msg
+
+    # a signature made ten minutes ago (a clock that is off, or a capture replayed later)
+    msg = signed(("mail.alice.class.test.", "A", "127.0.0.9"))
+    with mock.patch("dns.message.time.time", return_value=time.time() - 600):
+        wire = msg.to_wire()
+    with socket.create_connection((host.listen, host.port), timeout=5) as s:
+        s.sendall(struct.pack("!H", len(wire)) + wire)
+        length = struct.unpack("!H", s.recv(2))[0]
+        raw = b""
+        while len(raw) < length:
+            raw += s.recv(length - len(raw))
+    assert raw[3] & 0xF == dns.rcode.NOTAUTH
+    with pytest.raises(dns.tsig.PeerBadTime):  # BADTIME comes signed with alice's key (RFC 8945 5.2.3)
+        dns.message.from_wire(raw, keyring=key, request_mac=msg.mac)
+    # the same UPDATE twice: the second is a replay
+    msg = signed(("mail.alice.class.test.", "A", "127.0.0.9"))
+    wire = msg.to_wire()
+    first = dns.query.udp(dns.message.from_wire(wire, keyring=key), host.listen, port=host.port, timeout=5)
+    assert first.rcode() == dns.rcode.NOERROR
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(wire, (host.listen, host.port))
+        again = dns.message.from_wire(s.recv(4096), keyring=key, request_mac=msg.mac)
+    assert again.rcode() == dns.rcode.REFUSED
+    assert any("replayed" in u.reason for u in host.updates)
+    # another zone: not ours
+    assert update(host, signed(("x.example.", "A", "127.0.0.9"), zone="example")).rcode() == dns.rcode.NOTAUTH
+    # oversized: more records than one UPDATE may carry
+    many = signed(*((f"h{i}.alice.class.test.", "A", "127.0.0.9") for i in range(host.limits.class_update_records + 1)))
+    assert update(host, many).rcode() == dns.rcode.REFUSED
+    assert [r for r in host.records() if "h1.alice" in r] == []
+    assert len([r for r in host.records() if "alice" in r]) == len([r for r in before if "alice" in r]) + 1
+
+
+def test_a_flood_of_updates_is_bounded_per_key(host):
+    alice, bob = host.keys.add("alice"), host.keys.add("bob")
+    akey, bkey = tsig_key(alice.name, alice.secret), tsig_key(bob.name, bob.secret)
+    codes = []
+    for i in range(30):
+        msg = dns.update.UpdateMessage("class.test", keyring=akey, keyname=akey.name)
+        msg.replace("mail.alice.class.test.", 60, "A", f"127.0.0.{i + 1}")
+        codes.append(update(host, msg).rcode())
+    assert codes[:8] == [dns.rcode.NOERROR] * 8  # the burst
+    assert codes.count(dns.rcode.REFUSED) >= 15  # then about one a second
+    msg = dns.update.UpdateMessage("class.test", keyring=bkey, keyname=bkey.name)
+    msg.replace("mail.bob.class.test.", 60, "A", "127.0.0.99")
+    assert update(host, msg).rcode() == dns.rcode.NOERROR  # another key is not slowed by alice
+
+
+def test_malformed_packets_never_stop_the_server(host):
+    alice = host.keys.add("alice")
+    key = tsig_key(alice.name, alice.secret)
+    good = dns.update.UpdateMessage("class.test", keyring=key, keyname=key.name)
+    good.add("mail.alice.class.test.", 60, "A", "127.0.0.9")
+    wire = good.to_wire()
+    hostile = [
+        b"", b"\x00", b"\x12\x34\x28\x00" + b"\x00" * 8,  # UPDATE header, no zone section
+        wire[:-10],  # a cut-off TSIG
+        wire[:2] + b"\x28\x00\x00\x02" + wire[6:],  # two zones
+        wire[:2] + b"\xa8\x00" + wire[4:],  # an UPDATE response (QR=1): dropped
+        bytes(range(256)) * 2, b"\xff" * 600,
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        for packet in hostile:
+            s.sendto(packet, (host.listen, host.port))
+            try:
+                reply = s.recv(4096)
+                assert len(reply) >= 12 and reply[:2] == packet[:2]
+                assert reply[3] & 0xF in (dns.rcode.FORMERR, dns.rcode.NOTAUTH, dns.rcode.REFUSED)
+            except TimeoutError:
+                pass  # dropped is fine too
+    with socket.create_connection((host.listen, host.port), timeout=5) as s:
+        s.sendall(b"\xff\xff" + b"\x00" * 100)  # a length the client never sends: closed on idle
+    assert update(host, good).rcode() == dns.rcode.NOERROR  # still serving
+    assert "127.0.0.9" in "\n".join(host.records())
+
+
+def test_keys_file_is_shared_and_private(tmp_path):
+    keys = KeyFile(tmp_path / "keys.json", "class.test")
+    alice = keys.add("Alice")
+    assert alice.name == "alice.class.test" and (tmp_path / "keys.json").stat().st_mode & 0o077 == 0
+    other = KeyFile(tmp_path / "keys.json", "class.test")  # another process, the same file
+    assert other.lookup(tsig_key(alice.name, alice.secret).name) is not None
+    other.revoke("alice")
+    assert keys.lookup(tsig_key(alice.name, alice.secret).name) is None  # reloaded on change
+    assert parse_key_spec(f"hmac-sha256:{alice.spec()}") == (alice.name, alice.secret)
+    with pytest.raises(ValueError):
+        keys.add("../etc")
+    with pytest.raises(ValueError):
+        parse_key_spec("alice.class.test:not base64!")
+    csv = keys.export_csv("127.0.0.1:5053")
+    assert csv.splitlines()[0] == "student,domain,key,join options" and "alice" not in csv  # revoked
+    assert class_address("127.0.55.1") and class_address("10.1.2.3") and not class_address("8.8.8.8")
+    assert not class_address("0.0.0.0") and not class_address("169.254.1.1")
