@@ -56,7 +56,7 @@ def _describe(lab: Lab) -> str:
              "", "users (log in with the full address):"]
     width = max((len(u.address) for u in lab.users), default=0)
     lines += [f"  {u.address:<{width}}  password {u.password}" for u in lab.users]
-    member = lab.extras.get("class_member")
+    member = lab.classnet
     if member is not None:
         lines += ["", f"joined the class at {member.dns_address}:{member.dns_port} as {member.domain}:",
                   *(f"  {r}" for r in member.records())]

@@ -113,6 +113,7 @@ class Lab:
         self.relay: Any = None  # the MTA queue, when maillab.relay is present
         self.dns: Any = None  # the lab DNS server, when maillab.dns is present
         self.imap_hub: Any = None  # what the IMAP sessions share (IDLE, logins per user)
+        self.classnet: Any = None  # the class network this lab joined (maillab.classnet.member)
         self.faults = Faults(lambda: self.topology.hosts)  # %mail fail: injected failures
         self._start_hooks: list[Hook] = []
         self._stop_hooks: list[Hook] = []

@@ -173,7 +173,7 @@ def test_lab_stopped_restarted_and_leaving(classroom, tmp_path):
         time.sleep(1)
         assert sum("while you were away" in t for t in bob.inbox()) == 1  # delivered once
         # dave leaves: its records go, and mail for it bounces back to the sender with a DSN
-        text = dave.extras["class_member"].leave()
+        text = dave.classnet.leave()
         assert "left the class" in text and "dave.class.test" not in "\n".join(host.records())
         alice = labs["alice"]
         before = len(alice.inbox())

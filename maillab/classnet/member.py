@@ -80,7 +80,7 @@ def class_mx_port(address: str, port: int, zone: str, timeout: float = CLASS_DNS
 
 
 class ClassUpstream:
-    """``lab.extras["upstream_dns"]``: how the relay reaches the other labs of the class."""
+    """``lab.classnet.upstream``: how the relay reaches the other labs of the class."""
 
     def __init__(self, address: str, port: int, zone: str, mx_port: int, source: str | None) -> None:
         self.address, self.port = address, port
@@ -118,7 +118,7 @@ class ClassUpstream:
 
 
 class ClassMember:
-    """``lab.extras["class_member"]``: the lab's registration in the class DNS."""
+    """``lab.classnet``: the lab's registration in the class DNS."""
 
     def __init__(self, lab: Lab, dns_address: str, dns_port: int, key_name: str, secret: str,
                  mx_port: int) -> None:
@@ -249,8 +249,7 @@ def join_lab(directory: str | Path | None, join: str, key: str, *, listen: str =
     user = f"{key_name.split('.', 1)[0]}@{key_name}"
     lab.add_user(user, _saved_password(lab.directory, user) or secrets.token_urlsafe(9))
     member = ClassMember(lab, address, port, key_name, secret, mx_port)
-    lab.extras["class_member"] = member
-    lab.extras["upstream_dns"] = member.upstream
-    lab.extras.setdefault("on_start", []).append(member.on_start)
-    lab.extras.setdefault("on_stop", []).append(member.on_stop)
+    lab.classnet = member
+    lab.on_start(member.on_start)
+    lab.on_stop(member.on_stop)
     return lab

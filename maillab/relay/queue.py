@@ -496,8 +496,13 @@ class RelayQueue:
             self._decide(r, "deferred", None, "4.4.1", f"connect to all MX hosts of {domain} failed"
                                                        f" (last: {last_error})", None, "connect")
 
+    def _upstream(self) -> Any:
+        """A class network's way to the other labs (maillab.classnet.member), or None."""
+        member = self.lab.classnet
+        return member.upstream if member is not None else None
+
     async def _route(self, msg: QueuedMessage, domain: str) -> Any:
-        upstream = self.lab.extras.get("upstream_dns")  # a class network (maillab.classnet.member)
+        upstream = self._upstream()
         if upstream is not None and upstream.covers(domain):
             return await upstream.route(domain, self_names=[msg.origin])
         dns_ = self.lab.dns
@@ -519,7 +524,7 @@ class RelayQueue:
 
     def _smtp_port(self, hostname: str, address: str) -> int | None:
         """The lab port of the SMTP ("port 25") service at ``address`` (the lab's port map)."""
-        upstream = self.lab.extras.get("upstream_dns")
+        upstream = self._upstream()
         if upstream is not None and upstream.covers(hostname):
             return int(upstream.smtp_port)  # another lab of the class: the class's MX port
         candidates = [s for s in self.lab.services if s.name == "smtp" and s.address == address]
@@ -551,7 +556,7 @@ class RelayQueue:
                 and host not in self._faults
 
         tls_context = self._tls_context
-        upstream = self.lab.extras.get("upstream_dns")
+        upstream = self._upstream()
         if upstream is not None and upstream.covers(host):
             tls_context = upstream.tls_context  # another lab's CA: encrypted, not verified (RFC 7435)
         d = await deliver(self.lab.events, tls_context=tls_context, require_tls=required,
