@@ -303,3 +303,13 @@ def test_imap_raw_cell_reports_a_wrong_literal_count(ip):
     cell = f"LOGIN {BOB} {lab.users.password(BOB)}\nAPPEND INBOX {{50}}\nSubject: x\n\nshort\nLOGOUT"
     result = ip.run_cell_magic("imap", "imap", cell)
     assert result.problems and "fix the count" in result.problems[0]
+
+
+def test_decoded_column_decodes_rfc2231_file_names():
+    from maillab.views.mime_tree import header_pairs
+
+    pairs = header_pairs(b"Content-Disposition: attachment; filename*=utf-8''%C3%9Cbersicht%202024.pdf\r\n"
+                         b"Content-Type: application/pdf; name*0*=utf-8''%C3%9C; name*1=bersicht.pdf\r\n")
+    assert pairs[0][2] == 'attachment; filename="Übersicht 2024.pdf"'
+    assert pairs[1][2] == 'application/pdf; name="Übersicht.pdf"'
+    assert "%C3%9C" in pairs[0][1]  # the raw column stays as on the wire

@@ -64,6 +64,14 @@ def test_dele_then_drop_versus_dele_then_quit(ip) -> None:
     assert left() == 0 and "DELE" in res.rows[0]["action"]
 
 
+def test_keep_unmarks_with_rset_before_quit(ip) -> None:
+    deliver(2)
+    res = ip.run_line_magic("pop3", "bob --list --top 1 0 --dele 1 --keep  # README line, comment and all")
+    assert len(ip.run_line_magic("mail", "inbox bob").rows) == 2
+    assert [e.text for e in res.events if e.kind == "C"][-2:] == ["RSET", "QUIT"]
+    assert res.state.removed == [] and "RSET unmarked message(s) 1" in repr(res)
+
+
 def test_usage_errors(ip) -> None:
     with pytest.raises(UsageError, match="needs a user"):
         ip.run_line_magic("pop3", "")
@@ -71,6 +79,9 @@ def test_usage_errors(ip) -> None:
         ip.run_line_magic("pop3", "mallory --list")
     res = ip.run_line_magic("pop3", "bob --retr 7")
     assert "no such message" in res.note
+    # one sentence per line, in text and in HTML (not "...maildrop after the session...")
+    assert res.notes[0].startswith("The server said: -ERR") and res.notes[-1].startswith("After the session")
+    assert "</div><div>After the session" in res._repr_html_()
 
 
 def test_tls_modes(ip) -> None:
@@ -144,8 +155,8 @@ def test_state_view_follows_live_session(ip) -> None:
     assert "[AUTHORIZATION]" in view.text()
     c.user("bob")
     c.pass_("bob-pw")
-    wait_for("<code>")
-    assert "[TRANSACTION]" in view.text()
+    wait_for("class='mono'")  # the UIDL column: the maildrop is listed once logged in
+    assert "[TRANSACTION]" in view.text() and "▶ TRANSACTION" in view.html.value
     c.dele(2)
     wait_for("marked for deletion")
     c.quit()

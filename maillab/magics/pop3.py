@@ -63,7 +63,11 @@ class POP3Result:
     bodies: list[tuple[str, str]] = field(default_factory=list)  # (title, text)
     figure: POP3StateFigure | None = None
     events: list[Any] = field(default_factory=list)
-    note: str = ""
+    notes: list[str] = field(default_factory=list)  # one sentence each, shown one per line
+
+    @property
+    def note(self) -> str:
+        return "\n".join(self.notes)
 
     @property
     def state(self) -> Any:
@@ -80,8 +84,7 @@ class POP3Result:
             parts += [f"--- {title}", text]
         if self.figure:
             parts.append(repr(self.figure))
-        if self.note:
-            parts.append(self.note)
+        parts += self.notes
         parts += ["--- transcript (client side)", render_text(self.events)]
         return "\n".join(parts)
 
@@ -96,8 +99,7 @@ class POP3Result:
                        f"<pre>{html.escape(text)}</pre></details>")
         if self.figure:
             out.append(self.figure._repr_html_())
-        if self.note:
-            out.append(f"<p>{html.escape(self.note)}</p>")
+        out += [f"<div>{html.escape(n)}</div>" for n in self.notes]
         out.append("<details><summary>transcript (client side)</summary>"
                    f"{render_html(self.events)}</details>")
         return "".join(out)
@@ -123,10 +125,15 @@ def _subject(lines: list[bytes]) -> str:
 
 
 def run_client_session(lab: Lab, user: str, *, list_: bool = True, top: tuple[int, int] | None = None,
-                       retr: list[int] | None = None, dele: list[int] | None = None, keep: bool = True,
+                       retr: list[int] | None = None, dele: list[int] | None = None, keep: bool | None = None,
                        drop: bool = False, tls: str = "none", timeout: float = 10.0) -> POP3Result:
     """A real POP3 session: log in, LIST/UIDL, TOP/RETR/DELE as asked, then QUIT
-    (or, with ``drop``, cut the connection without QUIT)."""
+    (or, with ``drop``, cut the connection without QUIT).
+
+    ``keep``: None (default) leaves retrieved messages alone; False deletes what
+    RETR downloaded (classic POP3); True keeps everything: messages marked by
+    DELE are unmarked with RSET before QUIT, so the marks are shown and undone.
+    """
     address = lab.users.resolve(user)
     if address is None:
         raise UsageError(f"no lab user {user!r}; users: {', '.join(u.address for u in lab.users)}")
@@ -158,27 +165,39 @@ def run_client_session(lab: Lab, user: str, *, list_: bool = True, top: tuple[in
             row = rows.setdefault(n, {"number": n})
             row.update(subject=_subject(lines), action=f"RETR ({octets} octets)")
             result.bodies.append((f"RETR {n}", b"\n".join(lines).decode("utf-8", "replace")))
-            if not keep:
+            if keep is False:
                 client.dele(n)
                 row["action"] += ", DELE (--no-keep)"
         for n in dele or []:
             client.dele(n)
             row = rows.setdefault(n, {"number": n})
             row["action"] = (row.get("action", "") + ", DELE").lstrip(", ")
+        if keep and dele:
+            client.rset()
+            result.notes.append(f"--keep: RSET unmarked message(s) {', '.join(map(str, dele))} before QUIT,"
+                                " so nothing is deleted.")
         if drop:
             client.sock.shutdown(socket.SHUT_RDWR)
-            result.note = "connection cut without QUIT (--drop): the server never enters UPDATE"
+            result.notes.append("Connection cut without QUIT (--drop): the server never enters UPDATE.")
         else:
             client.quit()
     except poplib.error_proto as exc:
-        result.note = f"the server said: {exc.args[0].decode('utf-8', 'replace') if isinstance(exc.args[0], bytes) else exc}"
+        said = exc.args[0].decode("utf-8", "replace") if isinstance(exc.args[0], bytes) else str(exc)
+        result.notes.append(f"The server said: {said}.")
+        if any("DELE" in r.get("action", "") for r in rows.values()):
+            result.notes.append("Closed without QUIT after the error: the DELE marks were not applied.")
+        else:
+            try:  # the session goes on after -ERR (RFC 1939 3): end it as a client would
+                client.quit()
+            except (poplib.error_proto, OSError):
+                pass
     except (OSError, ssl.SSLError) as exc:
-        result.note = f"connection problem: {exc}"
+        result.notes.append(f"Connection problem: {exc}.")
     finally:
         client.close()
     result.rows = [rows[n] for n in sorted(rows)]
     left = len(lab.store.mailbox(address).messages())
-    result.note = (result.note + "\n" if result.note else "") + f"after the session: {left} message(s) on the server"
+    result.notes.append(f"After the session: {left} message(s) on the server.")
     # the server's side of the same connection: its peer is our local address
     server_session = _wait_closed(lab, local)
     if server_session:
@@ -263,8 +282,8 @@ class POP3Magics(Magics):
     @argument("--top", nargs=2, type=int, metavar=("N", "LINES"), help="TOP N LINES: peek at a message")
     @argument("--retr", nargs="+", type=int, default=[], metavar="N", help="RETR: download message(s)")
     @argument("--dele", nargs="+", type=int, default=[], metavar="N", help="DELE: mark message(s) for deletion")
-    @argument("--keep", dest="keep", action="store_true", default=True,
-              help="leave retrieved messages on the server (default)")
+    @argument("--keep", dest="keep", action="store_true", default=None,
+              help="keep everything: messages marked with --dele are unmarked by RSET before QUIT")
     @argument("--no-keep", dest="keep", action="store_false",
               help="DELE every message retrieved with --retr (classic POP3: download and delete)")
     @argument("--drop", action="store_true", help="end by cutting the connection instead of QUIT")

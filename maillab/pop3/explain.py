@@ -52,7 +52,10 @@ def explain(line: str, direction: str) -> str | None:
     if line.startswith("+OK") and "<" in line and "@" in line and "ready" in line:
         return ("greeting: the server is in the AUTHORIZATION state; the <...> timestamp"
                 " is the APOP challenge (RFC 1939 sections 4 and 7)")
-    if line.startswith("+OK") and "maildrop has" in line:
+    if line.startswith("+OK maildrop has"):  # our RSET reply, worded as RFC 1939's example
+        return ("RSET done: every DELE mark of this session is removed; the count is the whole"
+                " maildrop again (RFC 1939 section 5)")
+    if line.startswith("+OK") and "'s maildrop has" in line:
         return "logged in: the maildrop is locked and the session is in the TRANSACTION state"
     if line.startswith("+OK") and "signing off" in line and "deleted" in line:
         return "UPDATE state: messages marked with DELE are removed now, then the connection closes"

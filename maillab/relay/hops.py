@@ -144,12 +144,12 @@ class HopTable:
         return [h.as_dict() for h in self.hops]
 
     def __str__(self) -> str:
-        from ..views.relay import hop_table_text
+        from ..views.hop_table import hop_table_text
 
         return hop_table_text(self)
 
     def _repr_html_(self) -> str:
-        from ..views.relay import hop_table_html
+        from ..views.hop_table import hop_table_html
 
         return hop_table_html(self)
 

@@ -116,3 +116,13 @@ class LiveHTML(anywidget.AnyWidget):
 
     def set_scale(self, scale: float) -> None:
         self.scale = scale
+
+
+def widget_bundle(widget: Any, text: str, **kwargs: Any) -> Any:
+    """``widget``'s display bundle with ``text`` as its text/plain (what a terminal,
+    a test or a saved notebook without widget state shows). ipywidgets returns a
+    dict, anywidget a (data, metadata) pair (its metadata is empty): a dict either way."""
+    bundle = widget._repr_mimebundle_(**kwargs) or {}
+    if isinstance(bundle, tuple):
+        bundle = bundle[0]
+    return {**bundle, "text/plain": text}

@@ -161,8 +161,28 @@ def header_pairs(raw_headers: bytes, names: tuple[str, ...] = SHOWN_HEADERS) -> 
     for name, value in msg._headers:  # noqa: SLF001 - the raw (folded, undecoded) values
         if name.lower() in wanted:
             raw = " ".join(str(value).split())
-            out.append((name, raw, decode_words(raw)))
+            out.append((name, raw, _decoded_value(msg, name, raw)))
     return out
+
+
+def _decoded_value(msg: Message, name: str, raw: str) -> str:
+    """A header as a reader should see it: RFC 2047 words decoded, and for
+    Content-Type/Content-Disposition every parameter too, RFC 2231
+    (``filename*=utf-8''%C3%9C...``, continuations ``name*0*``) included."""
+    if name.lower() not in ("content-type", "content-disposition"):
+        return decode_words(raw)
+    try:
+        params = msg.get_params(header=name) or []
+    except Exception:  # a header the parser cannot split: show the words decoded
+        return decode_words(raw)
+    if not params:
+        return decode_words(raw)
+    head = params[0][0]
+    parts = [head]
+    for key, value in params[1:]:
+        text = collapse_rfc2231_value(value) if isinstance(value, tuple) else decode_words(str(value))
+        parts.append(f'{key.rstrip("*")}="{text}"')
+    return "; ".join(parts)
 
 
 def from_message(data: bytes) -> MimeNode:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import CLOSED, NOTE, OPENED, STATE, Event, EventBus
+from .live import LiveHTML, widget_bundle
+from .theme import badge, page
 
 STATES = ("AUTHORIZATION", "TRANSACTION", "UPDATE")
 #: What moves the session from one state to the next (RFC 1939 section 3).
@@ -119,51 +121,62 @@ def render_text(st: POP3SessionState) -> str:
     return "\n".join(lines)
 
 
-_BOX_W, _BOX_H, _GAP = 150, 40, 90
+_BOX_W, _BOX_H, _GAP = 170, 44, 120
 
 
 def _diagram_svg(st: POP3SessionState) -> str:
+    """The three states as boxes; the current one drawn heavy and marked with a word
+    ("now"), visited ones with a tick: never colour alone. Scales to its width."""
     parts = []
     width = 3 * _BOX_W + 2 * _GAP + 10
     for i, name in enumerate(STATES):
         x = 5 + i * (_BOX_W + _GAP)
         current = name == st.state and not (st.closed and name != "UPDATE")
         seen = name in st.visited
-        fill = "#2563eb" if current else ("#dbeafe" if seen else "#f3f4f6")
-        color = "white" if current else "#111827"
-        parts.append(f"<rect x='{x}' y='5' width='{_BOX_W}' height='{_BOX_H}' rx='8' fill='{fill}'"
-                     f" stroke='#1e3a8a' stroke-width='{2 if current else 1}'/>"
-                     f"<text x='{x + _BOX_W / 2}' y='{5 + _BOX_H / 2 + 5}' text-anchor='middle'"
-                     f" font-family='sans-serif' font-size='13' fill='{color}'>{name}</text>")
+        stroke = "var(--ml-client)" if current else "var(--ml-line)"
+        label = ("▶ " if current else "✓ " if seen else "") + name
+        parts.append(f"<rect x='{x}' y='8' width='{_BOX_W}' height='{_BOX_H}' rx='8' fill='var(--ml-bg2)'"
+                     f" stroke='{stroke}' stroke-width='{4 if current else 1.5}'/>"
+                     f"<text x='{x + _BOX_W / 2}' y='{8 + _BOX_H / 2 + 6}' text-anchor='middle'"
+                     f" font-size='16' font-weight='{700 if current else 400}'>{label}</text>")
+        if current:
+            parts.append(f"<text x='{x + _BOX_W / 2}' y='{8 + _BOX_H + 20}' text-anchor='middle'"
+                         " font-size='14' font-weight='700'>now</text>")
         if i < 2:
             x1, x2 = x + _BOX_W, x + _BOX_W + _GAP
-            parts.append(f"<line x1='{x1}' y1='25' x2='{x2 - 6}' y2='25' stroke='#374151'"
-                         " marker-end='url(#pop3arrow)'/>"
-                         f"<text x='{(x1 + x2) / 2}' y='60' text-anchor='middle' font-family='sans-serif'"
-                         f" font-size='10' fill='#374151'>{html.escape(TRANSITIONS[i])}</text>")
+            parts.append(f"<line x1='{x1}' y1='30' x2='{x2 - 8}' y2='30' stroke='var(--ml-fg)'"
+                         " stroke-width='1.5' marker-end='url(#pop3arrow)'/>"
+                         f"<text x='{(x1 + x2) / 2}' y='{8 + _BOX_H + 20}' text-anchor='middle'"
+                         f" font-size='13'>{html.escape(TRANSITIONS[i].replace(', APOP or AUTH', ''))}</text>")
     defs = ("<defs><marker id='pop3arrow' markerWidth='8' markerHeight='8' refX='6' refY='4'"
-            " orient='auto'><path d='M0,0 L8,4 L0,8 z' fill='#374151'/></marker></defs>")
-    return f"<svg width='{width}' height='70' xmlns='http://www.w3.org/2000/svg'>{defs}{''.join(parts)}</svg>"
+            " orient='auto'><path d='M0,0 L8,4 L0,8 z' fill='var(--ml-fg)'/></marker></defs>")
+    return (f"<svg viewBox='0 0 {width} 82' style='width:min(100%,48em)' role='img'"
+            f" aria-label='POP3 states, now {html.escape(st.state or 'none')}'"
+            f" xmlns='http://www.w3.org/2000/svg'>{defs}{''.join(parts)}</svg>")
 
 
-def render_html(st: POP3SessionState) -> str:
+def render_body(st: POP3SessionState) -> str:
     title = f"POP3 session {html.escape(st.session)}" + (f" ({html.escape(st.user)})" if st.user else "")
     rows = []
     for n, uid, size in st.messages:
         if st.removed is not None and n in st.removed:
-            status, style = "removed in UPDATE", "color:#b42318;text-decoration:line-through"
+            status = badge("err", "removed in UPDATE")
         elif n in st.marked and st.removed is None and not st.aborted:
-            status, style = "marked for deletion", "color:#b45309"
+            status = badge("temp", "marked for deletion")
         elif st.removed is not None or st.aborted:
-            status, style = "still on the server", "color:#047857"
+            status = badge("ok", "still on the server")
         else:
-            status, style = "", ""
-        rows.append(f"<tr style='{style}'><td>{n}</td><td><code>{html.escape(uid)}</code></td>"
+            status = ""
+        rows.append(f"<tr><td>{n}</td><td class='mono'>{html.escape(uid)}</td>"
                     f"<td>{size}</td><td>{status}</td></tr>")
-    table = ("<table><tr><th>#</th><th>UIDL</th><th>octets</th><th></th></tr>" + "".join(rows)
-             + "</table>") if rows else ""
-    return (f"<div><b>{title}</b><br>{_diagram_svg(st)}{table}"
-            f"<p><i>{html.escape(st.outcome)}</i></p></div>")
+    table = ("<table><thead><tr><th>#</th><th>UIDL</th><th>octets</th><th>this session</th></tr></thead>"
+             f"<tbody>{''.join(rows)}</tbody></table>") if rows else ""
+    return (f"<div><b>{title}</b>{_diagram_svg(st)}{table}"
+            f"<div class='ml-note'>{html.escape(st.outcome)}</div></div>")
+
+
+def render_html(st: POP3SessionState) -> str:
+    return page(render_body(st), kind="pop3-state")
 
 
 # -- the live widget -------------------------------------------------------------------
@@ -173,8 +186,6 @@ class POP3StateView:
     to each new session as it opens) and redraws as its state changes."""
 
     def __init__(self, bus: EventBus, session: str | None = None, *, interval: float = 0.1) -> None:
-        import ipywidgets as w
-
         self.bus = bus
         self.follow = session is None
         self.session = session
@@ -182,7 +193,7 @@ class POP3StateView:
         self.updates = 0
         self._timer: threading.Timer | None = None
         self._timer_lock = threading.Lock()
-        self.html = w.HTML()
+        self.html = LiveHTML(kind="pop3-state", controls=False, max_height="")
         self.widget = self.html
         self._unsubscribe = bus.subscribe(self._on_event)
         self.refresh()
@@ -221,12 +232,21 @@ class POP3StateView:
 
     def refresh(self) -> None:
         st = self.state()
-        self.html.value = render_html(st) if st else "<i>no POP3 session yet: it appears here</i>"
+        self.html.value = render_body(st) if st else "<i>no POP3 session yet: it appears here</i>"
         self.updates += 1
 
     def text(self) -> str:
         st = self.state()
         return render_text(st) if st else "(no POP3 session yet)"
+
+    def stop(self) -> None:
+        """Stop following the lab; the view keeps showing the last state (what a
+        notebook does before ``%mail stop``, so Run All leaves the view readable)."""
+        self._unsubscribe()
+        with self._timer_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def close(self) -> None:
         self._unsubscribe()
@@ -237,9 +257,7 @@ class POP3StateView:
         self.widget.close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/plain"] = self.text()
-        return bundle
+        return widget_bundle(self.widget, self.text(), **kwargs)
 
     def __repr__(self) -> str:
         return self.text()

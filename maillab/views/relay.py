@@ -9,9 +9,11 @@ either of two sources:
   lab's MTAs did, including the attempts that failed (a dead MX, a 4xx) and the
   DNS answers they used, while the message is still moving.
 
-and drawn three ways: text (terminals, tests), SVG inside HTML (notebooks, and
+and drawn three ways: text (terminals, tests), wrapping HTML (notebooks, and
 the live widget, which needs no matplotlib off the kernel thread) and a
-matplotlib :func:`figure` for slides (``fig.savefig("path.svg")``).
+matplotlib :func:`figure` for slides (``fig.savefig("path.svg")``); both
+drawings live in :mod:`maillab.views.path_drawing`, the hop table in
+:mod:`maillab.views.hop_table`.
 
 The live view (:class:`LiveRelayView`) subscribes to ``lab.events``. Events
 arrive on the lab thread; the callback only notes that something changed and
@@ -31,112 +33,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..relay.hops import Hop, HopTable, parse_hops
+from ..relay.hops import HopTable, parse_hops
+from .hop_table import _aligned, _delay, hop_table_body, hop_table_text
+from .live import LiveHTML, widget_bundle
+from .path_drawing import figure, path_body, path_diagram, path_html
+from .theme import badge, page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..lab import Lab
-
-
-# -- the hop table (from a Received chain) ------------------------------------------------
-HOP_COLUMNS = ("hop", "from", "by", "with", "TLS", "id", "for", "time (UTC)", "delay")
-
-
-def _hop_cells(hop: Hop) -> list[str]:
-    if not hop.parsed:
-        return [str(hop.number), "unparsed:", hop.raw or "(empty Received field)", "", "", "", "", "", ""]
-    frm = hop.from_host or ""
-    if hop.from_ip and hop.from_ip != frm.strip("[]"):
-        frm = f"{frm} [{hop.from_ip}]" if frm else f"[{hop.from_ip}]"
-    if hop.helo and hop.helo != hop.from_host:
-        frm += f" helo={hop.helo}"
-    return [
-        str(hop.number),
-        frm,
-        hop.by or "",
-        hop.with_ or "",
-        hop.tls_summary,
-        hop.id or "",
-        hop.for_ or "",
-        _utc(hop.time),
-        _delay(hop.delay),
-    ]
-
-
-def _utc(t: datetime | None) -> str:
-    if t is None:
-        return ""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _delay(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    sign = "-" if seconds < 0 else "+"
-    s = abs(seconds)
-    if 0 < s < 1:
-        text = f"{s * 1000:.0f} ms"
-    elif s < 60:
-        text = f"{s:.3g} s" if s < 10 else f"{s:.0f} s"
-    elif s < 3600:
-        text = f"{s // 60:.0f} min {s % 60:.0f} s"
-    else:
-        text = f"{s / 3600:.1f} h"
-    return sign + text
-
-
-def _aligned(rows: list[list[str]], titles: Iterable[str]) -> str:
-    cells = [list(titles), *rows]
-    widths = [min(48, max(len(r[i]) for r in cells)) for i in range(len(cells[0]))]
-    out = []
-    for n, r in enumerate(cells):
-        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
-def hop_table_text(table: HopTable) -> str:
-    """The hop table as aligned text, first hop first (read the header bottom-up)."""
-    if not table.hops:
-        return "no Received header fields: this message has not crossed any server yet"
-    lines = [_aligned([_hop_cells(h) for h in table], HOP_COLUMNS)]
-    if table.total_delay is not None:
-        lines.append(f"total: {_delay(table.total_delay)} from the first to the last dated hop")
-    for h in table:
-        for p in h.problems if h.parsed else []:
-            lines.append(f"hop {h.number}: {p}")
-    negative = [h.number for h in table if h.delay is not None and h.delay < 0]
-    if negative:
-        lines.append("negative delay at hop " + ", ".join(map(str, negative))
-                     + ": that server's clock is behind the previous one's")
-    return "\n".join(lines)
-
-
-def hop_table_html(table: HopTable) -> str:
-    if not table.hops:
-        return "<i>no Received header fields: this message has not crossed any server yet</i>"
-    head = "".join(f"<th style='text-align:left'>{html.escape(t)}</th>" for t in HOP_COLUMNS)
-    body = []
-    for h in table:
-        cells = _hop_cells(h)
-        if not h.parsed:
-            body.append(
-                f"<tr style='background:#fff3cd'><td>{h.number}</td><td colspan='8'><b>unparsed:</b> "
-                f"<code>{html.escape(h.raw) or '(empty Received field)'}</code></td></tr>")
-            continue
-        tls = cells[4]
-        colour = "#1a7f37" if h.encrypted else ("#cf222e" if h.encrypted is False else "#57606a")
-        cells_html = [html.escape(c) for c in cells]
-        cells_html[4] = f"<span style='color:{colour}'>{html.escape(tls)}</span>"
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells_html) + "</tr>")
-    notes = []
-    if table.total_delay is not None:
-        notes.append(f"total {html.escape(_delay(table.total_delay))} from the first to the last dated hop")
-    notes.append("read bottom-up: hop 1 is the lowest Received line")
-    return (f"<table style='font-family:monospace;font-size:90%'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table><div style='color:#57606a'>{'; '.join(notes)}</div>")
 
 
 # -- the path model ---------------------------------------------------------------------
@@ -268,207 +174,6 @@ def path_text(path: RelayPath) -> str:
 
 def _node_text(node: PathNode) -> str:
     return f"{node.name} ({node.address})" if node.address and node.address != node.name.strip("[]") else node.name
-
-
-# -- SVG (notebook and widget) ----------------------------------------------------------
-_OK, _FAIL, _PENDING, _PLAIN, _INK = "#1a7f37", "#cf222e", "#9a6700", "#57606a", "#24292f"
-
-
-def _layout(path: RelayPath) -> dict[int, tuple[int, int]]:
-    """Main-path nodes left to right in order of first appearance; side nodes under
-    the slot they were an alternative for."""
-    pos: dict[int, tuple[int, int]] = {}
-    col = 0
-    side_rows: dict[int, int] = {}
-    for hop in path.hops:
-        for idx in (hop.source, hop.target):
-            if idx in pos:
-                continue
-            node = path.nodes[idx]
-            if node.side:
-                src_col = pos.get(hop.source, (col, 0))[0]
-                c = src_col + 1
-                side_rows[c] = side_rows.get(c, 0) + 1
-                pos[idx] = (c, side_rows[c])
-            else:
-                pos[idx] = (col, 0)
-                col += 1
-    for idx in range(len(path.nodes)):
-        if idx not in pos:
-            pos[idx] = (col, 0)
-            col += 1
-    return pos
-
-
-def _label_lines(hop: PathHop) -> list[str]:
-    """The arrow's label in two short lines: protocol + TLS, then the time taken."""
-    first = ", ".join(p for p in (hop.protocol or "", _tls_text(hop) if hop.encrypted is not None else "") if p)
-    if hop.encrypted is False:
-        first = first.replace(", no", ", no TLS")
-    second = _delay(hop.seconds).lstrip("+") if hop.seconds is not None else ""
-    return [line for line in (first, second) if line]
-
-
-def path_svg(path: RelayPath, *, box_w: int = 190, gap: int = 210, row_h: int = 130) -> str:
-    """The path as an SVG drawing: main path left to right, failed attempts below."""
-    pos = _layout(path)
-    cols = max((c for c, _ in pos.values()), default=0) + 1
-    rows = max((r for _, r in pos.values()), default=0) + 1
-    width = cols * box_w + (cols - 1) * gap + 20
-    height = rows * row_h + 50
-    x = {i: 10 + c * (box_w + gap) for i, (c, _) in pos.items()}
-    y = {i: 50 + r * row_h for i, (_, r) in pos.items()}
-    chars = (gap - 10) // 6  # what fits between two boxes at 10 px
-    esc = html.escape
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
-           f"font-family='sans-serif' font-size='12'>",
-           "<defs>" + "".join(
-               f"<marker id='ah{n}' markerWidth='10' markerHeight='8' refX='9' refY='4' orient='auto'>"
-               f"<path d='M0,0 L10,4 L0,8 z' fill='{c}'/></marker>"
-               for n, c in (("ok", _OK), ("fail", _FAIL), ("pend", _PENDING), ("plain", _PLAIN))) + "</defs>",
-           f"<text x='10' y='18' font-weight='bold'>{esc(path.title)}"
-           + (f" — {esc(path.state)}" if path.state else "") + "</text>"]
-
-    def text(tx: float, ty: float, body: str, colour: str = _PLAIN, size: int = 10, anchor: str = "middle") -> None:
-        out.append(f"<text x='{tx:.0f}' y='{ty:.0f}' text-anchor='{anchor}' font-size='{size}' "
-                   f"fill='{colour}'>{esc(body)}</text>")
-
-    for hop in path.hops:
-        s, t = hop.source, hop.target
-        colour, marker = ((_FAIL, "fail") if hop.ok is False else (_PENDING, "pend") if hop.ok is None
-                          else (_OK, "ok") if hop.encrypted else (_PLAIN, "plain"))
-        dash = " stroke-dasharray='6,4'" if hop.ok is not True or hop.encrypted is False else ""
-        below = [b for b in (hop.dns and f"DNS {hop.dns}", hop.result) if b]
-        side = pos[t][1] > pos[s][1]
-        if s == t:
-            continue  # a step inside one host (e.g. MAPI inside Exchange): listed, not drawn
-        if side:  # a failed or pending attempt: down to its node, its story under the node
-            x1, y1, x2, y2 = x[s] + box_w, y[s] + 30, x[t] + box_w / 2, y[t]
-            out.append(f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='{colour}' stroke-width='2'"
-                       f"{dash} marker-end='url(#ah{marker})'/>")
-            for k, line in enumerate(_label_lines(hop)):
-                text((x1 + x2) / 2 - 8, (y1 + y2) / 2 + 13 * k, line, colour, 11, "end")
-            for k, b in enumerate(below):
-                text(x[t] + box_w / 2, y[t] + 50 + 13 * k, _short(b, (box_w + gap) // 6))
-            continue
-        if pos[t][0] > pos[s][0]:
-            x1, y1, x2, y2 = x[s] + box_w, y[s] + 18, x[t], y[t] + 18
-            mx = (x1 + x2) / 2
-            lines = _label_lines(hop)
-            for k, line in enumerate(lines):
-                text(mx, y1 - 6 - 13 * (len(lines) - 1 - k), line, colour, 11)
-            for k, b in enumerate(below):
-                text(mx, y1 + 16 + 12 * k, _short(b, chars))
-            out.append(f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='{colour}' stroke-width='2'"
-                       f"{dash} marker-end='url(#ah{marker})'/>")
-        else:  # back to an earlier host (a content filter loop in a header): an arc underneath
-            x1, x2, yb = x[s] + box_w / 2, x[t] + box_w / 2, y[s] + 36
-            out.append(f"<path d='M{x1},{yb} C{x1},{yb + 50} {x2},{yb + 50} {x2},{yb}' fill='none' "
-                       f"stroke='{colour}' stroke-width='2'{dash} marker-end='url(#ah{marker})'/>")
-            text((x1 + x2) / 2, yb + 52, " ".join(_label_lines(hop)), colour, 11)
-    for i, node in enumerate(path.nodes):
-        stroke = _FAIL if node.side else _INK
-        out.append(f"<rect x='{x[i]}' y='{y[i]}' width='{box_w}' height='36' rx='6' fill='#f6f8fa' "
-                   f"stroke='{stroke}'/>")
-        text(x[i] + box_w / 2, y[i] + 15, _short(node.name, 29), _INK, 12)
-        if node.address:
-            text(x[i] + box_w / 2, y[i] + 29, node.address)
-    out.append("</svg>")
-    return "".join(out)
-
-
-def _short(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def path_html(path: RelayPath) -> str:
-    rows = []
-    for n, hop in enumerate(path.hops, start=1):
-        src, dst = path.nodes[hop.source], path.nodes[hop.target]
-        status = {True: "ok", False: "failed", None: "in progress"}[hop.ok]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            n, _node_text(src), _node_text(dst), hop.protocol or "", _tls_text(hop),
-            _delay(hop.seconds).lstrip("+") if hop.seconds is not None else "", hop.dns or "",
-            hop.result or status)) + "</tr>")
-    head = "".join(f"<th style='text-align:left'>{t}</th>" for t in
-                   ("#", "from", "to", "with", "TLS", "time", "DNS answer used", "result"))
-    notes = "".join(f"<div style='color:{_PLAIN}'>note: {html.escape(n)}</div>" for n in path.notes)
-    return (f"<div>{path_svg(path)}<table style='font-size:90%'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>{notes}</div>")
-
-
-def _tls_text(hop: PathHop) -> str:
-    if hop.encrypted is None:
-        return "?"
-    return (hop.tls or "yes") if hop.encrypted else "no"
-
-
-# -- matplotlib (slides) ---------------------------------------------------------------
-def figure(path: RelayPath, *, width: float | None = None) -> Figure:
-    """The path as a matplotlib Figure (``fig.savefig("path.png")`` / ``.svg``).
-
-    Built with the object API (no pyplot state), so it neither shows itself twice
-    in a notebook nor needs a GUI backend. Call it on the kernel's thread.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
-    pos = _layout(path)
-    cols = max((c for c, _ in pos.values()), default=0) + 1
-    rows = max((r for _, r in pos.values()), default=0) + 1
-    bw, bh, step = 1.9, 0.55, 3.4
-    span = (cols - 1) * step + bw + 0.4
-    fig = Figure(figsize=(width or max(6.0, span * 0.9), 1.3 + 1.4 * rows))
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.02)
-    ax = fig.add_subplot()
-    ax.set_axis_off()
-    ax.set_xlim(-0.2, span - 0.2)
-    ax.set_ylim(-(rows - 1) * 1.5 - 0.8, 1.0)
-    title = path.title + (f"  [{path.state}]" if path.state else "")
-    ax.set_title(title, loc="left", fontsize=11)
-
-    def xy(i: int) -> tuple[float, float]:
-        c, r = pos[i]
-        return c * step, -r * 1.5
-
-    for hop in path.hops:
-        (xs, ys), (xt, yt) = xy(hop.source), xy(hop.target)
-        colour = (_FAIL if hop.ok is False else _PENDING if hop.ok is None
-                  else _OK if hop.encrypted else _PLAIN)
-        style = "-" if hop.ok is True and hop.encrypted is not False else "--"
-        back = xt <= xs and hop.source != hop.target
-        if back:  # a hop back to an earlier host (e.g. through a content filter): arc below
-            start, end, bend = (xs + bw / 2, ys), (xt + bw / 2, yt), "arc3,rad=-0.4"
-        else:
-            start, end, bend = (xs + bw, ys + bh / 2), (xt, yt + bh / 2), "arc3,rad=0"
-        if hop.source != hop.target:
-            ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color=colour,
-                                         linestyle=style, linewidth=1.6, connectionstyle=bend))
-        mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
-        if back:
-            my -= 0.2 * abs(end[0] - start[0]) + 0.05
-        below = [b for b in (hop.dns and f"DNS {hop.dns}", hop.result) if b]
-        if hop.label():
-            ax.text(mx, my + (0.08 if not back else -0.05), hop.label().replace(", ", "\n", 1), ha="center",
-                    va="bottom" if not back else "top", fontsize=7.5, color=colour)
-        if below and yt < ys:  # a failed attempt: its story under its own node
-            ax.text(xt + bw / 2, yt - 0.08, "\n".join(_short(b, 44) for b in below), ha="center", va="top",
-                    fontsize=7, color=_PLAIN)
-        elif below and not back:  # under the row of boxes, where it cannot overlap them
-            ax.text(mx, min(ys, yt) - 0.08, "\n".join(_short(b, 34) for b in below),
-                    ha="center", va="top", fontsize=7, color=_PLAIN)
-        elif below:
-            ax.text(mx, my - 0.4, "\n".join(_short(b, 34) for b in below),
-                    ha="center", va="top", fontsize=7, color=_PLAIN)
-    for i, node in enumerate(path.nodes):
-        x0, y0 = xy(i)
-        ax.add_patch(FancyBboxPatch((x0, y0), bw, bh, boxstyle="round,pad=0.02,rounding_size=0.08",
-                                    facecolor="#f6f8fa", edgecolor=_FAIL if node.side else _INK))
-        ax.text(x0 + bw / 2, y0 + bh * 0.62, _short(node.name, 26), ha="center", va="center", fontsize=9)
-        if node.address:
-            ax.text(x0 + bw / 2, y0 + bh * 0.25, node.address, ha="center", va="center", fontsize=7,
-                    color=_PLAIN)
-    return fig
 
 
 # -- the lab's own messages ---------------------------------------------------------------
@@ -669,7 +374,7 @@ class RelayView:
 
 
 class LiveRelayView:
-    """The relay path as a live ipywidgets HTML widget.
+    """The relay path as a live widget (:class:`~maillab.views.live.LiveHTML`).
 
     ``build()`` makes a :class:`RelayPath` from current state; it is called on a
     publisher thread whenever events arrived (at most every ``interval`` s).
@@ -679,14 +384,12 @@ class LiveRelayView:
 
     def __init__(self, lab: Lab, build: Callable[[], RelayPath], *, interval: float = 0.1,
                  linger: float = 30.0) -> None:
-        import ipywidgets
-
         self.lab = lab
         self._build = build
         self.interval = interval
         self.linger = linger  # keep listening this long after the message reached a final state
         self.path = self._safe_build()
-        self.widget = ipywidgets.HTML(value=path_html(self.path))
+        self.widget = LiveHTML(kind="relay", controls=False, max_height="", value=path_body(self.path))
         self.updates = 0
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -727,7 +430,7 @@ class LiveRelayView:
 
     def refresh(self) -> None:
         self.path = self._safe_build()
-        value = path_html(self.path)
+        value = path_body(self.path)
         if value != self.widget.value:
             self.widget.value = value
             self.updates += 1
@@ -743,9 +446,7 @@ class LiveRelayView:
         return path_text(self.path)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/plain"] = path_text(self.path)
-        return bundle
+        return widget_bundle(self.widget, path_text(self.path), **kwargs)
 
     def figure(self, **kwargs: Any) -> Figure:
         return figure(self.path, **kwargs)
@@ -791,7 +492,7 @@ class HopsView:
 
     def _repr_html_(self) -> str:
         head = f"<b>Received chain of {html.escape(self.source)}</b>" if self.source else ""
-        return head + hop_table_html(self.table) + path_svg(self.path)
+        return page(head + hop_table_body(self.table) + path_diagram(self.path), kind="hops")
 
     def figure(self, **kwargs: Any) -> Figure:
         return figure(self.path, **kwargs)
@@ -831,8 +532,8 @@ class QueueView:
         if not self.rows:
             body = f"<i>{html.escape(self.title)}: empty (every message delivered or bounced)</i>"
         else:
-            head = "".join(f"<th style='text-align:left'>{t}</th>" for t in QUEUE_COLUMNS)
+            head = "".join(f"<th>{t}</th>" for t in QUEUE_COLUMNS)
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
-            body = (f"<b>{html.escape(self.title)}</b><table style='font-size:90%'><thead><tr>{head}</tr>"
+            body = (f"<b>{html.escape(self.title)}</b><table class='ml-small'><thead><tr>{head}</tr>"
                     f"</thead><tbody>{rows}</tbody></table>")
-        return body + "".join(f"<div style='color:{_FAIL}'>{html.escape(f)}</div>" for f in self._footer())
+        return page(body + "".join(f"<div>{badge('err', f)}</div>" for f in self._footer()), kind="queue")

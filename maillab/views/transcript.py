@@ -24,7 +24,7 @@ from typing import Any
 
 from ..events import CLIENT_LINE, CLOSED, OPENED, SERVER_LINE, Event, EventBus
 from .conversations import Conversation, conversations
-from .live import LiveHTML
+from .live import LiveHTML, widget_bundle
 from .publish import Throttle
 from .theme import badge, page, reply_kind
 
@@ -406,9 +406,7 @@ class TranscriptView:
         self.widget.close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/plain"] = self.text() or "(no sessions yet)"
-        return bundle
+        return widget_bundle(self.widget, self.text() or "(no sessions yet)", **kwargs)
 
     def __repr__(self) -> str:
         return self.text() or "(no sessions yet)"
