@@ -7,18 +7,22 @@ import datetime
 import pytest
 
 from maillab.imap.mailbox_names import compile_pattern, wire_name
-from maillab.imap.parser import (
-    STAR,
-    Command,
-    FetchItem,
-    LiteralRefused,
-    NeedLiteral,
-    ParseError,
-    Parser,
-    Section,
-    parse_command,
-)
+from maillab.imap.parser import LiteralRefused, NeedLiteral, ParseError, Parser, parse_command
 from maillab.imap.search import in_seq_set
+from maillab.imap.verbs import (
+    STAR,
+    Append,
+    Command,
+    Fetch,
+    FetchItem,
+    List,
+    Login,
+    Noop,
+    Search,
+    Section,
+    Status,
+    Store,
+)
 
 
 def feed(parser: Parser, *pieces: bytes):
@@ -38,14 +42,14 @@ def test_synchronizing_and_non_synchronizing_literals() -> None:
     p.feed_literal(b"bob")
     assert p.feed_line(b" {6+}\r\n") == NeedLiteral(6, False)
     p.feed_literal(b"s\"e}c\n")  # anything goes inside a literal
-    assert p.feed_line(b"\r\n") == Command("a", "LOGIN", (b"bob", b's"e}c\n'))
+    assert p.feed_line(b"\r\n") == Login("a", b"bob", b's"e}c\n')
 
 
 def test_literal_over_limit_is_refused_before_its_bytes() -> None:
     p = Parser(max_literal=100, max_command=1000)
     assert p.feed_line(b"t1 APPEND INBOX {101}\r\n") == LiteralRefused("t1", 101, True)
     assert not p.in_command  # the next line is a new command
-    assert p.feed_line(b"t2 NOOP\r\n") == Command("t2", "NOOP")
+    assert p.feed_line(b"t2 NOOP\r\n") == Noop("t2")
     assert p.feed_line(b"t3 APPEND INBOX {99999999999999999999+}\r\n") == \
         LiteralRefused("t3", 99999999999999999999, False)
 
@@ -63,7 +67,7 @@ def test_bad_tags_and_unknown_commands() -> None:
 def test_sequence_sets_and_uid_commands() -> None:
     cmd = parse_command(b"a UID FETCH 1:3,7,9:*,* (FLAGS)\r\n")
     assert isinstance(cmd, Command) and cmd.uid and cmd.name == "FETCH"
-    seqs = cmd.args[0]
+    seqs = cmd.sequence_set
     assert seqs == ((1, 3), (7, 7), (9, STAR), (STAR, STAR))
     assert in_seq_set(seqs, 12, star=20) and not in_seq_set(seqs, 5, star=20)
     assert in_seq_set(((30, STAR),), 20, star=20)  # n:* with n past the end still has *
@@ -74,8 +78,8 @@ def test_sequence_sets_and_uid_commands() -> None:
 def test_fetch_attributes_sections_and_partials() -> None:
     cmd = parse_command(b"a FETCH 1 (BODY.PEEK[1.2.HEADER.FIELDS.NOT (Received \"X-Y\")]<10.20>"
                         b" body[] RFC822.SIZE BODY[3.MIME])\r\n")
-    assert isinstance(cmd, Command)
-    items = cmd.args[1]
+    assert isinstance(cmd, Fetch)
+    items = cmd.items
     assert items[0] == FetchItem("BODY[]", Section((1, 2), "HEADER.FIELDS.NOT", ("RECEIVED", "X-Y")),
                                  (10, 20), peek=True)
     assert items[0].label == "BODY[1.2.HEADER.FIELDS.NOT (RECEIVED X-Y)]<10>"
@@ -83,7 +87,7 @@ def test_fetch_attributes_sections_and_partials() -> None:
     assert items[2] == FetchItem("RFC822.SIZE")
     assert items[3].section == Section((3,), "MIME")
     macro = parse_command(b"a FETCH 1:* FAST\r\n")
-    assert [i.name for i in macro.args[1]] == ["FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+    assert [i.name for i in macro.items] == ["FLAGS", "INTERNALDATE", "RFC822.SIZE"]
     assert isinstance(parse_command(b"a FETCH 1 (BODY[MIME])\r\n"), ParseError)
     assert isinstance(parse_command(b"a FETCH 1 (ENVELOPE\r\n"), ParseError)
 
@@ -91,8 +95,8 @@ def test_fetch_attributes_sections_and_partials() -> None:
 def test_search_keys_nesting_and_limits() -> None:
     cmd = parse_command(b'a SEARCH CHARSET UTF-8 OR (FROM "bob" SINCE 1-Feb-2024) NOT 2:4 UNSEEN'
                         b" HEADER X-Spam yes LARGER 100\r\n")
-    assert isinstance(cmd, Command)
-    charset, key = cmd.args
+    assert isinstance(cmd, Search)
+    charset, key = cmd.charset, cmd.key
     assert charset == "UTF-8"
     assert key == ("AND", (
         ("OR", ("AND", (("FROM", b"bob"), ("SINCE", datetime.date(2024, 2, 1)))),
@@ -106,16 +110,17 @@ def test_search_keys_nesting_and_limits() -> None:
 
 def test_store_append_status_list_grammar() -> None:
     cmd = parse_command(b"a STORE 1:2 -FLAGS.SILENT (\\seen $Junk)\r\n")
-    assert cmd.args == (((1, 2),), "-", True, ("\\Seen", "$Junk"))
+    assert cmd == Store("a", ((1, 2),), "-", True, ("\\Seen", "$Junk"))
     assert isinstance(parse_command(b"a STORE 1 +FLAGS (\\*)\r\n"), ParseError)
     p = Parser(max_literal=100, max_command=1000)
     cmd = feed(p, b'a APPEND Sent (\\Seen) " 1-Feb-2024 10:00:00 +0100" {2}\r\n', b"hi", b"\r\n")
     when = datetime.datetime(2024, 2, 1, 9, 0, tzinfo=datetime.timezone.utc).timestamp()
-    assert cmd == Command("a", "APPEND", (b"Sent", ("\\Seen",), when, b"hi"))
-    assert parse_command(b"a STATUS INBOX (MESSAGES UIDNEXT)\r\n").args == (b"INBOX", ("MESSAGES", "UIDNEXT"))
+    assert cmd == Append("a", b"Sent", ("\\Seen",), when, b"hi")
+    assert parse_command(b"a STATUS INBOX (MESSAGES UIDNEXT)\r\n") == \
+        Status("a", b"INBOX", ("MESSAGES", "UIDNEXT"))
     assert isinstance(parse_command(b"a STATUS INBOX (BOGUS)\r\n"), ParseError)
-    assert parse_command(b'a LIST (SPECIAL-USE) "" "*" RETURN (CHILDREN)\r\n').args == \
-        (b"", b"*", ("SPECIAL-USE",), ("CHILDREN",))
+    assert parse_command(b'a LIST (SPECIAL-USE) "" "*" RETURN (CHILDREN)\r\n') == \
+        List("a", b"", b"*", ("SPECIAL-USE",), ("CHILDREN",))
 
 
 @pytest.mark.parametrize(("pattern", "name", "ok"), [

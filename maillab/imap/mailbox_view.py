@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 from ..store import Mailbox
 from .flags import flags_text
-from .parser import STAR, SeqSet
 from .responses import Bad, Output, line
+from .verbs import STAR, SeqSet
 
 #: Mailbox meta: the highest UID some session has seen as \Recent.
 RECENT_META = "imap-recent-uid"

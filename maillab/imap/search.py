@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from . import message
 from .decoding import decode_header, fold_case
 from .envelope import address_search_text
-from .parser import STAR, SeqSet
+from .verbs import STAR, SeqSet
 
 #: The address keys of RFC 3501 6.4.4 (SUBJECT is the other header key).
 ADDRESS_KEYS = ("FROM", "TO", "CC", "BCC")

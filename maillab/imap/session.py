@@ -2,7 +2,8 @@
 
 The four states of RFC 3501 section 3 are :class:`~maillab.imap.states.State`
 members with the RFC's names. :meth:`IMAPSession.execute` takes one parsed
-command, checks that the current state accepts it, and runs its handler: the
+typed command (:mod:`maillab.imap.verbs`), checks that the current state accepts
+it, and runs its handler: the
 handlers live in :mod:`maillab.imap.commands`, one module per state
 (``any``, ``nonauth``, ``auth``, ``selected``, plus ``fetch`` and ``search``).
 It yields what goes back on the wire, so the driver can write a 50 MB FETCH in
@@ -21,16 +22,18 @@ from ..limits import Limits
 from ..masking import mask_line
 from ..store import InvalidName, Mailbox, NoSuchMailbox, Store
 from ..users import Users
+from . import verbs
 from .commands import COMMANDS
 from .commands.nonauth import sasl_response
 from .mailbox_names import name_from_wire
 from .mailbox_view import MailboxView
-from .parser import Command, ParseError
+from .parser import ParseError
 from .responses import ANSWERED, Bad, No, Notice, Output, line
 from .states import State
+from .verbs import Command
 
 #: RFC 3501 7.4.1: no EXPUNGE response while answering these (their UID forms may have one).
-NO_EXPUNGE_DURING = ("FETCH", "STORE", "SEARCH")
+NO_EXPUNGE_DURING = (verbs.Fetch, verbs.Store, verbs.Search)
 
 
 class IMAPSession:
@@ -96,7 +99,7 @@ class IMAPSession:
             else:
                 yield line(f"{cmd.tag} BAD {cmd.text}")
             return
-        handler, allowed = COMMANDS.get(cmd.name, (None, ()))
+        handler, allowed = COMMANDS.get(type(cmd), (None, ()))
         if handler is None or self.state not in allowed:
             names = " or ".join(s.value for s in allowed) or "no"
             yield line(f"{cmd.tag} BAD {cmd.display} is valid in {names} state,"
@@ -118,7 +121,7 @@ class IMAPSession:
         except NoSuchMailbox as exc:
             status, text = "NO", f"[NONEXISTENT] no mailbox {exc}"
         if self.selected is not None and self.state == State.SELECTED and self.mode == "command":
-            allow_expunge = cmd.uid or cmd.name not in NO_EXPUNGE_DURING
+            allow_expunge = cmd.uid or not isinstance(cmd, NO_EXPUNGE_DURING)
             yield from self.updates(allow_expunge)
         if self.mode != "command":
             return  # the tagged response comes after DONE or the SASL response

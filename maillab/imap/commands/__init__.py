@@ -10,7 +10,8 @@
 ``search.py``          selected (6.4.4): SEARCH
 =====================  ==============================================================
 
-A handler is a generator ``handler(session, command)``: it yields what goes on
+A handler is a generator ``handler(session, command)``, ``command`` being the
+typed command of :mod:`maillab.imap.verbs` it is registered for: it yields what goes on
 the wire before the tagged response and returns that response's text (or
 raises :class:`~maillab.imap.responses.No` / :class:`~maillab.imap.responses.Bad`).
 """
@@ -21,16 +22,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..states import State
+from ..verbs import Command
 from . import any as any_state
 from . import auth, fetch, nonauth, search, selected
 
 Handler = Callable[[Any, Any], Iterator[Any]]
 
-#: command name -> (handler, the states that accept it), for every command the server knows.
-COMMANDS: dict[str, tuple[Handler, tuple[State, ...]]] = {
+#: command type -> (handler, the states that accept it), for every command the server knows.
+COMMANDS: dict[type[Command], tuple[Handler, tuple[State, ...]]] = {
     **any_state.COMMANDS, **nonauth.COMMANDS, **auth.COMMANDS, **selected.COMMANDS,
     **fetch.COMMANDS, **search.COMMANDS,
 }
 
 #: command name -> the states that accept it (RFC 3501 6.1-6.4, and each extension's RFC).
-ALLOWED: dict[str, tuple[State, ...]] = {name: states for name, (_, states) in COMMANDS.items()}
+ALLOWED: dict[str, tuple[State, ...]] = {cls.name: states for cls, (_, states) in COMMANDS.items()}

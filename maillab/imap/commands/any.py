@@ -5,26 +5,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ..parser import Command
 from ..responses import Notice, Output, line
 from ..states import ANY, State
+from ..verbs import Capability, Id, Logout, Noop
 
 if TYPE_CHECKING:
     from ..session import IMAPSession
 
 
-def capability(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def capability(s: IMAPSession, cmd: Capability) -> Iterator[Output]:
     """RFC 3501 6.1.1."""
     yield line("* CAPABILITY " + " ".join(s.capabilities()))
 
 
-def noop(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def noop(s: IMAPSession, cmd: Noop) -> Iterator[Output]:
     """RFC 3501 6.1.2: nothing, but the session reports mailbox updates after it."""
     return
     yield
 
 
-def logout(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def logout(s: IMAPSession, cmd: Logout) -> Iterator[Output]:
     """RFC 3501 6.1.3: BYE, then the tagged OK, then the server closes."""
     yield line(f"* BYE {s.hostname} logging out")
     s.set_state(State.LOGOUT)
@@ -33,7 +33,7 @@ def logout(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     yield Notice("state", (State.LOGOUT.value,))
 
 
-def id_(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def id_(s: IMAPSession, cmd: Id) -> Iterator[Output]:
     """RFC 2971: the server names itself (what the client sent is only logged)."""
     from ... import __version__
 
@@ -42,8 +42,8 @@ def id_(s: IMAPSession, cmd: Command) -> Iterator[Output]:
 
 #: command -> (handler, the states that accept it)
 COMMANDS = {
-    "CAPABILITY": (capability, ANY),
-    "NOOP": (noop, ANY),
-    "LOGOUT": (logout, ANY),
-    "ID": (id_, ANY),
+    Capability: (capability, ANY),
+    Noop: (noop, ANY),
+    Logout: (logout, ANY),
+    Id: (id_, ANY),
 }

@@ -16,23 +16,38 @@ from ...store.subscriptions import save_subscriptions, subscriptions
 from ..flags import PERMANENT_FLAGS, SYSTEM_FLAGS, check_flags
 from ..mailbox_names import compile_pattern, list_pattern, wire_name
 from ..mailbox_view import RECENT_META, MailboxView
-from ..parser import Command
 from ..responses import No, Notice, Output, line
 from ..states import AUTHED, State
+from ..verbs import (
+    Append,
+    Create,
+    Delete,
+    Enable,
+    Examine,
+    Idle,
+    List,
+    Lsub,
+    Namespace,
+    Rename,
+    Select,
+    Status,
+    Subscribe,
+    Unsubscribe,
+)
 
 if TYPE_CHECKING:
     from ..session import IMAPSession
 
 
-def select(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def select(s: IMAPSession, cmd: Select) -> Iterator[Output]:
     """RFC 3501 6.3.1 SELECT and 6.3.2 EXAMINE (the same, read-only)."""
-    readonly = cmd.name == "EXAMINE"
+    readonly = cmd.readonly
     if s.selected is not None:
         # RFC 3501 6.3.1: the old mailbox is closed first (no expunge), even if this fails
         s.selected = None
         s.set_state(State.AUTHENTICATED)
         yield line("* OK [CLOSED] previous mailbox closed")
-    name = s.mailbox_name(cmd.args[0])
+    name = s.mailbox_name(cmd.mailbox)
     if not s.store.exists(s.user or "", name):
         raise No(f"[NONEXISTENT] no mailbox {name}")
     mb = s.mailbox(name)
@@ -65,12 +80,12 @@ def select(s: IMAPSession, cmd: Command) -> Iterator[Output]:
 examine = select
 
 
-def create(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def create(s: IMAPSession, cmd: Create) -> Iterator[Output]:
     """RFC 3501 6.3.3, with RFC 6154's USE for the lab's fixed special-use folders."""
-    name = s.mailbox_name(cmd.args[0])
+    name = s.mailbox_name(cmd.mailbox)
     if is_inbox(name):
         raise No("[ALREADYEXISTS] INBOX always exists")
-    uses = cmd.args[1]
+    uses = cmd.uses
     if uses and not all(SPECIAL_USE.get(name) == u for u in uses):
         raise No("[USEATTR] special-use attributes belong to the lab's fixed folders")
     try:
@@ -81,9 +96,9 @@ def create(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     yield
 
 
-def delete(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def delete(s: IMAPSession, cmd: Delete) -> Iterator[Output]:
     """RFC 3501 6.3.4."""
-    name = s.mailbox_name(cmd.args[0])
+    name = s.mailbox_name(cmd.mailbox)
     if is_inbox(name):
         raise No("[CANNOT] INBOX cannot be deleted")
     if s.selected is not None and s.selected.name == name:
@@ -95,9 +110,9 @@ def delete(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     yield
 
 
-def rename(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def rename(s: IMAPSession, cmd: Rename) -> Iterator[Output]:
     """RFC 3501 6.3.5 (children move along; INBOX is not renamed in the lab)."""
-    old, new = s.mailbox_name(cmd.args[0]), s.mailbox_name(cmd.args[1])
+    old, new = s.mailbox_name(cmd.old), s.mailbox_name(cmd.new)
     if is_inbox(old):
         raise No("[CANNOT] renaming INBOX is not supported in the lab")
     if is_inbox(new):
@@ -115,9 +130,9 @@ def rename(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     yield
 
 
-def subscribe(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def subscribe(s: IMAPSession, cmd: Subscribe) -> Iterator[Output]:
     """RFC 3501 6.3.6."""
-    name = s.mailbox_name(cmd.args[0])
+    name = s.mailbox_name(cmd.mailbox)
     if not s.store.exists(s.user or "", name):
         raise No(f"[NONEXISTENT] no mailbox {name}")
     save_subscriptions(s.store, s.user or "", [*subscriptions(s.store, s.user or ""), name])
@@ -125,9 +140,9 @@ def subscribe(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     yield
 
 
-def unsubscribe(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def unsubscribe(s: IMAPSession, cmd: Unsubscribe) -> Iterator[Output]:
     """RFC 3501 6.3.7."""
-    name = s.mailbox_name(cmd.args[0])
+    name = s.mailbox_name(cmd.mailbox)
     subs = subscriptions(s.store, s.user or "")
     if name not in subs:
         raise No(f"[NONEXISTENT] {name} is not subscribed")
@@ -136,9 +151,9 @@ def unsubscribe(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     yield
 
 
-def list_(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def list_(s: IMAPSession, cmd: List) -> Iterator[Output]:
     """RFC 3501 6.3.8, with RFC 5258's selection (SUBSCRIBED, SPECIAL-USE) and RETURN."""
-    ref, pattern, selection, returns = cmd.args
+    ref, pattern, selection, returns = cmd.reference, cmd.pattern, cmd.selection, cmd.returns
     if pattern == b"":
         # RFC 3501 6.3.8: the hierarchy delimiter and the root of the reference
         yield line(f'* LIST (\\Noselect) "{DELIMITER}" ""')
@@ -153,10 +168,9 @@ def list_(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     return None
 
 
-def lsub(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def lsub(s: IMAPSession, cmd: Lsub) -> Iterator[Output]:
     """RFC 3501 6.3.9: LIST of the subscribed names."""
-    ref, pattern = cmd.args
-    text = list_pattern(ref, pattern)
+    text = list_pattern(cmd.reference, cmd.pattern)
     if text is None:
         return None
     yield from _list_lines(s, "LSUB", text, True, False, False)
@@ -197,19 +211,19 @@ def _list_lines(s: IMAPSession, verb: str, pattern: str, subscribed_only: bool,
         yield line(f'* {verb} ({" ".join(attrs)}) "{DELIMITER}" {wire_name(name)}')
 
 
-def namespace(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def namespace(s: IMAPSession, cmd: Namespace) -> Iterator[Output]:
     """RFC 2342: one personal namespace, no others."""
     yield line(f'* NAMESPACE (("" "{DELIMITER}")) NIL NIL')
 
 
-def enable(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def enable(s: IMAPSession, cmd: Enable) -> Iterator[Output]:
     """RFC 5161: only extensions we support and that need enabling; we have none of those."""
     yield line("* ENABLED")
 
 
-def status(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def status(s: IMAPSession, cmd: Status) -> Iterator[Output]:
     """RFC 3501 6.3.10, with SIZE and DELETED (RFC 8438, RFC 9051)."""
-    name = s.mailbox_name(cmd.args[0])
+    name = s.mailbox_name(cmd.mailbox)
     if not s.store.exists(s.user or "", name):
         raise No(f"[NONEXISTENT] no mailbox {name}")
     mb = s.mailbox(name)
@@ -226,27 +240,26 @@ def status(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     }
     if s.selected is not None and s.selected.mailbox is mb:
         values["RECENT"] = len(s.selected.recent)
-    items = " ".join(f"{k} {values[k]}" for k in cmd.args[1])
+    items = " ".join(f"{k} {values[k]}" for k in cmd.items)
     yield line(f"* STATUS {wire_name(name)} ({items})")
 
 
-def append(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def append(s: IMAPSession, cmd: Append) -> Iterator[Output]:
     """RFC 3501 6.3.11, answering APPENDUID (RFC 4315)."""
-    raw_name, flags, when, data = cmd.args
-    name = s.mailbox_name(raw_name)
+    name = s.mailbox_name(cmd.mailbox)
     if not s.store.exists(s.user or "", name):
         raise No(f"[TRYCREATE] no mailbox {name}")
-    if not data:
+    if not cmd.message:
         raise No("an empty message cannot be appended")
-    stored_flags = check_flags(flags)
+    stored_flags = check_flags(cmd.flags)
     mb = s.mailbox(name)
-    info = mb.add(data, stored_flags, when)
+    info = mb.add(cmd.message, stored_flags, cmd.when)
     yield Notice("stored", (mb.name, info.uid, info.size))
     s.store.notify(s.user or "", mb.name, info)
     return f"[APPENDUID {mb.uidvalidity} {info.uid}] APPEND completed"
 
 
-def idle(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def idle(s: IMAPSession, cmd: Idle) -> Iterator[Output]:
     """RFC 2177: "+" now, then untagged updates as they happen, until DONE."""
     s.mode = "idle"
     s.pending_tag = cmd.tag
@@ -258,18 +271,18 @@ def idle(s: IMAPSession, cmd: Command) -> Iterator[Output]:
 
 #: command -> (handler, the states that accept it)
 COMMANDS = {
-    "SELECT": (select, AUTHED),
-    "EXAMINE": (examine, AUTHED),
-    "CREATE": (create, AUTHED),
-    "DELETE": (delete, AUTHED),
-    "RENAME": (rename, AUTHED),
-    "SUBSCRIBE": (subscribe, AUTHED),
-    "UNSUBSCRIBE": (unsubscribe, AUTHED),
-    "LIST": (list_, AUTHED),
-    "LSUB": (lsub, AUTHED),
-    "STATUS": (status, AUTHED),
-    "APPEND": (append, AUTHED),
-    "IDLE": (idle, AUTHED),
-    "NAMESPACE": (namespace, AUTHED),
-    "ENABLE": (enable, (State.AUTHENTICATED,)),
+    Select: (select, AUTHED),
+    Examine: (examine, AUTHED),
+    Create: (create, AUTHED),
+    Delete: (delete, AUTHED),
+    Rename: (rename, AUTHED),
+    Subscribe: (subscribe, AUTHED),
+    Unsubscribe: (unsubscribe, AUTHED),
+    List: (list_, AUTHED),
+    Lsub: (lsub, AUTHED),
+    Status: (status, AUTHED),
+    Append: (append, AUTHED),
+    Idle: (idle, AUTHED),
+    Namespace: (namespace, AUTHED),
+    Enable: (enable, (State.AUTHENTICATED,)),
 }

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from ...store import Mailbox, MessageInfo
 from ...store.reading import WIRE_ITEMS_MAX, caches, read_wire, remember
 from ..mailbox_view import MailboxView
-from ..parser import Command, FetchItem
 from ..responses import No, Output, Response
 from ..states import SELECTED_ONLY
+from ..verbs import Fetch, FetchItem
 
 if TYPE_CHECKING:
     from ..session import IMAPSession
@@ -57,9 +57,9 @@ def summary(mb: Mailbox, uid: int, data: bytes | None = None) -> dict[str, Any]:
     return cache
 
 
-def fetch(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
     """One ``* n FETCH (...)`` per message; BODY[] and RFC822 set \\Seen (not BODY.PEEK[])."""
-    seqs, items = cmd.args
+    items = cmd.items
     view = s.view()
     mb = view.mailbox
     if cmd.uid and not any(i.name == "UID" for i in items):
@@ -76,7 +76,7 @@ def fetch(s: IMAPSession, cmd: Command) -> Iterator[Output]:
         from .. import message
     else:
         message = None  # type: ignore[assignment]
-    indexes = view.resolve(seqs, cmd.uid)
+    indexes = view.resolve(cmd.sequence_set, cmd.uid)
     seen_set: dict[int, MessageInfo] = {}
     for pos, idx in enumerate(indexes):
         if sets_seen and pos % SEEN_BATCH == 0:
@@ -182,4 +182,4 @@ def _no_nul(data: bytes) -> bytes:
 
 
 #: command -> (handler, the states that accept it)
-COMMANDS = {"FETCH": (fetch, SELECTED_ONLY)}
+COMMANDS = {Fetch: (fetch, SELECTED_ONLY)}

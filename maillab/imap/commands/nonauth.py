@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ... import sasl
-from ..parser import Command
 from ..responses import ANSWERED, Bad, Delay, No, Notice, Output, line
 from ..states import State
+from ..verbs import Authenticate, Login, Starttls
 
 if TYPE_CHECKING:
     from ..session import IMAPSession
@@ -25,7 +25,7 @@ MAX_AUTH_FAILURES = 5
 NOT_AUTHENTICATED = (State.NOT_AUTHENTICATED,)
 
 
-def starttls(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def starttls(s: IMAPSession, cmd: Starttls) -> Iterator[Output]:
     """RFC 3501 6.2.1: OK, then the driver starts the TLS handshake."""
     if not s.starttls_available:
         raise Bad("TLS is already active" if s.tls_active else "STARTTLS is not offered here")
@@ -38,18 +38,18 @@ def _plaintext_refused(s: IMAPSession) -> bool:
     return not s.tls_active and not s.plaintext_auth
 
 
-def login(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def login(s: IMAPSession, cmd: Login) -> Iterator[Output]:
     """RFC 3501 6.2.3."""
     if _plaintext_refused(s):
         raise No("[PRIVACYREQUIRED] LOGIN is disabled until STARTTLS")
-    user, password = (a.decode("utf-8", "replace") for a in cmd.args)
+    user, password = (a.decode("utf-8", "replace") for a in (cmd.user, cmd.password))
     return (yield from _log_in(s, user, password, "LOGIN"))
 
 
-def authenticate(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def authenticate(s: IMAPSession, cmd: Authenticate) -> Iterator[Output]:
     """RFC 3501 6.2.2 with SASL PLAIN (RFC 4616), the initial response inline (RFC 4959)
     or after an empty ``+`` challenge (then :func:`sasl_response` finishes it)."""
-    mech, initial = cmd.args
+    mech, initial = cmd.mechanism, cmd.initial
     if mech != "PLAIN":
         raise No(f"[CANNOT] unsupported SASL mechanism {mech} (this server offers PLAIN)")
     if _plaintext_refused(s):
@@ -114,7 +114,7 @@ def _log_in(s: IMAPSession, login: str, password: str, mechanism: str) -> Iterat
 
 #: command -> (handler, the states that accept it)
 COMMANDS = {
-    "STARTTLS": (starttls, NOT_AUTHENTICATED),
-    "AUTHENTICATE": (authenticate, NOT_AUTHENTICATED),
-    "LOGIN": (login, NOT_AUTHENTICATED),
+    Starttls: (starttls, NOT_AUTHENTICATED),
+    Authenticate: (authenticate, NOT_AUTHENTICATED),
+    Login: (login, NOT_AUTHENTICATED),
 }

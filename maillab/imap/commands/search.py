@@ -16,22 +16,21 @@ from typing import TYPE_CHECKING
 from ...store import Mailbox
 from ...store.reading import TEXTS_MAX, caches, header_field, read_header, read_wire, remember
 from .. import search as searching
-from ..parser import Command
 from ..responses import No, Output, line
 from ..states import SELECTED_ONLY
+from ..verbs import Search
 from .fetch import summary
 
 if TYPE_CHECKING:
     from ..session import IMAPSession
 
 
-def search(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def search(s: IMAPSession, cmd: Search) -> Iterator[Output]:
     """``* SEARCH`` with the matching sequence numbers (UIDs for UID SEARCH)."""
-    charset, key = cmd.args
     view = s.view()
     mb = view.mailbox
     try:
-        test = searching.compile_key(key, charset=charset, max_seq=len(view.uids),
+        test = searching.compile_key(cmd.key, charset=cmd.charset, max_seq=len(view.uids),
                                      max_uid=view.uids[-1] if view.uids else 0)
     except searching.BadCharset:
         raise No(f"[BADCHARSET ({' '.join(searching.CHARSETS)})] unsupported charset"
@@ -84,4 +83,4 @@ class MailboxSource:
 
 
 #: command -> (handler, the states that accept it)
-COMMANDS = {"SEARCH": (search, SELECTED_ONLY)}
+COMMANDS = {Search: (search, SELECTED_ONLY)}

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 from ...store import Mailbox
 from ..flags import check_flags
-from ..parser import Command
 from ..responses import No, Notice, Output, line
 from ..states import SELECTED_ONLY, State
+from ..verbs import Check, Close, Copy, Expunge, Move, Store, Unselect
 
 if TYPE_CHECKING:
     from ..session import IMAPSession
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 READ_ONLY = "[READ-ONLY] the mailbox is read-only (EXAMINE)"
 
 
-def check(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def check(s: IMAPSession, cmd: Check) -> Iterator[Output]:
     """RFC 3501 6.4.1: every change is on disk already; only the updates follow."""
     return None
     yield
@@ -43,7 +43,7 @@ def _expunge_deleted(s: IMAPSession, only: set[int] | None = None) -> list[int]:
     return removed
 
 
-def close(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def close(s: IMAPSession, cmd: Close) -> Iterator[Output]:
     """RFC 3501 6.4.2: expunge silently (no EXPUNGE responses), back to AUTHENTICATED."""
     view = s.view()
     if not view.readonly:
@@ -54,7 +54,7 @@ def close(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     return None
 
 
-def unselect(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def unselect(s: IMAPSession, cmd: Unselect) -> Iterator[Output]:
     """RFC 3691: CLOSE without the expunge."""
     s.selected = None
     s.set_state(State.AUTHENTICATED)
@@ -62,27 +62,27 @@ def unselect(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     return None
 
 
-def expunge(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def expunge(s: IMAPSession, cmd: Expunge) -> Iterator[Output]:
     """RFC 3501 6.4.3, and UID EXPUNGE (RFC 4315 2.1) limited to a UID set."""
     only = None
-    if cmd.uid:
+    if cmd.sequence_set is not None:
         view = s.view()
-        only = {view.uids[i] for i in view.resolve(cmd.args[0], True)}
+        only = {view.uids[i] for i in view.resolve(cmd.sequence_set, True)}
     _expunge_deleted(s, only)
     return None  # the EXPUNGE responses come from the session's updates right after
     yield
 
 
-def store(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def store(s: IMAPSession, cmd: Store) -> Iterator[Output]:
     """RFC 3501 6.4.6: FLAGS, +FLAGS, -FLAGS (.SILENT), answered with the new flags."""
-    seqs, mode, silent, raw_flags = cmd.args
+    mode, silent = cmd.mode, cmd.silent
     view = s.view()
     if view.readonly:
         raise No(READ_ONLY)
-    flags = check_flags(raw_flags)
+    flags = check_flags(cmd.flags)
     mb = view.mailbox
     missing = False
-    indexes = view.resolve(seqs, cmd.uid)
+    indexes = view.resolve(cmd.sequence_set, cmd.uid)
     with mb.lock:
         wanted: dict[int, frozenset[str]] = {}
         for idx in indexes:
@@ -119,14 +119,13 @@ def _target(s: IMAPSession, raw: bytes) -> Mailbox:
     return s.mailbox(name)
 
 
-def _copy(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def _copy(s: IMAPSession, cmd: Copy) -> Iterator[Output]:
     """COPY, and the first half of MOVE. Returns the COPYUID data."""
-    seqs, raw_name = cmd.args
     view = s.view()
-    target = _target(s, raw_name)
+    target = _target(s, cmd.mailbox)
     src_uids: list[int] = []
     dst_uids: list[int] = []
-    for idx in view.resolve(seqs, cmd.uid):
+    for idx in view.resolve(cmd.sequence_set, cmd.uid):
         uid = view.uids[idx]
         info = view.mailbox.get(uid)
         if info is None:
@@ -145,18 +144,18 @@ def _copy(s: IMAPSession, cmd: Command) -> Iterator[Output]:
     return f"COPYUID {target.uidvalidity} {uid_set(src_uids)} {uid_set(dst_uids)}"
 
 
-def copy(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def copy(s: IMAPSession, cmd: Copy) -> Iterator[Output]:
     """RFC 3501 6.4.7, answering COPYUID (RFC 4315)."""
     copyuid = yield from _copy(s, cmd)
     return f"[{copyuid}] COPY completed" if copyuid else None
 
 
-def move(s: IMAPSession, cmd: Command) -> Iterator[Output]:
+def move(s: IMAPSession, cmd: Move) -> Iterator[Output]:
     """RFC 6851: COPY, then expunge the originals (no \\Deleted needed)."""
     view = s.view()
     if view.readonly:
         raise No(READ_ONLY)
-    indexes = view.resolve(cmd.args[0], cmd.uid)
+    indexes = view.resolve(cmd.sequence_set, cmd.uid)
     copyuid = yield from _copy(s, cmd)
     if copyuid:
         yield line(f"* OK [{copyuid}] moved")  # RFC 6851 4.3: COPYUID untagged, first
@@ -182,11 +181,11 @@ def uid_set(uids: list[int]) -> str:
 
 #: command -> (handler, the states that accept it)
 COMMANDS = {
-    "CHECK": (check, SELECTED_ONLY),
-    "CLOSE": (close, SELECTED_ONLY),
-    "UNSELECT": (unselect, SELECTED_ONLY),
-    "EXPUNGE": (expunge, SELECTED_ONLY),
-    "STORE": (store, SELECTED_ONLY),
-    "COPY": (copy, SELECTED_ONLY),
-    "MOVE": (move, SELECTED_ONLY),
+    Check: (check, SELECTED_ONLY),
+    Close: (close, SELECTED_ONLY),
+    Unselect: (unselect, SELECTED_ONLY),
+    Expunge: (expunge, SELECTED_ONLY),
+    Store: (store, SELECTED_ONLY),
+    Copy: (copy, SELECTED_ONLY),
+    Move: (move, SELECTED_ONLY),
 }
