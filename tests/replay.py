@@ -1,0 +1,299 @@
+"""Replay a ``C:``/``S:`` transcript against a protocol's sans-IO session, in memory.
+
+The idea is h11's ``ConnectionPair``: a client and a server joined with no network
+between them. Here the client is a transcript file written the way the RFCs write
+their examples (RFC 1939 section 10, RFC 3501 section 8, RFC 5321 appendix D), and
+the server is the lab's own session object (``POP3Session``, ``IMAPSession``), driven
+the way its asyncio driver drives it. No socket, no thread, no timer: a transcript
+runs in milliseconds and reads like the RFC.
+
+File format (``tests/transcripts/*.txt``)::
+
+    # a comment; blank lines are ignored
+    @protocol pop3                  # pop3 | imap (also taken from the file name)
+    @user mrose@dbc.test tanstaaf   # a lab user (login with the full address or the local part)
+    @mail mrose@dbc.test size=120   # a message for the user; options below
+    @option timestamp=<1896.697170952@dbc.mtview.ca.us>    # session options (POP3: timestamp)
+    S: +OK $* <1896.697170952@dbc.mtview.ca.us>
+    C: APOP mrose c4c9334bac560ecc979e58001b3e22fb
+    S: +OK mrose@dbc.test's maildrop has 2 messages (320 octets)
+
+Each ``C:`` line is sent with CRLF; the ``S:`` lines after it are what the server must
+answer, line by line, and nothing more. In ``S:`` lines (Dovecot imaptest style):
+
+- ``$*`` matches any text within the line (a timestamp, a UIDVALIDITY, free text);
+- a line ``...`` alone matches any number of server lines (a message body, a
+  capability list), up to the next line that matches;
+- a line starting with white space continues the previous one, joined by one space
+  (how the RFCs fold long responses).
+
+``@mail`` options: ``size=N`` (a filler message of exactly N octets, CRLF counted),
+``file=NAME`` (a file beside the transcripts), ``count=N``, ``flags=\\Seen,\\Deleted``,
+``old`` (not \\Recent: an earlier IMAP session has seen it), ``date="17-Jul-1996
+02:44:25 -0700"`` (the INTERNALDATE).
+
+IMAP literals work as on the wire: after ``{N}`` the next ``C:`` lines supply the N
+octets (CRLFs counted) and the rest of the last one continues the command.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maillab.imap.mailbox_view import RECENT_META
+from maillab.imap.parser import LiteralRefused, NeedLiteral, Parser
+from maillab.imap.responses import Response
+from maillab.imap.session import IMAPSession
+from maillab.limits import Limits
+from maillab.pop3.maildrop import Maildrop
+from maillab.pop3.session import POP3Session
+from maillab.store import Store
+from maillab.users import Users
+
+HERE = Path(__file__).parent / "transcripts"
+ANY_LINES = "..."
+ANY_TEXT = "$*"
+
+
+@dataclass
+class Transcript:
+    """A parsed transcript file: setup directives and the C/S steps."""
+
+    name: str
+    protocol: str
+    users: dict[str, str] = field(default_factory=dict)
+    mail: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    options: dict[str, str] = field(default_factory=dict)
+    greeting: list[str] = field(default_factory=list)  # the S: lines before any C:
+    steps: list[tuple[str, list[str], int]] = field(default_factory=list)  # (C line, S lines, line no)
+
+
+def parse(path: Path) -> Transcript:
+    protocol = path.stem.split("-", 1)[0]
+    t = Transcript(path.stem, protocol)
+    expect: list[str] = t.greeting
+    for number, raw in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        text = raw.rstrip("\r")
+        if not text.strip() or text.startswith("#"):
+            continue
+        if text[0] in " \t":  # a folded line continues the previous S: line
+            expect[-1] += " " + text.strip()
+        elif text.startswith("@"):
+            words = _words(text[1:])
+            if words[0] == "protocol":
+                t.protocol = words[1]
+            elif words[0] == "user":
+                t.users[words[1]] = words[2]
+            elif words[0] == "mail":
+                t.mail.append((words[1], dict(_option(w) for w in words[2:])))
+            elif words[0] == "option":
+                t.options.update(_option(w) for w in words[1:])
+            else:
+                raise ValueError(f"{path.name}:{number}: unknown directive @{words[0]}")
+        elif text.startswith("C:"):
+            t.steps.append((text[3:] if text[2:3] == " " else text[2:], [], number))
+            expect = t.steps[-1][1]
+        elif text.startswith("S:"):
+            expect.append(text[3:] if text[2:3] == " " else text[2:])
+        else:
+            raise ValueError(f"{path.name}:{number}: a line starts with C:, S:, @, # or white space")
+    return t
+
+
+def _words(text: str) -> list[str]:
+    """Shell-like words, quotes allowed, backslashes kept (``flags=\\Seen``)."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.escape = ""
+    lexer.commenters = "#"
+    return list(lexer)
+
+
+def _option(word: str) -> tuple[str, str]:
+    key, _, value = word.partition("=")
+    return key, value
+
+
+# -- matching -------------------------------------------------------------------------------
+
+def _pattern(expected: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in expected.split(ANY_TEXT)), re.DOTALL)
+
+
+def matches(expected: list[str], actual: list[str]) -> bool:
+    """Whether ``actual`` server lines fit ``expected`` (with ``$*`` and ``...``)."""
+    if not expected:
+        return not actual
+    head, rest = expected[0], expected[1:]
+    if head == ANY_LINES:
+        return any(matches(rest, actual[i:]) for i in range(len(actual) + 1))
+    return bool(actual) and _pattern(head).fullmatch(actual[0]) is not None and matches(rest, actual[1:])
+
+
+# -- the server side: each protocol's session, driven like its driver drives it --------------
+
+class POP3Server:
+    """A :class:`POP3Session` with the lab's users and store behind it."""
+
+    def __init__(self, store: Store, users: Users, options: dict[str, str]) -> None:
+        backend = _Backend(store, users)
+        self.session = POP3Session(backend, hostname=options.get("hostname", "mail.test"),
+                                   timestamp=options.get("timestamp"), auth_failure_delay=0)
+
+    def greet(self) -> list[str]:
+        return _lines(self.session.greeting().wire())
+
+    def send(self, line: str) -> list[str]:
+        reply = self.session.receive(line.encode() + b"\r\n")
+        if reply.starttls:  # no TLS in memory: what the session does once it is up
+            self.session.tls_started()
+        return _lines(reply.wire())
+
+    def close(self) -> None:
+        self.session.end()
+
+
+class _Backend:
+    """What the POP3 session asks of the lab (the server's LabBackend, on a bare store)."""
+
+    def __init__(self, store: Store, users: Users) -> None:
+        self.store, self.users = store, users
+
+    def authenticate(self, login: str, password: str) -> str | None:
+        return self.users.authenticate(login, password)
+
+    def password(self, login: str) -> str | None:
+        try:
+            return self.users.password(login)
+        except KeyError:
+            return None
+
+    def open_maildrop(self, address: str) -> Maildrop:
+        return Maildrop(self.store.mailbox(address, "INBOX", create=True))
+
+
+class IMAPServer:
+    """An :class:`IMAPSession` and its parser; literals are collected as the driver
+    collects them (``+`` for a synchronizing one, after its size was checked)."""
+
+    def __init__(self, store: Store, users: Users, options: dict[str, str]) -> None:
+        limits = Limits(auth_failure_delay=0)
+        self.parser = Parser(max_literal=limits.imap_literal, max_command=limits.imap_literal + limits.imap_line,
+                             max_depth=limits.imap_nesting)
+        self.session = IMAPSession(store, users, limits, hostname=options.get("hostname", "mail.test"))
+        self.literal: int | None = None  # octets of a literal still to come
+        self.buffer = b""
+
+    def greet(self) -> list[str]:
+        return _output_lines(self.session.greeting())
+
+    def send(self, line: str) -> list[str]:
+        data = line.encode() + b"\r\n"
+        out: list[str] = []
+        while data:
+            if self.literal is not None:
+                take, data = data[:self.literal], data[self.literal:]
+                self.buffer += take
+                self.literal -= len(take)
+                if self.literal:
+                    return out
+                self.literal = None
+                result = self.parser.feed_literal(self.buffer)
+                self.buffer = b""
+                if not data:  # the command goes on in the next C: line
+                    return out
+            nl = data.find(b"\n")
+            one, data = data[:nl + 1], data[nl + 1:]
+            if self.session.mode in ("authenticate", "idle"):
+                out += _output_lines(self.session.continue_line(one))
+                continue
+            result = self.parser.feed_line(one)
+            if isinstance(result, NeedLiteral):
+                if result.sync:
+                    out.append("+ ready for literal data")
+                self.literal = result.size
+                continue
+            if isinstance(result, LiteralRefused):
+                raise AssertionError(f"literal of {result.size} octets refused")
+            out += _output_lines(self.session.execute(result))
+            if self.session.action == "starttls":  # no TLS in memory
+                self.session.tls_started()
+                self.parser.reset()
+        return out
+
+    def close(self) -> None:
+        self.session.end()
+
+
+def _lines(wire: bytes) -> list[str]:
+    return wire.decode("utf-8", "replace").split("\r\n")[:-1]
+
+
+def _output_lines(outputs: Iterable[Any]) -> list[str]:
+    """The wire lines of a session's outputs (Delay and Notice are not wire bytes)."""
+    return _lines(b"".join(out.data for out in outputs if isinstance(out, Response)))
+
+
+SERVERS = {"pop3": POP3Server, "imap": IMAPServer}
+
+
+# -- running a transcript ----------------------------------------------------------------------
+
+def setup_store(t: Transcript, directory: Path) -> tuple[Store, Users]:
+    users = Users(t.users)
+    store = Store(directory)
+    for address in t.users:
+        store.ensure_user(address)
+    for address, opts in t.mail:
+        mailbox = store.mailbox(address, "INBOX", create=True)
+        flags = [f for f in opts.get("flags", "").split(",") if f]
+        when = email.utils.mktime_tz(email.utils.parsedate_tz(opts["date"])) if "date" in opts else None
+        for _ in range(int(opts.get("count", "1"))):
+            data = (HERE / opts["file"]).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") \
+                if "file" in opts else filler(int(opts.get("size", "100")))
+            info = mailbox.add(data, flags, internaldate=when)
+            if "old" in opts:
+                mailbox.set_meta(RECENT_META, info.uid)
+    return store, users
+
+
+def filler(size: int) -> bytes:
+    """A message of exactly ``size`` octets (CRLF line ends)."""
+    head = b"From: filler@lab.test\r\nSubject: filler\r\n\r\n"
+    body_size = size - len(head)
+    assert body_size >= 2, f"a message of {size} octets is too small for a header"
+    lines, left = [], body_size
+    while left > 0:
+        n = min(left, 72)
+        if left - n == 1:  # a CRLF needs two octets: never leave one
+            n -= 1
+        lines.append(b"x" * (n - 2) + b"\r\n")
+        left -= n
+    return head + b"".join(lines)
+
+
+def replay(path: Path, directory: Path) -> None:
+    """Run one transcript; AssertionError names the first C: line answered otherwise."""
+    t = parse(path)
+    store, users = setup_store(t, directory)
+    server = SERVERS[t.protocol](store, users, t.options)
+    try:
+        _check(path, 1, "(the greeting)", t.greeting, server.greet())
+        for line, expected, number in t.steps:
+            _check(path, number, line, expected, server.send(line))
+    finally:
+        server.close()
+        store.close()
+
+
+def _check(path: Path, number: int, line: str, expected: list[str], actual: list[str]) -> None:
+    if not matches(expected, actual):
+        want = "\n".join(f"  S: {e}" for e in expected) or "  (nothing)"
+        got = "\n".join(f"  S: {a}" for a in actual) or "  (nothing)"
+        raise AssertionError(f"{path.name}:{number}: C: {line}\nexpected:\n{want}\nthe server sent:\n{got}")
