@@ -183,3 +183,36 @@ def test_lab_stopped_restarted_and_leaving(classroom, tmp_path):
         assert "multipart/report" in dsn and "Status: 5.1.2" in dsn
     finally:
         dave.stop()
+
+
+def test_magics_teacher_and_student_in_one_kernel(tmp_path):
+    """%mail class host/key/keys/revoke/export/map and %mail join/leave, in one IPython shell."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "maillab")
+    mail = lambda line: shell.run_line_magic("mail", line)  # noqa: E731
+    try:
+        host = repr(mail(f"class host --port 0 --dir {tmp_path / 'class'}"))
+        assert "class DNS for class.test at 127.0.0.1:" in host
+        join = repr(mail("class key erin")).split("%mail ", 1)[1].splitlines()[0]
+        assert join.startswith("join 127.0.0.1:") and "--key erin.class.test:" in join
+        mail("class key frank")
+        assert "frank.class.test                 revoked" in repr(mail("class revoke frank")) + repr(mail("class keys"))
+        mail(f"class export {tmp_path / 'keys.csv'}")
+        assert "erin,erin.class.test," in (tmp_path / "keys.csv").read_text()
+        address = f"127.0.{random.randrange(100, 250)}.9"
+        joined = repr(mail(f"{join} --listen {address} --ports auto --dir {tmp_path / 'erin'}"))
+        assert f"mail.erin.class.test. 60 IN A {address}" in joined and "your user: erin@erin.class.test" in joined
+        static = mail("class map --static")
+        assert "erin.class.test" in repr(static) and "127.0." in static._repr_html_() and "<svg" in static._repr_html_()
+        live = mail("class map")
+        assert "<svg" in live.widget.value and "erin.class.test" in repr(live)
+        figure = mail(f"class map --figure {tmp_path / 'map.png'}")
+        assert (tmp_path / "map.png").stat().st_size > 1000 and "class map figure" in repr(figure)
+        assert "left the class" in repr(mail("leave"))
+        wait_for(lambda: "not registered" in repr(mail("class map --static")), "the map to show erin gone")
+        live.close()
+    finally:
+        mail("stop")
+        mail("class stop")

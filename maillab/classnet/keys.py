@@ -32,6 +32,8 @@ import dns.tsigkeyring
 ALGORITHM = "hmac-sha256"
 #: A student name becomes one DNS label: letters, digits and inner hyphens (RFC 1123 2.1).
 LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+#: Names of the class zone that are not students' (the name server's own).
+RESERVED = frozenset({"ns"})
 
 
 @dataclass
@@ -57,6 +59,8 @@ class ClassKey:
 def student_label(name: str) -> str:
     """``Alice`` -> ``alice``; a name that cannot be one DNS label raises ValueError."""
     label = name.strip().lower()
+    if label in RESERVED:
+        raise ValueError(f"{name!r} is taken by the class DNS itself ({label}.class.test); choose another name")
     if not LABEL.match(label):
         raise ValueError(f"{name!r} cannot be a student domain: use letters, digits and hyphens"
                          " (one DNS label, at most 63 characters)")

@@ -207,6 +207,9 @@ class ClassMember:
     def leave(self) -> str:
         """Delete the records (blocking: call from a cell or the CLI, not the lab loop)."""
         what = f"removal of {self.domain}"
+        if self._task is not None and self.lab.loop.running:
+            self.lab.loop.call(self._task.cancel)  # no refresh may bring the records back
+            self._task = None
         try:
             response = dns.query.tcp(self._message(remove=True), self.dns_address, port=self.dns_port,
                                      timeout=CLASS_DNS_TIMEOUT)

@@ -1,0 +1,242 @@
+"""The class map: the class internet as the teacher's class DNS sees it.
+
+A graph (every student domain on a circle around the class DNS, an arrow from each lab
+to each lab it looked up, thicker for more lookups, labelled with the count) above two
+tables (the domains with MX host, address, key, joined and last seen; the latest
+lookups and UPDATEs). :class:`ClassMapView` renders a snapshot as text and HTML,
+:func:`figure` as a matplotlib figure for slides, :class:`LiveClassMap` as a live
+widget (the shared :class:`~maillab.views.live.LiveHTML`) that redraws when the class
+DNS answers or takes an UPDATE.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..classnet.map import ClassMap, class_map
+from .publish import Throttle
+from .relay import FigureView
+from .theme import badge, page
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..classnet.server import ClassDNS
+
+
+def _ago(t: float | None, now: float) -> str:
+    if t is None:
+        return "-"
+    s = max(0, now - t)
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else time.strftime("%H:%M", time.localtime(t))
+
+
+def _short(domain: str, zone: str) -> str:
+    return domain[: -len(zone) - 1] if domain.endswith("." + zone) else domain
+
+
+def layout(m: ClassMap) -> dict[str, tuple[float, float]]:
+    """Domain -> (x, y) on the unit circle (the class DNS at the centre), in name order."""
+    names = [d.domain for d in m.domains]
+    n = max(1, len(names))
+    return {name: (math.cos(math.pi / 2 - 2 * math.pi * i / n), math.sin(math.pi / 2 - 2 * math.pi * i / n))
+            for i, name in enumerate(names)}
+
+
+def text(m: ClassMap) -> str:
+    now = time.time()
+    lines = [f"class {m.zone}: class DNS at {m.join}, every MX on port {m.mx_port};"
+             f" {sum(d.registered for d in m.domains)} lab(s) registered, {m.queries} DNS message(s)"]
+    lines.append(f"{'domain':<24} {'MX':<30} {'address':<15} {'key':<8} {'joined':<12} {'last seen':<12} looked up")
+    for d in m.domains:
+        lines.append(f"{d.domain:<24} {', '.join(d.mx) or '(not registered)':<30} {', '.join(d.addresses) or '-':<15}"
+                     f" {d.key:<8} {_ago(d.joined, now):<12} {_ago(d.last_seen, now):<12} {d.looked_up}")
+    if m.edges:
+        lines.append("who looked up whom (MX queries):")
+        lines += [f"  {e.asker} -> {e.target}  x{e.count}  ({_ago(e.last, now)})" for e in m.edges]
+    if m.updates:
+        lines.append("latest UPDATEs:")
+        lines += [f"  {time.strftime('%H:%M:%S', time.localtime(t))} {who}: {rcode} {what}"
+                  for t, who, rcode, what in m.updates[-6:]]
+    return "\n".join(lines)
+
+
+def svg(m: ClassMap, size: int = 520) -> str:
+    """The graph as SVG (a viewBox, so it scales to any width)."""
+    pos = layout(m)
+    c, r = size / 2, size / 2 - 90
+    def xy(name: str) -> tuple[float, float]:
+        x, y = pos.get(name, (0.0, 0.0))
+        return c + r * x, c - r * y
+
+    parts = [f'<svg viewBox="0 0 {size} {size}" xmlns="http://www.w3.org/2000/svg" role="img" '
+             f'aria-label="class map of {html.escape(m.zone)}" style="max-width:{size}px">',
+             '<defs><marker id="ml-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+             'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
+             'fill="currentColor"/></marker></defs>']
+    for d in m.domains:  # spokes: each lab registered with the class DNS
+        if d.registered:
+            x, y = xy(d.domain)
+            parts.append(f'<line x1="{c:.1f}" y1="{c:.1f}" x2="{x:.1f}" y2="{y:.1f}" stroke="currentColor" '
+                         'stroke-opacity="0.15" stroke-dasharray="3 4"/>')
+    top = max((e.count for e in m.edges), default=1)
+    for e in m.edges:
+        if e.asker not in pos or e.target not in pos:
+            continue
+        (x1, y1), (x2, y2) = xy(e.asker), xy(e.target)
+        dx, dy = x2 - x1, y2 - y1
+        dist = math.hypot(dx, dy) or 1
+        ox, oy = -dy / dist * 7, dx / dist * 7  # both directions side by side
+        sx, sy = x1 + dx / dist * 34 + ox, y1 + dy / dist * 34 + oy
+        tx, ty = x2 - dx / dist * 34 + ox, y2 - dy / dist * 34 + oy
+        width = 1 + 3 * math.log1p(e.count) / math.log1p(top)
+        parts.append(f'<g class="ml-client" style="color:var(--ml-client)"><line x1="{sx:.1f}" y1="{sy:.1f}" '
+                     f'x2="{tx:.1f}" y2="{ty:.1f}" stroke="currentColor" stroke-width="{width:.1f}" '
+                     'marker-end="url(#ml-arrow)"/>'
+                     f'<text x="{(sx + tx) / 2 + ox:.1f}" y="{(sy + ty) / 2 + oy:.1f}" font-size="10" '
+                     f'text-anchor="middle">MX ×{e.count}</text></g>')
+    parts.append(f'<circle cx="{c}" cy="{c}" r="30" fill="none" stroke="currentColor"/>'
+                 f'<text x="{c}" y="{c - 2}" text-anchor="middle" font-size="11" font-weight="600">class DNS</text>'
+                 f'<text x="{c}" y="{c + 12}" text-anchor="middle" font-size="9">{html.escape(m.join)}</text>')
+    for d in m.domains:
+        x, y = xy(d.domain)
+        kind = "ok" if d.registered and d.key == "active" else "err" if d.key == "revoked" else "muted"
+        parts.append(f'<g style="color:var(--ml-{kind})"><circle cx="{x:.1f}" cy="{y:.1f}" r="26" '
+                     'fill="none" stroke="currentColor" stroke-width="2"/></g>'
+                     f'<text x="{x:.1f}" y="{y - 2:.1f}" text-anchor="middle" font-size="11" font-weight="600">'
+                     f'{html.escape(_short(d.domain, m.zone))}</text>'
+                     f'<text x="{x:.1f}" y="{y + 11:.1f}" text-anchor="middle" font-size="9">'
+                     f'{html.escape(d.addresses[0] if d.addresses else "not registered")}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def body_html(m: ClassMap) -> str:
+    now = time.time()
+    registered = sum(d.registered for d in m.domains)
+    head = (f"<div><b>class {html.escape(m.zone)}</b> — class DNS <code>{html.escape(m.join)}</code>, "
+            f"every lab's MX on port {m.mx_port}; {registered} lab(s) registered, {m.queries} DNS message(s)</div>")
+    rows = []
+    for d in m.domains:
+        state = (badge("ok", "registered") if d.registered else badge("muted", "not registered"))
+        key = badge("err", "revoked") if d.key == "revoked" else html.escape(d.key)
+        rows.append(f"<tr><td class='mono'>{html.escape(d.domain)}</td><td>{state}</td>"
+                    f"<td class='mono'>{html.escape(', '.join(d.mx) or '-')}</td>"
+                    f"<td class='mono'>{html.escape(', '.join(d.addresses) or '-')}</td><td>{key}</td>"
+                    f"<td>{_ago(d.joined, now)}</td><td>{_ago(d.last_seen, now)}</td><td>{d.looked_up}</td></tr>")
+    table = ("<table><thead><tr><th>domain</th><th>state</th><th>MX</th><th>address</th><th>key</th>"
+             "<th>joined</th><th>last seen</th><th>looked up</th></tr></thead><tbody>"
+             + ("".join(rows) or "<tr><td colspan=8><i>no student yet: %mail class key NAME</i></td></tr>")
+             + "</tbody></table>")
+    recent = "".join(f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(t))}</td><td class='mono'>"
+                     f"{html.escape(_short(who, m.zone))}</td><td class='mono'>{html.escape(q)} {qt}</td>"
+                     f"<td>{badge('ok' if rc == 'NOERROR' else 'err', rc)}</td></tr>"
+                     for t, who, q, qt, rc in reversed(m.lookups))
+    updates = "".join(f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(t))}</td><td class='mono'>"
+                      f"{html.escape(who)}</td><td>{badge('ok' if rc == 'NOERROR' else 'err', rc)}</td>"
+                      f"<td class='mono ml-small'>{html.escape(what)}</td></tr>" for t, who, rc, what in reversed(m.updates))
+    return (head + svg(m) + table
+            + (f"<details open data-key='lookups'><summary>latest lookups <span class='ml-sum'>(who asked what)"
+               f"</span></summary><table><tbody>{recent}</tbody></table></details>" if recent else "")
+            + (f"<details data-key='updates'><summary>latest UPDATEs <span class='ml-sum'>(accepted and refused)"
+               f"</span></summary><table><tbody>{updates}</tbody></table></details>" if updates else ""))
+
+
+class ClassMapView:
+    """A snapshot of the class map (``%mail class map --static``)."""
+
+    def __init__(self, m: ClassMap) -> None:
+        self.map = m
+
+    def __repr__(self) -> str:
+        return text(self.map)
+
+    def _repr_html_(self) -> str:
+        return page(body_html(self.map), kind="classmap")
+
+    def figure(self, **kwargs: Any) -> Figure:
+        return figure(self.map, **kwargs)
+
+
+def figure(m: ClassMap, *, size: float = 7.0) -> Figure:
+    """The graph as a matplotlib figure (draw it on the kernel's thread)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle, FancyArrowPatch
+
+    pos = layout(m)
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.set_aspect("equal")
+    ax.set_xlim(-1.45, 1.45)
+    ax.set_ylim(-1.45, 1.5)
+    ax.text(0, 1.4, f"class {m.zone}: who looked up whom", ha="center", fontsize=12, weight="bold")
+    ax.add_patch(Circle((0, 0), 0.17, fill=False, lw=1.5))
+    ax.text(0, 0.02, "class DNS", ha="center", va="center", fontsize=9, weight="bold")
+    ax.text(0, -0.06, m.join, ha="center", va="center", fontsize=7)
+    top = max((e.count for e in m.edges), default=1)
+    for e in m.edges:
+        if e.asker in pos and e.target in pos:
+            arrow = FancyArrowPatch(pos[e.asker], pos[e.target], arrowstyle="-|>", mutation_scale=14,
+                                    connectionstyle="arc3,rad=0.12", shrinkA=24, shrinkB=24, color="#005a9c",
+                                    lw=1 + 3 * math.log1p(e.count) / math.log1p(top))
+            ax.add_patch(arrow)
+            (x1, y1), (x2, y2) = pos[e.asker], pos[e.target]
+            ax.text((x1 + x2) / 2 + (y2 - y1) * 0.08, (y1 + y2) / 2 - (x2 - x1) * 0.08, f"MX ×{e.count}",
+                    fontsize=7, ha="center", color="#005a9c")
+    for d in m.domains:
+        x, y = pos[d.domain]
+        colour = "#007a5a" if d.registered and d.key == "active" else "#c2410c" if d.key == "revoked" else "#57606a"
+        ax.add_patch(Circle((x, y), 0.16, fill=False, lw=2, color=colour))
+        ax.text(x, y + 0.02, _short(d.domain, m.zone), ha="center", va="center", fontsize=9, weight="bold")
+        ax.text(x, y - 0.07, d.addresses[0] if d.addresses else "not registered", ha="center", va="center", fontsize=7)
+    return fig
+
+
+class ClassMapFigure(FigureView):
+    """The class map figure as a cell result (PNG in a notebook)."""
+
+    def __repr__(self) -> str:
+        w, h = self.figure.get_size_inches()
+        return f"<class map figure {w:.0f}x{h:.0f} in{', saved to ' + self.saved if self.saved else ''}>"
+
+
+class LiveClassMap:
+    """``%mail class map``: the map as a live widget, redrawn (at most every ``interval``
+    seconds) whenever the class DNS answers a query or takes an UPDATE."""
+
+    def __init__(self, server: ClassDNS, *, interval: float = 0.25) -> None:
+        from .live import LiveHTML
+
+        self.server = server
+        self.updates = 0
+        self.map = class_map(server)
+        self.widget = LiveHTML(value=body_html(self.map), kind="classmap", follow=False, max_height="none")
+        self._throttle = Throttle(interval, self.refresh)
+        server.listeners.append(self._throttle.poke)
+
+    def refresh(self) -> None:
+        self.map = class_map(self.server)
+        value = body_html(self.map)
+        if value != self.widget.value:
+            self.widget.value = value
+            self.updates += 1
+
+    def close(self) -> None:
+        try:
+            self.server.listeners.remove(self._throttle.poke)
+        except ValueError:
+            pass
+        self._throttle.close()
+        self.widget.close()
+
+    def __repr__(self) -> str:
+        return text(self.map)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/plain"] = text(self.map)
+        return bundle
