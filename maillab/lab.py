@@ -17,6 +17,7 @@ import errno
 import importlib
 import json
 import tempfile
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .events import EventBus
 from .faults import Faults
 from .limits import Limits
 from .policy import Policy
+from .relay.tlspolicy import RelayTLSPolicy
 from .runtime import LabLoop
 from .services import FACTORIES, PortBusy, Service
 from .store import Store
@@ -84,6 +86,7 @@ class Lab:
         limits: Limits | None = None,
         policy: Policy | None = None,
         topology: Topology | None = None,
+        require_tls: bool = False,
     ) -> None:
         self.directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="maillab-"))
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -91,6 +94,8 @@ class Lab:
         self.ports = ports
         self.limits = limits or Limits()
         self.policy = policy or Policy()
+        if require_tls:
+            self.policy.require_tls = True
         if topology is not None:
             self.topology = topology
         elif domains:
@@ -117,6 +122,10 @@ class Lab:
         self.faults = Faults(lambda: self.topology.hosts)  # %mail fail: injected failures
         self._start_hooks: list[Hook] = []
         self._stop_hooks: list[Hook] = []
+        #: The relay's TLS level per destination domain (none/may/encrypt/verify/dane).
+        self.tls_policy = RelayTLSPolicy()
+        self.middleboxes: dict[str, Any] = {}  # "host/service" -> a running maillab.middlebox.Middlebox
+        self.wire_captures: deque[Any] = deque(maxlen=200)  # what the middleboxes saw (the eavesdropper view)
         self.started = False
 
     def on_start(self, hook: Hook) -> None:
@@ -357,6 +366,26 @@ class Lab:
                     raise
                 svc.state = "running"
                 self.services.append(svc)
+
+    def set_tls_policy(self, domain: str | None = None, level: str | None = None, *,
+                       default: str | None = None) -> RelayTLSPolicy:
+        """The TLS level every lab MTA uses when sending to ``domain``
+        (``lab.set_tls_policy("beta.test", "encrypt")``; ``level=None`` removes the entry),
+        or for every destination without an entry (``default="may"``)."""
+        self.tls_policy.set(domain, level, default=default)
+        return self.tls_policy
+
+    def mitm(self, host: str, on: bool = True, *, service: str = "smtp", strip: bool = True) -> Any:
+        """Put a lab middlebox in front of ``host``'s ``service`` (on=False removes it).
+
+        ``strip=True`` removes STARTTLS from what the server offers (the downgrade
+        attack); ``strip=False`` only listens (a passive eavesdropper). Either way it
+        records what crossed the wire for the eavesdropper view."""
+        from .middlebox import install, remove
+
+        if on:
+            return install(self, host, service, strip=strip)
+        return remove(self, host, service)
 
     def add_user(self, address: str, password: str) -> None:
         self.users.add(address, password)

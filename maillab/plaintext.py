@@ -9,7 +9,7 @@ listen on loopback only, and say so in the transcript;
 * ``Lab(require_tls=True)`` (``maillab serve --require-tls``): no plaintext login
   anywhere (POP3 ``-ERR [AUTH]`` and no USER in CAPA, IMAP LOGINDISABLED and
   ``NO [PRIVACYREQUIRED]``, SMTP submission ``530 5.7.0``);
-* ``lab.plaintext_auth_demo = True``: the teacher's switch for the eavesdropper
+* ``lab.policy.plaintext_auth_demo = True``: the teacher's switch for the eavesdropper
   lesson, allowing plaintext logins even so. Views that show a login label it loudly.
 """
 
@@ -22,14 +22,14 @@ POLICY_FIELDS = {"pop3": "pop3_plaintext_auth", "imap": "imap_plaintext_auth"}
 
 #: What the views say while the teacher's switch is on.
 DEMO_WARNING = ("TEACHER SWITCH ON: plaintext logins are allowed for this demonstration"
-                " (lab.plaintext_auth_demo = True). Never configure a real server like this.")
+                " (lab.policy.plaintext_auth_demo = True). Never configure a real server like this.")
 
 
 def plaintext_auth_allowed(lab: Any, protocol: str) -> bool:
     """May a client of ``protocol`` (pop3, imap, submission) log in before TLS?"""
-    if getattr(lab, "plaintext_auth_demo", False):
+    if lab.policy.plaintext_auth_demo:
         return True
-    if getattr(lab, "require_tls", False):
+    if lab.policy.require_tls:
         return False
     field = POLICY_FIELDS.get(protocol)
     return bool(getattr(lab.policy, field)) if field else False

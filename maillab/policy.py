@@ -27,3 +27,10 @@ class Policy:
     #: to a loopback address (Dovecot makes the same exception). False: LOGINDISABLED is
     #: advertised and logins get ``NO [PRIVACYREQUIRED]`` until STARTTLS (RFC 3501 6.2.3).
     imap_plaintext_auth: bool = True
+    #: No login anywhere before TLS (``Lab(require_tls=True)``, ``maillab serve
+    #: --require-tls``): POP3 ``-ERR [AUTH]`` and no USER in CAPA before STLS, IMAP
+    #: LOGINDISABLED and ``NO [PRIVACYREQUIRED]``, SMTP submission ``530 5.7.0``.
+    require_tls: bool = False
+    #: The teacher's switch for the eavesdropper lesson: logins before TLS allowed even
+    #: so; the views that show a login say so loudly (see :mod:`maillab.plaintext`).
+    plaintext_auth_demo: bool = False

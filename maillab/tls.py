@@ -77,9 +77,9 @@ class LabCA:
         self._hosts[host] = (leaf, hc)
         return hc
 
-    def certificate(self, host: str) -> x509.Certificate:
+    def certificate(self, host: str, addresses: list[str] | tuple[str, ...] = ()) -> x509.Certificate:
         """The host's certificate (issued on first use)."""
-        return x509.load_pem_x509_certificate(self.issue(host).cert_path.read_bytes())
+        return x509.load_pem_x509_certificate(self.issue(host, addresses).cert_path.read_bytes())
 
     @property
     def ca_certificate(self) -> x509.Certificate:

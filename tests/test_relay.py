@@ -528,7 +528,7 @@ def _cache_a_connection(lab: Lab) -> str:
                           data=b"Subject: opener\r\n\r\nhi\r\n", tls_context=lab.relay._tls_context,
                           keep_open=lambda: True)
         assert d.kept is not None
-        lab.relay._connections.put(("mail.alpha.test", source, "mx1.beta.test", address, port, False), d.kept)
+        lab.relay._connections.put(("mail.alpha.test", source, "mx1.beta.test", address, port, "may"), d.kept)  # the key ends with the TLS policy
         return d.session
 
     return lab.loop.run(go(), timeout=15)

@@ -515,7 +515,8 @@ class LabDNS:
     def rebuild(self, *, keep_edited: bool = True) -> None:
         """Regenerate the zones from the topology (after hosts or domains were added).
         Zones a user replaced are kept unless ``keep_edited=False``."""
-        self.zones.build(self.lab.topology, self.address, _service_ports(self.lab), keep_edited=keep_edited)
+        self.zones.build(self.lab.topology, self.address, _service_ports(self.lab), keep_edited=keep_edited,
+                         tlsa=_tlsa(self.lab))
 
     def __repr__(self) -> str:
         return f"<LabDNS {self.address}:{self.port} zones={self.zone_names()}>"
@@ -533,10 +534,20 @@ def _service_ports(lab: Lab) -> dict[tuple[str, str], int]:
     return {(s.hostname, s.name): s.port for s in lab.services if s.host is not None}
 
 
+def _tlsa(lab: Lab) -> dict[str, str]:
+    """Host name -> TLSA 3 1 1 data of its certificate, for every host that runs SMTP."""
+    if lab.ca is None:
+        return {}
+    from ..tls import spki_sha256
+
+    return {h.name: spki_sha256(lab.ca.certificate(h.name, [h.address]))
+            for h in lab.topology.hosts.values() if "smtp" in h.services}
+
+
 @register("dns", per_host=False)
 async def start_dns(lab: Lab, service: Service) -> DNSServer:
     zones = LabZones()
-    zones.build(lab.topology, service.address, _service_ports(lab))
+    zones.build(lab.topology, service.address, _service_ports(lab), tlsa=_tlsa(lab))
     server = DNSServer(lab, service, zones)
     await server.start()
     lab.dns = LabDNS(lab, server)

@@ -76,12 +76,14 @@ def zone_text_for(
     serial: int | None = None,
     ports: Mapping[tuple[str, str], int] | None = None,
     zone_origins: tuple[str, ...] = (),
+    tlsa: Mapping[str, str] | None = None,
 ) -> str:
     """The zone file for ``origin`` as generated from ``topology``.
 
     ``ports`` maps (host name, service) -> lab port, for the SRV records;
     ``zone_origins`` are all lab zones, so a host is written only into the most
-    specific zone it belongs to.
+    specific zone it belongs to; ``tlsa`` maps host name -> the SHA-256 of its
+    certificate's public key, published as a DANE ``TLSA 3 1 1`` record (RFC 7672).
     """
     origin = origin.lower().rstrip(".")
     serial = serial or initial_serial()
@@ -116,6 +118,15 @@ def zone_text_for(
         lines.append("; record such as 'mail IN AAAA ::1' would send MTAs to an address nobody listens on).")
         for host in hosts:
             lines.append(f"{_relative(host.name, origin)}\tIN\tA\t{host.address}")
+        dane = [h for h in hosts if tlsa and h.name in tlsa]
+        if dane:
+            lines.append("")
+            lines.append("; DANE (RFC 7672): the key each MX host's SMTP server presents, as TLSA 3 1 1")
+            lines.append("; (usage 3 = this very key, selector 1 = its SubjectPublicKeyInfo, 1 = SHA-256).")
+            lines.append("; Port 25 is the standard port the lab port stands in for. This zone is NOT")
+            lines.append("; DNSSEC-signed: the records teach the mechanism, not its trust.")
+            for host in dane:
+                lines.append(f"_25._tcp.{_relative(host.name, origin)}\tIN\tTLSA\t3 1 1 {tlsa[host.name]}")
     final = topology.host_for_domain(origin) if domain is not None else None
     if final is not None:
         lines.append("")
@@ -177,14 +188,15 @@ class LabZones:
         self._lock = threading.Lock()
 
     def build(self, topology: Topology, ns_address: str,
-              ports: Mapping[tuple[str, str], int] | None = None, *, keep_edited: bool = True) -> None:
+              ports: Mapping[tuple[str, str], int] | None = None, *, keep_edited: bool = True,
+              tlsa: Mapping[str, str] | None = None) -> None:
         """(Re)generate every zone from the topology."""
         origins = list(topology.domains)
         for host in topology.hosts.values():
             if not any(_under(host.name, d) for d in origins) and "." in host.name:
                 origins.append(host.name.split(".", 1)[1])
         origins = list(dict.fromkeys(o.lower() for o in origins))
-        texts = {o: zone_text_for(o, topology, ns_address, ports=ports, zone_origins=tuple(origins))
+        texts = {o: zone_text_for(o, topology, ns_address, ports=ports, zone_origins=tuple(origins), tlsa=tlsa)
                  for o in origins}
         ns_name = f"ns.{origins[0]}" if origins else "ns.lab.test"
         texts[REVERSE_ZONE] = reverse_zone_text(topology, ns_name, ns_address)

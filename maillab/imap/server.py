@@ -28,6 +28,7 @@ from ..connection import ConnectionClosed, LineConnection, LineTooLong
 from ..events import MASK, SessionRecorder
 from ..faults import Rule, reply_closes
 from ..listener import DROPPED, LineServer
+from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser
 from .responses import Delay, Notice, Output, Response
@@ -118,7 +119,7 @@ class IMAPServer(LineServer):
             hostname=svc.hostname,
             tls_active=self.implicit_tls,
             starttls_available=not self.implicit_tls,
-            plaintext_auth=self.lab.policy.imap_plaintext_auth and _is_loopback(svc.address),
+            plaintext_auth=plaintext_auth_allowed(self.lab, "imap") and _is_loopback(svc.address),
             on_change=self.hub.changed,
             sessions_per_user=self.hub.sessions_per_user,
         )

@@ -10,6 +10,7 @@
     %mail tls --default may
     %mail mitm mx1.beta.test            # a STARTTLS-stripping middlebox in front of its port 25
     %mail mitm mx1.beta.test --off
+    %mail tap mail.alpha.test pop3      # a passive eavesdropper in front of a service
     %mail eve                           # what an eavesdropper read of the tapped sessions
 
 The verbs register in the ``%mail`` router of :mod:`maillab.magics.mail`.
@@ -26,7 +27,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from ..lab import Lab
 from ..probe import STARTTLS_PROTOCOLS, probe
 from ..topology import SERVICES, protocol_of, tls_mode
-from ..views.ports import LivePortMap, PortMap, port_map
+from ..views.ports import LivePortMap, port_map
 from ..views.ports import figure as ports_figure
 from .mail import MailMagics, subcommand
 
@@ -116,4 +117,111 @@ def probe_cmd(magics: MailMagics, args: argparse.Namespace) -> Any:
                  sni=args.sni, timeout=args.timeout)
 
 
-__all__ = ["PortMap", "ports", "probe_cmd", "probe_target"]
+
+
+class PolicyTable:
+    """What ``%mail tls`` returns: the relay's TLS level per destination."""
+
+    def __init__(self, lab: Lab) -> None:
+        from ..relay.tlspolicy import DANE_NOTE
+
+        self.rows = lab.tls_policy.rows()
+        self.note = DANE_NOTE if any(r["level"] == "dane" for r in self.rows) else ""
+
+    def __repr__(self) -> str:
+        from ..views.status import text_table
+
+        out = text_table(self.rows, [("destination", "destination"), ("TLS policy", "level"), ("means", "means")])
+        return out + (f"\n{self.note}" if self.note else "")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        body = "".join(f"<tr><td>{html.escape(r['destination'])}</td><td><b>{html.escape(r['level'])}</b></td>"
+                       f"<td>{html.escape(r['means'])}</td></tr>" for r in self.rows)
+        note = f"<div style='font-size:90%'>{html.escape(self.note)}</div>" if self.note else ""
+        return (f"<table style='text-align:left'><thead><tr><th>destination</th><th>TLS policy</th><th>means</th>"
+                f"</tr></thead><tbody>{body}</tbody></table>{note}")
+
+
+@subcommand("tls")
+@magic_arguments("mail tls")
+@argument("domain", nargs="?", default=None, help="destination domain, e.g. beta.test")
+@argument("--policy", help="none | may | encrypt | verify | dane (--policy default: remove the entry)")
+@argument("--default", dest="default", help="the level for destinations without an entry")
+def tls_policy(magics: MailMagics, args: argparse.Namespace) -> Any:
+    """The relay's TLS policy per destination domain (none, may, encrypt, verify, dane)."""
+    lab = magics.lab()
+    try:
+        if args.domain and args.policy:
+            lab.set_tls_policy(args.domain, None if args.policy == "default" else args.policy)
+        elif args.domain and not args.policy:
+            raise UsageError("give --policy none|may|encrypt|verify|dane for the domain")
+        if args.default:
+            lab.set_tls_policy(default=args.default)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return PolicyTable(lab)
+
+
+def _middlebox(magics: MailMagics, host: str, service: str, *, strip: bool, off: bool) -> Any:
+    from .mail import HelpText
+
+    lab = magics.lab()
+    try:
+        if off:
+            box = lab.mitm(host, on=False, service=service)
+            return HelpText(f"middlebox removed from {host} {service}" if box else f"no middlebox on {host} {service}")
+        box = lab.mitm(host, service=service, strip=strip)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
+    what = ("a STARTTLS-stripping middlebox" if strip else "a passive tap (Eve)")
+    return HelpText(f"{what} now listens on {box.service.address}:{box.public_port} in front of {host} {service}"
+                    f" (the server moved to port {box.hidden_port}); %mail eve shows what it reads;"
+                    f" --off removes it")
+
+
+@subcommand("mitm")
+@magic_arguments("mail mitm")
+@argument("host", help="the lab host, e.g. mx1.beta.test")
+@argument("--service", default="smtp", help="the service to stand in front of (default smtp, port 25)")
+@argument("--off", action="store_true", help="remove the middlebox")
+def mitm(magics: MailMagics, args: argparse.Namespace) -> Any:
+    """Put a STARTTLS-stripping middlebox in front of a host's port 25 (--off removes it)."""
+    return _middlebox(magics, args.host, args.service, strip=True, off=args.off)
+
+
+@subcommand("tap")
+@magic_arguments("mail tap")
+@argument("host", help="the lab host, e.g. mail.alpha.test")
+@argument("service", help="smtp, submission, smtps, pop3, pop3s, imap, imaps")
+@argument("--off", action="store_true", help="remove the tap")
+def tap(magics: MailMagics, args: argparse.Namespace) -> Any:
+    """Put a passive eavesdropper on a service: %mail eve then shows what crossed the wire."""
+    return _middlebox(magics, args.host, args.service, strip=False, off=args.off)
+
+
+@subcommand("eve")
+@magic_arguments("mail eve")
+@argument("capture", nargs="*", help="capture ids (default: the newest plaintext one and the newest TLS one)")
+@argument("--list", action="store_true", help="list every capture")
+@argument("--allow-plaintext-auth", choices=["on", "off"],
+          help="the teacher's switch: allow logins before TLS for the demonstration")
+def eve(magics: MailMagics, args: argparse.Namespace) -> Any:
+    """What an eavesdropper read: plaintext lines (passwords decoded) vs TLS record sizes."""
+    from ..middlebox import captures
+    from ..views.eavesdrop import EavesdropView, captures_table
+
+    lab = magics.lab()
+    if args.allow_plaintext_auth:
+        lab.policy.plaintext_auth_demo = args.allow_plaintext_auth == "on"
+    caps = captures(lab)
+    if args.list:
+        return captures_table(caps)
+    if args.capture:
+        chosen = [c for c in caps if c.id in args.capture]
+        missing = set(args.capture) - {c.id for c in chosen}
+        if missing:
+            raise UsageError(f"no capture {', '.join(sorted(missing))} (%mail eve --list)")
+        return EavesdropView(lab, chosen)
+    return EavesdropView(lab)

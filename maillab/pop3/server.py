@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ..connection import LineConnection, LineTooLong
 from ..events import SessionRecorder
 from ..listener import DROPPED, LineServer
+from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
 from .maildrop import Maildrop
 from .session import POP3Session, Reply
@@ -74,7 +75,7 @@ class POP3Server(LineServer):
             hostname=self.service.hostname,
             tls_active=self.implicit_tls,
             stls_available=not self.implicit_tls,
-            plaintext_auth=self.lab.policy.pop3_plaintext_auth,
+            plaintext_auth=plaintext_auth_allowed(self.lab, "pop3"),
             auth_failure_delay=limits.auth_failure_delay,
             line_limit=limits.pop3_command_line,
         )

@@ -150,6 +150,9 @@ class Delivery:
     data_reply: Reply | None = None
     tls: bool = False
     tls_version: str | None = None
+    tls_cipher: str | None = None
+    tls_verified: str | None = None  # how the next hop was authenticated: "lab CA", "DANE", or None
+    starttls_offered: bool | None = None  # did the EHLO reply offer STARTTLS (None: no EHLO seen)
     protocol: str = "ESMTP"  # ESMTP / ESMTPS (RFC 3848), as the next hop writes it
     session: str | None = None  # the client-side session id in the event stream
     duration: float = 0.0
@@ -260,6 +263,7 @@ async def deliver(
     reply_timeout: float = 60.0,
     queue_id: str = "",
     require_tls: bool = False,
+    tlsa: list[tuple[int, int, int, str]] | None = None,
     connection: Connection | None = None,
     keep_open: Callable[[], bool] | None = None,
 ) -> Delivery:
@@ -270,6 +274,9 @@ async def deliver(
     host, the session is not ended with QUIT but left in ``Delivery.kept`` for the
     next message. Never raises for anything the network or the server does: the
     outcome is in the returned :class:`Delivery`.
+
+    ``tlsa``: DANE (RFC 7672): the server's certificate must match one of these
+    TLSA records (checked after the handshake; a mismatch ends the session).
     """
     result = Delivery(host, address, port)
     started = time.perf_counter()
@@ -292,7 +299,7 @@ async def deliver(
                 result.protocol = "ESMTP"
         if conn is None:
             conn = await _open(rec, result, helo_name=helo_name, source_address=source_address,
-                               tls_context=tls_context, require_tls=require_tls,
+                               tls_context=tls_context, require_tls=require_tls, tlsa=tlsa,
                                connect_timeout=connect_timeout, reply_timeout=reply_timeout)
             if conn is None:
                 return result
@@ -340,7 +347,7 @@ def _adopt(conn: Connection, rec: Any, result: Delivery) -> Connection:
 
 async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: str | None,
                 tls_context: ssl.SSLContext | None, require_tls: bool, connect_timeout: float,
-                reply_timeout: float) -> Connection | None:
+                reply_timeout: float, tlsa: list[tuple[int, int, int, str]] | None = None) -> Connection | None:
     """Connect, read the greeting, EHLO, STARTTLS when offered. None (with the reason in
     ``result``) when the session cannot carry mail: the next MX may be tried."""
     host, address, port = result.host, result.address, result.port
@@ -378,6 +385,7 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
                 await _quit(s)
                 return None
             result.protocol = "SMTP"
+        result.starttls_offered = "STARTTLS" in extensions
         if require_tls and ("STARTTLS" not in extensions or tls_context is None):
             # RFC 3207 4.1 / RFC 8689: a client that requires TLS must not go on in plaintext.
             result.error = f"{host}[{address}] does not offer STARTTLS, and this relay requires TLS"
@@ -400,9 +408,26 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
                     result.error = f"TLS handshake with {host}[{address}] failed: {exc}"
                     rec.note(result.error)
                     return None
-                info = tlsinfo.describe(writer.get_extra_info("ssl_object"))
-                rec.tls(info["version"], info["cipher"], peer_cert=host, verified=True)
+                ssl_object = writer.get_extra_info("ssl_object")
+                info = tlsinfo.describe(ssl_object)
+                verified = "lab CA" if tls_context.verify_mode == ssl.CERT_REQUIRED else None
+                if tlsa:
+                    from .tlspolicy import tlsa_matches
+
+                    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+                    if not der or not tlsa_matches(der, tlsa):
+                        # RFC 7672 2.2: with usable TLSA records, a server that fails to
+                        # authenticate gets no mail at all.
+                        result.error = (f"DANE: the certificate of {host}[{address}] matches none of its"
+                                        f" {len(tlsa)} TLSA record(s)")
+                        rec.note(result.error)
+                        await _quit(s)
+                        return None
+                    verified = "DANE"
+                rec.tls(info["version"], info["cipher"], peer_cert=host, verified=bool(verified),
+                        authenticated_by=verified)
                 result.tls, result.tls_version = True, info["version"]
+                result.tls_cipher, result.tls_verified = info["cipher"], verified
                 result.protocol = "ESMTPS"
                 result.stage = "EHLO"
                 ehlo = await s.command(f"EHLO {helo_name}")  # RFC 3207 4.2: forget what we knew

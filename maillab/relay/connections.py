@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from ..events import EventBus
 
 #: Who may share a connection: the sending host (HELO name and source address), the
-#: MX host and its address and port, and the TLS policy the connection was opened with.
-Key = tuple[str, "str | None", str, str, int, bool]
+#: MX host and its address and port, and the TLS policy level the connection was opened with.
+Key = tuple[str, "str | None", str, str, int, str]
 
 
 class ConnectionCache:

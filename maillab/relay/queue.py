@@ -34,6 +34,7 @@ import asyncio
 import copy
 import functools
 import secrets
+import ssl
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ from .bounce import FailedRecipient, build_dsn, original_header
 from .client import Delivery, deliver
 from .connections import ConnectionCache
 from .mx import RouteError, find_route
+from .tlspolicy import DANE_NOTE, lookup_tlsa
 
 if TYPE_CHECKING:
     from ..events import SessionRecorder
@@ -81,6 +83,11 @@ class Attempt:
     session: str | None = None  # client-side session id: its transcript
     replies: dict[str, str] = field(default_factory=dict)  # recipient -> reply
     reused_from: str | None = None  # sent over a cached connection: the session that opened it
+    tls_policy: str | None = None  # the sender's level for this destination (none/may/encrypt/verify/dane)
+    tls_verified: str | None = None  # "lab CA", "DANE", or None (unauthenticated or no TLS)
+    tls_cipher: str | None = None
+    starttls_offered: bool | None = None
+    downgraded: bool = False  # plaintext to a lab MTA that offers STARTTLS: someone removed it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,11 +187,19 @@ class RelayQueue:
         self._wanting: dict[tuple[str, str], int] = {}
         self._active: dict[tuple[str, str], int] = {}
         self._last: str | None = None
+        self._encrypt_context: Any = None
         self.closed = False
-        #: "may": STARTTLS whenever offered, plaintext if the handshake fails (opportunistic,
-        #: RFC 7435, Postfix's default); "verify": TLS with a verified certificate or no delivery.
-        self.tls_policy = "may"
         self.control = lab.events.session("relay", "server", "lab-relay", "", role="control")
+
+    @property
+    def tls_policy(self) -> str:
+        """The default TLS level for every destination (``lab.tls_policy`` holds the
+        per-domain ones; see :mod:`.tlspolicy`)."""
+        return self.lab.tls_policy.default
+
+    @tls_policy.setter
+    def tls_policy(self, level: str) -> None:
+        self.lab.tls_policy.set(default=level)
 
     # -- life cycle (on the lab loop) ---------------------------------------------------
     async def start(self) -> None:
@@ -192,6 +207,9 @@ class RelayQueue:
         self._sem = asyncio.Semaphore(self.lab.limits.relay_concurrency)
         if self.lab.ca is not None:
             self._tls_context = self.lab.ca.client_context()  # once: contexts are costly to make
+            self._encrypt_context = self.lab.ca.client_context()
+            self._encrypt_context.check_hostname = False  # "encrypt": TLS without authentication
+            self._encrypt_context.verify_mode = ssl.CERT_NONE
         self._connections = ConnectionCache(self.lab.events, self.lab.limits.relay_connection_cache)
         self.closed = False
 
@@ -296,6 +314,16 @@ class RelayQueue:
     def heal(self, hostname: str | None = None) -> str:
         """Undo the failures of ``hostname`` (all hosts when None)."""
         return self._run(self.aheal(hostname))
+
+    def drop_connections(self, hostname: str | None = None) -> None:
+        """Close the cached connections to ``hostname`` (all when None): the next message
+        opens a session of its own (e.g. through a middlebox just put in front of it)."""
+        if self._connections is None:
+            return
+        if self.lab.loop.in_lab_thread():
+            self._connections.drop(hostname)
+        else:
+            self.lab.loop.call(functools.partial(self._connections.drop, hostname))
 
     def flush(self) -> int:
         """Retry every deferred message now (``postqueue -f``); returns how many."""
@@ -546,38 +574,62 @@ class RelayQueue:
                       host=host, address=address, port=port, mail_from=msg.mail_from, rcpts=rcpts,
                       data=msg.data, connect_timeout=limits.relay_connect_timeout,
                       reply_timeout=limits.relay_reply_timeout, queue_id=msg.id)
-        required = self.tls_policy == "verify"
+        level = self.lab.tls_policy.level_for(domain)
+        context, required, tlsa = self._tls_context, False, None
+        if level == "none":
+            context = None
+        elif level == "encrypt":
+            context, required = self._encrypt_context, True
+        elif level == "verify":
+            required = True
+        elif level == "dane":
+            tlsa = await lookup_tlsa(self._resolver, host) if self._resolver is not None else []
+            if tlsa:
+                context, required = self._encrypt_context, True  # authenticated by TLSA, not by name
+                self._note(msg, f"DANE: {len(tlsa)} TLSA record(s) for _25._tcp.{host}: TLS required and the"
+                                f" key must match. {DANE_NOTE}")
+            else:
+                self._note(msg, f"DANE: no TLSA records for _25._tcp.{host}: opportunistic TLS (RFC 7672 2.2)")
         cache = self._connections
-        key = (msg.origin, source, host, address, port, required)
+        key = (msg.origin, source, host, address, port, level)
         reuse = cache.take(key) if cache is not None else None
 
         def keep_open() -> bool:
             return cache is not None and cache.idle > 0 and not self.closed and self._backlog(msg.origin, domain) \
                 and host not in self._faults
 
-        tls_context = self._tls_context
         upstream = self._upstream()
-        if upstream is not None and upstream.covers(host):
-            tls_context = upstream.tls_context  # another lab's CA: encrypted, not verified (RFC 7435)
-        d = await deliver(self.lab.events, tls_context=tls_context, require_tls=required,
+        if upstream is not None and upstream.covers(host) and context is not None:
+            context = upstream.tls_context  # another lab's CA: encrypted, not verified (RFC 7435)
+        d = await deliver(self.lab.events, tls_context=context, require_tls=required, tlsa=tlsa or None,
                           connection=reuse, keep_open=keep_open, **kwargs)
         if d.kept is not None and cache is not None:
             cache.put(key, d.kept)
-        if (d.unreachable and d.stage == "STARTTLS" and d.error and self._tls_context is not None
+        if (d.unreachable and d.stage == "STARTTLS" and d.error and context is not None
                 and not required):
             # Opportunistic TLS (RFC 7435, Postfix's "may"): a failed handshake is
             # noted and the same host is tried again in plaintext.
             self._note(msg, f"{d.error}; retrying {host} without TLS (opportunistic TLS)")
             d = await deliver(self.lab.events, tls_context=None, **kwargs)
+        d.tls_policy = level  # type: ignore[attr-defined]
         return d
 
     def _attempt_of(self, d: Delivery, msg: QueuedMessage, domain: str, rcpts: list[Recipient],
                     answer: list[str], result: str, text: str, code: int | None = None) -> Attempt:
+        level = getattr(d, "tls_policy", None)
+        downgraded = (d.connected and not d.tls and level not in (None, "none") and d.starttls_offered is False
+                      and self._offers_starttls(d.host))
         return Attempt(time.time() - d.duration, domain, [r.address for r in rcpts], result, d.host, d.address,
                        d.port, answer, code if code is not None else
                        (d.session_failure.code if d.session_failure else None), text, d.tls, d.tls_version,
                        d.protocol if d.connected else None, round(d.duration, 4), d.session,
-                       {k: str(v) for k, v in d.rcpt_replies.items()}, d.reused_from)
+                       {k: str(v) for k, v in d.rcpt_replies.items()}, d.reused_from, level, d.tls_verified,
+                       d.tls_cipher, d.starttls_offered, bool(downgraded))
+
+    def _offers_starttls(self, hostname: str) -> bool:
+        """Every lab MTA offers STARTTLS on its SMTP port; an EHLO reply without it came
+        through something that removed it (``lab.mitm``)."""
+        return any(s.name == "smtp" and s.hostname == hostname and s.tls == "starttls" for s in self.lab.services)
 
     def _apply(self, msg: QueuedMessage, d: Delivery, domain: str, rcpts: list[Recipient],
                answer: list[str]) -> None:
@@ -608,6 +660,10 @@ class RelayQueue:
         attempt = self._attempt_of(d, msg, domain, rcpts, answer, result, text,
                                    final.code if final else None)
         tls = f"TLS {d.tls_version}" if d.tls else "no TLS"
+        if attempt.tls_policy:
+            tls += f", policy {attempt.tls_policy}"
+        if attempt.downgraded:
+            tls += ", DOWNGRADED: the EHLO reply offered no STARTTLS, although the server offers it"
         self._record(msg, attempt, f"{d.host}[{d.address}]:{d.port} ({d.protocol}, {tls},"
                                    f" {d.duration * 1000:.0f} ms): {result}: {text}")
 

@@ -47,9 +47,17 @@ _CSS = (
 
 
 def _tls_words(hop: PathHop) -> str:
+    """TLS version, how the next hop was authenticated, a downgrade, the sender's policy."""
     if hop.encrypted is None:
         return ""
-    return (hop.tls or "TLS") if hop.encrypted else "no TLS"
+    words = [(hop.tls or "TLS") if hop.encrypted else "no TLS"]
+    if hop.encrypted and hop.policy:
+        words.append(f"verified: {hop.verified}" if hop.verified else "unverified")
+    if hop.downgraded:
+        words.append("DOWNGRADED: STARTTLS stripped")
+    if hop.policy:
+        words.append(f"policy {hop.policy}")
+    return ", ".join(words)
 
 
 def _delay(seconds: float | None) -> str:
@@ -64,6 +72,8 @@ def _kind(hop: PathHop) -> tuple[str, str]:
         return "err", "✗"
     if hop.ok is None:
         return "temp", "↻"
+    if hop.downgraded:
+        return "err", "⚠"
     if hop.encrypted is False:
         return "muted", "⚠"
     return ("ok", "✓") if hop.encrypted else ("muted", "→")
@@ -238,7 +248,8 @@ def figure(path: RelayPath, *, width: float | None = None) -> Figure:
 
     for hop in path.hops:
         (xs, ys), (xt, yt) = xy(hop.source), xy(hop.target)
-        colour = fail if hop.ok is False else pend if hop.ok is None else ok if hop.encrypted else plain
+        colour = (fail if hop.ok is False or hop.downgraded else pend if hop.ok is None
+                  else ok if hop.encrypted else plain)
         style = "-" if hop.ok is True and hop.encrypted is not False else "--"
         back = xt <= xs and hop.source != hop.target
         down = yt < ys

@@ -95,7 +95,7 @@ def auth_policy(lab: Lab, service: str) -> tuple[str, str]:
     if service == "smtp":
         return "no AUTH (MX port)", "— (no AUTH)"
     if service == "submission":
-        code = "530 5.7.0" if getattr(lab, "require_tls", False) else "538 5.7.11"
+        code = "530 5.7.0" if lab.policy.require_tls else "538 5.7.11"
         return "no", f"yes ({code})"
     from ..plaintext import plaintext_auth_allowed
 
@@ -156,7 +156,7 @@ def port_map(lab: Lab) -> PortMap:
             except Exception:  # noqa: BLE001 - a view must not fail for one certificate
                 pass
     return PortMap(list(rows.values()), hosts, certs, str(lab.ca.ca_path) if lab.ca else None,
-                   require_tls=bool(getattr(lab, "require_tls", False)))
+                   require_tls=bool(lab.policy.require_tls))
 
 
 def _negotiated_short(s: SessionSeen) -> str:

@@ -65,11 +65,20 @@ class PathHop:
     result: str | None = None  # the reply or error
     ok: bool | None = True  # False: failed attempt; None: in progress
     when: datetime | None = None
+    policy: str | None = None  # the sender's TLS policy for this hop (none/may/encrypt/verify/dane)
+    verified: str | None = None  # how the next hop was authenticated: "lab CA", "DANE", None
+    downgraded: bool = False  # plaintext although the next hop offers STARTTLS: it was stripped
 
     def label(self) -> str:
         parts = [self.protocol or ""]
         if self.encrypted is not None:
             parts.append((self.tls or "TLS") if self.encrypted else "no TLS")
+        if self.encrypted and self.policy:
+            parts.append(f"verified: {self.verified}" if self.verified else "unverified")
+        if self.downgraded:
+            parts.append("DOWNGRADED (STARTTLS stripped)")
+        if self.policy:
+            parts.append(f"policy {self.policy}")
         if self.seconds is not None:
             parts.append(_delay(self.seconds).lstrip("+"))
         return ", ".join(p for p in parts if p)
@@ -291,7 +300,10 @@ def _relay_hops(lab: Lab, path: RelayPath, msg: Any, depth: int = 0) -> None:
         path.hops.append(PathHop(origin, target, protocol=attempt.protocol, encrypted=attempt.tls if
                                  attempt.protocol else None, tls=attempt.tls_version,
                                  seconds=attempt.duration, dns=_dns_text(msg, attempt), result=result,
-                                 ok=ok, when=datetime.fromtimestamp(attempt.time, timezone.utc)))
+                                 ok=ok, when=datetime.fromtimestamp(attempt.time, timezone.utc),
+                                 policy=getattr(attempt, "tls_policy", None),
+                                 verified=getattr(attempt, "tls_verified", None),
+                                 downgraded=bool(getattr(attempt, "downgraded", False))))
         if not ok:
             continue
         m = _QUEUED_AS.search(attempt.text or "")
