@@ -270,3 +270,32 @@ def test_presenter_mode_scales_every_view(ip):
             ip.run_line_magic("mail", "textsize 40")
     finally:
         theme.settings.set_scale(1.0)
+
+
+def test_start_is_short_and_mail_shows_a_summary_unless_asked(ip):
+    again = repr(ip.run_line_magic("mail", "start"))
+    assert "mail hosts" in again and "%mail status" in again and len(again.splitlines()) <= 5
+    quiet = ip.run_cell_magic("mail", "--from alice@alpha.test --to bob@alpha.test --subject short", "hi\n")
+    assert quiet.ok and "C: " not in repr(quiet) and len(repr(quiet).splitlines()) <= 3
+    assert "<details><summary>the SMTP session" in quiet._repr_html_()
+    loud = ip.run_cell_magic("mail", "--from alice@alpha.test --to bob@alpha.test --subject long --transcript",
+                             "hi\n")
+    assert "C: " in repr(loud) and "S: 250" in repr(loud)
+
+
+def test_sequence_diagram_of_a_session(ip, tmp_path):
+    ip.run_cell_magic("mail", "--from alice@alpha.test --to bob@alpha.test --subject seq", "hi\n")
+    diagram = ip.run_line_magic("mail", f"sequence --figure {tmp_path / 'seq.svg'}  # for the slides")
+    svg = (tmp_path / "seq.svg").read_text()
+    assert svg.startswith("<?xml") and "viewBox=" in svg and "</svg>" in svg
+    for needle in ("C: ehlo", "S: 220 2.0.0 Ready to start TLS", "TLS started: TLSv1.3", "AUTH PLAIN", "C: quit"):
+        assert needle in svg, needle
+    # one arrow per reply: the EHLO reply's lines share one arrow
+    text = repr(diagram)
+    assert "  <-- S: 250-" in text and "      S: 250 " in text and "== ◆ TLS started" in text
+    assert "<svg" in diagram._repr_html_()
+    pop = ip.run_line_magic("pop3", "bob")
+    seq = repr(ip.run_line_magic("mail", "sequence --protocol pop3"))
+    assert "state: TRANSACTION" in seq and "state: UPDATE" in seq and pop.rows
+    with pytest.raises(UsageError, match="no session"):
+        ip.run_line_magic("mail", "sequence smtp-99999")

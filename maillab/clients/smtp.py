@@ -231,6 +231,9 @@ class SendResult:
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
     error: str | None = None
     events: EventBus | None = field(default=None, repr=False)
+    #: Show the whole session under the summary (``%%mail --transcript``); by default
+    #: a cell shows the summary and keeps the transcript one click away.
+    show_transcript: bool = field(default=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -255,19 +258,25 @@ class SendResult:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        t = self.transcript()
+        t = self.transcript() if self.show_transcript else ""
         return self.summary() + (f"\n\n{t}" if t else "")
 
     def _repr_html_(self) -> str:
-        import html
+        from ..views.theme import badge, page
+        from ..views.transcript import render_body
 
-        from ..views.transcript import render_html
-
-        color = "#1a7f37" if self.ok else "#b42318"
-        body = (render_html(self.events.events(session=self.session))
-                if self.events is not None and self.session else "")
-        return (f'<div><pre style="color:{color};margin:0 0 .5em 0">{html.escape(self.summary())}</pre>'
-                f"{body}</div>")
+        lines = self.summary().split("\n")
+        head = [f"<div>{badge('ok' if self.ok else 'err', lines[0])}</div>"]
+        head += [f"<div>{badge('err', line)}</div>" for line in lines[1:]]
+        events = self.events.events(session=self.session) if self.events is not None and self.session else []
+        if not events:
+            return page("".join(head), kind="sent")
+        sent = sum(1 for e in events if e.kind == "C")
+        body = render_body(events, explain=True, copy="client")
+        if self.show_transcript:
+            return page("".join(head) + body, kind="sent")
+        return page("".join(head) + f"<details><summary>the SMTP session ({sent} commands sent;"
+                    f" <code>--transcript</code> shows it open)</summary>{body}</details>", kind="sent")
 
 
 def _split_target(via: str) -> tuple[str, int] | None:

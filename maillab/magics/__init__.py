@@ -22,6 +22,7 @@ MAGIC_MODULES = (
     "maillab.magics.tls",
     "maillab.magics.faults",
     "maillab.magics.classnet",
+    "maillab.magics.views",
 )
 
 

@@ -45,6 +45,7 @@ from ..lab import Lab
 from ..services import PortBusy
 from ..users import parse_user_spec
 from ..views import Inbox, StatusTable, Transcript, TranscriptView, theme
+from ..views.status import StartSummary
 from ..views.transcript import flush_live_views, render_html, render_text
 from . import state
 from .comments import strip_comment
@@ -299,6 +300,7 @@ def run_raw_smtp(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
 @argument("--password", help="password (default: the lab user's)")
 @argument("--no-starttls", action="store_true", help="do not upgrade with STARTTLS")
 @argument("--body", help="message text (line magic form; the cell form uses the cell)")
+@argument("--transcript", action="store_true", help="show the whole SMTP session, not just the summary")
 def _compose_args() -> None:
     """Compose a message and send it (``%mail send`` takes the same options, the text with --body)."""
 
@@ -368,10 +370,12 @@ class MailMagics(Magics):
         except (ValueError, OSError) as exc:
             raise UsageError(str(exc)) from None
         try:
-            return send_message(self.lab(), msg, via=args.via, user=args.user, password=args.password,
-                                starttls=not args.no_starttls, timeout=self.timeout, check=False)
+            result = send_message(self.lab(), msg, via=args.via, user=args.user, password=args.password,
+                                  starttls=not args.no_starttls, timeout=self.timeout, check=False)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        result.show_transcript = args.transcript
+        return result
 
     @line_cell_magic
     def smtp(self, line: str = "", cell: str | None = None) -> Any:
@@ -411,8 +415,8 @@ def _start(magics: MailMagics, args: argparse.Namespace) -> Any:
     """Start the lab's servers in this kernel (idempotent)."""
     lab = state.existing_lab()
     if lab is not None and lab.started:
-        return StatusTable(lab.status(), ca_path=str(lab.ca_path), directory=str(lab.directory),
-                           note="already running (%mail stop first to change options)")
+        return StartSummary(lab.status(), directory=str(lab.directory),
+                            note="already running (%mail stop first to change options)")
     try:
         users = [parse_user_spec(u) for u in args.user]
     except ValueError as exc:
@@ -426,7 +430,7 @@ def _start(magics: MailMagics, args: argparse.Namespace) -> Any:
     except PortBusy as exc:
         state.replace_lab(None)
         raise UsageError(str(exc)) from None
-    return StatusTable(lab.status(), ca_path=str(lab.ca_path), directory=str(lab.directory), note=note)
+    return StartSummary(lab.status(), directory=str(lab.directory), note=note)
 
 
 @subcommand("stop")
@@ -522,28 +526,6 @@ def _transcript(magics: MailMagics, args: argparse.Namespace) -> Any:
                                  user=args.user), explain=not args.no_explain)
     return TranscriptView(lab.events, session=session, protocol=args.protocol, user=args.user,
                           explain=not args.no_explain)
-
-
-@subcommand("present")
-@magic_arguments("mail present")
-@argument("mode", nargs="?", default="on", choices=["on", "off"])
-def _present(magics: MailMagics, args: argparse.Namespace) -> Any:
-    """Presenter mode: large text in every view, live ones at once (on|off)."""
-    magics.presenter = args.mode == "on"
-    theme.settings.set_presenter(magics.presenter)  # also when the trait did not change
-    return HelpText(f"presenter mode {args.mode}: views use text scale {theme.settings.scale:g}")
-
-
-@subcommand("textsize")
-@magic_arguments("mail textsize")
-@argument("scale", type=float, help="1 = normal, 1.6 = presenter, 2 = very large")
-def _textsize(magics: MailMagics, args: argparse.Namespace) -> Any:
-    """Text size of every view (a scale: 1 normal, 1.6 presenter)."""
-    try:
-        theme.settings.set_scale(args.scale)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return HelpText(f"views use text scale {theme.settings.scale:g}")
 
 
 SUBCOMMANDS["send"] = Subcommand("send", lambda magics, args: magics._send_parsed(args, None),

@@ -133,10 +133,10 @@ def _diagram_svg(st: POP3SessionState) -> str:
         x = 5 + i * (_BOX_W + _GAP)
         current = name == st.state and not (st.closed and name != "UPDATE")
         seen = name in st.visited
-        stroke = "var(--ml-client)" if current else "var(--ml-line)"
+        stroke = "var(--ml-client,#005a9c)" if current else "var(--ml-fg,#1f2328)"
         label = ("▶ " if current else "✓ " if seen else "") + name
-        parts.append(f"<rect x='{x}' y='8' width='{_BOX_W}' height='{_BOX_H}' rx='8' fill='var(--ml-bg2)'"
-                     f" stroke='{stroke}' stroke-width='{4 if current else 1.5}'/>"
+        parts.append(f"<rect x='{x}' y='8' width='{_BOX_W}' height='{_BOX_H}' rx='8'"
+                     f" style='fill:var(--ml-bg2,#eef1f4);stroke:{stroke};stroke-width:{4 if current else 1.5}'/>"
                      f"<text x='{x + _BOX_W / 2}' y='{8 + _BOX_H / 2 + 6}' text-anchor='middle'"
                      f" font-size='16' font-weight='{700 if current else 400}'>{label}</text>")
         if current:
@@ -144,12 +144,12 @@ def _diagram_svg(st: POP3SessionState) -> str:
                          " font-size='14' font-weight='700'>now</text>")
         if i < 2:
             x1, x2 = x + _BOX_W, x + _BOX_W + _GAP
-            parts.append(f"<line x1='{x1}' y1='30' x2='{x2 - 8}' y2='30' stroke='var(--ml-fg)'"
-                         " stroke-width='1.5' marker-end='url(#pop3arrow)'/>"
+            parts.append(f"<line x1='{x1}' y1='30' x2='{x2 - 8}' y2='30'"
+                         " style='stroke:var(--ml-fg,#1f2328);stroke-width:1.5' marker-end='url(#pop3arrow)'/>"
                          f"<text x='{(x1 + x2) / 2}' y='{8 + _BOX_H + 20}' text-anchor='middle'"
                          f" font-size='13'>{html.escape(TRANSITIONS[i].replace(', APOP or AUTH', ''))}</text>")
     defs = ("<defs><marker id='pop3arrow' markerWidth='8' markerHeight='8' refX='6' refY='4'"
-            " orient='auto'><path d='M0,0 L8,4 L0,8 z' fill='var(--ml-fg)'/></marker></defs>")
+            " orient='auto'><path d='M0,0 L8,4 L0,8 z' style='fill:var(--ml-fg,#1f2328)'/></marker></defs>")
     return (f"<svg viewBox='0 0 {width} 82' style='width:min(100%,48em)' role='img'"
             f" aria-label='POP3 states, now {html.escape(st.state or 'none')}'"
             f" xmlns='http://www.w3.org/2000/svg'>{defs}{''.join(parts)}</svg>")

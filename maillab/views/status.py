@@ -100,3 +100,47 @@ class StatusTable:
         foot.append(f"TLS modes: {modes}")
         return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
                 f"<div style='font-size:90%'>{'<br>'.join(foot)}</div>")
+
+
+class StartSummary:
+    """What ``%mail start`` returns: a few lines, not the whole port table (that is
+    ``%mail status``; showing it twice in a row buried the lesson)."""
+
+    MAIN = ("smtp", "submission", "pop3", "imap", "dns")
+
+    def __init__(self, rows: Sequence[dict[str, Any]], *, directory: str | None = None,
+                 note: str | None = None) -> None:
+        self.rows = list(rows)
+        self.directory = directory
+        self.note = note
+
+    def _lines(self) -> tuple[str, str]:
+        hosts = list(dict.fromkeys(r["host"] for r in self.rows if r.get("host") and r["service"] == "smtp"))
+        head = (f"maillab is running in this kernel: {len(hosts)} mail hosts, {len(self.rows)} services"
+                + (f"; {self.note}" if self.note else "") + ".")
+        first = hosts[0] if hosts else ""
+        ports = []
+        for name in self.MAIN:
+            row = next((r for r in self.rows if r["service"] == name and r["host"] in (first, "")), None)
+            row = row or next((r for r in self.rows if r["service"] == name), None)
+            if row:
+                ports.append(f"{name} {row['lab_port']} (standard {row['standard_port']})")
+        where = f"{first} {self.rows[0]['address']}: " if self.rows else ""
+        return head, where + ", ".join(ports)
+
+    def __repr__(self) -> str:
+        if not self.rows:
+            return "the lab is not running (%mail start)"
+        head, ports = self._lines()
+        tail = f"\nlab directory: {self.directory}" if self.directory else ""
+        return f"{head}\n{ports}\n%mail status: every host and port, with TLS modes and sessions{tail}"
+
+    def _repr_html_(self) -> str:
+        from .theme import badge, page
+
+        if not self.rows:
+            return page("<i>the lab is not running (<code>%mail start</code>)</i>")
+        head, ports = self._lines()
+        return page(f"<div>{badge('ok', head)}</div><div class='mono'>{html.escape(ports)}</div>"
+                    "<div class='ml-note'><code>%mail status</code>: every host and port, with TLS modes"
+                    " and sessions</div>", kind="start")

@@ -1,0 +1,215 @@
+"""A sequence diagram of one session: client and server lifelines, every command
+and reply as an arrow, TLS start, login and state changes marked across both.
+
+The RFCs draw conversations as ``C:``/``S:`` lines; a sequence diagram is the
+same conversation with time running down the page, which shows at a glance who
+waits for whom (a multi-line reply is one arrow with all its lines), where the
+connection became encrypted and where the session changed state.
+
+One SVG serves the notebook and the export (``%mail sequence --figure
+seq.svg``): it has a ``viewBox`` (it scales to the width it gets), takes its
+colours from the lab's theme variables with fallbacks (so the exported file
+reads on its own) and wraps long lines instead of cutting them.
+"""
+
+from __future__ import annotations
+
+import html
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..events import AUTH, CLIENT_LINE, CLOSED, OPENED, SERVER_LINE, STATE, TLS, Event
+from .theme import PALETTE, page, reply_kind
+
+WIDTH = 760
+CLIENT_X, SERVER_X = 90, 670
+WRAP = 62  # characters per label line at the label font size
+LINE_H, GAP = 17, 12
+
+_FALLBACK = {name: pair[0] for name, pair in PALETTE.items()}
+
+
+def _colour(kind: str) -> str:
+    return f"var(--ml-{kind},{_FALLBACK.get(kind, '#1f2328')})"
+
+
+_FG = "var(--ml-fg,#1f2328)"
+
+
+@dataclass
+class Step:
+    """One row of the diagram: an arrow (``C``/``S``) or a mark across both lifelines."""
+
+    kind: str  # "C", "S" or "mark"
+    lines: list[str]
+    colour: str = "client"
+    glyph: str = ""
+
+
+def steps(events: Sequence[Event]) -> list[Step]:
+    """The rows: consecutive server lines form one reply (one arrow); a message body
+    sent after DATA is one arrow saying how long it was."""
+    out: list[Step] = []
+    for e in events:
+        if e.kind == CLIENT_LINE:
+            if e.data.get("payload"):
+                n = len(e.text.split("\n"))
+                out.append(Step("C", [f"(message text, {n} lines shown in the transcript)"]))
+            else:
+                out.append(Step("C", [f"C: {e.text}"]))
+        elif e.kind == SERVER_LINE:
+            kind = "ok" if e.data.get("payload") else reply_kind(e.protocol, e.text)
+            text = (f"S: (message text, {len(e.text.splitlines())} lines shown in the transcript)"
+                    if e.data.get("payload") else f"S: {e.text}")
+            prev = out[-1] if out else None
+            if prev is not None and prev.kind == "S" and not _reply_ended(e.protocol, prev.lines[-1]):
+                prev.lines.append(text)
+                if kind == "err":
+                    prev.colour, prev.glyph = "err", "✗"
+            else:
+                glyph = {"err": "✗", "temp": "↻"}.get(kind, "")
+                out.append(Step("S", [text], kind, glyph))
+        elif e.kind == TLS:
+            version = e.data.get("version") or "TLS"
+            cipher = e.data.get("cipher") or ""
+            out.append(Step("mark", [f"◆ TLS started: {version} {cipher}".rstrip(),
+                                     "from here on every line is encrypted on the wire"], "event"))
+        elif e.kind == AUTH:
+            ok = e.data.get("ok")
+            out.append(Step("mark", [f"{'✓' if ok else '✗'} AUTH {e.data.get('mechanism', '')}: "
+                                     f"{'logged in as' if ok else 'refused for'} {e.data.get('user', '?')}"],
+                            "ok" if ok else "err"))
+        elif e.kind == STATE:
+            out.append(Step("mark", [f"◆ state: {e.text}"], "event"))
+        elif e.kind == CLOSED:
+            out.append(Step("mark", ["connection closed" + (f" ({e.text})" if e.text else "")], "muted"))
+    return out
+
+
+def _reply_ended(protocol: str, last: str) -> bool:
+    """Whether the reply holding ``last`` (with its "S: " prefix) is complete: SMTP's
+    last line has a space after the code (RFC 5321 4.2.1); POP3's multi-line
+    IMAP's with a tagged line. POP3 cannot tell from a reply's first line whether
+    more follow (RFC 1939 3), and it answers in lock step, so server lines with no
+    client line between them are one reply."""
+    text = last[3:]
+    if protocol == "smtp":
+        return not (text[:3].isdigit() and text[3:4] == "-")
+    if protocol == "imap":
+        return not text.startswith("* ") and not text.startswith("+ ")
+    return False
+
+
+def _wrap(line: str) -> list[str]:
+    return textwrap.wrap(line, WRAP, break_long_words=True, break_on_hyphens=False,
+                         subsequent_indent="   ") or [line]
+
+
+def sequence_svg(events: Sequence[Event], *, title: str = "", client: str = "client",
+                 server: str = "server") -> str:
+    """The diagram as one standalone SVG document (see the module docstring)."""
+    rows = steps(events)
+    body: list[str] = []
+    y = 70
+    esc = html.escape
+    tls_from: int | None = None  # where the lifelines become encrypted (drawn heavy from there)
+    for step in rows:
+        lines = [w for line in step.lines for w in _wrap(line)]
+        colour = _colour(step.colour)
+        if step.kind == "mark" and step.lines[0].startswith("◆ TLS started") and tls_from is None:
+            tls_from = y
+        if step.kind == "mark":
+            h = LINE_H * len(lines) + 8
+            body.append(f"<rect x='{CLIENT_X - 40}' y='{y}' width='{SERVER_X - CLIENT_X + 80}' height='{h}' "
+                        f"rx='6' style='fill:var(--ml-bg2,#eef1f4);stroke:{colour};stroke-width:1.5'/>")
+            for k, line in enumerate(lines):
+                body.append(f"<text x='{CLIENT_X - 30}' y='{y + 17 + LINE_H * k}' "
+                            f"style='fill:{colour};font-weight:600'>{esc(line)}</text>")
+            y += h + GAP
+            continue
+        glyph = f"{step.glyph} " if step.glyph else ""
+        for k, line in enumerate(lines):
+            body.append(f"<text x='{CLIENT_X + 14}' y='{y + 13 + LINE_H * k}' class='mono' "
+                        f"style='fill:{colour};font-family:var(--ml-mono,monospace)'>"
+                        f"{esc((glyph if k == 0 else '') + line)}</text>")
+        ay = y + LINE_H * len(lines) + 6
+        x1, x2 = (CLIENT_X, SERVER_X - 2) if step.kind == "C" else (SERVER_X, CLIENT_X + 2)
+        dash = ";stroke-dasharray:6 4" if step.kind == "S" else ""
+        marker = "seqC" if step.kind == "C" else f"seq{step.colour}"
+        body.append(f"<line x1='{x1}' y1='{ay}' x2='{x2}' y2='{ay}' style='stroke:{colour};stroke-width:2{dash}'"
+                    f" marker-end='url(#{marker})'/>")
+        y = ay + GAP
+    height = y + 20
+    markers = "".join(
+        f"<marker id='seq{n}' markerWidth='10' markerHeight='8' refX='9' refY='4' orient='auto'>"
+        f"<path d='M0,0 L10,4 L0,8 z' style='fill:{_colour(k)}'/></marker>"
+        for n, k in (("C", "client"), ("ok", "ok"), ("err", "err"), ("temp", "temp")))
+    heads = "".join(
+        f"<rect x='{x - 80}' y='26' width='160' height='30' rx='6' style='fill:var(--ml-bg2,#eef1f4);"
+        f"stroke:{_FG}'/><text x='{x}' y='46' text-anchor='middle' style='fill:{_FG};font-weight:700'>"
+        f"{esc(name[:24])}</text>"
+        f"<line x1='{x}' y1='56' x2='{x}' y2='{height - 10}' style='stroke:{_FG};stroke-width:1.5;"
+        f"stroke-dasharray:2 3'/>"
+        for x, name in ((CLIENT_X, client), (SERVER_X, server)))
+    if tls_from is not None:
+        heads += "".join(f"<line x1='{x}' y1='{tls_from}' x2='{x}' y2='{height - 10}' "
+                         f"style='stroke:{_colour('event')};stroke-width:5;opacity:.55'/>"
+                         for x in (CLIENT_X, SERVER_X))
+        heads += (f"<text x='{SERVER_X + 8}' y='{height - 14}' style='fill:{_colour('event')};font-size:12px'>"
+                  "encrypted</text>")
+    head = f"<text x='10' y='16' style='fill:{_FG};font-weight:700'>{esc(title)}</text>" if title else ""
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {WIDTH} {height}' role='img' "
+            f"aria-label='sequence diagram {esc(title)}' style='width:min(100%,56em);height:auto;"
+            f"font-family:var(--jp-ui-font-family,sans-serif);font-size:14px'>"
+            f"<defs>{markers}</defs>{head}{heads}{''.join(body)}</svg>")
+
+
+def _names(events: Sequence[Event]) -> tuple[str, str]:
+    opened = next((e for e in events if e.kind == OPENED), None)
+    if opened is None:
+        return "client", "server"
+    peer = str(opened.data.get("peer") or "")
+    if opened.side == "server":
+        return f"client {peer}" if peer else "client", opened.host
+    return "client (lab)", peer or opened.host
+
+
+class SequenceDiagram:
+    """What ``%mail sequence`` returns: the SVG in a notebook, arrows as text elsewhere."""
+
+    def __init__(self, events: Sequence[Event], *, title: str = "") -> None:
+        self.events = list(events)
+        self.title = title
+        self.client, self.server = _names(self.events)
+        self.saved: str | None = None
+
+    def svg(self) -> str:
+        return sequence_svg(self.events, title=self.title, client=self.client, server=self.server)
+
+    def save(self, path: str | Path) -> str:
+        """Write the standalone SVG (``.svg``); returns the path."""
+        p = Path(path)
+        p.write_text('<?xml version="1.0" encoding="UTF-8"?>\n' + self.svg(), encoding="utf-8")
+        self.saved = str(p)
+        return self.saved
+
+    def text(self) -> str:
+        out = [self.title, f"{self.client}  <->  {self.server}"]
+        for step in steps(self.events):
+            if step.kind == "mark":
+                out.append("  == " + " / ".join(step.lines))
+            else:
+                arrow = "  --> " if step.kind == "C" else "  <-- "
+                out += [(arrow if k == 0 else " " * len(arrow)) + line for k, line in enumerate(step.lines)]
+        if self.saved:
+            out.append(f"(saved to {self.saved})")
+        return "\n".join(out)
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_html_(self) -> str:
+        saved = f"<div class='ml-note'>saved to <code>{html.escape(self.saved)}</code></div>" if self.saved else ""
+        return page(self.svg() + saved, kind="sequence")
