@@ -42,7 +42,8 @@ def _lab_from_args(args: argparse.Namespace) -> Lab:
 
         lab = join_lab(args.dir, args.join, args.key, listen=args.listen or args.host, ports=args.ports)
     else:
-        lab = Lab(args.dir, host=args.listen or args.host, ports=args.ports, domains=args.domain or None)
+        lab = Lab(args.dir, host=args.listen or args.host, ports=args.ports, domains=args.domain or None,
+                  require_tls=args.require_tls)
     for address, password in users:
         lab.add_user(address, password)
     return lab
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve this mail domain (repeatable); default: the lab network alpha/beta/gamma.test")
     s.add_argument("--ports", choices=["default", "auto"], default="default",
                    help="default: 2525/2587/2465/1110/1995/1143/1993/1053; auto: free ports")
+    s.add_argument("--require-tls", action="store_true",
+                   help="no login anywhere before TLS (SMTP 530 5.7.0, IMAP LOGINDISABLED, POP3 no USER before STLS)")
     s.add_argument("--join", metavar="ADDR:PORT", help="join the class DNS at ADDR:PORT (needs --key)")
     s.add_argument("--key", metavar="NAME:SECRET", help="the class key (maillab class key prints both)")
     s.add_argument("--listen", metavar="ADDR", help="the address to serve on (the same as --host)")

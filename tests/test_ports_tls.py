@@ -218,3 +218,40 @@ def test_magics_ports_and_probe(tmp_path) -> None:
         smtp = lab.service("smtp", "mx1.beta.test")
         r = shell.run_line_magic("mail", f"probe mx1.beta.test:{smtp.port}")
         assert r.outcome == WRONG_PROTOCOL
+
+
+def test_require_tls_means_no_plaintext_login_anywhere(tmp_path) -> None:
+    lab = Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], require_tls=True, limits=fast_limits(),
+              services=("submission", "pop3", "imap"))
+    lab.start()
+    try:
+        with socket.create_connection(lab.address("submission"), timeout=5) as s:
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b"EHLO c.test\r\n")
+            while f.readline()[3:4] == b"-":
+                pass
+            s.sendall(b"AUTH PLAIN AGJvYkBhbHBoYS50ZXN0AGJvYi1wdw==\r\nMAIL FROM:<bob@alpha.test>\r\n")
+            assert f.readline().startswith(b"530 5.7.0") and f.readline().startswith(b"530 5.7.0")
+        with socket.create_connection(lab.address("imap"), timeout=5) as s:
+            f = s.makefile("rb")
+            assert b"LOGINDISABLED" in f.readline()
+            s.sendall(b"a LOGIN bob@alpha.test bob-pw\r\n")
+            assert f.readline().startswith(b"a NO [PRIVACYREQUIRED]")
+        with socket.create_connection(lab.address("pop3"), timeout=5) as s:
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b"CAPA\r\n")
+            caps = [f.readline().strip()]
+            while caps[-1] != b".":
+                caps.append(f.readline().strip())
+            assert b"USER" not in caps and b"STLS" in caps
+            s.sendall(b"USER bob@alpha.test\r\n")
+            assert f.readline().startswith(b"-ERR")
+        pm = port_map(lab)
+        assert pm.row("pop3").plaintext_login_refused.startswith("yes")
+        assert pm.row("submission").plaintext_login_refused == "yes (530 5.7.0)" and pm.require_tls
+        lab.policy.plaintext_auth_demo = True  # the teacher's switch wins, for the next session
+        assert pm.row("imap").auth_before_tls == "no" and port_map(lab).row("imap").auth_before_tls.startswith("yes")
+    finally:
+        lab.stop()

@@ -386,8 +386,11 @@ class LabSMTP(SMTP):
             await self.push(Reply(503, "5.5.1", "Error: send EHLO first"))
             return
         if not self.tls_on():
-            await self.push(Reply(538, "5.7.11", "Encryption required for requested"
-                                  " authentication mechanism (RFC 4954 6): STARTTLS first"))
+            if self.lab.policy.require_tls:  # RFC 3207 4: the server requires TLS for everything
+                await self.push(NEED_STARTTLS)
+            else:
+                await self.push(Reply(538, "5.7.11", "Encryption required for requested"
+                                      " authentication mechanism (RFC 4954 6): STARTTLS first"))
             return
         if self.user is not None:
             await self.push(Reply(503, "5.5.1", "Error: already authenticated"))
