@@ -1,10 +1,17 @@
-"""A line-oriented connection for the hand-written servers (POP3, IMAP).
+"""One client connection of a lab server (SMTP, POP3, IMAP): bytes in, bytes out.
 
-It owns the byte buffer, so limits are enforced before memory is spent: a line
-longer than the limit is consumed and reported as too long, never stored whole.
-It also owns the STARTTLS switch, where the classic bug lives: bytes a client
-pipelines after ``STARTTLS`` arrive in plaintext and must be thrown away, never
-read as if they had come over TLS (CVE-2011-0411 and its many descendants).
+A :class:`LineConnection` is an :class:`asyncio.Protocol`, so it owns the byte
+buffer (asyncio's public API, no stream reader internals) and every limit is
+enforced before memory is spent: a line longer than the limit is consumed and
+reported as too long, never stored whole; reading pauses while the buffer is
+full (backpressure). It also owns the one STARTTLS switch of the lab, where
+the classic bug lives: bytes a client pipelines after ``STARTTLS`` arrive in
+plaintext and must be thrown away, never read as if they had come over TLS
+(CVE-2011-0411 and its many descendants, RFC 3207 5, RFC 2595 3.1).
+
+Time limits: a whole line must arrive within ``idle_timeout`` of the server
+starting to wait for it, so a client that sends a byte now and then cannot hold
+a session open for ever (SECURITY.md: idle and byte-at-a-time clients time out).
 """
 
 from __future__ import annotations
@@ -12,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import tls as tlsinfo
 from .events import SessionRecorder
@@ -21,82 +28,142 @@ from .events import SessionRecorder
 #: Buffers one writev() call may take (POSIX IOV_MAX, 1024 on Linux).
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 _WRITEV = hasattr(os, "writev")
+#: Reading pauses while this many received octets wait to be consumed.
+READ_BUFFER = 256 * 1024
+#: How much of an over-long line is kept, for the transcript.
+HEAD = 80
 
 
 class LineTooLong(Exception):
     """A line exceeded the limit; its bytes up to the next LF have been discarded."""
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int, head: bytes = b"") -> None:
         super().__init__(f"line of {length}+ octets")
         self.length = length
+        self.head = head  # the line's first octets, to show what it was
 
 
 class ConnectionClosed(Exception):
     pass
 
 
-class LineConnection:
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        recorder: SessionRecorder,
-        *,
-        idle_timeout: float,
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.recorder = recorder
+class LineConnection(asyncio.Protocol):
+    """The protocol object asyncio feeds; the server's task reads from it."""
+
+    def __init__(self, *, idle_timeout: float, on_open: Callable[[LineConnection], Any]) -> None:
         self.idle_timeout = idle_timeout
+        self.recorder: SessionRecorder | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self._on_open = on_open
         self._buf = bytearray()
         self._eof = False
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._paused = False
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._lost = False
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    # -- asyncio.Protocol -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._on_open(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) > READ_BUFFER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = self._lost = True
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def _wake(self) -> None:
+        if self._data_waiter is not None and not self._data_waiter.done():
+            self._data_waiter.set_result(None)
+
+    # -- reading ----------------------------------------------------------------
     @property
     def tls_active(self) -> bool:
-        return self.writer.get_extra_info("ssl_object") is not None
-
-    async def _fill(self) -> None:
-        if self._eof:
-            raise ConnectionClosed()
-        try:
-            chunk = await asyncio.wait_for(self.reader.read(65536), self.idle_timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError("idle timeout") from None
-        except (ConnectionError, ssl.SSLError) as exc:
-            raise ConnectionClosed() from exc
-        if not chunk:
-            self._eof = True
-            raise ConnectionClosed()
-        self._buf += chunk
+        return self.transport is not None and self.transport.get_extra_info("ssl_object") is not None
 
     def has_buffered_data(self) -> bool:
         return bool(self._buf)
 
+    async def _fill(self, deadline: float | None = None) -> None:
+        """Wait for more bytes (until ``deadline``, loop time; default: the idle timeout)."""
+        if self._eof:
+            raise ConnectionClosed()
+        loop = asyncio.get_running_loop()
+        timeout = self.idle_timeout if deadline is None else deadline - loop.time()
+        if timeout <= 0:
+            raise TimeoutError("idle timeout")
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        self._data_waiter = loop.create_future()
+        try:
+            await asyncio.wait_for(self._data_waiter, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError("idle timeout") from None
+        finally:
+            self._data_waiter = None
+        if not self._buf and self._eof:
+            raise ConnectionClosed()
+
+    def _line_deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.idle_timeout
+
     async def readline(self, limit: int) -> bytes:
-        """One line including its line ending (CRLF or bare LF).
+        """One line including its line ending (CRLF or bare LF), complete within
+        the idle timeout.
 
         Over ``limit`` octets: the rest of the line is read and thrown away and
         :class:`LineTooLong` raised, so the session can answer and go on.
         """
         start = 0
+        deadline = self._line_deadline()
         while True:
             nl = self._buf.find(b"\n", start)
             if nl >= 0:
                 if nl + 1 > limit:
+                    head = bytes(self._buf[:HEAD])
                     del self._buf[: nl + 1]
-                    raise LineTooLong(nl + 1)
+                    raise LineTooLong(nl + 1, head)
                 line = bytes(self._buf[: nl + 1])
                 del self._buf[: nl + 1]
                 return line
             if len(self._buf) > limit:
                 dropped = len(self._buf)
+                head = bytes(self._buf[:HEAD])
                 self._buf.clear()
                 await self._discard_to_eol()
-                raise LineTooLong(dropped)
+                raise LineTooLong(dropped, head)
             start = len(self._buf)
-            await self._fill()
+            await self._fill(deadline)
 
     async def _discard_to_eol(self) -> None:
         while True:
@@ -115,8 +182,35 @@ class LineConnection:
         del self._buf[:n]
         return data
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of what has not been read yet."""
+        self._buf[0:0] = data
+
+    async def read_through(self, marker: bytes, chunk: int) -> tuple[bytes, bool]:
+        """The next piece of the stream up to and including ``marker``, or, when it
+        is not within reach, up to ``chunk`` octets without it. Returns the piece and
+        whether the marker ended it. Each piece must come within the idle timeout,
+        so a large upload may take long but a stalled one does not."""
+        deadline = self._line_deadline()
+        while True:
+            end = self._buf.find(marker)
+            if end >= 0:
+                end += len(marker)
+                piece = bytes(self._buf[:end])
+                del self._buf[:end]
+                return piece, True
+            if len(self._buf) >= chunk:
+                # keep a possible start of the marker for the next search
+                take = len(self._buf) - (len(marker) - 1)
+                piece = bytes(self._buf[:take])
+                del self._buf[:take]
+                return piece, False
+            await self._fill(deadline)
+
+    # -- writing ----------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def writelines(self, parts: Sequence[bytes]) -> None:
         """Write ``parts`` in order. On a plain TCP connection whose transport has
@@ -124,11 +218,13 @@ class LineConnection:
         message data is neither joined into one buffer nor sent one piece per call;
         whatever the socket does not take at once (and everything over TLS) goes
         through the transport as usual, behind it."""
-        transport = self.writer.transport
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
         start = 0
-        sock = self.writer.get_extra_info("socket")
-        if (_WRITEV and sock is not None and self.writer.get_extra_info("ssl_object") is None
-                and not transport.get_write_buffer_size() and not transport.is_closing()):
+        sock = transport.get_extra_info("socket")
+        if (_WRITEV and sock is not None and transport.get_extra_info("ssl_object") is None
+                and not transport.get_write_buffer_size()):
             fd = sock.fileno()
             while start < len(parts):
                 batch = parts[start:start + _IOV_MAX]
@@ -152,48 +248,70 @@ class LineConnection:
             transport.write(b"".join(parts[start:]))
 
     async def drain(self) -> None:
-        await self.writer.drain()
+        """Wait until the transport wants more (asyncio's flow control)."""
+        if self._lost:
+            raise ConnectionResetError("connection lost")
+        if self._writing_paused:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+            if self._lost:
+                raise ConnectionResetError("connection lost")
 
     async def send_line(self, text: str | bytes, *, record: bool = True) -> None:
         raw = text if isinstance(text, bytes) else text.encode("utf-8")
-        if record:
+        if record and self.recorder is not None:
             self.recorder.server_line(raw.decode("utf-8", "replace"))
-        self.writer.write(raw + b"\r\n")
-        await self.writer.drain()
+        self.write(raw + b"\r\n")
+        await self.drain()
 
+    # -- TLS --------------------------------------------------------------------
     async def starttls(self, context: ssl.SSLContext, handshake_timeout: float = 15.0) -> None:
         """Upgrade to TLS after the "go ahead" reply has been written.
 
         Whatever the client pipelined after its STARTTLS command is plaintext
-        that must not be processed after the upgrade: it is discarded here, in
-        our buffer and in the stream reader's, before the handshake starts.
+        that must not be processed after the upgrade: it is discarded here,
+        before the handshake starts. On failure the connection is closed and the
+        error raised.
         """
-        await self.writer.drain()
-        dropped = len(self._buf) + len(self.reader._buffer)  # noqa: SLF001 - see docstring
+        await self.drain()
+        dropped = len(self._buf)
         self._buf.clear()
-        self.reader._buffer.clear()  # noqa: SLF001
-        if dropped:
+        if dropped and self.recorder is not None:
             self.recorder.note(f"discarded {dropped} plaintext bytes sent before TLS started",
                                discarded=dropped)
-        if sys.version_info >= (3, 11):
-            await self.writer.start_tls(context, ssl_handshake_timeout=handshake_timeout)
-        else:  # pragma: no cover - Python 3.10 has no StreamWriter.start_tls
-            loop = asyncio.get_running_loop()
-            transport = self.writer.transport
-            protocol = transport.get_protocol()
-            new = await loop.start_tls(transport, protocol, context, server_side=True,
+        assert self.transport is not None
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.start_tls(self.transport, self, context, server_side=True,
                                        ssl_handshake_timeout=handshake_timeout)
-            self.writer._transport = new  # noqa: SLF001
-            protocol._transport = new  # noqa: SLF001
+        except BaseException:
+            # The TLS layer never reached this protocol, so connection_lost() will
+            # not come: close the socket here.
+            self.transport.close()
+            self.connection_lost(None)
+            raise
+        if new is None:  # the peer went away during the handshake
+            self.connection_lost(None)
+            raise ConnectionClosed()
+        self.transport = new  # type: ignore[assignment]
         self.record_tls()
 
     def record_tls(self) -> None:
-        info = tlsinfo.describe(self.writer.get_extra_info("ssl_object"))
-        self.recorder.tls(info["version"], info["cipher"])
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        info = tlsinfo.describe(ssl_object)
+        if self.recorder is not None:
+            self.recorder.tls(info["version"], info["cipher"])
 
     async def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
         try:
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
+            await asyncio.wait_for(asyncio.shield(self._closed), 2)
         except Exception:
             pass

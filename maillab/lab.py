@@ -126,6 +126,8 @@ class Lab:
         self.tls_policy = RelayTLSPolicy()
         self.middleboxes: dict[str, Any] = {}  # "host/service" -> a running maillab.middlebox.Middlebox
         self.wire_captures: deque[Any] = deque(maxlen=200)  # what the middleboxes saw (the eavesdropper view)
+        #: host name -> aiosmtpd handler object whose hooks its SMTP servers call
+        self.smtp_handlers: dict[str, Any] = {}
         self.started = False
 
     def on_start(self, hook: Hook) -> None:
@@ -386,6 +388,18 @@ class Lab:
         if on:
             return install(self, host, service, strip=strip)
         return remove(self, host, service)
+
+    def set_handler(self, host: str, handler: Any) -> None:
+        """Let ``handler`` (an aiosmtpd handler object: ``handle_MAIL``, ``handle_RCPT``,
+        ``handle_DATA``) have its say in the SMTP sessions of lab host ``host``
+        (see :mod:`maillab.smtp.hooks`); None removes it. New connections use it."""
+        names = set(self.topology.hosts)
+        if host not in names:
+            raise ValueError(f"no lab host {host!r}; the hosts are {', '.join(sorted(names))}")
+        if handler is None:
+            self.smtp_handlers.pop(host, None)
+        else:
+            self.smtp_handlers[host] = handler
 
     def add_user(self, address: str, password: str) -> None:
         self.users.add(address, password)

@@ -1,6 +1,6 @@
-"""The listener half of the hand-written line servers (POP3, IMAP).
+"""The listener half of the lab's line servers (SMTP, POP3, IMAP).
 
-Both protocols open and close a session the same way, so that part lives here
+All three protocols open and close a session the same way, so that part lives here
 once: bind the service's address (implicit TLS on the pop3s/imaps ports, RFC
 8314), open a transcript for every connection, refuse connections over
 ``max_connections`` with the protocol's own busy reply, count the session in
@@ -65,6 +65,7 @@ class LineServer:
         self.implicit_tls = implicit_tls
         assert lab.ca is not None
         self.tls_context: ssl.SSLContext = lab.ca.server_context(service.hostname, [service.address])
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def idle_timeout(self) -> float:
@@ -90,22 +91,29 @@ class LineServer:
     async def start(self) -> asyncio.AbstractServer:
         """Listen, and write the port actually bound (port 0 = any) into the service."""
         limits = self.lab.limits
-        server = await asyncio.start_server(
-            self.handle, self.service.address, self.service.port,
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: LineConnection(idle_timeout=self.idle_timeout, on_open=self._opened),
+            self.service.address, self.service.port,
             ssl=self.tls_context if self.implicit_tls else None,
             ssl_handshake_timeout=limits.tls_handshake_timeout if self.implicit_tls else None,
-            limit=2 ** 16,
+            reuse_address=True,
         )
         self.service.port = server.sockets[0].getsockname()[1]
         return server
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _opened(self, conn: LineConnection) -> None:
+        # asyncio keeps only weak references to tasks: hold each session's here.
+        task = asyncio.get_running_loop().create_task(
+            self.handle(conn), name=f"{self.protocol} session {conn.peer}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle(self, conn: LineConnection) -> None:
         svc = self.service
-        peer = writer.get_extra_info("peername")
-        rec = self.lab.events.session(self.protocol, "server", svc.hostname,
-                                      f"{peer[0]}:{peer[1]}" if peer else "?",
+        rec = self.lab.events.session(self.protocol, "server", svc.hostname, conn.peer,
                                       service=svc.name, port=svc.port)
-        conn = LineConnection(reader, writer, rec, idle_timeout=self.idle_timeout)
+        conn.recorder = rec
         if svc.active >= self.lab.limits.max_connections:
             await conn.send_line(self.busy_reply)
             rec.close("too many connections")
@@ -123,8 +131,7 @@ class LineServer:
         except TimeoutError:
             reason = "idle timeout"
         except asyncio.CancelledError:
-            # The lab is stopping. Not re-raised: asyncio's stream callback would
-            # log a cancelled handler task as an unhandled error.
+            # The lab is stopping. Not re-raised: the task ends here either way.
             reason = "lab stopped"
         except (ConnectionError, ssl.SSLError) as exc:
             reason = f"connection error: {exc}"

@@ -365,7 +365,7 @@ def _roomy_writes(conn: LineConnection) -> None:
     """Let the transport buffer up to WRITE_BUFFER before the driver waits (asyncio's
     default is 64 KiB), so a large FETCH keeps producing while the client reads
     instead of the two taking turns."""
-    transport = conn.writer.transport
+    transport = conn.transport
     if transport is not None:
         transport.set_write_buffer_limits(high=WRITE_BUFFER, low=WRITE_BUFFER // 4)
 

@@ -20,25 +20,34 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 # -- replies -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Reply:
-    """One SMTP reply: a three-digit code, an enhanced status code and text."""
+    """One SMTP reply: a three-digit code, an enhanced status code and text, plus
+    what the driver does around sending it (:mod:`.session` sets those)."""
 
     code: int
-    status: str  # RFC 3463 class.subject.detail, e.g. "5.7.1"
-    text: str
+    status: str  # RFC 3463 class.subject.detail, e.g. "5.7.1"; "" for none (220, 334, EHLO)
+    text: str  # lines separated by "\n" become a multi-line reply
+    starttls: bool = False  # begin the TLS handshake after sending (RFC 3207)
+    read_data: bool = False  # the message text follows: read it to <CRLF>.<CRLF>
+    close: str = ""  # close the connection after sending; the reason the transcript shows
+    delay: float = 0.0  # wait this long before sending (after a failed AUTH)
+    notes: tuple[tuple[str, dict[str, Any]], ...] = ()  # transcript notes to record first
+    auth: tuple[str, bool, str] | None = None  # (login, ok, mechanism) for the event stream
 
     def lines(self) -> list[str]:
         """The reply as wire lines (RFC 5321 4.2.1: ``250-...`` continues, ``250 ...`` ends)."""
         parts = self.text.split("\n")
+        status = f"{self.status} " if self.status else ""
         out = []
         for i, part in enumerate(parts):
             sep = " " if i == len(parts) - 1 else "-"
-            out.append(f"{self.code}{sep}{self.status} {part}")
+            out.append(f"{self.code}{sep}{status}{part}")
         return out
 
     def __str__(self) -> str:
