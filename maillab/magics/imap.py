@@ -36,9 +36,9 @@ from ..views.mailbox import ENVELOPE_ITEMS, ROW_COLUMNS, MailboxView, envelope_r
 from ..views.mime_tree import MimeTree, from_message
 from ..views.status import text_table
 from .comments import strip_comment
-from .mail import RawResult, ensure_started
+from .mail import ensure_started
+from .rawcell import CellDialect, CellLines, RawResult, command, run_raw
 from .state import current_lab
-from .targets import lab_ssl_context, raw_target
 
 _LITERAL = re.compile(r"\{(\d+)(\+?)\}$")
 
@@ -199,75 +199,65 @@ class IMAPRawSession(RawSession):
         self.sock.sendall(data)
 
 
+class IMAPCell(CellDialect):
+    """``%%imap``: the cell's commands get tags a1, a2, ...; a command ending in a
+    literal takes the lines after it as the literal's octets; IDLE waits
+    ``idle_wait`` seconds for pushed updates, then sends DONE; AUTHENTICATE answers
+    each "+" challenge with the next line (masked); STARTTLS upgrades."""
+
+    protocol = "imap"
+
+    def __init__(self, idle_wait: float = 2.0) -> None:
+        self.idle_wait = idle_wait
+        self.n = 0
+
+    def open(self, host: str, port: int, **kwargs: Any) -> IMAPRawSession:
+        return IMAPRawSession(host, port, protocol="imap", **kwargs)
+
+    def step(self, raw: Any, cell: CellLines, result: RawResult) -> bool:
+        line = cell.take()
+        if not line.strip():
+            return True  # blank lines are layout
+        self.n += 1
+        tagged = f"a{self.n} {line}"
+        verb = line.split()[0].upper()
+        lit = _LITERAL.search(line)
+        if lit:
+            if not _send_with_literal(raw, tagged, lit, cell.lines, cell.i, result):
+                return False
+            cell.i = _take_literal(cell.lines, cell.i, int(lit.group(1)))[1]
+            return True
+        raw.continuation_ok = verb in ("IDLE", "AUTHENTICATE")
+        ex = command(raw, tagged, result)
+        if ex is None:
+            return False
+        last = ex.reply[-1] if ex.reply else ""
+        if verb == "IDLE" and last.startswith("+"):
+            raw.drain(self.idle_wait)
+            cell.skip_blank()
+            if cell and cell.lines[cell.i].strip().upper() == "DONE":
+                cell.take()
+            raw.continuation_ok = False
+            raw.send_line("DONE")  # RFC 2177: DONE ends IDLE; it has no tag
+            raw.read_reply(tagged)
+        elif verb == "AUTHENTICATE":
+            while last.startswith("+") and cell:
+                raw.sasl = True
+                raw.send_line(cell.take().strip())
+                ex = raw.read_reply(tagged)
+                last = ex.reply[-1] if ex.reply else ""
+            raw.sasl = False
+        elif verb == "STARTTLS" and last.startswith(f"a{self.n} OK"):
+            raw.starttls()
+        elif verb == "LOGOUT" or last.startswith("* BYE"):
+            return False
+        return True
+
+
 def run_raw_imap(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
                  idle_wait: float = 2.0) -> RawResult:
-    """Send the cell's commands with tags a1, a2, ... and record the session."""
-    host, port, implicit, cert_name = raw_target(lab, target, "imap")
-    result = RawResult(f"{host}:{port}", None, lab.events)
-    try:
-        raw = IMAPRawSession(host, port, protocol="imap", events=lab.events, implicit_tls=implicit,
-                             ssl_context=lab_ssl_context(lab), server_hostname=cert_name,
-                             timeout=timeout)
-    except OSError as exc:
-        result.problems.append(f"cannot connect to {host}:{port}: {exc}")
-        return result
-    result.session = raw.recorder.session if raw.recorder else None
-    lines = text.splitlines()
-    n = 0
-    i = 0
-    try:
-        if raw.greeting().timed_out:
-            result.problems.append(f"no greeting within {timeout} s")
-            return result
-        while i < len(lines):
-            line = lines[i]
-            i += 1
-            if not line.strip():
-                continue  # blank lines are layout
-            n += 1
-            command = f"a{n} {line}"
-            words = line.split()
-            verb = words[0].upper()
-            lit = _LITERAL.search(line)
-            if lit:
-                if not _send_with_literal(raw, command, lit, lines, i, result):
-                    break
-                i = _take_literal(lines, i, int(lit.group(1)))[1]
-                continue
-            raw.continuation_ok = verb in ("IDLE", "AUTHENTICATE")
-            ex = raw.command(command)
-            if ex.timed_out:
-                result.problems.append(f"no complete reply to {raw.masked(command)!r} within {timeout} s")
-                break
-            last = ex.reply[-1] if ex.reply else ""
-            if verb == "IDLE" and last.startswith("+"):
-                raw.drain(idle_wait)
-                while i < len(lines) and not lines[i].strip():
-                    i += 1
-                if i < len(lines) and lines[i].strip().upper() == "DONE":
-                    i += 1
-                raw.continuation_ok = False
-                raw.send_line("DONE")  # RFC 2177: DONE ends IDLE; it has no tag
-                raw.read_reply(command)
-            elif verb == "AUTHENTICATE":
-                while last.startswith("+") and i < len(lines):
-                    raw.sasl = True
-                    raw.send_line(lines[i].strip())
-                    i += 1
-                    ex = raw.read_reply(command)
-                    last = ex.reply[-1] if ex.reply else ""
-                raw.sasl = False
-            elif verb == "STARTTLS" and last.startswith(f"a{n} OK"):
-                raw.starttls()
-            elif verb == "LOGOUT" or last.startswith("* BYE"):
-                break
-    except ssl.SSLError as exc:
-        result.problems.append(f"TLS failed: {exc}")
-    except (ConnectionError, OSError) as exc:
-        result.problems.append(f"connection lost: {exc}")
-    finally:
-        raw.close()
-    return result
+    """Send the cell's commands with tags a1, a2, ... and record the session (see :class:`IMAPCell`)."""
+    return run_raw(lab, target, text, IMAPCell(idle_wait), timeout=timeout)
 
 
 def _take_literal(lines: list[str], i: int, size: int) -> tuple[bytes, int]:

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import argparse
 import html
-import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -38,7 +37,6 @@ from IPython.core.magic_arguments import (
 from IPython.utils.process import arg_split
 from traitlets import Bool, Float, observe
 
-from ..clients.raw import RawSession
 from ..clients.smtp import send as send_message
 from ..compose import compose
 from ..lab import Lab
@@ -46,10 +44,10 @@ from ..services import PortBusy
 from ..users import parse_user_spec
 from ..views import Inbox, StatusTable, Transcript, TranscriptView, theme
 from ..views.status import StartSummary
-from ..views.transcript import flush_live_views, render_html, render_text
+from ..views.transcript import flush_live_views
 from . import state
 from .comments import strip_comment
-from .targets import lab_ssl_context, raw_target
+from .rawcell import CellDialect, CellLines, RawResult, command, run_raw
 
 # -- the verb registry ------------------------------------------------------------------
 
@@ -184,103 +182,51 @@ def smtp_reply_complete(_command: str | None, lines: list[str]) -> bool:
     return bool(lines) and lines[-1][3:4] != "-"
 
 
-@dataclass
-class RawResult:
-    """What a ``%%smtp`` cell returns: the session as the client saw it."""
+class SMTPCell(CellDialect):
+    """``%%smtp``: lines between DATA's 354 and the lone "." are message text: they get
+    no reply, so they are sent without waiting (RFC 5321 4.1.1.4). A STARTTLS that gets
+    220 upgrades the connection with the lab CA trusted (RFC 3207 4). Lines that answer
+    a 334 AUTH challenge are masked in the events."""
 
-    target: str
-    session: str | None
-    events: Any
-    problems: list[str] = field(default_factory=list)
+    protocol = "smtp"
 
-    def _events(self) -> list[Any]:
-        return self.events.events(session=self.session) if self.session else []
+    def __init__(self) -> None:
+        self.in_data = False
 
-    @property
-    def replies(self) -> list[str]:
-        """The server's final reply lines, in order (greeting first)."""
-        out = []
-        for e in self._events():
-            if e.kind == "S" and e.text[3:4] != "-":
-                out.append(e.text)
-        return out
+    def reply_complete(self, command: str | None, lines: list[str]) -> bool:
+        return smtp_reply_complete(command, lines)
 
-    @property
-    def codes(self) -> list[int]:
-        """The reply codes, in order: ``[220, 250, 250, 550, 221]``."""
-        return [int(r[:3]) for r in self.replies if r[:3].isdigit()]
+    def step(self, raw: Any, cell: CellLines, result: RawResult) -> bool:
+        line = cell.take()
+        if self.in_data and line != ".":
+            raw.send_line(line)
+            return True
+        if not self.in_data and not line.strip():
+            return True  # blank lines between commands are layout, not protocol
+        self.in_data = False
+        ex = command(raw, line, result)
+        if ex is None:
+            return False
+        code = ex.reply[-1][:3] if ex.reply else ""
+        verb = line.split()[0].upper() if line.split() else ""
+        raw.sasl = code == "334"
+        if verb == "DATA" and code == "354":
+            self.in_data = True
+        elif verb == "STARTTLS" and code == "220":
+            raw.starttls()
+        elif code in ("221", "421"):
+            return False
+        return True
 
-    def __repr__(self) -> str:
-        text = render_text(self._events())
-        return "\n".join([text, *(f"!! {p}" for p in self.problems)])
-
-    def _repr_html_(self) -> str:
-        probs = "".join(f"<div style='color:#b42318'>{html.escape(p)}</div>" for p in self.problems)
-        return render_html(self._events()) + probs
+    def finish(self, result: RawResult) -> None:
+        if self.in_data:
+            result.problems.append("the cell ended inside DATA: a line with a single '.' ends the message")
 
 
 def run_raw_smtp(lab: Lab, target: str, text: str, *, timeout: float = 10.0,
                  implicit_tls: bool | None = None) -> RawResult:
-    """Send ``text`` line by line like a telnet session, recording the client side.
-
-    Lines between DATA's 354 and the lone "." are message text: they get no reply,
-    so they are sent without waiting (RFC 5321 4.1.1.4). A STARTTLS that gets 220
-    upgrades the connection with the lab CA trusted (RFC 3207 4). Lines after AUTH
-    that answer a 334 challenge are masked in the events.
-    """
-    host, port, implicit, cert_name = raw_target(lab, target, "smtp")
-    if implicit_tls is not None:
-        implicit = implicit_tls
-    result = RawResult(f"{host}:{port}", None, lab.events)
-    try:
-        raw = RawSession(host, port, protocol="smtp", reply_complete=smtp_reply_complete,
-                         events=lab.events, implicit_tls=implicit, ssl_context=lab_ssl_context(lab),
-                         server_hostname=cert_name, timeout=timeout)
-    except OSError as exc:
-        result.problems.append(f"cannot connect to {host}:{port}: {exc}")
-        return result
-    result.session = raw.recorder.session if raw.recorder else None
-    lines = text.splitlines()
-    in_data = False
-    try:
-        greeting = raw.greeting()
-        if greeting.timed_out:
-            result.problems.append(f"no greeting within {timeout} s")
-            return result
-        for line in lines:
-            if in_data:
-                if line == ".":
-                    in_data = False
-                    ex = raw.command(line)
-                else:
-                    raw.send_line(line)
-                    continue
-            elif not line.strip():
-                continue  # blank lines between commands are layout, not protocol
-            else:
-                ex = raw.command(line)
-            if ex.timed_out:
-                result.problems.append(f"no complete reply to {raw.masked(line)!r} within {timeout} s")
-                break
-            code = ex.reply[-1][:3] if ex.reply else ""
-            verb = line.split()[0].upper() if line.split() else ""
-            raw.sasl = code == "334"
-            if verb == "DATA" and code == "354":
-                in_data = True
-            elif verb == "STARTTLS" and code == "220":
-                raw.starttls()
-            elif code == "221" or code == "421":
-                break
-        else:
-            if in_data:
-                result.problems.append("the cell ended inside DATA: a line with a single '.' ends the message")
-    except ssl.SSLError as exc:
-        result.problems.append(f"TLS failed: {exc}")
-    except (ConnectionError, OSError) as exc:
-        result.problems.append(f"connection lost: {exc}")
-    finally:
-        raw.close()
-    return result
+    """Send ``text`` line by line like a telnet session (see :class:`SMTPCell`)."""
+    return run_raw(lab, target, text, SMTPCell(), timeout=timeout, implicit_tls=implicit_tls)
 
 
 # -- the magics --------------------------------------------------------------------------

@@ -21,15 +21,15 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Float
 
 from ..clients.pop3 import connect
-from ..clients.raw import RawSession
 from ..lab import Lab
 from ..views.pop3_state import POP3StateFigure, session_for_client, session_state
 from ..views.status import text_table
 from ..views.transcript import render_html, render_text
 from .comments import strip_comment
-from .mail import RawResult, ensure_started
+from .mail import ensure_started
+from .rawcell import CellDialect, CellLines, RawResult, command, run_raw
 from .state import current_lab
-from .targets import lab_ssl_context, raw_target
+from .targets import lab_ssl_context
 
 COLUMNS = (("#", "number"), ("UIDL", "uidl"), ("octets", "size"), ("Subject", "subject"),
            ("this session", "action"))
@@ -222,48 +222,38 @@ def _wait_closed(lab: Lab, local: str, timeout: float = 2.0) -> str | None:
 
 # -- raw cells -----------------------------------------------------------------------------
 
-def run_raw_pop3(lab: Lab, target: str, text: str, *, timeout: float = 10.0) -> RawResult:
-    """Send each line of ``text`` and read its reply (multi-line where POP3 says so).
+class POP3Cell(CellDialect):
+    """``%%pop3``: each non-blank line is a command, its reply read (multi-line where
+    POP3 says so). ``STLS`` answered with +OK upgrades the connection, trusting the lab
+    CA; lines answering a SASL "+ " challenge are masked, like PASS and APOP digests."""
 
-    ``STLS`` answered with +OK upgrades the connection, trusting the lab CA.
-    Passwords (PASS, APOP digests, AUTH responses) are masked in the events.
-    """
-    host, port, implicit, cert_name = raw_target(lab, target, "pop3")
-    result = RawResult(f"{host}:{port}", None, lab.events)
-    try:
-        raw = RawSession(host, port, protocol="pop3", reply_complete=pop3_reply_complete,
-                         events=lab.events, implicit_tls=implicit, ssl_context=lab_ssl_context(lab),
-                         server_hostname=cert_name, timeout=timeout)
-    except OSError as exc:
-        result.problems.append(f"cannot connect to {host}:{port}: {exc}")
-        return result
-    result.session = raw.recorder.session if raw.recorder else None
-    try:
-        if raw.greeting().timed_out:
-            result.problems.append(f"no greeting within {timeout} s")
-            return result
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        for i, line in enumerate(lines):
-            ex = raw.command(line)
-            raw.sasl = bool(ex.reply) and ex.reply[0].startswith("+ ")
-            if ex.timed_out:
-                result.problems.append(f"no complete reply to {raw.masked(line)!r} within {timeout} s")
-                break
-            verb = line.split()[0].upper()
-            ok = bool(ex.reply) and ex.reply[0].startswith("+OK")
-            if verb == "STLS" and ok:
-                raw.starttls()
-            elif verb == "QUIT" and ok:
-                if i + 1 < len(lines):
-                    result.problems.append(f"{len(lines) - i - 1} line(s) after QUIT not sent")
-                break
-    except ssl.SSLError as exc:
-        result.problems.append(f"TLS failed: {exc}")
-    except (ConnectionError, OSError) as exc:
-        result.problems.append(f"connection lost: {exc}")
-    finally:
-        raw.close()
-    return result
+    protocol = "pop3"
+
+    def reply_complete(self, command: str | None, lines: list[str]) -> bool:
+        return pop3_reply_complete(command, lines)
+
+    def step(self, raw: Any, cell: CellLines, result: RawResult) -> bool:
+        line = cell.take()
+        if not line.strip():
+            return True
+        ex = command(raw, line, result)
+        if ex is None:
+            return False
+        raw.sasl = bool(ex.reply) and ex.reply[0].startswith("+ ")
+        verb = line.split()[0].upper()
+        ok = bool(ex.reply) and ex.reply[0].startswith("+OK")
+        if verb == "STLS" and ok:
+            raw.starttls()
+        elif verb == "QUIT" and ok:
+            if cell.remaining_commands():
+                result.problems.append(f"{cell.remaining_commands()} line(s) after QUIT not sent")
+            return False
+        return True
+
+
+def run_raw_pop3(lab: Lab, target: str, text: str, *, timeout: float = 10.0) -> RawResult:
+    """Send each line of ``text`` and read its reply (see :class:`POP3Cell`)."""
+    return run_raw(lab, target, text, POP3Cell(), timeout=timeout)
 
 
 # -- the magics ---------------------------------------------------------------------------
