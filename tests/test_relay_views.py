@@ -188,7 +188,7 @@ def test_live_widget_updates_from_lab_thread_events(rlab: Lab) -> None:
         assert threads and lab_thread not in threads
         assert "delivered" in repr(view)
         # once final it stops listening by itself
-        assert _wait_until(lambda: not view._thread.is_alive(), 5)
+        assert _wait_until(lambda: not view.listening, 5)
     finally:
         view.close()
 

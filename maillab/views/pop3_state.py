@@ -9,20 +9,20 @@ removed, ``aborted`` when the connection ended without QUIT).
 
 :func:`session_state` folds events into a :class:`POP3SessionState`;
 :func:`render_text` and :func:`render_html` draw it; :class:`POP3StateView` is
-the live widget, refreshed by one publisher thread at most every ``interval``
-seconds (never from the lab thread, which only queues).
+the live widget, refreshed through a :class:`~maillab.views.publish.Throttle` at
+most every ``interval`` seconds (never on the lab thread, which only pokes it).
 """
 
 from __future__ import annotations
 
 import html
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import CLOSED, NOTE, OPENED, STATE, Event, EventBus
 from .live import LiveHTML, widget_bundle
+from .publish import Throttle
 from .theme import badge, page
 
 STATES = ("AUTHORIZATION", "TRANSACTION", "UPDATE")
@@ -191,8 +191,7 @@ class POP3StateView:
         self.session = session
         self.interval = interval
         self.updates = 0
-        self._timer: threading.Timer | None = None
-        self._timer_lock = threading.Lock()
+        self._throttle = Throttle(interval, self.refresh)
         self.html = LiveHTML(kind="pop3-state", controls=False, max_height="")
         self.widget = self.html
         self._unsubscribe = bus.subscribe(self._on_event)
@@ -206,19 +205,7 @@ class POP3StateView:
                 self.session = ev.session
             if ev.session != self.session:
                 return
-            with self._timer_lock:
-                if self._timer is None:
-                    self._timer = threading.Timer(self.interval, self._publish)
-                    self._timer.daemon = True
-                    self._timer.start()
-        except Exception:
-            pass
-
-    def _publish(self) -> None:
-        try:
-            with self._timer_lock:
-                self._timer = None
-            self.refresh()
+            self._throttle.poke()
         except Exception:
             pass
 
@@ -243,17 +230,10 @@ class POP3StateView:
         """Stop following the lab; the view keeps showing the last state (what a
         notebook does before ``%mail stop``, so Run All leaves the view readable)."""
         self._unsubscribe()
-        with self._timer_lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+        self._throttle.close()
 
     def close(self) -> None:
-        self._unsubscribe()
-        with self._timer_lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+        self.stop()
         self.widget.close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:

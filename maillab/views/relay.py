@@ -37,6 +37,7 @@ from ..relay.hops import HopTable, parse_hops
 from .hop_table import _aligned, _delay, hop_table_body, hop_table_text
 from .live import LiveHTML, widget_bundle
 from .path_drawing import figure, path_body, path_diagram, path_html
+from .publish import Throttle
 from .theme import badge, page
 
 if TYPE_CHECKING:
@@ -388,8 +389,10 @@ class RelayView:
 class LiveRelayView:
     """The relay path as a live widget (:class:`~maillab.views.live.LiveHTML`).
 
-    ``build()`` makes a :class:`RelayPath` from current state; it is called on a
-    publisher thread whenever events arrived (at most every ``interval`` s).
+    ``build()`` makes a :class:`RelayPath` from current state; the lab thread only
+    pokes a :class:`~maillab.views.publish.Throttle`, which calls it on its timer
+    thread at most every ``interval`` s. ``linger`` s after the message reached a
+    final state (delivered, bounced) the view stops listening.
     """
 
     FINAL = ("delivered", "bounced")
@@ -399,21 +402,21 @@ class LiveRelayView:
         self.lab = lab
         self._build = build
         self.interval = interval
-        self.linger = linger  # keep listening this long after the message reached a final state
+        self.linger = linger
         self.path = self._safe_build()
         self.widget = LiveHTML(kind="relay", controls=False, max_height="", value=path_body(self.path))
         self.updates = 0
-        self._dirty = threading.Event()
-        self._stop = threading.Event()
+        self.listening = True
+        self._linger: threading.Timer | None = None
+        self._throttle = Throttle(interval, self.refresh)
         self._unsubscribe = lab.events.subscribe(self._on_event)
-        self._thread = threading.Thread(target=self._publish, name="maillab-relay-view", daemon=True)
-        self._thread.start()
+        self._final_check()
 
     def _on_event(self, event: Any) -> None:
-        # Called on the lab thread: do nothing but flag it (never block, never raise).
+        # Called on the lab thread: do nothing but poke (never block, never raise).
         try:
             if event.protocol in ("relay", "dns", "smtp"):
-                self._dirty.set()
+                self._throttle.poke()
         except Exception:
             pass
 
@@ -423,32 +426,30 @@ class LiveRelayView:
         except Exception as exc:  # a view must never take anything down with it
             return RelayPath("relay path unavailable", notes=[f"{type(exc).__name__}: {exc}"])
 
-    def _publish(self) -> None:
-        final_since: float | None = None
-        while not self._stop.is_set():
-            if self._dirty.wait(self.interval * 5):
-                self._dirty.clear()
-                time.sleep(self.interval)  # batch a burst of events into one update
-                self.refresh()
-            if not getattr(self.lab, "started", True):
-                break  # the lab stopped: nothing more will happen to this message
-            if self.path.state in self.FINAL:
-                final_since = final_since or time.monotonic()
-                if time.monotonic() - final_since > self.linger:
-                    break
-            else:
-                final_since = None
-        self.close()
-
     def refresh(self) -> None:
         self.path = self._safe_build()
         value = path_body(self.path)
         if value != self.widget.value:
             self.widget.value = value
             self.updates += 1
+        self._final_check()
+
+    def _final_check(self) -> None:
+        """Final: stop listening ``linger`` s from now (unless it changes again)."""
+        final = self.path.state in self.FINAL
+        if final and self._linger is None and self.listening:
+            self._linger = threading.Timer(self.linger, self.close)
+            self._linger.daemon = True
+            self._linger.start()
+        elif not final and self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
 
     def close(self) -> None:
-        self._stop.set()
+        self.listening = False
+        self._throttle.close()
+        if self._linger is not None:
+            self._linger.cancel()
         try:
             self._unsubscribe()
         except Exception:
