@@ -21,6 +21,7 @@ MAGIC_MODULES = (
     "maillab.magics.record",
     "maillab.magics.tls",
     "maillab.magics.faults",
+    "maillab.magics.handler",
     "maillab.magics.classnet",
     "maillab.magics.views",
 )
