@@ -20,7 +20,7 @@ import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .events import EventBus
 from .faults import Faults
@@ -43,20 +43,17 @@ from .topology import (
 )
 from .users import DEFAULT_USERS, Users
 
+if TYPE_CHECKING:
+    from .dns.server import LabDNS
+    from .relay.queue import RelayQueue
+
 #: Modules that register services; a missing one just means fewer services.
 SERVICE_MODULES = (
     "maillab.smtp.server",
     "maillab.pop3.server",
     "maillab.imap.server",
     "maillab.dns.server",
-    "maillab.relay.queue",
 )
-
-
-#: Features without a listener of their own (the relay queue) add an installer here;
-#: ``install(lab)`` runs at each start, before the services, and registers per-lab
-#: coroutines with :meth:`Lab.on_start` / :meth:`Lab.on_stop`.
-LAB_INSTALLERS: list[Callable[[Lab], None]] = []
 
 #: A start or stop hook: ``async def hook(lab)``, run on the lab thread.
 Hook = Callable[["Lab"], Awaitable[None]]
@@ -115,8 +112,8 @@ class Lab:
         self.store = Store(self.directory / "mail")
         self.ca: LabCA | None = None
         self.services: list[Service] = []
-        self.relay: Any = None  # the MTA queue, when maillab.relay is present
-        self.dns: Any = None  # the lab DNS server, when maillab.dns is present
+        self.relay: RelayQueue | None = None  # the MTA queue of every host, while started
+        self.dns: LabDNS | None = None  # the lab DNS server, when the lab runs the dns service
         self.imap_hub: Any = None  # what the IMAP sessions share (IDLE, logins per user)
         self.classnet: Any = None  # the class network this lab joined (maillab.classnet.member)
         self.faults = Faults(lambda: self.topology.hosts)  # %mail fail: injected failures
@@ -147,8 +144,6 @@ class Lab:
         if self.started:
             return self
         _load_service_modules()
-        for install in LAB_INSTALLERS:
-            install(self)
         self.loop.start()
         if self.ca is None:
             self.ca = LabCA(self.directory / "tls")
@@ -218,13 +213,36 @@ class Lab:
                     raise PortBusy(svc) from None
                 raise
             svc.state = "running"
+        await self._start_lab_parts()
         for hook in list(self._start_hooks):
             await hook(self)
+
+    async def _start_lab_parts(self) -> None:
+        """Wire the lab-wide parts that other code reaches by name: ``lab.dns`` (the
+        name server's Python handle) and ``lab.relay`` (every host's outgoing queue)."""
+        dns_server = next((s.listener for s in self.services
+                           if s.name == "dns" and s.listener is not None), None)
+        if dns_server is not None:
+            from .dns.server import LabDNS
+
+            self.dns = LabDNS(self, dns_server)
+        from .relay.queue import RelayQueue
+
+        relay = RelayQueue(self)
+        await relay.start()
+        self.relay = relay
 
     async def _stop_services(self) -> None:
         for hook in list(self._stop_hooks):
             try:
                 await hook(self)
+            except Exception:
+                pass
+        from .relay.queue import RelayQueue
+
+        if isinstance(self.relay, RelayQueue):  # (tests put stand-ins there)
+            try:
+                await self.relay.stop()
             except Exception:
                 pass
         for svc in self.services:

@@ -10,6 +10,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
+from maillab.clients.envelopes import EnvelopeClient
 from maillab.clients.imap import (
     RecordingIMAP4,
     RecordingIMAP4_SSL,
@@ -182,7 +183,7 @@ def test_mailbox_view_summaries_first_counts_bytes(single_lab):
     big = chinese_multipart()
     for data in (big, plain("small one"), big):
         single_lab.store.deliver(BOB, data)
-    view = MailboxView.open(single_lab, "bob")
+    view = MailboxView(EnvelopeClient.open(single_lab, "bob"))
     try:
         assert [r.uid for r in view.rows] == [1, 2, 3]
         assert view.rows[0].subject == "你好，Bob: 报告" and view.rows[1].subject == "small one"
@@ -201,7 +202,7 @@ def test_mailbox_view_summaries_first_counts_bytes(single_lab):
         text = view.text()
         assert "你好，Bob: 报告" in text and "POP3 would download" in text and str(view.pop3_total) in text
         assert "POP3 would have moved" in view._repr_html_()
-        assert all("\\Seen" not in r.flags for r in MailboxView.open(single_lab, "bob").rows), \
+        assert all("\\Seen" not in r.flags for r in MailboxView(EnvelopeClient.open(single_lab, "bob")).rows), \
             "looking (EXAMINE + PEEK) must not mark anything read"
     finally:
         view.close()

@@ -550,5 +550,4 @@ async def start_dns(lab: Lab, service: Service) -> DNSServer:
     zones.build(lab.topology, service.address, _service_ports(lab), tlsa=_tlsa(lab))
     server = DNSServer(lab, service, zones)
     await server.start()
-    lab.dns = LabDNS(lab, server)
-    return server
+    return server  # the Lab wraps it as lab.dns

@@ -38,6 +38,9 @@ def load_ipython_extension(ipython: Any) -> None:
         magics = getattr(mod, "MAGICS", None)
         if magics is not None:
             ipython.register_magics(magics)
+    from ..views.hop_table import register_display
+
+    register_display(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

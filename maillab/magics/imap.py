@@ -28,11 +28,12 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float
 
+from ..clients.envelopes import ENVELOPE_ITEMS, EnvelopeClient, envelope_rows
 from ..clients.imap import connect, parse_fetch, parse_list_line
 from ..clients.raw import Exchange, RawSession
 from ..lab import Lab
 from ..store.names import decode_mutf7
-from ..views.mailbox import ENVELOPE_ITEMS, ROW_COLUMNS, MailboxView, envelope_rows
+from ..views.mailbox import ROW_COLUMNS, MailboxView
 from ..views.mime_tree import MimeTree, from_message
 from ..views.status import text_table
 from .comments import strip_comment
@@ -342,7 +343,8 @@ class IMAPMagics(Magics):
         if args.envelopes is not None:
             for old in self._views:
                 old.close()
-            view = MailboxView.open(lab, args.user, args.envelopes, tls=args.tls, timeout=self.timeout)
+            view = MailboxView(EnvelopeClient.open(lab, args.user, args.envelopes, tls=args.tls,
+                                                   timeout=self.timeout))
             self._views = [view]
             return view
         try:

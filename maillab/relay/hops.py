@@ -144,14 +144,15 @@ class HopTable:
         return [h.as_dict() for h in self.hops]
 
     def __str__(self) -> str:
-        from ..views.hop_table import hop_table_text
-
-        return hop_table_text(self)
-
-    def _repr_html_(self) -> str:
-        from ..views.hop_table import hop_table_html
-
-        return hop_table_html(self)
+        """One line per hop, first hop first (the drawn table is
+        :func:`maillab.views.hop_table.hop_table_text`; notebooks show the HTML one)."""
+        if not self.hops:
+            return "no Received header fields"
+        return "\n".join(
+            f"hop {h.number}: from {h.from_host or h.from_ip or '?'} by {h.by or '?'}"
+            f" with {h.with_ or '?'}, TLS {h.tls_summary}" if h.parsed
+            else f"hop {h.number} unparsed: {h.raw or '(empty Received field)'}"
+            for h in self.hops)
 
 
 # -- reading the header -----------------------------------------------------------------

@@ -41,7 +41,6 @@ from dataclasses import asdict, dataclass, field
 from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Any
 
-from .. import lab as lab_module
 from ..faults import parse_duration
 from ..services import FACTORIES
 from ..topology import MailHost, lab_port
@@ -742,28 +741,3 @@ class RelayQueue:
             qid = self.submit("", [msg.mail_from], dsn, origin=msg.origin)
             msg.dsn = {"queue_id": qid, "host": msg.origin}
             self._note(msg, f"bounce (DSN) queued as {qid} for <{msg.mail_from}>", dsn=msg.dsn)
-
-
-# -- hooking into the Lab ---------------------------------------------------------------------
-
-
-async def _start_relay(lab: Lab) -> None:
-    queue = RelayQueue(lab)
-    await queue.start()
-    lab.relay = queue
-
-
-async def _stop_relay(lab: Lab) -> None:
-    if isinstance(lab.relay, RelayQueue):
-        await lab.relay.stop()
-
-
-def install(lab: Lab) -> None:
-    """Run at each ``Lab.start()``: create ``lab.relay`` after the services start,
-    stop it before they stop."""
-    lab.on_start(_start_relay)
-    lab.on_stop(_stop_relay)
-
-
-if install not in lab_module.LAB_INSTALLERS:
-    lab_module.LAB_INSTALLERS.append(install)

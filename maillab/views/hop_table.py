@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import Any
 
 from ..relay.hops import Hop, HopTable
 from .theme import badge, page
@@ -115,3 +116,11 @@ def hop_table_body(table: HopTable) -> str:
 
 def hop_table_html(table: HopTable) -> str:
     return page(hop_table_body(table), kind="hops")
+
+
+def register_display(ipython: Any) -> None:
+    """Show a :class:`~maillab.relay.hops.HopTable` a cell returns as this table
+    (the model does not know its views; the notebook extension links them here)."""
+    formatters = ipython.display_formatter.formatters
+    formatters["text/html"].for_type(HopTable, hop_table_html)
+    formatters["text/plain"].for_type(HopTable, lambda table, p, cycle: p.text(hop_table_text(table)))

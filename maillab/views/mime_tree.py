@@ -23,8 +23,8 @@ from email.utils import collapse_rfc2231_value
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from ..clients.envelopes import decode_words
 from ..clients.imap import parse_fetch
-from .mailbox import decode_words
 
 if TYPE_CHECKING:
     from ..clients.imap import RecordingIMAP4
