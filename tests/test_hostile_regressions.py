@@ -8,8 +8,8 @@ fuzz targets in ``tests/fuzz/`` keep looking for the next one
 from __future__ import annotations
 
 import pytest
-from imap_raw import RawIMAP
 from test_pop3_hostile import Wire, still_serving
+from wire import IMAPWire
 
 from maillab import Lab
 from maillab.imap import message
@@ -24,8 +24,8 @@ BOB = "bob@alpha.test"
 DIGITS = b"1" * 4301  # one past int()'s default limit of 4,300 digits
 
 
-def imap(lab: Lab) -> RawIMAP:
-    c = RawIMAP(*lab.address("imap"))
+def imap(lab: Lab) -> IMAPWire:
+    c = IMAPWire(*lab.address("imap"))
     c.login("bob", "bob-pw")
     return c
 

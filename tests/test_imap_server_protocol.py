@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import fast_limits
-from imap_raw import RawIMAP
+from wire import IMAPWire
 
 from maillab import Lab
 from maillab.store import to_crlf
@@ -55,8 +55,8 @@ def client(lab: Lab, user: str | None = None) -> imaplib.IMAP4:
     return c
 
 
-def raw(lab: Lab, user: str | None = None) -> RawIMAP:
-    r = RawIMAP(*lab.address("imap"))
+def raw(lab: Lab, user: str | None = None) -> IMAPWire:
+    r = IMAPWire(*lab.address("imap"))
     if user:
         r.login(user, PASSWORD)
     return r
@@ -162,7 +162,7 @@ def test_logindisabled_when_plaintext_passwords_are_off(lab: Lab, user: str) -> 
 def test_idle_timeout_ends_the_session(tmp_path) -> None:
     with Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], services=("imap",),
              limits=fast_limits(imap_idle_timeout=0.5)) as lab:
-        r = RawIMAP(*lab.address("imap"))
+        r = IMAPWire(*lab.address("imap"))
         r.sock.settimeout(5)
         assert r.readline().startswith(b"* BYE")
         assert r.closed()

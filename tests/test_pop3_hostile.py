@@ -8,49 +8,12 @@ import ssl
 import time
 
 import pytest
+from wire import POP3Wire as Wire
 
 from maillab import Lab
 from maillab.limits import Limits
 
 BOB = "bob@alpha.test"
-
-
-class Wire:
-    """A bare socket client: bytes out exactly as given, reply lines in."""
-
-    def __init__(self, lab: Lab, service: str = "pop3") -> None:
-        self.sock = socket.create_connection(lab.address(service), timeout=5)
-        self.buf = b""
-        self.greeting = self.line()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def cmd(self, data: bytes) -> bytes:
-        self.send(data + b"\r\n")
-        return self.line()
-
-    def multiline(self) -> list[bytes]:
-        out = []
-        while (ln := self.line()) != b".":
-            out.append(ln)
-        return out
-
-    def login(self) -> None:
-        assert self.cmd(b"USER bob").startswith(b"+OK")
-        assert self.cmd(b"PASS bob-pw").startswith(b"+OK")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def still_serving(lab: Lab) -> None:

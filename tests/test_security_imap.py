@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import fast_limits
-from imap_raw import RawIMAP
 from security_probes import MB, blast, memory_peak, wait_until
+from wire import IMAPWire
 
 from maillab import Lab
 
@@ -45,8 +45,8 @@ def user(lab: Lab) -> str:
     return address
 
 
-def raw(lab: Lab, user: str | None = None, timeout: float = 5.0) -> RawIMAP:
-    r = RawIMAP(*lab.address("imap"), timeout=timeout)
+def raw(lab: Lab, user: str | None = None, timeout: float = 5.0) -> IMAPWire:
+    r = IMAPWire(*lab.address("imap"), timeout=timeout)
     if user:
         r.login(user, PASSWORD)
     return r
@@ -87,7 +87,7 @@ def test_lines_at_the_limit_are_not_kept_by_the_lab(tmp_path) -> None:
     lab keeps no copy of them (the transcript shows each line's head only)."""
     with Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], services=("imap",),
              limits=fast_limits()) as lab:
-        r = RawIMAP(*lab.address("imap"), timeout=30)
+        r = IMAPWire(*lab.address("imap"), timeout=30)
         r.login("bob@alpha.test", "bob-pw")
         line = b"a NOOP " + b"x" * (lab.limits.imap_line - 9) + b"\r\n"
         count = 50 * MB // len(line)
@@ -152,7 +152,7 @@ def test_a_client_that_never_reads_meets_backpressure(lab: Lab, user: str) -> No
 def test_idle_client_is_timed_out(tmp_path) -> None:
     with Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], services=("imap",),
              limits=fast_limits(imap_idle_timeout=0.5)) as lab:
-        r = RawIMAP(*lab.address("imap"))
+        r = IMAPWire(*lab.address("imap"))
         r.login("bob@alpha.test", "bob-pw")
         assert tagged_ok(r.cmd("s", "SELECT INBOX"), "s")
         r.send(b"i IDLE\r\n")
@@ -164,7 +164,7 @@ def test_idle_client_is_timed_out(tmp_path) -> None:
 
 # -- "EXPUNGE never during FETCH, STORE or SEARCH; sent on NOOP/CHECK/IDLE" -------------------------
 
-def expunge_first(lab: Lab, user: str) -> tuple[RawIMAP, RawIMAP]:
+def expunge_first(lab: Lab, user: str) -> tuple[IMAPWire, IMAPWire]:
     for i in range(3):
         lab.store.deliver(user, msg(f"x{i}"))
     a, b = raw(lab, user), raw(lab, user)
@@ -205,7 +205,7 @@ def test_expunge_is_sent_in_idle(lab: Lab, user: str) -> None:
 
 # -- "UIDVALIDITY changes when a mailbox is ... renamed over" ------------------------------------
 
-def uidvalidity(r: RawIMAP, box: str, tag: str) -> int:
+def uidvalidity(r: IMAPWire, box: str, tag: str) -> int:
     lines = r.cmd(tag, f"STATUS {box} (UIDVALIDITY)")
     assert tagged_ok(lines, tag), lines
     return int(lines[0].split(b"UIDVALIDITY ")[1].split(b")")[0])
@@ -271,7 +271,7 @@ def test_flags_stored_from_two_sessions_at_once_are_all_kept(lab: Lab, user: str
     b.cmd("s", "SELECT INBOX")
     errors: list[BaseException] = []
 
-    def hammer(r: RawIMAP, flag: str) -> None:
+    def hammer(r: IMAPWire, flag: str) -> None:
         try:
             for round_ in range(5):
                 for n in range(1, 21):

@@ -15,67 +15,9 @@ import warnings
 
 import pytest
 from conftest import fast_limits
+from wire import SMTPWire as Wire
 
 from maillab import Lab
-
-
-class Wire:
-    """A raw SMTP connection: write bytes, read complete replies."""
-
-    def __init__(self, address: tuple[str, int], *, tls: ssl.SSLContext | None = None,
-                 server_hostname: str = "mail.alpha.test", timeout: float = 5,
-                 source: str | None = None) -> None:
-        self.sock: socket.socket = socket.create_connection(
-            address, timeout=timeout, source_address=(source, 0) if source else None)
-        if tls is not None:
-            self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname)
-        self.buf = b""
-
-    def send(self, data: bytes | str) -> None:
-        self.sock.sendall(data.encode() if isinstance(data, str) else data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"closed; unread: {self.buf!r}")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def reply(self) -> tuple[int, str]:
-        """The next complete reply: its code and its text lines joined by newlines."""
-        lines = []
-        while True:
-            line = self.line().decode()
-            lines.append(line[4:])
-            if line[3:4] != "-":
-                return int(line[:3]), "\n".join(lines)
-
-    def cmd(self, line: str | bytes) -> tuple[int, str]:
-        self.send(line + ("\r\n" if isinstance(line, str) else b"\r\n"))
-        return self.reply()
-
-    def starttls(self, ctx: ssl.SSLContext, hostname: str = "mail.alpha.test") -> None:
-        assert self.cmd("STARTTLS")[0] == 220
-        self.sock = ctx.wrap_socket(self.sock, server_hostname=hostname)
-
-    def closed(self, timeout: float = 3) -> bool:
-        """True when the server closes the connection (EOF or reset) within ``timeout``."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    return True
-                self.buf += data
-        except (ConnectionResetError, ssl.SSLError):
-            return True
-        except TimeoutError:
-            return False
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def mx(lab: Lab, **kw) -> Wire:
