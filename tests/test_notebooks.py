@@ -42,6 +42,14 @@ CLAIMS = {
         "ESMTPSA", "unreachable: connect to mx1.beta.test", "451 4.3.0", "Status: 5.7.1",
         "Undelivered Mail Returned to Sender", "negative delay at hop 5", "unparsed:",
     ],
+    "05_ports_tls.ipynb": [
+        "● implicit TLS", "◐ STARTTLS", "certificate verifies against the lab CA for mail.alpha.test",
+        "STARTTLS offered  yes", "the server answered in plaintext, not TLS", "bad certificate:",
+        "Eve decodes: POP3 PASS: password 'bob-pw'", "nothing readable after the handshake",
+        "DOWNGRADED (STARTTLS stripped), policy may", "The secret is 4711",
+        "does not offer STARTTLS, and this relay requires TLS", "IN\tTLSA\t3 1 1 ",
+        "authenticated by DANE",
+    ],
 }
 #: What a notebook's live widgets must show by the end (their state as the kernel sent it).
 WIDGET_CLAIMS = {
