@@ -16,7 +16,7 @@ from maillab.imap import message
 from maillab.imap.envelope import parse_addresses
 from maillab.imap.parser import ParseError, parse_command
 from maillab.relay.hops import parse_hops
-from maillab.smtp.policy import parse_path
+from maillab.smtp.policy import PathError, parse_path
 from maillab.smtp.received import received_header
 from maillab.views.relay import HopsView
 
@@ -124,6 +124,7 @@ def test_apop_with_a_non_ascii_digest(single_lab: Lab) -> None:
     "from a by b; Fri, 31 Dec 9999 23:59:59 -2359",  # no UTC time a datetime holds
     "from a by b; Mon, 1 Jan 0001 00:00:00 +2359",
     "from a by b; Mon, 1 Jan 99999 00:00:00 +0000",
+    "from a by b; Sun, 24 Mar 2019 17:999907:45 +0800",  # fuzz: OverflowError in email.utils
 ])
 def test_hops_never_raise(value: str) -> None:
     table = parse_hops(f"Received: {value}\r\nReceived: from c by a; Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n")
@@ -140,6 +141,13 @@ def test_quoted_local_part_round_trip(path: str) -> None:
     parsed, _ = parse_path(path)
     assert str(parsed) == path
     assert parse_path(str(parsed))[0] == parsed
+
+
+@pytest.mark.parametrize("path", ["u@[a>b]", "<u@[a<b]>"])
+def test_address_literal_with_angle_brackets_is_refused(path: str) -> None:
+    # fuzz (smtp-path): accepted, then written as <u@[a>b]>, which no one can read back
+    with pytest.raises(PathError):
+        parse_path(path)
 
 
 def test_quoted_local_part_in_received_header() -> None:

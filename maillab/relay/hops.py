@@ -486,7 +486,7 @@ def _parse_date(text: str) -> datetime | None:
     for candidate in (cleaned, cleaned.rstrip(". ")):
         try:
             dt = email.utils.parsedate_to_datetime(candidate)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):  # "17:999907:45" overflows
             continue
         if dt is None:
             continue

@@ -82,7 +82,9 @@ _DOT_STRING = re.compile(rf"{_ATOM}(?:\.{_ATOM})*\Z")
 _QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e]|[^\x00-\x7f])*"\Z')
 _SUB_DOMAIN = r"(?:[A-Za-z0-9]|[^\x00-\x7f])(?:(?:[A-Za-z0-9-]|[^\x00-\x7f])*(?:[A-Za-z0-9]|[^\x00-\x7f]))?"
 _DOMAIN = re.compile(rf"{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*\Z")
-_ADDRESS_LITERAL = re.compile(r"\[[\x21-\x5a\x5e-\x7e]+\]\Z")
+# dcontent of RFC 5321 4.1.3 minus "<" and ">": inside a path they would end it early,
+# so such a literal could not be written back into the Received or relay commands.
+_ADDRESS_LITERAL = re.compile(r"\[[\x21-\x3b\x3d\x3f-\x5a\x5e-\x7e]+\]\Z")
 _AT_DOMAIN_LIST = re.compile(rf"@{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*(?:,@{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*)*\Z")
 
 

@@ -1,0 +1,531 @@
+"""Fuzz targets: every parser that takes bytes from outside, as one function of bytes.
+
+Each :class:`Target` holds a function that feeds its input to one parser (or a
+sans-IO session) the way the wire would, a seed corpus (RFC examples and the
+test data in ``tests/data``) and a dictionary of the grammar's tokens. A target
+passes when the function returns: a protocol error is an answer, not a crash,
+so only the exceptions a parser documents as its "no" are caught here.
+
+Two ways to run them:
+
+* ``tests/test_fuzz.py`` (CI): each target for a fixed, seeded budget of inputs
+  from :func:`mutate` (random, but reproducible from the seed it prints);
+* ``scripts/fuzz`` (long runs): ``python3 tests/fuzz_targets.py TARGET [libFuzzer
+  flags]`` under atheris, coverage-guided, with the seeds and the dictionary.
+
+docs/security-tests.md lists the targets, what they were run for and what they found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+sys.path.insert(0, str(HERE.parent))  # run as a script from anywhere: the maillab beside it
+
+from maillab.dns import server as dns_server  # noqa: E402
+from maillab.dns.zones import LabZones, ZoneError, parse_zone  # noqa: E402
+from maillab.imap import message  # noqa: E402
+from maillab.imap import search as searching  # noqa: E402
+from maillab.imap.decoding import decode_header  # noqa: E402
+from maillab.imap.envelope import address_search_text, parse_addresses  # noqa: E402
+from maillab.imap.parser import (  # noqa: E402
+    Command,
+    LiteralRefused,
+    NeedLiteral,
+    ParseError,
+    Parser,
+    parse_command,
+)
+from maillab.limits import Limits  # noqa: E402
+from maillab.relay.hops import parse_hops  # noqa: E402
+from maillab.sasl import SASLError, decode_response, login_value, parse_plain  # noqa: E402
+from maillab.smtp import data as smtp_data  # noqa: E402
+from maillab.smtp import policy  # noqa: E402
+from maillab.smtp.received import received_header  # noqa: E402
+from maillab.store import Store  # noqa: E402
+from maillab.store.names import InvalidName, decode_mutf7, encode_mutf7, split_name  # noqa: E402
+from maillab.topology import default_network  # noqa: E402
+from maillab.users import Users  # noqa: E402
+
+
+@dataclass
+class Target:
+    name: str
+    run: Callable[[bytes], None]
+    seeds: Callable[[], list[bytes]]
+    tokens: tuple[bytes, ...]
+    max_len: int = 4096
+    #: mutated inputs tests/test_fuzz.py runs (about 0.3 s of CPU each on the lab machine)
+    ci_inputs: int = 3000
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def target(name: str, tokens: tuple[bytes, ...], max_len: int = 4096, ci_inputs: int = 3000, *,
+           seeds: Callable[[], list[bytes]]):
+    def register(run: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        TARGETS[name] = Target(name, run, seeds, tokens, max_len, ci_inputs)
+        return run
+    return register
+
+
+def _messages() -> list[bytes]:
+    return [p.read_bytes() for p in sorted((DATA / "imap").glob("*.eml"))]
+
+
+# -- IMAP ------------------------------------------------------------------------------
+
+IMAP_TOKENS = (
+    b"a ", b"UID ", b"FETCH ", b"SEARCH ", b"STORE ", b"APPEND ", b"LOGIN ", b"SELECT ", b"LIST ",
+    b"STATUS ", b"COPY ", b"MOVE ", b"EXPUNGE", b"AUTHENTICATE PLAIN ", b"ID ", b"ENABLE ",
+    b"CREATE ", b"RENAME ", b"IDLE", b"NOOP", b"EXAMINE ", b"CHARSET UTF-8 ", b"BODY[", b"BODY.PEEK[",
+    b"HEADER.FIELDS (", b"HEADER.FIELDS.NOT (", b"MIME", b"TEXT", b"]", b"<0.10>", b"ENVELOPE",
+    b"BODYSTRUCTURE", b"FLAGS", b"+FLAGS.SILENT ", b"(\\Seen \\Deleted)", b"1:*", b"*", b"1,2:3",
+    b"4294967295", b"4294967296", b"{5}\r\nhello", b"{3+}\r\nabc", b"{0}\r\n", b'"quoted"', b'"a\\"b"',
+    b"NIL", b"OR ", b"NOT ", b"(", b")", b"SENTSINCE 1-Jan-2020", b"BEFORE 31-Dec-2099", b"LARGER 10",
+    b"HEADER Subject x", b"FROM alice", b"TO bob", b"KEYWORD $x", b"&AOQ-", b"INBOX", b"\r\n",
+)
+IMAP_SEEDS = [
+    b"a1 LOGIN bob bob-pw\r\n", b"a2 SELECT INBOX\r\n", b"a3 FETCH 1:* (FLAGS ENVELOPE BODYSTRUCTURE)\r\n",
+    b"a4 UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM TO)] BODY[1.MIME] BODY[]<0.100>)\r\n",
+    b"a5 SEARCH OR FROM alice (SINCE 1-Feb-1994 NOT SEEN) LARGER 100 HEADER X-Y z\r\n",
+    b"a6 UID SEARCH CHARSET UTF-8 SUBJECT {4}\r\n\xc3\xa9t\xc3\r\n",
+    b"a7 STORE 2:4 +FLAGS (\\Deleted)\r\n", b'a8 APPEND saved-messages (\\Seen) "07-Feb-1994 21:52:25 -0800" {10}\r\nhi there\r\n\r\n',
+    b'a9 LIST "" *\r\n', b'a10 STATUS blurdybloop (UIDNEXT MESSAGES)\r\n', b"a11 COPY 2:4 meeting\r\n",
+    b'a12 ID ("name" "sodr" "version" "19.34")\r\n', b"a13 AUTHENTICATE PLAIN AGJvYgBib2ItcHc=\r\n",
+    b"a14 LIST (SPECIAL-USE) \"\" % RETURN (CHILDREN)\r\n", b"a15 CREATE Sent (USE (\\Sent))\r\n",
+    b"a16 LOGIN {3+}\r\nbob {6+}\r\nbob-pw\r\n",
+]
+
+
+def feed_imap(parser: Parser, data: bytes) -> list[Command | ParseError | LiteralRefused]:
+    """Feed bytes to the incremental parser as the driver does: lines, then literals."""
+    out: list[Command | ParseError | LiteralRefused] = []
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end + 1
+        result = parser.feed_line(data[pos:end])
+        pos = end
+        while isinstance(result, NeedLiteral):
+            if pos + result.size > len(data):
+                return out  # the client went away inside a literal
+            parser.feed_literal(data[pos:pos + result.size])
+            pos += result.size
+            end = data.find(b"\n", pos)
+            end = len(data) if end < 0 else end + 1
+            result = parser.feed_line(data[pos:end])
+            pos = end
+        assert isinstance(result, (Command, ParseError, LiteralRefused)), result
+        out.append(result)
+    return out
+
+
+def _imap_seeds() -> list[bytes]:
+    return IMAP_SEEDS
+
+
+@target("imap-command", IMAP_TOKENS, seeds=_imap_seeds)
+def imap_command(data: bytes) -> None:
+    feed_imap(Parser(max_literal=1024, max_command=4096, max_depth=8), data)
+    for result in (parse_command(data),):
+        assert isinstance(result, (Command, ParseError))
+
+
+class _Fixture:
+    """A store with the test messages in bob's INBOX, made once per process."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.TemporaryDirectory(prefix="maillab-fuzz-")
+        self.store = Store(Path(self.dir.name) / "mail")
+        self.users = Users({"bob@alpha.test": "bob-pw"})
+        for raw in _messages()[:40]:
+            self.store.deliver("bob@alpha.test", raw)
+        self.limits = Limits(auth_failure_delay=0.0, imap_literal=4096)
+
+
+@cache
+def fixture() -> _Fixture:
+    return _Fixture()
+
+
+#: Commands the session target leaves out: they change the store, which every later
+#: input shares (their grammar is fuzzed by imap-command all the same).
+_WRITES = {"APPEND", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "COPY", "MOVE",
+           "EXPUNGE", "STORE", "SELECT", "CLOSE", "STARTTLS", "IDLE", "AUTHENTICATE"}
+
+
+def _imap_session_seeds() -> list[bytes]:
+    return IMAP_SEEDS + [b"b FETCH 1:* (BODY[1.2.HEADER] BODY[TEXT] RFC822.SIZE INTERNALDATE BODY)\r\n",
+                         b"c SEARCH TEXT hello BODY x NOT OR SEEN 1:3 UID 2:*\r\n"]
+
+
+@target("imap-session", IMAP_TOKENS, ci_inputs=1000, seeds=_imap_session_seeds)
+def imap_session(data: bytes) -> None:
+    """Commands over the stored test messages, in an EXAMINEd INBOX (read-only)."""
+    from maillab.imap.session import IMAPSession, Output  # imap-shape may move it
+
+    fx = fixture()
+    s = IMAPSession(fx.store, fx.users, fx.limits, hostname="mail.alpha.test")
+    out: list[Output] = list(s.greeting())
+    out += s.execute(parse_command(b"l LOGIN bob bob-pw\r\n"))
+    out += s.execute(parse_command(b"e EXAMINE INBOX\r\n"))
+    for cmd in feed_imap(Parser(max_literal=1024, max_command=4096, max_depth=8), data):
+        if isinstance(cmd, LiteralRefused) or (isinstance(cmd, Command) and cmd.name in _WRITES):
+            continue
+        out += s.execute(cmd)
+        if s.action == "close":
+            break
+    s.end()
+
+
+class _Source:
+    """search.Source over summaries of in-memory messages (what the session's does)."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self.messages = messages
+
+    def data(self, m: searching.Candidate) -> bytes:
+        return self.messages[m.seq - 1]
+
+    def header_texts(self, m: searching.Candidate, field: str, exact: bool) -> tuple[str, ...]:
+        return searching.header_texts(self.messages[m.seq - 1], field, exact)
+
+    def sent(self, m: searching.Candidate):
+        import datetime
+
+        date = message.summarize(self.messages[m.seq - 1])["date"]
+        return None if date is None else datetime.datetime.fromtimestamp(date, datetime.timezone.utc).date()
+
+
+def _message_seeds() -> list[bytes]:
+    return _messages()
+
+
+@target("message", (b"\r\n", b"\r\n\r\n", b"Content-Type: ", b"multipart/mixed; boundary=", b"--b\r\n",
+                    b"--b--", b"message/rfc822", b"text/plain; charset=", b"name*0*=", b"name*1=",
+                    b"utf-8''%C3%A9", b"=?utf-8?B?w6k=?=", b"=?iso-8859-1?Q?a=E9?=", b"From: ",
+                    b"To: ", b"Cc: ", b"Date: ", b"Subject: ", b"Content-Transfer-Encoding: base64",
+                    b"quoted-printable", b"<a@b>", b'"x y" <a@b>', b"group: a@b, c@d;", b"(comment)",
+                    b"@route:a@b", b"\\", b"\"", b"  ", b"\t", b"Mon, 1 Jan 2024 10:00:00 +0000"),
+        max_len=8192, ci_inputs=600, seeds=_message_seeds)
+def message_target(data: bytes) -> None:
+    """MIME, ENVELOPE, BODYSTRUCTURE, sections and SEARCH over one stored message."""
+    summary = message.summarize(data)
+    assert summary["envelope"].startswith("(")
+    for part, kind in (((), "HEADER"), ((1,), None), ((1,), "MIME"), ((2, 1), "TEXT"), ((1, 1, 1), None)):
+        message.section(data, part, kind)
+    message.section(data, (), "HEADER.FIELDS", ("FROM", "SUBJECT"))
+    for key in (("FROM", b"a"), ("TEXT", b"x"), ("HEADER", "SUBJECT", b""), ("SENTSINCE", __import__("datetime").date(2000, 1, 1)),
+                ("BODY", b"\xc3\xa9")):
+        test = searching.compile_key(key, charset="UTF-8", max_seq=1, max_uid=1)
+        test(searching.Candidate(1, 1, frozenset(), len(data), 0.0, None, _Source([data])))
+
+
+def _address_seeds() -> list[bytes]:
+    return [b"a@b", b"Some Name <a@b>", b'"Doe, John" <j@d>, x@y', b"undisclosed-recipients:;",
+            b"group: a@b, (c) <d@e>;, f@g", b"<@route,@r2:a@b>", b"a (comment) @ b . c",
+            b"=?utf-8?q?J=C3=B6rg?= <j@x>"]
+
+
+@target("addresses", (b"<", b">", b"@", b",", b";", b":", b'"', b"\\", b"(", b")", b" ", b".", b"[1.2.3.4]",
+                      b"=?utf-8?q?x?=", b"a@b", b"Name <a@b>"), max_len=2048, seeds=_address_seeds)
+def addresses(data: bytes) -> None:
+    parse_addresses(data)
+    address_search_text(data)
+    decode_header(data)
+
+
+# -- SMTP --------------------------------------------------------------------------------
+
+SMTP_TOKENS = (b"<", b">", b"@", b'"', b"\\", b":", b",", b"[", b"]", b"IPv6:", b"127.0.0.1", b"alpha.test",
+               b" SIZE=", b" BODY=8BITMIME", b" SMTPUTF8", b" RET=HDRS", b" ENVID=", b"%", b"!", b"\x00",
+               b"\r\n", b"\r\n.\r\n", b"\n.\n", b"..", b"Received: ", b"AGJvYgBwdw==", b"=", b"*", b"\xc3\xa9")
+
+
+def _smtp_path_seeds() -> list[bytes]:
+    return [b"<bob@alpha.test>", b"<> SIZE=100", b'<"a\\"b"@alpha.test> BODY=8BITMIME',
+            b"<@a,@b:u@alpha.test>", b"u@[127.0.0.1]", b"<u%x@alpha.test>", b"<j\xc3\xb6rg@alpha.test> SMTPUTF8"]
+
+
+@target("smtp-path", SMTP_TOKENS, max_len=600, seeds=_smtp_path_seeds)
+def smtp_path(data: bytes) -> None:
+    try:
+        text = data.decode("utf-8")  # the server answers 500 to a command that is not UTF-8
+    except UnicodeDecodeError:
+        return
+    for what in ("sender", "recipient"):
+        try:
+            path, rest = policy.parse_path(text, what=what, allow_null=what == "sender")
+        except policy.PathError:
+            continue
+        again = policy.parse_path(str(path), what=what, allow_null=True)[0]
+        assert (again.local, again.domain, again.quoted) == (path.local, path.domain, path.quoted), path
+        try:
+            policy.parse_mail_params(rest, extended=True, size_limit=1000)
+        except policy.PathError:
+            pass
+        if not path.null:
+            try:
+                policy.route_recipient(path, local_domains={"alpha.test"}, is_user=lambda a: a.startswith("b"),
+                                       authenticated=bool(len(data) % 2), relay_available=True)
+            except policy.PathError:
+                pass
+            received_header(helo=text[:50], peer_ip="127.0.0.1", by="mail.alpha.test", protocol="ESMTP",
+                            id="X", recipient=path.address)
+
+
+def _smtp_data_seeds() -> list[bytes]:
+    chains = [p.read_bytes() for p in sorted((DATA / "received").glob("*.txt"))]
+    return [b"Subject: x\r\n\r\n..dot\r\n.\r\n", b"a\nb\rc\r\n.\n", *chains]
+
+
+@target("smtp-data", SMTP_TOKENS, max_len=8192, seeds=_smtp_data_seeds)
+def smtp_data_target(data: bytes) -> None:
+    smtp_data.check_line_endings(data)
+    body = smtp_data.unstuff(data)
+    smtp_data.check_line_length(body, 1000)
+    smtp_data.check_hops(body)
+
+
+def _sasl_seeds() -> list[bytes]:
+    return [b"AGJvYgBib2ItcHc=", b"=", b"*", b"Ym9i", b"not base64!", b"AGFsaWNlAP8="]
+
+
+@target("sasl", (b"=", b"*", b"AA==", b"\x00", b"YWxpY2U=", b"\xc3\xa9", b" "), max_len=512, seeds=_sasl_seeds)
+def sasl(data: bytes) -> None:
+    for raw in (data, data.decode("latin-1")):
+        try:
+            message_ = decode_response(raw)
+        except SASLError:
+            continue
+        for parse in (parse_plain, login_value):
+            try:
+                parse(message_)
+            except SASLError:
+                pass
+
+
+# -- POP3 ---------------------------------------------------------------------------------
+
+class _POP3Backend:
+    def __init__(self, fx: _Fixture) -> None:
+        self.fx = fx
+
+    def authenticate(self, login: str, password: str) -> str | None:
+        return self.fx.users.authenticate(login, password)
+
+    def password(self, login: str) -> str | None:
+        try:
+            return self.fx.users.password(login)
+        except KeyError:
+            return None
+
+    def open_maildrop(self, address: str):
+        from maillab.pop3.maildrop import Maildrop
+
+        return Maildrop(self.fx.store.mailbox(address, "Pop", create=True))
+
+
+def _pop3_seeds() -> list[bytes]:
+    return [b"USER bob\r\nPASS bob-pw\r\nSTAT\r\nLIST\r\nRETR 1\r\nTOP 1 0\r\nUIDL\r\nDELE 1\r\nRSET\r\nQUIT\r\n",
+            b"CAPA\r\nAUTH PLAIN AGJvYgBib2ItcHc=\r\nLIST 2\r\nUIDL 1\r\nNOOP\r\nQUIT\r\n",
+            b"AUTH PLAIN\r\n*\r\nAPOP bob 0123456789abcdef0123456789abcdef\r\nQUIT\r\n"]
+
+
+@target("pop3-session", (b"USER bob\r\n", b"PASS bob-pw\r\n", b"APOP bob ", b"AUTH PLAIN ", b"AGJvYgBib2ItcHc=",
+                         b"STAT\r\n", b"LIST ", b"RETR ", b"TOP ", b"DELE ", b"RSET\r\n", b"UIDL", b"NOOP\r\n",
+                         b"QUIT\r\n", b"CAPA\r\n", b"STLS\r\n", b"1", b"0", b"-1", b"4294967296", b"\r\n", b" "),
+        max_len=1024, ci_inputs=3000, seeds=_pop3_seeds)
+def pop3_session(data: bytes) -> None:
+    """The RFC 1939 session in every state; QUIT's UPDATE deletes from a scratch folder
+    that is refilled, so every input meets messages to act on."""
+    from maillab.pop3.session import POP3Session
+
+    fx = fixture()
+    mb = fx.store.mailbox("bob@alpha.test", "Pop", create=True)
+    if len(mb.messages()) < 3:
+        for raw in _messages()[:3]:
+            mb.add(raw)
+    s = POP3Session(_POP3Backend(fx), auth_failure_delay=0.0)
+    s.greeting()
+    try:
+        for line in data.splitlines(keepends=True):
+            reply = s.receive(line)
+            if getattr(reply, "close", False):
+                break
+    finally:
+        s.end()
+
+
+# -- Received chains -----------------------------------------------------------------------
+
+def _received_seeds() -> list[bytes]:
+    return [p.read_bytes() for p in sorted((DATA / "received").glob("*.txt"))]
+
+
+@target("received", (b"Received: ", b"from ", b"by ", b"with ESMTPS ", b"id ", b"for <a@b>", b"; ", b"(", b")",
+                     b"[127.0.0.1]", b"(using TLSv1.3 with cipher X)", b"Mon, 1 Jan 2024 10:00:00 +0000",
+                     b"\r\n\t", b"9999", b"-2359", b"helo=", b"\\"), max_len=8192,
+        ci_inputs=1000, seeds=_received_seeds)
+def received(data: bytes) -> None:
+    from maillab.views.relay import HopsView
+
+    table = parse_hops(data)
+    view = HopsView(table, "fuzz")
+    repr(view)
+    view._repr_html_()
+    json.dumps(table.as_dicts(), default=str)
+
+
+# -- DNS ---------------------------------------------------------------------------------
+
+@cache
+def _zones() -> LabZones:
+    zones = LabZones()
+    zones.build(default_network(), "127.0.0.1")
+    return zones
+
+
+def _dns_seeds() -> list[bytes]:
+    import dns.message
+    import dns.rdatatype
+
+    out = []
+    for name, rdtype in (("alpha.test", "MX"), ("mail.alpha.test", "A"), ("x.beta.test", "TXT"),
+                         ("1.0.0.127.in-addr.arpa", "PTR"), ("alpha.test", "AXFR"), ("example.com", "A"),
+                         ("_submission._tcp.alpha.test", "SRV"), ("alpha.test", "ANY")):
+        q = dns.message.make_query(name, rdtype, use_edns=len(out) % 2 == 0)
+        out.append(q.to_wire())
+    return out
+
+
+def _dns_wire_seeds() -> list[bytes]:
+    return _dns_seeds()
+
+
+@target("dns-wire", (b"\x00\x01", b"\x00\x0f", b"\xc0\x0c", b"\xc0\x00", b"\x05alpha\x04test\x00", b"\x00\x00\x29\x10\x00",
+                     b"\x00\xfc", b"\x00\xff", b"\x3f", b"\xff" * 4), max_len=1024, ci_inputs=3000, seeds=_dns_wire_seeds)
+def dns_wire(data: bytes) -> None:
+    for transport in ("udp", "tcp"):
+        outcome = dns_server.handle_wire(_zones(), data, transport)
+        if outcome.wire is not None and transport == "udp":
+            assert len(outcome.wire) <= 65535
+
+
+def _zone_seeds() -> list[bytes]:
+    return [_zones().text(n).encode() for n in _zones().names()]
+
+
+@target("zone-text", (b"$ORIGIN ", b"$TTL 300\n", b"@ ", b"IN ", b"SOA ", b"MX 10 ", b"A 127.0.0.1", b"TXT \"v=spf1\"",
+                      b"CNAME ", b"SRV 0 1 25 ", b"(", b")", b";", b"\n", b"\\", b"*.", b"$INCLUDE /etc/passwd"),
+        max_len=4096, ci_inputs=1000, seeds=_zone_seeds)
+def zone_text(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    try:
+        parse_zone("alpha.test", text)
+    except ZoneError:
+        pass
+
+
+# -- mailbox names ---------------------------------------------------------------------------
+
+def _names_seeds() -> list[bytes]:
+    return [b"INBOX", b"Sent", b"a/b/c", b"&ZeVnLIqe-", b"~root", b"../x", b"&AC8-"]
+
+
+@target("mailbox-name", (b"&", b"-", b"&AC8-", b"&AC4ALg-", b"..", b"/", b".", b"INBOX", b"~", b"\x00", b"&-"),
+        max_len=512, seeds=_names_seeds)
+def mailbox_name(data: bytes) -> None:
+    text = data.decode("utf-8", "surrogateescape")
+    try:
+        name = decode_mutf7(text)
+    except InvalidName:
+        return
+    try:
+        split_name(name)
+    except InvalidName:
+        return
+    assert decode_mutf7(encode_mutf7(name)) == name
+
+
+# -- the mutator (CI) and the atheris entry point (scripts/fuzz) ---------------------------
+
+def mutate(rng: random.Random, data: bytes, target: Target, corpus: list[bytes]) -> bytes:
+    """One seeded mutation: byte flips, inserts, deletes, token inserts, splices, and
+    repeats of a chunk (the shape super-linear inputs have)."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(8)
+        pos = rng.randint(0, len(buf))
+        if op == 0 and buf:
+            buf[min(pos, len(buf) - 1)] = rng.randrange(256)
+        elif op == 1:
+            buf[pos:pos] = bytes([rng.randrange(256)])
+        elif op == 2 and buf:
+            del buf[pos:pos + rng.randint(1, 16)]
+        elif op in (3, 4):
+            buf[pos:pos] = rng.choice(target.tokens)
+        elif op == 5 and corpus:
+            other = rng.choice(corpus)
+            cut = rng.randint(0, len(other))
+            buf[pos:] = other[cut:]
+        elif op == 6 and buf:
+            chunk = bytes(buf[pos:pos + rng.randint(1, 8)]) or b" "
+            buf[pos:pos] = chunk * rng.randint(2, 64)
+        elif op == 7:
+            buf[pos:pos] = str(rng.choice([0, 1, 2**31, 2**32, 10**30])).encode()
+    return bytes(buf[:target.max_len])
+
+
+def run_seeded(t: Target, count: int, seed: int) -> list[tuple[bytes, str]]:
+    """The seeds, then ``count`` mutants; returns (input, traceback) for each failure."""
+    import traceback
+
+    rng = random.Random(seed)
+    corpus = [s[:t.max_len] for s in t.seeds()] or [b""]
+    failures: list[tuple[bytes, str]] = []
+    inputs = list(corpus)
+    inputs += [mutate(rng, rng.choice(corpus), t, corpus) for _ in range(count)]
+    for data in inputs:
+        try:
+            t.run(data)
+        except Exception:  # noqa: BLE001 - every exception is a finding
+            failures.append((data, traceback.format_exc(limit=6)))
+            if len(failures) >= 5:
+                break
+    return failures
+
+
+def main(argv: list[str]) -> None:
+    import atheris
+
+    if len(argv) < 2 or argv[1] not in TARGETS:
+        sys.exit("usage: fuzz_targets.py TARGET [libFuzzer flags]; targets: " + ", ".join(TARGETS))
+    t = TARGETS[argv[1]]
+    work = Path(os.environ.get("MAILLAB_FUZZ_DIR", "/tmp/maillab-fuzz")) / t.name
+    (work / "corpus").mkdir(parents=True, exist_ok=True)
+    for i, seed in enumerate(t.seeds()):
+        (work / "corpus" / f"seed-{i}").write_bytes(seed[:t.max_len])
+    (work / "dict").write_text("".join('"' + "".join(f"\\x{b:02x}" for b in tok) + '"\n' for tok in t.tokens))
+    t.run(b"")  # build fixtures before instrumenting, so they do not count as coverage
+    atheris.instrument_all()
+    args = [argv[0], *argv[2:], f"-dict={work / 'dict'}", f"-max_len={t.max_len}",
+            f"-artifact_prefix={work}/", str(work / "corpus")]
+    atheris.Setup(args, t.run)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
