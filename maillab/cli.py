@@ -197,7 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dir", help="keep the lab in this directory")
     t.add_argument("--keep", action="store_true", help="keep the temporary lab directory")
     t.set_defaults(func=tour)
+    e = sub.add_parser("exercises", help="list the self-checking exercises, one name a line")
+    e.set_defaults(func=list_exercises)
     return parser
+
+
+def list_exercises(args: argparse.Namespace) -> int:
+    """One name a line: what ``%mail check NAME`` takes (notebooks/exercises/NN_NAME.ipynb)."""
+    from .exercises import names
+
+    print("\n".join(names()))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

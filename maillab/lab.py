@@ -425,6 +425,13 @@ class Lab:
             self.store.ensure_user(address)
             self.write_lab_json()
 
+    def check(self, exercise: str, answer: str | None = None) -> Any:
+        """Judge an exercise (``maillab exercises`` lists them) from this lab's events
+        and store: a result with ``.passed`` and ``.hints`` (what is still missing)."""
+        from .exercises import check
+
+        return check(self, exercise, answer)
+
     def __repr__(self) -> str:
         state = "running" if self.started else "stopped"
         return f"<Lab {state} dir={self.directory} services={len(self.services)}>"

@@ -24,6 +24,7 @@ MAGIC_MODULES = (
     "maillab.magics.handler",
     "maillab.magics.classnet",
     "maillab.magics.views",
+    "maillab.magics.exercises",
 )
 
 

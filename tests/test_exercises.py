@@ -1,0 +1,103 @@
+"""Self-checking exercises: every check fails on an empty attempt with a hint that
+says what to do, and passes on the teacher's solution (all solutions run in ONE
+kernel, one after another, to keep CI lean: kernel start-up is the expensive part)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell
+
+from maillab import exercises
+
+ROOT = Path(__file__).resolve().parent.parent
+EXERCISES = sorted((ROOT / "notebooks" / "exercises").glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+
+
+def _name(path: Path) -> str:
+    return path.stem.split("_", 1)[1]
+
+
+def test_every_exercise_has_a_notebook_a_solution_and_a_check():
+    names = exercises.names()
+    assert len(names) >= 8
+    assert [_name(p) for p in EXERCISES] == names
+    assert [p.name for p in SOLUTIONS] == [p.name for p in EXERCISES]
+    for path in EXERCISES + SOLUTIONS:
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.outputs == [] and c.execution_count is None for c in code), f"{path.name}: outputs"
+        assert code[-1].source.startswith(f"%mail check {_name(path)}"), path.name
+
+
+def test_maillab_exercises_lists_the_names():
+    out = subprocess.run([sys.executable, "-m", "maillab", "exercises"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.splitlines() == exercises.names()
+
+
+def test_every_check_fails_on_an_empty_attempt_with_a_hint(lab):
+    for name in exercises.names():
+        result = lab.check(name)
+        assert result.passed is False, name
+        assert result.hints, f"{name}: no hint"
+        assert all(len(h) > 40 for h in result.hints), f"{name}: a hint too short to help: {result.hints}"
+        assert "missing:" in repr(result) and "not yet" in result._repr_html_()
+    with pytest.raises(KeyError, match="no exercise"):
+        lab.check("no_such_exercise")
+
+
+@pytest.mark.timeout(900)
+def test_every_solution_passes_its_check(tmp_path):
+    """The solutions, one after another in one kernel, each on a fresh lab."""
+    combined = nbformat.v4.new_notebook()
+    checks: list[tuple[str, int]] = []
+    for path in SOLUTIONS:
+        nb = nbformat.read(path, as_version=4)
+        combined.cells.append(new_code_cell("%mail stop" if combined.cells else "%load_ext maillab"))
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                combined.cells.append(new_code_cell(cell.source))
+        checks.append((_name(path), len(combined.cells) - 1))
+    (tmp_path / "work").mkdir()
+    client = NotebookClient(combined, timeout=120, kernel_name="python3", allow_errors=False,
+                            resources={"metadata": {"path": str(tmp_path / "work")}})
+    client.execute()
+    failed = {}
+    for name, index in checks:
+        shown = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "")
+                          for o in combined.cells[index].outputs)
+        if "PASSED" not in shown:
+            failed[name] = shown
+    assert failed == {}
+
+
+def test_partial_attempts_get_hints_about_what_is_missing(lab):
+    import smtplib
+    import time
+
+    from maillab.clients.smtp import send
+    from maillab.compose import compose
+
+    host, port = lab.address("submission")
+    with smtplib.SMTP(host, port, timeout=10) as smtp:  # no STARTTLS, so no AUTH either
+        smtp.ehlo("student.test")
+    result = lab.check("submission")
+    assert not result.passed and "STARTTLS" in result.hints[0]
+
+    send(lab, compose(sender="alice@alpha.test", to=["carol@beta.test"], subject="path", body="x"),
+         via="submission")
+    carol = lab.store.mailbox("carol@beta.test")
+    deadline = time.monotonic() + 20
+    while not carol.messages() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "give the host" in lab.check("received_chain").hints[0]
+    wrong = lab.check("received_chain", answer="mx1.beta.test")
+    assert not wrong.passed and "bottom-up" in wrong.hints[0]
+    assert lab.check("received_chain", answer="mail.alpha.test").passed
