@@ -3,17 +3,19 @@
 The idea is h11's ``ConnectionPair``: a client and a server joined with no network
 between them. Here the client is a transcript file written the way the RFCs write
 their examples (RFC 1939 section 10, RFC 3501 section 8, RFC 5321 appendix D), and
-the server is the lab's own session object (``POP3Session``, ``IMAPSession``), driven
+the server is the lab's own session object (``POP3Session``, ``IMAPSession``,
+``SMTPSession``), driven
 the way its asyncio driver drives it. No socket, no thread, no timer: a transcript
 runs in milliseconds and reads like the RFC.
 
 File format (``tests/transcripts/*.txt``)::
 
     # a comment; blank lines are ignored
-    @protocol pop3                  # pop3 | imap (also taken from the file name)
+    @protocol pop3                  # pop3 | imap | smtp (also taken from the file name)
     @user mrose@dbc.test tanstaaf   # a lab user (login with the full address or the local part)
     @mail mrose@dbc.test size=120   # a message for the user; options below
     @option timestamp=<1896.697170952@dbc.mtview.ca.us>    # session options (POP3: timestamp)
+    @stored mrose@dbc.test 0        # after the last line: the user's INBOX holds 0 messages
     S: +OK $* <1896.697170952@dbc.mtview.ca.us>
     C: APOP mrose c4c9334bac560ecc979e58001b3e22fb
     S: +OK mrose@dbc.test's maildrop has 2 messages (320 octets)
@@ -33,7 +35,8 @@ answer, line by line, and nothing more. In ``S:`` lines (Dovecot imaptest style)
 02:44:25 -0700"`` (the INTERNALDATE).
 
 IMAP literals work as on the wire: after ``{N}`` the next ``C:`` lines supply the N
-octets (CRLFs counted) and the rest of the last one continues the command.
+octets (CRLFs counted) and the rest of the last one continues the command. SMTP's
+message text after 354 is the ``C:`` lines up to the one holding only ``.``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ from maillab.imap.session import IMAPSession
 from maillab.limits import Limits
 from maillab.pop3.maildrop import Maildrop
 from maillab.pop3.session import POP3Session
+from maillab.smtp import data as smtpdata
+from maillab.smtp.policy import Reply as SMTPReply
+from maillab.smtp.received import TLSInfo
+from maillab.smtp.session import Deliver, Hook, SMTPSession
 from maillab.store import Store
 from maillab.users import Users
 
@@ -70,6 +77,7 @@ class Transcript:
     users: dict[str, str] = field(default_factory=dict)
     mail: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     options: dict[str, str] = field(default_factory=dict)
+    stored: list[tuple[str, int]] = field(default_factory=list)  # (address, messages at the end)
     greeting: list[str] = field(default_factory=list)  # the S: lines before any C:
     steps: list[tuple[str, list[str], int]] = field(default_factory=list)  # (C line, S lines, line no)
 
@@ -94,6 +102,8 @@ def parse(path: Path) -> Transcript:
                 t.mail.append((words[1], dict(_option(w) for w in words[2:])))
             elif words[0] == "option":
                 t.options.update(_option(w) for w in words[1:])
+            elif words[0] == "stored":
+                t.stored.append((words[1], int(words[2])))
             else:
                 raise ValueError(f"{path.name}:{number}: unknown directive @{words[0]}")
         elif text.startswith("C:"):
@@ -240,7 +250,57 @@ def _output_lines(outputs: Iterable[Any]) -> list[str]:
     return _lines(b"".join(out.data for out in outputs if isinstance(out, Response)))
 
 
-SERVERS = {"pop3": POP3Server, "imap": IMAPServer}
+class SMTPServer:
+    """An :class:`SMTPSession` for a host final for the transcript users' domains; the
+    driver's parts done in memory: the message text after 354 is collected up to the
+    line "." (each C: line one line of it), deliveries go to the store, and mail for
+    other domains is taken by a stand-in relay (``@option submission=yes`` for port 587)."""
+
+    def __init__(self, store: Store, users: Users, options: dict[str, str]) -> None:
+        self.store = store
+        self.relayed: list[tuple[str, list[str]]] = []
+        self.session = SMTPSession(
+            hostname=options.get("hostname", "mail.test"), limits=Limits(auth_failure_delay=0),
+            local_domains=frozenset(u.address.split("@")[1] for u in users),
+            is_user=users.__contains__, authenticate=users.authenticate, resolve=users.resolve,
+            relay_available=True, submission=options.get("submission") == "yes")
+        self.data: list[bytes] | None = None  # the message text while it is being sent
+
+    def greet(self) -> list[str]:
+        return self.session.greeting().lines()
+
+    def send(self, line: str) -> list[str]:
+        raw = line.encode() + b"\r\n"
+        if self.data is not None:
+            if line != ".":
+                self.data.append(raw)
+                return []
+            text = b"\r\n" + b"".join(self.data) + b".\r\n"
+            self.data = None
+            return self._answer(self.session.end_of_data(text, smtpdata.unstuff(text)))
+        return self._answer(self.session.receive(raw))
+
+    def _answer(self, step: object) -> list[str]:
+        while not isinstance(step, SMTPReply):
+            if isinstance(step, Hook):
+                raise AssertionError("transcripts run without aiosmtpd handlers")
+            assert isinstance(step, Deliver)
+            for address in step.local:
+                self.store.deliver(address, step.message)
+            if step.remote:
+                self.relayed.append((step.mail_from, step.remote))
+            step = step.then(None)
+        if step.starttls:  # no TLS in memory: what the session does once it is up
+            self.session.tls_started(TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256))
+        if step.read_data:
+            self.data = []
+        return step.lines()
+
+    def close(self) -> None:
+        pass
+
+
+SERVERS = {"pop3": POP3Server, "imap": IMAPServer, "smtp": SMTPServer}
 
 
 # -- running a transcript ----------------------------------------------------------------------
@@ -287,6 +347,9 @@ def replay(path: Path, directory: Path) -> None:
         _check(path, 1, "(the greeting)", t.greeting, server.greet())
         for line, expected, number in t.steps:
             _check(path, number, line, expected, server.send(line))
+        for address, count in t.stored:
+            held = len(store.mailbox(address, "INBOX", create=True).messages())
+            assert held == count, f"{path.name}: {address} holds {held} messages at the end, not {count}"
     finally:
         server.close()
         store.close()
