@@ -223,3 +223,21 @@ def test_mail_fail_lists_adds_and_heals(tmp_path: Path) -> None:
         assert len(lab.faults.rules()) == 1
         assert "mx2.beta.test (down)" in repr(ip.run_line_magic("mail", "heal"))
         assert "no failures injected" in repr(ip.run_line_magic("mail", "fail"))
+
+
+def test_the_transcript_shows_where_a_fault_fired(single_lab: Lab) -> None:
+    from maillab.views.transcript import render_html, render_text
+
+    lab = single_lab
+    lab.faults.add(HOST, "pop3", "STAT", "-ERR [SYS/TEMP] disk busy", times=1)
+    c = poplib.POP3(*lab.address("pop3"), timeout=10)
+    c.user(BOB)
+    c.pass_("bob-pw")
+    with pytest.raises(poplib.error_proto, match="disk busy"):
+        c.stat()
+    assert c.stat()[0] == 0  # spent: the real answer
+    c.quit()
+    events = lab.events.events(protocol="pop3")
+    text = render_text(events, times=False, explain=False)
+    assert "C: STAT\n** fault injected (mail.alpha.test): STAT -> answers '-ERR [SYS/TEMP] disk busy'" in text
+    assert 'class="line ml-temp">fault injected' in render_html(events)

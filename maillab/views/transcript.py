@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..events import CLIENT_LINE, CLOSED, OPENED, SERVER_LINE, Event, EventBus
+from ..events import CLIENT_LINE, CLOSED, FAULT, OPENED, SERVER_LINE, Event, EventBus
 from .conversations import Conversation, conversations
 from .live import LiveHTML, widget_bundle
 from .publish import Throttle
@@ -153,6 +153,8 @@ def _line_kind(e: Event) -> str:
         return "client"
     if e.kind == SERVER_LINE:
         return "ok" if e.data.get("payload") else reply_kind(e.protocol, e.text)
+    if e.kind == FAULT:
+        return "temp"  # a failure injected with %mail fail: not the server's own doing
     return "event"
 
 
