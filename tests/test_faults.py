@@ -240,4 +240,4 @@ def test_the_transcript_shows_where_a_fault_fired(single_lab: Lab) -> None:
     events = lab.events.events(protocol="pop3")
     text = render_text(events, times=False, explain=False)
     assert "C: STAT\n** fault injected (mail.alpha.test): STAT -> answers '-ERR [SYS/TEMP] disk busy'" in text
-    assert 'class="line ml-temp">fault injected' in render_html(events)
+    assert 'class="line ml-temp">** fault injected' in render_html(events)
