@@ -174,7 +174,7 @@ def test_port_map_rows_say_which_port_is_which(lab: Lab) -> None:
     text = repr(pm)
     assert "● implicit TLS" in text and "◐ STARTTLS" in text
     html = pm._repr_html_()
-    assert "SHA-256 fingerprint" in html and "#1a7f37" in html and "◐" in html
+    assert "SHA-256 fingerprint" in html and "ml-badge ml-ok" in html and "◐" in html and "ml-view" in html
     assert "mx1.beta.test" in pm.certificate_text("mx1.beta.test")
     fig = figure(pm)
     assert fig.get_size_inches()[0] > 6

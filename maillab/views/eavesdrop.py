@@ -17,6 +17,7 @@ import html
 from typing import TYPE_CHECKING, Any
 
 from ..plaintext import DEMO_WARNING
+from .theme import page
 
 if TYPE_CHECKING:
     from ..lab import Lab
@@ -106,21 +107,20 @@ def capture_html(cap: Capture) -> str:
     rows = []
     for i, it in enumerate(cap.items):
         if it.kind == "record":
-            rows.append(f"<div style='color:#1a7f37'>{it.direction}: ▮ TLS {html.escape(it.record_type or '')},"
+            rows.append(f"<div class='line ml-ok'>{it.direction}: ▮ TLS {html.escape(it.record_type or '')},"
                         f" {it.length} bytes</div>")
         elif it.kind == "note":
-            rows.append(f"<div style='color:#8250df;font-style:italic'>-- {html.escape(it.text)}</div>")
+            rows.append(f"<div class='line ml-event'>◆ {html.escape(it.text)}</div>")
         else:
-            colour = "#0550ae" if it.direction == "C" else "inherit"
-            rows.append(f"<div style='color:{colour}'>{it.direction}: {html.escape(it.text)}</div>")
+            cls = "ml-client" if it.direction == "C" else ""
+            rows.append(f"<div class='line {cls}'>{it.direction}: {html.escape(it.text)}</div>")
             if i in secrets:
-                rows.append(f"<div style='color:#b42318;font-weight:bold'>&nbsp;&nbsp;⚠ Eve decodes:"
-                            f" {html.escape(secrets[i])}</div>")
+                rows.append(f"<div class='line ml-err ml-badge'>&nbsp;&nbsp;⚠ Eve decodes: {html.escape(secrets[i])}</div>")
     plain = not cap.tls
-    colour = "#b42318" if plain else "#1a7f37"
-    return (f"<div style='flex:1;min-width:20em;text-align:left'>"
-            f"<div style='color:{colour};font-weight:bold'>{'○' if plain else '●'} {html.escape(summary(cap))}</div>"
-            f"<div style='font-family:monospace;white-space:pre-wrap;font-size:90%'>{''.join(rows)}</div></div>")
+    kind, glyph = ("err", "○") if plain else ("ok", "●")
+    return (f"<div style='flex:1;min-width:20em'>"
+            f"<div class='ml-badge ml-{kind}'>{glyph} {html.escape(summary(cap))}</div>"
+            f"<div class='mono ml-wire ml-small'>{''.join(rows)}</div></div>")
 
 
 class EavesdropView:
@@ -151,11 +151,11 @@ class EavesdropView:
     def _repr_html_(self) -> str:
         if not self.captures:
             return f"<i>{html.escape(repr(self))}</i>"
-        warn = (f"<div style='border:3px solid #b42318;color:#b42318;font-weight:bold;padding:4px;"
-                f"margin-bottom:4px'>⚠ {html.escape(DEMO_WARNING)}</div>") if self.demo else ""
+        warn = (f"<div class='ml-err ml-badge' style='border:3px solid var(--ml-err);padding:.3em;"
+                f"margin-bottom:.3em;white-space:normal'>⚠ {html.escape(DEMO_WARNING)}</div>") if self.demo else ""
         cols = "".join(capture_html(c) for c in self.captures)
-        return (f"<div style='text-align:left'>{warn}<div style='font-weight:bold'>What an eavesdropper on the"
-                f" wire reads</div><div style='display:flex;gap:1.5em;flex-wrap:wrap'>{cols}</div></div>")
+        return page(f"{warn}<div><b>What an eavesdropper on the wire reads</b></div>"
+                    f"<div style='display:flex;gap:1.5em;flex-wrap:wrap'>{cols}</div>", kind="eve")
 
     def secrets(self) -> list[str]:
         return [s for cap in self.captures for _i, s in secrets_in(cap)]

@@ -22,19 +22,23 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import CLOSED, OPENED, TLS
 from ..tls import CERT_FIELD_TITLES, MINIMUM_VERSION_TEXT, cert_fields
+from .live import LiveHTML, widget_bundle
 from .publish import Throttle
+from .theme import page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..lab import Lab
 
-#: TLS mode -> (glyph, colour, label). Glyphs differ in shape, colours in lightness too.
+#: TLS mode -> (glyph, figure colour, label). Glyphs differ in shape, colours in lightness
+#: too (Okabe-Ito hues, as :mod:`.theme`); HTML uses the theme's classes (:data:`KINDS`).
 MODES = {
-    "implicit": ("●", "#1a7f37", "implicit TLS"),
-    "starttls": ("◐", "#9a6700", "STARTTLS"),
-    "none": ("○", "#b42318", "plaintext"),
+    "implicit": ("●", "#007a5a", "implicit TLS"),
+    "starttls": ("◐", "#8a5a00", "STARTTLS"),
+    "none": ("○", "#c2410c", "plaintext"),
 }
+KINDS = {"implicit": "ok", "starttls": "temp", "none": "err"}
 MODE_TEXT = {
     "implicit": "TLS from the first byte (RFC 8314: prefer it for clients)",
     "starttls": "plaintext first, upgraded by STARTTLS / STLS (RFC 3207, RFC 2595)",
@@ -177,16 +181,14 @@ def cert_html(fields: dict[str, Any], title: str = "") -> str:
     for key, name in CERT_FIELD_TITLES:
         value = fields.get(key, "")
         text = ", ".join(value) if isinstance(value, list) else str(value)
-        rows.append(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(name)}</th>"
-                    f"<td style='text-align:left;font-family:monospace;word-break:break-all'>"
-                    f"{html.escape(text)}</td></tr>")
-    head = f"<div style='font-weight:bold'>{html.escape(title)}</div>" if title else ""
-    return f"{head}<table>{''.join(rows)}</table>"
+        rows.append(f"<tr><th>{html.escape(name)}</th><td class='mono'>{html.escape(text)}</td></tr>")
+    head = f"<div><b>{html.escape(title)}</b></div>" if title else ""
+    return f"{head}<table class='ml-cert'>{''.join(rows)}</table>"
 
 
 def badge(mode: str) -> str:
-    glyph, colour, label = MODES.get(mode, MODES["none"])
-    return (f"<span style='color:{colour};font-weight:bold' title='{html.escape(MODE_TEXT.get(mode, ''))}'>"
+    glyph, _colour, label = MODES.get(mode, MODES["none"])
+    return (f"<span class='ml-badge ml-{KINDS.get(mode, 'err')}' title='{html.escape(MODE_TEXT.get(mode, ''))}'>"
             f"{glyph} {html.escape(label)}</span>")
 
 
@@ -245,15 +247,14 @@ class PortMap:
 
     # -- HTML -----------------------------------------------------------------------
     def grid_html(self) -> str:
-        th = "style='text-align:left;padding:2px 8px;border-bottom:1px solid #8888'"
-        td = "style='text-align:left;padding:2px 8px;vertical-align:top'"
-        head = "".join(f"<th {th}>{html.escape(t)}</th>" for t in (
+        """The map as HTML for the shared stylesheet (wrap it in ``.ml-view``)."""
+        head = "".join(f"<th>{html.escape(t)}</th>" for t in (
             "service", "standard → lab port", "TLS", "AUTH before TLS?", "plaintext login refused?", "min TLS"))
-        head += "".join(f"<th {th}>{html.escape(h)}</th>" for h in self.hosts)
+        head += "".join(f"<th>{html.escape(h)}</th>" for h in self.hosts)
         body = []
         for r in self.rows:
-            cells = [f"<b>{html.escape(r.service)}</b><br><span style='opacity:.7'>{html.escape(r.role)}</span>",
-                     f"<span style='font-size:120%'>{r.standard_port}</span> → {html.escape(r.lab_port)}",
+            cells = [f"<b>{html.escape(r.service)}</b><br><span class='ml-muted'>{html.escape(r.role)}</span>",
+                     f"<b style='font-size:1.2em'>{r.standard_port}</b> → {html.escape(r.lab_port)}",
                      badge(r.tls), html.escape(r.auth_before_tls), html.escape(r.plaintext_login_refused),
                      html.escape(r.min_tls)]
             for host in self.hosts:
@@ -261,35 +262,38 @@ class PortMap:
                 if cell is None:
                     cells.append("")
                     continue
-                lines = [f"<code>{html.escape(cell.address)}:{cell.port}</code>"]
+                lines = [f"<code style='white-space:nowrap'>{html.escape(cell.address)}:{cell.port}</code>"]
                 if cell.state != "running":
-                    lines.append(f"<span style='color:#b42318'>{html.escape(cell.state)}</span>")
+                    lines.append(f"<span class='ml-err'>✗ {html.escape(cell.state)}</span>")
                 for s in cell.sessions:
-                    colour = "#b42318" if s.negotiated == "plaintext" else "#1a7f37"
-                    glyph = "○" if s.negotiated == "plaintext" else "●"
-                    lines.append(f"<span style='color:{colour}' title='{html.escape(s.peer)}'>{glyph} "
+                    kind, glyph = ("err", "○") if s.negotiated == "plaintext" else ("ok", "●")
+                    lines.append(f"<span class='ml-{kind} ml-small' title='{html.escape(s.peer)}'>{glyph} "
                                  f"{html.escape(s.session)}: {html.escape(_negotiated_short(s))}"
                                  f"{' (open)' if s.open else ''}</span>")
                 if cell.total > len(cell.sessions):
-                    lines.append(f"<span style='opacity:.7'>+{cell.total - len(cell.sessions)} earlier</span>")
+                    lines.append(f"<span class='ml-muted ml-small'>+{cell.total - len(cell.sessions)} earlier</span>")
                 cells.append("<br>".join(lines))
-            body.append("<tr>" + "".join(f"<td {td}>{c}</td>" for c in cells) + "</tr>")
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         legend = " &nbsp; ".join(f"{badge(m)}: {html.escape(t)}" for m, t in MODE_TEXT.items() if m in MODES)
         foot = [f"legend: {legend}"]
         if self.require_tls:
             foot.append("<b>require_tls</b>: no login anywhere before TLS")
         if self.ca_path:
             foot.append(f"CA certificate: <code>{html.escape(self.ca_path)}</code>")
-        return (f"<div class='maillab-ports' style='text-align:left'><table style='border-collapse:collapse'>"
-                f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-                f"<div style='font-size:90%;margin-top:4px'>{'<br>'.join(foot)}</div></div>")
+        return (f"<table class='ml-ports'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+                f"<div class='ml-small'>{'<br>'.join(foot)}</div>")
+
+    def certs_html(self) -> str:
+        """Every host's certificate, one fold each (they open in the browser, also while
+        a cell is busy)."""
+        return "".join(f"<details data-key='cert-{html.escape(h)}'><summary>certificate of {html.escape(h)}"
+                       f" <span class='ml-sum'>{html.escape(f['key'])}, SHA-256 {html.escape(f['sha256'][:23])}…"
+                       f"</span></summary>{cert_html(f)}</details>" for h, f in self.certs.items())
 
     def _repr_html_(self) -> str:
         if not self.rows:
             return "<i>the lab is not running (<code>%mail start</code>)</i>"
-        certs = "".join(f"<details><summary>certificate of {html.escape(h)}</summary>{cert_html(f)}</details>"
-                        for h, f in self.certs.items())
-        return self.grid_html() + certs
+        return page(self.grid_html() + self.certs_html(), kind="ports")
 
     def figure(self, **kwargs: Any) -> Figure:
         return figure(self, **kwargs)
@@ -355,10 +359,10 @@ class LivePortMap:
         self.map = port_map(lab)
         options = [(f"{row.service} on {host}", (host, row.service)) for row in self.map.rows
                    for host in self.map.hosts if host in row.cells]
-        self.grid = w.HTML(self.map.grid_html())
+        self.grid = LiveHTML(kind="ports", controls=False, max_height="", value=self.map.grid_html())
         self.select = w.Dropdown(options=options, description="certificate of",
                                  style={"description_width": "initial"}, layout=w.Layout(width="30em"))
-        self.cert = w.HTML()
+        self.cert = LiveHTML(kind="cert", controls=False, max_height="")
         self.select.observe(lambda _c: self._show_cert(), names="value")
         self._show_cert()
         self.widget = w.VBox([self.grid, self.select, self.cert])
@@ -380,7 +384,7 @@ class LivePortMap:
         cell = self.map.row(service).cells.get(host)
         title = f"{service} on {host} ({cell.address}:{cell.port}) presents:" if cell else host
         if self.map.row(service).tls == "none" or fields is None:
-            self.cert.value = f"<i>{html.escape(service)}: no TLS, no certificate</i>"
+            self.cert.value = f"<i>{html.escape(service)}: no TLS, no certificate</i>"  # (no such lab service yet)
         else:
             self.cert.value = cert_html(fields, title)
 
@@ -401,6 +405,4 @@ class LivePortMap:
         return repr(self.map)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/plain"] = repr(self.map)
-        return bundle
+        return widget_bundle(self.widget, repr(self.map), **kwargs)

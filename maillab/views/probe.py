@@ -7,6 +7,7 @@ import html
 from typing import TYPE_CHECKING
 
 from .ports import cert_html, cert_text
+from .theme import page
 
 if TYPE_CHECKING:
     from ..probe import ProbeResult
@@ -48,19 +49,16 @@ def probe_text(r: ProbeResult) -> str:
 
 
 def probe_html(r: ProbeResult) -> str:
-    colour = "#1a7f37" if r.ok else "#b42318"
-    glyph = "✔" if r.ok else "✘"
-    head = (f"<div style='color:{colour};font-weight:bold'>{glyph} {html.escape(r.outcome)}: "
-            f"{html.escape(r.answer)}</div>")
-    facts = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
-                    f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in _facts(r))
+    kind, glyph = ("ok", "✓") if r.ok else ("err", "✗")
+    head = f"<div class='ml-badge ml-{kind}'>{glyph} {html.escape(r.outcome)}: {html.escape(r.answer)}</div>"
+    facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _facts(r))
     chain = "".join(cert_html(f, f"chain[{i}]: {'the server' if i == 0 else 'its issuer, the lab CA'}")
                     for i, f in enumerate(r.chain))
     lines = []
     for d, t in r.transcript:
-        style = {"C": "color:#0550ae", "S": "", "*": "color:#8250df;font-style:italic"}[d]
-        prefix = f"{d}: " if d in "CS" else "-- "
-        lines.append(f"<div style='{style}'>{html.escape(prefix + t)}</div>")
-    transcript = ("<details open><summary>transcript</summary><div style='font-family:monospace;"
-                  f"text-align:left;white-space:pre-wrap'>{''.join(lines)}</div></details>")
-    return f"<div style='text-align:left'>{head}<table>{facts}</table>{chain}{transcript}</div>"
+        cls = {"C": "ml-client", "S": "", "*": "ml-event"}[d]
+        prefix = f"{d}: " if d in "CS" else "◆ "
+        lines.append(f"<div class='line {cls}'>{html.escape(prefix + t)}</div>")
+    transcript = (f"<details open><summary>transcript</summary><div class='mono ml-wire'>{''.join(lines)}"
+                  "</div></details>")
+    return page(f"{head}<table>{facts}</table>{chain}{transcript}", kind="probe")
