@@ -13,6 +13,16 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 #: What a notebook's outputs must show: the claims its text makes.
 CLAIMS = {
+    "00_tour.ipynb": [
+        "[delivered]", "DNS: beta.test MX 10 mx1.beta.test",  # the relay path, with the MX answer
+        re.compile(r"2\. mail\.alpha\.test --ESMTPS, TLSv1\.\d.*--> mx1\.beta\.test"),  # Received, bottom-up
+        "C: AUTH PLAIN ****", "POP3 would download",
+        re.compile(r"POP3 would download.*'2 message\(s\) on the server'", re.S),  # IMAP left both
+        "QUIT -> UPDATE removed message(s) 1", "'1 message(s) on the server'",  # POP3 took one
+        "'-ERR STAT is not valid in the AUTHORIZATION state (log in first)'",  # step-through
+        "'TRANSACTION'", "'UPDATE'",
+        re.compile(r"submission +587 +\d+ +◐ STARTTLS"), "● implicit TLS",  # the port map
+    ],
     "01_smtp.ipynb": [
         "S: 354 ",  # DATA: go ahead
         "502 5.5.2", "503 5.5.1", "550 5.1.1", "452 4.5.3",  # the reply classes, provoked
