@@ -10,7 +10,7 @@ It yields what goes back on the wire, so the driver can write a 50 MB FETCH in
 chunks and wait for a slow reader between them.
 
 The selected mailbox is seen through a
-:class:`~maillab.imap.mailbox_view.MailboxView`, which catches up with changes
+:class:`~maillab.imap.selected_mailbox.SelectedMailbox`, which catches up with changes
 made elsewhere only when RFC 3501 7.4.1 allows (see there).
 """
 
@@ -26,9 +26,9 @@ from . import verbs
 from .commands import COMMANDS
 from .commands.nonauth import sasl_response
 from .mailbox_names import name_from_wire
-from .mailbox_view import MailboxView
 from .parser import ParseError
 from .responses import ANSWERED, Bad, No, Notice, Output, line
+from .selected_mailbox import SelectedMailbox
 from .states import State
 from .verbs import Command
 
@@ -63,7 +63,7 @@ class IMAPSession:
         self.sessions_per_user = sessions_per_user if sessions_per_user is not None else {}
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
-        self.selected: MailboxView | None = None
+        self.selected: SelectedMailbox | None = None
         self.mode = "command"  # or "authenticate" (a SASL response is due), "idle"
         self.action: str | None = None  # "starttls" or "close", for the driver
         self.auth_failures = 0
@@ -188,7 +188,7 @@ class IMAPSession:
         assert self.user is not None
         return self.store.mailbox(self.user, name)
 
-    def view(self) -> MailboxView:
+    def view(self) -> SelectedMailbox:
         """The selected mailbox (only called by handlers of the selected state)."""
         assert self.selected is not None
         return self.selected

@@ -15,8 +15,8 @@ from ...store.names import DELIMITER, is_inbox
 from ...store.subscriptions import save_subscriptions, subscriptions
 from ..flags import PERMANENT_FLAGS, SYSTEM_FLAGS, check_flags
 from ..mailbox_names import compile_pattern, list_pattern, wire_name
-from ..mailbox_view import RECENT_META, MailboxView
 from ..responses import No, Notice, Output, line
+from ..selected_mailbox import RECENT_META, SelectedMailbox
 from ..states import AUTHED, State
 from ..verbs import (
     Append,
@@ -51,7 +51,7 @@ def select(s: IMAPSession, cmd: Select) -> Iterator[Output]:
     if not s.store.exists(s.user or "", name):
         raise No(f"[NONEXISTENT] no mailbox {name}")
     mb = s.mailbox(name)
-    view = MailboxView(mb, mb.name, readonly)
+    view = SelectedMailbox(mb, mb.name, readonly)
     infos = mb.messages()
     view.uids = [i.uid for i in infos]
     view.flags = {i.uid: i.flags for i in infos}

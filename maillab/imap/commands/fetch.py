@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from ...store import Mailbox, MessageInfo
 from ...store.reading import WIRE_ITEMS_MAX, caches, read_wire, remember
-from ..mailbox_view import MailboxView
 from ..responses import No, Output, Response
+from ..selected_mailbox import SelectedMailbox
 from ..states import SELECTED_ONLY
 from ..verbs import Fetch, FetchItem
 
@@ -164,7 +164,7 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
     return None
 
 
-def _set_seen(view: MailboxView, indexes: list[int]) -> dict[int, MessageInfo]:
+def _set_seen(view: SelectedMailbox, indexes: list[int]) -> dict[int, MessageInfo]:
     """Add \\Seen to those of these messages that lack it; returns the ones changed."""
     mb = view.mailbox
     with mb.lock:

@@ -1,6 +1,6 @@
 """The selected mailbox as one IMAP session sees it (RFC 3501 2.3.1, 5.2, 7.4.1).
 
-A :class:`MailboxView` holds this session's numbering (message sequence number
+A :class:`SelectedMailbox` holds this session's numbering (message sequence number
 -> UID) and the flags it last told the client. Other sessions, SMTP deliveries
 and tools like mutt change the mailbox under it; the view catches up only at
 moments RFC 3501 7.4.1 allows. New messages (EXISTS) and flag changes (FETCH)
@@ -24,7 +24,7 @@ from .verbs import STAR, SeqSet
 RECENT_META = "imap-recent-uid"
 
 
-class MailboxView:
+class SelectedMailbox:
     """This session's picture of its selected mailbox (RFC 3501 2.3.1)."""
 
     def __init__(self, mailbox: Mailbox, name: str, readonly: bool) -> None:
