@@ -174,7 +174,8 @@ def _imap_session_seeds() -> list[bytes]:
 @target("imap-session", IMAP_TOKENS, ci_inputs=1000, seeds=_imap_session_seeds)
 def imap_session(data: bytes) -> None:
     """Commands over the stored test messages, in an EXAMINEd INBOX (read-only)."""
-    from maillab.imap.session import IMAPSession, Output  # imap-shape may move it
+    from maillab.imap.responses import Output
+    from maillab.imap.session import IMAPSession
 
     fx = fixture()
     s = IMAPSession(fx.store, fx.users, fx.limits, hostname="mail.alpha.test")

@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maillab.imap.mailbox_view import RECENT_META
 from maillab.imap.parser import LiteralRefused, NeedLiteral, Parser
 from maillab.imap.responses import Response
+from maillab.imap.selected_mailbox import RECENT_META
 from maillab.imap.session import IMAPSession
 from maillab.limits import Limits
 from maillab.pop3.maildrop import Maildrop
