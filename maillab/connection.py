@@ -1,4 +1,5 @@
-"""One client connection of a lab server (SMTP, POP3, IMAP): bytes in, bytes out.
+"""One connection of a lab server (SMTP, POP3, IMAP), or of the relay's SMTP client:
+bytes in, bytes out.
 
 A :class:`LineConnection` is an :class:`asyncio.Protocol`, so it owns the byte
 buffer (asyncio's public API, no stream reader internals) and every limit is
@@ -47,10 +48,16 @@ class ConnectionClosed(Exception):
     pass
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("idle timeout"))
+
+
 class LineConnection(asyncio.Protocol):
     """The protocol object asyncio feeds; the server's task reads from it."""
 
-    def __init__(self, *, idle_timeout: float, on_open: Callable[[LineConnection], Any]) -> None:
+    def __init__(self, *, idle_timeout: float,
+                 on_open: Callable[[LineConnection], Any] | None = None) -> None:
         self.idle_timeout = idle_timeout
         self.recorder: SessionRecorder | None = None
         self.transport: asyncio.Transport | None = None
@@ -71,7 +78,8 @@ class LineConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self._on_open(self)
+        if self._on_open is not None:
+            self._on_open(self)
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -124,12 +132,14 @@ class LineConnection(asyncio.Protocol):
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        self._data_waiter = loop.create_future()
+        # A timer on the waiter itself, not asyncio.wait_for(): that costs a second
+        # trip round the event loop for every read, which a busy MX feels.
+        waiter = self._data_waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            await asyncio.wait_for(self._data_waiter, timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError("idle timeout") from None
+            await waiter
         finally:
+            timer.cancel()
             self._data_waiter = None
         if not self._buf and self._eof:
             raise ConnectionClosed()
@@ -192,19 +202,21 @@ class LineConnection(asyncio.Protocol):
         whether the marker ended it. Each piece must come within the idle timeout,
         so a large upload may take long but a stalled one does not."""
         deadline = self._line_deadline()
+        start = 0
         while True:
-            end = self._buf.find(marker)
+            end = self._buf.find(marker, start)
             if end >= 0:
                 end += len(marker)
                 piece = bytes(self._buf[:end])
                 del self._buf[:end]
                 return piece, True
-            if len(self._buf) >= chunk:
-                # keep a possible start of the marker for the next search
-                take = len(self._buf) - (len(marker) - 1)
+            # keep a possible start of the marker for the next search
+            take = len(self._buf) - (len(marker) - 1)
+            if take >= chunk:
                 piece = bytes(self._buf[:take])
                 del self._buf[:take]
                 return piece, False
+            start = max(0, take)  # the marker is not in what was searched
             await self._fill(deadline)
 
     # -- writing ----------------------------------------------------------------
@@ -268,13 +280,16 @@ class LineConnection(asyncio.Protocol):
         await self.drain()
 
     # -- TLS --------------------------------------------------------------------
-    async def starttls(self, context: ssl.SSLContext, handshake_timeout: float = 15.0) -> None:
-        """Upgrade to TLS after the "go ahead" reply has been written.
+    async def starttls(self, context: ssl.SSLContext, handshake_timeout: float = 15.0, *,
+                       server_hostname: str | None = None) -> None:
+        """Upgrade to TLS after the "go ahead" reply has been written (a server), or
+        read (a client: give ``server_hostname``; it records the TLS event itself,
+        with what it verified).
 
-        Whatever the client pipelined after its STARTTLS command is plaintext
-        that must not be processed after the upgrade: it is discarded here,
-        before the handshake starts. On failure the connection is closed and the
-        error raised.
+        Whatever the peer sent after the STARTTLS command / the 220 reply is
+        plaintext that must not be processed after the upgrade: it is discarded
+        here, before the handshake starts. On failure the connection is closed and
+        the error raised.
         """
         await self.drain()
         dropped = len(self._buf)
@@ -288,7 +303,9 @@ class LineConnection(asyncio.Protocol):
             self.transport.resume_reading()
         loop = asyncio.get_running_loop()
         try:
-            new = await loop.start_tls(self.transport, self, context, server_side=True,
+            new = await loop.start_tls(self.transport, self, context,
+                                       server_side=server_hostname is None,
+                                       server_hostname=server_hostname,
                                        ssl_handshake_timeout=handshake_timeout)
         except BaseException:
             # The TLS layer never reached this protocol, so connection_lost() will
@@ -300,7 +317,8 @@ class LineConnection(asyncio.Protocol):
             self.connection_lost(None)
             raise ConnectionClosed()
         self.transport = new  # type: ignore[assignment]
-        self.record_tls()
+        if server_hostname is None:
+            self.record_tls()
 
     def record_tls(self) -> None:
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None

@@ -26,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import tls as tlsinfo
+from ..connection import ConnectionClosed, LineConnection, LineTooLong
 
 if TYPE_CHECKING:
     from ..events import EventBus
@@ -169,9 +169,8 @@ class Delivery:
 
 
 class _Session:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rec, timeout: float) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, conn: LineConnection, rec, timeout: float) -> None:
+        self.conn = conn  # the lab's one line connection (limits, STARTTLS discard)
         self.rec = rec
         self.timeout = timeout
 
@@ -179,13 +178,13 @@ class _Session:
         parser = ReplyParser()
         while True:
             try:
-                raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
-            except ValueError:  # the line exceeded the stream limit
+                raw = await self.conn.readline(MAX_REPLY_LINE)
+            except LineTooLong:
                 raise ProtocolError("reply line too long") from None
-            if not raw:
-                raise ConnectionError("connection closed by the server")
-            if len(raw) > MAX_REPLY_LINE:
-                raise ProtocolError("reply line too long")
+            except ConnectionClosed:
+                raise ConnectionError("connection closed by the server") from None
+            except TimeoutError:
+                raise asyncio.TimeoutError() from None  # what the callers catch (also on 3.10)
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             self.rec.server_line(text)
             reply = parser.feed(text)
@@ -196,13 +195,13 @@ class _Session:
         """Write ``lines`` at once, without waiting for replies (PIPELINING)."""
         for line in lines:
             self.rec.client_line(line)
-        self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
-        await self.writer.drain()
+        self.conn.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
+        await self.conn.drain()
 
     async def command(self, line: str) -> Reply:
         self.rec.client_line(line)
-        self.writer.write(line.encode("utf-8") + b"\r\n")
-        await self.writer.drain()
+        self.conn.write(line.encode("utf-8") + b"\r\n")
+        await self.conn.drain()
         return await self.reply()
 
 
@@ -230,21 +229,7 @@ class Connection:
 
     async def quit(self) -> None:
         await _quit(self.session)
-        await _close(self.session.writer)
-
-
-async def _start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     context: ssl.SSLContext, server_hostname: str, timeout: float) -> None:
-    if sys.version_info >= (3, 11):
-        await writer.start_tls(context, server_hostname=server_hostname, ssl_handshake_timeout=timeout)
-    else:  # pragma: no cover - Python 3.10 has no StreamWriter.start_tls
-        loop = asyncio.get_running_loop()
-        transport = writer.transport
-        protocol = transport.get_protocol()
-        new = await loop.start_tls(transport, protocol, context, server_side=False,
-                                   server_hostname=server_hostname, ssl_handshake_timeout=timeout)
-        writer._transport = new  # noqa: SLF001
-        protocol._transport = new  # noqa: SLF001
+        await self.session.conn.close()
 
 
 async def deliver(
@@ -293,7 +278,7 @@ async def deliver(
                                            reset=True)
             except _Stale as exc:
                 rec.note(f"the cached connection no longer works ({exc}): opening a new one")
-                await _close(conn.session.writer)
+                await conn.session.conn.close()
                 conn = None
                 result.connected, result.reused_from, result.tls, result.tls_version = False, None, False, None
                 result.protocol = "ESMTP"
@@ -325,7 +310,7 @@ async def deliver(
     finally:
         result.duration = time.perf_counter() - started
         if conn is not None and result.kept is None:
-            await _close(conn.session.writer)
+            await conn.session.conn.close()
         rec.close(result.error or ("connection kept open" if result.kept else ""))
 
 
@@ -353,8 +338,9 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
     host, address, port = result.host, result.address, result.port
     local = (source_address, 0) if source_address else None
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(address, port, local_addr=local, limit=MAX_REPLY_LINE * 2),
+        _transport, conn = await asyncio.wait_for(
+            asyncio.get_running_loop().create_connection(
+                lambda: LineConnection(idle_timeout=reply_timeout), address, port, local_addr=local),
             connect_timeout)
     except asyncio.TimeoutError:
         result.error = f"connect to {host}[{address}]:{port}: timed out"
@@ -364,7 +350,8 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
         result.error = f"connect to {host}[{address}]:{port}: {reason}"
         return None
     result.connected = True
-    s = _Session(reader, writer, rec, reply_timeout)
+    conn.recorder = rec
+    s = _Session(conn, rec, reply_timeout)
     opened = False
     try:
         result.stage = "greeting"
@@ -396,19 +383,16 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
             result.stage = "STARTTLS"
             go = await s.command("STARTTLS")
             if go.code == 220:
-                dropped = len(reader._buffer)  # noqa: SLF001 - see the module docstring
-                if dropped:
-                    reader._buffer.clear()  # noqa: SLF001
-                    rec.note(f"discarded {dropped} bytes the server sent after 220 before TLS started",
-                             discarded=dropped)
                 try:
-                    await _start_tls(reader, writer, tls_context, host, connect_timeout)
-                except (ssl.SSLError, ssl.CertificateError, OSError, asyncio.TimeoutError) as exc:
+                    # discards what the server sent after 220 (see the module docstring)
+                    await conn.starttls(tls_context, connect_timeout, server_hostname=host)
+                except (ssl.SSLError, ssl.CertificateError, OSError, asyncio.TimeoutError,
+                        ConnectionClosed) as exc:
                     # A failed handshake leaves the session unusable; the next MX may do better.
                     result.error = f"TLS handshake with {host}[{address}] failed: {exc}"
                     rec.note(result.error)
                     return None
-                ssl_object = writer.get_extra_info("ssl_object")
+                ssl_object = conn.transport.get_extra_info("ssl_object") if conn.transport else None
                 info = tlsinfo.describe(ssl_object)
                 verified = "lab CA" if tls_context.verify_mode == ssl.CERT_REQUIRED else None
                 if tlsa:
@@ -450,7 +434,7 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
                           result.protocol, rec.session)
     finally:
         if not opened:
-            await _close(writer)
+            await conn.close()
 
 
 async def _transaction(s: _Session, result: Delivery, extensions: dict[str, str], mail_from: str,
@@ -518,8 +502,8 @@ async def _transaction(s: _Session, result: Delivery, extensions: dict[str, str]
             result.rcpt_replies[rcpt] = go
         return True
     s.rec.payload("C", data)
-    s.writer.write(encode_data(data))
-    await s.writer.drain()
+    s.conn.write(encode_data(data))
+    await s.conn.drain()
     final = await s.reply()
     result.data_reply = final
     for rcpt in accepted:
@@ -546,12 +530,4 @@ async def _quit(s: _Session) -> None:
     try:
         await asyncio.wait_for(s.command("QUIT"), 5)
     except Exception:  # noqa: BLE001 - QUIT is a courtesy; the result is already decided
-        pass
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    try:
-        await asyncio.wait_for(writer.wait_closed(), 1)
-    except Exception:  # noqa: BLE001 - the peer may already be gone
         pass
