@@ -143,9 +143,19 @@ def _records_under(txn: dns.transaction.Transaction, grant: dns.name.Name) -> in
     return sum(len(rds) for name, rds in txn.iterate_rdatasets() if name.is_subdomain(grant))
 
 
-def apply(txn: dns.transaction.Transaction, updates: Iterable[dns.rrset.RRset]) -> list[str]:
-    """RFC 2136 3.4.2, inside ``txn``; returns the changes as text."""
-    changes: list[str] = []
+def _snapshot(txn: dns.transaction.Transaction, names: Iterable[dns.name.Name]) -> dict[tuple, tuple[int, set]]:
+    out = {}
+    for name in names:
+        for rds in txn.get_node(name) or []:
+            out[(name, rds.rdtype)] = (rds.ttl, set(rds))
+    return out
+
+
+def apply(txn: dns.transaction.Transaction, updates: list[dns.rrset.RRset]) -> list[str]:
+    """RFC 2136 3.4.2, inside ``txn``; returns the net changes as text (a refresh that
+    deletes and re-adds the same records changes nothing)."""
+    names = list(dict.fromkeys(r.name for r in updates))
+    before = _snapshot(txn, names)
     for rrset in updates:
         name, rdtype = rrset.name, rrset.rdtype
         if rrset.deleting is None:  # add to an RRset (a duplicate is silently ignored)
@@ -153,21 +163,25 @@ def apply(txn: dns.transaction.Transaction, updates: Iterable[dns.rrset.RRset]) 
             new = [rd for rd in rrset if have is None or rd not in have]
             if new:
                 txn.add(name, rrset.ttl, *new)
-                changes += [f"+ {name} {rrset.ttl} IN {dns.rdatatype.to_text(rdtype)} {rd}" for rd in new]
         elif rrset.deleting == dns.rdataclass.ANY:
             if rdtype == dns.rdatatype.ANY:  # delete every RRset at the name
                 for rds in list(txn.get_node(name) or []):
                     txn.delete(name, rds.rdtype)
-                    changes.append(f"- {name} {dns.rdatatype.to_text(rds.rdtype)} (all)")
             elif txn.get(name, rdtype) is not None:  # delete an RRset
                 txn.delete(name, rdtype)
-                changes.append(f"- {name} {dns.rdatatype.to_text(rdtype)} (all)")
         else:  # class NONE: delete these records from an RRset
             have = txn.get(name, rdtype)
             gone = [rd for rd in rrset if have is not None and rd in have]
             if gone:
                 txn.delete(name, dns.rdataset.from_rdata_list(0, gone))
-                changes += [f"- {name} IN {dns.rdatatype.to_text(rdtype)} {rd}" for rd in gone]
+    after = _snapshot(txn, names)
+    changes: list[str] = []
+    for key in sorted(set(before) | set(after), key=lambda k: (k[0].to_text(), k[1])):
+        name, rdtype = key
+        old, new = before.get(key, (0, set()))[1], after.get(key, (0, set()))[1]
+        text = dns.rdatatype.to_text(rdtype)
+        changes += [f"- {name} IN {text} {rd}" for rd in sorted(old - new, key=str)]
+        changes += [f"+ {name} {after[key][0]} IN {text} {rd}" for rd in sorted(new - old, key=str)]
     return changes
 
 

@@ -236,7 +236,7 @@ class LiveClassMap:
     def __repr__(self) -> str:
         return text(self.map)
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/plain"] = text(self.map)
-        return bundle
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        from .live import widget_bundle
+
+        return widget_bundle(self.widget, text(self.map), **kwargs)
