@@ -125,8 +125,13 @@ def test_middlebox_binds_the_lab_host_address_only_and_goes_away(lab: Lab) -> No
     lab.mitm("mx1.beta.test", on=False)
     assert lab.service("smtp", "mx1.beta.test").port == public
     with socket.create_connection((svc.address, public), timeout=5) as s:  # the real server again
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
         s.sendall(b"EHLO x.test\r\n")
-        assert b"STARTTLS" in s.recv(4096) + s.recv(4096)
+        lines = [f.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(f.readline())
+        assert b"250-STARTTLS\r\n" in lines
 
 
 def test_eavesdropper_reads_a_plaintext_login_and_only_record_sizes_of_a_tls_one(lab: Lab) -> None:
@@ -239,3 +244,22 @@ def test_magics_tls_mitm_tap_eve(tmp_path) -> None:
         view = shell.run_line_magic("mail", "eve")
         assert "Eve decodes" in repr(view)
         assert "pop3" in repr(shell.run_line_magic("mail", "eve --list"))
+
+
+def test_teacher_switch_lets_eve_read_a_submission_login_and_the_message(lab: Lab) -> None:
+    with smtplib.SMTP(*lab.address("submission"), timeout=10) as s:
+        s.ehlo("c.test")
+        assert not s.has_extn("auth")  # a real server: no AUTH before STARTTLS
+    lab.policy.plaintext_auth_demo = True
+    lab.mitm("mail.alpha.test", service="submission", strip=False)
+    with smtplib.SMTP(*lab.address("submission"), timeout=10) as s:
+        s.ehlo("c.test")
+        s.login("alice@alpha.test", "alice-pw")  # smtplib uses AUTH PLAIN
+        s.sendmail("alice@alpha.test", ["bob@alpha.test"], b"Subject: demo\r\n\r\nthe body crosses in the clear\r\n")
+    time.sleep(0.2)
+    view = EavesdropView(lab)
+    assert view.secrets() == ["AUTH PLAIN: user 'alice@alpha.test', password 'alice-pw'"]
+    assert "the body crosses in the clear" in repr(view) and "TEACHER SWITCH ON" in repr(view)
+    from maillab.views.ports import port_map
+
+    assert port_map(lab).row("submission").auth_before_tls.startswith("YES")

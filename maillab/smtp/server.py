@@ -34,6 +34,7 @@ from ..events import SessionRecorder
 from ..faults import CONNECT, reply_closes
 from ..listener import DROPPED, LineServer
 from ..masking import mask_line
+from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
 from ..tls import describe
 from . import data as smtpdata
@@ -96,6 +97,7 @@ class SMTPServer(LineServer):
             submission=self.submission,
             starttls_available=not self.implicit_tls,
             require_tls=bool(lab.policy.require_tls),
+            plaintext_auth=self.submission and plaintext_auth_allowed(lab, "submission"),
         )
 
     def session_ended(self, rec: SessionRecorder, session: SMTPSession) -> None:

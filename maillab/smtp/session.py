@@ -166,6 +166,7 @@ class SMTPSession:
         peer_ip: str = "127.0.0.1",
         hooks: frozenset[str] = frozenset(),
         require_tls: bool = False,
+        plaintext_auth: bool = False,
     ) -> None:
         self.hostname = hostname
         self.limits = limits
@@ -180,6 +181,9 @@ class SMTPSession:
         self.peer_ip = peer_ip
         self.hooks = hooks  # the handle_* names the lab host's aiosmtpd handler has
         self.require_tls = require_tls  # the lab requires TLS before any login (lab.policy)
+        #: The teacher's switch (lab.policy.plaintext_auth_demo): AUTH offered and accepted
+        #: before STARTTLS, so the eavesdropper lesson can show what it gives away.
+        self.plaintext_auth = plaintext_auth
         self.errors = 0  # 5xx replies since the last delivered message; STARTTLS keeps it
         self._reset_session()
 
@@ -324,7 +328,7 @@ class SMTPSession:
         lines = [self.hostname, "PIPELINING", f"SIZE {self.limits.smtp_message_size}"]
         if self.tls is None and self.starttls_available:
             lines.append("STARTTLS")
-        if self.submission and self.tls is not None and self.user is None:
+        if self.submission and (self.tls is not None or self.plaintext_auth) and self.user is None:
             lines.append("AUTH PLAIN LOGIN")  # RFC 4954 4; plain passwords only under TLS
         return lines + ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
 
@@ -388,7 +392,7 @@ class SMTPSession:
                          " (this is an MX port; users log in on submission)")
         if not self.extended:
             return Reply(503, "5.5.1", "Error: send EHLO first")
-        if self.tls is None:
+        if self.tls is None and not self.plaintext_auth:
             if self.require_tls:  # RFC 3207 4: the server requires TLS for everything
                 return NEED_STARTTLS
             return Reply(538, "5.7.11", "Encryption required for requested authentication"
@@ -422,7 +426,7 @@ class SMTPSession:
     # The mail transaction: MAIL, RCPT, DATA (RFC 5321 3.3) -------------------------------
     def cmd_mail(self, arg: str) -> Step:
         if self.submission:
-            if self.tls is None:
+            if self.tls is None and not self.plaintext_auth:
                 return NEED_STARTTLS
             if self.user is None:
                 return NEED_AUTH  # RFC 6409 4.3 (and RFC 4954 6)

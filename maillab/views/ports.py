@@ -98,11 +98,13 @@ def auth_policy(lab: Lab, service: str) -> tuple[str, str]:
         return "— (TLS first)", "— (TLS first)"
     if service == "smtp":
         return "no AUTH (MX port)", "— (no AUTH)"
-    if service == "submission":
-        code = "530 5.7.0" if lab.policy.require_tls else "538 5.7.11"
-        return "no", f"yes ({code})"
     from ..plaintext import plaintext_auth_allowed
 
+    if service == "submission":
+        if plaintext_auth_allowed(lab, service):
+            return "YES: teacher switch on", "no"
+        code = "530 5.7.0" if lab.policy.require_tls else "538 5.7.11"
+        return "no", f"yes ({code})"
     if plaintext_auth_allowed(lab, service):
         return "yes (lab: loopback only)", "no"
     answer = "-ERR [AUTH], no USER in CAPA" if service == "pop3" else "LOGINDISABLED, NO [PRIVACYREQUIRED]"
