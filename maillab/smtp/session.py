@@ -85,7 +85,9 @@ class State(str, Enum):
 _ANYTIME = {"EHLO", "HELO", "NOOP", "RSET", "QUIT", "VRFY", "EXPN", "HELP"}
 #: Which commands each state accepts (RFC 5321 4.1.4 "Order of Commands", RFC 3207, RFC 4954).
 COMMANDS: dict[State, frozenset[str]] = {
-    State.GREETING: frozenset(_ANYTIME | {"STARTTLS"}),
+    # AUTH is let through before EHLO so that cmd_auth can say why it cannot work
+    # here ("not enabled" on an MX port, "send EHLO first" on submission).
+    State.GREETING: frozenset(_ANYTIME | {"STARTTLS", "AUTH"}),
     State.READY: frozenset(_ANYTIME | {"STARTTLS", "AUTH", "MAIL"}),
     State.MAIL: frozenset(_ANYTIME | {"RCPT"}),
     State.RCPT: frozenset(_ANYTIME | {"RCPT", "DATA"}),
@@ -98,7 +100,6 @@ _IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
 #: What a known command gets in a state that does not accept it (texts follow Postfix).
 OUT_OF_ORDER: dict[tuple[State, str], Reply] = {
     **{(State.GREETING, verb): NEED_EHLO for verb in ("MAIL", "RCPT", "DATA")},
-    (State.GREETING, "AUTH"): Reply(503, "5.5.1", "Error: send EHLO first"),
     (State.READY, "RCPT"): NEED_MAIL,
     (State.READY, "DATA"): NEED_MAIL,
     (State.MAIL, "MAIL"): NESTED_MAIL,
@@ -488,7 +489,7 @@ class SMTPSession:
         if arg:
             return Reply(501, "5.5.4", "Syntax: DATA")
         self.state = State.DATA
-        return Reply(354, "", "End data with <CR><LF>.<CR><LF>", read_data=True)
+        return Reply(354, "2.0.0", "End data with <CR><LF>.<CR><LF>", read_data=True)
 
     # DATA: the message text has been read -------------------------------------------
     def message_too_big(self) -> Reply:
