@@ -241,3 +241,16 @@ def test_the_transcript_shows_where_a_fault_fired(single_lab: Lab) -> None:
     text = render_text(events, times=False, explain=False)
     assert "C: STAT\n** fault injected (mail.alpha.test): STAT -> answers '-ERR [SYS/TEMP] disk busy'" in text
     assert 'class="line ml-temp">** fault injected' in render_html(events)
+
+
+def test_the_lab_magics_report_injected_failures_and_go_on(tmp_path: Path) -> None:
+    with magic_shell(tmp_path) as (ip, lab):
+        deliver(lab, 1)
+        ip.run_line_magic("mail", 'fail mail.alpha.test --imap FETCH "NO [UNAVAILABLE] try later" --times 1')
+        with pytest.raises(UsageError, match=r"NO \[UNAVAILABLE\] try later"):
+            ip.run_line_magic("imap", "bob --envelopes")
+        assert "m0" in repr(ip.run_line_magic("imap", "bob --envelopes"))  # spent: the real answer
+        ip.run_line_magic("mail", 'fail mail.alpha.test --pop3 RETR "-ERR [SYS/TEMP] disk busy" --times 1')
+        said = repr(ip.run_line_magic("pop3", "bob --retr 1 --keep"))
+        assert "The server said: -ERR [SYS/TEMP] disk busy" in said
+        assert "1 message(s) on the server" in said

@@ -120,7 +120,11 @@ class EnvelopeClient:
         """Connect (TLS + LOGIN), EXAMINE, FETCH the envelopes: three counted steps."""
         walk = cls(connect(lab, user, tls=tls, login=True, timeout=timeout), mailbox)
         walk._step("connect, TLS, LOGIN")  # everything so far in this session
-        walk.load()
+        try:
+            walk.load()
+        except BaseException:
+            walk.close()
+            raise
         return walk
 
     def _step(self, name: str) -> Step:
@@ -140,6 +144,8 @@ class EnvelopeClient:
         count = int(data[0] or 0)
         if count:
             typ, data = self.client.fetch("1:*", ENVELOPE_ITEMS)
+            if typ != "OK":  # e.g. NO [UNAVAILABLE] (RFC 5530): say so, do not parse it as data
+                raise LookupError(f"FETCH of the envelopes failed: {typ} {_said(data)}")
             self.rows = envelope_rows(data)
         else:
             self.rows = []
@@ -152,7 +158,9 @@ class EnvelopeClient:
         for uid in [uids] if isinstance(uids, int) else list(uids):
             self._mark = self.client.last_seq()
             typ, data = self.client.uid("FETCH", str(uid), "(BODY.PEEK[])")
-            items = parse_fetch(data) if typ == "OK" and data and data[0] else []
+            if typ != "OK":
+                raise LookupError(f"UID FETCH {uid} failed: {typ} {_said(data)}")
+            items = parse_fetch(data) if data and data[0] else []
             body = items[0].get("BODY[]", b"") if items else b""
             if not isinstance(body, bytes):
                 raise LookupError(f"no message with UID {uid}")
@@ -164,4 +172,13 @@ class EnvelopeClient:
         try:
             self.client.logout()
         except Exception:
-            self.client.shutdown()
+            try:
+                self.client.shutdown()
+            except OSError:  # already gone (the lab stopped, the server closed it)
+                pass
+
+
+def _said(data: list[Any]) -> str:
+    """The text of a tagged NO/BAD as imaplib hands it over."""
+    first = data[0] if data else b""
+    return first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)

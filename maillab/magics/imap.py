@@ -343,8 +343,11 @@ class IMAPMagics(Magics):
         if args.envelopes is not None:
             for old in self._views:
                 old.close()
-            view = MailboxView(EnvelopeClient.open(lab, args.user, args.envelopes, tls=args.tls,
-                                                   timeout=self.timeout))
+            try:
+                view = MailboxView(EnvelopeClient.open(lab, args.user, args.envelopes, tls=args.tls,
+                                                       timeout=self.timeout))
+            except (LookupError, imaplib.IMAP4.error) as exc:
+                raise UsageError(f"the server said: {exc}") from None
             self._views = [view]
             return view
         try:
@@ -364,7 +367,9 @@ class IMAPMagics(Magics):
                 before = _flags(client, args.fetch)
                 item = "BODY.PEEK[]" if args.peek else "BODY[]"
                 typ, data = client.uid("FETCH", str(args.fetch), f"({item})")
-                body = parse_fetch(data)[0].get("BODY[]", b"") if typ == "OK" and data[0] else b""
+                if typ != "OK":
+                    raise UsageError(f"UID FETCH {args.fetch} failed: the server said {typ} {data[0]!r}")
+                body = parse_fetch(data)[0].get("BODY[]", b"") if data[0] else b""
                 return FetchedMessage(args.fetch, args.mailbox, body, before, _flags(client, args.fetch),
                                       args.peek)
             if args.search:
@@ -378,6 +383,8 @@ class IMAPMagics(Magics):
                 rows = []
                 if uids:
                     typ, data = client.uid("FETCH", ",".join(map(str, uids)), ENVELOPE_ITEMS)
+                    if typ != "OK":
+                        raise UsageError(f"UID FETCH failed: the server said {typ} {data[0]!r}")
                     rows = [r.as_dict() for r in envelope_rows(data)]
                 return ResultTable(f"UID SEARCH {' '.join(args.search)} in {args.mailbox}: {len(uids)} found",
                                    rows, ROW_COLUMNS, note="The server searched; only the summaries crossed the wire.")
