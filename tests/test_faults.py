@@ -165,7 +165,13 @@ def test_mbsync_fails_on_an_injected_no_then_syncs(single_lab: Lab, tmp_path: Pa
     assert proc.returncode == 1 and b"EOF" in proc.stderr
     proc, synced = sync()
     assert proc.returncode == 0 and synced == 3
-    assert len(lab.store.mailbox(BOB).messages()) == 3  # nothing on the server was lost
+    # every reply late (the greeting too): mbsync waits and syncs a new message
+    lab.faults.add(HOST, "imap", "*", delay=0.1)
+    deliver(lab, 1)
+    proc, synced = sync()
+    assert proc.returncode == 0 and synced == 4, proc.stderr.decode()
+    assert "CONNECT" in faults_seen(lab, "imap")
+    assert len(lab.store.mailbox(BOB).messages()) == 4  # nothing on the server was lost
 
 
 # -- SMTP: swaks and the relay --------------------------------------------------------------
@@ -192,6 +198,14 @@ def test_swaks_sees_452_twice_then_the_relay_retries_through(lab: Lab, tmp_path:
     assert msg.state == "delivered", msg.last_error
     assert [a.code for a in msg.attempts if a.result == "deferred"] == [452, 452]
     assert faults_seen(lab, "smtp") == ["RCPT"] * 3
+    # the connection dropped at DATA (no reply at all): deferred, retried, delivered once
+    lab.faults.add(mx1, "smtp", "DATA", drop=True, times=1)
+    qid = lab.relay.submit("alice@alpha.test", ["carol@beta.test"], b"Subject: dropped\r\n\r\nhi\r\n",
+                           origin=lab.topology.hosts["mail.alpha.test"])
+    msg = lab.relay.wait(qid, timeout=30)
+    assert msg.state == "delivered" and len(msg.attempts) >= 2, msg.last_error
+    carol = lab.store.mailbox("carol@beta.test")
+    assert sum(b"Subject: dropped" in carol.read(m.uid) for m in carol.messages()) == 1
 
 
 # -- %mail fail / %mail heal ----------------------------------------------------------------
