@@ -15,6 +15,7 @@ Needs the Debian packages ``chromium`` and ``fonts-dejavu-core`` and the pip pac
 
 from __future__ import annotations
 
+import imaplib
 import json
 import os
 import poplib
@@ -71,6 +72,19 @@ deadline = time.monotonic() + 30
 while not seen.exists() and time.monotonic() < deadline:
     time.sleep(0.05)
 print("transcript updated while this cell ran:", seen.exists())""",
+    # Ports and TLS: the live port map, the probe, and what an eavesdropper reads.
+    "ports": "%mail ports",
+    "probe": "%mail probe imaps",
+    "eve": """\
+import poplib
+lab = current_lab()
+%mail tap mail.alpha.test pop3
+for tls in (False, True):
+    p = poplib.POP3(*lab.address("pop3"), timeout=10)
+    if tls:
+        p.stls(lab.ca.client_context())
+    p.user("bob@alpha.test"); p.pass_("bob-pw"); p.quit()
+%mail eve""",
     # A server that accepts connections and never says a word: the client's timeout must end the cell.
     "silent": f"""\
 import smtplib, socket
@@ -328,6 +342,8 @@ def test_lab_in_jupyterlab(jupyterlab: JupyterLab, browser_page: Any, tmp_path: 
     nb = Notebook(page)
     try:
         _drive(nb, jupyterlab)
+        ours = [c for c in console if any(w in c.lower() for w in ("anywidget", "ml-view", "maillab"))]
+        assert ours == [], ours
     except BaseException:
         shot = tmp_path / "failure.png"
         try:
@@ -408,6 +424,18 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     nb.cell("transcript").locator("select").nth(1).select_option("pop3")
     nb.until(f"s => {{ const h = ({headers})(s); return h.length > 0 && h.every(t => t.includes('(pop3 ')); }}",
              "transcript")
+
+    # The port map: a live widget; a session from outside the kernel appears in it.
+    nb.run("ports")
+    nb.until("s => (s.widget || '').includes('implicit TLS') && s.widget.includes('STARTTLS')", "ports")
+    imaplib.IMAP4(ports["imap"]["address"], int(ports["imap"]["lab port"]), timeout=10).logout()
+    nb.until("s => /imap-\\d+: plaintext/.test(s.widget || '')", "ports")
+    probe = nb.run("probe")
+    assert "verifies against the lab CA for mail.alpha.test" in probe["output"], probe["output"]
+    assert "SHA-256 fingerprint" in probe["output"] and probe["errors"] == 0
+    eve = nb.run("eve")
+    assert "Eve decodes: POP3 PASS: password 'bob-pw'" in eve["output"], eve["output"]
+    assert "TLS handshake" in eve["output"] and eve["errors"] == 0
 
     # Failing cells end within their timeouts and leave the kernel usable.
     began = time.monotonic()
