@@ -158,6 +158,15 @@ def test_lab_stopped_restarted_and_leaving(classroom, tmp_path):
                     limits=fast_limits(relay_retry_first=1.0, relay_retry_max=2.0))
     dave.start()
     try:
+        # DANE across labs: each lab publishes TLSA 3 1 1 for its MX; with the dane policy the
+        # other lab's certificate (from a CA dave does not know) is authenticated by it
+        assert "_25._tcp.mail.carol.class.test. 60 IN TLSA 3 1 1 " in "\n".join(host.records())
+        dave.set_tls_policy(default="dane")
+        qid = dave.relay.submit("dave@dave.class.test", [labs["carol"].user], b"Subject: dane\r\n\r\nhi\r\n",
+                                origin="mail.dave.class.test")
+        attempt = dave.relay.wait(qid, timeout=60).attempts[-1]
+        assert attempt.result == "delivered" and attempt.tls_verified == "DANE"
+        dave.set_tls_policy(default="may")
         bob.stop()
         before = len(bob.inbox())
         dave.relay.submit("dave@dave.class.test", [bob.user], b"Subject: while you were away\r\n\r\nhi\r\n",

@@ -104,11 +104,15 @@ class ClassUpstream:
     def queries(self) -> int:
         return self._resolver.queries if self._resolver is not None else 0
 
-    async def route(self, domain: str, *, self_names: list[str]) -> Route:
-        """The MX route for a class domain, looked up in the class DNS (lab loop)."""
+    def resolver(self) -> StubResolver:
+        """The stub resolver at the class DNS (made on the lab loop, on first use)."""
         if self._resolver is None:
             self._resolver = StubResolver(self.address, self.port, CLASS_DNS_TIMEOUT, source=self.source)
-        return await find_route(domain, self._resolver, self_names=self_names, lab_zone=self.covers,
+        return self._resolver
+
+    async def route(self, domain: str, *, self_names: list[str]) -> Route:
+        """The MX route for a class domain, looked up in the class DNS (lab loop)."""
+        return await find_route(domain, self.resolver(), self_names=self_names, lab_zone=self.covers,
                                 allowed=class_address)
 
     def close(self) -> None:
@@ -144,18 +148,36 @@ class ClassMember:
     def user(self) -> str:
         return f"{self.domain.split('.', 1)[0]}@{self.domain}"
 
+    @property
+    def tlsa_name(self) -> str:
+        return f"_25._tcp.{self.host}"  # RFC 7672 3: the MX host's TLSA records, for port 25
+
+    def tlsa(self) -> str | None:
+        """``3 1 1 <sha256 of the key>`` of the certificate the lab's MX presents (DANE-EE,
+        RFC 7671), or None before the lab has its CA."""
+        if self.lab.ca is None:
+            return None
+        from ..tls import spki_sha256
+
+        return f"3 1 1 {spki_sha256(self.lab.ca.certificate(self.host, [self.address]))}"
+
     def records(self) -> list[str]:
+        tlsa = self.tlsa()
         return [f"{self.domain}. {CLASS_TTL} IN MX 10 {self.host}.",
-                f"{self.host}. {CLASS_TTL} IN A {self.address}"]
+                f"{self.host}. {CLASS_TTL} IN A {self.address}",
+                *([f"{self.tlsa_name}. {CLASS_TTL} IN TLSA {tlsa}"] if tlsa else [])]
 
     def _message(self, *, remove: bool = False) -> dns.update.UpdateMessage:
         msg = dns.update.UpdateMessage(self.zone, keyring=self.key, keyname=self.key.name)
         if remove:
-            msg.delete(self.domain + ".")
-            msg.delete(self.host + ".")
+            for name in (self.domain, self.host, self.tlsa_name):
+                msg.delete(name + ".")
         else:  # replace = delete the RRset, then add: the same message is right every time
             msg.replace(self.domain + ".", CLASS_TTL, "MX", f"10 {self.host}.")
             msg.replace(self.host + ".", CLASS_TTL, "A", self.address)
+            tlsa = self.tlsa()
+            if tlsa:  # for senders whose relay policy is dane (RFC 7672)
+                msg.replace(self.tlsa_name + ".", CLASS_TTL, "TLSA", tlsa)
         return msg
 
     def _result(self, response: dns.message.Message, what: str) -> None:

@@ -575,6 +575,8 @@ class RelayQueue:
                       reply_timeout=limits.relay_reply_timeout, queue_id=msg.id)
         level = self.lab.tls_policy.level_for(domain)
         context, required, tlsa = self._tls_context, False, None
+        upstream = self._upstream()
+        other_lab = upstream is not None and upstream.covers(host)  # a class network's other lab
         if level == "none":
             context = None
         elif level == "encrypt":
@@ -582,7 +584,8 @@ class RelayQueue:
         elif level == "verify":
             required = True
         elif level == "dane":
-            tlsa = await lookup_tlsa(self._resolver, host) if self._resolver is not None else []
+            resolver = upstream.resolver() if other_lab else self._resolver
+            tlsa = await lookup_tlsa(resolver, host) if resolver is not None else []
             if tlsa:
                 context, required = self._encrypt_context, True  # authenticated by TLSA, not by name
                 self._note(msg, f"DANE: {len(tlsa)} TLSA record(s) for _25._tcp.{host}: TLS required and the"
@@ -597,9 +600,8 @@ class RelayQueue:
             return cache is not None and cache.idle > 0 and not self.closed and self._backlog(msg.origin, domain) \
                 and host not in self._faults
 
-        upstream = self._upstream()
-        if upstream is not None and upstream.covers(host) and context is not None:
-            context = upstream.tls_context  # another lab's CA: encrypted, not verified (RFC 7435)
+        if other_lab and level == "may":
+            context = upstream.tls_context  # another lab's CA is not ours: encrypt, do not verify (RFC 7435)
         d = await deliver(self.lab.events, tls_context=context, require_tls=required, tlsa=tlsa or None,
                           connection=reuse, keep_open=keep_open, **kwargs)
         if d.kept is not None and cache is not None:
