@@ -30,7 +30,10 @@ def test_save_replay_and_rfc_text(tmp_path):
     with magic_shell(tmp_path / "again") as (shell, _):
         shell.run_line_magic("mail", "stop")
         run = shell.run_line_magic("mail", f"replay {tmp_path / 'run.json'}")
+        seq = shell.run_line_magic("mail", f"replay {tmp_path / 'run.json'} --sequence")
+    assert "<svg" in seq.svg() and "C: QUIT" in repr(seq)
     assert isinstance(run, Replay)
+    assert "text/plain" in run._repr_mimebundle_()
     assert len(run.events) == recorded
     text = run.text()
     assert "FROM:<alice@alpha.test>" in text and "S: 354 " in text

@@ -49,13 +49,21 @@ def save(magics: MailMagics, args: argparse.Namespace) -> Any:
 @argument("path", help="a run saved with %%mail save run.json")
 @argument("--session", help="only this session")
 @argument("--protocol", help="only smtp, pop3, imap, dns ...")
+@argument("--sequence", nargs="?", const="last", metavar="SESSION",
+          help="the sequence diagram of one recorded session (default: the last)")
 def replay(magics: MailMagics, args: argparse.Namespace) -> Any:
     """Show a saved run in the transcript and state views, no server needed."""
     try:
         events = recording.load(args.path)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot replay {args.path}: {exc}") from None
-    return Replay(events, args.path, session=args.session, protocol=args.protocol)
+    run = Replay(events, args.path, session=args.session, protocol=args.protocol)
+    if args.sequence:
+        try:
+            return run.sequence(None if args.sequence == "last" else args.sequence)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return run
 
 
 MAGICS = None  # verbs only

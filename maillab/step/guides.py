@@ -8,9 +8,11 @@ servers emit ``state`` events from their sans-IO cores (``pop3/session.py``,
 ``imap/commands/``), and the list of valid commands comes from the same tables
 those cores run on, so the picture cannot disagree with the server.
 
-SMTP's session state lives inside aiosmtpd, which emits no state events, so the
-SMTP guide follows the envelope from the replies the client saw (RFC 5321 4.1.4:
-MAIL starts a transaction, RCPT adds recipients, the end of DATA or RSET ends it).
+The SMTP server's core (``smtp/session.py``) emits no state events, so the SMTP
+guide follows the session from the replies the client saw (RFC 5321 4.1.4: EHLO
+makes it READY, MAIL starts a transaction, RCPT adds recipients, the end of DATA
+or RSET ends it, STARTTLS goes back to GREETING) and names the states and valid
+commands from that core's own table.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from ..imap.commands import ALLOWED as IMAP_ALLOWED
 from ..imap.states import State as IMAPState
 from ..pop3.session import COMMANDS as POP3_COMMANDS
 from ..pop3.session import State as POP3State
+from ..smtp.session import COMMANDS as SMTP_COMMANDS
+from ..smtp.session import State as SMTPState
 
 
 @dataclass
@@ -223,13 +227,9 @@ class IMAPGuide(Guide):
 
 # -- SMTP (RFC 5321, 3207, 4954) --------------------------------------------------------
 
-#: The states the SMTP guide shows, in the order a submission session passes them.
-SMTP_STATES = ("CONNECTED", "GREETED", "AUTHENTICATED", "MAIL", "RCPT", "DATA", "CLOSED")
-
-
 class SMTPGuide(Guide):
     protocol = "smtp"
-    states = SMTP_STATES
+    states = tuple(s.value for s in SMTPState)
 
     def __init__(self, user: str, password: str, bus: EventBus, *, recipient: str,
                  tls_offered: bool = True, auth: bool = True) -> None:
@@ -278,17 +278,16 @@ class SMTPGuide(Guide):
             self.closed = True
 
     def state(self) -> str:
+        """The server core's state (``smtp/session.State``), as the replies tell it."""
         if self.closed:
-            return "CLOSED"
+            return SMTPState.CLOSED.value
         if self.data:
-            return "DATA"
+            return SMTPState.DATA.value
         if self.recipients:
-            return "RCPT"
+            return SMTPState.RCPT.value
         if self.sender is not None:
-            return "MAIL"
-        if self.authenticated:
-            return "AUTHENTICATED"
-        return "GREETED" if self.greeted else "CONNECTED"
+            return SMTPState.MAIL.value
+        return SMTPState.READY.value if self.greeted else SMTPState.GREETING.value
 
     def in_data(self) -> bool:
         return self.data
@@ -325,13 +324,12 @@ class SMTPGuide(Guide):
                  ("recipients (RCPT TO)", ", ".join(self.recipients) or "none yet")]
         if self.accepted:
             facts.append(("messages accepted", str(len(self.accepted))))
-        valid = {"CONNECTED": ["EHLO", "HELO", "QUIT"],
-                 "GREETED": ["STARTTLS", "AUTH", "MAIL", "RSET", "NOOP", "QUIT"],
-                 "AUTHENTICATED": ["MAIL", "RSET", "NOOP", "QUIT"],
-                 "MAIL": ["RCPT", "RSET", "NOOP", "QUIT"],
-                 "RCPT": ["RCPT", "DATA", "RSET", "NOOP", "QUIT"],
-                 "DATA": ["message text, then a line with a single '.'"],
-                 "CLOSED": []}[self.state()]
+        state = SMTPState(self.state())
+        valid = sorted(SMTP_COMMANDS[state])
+        if state is SMTPState.DATA:
+            valid = ["message text, then a line with a single '.'"]
+        elif state is SMTPState.READY and self.tls:
+            valid.remove("STARTTLS")  # once only (RFC 3207 4.2)
         return Picture(self.states, self.state(), facts, valid)
 
 

@@ -9,7 +9,9 @@ from typing import Any
 
 from ..events import Event
 from ..recording import replay_bus
-from . import pop3_state
+from . import pop3_state, theme
+from .live import widget_bundle
+from .sequence import SequenceDiagram
 from .transcript import TranscriptView, render_text
 
 
@@ -54,11 +56,21 @@ class Replay:
         import ipywidgets as w
 
         states = "".join(pop3_state.render_html(st) for st in self.pop3)
-        box = w.VBox([w.HTML(f"<b>{html.escape(self.summary())}</b>"), self.transcript.widget,
+        box = w.VBox([w.HTML(theme.page(f"<b>{html.escape(self.summary())}</b>")), self.transcript.widget,
                       w.HTML(states)])
-        bundle = box._repr_mimebundle_(**kwargs) or {}
-        bundle["text/plain"] = self.text()
-        return bundle
+        return widget_bundle(box, self.text(), **kwargs)
+
+    def sequence(self, session: str | None = None) -> SequenceDiagram:
+        """The sequence diagram of one recorded session (default: the last with lines)."""
+        if session is None:
+            talking = [e.session for e in self.events if e.is_line]
+            if not talking:
+                raise ValueError("the run holds no conversation")
+            session = talking[-1]
+        events = [e for e in self.events if e.session == session]
+        if not events:
+            raise ValueError(f"no session {session!r} in the run; it has: {', '.join(self.sessions)}")
+        return SequenceDiagram(events, title=f"{session} (replayed from {self.source or 'a run'})")
 
     def __repr__(self) -> str:
         return self.text()

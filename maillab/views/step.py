@@ -17,41 +17,27 @@ from typing import Any
 
 from ..step.client import Step, StepClient
 from ..step.guides import Picture
+from . import theme
 
-_CSS = """<style>
-.ml-step{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:var(--ml-font-size,13px);
- text-align:left;color:var(--jp-content-font-color1,inherit);line-height:1.45}
-.ml-step .row{display:flex;gap:.6em;align-items:baseline;flex-wrap:wrap}
-.ml-step .tag{flex:0 0 auto;font-weight:bold}
-.ml-step .txt{flex:1 1 18em;white-space:pre-wrap;overflow-wrap:anywhere}
-.ml-step .C .tag,.ml-step .C .txt{color:#0072b2}
-.ml-step .ok .txt{color:#009e73}.ml-step .no .txt{color:#d55e00}
-.ml-step .note{flex:1 1 100%;padding-left:2.4em;font-style:italic;opacity:.8;font-family:var(--jp-ui-font-family,sans-serif)}
-.ml-step .problem{color:#d55e00;font-weight:bold}
-.ml-step .sep{border-top:1px dashed rgba(128,128,128,.4);margin:.3em 0}
-.ml-state{font-family:var(--jp-ui-font-family,sans-serif);font-size:var(--ml-font-size,13px);text-align:left;
- color:var(--jp-content-font-color1,inherit)}
-.ml-state .states{display:flex;flex-wrap:wrap;gap:.3em;margin-bottom:.5em}
-.ml-state .st{border:1px solid rgba(128,128,128,.6);border-radius:4px;padding:.15em .45em}
-.ml-state .st.now{border:2px solid #0072b2;font-weight:bold;background:rgba(0,114,178,.12)}
-.ml-state dt{font-weight:bold;margin-top:.3em}.ml-state dd{margin-left:1em;overflow-wrap:anywhere}
-</style>"""
+#: What the step-through view adds to the shared stylesheet (theme.CSS): its layout.
+_CSS = (
+    "<style>.ml-step .row{display:flex;gap:.6em;align-items:baseline;flex-wrap:wrap}"
+    ".ml-step .tag{flex:0 0 auto;font-weight:bold;font-family:var(--ml-mono)}"
+    ".ml-step .txt{flex:1 1 18em;white-space:pre-wrap;overflow-wrap:anywhere;font-family:var(--ml-mono)}"
+    ".ml-step .ml-note{flex:1 1 100%;padding-left:2.4em}"
+    ".ml-step .sep{border-top:1px dashed var(--ml-line);margin:.3em 0}"
+    ".ml-step .states{display:flex;flex-wrap:wrap;gap:.3em;margin:.3em 0 .5em 0}"
+    ".ml-step .st{border:1px solid var(--ml-line);border-radius:4px;padding:.15em .45em}"
+    ".ml-step .st.now{border:2px solid var(--ml-client);font-weight:bold}"
+    ".ml-step dt{font-weight:bold;margin-top:.3em}.ml-step dd{margin-left:1em;overflow-wrap:anywhere}"
+    "</style>"
+)
 
 
-def _reply_class(protocol: str, text: str) -> str:
-    if text.startswith(("+OK", "+ ")) or text[:1] in "23" and text[:3].isdigit():
-        return "ok"
-    if text.startswith("-ERR") or text[:1] in "45" and text[:3].isdigit():
-        return "no"
-    words = text.split()
-    if protocol == "imap" and len(words) > 1 and words[0] != "*":
-        return "ok" if words[1].upper() == "OK" else "no" if words[1].upper() in ("NO", "BAD") else ""
-    return ""
-
-
-def _glyph(cls: str) -> str:
-    # Colour is never the only signal: a mark says it too.
-    return {"ok": "✓ ", "no": "✗ "}.get(cls, "")
+def _glyph(kind: str) -> str:
+    # Colour is never the only signal: the theme's glyph says it too.
+    glyph = theme.GLYPHS.get(kind, "")
+    return f"{glyph} " if glyph else ""
 
 
 def steps_html(client: StepClient, steps: list[Step] | None = None) -> str:
@@ -60,15 +46,15 @@ def steps_html(client: StepClient, steps: list[Step] | None = None) -> str:
         if i:
             rows.append('<div class="sep"></div>')
         for ln in step.lines:
-            cls = "C" if ln.direction == "C" else _reply_class(client.protocol, ln.text)
+            kind = "client" if ln.direction == "C" else theme.reply_kind(client.protocol, ln.text)
             tag = "C:" if ln.direction == "C" else "S:"
-            glyph = "" if ln.direction == "C" else _glyph(cls)
-            note = f'<div class="note">{html.escape(ln.note)}</div>' if ln.note else ""
-            rows.append(f'<div class="row {cls}"><span class="tag">{tag}</span>'
+            glyph = "" if ln.direction == "C" else _glyph(kind)
+            note = f'<div class="ml-note">{html.escape(ln.note)}</div>' if ln.note else ""
+            rows.append(f'<div class="row ml-{kind}"><span class="tag">{tag}</span>'
                         f'<span class="txt">{glyph}{html.escape(ln.text)}</span>{note}</div>')
         if step.problem:
-            rows.append(f'<div class="problem">!! {html.escape(step.problem)}</div>')
-    return f'{_CSS}<div class="ml-step">{"".join(rows)}</div>'
+            rows.append(f'<div class="ml-err"><b>!! {html.escape(step.problem)}</b></div>')
+    return theme.page(_CSS + "".join(rows), kind="step")
 
 
 def picture_html(protocol: str, pic: Picture) -> str:
@@ -76,9 +62,9 @@ def picture_html(protocol: str, pic: Picture) -> str:
                      f'{"▶ " if s == pic.current else ""}{html.escape(s)}</span>' for s in pic.states)
     facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in pic.facts)
     valid = ", ".join(pic.valid) or "none: the session is over"
-    return (f'{_CSS}<div class="ml-state"><div><b>{protocol.upper()} state</b></div>'
-            f'<div class="states">{states}</div><dl>{facts}<dt>valid now</dt>'
-            f"<dd>{html.escape(valid)}</dd></dl></div>")
+    return theme.page(f'{_CSS}<div><b>{protocol.upper()} state</b></div>'
+                      f'<div class="states">{states}</div><dl>{facts}<dt>valid now</dt>'
+                      f"<dd>{html.escape(valid)}</dd></dl>", kind="step")
 
 
 def picture_text(protocol: str, pic: Picture) -> str:
@@ -136,6 +122,10 @@ class StepView:
             self.command, w.HBox([self.button, self.reset, self.status]),
         ], layout=w.Layout(width="100%"))
         client.listeners.append(self._refresh)
+        theme.settings.follow(self)  # %mail present on: this view grows at once
+        self._refresh()
+
+    def set_scale(self, _scale: float) -> None:
         self._refresh()
 
     def _suggest(self) -> None:
