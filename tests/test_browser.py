@@ -164,11 +164,15 @@ def _write_notebook(path: Path) -> None:
 
 
 @contextmanager
-def serve_jupyterlab(tmp: Path) -> Iterator[JupyterLab]:
-    """JupyterLab on a free port, serving a fresh copy of the test notebook; always stopped."""
+def serve_jupyterlab(tmp: Path, notebooks: list[Path] | None = None) -> Iterator[JupyterLab]:
+    """JupyterLab on a free port, serving a fresh copy of the test notebook (or of
+    ``notebooks``); always stopped."""
     root = tmp / "root"
     root.mkdir()
-    _write_notebook(root / NOTEBOOK)
+    if notebooks is None:
+        _write_notebook(root / NOTEBOOK)
+    for path in notebooks or []:
+        (root / path.name).write_bytes(path.read_bytes())
     home = tmp / "jupyter"
     _write_settings(home / "settings")
     token, port = secrets.token_hex(16), _free_port()

@@ -314,3 +314,15 @@ def test_decoded_column_decodes_rfc2231_file_names():
     assert pairs[0][2] == 'attachment; filename="Übersicht 2024.pdf"'
     assert pairs[1][2] == 'application/pdf; name="Übersicht.pdf"'
     assert "%C3%9C" in pairs[0][1]  # the raw column stays as on the wire
+
+
+def test_decoded_column_of_a_parsed_part_decodes_its_file_name():
+    from maillab.views.mime_tree import from_message
+
+    data = (b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+            b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/pdf\r\n"
+            b"Content-Disposition: attachment; filename*=utf-8''%C3%9Cbersicht%202024.pdf\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--b--\r\n")
+    part = from_message(data).children[1]
+    decoded = dict((name, dec) for name, _raw, dec in part.headers)
+    assert decoded["Content-Disposition"] == 'attachment; filename="Übersicht 2024.pdf"'

@@ -77,7 +77,7 @@ def test_path_of_a_message_across_three_hosts(rlab: Lab) -> None:
     html = path._repr_html_()
     assert "class='ml-path'" in html and "mx1.beta.test" in html
     # the lab DNS is a node on the relay hop, with the MX question and the answer used
-    assert "◆ lab DNS" in html and "? beta.test MX" in html and "→ MX 10 mx1.beta.test" in html
+    assert "◆ lab DNS" in html and "? beta.test MX" in html and "→ MX 10 mx1.beta.test<br>" in html
     assert "…" not in html and "..." not in html  # nothing truncated
 
 

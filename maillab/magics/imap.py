@@ -36,6 +36,7 @@ from ..store.names import decode_mutf7
 from ..views.mailbox import ROW_COLUMNS, MailboxView
 from ..views.mime_tree import MimeTree, from_message
 from ..views.status import text_table
+from ..views.theme import page
 from .comments import strip_comment
 from .mail import ensure_started
 from .rawcell import CellDialect, CellLines, RawResult, command, run_raw
@@ -58,7 +59,10 @@ class ResultTable:
         return "\n".join(parts + ([self.note] if self.note else []))
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{html.escape(t)}</th>" for t, _ in self.columns)
+        return page(self._html_body(), kind="imap")
+
+    def _html_body(self) -> str:
+        head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in self.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for _, k in self.columns)
                        + "</tr>" for r in self.rows)
         note = f"<p>{html.escape(self.note)}</p>" if self.note else ""
@@ -98,6 +102,9 @@ class FetchedMessage:
         return "\n\n".join([self.summary(), self.tree.text(), self.text_body()])
 
     def _repr_html_(self) -> str:
+        return page(self._html_body(), kind="imap-fetch")
+
+    def _html_body(self) -> str:
         return (f"<p>{html.escape(self.summary())}</p>{self.tree._repr_html_()}"
                 f"<pre style='white-space:pre-wrap'>{html.escape(self.text_body())}</pre>")
 

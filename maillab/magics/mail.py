@@ -44,6 +44,7 @@ from ..services import PortBusy
 from ..users import parse_user_spec
 from ..views import Inbox, StatusTable, Transcript, TranscriptView, theme
 from ..views.status import StartSummary
+from ..views.theme import page
 from ..views.transcript import flush_live_views
 from . import state
 from .comments import strip_comment
@@ -108,6 +109,9 @@ class HelpText:
         return self.text
 
     def _repr_html_(self) -> str:
+        return page(self._html_body(), kind="help")
+
+    def _html_body(self) -> str:
         return f"<pre>{html.escape(self.text)}</pre>"
 
 
@@ -411,6 +415,9 @@ class UsersTable:
                                  ("also logs in as", "local")])
 
     def _repr_html_(self) -> str:
+        return page(self._html_body(), kind="users")
+
+    def _html_body(self) -> str:
         body = "".join(f"<tr><td>{html.escape(a)}</td><td><code>{html.escape(p)}</code></td>"
                        f"<td>{html.escape(loc)}</td></tr>" for a, p, loc in self.rows)
         return ("<table><thead><tr><th>user</th><th>password</th><th>also logs in as</th></tr></thead>"

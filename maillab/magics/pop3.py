@@ -24,6 +24,7 @@ from ..clients.pop3 import connect
 from ..lab import Lab
 from ..views.pop3_state import POP3StateFigure, session_for_client, session_state
 from ..views.status import text_table
+from ..views.theme import page
 from ..views.transcript import render_html, render_text
 from .comments import strip_comment
 from .mail import ensure_started
@@ -89,7 +90,10 @@ class POP3Result:
         return "\n".join(parts)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{html.escape(t)}</th>" for t, _ in self.columns)
+        return page(self._html_body(), kind="pop3")
+
+    def _html_body(self) -> str:
+        head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in self.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for _, k in self.columns)
                        + "</tr>" for r in self.rows)
         out = [f"<b>POP3 session as {html.escape(self.user)}</b>",

@@ -11,14 +11,14 @@ rest once - connecting, timeouts, TLS and connection errors, closing.
 
 from __future__ import annotations
 
-import html
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..clients.raw import Exchange, RawSession
 from ..lab import Lab
-from ..views.transcript import render_html, render_text
+from ..views.theme import badge, page
+from ..views.transcript import render_body, render_text
 from .targets import lab_ssl_context, raw_target
 
 
@@ -53,8 +53,8 @@ class RawResult:
         return "\n".join([text, *(f"!! {p}" for p in self.problems)])
 
     def _repr_html_(self) -> str:
-        probs = "".join(f"<div style='color:#b42318'>{html.escape(p)}</div>" for p in self.problems)
-        return render_html(self._events()) + probs
+        probs = "".join(f"<div>{badge('err', p)}</div>" for p in self.problems)
+        return page(render_body(self._events()) + probs, kind="raw")
 
 
 class CellLines:

@@ -27,6 +27,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
+from .theme import page
+
 if TYPE_CHECKING:
     from ..lab import Lab
 
@@ -111,6 +113,9 @@ class DigAnswer:
         return self.text()
 
     def _repr_html_(self) -> str:
+        return page(self._html_body(), kind="dns")
+
+    def _html_body(self) -> str:
         return f"<pre>{html.escape(self.text())}</pre>"
 
 
@@ -203,5 +208,8 @@ class ZoneView:
         return f"zone {self.name} loaded ({len(self.records)} records):\n" + "\n".join(self.records)
 
     def _repr_html_(self) -> str:
+        return page(self._html_body(), kind="zone")
+
+    def _html_body(self) -> str:
         return (f"<b>zone {html.escape(self.name)} loaded</b> ({len(self.records)} records)"
                 f"<pre>{html.escape(chr(10).join(self.records))}</pre>")

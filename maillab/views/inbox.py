@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .status import text_table
+from .theme import page
 
 if TYPE_CHECKING:
     from ..lab import Lab
@@ -98,14 +99,17 @@ class Inbox:
         return f"{title}\n{text_table(self._dicts(), cols)}"
 
     def _repr_html_(self) -> str:
+        return page(self._html_body(), kind="inbox")
+
+    def _html_body(self) -> str:
         title = (f"<b>{html.escape(self.address)}</b> {html.escape(self.folder)}: "
                  f"{len(self.rows)} message(s)")
         if not self.rows:
             return title
         cols = ("uid", "date", "from", "subject", "size", "flags")
-        head = "".join(f"<th style='text-align:left'>{c}</th>" for c in cols)
+        head = "".join(f"<th>{c}</th>" for c in cols)
         body = "".join(
-            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(d[c]))}</td>" for c in cols) + "</tr>"
+            "<tr>" + "".join(f"<td>{html.escape(str(d[c]))}</td>" for c in cols) + "</tr>"
             for d in self._dicts()
         )
         return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

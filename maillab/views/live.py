@@ -52,7 +52,7 @@ function render({ model, el }) {
   bar.append(followB, foldB);
 
   function label() {
-    followB.textContent = following ? '⏸ pause' : '▶ follow new lines';
+    followB.textContent = following ? '■ pause' : '▶ follow new lines';
     foldB.textContent = folded ? '▤ show every line' : '▬ one line per session';
   }
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..clients.envelopes import EnvelopeClient, EnvelopeRow, Step
 from .status import text_table
+from .theme import page
 
 #: What POP3 adds around each RETR'd message: "RETR n", "+OK ..." and the final ".".
 POP3_PER_MESSAGE = len(b"RETR 1\r\n") + len(b"+OK message follows\r\n") + len(b".\r\n")
@@ -81,7 +82,7 @@ class MailboxView:
 
     def _html_tables(self) -> str:
         def table(rows: list[dict[str, Any]], cols: tuple[tuple[str, str], ...]) -> str:
-            head = "".join(f"<th style='text-align:left'>{html.escape(t)}</th>" for t, _ in cols)
+            head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in cols)
             body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for _, k in cols)
                            + "</tr>" for r in rows)
             return f"<table><tr>{head}</tr>{body}</table>"
@@ -95,6 +96,9 @@ class MailboxView:
                 + f"<p>POP3 would have moved <b>{ratio:.1f}x</b> as many octets.</p>")
 
     def _repr_html_(self) -> str:
+        return page(self._html_body(), kind="mailbox")
+
+    def _html_body(self) -> str:
         return self._html_tables()
 
     def widget(self) -> Any:
@@ -104,9 +108,9 @@ class MailboxView:
         options = [(f"{r.uid}: {r.date}  {r.sender[:30]}  {r.subject[:50]}  ({r.size} B)", r.uid)
                    for r in self.rows]
         picker = w.SelectMultiple(options=options, rows=min(12, max(3, len(options))),
-                                  layout=w.Layout(width="100%"))
+                                  layout=w.Layout(width="auto"))
         button = w.Button(description="Download selected", icon="download")
-        out = w.HTML(self._html_tables())
+        out = w.HTML(page(self._html_tables(), kind="mailbox"))
 
         def on_click(_b: Any) -> None:
             if picker.value:
@@ -118,7 +122,7 @@ class MailboxView:
 
     def _refresh(self) -> None:
         if self._widget is not None:
-            self._widget.value = self._html_tables()
+            self._widget.value = page(self._html_tables(), kind="mailbox")
 
     def close(self) -> None:
         self.source.close()

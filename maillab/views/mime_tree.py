@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 from ..clients.envelopes import decode_words
 from ..clients.imap import parse_fetch
+from .theme import page
 
 if TYPE_CHECKING:
     from ..clients.imap import RecordingIMAP4
@@ -223,7 +224,7 @@ def _from_part(part: Message, path: str) -> MimeNode:
         disp_params = {k.lower(): v for k, v in _raw_params(str(disp))}
     _filename(node, disp_params)
     if path:
-        node.headers = [(n, " ".join(str(v).split()), decode_words(" ".join(str(v).split())))
+        node.headers = [(n, " ".join(str(v).split()), _decoded_value(part, n, " ".join(str(v).split())))
                         for n, v in part._headers  # noqa: SLF001 - raw values
                         if n.lower().startswith("content-")]
     return node
@@ -291,6 +292,9 @@ class MimeTree:
         return self.text()
 
     def _repr_html_(self) -> str:
+        return page(self._html_body(), kind="mime")
+
+    def _html_body(self) -> str:
         def item(node: MimeNode) -> str:
             inner = "".join(item(c) for c in node.children)
             return (f"<li><code>{html.escape(node.label())}</code>"

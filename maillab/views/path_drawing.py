@@ -85,10 +85,17 @@ def _dns_block(hops: list[PathHop]) -> str:
     if not answers:
         return ""
     question = answers[0].split()[0]
+
+    def preference(answer: str) -> int:
+        words = answer.split()
+        return int(words[2]) if len(words) > 2 and words[1] == "MX" and words[2].isdigit() else 0
+
     lines = [f"<div><b>◆ lab DNS</b></div><div class='mono'>? {html.escape(question)} MX</div>"]
-    for a in answers:
+    for a in sorted(answers, key=preference):
         rest = a[len(question):].strip() if a.startswith(question + " ") else a
-        lines.append(f"<div class='mono'>→ {html.escape(rest)}</div>")
+        name, _, address = rest.partition(" -> ")
+        lines.append(f"<div class='mono'>→ {html.escape(name)}"
+                     + (f"<br>&nbsp;&nbsp;A {html.escape(address)}" if address else "") + "</div>")
     return f"<div class='dns ml-event'>{''.join(lines)}</div>"
 
 

@@ -73,21 +73,26 @@ class StatusTable:
         return "\n".join(out)
 
     def _repr_html_(self) -> str:
+        from .theme import page
+
+        return page(self._html_body(), kind="status")
+
+    def _html_body(self) -> str:
         if not self.rows:
             return "<i>the lab is not running (<code>%mail start</code>)</i>"
-        head = "".join(f"<th style='text-align:left'>{html.escape(t)}</th>" for t, _ in COLUMNS)
+        head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in COLUMNS)
         body = []
         for row in self.rows:
             state = str(row.get("state", ""))
-            color = "#1a7f37" if state == "running" else "#b42318"
+            kind = "ok" if state == "running" else "err"
             tds = []
             for _, key in COLUMNS:
                 text = html.escape(_cell(row, key))
                 if key == "state":
-                    text = f"<span style='color:{color}'>{text}</span>"
+                    text = f"<span class='ml-{kind}'>{'✓' if kind == 'ok' else '✗'}\u00a0{text}</span>"
                 elif key == "tls":
                     text = f"<span title='{html.escape(TLS_MODES.get(row.get('tls', ''), ''))}'>{text}</span>"
-                tds.append(f"<td style='text-align:left'>{text}</td>")
+                tds.append(f"<td>{text}</td>")
             body.append(f"<tr>{''.join(tds)}</tr>")
         foot = []
         if self.note:
@@ -99,7 +104,7 @@ class StatusTable:
         modes = "; ".join(f"<b>{m}</b>: {html.escape(d)}" for m, d in TLS_MODES.items())
         foot.append(f"TLS modes: {modes}")
         return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-                f"<div style='font-size:90%'>{'<br>'.join(foot)}</div>")
+                f"<div class='ml-small'>{'<br>'.join(foot)}</div>")
 
 
 class StartSummary:

@@ -91,7 +91,8 @@ CSS = (
     "--ml-bg2:var(--jp-layout-color2,#eef1f4);--ml-line:var(--jp-border-color2,#d0d7de);"
     "--ml-mono:var(--jp-code-font-family,ui-monospace,SFMono-Regular,Menlo,Consolas,monospace);"
     "font-size:calc(var(--ml-base)*var(--ml-scale));line-height:1.35;color:var(--ml-fg);"
-    "text-align:left;max-width:100%;box-sizing:border-box;overflow-wrap:anywhere}"
+    "text-align:left;max-width:100%;box-sizing:border-box;overflow-wrap:anywhere;"
+    "container-type:inline-size;container-name:mlview}"
     "body[data-jp-theme-light='false'] .ml-view{" + _colour_vars(1) + "}"
     "@media (prefers-color-scheme:dark){body:not([data-jp-theme-light]) .ml-view{"
     + _colour_vars(1) + ";--ml-fg:#e6edf3;--ml-bg:#0d1117;--ml-bg2:#21262d;--ml-line:#30363d}}"
@@ -102,21 +103,32 @@ CSS = (
     "font-size:1em!important;color:var(--ml-fg)!important;max-width:100%;width:auto}"
     ".ml-view :is(td,th,tr){text-align:left!important;vertical-align:top!important;"
     "padding:.12em .5em!important;line-height:1.35!important;max-width:none;white-space:normal}"
-    ".ml-view th{font-weight:600;border-bottom:1px solid var(--ml-line)!important}"
+    ".ml-view th{font-weight:600;border-bottom:1px solid var(--ml-line)!important;white-space:nowrap!important}"
+    # In tables a cell breaks inside a word only when the word alone is wider than
+    # the table can give it (min-content stays the longest word: no "ye/s").
+    ".ml-view td{overflow-wrap:break-word}"
     ".ml-view tbody tr:nth-child(odd){background:transparent!important}"
     ".ml-view tbody tr:hover{background:var(--ml-bg2)!important}"
     ".ml-view .mono,.ml-view code,.ml-view pre,.ml-view .ml-wire td{font-family:var(--ml-mono)!important;"
     "font-size:1em!important}"
     ".ml-view pre{white-space:pre-wrap;text-align:left;margin:0;background:transparent;padding:0}"
     ".ml-view .ml-wire .line{white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere}"
+    ".ml-view .ml-wire :is(td.t,td.tag){white-space:nowrap!important;overflow-wrap:normal;width:1%}"
+    ".ml-view .ml-wire td.n{min-width:12em}"
+    # A narrow output (800 px window, sidebar open, zoom): the note goes under its
+    # line instead of squeezing the protocol text into a ribbon; times are dropped.
+    "@container mlview (max-width:760px){.ml-view .ml-wire,.ml-view .ml-wire tbody{display:block}"
+    ".ml-view .ml-wire tr{display:grid;grid-template-columns:auto minmax(0,1fr)}"
+    ".ml-view .ml-wire td.t{display:none}.ml-view .ml-wire td.n{grid-column:2;min-width:0;"
+    "padding-top:0!important}.ml-view .ml-wire td.n:empty{display:none}}"
     ".ml-view .ml-ok{color:var(--ml-ok)}.ml-view .ml-err{color:var(--ml-err)}"
     ".ml-view .ml-temp{color:var(--ml-temp)}.ml-view .ml-client{color:var(--ml-client)}"
     ".ml-view .ml-event{color:var(--ml-event)}.ml-view .ml-muted{color:var(--ml-muted)}"
     ".ml-view .ml-note{color:var(--ml-muted);font-style:italic;font-family:var(--jp-ui-font-family,sans-serif)}"
-    ".ml-view .ml-badge{font-weight:600;white-space:nowrap}"
+    ".ml-view .ml-badge{font-weight:600}"
     ".ml-view .ml-small{font-size:.9em}"
     ".ml-view details{margin:.2em 0;border-left:3px solid var(--ml-line);padding-left:.4em}"
-    ".ml-view summary{cursor:pointer;font-weight:600;list-style-position:outside}"
+    ".ml-view summary{cursor:pointer;font-weight:600;list-style-position:inside}"
     ".ml-view summary .ml-sum{font-weight:400;color:var(--ml-muted)}"
     ".ml-view svg{max-width:100%;height:auto;display:block}"
     ".ml-view svg text{fill:var(--ml-fg)}"
@@ -142,7 +154,7 @@ def page(body: str, *, kind: str = "", scale: float | None = None) -> str:
 def badge(kind: str, word: str) -> str:
     """A coloured word with its glyph: ``✓ +OK``, ``✗ -ERR`` (never colour alone)."""
     glyph = GLYPHS.get(kind, "")
-    text = f"{glyph} {word}" if glyph else word
+    text = f"{glyph}\u00a0{word}" if glyph else word  # the glyph never wraps away from its word
     return f'<span class="ml-badge ml-{kind}">{html.escape(text)}</span>'
 
 

@@ -183,7 +183,7 @@ def _conversation_summary(evs: Sequence[Event]) -> str:
     closed = next((e for e in evs if e.kind == CLOSED), None)
     end = ""
     if last is not None:
-        end = badge(reply_kind(last.protocol, last.text), last.text[:40])
+        end = badge(reply_kind(last.protocol, last.text), last.text)
     state = "closed" if closed else "open"
     shown = ", ".join(verbs[:10]) + (", ..." if len(verbs) > 10 else "")
     return f'<span class="ml-sum">{html.escape(shown)} · last reply {end} · {state}</span>'

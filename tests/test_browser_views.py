@@ -1,0 +1,234 @@
+"""Every view of every topic notebook, as a class sees it: JupyterLab in Debian's
+Chromium (Playwright, no browser download), Run All, then each view checked at
+800 px and 1400 px, at 150% zoom and with the file browser open, in the light
+and the dark theme.
+
+For each output that holds a maillab view (``.ml-view``): it rendered with
+content; nothing in it reaches past its output area (cut off or scrolled
+sideways); protocol lines (transcript rows, code, tables) are left-aligned
+whatever JupyterLab's table CSS says; text is at least 13 px; each coloured
+word is readable on the theme's background (contrast >= 3). The notebook shows
+no error output and the page logs no console error. A screenshot of each view
+is written to ``tests/artifacts/<notebook>/`` (git-ignored) to be looked at.
+
+One JupyterLab and one browser serve every notebook (module-scoped), so the
+whole suite costs about the notebooks' own run time plus a minute.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_browser import KERNEL_START_TIMEOUT, JupyterLab, chromium_page, serve_jupyterlab
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+ARTIFACTS = ROOT / "tests" / "artifacts"
+RUN_ALL_TIMEOUT = 240.0  # s: the relay notebook waits for real retries
+#: (name, viewport width, file browser open, zoom): 150% zoom of a 1400 px window
+#: lays out like a 933 px window with everything 1.5 times larger.
+LAYOUTS = (("800", 800, False, 1.0), ("1400", 1400, False, 1.0), ("1400-sidebar", 1400, True, 1.0),
+           ("zoom150", 1400, False, 1.5))
+
+
+@pytest.fixture(scope="module")
+def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
+    with serve_jupyterlab(tmp_path_factory.mktemp("views"), NOTEBOOKS) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with chromium_page(tmp_path_factory.mktemp("chromium")) as p:
+        yield p
+
+
+# -- what is measured in the page ---------------------------------------------------------
+
+#: For every output holding a maillab view: its cell, size, and what is wrong with it.
+_MEASURE = r"""() => {
+  const cells = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell')];
+  const lum = (rgb) => {
+    const m = rgb.match(/[\d.]+/g); if (!m) return null;
+    const [r, g, b] = m.slice(0, 3).map(v => { v = v / 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const bgOf = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = getComputedStyle(e).backgroundColor;
+      if (c && !/rgba\(.*,\s*0\)$/.test(c) && c !== 'transparent') return c;
+    }
+    return getComputedStyle(document.body).backgroundColor;
+  };
+  const out = [];
+  cells.forEach((cell, index) => {
+    for (const area of cell.querySelectorAll('.jp-OutputArea-output')) {
+      const views = area.querySelectorAll('.ml-view');
+      if (!views.length) continue;
+      const box = area.getBoundingClientRect();
+      const problems = [];
+      for (const el of area.querySelectorAll('*')) {
+        const r = el.getBoundingClientRect();
+        if (!r.width || !r.height) continue;                  // folded or hidden
+        if (el.closest('details:not([open]) > :not(summary)')) continue;
+        if (r.right > box.right + 1.5 || r.left < box.left - 1.5) {
+          problems.push(`wider than its output area: <${el.tagName.toLowerCase()} class="${el.className.baseVal ?? el.className}"> ` +
+                        `${Math.round(r.left)}..${Math.round(r.right)} vs ${Math.round(box.left)}..${Math.round(box.right)}: ` +
+                        (el.innerText || el.textContent || '').slice(0, 60));
+          break;
+        }
+      }
+      for (const el of area.querySelectorAll('.ml-body, .ml-view')) {
+        if (el.scrollWidth > el.clientWidth + 2 && getComputedStyle(el).overflowX !== 'visible')
+          problems.push(`scrolls sideways: ${el.className} ${el.scrollWidth} > ${el.clientWidth}`);
+      }
+      for (const el of area.querySelectorAll('.ml-view td, .ml-view th, .ml-view pre, .ml-view .mono, .ml-view td.line')) {
+        const a = getComputedStyle(el).textAlign;
+        if (!['left', 'start', '-webkit-left'].includes(a)) { problems.push(`not left-aligned (${a}): ${el.textContent.slice(0, 40)}`); break; }
+      }
+      for (const v of views) {
+        const px = parseFloat(getComputedStyle(v).fontSize);
+        if (px < 13) problems.push(`text ${px}px`);
+      }
+      for (const el of area.querySelectorAll('.ml-ok, .ml-err, .ml-temp, .ml-client, .ml-event, .ml-view td.line')) {
+        const r = el.getBoundingClientRect(); if (!r.width) continue;
+        const fg = lum(getComputedStyle(el).color), bg = lum(bgOf(el));
+        if (fg === null || bg === null) continue;
+        const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+        if (ratio < 3) { problems.push(`low contrast ${ratio.toFixed(2)}: ${el.className} ${el.textContent.slice(0, 30)}`); break; }
+      }
+      const text = [...views].map(v => v.innerText).join(' ').trim();
+      out.push({index, text: text.slice(0, 200), length: text.length,
+                kinds: [...views].map(v => v.className).join(' '), problems,
+                width: Math.round(box.width)});
+    }
+  });
+  return out;
+}"""
+
+_ERRORS = r"""() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
+  .map(e => e.innerText.slice(0, 300))"""
+
+_PROMPTS = r"""() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputArea-prompt')]
+  .map(p => p.textContent.trim())"""
+
+
+_LEFT_OPEN = """() => { const s = document.querySelector('#jp-left-stack');
+  return !!s && !s.classList.contains('lm-mod-hidden') && s.getBoundingClientRect().width > 0; }"""
+
+
+def _menu(page: Any, *path: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{path[0]}$")).first.click()
+    for label in path[1:]:
+        item = page.locator(".lm-Menu:visible .lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(label)}$"))
+        item.last.hover()
+        item.last.click()
+
+
+def _open(page: Any, lab: JupyterLab, name: str) -> None:
+    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+    page.wait_for_function(
+        "() => { const bar = document.querySelector('#jp-main-statusbar');"
+        " return bar && /\\| Idle/.test(bar.innerText) && !/No Kernel/.test(bar.innerText); }",
+        timeout=KERNEL_START_TIMEOUT * 1000)
+
+
+def _run_all(page: Any) -> None:
+    _menu(page, "Run", "Run All Cells")
+    deadline = time.monotonic() + RUN_ALL_TIMEOUT
+    while time.monotonic() < deadline:
+        prompts = page.evaluate(_PROMPTS)
+        if prompts and all(re.fullmatch(r"\[\d+\]:?", p) for p in prompts):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"Run All did not finish in {RUN_ALL_TIMEOUT} s: {page.evaluate(_PROMPTS)}")
+
+
+def _set_theme(page: Any, dark: bool) -> None:
+    _menu(page, "Settings", "Theme", "JupyterLab Dark" if dark else "JupyterLab Light")
+    page.wait_for_function("(dark) => document.body.dataset.jpThemeLight === String(!dark)", arg=dark)
+    time.sleep(0.3)
+
+
+def _layout(page: Any, width: int, sidebar: bool, zoom: float) -> None:
+    # The browser's zoom at 150% makes a 1400 px window a 933 CSS px layout (with
+    # sharper pixels): the same layout, so the same measurements.
+    page.set_viewport_size({"width": round(width / zoom), "height": round(1100 / zoom)})
+    is_open = page.evaluate(_LEFT_OPEN)
+    if sidebar != is_open:
+        page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab").first.click()
+        page.wait_for_function(f"() => ({_LEFT_OPEN})() === {str(sidebar).lower()}")
+    time.sleep(0.6)  # JupyterLab relayouts on resize
+
+
+def _screenshots(page: Any, notebook: str, tag: str, views: list[dict]) -> None:
+    folder = ARTIFACTS / notebook.removesuffix(".ipynb")
+    folder.mkdir(parents=True, exist_ok=True)
+    for v in views:
+        # The notebook scrolls inside the page: bring the output to the top, then
+        # photograph what the window shows of it (long transcripts are cut at the
+        # window's bottom edge in the picture, not in the page).
+        box = page.evaluate(
+            """([index]) => {
+              const cell = document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell')[index];
+              const out = cell.querySelector('.jp-OutputArea');
+              out.scrollIntoView({block: 'start'});
+              const r = out.getBoundingClientRect();
+              const top = Math.max(r.top, 0), bottom = Math.min(r.bottom, window.innerHeight);
+              return {x: r.left, y: top, width: r.width, height: Math.max(1, bottom - top)};
+            }""", [v["index"]])
+        page.screenshot(path=str(folder / f"cell{v['index']:02d}-{tag}.png"), clip=box)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_every_view_fits_and_reads(lab_server: JupyterLab, page: Any, notebook: Path) -> None:
+    console: list[str] = []
+
+    def on_console(msg: Any) -> None:
+        if msg.type == "error":
+            console.append(msg.text)
+
+    page.on("console", on_console)
+    try:
+        _open(page, lab_server, notebook.name)
+        _layout(page, 1400, False, 1.0)
+        _set_theme(page, dark=False)
+        _run_all(page)
+        assert page.evaluate(_ERRORS) == [], page.evaluate(_ERRORS)
+        failures: list[str] = []
+        seen: list[dict] = []
+        for dark in (False, True):
+            _set_theme(page, dark)
+            for tag, width, sidebar, zoom in LAYOUTS:
+                if dark and tag not in ("800", "1400"):
+                    continue  # the dark theme changes colours, not layout
+                _layout(page, width, sidebar, zoom)
+                views = page.evaluate(_MEASURE)
+                seen = seen or views
+                theme = "dark" if dark else "light"
+                for v in views:
+                    if v["length"] == 0:
+                        failures.append(f"{theme} {tag} cell {v['index']}: empty view ({v['kinds']})")
+                    failures += [f"{theme} {tag} cell {v['index']}: {p}" for p in v["problems"]]
+                if tag in ("800", "1400") or (tag == "zoom150" and not dark):
+                    _screenshots(page, notebook.name, f"{tag}-{theme}", views)
+        _set_theme(page, dark=False)
+        _layout(page, 1400, False, 1.0)
+        assert seen, "no maillab view rendered"
+        assert not failures, "\n".join(failures[:40])
+        relevant = [c for c in console if "favicon" not in c]
+        assert not relevant, relevant
+    finally:
+        page.remove_listener("console", on_console)
+        # shut the kernel down before the next notebook (its lab, its ports)
+        try:
+            for kernel in lab_server.get("/api/kernels") or []:  # type: ignore[union-attr]
+                lab_server.get(f"/api/kernels/{kernel['id']}", method="DELETE")
+        except Exception:
+            pass

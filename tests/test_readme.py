@@ -1,0 +1,45 @@
+"""The README's notebook blocks, pasted into cells of a real IPython shell as a
+reader would: comments and all, every magic must run without an error.
+
+Only ``%mail start`` is changed (free ports and a temporary directory, so the test
+never competes for the lab's default ports with another lab on this machine).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from IPython.core.interactiveshell import InteractiveShell
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def notebook_blocks() -> list[str]:
+    """The python blocks of "The lab in a notebook", up to the next heading."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## The lab in a notebook", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_blocks_run_when_pasted(tmp_path):
+    blocks = notebook_blocks()
+    assert len(blocks) >= 3 and any("# " in b for b in blocks)
+    shell = InteractiveShell.instance()
+    from maillab.views import theme
+
+    try:
+        for block in blocks:
+            cell = block.replace("%mail start ", f"%mail start --ports auto --dir {tmp_path / 'lab'} ", 1)
+            if cell.startswith("%%"):
+                cells = [cell]
+            else:  # one line per cell, as the README says: every view is shown
+                cells = [ln for ln in cell.splitlines() if ln.strip()]
+            for source in cells:
+                result = shell.run_cell(source, store_history=False)
+                assert result.error_before_exec is None, (source, result.error_before_exec)
+                assert result.error_in_exec is None, (source, result.error_in_exec)
+                assert result.result is not None or source.startswith("%load_ext"), source
+    finally:
+        shell.run_line_magic("mail", "stop")
+        theme.settings.set_scale(1.0)
