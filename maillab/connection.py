@@ -324,7 +324,7 @@ class LineConnection(asyncio.Protocol):
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
         info = tlsinfo.describe(ssl_object)
         if self.recorder is not None:
-            self.recorder.tls(info["version"], info["cipher"])
+            self.recorder.tls(info["version"], info["cipher"], sni=info["sni"])
 
     async def close(self) -> None:
         if self.transport is not None:

@@ -232,7 +232,8 @@ class SessionRecorder:
         self.emit(kind, text, payload=True, bytes=len(data))
 
     def tls(self, version: str | None, cipher: str | None, peer_cert: str | None = None, **data: Any) -> None:
-        self.emit(TLS, f"TLS started: {version} {cipher}", version=version, cipher=cipher,
+        sni = f", SNI {data['sni']}" if data.get("sni") else ""
+        self.emit(TLS, f"TLS started: {version} {cipher}{sni}", version=version, cipher=cipher,
                   peer_cert=peer_cert, **data)
 
     def auth(self, user: str, ok: bool, mechanism: str) -> None:

@@ -90,6 +90,7 @@ class LabCA:
             hc = self.issue(host, addresses)
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = MINIMUM_VERSION
+            ctx.sni_callback = _remember_sni
             ctx.load_cert_chain(str(hc.chain_path), str(hc.key_path))
             self._server_contexts[host] = ctx
         return self._server_contexts[host]
@@ -101,12 +102,22 @@ class LabCA:
         return ctx
 
 
+def _remember_sni(ssl_object: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
+    """Server side: keep the name the client asked for in its ClientHello (SNI, RFC 6066 3),
+    so the transcript can show it next to the negotiated version and cipher."""
+    try:
+        ssl_object.maillab_sni = server_name
+    except AttributeError:
+        pass
+
+
 def describe(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> dict[str, str | None]:
-    """Version, cipher and peer/own certificate subject of a TLS session, for events."""
+    """Version, cipher and (server side) the SNI the client sent, for events."""
     if ssl_object is None:
-        return {"version": None, "cipher": None}
+        return {"version": None, "cipher": None, "sni": None}
     cipher = ssl_object.cipher()
-    return {"version": ssl_object.version(), "cipher": cipher[0] if cipher else None}
+    return {"version": ssl_object.version(), "cipher": cipher[0] if cipher else None,
+            "sni": getattr(ssl_object, "maillab_sni", None)}
 
 
 def client_context(ca_path: str | Path | None) -> ssl.SSLContext:

@@ -53,6 +53,9 @@ def test_probe_reads_handshake_and_verifies_against_the_lab_ca(lab: Lab, service
         assert r.starttls_offered is True and r.greeting
         assert ("*", f"TLS started: {r.version} {r.cipher}") in r.transcript
     assert "Traceback" not in repr(r) and r._repr_html_()
+    # the server's transcript says where TLS started, what was negotiated and the SNI asked for
+    tls = [e for e in lab.events.events(kinds=("tls",)) if e.side == "server" and e.host == host][-1]
+    assert tls.text == f"TLS started: {r.version} {r.cipher}, SNI {host}" and tls.data["sni"] == host
 
 
 def test_probe_answers_each_failure_in_one_line(lab: Lab) -> None:
