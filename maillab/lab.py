@@ -109,6 +109,9 @@ class Lab:
         self.wanted_services = services
         self.events = EventBus()
         self.loop = LabLoop(f"maillab-loop-{id(self):x}")
+        self.loop.on_lag = lambda lag: self.events.emit(
+            "lab", "lag", "lab", "server", "lab", str(lag), wall_ms=round(lag.wall * 1000),
+            cpu_ms=round(lag.cpu * 1000), busy=lag.busy)
         self.store = Store(self.directory / "mail")
         self.ca: LabCA | None = None
         self.services: list[Service] = []

@@ -17,6 +17,7 @@ command reaches the session, by every protocol's driver (SMTP's as well).
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from .events import SessionRecorder
     from .lab import Lab
     from .services import Service
+
+log = logging.getLogger("maillab.listener")
 
 #: Why a session ended when a fault rule closed it.
 DROPPED = "connection closed by an injected fault (%mail fail)"
@@ -58,6 +61,9 @@ class LineServer:
     protocol: ClassVar[str]
     #: The line a client gets when ``max_connections`` sessions are open already.
     busy_reply: ClassVar[str]
+    #: The last line before the server closes a session it can no longer serve (a bug
+    #: outside any one command): the protocol's own goodbye, never a silent close.
+    crash_reply: ClassVar[str]
 
     def __init__(self, lab: Lab, service: Service, *, implicit_tls: bool) -> None:
         self.lab = lab
@@ -135,6 +141,14 @@ class LineServer:
             reason = "lab stopped"
         except (ConnectionError, ssl.SSLError) as exc:
             reason = f"connection error: {exc}"
+        except Exception as exc:  # a bug ends this session with a goodbye, never the listener
+            log.exception("%s session failed", self.protocol)
+            rec.note(f"internal error: {exc!r}", error=True)
+            reason = f"internal error: {type(exc).__name__}"
+            try:
+                await conn.send_line(self.crash_reply)
+            except Exception:  # the connection may be what broke
+                pass
         finally:
             self.session_ended(rec, session)
             rec.close(reason)

@@ -12,13 +12,70 @@ import asyncio
 import atexit
 import concurrent.futures
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _live_loops: weakref.WeakSet[LabLoop] = weakref.WeakSet()
+
+#: The loop is lagging when a callback due now waits longer than this: every other
+#: session's NOOP (and the notebook's view updates) waits as long.
+LAG_THRESHOLD = 0.100
+#: How often the watch looks (a timer on the loop; it costs ~20 wake-ups a second).
+HEARTBEAT = 0.05
+
+
+@dataclass(frozen=True)
+class Lag:
+    """The lab loop came back late: ``wall`` seconds late, of which the lab thread
+    spent ``cpu`` seconds computing. cpu close to wall: a callback of ours ran too
+    long (a bug); cpu small: the thread waited (a blocking call, the GIL held by
+    another thread, or a machine too loaded to schedule it)."""
+
+    loop: str
+    when: float  # time.time() when the watch noticed
+    wall: float
+    cpu: float
+
+    @property
+    def busy(self) -> bool:
+        """True when the lab thread itself computed past the threshold."""
+        return self.cpu > LAG_THRESHOLD
+
+    def __str__(self) -> str:
+        why = "busy computing" if self.busy else "waiting (blocked, GIL or machine load)"
+        return f"lab loop lagged {self.wall * 1000:.0f} ms ({self.cpu * 1000:.0f} ms CPU: {why})"
+
+
+#: Every lag of every loop in this process, newest last (bounded): tests read it.
+LAG_LOG: list[Lag] = []
+_LAG_LOG_MAX = 10_000
+
+
+class LagWatch:
+    """A heartbeat on a loop that records each time the loop came back late."""
+
+    def __init__(self, lab_loop: LabLoop) -> None:
+        self.lab_loop = lab_loop
+        self._due = 0.0
+        self._cpu = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = 0.0
+        loop.call_soon(self._beat, loop)
+
+    def _beat(self, loop: asyncio.AbstractEventLoop) -> None:
+        now, cpu = time.monotonic(), time.thread_time()  # thread_time: the lab thread's own CPU
+        late = now - self._due
+        if self._due and late > LAG_THRESHOLD:
+            self.lab_loop.lagged(Lag(self.lab_loop.name, time.time(), late, cpu - self._cpu))
+        self._due, self._cpu = now + HEARTBEAT, cpu
+        self._handle = loop.call_later(HEARTBEAT, self._beat, loop)
 
 
 class LabLoop:
@@ -29,6 +86,11 @@ class LabLoop:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
         self._started = threading.Event()
+        #: The lags of this loop (newest last, bounded); ``on_lag`` is called on the lab
+        #: thread for each (the lab records it as an event).
+        self.lags: list[Lag] = []
+        self.on_lag: Callable[[Lag], None] | None = None
+        self._watch = LagWatch(self)
 
     @property
     def running(self) -> bool:
@@ -48,6 +110,7 @@ class LabLoop:
         assert self.loop is not None
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._started.set)
+        self._watch.start(self.loop)
         try:
             self.loop.run_forever()
         finally:
@@ -60,6 +123,26 @@ class LabLoop:
                 self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             finally:
                 self.loop.close()
+
+    def lagged(self, lag: Lag) -> None:
+        for log in (self.lags, LAG_LOG):
+            log.append(lag)
+            if len(log) > _LAG_LOG_MAX:
+                del log[:len(log) // 2]
+        if self.on_lag is not None:
+            try:
+                self.on_lag(lag)
+            except Exception:  # reporting a lag must never add to it by breaking the loop
+                pass
+
+    def lag_summary(self) -> str | None:
+        """One line for ``%mail status``, or None when the loop never lagged."""
+        if not self.lags:
+            return None
+        worst = max(self.lags, key=lambda lag: lag.wall)
+        busy = sum(lag.busy for lag in self.lags)
+        return (f"lab loop lagged over {LAG_THRESHOLD * 1000:.0f} ms {len(self.lags)} times"
+                f" ({busy} busy computing); worst: {worst}")
 
     def in_lab_thread(self) -> bool:
         return threading.current_thread() is self.thread

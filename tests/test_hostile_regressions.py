@@ -1,7 +1,7 @@
 """Regressions for what fuzzing found (issue 15), each with the smallest input.
 
 Every test names the input that once crashed, stalled or answered wrong; the
-fuzz targets in ``tests/fuzz/`` keep looking for the next one
+fuzz targets in ``tests/fuzz_targets.py`` keep looking for the next one
 (docs/security-tests.md lists them).
 """
 

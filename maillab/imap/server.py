@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -30,9 +31,11 @@ from ..faults import Rule, reply_closes
 from ..listener import DROPPED, LineServer
 from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
-from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser
+from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser, parse_tag
 from .responses import Delay, Notice, Output, Response
 from .session import IMAPSession
+
+log = logging.getLogger("maillab.imap")
 
 if TYPE_CHECKING:
     from ..lab import Lab
@@ -103,6 +106,7 @@ class IMAPServer(LineServer):
 
     protocol = "imap"
     busy_reply = "* BYE [UNAVAILABLE] too many connections, try again later"
+    crash_reply = "* BYE [SERVERBUG] internal server error, closing"
 
     def __init__(self, lab: Lab, service: Service, *, implicit_tls: bool) -> None:
         super().__init__(lab, service, implicit_tls=implicit_tls)
@@ -150,7 +154,18 @@ class IMAPServer(LineServer):
                 rec.client_line(session.masked(line))
                 await self._send(conn, rec, session.continue_line(line))
                 continue
-            result = await self._read_command(conn, rec, parser, session, line)
+            try:
+                result = await self._read_command(conn, rec, parser, session, line)
+            except (ConnectionError, ConnectionClosed, TimeoutError):
+                raise
+            except Exception as exc:  # a parser bug costs one command, never the session
+                tag = parser.current_tag() or parse_tag(line) or "*"
+                parser.reset()
+                log.exception("IMAP command could not be read")
+                rec.note(f"internal error: {exc!r}", error=True)
+                await self._send(conn, rec, [Response(
+                    f"{tag} BAD [SERVERBUG] internal error reading the command\r\n".encode())])
+                continue
             if result is None:
                 continue
             if isinstance(result, LiteralRefused):

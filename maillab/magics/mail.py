@@ -399,7 +399,8 @@ def _status(magics: MailMagics, args: argparse.Namespace) -> Any:
     lab = state.existing_lab()
     if lab is None or not lab.started:
         return StatusTable([])
-    return StatusTable(lab.status(), ca_path=str(lab.ca_path), directory=str(lab.directory))
+    return StatusTable(lab.status(), ca_path=str(lab.ca_path), directory=str(lab.directory),
+                       note=lab.loop.lag_summary())
 
 
 class UsersTable:

@@ -17,6 +17,7 @@ Set ``lab.policy.pop3_plaintext_auth = False`` to behave like such a server:
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,8 @@ from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
 from .maildrop import Maildrop
 from .session import POP3Session, Reply
+
+log = logging.getLogger("maillab.pop3")
 
 if TYPE_CHECKING:
     from ..lab import Lab
@@ -59,6 +62,7 @@ class POP3Server(LineServer):
 
     protocol = "pop3"
     busy_reply = "-ERR [SYS/TEMP] too many connections, try again later"
+    crash_reply = "-ERR [SYS/TEMP] internal server error, closing"
 
     def __init__(self, lab: Lab, service: Service, *, implicit_tls: bool) -> None:
         super().__init__(lab, service, implicit_tls=implicit_tls)
@@ -107,7 +111,12 @@ class POP3Server(LineServer):
             if fault is not None and fault.reply:  # the session never sees the command
                 await self._send(conn, rec, Reply(fault.reply))
                 continue
-            reply = session.receive(line)
+            try:
+                reply = session.receive(line)
+            except Exception as exc:  # a bug costs the client one command, never the session
+                log.exception("POP3 session step failed")
+                rec.note(f"internal error: {exc!r}", error=True)
+                reply = Reply("-ERR [SYS/TEMP] internal server error, try again")  # RFC 3206
             await self._send(conn, rec, reply)
             if reply.starttls:
                 try:

@@ -1,0 +1,217 @@
+"""Crash consistency: ``kill -9`` of a lab process in the middle of writes, then a
+restart on the same directory (issue 15).
+
+A real ``maillab serve`` in a subprocess; real clients (smtplib, imaplib, poplib)
+deliver by SMTP, APPEND, STORE, EXPUNGE and delete through POP3 UPDATE as fast as
+they can while the process is killed at a random moment (seeded). After each
+restart:
+
+* every message acknowledged (250, OK, +OK) is there exactly once, unless its
+  deletion was acknowledged too;
+* nothing half-written is visible (every indexed file is complete and readable,
+  nothing in ``tmp/`` is listed);
+* the index and the Maildir agree (every file in ``new/``/``cur/`` is indexed and
+  every indexed file exists);
+* a UID names the same message forever: no UID is ever given to another message,
+  and new UIDs are above every UID handed out before the crash.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import poplib
+import random
+import re
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+from maillab.store import Store
+
+MAILLAB = [sys.executable, "-m", "maillab"]
+BOB = "bob@alpha.test"
+ROUNDS = 3
+
+
+def _serve(directory: Path) -> tuple[subprocess.Popen, dict]:
+    from test_cli import wait_for_lab_json
+
+    (directory / "lab.json").unlink(missing_ok=True)
+    proc = subprocess.Popen([*MAILLAB, "serve", "--ports", "auto", "--dir", str(directory),
+                             "--domain", "alpha.test"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, wait_for_lab_json(proc, directory)["services"]
+
+
+def _message(subject: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "alice@alpha.test", BOB, subject
+    msg.set_content("x" * 2000 + "\n")
+    return msg.as_bytes().replace(b"\n", b"\r\n")
+
+
+class Ledger:
+    """What the servers acknowledged, written only after the acknowledgement arrived."""
+
+    def __init__(self) -> None:
+        self.delivered: set[str] = set()  # subjects acknowledged by SMTP 250 or APPEND OK
+        self.deleted: set[str] = set()  # subjects whose EXPUNGE or POP3 UPDATE was acknowledged
+        self.uids: dict[int, str] = {}  # UID -> subject, from APPENDUID and FETCH
+        self.counter = 0
+        self.lock = threading.Lock()
+
+    def next(self, kind: str, round_: int) -> str:
+        with self.lock:
+            self.counter += 1
+            return f"{kind}-{round_}-{self.counter}"
+
+    def see_uid(self, uid: int, subject: str) -> None:
+        old = self.uids.setdefault(uid, subject)
+        assert old == subject, f"UID {uid} reused: was {old}, now {subject}"
+
+
+def _smtp_worker(services: dict, ledger: Ledger, round_: int, stop: threading.Event) -> None:
+    smtp = services["smtp"]
+    with smtplib.SMTP(smtp["host"], smtp["port"], timeout=10) as c:
+        while not stop.is_set():
+            subject = ledger.next("smtp", round_)
+            c.sendmail("alice@alpha.test", [BOB], _message(subject))
+            ledger.delivered.add(subject)  # only after the 250
+
+
+_SUBJECT = re.compile(rb"Subject: (\S+)")
+
+
+def _imap_worker(services: dict, ledger: Ledger, round_: int, stop: threading.Event, rng: random.Random) -> None:
+    imap = services["imap"]
+    c = imaplib.IMAP4(imap["host"], imap["port"], timeout=10)
+    c.login("bob", "bob-pw")
+    c.select("INBOX")
+    while not stop.is_set():
+        subject = ledger.next("imap", round_)
+        typ, data = c.append("INBOX", None, None, _message(subject))
+        assert typ == "OK"
+        ledger.delivered.add(subject)
+        m = re.search(rb"APPENDUID \d+ (\d+)", data[0] or b"")
+        if m:
+            ledger.see_uid(int(m.group(1)), subject)
+        if rng.random() < 0.5:
+            c.uid("STORE", m.group(1).decode() if m else "1", "+FLAGS", "(\\Flagged)")
+        if rng.random() < 0.3:
+            typ, found = c.uid("SEARCH", "SUBJECT", subject)
+            uids = found[0].split()
+            if uids:
+                c.uid("STORE", uids[0].decode(), "+FLAGS.SILENT", "(\\Deleted)")
+                typ, _ = c.expunge()
+                if typ == "OK":
+                    ledger.deleted.add(subject)
+
+
+def _pop3_worker(services: dict, ledger: Ledger, stop: threading.Event) -> None:
+    pop = services["pop3"]
+    while not stop.is_set():
+        c = poplib.POP3(pop["host"], pop["port"], timeout=10)
+        c.user("bob")
+        c.pass_("bob-pw")
+        count = len(c.list()[1])
+        doomed = []
+        for n in range(1, min(count, 3) + 1):
+            top = b"\n".join(c.top(n, 0)[1])
+            m = _SUBJECT.search(top)
+            if m and m.group(1).startswith(b"smtp-"):
+                c.dele(n)
+                doomed.append(m.group(1).decode())
+        resp = c.quit()
+        if resp.startswith(b"+OK"):  # UPDATE done: the DELEs are acknowledged
+            ledger.deleted.update(doomed)
+        time.sleep(0.05)
+
+
+def _run_round(services: dict, ledger: Ledger, round_: int, rng: random.Random, proc: subprocess.Popen) -> None:
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def guard(fn, *args):
+        try:
+            fn(*args)
+        except (OSError, EOFError, smtplib.SMTPException, imaplib.IMAP4.abort, imaplib.IMAP4.error,
+                poplib.error_proto):
+            pass  # the server was killed under the client
+        except BaseException as exc:  # an assertion: a UID reused
+            errors.append(exc)
+
+    workers = [threading.Thread(target=guard, args=(_smtp_worker, services, ledger, round_, stop)),
+               threading.Thread(target=guard, args=(_imap_worker, services, ledger, round_, stop, rng)),
+               threading.Thread(target=guard, args=(_pop3_worker, services, ledger, stop))]
+    for w in workers:
+        w.start()
+    time.sleep(rng.uniform(1.0, 2.5))
+    proc.send_signal(signal.SIGKILL)  # in the middle of whatever the workers were doing
+    proc.wait(timeout=10)
+    stop.set()
+    for w in workers:
+        w.join(timeout=20)
+    assert not errors, errors
+
+
+def _check_directory(directory: Path, ledger: Ledger) -> None:
+    store = Store(directory / "mail")
+    try:
+        mb = store.mailbox(BOB, "INBOX", create=True)
+        mb.sync()
+        root = Path(mb.path) if hasattr(mb, "path") else directory / "mail" / BOB
+        indexed = {}
+        subjects: dict[str, int] = {}
+        for info in mb.messages():
+            data = mb.read(info.uid)  # every indexed file exists and is whole
+            m = _SUBJECT.search(data)
+            assert m and data.rstrip().endswith(b"x" * 10), f"UID {info.uid} is not a whole message"
+            subject = m.group(1).decode()
+            subjects[subject] = subjects.get(subject, 0) + 1
+            ledger.see_uid(info.uid, subject)
+            indexed[info.uid] = subject
+        on_disk = {p.name.split(":")[0] for d in ("new", "cur") for p in (root / d).iterdir()}
+        in_index = {str(mb.file_path(uid).name).split(":")[0] for uid in indexed}
+        assert on_disk == in_index, (on_disk ^ in_index)
+        twice = {s for s, n in subjects.items() if n > 1}
+        assert not twice, f"stored twice: {twice}"
+        missing = ledger.delivered - ledger.deleted - set(subjects)
+        assert not missing, f"acknowledged but lost: {sorted(missing)}"
+        ghosts = ledger.deleted & set(subjects)
+        assert not ghosts, f"deletion acknowledged but still there: {sorted(ghosts)}"
+    finally:
+        store.close()
+
+
+def test_kill_9_during_writes_loses_nothing_acknowledged(tmp_path) -> None:
+    directory = tmp_path / "lab"
+    rng = random.Random(15)
+    ledger = Ledger()
+    for round_ in range(ROUNDS):
+        proc, services = _serve(directory)
+        try:
+            _run_round(services, ledger, round_, rng, proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+        _check_directory(directory, ledger)
+    # after the last crash: a restarted server hands out UIDs above every UID seen
+    proc, services = _serve(directory)
+    try:
+        c = imaplib.IMAP4(services["imap"]["host"], services["imap"]["port"], timeout=10)
+        c.login("bob", "bob-pw")
+        typ, data = c.append("INBOX", None, None, _message("after-the-crashes"))
+        uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+        assert uid > max(ledger.uids), (uid, max(ledger.uids))
+        c.logout()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    print(f"acknowledged: {len(ledger.delivered)} delivered, {len(ledger.deleted)} deleted, {len(ledger.uids)} UIDs")
+    assert len(ledger.delivered) > 10 and ledger.deleted, "the workers barely ran"
