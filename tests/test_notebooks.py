@@ -66,6 +66,14 @@ CLAIMS = {
         "1 copy in Carol's mailbox", "alice's key, bob's MX                    -> REFUSED",
         "-> NOTAUTH", "alice.class.test -> bob.class.test", "left the class",
     ],
+    "07_failures.ipynb": [
+        "The server said: -ERR [SYS/TEMP] disk busy.",
+        "fault injected (mail.alpha.test): UID FETCH -> answers 'NO [UNAVAILABLE] try later'",
+        "UID FETCH 1 failed: the server said NO [UNAVAILABLE] try later",
+        "deferred mx1.beta.test 452 452 4.2.2 mailbox full",
+        "The server closed the connection without a reply: no UPDATE state",
+        "[fired 2/2, spent]",
+    ],
 }
 #: What a notebook's live widgets must show by the end (their state as the kernel sent it).
 WIDGET_CLAIMS = {

@@ -117,6 +117,12 @@ def _flags(client: Any, uid: int) -> tuple[str, ...]:
     return tuple(str(f) for f in items[0].get("FLAGS", []))
 
 
+def _text(data: list[Any]) -> str:
+    """The text of a tagged NO/BAD as imaplib hands it over."""
+    first = data[0] if data else b""
+    return first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)
+
+
 def _search_args(words: list[str]) -> tuple[list[str], bytes | None]:
     """Search words -> (atoms, literal): non-ASCII text travels as a UTF-8 literal
     after CHARSET UTF-8 (RFC 3501 6.4.4), so it must be the last criterion."""
@@ -375,7 +381,7 @@ class IMAPMagics(Magics):
                 item = "BODY.PEEK[]" if args.peek else "BODY[]"
                 typ, data = client.uid("FETCH", str(args.fetch), f"({item})")
                 if typ != "OK":
-                    raise UsageError(f"UID FETCH {args.fetch} failed: the server said {typ} {data[0]!r}")
+                    raise UsageError(f"UID FETCH {args.fetch} failed: the server said {typ} {_text(data)}")
                 body = parse_fetch(data)[0].get("BODY[]", b"") if data[0] else b""
                 return FetchedMessage(args.fetch, args.mailbox, body, before, _flags(client, args.fetch),
                                       args.peek)
@@ -391,7 +397,7 @@ class IMAPMagics(Magics):
                 if uids:
                     typ, data = client.uid("FETCH", ",".join(map(str, uids)), ENVELOPE_ITEMS)
                     if typ != "OK":
-                        raise UsageError(f"UID FETCH failed: the server said {typ} {data[0]!r}")
+                        raise UsageError(f"UID FETCH failed: the server said {typ} {_text(data)}")
                     rows = [r.as_dict() for r in envelope_rows(data)]
                 return ResultTable(f"UID SEARCH {' '.join(args.search)} in {args.mailbox}: {len(uids)} found",
                                    rows, ROW_COLUMNS, note="The server searched; only the summaries crossed the wire.")

@@ -187,10 +187,15 @@ def run_client_session(lab: Lab, user: str, *, list_: bool = True, top: tuple[in
             client.quit()
     except poplib.error_proto as exc:
         said = exc.args[0].decode("utf-8", "replace") if isinstance(exc.args[0], bytes) else str(exc)
-        result.notes.append(f"The server said: {said}.")
-        if any("DELE" in r.get("action", "") for r in rows.values()):
+        marked = any("DELE" in r.get("action", "") for r in rows.values())
+        if said == "-ERR EOF":  # poplib's words for a connection closed with no reply at all
+            result.notes.append("The server closed the connection without a reply"
+                                + (": no UPDATE state, the DELE marks were not applied." if marked else "."))
+        elif marked:
+            result.notes.append(f"The server said: {said}.")
             result.notes.append("Closed without QUIT after the error: the DELE marks were not applied.")
         else:
+            result.notes.append(f"The server said: {said}.")
             try:  # the session goes on after -ERR (RFC 1939 3): end it as a client would
                 client.quit()
             except (poplib.error_proto, OSError):
