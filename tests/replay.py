@@ -27,7 +27,9 @@ answer, line by line, and nothing more. In ``S:`` lines (Dovecot imaptest style)
 - a line ``...`` alone matches any number of server lines (a message body, a
   capability list), up to the next line that matches;
 - a line starting with white space continues the previous one, joined by one space
-  (how the RFCs fold long responses).
+  (how the RFCs fold long responses);
+- IMAP's untagged responses (``* ...``) may come in any order within a run of them
+  (RFC 3501 leaves it to the server); a ``...`` in the run allows more of them.
 
 ``@mail`` options: ``size=N`` (a filler message of exactly N octets, CRLF counted),
 ``file=NAME`` (a file beside the transcripts), ``count=N``, ``flags=\\Seen,\\Deleted``,
@@ -136,14 +138,44 @@ def _pattern(expected: str) -> re.Pattern[str]:
     return re.compile(".*".join(re.escape(part) for part in expected.split(ANY_TEXT)), re.DOTALL)
 
 
-def matches(expected: list[str], actual: list[str]) -> bool:
-    """Whether ``actual`` server lines fit ``expected`` (with ``$*`` and ``...``)."""
+def matches(expected: list[str], actual: list[str], *, untagged_any_order: bool = False) -> bool:
+    """Whether ``actual`` server lines fit ``expected`` (with ``$*`` and ``...``).
+
+    ``untagged_any_order`` (IMAP, as in imaptest): a run of expected untagged lines
+    (``* ...``) matches the run of untagged lines the server sent in any order; with a
+    ``...`` among them, the server may send more untagged lines than listed.
+    """
     if not expected:
         return not actual
     head, rest = expected[0], expected[1:]
+    if untagged_any_order and head.startswith("* "):
+        run = 0
+        while run < len(expected) and (expected[run].startswith("* ") or expected[run] == ANY_LINES):
+            run += 1
+        wanted = [e for e in expected[:run] if e != ANY_LINES]
+        sent = 0
+        while sent < len(actual) and actual[sent].startswith("* "):
+            sent += 1
+        if not _any_order(wanted, actual[:sent], extra=ANY_LINES in expected[:run]):
+            return False
+        return matches(expected[run:], actual[sent:], untagged_any_order=True)
     if head == ANY_LINES:
-        return any(matches(rest, actual[i:]) for i in range(len(actual) + 1))
-    return bool(actual) and _pattern(head).fullmatch(actual[0]) is not None and matches(rest, actual[1:])
+        return any(matches(rest, actual[i:], untagged_any_order=untagged_any_order)
+                   for i in range(len(actual) + 1))
+    return (bool(actual) and _pattern(head).fullmatch(actual[0]) is not None
+            and matches(rest, actual[1:], untagged_any_order=untagged_any_order))
+
+
+def _any_order(wanted: list[str], sent: list[str], *, extra: bool) -> bool:
+    """Each wanted line matches a different sent line (and nothing else was sent, unless
+    ``extra``)."""
+    if len(sent) < len(wanted) or (not extra and len(sent) != len(wanted)):
+        return False
+    if not wanted:
+        return True
+    pattern = _pattern(wanted[0])
+    return any(pattern.fullmatch(line) is not None and _any_order(wanted[1:], sent[:i] + sent[i + 1:], extra=extra)
+               for i, line in enumerate(sent))
 
 
 # -- the server side: each protocol's session, driven like its driver drives it --------------
@@ -344,9 +376,10 @@ def replay(path: Path, directory: Path) -> None:
     store, users = setup_store(t, directory)
     server = SERVERS[t.protocol](store, users, t.options)
     try:
-        _check(path, 1, "(the greeting)", t.greeting, server.greet())
+        any_order = t.protocol == "imap"
+        _check(path, 1, "(the greeting)", t.greeting, server.greet(), any_order)
         for line, expected, number in t.steps:
-            _check(path, number, line, expected, server.send(line))
+            _check(path, number, line, expected, server.send(line), any_order)
         for address, count in t.stored:
             held = len(store.mailbox(address, "INBOX", create=True).messages())
             assert held == count, f"{path.name}: {address} holds {held} messages at the end, not {count}"
@@ -355,8 +388,9 @@ def replay(path: Path, directory: Path) -> None:
         store.close()
 
 
-def _check(path: Path, number: int, line: str, expected: list[str], actual: list[str]) -> None:
-    if not matches(expected, actual):
+def _check(path: Path, number: int, line: str, expected: list[str], actual: list[str],
+           any_order: bool) -> None:
+    if not matches(expected, actual, untagged_any_order=any_order):
         want = "\n".join(f"  S: {e}" for e in expected) or "  (nothing)"
         got = "\n".join(f"  S: {a}" for a in actual) or "  (nothing)"
         raise AssertionError(f"{path.name}:{number}: C: {line}\nexpected:\n{want}\nthe server sent:\n{got}")

@@ -25,3 +25,8 @@ def test_the_wildcards() -> None:
     assert matches(["+OK", "...", "."], ["+OK", "."])
     assert not matches(["+OK"], ["+OK", "extra"])  # nothing more than expected
     assert not matches(["a (x)"], ["a xx"])  # everything but $* is literal text
+    # IMAP: untagged responses in any order, "..." for more of them
+    sent = ["* FLAGS ()", "* 3 EXISTS", "* OK [UIDNEXT 4] x", "a1 OK done"]
+    assert matches(["* 3 EXISTS", "* FLAGS ()", "...", "a1 OK $*"], sent, untagged_any_order=True)
+    assert not matches(["* 3 EXISTS", "* FLAGS ()", "a1 OK $*"], sent, untagged_any_order=True)
+    assert not matches(["* 3 EXISTS", "* FLAGS ()", "...", "a1 OK $*"], sent)  # in order: no
