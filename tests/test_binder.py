@@ -205,3 +205,16 @@ def _output_text(output: dict) -> str:
         return "Traceback: " + output.get("ename", "")
     text = output.get("data", {}).get("text/plain", "")
     return "".join(text) if isinstance(text, list) else text
+
+
+def test_readme_badge_and_scripts_lab_open_the_tour():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    badge = re.search(r"\(https://mybinder\.org/v2/gh/([^/]+/[^/]+)/([^?]+)\?urlpath=lab/tree/([^)]+)\)", readme)
+    assert badge, "no Binder badge in the README"
+    repo, _ref, opened = badge.groups()
+    assert opened == "notebooks/00_tour.ipynb" and (ROOT / opened).is_file()
+    assert "OWNER/REPO" in readme  # how to point the badge at a fork
+    urls = re.findall(r"https://github\.com/([\w.-]+/[\w.-]+)", (ROOT / "pyproject.toml").read_text())
+    if urls:  # a configured repository URL is the one the badge names
+        assert repo in urls
+    assert "notebooks/00_tour.ipynb" in (ROOT / "scripts" / "lab").read_text()

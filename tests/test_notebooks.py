@@ -24,6 +24,7 @@ CLAIMS = {
         re.compile(r"submission +587 +\d+ +◐ STARTTLS"), "● implicit TLS",  # the port map
     ],
     "01_smtp.ipynb": [
+        "next (suggested): 'EHLO step.test'",  # the step-through client, waiting for a click
         "S: 354 ",  # DATA: go ahead
         "502 5.5.2", "503 5.5.1", "550 5.1.1", "452 4.5.3",  # the reply classes, provoked
         "\n.begins with one dot",  # dot-stuffing undone by the server
@@ -35,6 +36,7 @@ CLAIMS = {
         "你好, Bob",
     ],
     "02_pop3.ipynb": [
+        "next (suggested): 'USER bob@alpha.test'",  # the step-through client, waiting for a click
         "-ERR STAT is not valid in the AUTHORIZATION state", "S: ..this line starts with a dot",
         "password sent without TLS", "--QUIT--> [UPDATE]", "no UPDATE state, nothing deleted",
         "UPDATE removed message(s) 1;", "-ERR message 1 already deleted", "TOP 2 0 (peek)",
@@ -43,6 +45,7 @@ CLAIMS = {
         "('pop3s', 995, ",
     ],
     "03_imap.ipynb": [
+        "next (suggested): 'a1 LOGIN bob@alpha.test bob-pw'",  # the step-through client, waiting for a click
         "1 messages deleted", "(the server sets \\Seen)", "FLAGS (\\Flagged)", " EXISTS'",
         "a3 OK CREATE completed", "Projects/2024", "POP3 would download", "Übersicht 2024.pdf",
         "= 你好，Bob：季度报告", "UID SEARCH SUBJECT 季度报告 in INBOX: 1 found",
