@@ -82,6 +82,10 @@ def test_stripping_attacker_against_each_policy(lab: Lab, policy: str) -> None:
         assert not any(it.text.upper().startswith(("MAIL", "RCPT", "DATA"))
                        for cap in captures(lab) for it in cap.items if it.kind == "line")
     assert all(c.stripped for c in captures(lab))
+    from maillab.views.ports import port_map
+
+    cell = port_map(lab).row("smtp").cells["mx1.beta.test"]
+    assert cell.middlebox == "STARTTLS-stripping middlebox" and "⚠ STARTTLS-stripping" in port_map(lab).grid_html()
 
 
 def test_without_the_attacker_each_policy_delivers_and_says_how_it_authenticated(lab: Lab) -> None:

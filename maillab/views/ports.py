@@ -74,6 +74,7 @@ class HostCell:
     state: str
     sessions: list[SessionSeen] = field(default_factory=list)
     total: int = 0
+    middlebox: str | None = None  # "STARTTLS-stripping middlebox" / "passive tap" in front of it
 
 
 @dataclass
@@ -150,8 +151,11 @@ def port_map(lab: Lab) -> PortMap:
             row = rows[svc.name] = ServiceRow(svc.name, ROLES.get(svc.name, ""), svc.standard_port, "",
                                               svc.tls, before, refused, MINIMUM_VERSION_TEXT)
         seen = sessions.get((svc.hostname, svc.name), [])
+        box = lab.middleboxes.get(f"{svc.hostname}/{svc.name}")
         row.cells[svc.hostname] = HostCell(svc.hostname, svc.address, svc.port, svc.state,
-                                           seen[-SESSIONS_SHOWN:], len(seen))
+                                           seen[-SESSIONS_SHOWN:], len(seen),
+                                           None if box is None else
+                                           "STARTTLS-stripping middlebox" if box.strip else "passive tap (Eve)")
     for row in rows.values():
         row.lab_port = " / ".join(dict.fromkeys(str(c.port) for c in row.cells.values()))
     certs = {}
@@ -233,7 +237,8 @@ class PortMap:
                 seen = ", ".join(f"{s.session} {_negotiated_short(s)}{' (open)' if s.open else ''}"
                                  for s in cell.sessions)
                 more = f" (+{cell.total - len(cell.sessions)} earlier)" if cell.total > len(cell.sessions) else ""
-                out.append(f"  {r.service:<10} {host} {cell.address}:{cell.port}: {seen}{more}")
+                box = f" [{cell.middlebox}]" if cell.middlebox else ""
+                out.append(f"  {r.service:<10} {host} {cell.address}:{cell.port}{box}: {seen}{more}")
         if not any(c.total for r in self.rows for c in r.cells.values()):
             out.append("  (none yet)")
         out.append("legend: " + "; ".join(f"{g} {label}" for g, _c, label in MODES.values()))
@@ -267,6 +272,8 @@ class PortMap:
                 lines = [f"<code style='white-space:nowrap'>{html.escape(cell.address)}:{cell.port}</code>"]
                 if cell.state != "running":
                     lines.append(f"<span class='ml-err'>✗ {html.escape(cell.state)}</span>")
+                if cell.middlebox:
+                    lines.append(f"<span class='ml-err ml-badge'>⚠ {html.escape(cell.middlebox)}</span>")
                 for s in cell.sessions:
                     kind, glyph = ("err", "○") if s.negotiated == "plaintext" else ("ok", "●")
                     lines.append(f"<span class='ml-{kind} ml-small' title='{html.escape(s.peer)}'>{glyph} "
@@ -361,7 +368,9 @@ class LivePortMap:
         self.map = port_map(lab)
         options = [(f"{row.service} on {host}", (host, row.service)) for row in self.map.rows
                    for host in self.map.hosts if host in row.cells]
-        self.grid = LiveHTML(kind="ports", controls=False, max_height="", value=self.map.grid_html())
+        # The certificates are folds in the grid too: they open in the browser even while
+        # a cell is busy (the kernel answers the selector only between cells).
+        self.grid = LiveHTML(kind="ports", controls=False, max_height="", value=self._grid_value())
         self.select = w.Dropdown(options=options, description="certificate of",
                                  style={"description_width": "initial"}, layout=w.Layout(width="30em"))
         self.cert = LiveHTML(kind="cert", controls=False, max_height="")
@@ -370,6 +379,9 @@ class LivePortMap:
         self.widget = w.VBox([self.grid, self.select, self.cert])
         self._throttle = Throttle(interval, self.refresh)
         self._unsubscribe = lab.events.subscribe(self._on_event)
+
+    def _grid_value(self) -> str:
+        return self.map.grid_html() + self.map.certs_html()
 
     def _on_event(self, event: Any) -> None:
         # On the lab thread: only flag (never block, never raise).
@@ -386,14 +398,14 @@ class LivePortMap:
         cell = self.map.row(service).cells.get(host)
         title = f"{service} on {host} ({cell.address}:{cell.port}) presents:" if cell else host
         if self.map.row(service).tls == "none" or fields is None:
-            self.cert.value = f"<i>{html.escape(service)}: no TLS, no certificate</i>"  # (no such lab service yet)
+            self.cert.value = f"<i>{html.escape(service)}: no TLS, no certificate</i>"
         else:
             self.cert.value = cert_html(fields, title)
 
     def refresh(self) -> None:
         with self._lock:
             self.map = port_map(self.lab)
-            value = self.map.grid_html()
+            value = self._grid_value()
             if value != self.grid.value:
                 self.grid.value = value
                 self.updates += 1
