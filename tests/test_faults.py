@@ -268,3 +268,20 @@ def test_the_lab_magics_report_injected_failures_and_go_on(tmp_path: Path) -> No
         said = repr(ip.run_line_magic("pop3", "bob --retr 1 --keep"))
         assert "The server said: -ERR [SYS/TEMP] disk busy" in said
         assert "1 message(s) on the server" in said
+
+
+def test_the_sequence_diagram_marks_an_injected_reply(single_lab: Lab) -> None:
+    from maillab.views.sequence import SequenceDiagram
+
+    lab = single_lab
+    lab.faults.add(HOST, "pop3", "STAT", "-ERR [SYS/TEMP] disk busy", times=1)
+    c = poplib.POP3(*lab.address("pop3"), timeout=10)
+    c.user(BOB)
+    c.pass_("bob-pw")
+    with pytest.raises(poplib.error_proto):
+        c.stat()
+    c.quit()
+    server = [e for e in lab.events.events(protocol="pop3") if e.side == "server"]
+    text = repr(SequenceDiagram(server))
+    assert "↯ injected by %mail fail: STAT -> '-ERR [SYS/TEMP] disk busy'" in text, text
+    assert "injected by %mail fail" in SequenceDiagram(server).svg()

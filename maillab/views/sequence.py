@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..events import AUTH, CLIENT_LINE, CLOSED, OPENED, SERVER_LINE, STATE, TLS, Event
+from ..events import AUTH, CLIENT_LINE, CLOSED, FAULT, OPENED, SERVER_LINE, STATE, TLS, Event
 from .theme import PALETTE, page, reply_kind
 
 WIDTH = 760
@@ -83,6 +83,11 @@ def steps(events: Sequence[Event]) -> list[Step]:
                             "ok" if ok else "err"))
         elif e.kind == STATE:
             out.append(Step("mark", [f"◆ state: {e.text}"], "event"))
+        elif e.kind == FAULT:  # the next reply (or the silence) is injected, not the server's own
+            out.append(Step("mark", [f"↯ injected by %mail fail: {e.data.get('command', '')} -> "
+                                     + ("connection closed" if e.data.get("drop") else
+                                        repr(e.data.get("reply") or f"{e.data.get('delay', 0):g} s late"))],
+                            "temp"))
         elif e.kind == CLOSED:
             out.append(Step("mark", ["connection closed" + (f" ({e.text})" if e.text else "")], "muted"))
     return out
