@@ -1,0 +1,266 @@
+"""A soak: a lab under steady mixed load with injected faults, then a ledger.
+
+``scripts/soak`` runs it long (``--seconds 1800``), ``tests/test_soak.py`` briefly.
+Loopback only, bounded in time and in messages. Clients are the standard
+library's (smtplib over STARTTLS with AUTH, poplib, imaplib) plus a raw IDLE session:
+
+* a submitter sends, as alice, to bob@alpha.test (local), carol@beta.test and
+  dave@gamma.test (relayed across lab hosts), each message with its own Subject;
+* fault rules fire now and then: a one-shot ``451`` at mx1.beta.test's RCPT (the relay
+  retries or takes mx2) and a one-shot ``550`` at mail.gamma.test's RCPT (a bounce);
+* readers: POP3 for carol (RETR, DELE, QUIT), IMAP for dave (FETCH, STORE \\Deleted,
+  EXPUNGE), and bob's INBOX watched in IDLE, re-entered every few seconds.
+
+At the end the queue drains and the ledger must balance: every message the
+submission port accepted reached each recipient exactly once or came back to
+alice as exactly one DSN; file descriptors, threads and lab tasks are back where
+they were after warm-up; memory grew by less than a bound; and the lab loop never
+stalled (a lag where the lab thread itself computed past 250 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import imaplib
+import json
+import os
+import poplib
+import random
+import re
+import smtplib
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from maillab import Lab  # noqa: E402
+from maillab.limits import Limits  # noqa: E402
+
+ALICE = ("alice@alpha.test", "alice-pw")
+RCPTS = ("bob@alpha.test", "carol@beta.test", "dave@gamma.test")
+_SUBJECT = re.compile(rb"^Subject: (soak-\d+)", re.M)
+STALL_CPU = 0.25  # as tests/conftest.py: the lab thread computing this long in one turn
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _resources(lab: Lab) -> dict[str, int]:
+    return {"fds": _fds(), "threads": threading.active_count(), "rss": _rss(),
+            "tasks": lab.loop.call(lambda: len(asyncio.all_tasks()))}
+
+
+class Soak:
+    def __init__(self, lab: Lab, seconds: float, max_messages: int, seed: int) -> None:
+        self.lab = lab
+        self.deadline = time.monotonic() + seconds
+        self.max_messages = max_messages
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+        self.accepted: list[str] = []  # subjects the submission port answered 250 to
+        self.retrieved: Counter[tuple[str, str]] = Counter()  # (user, subject) read and deleted
+        self.idle_updates = 0
+        self.errors: list[str] = []
+        self.ctx = ssl.create_default_context(cafile=str(lab.ca_path))
+
+    def _guard(self, name: str, fn: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - a reader error is a finding; keep going
+                self.errors.append(f"{name}: {exc!r}")
+                time.sleep(0.2)
+
+    # -- load --------------------------------------------------------------------------
+    def submit_some(self) -> None:
+        host, port = self.lab.address("submission", "mail.alpha.test")
+        with smtplib.SMTP(host, port, timeout=20) as s:
+            s.starttls(context=self.ctx)
+            s.login(*ALICE)
+            for _ in range(self.rng.randint(1, 5)):
+                if self.stop.is_set() or len(self.accepted) >= self.max_messages:
+                    self.stop.set()
+                    return
+                n = len(self.accepted) + 1
+                if n % 7 == 0:
+                    self.lab.faults.add("mx1.beta.test", "smtp", "RCPT", "451 4.3.0 soak: try again", times=1)
+                if n % 11 == 0:
+                    self.lab.faults.add("mail.gamma.test", "smtp", "RCPT", "550 5.1.1 soak: no such user", times=1)
+                subject = f"soak-{n}"
+                body = f"From: {ALICE[0]}\r\nTo: {', '.join(RCPTS)}\r\nSubject: {subject}\r\n\r\n" + "x" * n + "\r\n"
+                s.sendmail(ALICE[0], list(RCPTS), body.encode())
+                self.accepted.append(subject)  # only after the 250
+        time.sleep(self.rng.uniform(0, 0.2))
+
+    def read_pop3(self) -> None:
+        host, port = self.lab.address("pop3", "mx1.beta.test")
+        c = poplib.POP3(host, port, timeout=20)
+        try:
+            c.user("carol")
+            c.pass_("carol-pw")
+            got = []
+            for n in range(1, len(c.list()[1]) + 1):
+                m = _SUBJECT.search(b"\r\n".join(c.retr(n)[1]))
+                if m:
+                    got.append(m.group(1).decode())
+                c.dele(n)
+            if c.quit().startswith(b"+OK"):
+                self.retrieved.update(("carol@beta.test", s) for s in got)
+        finally:
+            c.close()
+        time.sleep(0.5)
+
+    def read_imap(self) -> None:
+        host, port = self.lab.address("imap", "mail.gamma.test")
+        with imaplib.IMAP4(host, port, timeout=20) as c:
+            c.login("dave", "dave-pw")
+            c.select("INBOX")
+            typ, data = c.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            got = {}
+            for item in data:
+                if isinstance(item, tuple):
+                    uid = re.search(rb"UID (\d+)", item[0])
+                    m = _SUBJECT.search(item[1])
+                    if uid and m:
+                        got[uid.group(1).decode()] = m.group(1).decode()
+            if got:
+                c.uid("STORE", ",".join(got), "+FLAGS.SILENT", "(\\Deleted)")
+                if c.expunge()[0] == "OK":
+                    self.retrieved.update(("dave@gamma.test", s) for s in got.values())
+            c.logout()
+        time.sleep(0.5)
+
+    def idle(self) -> None:
+        host, port = self.lab.address("imap", "mail.alpha.test")
+        with socket.create_connection((host, port), timeout=20) as s:
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b"a LOGIN bob bob-pw\r\nb SELECT INBOX\r\n")
+            while not f.readline().startswith(b"b "):
+                pass
+            s.sendall(b"c IDLE\r\n")
+            until = time.monotonic() + 3
+            s.settimeout(0.5)
+            while time.monotonic() < until and not self.stop.is_set():
+                try:
+                    line = f.readline()
+                except TimeoutError:
+                    continue
+                if line.endswith(b"EXISTS\r\n"):
+                    self.idle_updates += 1
+            s.settimeout(20)
+            s.sendall(b"DONE\r\nd LOGOUT\r\n")
+            while not f.readline().startswith(b"d "):
+                pass
+
+    # -- the run -----------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        lab = self.lab
+        # warm-up: one of everything, then the baseline
+        self.max_messages, cap = 3, self.max_messages
+        self.submit_some()
+        self.stop.clear()
+        self.max_messages = cap
+        self._drain()
+        self.read_pop3()
+        self.read_imap()
+        before = _resources(lab)
+        workers = [threading.Thread(target=self._guard, args=(name, fn), name=f"soak-{name}")
+                   for name, fn in (("submit", self.submit_some), ("pop3", self.read_pop3),
+                                    ("imap", self.read_imap), ("idle", self.idle))]
+        for w in workers:
+            w.start()
+        while time.monotonic() < self.deadline and not self.stop.is_set():
+            time.sleep(0.2)
+        self.stop.set()
+        for w in workers:
+            w.join(timeout=60)
+        lab.faults.heal("mx1.beta.test")
+        lab.faults.heal("mail.gamma.test")
+        self._drain()
+        self.stop.clear()
+        self.read_pop3()
+        self.read_imap()
+        time.sleep(0.5)  # the readers' sessions close on the server too
+        after = _resources(lab)
+        return self._ledger(before, after)
+
+    def _drain(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.lab.relay.queue() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def _ledger(self, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+        store = self.lab.store
+        bob = Counter(m.group(1).decode() for info in store.mailbox("bob@alpha.test", "INBOX").messages()
+                      if (m := _SUBJECT.search(store.mailbox("bob@alpha.test", "INBOX").read(info.uid))))
+        bounced: Counter[tuple[str, str]] = Counter()
+        alice = store.mailbox("alice@alpha.test", "INBOX", create=True)
+        for info in alice.messages():
+            data = alice.read(info.uid)
+            if b"multipart/report" in data:
+                for subject in set(re.findall(rb"Subject: (soak-\d+)", data)):
+                    for rcpt in re.findall(rb"Final-Recipient: rfc822;\s*(\S+)", data):
+                        bounced[(rcpt.decode().lower(), subject.decode())] += 1
+        problems = []
+        for subject in self.accepted:
+            for rcpt in RCPTS:
+                got = bob[subject] if rcpt.startswith("bob@") else self.retrieved[(rcpt, subject)]
+                total = got + bounced[(rcpt, subject)]
+                if total != 1:
+                    problems.append(f"{subject} -> {rcpt}: delivered {got}, bounced {bounced[(rcpt, subject)]}")
+        lags = self.lab.loop.lags
+        stalls = [str(lag) for lag in lags if lag.cpu > STALL_CPU]
+        growth = {k: after[k] - before[k] for k in before}
+        leaks = [f"{k} {before[k]} -> {after[k]}" for k, limit in
+                 (("fds", 8), ("threads", 2), ("tasks", 4), ("rss", 200 << 20)) if growth[k] > limit]
+        return {"accepted": len(self.accepted), "recipients": len(self.accepted) * len(RCPTS),
+                "bounced": sum(bounced.values()), "idle_updates": self.idle_updates,
+                "reader_errors": self.errors[:10], "ledger_problems": problems[:20],
+                "lags": len(lags), "stalls": stalls, "before": before, "after": after, "leaks": leaks,
+                "ok": not problems and not stalls and not leaks}
+
+
+def soak(seconds: float, *, directory: Path | None = None, max_messages: int = 100_000,
+         seed: int = 15) -> dict[str, Any]:
+    """Run the soak on a fresh default-network lab; returns its report (``ok`` said)."""
+    with tempfile.TemporaryDirectory(prefix="maillab-soak-") as tmp:
+        lab = Lab(directory or Path(tmp) / "lab", ports="auto", limits=Limits(
+            auth_failure_delay=0.05, relay_retry_first=0.3, relay_retry_max=1.0, relay_expiry=300,
+            relay_connect_timeout=2, relay_reply_timeout=20))
+        lab.start()
+        try:
+            return Soak(lab, seconds, max_messages, seed).run()
+        finally:
+            lab.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=1800)
+    ap.add_argument("--max-messages", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=15)
+    args = ap.parse_args()
+    report = soak(args.seconds, max_messages=args.max_messages, seed=args.seed)
+    print(json.dumps(report, indent=2))
+    sys.exit(0 if report["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
