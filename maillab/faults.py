@@ -187,10 +187,10 @@ class Faults:
         """Count a command (``names``: its verb, e.g. ``("UID FETCH", "FETCH")``, or
         ``("CONNECT",)`` for the greeting) against the rules of ``host``; the rule that
         answers it, or None."""
+        if not self._rules:  # the common case, on every command: no lock, no work
+            return None
         names = tuple(n.upper() for n in names)
         with self._lock:
-            if not self._rules:
-                return None
             chosen = None
             for rule in self._rules:
                 if rule.host != host or rule.spent or not rule.matches(protocol, service, names):
