@@ -210,3 +210,41 @@ def test_keys_file_is_shared_and_private(tmp_path):
     assert csv.splitlines()[0] == "student,domain,key,join options" and "alice" not in csv  # revoked
     assert class_address("127.0.55.1") and class_address("10.1.2.3") and not class_address("8.8.8.8")
     assert not class_address("0.0.0.0") and not class_address("169.254.1.1")
+
+
+def test_prerequisites_refresh_and_restart(tmp_path):
+    """RFC 2136 prerequisites; a refresh (the same records again) changes nothing, not even
+    the serial; the zone and the keys survive a restart of the class DNS."""
+    server = ClassDNS(tmp_path / "class", port=0).start()
+    try:
+        alice = server.keys.add("alice")
+        key = tsig_key(alice.name, alice.secret)
+
+        def send(*, prereq: str | None = None) -> int:
+            msg = dns.update.UpdateMessage("class.test", keyring=key, keyname=key.name)
+            if prereq == "absent":
+                msg.absent("alice.class.test.")  # name not in use (YXDOMAIN if it is)
+            elif prereq == "present":
+                msg.present("alice.class.test.", "MX")  # RRset exists (NXRRSET if not)
+            msg.replace("alice.class.test.", 60, "MX", "10 mail.alice.class.test.")
+            return update(server, msg).rcode()
+
+        assert send(prereq="present") == dns.rcode.NXRRSET
+        assert send(prereq="absent") == dns.rcode.NOERROR
+        assert send(prereq="absent") == dns.rcode.YXDOMAIN
+        serial = [r for r in server.records() if " SOA " in r]
+        assert send() == dns.rcode.NOERROR and server.updates[-1].reason == "nothing to change"
+        assert [r for r in server.records() if " SOA " in r] == serial
+        assert server.last_seen["alice.class.test"] >= server.joined["alice.class.test"]
+    finally:
+        server.stop()
+    again = ClassDNS(tmp_path / "class", port=0).start()
+    try:
+        assert "alice.class.test. 60 IN MX 10 mail.alice.class.test." in again.records()
+        assert again.keys.get("alice") is not None and again.keys.get("alice").active
+        msg = dns.update.UpdateMessage("class.test", keyring=key, keyname=key.name)
+        msg.delete("alice.class.test.")
+        assert update(again, msg).rcode() == dns.rcode.NOERROR
+        assert not any(r.startswith("alice.") for r in again.records())
+    finally:
+        again.stop()
