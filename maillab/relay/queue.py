@@ -57,7 +57,7 @@ from .message import (
     Recipient,
 )
 from .mx import RouteError, find_route
-from .tlspolicy import DANE_NOTE, lookup_tlsa
+from .tlspolicy import choose
 
 if TYPE_CHECKING:
     from ..events import SessionRecorder
@@ -478,24 +478,13 @@ class RelayQueue:
                       data=msg.data, connect_timeout=limits.relay_connect_timeout,
                       reply_timeout=limits.relay_reply_timeout, queue_id=msg.id)
         level = self.lab.tls_policy.level_for(domain)
-        context, required, tlsa = self._tls_context, False, None
         upstream = self._upstream()
         other_lab = upstream is not None and upstream.covers(host)  # a class network's other lab
-        if level == "none":
-            context = None
-        elif level == "encrypt":
-            context, required = self._encrypt_context, True
-        elif level == "verify":
-            required = True
-        elif level == "dane":
-            resolver = upstream.resolver() if other_lab else self._resolver
-            tlsa = await lookup_tlsa(resolver, host) if resolver is not None else []
-            if tlsa:
-                context, required = self._encrypt_context, True  # authenticated by TLSA, not by name
-                self._note(msg, f"DANE: {len(tlsa)} TLSA record(s) for _25._tcp.{host}: TLS required and the"
-                                f" key must match. {DANE_NOTE}")
-            else:
-                self._note(msg, f"DANE: no TLSA records for _25._tcp.{host}: opportunistic TLS (RFC 7672 2.2)")
+        choice = await choose(level, host, verifying=self._tls_context, encrypting=self._encrypt_context,
+                              resolver=upstream.resolver() if other_lab else self._resolver)
+        if choice.note:
+            self._note(msg, choice.note)
+        context, required, tlsa = choice.context, choice.required, choice.tlsa
         cache = self._connections
         key = (msg.origin, source, host, address, port, level)
         reuse = cache.take(key) if cache is not None else None

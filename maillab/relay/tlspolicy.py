@@ -23,6 +23,7 @@ Named as Postfix names ``smtp_tls_security_level`` (and its per-destination
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,3 +116,34 @@ async def lookup_tlsa(resolver: Any, host: str, port: int = 25) -> list[tuple[in
             dns.resolver.LifetimeTimeout, dns.resolver.NoAnswer):
         return []
     return [(r.usage, r.selector, r.mtype, r.cert.hex()) for r in (answer.rrset or [])]
+
+
+@dataclass
+class Choice:
+    """How one delivery goes, by the level for its destination."""
+
+    level: str
+    context: ssl.SSLContext | None  # None: no STARTTLS at all
+    required: bool  # no TLS, no delivery (the message is deferred)
+    tlsa: list[tuple[int, int, int, str]] | None = None  # DANE: the key must match one
+    note: str | None = None  # what the relay path should say about the choice
+
+
+async def choose(level: str, host: str, *, verifying: ssl.SSLContext | None, encrypting: ssl.SSLContext | None,
+                 resolver: Any) -> Choice:
+    """The TLS context and requirement for sending to MX ``host`` at ``level``:
+    ``verifying`` checks the lab CA and the host name, ``encrypting`` checks nothing."""
+    if level == "none":
+        return Choice(level, None, False)
+    if level == "encrypt":
+        return Choice(level, encrypting, True)
+    if level == "verify":
+        return Choice(level, verifying, True)
+    if level == "dane":
+        tlsa = await lookup_tlsa(resolver, host) if resolver is not None else []
+        if tlsa:  # authenticated by the TLSA records, not by the name
+            return Choice(level, encrypting, True, tlsa, f"DANE: {len(tlsa)} TLSA record(s) for _25._tcp.{host}:"
+                                                         f" TLS required and the key must match. {DANE_NOTE}")
+        return Choice(level, verifying, False, None,
+                      f"DANE: no TLSA records for _25._tcp.{host}: opportunistic TLS (RFC 7672 2.2)")
+    return Choice(level, verifying, False)
