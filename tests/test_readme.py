@@ -15,16 +15,26 @@ from IPython.core.interactiveshell import InteractiveShell
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def notebook_blocks() -> list[str]:
-    """The python blocks of "The lab in a notebook", up to the next heading."""
+def notebook_blocks(heading: str = "## The lab in a notebook") -> list[str]:
+    """The python blocks of a section, up to the next heading."""
     text = README.read_text(encoding="utf-8")
-    section = text.split("## The lab in a notebook", 1)[1].split("\n### ", 1)[0]
+    section = re.split(r"\n#{2,3} ", text.split(heading, 1)[1], maxsplit=1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
 def test_readme_blocks_run_when_pasted(tmp_path):
     blocks = notebook_blocks()
     assert len(blocks) >= 3 and any("# " in b for b in blocks)
+    run_pasted(blocks, tmp_path)
+
+
+def test_readme_failure_injection_block_runs_when_pasted(tmp_path):
+    blocks = notebook_blocks("## Failure injection")
+    assert blocks and "%mail fail" in blocks[0]
+    run_pasted(["%load_ext maillab\n%mail start ", *blocks], tmp_path)
+
+
+def run_pasted(blocks: list[str], tmp_path: Path) -> None:
     shell = InteractiveShell.instance()
     from maillab.views import theme
 
