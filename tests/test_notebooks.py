@@ -21,7 +21,7 @@ CLAIMS = {
         "QUIT -> UPDATE removed message(s) 1", "'1 message(s) on the server'",  # POP3 took one
         "'-ERR STAT is not valid in the AUTHORIZATION state (log in first)'",  # step-through
         "'TRANSACTION'", "'UPDATE'",
-        re.compile(r"submission +587 +\d+ +◐ STARTTLS"), "● implicit TLS",  # the port map
+        re.compile(r"submission +587 +\d+( / \d+)* +◐ STARTTLS"), "● implicit TLS",  # the port map
     ],
     "01_smtp.ipynb": [
         "next (suggested): 'EHLO step.test'",  # the step-through client, waiting for a click
