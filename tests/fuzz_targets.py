@@ -300,6 +300,60 @@ def smtp_data_target(data: bytes) -> None:
     smtp_data.check_hops(body)
 
 
+def _smtp_session_seeds() -> list[bytes]:
+    return [b"EHLO c.test\r\nMAIL FROM:<alice@alpha.test> SIZE=100\r\nRCPT TO:<bob@alpha.test>\r\n"
+            b"DATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n",
+            b"EHLO c.test\r\nAUTH PLAIN AGFsaWNlAGFsaWNlLXB3\r\nMAIL FROM:<alice@alpha.test>\r\n"
+            b"RCPT TO:<carol@beta.test>\r\nRCPT TO:<\"a\\\"b\"@alpha.test>\r\nDATA\r\nhi\r\n.\r\n",
+            b"HELO x\r\nAUTH LOGIN\r\nYWxpY2U=\r\nYWxpY2UtcHc=\r\nRSET\r\nNOOP\r\nVRFY bob\r\nSTARTTLS\r\n",
+            b"EHLO x\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nBDAT 5\r\nDATA\r\n.\r\n"]
+
+
+@target("smtp-session", SMTP_TOKENS + (b"EHLO c.test\r\n", b"MAIL FROM:<alice@alpha.test>", b"RCPT TO:<bob@alpha.test>",
+                                       b"DATA\r\n", b"AUTH PLAIN ", b"AUTH LOGIN\r\n", b"RSET\r\n", b"QUIT\r\n"),
+        max_len=4096, ci_inputs=3000, seeds=_smtp_session_seeds)
+def smtp_session(data: bytes) -> None:
+    """The sans-IO SMTP session as its driver runs it: lines (with the driver's length
+    check), hooks and deliveries answered, DATA read to <CRLF>.<CRLF> and un-stuffed."""
+    from maillab.smtp.received import TLSInfo
+    from maillab.smtp.session import Deliver, Hook, SMTPSession
+
+    fx = fixture()
+    submission = b"AUTH" in data  # the submission port after STARTTLS, or the MX port
+    s = SMTPSession(hostname="mail.alpha.test", limits=fx.limits, local_domains=frozenset({"alpha.test"}),
+                    is_user=lambda a: a.lower() in ("bob@alpha.test", "alice@alpha.test"),
+                    authenticate=lambda login, pw: "alice@alpha.test" if (login, pw) == ("alice", "alice-pw") else None,
+                    resolve=lambda login: "alice@alpha.test" if login == "alice" else None,
+                    relay_available=True, submission=submission,
+                    tls=TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256) if submission else None)
+
+    def settle(step):
+        while not isinstance(step, policy.Reply):
+            step = step.then("250 OK" if isinstance(step, Hook) else None)
+        return step
+
+    assert isinstance(s.greeting(), policy.Reply)
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end + 1
+        line, pos = data[pos:end], end
+        reply = s.give_up()
+        if reply is None:
+            reply = s.line_too_long() if len(line) > s.line_limit(line) else settle(s.receive(line))
+        if reply.read_data:
+            stop = data.find(smtp_data.END_OF_DATA, pos - 2)
+            if stop < 0:
+                return  # the client went away inside DATA: nothing delivered
+            raw = b"\r\n" + data[pos:stop + len(smtp_data.END_OF_DATA)] if stop >= pos else b"\r\n.\r\n"
+            pos = max(pos, stop + len(smtp_data.END_OF_DATA))
+            reply = settle(s.end_of_data(raw, smtp_data.unstuff(raw)))
+        assert isinstance(reply, policy.Reply) and 200 <= reply.code < 600
+        assert not isinstance(reply, (Deliver, Hook))
+        if reply.close:
+            return
+
+
 def _sasl_seeds() -> list[bytes]:
     return [b"AGJvYgBib2ItcHc=", b"=", b"*", b"Ym9i", b"not base64!", b"AGFsaWNlAP8="]
 
@@ -438,6 +492,77 @@ def zone_text(data: bytes) -> None:
         parse_zone("alpha.test", text)
     except ZoneError:
         pass
+
+
+# -- the class DNS (UPDATE, TSIG) ---------------------------------------------------------
+
+class _ClassFixture:
+    def __init__(self) -> None:
+        from maillab.classnet import ClassDNS
+
+        self.dir = tempfile.TemporaryDirectory(prefix="maillab-fuzz-class-")
+        self.server = ClassDNS(Path(self.dir.name) / "class", port=0,
+                               limits=Limits(class_update_rate=1e9, class_update_burst=10**9))
+        self.key = self.server.keys.add("alice")
+
+
+@cache
+def class_fixture() -> _ClassFixture:
+    return _ClassFixture()
+
+
+def _class_seeds() -> list[bytes]:
+    import dns.rdata
+    import dns.update
+
+    from maillab.classnet.keys import tsig_key
+
+    fx = class_fixture()
+    key = tsig_key(fx.key.name, fx.key.secret)
+    out = []
+    for signed in (True, False):
+        for i, (name, rdtype, value) in enumerate((
+                ("mail.alice.class.test.", "A", "127.0.77.1"), ("alice.class.test.", "MX", "10 mail.alice.class.test."),
+                ("bob.class.test.", "TXT", '"x"'), ("class.test.", "NS", "ns.evil."))):
+            msg = dns.update.UpdateMessage("class.test.", keyring=key if signed else None)
+            msg.add(name, 60, dns.rdata.from_text("IN", rdtype, value))
+            msg.delete("old.alice.class.test.")
+            if i % 2:
+                msg.present("mail.alice.class.test.")
+            out.append(msg.to_wire())
+    return out + _dns_seeds()
+
+
+@target("class-dns", (b"\x28\x00", b"\x00\xfa\x00\xff", b"\x05alice\x05class\x04test\x00", b"\xc0\x0c",
+                      b"\x0bhmac-sha256", b"\x00\x06", b"\x00\xfe", b"\x00\x01\x00\x01"),
+        max_len=1024, ci_inputs=1500, seeds=_class_seeds)
+def class_dns(data: bytes) -> None:
+    """The class DNS: queries and signed UPDATEs through ``ClassDNS.handle`` (a bug there
+    answers SERVFAIL and records "internal error", which counts as a finding), and the
+    UPDATE policy itself on the message read without its signature."""
+    import dns.exception
+    import dns.message
+    import dns.name
+    import dns.rdata
+    import dns.update
+    import dns.zone
+
+    from maillab.classnet import policy as class_policy
+
+    fx = class_fixture()
+    fx.server.updates.clear()
+    fx.server.handle(data, "127.0.0.1", "udp")
+    errors = [u for u in fx.server.updates if "internal error" in u.reason]
+    assert not errors, errors
+    try:
+        msg = dns.message.from_wire(data, keyring=lambda _m, _n: False)  # read, not verified
+    except (dns.exception.DNSException, ValueError, UnicodeError):
+        return
+    if isinstance(msg, dns.update.UpdateMessage) and msg.zone:
+        zone = dns.zone.Zone(fx.server.origin, relativize=False)
+        with zone.writer() as txn:
+            txn.add(fx.server.origin, 60, dns.rdata.from_text("IN", "SOA", "ns h 1 60 60 600 60"))
+        class_policy.process(zone, msg, dns.name.from_text(fx.key.name), max_records=64, max_changes=64)
 
 
 # -- mailbox names ---------------------------------------------------------------------------
