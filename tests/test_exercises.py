@@ -54,28 +54,32 @@ def test_every_check_fails_on_an_empty_attempt_with_a_hint(lab):
 
 
 @pytest.mark.timeout(900)
-def test_every_solution_passes_its_check(tmp_path):
-    """The solutions, one after another in one kernel, each on a fresh lab."""
+def test_every_solution_passes_its_check_and_every_exercise_notebook_runs(tmp_path):
+    """Each exercise notebook as a student gets it (its check: not yet, with a hint),
+    then its solution (its check: PASSED), one after another in one kernel, each on
+    a fresh lab."""
     combined = nbformat.v4.new_notebook()
-    checks: list[tuple[str, int]] = []
-    for path in SOLUTIONS:
-        nb = nbformat.read(path, as_version=4)
-        combined.cells.append(new_code_cell("%mail stop" if combined.cells else "%load_ext maillab"))
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                combined.cells.append(new_code_cell(cell.source))
-        checks.append((_name(path), len(combined.cells) - 1))
+    checks: list[tuple[str, str, int]] = []
+    for exercise_path, solution_path in zip(EXERCISES, SOLUTIONS, strict=True):
+        for kind, path in (("exercise", exercise_path), ("solution", solution_path)):
+            nb = nbformat.read(path, as_version=4)
+            combined.cells.append(new_code_cell("%mail stop" if combined.cells else "%load_ext maillab"))
+            for cell in nb.cells:
+                if cell.cell_type == "code":
+                    combined.cells.append(new_code_cell(cell.source))
+            checks.append((_name(path), kind, len(combined.cells) - 1))
     (tmp_path / "work").mkdir()
     client = NotebookClient(combined, timeout=120, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(tmp_path / "work")}})
     client.execute()
-    failed = {}
-    for name, index in checks:
+    wrong = {}
+    for name, kind, index in checks:
         shown = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "")
                           for o in combined.cells[index].outputs)
-        if "PASSED" not in shown:
-            failed[name] = shown
-    assert failed == {}
+        expected = "PASSED" if kind == "solution" else "missing:"
+        if expected not in shown or (kind == "exercise" and "PASSED" in shown):
+            wrong[f"{kind} {name}"] = shown
+    assert wrong == {}
 
 
 def test_partial_attempts_get_hints_about_what_is_missing(lab):
