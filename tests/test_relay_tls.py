@@ -248,6 +248,21 @@ def test_magics_tls_mitm_tap_eve(tmp_path) -> None:
         view = shell.run_line_magic("mail", "eve")
         assert "Eve decodes" in repr(view)
         assert "pop3" in repr(shell.run_line_magic("mail", "eve --list"))
+        shell.run_line_magic("mail", "tap mail.alpha.test pop3 --off")
+        # every service tapped: any new session can be looked at by its own id
+        assert "in front of 28 services" in repr(shell.run_line_magic("mail", "tap --all"))
+        imap = imaplib.IMAP4_SSL(*lab.address("imaps", "mx2.beta.test"), ssl_context=lab.ca.client_context(),
+                                 timeout=10)
+        imap.login("carol@beta.test", "carol-pw")
+        imap.logout()
+        time.sleep(0.2)
+        server_session = [e.session for e in lab.events.events(kinds=("opened",))
+                          if e.side == "server" and e.data.get("service") == "imaps"][-1]
+        seen = shell.run_line_magic("mail", f"eve {server_session}")
+        assert len(seen.captures) == 1 and seen.captures[0].tls and seen.secrets() == []
+        assert "TLS application_data" in repr(seen) and "carol-pw" not in repr(seen)
+        shell.run_line_magic("mail", "tap --all --off")
+        assert not lab.middleboxes
 
 
 def test_teacher_switch_lets_eve_read_a_submission_login_and_the_message(lab: Lab) -> None:

@@ -11,7 +11,9 @@
     %mail mitm mx1.beta.test            # a STARTTLS-stripping middlebox in front of its port 25
     %mail mitm mx1.beta.test --off
     %mail tap mail.alpha.test pop3      # a passive eavesdropper in front of a service
+    %mail tap --all                     # ... in front of every service
     %mail eve                           # what an eavesdropper read of the tapped sessions
+    %mail eve pop3-7                    # ... of one session (a capture id or the server session id)
 
 The verbs register in the ``%mail`` router of :mod:`maillab.magics.mail`.
 """
@@ -193,17 +195,33 @@ def mitm(magics: MailMagics, args: argparse.Namespace) -> Any:
 
 @subcommand("tap")
 @magic_arguments("mail tap")
-@argument("host", help="the lab host, e.g. mail.alpha.test")
-@argument("service", help="smtp, submission, smtps, pop3, pop3s, imap, imaps")
+@argument("host", nargs="?", help="the lab host, e.g. mail.alpha.test")
+@argument("service", nargs="?", help="smtp, submission, smtps, pop3, pop3s, imap, imaps")
+@argument("--all", action="store_true", help="every mail service of every host (every session recorded on the wire)")
 @argument("--off", action="store_true", help="remove the tap")
 def tap(magics: MailMagics, args: argparse.Namespace) -> Any:
     """Put a passive eavesdropper on a service: %mail eve then shows what crossed the wire."""
+    from .mail import HelpText
+
+    if args.all:
+        lab = magics.lab()
+        done = []
+        for svc in [s for s in lab.services if s.host is not None]:
+            box = lab.mitm(svc.hostname, on=not args.off, service=svc.name, strip=False)
+            if box is not None:
+                done.append(svc.key)
+        verb = "removed from" if args.off else "in front of"
+        return HelpText(f"passive taps {verb} {len(done)} services" + ("" if args.off else
+                        ": every new session is recorded as it crosses the wire (%mail eve SESSION)"))
+    if not args.host or not args.service:
+        raise UsageError("%mail tap HOST SERVICE, or %mail tap --all")
     return _middlebox(magics, args.host, args.service, strip=False, off=args.off)
 
 
 @subcommand("eve")
 @magic_arguments("mail eve")
-@argument("capture", nargs="*", help="capture ids (default: the newest plaintext one and the newest TLS one)")
+@argument("capture", nargs="*", help="capture ids or tapped server sessions (pop3-7); default: the newest"
+                                     " plaintext capture and the newest TLS one")
 @argument("--list", action="store_true", help="list every capture")
 @argument("--allow-plaintext-auth", choices=["on", "off"],
           help="the teacher's switch: allow logins before TLS for the demonstration")
@@ -217,11 +235,14 @@ def eve(magics: MailMagics, args: argparse.Namespace) -> Any:
         lab.policy.plaintext_auth_demo = args.allow_plaintext_auth == "on"
     caps = captures(lab)
     if args.list:
-        return captures_table(caps)
+        return captures_table(caps, lab)
     if args.capture:
-        chosen = [c for c in caps if c.id in args.capture]
-        missing = set(args.capture) - {c.id for c in chosen}
+        # a capture id, or the id of the server session whose connection was tapped (pop3-7)
+        chosen = [c for c in caps if c.id in args.capture or c.server_session(lab) in args.capture]
+        found = {c.id for c in chosen} | {c.server_session(lab) for c in chosen}
+        missing = set(args.capture) - found
         if missing:
-            raise UsageError(f"no capture {', '.join(sorted(missing))} (%mail eve --list)")
+            raise UsageError(f"no capture of {', '.join(sorted(missing))}: only sessions through a tap or"
+                             " middlebox were seen on the wire (%mail tap --all, then %mail eve --list)")
         return EavesdropView(lab, chosen)
     return EavesdropView(lab)

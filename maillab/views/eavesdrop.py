@@ -161,7 +161,8 @@ class EavesdropView:
         return [s for cap in self.captures for _i, s in secrets_in(cap)]
 
 
-def captures_table(caps: list[Capture]) -> Any:
+def captures_table(caps: list[Capture], lab: Lab | None = None) -> Any:
     from ..magics.mail import HelpText
 
-    return HelpText("\n".join(f"{c.id}: {summary(c)}" for c in caps) or "no captures yet")
+    return HelpText("\n".join(f"{c.id} (server session {c.server_session(lab) if lab else '?'}): {summary(c)}"
+                              for c in caps) or "no captures yet")
