@@ -10,10 +10,13 @@ import pytest
 from maillab import Lab
 
 
-def _lag_events(lab: Lab, timeout: float = 5.0) -> list:
+def _lag_events(lab: Lab, since: float, *, busy: bool | None = None, timeout: float = 5.0) -> list:
+    """The lag events since ``since`` (only busy or only waiting ones when asked); the
+    lab's own start may have lagged on a loaded machine, so earlier ones do not count."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        events = [e for e in lab.events.events() if e.kind == "lag"]
+        events = [e for e in lab.events.events() if e.kind == "lag" and e.time >= since
+                  and (busy is None or e.data["busy"] == busy)]
         if events:
             return events
         time.sleep(0.05)
@@ -27,24 +30,27 @@ def test_a_busy_lab_loop_is_an_event_and_in_the_status(single_lab: Lab) -> None:
         while time.thread_time() - start < 0.3:
             pass
 
+    since = time.time()
     single_lab.loop.call(spin)
-    events = _lag_events(single_lab)
-    assert events and events[0].data["busy"] and events[0].data["cpu_ms"] >= 250
+    events = _lag_events(single_lab, since, busy=True)
+    assert events and events[0].data["cpu_ms"] >= 250
     summary = single_lab.loop.lag_summary()
     assert summary is not None and "busy computing" in summary
 
 
 def test_a_blocked_lab_loop_is_waiting_not_busy(single_lab: Lab) -> None:
+    since = time.time()
     single_lab.loop.call(time.sleep, 0.3)  # blocked, not computing: never fails a test
-    events = _lag_events(single_lab)
-    assert events and not any(e.data["busy"] for e in events)
+    events = _lag_events(single_lab, since)
+    assert events and any(not e.data["busy"] and e.data["wall_ms"] >= 200 for e in events)
 
 
 def test_status_table_shows_the_lag_line(tmp_path) -> None:
     from conftest import magic_shell
 
     with magic_shell(tmp_path) as (shell, lab):
+        since = time.time()
         lab.loop.call(time.sleep, 0.3)
-        assert _lag_events(lab)
+        assert _lag_events(lab, since)
         table = shell.run_line_magic("mail", "status")
         assert "lab loop lagged" in repr(table)
