@@ -2,7 +2,7 @@
 restart on the same directory (issue 15).
 
 A real ``maillab serve`` in a subprocess; real clients (smtplib, imaplib, poplib)
-deliver by SMTP, APPEND, STORE, EXPUNGE and delete through POP3 UPDATE as fast as
+deliver by SMTP, APPEND, STORE, MOVE, EXPUNGE and delete through POP3 UPDATE as fast as
 they can while the process is killed at a random moment (seeded). After each
 restart:
 
@@ -13,7 +13,9 @@ restart:
 * the index and the Maildir agree (every file in ``new/``/``cur/`` is indexed and
   every indexed file exists);
 * a UID names the same message forever: no UID is ever given to another message,
-  and new UIDs are above every UID handed out before the crash.
+  and new UIDs are above every UID handed out before the crash; UIDVALIDITY never
+  changes (RFC 3501 2.3.1.1: nothing here forces it to);
+* a message whose MOVE was acknowledged is in the target mailbox, once.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ class Ledger:
     def __init__(self) -> None:
         self.delivered: set[str] = set()  # subjects acknowledged by SMTP 250 or APPEND OK
         self.deleted: set[str] = set()  # subjects whose EXPUNGE or POP3 UPDATE was acknowledged
-        self.uids: dict[int, str] = {}  # UID -> subject, from APPENDUID and FETCH
+        self.moved: set[str] = set()  # subjects whose MOVE to Archive was acknowledged
+        self.uids: dict[tuple[str, int], str] = {}  # (mailbox, UID) -> subject
+        self.uidvalidity: dict[str, set[int]] = {}  # mailbox -> every UIDVALIDITY seen
         self.counter = 0
         self.lock = threading.Lock()
 
@@ -70,9 +74,15 @@ class Ledger:
             self.counter += 1
             return f"{kind}-{round_}-{self.counter}"
 
-    def see_uid(self, uid: int, subject: str) -> None:
-        old = self.uids.setdefault(uid, subject)
-        assert old == subject, f"UID {uid} reused: was {old}, now {subject}"
+    def see_uid(self, mailbox: str, uid: int, subject: str) -> None:
+        old = self.uids.setdefault((mailbox, uid), subject)
+        assert old == subject, f"{mailbox} UID {uid} reused: was {old}, now {subject}"
+
+    def see_uidvalidity(self, mailbox: str, value: int) -> None:
+        seen = self.uidvalidity.setdefault(mailbox, set())
+        seen.add(value)
+        # RFC 3501 2.3.1.1: it changes only when UIDs cannot be kept; a crash is no reason
+        assert len(seen) == 1, f"{mailbox} UIDVALIDITY changed: {sorted(seen)}"
 
 
 def _smtp_worker(services: dict, ledger: Ledger, round_: int, stop: threading.Event) -> None:
@@ -91,17 +101,25 @@ def _imap_worker(services: dict, ledger: Ledger, round_: int, stop: threading.Ev
     imap = services["imap"]
     c = imaplib.IMAP4(imap["host"], imap["port"], timeout=10)
     c.login("bob", "bob-pw")
+    c.create("Archive")  # NO when it exists already
     c.select("INBOX")
     while not stop.is_set():
         subject = ledger.next("imap", round_)
         typ, data = c.append("INBOX", None, None, _message(subject))
         assert typ == "OK"
         ledger.delivered.add(subject)
-        m = re.search(rb"APPENDUID \d+ (\d+)", data[0] or b"")
-        if m:
-            ledger.see_uid(int(m.group(1)), subject)
+        m = re.search(rb"APPENDUID (\d+) (\d+)", data[0] or b"")
+        assert m, data
+        ledger.see_uidvalidity("INBOX", int(m.group(1)))
+        ledger.see_uid("INBOX", int(m.group(2)), subject)
+        uid = m.group(2).decode()
         if rng.random() < 0.5:
-            c.uid("STORE", m.group(1).decode() if m else "1", "+FLAGS", "(\\Flagged)")
+            c.uid("STORE", uid, "+FLAGS", "(\\Flagged)")
+        if rng.random() < 0.2:
+            typ, _ = c.uid("MOVE", uid, "Archive")
+            if typ == "OK":
+                ledger.moved.add(subject)
+            continue
         if rng.random() < 0.3:
             typ, found = c.uid("SEARCH", "SUBJECT", subject)
             uids = found[0].split()
@@ -162,22 +180,27 @@ def _run_round(services: dict, ledger: Ledger, round_: int, rng: random.Random, 
 def _check_directory(directory: Path, ledger: Ledger) -> None:
     store = Store(directory / "mail")
     try:
-        mb = store.mailbox(BOB, "INBOX", create=True)
-        mb.sync()
-        root = Path(mb.path) if hasattr(mb, "path") else directory / "mail" / BOB
-        indexed = {}
         subjects: dict[str, int] = {}
-        for info in mb.messages():
-            data = mb.read(info.uid)  # every indexed file exists and is whole
-            m = _SUBJECT.search(data)
-            assert m and data.rstrip().endswith(b"x" * 10), f"UID {info.uid} is not a whole message"
-            subject = m.group(1).decode()
-            subjects[subject] = subjects.get(subject, 0) + 1
-            ledger.see_uid(info.uid, subject)
-            indexed[info.uid] = subject
-        on_disk = {p.name.split(":")[0] for d in ("new", "cur") for p in (root / d).iterdir()}
-        in_index = {str(mb.file_path(uid).name).split(":")[0] for uid in indexed}
-        assert on_disk == in_index, (on_disk ^ in_index)
+        where: dict[str, str] = {}
+        for folder in ("INBOX", "Archive"):
+            mb = store.mailbox(BOB, folder, create=True)
+            mb.sync()
+            ledger.see_uidvalidity(folder, mb.uidvalidity)
+            indexed = {}
+            for info in mb.messages():
+                data = mb.read(info.uid)  # every indexed file exists and is whole
+                m = _SUBJECT.search(data)
+                assert m and data.rstrip().endswith(b"x" * 10), f"{folder} UID {info.uid} is not a whole message"
+                subject = m.group(1).decode()
+                subjects[subject] = subjects.get(subject, 0) + 1
+                where[subject] = folder
+                ledger.see_uid(folder, info.uid, subject)
+                indexed[info.uid] = subject
+            on_disk = {p.name.split(":")[0] for d in ("new", "cur") for p in (Path(mb.path) / d).iterdir()}
+            in_index = {mb.file_path(uid).name.split(":")[0] for uid in indexed}
+            assert on_disk == in_index, (folder, on_disk ^ in_index)
+        not_moved = {s for s in ledger.moved if where.get(s) != "Archive"}
+        assert not not_moved, f"MOVE acknowledged but not in Archive: {sorted(not_moved)}"
         twice = {s for s, n in subjects.items() if n > 1}
         assert not twice, f"stored twice: {twice}"
         missing = ledger.delivered - ledger.deleted - set(subjects)
@@ -208,10 +231,12 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(tmp_path) -> None:
         c.login("bob", "bob-pw")
         typ, data = c.append("INBOX", None, None, _message("after-the-crashes"))
         uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
-        assert uid > max(ledger.uids), (uid, max(ledger.uids))
+        highest = max(u for (folder, u) in ledger.uids if folder == "INBOX")
+        assert uid > highest, (uid, highest)
         c.logout()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
-    print(f"acknowledged: {len(ledger.delivered)} delivered, {len(ledger.deleted)} deleted, {len(ledger.uids)} UIDs")
-    assert len(ledger.delivered) > 10 and ledger.deleted, "the workers barely ran"
+    print(f"acknowledged: {len(ledger.delivered)} delivered, {len(ledger.deleted)} deleted,"
+          f" {len(ledger.moved)} moved, {len(ledger.uids)} UIDs")
+    assert len(ledger.delivered) > 10 and ledger.deleted and ledger.moved, "the workers barely ran"
