@@ -270,7 +270,7 @@ def figure(path: RelayPath, *, width: float | None = None) -> Figure:
             ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color=colour,
                                          linestyle=style, linewidth=1.6, connectionstyle=bend))
         glyph = {False: "✗ ", None: "↻ "}.get(hop.ok, "")
-        label = glyph + hop.label().replace(", ", "\n", 1)
+        label = glyph + "\n".join(_wrap(part, 20) for part in hop.label().split(", ", 1))
         below = "\n".join(_wrap(b, 30) for b in (hop.result,) if b)
         if down:  # label beside the arrow, its story under its own box: nothing crosses
             say(xt + bw / 2 + 0.1, (ys + yt + bh) / 2, label, ha="left", va="center", fontsize=8, color=colour)
