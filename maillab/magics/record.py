@@ -33,7 +33,7 @@ def save(magics: MailMagics, args: argparse.Namespace) -> Any:
     """Save this lab's events: JSON to replay later, or RFC-style C:/S: text."""
     lab = state.existing_lab()
     if lab is None:
-        raise UsageError("no lab has run in this kernel yet: nothing to save")
+        raise UsageError("no lab in this kernel: nothing to save (save before %mail stop)")
     events = select(lab.events.events(), session=args.session, protocol=args.protocol)
     try:
         path = recording.save(events, args.path, args.format, side=args.side)

@@ -29,7 +29,7 @@ _CSS = (
     ".ml-step .states{display:flex;flex-wrap:wrap;gap:.3em;margin:.3em 0 .5em 0}"
     ".ml-step .st{border:1px solid var(--ml-line);border-radius:4px;padding:.15em .45em}"
     ".ml-step .st.now{border:2px solid var(--ml-client);font-weight:bold}"
-    ".ml-step dt{font-weight:bold;margin-top:.3em}.ml-step dd{margin-left:1em;overflow-wrap:anywhere}"
+    ".ml-step .fact{margin-top:.25em;overflow-wrap:anywhere}"
     "</style>"
 )
 
@@ -60,11 +60,12 @@ def steps_html(client: StepClient, steps: list[Step] | None = None) -> str:
 def picture_html(protocol: str, pic: Picture) -> str:
     states = "".join(f'<span class="st{" now" if s == pic.current else ""}">'
                      f'{"▶ " if s == pic.current else ""}{html.escape(s)}</span>' for s in pic.states)
-    facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in pic.facts)
     valid = ", ".join(pic.valid) or "none: the session is over"
+    # Label/value rows as divs: JupyterLab's own <dl> styles squeeze the labels.
+    facts = "".join(f'<div class="fact"><b>{html.escape(k)}:</b> {html.escape(v)}</div>'
+                    for k, v in [*pic.facts, ("valid now", valid)])
     return theme.page(f'{_CSS}<div><b>{protocol.upper()} state</b></div>'
-                      f'<div class="states">{states}</div><dl>{facts}<dt>valid now</dt>'
-                      f"<dd>{html.escape(valid)}</dd></dl>", kind="step")
+                      f'<div class="states">{states}</div>{facts}', kind="step")
 
 
 def picture_text(protocol: str, pic: Picture) -> str:
@@ -108,7 +109,8 @@ class StepView:
                             f"<code>{html.escape(client.address)}</code> to {html.escape(client.target)}")
         self.log = w.HTML(layout=w.Layout(flex="2 1 24em", max_height="32em", overflow="auto"))
         self.state = w.HTML(layout=w.Layout(flex="1 1 14em", margin="0 0 0 1em"))
-        self.command = w.Textarea(layout=w.Layout(width="100%", height="auto"), rows=1,
+        # width "auto": a stretched flex child; "100%" plus the widget margins overflowed.
+        self.command = w.Textarea(layout=w.Layout(width="auto", height="auto"), rows=1,
                                   placeholder="type a command; the suggestion follows the protocol state")
         self.button = w.Button(description="send ▶", button_style="primary",
                                tooltip="send this over the real connection")
@@ -118,9 +120,9 @@ class StepView:
         self.reset.on_click(lambda _b: self._suggest())
         self.widget = w.VBox([
             self.title,
-            w.HBox([self.log, self.state], layout=w.Layout(flex_flow="row wrap", width="100%")),
+            w.HBox([self.log, self.state], layout=w.Layout(flex_flow="row wrap")),
             self.command, w.HBox([self.button, self.reset, self.status]),
-        ], layout=w.Layout(width="100%"))
+        ])
         client.listeners.append(self._refresh)
         theme.settings.follow(self)  # %mail present on: this view grows at once
         self._refresh()
