@@ -8,7 +8,8 @@ UPDATEs are checked here, in the order RFC 8945 and RFC 2136 give:
 1. the TSIG signature (RFC 8945 5.2): no signature -> REFUSED; an unknown or revoked
    key -> NOTAUTH/BADKEY; a wrong MAC -> NOTAUTH/BADSIG; a time outside the fudge
    -> NOTAUTH/BADTIME (signed, with our time, so the client can tell its clock is off);
-   a signed message seen before (a replay) -> REFUSED;
+   the same signed message again (a retransmission, or a replay) -> the answer it got the
+   first time, and nothing is applied twice;
 2. the key's rate (:class:`TokenBucket`, ``limits.class_update_rate``): a flood -> REFUSED;
 3. the zone section names our zone (RFC 2136 3.1) -> NOTAUTH otherwise;
 4. prerequisites, the update policy, prescan, and the change as one transaction
@@ -71,7 +72,8 @@ CLASS_TTL = 60
 TSIG_FUDGE = 300
 #: How many queries and updates the class map keeps (older ones are counted, not kept).
 KEEP_EVENTS = 2000
-#: MACs of recent signed UPDATEs, so a captured UPDATE cannot be replayed within the fudge.
+#: Answers to recent signed UPDATEs by MAC: a client that retransmits gets the same answer,
+#: and a captured UPDATE replayed within the fudge changes nothing.
 KEEP_MACS = 4096
 #: The TXT record at the zone apex that tells a joining lab the class's MX port.
 MX_PORT_TXT = "maillab-class mx-port="
@@ -162,7 +164,7 @@ class ClassDNS:
         self.last_seen: dict[str, float] = {}  # key name -> last accepted UPDATE
         self.listeners: list[Callable[[], None]] = []  # views: called on the DNS thread
         self._buckets: dict[str, TokenBucket] = {}
-        self._macs: OrderedDict[bytes, None] = OrderedDict()
+        self._answered: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
         self._lock = threading.Lock()  # views read the deques from another thread
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
@@ -346,11 +348,20 @@ class ClassDNS:
         signed = msg.tsig[0]
         if abs(signed.time_signed - time.time()) > TSIG_FUDGE:
             return self._tsig_error(wire, peer, dns.rcode.BADTIME, f"time more than {TSIG_FUDGE} s off")
-        if signed.mac in self._macs:
-            return self._refuse(response, peer, keyname, dns.rcode.REFUSED, "a replayed UPDATE (seen before)")
-        self._macs[signed.mac] = None
-        while len(self._macs) > KEEP_MACS:
-            self._macs.popitem(last=False)
+        seen = self._answered.get(signed.mac)
+        if seen is not None:
+            self._record(peer, keyname, seen[1], "the same signed UPDATE again (a retransmission or a replay):"
+                                                 " its first answer, nothing applied twice")
+            return seen[0]
+        out = self._signed_update(msg, response, peer, keyname)
+        self._answered[signed.mac] = (out, response.rcode())
+        while len(self._answered) > KEEP_MACS:
+            self._answered.popitem(last=False)
+        return out
+
+    def _signed_update(self, msg: dns.update.UpdateMessage, response: dns.message.Message, peer: str,
+                       keyname: str) -> bytes:
+        """Rate, zone, then the update itself (:mod:`.policy`), for a verified signed UPDATE."""
         bucket = self._buckets.setdefault(keyname, TokenBucket(self.limits.class_update_rate,
                                                                self.limits.class_update_burst))
         if not bucket.take():
