@@ -25,10 +25,13 @@ VERSION = 1
 FIELDS = ("seq", "time", "session", "kind", "protocol", "side", "host", "text", "data")
 
 
-def to_json(events: Iterable[Event]) -> dict[str, Any]:
-    """A run as a JSON-ready dict: a small header and every event in order."""
+def to_json(events: Iterable[Event], views: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run as a JSON-ready dict: a small header, every event in order, and
+    ``views``: what a view needs that the events alone do not hold (the relay
+    paths, built from the relay queue while the lab ran)."""
     return {"format": FORMAT, "version": VERSION, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "events": [{name: getattr(e, name) for name in FIELDS} for e in events]}
+            "events": [{name: getattr(e, name) for name in FIELDS} for e in events],
+            "views": views or {}}
 
 
 def from_json(doc: dict[str, Any]) -> list[Event]:
@@ -47,20 +50,26 @@ def from_json(doc: dict[str, Any]) -> list[Event]:
     return out
 
 
-def save_json(events: Iterable[Event], path: str | Path) -> Path:
+def save_json(events: Iterable[Event], path: str | Path, views: dict[str, Any] | None = None) -> Path:
     path = Path(path)
     # default=str: event data is JSON-shaped, but a stray object must not lose the run
-    path.write_text(json.dumps(to_json(events), ensure_ascii=False, indent=0, default=str),
+    path.write_text(json.dumps(to_json(events, views), ensure_ascii=False, indent=0, default=str),
                     encoding="utf-8")
     return path
 
 
-def load(path: str | Path) -> list[Event]:
+def load_document(path: str | Path) -> dict[str, Any]:
+    """The whole saved run (header, events as dicts, views), checked."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not JSON: {exc}") from None
-    return from_json(doc)
+    from_json(doc)  # checks the format and every event
+    return doc
+
+
+def load(path: str | Path) -> list[Event]:
+    return from_json(load_document(path))
 
 
 def replay_bus(events: Sequence[Event]) -> EventBus:
@@ -99,13 +108,14 @@ def rfc_text(events: Iterable[Event], *, side: str = "server") -> str:
     return "\n\n".join(blocks) + ("\n" if blocks else "")
 
 
-def save(events: Sequence[Event], path: str | Path, fmt: str | None = None, *, side: str = "server") -> Path:
+def save(events: Sequence[Event], path: str | Path, fmt: str | None = None, *, side: str = "server",
+         views: dict[str, Any] | None = None) -> Path:
     """Save as JSON (replayable) or RFC text (``fmt`` "json" or "rfc"; by default
     from the file name: ``.json`` is JSON, anything else RFC text)."""
     path = Path(path)
     fmt = fmt or ("json" if path.suffix.lower() == ".json" else "rfc")
     if fmt == "json":
-        return save_json(events, path)
+        return save_json(events, path, views)
     if fmt == "rfc":
         path.write_text(rfc_text(events, side=side), encoding="utf-8")
         return path

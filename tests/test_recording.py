@@ -4,6 +4,7 @@ shows them again with no server running, and the RFC export reads like the RFCs.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import magic_shell
@@ -16,6 +17,12 @@ from maillab.views.replay import Replay
 def test_save_replay_and_rfc_text(tmp_path):
     with magic_shell(tmp_path) as (shell, lab):
         shell.run_cell_magic("mail", "--from alice@alpha.test --to bob@alpha.test --subject saved", "hello")
+        shell.run_cell_magic("mail", "--from alice@alpha.test --to carol@beta.test --subject far", "hi")
+        carol = lab.store.mailbox("carol@beta.test")
+        deadline = time.monotonic() + 20
+        while not carol.messages() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        live_path = repr(shell.run_line_magic("mail", "relay --static"))
         shell.run_line_magic("pop3", "bob --list --dele 1")
         done = shell.run_line_magic("mail", f"save {tmp_path / 'run.json'}")
         assert "saved" in repr(done)
@@ -38,6 +45,7 @@ def test_save_replay_and_rfc_text(tmp_path):
     text = run.text()
     assert "FROM:<alice@alpha.test>" in text and "S: 354 " in text
     assert "UPDATE removed message(s) 1" in text  # the POP3 state view, from the file
+    assert live_path in text and "mx1.beta.test" in live_path  # the relay path as it was
     pytest.importorskip("ipywidgets")
     assert "RETR" in run.transcript.html.value or "DELE 1" in run.transcript.html.value
 

@@ -15,7 +15,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .. import recording
-from ..views.replay import Replay
+from ..views.replay import Replay, relay_paths
 from ..views.transcript import select
 from . import state
 from .mail import HelpText, MailMagics, subcommand
@@ -35,8 +35,9 @@ def save(magics: MailMagics, args: argparse.Namespace) -> Any:
     if lab is None:
         raise UsageError("no lab in this kernel: nothing to save (save before %mail stop)")
     events = select(lab.events.events(), session=args.session, protocol=args.protocol)
+    views = {"relay": relay_paths(lab)} if args.session is None and args.protocol is None else {}
     try:
-        path = recording.save(events, args.path, args.format, side=args.side)
+        path = recording.save(events, args.path, args.format, side=args.side, views=views)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     sessions = len({e.session for e in events})
@@ -54,10 +55,11 @@ def save(magics: MailMagics, args: argparse.Namespace) -> Any:
 def replay(magics: MailMagics, args: argparse.Namespace) -> Any:
     """Show a saved run in the transcript and state views, no server needed."""
     try:
-        events = recording.load(args.path)
-    except (OSError, ValueError) as exc:
+        doc = recording.load_document(args.path)
+        run = Replay(recording.from_json(doc), args.path, session=args.session, protocol=args.protocol,
+                     views=doc.get("views"))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         raise UsageError(f"cannot replay {args.path}: {exc}") from None
-    run = Replay(events, args.path, session=args.session, protocol=args.protocol)
     if args.sequence:
         try:
             return run.sequence(None if args.sequence == "last" else args.sequence)
