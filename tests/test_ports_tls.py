@@ -258,3 +258,32 @@ def test_require_tls_means_no_plaintext_login_anywhere(tmp_path) -> None:
         assert pm.row("imap").auth_before_tls == "no" and port_map(lab).row("imap").auth_before_tls.startswith("yes")
     finally:
         lab.stop()
+
+
+def test_starttls_after_a_login_is_refused_in_all_three_protocols(tmp_path) -> None:
+    """Only the teacher's switch lets a login come before TLS; STARTTLS after it is refused
+    (SMTP 503, POP3 -ERR in TRANSACTION, IMAP BAD in AUTHENTICATED) and the session goes on."""
+    lab = Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], limits=fast_limits(),
+              services=("submission", "pop3", "imap"))
+    lab.start()
+    lab.policy.plaintext_auth_demo = True
+    try:
+        cases = [("submission", b"EHLO c.test\r\nAUTH PLAIN AGFsaWNlQGFscGhhLnRlc3QAYWxpY2UtcHc=\r\n",
+                  b"STARTTLS\r\n", b"503 5.5.1", b"NOOP\r\n", b"250"),
+                 ("pop3", b"USER bob@alpha.test\r\nPASS bob-pw\r\n", b"STLS\r\n", b"-ERR", b"NOOP\r\n", b"+OK"),
+                 ("imap", b"a LOGIN bob@alpha.test bob-pw\r\n", b"b STARTTLS\r\n", b"b BAD", b"c NOOP\r\n",
+                  b"c OK")]
+        for service, login, starttls, refused, noop, ok in cases:
+            with socket.create_connection(lab.address(service), timeout=5) as s:
+                f = s.makefile("rb")
+                f.readline()
+                s.sendall(login)
+                line = f.readline()
+                while not line.startswith((b"235", b"+OK bob", b"a OK")):
+                    line = f.readline()
+                s.sendall(starttls)
+                assert f.readline().startswith(refused), service
+                s.sendall(noop)
+                assert f.readline().startswith(ok), service
+    finally:
+        lab.stop()

@@ -385,6 +385,10 @@ class SMTPSession:
             return Reply(554, "5.5.1", "Error: TLS already active")
         if not self.starttls_available:
             return Reply(454, "4.7.0", "TLS not available")
+        if self.user is not None:
+            # Only reachable with the teacher's switch (a login in the clear): the password
+            # is already out, and a session must not start over under a login it keeps.
+            return Reply(503, "5.5.1", "Error: already authenticated; STARTTLS comes before AUTH")
         return Reply(220, "2.0.0", "Ready to start TLS", starttls=True)
 
     def cmd_auth(self, arg: str) -> Step:
