@@ -142,6 +142,24 @@ def _syntax(detail: str, what: str, arg: str) -> PathError:
     return PathError(Reply(501, code, f"<{arg[:80]}>: bad {what} address syntax ({detail})"))
 
 
+def _closing_angle(text: str) -> int:
+    """The index of the ">" that closes the path opened at text[0], or -1. A ">" inside
+    a quoted local part (``<">"@x>``, RFC 5321 4.1.2 qtextSMTP) does not close it."""
+    quoted = False
+    i = 1
+    while i < len(text):
+        c = text[i]
+        if quoted and c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == ">" and not quoted:
+            return i
+        i += 1
+    return -1
+
+
 def parse_path(text: str, *, what: str = "recipient", allow_null: bool = False) -> tuple[Path, str]:
     """Split ``<path> params`` (the argument after ``MAIL FROM:`` / ``RCPT TO:``).
 
@@ -151,7 +169,7 @@ def parse_path(text: str, *, what: str = "recipient", allow_null: bool = False) 
     """
     text = text.strip()
     if text.startswith("<"):
-        end = text.find(">")
+        end = _closing_angle(text)
         if end < 0:
             raise _syntax("missing '>'", what, text)
         inner, rest = text[1:end], text[end + 1:]
