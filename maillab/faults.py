@@ -118,9 +118,6 @@ class Rule:
         return (f"{self.host} {where}: {what} {self.action()}"
                 + (f" ({', '.join(when)})" if when else "") + f" [{count}]")
 
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
 
 class Faults:
     """``lab.faults``: the lab's failure rules. Rules are added and healed from any
@@ -200,9 +197,6 @@ class Faults:
                     rule.fired += 1
                     chosen = rule
             return chosen
-
-    def __len__(self) -> int:
-        return len(self._rules)
 
 
 def _closes(protocol: str, reply: str) -> bool:
