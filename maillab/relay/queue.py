@@ -57,6 +57,7 @@ from .message import (
     Recipient,
 )
 from .mx import RouteError, find_route
+from .spool import DIRNAME, Spool
 from .tlspolicy import choose
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class RelayQueue:
         self._encrypt_context: Any = None
         self.closed = False
         self.control = lab.events.session("relay", "server", "lab-relay", "", role="control")
+        self.spool = Spool(lab.directory / DIRNAME)  # what a 250 promised, on disk
 
     @property
     def tls_policy(self) -> str:
@@ -115,6 +117,11 @@ class RelayQueue:
             self._encrypt_context.verify_mode = ssl.CERT_NONE
         self._connections = ConnectionCache(self.lab.events, self.lab.limits.relay_connection_cache)
         self.closed = False
+        for entry in self.spool.load():  # left by a crash or a stop: queued again, same id
+            if entry.origin in self.lab.topology.hosts:
+                self.submit(entry.mail_from, entry.rcpts, entry.data, origin=entry.origin,
+                            queue_id=entry.id, created=entry.created)
+                self.control.note(f"{entry.id} taken back from the spool ({DIRNAME}/) after a restart")
 
     async def stop(self) -> None:
         self.closed = True
@@ -133,7 +140,8 @@ class RelayQueue:
 
     # -- the interface the SMTP server calls ----------------------------------------------
     def submit(self, mail_from: str, rcpts: list[str], data: bytes, *,
-               origin: MailHost | str, session: str | None = None) -> str:
+               origin: MailHost | str, session: str | None = None,
+               queue_id: str | None = None, created: float | None = None) -> str:
         """Queue ``data`` from ``mail_from`` for ``rcpts`` on host ``origin``; returns the
         queue id at once (delivery runs as a task on the lab loop)."""
         if self.closed or self._loop is None:
@@ -141,13 +149,14 @@ class RelayQueue:
         if not self.lab.loop.in_lab_thread():
             # From a cell: the queue's state belongs to the lab thread, so submit there.
             return self.lab.loop.call(functools.partial(self.submit, mail_from, rcpts, data,
-                                                        origin=origin, session=session))
+                                                        origin=origin, session=session,
+                                                        queue_id=queue_id, created=created))
         host = origin if isinstance(origin, MailHost) else self.lab.topology.hosts[origin]
-        qid = self._new_id()
+        qid = queue_id or self._new_id()
         msg = QueuedMessage(
             id=qid, origin=host.name, mail_from=mail_from,
             recipients=[Recipient(r) for r in dict.fromkeys(rcpts)],
-            created=time.time(), size=len(data), data=data, header=original_header(data),
+            created=created or time.time(), size=len(data), data=data, header=original_header(data),
             submitted_session=session,
         )
         try:
@@ -156,6 +165,7 @@ class RelayQueue:
             msg.message_id = str(hdr.get("Message-ID", "") or "")
         except Exception:  # noqa: BLE001 - a header we cannot read still gets delivered
             pass
+        self.spool.save(msg)  # before the 250: a crash from here on loses nothing
         self._messages[qid] = msg
         self._last = qid
         rec = self.lab.events.session("relay", "server", host.name, "", queue_id=qid)
@@ -591,6 +601,7 @@ class RelayQueue:
             self._timers[msg.id] = self._loop.call_later(delay, self._launch, msg)
             self._state(msg, RETRYING, f"{len(pending)} recipient(s) deferred ({pending[0].text});"
                                        f" retry {msg.retries} in {delay:g} s")
+            self.spool.save(msg)
             return
         msg.next_attempt = None
         msg.finished = time.time()
@@ -599,6 +610,7 @@ class RelayQueue:
         if delivered:
             msg.last_error = None
         msg.data = b""  # delivered or bounced: the body is no longer the queue's to keep
+        self.spool.remove(msg.id)
         summary = "; ".join(f"<{r.address}> {r.state} by {r.host or '-'} ({r.text})" for r in msg.recipients)
         self._state(msg, state, f"{state}: {summary}",
                     elapsed=round(msg.finished - msg.created, 4))

@@ -1,0 +1,89 @@
+"""The relay queue on disk: a message the SMTP server acknowledged with 250 for
+relaying outlives the lab process (a crash, ``kill -9``, a restart).
+
+One entry per queued message in ``LAB_DIR/relay-queue/``: ``<id>.eml`` holds the
+message exactly as it will be sent, ``<id>.json`` the envelope still to be served
+(sender, origin host, the recipients not yet delivered or bounced, creation time).
+Each file is written to a temporary name and renamed into place, and the JSON is
+written last, so an entry is either whole or absent; a crash between the two
+leaves an ``.eml`` without JSON, which the next start removes (its SMTP session
+had not been answered yet). The JSON is rewritten after every delivery attempt
+with the recipients that remain, and both files go when the message is final.
+
+Delivery is therefore at least once, as in Postfix: a crash after the next hop
+said 250 and before the JSON was rewritten sends that recipient's copy again.
+Files are not fsync'ed (like the store's sqlite in WAL mode with synchronous=NORMAL):
+a process crash loses nothing, a power cut may lose the last entries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .message import BOUNCED, DELIVERED, QueuedMessage
+
+DIRNAME = "relay-queue"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A message found in the spool at start, to be queued again."""
+
+    id: str
+    origin: str
+    mail_from: str
+    rcpts: list[str]
+    created: float
+    data: bytes
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class Spool:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def save(self, msg: QueuedMessage) -> None:
+        """Record what is left to do for ``msg`` (nothing: the entry is removed)."""
+        pending = [r.address for r in msg.recipients if r.state not in (DELIVERED, BOUNCED)]
+        if not pending or not msg.data:
+            self.remove(msg.id)
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        body = self.directory / f"{msg.id}.eml"
+        if not body.exists():
+            _write(body, msg.data)
+        meta: dict[str, Any] = {"id": msg.id, "origin": msg.origin, "mail_from": msg.mail_from,
+                                "rcpts": pending, "created": msg.created}
+        _write(self.directory / f"{msg.id}.json", json.dumps(meta).encode())
+
+    def remove(self, queue_id: str) -> None:
+        for suffix in (".json", ".eml"):  # the JSON first: without it the entry is void
+            (self.directory / f"{queue_id}{suffix}").unlink(missing_ok=True)
+
+    def load(self) -> list[Entry]:
+        """The whole entries, oldest first; leftovers of a write cut short are removed."""
+        if not self.directory.is_dir():
+            return []
+        entries = []
+        for meta_path in self.directory.glob("*.json"):
+            try:
+                meta = json.loads(meta_path.read_text())
+                data = (self.directory / f"{meta['id']}.eml").read_bytes()
+                entries.append(Entry(str(meta["id"]), str(meta["origin"]), str(meta["mail_from"]),
+                                     [str(r) for r in meta["rcpts"]], float(meta["created"]), data))
+            except (OSError, ValueError, KeyError, TypeError):
+                meta_path.unlink(missing_ok=True)  # unreadable: never acknowledged whole
+        known = {e.id for e in entries}
+        for path in self.directory.iterdir():
+            if path.suffix == ".tmp" or (path.suffix == ".eml" and path.stem not in known):
+                path.unlink(missing_ok=True)
+        return sorted(entries, key=lambda e: e.created)
