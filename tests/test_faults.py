@@ -220,6 +220,9 @@ def test_mail_fail_lists_adds_and_heals(tmp_path: Path) -> None:
         ip.run_line_magic("mail", "fail mail.alpha.test --imap * --delay 2s")
         ip.run_line_magic("mail", "fail mail.alpha.test --pop3 STAT --drop")
         ip.run_line_magic("mail", "fail mx2.beta.test down")
+        queue = repr(ip.run_line_magic("mail", "queue"))  # why mail may be waiting
+        assert "failure injected: mx2.beta.test down" in queue
+        assert "failure injected: mx1.beta.test smtp: RCPT answers '452 4.2.2 mailbox full'" in queue
         listing = ip.run_line_magic("mail", "fail")
         assert isinstance(listing, FaultsView)
         text = repr(listing)

@@ -108,7 +108,8 @@ def relay_queue(magics: MailMagics, args: argparse.Namespace) -> Any:
     else:
         msgs = relay.queue(args.host)
     title = f"relay queue of {args.host}" if args.host else "relay queue (all hosts)"
-    return QueueView(msgs, faults=relay.faults(), title=title)
+    rules = [r.describe() for r in magics.lab().faults.rules() if r.protocol == "smtp" and not r.label]
+    return QueueView(msgs, faults=relay.faults(), rules=rules, title=title)
 
 
 @subcommand("dig")

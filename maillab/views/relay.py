@@ -518,9 +518,10 @@ class QueueView:
     """What ``%mail queue`` returns: each host's queue, one row per message."""
 
     def __init__(self, messages: Iterable[Any], *, faults: dict[str, Any] | None = None,
-                 title: str = "relay queue") -> None:
+                 rules: Iterable[str] = (), title: str = "relay queue") -> None:
         self.rows = [self._row(m) for m in messages]
         self.faults = dict(faults or {})
+        self.rules = list(rules)  # other SMTP failure rules (lab.faults), described
         self.title = title
 
     @staticmethod
@@ -534,7 +535,7 @@ class QueueView:
 
     def _footer(self) -> list[str]:
         return [f"failure injected: {h} {k}" + (f" {v:g} s" if isinstance(v, (int, float)) else "")
-                for h, (k, v) in self.faults.items()]
+                for h, (k, v) in self.faults.items()] + [f"failure injected: {r}" for r in self.rules]
 
     def __repr__(self) -> str:
         if not self.rows:
