@@ -105,3 +105,25 @@ def test_partial_attempts_get_hints_about_what_is_missing(lab):
     wrong = lab.check("received_chain", answer="mx1.beta.test")
     assert not wrong.passed and "bottom-up" in wrong.hints[0]
     assert lab.check("received_chain", answer="mail.alpha.test").passed
+
+
+def test_checks_judge_any_client_the_step_through_one_too(single_lab):
+    """The checks read the servers' side: an attempt made one command at a time counts."""
+    from maillab.step import StepClient
+
+    lab = single_lab
+    smtp = StepClient(lab, "smtp", "alice", recipient="bob@alpha.test", timeout=5)
+    for _ in range(12):
+        if not smtp.suggestion():
+            break
+        smtp.send(smtp.suggestion())
+    assert lab.check("submission").passed
+    dropped = StepClient(lab, "pop3", "bob", timeout=5)
+    for line in ("USER bob", "PASS bob-pw", "DELE 1"):
+        dropped.send(line)
+    dropped.close()  # no QUIT
+    assert "no message is really gone" in lab.check("pop3_delete").hints[0]
+    quit_ = StepClient(lab, "pop3", "bob", timeout=5)
+    for line in ("USER bob", "PASS bob-pw", "DELE 1", "QUIT"):
+        quit_.send(line)
+    assert lab.check("pop3_delete").passed
