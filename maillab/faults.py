@@ -38,6 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 PROTOCOLS = ("smtp", "pop3", "imap")
+#: The longest delay a rule may add (seconds): past every client's timeout already, and
+#: a session waiting longer only holds a connection for nothing.
+MAX_DELAY = 600.0
 ANY = "*"
 CONNECT = "CONNECT"
 
@@ -157,9 +160,12 @@ class Faults:
                                     "smtp": '"421 ..."'}[protocol])
         if reply is None and not drop and not delay:
             raise ValueError("a fault needs a reply, a delay or --drop")
-        seconds = parse_duration(delay) if delay else 0.0
-        if after < 0 or (times is not None and times < 1) or seconds < 0:
-            raise ValueError("after must be >= 0, times >= 1 and the delay >= 0")
+        try:
+            seconds = parse_duration(delay) if delay else 0.0
+        except ValueError:
+            raise ValueError(f"{delay!r} is not a duration (e.g. 2s, 500ms)") from None
+        if after < 0 or (times is not None and times < 1) or not 0 <= seconds <= MAX_DELAY:
+            raise ValueError(f"after must be >= 0, times >= 1 and the delay 0 to {MAX_DELAY:g} s")
         rule = Rule(host, protocol, command, reply, after=after, times=times, delay=seconds,
                     drop=drop, service=service, label=label)
         with self._lock:

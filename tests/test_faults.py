@@ -83,6 +83,10 @@ def test_replies_a_protocol_cannot_carry_are_refused(protocol, command, reply, e
         Faults(lambda: [HOST]).add(HOST, protocol, command, reply)
     with pytest.raises(ValueError, match="no lab host"):
         Faults(lambda: [HOST]).add("nowhere.test", "pop3", "RETR", "-ERR x")
+    with pytest.raises(ValueError, match="the delay 0 to 600 s"):
+        Faults(lambda: [HOST]).add(HOST, "pop3", "RETR", delay="1000s")
+    with pytest.raises(ValueError, match="not a duration"):
+        Faults(lambda: [HOST]).add(HOST, "pop3", "RETR", delay="soon")
 
 
 # -- POP3: fetchmail ------------------------------------------------------------------------
