@@ -124,3 +124,16 @@ def test_step_magic_and_button(tmp_path):
         assert view.button.disabled
         assert "-ERR" not in steps_html(view.client)
         assert "step-through POP3" in repr(view)
+
+
+def test_step_view_follows_presenter_mode(tmp_path):
+    pytest.importorskip("ipywidgets")
+    with magic_shell(tmp_path) as (shell, _lab):
+        view = shell.run_line_magic("mail", "step imap bob")
+        try:
+            assert "--ml-scale:1;" in view.log.value or "--ml-scale:1\"" in view.log.value
+            shell.run_line_magic("mail", "present on")
+            assert "--ml-scale:1.6" in view.log.value and "--ml-scale:1.6" in view.state.value
+        finally:
+            shell.run_line_magic("mail", "present off")
+            view.client.close()
