@@ -56,7 +56,7 @@ from maillab.imap.responses import Response
 from maillab.imap.selected_mailbox import RECENT_META
 from maillab.imap.session import IMAPSession
 from maillab.limits import Limits
-from maillab.pop3.maildrop import Maildrop
+from maillab.pop3.maildrop import StoreBackend
 from maillab.pop3.session import POP3Session
 from maillab.smtp import data as smtpdata
 from maillab.smtp.policy import Reply as SMTPReply
@@ -184,8 +184,7 @@ class POP3Server:
     """A :class:`POP3Session` with the lab's users and store behind it."""
 
     def __init__(self, store: Store, users: Users, options: dict[str, str]) -> None:
-        backend = _Backend(store, users)
-        self.session = POP3Session(backend, hostname=options.get("hostname", "mail.test"),
+        self.session = POP3Session(StoreBackend(store, users), hostname=options.get("hostname", "mail.test"),
                                    timestamp=options.get("timestamp"), auth_failure_delay=0)
 
     def greet(self) -> list[str]:
@@ -199,25 +198,6 @@ class POP3Server:
 
     def close(self) -> None:
         self.session.end()
-
-
-class _Backend:
-    """What the POP3 session asks of the lab (the server's LabBackend, on a bare store)."""
-
-    def __init__(self, store: Store, users: Users) -> None:
-        self.store, self.users = store, users
-
-    def authenticate(self, login: str, password: str) -> str | None:
-        return self.users.authenticate(login, password)
-
-    def password(self, login: str) -> str | None:
-        try:
-            return self.users.password(login)
-        except KeyError:
-            return None
-
-    def open_maildrop(self, address: str) -> Maildrop:
-        return Maildrop(self.store.mailbox(address, "INBOX", create=True))
 
 
 class IMAPServer:

@@ -9,29 +9,12 @@ import pytest
 
 from maillab import Lab
 from maillab.pop3.explain import explain
-from maillab.pop3.maildrop import Maildrop
+from maillab.pop3.maildrop import StoreBackend
 from maillab.pop3.session import POP3Session, State, dot_stuff, top_of
 from maillab.store import Store
 from maillab.users import Users
 
 BOB = "bob@alpha.test"
-
-
-class StoreBackend:
-    def __init__(self, store: Store, users: Users) -> None:
-        self.store, self.users = store, users
-
-    def authenticate(self, login: str, password: str) -> str | None:
-        return self.users.authenticate(login, password)
-
-    def password(self, login: str) -> str | None:
-        try:
-            return self.users.password(login)
-        except KeyError:
-            return None
-
-    def open_maildrop(self, address: str) -> Maildrop:
-        return Maildrop(self.store.mailbox(address, "INBOX", create=True))
 
 
 @pytest.fixture

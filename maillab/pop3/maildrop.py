@@ -17,7 +17,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from ..store import Mailbox, MessageInfo
+from ..store import Mailbox, MessageInfo, Store
+from ..users import Users
 
 
 def crlf_only(data: bytes) -> bytes:
@@ -130,3 +131,23 @@ class Maildrop:
             self._released = True
             with _locks_guard:
                 _locked.discard(_lock_key(self.mailbox))
+
+
+class StoreBackend:
+    """Users and maildrops, as the POP3 session asks for them (its ``Backend``): the
+    lab's servers pass the lab's store and users; tests pass their own."""
+
+    def __init__(self, store: Store, users: Users) -> None:
+        self.store, self.users = store, users
+
+    def authenticate(self, login: str, password: str) -> str | None:
+        return self.users.authenticate(login, password)
+
+    def password(self, login: str) -> str | None:
+        try:
+            return self.users.password(login)
+        except KeyError:
+            return None
+
+    def open_maildrop(self, address: str) -> Maildrop:
+        return Maildrop(self.store.mailbox(address, "INBOX", create=True))

@@ -26,7 +26,7 @@ from ..events import SessionRecorder
 from ..listener import DROPPED, LineServer
 from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
-from .maildrop import Maildrop
+from .maildrop import StoreBackend
 from .session import POP3Session, Reply
 
 log = logging.getLogger("maillab.pop3")
@@ -38,25 +38,6 @@ if TYPE_CHECKING:
 RECORD_LINES = 40
 
 
-class LabBackend:
-    """Users and maildrops of a lab, as the POP3 session asks for them."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-
-    def authenticate(self, login: str, password: str) -> str | None:
-        return self.lab.users.authenticate(login, password)
-
-    def password(self, login: str) -> str | None:
-        try:
-            return self.lab.users.password(login)
-        except KeyError:
-            return None
-
-    def open_maildrop(self, address: str) -> Maildrop:
-        return Maildrop(self.lab.store.mailbox(address, "INBOX", create=True))
-
-
 class POP3Server(LineServer):
     """One listener (pop3 or pop3s) of one lab host."""
 
@@ -66,7 +47,7 @@ class POP3Server(LineServer):
 
     def __init__(self, lab: Lab, service: Service, *, implicit_tls: bool) -> None:
         super().__init__(lab, service, implicit_tls=implicit_tls)
-        self.backend = LabBackend(lab)
+        self.backend = StoreBackend(lab.store, lab.users)
 
     @property
     def idle_timeout(self) -> float:
