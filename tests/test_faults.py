@@ -246,7 +246,8 @@ def test_mail_fail_lists_adds_and_heals(tmp_path: Path) -> None:
         assert "no failures injected" in repr(ip.run_line_magic("mail", "fail"))
 
 
-def test_the_transcript_shows_where_a_fault_fired(single_lab: Lab) -> None:
+def test_the_transcript_and_the_sequence_diagram_show_where_a_fault_fired(single_lab: Lab) -> None:
+    from maillab.views.sequence import SequenceDiagram
     from maillab.views.transcript import render_html, render_text
 
     lab = single_lab
@@ -262,6 +263,9 @@ def test_the_transcript_shows_where_a_fault_fired(single_lab: Lab) -> None:
     text = render_text(events, times=False, explain=False)
     assert "C: STAT\n** fault injected (mail.alpha.test): STAT -> answers '-ERR [SYS/TEMP] disk busy'" in text
     assert 'class="line ml-temp">** fault injected' in render_html(events)
+    diagram = SequenceDiagram([e for e in events if e.side == "server"])
+    assert "↯ injected by %mail fail: STAT -> '-ERR [SYS/TEMP] disk busy'" in repr(diagram)
+    assert "injected by %mail fail" in diagram.svg()
 
 
 def test_the_lab_magics_report_injected_failures_and_go_on(tmp_path: Path) -> None:
@@ -275,20 +279,3 @@ def test_the_lab_magics_report_injected_failures_and_go_on(tmp_path: Path) -> No
         said = repr(ip.run_line_magic("pop3", "bob --retr 1 --keep"))
         assert "The server said: -ERR [SYS/TEMP] disk busy" in said
         assert "1 message(s) on the server" in said
-
-
-def test_the_sequence_diagram_marks_an_injected_reply(single_lab: Lab) -> None:
-    from maillab.views.sequence import SequenceDiagram
-
-    lab = single_lab
-    lab.faults.add(HOST, "pop3", "STAT", "-ERR [SYS/TEMP] disk busy", times=1)
-    c = poplib.POP3(*lab.address("pop3"), timeout=10)
-    c.user(BOB)
-    c.pass_("bob-pw")
-    with pytest.raises(poplib.error_proto):
-        c.stat()
-    c.quit()
-    server = [e for e in lab.events.events(protocol="pop3") if e.side == "server"]
-    text = repr(SequenceDiagram(server))
-    assert "↯ injected by %mail fail: STAT -> '-ERR [SYS/TEMP] disk busy'" in text, text
-    assert "injected by %mail fail" in SequenceDiagram(server).svg()
