@@ -26,13 +26,15 @@ from .keys import KeyFile
 from .server import DEFAULT_MX_PORT, DEFAULT_PORT, DEFAULT_ZONE, ClassDNS
 
 
-def _class_info(directory: str) -> dict[str, Any]:
+def _class(directory: str) -> tuple[dict[str, Any], KeyFile]:
+    """The running class's ``class.json`` and its keys file (the server reloads it)."""
     path = Path(directory) / "class.json"
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except (OSError, ValueError):
         raise SystemExit(f"maillab class: no {path}: start the class DNS first"
                          f" (maillab class host --listen ADDR --dir {directory})") from None
+    return info, KeyFile(Path(directory) / "keys.json", info["zone"])
 
 
 def host(args: argparse.Namespace) -> int:
@@ -61,9 +63,9 @@ def host(args: argparse.Namespace) -> int:
 
 
 def key(args: argparse.Namespace) -> int:
-    info = _class_info(args.dir)
+    info, keyfile = _class(args.dir)
     try:
-        k = KeyFile(Path(args.dir) / "keys.json", info["zone"]).add(args.name)
+        k = keyfile.add(args.name)
     except ValueError as exc:
         print(f"maillab class key: {exc}", file=sys.stderr)
         return 2
@@ -72,16 +74,14 @@ def key(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    info = _class_info(args.dir)
-    for k in KeyFile(Path(args.dir) / "keys.json", info["zone"]).keys():
+    for k in _class(args.dir)[1].keys():
         print(f"{k.name}\t{'active' if k.active else 'revoked'}")
     return 0
 
 
 def revoke(args: argparse.Namespace) -> int:
-    info = _class_info(args.dir)
     try:
-        k = KeyFile(Path(args.dir) / "keys.json", info["zone"]).revoke(args.name)
+        k = _class(args.dir)[1].revoke(args.name)
     except KeyError as exc:
         print(f"maillab class revoke: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -90,8 +90,8 @@ def revoke(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    info = _class_info(args.dir)
-    sys.stdout.write(KeyFile(Path(args.dir) / "keys.json", info["zone"]).export_csv(info["join"]))
+    info, keyfile = _class(args.dir)
+    sys.stdout.write(keyfile.export_csv(info["join"]))
     return 0
 
 

@@ -31,7 +31,6 @@ its own (:class:`maillab.runtime.LabLoop`), in the teacher's kernel or in
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import struct
 import threading
@@ -56,6 +55,7 @@ import dns.update
 import dns.zone
 
 from ..dns.server import AnswerCache
+from ..dns.transport import bind_udp_tcp, serve_stream
 from ..limits import Limits
 from ..runtime import LabLoop
 from . import policy
@@ -233,21 +233,7 @@ class ClassDNS:
         self.started = False
 
     async def _bind(self) -> None:
-        loop = asyncio.get_running_loop()
-        port = self.port
-        for attempt in range(20):  # UDP and TCP must share the port (port 0: try again)
-            transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), local_addr=(self.listen, port))
-            got = transport.get_extra_info("sockname")[1]
-            try:
-                self._tcp = await asyncio.start_server(self._tcp_client, self.listen, got)
-            except OSError as exc:
-                transport.close()
-                if port == 0 and exc.errno == errno.EADDRINUSE and attempt < 19:
-                    continue
-                raise
-            self._udp = transport  # type: ignore[assignment]
-            self.port = got
-            return
+        self._udp, self._tcp, self.port = await bind_udp_tcp(self.listen, self.port, self.handle, self._tcp_client)
 
     async def _close(self) -> None:
         if self._udp is not None:
@@ -286,9 +272,10 @@ class ClassDNS:
         return f"--join {self.join_address} --key {key.spec()}"
 
     # -- one message in, one out ---------------------------------------------------------------
-    def handle(self, wire: bytes, peer: str, transport: str) -> bytes | None:
-        """Any DNS message -> the response bytes (None: dropped). Never raises."""
+    def handle(self, wire: bytes, addr: tuple[str, int], transport: str) -> bytes | None:
+        """Any DNS message from ``addr`` -> the response bytes (None: dropped). Never raises."""
         self.queries += 1
+        peer = addr[0]
         if len(wire) < 12:
             return None
         flags = struct.unpack("!H", wire[2:4])[0]
@@ -417,22 +404,10 @@ class ClassDNS:
         task = asyncio.current_task()
         if task is not None:
             self._tcp_tasks.add(task)
-        peer = (writer.get_extra_info("peername") or ("?", 0))[0]
         try:
             if len(self._tcp_tasks) > self.limits.dns_tcp_connections:
-                return
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readexactly(2), self.limits.dns_tcp_idle_timeout)
-                    body = await asyncio.wait_for(reader.readexactly(struct.unpack("!H", head)[0]),
-                                                  self.limits.dns_tcp_idle_timeout)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-                    return
-                out = self.handle(body, peer, "tcp")
-                if out is None:
-                    return
-                writer.write(struct.pack("!H", len(out)) + out)
-                await writer.drain()
+                return  # too many: close at once (RFC 7766 6.2.2)
+            await serve_stream(self.handle, reader, writer, self.limits.dns_tcp_idle_timeout)
         except Exception:  # noqa: BLE001 - a client never takes the server down
             return
         finally:
@@ -443,23 +418,3 @@ class ClassDNS:
     def __repr__(self) -> str:
         state = "running" if self.started else "stopped"
         return f"<ClassDNS {state} {self.zone_name} at {self.join_address}>"
-
-
-class _UDP(asyncio.DatagramProtocol):
-    def __init__(self, server: ClassDNS) -> None:
-        self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            out = self.server.handle(data, addr[0], "udp")
-            if out is not None and self.transport is not None:
-                self.transport.sendto(out, addr)
-        except Exception:  # noqa: BLE001 - one bad packet never stops the listener
-            pass
-
-    def error_received(self, exc: Exception) -> None:
-        pass

@@ -20,7 +20,6 @@ prefixed by a two-byte length).
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 import struct
 import time
@@ -43,6 +42,7 @@ import dns.zone
 
 from ..services import Service, register
 from .stub import StubResolver
+from .transport import bind_udp_tcp, serve_stream
 from .zones import LabZones
 
 if TYPE_CHECKING:
@@ -335,26 +335,6 @@ class AnswerCache:
 # -- the asyncio drivers -----------------------------------------------------------
 
 
-class _UDP(asyncio.DatagramProtocol):
-    def __init__(self, server: DNSServer) -> None:
-        self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            out = self.server.handle(data, addr, "udp")
-            if out is not None and self.transport is not None:
-                self.transport.sendto(out, addr)
-        except Exception:  # noqa: BLE001 - one bad packet must never stop the listener
-            pass
-
-    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.
-        pass
-
-
 class DNSServer:
     """UDP and TCP listeners on one address and port, answering from ``zones``."""
 
@@ -387,23 +367,8 @@ class DNSServer:
         return outcome.wire
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        address, port = self.service.address, self.service.port
-        # UDP and TCP must share one port number; with port 0 the kernel picks the
-        # UDP port and TCP may find it taken, so try a few times.
-        for attempt in range(20):
-            transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), local_addr=(address, port))
-            got = transport.get_extra_info("sockname")[1]
-            try:
-                self._tcp = await asyncio.start_server(self._tcp_client, address, got)
-            except OSError as exc:
-                transport.close()
-                if port == 0 and exc.errno == errno.EADDRINUSE and attempt < 19:
-                    continue
-                raise
-            self._udp = transport  # type: ignore[assignment]
-            self.service.port = got
-            return
+        self._udp, self._tcp, self.service.port = await bind_udp_tcp(
+            self.service.address, self.service.port, self.handle, self._tcp_client)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """RFC 7766: several length-prefixed queries per connection, answered in order;
@@ -412,24 +377,11 @@ class DNSServer:
         if task is not None:
             self._tcp_sessions.add(task)
         limits = self.lab.limits
-        peer = writer.get_extra_info("peername") or ("?", 0)
         self.service.session_opened()
         try:
             if len(self._tcp_sessions) > getattr(limits, "dns_tcp_connections", 64):
                 return  # too many: close at once (RFC 7766 6.2.2 lets a server do so)
-            idle = getattr(limits, "dns_tcp_idle_timeout", 10.0)
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readexactly(2), idle)
-                    (length,) = struct.unpack("!H", head)
-                    body = await asyncio.wait_for(reader.readexactly(length), idle)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-                    return
-                out = self.handle(body, peer, "tcp")
-                if out is None:
-                    return
-                writer.write(struct.pack("!H", len(out)) + out)
-                await writer.drain()
+            await serve_stream(self.handle, reader, writer, getattr(limits, "dns_tcp_idle_timeout", 10.0))
         except Exception:  # noqa: BLE001 - a client must never take the server down
             return
         finally:
