@@ -286,9 +286,11 @@ def test_cli_class_host_key_revoke_export(tmp_path):
                                                             capture_output=True, text=True, timeout=30).stdout
         assert "revoked" in subprocess.run([*cli, "revoke", "alice", "--dir", str(directory)],
                                            capture_output=True, text=True, timeout=30).stdout
-        refused = subprocess.run(["nsupdate", "-y", f"hmac-sha256:{key}"], input=script.replace("7\n", "8\n"),
+        refused = subprocess.run(["nsupdate", "-v", "-y", f"hmac-sha256:{key}"], input=script.replace("7\n", "8\n"),
                                  capture_output=True, text=True, timeout=30)
-        assert refused.returncode != 0 and "NOTAUTH" in refused.stdout + refused.stderr
+        alive = server.poll() is None
+        assert refused.returncode != 0 and "NOTAUTH" in refused.stdout + refused.stderr, (
+            refused.stdout, refused.stderr, alive, "" if alive else server.stderr.read())
         export = subprocess.run([*cli, "export", "--dir", str(directory)], capture_output=True, text=True, timeout=30)
         assert export.stdout.startswith("student,domain,key,join options") and "alice" not in export.stdout
     finally:
