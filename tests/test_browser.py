@@ -9,8 +9,8 @@ fails within its timeout instead of hanging the notebook, and ``%mail stop``
 closes the lab's ports.
 
 Needs the Debian packages ``chromium`` and ``fonts-dejavu-core`` and the pip package
-``playwright`` (its own browser download is not used). Set
-``MAILLAB_DOCS_SCREENSHOT=docs/screenshot-transcript.png`` to refresh the README's picture.
+``playwright`` (its own browser download is not used). The README's picture is
+made by ``tests/test_browser_views.py::test_docs_screenshot`` (from the README's own cells).
 """
 
 from __future__ import annotations
@@ -287,31 +287,6 @@ class Notebook:
             arg=[NAMES.index(name)], timeout=timeout * 1000)
         return self.state(name)
 
-    def screenshot(self, path: Path, first: str, last: str, *, line: str) -> None:
-        """The cells ``first`` .. ``last`` as the page shows them, each transcript
-        scrolled to its first row starting with ``line`` (case-insensitive). The
-        notebook scrolls inside the page, so the window is made tall enough for them."""
-        self.page.set_viewport_size({"width": 1500, "height": 2400})
-        collapse = self.page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
-        if collapse.count():
-            collapse.first.click()  # the file browser: clicking its open tab folds it away
-        box = self.page.wait_for_function(
-            """([first, last, line]) => {
-              const cells = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell');
-              cells[first].scrollIntoView({block: 'start'});
-              for (const w of document.querySelectorAll('.jp-OutputArea-output .ml-live .ml-body')) {
-                const row = [...w.querySelectorAll('tr')].find(
-                  tr => tr.innerText.toLowerCase().includes(line.toLowerCase()));
-                if (row) w.scrollTop += row.getBoundingClientRect().top - w.getBoundingClientRect().top - 4;
-              }
-              const top = cells[first].getBoundingClientRect(), bottom = cells[last].getBoundingClientRect();
-              if (top.top < 0 || bottom.bottom > window.innerHeight) return null;
-              return {x: top.left, y: top.top, width: top.width, height: bottom.bottom - top.top};
-            }""",
-            arg=[NAMES.index(first), NAMES.index(last), line]).json_value()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(path), clip=box)
-
 
 @contextmanager
 def chromium_page(tmp: Path) -> Iterator[Any]:
@@ -407,10 +382,6 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     (lab.root / "browser-saw-it").touch()
     sent = nb.wait("send")
     assert "transcript updated while this cell ran: True" in sent["output"], sent["output"]
-
-    docs_shot = os.environ.get("MAILLAB_DOCS_SCREENSHOT")
-    if docs_shot:
-        nb.screenshot(Path(docs_shot), "status", "send", line="mail FROM:<alice@alpha.test>")
 
     # No cell running at all: a client outside the kernel (this test process, as a
     # student's terminal would be) still shows up in the widget.

@@ -17,6 +17,7 @@ whole suite costs about the notebooks' own run time plus a minute.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -34,6 +35,11 @@ RUN_ALL_TIMEOUT = 240.0  # s: the relay notebook waits for real retries
 #: lays out like a 933 px window with everything 1.5 times larger.
 LAYOUTS = (("800", 800, False, 1.0), ("1400", 1400, False, 1.0), ("1400-sidebar", 1400, True, 1.0),
            ("zoom150", 1400, False, 1.5))
+#: (dark, layout...): every layout in the light theme; the dark theme changes
+#: colours, not layout, so one width checks it. A wide window cannot break what a
+#: narrow one did not, so plain 1400 is checked in the dark pass only.
+PASSES = tuple((False, *layout) for layout in LAYOUTS if layout[0] != "1400") + ((True, *LAYOUTS[1]),)
+SCREENSHOTS = ("800", "zoom150", "1400")
 
 
 @pytest.fixture(scope="module")
@@ -203,21 +209,18 @@ def test_every_view_fits_and_reads(lab_server: JupyterLab, page: Any, notebook: 
         assert page.evaluate(_ERRORS) == [], page.evaluate(_ERRORS)
         failures: list[str] = []
         seen: list[dict] = []
-        for dark in (False, True):
+        for dark, tag, width, sidebar, zoom in PASSES:
             _set_theme(page, dark)
-            for tag, width, sidebar, zoom in LAYOUTS:
-                if dark and tag not in ("800", "1400"):
-                    continue  # the dark theme changes colours, not layout
-                _layout(page, width, sidebar, zoom)
-                views = page.evaluate(_MEASURE)
-                seen = seen or views
-                theme = "dark" if dark else "light"
-                for v in views:
-                    if v["length"] == 0:
-                        failures.append(f"{theme} {tag} cell {v['index']}: empty view ({v['kinds']})")
-                    failures += [f"{theme} {tag} cell {v['index']}: {p}" for p in v["problems"]]
-                if tag in ("800", "1400") or (tag == "zoom150" and not dark):
-                    _screenshots(page, notebook.name, f"{tag}-{theme}", views)
+            _layout(page, width, sidebar, zoom)
+            views = page.evaluate(_MEASURE)
+            seen = seen or views
+            theme = "dark" if dark else "light"
+            for v in views:
+                if v["length"] == 0:
+                    failures.append(f"{theme} {tag} cell {v['index']}: empty view ({v['kinds']})")
+                failures += [f"{theme} {tag} cell {v['index']}: {p}" for p in v["problems"]]
+            if tag in SCREENSHOTS:
+                _screenshots(page, notebook.name, f"{tag}-{theme}", views)
         _set_theme(page, dark=False)
         _layout(page, 1400, False, 1.0)
         assert seen, "no maillab view rendered"
@@ -232,3 +235,46 @@ def test_every_view_fits_and_reads(lab_server: JupyterLab, page: Any, notebook: 
                 lab_server.get(f"/api/kernels/{kernel['id']}", method="DELETE")
         except Exception:
             pass
+
+
+#: The README's picture: its own cells, on the lab's ports, in JupyterLab.
+DOCS_CELLS = (
+    "%load_ext maillab\n%mail start                 # every service of the default lab network, in this kernel",
+    '%%mail --from alice@alpha.test --to bob@alpha.test --cc carol@beta.test --subject "你好, Bob"\n'
+    "Hello from the lab. (bob's copy stays on mail.alpha.test; carol's crosses to beta.test by MX.)",
+    "%mail relay                 # the path of the last message: hops, DNS answers, TLS per hop",
+    "%mail transcript            # every session's wire lines, live, annotated",
+)
+
+
+@pytest.mark.skipif(not os.environ.get("MAILLAB_DOCS_SCREENSHOT"),
+                    reason="set MAILLAB_DOCS_SCREENSHOT=docs/screenshot-transcript.png to refresh the README picture")
+@pytest.mark.timeout(300)
+def test_docs_screenshot(tmp_path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in DOCS_CELLS]
+    path = tmp_path / "maillab.ipynb"
+    nbformat.write(nb, path)
+    with serve_jupyterlab(tmp_path / "srv", [path]) as server, chromium_page(tmp_path / "chromium") as page:
+        _open(page, server, path.name)
+        _layout(page, 1400, False, 1.0)
+        _run_all(page)
+        time.sleep(1.5)  # the relay finishes delivering; the live views catch up
+        page.locator(".ml-live button", has_text="one line per session").first.click()
+        page.set_viewport_size({"width": 1400, "height": 1500})
+        time.sleep(0.5)
+        box = page.evaluate(
+            """() => {
+              const cells = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell');
+              cells[1].scrollIntoView({block: 'start'});
+              const a = cells[1].getBoundingClientRect(), b = cells[cells.length - 1].getBoundingClientRect();
+              return {x: a.left, y: Math.max(0, a.top), width: a.width, height: Math.min(b.bottom, window.innerHeight) - Math.max(0, a.top)};
+            }""")
+        out = Path(os.environ["MAILLAB_DOCS_SCREENSHOT"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out), clip=box)
+        for kernel in server.get("/api/kernels") or []:  # type: ignore[union-attr]
+            server.get(f"/api/kernels/{kernel['id']}", method="DELETE")

@@ -176,3 +176,26 @@ def test_smtp_explanation_is_silent_on_message_text():
 
     assert explain("Hello Bob, how are you?", "C") is None
     assert explain("no code here", "S") is None
+
+
+def test_reply_colours_follow_the_reply_and_never_stand_alone():
+    from maillab.views.theme import badge, reply_kind
+
+    assert reply_kind("pop3", "-ERR no such message") == "err"  # not coloured like +OK
+    assert reply_kind("pop3", "+OK 2 messages") == "ok"
+    assert [reply_kind("smtp", t) for t in ("250 ok", "354 go", "451 later", "550 no")] == [
+        "ok", "ok", "temp", "err"]
+    assert reply_kind("imap", "a1 NO [AUTHENTICATIONFAILED] nope") == "err"
+    assert reply_kind("imap", "a2 BAD what") == "err" and reply_kind("imap", "* 3 EXISTS") == "ok"
+    assert "✗\u00a0-ERR" in badge("err", "-ERR") and "✓\u00a0+OK" in badge("ok", "+OK")
+
+
+def test_figures_say_when_no_cjk_font_is_installed(monkeypatch):
+    from maillab.views import fonts
+
+    assert fonts.missing_font_note("plain ASCII") is None
+    monkeypatch.setattr(fonts, "installed_cjk_families", lambda: ())
+    assert "fonts-noto-cjk" in fonts.missing_font_note("你好, Bob")
+    monkeypatch.setattr(fonts, "installed_cjk_families", lambda: ("Noto Sans CJK SC",))
+    assert fonts.missing_font_note("你好, Bob") is None
+    assert fonts.figure_font_family()[:2] == ["DejaVu Sans", "Noto Sans CJK SC"]

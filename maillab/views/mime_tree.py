@@ -301,7 +301,7 @@ class MimeTree:
                     + (f"<ul>{inner}</ul>" if inner else "") + "</li>")
 
         rows = "".join(
-            f"<tr><td>{html.escape(n.path or 'message')}</td><td>{html.escape(name)}</td>"
+            f"<tr><td class='nw'>{html.escape(n.path or 'message')}</td><td class='nw'>{html.escape(name)}</td>"
             f"<td><code>{html.escape(raw)}</code></td><td>{html.escape(dec)}</td></tr>"
             for n in self.root.walk() for name, raw, dec in n.headers)
         table = ("<table><tr><th>part</th><th>header</th><th>raw (on the wire)</th><th>decoded</th></tr>"
