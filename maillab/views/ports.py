@@ -269,7 +269,8 @@ class PortMap:
                 if cell is None:
                     cells.append("")
                     continue
-                lines = [f"<code style='white-space:nowrap'>{html.escape(cell.address)}:{cell.port}</code>"]
+                # address and port may wrap at the colon: eleven columns must fit 800 px
+                lines = [f"<code>{html.escape(cell.address)}:<wbr>{cell.port}</code>"]
                 if cell.state != "running":
                     lines.append(f"<span class='ml-err'>✗ {html.escape(cell.state)}</span>")
                 if cell.middlebox:

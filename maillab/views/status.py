@@ -80,19 +80,28 @@ class StatusTable:
     def _html_body(self) -> str:
         if not self.rows:
             return "<i>the lab is not running (<code>%mail start</code>)</i>"
-        head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in COLUMNS)
+        # One group per host (its name, and whose certificate, in a row of its own):
+        # seven short columns fit a narrow notebook where nine did not.
+        columns = [(t, k) for t, k in COLUMNS if k not in ("host", "cert")]
+        head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in columns)
         body = []
+        host = None
         for row in self.rows:
+            if row.get("host") != host:
+                host = row.get("host")
+                cert = f" · certificate: {row['cert']}" if row.get("cert") else ""
+                body.append(f"<tr class='grp'><td colspan='{len(columns)}'><b>{html.escape(str(host))}</b>"
+                            f"<span class='ml-muted'>{html.escape(cert)}</span></td></tr>")
             state = str(row.get("state", ""))
             kind = "ok" if state == "running" else "err"
             tds = []
-            for _, key in COLUMNS:
+            for _, key in columns:
                 text = html.escape(_cell(row, key))
                 if key == "state":
                     text = f"<span class='ml-{kind}'>{'✓' if kind == 'ok' else '✗'}\u00a0{text}</span>"
                 elif key == "tls":
                     text = f"<span title='{html.escape(TLS_MODES.get(row.get('tls', ''), ''))}'>{text}</span>"
-                tds.append(f"<td>{text}</td>")
+                tds.append(f"<td class='nw'>{text}</td>" if key != "address" else f"<td>{text}</td>")
             body.append(f"<tr>{''.join(tds)}</tr>")
         foot = []
         if self.note:

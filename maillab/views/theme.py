@@ -103,10 +103,10 @@ CSS = (
     "font-size:1em!important;color:var(--ml-fg)!important;max-width:100%;width:auto}"
     ".ml-view :is(td,th,tr){text-align:left!important;vertical-align:top!important;"
     "padding:.12em .5em!important;line-height:1.35!important;max-width:none;white-space:normal}"
-    # Headers wrap between words only; cells may break anywhere (a boundary string or
-    # a base64 line must not push the table past the output), except cells marked
-    # .nw (short labels: part numbers, header names), which never break.
-    ".ml-view th{font-weight:600;border-bottom:1px solid var(--ml-line)!important;overflow-wrap:normal}"
+    # Cells may break anywhere (a boundary string, a base64 line or a row of host
+    # names must not push the table past the output), except cells marked .nw
+    # (short labels: part numbers, header names), which never break.
+    ".ml-view th{font-weight:600;border-bottom:1px solid var(--ml-line)!important;overflow-wrap:anywhere}"
     ".ml-view td{overflow-wrap:anywhere}.ml-view td.nw{white-space:nowrap;overflow-wrap:normal}"
     ".ml-view tbody tr:nth-child(odd){background:transparent!important}"
     ".ml-view tbody tr:hover{background:var(--ml-bg2)!important}"
