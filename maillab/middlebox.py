@@ -80,10 +80,20 @@ class Capture:
 
     def server_session(self, lab: Lab) -> str | None:
         """The id of the server's own session for this connection (its transcript)."""
-        for e in lab.events.events(kinds=("opened",)):
-            if e.side == "server" and e.host == self.host and e.data.get("peer") == self.server_peer:
-                return e.session
-        return None
+        return server_sessions(lab, [self]).get(self.id)
+
+
+def server_sessions(lab: Lab, caps: list[Capture]) -> dict[str, str]:
+    """Capture id -> the server session it carried, found by the peer address the server
+    saw (the middlebox's upstream socket); one pass over the event log for all of them."""
+    wanted = {(c.host, c.server_peer): c.id for c in caps if c.server_peer}
+    found: dict[str, str] = {}
+    for e in lab.events.events(kinds=("opened",)):
+        if e.side == "server":
+            cid = wanted.get((e.host, e.data.get("peer")))
+            if cid is not None:
+                found[cid] = e.session
+    return found
 
 
 class _Records:

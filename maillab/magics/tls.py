@@ -31,7 +31,7 @@ from ..probe import STARTTLS_PROTOCOLS, probe
 from ..topology import SERVICES, protocol_of, tls_mode
 from ..views.ports import LivePortMap, port_map
 from ..views.ports import figure as ports_figure
-from .mail import MailMagics, subcommand
+from .mail import HelpText, MailMagics, subcommand
 
 
 def probe_target(lab: Lab | None, target: str, host: str | None,
@@ -82,7 +82,6 @@ def ports(magics: MailMagics, args: argparse.Namespace) -> Any:
         pm = port_map(lab)
         if args.cert not in pm.certs:
             raise UsageError(f"no lab host {args.cert!r}; hosts: {', '.join(pm.hosts)}")
-        from .mail import HelpText
 
         return HelpText(pm.certificate_text(args.cert))
     if args.figure is not None:
@@ -167,7 +166,6 @@ def tls_policy(magics: MailMagics, args: argparse.Namespace) -> Any:
 
 
 def _middlebox(magics: MailMagics, host: str, service: str, *, strip: bool, off: bool) -> Any:
-    from .mail import HelpText
 
     lab = magics.lab()
     try:
@@ -201,7 +199,6 @@ def mitm(magics: MailMagics, args: argparse.Namespace) -> Any:
 @argument("--off", action="store_true", help="remove the tap")
 def tap(magics: MailMagics, args: argparse.Namespace) -> Any:
     """Put a passive eavesdropper on a service: %mail eve then shows what crossed the wire."""
-    from .mail import HelpText
 
     if args.all:
         lab = magics.lab()
@@ -227,19 +224,22 @@ def tap(magics: MailMagics, args: argparse.Namespace) -> Any:
           help="the teacher's switch: allow logins before TLS for the demonstration")
 def eve(magics: MailMagics, args: argparse.Namespace) -> Any:
     """What an eavesdropper read: plaintext lines (passwords decoded) vs TLS record sizes."""
-    from ..middlebox import captures
-    from ..views.eavesdrop import EavesdropView, captures_table
+    from ..middlebox import captures, server_sessions
+    from ..views.eavesdrop import EavesdropView, summary
 
     lab = magics.lab()
     if args.allow_plaintext_auth:
         lab.policy.plaintext_auth_demo = args.allow_plaintext_auth == "on"
     caps = captures(lab)
     if args.list:
-        return captures_table(caps, lab)
+        sessions = server_sessions(lab, caps)
+        return HelpText("\n".join(f"{c.id} (server session {sessions.get(c.id, '?')}): {summary(c)}"
+                                  for c in caps) or "no captures yet")
     if args.capture:
         # a capture id, or the id of the server session whose connection was tapped (pop3-7)
-        chosen = [c for c in caps if c.id in args.capture or c.server_session(lab) in args.capture]
-        found = {c.id for c in chosen} | {c.server_session(lab) for c in chosen}
+        sessions = server_sessions(lab, caps)
+        chosen = [c for c in caps if c.id in args.capture or sessions.get(c.id) in args.capture]
+        found = {c.id for c in chosen} | {sessions.get(c.id) for c in chosen}
         missing = set(args.capture) - found
         if missing:
             raise UsageError(f"no capture of {', '.join(sorted(missing))}: only sessions through a tap or"

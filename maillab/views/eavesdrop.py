@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import html
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..plaintext import DEMO_WARNING
 from .theme import page
@@ -159,10 +159,3 @@ class EavesdropView:
 
     def secrets(self) -> list[str]:
         return [s for cap in self.captures for _i, s in secrets_in(cap)]
-
-
-def captures_table(caps: list[Capture], lab: Lab | None = None) -> Any:
-    from ..magics.mail import HelpText
-
-    return HelpText("\n".join(f"{c.id} (server session {c.server_session(lab) if lab else '?'}): {summary(c)}"
-                              for c in caps) or "no captures yet")
