@@ -181,10 +181,16 @@ def test_lab_stopped_restarted_and_leaving(classroom, tmp_path):
         wait_for(lambda: len(bob.inbox()) == before + 1, "bob's waiting mail")
         time.sleep(1)
         assert sum("while you were away" in t for t in bob.inbox()) == 1  # delivered once
+        # a lab that answers slowly still gets its mail (alice's relay waits for each reply)
+        alice = labs["alice"]
+        dave.relay.fail("mail.dave.class.test", "slow", "0.4s")
+        alice.send(["dave@dave.class.test"], "slowly")
+        dave_box = dave.directory / "mail" / "dave@dave.class.test" / "new"
+        wait_for(lambda: any("Subject: slowly" in p.read_text() for p in dave_box.glob("*")), "mail at slow dave")
+        dave.relay.heal()
         # dave leaves: its records go, and mail for it bounces back to the sender with a DSN
         text = dave.classnet.leave()
         assert "left the class" in text and "dave.class.test" not in "\n".join(host.records())
-        alice = labs["alice"]
         before = len(alice.inbox())
         alice.send(["dave@dave.class.test"], "are you there?")
         wait_for(lambda: len(alice.inbox()) > before, "alice's bounce")

@@ -296,3 +296,35 @@ def test_cli_class_host_key_revoke_export(tmp_path):
     finally:
         server.terminate()
         server.wait(15)
+
+
+def test_class_map_model_and_views(host):
+    """What the teacher's map shows: registered, quiet (no refresh for a while) and not
+    registered labs, who looked up whom (by the asker's address), as text, HTML and figure."""
+    from maillab.classnet.map import class_map
+    from maillab.views.class_map import ClassMapView, figure
+
+    for name, address in (("alice", "127.0.0.41"), ("bob", "127.0.0.42")):
+        k = host.keys.add(name)
+        key = tsig_key(k.name, k.secret)
+        msg = dns.update.UpdateMessage("class.test", keyring=key, keyname=key.name)
+        msg.replace(f"{k.name}.", 60, "MX", f"10 mail.{k.name}.")
+        msg.replace(f"mail.{k.name}.", 60, "A", address)
+        assert update(host, msg).rcode() == dns.rcode.NOERROR
+    host.keys.add("carol")
+    # alice's lab asks for bob's MX from its own address (as ClassUpstream does)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.41", 0))
+        s.settimeout(5)
+        s.sendto(dns.message.make_query("bob.class.test", "MX").to_wire(), (host.listen, host.port))
+        assert dns.message.from_wire(s.recv(4096)).rcode() == dns.rcode.NOERROR
+    host.last_seen["bob.class.test"] -= 10 * host.limits.class_refresh  # bob's laptop closed long ago
+    m = class_map(host)
+    states = {d.domain: d.state for d in m.domains}
+    assert states == {"alice.class.test": "registered", "bob.class.test": "quiet",
+                      "carol.class.test": "not registered"}
+    assert [(e.asker, e.target, e.count) for e in m.edges] == [("alice.class.test", "bob.class.test", 1)]
+    view = ClassMapView(m)
+    assert "alice.class.test -> bob.class.test  x1" in repr(view)
+    assert "MX ×1" in view._repr_html_() and "127.0.0.42" in view._repr_html_()
+    assert len(figure(m).axes[0].patches) >= 4  # three labs, the class DNS, an arrow

@@ -2,7 +2,8 @@
 
 * **domains**: every student domain that has records (or a key), with its MX host and
   address, the key's state, when it first registered in this run and when it was
-  last seen (its last accepted UPDATE: labs refresh every minute);
+  last seen (its last accepted UPDATE: labs refresh every minute; a lab silent for
+  2.5 minutes is *quiet*: stopped, or its laptop closed);
 * **lookups**: who looked up whom. A lab asks the class DNS from its own address
   (:class:`maillab.classnet.member.ClassUpstream`), so the asker of an MX query is the
   domain whose A record holds that address, and the domain asked about is the one
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 #: Recent queries and UPDATEs a snapshot carries (the counts cover all that are kept).
 RECENT = 12
+#: A lab not heard from for this many refresh intervals is shown as quiet.
+QUIET_REFRESHES = 2.5
 
 
 @dataclass
@@ -38,6 +41,9 @@ class DomainRow:
     joined: float | None = None
     last_seen: float | None = None
     looked_up: int = 0  # MX/A queries others made for it
+    #: registered (heard from lately), quiet (records there, no refresh for a while: a
+    #: closed laptop; mail for it waits in the senders' queues), or not registered
+    state: str = "not registered"
 
     @property
     def registered(self) -> bool:
@@ -101,9 +107,14 @@ def class_map(server: ClassDNS) -> ClassMap:
         if rds.rdtype == dns.rdatatype.A:
             for rd in rds:
                 by_address.setdefault(rd.address, domain)
+    quiet_after = QUIET_REFRESHES * server.limits.class_refresh
+    now = time.time()
     for row in rows.values():
         row.joined = server.joined.get(row.domain)
         row.last_seen = server.last_seen.get(row.domain)
+        if row.registered:
+            heard = row.last_seen is not None and now - row.last_seen <= quiet_after
+            row.state = "registered" if heard else "quiet"
     with server._lock:  # noqa: SLF001 - the server's own lock for its event deques
         lookups = list(server.lookups)
         updates = list(server.updates)

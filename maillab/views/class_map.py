@@ -50,9 +50,10 @@ def text(m: ClassMap) -> str:
     now = time.time()
     lines = [f"class {m.zone}: class DNS at {m.join}, every MX on port {m.mx_port};"
              f" {sum(d.registered for d in m.domains)} lab(s) registered, {m.queries} DNS message(s)"]
-    lines.append(f"{'domain':<24} {'MX':<30} {'address':<15} {'key':<8} {'joined':<12} {'last seen':<12} looked up")
+    lines.append(f"{'domain':<24} {'state':<14} {'MX':<30} {'address':<15} {'key':<8} {'joined':<12}"
+                 f" {'last seen':<12} looked up")
     for d in m.domains:
-        lines.append(f"{d.domain:<24} {', '.join(d.mx) or '(not registered)':<30} {', '.join(d.addresses) or '-':<15}"
+        lines.append(f"{d.domain:<24} {d.state:<14} {', '.join(d.mx) or '-':<30} {', '.join(d.addresses) or '-':<15}"
                      f" {d.key:<8} {_ago(d.joined, now):<12} {_ago(d.last_seen, now):<12} {d.looked_up}")
     if m.edges:
         lines.append("who looked up whom (MX queries):")
@@ -103,7 +104,8 @@ def svg(m: ClassMap, size: int = 520) -> str:
                  f'<text x="{c}" y="{c + 12}" text-anchor="middle" font-size="9">{html.escape(m.join)}</text>')
     for d in m.domains:
         x, y = xy(d.domain)
-        kind = "ok" if d.registered and d.key == "active" else "err" if d.key == "revoked" else "muted"
+        kind = ("err" if d.key == "revoked" else "ok" if d.state == "registered" else "temp" if d.state == "quiet"
+                else "muted")
         parts.append(f'<g style="color:var(--ml-{kind})"><circle cx="{x:.1f}" cy="{y:.1f}" r="26" '
                      'fill="none" stroke="currentColor" stroke-width="2"/></g>'
                      f'<text x="{x:.1f}" y="{y - 2:.1f}" text-anchor="middle" font-size="11" font-weight="600">'
@@ -121,7 +123,7 @@ def body_html(m: ClassMap) -> str:
             f"every lab's MX on port {m.mx_port}; {registered} lab(s) registered, {m.queries} DNS message(s)</div>")
     rows = []
     for d in m.domains:
-        state = (badge("ok", "registered") if d.registered else badge("muted", "not registered"))
+        state = badge({"registered": "ok", "quiet": "temp"}.get(d.state, "muted"), d.state)
         key = badge("err", "revoked") if d.key == "revoked" else html.escape(d.key)
         rows.append(f"<tr><td class='mono'>{html.escape(d.domain)}</td><td>{state}</td>"
                     f"<td class='mono'>{html.escape(', '.join(d.mx) or '-')}</td>"
@@ -189,7 +191,8 @@ def figure(m: ClassMap, *, size: float = 7.0) -> Figure:
                     fontsize=7, ha="center", color="#005a9c")
     for d in m.domains:
         x, y = pos[d.domain]
-        colour = "#007a5a" if d.registered and d.key == "active" else "#c2410c" if d.key == "revoked" else "#57606a"
+        colour = ("#c2410c" if d.key == "revoked" else "#007a5a" if d.state == "registered"
+                  else "#8a5a00" if d.state == "quiet" else "#57606a")
         ax.add_patch(Circle((x, y), 0.16, fill=False, lw=2, color=colour))
         ax.text(x, y + 0.02, _short(d.domain, m.zone), ha="center", va="center", fontsize=9, weight="bold")
         ax.text(x, y - 0.07, d.addresses[0] if d.addresses else "not registered", ha="center", va="center", fontsize=7)
