@@ -468,7 +468,7 @@ class LabDNS:
         """Regenerate the zones from the topology (after hosts or domains were added).
         Zones a user replaced are kept unless ``keep_edited=False``."""
         self.zones.build(self.lab.topology, self.address, _service_ports(self.lab), keep_edited=keep_edited,
-                         tlsa=_tlsa(self.lab))
+                         tlsa=_tlsa(self.lab), extra=_auth_records(self.lab))
 
     def __repr__(self) -> str:
         return f"<LabDNS {self.address}:{self.port} zones={self.zone_names()}>"
@@ -496,10 +496,19 @@ def _tlsa(lab: Lab) -> dict[str, str]:
             for h in lab.topology.hosts.values() if "smtp" in h.services}
 
 
+def _auth_records(lab: Lab) -> dict[str, list[str]]:
+    """Each domain's DKIM key and DMARC records (maillab.auth.keys)."""
+    from ..auth.keys import zone_records
+
+    return zone_records(lab)
+
+
 @register("dns", per_host=False)
 async def start_dns(lab: Lab, service: Service) -> DNSServer:
     zones = LabZones()
-    zones.build(lab.topology, service.address, _service_ports(lab), tlsa=_tlsa(lab))
+    # DKIM keys are made on a worker thread (RSA key generation is CPU work).
+    extra = await asyncio.get_running_loop().run_in_executor(None, _auth_records, lab)
+    zones.build(lab.topology, service.address, _service_ports(lab), tlsa=_tlsa(lab), extra=extra)
     server = DNSServer(lab, service, zones)
     await server.start()
     return server  # the Lab wraps it as lab.dns

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import dns.exception
 import dns.name
@@ -77,13 +77,15 @@ def zone_text_for(
     ports: Mapping[tuple[str, str], int] | None = None,
     zone_origins: tuple[str, ...] = (),
     tlsa: Mapping[str, str] | None = None,
+    extra: Sequence[str] = (),
 ) -> str:
     """The zone file for ``origin`` as generated from ``topology``.
 
     ``ports`` maps (host name, service) -> lab port, for the SRV records;
     ``zone_origins`` are all lab zones, so a host is written only into the most
     specific zone it belongs to; ``tlsa`` maps host name -> the SHA-256 of its
-    certificate's public key, published as a DANE ``TLSA 3 1 1`` record (RFC 7672).
+    certificate's public key, published as a DANE ``TLSA 3 1 1`` record (RFC 7672);
+    ``extra`` are more lines for the zone (the DKIM key and DMARC policy, see maillab.auth).
     """
     origin = origin.lower().rstrip(".")
     serial = serial or initial_serial()
@@ -139,6 +141,7 @@ def zone_text_for(
                 port = ports.get((final.name, service))
                 if port:
                     lines.append(f"{label}\tIN\tSRV\t0 1 {port} {_abs(final.name)}")
+    lines.extend(extra)
     return "\n".join(lines) + "\n"
 
 
@@ -189,14 +192,15 @@ class LabZones:
 
     def build(self, topology: Topology, ns_address: str,
               ports: Mapping[tuple[str, str], int] | None = None, *, keep_edited: bool = True,
-              tlsa: Mapping[str, str] | None = None) -> None:
-        """(Re)generate every zone from the topology."""
+              tlsa: Mapping[str, str] | None = None, extra: Mapping[str, Sequence[str]] | None = None) -> None:
+        """(Re)generate every zone from the topology (``extra``: origin -> more lines)."""
         origins = list(topology.domains)
         for host in topology.hosts.values():
             if not any(_under(host.name, d) for d in origins) and "." in host.name:
                 origins.append(host.name.split(".", 1)[1])
         origins = list(dict.fromkeys(o.lower() for o in origins))
-        texts = {o: zone_text_for(o, topology, ns_address, ports=ports, zone_origins=tuple(origins), tlsa=tlsa)
+        texts = {o: zone_text_for(o, topology, ns_address, ports=ports, zone_origins=tuple(origins), tlsa=tlsa,
+                                 extra=(extra or {}).get(o, ()))
                  for o in origins}
         ns_name = f"ns.{origins[0]}" if origins else "ns.lab.test"
         texts[REVERSE_ZONE] = reverse_zone_text(topology, ns_name, ns_address)

@@ -25,6 +25,7 @@ MAGIC_MODULES = (
     "maillab.magics.classnet",
     "maillab.magics.views",
     "maillab.magics.exercises",
+    "maillab.magics.auth",
 )
 
 

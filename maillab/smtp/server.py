@@ -29,6 +29,7 @@ import ssl
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ..auth import mta as auth_mta
 from ..connection import LineConnection, LineTooLong
 from ..events import SessionRecorder
 from ..faults import CONNECT, reply_closes
@@ -175,7 +176,7 @@ class SMTPServer(LineServer):
                                               timeout=self.lab.limits.smtp_timeout)
                     step = step.then(status)
                 else:
-                    step = step.then(await self._deliver(step, rec))
+                    step = step.then(await self._deliver(step, rec, session))
             return step
         except Exception as exc:  # a server never dies of a client
             log.exception("SMTP session step failed")
@@ -251,8 +252,21 @@ class SMTPServer(LineServer):
                     chunks.append(chunk)
         return (b"", True) if too_big else (b"".join(chunks), False)
 
-    async def _deliver(self, job: Deliver, rec: SessionRecorder) -> Reply | None:
-        """Store and/or relay an accepted message; None, or the 451 when it failed."""
+    async def _deliver(self, job: Deliver, rec: SessionRecorder, session: SMTPSession) -> Reply | None:
+        """Store and/or relay an accepted message; None, or the 451 (or a DMARC 550) when it failed."""
+        folder = "INBOX"
+        if not self.submission and job.local:
+            # The MX checks SPF, DKIM, ARC and DMARC and acts on them (maillab.auth).
+            inbound = await auth_mta.inbound(self.lab, self.hostname, ip=session.peer_ip,
+                                             helo=session.helo or "", mail_from=job.mail_from,
+                                             local=job.local, message=job.message, rec=rec)
+            if inbound.reply is not None:
+                code, enhanced, text = inbound.reply
+                rec.note(f"message refused: {text}")
+                return Reply(code, enhanced, text)
+            job, folder = replace(job, message=inbound.message, local=inbound.local), inbound.folder
+        if job.remote and self.submission:
+            job = replace(job, message=await auth_mta.outgoing(self.lab, self.hostname, job.message))
         if job.remote:
             # The relay first: if it cannot take the message, nobody gets a copy
             # and the client's retry does not duplicate local deliveries.
@@ -271,11 +285,11 @@ class SMTPServer(LineServer):
             try:
                 # File system work happens on a worker thread, so other sessions on
                 # the lab loop go on meanwhile (the store is thread-safe).
-                info = await loop.run_in_executor(None, self.lab.store.deliver, address, job.message)
+                info = await loop.run_in_executor(None, self.lab.store.deliver, address, job.message, folder)
             except OSError as exc:
                 rec.note(f"delivery to {address} failed: {exc}")
                 return Reply(451, "4.3.0", "Error: local delivery failed, try again later")
-            rec.stored(f"{address}/INBOX", info.uid, info.size, user=address, queue_id=job.queue_id)
+            rec.stored(f"{address}/{folder}", info.uid, info.size, user=address, queue_id=job.queue_id)
         return None
 
 

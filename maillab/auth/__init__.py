@@ -1,0 +1,78 @@
+"""Who may send for a domain: SPF, DKIM, DMARC and ARC across the lab internet.
+
+``keys`` makes each domain's DKIM key and zone records, ``lookup`` points the
+libraries' DNS at the lab DNS, ``send`` signs, seals and (for a lesson) tampers
+with outgoing mail, ``receive`` is the receiving MX's check and decision, and
+``mta`` is the glue the SMTP driver calls. ``settings(lab)`` holds the switches
+(``%mail sign``, ``%mail forward``, ``%mail list``, ``%mail tamper``) and the
+verdicts the ``%mail auth`` view reads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..lab import Lab
+
+#: Verdicts kept for %mail auth (the last ones).
+KEEP_VERDICTS = 200
+
+
+@dataclass
+class MailingList:
+    address: str
+    members: list[str]
+    tag: str  # "[team]" put in front of the Subject
+    footer: str
+
+
+@dataclass
+class Received:
+    """One message as an MX judged it: where it went and the verdict."""
+
+    host: str
+    recipients: list[str]
+    message_id: str
+    subject: str
+    verdict: Any  # receive.Verdict
+    message: bytes  # as filed (with the Authentication-Results on top)
+    folder: str = "INBOX"
+    refused: str = ""
+
+
+@dataclass
+class AuthSettings:
+    signing_off: set[str] = field(default_factory=set)  # hosts that do not DKIM-sign
+    arc_off: set[str] = field(default_factory=set)  # forwarders/lists that do not ARC-seal
+    checking_off: set[str] = field(default_factory=set)  # MX hosts that check nothing
+    forwards: dict[str, str] = field(default_factory=dict)  # address -> where its mail goes
+    lists: dict[str, MailingList] = field(default_factory=dict)
+    tamper: dict[str, str] = field(default_factory=dict)  # host -> "body" | "subject"
+    verdicts: deque[Received] = field(default_factory=lambda: deque(maxlen=KEEP_VERDICTS))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def last(self, key: str | None = None) -> Received | None:
+        with self.lock:
+            items = list(self.verdicts)
+        if key is None:
+            return items[-1] if items else None
+        for item in reversed(items):
+            if key in (item.message_id, item.subject) or key in item.message_id:
+                return item
+        return None
+
+
+_settings_lock = threading.Lock()
+
+
+def settings(lab: Lab) -> AuthSettings:
+    """The lab's authentication switches and verdicts (made on first use)."""
+    with _settings_lock:
+        current = lab.__dict__.get("auth_settings")
+        if current is None:
+            current = lab.__dict__["auth_settings"] = AuthSettings()
+        return current

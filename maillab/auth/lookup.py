@@ -1,0 +1,129 @@
+"""DNS look-ups for SPF, DKIM, DMARC and ARC, asked of the lab's own DNS only.
+
+dkimpy takes a ``dnsfunc(name, timeout)`` that returns a TXT record's text; pyspf
+asks a module-level ``spf.DNSLookup(name, qtype, strict, timeout)``. Both are
+pointed here: a :class:`LabLookup` asks the lab DNS with a blocking dnspython
+resolver and keeps every question with the answer it got (the ``%mail auth``
+view shows them as the lab DNS answered). It blocks, so the receiving MTA runs
+it on a worker thread: the lab DNS answers on the lab loop, which must stay free.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.exception
+import dns.name
+import dns.resolver
+import spf
+
+#: How long one look-up may take before the check gives ``temperror`` (RFC 7208 4.6.4
+#: and RFC 6376 6.1.2 leave it to the receiver; lab answers come in milliseconds).
+LOOKUP_TIMEOUT = 2.0
+
+
+@dataclass
+class Question:
+    """One DNS question and what the lab DNS said (``answers`` empty: none)."""
+
+    name: str
+    rdtype: str
+    answers: list[str] = field(default_factory=list)
+    error: str = ""  # "NXDOMAIN", "timeout", ...
+
+    def __str__(self) -> str:
+        said = self.error or ("; ".join(self.answers) if self.answers else "no records")
+        return f"{self.name} {self.rdtype}? -> {said}"
+
+
+class LabLookup:
+    """Blocking look-ups against one DNS server (the lab's), with a trace."""
+
+    def __init__(self, address: str, port: int, timeout: float = LOOKUP_TIMEOUT) -> None:
+        res = dns.resolver.Resolver(configure=False)
+        res.nameservers = [address]
+        res.port = port
+        res.timeout = res.lifetime = timeout
+        res.cache = None
+        self.resolver = res
+        self.trace: list[Question] = []
+
+    def query(self, name: str, rdtype: str) -> list[Any]:
+        """The rdatas of ``name``/``rdtype``; [] when none; raises ``dns.exception.Timeout``
+        (or another DNSException) when the server did not answer: the caller's temperror."""
+        q = Question(name.rstrip("."), rdtype)
+        self.trace.append(q)
+        try:
+            answer = self.resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
+        except dns.resolver.NXDOMAIN:
+            q.error = "NXDOMAIN"
+            return []
+        except dns.exception.DNSException as exc:
+            q.error = "timeout" if isinstance(exc, dns.exception.Timeout) else type(exc).__name__
+            raise
+        rdatas = list(answer.rrset or [])
+        q.answers = [_show(r) for r in rdatas]
+        return rdatas
+
+    # -- dkimpy: dnsfunc(name, timeout=5) -> the TXT text, or None -------------------------
+    def dkim_txt(self, name: bytes | str, timeout: float = 5) -> bytes | None:
+        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        rdatas = self.query(name, "TXT")
+        if not rdatas:
+            return None
+        return b"".join(rdatas[0].strings)
+
+    # -- pyspf: DNSLookup(name, qtype, strict, timeout) -> [((name, qtype), value)] --------
+    def spf_lookup(self, name: str, qtype: str, strict: Any = True, timeout: float = 0) -> list:
+        try:
+            rdatas = self.query(name, qtype)
+        except dns.exception.DNSException as exc:
+            raise spf.TempError(f"DNS {exc}") from None
+        out = []
+        for r in rdatas:
+            if qtype in ("A", "AAAA"):
+                out.append(((name, qtype), r.address))
+            elif qtype == "MX":
+                out.append(((name, qtype), (r.preference, r.exchange)))
+            elif qtype == "PTR":
+                out.append(((name, qtype), r.target.to_text(True)))
+            elif qtype in ("TXT", "SPF"):
+                out.append(((name, qtype), r.strings))
+        return out
+
+
+def _show(rdata: Any) -> str:
+    text = rdata.to_text()
+    return text if len(text) <= 120 else text[:100] + f'… ({len(text)} chars)"'
+
+
+# pyspf asks a module-level function. The lab points it at the LabLookup of the
+# check running on this thread; any other caller keeps pyspf's own look-up.
+_current = threading.local()
+_pyspf_lookup = spf.DNSLookup
+
+
+def _dispatch(name: str, qtype: str, strict: Any = True, timeout: float = 0) -> list:
+    lookup: LabLookup | None = getattr(_current, "lookup", None)
+    if lookup is None:
+        return _pyspf_lookup(name, qtype, strict, timeout)
+    return lookup.spf_lookup(name, qtype, strict, timeout)
+
+
+spf.DNSLookup = _dispatch
+
+
+class using:
+    """``with using(lookup): spf.check2(...)``: pyspf's look-ups on this thread go to ``lookup``."""
+
+    def __init__(self, lookup: LabLookup) -> None:
+        self.lookup = lookup
+
+    def __enter__(self) -> LabLookup:
+        _current.lookup = self.lookup
+        return self.lookup
+
+    def __exit__(self, *exc: object) -> None:
+        _current.lookup = None
