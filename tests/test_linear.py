@@ -73,6 +73,11 @@ def _nested(depth: int) -> bytes:
     return _message(b"Content-Type: multipart/mixed; boundary=b0\r\n", head + b"x\r\n")
 
 
+def _dash_lines_deep(n: int) -> bytes:
+    # 100 open boundaries (the nesting cap), then n "--" lines none of them matches
+    return _nested(100)[:-3] + b"--zz\r\n" * n
+
+
 MESSAGE_CASES = {
     "spaces in From": (lambda n: _message(b"From: a" + b" " * n + b"x\r\n"), 20_000),
     "spaces before <": (lambda n: _message(b"To: a" + b" " * n + b"<b@c>\r\n"), 20_000),
@@ -91,6 +96,8 @@ MESSAGE_CASES = {
     "many encoded words": (lambda n: _message(b"Subject: " + b"=?utf-8?q?a?= " * n + b"\r\n"), 1_000),
     "many parts": (_multipart, 200),
     "deep nesting": (_nested, 20),
+    "nesting past the cap": (_nested, 400),  # 5 s for 3,200 levels before the fix
+    "dash lines under deep nesting": (_dash_lines_deep, 1_000),
     "spaces in Date": (lambda n: _message(b"Date: Mon," + b" " * n + b"1 Jan 2024 10:00:00 +0000\r\n"), 20_000),
     "long boundary-like lines": (lambda n: _message(b"Content-Type: multipart/mixed; boundary=b\r\n",
                                                      b"--bb\r\n" * n), 2_000),
