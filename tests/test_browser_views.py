@@ -258,12 +258,14 @@ def test_docs_screenshot(tmp_path: Path) -> None:
     nb.cells = [nbformat.v4.new_code_cell(c) for c in DOCS_CELLS]
     path = tmp_path / "maillab.ipynb"
     nbformat.write(nb, path)
+    (tmp_path / "srv").mkdir()
     with serve_jupyterlab(tmp_path / "srv", [path]) as server, chromium_page(tmp_path / "chromium") as page:
         _open(page, server, path.name)
         _layout(page, 1400, False, 1.0)
         _run_all(page)
         time.sleep(1.5)  # the relay finishes delivering; the live views catch up
-        page.locator(".ml-live button", has_text="one line per session").first.click()
+        page.evaluate("""() => [...document.querySelectorAll('.ml-live button')]
+                          .filter(b => b.textContent.includes('one line per session')).forEach(b => b.click())""")
         page.set_viewport_size({"width": 1400, "height": 1500})
         time.sleep(0.5)
         box = page.evaluate(

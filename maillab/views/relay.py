@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from ..clients.envelopes import decode_words
 from ..relay.hops import HopTable, parse_hops
 from .hop_table import _aligned, _delay, hop_table_body, hop_table_text
 from .live import LiveHTML, widget_bundle
@@ -356,7 +357,8 @@ def path_from_relay(lab: Lab, message: Any = None) -> RelayPath:
     ``message``: a queue id, a Message-ID, a queue entry, or None for the last one.
     """
     msg = find_message(lab, message)
-    subject = f"{msg.subject!r}: " if msg.subject else ""
+    # the queue keeps the header as sent (RFC 2047 words); a reader wants the text
+    subject = f"'{decode_words(msg.subject)}': " if msg.subject else ""
     path = RelayPath(f"{subject}<{msg.mail_from}> -> " + ", ".join(f"<{r}>" for r in msg.rcpts),
                      state=msg.state)
     _relay_hops(lab, path, msg)

@@ -181,12 +181,11 @@ def _conversation_summary(evs: Sequence[Event]) -> str:
                 verbs.append(verb)
     last = next((e for e in reversed(evs) if e.kind == SERVER_LINE and not e.data.get("payload")), None)
     closed = next((e for e in evs if e.kind == CLOSED), None)
-    end = ""
+    parts = [html.escape(", ".join(verbs))] if verbs else []
     if last is not None:
-        end = badge(reply_kind(last.protocol, last.text), last.text)
-    state = "closed" if closed else "open"
-    shown = ", ".join(verbs[:10]) + (", ..." if len(verbs) > 10 else "")
-    return f'<span class="ml-sum">{html.escape(shown)} · last reply {end} · {state}</span>'
+        parts.append(f"last reply {badge(reply_kind(last.protocol, last.text), last.text)}")
+    parts.append("closed" if closed else "open")
+    return f'<span class="ml-sum">{" · ".join(parts)}</span>'
 
 
 def _rows(evs: Sequence[Event], explain: bool) -> list[str]:
