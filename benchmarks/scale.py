@@ -216,9 +216,9 @@ def memory(server: Server) -> tuple[float, float]:
 
 # -- the measurements ----------------------------------------------------------------
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[..., object], *args: object) -> float:
     t0 = time.perf_counter()
-    fn()
+    fn(*args)
     return (time.perf_counter() - t0) * 1000
 
 
@@ -236,9 +236,9 @@ def measure(server_cls: type[Server], corpus: Path, work: Path, count: int, runs
         server = server_cls()
         server.start(copy, base / "a")
         try:
-            add("LOGIN+SELECT, first time (indexing)", timed(lambda: select(server)))
+            add("LOGIN+SELECT, first time (indexing)", timed(select, server))
             for _ in range(3):
-                add("LOGIN+SELECT, warm", timed(lambda: select(server)))
+                add("LOGIN+SELECT, warm", timed(select, server))
         finally:
             server.stop()
         # restart on the same Maildir with its index
@@ -247,20 +247,20 @@ def measure(server_cls: type[Server], corpus: Path, work: Path, count: int, runs
         server = server_cls()
         server.start(moved, base / "b")
         try:
-            add("LOGIN+SELECT, after a restart", timed(lambda: select(server)))
+            add("LOGIN+SELECT, after a restart", timed(select, server))
             c = login(server)
             c.command("SELECT INBOX")
             c.command("NOOP")
-            noop = sorted(timed(lambda: c.command("NOOP")) for _ in range(noops))
+            noop = sorted(timed(c.command, "NOOP") for _ in range(noops))
             add("idle NOOP, mailbox selected", statistics.median(noop))
             for _ in range(3):
-                add("FETCH 1:* (UID FLAGS)", timed(lambda: c.command("FETCH 1:* (UID FLAGS)")))
+                add("FETCH 1:* (UID FLAGS)", timed(c.command, "FETCH 1:* (UID FLAGS)"))
             last = f"FETCH {count - 49}:{count} ENVELOPE"
             c.command(last)
             for _ in range(5):
-                add("FETCH last 50 ENVELOPE, repeated", timed(lambda: c.command(last)))
+                add("FETCH last 50 ENVELOPE, repeated", timed(c.command, last))
             for _ in range(2):
-                add("STORE +FLAGS on 2,000", timed(lambda: c.command("STORE 1:2000 +FLAGS (\\Flagged)")))
+                add("STORE +FLAGS on 2,000", timed(c.command, "STORE 1:2000 +FLAGS (\\Flagged)"))
                 c.command("STORE 1:2000 -FLAGS.SILENT (\\Flagged)")
             pss, rss = memory(server)
             add("server memory, PSS of all its processes (MB)", pss)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from ..store import Mailbox
+from ..store import Mailbox, MessageInfo
 from .flags import flags_text
 from .responses import Bad, Output, line
 from .verbs import STAR, SeqSet
@@ -35,6 +35,8 @@ class SelectedMailbox:
         self.flags: dict[int, frozenset[str]] = {}  # as last reported to the client
         self.recent: set[int] = set()
         self.max_uid = 0
+        self.seen = -1  # the mailbox's change number this view has caught up with
+        self.pending_gone: set[int] = set()  # expunged, not yet announced (7.4.1)
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -105,34 +107,79 @@ class SelectedMailbox:
 
     def catch_up(self, allow_expunge: bool) -> Iterator[Output]:
         """The untagged EXPUNGE, FETCH (flags), EXISTS and RECENT responses that bring
-        the client's picture up to date (RFC 3501 5.2, 7.4.1)."""
+        the client's picture up to date (RFC 3501 5.2, 7.4.1).
+
+        Work in proportion to what changed since this view last caught up (the
+        mailbox's change log), not to the mailbox: an idle NOOP costs two stat calls.
+        """
+        mb = self.mailbox
+        with mb.lock:
+            changes = mb.changes_since(self.seen) if self.seen >= 0 else None
+            if changes is None:
+                yield from self._rescan(allow_expunge)
+                return
+            self.seen = mb.changes
+            flagged: dict[int, None] = {}
+            arrived: list[int] = []
+            for kind, uid in changes:
+                if kind == "gone":
+                    if uid <= self.max_uid:
+                        self.pending_gone.add(uid)
+                elif kind == "flags":
+                    flagged[uid] = None
+                elif uid > self.max_uid:
+                    arrived.append(uid)
+            infos = {u: mb.get(u) for u in (*flagged, *arrived)}
+        if allow_expunge and self.pending_gone:
+            yield from self._expunged(self.pending_gone)
+            self.pending_gone = set()
+        for u in sorted(flagged):
+            info = infos[u]
+            if info is None or u > self.max_uid or info.flags == self.flags.get(u):
+                continue
+            idx = bisect.bisect_left(self.uids, u)
+            if idx < len(self.uids) and self.uids[idx] == u:
+                self.flags[u] = info.flags
+                yield line(f"* {idx + 1} FETCH (UID {u} FLAGS ({self.flags_text(u, info.flags)}))")
+        yield from self._arrived([i for u in sorted(set(arrived)) if (i := infos[u]) is not None])
+
+    def _expunged(self, gone: set[int]) -> Iterator[Output]:
+        indexes = [i for i, u in enumerate(self.uids) if u in gone]
+        # Descending, so each number is still right when the client applies it.
+        for i in reversed(indexes):
+            yield line(f"* {i + 1} EXPUNGE")
+        if indexes:
+            for i in indexes:
+                self.flags.pop(self.uids[i], None)
+                self.recent.discard(self.uids[i])
+            self.uids = [u for u in self.uids if u not in gone]
+
+    def _arrived(self, arrived: list[MessageInfo]) -> Iterator[Output]:
+        if not arrived:
+            return
+        new = [i.uid for i in arrived]
+        self.max_uid = new[-1]
+        for i in arrived:
+            self.flags[i.uid] = i.flags
+        self.uids.extend(new)
+        self.recent |= self.claim_recent(new)
+        yield line(f"* {len(self.uids)} EXISTS")
+        yield line(f"* {len(self.recent)} RECENT")
+
+    def _rescan(self, allow_expunge: bool) -> Iterator[Output]:
+        """Catch up by comparing with every message (when the change log does not
+        reach back far enough)."""
         mb = self.mailbox
         with mb.lock:
             current = mb.messages()
+            self.seen = mb.changes
         present = {i.uid: i for i in current}
-        if allow_expunge and (len(present) != len(self.uids)
-                              or self.uids[-1:] != [i.uid for i in current[-1:]]):
-            gone = [i for i, u in enumerate(self.uids) if u not in present]
-            # Descending, so each number is still right when the client applies it.
-            for i in reversed(gone):
-                yield line(f"* {i + 1} EXPUNGE")
-            if gone:
-                for i in gone:
-                    self.flags.pop(self.uids[i], None)
-                    self.recent.discard(self.uids[i])
-                self.uids = [u for u in self.uids if u in present]
+        if allow_expunge:
+            yield from self._expunged({u for u in self.uids if u not in present})
+            self.pending_gone = set()
         for idx, u in enumerate(self.uids):
             info = present.get(u)
             if info is not None and info.flags != self.flags.get(u):
                 self.flags[u] = info.flags
                 yield line(f"* {idx + 1} FETCH (UID {u} FLAGS ({self.flags_text(u, info.flags)}))")
-        arrived = [i for i in current if i.uid > self.max_uid]
-        if arrived:
-            new = [i.uid for i in arrived]
-            self.max_uid = new[-1]
-            for i in arrived:
-                self.flags[i.uid] = i.flags
-            self.uids.extend(new)
-            self.recent |= self.claim_recent(new)
-            yield line(f"* {len(self.uids)} EXISTS")
-            yield line(f"* {len(self.recent)} RECENT")
+        yield from self._arrived([i for i in current if i.uid > self.max_uid])

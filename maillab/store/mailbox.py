@@ -22,6 +22,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,10 @@ FLAG_LETTERS = {
     "\\Deleted": "T",
 }
 LETTER_FLAGS = {v: k for k, v in FLAG_LETTERS.items()}
+
+#: How many recent changes a mailbox remembers for its readers (IMAP sessions
+#: catching up). A reader further behind than this rescans the whole mailbox once.
+CHANGE_LOG_SIZE = 20_000
 
 _counter = itertools.count(1)
 _HOSTNAME = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
@@ -136,6 +141,11 @@ class Mailbox:
             self._messages[info.uid] = info
             self._by_key[info.key] = info.uid
         self._cache: dict[int, dict[str, Any]] = {}
+        # The change log: every insert, flag/file change and removal gets the next
+        # number, so a reader that remembers the number it last saw learns what changed
+        # since (IMAP untagged updates) without looking at every message.
+        self.changes = 0
+        self._log: deque[tuple[int, str, int]] = deque(maxlen=CHANGE_LOG_SIZE)
         self._dir_stamp: tuple[int, int] | None = None
         self.sync()
 
@@ -211,6 +221,24 @@ class Mailbox:
             self._dir_stamp = self._stamp()
             return changed
 
+    def _logged(self, kind: str, uid: int) -> None:
+        self.changes += 1
+        self._log.append((self.changes, kind, uid))
+
+    def changes_since(self, seen: int) -> list[tuple[str, int]] | None:
+        """What changed after change number ``seen``: ("new" | "flags" | "gone", uid)
+        in order, after picking up outside changes; None when the log no longer
+        reaches back that far (the caller rescans). Cost: the changes, not the mailbox."""
+        with self.lock:
+            self.sync()
+            behind = self.changes - seen
+            if behind <= 0:
+                return []
+            if behind > len(self._log):
+                return None
+            return [(kind, uid) for _, kind, uid in
+                    itertools.islice(self._log, len(self._log) - behind, None)]
+
     def _insert(self, key: str, subdir: str, filename: str, size: int, crlf: int,
                 internaldate: float, flags: frozenset[str]) -> MessageInfo:
         uid = self.uidnext
@@ -224,6 +252,7 @@ class Mailbox:
         self._set_meta("uidnext", self.uidnext)
         self._messages[uid] = info
         self._by_key[key] = uid
+        self._logged("new", uid)
         return info
 
     def _replace(self, info: MessageInfo) -> None:
@@ -232,12 +261,14 @@ class Mailbox:
             (info.subdir, info.filename, " ".join(sorted(info.flags)), info.uid),
         )
         self._messages[info.uid] = info
+        self._logged("flags", info.uid)
 
     def _forget(self, uid: int) -> None:
         self._cache.pop(uid, None)
         info = self._messages.pop(uid)
         self._by_key.pop(info.key, None)
         self._db.execute("DELETE FROM messages WHERE uid = ?", (uid,))
+        self._logged("gone", uid)
 
     # -- reading -----------------------------------------------------------------
     def messages(self) -> list[MessageInfo]:
@@ -373,6 +404,7 @@ class Mailbox:
                     info = MessageInfo(uid, info.key, subdir, filename, info.size, info.crlf_size,
                                        info.internaldate, flags)
                     self._messages[uid] = info
+                    self._logged("flags", uid)
                     rows.append((subdir, filename, " ".join(sorted(flags)), uid))
                     out[uid] = info
             finally:

@@ -52,7 +52,9 @@ def select(s: IMAPSession, cmd: Select) -> Iterator[Output]:
         raise No(f"[NONEXISTENT] no mailbox {name}")
     mb = s.mailbox(name)
     view = SelectedMailbox(mb, mb.name, readonly)
-    infos = mb.messages()
+    with mb.lock:
+        infos = mb.messages()
+        view.seen = mb.changes
     view.uids = [i.uid for i in infos]
     view.flags = {i.uid: i.flags for i in infos}
     view.max_uid = max(view.max_uid, mb.uidnext - 1, view.uids[-1] if view.uids else 0)
