@@ -61,7 +61,7 @@ class AuthSettings:
         if key is None:
             return items[-1] if items else None
         for item in reversed(items):
-            if key in (item.message_id, item.subject) or key in item.message_id:
+            if key in item.message_id or key in item.subject:
                 return item
         return None
 

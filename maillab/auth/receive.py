@@ -183,15 +183,16 @@ def _one_signature(lookup: LabLookup, message: bytes, idx: int) -> DKIMCheck:
         prep = d.verify_headerprep(idx)
         check.tags = _tags(d.signature_fields)
         check.domain, check.selector = check.tags.get("d", ""), check.tags.get("s", "")
-        headers = [h for h in check.tags.get("h", "").split(":") if h.strip()]
-        if len(headers) > MAX_SIGNED_HEADERS:
-            return DKIMCheck("policy", check.domain, check.selector,
-                             f"h= names {len(headers)} header fields (over {MAX_SIGNED_HEADERS})", check.tags)
+    except Exception as exc:  # noqa: BLE001 - bad tags: the signature cannot be evaluated
+        tags = _tags(getattr(d, "signature_fields", None) or {})
+        return DKIMCheck("permerror", tags.get("d", ""), tags.get("s", ""), f"bad signature: {exc}", tags)
+    headers = [h for h in check.tags.get("h", "").split(":") if h.strip()]
+    if len(headers) > MAX_SIGNED_HEADERS:
+        return DKIMCheck("policy", check.domain, check.selector,
+                         f"h= names {len(headers)} header fields (over {MAX_SIGNED_HEADERS})", check.tags)
+    try:
         ok = d.verify_sig(*prep[:2], prep[2][idx], lookup.dkim_txt) if prep else False
-    except (dkim.MessageFormatError, dkim.ValidationError, dkim.ParameterError) as exc:
-        check.tags = check.tags or _tags(getattr(d, "signature_fields", {}) or {})
-        return DKIMCheck("permerror", check.tags.get("d", ""), check.tags.get("s", ""), str(exc), check.tags)
-    except dkim.DKIMException as exc:
+    except dkim.DKIMException as exc:  # body hash mismatch, bad signature, ...
         return DKIMCheck("fail", check.domain, check.selector, str(exc), check.tags)
     except dns.exception.DNSException as exc:
         return DKIMCheck("temperror", check.domain, check.selector, f"DNS: {exc}", check.tags)

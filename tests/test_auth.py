@@ -1,0 +1,261 @@
+"""SPF, DKIM, DMARC and ARC across the lab internet, through real sockets.
+
+One lab for the module (CI cost): alice submits on mail.alpha.test, the relay
+carries the message to beta's or gamma's MX, and the MX checks and files it.
+Verdicts are compared with dkimpy's own command-line tools (``dkimverify``,
+``arcverify``) run on the stored message with their DNS pointed at the lab DNS.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import subprocess
+import sys
+
+import dkim
+import pytest
+from conftest import fast_limits
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from test_relay import submit
+
+from maillab import Lab
+from maillab.auth import settings
+from maillab.auth.keys import key_for
+from maillab.auth.lookup import LabLookup
+from maillab.auth.receive import check, parse_dmarc
+from maillab.auth.send import sign
+from maillab.views.auth import AuthView
+
+CLI = ("import sys, dns.resolver as r\n"
+       "res = r.Resolver(configure=False); res.nameservers = [sys.argv[1]]; res.port = int(sys.argv[2])\n"
+       "r.default_resolver = res\n"
+       "sys.argv = sys.argv[:1]\n"
+       "from importlib import import_module\n"
+       "import_module('dkim.' + TOOL).main()\n")
+
+
+def cli(lab: Lab, tool: str, message: bytes) -> str:
+    """dkimpy's own command-line tool (dkimverify, arcverify) on ``message``, its DNS
+    pointed at the lab DNS (they read /etc/resolv.conf otherwise)."""
+    code = CLI.replace("TOOL", repr(tool))
+    out = subprocess.run([sys.executable, "-c", code, lab.dns.address, str(lab.dns.port)],
+                         input=message, capture_output=True, timeout=60)
+    return (out.stdout + out.stderr).decode()
+
+
+@pytest.fixture(scope="module")
+def alab(tmp_path_factory):
+    lab = Lab(tmp_path_factory.mktemp("auth") / "lab", ports="auto", limits=fast_limits(
+        relay_retry_first=0.3, relay_retry_max=0.6, relay_expiry=5, relay_connect_timeout=2,
+        relay_reply_timeout=10))
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+def stored(lab: Lab, user: str, subject: str, folder: str = "INBOX") -> bytes:
+    box = lab.store.mailbox(user, folder, create=True)
+    box.sync()
+    for info in box.messages():
+        data = box.read(info.uid)
+        if f"Subject: {subject}".encode() in data or f"] {subject}".encode() in data:
+            return data
+    raise AssertionError(f"no {subject!r} in {user}/{folder}")
+
+
+def ar(message: bytes) -> str:
+    head = message.split(b"\r\n\r\n", 1)[0].decode()
+    return " ".join(head.split("Authentication-Results:", 1)[1].split("\r\n")[0:4]).split("\r\nReceived")[0]
+
+
+def set_dmarc(lab: Lab, domain: str, policy: str) -> None:
+    text = lab.dns.zone_text(domain)
+    lines = [ln if not ln.startswith("_dmarc") else f'_dmarc\tIN\tTXT\t"v=DMARC1; p={policy}"'
+             for ln in text.splitlines()]
+    lab.dns.replace_zone(domain, "\n".join(lines) + "\n")
+
+
+def test_zone_records_and_key_file(alab):
+    text = alab.dns.zone_text("beta.test")
+    assert '"v=spf1 mx -all"' in text and "lab._domainkey" in text and '"v=DMARC1; p=none' in text
+    key = key_for(alab, "beta.test")
+    assert key.path.stat().st_mode & 0o777 == 0o600
+    assert serialization.load_pem_private_key(key.private_pem, None).key_size >= 2048
+    txt = alab.dns.query("lab._domainkey.beta.test", "TXT").answer[0][0]
+    assert b"".join(txt.strings).decode() == key.record_text()  # split in 255-octet strings, joined back
+
+
+def test_signed_mail_passes_and_dkimverify_agrees(alab):
+    qid = submit(alab, ["carol@beta.test"], "signed hello", "Hi Carol.\r\n")
+    assert alab.relay.wait(qid, timeout=20).state == "delivered"
+    msg = stored(alab, "carol@beta.test", "signed hello")
+    header = ar(msg)
+    assert header.startswith(" mx1.beta.test;") or header.startswith(" mx2.beta.test;")
+    assert "spf=pass" in header and "dkim=pass header.d=alpha.test" in header and "dmarc=pass" in header
+    assert "signature ok" in cli(alab, "dkimverify", msg)
+    view = AuthView(settings(alab).last("signed hello"))
+    text = repr(view)
+    assert "RFC 7208" in text and "RFC 6376" in text and "RFC 7489" in text
+    assert "(same: the body is as signed)" in text and "lab._domainkey.alpha.test TXT?" in text
+    assert "_dmarc.alpha.test TXT? ->" in text and "v=spf1 mx -all" in text
+    assert "✓" in view._repr_html_()
+
+
+def test_forgery_at_the_mx_reject_and_quarantine(alab):
+    mx, port = alab.address("smtp", "mx1.beta.test")
+    forged = ("From: ceo@beta.test\r\nTo: carol@beta.test\r\nSubject: wire money\r\n"
+              "Message-ID: <forged@beta.test>\r\n\r\nPay now.\r\n")
+    set_dmarc(alab, "beta.test", "reject")
+    try:
+        with smtplib.SMTP(mx, port, timeout=20) as s:
+            s.ehlo("mail.alpha.test")
+            with pytest.raises(smtplib.SMTPDataError) as err:
+                s.sendmail("ceo@beta.test", ["carol@beta.test"], forged)
+            assert err.value.smtp_code == 550 and b"5.7.1" in err.value.smtp_error
+            assert b"DMARC policy p=reject" in err.value.smtp_error
+            s.noop()  # the session goes on
+        last = settings(alab).last("wire money")
+        assert (last.verdict.spf.result, last.verdict.dmarc.result, last.verdict.action) == ("fail", "fail", "reject")
+        set_dmarc(alab, "beta.test", "quarantine")
+        with smtplib.SMTP(mx, port, timeout=20) as s:
+            s.sendmail("ceo@beta.test", ["carol@beta.test"], forged.replace("wire money", "wire more"))
+        assert "dmarc=fail" in ar(stored(alab, "carol@beta.test", "wire more", folder="Junk"))
+    finally:
+        set_dmarc(alab, "beta.test", "none")
+
+
+def test_tampering_breaks_the_body_hash(alab):
+    settings(alab).tamper["mail.alpha.test"] = "body"
+    try:
+        qid = submit(alab, ["carol@beta.test"], "tampered", "Transfer 100 euros.\r\n")
+        assert alab.relay.wait(qid, timeout=20).state == "delivered"
+    finally:
+        settings(alab).tamper.clear()
+    msg = stored(alab, "carol@beta.test", "tampered")
+    assert "dkim=fail" in ar(msg) and "body hash mismatch" in ar(msg).replace("\r\n", "")
+    assert "body hash mismatch" in cli(alab, "dkimverify", msg)  # the CLI raises on it
+    assert "DIFFERENT: the body changed after signing" in repr(AuthView(settings(alab).last("tampered")))
+
+
+def test_forwarding_spf_breaks_dkim_survives_arc_seals(alab):
+    settings(alab).forwards["dave@gamma.test"] = "carol@beta.test"
+    try:
+        qid = submit(alab, ["dave@gamma.test"], "forward me", "For Dave, then Carol.\r\n")
+        assert alab.relay.wait(qid, timeout=20).state == "delivered"
+        msg = _wait_stored(alab, "carol@beta.test", "forward me")
+    finally:
+        settings(alab).forwards.clear()
+    top = ar(msg)
+    assert "spf=fail" in top and "dkim=pass header.d=alpha.test" in top and "dmarc=pass" in top
+    assert "arc=pass" in top
+    assert b"ARC-Authentication-Results: i=1; mail.gamma.test;" in msg and b"spf=pass" in msg
+    assert "cv=b'pass'" in cli(alab, "arcverify", msg)
+
+
+def _wait_stored(lab: Lab, user: str, subject: str, folder: str = "INBOX") -> bytes:
+    import time
+    deadline = time.time() + 20
+    while True:
+        try:
+            return stored(lab, user, subject, folder)
+        except AssertionError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_mailing_list_breaks_dkim_and_arc_repairs_the_verdict(alab):
+    s = settings(alab)
+    alab.users.add("team@gamma.test", "x") if "team@gamma.test" not in alab.users else None
+    from maillab.auth import MailingList
+    s.lists["team@gamma.test"] = MailingList("team@gamma.test", ["carol@beta.test"], "[team]", "the team list")
+    set_dmarc(alab, "alpha.test", "reject")
+    try:
+        qid = submit(alab, ["team@gamma.test"], "list post", "Hello list.\r\n")
+        assert alab.relay.wait(qid, timeout=20).state == "delivered"
+        msg = _wait_stored(alab, "carol@beta.test", "list post")
+        top = ar(msg)
+        assert "dkim=fail" in top and "dkim=pass header.d=gamma.test" in top and "dmarc=fail" in top
+        assert "arc=pass" in top and "override arc=pass" in top
+        assert b"Subject: [team] list post" in msg
+        s.arc_off.add("mail.gamma.test")  # without ARC, DMARC's p=reject refuses the post
+        qid = submit(alab, ["team@gamma.test"], "unsealed post", "Hello again.\r\n")
+        alab.relay.wait(qid, timeout=20)
+        _wait_refused(alab, "unsealed post")
+    finally:
+        s.lists.clear()
+        s.arc_off.clear()
+        set_dmarc(alab, "alpha.test", "none")
+
+
+def _wait_refused(lab: Lab, subject: str) -> None:
+    import time
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        last = settings(lab).last(subject)
+        if last is not None and last.host.endswith("beta.test"):
+            assert last.verdict.action == "reject" and last.refused.startswith("550 5.7.1")
+            return
+        time.sleep(0.1)
+    raise AssertionError("the list post was not refused")
+
+
+# -- bad input: the RFC's result, never an exception ---------------------------------------
+def _zone(lab: Lab, extra: str) -> None:
+    lab.dns.replace_zone("bad.test", "$ORIGIN bad.test.\n$TTL 60\n"
+                         "@ IN SOA ns.bad.test. h.bad.test. 1 60 60 600 60\n@ IN NS ns.bad.test.\n"
+                         "ns IN A 127.0.0.1\n" + extra)
+
+
+def _check(lab: Lab, message: bytes, mail_from: str = "x@bad.test", *, port: int | None = None):
+    lookup = LabLookup(lab.dns.address, port or lab.dns.port, timeout=0.5)
+    return check(message, lookup=lookup, authserv_id="mx.test", ip="127.0.0.1", helo="h.bad.test",
+                 mail_from=mail_from)
+
+
+def test_bad_records_give_the_rfc_results(alab):
+    msg = b"From: x@bad.test\r\nSubject: t\r\n\r\nbody\r\n"
+    _zone(alab, '@ IN TXT "v=spf1 ip4:300.1.1.1 -all"\n')
+    assert _check(alab, msg).spf.result == "permerror"
+    many = " ".join(f"include:i{i}.bad.test" for i in range(12))
+    _zone(alab, f'@ IN TXT "v=spf1 {many} -all"\n'
+          + "".join(f'i{i} IN TXT "v=spf1 -all"\n' for i in range(12)))
+    assert _check(alab, msg).spf.result == "permerror"  # more than 10 look-ups (RFC 7208 4.6.4)
+    _zone(alab, '@ IN TXT "v=spf1 include:bad.test -all"\n')  # a loop
+    assert _check(alab, msg).spf.result == "permerror"
+    _zone(alab, '_dmarc IN TXT "v=DMARC1; p=reject; foo=bar; pct=xx"\n')
+    v = _check(alab, msg)
+    assert (v.dmarc.result, v.dmarc.policy, v.action) == ("fail", "reject", "reject")  # unknown tags ignored
+    assert parse_dmarc("v=DMARC1; p=bogus") is None and parse_dmarc("v=DMARC1; p=bogus; rua=mailto:a@b")["p"] == "none"
+    # the DNS does not answer: temperror, and no reject
+    dead = _check(alab, msg, port=9)
+    assert dead.spf.result == "temperror" and dead.action == "deliver"
+
+
+def test_bad_signatures_give_the_rfc_results(alab):
+    # a 512-bit public key in the record (only its size matters: it is refused before use)
+    small = rsa.RSAPublicNumbers(65537, (1 << 511) | 12345).public_key()
+    pub = base64.b64encode(small.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    key = key_for(alab, "alpha.test")
+    _zone(alab, f'short._domainkey IN TXT "v=DKIM1; k=rsa; p={pub}"\n'
+          f'lab._domainkey IN TXT "{key.record_text()[:200]}" "{key.record_text()[200:]}"\n')
+    base = b"From: x@bad.test\r\nSubject: t\r\n\r\nbody\r\n"
+    short = dkim.sign(base, b"short", b"bad.test", key.private_pem, include_headers=[b"from"]) + base
+    assert _check(alab, short).dkim[0].result in ("permerror", "fail")  # RFC 8301: < 1024 bits refused
+    from maillab.auth.keys import DomainKey
+    good = DomainKey("bad.test", "lab", key.private_pem, key.path)
+    limited = dkim.sign(base, b"lab", b"bad.test", key.private_pem, include_headers=[b"from"], length=True) + base
+    appended = limited + b"Appended by someone else.\r\n"
+    assert _check(alab, limited).dkim[0].result == "pass"
+    assert _check(alab, appended).dkim[0].result == "policy"  # l= covers only part (RFC 6376 8.2)
+    huge = sign(base, good).replace(b"h=from", b"h=" + b":".join([b"x-h"] * 500) + b":from", 1)
+    assert _check(alab, huge).dkim[0].result == "policy"
+    badtags = b"DKIM-Signature: v=1; a=rsa-sha256; d=bad.test; s=lab; bh=; b=\r\n" + base
+    assert _check(alab, badtags).dkim[0].result == "permerror"
+    nokey = dkim.sign(base, b"missing", b"bad.test", key.private_pem, include_headers=[b"from"]) + base
+    assert _check(alab, nokey).dkim[0].result in ("permerror", "fail")
