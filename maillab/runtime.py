@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import gc
 import threading
 import time
 import weakref
@@ -29,6 +30,26 @@ LAG_THRESHOLD = 0.100
 HEARTBEAT = 0.05
 
 
+# CPU time each thread spent in the garbage collector. A full collection in a big
+# process (a notebook, a test run) can take a few hundred ms in whichever thread
+# allocated last; that is lag, but not a callback of ours computing.
+_gc_cpu: dict[int, float] = {}
+_gc_started: dict[int, float] = {}
+
+
+def _gc_callback(phase: str, info: dict[str, Any]) -> None:
+    tid = threading.get_ident()
+    if phase == "start":
+        _gc_started[tid] = time.thread_time()
+    else:
+        start = _gc_started.pop(tid, None)
+        if start is not None:
+            _gc_cpu[tid] = _gc_cpu.get(tid, 0.0) + time.thread_time() - start
+
+
+gc.callbacks.append(_gc_callback)
+
+
 @dataclass(frozen=True)
 class Lag:
     """The lab loop came back late: ``wall`` seconds late, of which the lab thread
@@ -40,15 +61,22 @@ class Lag:
     when: float  # time.time() when the watch noticed
     wall: float
     cpu: float
+    gc: float = 0.0  # of ``cpu``, the seconds the garbage collector ran in the lab thread
+
+    @property
+    def own_cpu(self) -> float:
+        """CPU seconds of the lab's own work (the collector's share taken out)."""
+        return self.cpu - self.gc
 
     @property
     def busy(self) -> bool:
         """True when the lab thread itself computed past the threshold."""
-        return self.cpu > LAG_THRESHOLD
+        return self.own_cpu > LAG_THRESHOLD
 
     def __str__(self) -> str:
         why = "busy computing" if self.busy else "waiting (blocked, GIL or machine load)"
-        return f"lab loop lagged {self.wall * 1000:.0f} ms ({self.cpu * 1000:.0f} ms CPU: {why})"
+        gc_note = f", {self.gc * 1000:.0f} ms of it garbage collection" if self.gc >= 0.01 else ""
+        return f"lab loop lagged {self.wall * 1000:.0f} ms ({self.cpu * 1000:.0f} ms CPU{gc_note}: {why})"
 
 
 #: Every lag of every loop in this process, newest last (bounded): tests read it.
@@ -63,6 +91,7 @@ class LagWatch:
         self.lab_loop = lab_loop
         self._due = 0.0
         self._cpu = 0.0
+        self._gc = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -71,10 +100,12 @@ class LagWatch:
 
     def _beat(self, loop: asyncio.AbstractEventLoop) -> None:
         now, cpu = time.monotonic(), time.thread_time()  # thread_time: the lab thread's own CPU
+        collected = _gc_cpu.get(threading.get_ident(), 0.0)
         late = now - self._due
         if self._due and late > LAG_THRESHOLD:
-            self.lab_loop.lagged(Lag(self.lab_loop.name, time.time(), late, cpu - self._cpu))
-        self._due, self._cpu = now + HEARTBEAT, cpu
+            self.lab_loop.lagged(Lag(self.lab_loop.name, time.time(), late, cpu - self._cpu,
+                                     collected - self._gc))
+        self._due, self._cpu, self._gc = now + HEARTBEAT, cpu, collected
         self._handle = loop.call_later(HEARTBEAT, self._beat, loop)
 
 

@@ -249,7 +249,7 @@ class Soak:
                 if total != 1:
                     problems.append(f"{subject} -> {rcpt}: delivered {got}, bounced {bounced[(rcpt, subject)]}")
         lags = self.lab.loop.lags
-        stalls = [str(lag) for lag in lags if lag.cpu > STALL_CPU]
+        stalls = [str(lag) for lag in lags if lag.own_cpu > STALL_CPU]
         growth = {k: after[k] - before[k] for k in before}
         leaks = [f"{k} {before[k]} -> {after[k]}" for k, limit in
                  (("fds", 8), ("threads", 2), ("tasks", 4), ("rss", 200 << 20)) if growth[k] > limit]

@@ -137,7 +137,8 @@ def test_hops_never_raise(value: str) -> None:
 # -- SMTP: a quoted local part survives its own round trip ----------------------------------
 
 @pytest.mark.parametrize("path", ['<"a\\"b"@alpha.test>', '<"a\\\\b"@alpha.test>', '<"a b"@alpha.test>',
-                                  '<">"@alpha.test>'])  # hypothesis: a ">" in quotes ended the path
+                                  '<">"@alpha.test>',  # hypothesis: a ">" in quotes ended the path
+                                  '<u@[1"2]>'])  # fuzz: ... and a '"' in an address literal opened quotes
 def test_quoted_local_part_round_trip(path: str) -> None:
     parsed, _ = parse_path(path)
     assert str(parsed) == path

@@ -144,16 +144,19 @@ def _syntax(detail: str, what: str, arg: str) -> PathError:
 
 def _closing_angle(text: str) -> int:
     """The index of the ">" that closes the path opened at text[0], or -1. A ">" inside
-    a quoted local part (``<">"@x>``, RFC 5321 4.1.2 qtextSMTP) does not close it."""
-    quoted = False
+    a quoted local part (``<">"@x>``, RFC 5321 4.1.2 qtextSMTP) does not close it; past
+    the local part a '"' is an ordinary character (``u@[1"2]``, an address literal)."""
+    quoted, local = False, True
     i = 1
     while i < len(text):
         c = text[i]
         if quoted and c == "\\":
             i += 2
             continue
-        if c == '"':
+        if c == '"' and local:
             quoted = not quoted
+        elif c == "@" and not quoted:
+            local = False
         elif c == ">" and not quoted:
             return i
         i += 1
