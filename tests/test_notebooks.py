@@ -77,6 +77,18 @@ CLAIMS = {
         "The server closed the connection without a reply: no UPDATE state",
         "[fired 2/2, spent]",
     ],
+    "08_who_may_send.ipynb": [
+        '"v=spf1 mx -all"', 'lab._domainkey.alpha.test.\t\t300\tIN\tTXT\t"v=DKIM1; k=rsa; p=', '"v=DMARC1; p=none',
+        "spf=pass dkim=pass dmarc=pass -> deliver", "(same: the body is as signed)",
+        "Sender address rejected: not owned by user alice@alpha.test",  # forgery: submission refuses it
+        "error: 550 5.7.1 Message rejected: DMARC policy p=reject: beta.test: SPF fail",  # ... the MX too
+        "spf=fail dkim=none dmarc=fail -> reject",
+        "(DIFFERENT: the body changed after signing)", "result: fail — body hash mismatch",  # tampering
+        "spf=fail dkim=pass arc=pass dmarc=pass -> deliver",  # forwarding: DKIM survives, ARC seals
+        "(ARC-Authentication-Results i=1): i=1; mail.gamma.test; spf=pass",
+        "spf=pass dkim=pass,fail arc=pass dmarc=fail -> deliver",  # the list: ARC repairs the verdict
+        "policy overridden: arc=pass from gamma.test", "bounced 550 550 5.7.1 Message rejected",
+    ],
 }
 #: What a notebook's live widgets must show by the end (their state as the kernel sent it).
 WIDGET_CLAIMS = {

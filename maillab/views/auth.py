@@ -65,7 +65,7 @@ def steps(entry: Received) -> list[Step]:
         computed = body_hash(judged, t) if t else ""
         lines = [f"tags: d={t.get('d', '')} s={t.get('s', '')} a={t.get('a', '')} c={t.get('c', 'simple/simple')}"
                  + (f" l={t['l']}" if "l" in t else ""),
-                 f"signed header fields (h=): {t.get('h', '')}",
+                 f"signed header fields (h=): {' '.join(t.get('h', '').split())}",
                  f"key record: {d.selector}._domainkey.{d.domain} TXT (RFC 6376 3.6.2.1)",
                  f"body hash in bh=: {''.join(t.get('bh', '').split())}",
                  f"body hash now:    {computed}"
