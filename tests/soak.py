@@ -9,7 +9,9 @@ library's (smtplib over STARTTLS with AUTH, poplib, imaplib) plus a raw IDLE ses
 * fault rules fire now and then: a one-shot ``451`` at mx1.beta.test's RCPT (the relay
   retries or takes mx2) and a one-shot ``550`` at mail.gamma.test's RCPT (a bounce);
 * readers: POP3 for carol (RETR, DELE, QUIT), IMAP for dave (FETCH, STORE \\Deleted,
-  EXPUNGE), and bob's INBOX watched in IDLE, re-entered every few seconds.
+  EXPUNGE), and bob's INBOX watched in IDLE, re-entered every few seconds; with
+  ``external`` (scripts/soak), mbsync over IMAPS and fetchmail over POP3 read bob's
+  INBOX every few seconds too.
 
 At the end the queue drains and the ledger must balance: every message the
 submission port accepted reached each recipient exactly once or came back to
@@ -28,6 +30,7 @@ import os
 import poplib
 import random
 import re
+import shutil
 import smtplib
 import socket
 import ssl
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/real_clients
 
 from maillab import Lab  # noqa: E402
 from maillab.limits import Limits  # noqa: E402
@@ -70,8 +74,11 @@ def _resources(lab: Lab) -> dict[str, int]:
 
 
 class Soak:
-    def __init__(self, lab: Lab, seconds: float, max_messages: int, seed: int) -> None:
+    def __init__(self, lab: Lab, seconds: float, max_messages: int, seed: int, external: bool = False) -> None:
         self.lab = lab
+        self.external = external and bool(shutil.which("mbsync") and shutil.which("fetchmail"))
+        self.external_runs: Counter[str] = Counter()
+        self.home = Path(tempfile.mkdtemp(prefix="maillab-soak-home-"))
         self.deadline = time.monotonic() + seconds
         self.max_messages = max_messages
         self.rng = random.Random(seed)
@@ -183,6 +190,35 @@ class Soak:
             while not (line() or b"d ").startswith(b"d "):
                 pass
 
+    def external_readers(self) -> None:
+        """mbsync (IMAP) and fetchmail (POP3, keep) read bob's INBOX as real clients do;
+        they only read, so the ledger does not count them: their failures are findings."""
+        from real_clients import fetchmailrc, mbsyncrc, run
+
+        ca, env = self.lab.ca_path, {"HOME": str(self.home)}
+        local = self.home / "Mail"
+        local.mkdir(exist_ok=True)
+        rc = mbsyncrc(self.home / "mbsyncrc", ca=ca, port=self.lab.address("imaps")[1], user="bob@alpha.test",
+                      password="bob-pw", local=local, ssl_type="IMAPS", patterns="INBOX")
+        proc = run(["mbsync", "-c", str(rc), "lab"], env=env, timeout=120)
+        self.external_runs["mbsync ok" if proc.returncode == 0 else "mbsync failed"] += 1
+        if proc.returncode != 0:
+            self.errors.append(f"mbsync: {proc.stderr.decode(errors='replace')[-300:]}")
+        out = self.home / f"fetched{self.external_runs.total()}"
+        out.mkdir()
+        rc = fetchmailrc(self.home / "fetchmailrc", ca=ca, port=self.lab.address("pop3")[1], user="bob@alpha.test",
+                         password="bob-pw", out=out, protocol="POP3", implicit_tls=False, keep=True,
+                         fetchall=False)
+        proc = run(["fetchmail", "-f", str(rc), "--nodetach", "--pidfile", str(self.home / "pid")],
+                   env=env, timeout=120)
+        ok = proc.returncode in (0, 1)  # 1: no new mail
+        self.external_runs["fetchmail ok" if ok else "fetchmail failed"] += 1
+        if not ok:
+            self.errors.append(f"fetchmail {proc.returncode}: {proc.stdout.decode(errors='replace')[-300:]}")
+        for f in out.iterdir():
+            f.unlink()
+        time.sleep(5)
+
     # -- the run -----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         lab = self.lab
@@ -198,6 +234,9 @@ class Soak:
         workers = [threading.Thread(target=self._guard, args=(name, fn), name=f"soak-{name}")
                    for name, fn in (("submit", self.submit_some), ("pop3", self.read_pop3),
                                     ("imap", self.read_imap), ("idle", self.idle))]
+        if self.external:
+            workers.append(threading.Thread(target=self._guard, args=("external", self.external_readers),
+                                            name="soak-external"))
         for w in workers:
             w.start()
         middle = time.monotonic() + (self.deadline - time.monotonic()) / 2
@@ -222,6 +261,7 @@ class Soak:
         # first: memory should grow less in the second half than in the first.
         report["rss_middle"] = mid_rss
         report["events"] = len(lab.events.events())
+        shutil.rmtree(self.home, ignore_errors=True)
         return report
 
     def _drain(self, timeout: float = 120) -> None:
@@ -256,12 +296,12 @@ class Soak:
         return {"accepted": len(self.accepted), "recipients": len(self.accepted) * len(RCPTS),
                 "bounced": sum(bounced.values()), "idle_updates": self.idle_updates,
                 "reader_errors": self.errors[:10], "ledger_problems": problems[:20],
-                "lags": len(lags), "stalls": stalls, "before": before, "after": after, "leaks": leaks,
+                "external_runs": dict(self.external_runs), "lags": len(lags), "stalls": stalls, "before": before, "after": after, "leaks": leaks,
                 "ok": not problems and not stalls and not leaks}
 
 
 def soak(seconds: float, *, directory: Path | None = None, max_messages: int = 100_000,
-         seed: int = 15) -> dict[str, Any]:
+         seed: int = 15, external: bool = False) -> dict[str, Any]:
     """Run the soak on a fresh default-network lab; returns its report (``ok`` said)."""
     with tempfile.TemporaryDirectory(prefix="maillab-soak-") as tmp:
         lab = Lab(directory or Path(tmp) / "lab", ports="auto", limits=Limits(
@@ -269,7 +309,7 @@ def soak(seconds: float, *, directory: Path | None = None, max_messages: int = 1
             relay_connect_timeout=2, relay_reply_timeout=20))
         lab.start()
         try:
-            return Soak(lab, seconds, max_messages, seed).run()
+            return Soak(lab, seconds, max_messages, seed, external).run()
         finally:
             lab.stop()
 
@@ -279,8 +319,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1800)
     ap.add_argument("--max-messages", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=15)
+    ap.add_argument("--no-external", action="store_true", help="leave out mbsync and fetchmail")
     args = ap.parse_args()
-    report = soak(args.seconds, max_messages=args.max_messages, seed=args.seed)
+    report = soak(args.seconds, max_messages=args.max_messages, seed=args.seed, external=not args.no_external)
     print(json.dumps(report, indent=2))
     sys.exit(0 if report["ok"] else 1)
 
