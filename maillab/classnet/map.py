@@ -115,9 +115,7 @@ def class_map(server: ClassDNS) -> ClassMap:
         if row.registered:
             heard = row.last_seen is not None and now - row.last_seen <= quiet_after
             row.state = "registered" if heard else "quiet"
-    with server._lock:  # noqa: SLF001 - the server's own lock for its event deques
-        lookups = list(server.lookups)
-        updates = list(server.updates)
+    lookups, updates = server.history()
     edges: Counter[tuple[str, str]] = Counter()
     last: dict[tuple[str, str], float] = {}
     recent: list[tuple[float, str, str, str, str]] = []

@@ -187,14 +187,14 @@ class ClassMember:
                             + (" (the key may update only its own names)" if rcode == dns.rcode.REFUSED else ""))
         self.history.append((time.time(), what))
 
-    @staticmethod
-    def _explain(exc: Exception, what: str) -> JoinError:
+    def _explain(self, exc: Exception, what: str) -> JoinError:
         if isinstance(exc, JoinError):
             return exc
         if isinstance(exc, dns.exception.FormError) and "TSIG" in str(exc):
             return JoinError(f"the class DNS refused {what}: NOTAUTH (unknown, revoked or wrong key,"
                              " or this machine's clock is off by more than 5 minutes)")
-        return JoinError(f"cannot reach the class DNS at {exc.__class__.__name__}: {exc}")
+        return JoinError(f"{what}: cannot reach the class DNS at {self.dns_address}:{self.dns_port}:"
+                         f" {exc.__class__.__name__}: {exc}")
 
     async def register(self) -> None:
         """Send the records (on the lab loop)."""
@@ -239,7 +239,7 @@ class ClassMember:
         except Exception as exc:  # noqa: BLE001
             raise self._explain(exc, what) from None
         self.registered = None
-        return f"{self.domain} left the class: its MX and A records are gone from {self.dns_address}:{self.dns_port}"
+        return f"{self.domain} left the class: its MX, A and TLSA records are gone from {self.dns_address}:{self.dns_port}"
 
     def status(self) -> dict[str, Any]:
         return {"domain": self.domain, "host": self.host, "address": self.address, "mx_port": self.mx_port,

@@ -206,6 +206,11 @@ class ClassDNS:
         self.zones.zone.to_file(str(tmp), relativize=False)
         tmp.replace(self.zone_path)
 
+    def history(self) -> tuple[list[Lookup], list[UpdateRecord]]:
+        """Copies of the queries and UPDATEs kept (safe from any thread)."""
+        with self._lock:
+            return list(self.lookups), list(self.updates)
+
     def records(self) -> list[str]:
         """Every record of the class zone, as text (what AXFR would show)."""
         return [line for line in self.zones.zone.to_text(relativize=False).splitlines() if line.strip()]

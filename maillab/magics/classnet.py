@@ -219,7 +219,7 @@ def _join(magics: MailMagics, args: argparse.Namespace) -> Any:
 @subcommand("leave")
 @magic_arguments("mail leave")
 def _leave(magics: MailMagics, args: argparse.Namespace) -> Any:
-    """Leave the class: remove this lab's MX and A records from the class DNS."""
+    """Leave the class: remove this lab's records (MX, A, TLSA) from the class DNS."""
     lab = state.existing_lab()
     if lab is None or lab.classnet is None:
         raise UsageError("this kernel's lab has not joined a class (%mail join ADDR:PORT --key NAME:SECRET)")
