@@ -411,8 +411,8 @@ class Lab:
         return remove(self, host, service)
 
     def set_handler(self, host: str, handler: Any) -> None:
-        """Let ``handler`` (an aiosmtpd handler object: ``handle_MAIL``, ``handle_RCPT``,
-        ``handle_DATA``) have its say in the SMTP sessions of lab host ``host``
+        """Let ``handler`` (an aiosmtpd handler object: ``handle_EHLO``, ``handle_MAIL``,
+        ``handle_RCPT``, ``handle_DATA``) have its say in the SMTP sessions of lab host ``host``
         (see :mod:`maillab.smtp.hooks`); None removes it. New connections use it."""
         names = set(self.topology.hosts)
         if host not in names:

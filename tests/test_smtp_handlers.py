@@ -134,3 +134,19 @@ def test_mail_handler_magic(tmp_path):
         assert "no SMTP handlers" in repr(table)
         with pytest.raises(Exception, match="no variable"):
             shell.run_line_magic("mail", "handler mail.alpha.test nothing_here")
+
+
+class Advertise:
+    """aiosmtpd's 5-argument handle_EHLO: the reply lines in, the reply lines out."""
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return [*responses[:-1], "250-XLAB-HOOKED", "250" + responses[-1][3:]]
+
+
+def test_ehlo_hook_edits_what_is_advertised(lab):
+    lab.set_handler(HOST, Advertise())
+    with smtplib.SMTP(*lab.address("smtp"), timeout=10) as smtp:
+        code, text = smtp.ehlo("client.test")
+        assert code == 250 and b"XLAB-HOOKED" in text and smtp.has_extn("starttls")
+        assert smtp.sendmail("carol@ext.test", ["bob@alpha.test"], b"Subject: x\r\n\r\nx\r\n") == {}

@@ -1,6 +1,6 @@
 """``%mail handler HOST NAME``: an aiosmtpd handler object as a lab host's SMTP hooks.
 
-NAME is a variable of the notebook holding the object (``handle_MAIL``,
+NAME is a variable of the notebook holding the object (``handle_EHLO``, ``handle_MAIL``,
 ``handle_RCPT``, ``handle_DATA``, as aiosmtpd documents them); ``--off`` removes
 it; with HOST alone, or nothing, it lists what is set. The hooks run in the
 host's MX, submission and SMTPS sessions after the lab's own rules (see
@@ -48,7 +48,7 @@ class HandlerTable:
 @argument("name", nargs="?", help="the notebook variable holding the aiosmtpd handler object")
 @argument("--off", action="store_true", help="remove HOST's handler")
 def handler(magics: MailMagics, args: argparse.Namespace) -> Any:
-    """Hook an aiosmtpd handler object (handle_MAIL/RCPT/DATA) into a lab host's SMTP servers."""
+    """Hook an aiosmtpd handler object (handle_EHLO/MAIL/RCPT/DATA) into a lab host's SMTP servers."""
     lab = magics.lab()
     if args.host and (args.off or args.name):
         if args.off:

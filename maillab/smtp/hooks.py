@@ -13,7 +13,8 @@ Code written for aiosmtpd (its docs, "Handler hooks") runs in the lab unchanged:
 The lab's own rules come first (no open relay, sizes, bare LF...); a hook then
 has its say: ``handle_MAIL`` and ``handle_RCPT`` get the address and options
 (``envelope.mail_from`` / ``envelope.rcpt_tos`` are filled in by the lab when the
-hook returns a 2xx), ``handle_DATA`` gets the whole message in ``envelope.content``
+hook returns a 2xx), ``handle_EHLO`` (the 5-argument form) gets and returns the
+reply lines, so it may change what is advertised, ``handle_DATA`` gets the whole message in ``envelope.content``
 (bytes, with the lab's Received header). A 2xx reply lets the command go on (the
 message is then stored or relayed as usual) and is what the client sees; a 4xx
 or 5xx reply refuses it. A hook written as ``async def`` runs on the lab loop
@@ -35,7 +36,7 @@ from ..events import SessionRecorder
 from .session import Hook, SMTPSession
 
 #: The hooks the lab calls (aiosmtpd's names), in the order of a transaction.
-HOOKS = ("MAIL", "RCPT", "DATA")
+HOOKS = ("EHLO", "MAIL", "RCPT", "DATA")
 
 
 def names(handler: Any) -> frozenset[str]:

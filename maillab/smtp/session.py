@@ -333,13 +333,19 @@ class SMTPSession:
             lines.append("AUTH PLAIN LOGIN")  # RFC 4954 4; plain passwords only under TLS
         return lines + ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
 
-    def cmd_ehlo(self, arg: str) -> Reply:
+    def cmd_ehlo(self, arg: str) -> Step:
         if not arg:
             return Reply(501, "5.5.4", "Syntax: EHLO hostname")
         self.state = State.READY
         self._reset_transaction()
         self.helo, self.extended = arg, True
-        return Reply(250, "", "\n".join(self._ehlo_keywords()))
+        reply = Reply(250, "", "\n".join(self._ehlo_keywords()))
+        if "EHLO" not in self.hooks:
+            return reply
+        # aiosmtpd's 5-argument handle_EHLO gets the reply lines and returns them,
+        # edited or not; what it advertises does not change what the session accepts.
+        return Hook("EHLO", (arg, reply.lines()), self.transaction.envelope,
+                    lambda lines: ehlo_reply(lines) or reply)
 
     def cmd_helo(self, arg: str) -> Reply:
         if not arg:
@@ -554,6 +560,13 @@ class SMTPSession:
             return failure
         self.errors = 0  # like Postfix: the error limit is for clients that deliver nothing
         return hook_ok or Reply(250, "2.0.0", f"Ok: queued as {qid}")
+
+
+def ehlo_reply(lines: Any) -> Reply | None:
+    """What a handle_EHLO hook returned (``["250-host", ..., "250 SMTPUTF8"]``) as a Reply."""
+    if not isinstance(lines, list) or not lines or not all(isinstance(x, str) for x in lines):
+        return None
+    return hook_reply("\r\n".join(lines))
 
 
 def hook_reply(status: Any) -> Reply | None:
