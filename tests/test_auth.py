@@ -27,6 +27,7 @@ from maillab.auth.lookup import LabLookup
 from maillab.auth.receive import check, parse_dmarc
 from maillab.auth.send import sign
 from maillab.views.auth import AuthView
+from maillab.views.relay import RelayView, path_from_relay
 
 CLI = ("import sys, dns.resolver as r\n"
        "res = r.Resolver(configure=False); res.nameservers = [sys.argv[1]]; res.port = int(sys.argv[2])\n"
@@ -154,6 +155,8 @@ def test_forwarding_spf_breaks_dkim_survives_arc_seals(alab):
     assert "arc=pass" in top
     assert b"ARC-Authentication-Results: i=1; mail.gamma.test;" in msg and b"spf=pass" in msg
     assert "cv=b'pass'" in cli(alab, "arcverify", msg)
+    path = repr(RelayView(path_from_relay(alab, qid)))  # the relay path marks each hop's checks
+    assert "SPF pass, DKIM pass, DMARC pass" in path and "SPF fail, DKIM pass, ARC pass, DMARC pass" in path
 
 
 def _wait_stored(lab: Lab, user: str, subject: str, folder: str = "INBOX") -> bytes:

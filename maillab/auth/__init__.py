@@ -42,6 +42,7 @@ class Received:
     message: bytes  # as filed (with the Authentication-Results on top)
     folder: str = "INBOX"
     refused: str = ""
+    queue_id: str = ""  # the MX's queue id (its 250 reply names it)
 
 
 @dataclass
@@ -64,6 +65,14 @@ class AuthSettings:
             if key in item.message_id or key in item.subject:
                 return item
         return None
+
+    def for_hop(self, host: str, message_id: str, queue_id: str = "") -> Received | None:
+        """The latest verdict of ``host`` on a message, found by the MX's queue id or by
+        Message-ID (a refused message has no queue id): for the relay path view."""
+        with self.lock:
+            items = list(self.verdicts)
+        return next((e for e in reversed(items) if e.host == host and (
+            (queue_id and e.queue_id == queue_id) or (message_id and e.message_id == message_id))), None)
 
 
 _settings_lock = threading.Lock()

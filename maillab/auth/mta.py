@@ -82,7 +82,7 @@ def _strip_our_results(message: bytes, authserv_id: str) -> bytes:
 
 
 def inbound_sync(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: str,
-                 local: list[str], message: bytes) -> Inbound:
+                 local: list[str], message: bytes, queue_id: str = "") -> Inbound:
     s = settings(lab)
     out = Inbound(message=message, local=list(local))
     if host_name in s.checking_off or lab.dns is None:
@@ -99,7 +99,7 @@ def inbound_sync(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: str
         mid, subject = str(hdr.get("Message-ID", "") or ""), str(hdr.get("Subject", "") or "")
     except Exception:  # noqa: BLE001
         mid = subject = ""
-    entry = Received(host_name, list(local), mid, subject, verdict, message)
+    entry = Received(host_name, list(local), mid, subject, verdict, message, queue_id=queue_id or "")
     if verdict.action == "reject":
         out.reply = (550, "5.7.1", f"Message rejected: {verdict.reason}")
         entry.refused = " ".join(map(str, out.reply))
@@ -152,11 +152,12 @@ def _list_post(lab: Lab, host_name: str, message: bytes, ml: Any) -> bytes:
 
 
 async def inbound(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: str, local: list[str],
-                  message: bytes, rec: SessionRecorder) -> Inbound:
+                  message: bytes, rec: SessionRecorder, queue_id: str | None = None) -> Inbound:
     loop = asyncio.get_running_loop()
     try:
         out = await loop.run_in_executor(None, lambda: inbound_sync(
-            lab, host_name, ip=ip, helo=helo, mail_from=mail_from, local=local, message=message))
+            lab, host_name, ip=ip, helo=helo, mail_from=mail_from, local=local, message=message,
+            queue_id=queue_id or ""))
     except Exception as exc:  # noqa: BLE001 - checks that crash deliver the message unchecked
         log.exception("authentication checks failed")
         rec.note(f"authentication checks failed: {exc!r}")
@@ -165,8 +166,10 @@ async def inbound(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: st
         rec.note(f"auth: {out.verdict.summary()}", auth=out.verdict.summary(),
                  spf=out.verdict.spf.result, dmarc=out.verdict.dmarc.result,
                  dkim=[d.result for d in out.verdict.dkim], arc=out.verdict.arc.cv)
-    for mail_from_, rcpts, text in out.onward:
-        qid = lab.relay.submit(mail_from_, rcpts, text, origin=host_name, session=rec.session)
+    for n, (mail_from_, rcpts, text) in enumerate(out.onward):
+        # The first onward copy keeps the MX's queue id, so the relay path follows it.
+        qid = lab.relay.submit(mail_from_, rcpts, text, origin=host_name, session=rec.session,
+                               queue_id=queue_id if n == 0 else None)
         if asyncio.iscoroutine(qid):
             qid = await qid
         rec.note(f"forwarded to {', '.join(rcpts)} as {qid}", relay_id=qid, recipients=rcpts)

@@ -259,7 +259,8 @@ class SMTPServer(LineServer):
             # The MX checks SPF, DKIM, ARC and DMARC and acts on them (maillab.auth).
             inbound = await auth_mta.inbound(self.lab, self.hostname, ip=session.peer_ip,
                                              helo=session.helo or "", mail_from=job.mail_from,
-                                             local=job.local, message=job.message, rec=rec)
+                                             local=job.local, message=job.message, rec=rec,
+                                             queue_id=job.queue_id)
             if inbound.reply is not None:
                 code, enhanced, text = inbound.reply
                 rec.note(f"message refused: {text}")

@@ -70,6 +70,7 @@ class PathHop:
     policy: str | None = None  # the sender's TLS policy for this hop (none/may/encrypt/verify/dane)
     verified: str | None = None  # how the next hop was authenticated: "lab CA", "DANE", None
     downgraded: bool = False  # plaintext although the next hop offers STARTTLS: it was stripped
+    auth: str | None = None  # what the receiving MX checked: "SPF pass, DKIM pass, DMARC pass"
 
     def label(self) -> str:
         parts = [self.protocol or ""]
@@ -83,6 +84,8 @@ class PathHop:
             parts.append(f"policy {self.policy}")
         if self.seconds is not None:
             parts.append(_delay(self.seconds).lstrip("+"))
+        if self.auth:
+            parts.append(self.auth)
         return ", ".join(p for p in parts if p)
 
 
@@ -305,7 +308,9 @@ def _relay_hops(lab: Lab, path: RelayPath, msg: Any, depth: int = 0) -> None:
                                  ok=ok, when=datetime.fromtimestamp(attempt.time, timezone.utc),
                                  policy=getattr(attempt, "tls_policy", None),
                                  verified=getattr(attempt, "tls_verified", None),
-                                 downgraded=bool(getattr(attempt, "downgraded", False))))
+                                 downgraded=bool(getattr(attempt, "downgraded", False)),
+                                 auth=hop_checks(lab, attempt.host, getattr(msg, "message_id", ""),
+                                                 _QUEUED_AS.search(attempt.text or ""))))
         if not ok:
             continue
         m = _QUEUED_AS.search(attempt.text or "")
@@ -491,6 +496,14 @@ class FigureView:
         w, h = self.figure.get_size_inches()
         where = f", saved to {self.saved}" if self.saved else ""
         return f"<relay path figure {w:.0f}x{h:.0f} in{where}>"
+
+
+def hop_checks(lab: Lab, host: str | None, message_id: str, queued: Any = None) -> str | None:
+    """What the receiving MX checked for this message (maillab.auth), in a few words."""
+    from ..auth import settings
+
+    entry = settings(lab).for_hop(host, message_id, queued.group(1) if queued else "") if host else None
+    return entry.verdict.short() if entry is not None else None
 
 
 class HopsView:
