@@ -399,6 +399,8 @@ def install(lab: Lab, host: str, service: str = "smtp", *, strip: bool = True) -
     if relay is not None:
         relay.drop_connections(host)  # a cached session would bypass the middlebox
     lab.on_stop(_stop_all)
+    _announce(lab, box, f"{'a STARTTLS-stripping middlebox' if strip else 'a passive tap'} now listens on"
+                        f" {svc.address}:{box.public_port} in front of {key} (the server moved to port {box.hidden_port})")
     return box
 
 
@@ -406,7 +408,17 @@ def remove(lab: Lab, host: str, service: str = "smtp") -> Middlebox | None:
     box = lab.middleboxes.pop(f"{host}/{service}", None)
     if box is not None and lab.loop.running:
         lab.loop.run(box.stop(), timeout=10)
+        _announce(lab, box, f"the middlebox in front of {box.key} is gone: the server has its port back")
     return box
+
+
+def _announce(lab: Lab, box: Middlebox, text: str) -> None:
+    """A short session of its own in the event stream: the transcript shows when the
+    attacker arrived and left, and live views (the port map) redraw."""
+    rec = lab.events.session("wire", "server", box.service.hostname, "", service=box.service.name,
+                             role="middlebox", strip=box.strip)
+    rec.note(text)
+    rec.close("middlebox installed" if box.key in lab.middleboxes else "middlebox removed")
 
 
 async def _stop_all(lab: Lab) -> None:

@@ -116,9 +116,17 @@ def test_dane_refuses_a_key_that_matches_no_tlsa_record(lab: Lab) -> None:
 
 
 def test_middlebox_binds_the_lab_host_address_only_and_goes_away(lab: Lab) -> None:
+    from maillab.views.ports import LivePortMap
+
     svc = lab.service("smtp", "mx1.beta.test")
     public = svc.port
+    view = LivePortMap(lab, interval=0.05)
     box = lab.mitm("mx1.beta.test")
+    deadline = time.monotonic() + 5
+    while "STARTTLS-stripping middlebox" not in view.grid.value and time.monotonic() < deadline:
+        time.sleep(0.05)
+    view.close()
+    assert "⚠ STARTTLS-stripping middlebox" in view.grid.value  # the projected map shows the attacker
     assert {s.getsockname() for s in box.server.sockets} == {(svc.address, public)}
     assert box.hidden_port != public and lab.address("smtp", "mx1.beta.test") == (svc.address, public)
     from maillab.middlebox import _check_lab_address
@@ -128,6 +136,8 @@ def test_middlebox_binds_the_lab_host_address_only_and_goes_away(lab: Lab) -> No
             _check_lab_address(lab, outside)
     lab.mitm("mx1.beta.test", on=False)
     assert lab.service("smtp", "mx1.beta.test").port == public
+    notes = [e.text for e in lab.events.events(protocol="wire", kinds=("note",)) if e.host == "mx1.beta.test"]
+    assert notes[0].startswith("a STARTTLS-stripping middlebox now listens on") and "is gone" in notes[-1]
     with socket.create_connection((svc.address, public), timeout=5) as s:  # the real server again
         f = s.makefile("rb")
         assert f.readline().startswith(b"220")

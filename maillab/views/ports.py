@@ -116,7 +116,7 @@ def _sessions(lab: Lab) -> dict[tuple[str, str], list[SessionSeen]]:
     """(host, service) -> sessions seen by that server, oldest first."""
     seen: dict[str, tuple[tuple[str, str], SessionSeen]] = {}
     for e in lab.events.events(kinds=(OPENED, TLS, CLOSED)):
-        if e.side != "server":
+        if e.side != "server" or e.protocol == "wire":  # a middlebox's own notes are no sessions
             continue
         if e.kind == OPENED:
             service = e.data.get("service")
@@ -386,7 +386,7 @@ class LivePortMap:
 
     def _on_event(self, event: Any) -> None:
         # On the lab thread: only flag (never block, never raise).
-        if event.kind in (OPENED, TLS, CLOSED) and event.side == "server":
+        if event.kind in (OPENED, TLS, CLOSED) and event.side == "server" or event.protocol == "wire":
             self._throttle.poke()
 
     def _show_cert(self) -> None:
