@@ -272,6 +272,10 @@ def measure(server_cls: type[Server], corpus: Path, work: Path, count: int, runs
     return rows
 
 
+def fmt(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=20_000)
@@ -302,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             theirs = results["dovecot"].get(name, [])
             a, b = statistics.median(ours), statistics.median(theirs) if theirs else float("nan")
             unit = "" if "MB" in name else " ms"
-            spread = f" ({min(ours):.3g}-{max(ours):.3g})" if len(ours) > 1 else ""
-            print(f"| {name} | {a:,.3g}{unit}{spread} | {b:,.3g}{unit} | {a / b:.2f}x |")
+            spread = f" ({fmt(min(ours))}-{fmt(max(ours))})" if len(ours) > 1 else ""
+            print(f"| {name} | {fmt(a)}{unit}{spread} | {fmt(b)}{unit} | {a / b:.2f}x |")
     return 0
 
 

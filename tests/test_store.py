@@ -136,3 +136,25 @@ def test_uidvalidity_changes_when_a_mailbox_is_recreated_or_renamed(tmp_path):
     assert second != first
     store.rename_mailbox("bob@alpha.test", "Work", "Job")
     assert store.mailbox("bob@alpha.test", "Job").uidvalidity not in (first, second)
+
+
+def test_restart_skips_the_scan_only_when_the_directories_did_not_move(tmp_path):
+    store = Store(tmp_path)
+    kept = [store.deliver("bob@alpha.test", MSG).uid for _ in range(3)]
+    store.close()
+    # unchanged: the index is taken as it is
+    store = Store(tmp_path)
+    mb = store.mailbox("bob@alpha.test")
+    assert [i.uid for i in mb.messages()] == kept
+    gone = mb.file_path(kept[0])
+    store.close()
+    # changed while no server ran: a file removed, one written by another tool with
+    # sizes in its name that do not match (read, not trusted), one with LF endings
+    gone.unlink()
+    (store.user_root("bob@alpha.test") / "new" / "1700000000.M1P1.tool,S=5,W=5").write_bytes(b"S: x\n\nhi\n")
+    store = Store(tmp_path)
+    mb = store.mailbox("bob@alpha.test")
+    infos = mb.messages()
+    assert [i.uid for i in infos] == [*kept[1:], kept[-1] + 1]
+    assert (infos[-1].size, infos[-1].crlf_size) == (9, 12)
+    store.close()

@@ -79,6 +79,17 @@ def to_crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
+def _sizes_from_key(key: str) -> tuple[int | None, int | None]:
+    """The ``,S=<size>`` and ``,W=<CRLF size>`` a Maildir name may carry."""
+    size = crlf = None
+    for part in key.split(",")[1:]:
+        if part.startswith("S=") and part[2:].isdigit():
+            size = int(part[2:])
+        elif part.startswith("W=") and part[2:].isdigit():
+            crlf = int(part[2:])
+    return size, crlf
+
+
 def _info_for(flags: Iterable[str]) -> str:
     return "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
 
@@ -147,6 +158,11 @@ class Mailbox:
         self.changes = 0
         self._log: deque[tuple[int, str, int]] = deque(maxlen=CHANGE_LOG_SIZE)
         self._dir_stamp: tuple[int, int] | None = None
+        # The directory times when this index last matched them (written at close):
+        # unchanged means nothing was added, renamed or removed since, so a restart
+        # skips the scan of every file name.
+        if meta.get("dir-stamp") == "{} {}".format(*self._stamp()):
+            self._dir_stamp = self._stamp()
         self.sync()
 
     # -- index bookkeeping -------------------------------------------------------
@@ -181,11 +197,14 @@ class Mailbox:
             if stamp == self._dir_stamp:
                 return False
             on_disk: dict[str, tuple[str, str]] = {}
+            entries: dict[str, os.DirEntry[str]] = {}
             for sub in ("new", "cur"):
                 for entry in os.scandir(self.path / sub):
                     if entry.name.startswith("."):
                         continue
-                    on_disk[entry.name.split(":", 1)[0]] = (sub, entry.name)
+                    key = entry.name.split(":", 1)[0]
+                    on_disk[key] = (sub, entry.name)
+                    entries[key] = entry
             changed = False
             self._db.execute("BEGIN")
             try:
@@ -205,21 +224,52 @@ class Mailbox:
                 new_keys = [k for k in on_disk if k not in self._by_key]
                 if new_keys:
                     changed = True
-                    # arrival order: Maildir names start with the delivery time
-                    new_keys.sort(key=lambda k: (os.stat(self.path / on_disk[k][0] / on_disk[k][1]).st_mtime, k))
-                    for key in new_keys:
-                        sub, filename = on_disk[key]
-                        p = self.path / sub / filename
-                        data = p.read_bytes()
-                        st = p.stat()
-                        self._insert(key, sub, filename, len(data), crlf_size(data), st.st_mtime,
-                                     frozenset(_flags_from_filename(filename)))
+                    self._index_new(new_keys, on_disk, entries)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._dir_stamp = self._stamp()
             return changed
+
+    def _index_new(self, keys: list[str], on_disk: dict[str, tuple[str, str]],
+                   entries: dict[str, os.DirEntry[str]]) -> None:
+        """Give UIDs to files found on disk, in arrival order (the file's mtime;
+        Maildir names start with the delivery time). A file is read only when its
+        name lacks the sizes (``,S=`` and ``,W=``, as Dovecot and we write them)."""
+        stats: dict[str, os.stat_result] = {}
+        for key in keys:
+            try:
+                stats[key] = entries[key].stat()
+            except FileNotFoundError:
+                continue  # removed while we looked: the next sync forgets it
+        ordered = sorted(stats, key=lambda k: (stats[k].st_mtime, k))
+        rows = []
+        for key in ordered:
+            sub, filename = on_disk[key]
+            size, crlf = _sizes_from_key(key)
+            if size != stats[key].st_size or crlf is None:
+                try:
+                    fd = os.open(entries[key].path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    data = os.read(fd, stats[key].st_size + 1)
+                finally:
+                    os.close(fd)
+                size, crlf = len(data), crlf_size(data)
+            uid = self.uidnext
+            self.uidnext += 1
+            flags = frozenset(_flags_from_filename(filename))
+            info = MessageInfo(uid, key, sub, filename, size, crlf, stats[key].st_mtime, flags)
+            self._messages[uid] = info
+            self._by_key[key] = uid
+            self._logged("new", uid)
+            rows.append((uid, key, sub, filename, size, crlf, info.internaldate, " ".join(sorted(flags))))
+        self._db.executemany(
+            "INSERT INTO messages (uid, key, subdir, filename, size, crlf_size, internaldate, flags)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._set_meta("uidnext", self.uidnext)
 
     def _logged(self, kind: str, uid: int) -> None:
         self.changes += 1
@@ -456,4 +506,11 @@ class Mailbox:
 
     def close(self) -> None:
         with self.lock:
+            try:
+                if self._in_sync():
+                    self._set_meta("dir-stamp", "{} {}".format(*self._stamp()))
+                else:
+                    self._db.execute("DELETE FROM meta WHERE key = 'dir-stamp'")
+            except (OSError, sqlite3.Error):
+                pass  # the folder was deleted or renamed: nothing to remember
             self._db.close()
