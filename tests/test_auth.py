@@ -142,7 +142,7 @@ def test_tampering_breaks_the_body_hash(alab):
     assert "DIFFERENT: the body changed after signing" in repr(AuthView(settings(alab).last("tampered")))
 
 
-def test_forwarding_spf_breaks_dkim_survives_arc_seals(alab):
+def test_forwarding_spf_breaks_dkim_survives_arc_seals(alab, tmp_path):
     settings(alab).forwards["dave@gamma.test"] = "carol@beta.test"
     try:
         qid = submit(alab, ["dave@gamma.test"], "forward me", "For Dave, then Carol.\r\n")
@@ -157,6 +157,14 @@ def test_forwarding_spf_breaks_dkim_survives_arc_seals(alab):
     assert "cv=b'pass'" in cli(alab, "arcverify", msg)
     path = repr(RelayView(path_from_relay(alab, qid)))  # the relay path marks each hop's checks
     assert "SPF pass, DKIM pass, DMARC pass" in path and "SPF fail, DKIM pass, ARC pass, DMARC pass" in path
+    (tmp_path / "forwarded.eml").write_bytes(msg)  # %mail hops reads the headers of any message file
+    from IPython.core.interactiveshell import InteractiveShell
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "maillab")
+    hops = repr(shell.run_line_magic("mail", f"hops {tmp_path / 'forwarded.eml'}"))
+    assert "Authentication-Results: mx1.beta.test: spf=fail smtp.mailfrom=alpha.test; dkim=pass" in hops
+    assert "ARC-Seal: i=1 d=gamma.test s=lab: cv=none" in hops
+    assert "ARC-Authentication-Results: i=1 mail.gamma.test: spf=pass" in hops
 
 
 def _wait_stored(lab: Lab, user: str, subject: str, folder: str = "INBOX") -> bytes:

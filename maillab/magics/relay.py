@@ -31,6 +31,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from ..auth.headers import read as read_auth_headers
 from ..lab import Lab
 from ..relay.hops import parse_hops
 from ..views.dns import ZoneView, dig_lab, dig_real
@@ -153,7 +154,7 @@ def relay_hops(magics: MailMagics, args: argparse.Namespace) -> Any:
     """Read a message's Received header chain bottom-up: a hop table and the path."""
     lab = state.existing_lab()
     data, source = _read_message(lab if lab is not None and lab.started else None, args.file)
-    view = HopsView(parse_hops(data), source)
+    view = HopsView(parse_hops(data), source, auth=read_auth_headers(data))
     if args.figure is not None:
         return _figure_result(view.figure(), args.figure)
     return view

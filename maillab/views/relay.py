@@ -509,18 +509,29 @@ def hop_checks(lab: Lab, host: str | None, message_id: str, queued: Any = None) 
 class HopsView:
     """What ``%mail hops`` returns: the hop table and the path it describes."""
 
-    def __init__(self, table: HopTable, source: str = "") -> None:
+    def __init__(self, table: HopTable, source: str = "", auth: list[Any] | None = None) -> None:
         self.table = table
         self.path = path_from_hops(table)
         self.source = source
+        self.auth = auth or []  # maillab.auth.headers.AuthHop: Authentication-Results, ARC sets
+
+    def _auth_lines(self) -> list[str]:
+        if not self.auth:
+            return []
+        return ["Authentication headers (newest first):", *(f"  {a.text()}" for a in self.auth)]
 
     def __repr__(self) -> str:
         head = f"Received chain of {self.source}\n" if self.source else ""
-        return head + hop_table_text(self.table) + "\n\n" + path_text(self.path)
+        tail = "\n\n" + "\n".join(self._auth_lines()) if self.auth else ""
+        return head + hop_table_text(self.table) + "\n\n" + path_text(self.path) + tail
 
     def _repr_html_(self) -> str:
         head = f"<b>Received chain of {html.escape(self.source)}</b>" if self.source else ""
-        return page(head + hop_table_body(self.table) + path_diagram(self.path), kind="hops")
+        lines = self._auth_lines()
+        auth = (f"<p><b>{html.escape(lines[0])}</b></p><ul>"
+                + "".join(f"<li class='mono'>{html.escape(ln.strip())}</li>" for ln in lines[1:]) + "</ul>"
+                if lines else "")
+        return page(head + hop_table_body(self.table) + path_diagram(self.path) + auth, kind="hops")
 
     def figure(self, **kwargs: Any) -> Figure:
         return figure(self.path, **kwargs)
