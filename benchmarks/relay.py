@@ -169,9 +169,12 @@ def limits(**kw: float) -> Limits:
     return Limits(auth_failure_delay=0.05, relay_retry_first=1.0, relay_retry_max=5.0, **kw)  # type: ignore[arg-type]
 
 
-def relay_phase(name: str, n: int, clients: int, **kw: float) -> Phase:
-    """Phase 3 again in a lab of its own with other relay limits."""
+def relay_phase(name: str, n: int, clients: int, setup: Callable[[Lab], None] | None = None,
+                **kw: float) -> Phase:
+    """Phase 3 again in a lab of its own with other relay limits (``setup`` may change it)."""
     lab = Lab(tempfile.mkdtemp(prefix="maillab-bench-"), ports="auto", limits=limits(**kw)).start()
+    if setup is not None:
+        setup(lab)
     try:
         phase = Phase(name)
         unsubscribe = watch_store(lab, phase)
@@ -277,11 +280,40 @@ def ten_domain_phase(n: int, clients: int) -> Phase:
     return phase
 
 
+def no_auth(lab: Lab) -> None:
+    """Every host stops DKIM-signing and stops checking SPF/DKIM/DMARC (maillab.auth)."""
+    from maillab.auth import settings
+
+    s = settings(lab)
+    s.signing_off.update(lab.topology.hosts)
+    s.checking_off.update(lab.topology.hosts)
+
+
+def auth_phases(n: int, clients: int) -> None:
+    """The cost of DKIM signing at submission and SPF/DKIM/DMARC at the MX (3 hops),
+    alternating with and without, twice; medians."""
+    runs: dict[str, list[Phase]] = {"with": [], "without": []}
+    for _ in range(2):
+        runs["without"].append(relay_phase("3 hops, no signing, no checks", n, clients, setup=no_auth))
+        runs["with"].append(relay_phase("3 hops, DKIM signed + SPF/DKIM/DMARC checked", n, clients))
+    rate = {k: statistics.median(p.rate for p in v) for k, v in runs.items()}
+    lat = {k: statistics.median(statistics.median(p.latencies()) for p in v) * 1000 for k, v in runs.items()}
+    print()
+    for k in ("without", "with"):
+        print(f"{runs[k][0].name:<48} {rate[k]:8.1f} msg/s  p50 {lat[k]:7.1f} ms")
+    print(f"signing + verifying runs at {rate['with'] / rate['without']:.2f} of the unsigned path"
+          f" ({1000 / rate['with'] - 1000 / rate['without']:.1f} ms more per message in a burst)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--auth", action="store_true", help="only the cost of DKIM signing and SPF/DKIM/DMARC checks")
     args = ap.parse_args()
+    if args.auth:
+        auth_phases(args.messages, args.clients)
+        return
     print(f"relay benchmark: {args.messages} messages of {len(message('a@b', 'c@d', 0))} bytes per phase,"
           f" {args.clients} client threads, Python {sys.version.split()[0]}")
     phases = default_lab_phases(args.messages, args.clients)

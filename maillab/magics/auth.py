@@ -48,9 +48,11 @@ def _on_off(value: str) -> bool:
 def auth_view(magics: MailMagics, args: argparse.Namespace) -> Any:
     """How the receiving MX decided on a message: SPF, DKIM, ARC, DMARC step by step."""
     entry = settings(magics.lab()).last(args.message)
+    if entry is None and args.message is None:  # not an error: nothing crossed to another MX yet
+        return HelpText("no message judged yet: an MX checks mail from other hosts"
+                        " (send one across, e.g. to carol@beta.test, and wait for the relay)")
     if entry is None:
-        raise UsageError("no message judged yet" if args.message is None
-                         else f"no judged message matches {args.message!r}")
+        raise UsageError(f"no judged message matches {args.message!r}")
     return AuthView(entry)
 
 
