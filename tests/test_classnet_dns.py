@@ -328,3 +328,13 @@ def test_class_map_model_and_views(host):
     assert "alice.class.test -> bob.class.test  x1" in repr(view)
     assert "MX ×1" in view._repr_html_() and "127.0.0.42" in view._repr_html_()
     assert len(figure(m).axes[0].patches) >= 4  # three labs, the class DNS, an arrow
+
+
+def test_a_lab_joined_beyond_loopback_takes_no_login_before_tls(host, tmp_path):
+    from maillab.classnet.member import join_lab
+
+    key = host.keys.add("alice").spec()
+    local = join_lab(tmp_path / "a", host.join_address, key, listen="127.0.0.44")
+    assert not local.policy.require_tls and local.classnet.mx_port == host.mx_port
+    reachable = join_lab(tmp_path / "b", host.join_address, key, listen="10.11.12.13")  # not started: no bind
+    assert reachable.policy.require_tls and reachable.classnet.address == "10.11.12.13"

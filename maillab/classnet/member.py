@@ -20,6 +20,7 @@ lab's CA, which this lab has no reason to trust: encrypted, not verified, RFC 74
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import secrets
 import ssl
@@ -248,6 +249,13 @@ class ClassMember:
                 "records": self.records()}
 
 
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def _saved_password(directory: Path, address: str) -> str | None:
     """The user's password from an earlier run in this directory (it stays the same)."""
     try:
@@ -269,8 +277,10 @@ def join_lab(directory: str | Path | None, join: str, key: str, *, listen: str =
     mx_port = class_mx_port(address, port, zone)
     wanted = {name: 0 for name in SERVICES} if ports == "auto" else {name: SERVICES[name][1] for name in SERVICES}
     wanted["smtp"] = mx_port  # every lab of the class: the same "port 25"
+    # Beyond loopback other machines can reach every port of the lab: no login before TLS
+    # anywhere (the lab's loopback leniency is for a lab that only this machine sees).
     lab = Lab(directory, host=listen, ports=wanted, topology=single_host([key_name], listen), users={},
-              limits=limits)
+              limits=limits, require_tls=not _loopback(listen))
     user = f"{key_name.split('.', 1)[0]}@{key_name}"
     lab.add_user(user, _saved_password(lab.directory, user) or secrets.token_urlsafe(9))
     member = ClassMember(lab, address, port, key_name, secret, mx_port)
