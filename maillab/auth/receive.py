@@ -113,12 +113,12 @@ class Verdict:
         return str(authres.AuthenticationResultsHeader(authserv_id=self.authserv_id, results=results))
 
     def short(self) -> str:
-        """For a hop label: "SPF pass, DKIM pass, DMARC pass" (and ARC when sealed)."""
+        """For a hop label: "SPF pass · DKIM pass · DMARC pass" (and ARC when sealed)."""
         parts = [f"SPF {self.spf.result}", "DKIM " + ("/".join(d.result for d in self.dkim) or "none")]
         if self.arc.instances:
             parts.append(f"ARC {self.arc.cv}")
         parts.append(f"DMARC {self.dmarc.result}" + (" (ARC override)" if self.override else ""))
-        return ", ".join(parts)
+        return " · ".join(parts)
 
     def summary(self) -> str:
         dk = ",".join(d.result for d in self.dkim) or "none"

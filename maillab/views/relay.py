@@ -70,7 +70,7 @@ class PathHop:
     policy: str | None = None  # the sender's TLS policy for this hop (none/may/encrypt/verify/dane)
     verified: str | None = None  # how the next hop was authenticated: "lab CA", "DANE", None
     downgraded: bool = False  # plaintext although the next hop offers STARTTLS: it was stripped
-    auth: str | None = None  # what the receiving MX checked: "SPF pass, DKIM pass, DMARC pass"
+    auth: str | None = None  # what the receiving MX checked: "SPF pass · DKIM pass · DMARC pass"
 
     def label(self) -> str:
         parts = [self.protocol or ""]
