@@ -551,7 +551,7 @@ def class_dns(data: bytes) -> None:
 
     fx = class_fixture()
     fx.server.updates.clear()
-    fx.server.handle(data, "127.0.0.1", "udp")
+    fx.server.handle(data, ("127.0.0.1", 53), "udp")
     errors = [u for u in fx.server.updates if "internal error" in u.reason]
     assert not errors, errors
     try:
