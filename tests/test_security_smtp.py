@@ -135,10 +135,15 @@ def carol(lab: Lab) -> list[bytes]:
     return inbox(lab, "carol@beta.test")
 
 
+#: Header fields a hop puts on top of a message: its trace (RFC 5321 4.4) and what the
+#: MX checked (RFC 8601 Authentication-Results, RFC 8617 ARC, a DKIM signature).
+HOP_FIELDS = (b"received:", b"authentication-results:", b"arc-", b"dkim-signature:")
+
+
 def body_of(stored: bytes) -> bytes:
-    """The message as the relay got it: below the Received headers the hops added."""
+    """The message as the relay got it: below the header fields the hops added."""
     lines = stored.split(b"\r\n")
-    while lines and (lines[0].startswith(b"Received:") or lines[0][:1] in (b" ", b"\t")):
+    while lines and (lines[0].lower().startswith(HOP_FIELDS) or lines[0][:1] in (b" ", b"\t")):
         lines.pop(0)
     return b"\r\n".join(lines)
 
