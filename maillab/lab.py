@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from .events import EventBus
 from .faults import Faults
+from .fdlimit import FdLimit, raise_soft_limit
+from .fdlimit import needed as fd_needed
 from .limits import Limits
 from .policy import Policy
 from .relay.tlspolicy import RelayTLSPolicy
@@ -114,6 +116,7 @@ class Lab:
             cpu_ms=round(lag.cpu * 1000), busy=lag.busy)
         self.store = Store(self.directory / "mail")
         self.ca: LabCA | None = None
+        self.fd_limit: FdLimit | None = None  # the open-file limit as found and raised at start
         self.services: list[Service] = []
         self.relay: RelayQueue | None = None  # the MTA queue of every host, while started
         self.dns: LabDNS | None = None  # the lab DNS server, when the lab runs the dns service
@@ -153,6 +156,9 @@ class Lab:
         for user in self.users:
             self.store.ensure_user(user.address)
         self.services = self._plan_services()
+        self.fd_limit = raise_soft_limit(fd_needed(len(self.services), len(self.users), self.limits))
+        self.events.emit("lab", "note", "lab", "server", "lab", self.fd_limit.text(),
+                         soft=self.fd_limit.soft, hard=self.fd_limit.hard, needed=self.fd_limit.needed)
         try:
             self.loop.run(self._start_services(), timeout=30)
         except BaseException:

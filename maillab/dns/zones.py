@@ -207,6 +207,8 @@ class LabZones:
         for origin, text in texts.items():
             if keep_edited and origin in self.edited:
                 continue
+            if self._texts.get(dns.name.from_text(origin)) == text:
+                continue  # unchanged: adding one domain re-parses its zone, not every zone
             self._install(origin, text)
 
     def _install(self, origin: str, text: str) -> dns.zone.Zone:

@@ -399,8 +399,10 @@ def _status(magics: MailMagics, args: argparse.Namespace) -> Any:
     lab = state.existing_lab()
     if lab is None or not lab.started:
         return StatusTable([])
+    fds = lab.fd_limit.text() if lab.fd_limit is not None and not lab.fd_limit.enough else None
+    note = "\n".join(n for n in (fds, lab.loop.lag_summary()) if n) or None
     return StatusTable(lab.status(), ca_path=str(lab.ca_path), directory=str(lab.directory),
-                       note=lab.loop.lag_summary())
+                       note=note)
 
 
 class UsersTable:
