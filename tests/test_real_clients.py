@@ -71,10 +71,12 @@ def smtp_deliver(lab: Lab, rcpt: str, subject: str) -> bytes:
 
 
 def split_received(stored: bytes, sent: bytes) -> bytes:
-    """``stored`` must be Received header(s) followed by exactly ``sent``: return the headers."""
+    """``stored`` must be the headers the hops added (Received, and on a message from
+    another host the MX's Authentication-Results and its sender's DKIM-Signature)
+    followed by exactly ``sent``: return the headers."""
     assert stored.endswith(sent), (stored[-400:], sent[-400:])
     trace = stored[: len(stored) - len(sent)]
-    assert trace.startswith(b"Received: ")
+    assert trace.startswith((b"Received: ", b"Authentication-Results: "))
     return trace
 
 
@@ -684,7 +686,8 @@ def test_round_trip_msmtp_relay_curl_imaps(lab: Lab, tmp_path: Path) -> None:
         time.sleep(0.2)
     assert fetched.returncode == 0 and fetched.stdout, fetched.stderr.decode()
     trace = split_received(fetched.stdout, sent.replace(b"\n", b"\r\n"))
-    hops = [h for h in trace.split(b"Received: ") if h]
+    assert trace.startswith(b"Authentication-Results: mx1.beta.test;") and b"dkim=pass" in trace
+    hops = [h for h in trace.split(b"\r\nReceived: ")[1:] if h]
     assert len(hops) == 2, trace
     assert b"by mx1.beta.test" in hops[0] and b"from mail.alpha.test" in hops[0]
     assert b"with ESMTPS " in hops[0]  # the relay hop used STARTTLS

@@ -16,6 +16,7 @@ from typing import Any
 
 import dns.exception
 import dns.name
+import dns.rcode
 import dns.resolver
 import spf
 
@@ -60,6 +61,12 @@ class LabLookup:
         except dns.resolver.NXDOMAIN:
             q.error = "NXDOMAIN"
             return []
+        except dns.resolver.NoNameservers as exc:
+            if _refused(exc):  # the lab DNS answers only for lab zones: no such name here
+                q.error = "REFUSED (not a lab zone)"
+                return []
+            q.error = "no answer"
+            raise
         except dns.exception.DNSException as exc:
             q.error = "timeout" if isinstance(exc, dns.exception.Timeout) else type(exc).__name__
             raise
@@ -92,6 +99,15 @@ class LabLookup:
             elif qtype in ("TXT", "SPF"):
                 out.append(((name, qtype), r.strings))
         return out
+
+
+def _refused(exc: dns.resolver.NoNameservers) -> bool:
+    """Did the server answer REFUSED (rather than not answer at all)?"""
+    for error in exc.kwargs.get("errors") or []:
+        answer = error[4] if len(error) > 4 else None
+        if answer is not None and answer.rcode() == dns.rcode.REFUSED:
+            return True
+    return False
 
 
 def _show(rdata: Any) -> str:
