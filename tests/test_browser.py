@@ -382,6 +382,14 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     (lab.root / "browser-saw-it").touch()
     sent = nb.wait("send")
     assert "transcript updated while this cell ran: True" in sent["output"], sent["output"]
+    # It followed the new lines (scrolled to its newest line) ...
+    body = f".jp-NotebookPanel .jp-Notebook .jp-Cell >> nth={NAMES.index('transcript')} >> .ml-live .ml-body"
+    at_end = "b => b.scrollTop + b.clientHeight >= b.scrollHeight - 2"
+    assert page.locator(body).evaluate(at_end)
+    # ... and "pause" keeps it where the reader is while lines keep coming.
+    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").nth(NAMES.index("transcript")).locator(
+        ".ml-live button", has_text="pause").evaluate("b => b.click()")
+    page.locator(body).evaluate("b => { b.scrollTop = 0; }")
 
     # No cell running at all: a client outside the kernel (this test process, as a
     # student's terminal would be) still shows up in the widget.
@@ -391,6 +399,7 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     idle = nb.until("s => (s.widget || '').toLowerCase().includes('mail from:<outside@example.test>')",
                     "transcript")
     assert idle["prompt"] == transcript_prompt and nb.state("send")["prompt"] == sent["prompt"]
+    assert page.locator(body).evaluate("b => b.scrollTop") == 0  # paused: it did not jump to the end
 
     # The filters are live too: choosing a protocol in the page goes to the kernel and back.
     poplib.POP3(ports["pop3"]["address"], int(ports["pop3"]["lab port"]), timeout=10).quit()

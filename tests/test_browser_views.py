@@ -39,7 +39,7 @@ LAYOUTS = (("800", 800, False, 1.0), ("1400", 1400, False, 1.0), ("1400-sidebar"
 #: colours, not layout, so one width checks it. A wide window cannot break what a
 #: narrow one did not, so plain 1400 is checked in the dark pass only.
 PASSES = tuple((False, *layout) for layout in LAYOUTS if layout[0] != "1400") + ((True, *LAYOUTS[1]),)
-SCREENSHOTS = ("800", "zoom150", "1400")
+SCREENSHOTS = ("800", "1400")  # light at 800 px, dark at 1400 px
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,57 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with chromium_page(tmp_path_factory.mktemp("chromium")) as p:
         yield p
+
+
+class Tabs:
+    """Notebooks running side by side, ``WINDOW`` at a time, each in its own tab and
+    JupyterLab workspace: the relay notebook's waits for real retries overlap with
+    the others' work instead of adding up (the suite's cost is about the longest
+    notebooks, not their sum). A test takes its tab, and starts the next one."""
+
+    WINDOW = 3
+
+    def __init__(self, lab: JupyterLab, first: Any) -> None:
+        self.lab = lab
+        self.first = first  # the browser's own first tab, used before opening others
+        self.context = first.context
+        self.pending = list(NOTEBOOKS)
+        self.open: dict[str, tuple[Any, list[str]]] = {}
+
+    def start_next(self) -> None:
+        while self.pending and len(self.open) < self.WINDOW:
+            nb = self.pending.pop(0)
+            page, self.first = (self.first, None) if self.first is not None else (self.context.new_page(), None)
+            console: list[str] = []
+            page.on("console", lambda m, c=console: c.append(m.text) if m.type == "error" else None)
+            _open(page, self.lab, nb.name, workspace=nb.stem)
+            _layout(page, 1400, False, 1.0)
+            _set_theme(page, dark=False)
+            _menu(page, "Run", "Run All Cells")
+            self.open[nb.name] = (page, console)
+
+    def take(self, name: str) -> tuple[Any, list[str]]:
+        self.start_next()
+        return self.open[name]
+
+    def done(self, name: str) -> None:
+        page, _console = self.open.pop(name)
+        try:  # its kernel (its lab, its ports) goes before the next notebook starts
+            for s in self.lab.get("/api/sessions") or []:  # type: ignore[union-attr]
+                if s.get("path", "").endswith(name):
+                    self.lab.get(f"/api/kernels/{s['kernel']['id']}", method="DELETE")
+        except Exception:
+            pass
+        if len(self.context.pages) > 1:
+            page.close()
+        else:  # the context's last tab stays open (closing it would end the browser)
+            self.first = page
+        self.start_next()
+
+
+@pytest.fixture(scope="module")
+def tabs(lab_server: JupyterLab, page: Any) -> Tabs:
+    return Tabs(lab_server, page)
 
 
 # -- what is measured in the page ---------------------------------------------------------
@@ -136,16 +187,18 @@ def _menu(page: Any, *path: str) -> None:
         item.last.click()
 
 
-def _open(page: Any, lab: JupyterLab, name: str) -> None:
-    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+def _open(page: Any, lab: JupyterLab, name: str, workspace: str | None = None) -> None:
+    where = f"workspaces/{workspace}/tree" if workspace else "tree"
+    page.goto(f"{lab.url}/lab/{where}/{name}?token={lab.token}")
     page.wait_for_function(
         "() => { const bar = document.querySelector('#jp-main-statusbar');"
         " return bar && /\\| Idle/.test(bar.innerText) && !/No Kernel/.test(bar.innerText); }",
         timeout=KERNEL_START_TIMEOUT * 1000)
 
 
-def _run_all(page: Any) -> None:
-    _menu(page, "Run", "Run All Cells")
+def _run_all(page: Any, *, started: bool = False) -> None:
+    if not started:
+        _menu(page, "Run", "Run All Cells")
     deadline = time.monotonic() + RUN_ALL_TIMEOUT
     while time.monotonic() < deadline:
         prompts = page.evaluate(_PROMPTS)
@@ -193,19 +246,11 @@ def _screenshots(page: Any, notebook: str, tag: str, views: list[dict]) -> None:
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_every_view_fits_and_reads(lab_server: JupyterLab, page: Any, notebook: Path) -> None:
-    console: list[str] = []
-
-    def on_console(msg: Any) -> None:
-        if msg.type == "error":
-            console.append(msg.text)
-
-    page.on("console", on_console)
+def test_every_view_fits_and_reads(tabs: Tabs, notebook: Path) -> None:
+    page, console = tabs.take(notebook.name)
     try:
-        _open(page, lab_server, notebook.name)
-        _layout(page, 1400, False, 1.0)
-        _set_theme(page, dark=False)
-        _run_all(page)
+        page.bring_to_front()
+        _run_all(page, started=True)
         assert page.evaluate(_ERRORS) == [], page.evaluate(_ERRORS)
         failures: list[str] = []
         seen: list[dict] = []
@@ -222,19 +267,12 @@ def test_every_view_fits_and_reads(lab_server: JupyterLab, page: Any, notebook: 
             if tag in SCREENSHOTS:
                 _screenshots(page, notebook.name, f"{tag}-{theme}", views)
         _set_theme(page, dark=False)
-        _layout(page, 1400, False, 1.0)
         assert seen, "no maillab view rendered"
         assert not failures, "\n".join(failures[:40])
         relevant = [c for c in console if "favicon" not in c]
         assert not relevant, relevant
     finally:
-        page.remove_listener("console", on_console)
-        # shut the kernel down before the next notebook (its lab, its ports)
-        try:
-            for kernel in lab_server.get("/api/kernels") or []:  # type: ignore[union-attr]
-                lab_server.get(f"/api/kernels/{kernel['id']}", method="DELETE")
-        except Exception:
-            pass
+        tabs.done(notebook.name)
 
 
 #: The README's picture: its own cells, on the lab's ports, in JupyterLab.
