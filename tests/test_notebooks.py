@@ -84,6 +84,7 @@ CLAIMS = {
         "error: 550 5.7.1 Message rejected: DMARC policy p=reject: beta.test: SPF fail",  # ... the MX too
         "spf=fail dkim=none dmarc=fail -> reject",
         "(DIFFERENT: the body changed after signing)", "result: fail — body hash mismatch",  # tampering
+        "what changed: mail.alpha.test changed body octet 0: b'p' -> b'P' after signing",
         "spf=fail dkim=pass arc=pass dmarc=pass -> deliver",  # forwarding: DKIM survives, ARC seals
         "(ARC-Authentication-Results i=1): i=1; mail.gamma.test; spf=pass",
         "spf=pass dkim=pass,fail arc=pass dmarc=fail -> deliver",  # the list: ARC repairs the verdict

@@ -53,6 +53,7 @@ class AuthSettings:
     forwards: dict[str, str] = field(default_factory=dict)  # address -> where its mail goes
     lists: dict[str, MailingList] = field(default_factory=dict)
     tamper: dict[str, str] = field(default_factory=dict)  # host -> "body" | "subject"
+    tampered: dict[str, str] = field(default_factory=dict)  # Message-ID -> what a host changed
     verdicts: deque[Received] = field(default_factory=lambda: deque(maxlen=KEEP_VERDICTS))
     lock: threading.Lock = field(default_factory=threading.Lock)
 

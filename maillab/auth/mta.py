@@ -53,8 +53,23 @@ def outgoing_sync(lab: Lab, host_name: str, message: bytes) -> bytes:
                 message = sign(message, key_for(lab, domain))
             except Exception as exc:  # noqa: BLE001 - unsigned mail still goes out
                 log.warning("DKIM signing on %s failed: %r", host_name, exc)
+    return _tampered(lab, host_name, message)
+
+
+def _tampered(lab: Lab, host_name: str, message: bytes) -> bytes:
+    """The lesson's tampering host: change the message, remember what changed (the view shows it)."""
+    s = settings(lab)
     what = s.tamper.get(host_name)
-    return tamper(message, what) if what else message
+    if not what:
+        return message
+    message, change = tamper(message, what)
+    try:
+        mid = str(BytesHeaderParser().parsebytes(message).get("Message-ID", "") or "")
+    except Exception:  # noqa: BLE001
+        mid = ""
+    with s.lock:
+        s.tampered[mid or "(no Message-ID)"] = f"{host_name} changed {change} after signing"
+    return message
 
 
 async def outgoing(lab: Lab, host_name: str, message: bytes) -> bytes:
@@ -138,9 +153,7 @@ def _seal_if_on(lab: Lab, host_name: str, message: bytes) -> bytes:
 def _forwarded(lab: Lab, host_name: str, message: bytes) -> bytes:
     """A plain forward (like a .forward file): unchanged, sealed, sent on with the
     original envelope sender, which is why SPF fails at the next hop."""
-    message = _seal_if_on(lab, host_name, message)
-    what = settings(lab).tamper.get(host_name)
-    return tamper(message, what) if what else message
+    return _tampered(lab, host_name, _seal_if_on(lab, host_name, message))
 
 
 def _list_post(lab: Lab, host_name: str, message: bytes, ml: Any) -> bytes:

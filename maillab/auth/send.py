@@ -46,19 +46,20 @@ def seal(message: bytes, key: DomainKey, authserv_id: str) -> bytes:
     return b"".join(headers) + message
 
 
-def tamper(message: bytes, what: str) -> bytes:
-    """The lesson's man in the middle: one byte of the body, or the Subject, changed."""
+def tamper(message: bytes, what: str) -> tuple[bytes, str]:
+    """The lesson's man in the middle: one byte of the body, or the Subject, changed.
+    Returns the changed message and what was changed, byte by byte."""
     head, body = split(message)
     if what == "subject":
-        new, n = re.subn(rb"(?mi)^Subject:[ \t]*", b"Subject: [changed] ", head, count=1)
-        return (new if n else head + b"") + body
-    if body:
-        i = next((k for k, c in enumerate(body) if chr(c).isalpha()), 0)
-        c = body[i:i + 1]
-        body = body[:i] + (c.swapcase() if c.isalpha() else b"X") + body[i + 1:]
-    else:
-        body = b"X\r\n"
-    return head + body
+        m = re.search(rb"(?mi)^Subject:[ \t]*", head)
+        if m is None:
+            return head + body, "no Subject to change"
+        return head[:m.end()] + b"[changed] " + head[m.end():] + body, \
+            "Subject: 10 octets inserted: '[changed] '"
+    i = next((k for k, c in enumerate(body) if chr(c).isalpha()), 0)
+    old = body[i:i + 1]
+    new = old.swapcase() if old.isalpha() else b"X"
+    return head + body[:i] + new + body[i + 1:], f"body octet {i}: {old!r} -> {new!r}"
 
 
 def add_footer(message: bytes, tag: str, footer: str) -> bytes:

@@ -53,7 +53,7 @@ def auth_view(magics: MailMagics, args: argparse.Namespace) -> Any:
                         " (send one across, e.g. to carol@beta.test, and wait for the relay)")
     if entry is None:
         raise UsageError(f"no judged message matches {args.message!r}")
-    return AuthView(entry)
+    return AuthView(entry, settings(magics.lab()).tampered.get(entry.message_id, ""))
 
 
 @subcommand("dmarc")

@@ -48,7 +48,7 @@ def body_hash(message: bytes, tags: dict[str, str]) -> str:
         return f"(not computed: {exc})"
 
 
-def steps(entry: Received) -> list[Step]:
+def steps(entry: Received, tampered: str = "") -> list[Step]:
     v = entry.verdict
     # The message as the MX judged it: without the Authentication-Results it added on top.
     judged = entry.message.split(b"\r\n", 1)[1] if entry.message.startswith(b"Authentication-Results:") else entry.message
@@ -72,6 +72,8 @@ def steps(entry: Received) -> list[Step]:
                  + ("  (same: the body is as signed)" if computed == "".join(t.get("bh", "").split())
                     else "  (DIFFERENT: the body changed after signing)"),
                  f"result: {d.result}" + (f" — {d.reason}" if d.reason else "")]
+        if tampered and d.result != "pass":
+            lines.append(f"what changed: {tampered}")
         out.append(Step(f"DKIM: signature by {d.domain or '?'}", "RFC 6376 6.1.3 (bh=), 6.1.2 (key), 3.7", d.result,
                         lines))
     a = v.arc
@@ -100,9 +102,9 @@ def steps(entry: Received) -> list[Step]:
 class AuthView:
     """The decision on one received message (text and HTML)."""
 
-    def __init__(self, entry: Received) -> None:
+    def __init__(self, entry: Received, tampered: str = "") -> None:
         self.entry = entry
-        self.steps = steps(entry)
+        self.steps = steps(entry, tampered)
 
     def __repr__(self) -> str:
         e = self.entry
