@@ -49,7 +49,7 @@ _counter = itertools.count(1)
 _HOSTNAME = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MessageInfo:
     """What the index knows about one message."""
 
@@ -144,13 +144,16 @@ class Mailbox:
         self.uidnext: int = int(meta["uidnext"])
         self._messages: dict[int, MessageInfo] = {}
         self._by_key: dict[str, int] = {}
-        for row in self._db.execute(
+        # One shared frozenset per distinct flag list: a large mailbox has a handful.
+        flagsets: dict[str, frozenset[str]] = {}
+        for uid, key, subdir, filename, size, crlf, date, flags in self._db.execute(
             "SELECT uid, key, subdir, filename, size, crlf_size, internaldate, flags FROM messages"
         ):
-            info = MessageInfo(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-                               frozenset(f for f in row[7].split(" ") if f))
-            self._messages[info.uid] = info
-            self._by_key[info.key] = info.uid
+            fs = flagsets.get(flags)
+            if fs is None:
+                fs = flagsets[flags] = frozenset(f for f in flags.split(" ") if f)
+            self._messages[uid] = MessageInfo(uid, key, subdir, filename, size, crlf, date, fs)
+            self._by_key[key] = uid
         self._cache: dict[int, dict[str, Any]] = {}
         # The change log: every insert, flag/file change and removal gets the next
         # number, so a reader that remembers the number it last saw learns what changed
