@@ -158,3 +158,30 @@ def test_quoted_local_part_in_received_header() -> None:
                              protocol="ESMTPSA", id="X1", recipient=path.address)
     assert b'for <"a\\"b"@beta.test>;' in header
     assert parse_path(f"<{path.address}>")[0] == path  # what the relay sends as RCPT TO
+
+
+# -- the class DNS ------------------------------------------------------------------------------
+
+def test_class_dns_update_with_an_address_record_of_another_class(tmp_path) -> None:
+    # fuzz (class-dns): an A record of class 0x21 reached the address check without an
+    # address: SERVFAIL and "internal error" instead of the sender's FORMERR
+    import dns.message
+    import dns.name
+    import dns.rcode
+    import dns.rdata
+    import dns.rdatatype
+    import dns.update
+
+    from maillab.classnet import ClassDNS
+    from maillab.classnet.keys import tsig_key
+
+    server = ClassDNS(tmp_path / "class", port=0)
+    key = server.keys.add("alice")
+    msg = dns.update.UpdateMessage("class.test.", keyring=tsig_key(key.name, key.secret))
+    rrset = msg.find_rrset(msg.update, dns.name.from_text("mail.alice.class.test."), 0x21, dns.rdatatype.A,
+                           create=True)
+    rrset.add(dns.rdata.GenericRdata(0x21, dns.rdatatype.A, b"\x7f\x00\x00\x01"), 60)
+    reply = dns.message.from_wire(server.handle(msg.to_wire(), "127.0.0.1", "udp"), ignore_trailing=True,
+                                  keyring=lambda _m, _n: False)
+    assert reply.rcode() == dns.rcode.FORMERR
+    assert not [u for u in server.updates if "internal error" in u.reason]

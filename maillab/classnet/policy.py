@@ -113,7 +113,10 @@ def check_permission(grant: dns.name.Name, updates: Iterable[dns.rrset.RRset],
         if not deleting_all and rrset.rdtype not in ALLOWED_TYPES:
             return _fail(dns.rcode.REFUSED, f"{dns.rdatatype.to_text(rrset.rdtype)} records are not"
                                             " allowed in the class zone (A AAAA MX TXT SRV TLSA are)")
-        if rrset.deleting is None and rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        # Only IN addresses have one to check; another class is prescan's FORMERR (an A
+        # record of class 0x21 arrives as GenericRdata, without .address: fuzz, issue 15).
+        if (rrset.deleting is None and rrset.rdclass == dns.rdataclass.IN
+                and rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)):
             for rd in rrset:
                 if not address_ok(rd.address):
                     return _fail(dns.rcode.REFUSED, f"{rd.address} is not an address of the class"
