@@ -311,3 +311,19 @@ def test_too_many_void_lookups_is_permerror(alab):
     _zone(alab, '@ IN TXT "v=spf1 a:n1.bad.test a:n2.bad.test a:n3.bad.test -all"\n')
     v = _check(alab, b"From: x@bad.test\r\n\r\nbody\r\n")
     assert v.spf.result == "permerror" and "void" in v.spf.explanation.lower()  # RFC 7208 4.6.4
+
+
+def test_a_bounce_from_a_forwarder_is_signed_and_passes_dmarc(alab):
+    """gamma forwards to an address beta refuses: gamma's DSN goes back to alpha signed
+    for gamma.test, so it passes DMARC even under gamma.test's p=reject."""
+    settings(alab).forwards["dave@gamma.test"] = "nobody@beta.test"
+    set_dmarc(alab, "gamma.test", "reject")
+    try:
+        qid = submit(alab, ["dave@gamma.test"], "to nobody", "Bounce me.\r\n")
+        assert alab.relay.wait(qid, timeout=20).state == "delivered"
+        dsn = _wait_stored(alab, "alice@alpha.test", "Undelivered Mail")
+    finally:
+        settings(alab).forwards.clear()
+        set_dmarc(alab, "gamma.test", "none")
+    top = ar(dsn)
+    assert top.startswith(" mail.alpha.test;") and "dkim=pass header.d=gamma.test" in top and "dmarc=pass" in top

@@ -645,6 +645,10 @@ class RelayQueue:
             self._note(msg, f"bounce (DSN) for {len(failed)} recipient(s) delivered to"
                             f" <{msg.mail_from}>'s INBOX on {msg.origin}", dsn=msg.dsn)
         else:
-            qid = self.submit("", [msg.mail_from], dsn, origin=msg.origin)
+            # Signed like the host's other outgoing mail (maillab.auth): an unsigned bounce
+            # would fail DMARC for the host's own domain at the next MX.
+            from ..auth.mta import outgoing_sync
+
+            qid = self.submit("", [msg.mail_from], outgoing_sync(self.lab, msg.origin, dsn), origin=msg.origin)
             msg.dsn = {"queue_id": qid, "host": msg.origin}
             self._note(msg, f"bounce (DSN) queued as {qid} for <{msg.mail_from}>", dsn=msg.dsn)
