@@ -74,12 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", type=int, default=200)
     ap.add_argument("--senders", type=int, default=3)
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="sys.setswitchinterval in the kernel (seconds; Python's default 0.005)")
     args = ap.parse_args(argv)
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     km, kc = start_new_kernel(kernel_name="python3", env=env)
     try:
         run_cell(kc, "import tempfile\n%load_ext maillab")
+        if args.switch_interval is not None:
+            run_cell(kc, f"import sys; sys.setswitchinterval({args.switch_interval})")
         run_cell(kc, "%mail start --ports auto --dir {tempfile.mkdtemp(prefix='maillab-kload-')}")
         host, port, rcpt = run_cell(kc, (
             "from maillab.magics import state\n"
