@@ -81,6 +81,7 @@ CLAIMS = {
         '"v=spf1 mx -all"', 'lab._domainkey.alpha.test.\t\t300\tIN\tTXT\t"v=DKIM1; k=rsa; p=', '"v=DMARC1; p=none',
         "spf=pass dkim=pass dmarc=pass -> deliver", "(same: the body is as signed)",
         "Sender address rejected: not owned by user alice@alpha.test",  # forgery: submission refuses it
+        "'Wire the money, signed: bounced'", "spf=pass dkim=pass dmarc=fail -> reject",  # a From: line alone
         "error: 550 5.7.1 Message rejected: DMARC policy p=reject: beta.test: SPF fail",  # ... the MX too
         "spf=fail dkim=none dmarc=fail -> reject",
         "(DIFFERENT: the body changed after signing)", "result: fail — body hash mismatch",  # tampering
