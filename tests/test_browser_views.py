@@ -62,11 +62,11 @@ class Tabs:
 
     WINDOW = 3
 
-    def __init__(self, lab: JupyterLab, first: Any) -> None:
+    def __init__(self, lab: JupyterLab, first: Any, notebooks: list[Path]) -> None:
         self.lab = lab
         self.first = first  # the browser's own first tab, used before opening others
         self.context = first.context
-        self.pending = list(NOTEBOOKS)
+        self.pending = list(notebooks)
         self.open: dict[str, tuple[Any, list[str]]] = {}
 
     def start_next(self) -> None:
@@ -82,6 +82,10 @@ class Tabs:
             self.open[nb.name] = (page, console)
 
     def take(self, name: str) -> tuple[Any, list[str]]:
+        if name not in self.open:  # not started yet (a test skipped ahead): start it first
+            self.pending.sort(key=lambda p: p.name != name)
+            while name not in self.open and len(self.open) >= self.WINDOW:
+                self.done(next(iter(self.open)))
         self.start_next()
         return self.open[name]
 
@@ -101,8 +105,11 @@ class Tabs:
 
 
 @pytest.fixture(scope="module")
-def tabs(lab_server: JupyterLab, page: Any) -> Tabs:
-    return Tabs(lab_server, page)
+def tabs(lab_server: JupyterLab, page: Any, request: pytest.FixtureRequest) -> Tabs:
+    # only the notebooks this run selected (-k), in the order their tests run
+    chosen = [item.callspec.params["notebook"] for item in request.session.items
+              if getattr(item, "callspec", None) and "notebook" in item.callspec.params]
+    return Tabs(lab_server, page, chosen)
 
 
 # -- what is measured in the page ---------------------------------------------------------

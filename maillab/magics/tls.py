@@ -31,6 +31,7 @@ from ..probe import STARTTLS_PROTOCOLS, probe
 from ..topology import SERVICES, protocol_of, tls_mode
 from ..views.ports import LivePortMap, port_map
 from ..views.ports import figure as ports_figure
+from ..views.theme import page
 from .mail import HelpText, MailMagics, subcommand
 
 
@@ -136,6 +137,9 @@ class PolicyTable:
         return out + (f"\n{self.note}" if self.note else "")
 
     def _repr_html_(self) -> str:
+        return page(self._html_body(), kind="tls-policy")
+
+    def _html_body(self) -> str:
         import html
 
         body = "".join(f"<tr><td>{html.escape(r['destination'])}</td><td><b>{html.escape(r['level'])}</b></td>"

@@ -7,6 +7,7 @@ import html
 from collections.abc import Iterable
 
 from ..faults import Rule
+from .theme import page
 
 EMPTY = ('no failures injected (add one: %mail fail mail.alpha.test --pop3 RETR'
          ' "-ERR [SYS/TEMP] disk busy")')
@@ -24,6 +25,9 @@ class FaultsView:
                           *(f"  {line}" for line in self.lines)])
 
     def _repr_html_(self) -> str:
+        return page(self._html_body(), kind="faults")
+
+    def _html_body(self) -> str:
         if not self.lines:
             return f"<i>{html.escape(EMPTY)}</i>"
         items = "".join(f"<li><code>{html.escape(line)}</code></li>" for line in self.lines)

@@ -187,8 +187,8 @@ def path_html(path: RelayPath) -> str:
 # -- matplotlib (slides) ---------------------------------------------------------------
 
 def _layout(path: RelayPath) -> dict[int, tuple[int, int]]:
-    """Main-path nodes left to right in order of first appearance; side nodes under
-    the slot they were an alternative for."""
+    """Main-path nodes left to right in order of first appearance; side nodes (failed
+    attempts) in rows under the host that tried them."""
     pos: dict[int, tuple[int, int]] = {}
     col = 0
     side_rows: dict[int, int] = {}
@@ -196,8 +196,8 @@ def _layout(path: RelayPath) -> dict[int, tuple[int, int]]:
         for idx in (hop.source, hop.target):
             if idx in pos:
                 continue
-            if path.nodes[idx].side:
-                c = pos.get(hop.source, (col, 0))[0] + 1
+            if path.nodes[idx].side:  # straight under its source: its line crosses no label
+                c = pos.get(hop.source, (col, 0))[0]
                 side_rows[c] = side_rows.get(c, 0) + 1
                 pos[idx] = (c, side_rows[c])
             else:
@@ -258,12 +258,14 @@ def figure(path: RelayPath, *, width: float | None = None) -> Figure:
         colour = (fail if hop.ok is False or hop.downgraded else pend if hop.ok is None
                   else ok if hop.encrypted else plain)
         style = "-" if hop.ok is True and hop.encrypted is not False else "--"
-        back = xt <= xs and hop.source != hop.target
         down = yt < ys
+        back = xt <= xs and hop.source != hop.target and not down
+        deep = down and pos[hop.target][1] > 1  # a second failed attempt: around the first's box
         if back:  # a hop back to an earlier host (e.g. through a content filter): arc below
             start, end, bend = (xs + bw / 2, ys), (xt + bw / 2, yt), "arc3,rad=-0.4"
-        elif down:  # a failed attempt: from under the source box down to its own box
-            start, end, bend = (xs + bw * 0.75, ys), (xt + bw / 2, yt + bh), "arc3,rad=0"
+        elif down:  # a failed attempt: straight down from the source box to its own box
+            start, end = (xs + bw / 2, ys), (xt + bw / 2, yt + bh)
+            bend = "arc3,rad=0.55" if deep else "arc3,rad=0"
         else:
             start, end, bend = (xs + bw, ys + bh / 2), (xt, yt + bh / 2), "arc3,rad=0"
         if hop.source != hop.target:
@@ -273,7 +275,11 @@ def figure(path: RelayPath, *, width: float | None = None) -> Figure:
         label = glyph + "\n".join(_wrap(part, 20) for part in hop.label().split(", ", 1))
         below = "\n".join(_wrap(b, 30) for b in (hop.result,) if b)
         if down:  # label beside the arrow, its story under its own box: nothing crosses
-            say(xt + bw / 2 + 0.1, (ys + yt + bh) / 2, label, ha="left", va="center", fontsize=8, color=colour)
+            if deep:
+                say(xt - 0.45, yt + bh + 0.55, label, ha="right", va="center", fontsize=8, color=colour)
+            else:
+                say(xt + bw / 2 + 0.1, (ys + yt + bh) / 2, label, ha="left", va="center", fontsize=8,
+                    color=colour)
             if below:
                 say(xt + bw / 2, yt - 0.08, below, ha="center", va="top", fontsize=7.5, color=plain)
         elif back:
