@@ -327,3 +327,31 @@ def test_a_bounce_from_a_forwarder_is_signed_and_passes_dmarc(alab):
         set_dmarc(alab, "gamma.test", "none")
     top = ar(dsn)
     assert top.startswith(" mail.alpha.test;") and "dkim=pass header.d=gamma.test" in top and "dmarc=pass" in top
+
+
+def test_signing_switch_and_the_verbs(alab):
+    """``%mail sign HOST off``: the MX sees no signature, DMARC passes on SPF alone."""
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from maillab.magics import state
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "maillab")
+    state.replace_lab(alab)
+    try:
+        assert "DKIM signing off" in repr(shell.run_line_magic("mail", "sign mail.alpha.test off"))
+        qid = submit(alab, ["carol@beta.test"], "unsigned", "No signature.\r\n")
+        assert alab.relay.wait(qid, timeout=20).state == "delivered"
+        assert shell.run_line_magic("mail", "sign mail.alpha.test on")
+        view = repr(shell.run_line_magic("mail", "auth unsigned"))
+        assert "spf=pass dkim=none dmarc=pass -> deliver" in view and "DKIM: no signature" in view
+        with pytest.raises(UsageError):
+            shell.run_line_magic("mail", "sign nohost.test off")
+        with pytest.raises(UsageError):
+            shell.run_line_magic("mail", "auth no-such-subject-here")
+        assert "p=quarantine" in repr(shell.run_line_magic("mail", "dmarc gamma.test quarantine"))
+        assert '"v=DMARC1; p=quarantine' in alab.dns.zone_text("gamma.test")
+        shell.run_line_magic("mail", "dmarc gamma.test none")
+    finally:
+        state.replace_lab(None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import secrets
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -148,7 +149,8 @@ def mailing_list(magics: MailMagics, args: argparse.Namespace) -> Any:
     if not args.members:
         raise UsageError("name the members")
     if address not in lab.users:
-        lab.users.add(address, "list-" + local)
+        # The list must be a known recipient at RCPT; nobody logs in as it.
+        lab.users.add(address, secrets.token_urlsafe(18))
     settings(lab).lists[address] = MailingList(address, list(args.members), args.tag or f"[{local}]",
                                                f"{address} mailing list: to leave, write to {local}-leave@{domain}")
     return HelpText(f"{address}: a list of {', '.join(args.members)}")
