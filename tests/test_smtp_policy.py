@@ -103,6 +103,16 @@ def test_data_rules():
     assert data.check_line_endings(b"\r\nfine\r\n.\r\n") is None
     assert data.check_line_length(b"x" * 998 + b"\r\n", 1000) is None
     assert data.check_line_length(b"x" * 999 + b"\r\n", 1000).code == 500
+    # the longest allowed and the first refused line at every offset around the windows
+    # the fast path looks at (limit // 2 octets), in the middle and at the end
+    for pad in range(0, 1100, 37):
+        for longest in (998, 999):
+            refused = max(pad, longest) > 998
+            for tail in (b"", b"\r\n", b"y" * 30):
+                msg = b"a\r\n" * 3 + b"z" * pad + b"\r\n" + b"x" * longest + b"\r\n" + tail
+                assert (data.check_line_length(msg, 1000) is not None) == refused, (pad, longest, tail)
+                assert (data.check_line_length(b"z" * pad + b"\r\n" + b"x" * longest, 1000)
+                        is not None) == refused, (pad, longest)
     hops = b"Received: x\r\n" * 26 + b"\r\nReceived: in the body\r\n"
     assert data.check_hops(hops).status == "5.4.6"
     assert data.check_hops(b"Received: x\r\n" * 25 + b"\r\n" + b"Received: y\r\n" * 5) is None

@@ -53,6 +53,15 @@ def check_line_length(message: bytes, limit: int) -> Reply | None:
     ``message`` is un-stuffed and known to use CRLF only."""
     if len(message) <= limit - 2:
         return None
+    # Fast path: when every aligned window of limit // 2 octets, and the last such
+    # window, holds a LF, no run of octets without one is longer than limit - 2, so
+    # every line fits: a few thousand short find() calls instead of splitting a
+    # 1 MiB message into 13,000 line objects. Otherwise measure the lines.
+    step = max(1, limit // 2)
+    find = message.find
+    starts = [*range(0, len(message) - step + 1, step), max(0, len(message) - step)]
+    if all(find(b"\n", i, i + step) >= 0 for i in starts):
+        return None
     longest = max(map(len, message.split(b"\r\n")))
     if longest + 2 > limit:
         return Reply(500, "5.5.2", f"Line too long: {longest + 2} octets, the limit is {limit}"
