@@ -50,20 +50,26 @@ class LabLookup:
         res.cache = None
         self.resolver = res
         self.trace: list[Question] = []
+        self._answers: dict[tuple[str, str], list[Any]] = {}  # one check asks each question once
 
     def query(self, name: str, rdtype: str) -> list[Any]:
         """The rdatas of ``name``/``rdtype``; [] when none; raises ``dns.exception.Timeout``
         (or another DNSException) when the server did not answer: the caller's temperror."""
+        key = (name.rstrip(".").lower(), rdtype)
+        if key in self._answers:
+            return self._answers[key]
         q = Question(name.rstrip("."), rdtype)
         self.trace.append(q)
         try:
             answer = self.resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN:
             q.error = "NXDOMAIN"
+            self._answers[key] = []
             return []
         except dns.resolver.NoNameservers as exc:
             if _refused(exc):  # the lab DNS answers only for lab zones: no such name here
                 q.error = "REFUSED (not a lab zone)"
+                self._answers[key] = []
                 return []
             q.error = "no answer"
             raise
@@ -72,6 +78,7 @@ class LabLookup:
             raise
         rdatas = list(answer.rrset or [])
         q.answers = [_show(r) for r in rdatas]
+        self._answers[key] = rdatas
         return rdatas
 
     # -- dkimpy: dnsfunc(name, timeout=5) -> the TXT text, or None -------------------------
