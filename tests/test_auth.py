@@ -248,6 +248,17 @@ def test_bad_records_give_the_rfc_results(alab):
     # the DNS does not answer: temperror, and no reject
     dead = _check(alab, msg, port=9)
     assert dead.spf.result == "temperror" and dead.action == "deliver"
+    # SPF cannot be evaluated for now while the domain says p=reject: no 5xx (RFC 7489 6.6.2)
+    import spf
+
+    class SPFTimesOut(LabLookup):
+        def spf_lookup(self, *args, **kw):
+            raise spf.TempError("DNS timeout (injected)")
+
+    _zone(alab, '@ IN TXT "v=spf1 mx -all"\n_dmarc IN TXT "v=DMARC1; p=reject"\n')
+    v = check(msg, lookup=SPFTimesOut(alab.dns.address, alab.dns.port), authserv_id="mx.test",
+              ip="127.0.0.1", helo="h.bad.test", mail_from="x@bad.test")
+    assert (v.spf.result, v.dmarc.result, v.action) == ("temperror", "temperror", "deliver")
 
 
 def test_bad_signatures_give_the_rfc_results(alab):

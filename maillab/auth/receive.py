@@ -326,6 +326,10 @@ def check(message: bytes, *, lookup: LabLookup, authserv_id: str, ip: str, helo:
     dkims = check_dkim(lookup, message)
     arc = check_arc(lookup, message)
     dmarc = check_dmarc(lookup, froms, spf_check, dkims)
+    if dmarc.result == "fail" and "temperror" in (spf_check.result, *(d.result for d in dkims)):
+        # A look-up failed for now: the result may change, so no policy is applied (RFC 7489
+        # 6.6.2; never a 5xx on a temporary error).
+        dmarc.result, dmarc.reason = "temperror", dmarc.reason + " (an SPF or DKIM look-up failed for now)"
     verdict = Verdict(authserv_id, spf_check, dkims, arc, dmarc, trace=lookup.trace)
     if dmarc.result == "fail" and dmarc.policy in ("reject", "quarantine"):
         if arc.cv == "pass" and arc.sealers and all(s in trusted_sealers for s in arc.sealers) \
