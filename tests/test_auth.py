@@ -196,6 +196,7 @@ def test_mailing_list_breaks_dkim_and_arc_repairs_the_verdict(alab):
         assert "dkim=fail" in top and "dkim=pass header.d=gamma.test" in top and "dmarc=fail" in top
         assert "arc=pass" in top and "override arc=pass" in top
         assert b"Subject: [team] list post" in msg
+        assert "cv=b'pass'" in cli(alab, "arcverify", msg)  # dkimpy's own tool agrees on the chain
         s.arc_off.add("mail.gamma.test")  # without ARC, DMARC's p=reject refuses the post
         qid = submit(alab, ["team@gamma.test"], "unsealed post", "Hello again.\r\n")
         alab.relay.wait(qid, timeout=20)
