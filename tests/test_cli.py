@@ -126,6 +126,10 @@ def test_serve_stops_on_ctrl_c(served):
 
 def test_busy_port_is_a_clear_error(tmp_path):
     holder = socket.socket()
+    # SO_REUSEADDR as the lab's own listeners use: a connection another test just closed
+    # (TIME_WAIT on 2525) must not stop the holder from binding, or the lab would get
+    # the port and serve until the timeout. A real listener still makes the bind fail.
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         try:
             holder.bind(("127.0.0.1", 2525))
