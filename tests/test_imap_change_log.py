@@ -164,7 +164,7 @@ def test_observers_follow_every_kind_of_change(single_lab: Lab) -> None:
     changes = [smtp, pop3_delete, append, store, store, expunge, move]
     commands = ["NOOP", "FETCH 1:* (FLAGS)", "SEARCH ALL", "UID SEARCH ALL", "CHECK",
                 "UID FETCH 1:* (FLAGS)", "STORE {n} +FLAGS ($Seen{k})"]
-    for step in range(40):
+    for step in range(30):
         for _ in range(rng.randint(1, 3)):
             rng.choice(changes)(100 + step)
         for k, obs in enumerate(observers):
