@@ -65,8 +65,9 @@ def text(m: ClassMap) -> str:
     return "\n".join(lines)
 
 
-def svg(m: ClassMap, size: int = 520) -> str:
-    """The graph as SVG (a viewBox, so it scales to any width)."""
+def svg(m: ClassMap, size: int = 560) -> str:
+    """The graph as SVG (a viewBox, so it scales to any width; at 14 px
+    text its labels are 13-15 px, and it grows with the presenter text scale)."""
     pos = layout(m)
     c, r = size / 2, size / 2 - 90
     def xy(name: str) -> tuple[float, float]:
@@ -74,7 +75,7 @@ def svg(m: ClassMap, size: int = 520) -> str:
         return c + r * x, c - r * y
 
     parts = [f'<svg viewBox="0 0 {size} {size}" xmlns="http://www.w3.org/2000/svg" role="img" '
-             f'aria-label="class map of {html.escape(m.zone)}" style="max-width:{size}px">',
+             f'aria-label="class map of {html.escape(m.zone)}" style="width:min(100%,{size / 14:g}em)">',
              '<defs><marker id="ml-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
              'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
              'fill="currentColor"/></marker></defs>']
@@ -91,26 +92,28 @@ def svg(m: ClassMap, size: int = 520) -> str:
         dx, dy = x2 - x1, y2 - y1
         dist = math.hypot(dx, dy) or 1
         ox, oy = -dy / dist * 7, dx / dist * 7  # both directions side by side
-        sx, sy = x1 + dx / dist * 34 + ox, y1 + dy / dist * 34 + oy
-        tx, ty = x2 - dx / dist * 34 + ox, y2 - dy / dist * 34 + oy
+        sx, sy = x1 + dx / dist * 42 + ox, y1 + dy / dist * 42 + oy
+        tx, ty = x2 - dx / dist * 42 + ox, y2 - dy / dist * 42 + oy
         width = 1 + 3 * math.log1p(e.count) / math.log1p(top)
         parts.append(f'<g class="ml-client" style="color:var(--ml-client)"><line x1="{sx:.1f}" y1="{sy:.1f}" '
                      f'x2="{tx:.1f}" y2="{ty:.1f}" stroke="currentColor" stroke-width="{width:.1f}" '
                      'marker-end="url(#ml-arrow)"/>'
-                     f'<text x="{(sx + tx) / 2 + ox:.1f}" y="{(sy + ty) / 2 + oy:.1f}" font-size="10" '
+                     f'<text x="{(sx + tx) / 2 + ox:.1f}" y="{(sy + ty) / 2 + oy:.1f}" font-size="13" '
                      f'text-anchor="middle">MX ×{e.count}</text></g>')
-    parts.append(f'<circle cx="{c}" cy="{c}" r="30" fill="none" stroke="currentColor"/>'
-                 f'<text x="{c}" y="{c - 2}" text-anchor="middle" font-size="11" font-weight="600">class DNS</text>'
-                 f'<text x="{c}" y="{c + 12}" text-anchor="middle" font-size="9">{html.escape(m.join)}</text>')
+    # names inside the circles, addresses outside them (on the side away from the
+    # centre, where no arrow runs): both at a size the back row reads
+    parts.append(f'<circle cx="{c}" cy="{c}" r="44" fill="none" stroke="currentColor"/>'
+                 f'<text x="{c}" y="{c + 5}" text-anchor="middle" font-size="14" font-weight="600">class DNS</text>'
+                 f'<text x="{c}" y="{c + 61}" text-anchor="middle" font-size="13">{html.escape(m.join)}</text>')
     for d in m.domains:
         x, y = xy(d.domain)
         kind = ("err" if d.key == "revoked" else "ok" if d.state == "registered" else "temp" if d.state == "quiet"
                 else "muted")
-        parts.append(f'<g style="color:var(--ml-{kind})"><circle cx="{x:.1f}" cy="{y:.1f}" r="26" '
+        parts.append(f'<g style="color:var(--ml-{kind})"><circle cx="{x:.1f}" cy="{y:.1f}" r="34" '
                      'fill="none" stroke="currentColor" stroke-width="2"/></g>'
-                     f'<text x="{x:.1f}" y="{y - 2:.1f}" text-anchor="middle" font-size="11" font-weight="600">'
+                     f'<text x="{x:.1f}" y="{y + 5:.1f}" text-anchor="middle" font-size="15" font-weight="600">'
                      f'{html.escape(_short(d.domain, m.zone))}</text>'
-                     f'<text x="{x:.1f}" y="{y + 11:.1f}" text-anchor="middle" font-size="9">'
+                     f'<text x="{x:.1f}" y="{y + 50 if y >= c else y - 42:.1f}" text-anchor="middle" font-size="13">'
                      f'{html.escape(d.addresses[0] if d.addresses else "not registered")}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -125,11 +128,15 @@ def body_html(m: ClassMap) -> str:
     for d in m.domains:
         state = badge({"registered": "ok", "quiet": "temp"}.get(d.state, "muted"), d.state)
         key = badge("err", "revoked") if d.key == "revoked" else html.escape(d.key)
-        rows.append(f"<tr><td class='mono'>{html.escape(d.domain)}</td><td>{state}</td>"
-                    f"<td class='mono'>{html.escape(', '.join(d.mx) or '-')}</td>"
-                    f"<td class='mono'>{html.escape(', '.join(d.addresses) or '-')}</td><td>{key}</td>"
-                    f"<td>{_ago(d.joined, now)}</td><td>{_ago(d.last_seen, now)}</td><td>{d.looked_up}</td></tr>")
-    table = ("<table><thead><tr><th>domain</th><th>state</th><th>MX</th><th>address</th><th>key</th>"
+        # data-label: in a narrow output each lab is a card (theme: .ml-cards)
+        rows.append(f"<tr><td class='mono ml-card-head'>{html.escape(d.domain)}</td>"
+                    f"<td data-label='state'>{state}</td>"
+                    f"<td class='mono' data-label='MX'>{html.escape(', '.join(d.mx) or '-')}</td>"
+                    f"<td class='mono' data-label='address'>{html.escape(', '.join(d.addresses) or '-')}</td>"
+                    f"<td data-label='key'>{key}</td><td data-label='joined'>{_ago(d.joined, now)}</td>"
+                    f"<td data-label='last seen'>{_ago(d.last_seen, now)}</td>"
+                    f"<td data-label='looked up'>{d.looked_up}</td></tr>")
+    table = ("<table class='ml-cards'><thead><tr><th>domain</th><th>state</th><th>MX</th><th>address</th><th>key</th>"
              "<th>joined</th><th>last seen</th><th>looked up</th></tr></thead><tbody>"
              + ("".join(rows) or "<tr><td colspan=8><i>no student yet: %mail class key NAME</i></td></tr>")
              + "</tbody></table>")

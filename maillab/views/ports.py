@@ -255,9 +255,9 @@ class PortMap:
     # -- HTML -----------------------------------------------------------------------
     def grid_html(self) -> str:
         """The map as HTML for the shared stylesheet (wrap it in ``.ml-view``)."""
-        head = "".join(f"<th>{html.escape(t)}</th>" for t in (
-            "service", "standard → lab port", "TLS", "AUTH before TLS?", "plaintext login refused?", "min TLS"))
-        head += "".join(f"<th>{html.escape(h)}</th>" for h in self.hosts)
+        titles = ("service", "standard → lab port", "TLS", "AUTH before TLS?", "plaintext login refused?",
+                  "min TLS", *self.hosts)
+        head = "".join(f"<th>{html.escape(t)}</th>" for t in titles)
         body = []
         for r in self.rows:
             cells = [f"<b>{html.escape(r.service)}</b><br><span class='ml-muted'>{html.escape(r.role)}</span>",
@@ -283,14 +283,19 @@ class PortMap:
                 if cell.total > len(cell.sessions):
                     lines.append(f"<span class='ml-muted ml-small'>+{cell.total - len(cell.sessions)} earlier</span>")
                 cells.append("<br>".join(lines))
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            # In a narrow output each row is a card (theme: .ml-cards-wide): the service
+            # is its heading, every other cell carries its column head as a label.
+            tds = [f"<td class='ml-card-head'>{cells[0]}</td>"]
+            tds += [f"<td data-label='{html.escape(t)}'>{c}</td>" if c else "<td></td>"
+                    for t, c in zip(titles[1:], cells[1:], strict=True)]
+            body.append("<tr>" + "".join(tds) + "</tr>")
         legend = " &nbsp; ".join(f"{badge(m)}: {html.escape(t)}" for m, t in MODE_TEXT.items() if m in MODES)
         foot = [f"legend: {legend}"]
         if self.require_tls:
             foot.append("<b>require_tls</b>: no login anywhere before TLS")
         if self.ca_path:
             foot.append(f"CA certificate: <code>{html.escape(self.ca_path)}</code>")
-        return (f"<table class='ml-ports'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        return (f"<table class='ml-ports ml-cards-wide'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
                 f"<div class='ml-small'>{'<br>'.join(foot)}</div>")
 
     def certs_html(self) -> str:

@@ -122,6 +122,25 @@ CSS = (
     ".ml-view .ml-wire tr{display:grid;grid-template-columns:auto minmax(0,1fr)}"
     ".ml-view .ml-wire td.t{display:none}.ml-view .ml-wire td.n{grid-column:2;min-width:0;"
     "padding-top:0!important}.ml-view .ml-wire td.n:empty{display:none}}"
+    # A wide table of short facts (the port map, the class map): in a narrow output
+    # each row becomes a card, its cells labelled from their column heads
+    # (data-label), side by side as far as they fit, instead of a ribbon of columns
+    # that break words letter by letter. .ml-cards turns at 760 px, .ml-cards-wide
+    # (many columns) at 1500 px.
+    + "".join(
+        f"@container mlview (max-width:{w}px){{"
+        f".ml-view table.{c},.ml-view table.{c} tbody{{display:block;width:100%}}"
+        f".ml-view table.{c} thead{{display:none}}"
+        f".ml-view table.{c} tr{{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(13em,100%),1fr));"
+        "gap:.1em .6em;border:1px solid var(--ml-line);border-radius:6px;padding:.3em .4em;margin:0 0 .5em 0}"
+        f".ml-view table.{c} td{{padding:.1em .2em!important;overflow-wrap:break-word}}"
+        f".ml-view table.{c} td:empty{{display:none}}"
+        f".ml-view table.{c} td.ml-card-head{{grid-column:1/-1;font-size:1.1em;font-weight:600}}"
+        f".ml-view table.{c} td[data-label]::before{{content:attr(data-label);display:block;"
+        "font-family:var(--jp-ui-font-family,sans-serif);font-size:.85em;font-weight:600;"
+        "color:var(--ml-muted)}}"
+        for c, w in (("ml-cards", 760), ("ml-cards-wide", 1500)))
+    + ".ml-view tbody th{white-space:nowrap;overflow-wrap:normal}"
     ".ml-view .ml-ok{color:var(--ml-ok)}.ml-view .ml-err{color:var(--ml-err)}"
     ".ml-view .ml-temp{color:var(--ml-temp)}.ml-view .ml-client{color:var(--ml-client)}"
     ".ml-view .ml-event{color:var(--ml-event)}.ml-view .ml-muted{color:var(--ml-muted)}"
