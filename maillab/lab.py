@@ -86,6 +86,7 @@ class Lab:
         policy: Policy | None = None,
         topology: Topology | None = None,
         require_tls: bool = False,
+        service_addresses: dict[str, str] | None = None,
     ) -> None:
         self.directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="maillab-"))
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -109,6 +110,10 @@ class Lab:
                 users = {f"alice@{first}": "alice-pw", f"bob@{first}": "bob-pw"}
         self.users = Users(users)
         self.wanted_services = services
+        #: service name -> the address it binds instead of its host's (a lab that joined a
+        #: class network keeps all but its MX on loopback); a busy lab port there falls
+        #: back to a free one, since other labs on this machine may hold it.
+        self.service_addresses = dict(service_addresses or {})
         self.events = EventBus()
         self.loop = LabLoop(f"maillab-loop-{id(self):x}")
         self.loop.on_lag = lambda lag: self.events.emit(
@@ -204,18 +209,18 @@ class Lab:
                 reg = FACTORIES.get(name)
                 if reg is None or not reg.per_host or (wanted and name not in wanted):
                     continue
-                planned.append(Service(name, host.name, host.address,
+                planned.append(Service(name, host.name, self.service_addresses.get(name, host.address),
                                        self._port_for(name, shared), host=host))
         for name, reg in FACTORIES.items():
             if not reg.per_host and (not wanted or name in wanted):
-                planned.append(Service(name, f"lab-{name}", self.bind_host,
+                planned.append(Service(name, f"lab-{name}", self.service_addresses.get(name, self.bind_host),
                                        self._port_for(name, False)))
         return planned
 
     async def _start_services(self) -> None:
         for svc in self.services:
             try:
-                svc.listener = await FACTORIES[svc.name].factory(self, svc)
+                svc.listener = await self._bind(svc)
             except OSError as exc:
                 svc.state = f"failed: {exc.strerror or exc}"
                 if exc.errno == errno.EADDRINUSE:
@@ -225,6 +230,16 @@ class Lab:
         await self._start_lab_parts()
         for hook in list(self._start_hooks):
             await hook(self)
+
+    async def _bind(self, svc: Service) -> Any:
+        factory = FACTORIES[svc.name].factory
+        try:
+            return await factory(self, svc)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or svc.port == 0 or svc.name not in self.service_addresses:
+                raise
+        svc.port = 0  # a moved service's lab port is taken (another lab here): any free port
+        return await factory(self, svc)
 
     async def _start_lab_parts(self) -> None:
         """Wire the lab-wide parts that other code reaches by name: ``lab.dns`` (the

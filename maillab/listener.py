@@ -70,7 +70,10 @@ class LineServer:
         self.service = service
         self.implicit_tls = implicit_tls
         assert lab.ca is not None
-        self.tls_context: ssl.SSLContext = lab.ca.server_context(service.hostname, [service.address])
+        # One certificate per host, valid for every address its services bind (a joined
+        # lab's MX on the listen address, the rest on loopback).
+        addresses = [service.address, *(s.address for s in lab.services if s.hostname == service.hostname)]
+        self.tls_context: ssl.SSLContext = lab.ca.server_context(service.hostname, list(dict.fromkeys(addresses)))
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property

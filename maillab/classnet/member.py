@@ -1,8 +1,11 @@
 """A student's lab in a class network: joining, staying registered, leaving.
 
 :func:`join_lab` makes the lab that ``%mail join`` and ``maillab serve --join`` run:
-one mail host ``mail.NAME.class.test`` on the listen address, with the lab ports and
-the class's MX port, and one user ``NAME@NAME.class.test``. At every start it sends
+one mail host ``mail.NAME.class.test`` whose MX listens on the listen address at the
+class's MX port, and one user ``NAME@NAME.class.test``. Only the MX faces the class:
+beyond loopback submission, POP3, IMAP and the lab DNS bind 127.0.0.1 (lab ports, or
+free ones when another lab here holds them), so the student's own clients reach them
+and nobody else does (:func:`service_address`). At every start it sends
 the class DNS one signed UPDATE (RFC 2136, TSIG RFC 8945) that replaces its records::
 
     NAME.class.test.        60 IN MX  10 mail.NAME.class.test.
@@ -256,6 +259,16 @@ def _loopback(address: str) -> bool:
         return False
 
 
+def service_address(service: str, listen: str) -> str:
+    """The address a joined lab binds ``service`` on, given its listen address.
+
+    The MX (``smtp``) is what the other labs of the class reach: it listens on ``listen``.
+    Submission, POP3, IMAP and the lab DNS serve only the student's own clients, so a
+    non-loopback lab keeps them on 127.0.0.1 (issue 13: "submission stays local to its
+    lab"); a loopback lab (one machine, the tests) has everything on ``listen``."""
+    return listen if service == "smtp" or _loopback(listen) else "127.0.0.1"
+
+
 def _saved_password(directory: Path, address: str) -> str | None:
     """The user's password from an earlier run in this directory (it stays the same)."""
     try:
@@ -279,8 +292,10 @@ def join_lab(directory: str | Path | None, join: str, key: str, *, listen: str =
     wanted["smtp"] = mx_port  # every lab of the class: the same "port 25"
     # Beyond loopback other machines can reach every port of the lab: no login before TLS
     # anywhere (the lab's loopback leniency is for a lab that only this machine sees).
+    moved = {name: service_address(name, listen) for name in SERVICES}
     lab = Lab(directory, host=listen, ports=wanted, topology=single_host([key_name], listen), users={},
-              limits=limits, require_tls=not _loopback(listen))
+              limits=limits, require_tls=not _loopback(listen),
+              service_addresses={name: a for name, a in moved.items() if a != listen})
     user = f"{key_name.split('.', 1)[0]}@{key_name}"
     lab.add_user(user, _saved_password(lab.directory, user) or secrets.token_urlsafe(9))
     member = ClassMember(lab, address, port, key_name, secret, mx_port)
