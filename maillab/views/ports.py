@@ -187,7 +187,10 @@ def cert_html(fields: dict[str, Any], title: str = "") -> str:
     for key, name in CERT_FIELD_TITLES:
         value = fields.get(key, "")
         text = ", ".join(value) if isinstance(value, list) else str(value)
-        rows.append(f"<tr><th>{html.escape(name)}</th><td class='mono'>{html.escape(text)}</td></tr>")
+        shown = html.escape(text)
+        if key == "sha256":  # a fingerprint wraps between its bytes, never inside one
+            shown = shown.replace(":", ":<wbr>")
+        rows.append(f"<tr><th>{html.escape(name)}</th><td class='mono'>{shown}</td></tr>")
     head = f"<div><b>{html.escape(title)}</b></div>" if title else ""
     return f"{head}<table class='ml-cert'>{''.join(rows)}</table>"
 
