@@ -22,7 +22,8 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..connection import ConnectionClosed, LineConnection, LineTooLong
@@ -34,6 +35,7 @@ from ..services import Service, register
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser, parse_tag
 from .responses import Delay, Notice, Output, Response
 from .session import IMAPSession
+from .verbs import Append, Copy, Fetch, Search
 
 log = logging.getLogger("maillab.imap")
 
@@ -48,6 +50,14 @@ WRITE_BUFFER = 1 << 20
 RECORD_RESPONSES = 100
 #: How often an IDLE session looks for changes nobody announced (mutt, cp, POP3).
 IDLE_POLL = 1.0
+#: Commands whose work may be heavy (parsing a 25 MB message of 10,000 parts for
+#: BODYSTRUCTURE, SEARCH BODY over every body, storing a large APPEND or COPY): they
+#: run on a worker thread, so the lab loop keeps answering other sessions meanwhile.
+#: Move is a Copy. Everything else is light and runs inline on the loop.
+OFFLOADED = (Fetch, Search, Append, Copy)
+#: Worker threads for :data:`OFFLOADED` commands (the GIL serialises Python anyway;
+#: the point is that the loop gets a turn every switch interval).
+WORKERS = 2
 
 
 class IMAPHub:
@@ -56,11 +66,17 @@ class IMAPHub:
 
     def __init__(self, lab: Lab, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="maillab-imap")
         self.sessions_per_user: dict[str, int] = {}
         self.waiting: dict[tuple[str, str], set[asyncio.Event]] = {}
         # Deliveries happen on any thread (SMTP on the lab thread, tests on theirs).
         self._unsubscribe = lab.store.subscribe(
             lambda user, folder, info: loop.call_soon_threadsafe(self.changed, user, folder))
+
+    def changed_anywhere(self, user: str, folder: str) -> None:
+        """:meth:`changed`, callable from any thread (a session's command may run on a
+        worker thread; asyncio events are set on the loop only)."""
+        self.loop.call_soon_threadsafe(self.changed, user, folder)
 
     def changed(self, user: str, folder: str) -> None:
         for event in self.waiting.get((user.lower(), folder), ()):
@@ -78,6 +94,7 @@ class IMAPHub:
 
     def close(self) -> None:
         self._unsubscribe()
+        self.workers.shutdown(wait=False, cancel_futures=True)
 
 
 def _hub(lab: Lab) -> IMAPHub:
@@ -124,7 +141,7 @@ class IMAPServer(LineServer):
             tls_active=self.implicit_tls,
             starttls_available=not self.implicit_tls,
             plaintext_auth=plaintext_auth_allowed(self.lab, "imap") and _is_loopback(svc.address),
-            on_change=self.hub.changed,
+            on_change=self.hub.changed_anywhere,
             sessions_per_user=self.hub.sessions_per_user,
         )
 
@@ -181,7 +198,10 @@ class IMAPServer(LineServer):
                     if reply_closes(fault):
                         return DROPPED
                     continue
-            await self._send(conn, rec, session.execute(result),
+            outputs = session.execute(result)
+            if isinstance(result, OFFLOADED):
+                outputs = self._on_worker(outputs)
+            await self._send(conn, rec, outputs,
                              tag=result.tag if isinstance(result, Command) else None)
             if session.mode == "idle":
                 reason = await self._idle(conn, rec, session) or reason
@@ -296,7 +316,22 @@ class IMAPServer(LineServer):
                 read.cancel()
         return None
 
-    async def _send(self, conn: LineConnection, rec: SessionRecorder, outputs: Iterable[Output],
+    async def _on_worker(self, outputs: Iterator[Output]) -> AsyncIterator[Output]:
+        """The session's outputs, computed on a worker thread a batch (up to CHUNK
+        octets) at a time: the session still runs one command at a time, only not on
+        the loop, and recording and writing stay on the loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch, error = await loop.run_in_executor(self.hub.workers, _next_batch, outputs)
+            for out in batch:
+                yield out
+            if error is not None:
+                raise error  # after what came before it, as when run inline
+            if not batch:
+                return
+
+    async def _send(self, conn: LineConnection, rec: SessionRecorder,
+                    outputs: Iterable[Output] | AsyncIterator[Output],
                     tag: str | None = None) -> None:
         """Write responses in large chunks, recording them; wait for slow readers.
 
@@ -306,8 +341,10 @@ class IMAPServer(LineServer):
         pending: list[bytes] = []  # parts not yet handed to the connection
         size = 0
         record = _Recorder(rec)
+        if not isinstance(outputs, AsyncIterator):
+            outputs = _inline(outputs)
         try:
-            for out in outputs:
+            async for out in outputs:
                 if isinstance(out, Response):
                     record(out)
                     pending.extend(out.parts)
@@ -336,6 +373,29 @@ class IMAPServer(LineServer):
         record.flush()
         conn.writelines(pending)
         await conn.drain()
+
+
+async def _inline(outputs: Iterable[Output]) -> AsyncIterator[Output]:
+    for out in outputs:
+        yield out
+
+
+def _next_batch(outputs: Iterator[Output]) -> tuple[list[Output], Exception | None]:
+    """The next outputs of a command, up to CHUNK octets or a Delay (which the loop
+    must honour before more is computed), and the error that ended it if one did;
+    no outputs when the command is done. Runs on a worker thread."""
+    batch: list[Output] = []
+    size = 0
+    try:
+        for out in outputs:
+            batch.append(out)
+            if isinstance(out, Response):
+                size += len(out)
+            if size >= CHUNK or isinstance(out, Delay):
+                break
+    except Exception as exc:  # a bug: the loop sends what came before, then reports it
+        return batch, exc
+    return batch, None
 
 
 class _Recorder:
