@@ -74,7 +74,11 @@ def svg(m: ClassMap, size: int = 560) -> str:
         x, y = pos.get(name, (0.0, 0.0))
         return c + r * x, c - r * y
 
-    parts = [f'<svg viewBox="0 0 {size} {size}" xmlns="http://www.w3.org/2000/svg" role="img" '
+    # the picture is as tall as its nodes and their labels (a triangle of three labs
+    # leaves no empty band under it)
+    ys = [c] + [xy(d.domain)[1] for d in m.domains]
+    top, bottom = max(0.0, min(ys) - 70), min(float(size), max(ys) + 70)
+    parts = [f'<svg viewBox="0 {top:.0f} {size} {bottom - top:.0f}" xmlns="http://www.w3.org/2000/svg" role="img" '
              f'aria-label="class map of {html.escape(m.zone)}" style="width:min(100%,{size / 14:g}em)">',
              '<defs><marker id="ml-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
              'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
@@ -95,11 +99,15 @@ def svg(m: ClassMap, size: int = 560) -> str:
         sx, sy = x1 + dx / dist * 42 + ox, y1 + dy / dist * 42 + oy
         tx, ty = x2 - dx / dist * 42 + ox, y2 - dy / dist * 42 + oy
         width = 1 + 3 * math.log1p(e.count) / math.log1p(top)
+        # The label beside its own arrow, on the far side from the arrow going back (the
+        # two directions' labels never overlap, and no line runs through a label).
+        lx, ly = (sx + tx) / 2 + ox * 0.6, (sy + ty) / 2 + oy * 1.6 + 4
+        anchor = "start" if ox > 1.5 else "end" if ox < -1.5 else "middle"
         parts.append(f'<g class="ml-client" style="color:var(--ml-client)"><line x1="{sx:.1f}" y1="{sy:.1f}" '
                      f'x2="{tx:.1f}" y2="{ty:.1f}" stroke="currentColor" stroke-width="{width:.1f}" '
                      'marker-end="url(#ml-arrow)"/>'
-                     f'<text x="{(sx + tx) / 2 + ox:.1f}" y="{(sy + ty) / 2 + oy:.1f}" font-size="13" '
-                     f'text-anchor="middle">MX ×{e.count}</text></g>')
+                     f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="13" '
+                     f'text-anchor="{anchor}">MX ×{e.count}</text></g>')
     # names inside the circles, addresses outside them (on the side away from the
     # centre, where no arrow runs): both at a size the back row reads
     parts.append(f'<circle cx="{c}" cy="{c}" r="44" fill="none" stroke="currentColor"/>'
