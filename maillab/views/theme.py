@@ -140,7 +140,9 @@ CSS = (
         "font-family:var(--jp-ui-font-family,sans-serif);font-size:.85em;font-weight:600;"
         "color:var(--ml-muted)}}"
         for c, w in (("ml-cards", 760), ("ml-cards-wide", 1500)))
-    + ".ml-view tbody th{white-space:nowrap;overflow-wrap:normal}"
+    # a row's label (a certificate field, a probe fact) reads whole: "certificate",
+    # never "certificat" / "e"
+    + ".ml-view tbody th:first-child{white-space:nowrap;overflow-wrap:normal}"
     ".ml-view .ml-ok{color:var(--ml-ok)}.ml-view .ml-err{color:var(--ml-err)}"
     ".ml-view .ml-temp{color:var(--ml-temp)}.ml-view .ml-client{color:var(--ml-client)}"
     ".ml-view .ml-event{color:var(--ml-event)}.ml-view .ml-muted{color:var(--ml-muted)}"
