@@ -61,6 +61,8 @@ def _drive(page: Any, url: str, token: str) -> None:
     page.wait_for_function("(el) => el.value === 'PASS bob-pw'", arg=box.element_handle())
     out.get_by_role("button", name="send ▶").click()
     page.wait_for_function("(el) => el.innerText.includes('maildrop has')", arg=out.element_handle())
+    # The reply and the state picture reach the page as separate widget updates.
+    page.wait_for_function("(el) => el.innerText.includes('▶ TRANSACTION')", arg=out.element_handle())
     text = out.inner_text()
     assert "▶ TRANSACTION" in text and "PASS ****" in text and "bob-pw" not in text.split("PASS ****")[0]
     box.fill("DELE 99")  # edited by hand: the server's real error comes back
