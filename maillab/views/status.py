@@ -101,7 +101,7 @@ class StatusTable:
                     text = f"<span class='ml-{kind}'>{'✓' if kind == 'ok' else '✗'}\u00a0{text}</span>"
                 elif key == "tls":
                     text = f"<span title='{html.escape(TLS_MODES.get(row.get('tls', ''), ''))}'>{text}</span>"
-                tds.append(f"<td class='nw'>{text}</td>" if key != "address" else f"<td>{text}</td>")
+                tds.append(f"<td class='nw'>{text}</td>")  # an address broken mid-number misreads
             body.append(f"<tr>{''.join(tds)}</tr>")
         foot = []
         if self.note:
