@@ -525,10 +525,10 @@ def _cache_a_connection(lab: Lab) -> str:
     async def go():
         d = await deliver(lab.events, helo_name="mail.alpha.test", source_address=source, host="mx1.beta.test",
                           address=address, port=port, mail_from="alice@alpha.test", rcpts=["carol@beta.test"],
-                          data=b"Subject: opener\r\n\r\nhi\r\n", tls_context=lab.relay._tls_context,
+                          data=b"Subject: opener\r\n\r\nhi\r\n", tls_context=lab.relay.agent.tls_context,
                           keep_open=lambda: True)
         assert d.kept is not None
-        lab.relay._connections.put(("mail.alpha.test", source, "mx1.beta.test", address, port, "may"), d.kept)  # the key ends with the TLS policy
+        lab.relay.agent.connections.put(("mail.alpha.test", source, "mx1.beta.test", address, port, "may"), d.kept)  # the key ends with the TLS policy
         return d.session
 
     return lab.loop.run(go(), timeout=15)
@@ -579,7 +579,7 @@ def test_a_message_on_its_own_gets_a_whole_session(burst_lab):
     events = burst_lab.events.events(session=msg.attempts[-1].session)
     lines = [e.text for e in events if e.kind == "C"]
     assert lines[0].startswith("EHLO") and "STARTTLS" in lines and lines[-1] == "QUIT"
-    assert msg.attempts[-1].reused_from is None and len(burst_lab.relay._connections) == 0
+    assert msg.attempts[-1].reused_from is None and len(burst_lab.relay.agent.connections) == 0
 
 
 def test_connection_cache_off_gives_every_message_a_new_session(tmp_path):
@@ -631,9 +631,9 @@ def test_idle_cached_connections_close_with_quit(rlab):
 def test_a_failure_injected_drops_cached_connections(burst_lab):
     lab = burst_lab
     _cache_a_connection(lab)
-    assert len(lab.relay._connections) == 1  # kept: the cache waits 30 s
+    assert len(lab.relay.agent.connections) == 1  # kept: the cache waits 30 s
     lab.relay.fail("mx1.beta.test", "down")
-    assert len(lab.relay._connections) == 0
+    assert len(lab.relay.agent.connections) == 0
     [msg] = _burst(lab, 1, "after the failure")
     assert [(a.host, a.result) for a in msg.attempts] == [("mx1.beta.test", "unreachable"),
                                                           ("mx2.beta.test", "delivered")]

@@ -22,30 +22,27 @@ from the same host for the same domain waits for one of those slots, a finished
 SMTP session is kept open for it (:mod:`.connections`, as Postfix does); a message
 on its own always gets a whole session of its own.
 
-Failure injection for class (``%mail fail``): ``lab.relay.fail(host, kind)``
-with kind ``down`` (its SMTP listener is closed, the port kept for ``heal``),
-``tempfail`` (451 at RCPT), ``reject`` (550 at RCPT) or ``slow`` (each reply
-delayed), and ``lab.relay.heal(host)``.
+The parts: this module holds the queue (what is queued, its states, when an
+attempt runs, what follows it: retry, expiry, DSN); :mod:`.agent` makes one
+attempt at one domain (route, TLS policy, SMTP session, fate per recipient);
+:mod:`.spool` keeps the queue on disk; :mod:`.presets` holds the failure presets
+for class (``lab.relay.fail(host, kind)``, ``lab.relay.heal(host)``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import secrets
-import ssl
 import time
 from collections import OrderedDict
 from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Any
 
 from ..faults import parse_duration
-from ..services import FACTORIES
-from ..topology import MailHost, lab_port
+from ..topology import MailHost
+from .agent import DeliveryAgent, decide
 from .bounce import FailedRecipient, build_dsn, original_header
-from .client import Delivery, deliver
-from .connections import ConnectionCache
 from .message import (
     BOUNCED,
     DELIVERED,
@@ -56,15 +53,13 @@ from .message import (
     QueuedMessage,
     Recipient,
 )
-from .mx import RouteError, find_route
+from .presets import FAULT_KINDS, FailurePresets
 from .spool import DIRNAME, Spool
-from .tlspolicy import choose
 
 if TYPE_CHECKING:
     from ..events import SessionRecorder
     from ..lab import Lab
 
-FAULT_KINDS = ("down", "tempfail", "reject", "slow")
 #: Finished messages kept for the views; older ones are forgotten (memory stays bounded).
 KEEP_FINISHED = 5000
 
@@ -81,18 +76,14 @@ class RelayQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sem: asyncio.Semaphore | None = None
         self._recorders: dict[str, SessionRecorder] = {}
-        self._faults: dict[str, tuple[str, Any]] = {}
-        self._resolver: Any = None
-        self._routes: dict[tuple[str, str], tuple[int, float, Any]] = {}  # relay_dns_cache
-        self._tls_context: Any = None
-        self._connections: ConnectionCache | None = None
         # Deliveries per (sending host, recipient domain): wanting = started (waiting for
         # a slot or running), active = running. More wanting than active is a backlog.
         self._wanting: dict[tuple[str, str], int] = {}
         self._active: dict[tuple[str, str], int] = {}
         self._last: str | None = None
-        self._encrypt_context: Any = None
         self.closed = False
+        self.agent = DeliveryAgent(self)  # one attempt at one domain
+        self.presets = FailurePresets(self)  # %mail fail / heal
         self.control = lab.events.session("relay", "server", "lab-relay", "", role="control")
         self.spool = Spool(lab.directory / DIRNAME)  # what a 250 promised, on disk
 
@@ -110,12 +101,7 @@ class RelayQueue:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._sem = asyncio.Semaphore(self.lab.limits.relay_concurrency)
-        if self.lab.ca is not None:
-            self._tls_context = self.lab.ca.client_context()  # once: contexts are costly to make
-            self._encrypt_context = self.lab.ca.client_context()
-            self._encrypt_context.check_hostname = False  # "encrypt": TLS without authentication
-            self._encrypt_context.verify_mode = ssl.CERT_NONE
-        self._connections = ConnectionCache(self.lab.events, self.lab.limits.relay_connection_cache)
+        self.agent.start()
         self.closed = False
         for entry in self.spool.load():  # left by a crash or a stop: queued again, same id
             if entry.origin in self.lab.topology.hosts:
@@ -132,10 +118,7 @@ class RelayQueue:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=3)
-        if self._resolver is not None:
-            self._resolver.close()
-        if self._connections is not None:
-            await self._connections.close()
+        await self.agent.stop()
         self.control.close("lab stopped")
 
     # -- the interface the SMTP server calls ----------------------------------------------
@@ -210,7 +193,7 @@ class RelayQueue:
 
     def faults(self) -> dict[str, tuple[str, Any]]:
         """The failures injected now: host -> (kind, value)."""
-        return dict(self._faults)
+        return dict(self.presets.faults)
 
     # -- failure injection -------------------------------------------------------------------
     def fail(self, hostname: str, kind: str, value: Any = None) -> str:
@@ -222,21 +205,19 @@ class RelayQueue:
             raise KeyError(f"no lab host {hostname!r}; hosts: {', '.join(self.lab.topology.hosts)}")
         if kind == "slow":
             value = parse_duration(value)
-        return self._run(self.afail(hostname, kind, value))
+        return self._run(self.presets.afail(hostname, kind, value))
 
     def heal(self, hostname: str | None = None) -> str:
         """Undo the failures of ``hostname`` (all hosts when None)."""
-        return self._run(self.aheal(hostname))
+        return self._run(self.presets.aheal(hostname))
 
     def drop_connections(self, hostname: str | None = None) -> None:
         """Close the cached connections to ``hostname`` (all when None): the next message
         opens a session of its own (e.g. through a middlebox just put in front of it)."""
-        if self._connections is None:
-            return
         if self.lab.loop.in_lab_thread():
-            self._connections.drop(hostname)
+            self.agent.drop_connections(hostname)
         else:
-            self.lab.loop.call(functools.partial(self._connections.drop, hostname))
+            self.lab.loop.call(functools.partial(self.agent.drop_connections, hostname))
 
     def flush(self) -> int:
         """Retry every deferred message now (``postqueue -f``); returns how many."""
@@ -249,64 +230,6 @@ class RelayQueue:
             task.add_done_callback(self._tasks.discard)
             return "scheduled"
         return self.lab.loop.run(coro, timeout=15)
-
-    async def afail(self, hostname: str, kind: str, value: Any = None) -> str:
-        await self.aheal(hostname, quiet=True)
-        if self._connections is not None:
-            self._connections.drop(hostname)
-        if kind == "down":
-            svc = self.lab.service("smtp", hostname)
-            if svc.listener is not None:
-                svc.listener.close()
-                try:
-                    await asyncio.wait_for(svc.listener.wait_closed(), 2)
-                except Exception:  # noqa: BLE001 - open sessions may keep it; new ones are refused
-                    pass
-                svc.listener = None
-            svc.state = "down (failure injected)"
-            what = f"{hostname} is down: its SMTP port {svc.address}:{svc.port} refuses connections"
-        else:
-            # The MX port only (submission keeps working): rules of lab.faults, which the
-            # SMTP server consults before each command.
-            faults = self.lab.faults
-            if kind == "tempfail":
-                faults.add(hostname, "smtp", "RCPT", f"451 4.3.0 {hostname} temporary failure"
-                           " (lab fault injected)", service="smtp", label=kind)
-                what = f"{hostname} answers RCPT with 451 4.3.0 (temporary failure)"
-            elif kind == "reject":
-                faults.add(hostname, "smtp", "RCPT", f"550 5.7.1 {hostname} rejects this mail"
-                           " (lab fault injected)", service="smtp", label=kind)
-                what = f"{hostname} answers RCPT with 550 5.7.1 (permanent refusal)"
-            else:
-                faults.add(hostname, "smtp", "*", delay=value, service="smtp", label=kind)
-                what = f"{hostname} waits {value:g} s before each reply"
-        self._faults[hostname] = (kind, value)
-        self.control.note(f"failure injected: {what}", target=hostname, fault=kind, value=value)
-        return what
-
-    async def aheal(self, hostname: str | None = None, *, quiet: bool = False) -> str:
-        """Undo the presets (down, tempfail, ...) of ``hostname`` and, unless ``quiet``
-        (a preset replacing another), every other ``lab.faults`` rule of it too."""
-        hosts = [hostname] if hostname else list(self._faults)
-        if self._connections is not None:
-            self._connections.drop(hostname)  # sessions opened under the failure end with it
-        done = []
-        for name in hosts:
-            kind, _value = self._faults.pop(name, (None, None))
-            self.lab.faults.heal(name, labels=FAULT_KINDS)
-            if kind == "down":
-                svc = self.lab.service("smtp", name)
-                if svc.listener is None:
-                    svc.listener = await FACTORIES["smtp"].factory(self.lab, svc)  # same port
-                svc.state = "running"
-            if kind:
-                done.append(f"{name} ({kind})")
-        if not quiet:
-            done += [f"{r.host} ({r.protocol} {r.command})" for r in self.lab.faults.heal(hostname)]
-        what = f"healed: {', '.join(done)}" if done else "nothing to heal"
-        if done and not quiet:
-            self.control.note(what, target=hostname)
-        return what
 
     async def aflush(self) -> int:
         n = 0
@@ -340,7 +263,7 @@ class RelayQueue:
             rec.emit("state", text, state=state, queue_id=msg.id, next_attempt=msg.next_attempt,
                      last_error=msg.last_error, **data)
 
-    def _note(self, msg: QueuedMessage, text: str, **data: Any) -> None:
+    def note(self, msg: QueuedMessage, text: str, **data: Any) -> None:
         rec = self._recorders.get(msg.id)
         if rec is not None:
             rec.note(text, queue_id=msg.id, **data)
@@ -384,7 +307,7 @@ class RelayQueue:
             async with self._sem:
                 self._active[flow] = self._active.get(flow, 0) + 1
                 try:
-                    await self._deliver_domain(msg, domain, rcpts)
+                    await self.agent.deliver_domain(msg, domain, rcpts)
                 finally:
                     self._active[flow] -= 1
         finally:
@@ -393,200 +316,23 @@ class RelayQueue:
                 self._wanting.pop(flow, None)
                 self._active.pop(flow, None)
 
-    def _backlog(self, origin: str, domain: str) -> bool:
+    def backlog(self, origin: str, domain: str) -> bool:
         """Is more mail from host ``origin`` for ``domain`` waiting for a delivery slot?"""
         flow = (origin, domain)
         return self._wanting.get(flow, 0) > self._active.get(flow, 0)
 
-    async def _deliver_domain(self, msg: QueuedMessage, domain: str, rcpts: list[Recipient]) -> None:
-        started = time.time()
-        try:
-            route = await self._route(msg, domain)
-        except RouteError as exc:
-            result = "bounced" if exc.permanent else "deferred"
-            attempt = Attempt(started, domain, [r.address for r in rcpts], result, mx=exc.answer,
-                              text=f"{exc.status} {exc.text}", duration=time.time() - started)
-            self._record(msg, attempt, f"{domain}: {exc.status} {exc.text}")
-            for r in rcpts:
-                self._decide(r, result, None, exc.status, exc.text, None, "MX lookup")
-            return
-        msg.routes[domain] = route.as_dict()
-        self._note(msg, f"MX for {domain}: " + ", ".join(
-            f"{t.preference} {t.name} [{', '.join(t.addresses)}]" for t in route.targets)
-            + ("" if not route.notes else " — " + "; ".join(route.notes)), domain=domain, route=route.as_dict())
-        last_error = "no MX host answered"
-        for target in route.targets:
-            for address in target.addresses:
-                port = self._smtp_port(target.name, address)
-                if port is None:
-                    last_error = f"{target.name}[{address}]: no lab SMTP service at that address"
-                    self._record(msg, Attempt(time.time(), domain, [r.address for r in rcpts], "unreachable",
-                                              target.name, address, None, route.answer, text=last_error),
-                                 last_error)
-                    continue
-                d = await self._session(msg, domain, target.name, address, port, [r.address for r in rcpts])
-                if d.unreachable:
-                    last_error = d.error or (str(d.session_failure) if d.session_failure else "no answer")
-                    self._record(msg, self._attempt_of(d, msg, domain, rcpts, route.answer, "unreachable",
-                                                       last_error), f"{target.name}[{address}]: {last_error};"
-                                                                    " trying the next MX")
-                    continue
-                self._apply(msg, d, domain, rcpts, route.answer)
-                return
-        for r in rcpts:
-            self._decide(r, "deferred", None, "4.4.1", f"connect to all MX hosts of {domain} failed"
-                                                       f" (last: {last_error})", None, "connect")
-
-    def _upstream(self) -> Any:
-        """A class network's way to the other labs (maillab.classnet.member), or None."""
-        member = self.lab.classnet
-        return member.upstream if member is not None else None
-
-    async def _route(self, msg: QueuedMessage, domain: str) -> Any:
-        upstream = self._upstream()
-        if upstream is not None and upstream.covers(domain):
-            return await upstream.route(domain, self_names=[msg.origin])
-        dns_ = self.lab.dns
-        if dns_ is None:
-            raise RouteError(False, "4.4.3", "the lab DNS is not running: no MX lookup possible")
-        if self._resolver is None or (self._resolver.address, self._resolver.port) != (dns_.address, dns_.port):
-            self._resolver = dns_.stub_resolver()
-        key = (domain, msg.origin)
-        cached = self._routes.get(key)
-        if cached is not None and cached[0] == dns_.zones.generation and cached[1] > time.monotonic():
-            route = copy.deepcopy(cached[2])
-            route.notes.append("MX route from the relay's DNS cache (lab.limits.relay_dns_cache)")
-            return route
-        route = await find_route(domain, self._resolver, self_names=[msg.origin], lab_zone=dns_.zones.covers)
-        keep = min(self.lab.limits.relay_dns_cache, route.ttl)
-        if keep > 0:
-            self._routes[key] = (dns_.zones.generation, time.monotonic() + keep, copy.deepcopy(route))
-        return route
-
-    def _smtp_port(self, hostname: str, address: str) -> int | None:
-        """The lab port of the SMTP ("port 25") service at ``address`` (the lab's port map)."""
-        upstream = self._upstream()
-        if upstream is not None and upstream.covers(hostname):
-            return int(upstream.smtp_port)  # another lab of the class: the class's MX port
-        candidates = [s for s in self.lab.services if s.name == "smtp" and s.address == address]
-        for s in candidates:
-            if s.hostname == hostname:
-                return s.port
-        if candidates:
-            return candidates[0].port
-        if isinstance(self.lab.ports, dict):
-            return int(self.lab.ports.get("smtp", lab_port("smtp")))
-        return lab_port("smtp") if self.lab.ports == "default" else None
-
-    async def _session(self, msg: QueuedMessage, domain: str, host: str, address: str, port: int,
-                       rcpts: list[str]) -> Delivery:
-        origin = self.lab.topology.hosts.get(msg.origin)
-        source = origin.address if origin else None
-        limits = self.lab.limits
-        kwargs = dict(helo_name=msg.origin, source_address=source,
-                      host=host, address=address, port=port, mail_from=msg.mail_from, rcpts=rcpts,
-                      data=msg.data, connect_timeout=limits.relay_connect_timeout,
-                      reply_timeout=limits.relay_reply_timeout, queue_id=msg.id)
-        level = self.lab.tls_policy.level_for(domain)
-        upstream = self._upstream()
-        other_lab = upstream is not None and upstream.covers(host)  # a class network's other lab
-        choice = await choose(level, host, verifying=self._tls_context, encrypting=self._encrypt_context,
-                              resolver=upstream.resolver() if other_lab else self._resolver)
-        if choice.note:
-            self._note(msg, choice.note)
-        context, required, tlsa = choice.context, choice.required, choice.tlsa
-        cache = self._connections
-        key = (msg.origin, source, host, address, port, level)
-        reuse = cache.take(key) if cache is not None else None
-
-        def keep_open() -> bool:
-            return cache is not None and cache.idle > 0 and not self.closed and self._backlog(msg.origin, domain) \
-                and host not in self._faults
-
-        if other_lab and level == "may":
-            context = upstream.tls_context  # another lab's CA is not ours: encrypt, do not verify (RFC 7435)
-        d = await deliver(self.lab.events, tls_context=context, require_tls=required, tlsa=tlsa or None,
-                          connection=reuse, keep_open=keep_open, **kwargs)
-        if d.kept is not None and cache is not None:
-            cache.put(key, d.kept)
-        if (d.unreachable and d.stage == "STARTTLS" and d.error and context is not None
-                and not required):
-            # Opportunistic TLS (RFC 7435, Postfix's "may"): a failed handshake is
-            # noted and the same host is tried again in plaintext.
-            self._note(msg, f"{d.error}; retrying {host} without TLS (opportunistic TLS)")
-            d = await deliver(self.lab.events, tls_context=None, **kwargs)
-        d.tls_policy = level  # type: ignore[attr-defined]
-        return d
-
-    def _attempt_of(self, d: Delivery, msg: QueuedMessage, domain: str, rcpts: list[Recipient],
-                    answer: list[str], result: str, text: str, code: int | None = None) -> Attempt:
-        level = getattr(d, "tls_policy", None)
-        downgraded = (d.connected and not d.tls and level not in (None, "none") and d.starttls_offered is False
-                      and self._offers_starttls(d.host))
-        return Attempt(time.time() - d.duration, domain, [r.address for r in rcpts], result, d.host, d.address,
-                       d.port, answer, code if code is not None else
-                       (d.session_failure.code if d.session_failure else None), text, d.tls, d.tls_version,
-                       d.protocol if d.connected else None, round(d.duration, 4), d.session,
-                       {k: str(v) for k, v in d.rcpt_replies.items()}, d.reused_from, level, d.tls_verified,
-                       d.tls_cipher, d.starttls_offered, bool(downgraded))
-
-    def _offers_starttls(self, hostname: str) -> bool:
-        """Every lab MTA offers STARTTLS on its SMTP port; an EHLO reply without it came
-        through something that removed it (``lab.mitm``)."""
-        return any(s.name == "smtp" and s.hostname == hostname and s.tls == "starttls" for s in self.lab.services)
-
-    def _apply(self, msg: QueuedMessage, d: Delivery, domain: str, rcpts: list[Recipient],
-               answer: list[str]) -> None:
-        """Turn one SMTP session's replies into a fate per recipient."""
-        results = set()
-        for r in rcpts:
-            if d.mail_reply is not None and d.mail_reply.code != 250:
-                reply, command = d.mail_reply, "MAIL FROM"
-            elif r.address in d.rcpt_replies:
-                reply = d.rcpt_replies[r.address]
-                command = "end of DATA" if reply is d.data_reply else "RCPT TO"
-                if reply.code in (250, 251) and d.data_reply is None:
-                    # accepted at RCPT, but the session died before the message was taken
-                    self._decide(r, "deferred", None, "4.4.2", d.error or "connection lost during DATA",
-                                 d.host, "DATA")
-                    results.add("deferred")
-                    continue
-            else:
-                self._decide(r, "deferred", None, "4.4.2", d.error or "connection lost", d.host, d.stage)
-                results.add("deferred")
-                continue
-            fate = "delivered" if reply.code < 400 else "deferred" if reply.code < 500 else "bounced"
-            self._decide(r, fate, reply.code, reply.status, str(reply), d.host, command)
-            results.add(fate)
-        final = d.data_reply or next(iter(d.rcpt_replies.values()), None) or d.mail_reply
-        result = results.pop() if len(results) == 1 else "partial"
-        text = str(final) if final else d.error
-        attempt = self._attempt_of(d, msg, domain, rcpts, answer, result, text,
-                                   final.code if final else None)
-        tls = f"TLS {d.tls_version}" if d.tls else "no TLS"
-        if attempt.tls_policy:
-            tls += f", policy {attempt.tls_policy}"
-        if attempt.downgraded:
-            tls += ", DOWNGRADED: the EHLO reply offered no STARTTLS, although the server offers it"
-        self._record(msg, attempt, f"{d.host}[{d.address}]:{d.port} ({d.protocol}, {tls},"
-                                   f" {d.duration * 1000:.0f} ms): {result}: {text}")
-
-    def _decide(self, r: Recipient, fate: str, code: int | None, status: str | None, text: str,
-                host: str | None, command: str | None) -> None:
-        r.state, r.code, r.status, r.text, r.host, r.command = fate, code, status, text, host, command
-
-    def _record(self, msg: QueuedMessage, attempt: Attempt, text: str) -> None:
+    def record(self, msg: QueuedMessage, attempt: Attempt, text: str) -> None:
         msg.attempts.append(attempt)
         if attempt.result in ("deferred", "unreachable", "bounced", "partial"):
             msg.last_error = attempt.text
-        self._note(msg, text, attempt=attempt.as_dict())
+        self.note(msg, text, attempt=attempt.as_dict())
 
     def _after_attempt(self, msg: QueuedMessage) -> None:
         limits = self.lab.limits
         pending = [r for r in msg.recipients if r.state == "deferred"]
         if pending and time.time() - msg.created >= limits.relay_expiry:
             for r in pending:
-                self._decide(r, "bounced", r.code, "4.4.7", f"message expired: still undeliverable after"
+                decide(r, "bounced", r.code, "4.4.7", f"message expired: still undeliverable after"
                              f" {limits.relay_expiry:g} s in the queue (last error: {r.text})", r.host, r.command)
             pending = []
         newly_bounced = [r for r in msg.recipients if r.state == "bounced" and not r.reported]
@@ -623,7 +369,7 @@ class RelayQueue:
             r.reported = True
         if not msg.mail_from:
             # RFC 5321 4.5.5 / RFC 3464: never a DSN for a message with a null sender.
-            self._note(msg, "the failed message was itself a bounce (MAIL FROM:<>): no DSN is sent")
+            self.note(msg, "the failed message was itself a bounce (MAIL FROM:<>): no DSN is sent")
             return
         last = msg.attempts[-1].time if msg.attempts else time.time()
         dsn = build_dsn(
@@ -642,7 +388,7 @@ class RelayQueue:
             rec = self._recorders.get(msg.id)
             if rec is not None:
                 rec.stored("INBOX", info.uid, info.size, queue_id=msg.id, dsn=True, user=msg.mail_from)
-            self._note(msg, f"bounce (DSN) for {len(failed)} recipient(s) delivered to"
+            self.note(msg, f"bounce (DSN) for {len(failed)} recipient(s) delivered to"
                             f" <{msg.mail_from}>'s INBOX on {msg.origin}", dsn=msg.dsn)
         else:
             # Signed like the host's other outgoing mail (maillab.auth): an unsigned bounce
@@ -651,4 +397,4 @@ class RelayQueue:
 
             qid = self.submit("", [msg.mail_from], outgoing_sync(self.lab, msg.origin, dsn), origin=msg.origin)
             msg.dsn = {"queue_id": qid, "host": msg.origin}
-            self._note(msg, f"bounce (DSN) queued as {qid} for <{msg.mail_from}>", dsn=msg.dsn)
+            self.note(msg, f"bounce (DSN) queued as {qid} for <{msg.mail_from}>", dsn=msg.dsn)
