@@ -1,17 +1,26 @@
 """POP3 download throughput: maillab's server against Dovecot on the same Maildir.
 
-    python benchmarks/pop3_retr.py [--messages 2000] [--rounds 5]
+    python benchmarks/pop3_retr.py [--messages 2000] [--rounds 5] [--pipelined]
+    python benchmarks/pop3_retr.py --login-messages 100000   # login + STAT on a large maildrop
 
 Builds a Maildir of 2,000 messages (2-100 KB each, some lines starting with "."
 so dot-stuffing is exercised), then repeatedly runs one complete "download
 everything" session against each server with the same client: USER/PASS, STAT,
-LIST, UIDL, RETR 1..N, QUIT, one command at a time (no pipelining). Rounds
-alternate between the servers; medians are printed with the ratio.
+LIST, UIDL, RETR 1..N, QUIT, one command at a time (or, with ``--pipelined``, the
+RETRs 64 at a time). Rounds alternate between the servers; medians are printed
+with the ratio.
 
-Dovecot (``/usr/sbin/dovecot``, package dovecot-pop3d) is started with its own
-generated configuration in a temporary directory, listening on a loopback
-port, with ``mail_location`` pointing at the lab's Maildir and its index
-files kept outside it. When Dovecot is not installed, that is printed instead.
+Each server runs in its own process(es) and serves its own copy of the Maildir:
+maillab as a ``Lab`` in a child process (so the client, in this process, does not
+share the lab thread's interpreter lock), Dovecot (``/usr/sbin/dovecot``, package
+dovecot-pop3d) with its own generated configuration in a temporary directory,
+listening on a loopback port, with its index files kept outside the Maildir.
+When Dovecot is not installed, that is printed instead.
+
+``--login-messages N`` measures instead what a login costs on a maildrop of N
+small messages (the corpus of ``scale.py``): USER/PASS/STAT/QUIT the first time
+(the server indexes the files) and warm, and, for maillab, the longest round trip
+of a CAPA that another connection sends meanwhile (the lab loop must stay free).
 """
 
 from __future__ import annotations
@@ -27,14 +36,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from maillab import Lab  # noqa: E402
-from maillab.limits import Limits  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "bob@alpha.test", "bob-pw"
 DOVECOT = "/usr/sbin/dovecot"
 
@@ -141,6 +147,74 @@ def make_message(rng: random.Random, i: int, pool: list[bytes]) -> bytes:
     return b"".join(lines)
 
 
+def build_maildir(maildir: Path, count: int) -> int:
+    """``count`` messages as Maildir files in ``new/``, named as maillab and Dovecot
+    name them (``,S=`` size, ``,W=`` CRLF size), in arrival order; returns the octets."""
+    rng = random.Random(1939)
+    pool = text_lines(rng)
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    total, base = 0, 1_700_000_000
+    for i in range(count):
+        data = make_message(rng, i, pool)
+        total += len(data)
+        path = maildir / "new" / f"{base + i}.M{i}P1.bench,S={len(data)},W={len(data)}"
+        path.write_bytes(data)
+        os.utime(path, (base + i, base + i))
+    return total
+
+
+# -- maillab, in a child process ---------------------------------------------------
+
+SERVE = """
+import shutil, sys
+from pathlib import Path
+from maillab import Lab
+from maillab.limits import Limits
+work, maildir, user, password = sys.argv[1:5]
+lab = Lab(Path(work), ports="auto", domains=["alpha.test"], users={user: password},
+          services=("pop3",), limits=Limits(auth_failure_delay=0.05))
+root = lab.store.user_root(user)
+shutil.rmtree(root, ignore_errors=True)
+shutil.move(maildir, root)
+lab.start()
+print(*lab.address("pop3"), flush=True)
+sys.stdin.read()  # serve until the benchmark closes our stdin
+lags = lab.loop.lags  # the lab's own loop-lag watch: every time it came back over 100 ms late
+print(max((lag.wall for lag in lags), default=0.0), len(lags), sum(lag.busy for lag in lags), flush=True)
+lab.stop()
+"""
+
+
+class Maillab:
+    """A Lab serving POP3 in a child process, on ``maildir`` (moved into its store)."""
+
+    def __init__(self, maildir: Path, work: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(work), str(maildir), USER, PASSWORD],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.readline().decode().split()
+        if len(out) != 2:
+            raise RuntimeError(f"the maillab server did not start (exit {self.proc.poll()})")
+        self.host, self.port = out[0], int(out[1])
+
+    def stop(self) -> str:
+        """Stop the lab; returns what it measured of its own loop lag."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        out = self.proc.stdout.read().decode().split()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        if len(out) != 3:
+            return "lab loop: ?"
+        if out[1] == "0":
+            return "lab loop: never lagged over 100 ms"
+        return f"lab loop: lagged over 100 ms {out[1]} times ({out[2]} busy computing), worst {float(out[0]) * 1000:.0f} ms"
+
+
 # -- Dovecot ---------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -236,7 +310,139 @@ def stop_dovecot(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-# -- main ------------------------------------------------------------------------------
+# -- the download benchmark ---------------------------------------------------------------
+
+def download(args: argparse.Namespace, tmp: Path) -> None:
+    t0 = time.perf_counter()
+    size = build_maildir(tmp / "corpus", args.messages)
+    print(f"Maildir: {args.messages} messages, {size / 1e6:.1f} MB (built in {time.perf_counter() - t0:.1f} s);"
+          f" load average {os.getloadavg()[0]:.1f}")
+    shutil.copytree(tmp / "corpus", tmp / "dovecot-maildir")
+    lab = Maillab(tmp / "corpus", tmp / "lab")
+    proc = None
+    lag = ""
+    try:
+        servers: dict[str, tuple[str, int, str]] = {"maillab": (lab.host, lab.port, USER)}
+        if Path(DOVECOT).exists():
+            proc, port, login = start_dovecot(tmp / "dovecot-maildir", tmp / "dovecot")
+            servers["dovecot"] = ("127.0.0.1", port, login)
+        else:
+            print(f"Dovecot not installed ({DOVECOT} missing): measuring maillab only")
+
+        # one warm-up session each (Dovecot builds its index, maillab marks all \Seen)
+        for host, port, login in servers.values():
+            download_all(host, port, login, args.pipelined)
+        results: dict[str, list[tuple[float, int, int]]] = {n: [] for n in servers}
+        for _ in range(args.rounds):
+            for name, (host, port, login) in servers.items():
+                results[name].append(download_all(host, port, login, args.pipelined))
+    finally:
+        if proc is not None:
+            stop_dovecot(proc)
+        lag = lab.stop()
+
+    how = "pipelined" if args.pipelined else "one command at a time"
+    print(f"\n{'server':10} {'median s':>9} {'messages/s':>11} {'MB/s':>8}   (rounds: {args.rounds}, {how})")
+    medians: dict[str, float] = {}
+    for name, runs in results.items():
+        secs = statistics.median(r[0] for r in runs)
+        count, total = runs[0][1], runs[0][2]
+        assert all(r[1] == count and r[2] == total for r in runs), "sessions disagree"
+        medians[name] = count / secs
+        print(f"{name:10} {secs:9.3f} {count / secs:11.0f} {total / secs / 1e6:8.1f}")
+    if "dovecot" in medians:
+        a, b = results["maillab"][0], results["dovecot"][0]
+        assert a[1:] == b[1:], f"maillab served {a[1:]}, dovecot {b[1:]}"
+        print(f"\nratio maillab/dovecot (messages/s, medians): {medians['maillab'] / medians['dovecot']:.2f}"
+              "  (goal >= 0.8)")
+    print(lag)
+
+
+# -- the login benchmark (a large maildrop) ------------------------------------------------
+
+class Prober(threading.Thread):
+    """Another client of the same server: CAPA round trips, one after the other, on a
+    connection that never logs in, while the measured sessions run; keeps the longest."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(daemon=True)
+        self.client = Client(host, port)
+        self.longest = 0.0
+        self.count = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            t0 = time.perf_counter()
+            self.client.cmd("CAPA", True)
+            self.longest = max(self.longest, time.perf_counter() - t0)
+            self.count += 1
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+        self.client.close()
+
+
+def login_stat(host: str, port: int, login: str) -> tuple[float, int]:
+    """USER, PASS, STAT, QUIT on a new connection: (seconds, messages)."""
+    start = time.perf_counter()
+    c = Client(host, port)
+    c.cmd(f"USER {login}")
+    c.cmd(f"PASS {PASSWORD}")
+    count = int(c.cmd("STAT")[0].split()[1])
+    c.cmd("QUIT")
+    c.close()
+    return time.perf_counter() - start, count
+
+
+def login_scale(args: argparse.Namespace, tmp: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from scale import build_corpus
+
+    t0 = time.perf_counter()
+    total = build_corpus(tmp / "corpus", args.login_messages)
+    print(f"corpus: {args.login_messages:,} messages, {total / 1e6:.1f} MB, built in"
+          f" {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f}", flush=True)
+    rows: dict[str, dict[str, list[float]]] = {}
+    for name in ("maillab", "dovecot"):
+        if name == "dovecot" and not Path(DOVECOT).exists():
+            print(f"Dovecot not installed ({DOVECOT} missing): measuring maillab only")
+            continue
+        got = rows[name] = {}
+        for run in range(args.rounds):
+            base = tmp / f"{name}-{run}"
+            shutil.copytree(tmp / "corpus", base / "maildir")
+            if name == "maillab":
+                server = Maillab(base / "maildir", base / "lab")
+                host, port, login = server.host, server.port, USER
+            else:
+                proc, port, login = start_dovecot(base / "maildir", base / "dovecot")
+                host = "127.0.0.1"
+            prober = Prober(host, port)
+            prober.start()
+            try:
+                secs, count = login_stat(host, port, login)
+                assert count == args.login_messages, (name, count)
+                got.setdefault("LOGIN+STAT, first time (indexing)", []).append(secs)
+                for _ in range(3):
+                    got.setdefault("LOGIN+STAT, warm", []).append(login_stat(host, port, login)[0])
+            finally:
+                prober.stop()
+                if name == "maillab":
+                    print(f"  maillab run {run + 1}: {server.stop()}")
+                else:
+                    stop_dovecot(proc)
+            got.setdefault("another session's CAPA meanwhile, longest", []).append(prober.longest)
+            shutil.rmtree(base, ignore_errors=True)
+    print(f"\n{'median ms (' + str(args.rounds) + ' runs)':44} {'maillab':>9} {'dovecot':>9} {'ratio':>7}")
+    for row in rows["maillab"]:
+        a = statistics.median(rows["maillab"][row]) * 1000
+        b = statistics.median(rows["dovecot"][row]) * 1000 if "dovecot" in rows else None
+        ratio = f"{a / b:7.1f}" if b else ""
+        print(f"{row:44} {a:9.1f} {b if b is None else f'{b:9.1f}'} {ratio}")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -244,58 +450,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pipelined", action="store_true",
                     help=f"send the RETR commands {WINDOW} at a time (RFC 2449 PIPELINING)")
+    ap.add_argument("--login-messages", type=int, default=0, metavar="N",
+                    help="measure login+STAT on a maildrop of N small messages instead")
     args = ap.parse_args()
-
     tmp = Path(tempfile.mkdtemp(prefix="maillab-bench-pop3-"))
     tmp.chmod(0o755)  # Dovecot's auth process (another user when run as root) reads its passwd file
-    lab = Lab(tmp / "lab", ports="auto", domains=["alpha.test"], services=("pop3",),
-              limits=Limits(auth_failure_delay=0.05))
-    lab.start()
-    proc = None
     try:
-        rng = random.Random(1939)
-        t0 = time.perf_counter()
-        pool = text_lines(rng)
-        for i in range(args.messages):
-            lab.store.deliver(USER, make_message(rng, i, pool))
-        mb = lab.store.mailbox(USER)
-        size = sum(m.crlf_size for m in mb.messages())
-        print(f"Maildir {mb.path}: {args.messages} messages, {size / 1e6:.1f} MB"
-              f" (built in {time.perf_counter() - t0:.1f} s)")
-
-        servers: dict[str, tuple[str, int, str]] = {"maillab": (*lab.address("pop3"), USER)}
-        if shutil.which(DOVECOT) or Path(DOVECOT).exists():
-            proc, port, login = start_dovecot(mb.path, tmp / "dovecot")
-            servers["dovecot"] = ("127.0.0.1", port, login)
+        if args.login_messages:
+            login_scale(args, tmp)
         else:
-            print(f"Dovecot not installed ({DOVECOT} missing): measuring maillab only")
-
-        # one warm-up session each (Dovecot builds its index, we warm the page cache)
-        for host, port, login in servers.values():
-            download_all(host, port, login, args.pipelined)
-        results: dict[str, list[tuple[float, int, int]]] = {n: [] for n in servers}
-        for _ in range(args.rounds):
-            for name, (host, port, login) in servers.items():
-                results[name].append(download_all(host, port, login, args.pipelined))
-
-        print(f"\n{'server':10} {'median s':>9} {'messages/s':>11} {'MB/s':>8}   (rounds: {args.rounds},"
-              " pipelined)" if args.pipelined else " one command at a time)")
-        medians: dict[str, tuple[float, float]] = {}
-        for name, runs in results.items():
-            secs = statistics.median(r[0] for r in runs)
-            count, total = runs[0][1], runs[0][2]
-            assert all(r[1] == count and r[2] == total for r in runs), "servers disagree"
-            medians[name] = (count / secs, total / secs / 1e6)
-            print(f"{name:10} {secs:9.3f} {count / secs:11.0f} {total / secs / 1e6:8.1f}")
-        if "dovecot" in medians:
-            a, b = results["maillab"][0], results["dovecot"][0]
-            assert a[1:] == b[1:], f"maillab served {a[1:]}, dovecot {b[1:]}"
-            ratio = medians["maillab"][0] / medians["dovecot"][0]
-            print(f"\nratio maillab/dovecot (messages/s, medians): {ratio:.2f}  (goal >= 0.5)")
+            download(args, tmp)
     finally:
-        if proc is not None:
-            stop_dovecot(proc)
-        lab.stop()
         if not os.environ.get("KEEP"):
             shutil.rmtree(tmp, ignore_errors=True)
 
