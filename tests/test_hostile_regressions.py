@@ -185,3 +185,28 @@ def test_class_dns_update_with_an_address_record_of_another_class(tmp_path) -> N
                                   keyring=lambda _m, _n: False)
     assert reply.rcode() == dns.rcode.FORMERR
     assert not [u for u in server.updates if "internal error" in u.reason]
+
+
+# -- the relay's client: what a next hop answers --------------------------------------------
+
+@pytest.mark.parametrize("line", ["²50 ok", "2¹0 ok", "٢٥٠ ok"])
+def test_reply_code_of_other_digits_is_a_protocol_error(line: str) -> None:
+    # fuzz (smtp-reply): "²50" passed isdigit() and int() raised ValueError, so a next
+    # hop's greeting became the relay's "internal relay error" instead of a bad reply
+    from maillab.relay.client import ProtocolError, ReplyParser
+
+    with pytest.raises(ProtocolError):
+        ReplyParser().feed(line)
+
+
+# -- Authentication-Results and ARC headers (%mail hops) -------------------------------------
+
+def test_nested_comments_in_authentication_results() -> None:
+    # fuzz (auth): comments were removed innermost first, one level per pass over the
+    # field: quadratic in the depth (64,000 levels, a minute); now one pass
+    from maillab.auth.headers import read
+
+    depth = 50_000
+    hops = read(b"Authentication-Results: mx.beta.test; " + b"(" * depth + b")" * depth
+                + b" spf=pass (a (b) c) smtp.mailfrom=alpha.test; ((dkim=fail\r\n\r\nbody\r\n")
+    assert [(h.by, h.results) for h in hops] == [("mx.beta.test", [("spf", "pass", "smtp.mailfrom=alpha.test")])]

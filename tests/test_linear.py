@@ -191,3 +191,21 @@ def _zone(data: bytes) -> object:
 ], ids=["many-records", "spaces-in-parens"])
 def test_zone_text_is_linear(make, n) -> None:
     assert growth(_zone, make, n) < BOUND
+
+
+def _auth_headers(data: bytes) -> object:
+    from maillab.auth.headers import read
+
+    return read(data)
+
+
+@pytest.mark.parametrize("make, n", [
+    (lambda n: b"Authentication-Results: x; " + b"(" * n + b")" * n + b" spf=pass\r\n\r\n", 5_000),
+    (lambda n: b"Authentication-Results: x; " + b"(a)" * n + b" spf=pass\r\n\r\n", 5_000),
+    (lambda n: b"ARC-Seal: i=1; " + b"(" * n + b" cv=none\r\n\r\n", 5_000),
+    (lambda n: b"Authentication-Results: x" + b"; spf=pass" * n + b"\r\n\r\n", 2_000),
+], ids=["nested-comments", "many-comments", "unclosed-comments", "many-results"])
+def test_authentication_headers_read_in_linear_time(make, n) -> None:
+    # %mail hops reads Authentication-Results, ARC and DKIM-Signature of any pasted message:
+    # comments were removed innermost first, again and again (quadratic in the nesting)
+    assert growth(_auth_headers, make, n) < BOUND

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 
-_COMMENT = re.compile(r"\([^()]*\)")
 _RESULT = re.compile(r"(?:^|;)\s*(spf|dkim|dmarc|arc|iprev|auth|bimi|dkim-atps|x-[\w-]+)\s*=\s*([\w-]+)"
                      r"([^;]*)", re.I)
 _TAG = re.compile(r"\b([a-z]{1,3})=([^;\s]+)", re.I)
@@ -32,10 +31,20 @@ class AuthHop:
 
 
 def _clean(value: str) -> str:
-    value = " ".join(value.split())
-    while _COMMENT.search(value):
-        value = _COMMENT.sub("", value)
-    return value
+    """``value`` on one line without its comments (nested ones too; an unmatched
+    parenthesis stays). One pass: removing the innermost comments again and again
+    took time quadratic in the nesting depth (a pasted header of 4,000 nested
+    parentheses: 0.2 s; 64,000: a minute)."""
+    out: list[str] = []
+    opened: list[int] = []  # where each still-open "(" is in out
+    for c in " ".join(value.split()):
+        if c == "(":
+            opened.append(len(out))
+        elif c == ")" and opened:
+            del out[opened.pop():]
+            continue
+        out.append(c)
+    return "".join(out)
 
 
 def read(message: bytes) -> list[AuthHop]:

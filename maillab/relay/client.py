@@ -87,7 +87,8 @@ class ReplyParser:
 
     def feed(self, line: str) -> Reply | None:
         line = line.rstrip("\r\n")
-        if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in " -"):
+        # ASCII digits only: "²50" is isdigit() too, and int() refuses it
+        if len(line) < 3 or not (line[:3].isascii() and line[:3].isdigit()) or (len(line) > 3 and line[3] not in " -"):
             raise ProtocolError(f"not an SMTP reply line: {line[:80]!r}")
         code = int(line[:3])
         if self._code is not None and code != self._code:
