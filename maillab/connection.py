@@ -206,18 +206,21 @@ class LineConnection(asyncio.Protocol):
         while True:
             end = self._buf.find(marker, start)
             if end >= 0:
-                end += len(marker)
-                piece = bytes(self._buf[:end])
-                del self._buf[:end]
-                return piece, True
+                return self._take(end + len(marker)), True
             # keep a possible start of the marker for the next search
             take = len(self._buf) - (len(marker) - 1)
             if take >= chunk:
-                piece = bytes(self._buf[:take])
-                del self._buf[:take]
-                return piece, False
+                return self._take(take), False
             start = max(0, take)  # the marker is not in what was searched
             await self._fill(deadline)
+
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` buffered octets, copied once (a slice of the bytearray
+        and then ``bytes()`` of it would copy a 1 MiB message twice)."""
+        with memoryview(self._buf) as view:
+            piece = bytes(view[:n])
+        del self._buf[:n]
+        return piece
 
     # -- writing ----------------------------------------------------------------
     def write(self, data: bytes) -> None:

@@ -289,7 +289,7 @@ class SMTPServer:
                 return []
             text = b"\r\n" + b"".join(self.data) + b".\r\n"
             self.data = None
-            return self._answer(self.session.end_of_data(text, smtpdata.unstuff(text)))
+            return self._answer(self.session.end_of_data(smtpdata.scan(text)))
         return self._answer(self.session.receive(raw))
 
     def _answer(self, step: object) -> list[str]:

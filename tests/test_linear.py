@@ -164,8 +164,9 @@ def test_received_chains_parse_in_linear_time(make, n) -> None:
 
 
 def _smtp_data(data: bytes) -> object:
-    body = smtp_data.unstuff(data)
-    return smtp_data.check_line_endings(data), smtp_data.check_line_length(body, 1000), smtp_data.check_hops(body)
+    text = smtp_data.scan(data)
+    return (smtp_data.check_line_endings(text), smtp_data.check_line_length(text, 1000),
+            smtp_data.check_hops(text.message))
 
 
 @pytest.mark.parametrize("make, n", [

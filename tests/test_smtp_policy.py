@@ -98,21 +98,29 @@ def test_data_rules():
     raw = b"\r\n" + b"..one\r\n.\r\n"
     assert data.unstuff(raw) == b".one\r\n"
     assert data.unstuff(b"\r\n.\r\n") == b""
-    assert data.check_line_endings(b"\r\na\nb\r\n.\r\n").text.startswith("Message refused: bare <LF>")
-    assert "bare <CR>" in data.check_line_endings(b"\r\na\rb\r\n.\r\n").text
-    assert data.check_line_endings(b"\r\nfine\r\n.\r\n") is None
-    assert data.check_line_length(b"x" * 998 + b"\r\n", 1000) is None
-    assert data.check_line_length(b"x" * 999 + b"\r\n", 1000).code == 500
-    # the longest allowed and the first refused line at every offset around the windows
-    # the fast path looks at (limit // 2 octets), in the middle and at the end
+    assert data.scan(raw).message == b".one\r\n" and data.scan(b"\r\n.\r\n").message == b""
+
+    def endings(text: bytes):
+        return data.check_line_endings(data.scan(b"\r\n" + text + b"\r\n.\r\n"))
+
+    def length(message: bytes):
+        return data.check_line_length(data.scan(b"\r\n" + message.replace(b"\r\n.", b"\r\n..") + b".\r\n"), 1000)
+
+    assert endings(b"a\nb").text.startswith("Message refused: bare <LF>")
+    assert "bare <CR>" in endings(b"a\rb").text
+    assert "bare <CR>" in endings(b"a\r\r\nb").text and "bare <LF>" in endings(b"\n").text
+    assert endings(b"fine") is None
+    assert length(b"x" * 998 + b"\r\n") is None
+    assert length(b"x" * 999 + b"\r\n").code == 500
+    assert length(b"." * 998 + b"\r\n") is None  # sent as 999 octets with its transparency dot
+    # the longest allowed and the first refused line at every offset, in the middle and at the end
     for pad in range(0, 1100, 37):
         for longest in (998, 999):
             refused = max(pad, longest) > 998
-            for tail in (b"", b"\r\n", b"y" * 30):
+            for tail in (b"", b".\r\n", b"y" * 30 + b"\r\n"):
                 msg = b"a\r\n" * 3 + b"z" * pad + b"\r\n" + b"x" * longest + b"\r\n" + tail
-                assert (data.check_line_length(msg, 1000) is not None) == refused, (pad, longest, tail)
-                assert (data.check_line_length(b"z" * pad + b"\r\n" + b"x" * longest, 1000)
-                        is not None) == refused, (pad, longest)
+                assert (length(msg) is not None) == refused, (pad, longest, tail)
+                assert (length(b"z" * pad + b"\r\n" + b"x" * longest + b"\r\n") is not None) == refused, (pad, longest)
     hops = b"Received: x\r\n" * 26 + b"\r\nReceived: in the body\r\n"
     assert data.check_hops(hops).status == "5.4.6"
     assert data.check_hops(b"Received: x\r\n" * 25 + b"\r\n" + b"Received: y\r\n" * 5) is None

@@ -45,7 +45,7 @@ class Driver:
 
     def data(self, text: bytes) -> str:
         raw = b"\r\n" + text + b"\r\n.\r\n"
-        return "\n".join(self.run(self.s.end_of_data(raw, smtpdata.unstuff(raw))).lines())
+        return "\n".join(self.run(self.s.end_of_data(smtpdata.scan(raw))).lines())
 
 
 def test_rfc5321_appendix_d1_a_typical_transaction():

@@ -13,6 +13,9 @@ whatever an attacker hides in the text, it is one message or none, never two.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+
+import numpy as np
 
 from .policy import Reply
 
@@ -25,6 +28,47 @@ END_OF_DATA = b"\r\n.\r\n"
 MAX_RECEIVED = 25
 
 _RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
+CR, LF, DOT = ord("\r"), ord("\n"), ord(".")
+
+
+@dataclass(frozen=True)
+class Text:
+    """The text of one DATA command, and what one look at all of it found."""
+
+    message: bytes  # un-stuffed: what is stored (before the Received header)
+    bare_cr: bool  # a CR not followed by LF somewhere
+    bare_lf: bool  # a LF not preceded by CR somewhere
+    longest_line: int  # octets of the longest un-stuffed line, CRLF included
+
+
+def scan(raw: bytes) -> Text:
+    """Look at ``raw`` = CRLF + the text as sent + CRLF.CRLF once, for every rule.
+
+    A Python loop over a 1 MiB message's 13,000 lines costs more than the rest of
+    its way to the disk, and each ``bytes.count`` is a pass of its own; numpy
+    looks at every octet in C, a few times faster than the three passes of
+    ``count(b"\r")``, ``count(b"\n")``, ``count(b"\r\n")`` it replaces, and finds
+    the lines (for their length and for transparency dots) on the way.
+    """
+    octets = np.frombuffer(raw, dtype=np.uint8)
+    cr, lf = octets == CR, octets == LF
+    pairs = int(np.count_nonzero(cr[:-1] & lf[1:]))  # a CR directly followed by a LF
+    bare_cr = int(np.count_nonzero(cr)) != pairs
+    bare_lf = int(np.count_nonzero(lf)) != pairs
+    # Each LF ends a line, and the next line starts after it. The text's lines
+    # start after the LF of the CRLF put in front and before the end marker's.
+    ends = np.flatnonzero(lf)
+    firsts = ends[ends < len(raw) - 4] + 1  # where each line of the text starts
+    stuffed = octets[firsts] == DOT  # sent with a transparency dot (RFC 5321 4.5.2)
+    # A line's length, CRLF included, is the distance from the LF before it to its
+    # own, less its transparency dot.
+    lengths = np.diff(ends)[:len(firsts)] - stuffed[:len(ends) - 1]
+    longest = int(lengths.max()) if len(lengths) else 0
+    if bare_cr or bare_lf or np.any(stuffed):
+        message = unstuff(raw)
+    else:
+        message = raw[2:-3]
+    return Text(message, bare_cr, bare_lf, longest)
 
 
 def unstuff(raw: bytes) -> bytes:
@@ -36,35 +80,22 @@ def unstuff(raw: bytes) -> bytes:
     return text[2:]
 
 
-def check_line_endings(raw: bytes) -> Reply | None:
+def check_line_endings(text: Text) -> Reply | None:
     """A bare CR or bare LF anywhere in the text refuses the whole message."""
-    crlf = raw.count(b"\r\n")
-    if raw.count(b"\n") != crlf:
+    if text.bare_lf:
         return Reply(554, "5.5.2", "Message refused: bare <LF> in the message text; every line"
                      " must end with <CRLF> (RFC 5321 2.3.8). Nothing was stored.")
-    if raw.count(b"\r") != crlf:
+    if text.bare_cr:
         return Reply(554, "5.5.2", "Message refused: bare <CR> in the message text; every line"
                      " must end with <CRLF> (RFC 5321 2.3.8). Nothing was stored.")
     return None
 
 
-def check_line_length(message: bytes, limit: int) -> Reply | None:
+def check_line_length(text: Text, limit: int) -> Reply | None:
     """RFC 5321 4.5.3.1.6: a text line is at most 1000 octets including CRLF.
-    ``message`` is un-stuffed and known to use CRLF only."""
-    if len(message) <= limit - 2:
-        return None
-    # Fast path: when every aligned window of limit // 2 octets, and the last such
-    # window, holds a LF, no run of octets without one is longer than limit - 2, so
-    # every line fits: a few thousand short find() calls instead of splitting a
-    # 1 MiB message into 13,000 line objects. Otherwise measure the lines.
-    step = max(1, limit // 2)
-    find = message.find
-    starts = [*range(0, len(message) - step + 1, step), max(0, len(message) - step)]
-    if all(find(b"\n", i, i + step) >= 0 for i in starts):
-        return None
-    longest = max(map(len, message.split(b"\r\n")))
-    if longest + 2 > limit:
-        return Reply(500, "5.5.2", f"Line too long: {longest + 2} octets, the limit is {limit}"
+    Meaningful once the text is known to use CRLF only."""
+    if text.longest_line > limit:
+        return Reply(500, "5.5.2", f"Line too long: {text.longest_line} octets, the limit is {limit}"
                      " including CRLF (RFC 5321 4.5.3.1.6). Nothing was stored.")
     return None
 

@@ -27,6 +27,7 @@ import inspect
 import logging
 import ssl
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..auth import mta as auth_mta
@@ -51,8 +52,9 @@ log = logging.getLogger("maillab.smtp")
 
 #: Services where users log in and may send anywhere (the rest is MX only).
 SUBMISSION_SERVICES = ("submission", "smtps")
-#: DATA is searched for its end marker in pieces of up to this many octets.
-DATA_CHUNK = 64 * 1024
+#: Octets past the size limit that a text is read in before its transparency
+#: dots are counted (a text is sent with one more octet per stuffed line).
+DATA_SLACK = 64 * 1024
 
 
 def tls_info(conn: LineConnection) -> TLSInfo:
@@ -216,45 +218,53 @@ class SMTPServer(LineServer):
             rec.client_line(f"<message over {limit} octets, discarded while reading>", payload=True)
             rec.client_line(".")
             return session.message_too_big()
-        message = smtpdata.unstuff(raw)
-        rec.payload("C", message)
+        text = smtpdata.scan(raw)
+        rec.payload("C", text.message)
         rec.client_line(".")
-        return await self._run(session.end_of_data, raw, message, session=session, rec=rec,
+        return await self._run(session.end_of_data, text, session=session, rec=rec,
                                handler=handler, hook_session=hook_session)
 
     async def _read_data(self, conn: LineConnection) -> tuple[bytes, bool]:
         """The text up to and including ``<CRLF>.<CRLF>``, with a CRLF in front.
 
-        The stream is searched for the end marker chunk by chunk (not line by line).
-        Past the size limit the text is still read to its end, but thrown away as it
-        comes, so memory stays bounded whatever the client sends.
+        The stream is searched for the end marker as it comes (not line by line), and
+        a text within the size limit comes back as one piece, copied once. Past the
+        limit the text is still read to its end, but thrown away as it comes, so
+        memory stays bounded whatever the client sends.
         """
         # A CRLF in front, so that a message that is empty, or starts with ".",
         # is found by the same search.
         conn.unread(b"\r\n")
         limit = self.lab.limits.smtp_message_size
         chunks: list[bytes] = []
-        # Octets of message so far, without transparency dots (RFC 1870); it starts
-        # at -4 for the CRLF put in front and the ".CRLF" of the end marker.
-        size = -4
-        slack = 0  # a stuffed dot split across two chunks may be counted once as text
+        raw_size = 0
         too_big = False
         done = False
         while not done:
-            chunk, done = await conn.read_through(smtpdata.END_OF_DATA, DATA_CHUNK)
-            if not too_big:
-                size += len(chunk) - chunk.count(b"\r\n.")
-                slack += 1
-                if size > limit + slack:
-                    too_big = True
-                    chunks.clear()
+            chunk, done = await conn.read_through(smtpdata.END_OF_DATA, limit + DATA_SLACK)
+            if too_big:
+                continue
+            chunks.append(chunk)
+            raw_size += len(chunk)
+            # The size that counts (RFC 1870) is the message's: without transparency
+            # dots, the CRLF put in front and the ".CRLF" of the end marker. Only a
+            # text longer than the limit as sent needs its dots counted. Before the
+            # end, one dot may still be missing from the count (a line start split
+            # between two pieces), so only a size over the limit by more is final.
+            if raw_size - 5 > limit:
+                chunks = [b"".join(chunks)]
+                if done:
+                    too_big = raw_size - 5 - (chunks[0].count(b"\r\n.") - 1) > limit
                 else:
-                    chunks.append(chunk)
+                    too_big = raw_size - 3 - chunks[0].count(b"\r\n.") > limit
+                if too_big:
+                    chunks.clear()
         return (b"", True) if too_big else (b"".join(chunks), False)
 
     async def _deliver(self, job: Deliver, rec: SessionRecorder, session: SMTPSession) -> Reply | None:
         """Store and/or relay an accepted message; None, or the 451 (or a DMARC 550) when it failed."""
         folder = "INBOX"
+        checked = job.message  # every line of it ends in CRLF (smtpdata.check_line_endings)
         if not self.submission and job.local:
             # The MX checks SPF, DKIM, ARC and DMARC and acts on them (maillab.auth).
             inbound = await auth_mta.inbound(self.lab, self.hostname, ip=session.peer_ip,
@@ -285,8 +295,11 @@ class SMTPServer(LineServer):
         for address in job.local:
             try:
                 # File system work happens on a worker thread, so other sessions on
-                # the lab loop go on meanwhile (the store is thread-safe).
-                info = await loop.run_in_executor(None, self.lab.store.deliver, address, job.message, folder)
+                # the lab loop go on meanwhile (the store is thread-safe). The file is
+                # on the disk (fsync) before the client hears 250, as with Postfix.
+                info = await loop.run_in_executor(None, partial(
+                    self.lab.store.deliver, address, job.message, folder,
+                    crlf_only=job.message is checked, sync=True))
             except OSError as exc:
                 rec.note(f"delivery to {address} failed: {exc}")
                 return Reply(451, "4.3.0", "Error: local delivery failed, try again later")

@@ -511,17 +511,18 @@ class SMTPSession:
         return Reply(552, "5.3.4", "Message size exceeds fixed limit of"
                      f" {self.limits.smtp_message_size} octets; nothing was stored")
 
-    def end_of_data(self, raw: bytes, message: bytes) -> Step:
-        """``raw`` = CRLF + the text as sent + CRLF.CRLF; ``message`` = it un-stuffed.
+    def end_of_data(self, text: smtpdata.Text) -> Step:
+        """The text after DATA has ended (``smtpdata.scan`` of what was sent).
         The whole message is refused, or handed on (hook, then delivery)."""
-        return self._count(self._end_of_data(raw, message))
+        return self._count(self._end_of_data(text))
 
-    def _end_of_data(self, raw: bytes, message: bytes) -> Step:
-        refusal = smtpdata.check_line_endings(raw)
+    def _end_of_data(self, text: smtpdata.Text) -> Step:
+        message = text.message
+        refusal = smtpdata.check_line_endings(text)
         if refusal is None and len(message) > self.limits.smtp_message_size:
             refusal = self._size_refusal()
         if refusal is None:
-            refusal = smtpdata.check_line_length(message, self.limits.smtp_text_line)
+            refusal = smtpdata.check_line_length(text, self.limits.smtp_text_line)
         if refusal is None:
             refusal = smtpdata.check_hops(message)
         if refusal is not None:

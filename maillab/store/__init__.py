@@ -172,10 +172,11 @@ class Store:
 
     # -- delivery ----------------------------------------------------------------
     def deliver(self, user: str, data: bytes, folder: str = "INBOX",
-                flags: tuple[str, ...] = ()) -> MessageInfo:
-        """Store a message for ``user`` and tell listeners (IMAP IDLE, views)."""
+                flags: tuple[str, ...] = (), *, crlf_only: bool = False, sync: bool = False) -> MessageInfo:
+        """Store a message for ``user`` and tell listeners (IMAP IDLE, views).
+        ``crlf_only`` and ``sync``: see :meth:`Mailbox.add`."""
         mb = self.mailbox(user, folder, create=True)
-        info = mb.add(data, flags)
+        info = mb.add(data, flags, crlf_only=crlf_only, sync=sync)
         self.notify(user, mb.name, info)
         return info
 
