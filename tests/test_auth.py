@@ -319,6 +319,34 @@ def test_a_lab_signature_verifies_outside_the_lab_with_the_zone_key(alab):
                            dnsfunc=lambda name, timeout=5: key.record_text().encode())
 
 
+@pytest.mark.parametrize("message", [
+    b"From: alice@alpha.test\r\nTo: bob@example.org\r\nSubject: s\r\nMessage-ID: <m@alpha.test>\r\n\r\nbody\r\n",
+    b"From: alice@alpha.test\nTo:  bob@example.org \nSubject:   folded\n\t  more   here  \n\nbody\n\n\n",
+    b"From: alice@alpha.test\r\nSubject: one\r\nSubject: two\r\n\r\nno final line break",
+    b"From:alice@alpha.test\r\n\r\n\r\n\r\n",
+])
+def test_the_lab_signer_writes_the_signature_dkimpy_writes(alab, monkeypatch, message):
+    """maillab.auth.send.sign (RFC 6376 5 with OpenSSL's RSA) and dkimpy's pure-Python
+    dkim.sign give the same b= and bh= for the same headers and time."""
+    import re
+    import time as time_
+
+    monkeypatch.setattr(time_, "time", lambda: 1700000000.0)
+    key = key_for(alab, "alpha.test")
+    ours = sign(message, key)
+    include = [h for h in (b"from", b"to", b"subject", b"message-id") if re.search(rb"(?mi)^" + h + rb":", message)]
+    theirs = dkim.sign(message, b"lab", b"alpha.test", key.private_pem, canonicalize=(b"relaxed", b"simple"),
+                       include_headers=include)
+
+    def tag(header: bytes, name: bytes) -> bytes:
+        return re.sub(rb"\s", b"", re.search(rb"[;\s]" + name + rb"=([^;]*?)(?:;|\r?\n(?![ \t]))", header).group(1))
+
+    assert ours.endswith(message)
+    for name in (b"b", b"bh", b"h"):
+        assert tag(ours, name) == tag(theirs, name)
+    assert dkim.verify(ours, dnsfunc=lambda name, timeout=5: key.record_text().encode())
+
+
 def test_too_many_void_lookups_is_permerror(alab):
     _zone(alab, '@ IN TXT "v=spf1 a:n1.bad.test a:n2.bad.test a:n3.bad.test -all"\n')
     v = _check(alab, b"From: x@bad.test\r\n\r\nbody\r\n")
