@@ -23,6 +23,20 @@ client thread, ``--clients`` threads) and 2 KiB messages:
 5. ten domains, all to all: d0.test ... d9.test, one mail host each on its own
    loopback address; every domain's user sends to the users of all nine others.
 
+The issue-12 case on its own (``--domains``)::
+
+    python benchmarks/relay.py --domains 50 --messages 10000
+
+50 domains, one mail host each on its own loopback address, 10,000 messages all to
+all submitted with AUTH over STARTTLS by ``--clients`` smtplib threads (each thread
+owns some sending hosts: one submission session per host). It prints submission
+msg/s, relay msg/s while submission runs and after, end-to-end latency p50/p95
+(the client's 250 after DATA -> the message is in the recipient's Maildir), the
+queue length and open file descriptors over time (and their peaks), the lab's
+open-file limit note, and checks that every message arrived exactly once (the
+Maildirs are counted at the end). ``--no-auth`` switches DKIM signing and
+SPF/DKIM/DMARC checks off on every host, to see what they cost.
+
 For each: messages/s end to end (first byte sent to last message in its mailbox),
 median and p95 delivery latency (client starts sending -> the relay reports the
 next hop's 250, or the local store has it), and the process's peak RSS. Ratios
@@ -32,6 +46,8 @@ against phase 1 show what each extra hop costs.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import resource
 import smtplib
 import ssl
@@ -280,6 +296,149 @@ def ten_domain_phase(n: int, clients: int) -> Phase:
     return phase
 
 
+def open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
+
+
+SUBJECT = re.compile(rb"^Subject: bench (\d+)\r?$", re.M)
+
+
+def many_domains(domains: int, n: int, clients: int, auth: bool = True) -> None:
+    """The issue-12 lab: ``domains`` domains, ``n`` messages all to all via submission."""
+    aliases = loopback_aliases_work()
+    topo = Topology()
+    users = {}
+    for i in range(domains):
+        d = f"d{i}.test"
+        topo.add_host(MailHost(f"mail.{d}", f"127.1.{i // 250}.{i % 250 + 1}" if aliases else "127.0.0.1"))
+        topo.add_domain(d, [(10, f"mail.{d}")])
+        users[f"u{i}@{d}"] = f"u{i}-pw"
+    soft0 = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    t0 = time.time()
+    lab = Lab(tempfile.mkdtemp(prefix="maillab-bench-many-"), ports="auto", limits=limits(relay_expiry=3600),
+              topology=topo, users=users).start()
+    started = time.time() - t0
+    if not auth:
+        no_auth(lab)
+    accepted: dict[int, float] = {}  # n -> the client's 250 after DATA
+    stored: dict[int, float] = {}  # n -> in the recipient's Maildir
+    dups: list[int] = []
+    lock = threading.Lock()
+
+    def on_deliver(user: str, folder: str, info) -> None:
+        path = lab.store.mailbox(user, folder).path / info.subdir / info.filename
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8192)
+        except OSError:
+            return
+        m = SUBJECT.search(head)
+        if m:
+            k, now = int(m.group(1)), time.time()
+            with lock:
+                if k in stored:
+                    dups.append(k)
+                else:
+                    stored[k] = now
+
+    unsubscribe = lab.store.subscribe(on_deliver)
+    samples: list[tuple[float, int, int, int]] = []  # time, queue length, stored, fds
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            waiting = lab.loop.call(lambda: len(lab.relay.queue()))  # the queue is the lab thread's
+            samples.append((time.time(), waiting, len(stored), open_fds()))
+            stop.wait(1.0)
+
+    pairs = [(i, j) for i in range(domains) for j in range(domains) if i != j]
+    jobs = [(i, j, k) for k, (i, j) in enumerate(pairs[k % len(pairs)] for k in range(n))]
+    ctx = ssl.create_default_context(cafile=str(lab.ca_path))
+    errors: list[BaseException] = []
+
+    def client(c: int) -> None:
+        sessions: dict[int, smtplib.SMTP] = {}
+        try:
+            for i, j, k in jobs:
+                if i % clients != c:
+                    continue
+                s = sessions.get(i)
+                if s is None:
+                    s = smtplib.SMTP(*lab.address("submission", f"mail.d{i}.test"), timeout=60)
+                    s.starttls(context=ctx)
+                    s.login(f"u{i}@d{i}.test", f"u{i}-pw")
+                    sessions[i] = s
+                sender, rcpt = f"u{i}@d{i}.test", f"u{j}@d{j}.test"
+                s.sendmail(sender, [rcpt], message(sender, rcpt, k))
+                accepted[k] = time.time()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            for s in sessions.values():
+                try:
+                    s.quit()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    begin = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sub_end = time.time()
+    during = len(stored)
+    deadline = time.time() + 1800
+    while len(stored) < n and time.time() < deadline and not errors:
+        time.sleep(0.05)
+    end = max(stored.values()) if stored else time.time()
+    stop.set()
+    sampler.join()
+    unsubscribe()
+    try:
+        counted = sum(1 for u in users for _ in (lab.store.mailbox(u, "INBOX").path / "new").iterdir())
+        counted += sum(1 for u in users for _ in (lab.store.mailbox(u, "INBOX").path / "cur").iterdir())
+        states: dict[str, int] = {}
+        for m in lab.relay.messages():
+            states[m.state] = states.get(m.state, 0) + 1
+        attempts = [a for m in lab.relay.messages() for a in m.attempts]
+        reused = sum(1 for a in attempts if a.reused_from)
+        fd_note = lab.fd_limit.text() if lab.fd_limit else "?"
+        nservices = len(lab.services)
+    finally:
+        lab.stop()
+    if errors:
+        print(f"client error: {errors[0]!r}")
+    lat = [stored[k] - accepted[k] for k in stored if k in accepted]
+    sub_rate = len(accepted) / (sub_end - begin)
+    print(f"{domains}-domain lab ({nservices} services, started in {started:.1f} s;"
+          f" {'DKIM signing + SPF/DKIM/DMARC checks' if auth else 'no signing, no checks'}),"
+          f" {n} messages all to all via submission, {clients} client threads,"
+          f" load average {os.getloadavg()[0]:.1f}")
+    print(f"  open-file limit: soft {soft0} at start; the lab: {fd_note}")
+    print(f"  submission: {sub_rate:.1f} msg/s accepted ({sub_end - begin:.1f} s)")
+    print(f"  relay: {during / (sub_end - begin):.1f} msg/s stored while submission ran"
+          f" ({during / max(1, len(accepted)):.0%} of what was accepted by then), {len(stored) / (end - begin):.1f}"
+          f" msg/s end to end ({end - begin:.1f} s in all)")
+    if lat:
+        print(f"  end-to-end latency (250 after DATA -> in the Maildir): p50 {statistics.median(lat):.2f} s,"
+              f" p95 {p95(lat):.2f} s, max {max(lat):.2f} s")
+    step = max(1, len(samples) // 20)
+    print("  queue length / stored / open fds over time: " + ", ".join(
+        f"{t - begin:.0f}s {q}/{st}/{fd}" for t, q, st, fd in samples[::step]))
+    print(f"  peaks: queue {max(q for _, q, _, _ in samples)}, open fds {max(fd for *_, fd in samples)};"
+          f" peak RSS {peak_rss_mb():.0f} MB")
+    lost = n - len(stored)
+    print(f"  relay SMTP sessions: {len(attempts)} deliveries, {reused} of them over a kept connection")
+    print(f"  accepted {len(accepted)}, stored {len(stored)}, in the Maildirs {counted}, lost {lost},"
+          f" duplicated {len(dups)}; relay states {states}")
+
+
 def no_auth(lab: Lab) -> None:
     """Every host stops DKIM-signing and stops checking SPF/DKIM/DMARC (maillab.auth)."""
     from maillab.auth import settings
@@ -310,7 +469,13 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--auth", action="store_true", help="only the cost of DKIM signing and SPF/DKIM/DMARC checks")
+    ap.add_argument("--domains", type=int, default=0,
+                    help="only the many-domain case: this many domains, --messages all to all via submission")
+    ap.add_argument("--no-auth", action="store_true", help="with --domains: no DKIM signing, no checks")
     args = ap.parse_args()
+    if args.domains:
+        many_domains(args.domains, args.messages, args.clients, auth=not args.no_auth)
+        return
     if args.auth:
         auth_phases(args.messages, args.clients)
         return

@@ -19,8 +19,9 @@ event (protocol "relay") in the lab's event stream.
 
 At most ``lab.limits.relay_concurrency`` deliveries run at once. While more mail
 from the same host for the same domain waits for one of those slots, a finished
-SMTP session is kept open for it (:mod:`.connections`, as Postfix does); a message
-on its own always gets a whole session of its own.
+SMTP session is kept open for it (:mod:`.connections`, as Postfix does), and the
+slot goes to that mail next (:mod:`.slots`); a message on its own always gets a
+whole session of its own.
 
 The parts: this module holds the queue (what is queued, its states, when an
 attempt runs, what follows it: retry, expiry, DSN); :mod:`.agent` makes one
@@ -43,6 +44,7 @@ from ..faults import parse_duration
 from ..topology import MailHost
 from .agent import DeliveryAgent, decide
 from .bounce import FailedRecipient, build_dsn, original_header
+from .client import REUSE_LIMIT
 from .message import (
     BOUNCED,
     DELIVERED,
@@ -54,6 +56,7 @@ from .message import (
     Recipient,
 )
 from .presets import FAULT_KINDS, FailurePresets
+from .slots import DeliverySlots
 from .spool import DIRNAME, Spool
 
 if TYPE_CHECKING:
@@ -74,12 +77,8 @@ class RelayQueue:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sem: asyncio.Semaphore | None = None
+        self._slots: DeliverySlots | None = None
         self._recorders: dict[str, SessionRecorder] = {}
-        # Deliveries per (sending host, recipient domain): wanting = started (waiting for
-        # a slot or running), active = running. More wanting than active is a backlog.
-        self._wanting: dict[tuple[str, str], int] = {}
-        self._active: dict[tuple[str, str], int] = {}
         self._last: str | None = None
         self.closed = False
         self.agent = DeliveryAgent(self)  # one attempt at one domain
@@ -100,7 +99,7 @@ class RelayQueue:
     # -- life cycle (on the lab loop) ---------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._sem = asyncio.Semaphore(self.lab.limits.relay_concurrency)
+        self._slots = DeliverySlots(self.lab.limits.relay_concurrency, burst=REUSE_LIMIT)
         self.agent.start()
         self.closed = False
         for entry in self.spool.load():  # left by a crash or a stop: queued again, same id
@@ -299,27 +298,19 @@ class RelayQueue:
 
     async def _gated(self, msg: QueuedMessage, domain: str, rcpts: list[Recipient]) -> None:
         """At most ``relay_concurrency`` deliveries at once, DNS lookups included: a burst
-        of a thousand messages must not become a thousand queries timing out together."""
-        assert self._sem is not None
+        of a thousand messages must not become a thousand queries timing out together
+        (:mod:`.slots`: which delivery gets a free slot)."""
+        assert self._slots is not None
         flow = (msg.origin, domain)
-        self._wanting[flow] = self._wanting.get(flow, 0) + 1
+        streak = await self._slots.acquire(flow)
         try:
-            async with self._sem:
-                self._active[flow] = self._active.get(flow, 0) + 1
-                try:
-                    await self.agent.deliver_domain(msg, domain, rcpts)
-                finally:
-                    self._active[flow] -= 1
+            await self.agent.deliver_domain(msg, domain, rcpts)
         finally:
-            self._wanting[flow] -= 1
-            if not self._wanting[flow]:
-                self._wanting.pop(flow, None)
-                self._active.pop(flow, None)
+            self._slots.release(flow, streak)
 
     def backlog(self, origin: str, domain: str) -> bool:
         """Is more mail from host ``origin`` for ``domain`` waiting for a delivery slot?"""
-        flow = (origin, domain)
-        return self._wanting.get(flow, 0) > self._active.get(flow, 0)
+        return self._slots is not None and self._slots.backlog((origin, domain))
 
     def record(self, msg: QueuedMessage, attempt: Attempt, text: str) -> None:
         msg.attempts.append(attempt)
