@@ -306,7 +306,7 @@ def open_fds() -> int:
 SUBJECT = re.compile(rb"^Subject: bench (\d+)\r?$", re.M)
 
 
-def many_domains(domains: int, n: int, clients: int, auth: bool = True) -> None:
+def many_domains(domains: int, n: int, clients: int, auth: bool = True, **kw: float) -> None:
     """The issue-12 lab: ``domains`` domains, ``n`` messages all to all via submission."""
     aliases = loopback_aliases_work()
     topo = Topology()
@@ -318,7 +318,7 @@ def many_domains(domains: int, n: int, clients: int, auth: bool = True) -> None:
         users[f"u{i}@{d}"] = f"u{i}-pw"
     soft0 = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     t0 = time.time()
-    lab = Lab(tempfile.mkdtemp(prefix="maillab-bench-many-"), ports="auto", limits=limits(relay_expiry=3600),
+    lab = Lab(tempfile.mkdtemp(prefix="maillab-bench-many-"), ports="auto", limits=limits(relay_expiry=3600, **kw),
               topology=topo, users=users).start()
     started = time.time() - t0
     if not auth:
@@ -417,6 +417,7 @@ def many_domains(domains: int, n: int, clients: int, auth: bool = True) -> None:
     lat = [stored[k] - accepted[k] for k in stored if k in accepted]
     sub_rate = len(accepted) / (sub_end - begin)
     print(f"{domains}-domain lab ({nservices} services, started in {started:.1f} s;"
+          + "".join(f" {k}={v:g};" for k, v in kw.items()) +
           f" {'DKIM signing + SPF/DKIM/DMARC checks' if auth else 'no signing, no checks'}),"
           f" {n} messages all to all via submission, {clients} client threads,"
           f" load average {os.getloadavg()[0]:.1f}")
@@ -472,9 +473,12 @@ def main() -> None:
     ap.add_argument("--domains", type=int, default=0,
                     help="only the many-domain case: this many domains, --messages all to all via submission")
     ap.add_argument("--no-auth", action="store_true", help="with --domains: no DKIM signing, no checks")
+    ap.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                    help="with --domains: a lab limit, e.g. relay_inflow_delay=0 (no flow control)")
     args = ap.parse_args()
     if args.domains:
-        many_domains(args.domains, args.messages, args.clients, auth=not args.no_auth)
+        kw = {k: float(v) if "." in v else int(v) for k, v in (item.split("=", 1) for item in args.limit)}
+        many_domains(args.domains, args.messages, args.clients, auth=not args.no_auth, **kw)
         return
     if args.auth:
         auth_phases(args.messages, args.clients)

@@ -99,7 +99,9 @@ class RelayQueue:
     # -- life cycle (on the lab loop) ---------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._slots = DeliverySlots(self.lab.limits.relay_concurrency, burst=REUSE_LIMIT)
+        limits = self.lab.limits
+        self._slots = DeliverySlots(limits.relay_concurrency, burst=REUSE_LIMIT,
+                                    inflow_backlog=limits.relay_inflow_backlog)
         self.agent.start()
         self.closed = False
         for entry in self.spool.load():  # left by a crash or a stop: queued again, same id
@@ -158,6 +160,20 @@ class RelayQueue:
         self._trim()
         self._loop.call_soon_threadsafe(self._launch, msg)
         return qid
+
+    async def room(self, rec: SessionRecorder | None = None) -> float:
+        """Flow control for the SMTP servers (:mod:`.slots`, Postfix's ``in_flow_delay``):
+        called before a message is accepted for relaying; pauses while the queue is
+        behind, at most ``lab.limits.relay_inflow_delay`` s, and says so in ``rec``."""
+        if self._slots is None:
+            return 0.0
+        waiting = self._slots.waiting
+        paused = await self._slots.room(self.lab.limits.relay_inflow_delay)
+        if paused and rec is not None:
+            rec.note(f"the relay queue is behind ({waiting} deliveries wait for a slot): paused"
+                     f" {paused * 1000:.0f} ms before accepting (flow control, Postfix's in_flow_delay)",
+                     paused=round(paused, 4))
+        return paused
 
     # -- views ------------------------------------------------------------------------------
     def messages(self) -> list[QueuedMessage]:

@@ -13,6 +13,14 @@ after the kept session has expired.
 At most ``burst`` deliveries of one flow follow each other that way; then the slot
 goes to the oldest waiting delivery of any flow, so a flood to one domain cannot
 starve the others.
+
+Flow control (Postfix's ``in_flow_delay``): the lab's SMTP servers, relay queue and
+MTAs share one interpreter, so a burst of submissions takes the time the relay
+needs to drain, and the queue (and every message's wait in it) grows for as long as
+the burst lasts. :meth:`room` lets the SMTP server pause before it accepts a
+message for relaying while ``inflow_backlog`` or more deliveries wait for a slot,
+until one starts or ``inflow_delay`` seconds passed: mail comes in about as fast as
+it goes out, and the client, not the queue, holds what waits.
 """
 
 from __future__ import annotations
@@ -25,8 +33,12 @@ Flow = tuple[str, str]
 
 
 class DeliverySlots:
-    def __init__(self, slots: int, burst: int) -> None:
+    def __init__(self, slots: int, burst: int, inflow_backlog: int = 0) -> None:
         self.burst = burst
+        self.inflow_backlog = inflow_backlog  # 0: no flow control
+        self.waiting = 0  # deliveries waiting for a slot now
+        self.paused = 0  # messages whose acceptance :meth:`room` delayed
+        self._admissions: deque[asyncio.Future[None]] = deque()
         self._free = slots
         self._queue: deque[tuple[Flow, asyncio.Future[int]]] = deque()  # every waiter, oldest first
         self._by_flow: dict[Flow, deque[asyncio.Future[int]]] = {}
@@ -50,12 +62,16 @@ class DeliverySlots:
                 fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
                 self._queue.append((flow, fut))
                 self._by_flow.setdefault(flow, deque()).append(fut)
+                self.waiting += 1
                 try:
                     streak = await fut
                 except asyncio.CancelledError:
                     if fut.done() and not fut.cancelled():
                         self._pass(flow, fut.result())  # granted, then cancelled: hand it on
                     raise
+                finally:
+                    self.waiting -= 1
+                    self._admit()
         except BaseException:
             self._forget(flow)
             raise
@@ -86,6 +102,30 @@ class DeliverySlots:
                 fut.set_result(0)
                 return
         self._free += 1
+
+    async def room(self, timeout: float) -> float:
+        """Wait until fewer than ``inflow_backlog`` deliveries wait for a slot, at most
+        ``timeout`` seconds; returns the seconds waited (0.0: there was room)."""
+        if not self.inflow_backlog or self.waiting < self.inflow_backlog or timeout <= 0:
+            return 0.0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._admissions.append(fut)
+        self.paused += 1
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            pass  # Postfix's rule: after in_flow_delay the message is accepted anyway
+        return loop.time() - started
+
+    def _admit(self) -> None:
+        """A waiting delivery got its slot (or gave up): let one paused message in."""
+        while self._admissions and self.waiting < self.inflow_backlog:
+            fut = self._admissions.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
 
     def _forget(self, flow: Flow) -> None:
         self.wanting[flow] = self.wanting.get(flow, 1) - 1
