@@ -202,11 +202,14 @@ class SessionRecorder:
         """A line the server sent."""
         self.emit(SERVER_LINE, clip(text), **data)
 
-    def payload(self, direction: str, data: bytes, *, head_lines: int = 12) -> None:
+    def payload(self, direction: str, data: bytes, *, head_lines: int = 12,
+                size: int | None = None) -> None:
         """Record a message body (DATA, RETR, FETCH literal) compactly.
 
         A 5 MB attachment must not become 70,000 events: the first lines are kept
-        and the rest is summarised with its size.
+        and the rest is summarised with its size. A sender that writes the body in
+        pieces may pass only its head (at least ``head_lines`` whole lines, as sent)
+        and the whole body's length as ``size``.
         """
         # Only the head is looked at: a 50 MB body must not be copied to show 12 lines.
         pieces: list[str] = []
@@ -224,12 +227,13 @@ class SessionRecorder:
                 complete = False
                 break
             pos = nl + 1
-        rest = len(data) - pos
+        total = len(data) if size is None else size
+        rest = total - pos
         text = "\n".join(pieces)
         if complete and rest > 0:
             text += f"\n… ({rest} more bytes)"
         kind = CLIENT_LINE if direction == "C" else SERVER_LINE
-        self.emit(kind, text, payload=True, bytes=len(data))
+        self.emit(kind, text, payload=True, bytes=total)
 
     def tls(self, version: str | None, cipher: str | None, peer_cert: str | None = None, **data: Any) -> None:
         sni = f", SNI {data['sni']}" if data.get("sni") else ""

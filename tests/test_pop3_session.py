@@ -6,12 +6,17 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
 
 from maillab import Lab
+from maillab.events import EventBus
 from maillab.pop3.explain import explain
 from maillab.pop3.maildrop import StoreBackend
-from maillab.pop3.session import POP3Session, State, dot_stuff, top_of
-from maillab.store import Store
+from maillab.pop3.server import RECORD_HEAD, _head
+from maillab.pop3.session import POP3Session, Reply, State, dot_stuff, top_of
+from maillab.pop3.wire import MAX_DOTS, crlf_only, plan_for, stuffed_parts
+from maillab.store import Store, crlf_size
 from maillab.users import Users
 
 BOB = "bob@alpha.test"
@@ -122,6 +127,42 @@ def test_dot_stuff_and_top() -> None:
     assert top_of(msg, 99) == msg
     assert top_of(b"A: 1\r\n", 3) == b"A: 1\r\n"
     assert top_of(b"\r\nbody\r\nmore\r\n", 1) == b"\r\nbody\r\n"
+
+
+@seed(1939)
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([b".", b"..", b"\r", b"\n", b"\r\n", b"a", b"\r\n.", b"\n."]),
+                max_size=40).map(b"".join))
+def test_the_remembered_plan_sends_exactly_what_dot_stuff_sends(data: bytes) -> None:
+    """What a RETR writes (slices of the file and the stuffed dots, by a plan made
+    once per file) is octet for octet the reference: CRLF only, then dot_stuff."""
+    plan = plan_for(data, crlf_size(data))
+    message = data if plan.crlf else crlf_only(data)
+    assert message == crlf_only(data)
+    assert b"".join(stuffed_parts(message, plan.dots)) == dot_stuff(crlf_only(data))
+    reply = Reply(f"+OK {len(message)} octets", message=message, dots=plan.dots)
+    body = dot_stuff(message) + b".\r\n"
+    assert reply.wire() == reply.status.encode() + b"\r\n" + body
+    # the transcript: the head and the size give the same event as the whole body
+    head, size = _head(message, reply.parts())
+    whole, part = EventBus().session("pop3", "server", "h"), EventBus().session("pop3", "server", "h")
+    whole.payload("S", body, head_lines=RECORD_HEAD)
+    part.payload("S", head, head_lines=RECORD_HEAD, size=size)
+    (a,), (b,) = ([e for e in r.bus.events() if e.kind == "S"] for r in (whole, part))
+    assert (a.text, a.data) == (b.text, b.data)
+
+
+@pytest.mark.parametrize("lines", [100, MAX_DOTS, MAX_DOTS + 1, 5000])
+def test_many_dot_lines_and_the_transcript_of_a_long_message(lines: int) -> None:
+    message = b"".join(b".line %d\r\n" % i for i in range(lines))
+    plan = plan_for(message, len(message))
+    assert plan.crlf and (plan.dots is None) == (lines > MAX_DOTS)  # a plan stays small
+    reply = Reply("+OK", message=message, dots=plan.dots)
+    assert reply.body() == dot_stuff(message) + b".\r\n"
+    head, size = _head(message, reply.parts())
+    assert size == len(reply.body()) and head.startswith(b"..line 0\r\n..line 1\r\n")
+    assert head.count(b"\n") == RECORD_HEAD + 1
 
 
 def test_explain_notes() -> None:

@@ -23,6 +23,8 @@ def _pop3_outcome(conv: Conversation) -> tuple[list[int], list[int], bool, bool]
         if kind == "maildrop":
             marked = list(e.data.get("marked", []))
             had = had or bool(e.data.get("messages"))
+        elif kind == "marked":
+            marked.append(e.data["number"])
         elif kind == "update":
             removed = list(e.data.get("removed", []))
         elif kind == "aborted":

@@ -9,30 +9,20 @@ on an error and on the idle timeout: whatever ends the session.
 
 A :class:`Maildrop` is the session's snapshot: message numbers 1..N are fixed at
 login, so mail arriving during the session is only seen at the next login
-(RFC 1939 section 5: numbers "do not change during the session").
+(RFC 1939 section 5: numbers "do not change during the session"). It keeps the
+store's list of messages as it is (one entry per message is made only when asked
+for), so a login on 100,000 messages costs one listing of the index.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..store import Mailbox, MessageInfo, Store
 from ..users import Users
-
-
-def crlf_only(data: bytes) -> bytes:
-    """Every line end as CRLF, a bare CR included (RFC 1939 3: responses are lines
-    ended by CRLF). A bare CR left in would let a client that splits lines on CR
-    see a "." line the server never sent, and take what follows for the next
-    response; the relay normalises the same way (maillab.relay.client.encode_data).
-
-    LIST counts the stored CRLF size (``MessageInfo.crlf_size``), so a file with a
-    bare CR is sent one octet longer per CR than LIST said. SMTP refuses bare CR,
-    so only IMAP APPEND, ``store.deliver`` and files put into the Maildir by hand
-    bring one.
-    """
-    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+from .wire import PLANS_SEEN, crlf_only, plan_for
 
 
 class InUse(Exception):
@@ -78,37 +68,50 @@ class Maildrop:
         self.mailbox = mailbox
         self._released = False
         try:
-            infos = mailbox.messages()
+            self._infos = mailbox.messages()  # message n is _infos[n - 1]
+            self.uidvalidity = mailbox.uidvalidity
         except Exception as exc:
             self.release()
             raise StoreFailure(str(exc)) from exc
+        self.octets = sum(info.crlf_size for info in self._infos)  # what STAT counts
+        self._where = str(mailbox.path)
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def unique_id(self, info: MessageInfo) -> str:
         # UIDVALIDITY.UID: unique across the mailbox's life and persistent, since
         # UIDs are never reused and UIDVALIDITY only changes when the mailbox is
         # recreated (then every client must re-download anyway).
-        self.entries = [Entry(n, info, f"{mailbox.uidvalidity}.{info.uid}")
-                        for n, info in enumerate(infos, start=1)]
-
-    def __len__(self) -> int:
-        return len(self.entries)
+        return f"{self.uidvalidity}.{info.uid}"
 
     def entry(self, number: int) -> Entry | None:
-        if 1 <= number <= len(self.entries):
-            return self.entries[number - 1]
+        if 1 <= number <= len(self._infos):
+            info = self._infos[number - 1]
+            return Entry(number, info, self.unique_id(info))
         return None
 
-    def read(self, entry: Entry) -> bytes:
-        """The message with CRLF line ends only (what goes on the wire)."""
+    def numbered(self) -> Iterator[tuple[int, MessageInfo]]:
+        """(number, message) for every message of the snapshot, in order."""
+        return enumerate(self._infos, start=1)
+
+    def read(self, entry: Entry) -> tuple[bytes, tuple[int, ...] | None]:
+        """The message with CRLF line ends only (what goes on the wire), and where its
+        lines that start with "." start (what dot-stuffing changes): see :mod:`.wire`."""
         try:
             data = self.mailbox.read(entry.info.uid)
         except (KeyError, FileNotFoundError) as exc:
             raise StoreFailure(f"message {entry.number} is no longer in the mailbox") from exc
         except OSError as exc:
             raise StoreFailure(str(exc)) from exc
-        # Maildir files never change, so when the file already has its CRLF size
-        # every LF has its CR; one more count tells whether every CR has its LF.
-        if len(data) == entry.info.crlf_size and data.count(b"\r") == data.count(b"\n"):
-            return data
-        return crlf_only(data)
+        # Maildir files never change once delivered: what one look at this file
+        # found holds for every later read of it.
+        key = (self._where, entry.info.key, len(data))
+        plan = PLANS_SEEN.get(key)
+        if plan is None:
+            plan = plan_for(data, entry.info.crlf_size)
+            PLANS_SEEN.put(key, plan)
+        return (data if plan.crlf else crlf_only(data)), plan.dots
 
     def mark_seen(self, entry: Entry) -> None:
         """RETR means "read": the shared index gets \\Seen so IMAP shows it read."""

@@ -6,6 +6,12 @@ A thin asyncio driver: it reads lines through :class:`~maillab.connection.LineCo
 hands each one to the sans-IO :class:`~maillab.pop3.session.POP3Session`, writes
 the reply and records both into the lab's event stream.
 
+A command the session calls slow (:meth:`POP3Session.slow`: a login, which opens
+the maildrop; QUIT, whose UPDATE state removes files; LIST/UIDL of a large
+maildrop; RETR/TOP of a large message) runs on a worker thread, so the lab loop
+goes on answering every other session meanwhile. A message is written as slices
+of the bytes read (:meth:`Reply.parts`), in one gathering write.
+
 Lab policy on passwords without TLS: USER/PASS and AUTH PLAIN are accepted on
 the plaintext port, because every lab server listens on loopback only and
 curl, fetchmail and poplib examples should work as typed. Each such login gets
@@ -27,7 +33,7 @@ from ..listener import DROPPED, LineServer
 from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
 from .maildrop import StoreBackend
-from .session import POP3Session, Reply
+from .session import POP3Session, Reply, dot_stuff
 
 log = logging.getLogger("maillab.pop3")
 
@@ -36,6 +42,14 @@ if TYPE_CHECKING:
 
 #: Multi-line text bodies up to this many lines are recorded line by line.
 RECORD_LINES = 40
+#: Of a message (RETR, TOP), the transcript keeps this many lines and the size.
+RECORD_HEAD = 12
+#: Seconds a pipelining client's commands may run back to back before the driver lets
+#: the loop serve everyone else (its lines are read from the buffer without waiting).
+TURN = 0.02
+#: Octets a connection's transport may hold before the driver waits for the reader
+#: (asyncio's default is 64 KiB): pipelined RETRs keep coming while the client reads.
+WRITE_BUFFER = 1 << 20
 
 
 class POP3Server(LineServer):
@@ -67,13 +81,22 @@ class POP3Server(LineServer):
 
     async def converse(self, conn: LineConnection, rec: SessionRecorder, session: POP3Session) -> str:
         rec.state(session.state.value)
+        transport = conn.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high=WRITE_BUFFER, low=WRITE_BUFFER // 4)
+        loop = asyncio.get_running_loop()
         fault = await self.injected(rec)
         if fault is not None and (fault.drop or fault.reply):  # the greeting refused
             if not fault.drop:
                 await self._send(conn, rec, Reply(fault.reply or "-ERR"))
             return DROPPED
         await self._send(conn, rec, session.greeting())
+        turn = loop.time()
         while True:
+            buffered = conn.has_buffered_data()
+            if buffered and loop.time() - turn > TURN:
+                await asyncio.sleep(0)  # 10,000 pipelined DELEs must not hold the loop
+                turn = loop.time()
             try:
                 # RFC 2449 section 4: 255 octets including the CRLF
                 line = await conn.readline(session.line_limit)
@@ -84,6 +107,8 @@ class POP3Server(LineServer):
             except TimeoutError:
                 await self._send(conn, rec, session.timed_out())
                 return "idle timeout"
+            if not buffered:
+                turn = loop.time()  # the read waited: everyone else had the loop meanwhile
             rec.client_line(session.masked(line))
             command = session.command(line)
             fault = await self.injected(rec, command) if command else None
@@ -93,12 +118,16 @@ class POP3Server(LineServer):
                 await self._send(conn, rec, Reply(fault.reply))
                 continue
             try:
-                reply = session.receive(line)
+                if session.slow(line):
+                    reply, parts = await loop.run_in_executor(None, _answer, session, line)
+                else:
+                    reply, parts = _answer(session, line)
             except Exception as exc:  # a bug costs the client one command, never the session
                 log.exception("POP3 session step failed")
                 rec.note(f"internal error: {exc!r}", error=True)
                 reply = Reply("-ERR [SYS/TEMP] internal server error, try again")  # RFC 3206
-            await self._send(conn, rec, reply)
+                parts = None
+            await self._send(conn, rec, reply, parts)
             if reply.starttls:
                 try:
                     await conn.starttls(self.tls_context, self.lab.limits.tls_handshake_timeout)
@@ -114,7 +143,8 @@ class POP3Server(LineServer):
                      pop3="aborted")
         session.end()
 
-    async def _send(self, conn: LineConnection, rec: SessionRecorder, reply: Reply) -> None:
+    async def _send(self, conn: LineConnection, rec: SessionRecorder, reply: Reply,
+                    parts: list[bytes | memoryview] | None = None) -> None:
         if reply.auth is not None:
             rec.auth(*reply.auth)
         for text, data in reply.notes:
@@ -123,19 +153,42 @@ class POP3Server(LineServer):
             rec.state(reply.state.value)
         if reply.delay:
             await asyncio.sleep(reply.delay)
+        if parts is None:
+            parts = reply.parts()
         rec.server_line(reply.status)
-        if reply.multiline:
-            body = reply.body()
-            if reply.lines is not None and len(reply.lines) <= RECORD_LINES:
+        if reply.lines is not None:
+            body = parts[1]
+            assert isinstance(body, bytes)
+            if len(reply.lines) <= RECORD_LINES:
                 for ln in body[:-2].decode("utf-8", "replace").split("\r\n"):
                     rec.server_line(ln)
             else:
                 rec.payload("S", body)
-            # one write: status and body leave in the same send() where they fit
-            conn.write(reply.status.encode("utf-8") + b"\r\n" + body)
-        else:
-            conn.write(reply.status.encode("utf-8") + b"\r\n")
+        elif reply.message is not None:
+            head, size = _head(reply.message, parts)
+            rec.payload("S", head, head_lines=RECORD_HEAD, size=size)
+        # one gathering write: status and body leave in the same send() where they fit
+        conn.writelines(parts)
         await conn.drain()
+
+
+def _answer(session: POP3Session, line: bytes) -> tuple[Reply, list[bytes | memoryview]]:
+    """The session's reply to ``line`` and the pieces it is written in (on the loop,
+    or on a worker thread when the command is slow)."""
+    reply = session.receive(line)
+    return reply, reply.parts()
+
+
+def _head(message: bytes, parts: list[bytes | memoryview]) -> tuple[bytes, int | None]:
+    """What the transcript needs of a message body: its first RECORD_HEAD lines as
+    sent (dot-stuffed) and the body's size; a short body is recorded whole."""
+    cut = 0
+    for _ in range(RECORD_HEAD + 1):
+        nl = message.find(b"\n", cut)
+        if nl < 0:
+            return b"".join(parts[1:]), None
+        cut = nl + 1
+    return dot_stuff(message[:cut]), sum(len(p) for p in parts[1:])
 
 
 @register("pop3")

@@ -27,14 +27,18 @@ import itertools
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
 from .. import sasl
 from ..masking import mask_line
+from ..store import MessageInfo
 from .maildrop import Entry, InUse, Maildrop, StoreFailure
+from .wire import dot_lines, dot_stuff, stuffed_parts
+
+__all__ = ["POP3Session", "Reply", "State", "COMMANDS", "dot_stuff", "top_of"]
 
 
 class State(str, Enum):
@@ -56,6 +60,13 @@ ALL_COMMANDS = frozenset().union(*COMMANDS.values())
 
 #: SASL continuation lines may be longer than a command (RFC 5034 section 4).
 SASL_LINE_LIMIT = 8192
+#: Messages the maildrop note lists (the state view's table): a 100,000-message
+#: maildrop is told as its count and its first messages, not 100,000 rows.
+NOTE_MESSAGES = 500
+#: Work a command may do on the lab loop: above these, :meth:`POP3Session.slow` says
+#: so and the driver runs it on a worker thread (other sessions are answered meanwhile).
+INLINE_OCTETS = 1 << 20  # RETR / TOP of a larger message
+INLINE_LISTING = 5_000  # LIST / UIDL of a larger maildrop
 
 _NUMBER = re.compile(r"[0-9]{1,10}")
 _timestamps = itertools.count(1)
@@ -78,6 +89,7 @@ class Reply:
     status: str  # "+OK ...", "-ERR ..." or "+ " (a SASL continuation)
     lines: list[str] | None = None  # a multi-line text body (CAPA, LIST, UIDL)
     message: bytes | None = None  # a multi-line message body (RETR, TOP), CRLF, not yet dot-stuffed
+    dots: tuple[int, ...] | None = None  # where the message's lines starting with "." start, if known
     starttls: bool = False  # begin the TLS handshake after sending
     close: bool = False  # close the connection after sending
     delay: float = 0.0  # wait this long before sending (after a failed login)
@@ -99,23 +111,24 @@ class Reply:
             text = "".join(("." + ln if ln.startswith(".") else ln) + "\r\n" for ln in self.lines)
             return text.encode("utf-8") + b".\r\n"
         if self.message is not None:
-            return dot_stuff(self.message) + b".\r\n"
+            return b"".join(self.parts()[1:])
         return b""
 
+    def parts(self) -> list[bytes | memoryview]:
+        """The reply as written, in pieces: the status line, then the multi-line part.
+        A message goes as slices of the bytes read with the stuffed "." between them
+        (the same octets as :func:`dot_stuff`, without copying the message)."""
+        status = self.status.encode("utf-8") + b"\r\n"
+        if self.message is not None:
+            # None: not known, or too many to list (then dot_lines stops early and says so)
+            dots = self.dots if self.dots is not None else dot_lines(self.message)
+            return [status, *stuffed_parts(self.message, dots), b".\r\n"]
+        if self.lines is not None:
+            return [status, self.body()]
+        return [status]
+
     def wire(self) -> bytes:
-        return self.status.encode("utf-8") + b"\r\n" + self.body()
-
-
-def dot_stuff(data: bytes) -> bytes:
-    """RFC 1939 section 3: a line starting with "." gets one more "." in front,
-    so that only the final CRLF "." CRLF ends the response. ``data`` has CRLF
-    line ends; the result always ends with CRLF."""
-    if data.startswith(b"."):
-        data = b"." + data
-    data = data.replace(b"\n.", b"\n..")
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data
+        return b"".join(self.parts())
 
 
 def top_of(message: bytes, lines: int) -> bytes:
@@ -170,6 +183,7 @@ class POP3Session:
         self.maildrop: Maildrop | None = None
         self.address: str | None = None
         self.deleted: set[int] = set()  # message numbers marked by DELE
+        self._deleted_octets = 0  # their sizes, so STAT does not add up the whole maildrop
         self._user: str | None = None  # the name given with USER, waiting for PASS
         self._sasl: str | None = None  # the mechanism whose response we are waiting for
         self.on_state: Callable[[State], None] | None = None
@@ -218,6 +232,29 @@ class POP3Session:
         if self.maildrop is not None:
             self.maildrop.release()
             self.maildrop = None
+
+    def slow(self, line: bytes | str) -> bool:
+        """Whether handling ``line`` may hold the lab loop up: a login opens the
+        maildrop (a 100,000-message mailbox's index), QUIT's UPDATE state removes
+        files, LIST/UIDL of a large maildrop and RETR/TOP of a large message read a
+        lot. The driver hands those to a worker thread; the session still handles one
+        line at a time, and answers exactly as it would inline."""
+        if self._sasl:
+            return True  # the AUTH PLAIN response: a login
+        words = _text(line).split(" ")
+        keyword = words[0].upper()
+        if keyword in ("PASS", "APOP", "AUTH"):
+            return self.state is State.AUTHORIZATION
+        if self.state is not State.TRANSACTION or self.maildrop is None:
+            return False
+        if keyword == "QUIT":
+            return True
+        if keyword in ("LIST", "UIDL"):
+            return len(words) == 1 and len(self.maildrop) > INLINE_LISTING
+        if keyword in ("RETR", "TOP") and len(words) > 1 and _NUMBER.fullmatch(words[1]):
+            entry = self.maildrop.entry(int(words[1]))
+            return entry is not None and entry.info.crlf_size > INLINE_OCTETS
+        return False
 
     # -- the commands ------------------------------------------------------------
     def receive(self, line: bytes | str) -> Reply:
@@ -344,6 +381,7 @@ class POP3Session:
         self.maildrop = maildrop
         self.address = address
         self.deleted.clear()
+        self._deleted_octets = 0
         count, octets = self._totals()
         return Reply(f"+OK {address}'s maildrop has {count} messages ({octets} octets)",
                      state=self._enter(State.TRANSACTION), auth=(address, True, mechanism),
@@ -384,29 +422,34 @@ class POP3Session:
         # RFC 1939 section 6: the UPDATE state removes what DELE marked.
         state = self._enter(State.UPDATE)
         assert self.maildrop is not None
-        marked = [e for e in self.maildrop.entries if e.number in self.deleted]
+        marked = [self.maildrop.entry(n) for n in sorted(self.deleted)]
         try:
-            self.maildrop.remove(marked)
+            self.maildrop.remove([e for e in marked if e is not None])
         except StoreFailure as exc:
             self.end()
             return Reply(f"-ERR [SYS/TEMP] some deleted messages were not removed: {exc}",
                          close=True, state=state)
         left = len(self.maildrop.mailbox)
-        removed = [e.number for e in marked]
-        note = ("UPDATE: removed " + (", ".join(map(str, removed)) if removed else "nothing"),
-                {"pop3": "update", "removed": removed, "left": left})
+        removed = sorted(self.deleted)
+        shown = ", ".join(map(str, removed[:NOTE_MESSAGES]))
+        if len(removed) > NOTE_MESSAGES:
+            shown += f" … ({len(removed)} messages)"
+        note = ("UPDATE: removed " + (shown or "nothing"),
+                {"pop3": "update", "removed": removed[:NOTE_MESSAGES], "count": len(removed),
+                 "left": left})
         self.end()
         return Reply(f"+OK maillab POP3 server signing off ({len(removed)} messages deleted,"
                      f" {left} left)", close=True, state=state, notes=[note])
 
     # TRANSACTION state -----------------------------------------------------------
     def _totals(self) -> tuple[int, int]:
-        live = self._live()
-        return len(live), sum(e.info.crlf_size for e in live)
-
-    def _live(self) -> list[Entry]:
         assert self.maildrop is not None
-        return [e for e in self.maildrop.entries if e.number not in self.deleted]
+        return len(self.maildrop) - len(self.deleted), self.maildrop.octets - self._deleted_octets
+
+    def _live(self) -> Iterator[tuple[int, MessageInfo]]:
+        """(number, message) of every message not marked by DELE."""
+        assert self.maildrop is not None
+        return ((n, info) for n, info in self.maildrop.numbered() if n not in self.deleted)
 
     def _message(self, arg: str) -> Entry | Reply:
         """The entry an argument names, or the -ERR to send instead."""
@@ -436,7 +479,7 @@ class POP3Session:
             return Reply(f"+OK {entry.number} {entry.info.crlf_size}")
         count, octets = self._totals()
         return Reply(f"+OK {count} messages ({octets} octets)",
-                     lines=[f"{e.number} {e.info.crlf_size}" for e in self._live()])
+                     lines=[f"{n} {info.crlf_size}" for n, info in self._live()])
 
     def cmd_uidl(self, args: list[str]) -> Reply:
         if len(args) > 1:
@@ -446,10 +489,13 @@ class POP3Session:
             if isinstance(entry, Reply):
                 return entry
             return Reply(f"+OK {entry.number} {entry.unique_id}")
+        assert self.maildrop is not None
+        unique_id = self.maildrop.unique_id
         return Reply("+OK unique-id listing follows",
-                     lines=[f"{e.number} {e.unique_id}" for e in self._live()])
+                     lines=[f"{n} {unique_id(info)}" for n, info in self._live()])
 
-    def _read(self, entry: Entry) -> bytes | Reply:
+    def _read(self, entry: Entry) -> tuple[bytes, tuple[int, ...] | None] | Reply:
+        """The message (CRLF line ends) and where its "." lines start, or the -ERR."""
         assert self.maildrop is not None
         try:
             return self.maildrop.read(entry)
@@ -462,12 +508,13 @@ class POP3Session:
         entry = self._message(args[0])
         if isinstance(entry, Reply):
             return entry
-        data = self._read(entry)
-        if isinstance(data, Reply):
-            return data
+        read = self._read(entry)
+        if isinstance(read, Reply):
+            return read
+        data, dots = read
         assert self.maildrop is not None
         self.maildrop.mark_seen(entry)
-        return Reply(f"+OK {len(data)} octets", message=data)
+        return Reply(f"+OK {len(data)} octets", message=data, dots=dots)
 
     def cmd_top(self, args: list[str]) -> Reply:
         if len(args) != 2:
@@ -477,11 +524,11 @@ class POP3Session:
             return entry
         if not _NUMBER.fullmatch(args[1]):
             return Reply(f"-ERR {_short(args[1])!r} is not a number of lines")
-        data = self._read(entry)
-        if isinstance(data, Reply):
-            return data
+        read = self._read(entry)
+        if isinstance(read, Reply):
+            return read
         # TOP is a peek: unlike RETR it does not mark the message \Seen.
-        return Reply("+OK top of message follows", message=top_of(data, int(args[1])))
+        return Reply("+OK top of message follows", message=top_of(read[0], int(args[1])))
 
     def cmd_dele(self, args: list[str]) -> Reply:
         if len(args) != 1:
@@ -490,8 +537,11 @@ class POP3Session:
         if isinstance(entry, Reply):
             return entry
         self.deleted.add(entry.number)
+        self._deleted_octets += entry.info.crlf_size
+        # one number, not the whole maildrop again: DELE of every message stays linear
         return Reply(f"+OK message {entry.number} marked for deletion (removed only after QUIT)",
-                     notes=[self._drop_note(f"message {entry.number} marked for deletion")])
+                     notes=[(f"message {entry.number} marked for deletion",
+                             {"pop3": "marked", "number": entry.number})])
 
     def cmd_noop(self, args: list[str]) -> Reply:
         return Reply("+OK") if not args else Reply("-ERR usage: NOOP")
@@ -500,6 +550,7 @@ class POP3Session:
         if args:
             return Reply("-ERR usage: RSET")
         self.deleted.clear()
+        self._deleted_octets = 0
         count, octets = self._totals()
         return Reply(f"+OK maildrop has {count} messages ({octets} octets)",
                      notes=[self._drop_note("deletion marks removed")])
@@ -512,11 +563,14 @@ class POP3Session:
         return state
 
     def _drop_note(self, text: str) -> tuple[str, dict[str, Any]]:
-        """A structured note the state view draws the maildrop from."""
+        """A structured note the state view draws the maildrop from: its first
+        NOTE_MESSAGES messages, its size, and the marks (DELE adds "marked" notes)."""
         assert self.maildrop is not None
+        unique_id = self.maildrop.unique_id
         return (text, {"pop3": "maildrop",
-                       "messages": [[e.number, e.unique_id, e.info.crlf_size]
-                                    for e in self.maildrop.entries],
+                       "messages": [[n, unique_id(info), info.crlf_size] for n, info in
+                                    itertools.islice(self.maildrop.numbered(), NOTE_MESSAGES)],
+                       "count": len(self.maildrop),
                        "marked": sorted(self.deleted)})
 
 

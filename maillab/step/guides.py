@@ -146,6 +146,8 @@ def _pop3_maildrop(bus: EventBus, session: str | None) -> tuple[list, list[int]]
         if e.data.get("pop3") == "maildrop":
             messages = list(e.data.get("messages", []))
             marks = list(e.data.get("marked", []))
+        elif e.data.get("pop3") == "marked":
+            marks.append(e.data["number"])
     return messages, marks
 
 

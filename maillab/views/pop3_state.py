@@ -4,7 +4,8 @@ after the session what is left on the server.
 
 It reads the event stream only: the server session emits ``state`` events
 (AUTHORIZATION, TRANSACTION, UPDATE) and structured notes (``pop3`` =
-``maildrop`` with the numbered messages and the marks, ``update`` with what was
+``maildrop`` with the numbered messages (the first 500 of a large maildrop, and
+the count) and the marks, ``marked`` for each DELE, ``update`` with what was
 removed, ``aborted`` when the connection ended without QUIT).
 
 :func:`session_state` folds events into a :class:`POP3SessionState`;
@@ -40,21 +41,26 @@ class POP3SessionState:
     visited: list[str] = field(default_factory=list)
     user: str | None = None
     messages: list[tuple[int, str, int]] = field(default_factory=list)  # number, UIDL, size
+    count: int = 0  # messages in the maildrop (``messages`` may list only the first ones)
     marked: list[int] = field(default_factory=list)
     closed: bool = False
     reason: str = ""
     aborted: bool = False  # ended in TRANSACTION without QUIT
-    removed: list[int] | None = None  # set in UPDATE
+    removed: list[int] | None = None  # set in UPDATE (the first ones, of a large maildrop)
+    removed_count: int = 0
     left: int | None = None  # messages on the server after UPDATE
 
     @property
     def outcome(self) -> str:
         if self.removed is not None:
             gone = ", ".join(map(str, self.removed)) or "none"
+            if self.removed_count > len(self.removed):
+                gone += f" … ({self.removed_count} in all)"
             return (f"QUIT -> UPDATE removed message(s) {gone}; {self.left} message(s) left"
                     " on the server")
         if self.aborted:
-            marks = f" (marks on {', '.join(map(str, self.marked))} forgotten)" if self.marked else ""
+            shown = ", ".join(map(str, self.marked[:20])) + (" …" if len(self.marked) > 20 else "")
+            marks = f" (marks on {shown} forgotten)" if self.marked else ""
             return f"connection ended without QUIT: no UPDATE state, nothing deleted{marks}"
         if self.closed:
             return "closed in the AUTHORIZATION state: the maildrop was never opened"
@@ -92,9 +98,13 @@ def session_state(events: Iterable[Event], session: str) -> POP3SessionState:
             kind = e.data.get("pop3")
             if kind == "maildrop":
                 st.messages = [tuple(m) for m in e.data.get("messages", [])]  # type: ignore[misc]
+                st.count = e.data.get("count", len(st.messages))
                 st.marked = list(e.data.get("marked", []))
+            elif kind == "marked":
+                st.marked.append(e.data["number"])
             elif kind == "update":
                 st.removed = list(e.data.get("removed", []))
+                st.removed_count = e.data.get("count", len(st.removed))
                 st.left = e.data.get("left")
             elif kind == "aborted":
                 st.aborted = True
@@ -114,9 +124,11 @@ def render_text(st: POP3SessionState) -> str:
              + (" - closed" if st.closed else ""),
              f"  {boxes[0]} --{TRANSITIONS[0]}--> {boxes[1]} --{TRANSITIONS[1]}--> {boxes[2]}"]
     if st.messages:
+        marked, removed = set(st.marked), set(st.removed or ())
         lines.append("  maildrop: " + ", ".join(
-            f"{n}{' (marked)' if n in st.marked else ''}{' (removed)' if st.removed and n in st.removed else ''}"
-            for n, _uid, _size in st.messages))
+            f"{n}{' (marked)' if n in marked else ''}{' (removed)' if n in removed else ''}"
+            for n, _uid, _size in st.messages)
+            + (f" … ({st.count} messages)" if st.count > len(st.messages) else ""))
     lines.append("  " + st.outcome)
     return "\n".join(lines)
 
@@ -158,10 +170,11 @@ def _diagram_svg(st: POP3SessionState) -> str:
 def render_body(st: POP3SessionState) -> str:
     title = f"POP3 session {html.escape(st.session)}" + (f" ({html.escape(st.user)})" if st.user else "")
     rows = []
+    marked, removed = set(st.marked), set(st.removed or ())
     for n, uid, size in st.messages:
-        if st.removed is not None and n in st.removed:
+        if st.removed is not None and n in removed:
             status = badge("err", "removed in UPDATE")
-        elif n in st.marked and st.removed is None and not st.aborted:
+        elif n in marked and st.removed is None and not st.aborted:
             status = badge("temp", "marked for deletion")
         elif st.removed is not None or st.aborted:
             status = badge("ok", "still on the server")
@@ -169,6 +182,9 @@ def render_body(st: POP3SessionState) -> str:
             status = ""
         rows.append(f"<tr><td>{n}</td><td class='mono'>{html.escape(uid)}</td>"
                     f"<td>{size}</td><td>{status}</td></tr>")
+    if st.count > len(st.messages):
+        rows.append(f"<tr><td colspan='4'>… {st.count - len(st.messages)} more messages"
+                    f" ({st.count} in the maildrop)</td></tr>")
     table = ("<table><thead><tr><th>#</th><th>UIDL</th><th>octets</th><th>this session</th></tr></thead>"
              f"<tbody>{''.join(rows)}</tbody></table>") if rows else ""
     return (f"<div><b>{title}</b>{_diagram_svg(st)}{table}"
