@@ -223,6 +223,104 @@ def _stored_split() -> Iterator[None]:
         message.parse = real
 
 
+def drive_imap(s, data: bytes) -> None:
+    """The IMAP driver's loop (``imap/server.py``) without sockets: lines, literals,
+    a refused literal, the SASL and IDLE continuation lines, STARTTLS as if the
+    handshake succeeded, until the session closes or the input ends."""
+    parser = Parser(max_literal=1024, max_command=4096, max_depth=8)
+    list(s.greeting())
+    pos = 0
+    while pos < len(data) and s.action != "close":
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end + 1
+        line, pos = data[pos:end], end
+        if s.mode != "command":
+            list(s.continue_line(line))  # AUTHENTICATE's response, or DONE ending IDLE
+            continue
+        result = parser.feed_line(line)
+        while isinstance(result, NeedLiteral):
+            if pos + result.size > len(data):
+                return  # the client went away inside a literal
+            parser.feed_literal(data[pos:pos + result.size])
+            pos += result.size
+            end = data.find(b"\n", pos)
+            end = len(data) if end < 0 else end + 1
+            result, pos = parser.feed_line(data[pos:end]), end
+        if isinstance(result, LiteralRefused):
+            if not result.sync:
+                return  # BAD and BYE: the LITERAL+ bytes cannot be skipped
+            continue
+        list(s.execute(result))
+        if s.action == "starttls":
+            s.tls_started()
+            parser.reset()
+
+
+class _WriteFixture:
+    """A pristine store (bob's INBOX with a few test messages, a Sent folder) copied
+    afresh for every input, so what one input writes never reaches the next."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.TemporaryDirectory(prefix="maillab-fuzz-write-", dir=SCRATCH)
+        self.template = Path(self.dir.name) / "template"
+        store = Store(self.template)
+        for raw in _messages()[:6]:
+            store.deliver("bob@alpha.test", raw)
+        store.mailbox("bob@alpha.test", "Sent", create=True).add(_messages()[6])
+        store.mailbox("bob@alpha.test", "INBOX").messages()  # the index is written
+        self.work = Path(self.dir.name) / "work"
+
+
+@cache
+def write_fixture() -> _WriteFixture:
+    return _WriteFixture()
+
+
+def _imap_write_seeds() -> list[bytes]:
+    login = b"l LOGIN bob bob-pw\r\n"
+    return [login + b"s SELECT INBOX\r\n" + cmd for cmd in (
+        b"a STORE 1:3 +FLAGS (\\Deleted \\Seen $Junk)\r\nb EXPUNGE\r\nc FETCH 1:* (UID FLAGS)\r\n",
+        b"a COPY 2:* Sent\r\nb UID MOVE 1 Trash\r\nc STATUS Sent (MESSAGES UIDNEXT)\r\n",
+        b'a APPEND INBOX (\\Flagged) "01-Jan-2024 10:00:00 +0000" {27}\r\nSubject: x\r\n\r\nhello there\r\n\r\n',
+        b"a CREATE a/b/c\r\nb RENAME a/b x\r\nc DELETE x/c\r\nd LIST \"\" *\r\ne SUBSCRIBE INBOX\r\nf LSUB \"\" *\r\n",
+        b"a IDLE\r\nDONE\r\nb UID EXPUNGE 1:2\r\nc CLOSE\r\nd UNSELECT\r\ne LOGOUT\r\n",
+        b"a APPEND INBOX {5+}\r\nhello\r\nb UID STORE 1 FLAGS.SILENT ()\r\nc ENABLE UTF8=ACCEPT\r\n",
+    )] + [b"a AUTHENTICATE PLAIN\r\nAGJvYgBib2ItcHc=\r\nb EXAMINE Sent\r\nc MOVE 1 INBOX\r\n",
+          b"a STARTTLS\r\n" + login + b"b ID NIL\r\n"]
+
+
+@target("imap-write", IMAP_TOKENS + (b"Trash", b"Sent", b"$Junk", b"UID MOVE ", b"UID EXPUNGE ", b"UNSELECT",
+                                     b"DONE\r\n", b"SUBSCRIBE ", b"LSUB "),
+        max_len=4096, ci_inputs=300, seeds=_imap_write_seeds)
+def imap_write(data: bytes) -> None:
+    """The whole IMAP session on a store of its own: every command, those that write
+    (APPEND, STORE, COPY, MOVE, EXPUNGE, CREATE, RENAME, DELETE, SUBSCRIBE), IDLE and
+    AUTHENTICATE with their continuation lines, STARTTLS. Afterwards a new session
+    must still read every mailbox (nothing the first one wrote is unreadable)."""
+    import shutil
+
+    from maillab.imap.session import IMAPSession
+
+    fx, wfx = fixture(), write_fixture()
+    shutil.rmtree(wfx.work, ignore_errors=True)
+    shutil.copytree(wfx.template, wfx.work)
+    store = Store(wfx.work)
+    s = IMAPSession(store, fx.users, fx.limits, hostname="mail.alpha.test")
+    try:
+        drive_imap(s, data)
+    finally:
+        s.end()
+        store.close()
+    again = Store(wfx.work)  # as after a restart: every mailbox and message readable
+    for name in again.list_mailboxes("bob@alpha.test"):
+        mailbox = again.mailbox("bob@alpha.test", name)
+        uids = [m.uid for m in mailbox.messages()]
+        assert uids == sorted(set(uids)), (name, uids)
+        for uid in uids:
+            mailbox.read(uid)
+    again.close()
+
+
 class _Source:
     """search.Source over summaries of in-memory messages (what the session's does)."""
 
