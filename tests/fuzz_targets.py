@@ -321,6 +321,57 @@ def imap_write(data: bytes) -> None:
     again.close()
 
 
+def imaplib_pieces(data: bytes) -> list[bytes | tuple[bytes, bytes]]:
+    """Response bytes cut as imaplib hands them over: a line ending in ``{n}`` and the
+    n octets after it become one (line, literal) tuple, other lines bytes."""
+    import re
+
+    pieces: list[bytes | tuple[bytes, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end + 1
+        line, pos = data[pos:end].rstrip(b"\r\n"), end
+        m = re.search(rb"\{(\d{1,6})\}$", line)
+        if m:
+            size = int(m.group(1))
+            pieces.append((line, data[pos:pos + size]))
+            pos += size
+        else:
+            pieces.append(line)
+    return pieces
+
+
+def _imap_response_seeds() -> list[bytes]:
+    return [b'1 (UID 4 FLAGS (\\Seen) RFC822.SIZE 44827 ENVELOPE ("Wed, 17 Jul 1996 02:23:25 -0700 (PDT)" '
+            b'"IMAP4rev1 WG mtg summary and minutes" (("Terry Gray" NIL "gray" "cac.washington.edu")) NIL NIL '
+            b'((NIL NIL "imap" "cac.washington.edu")) NIL NIL NIL "<B27397-0100000@cac.washington.edu>"))',
+            b'2 (BODYSTRUCTURE (("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 1152 23)'
+            b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII" "NAME" "cc.diff") "<960723163407.20117h@cac.washington.edu>" '
+            b'"Compiler diff" "BASE64" 4554 73) "MIXED"))',
+            b"3 (UID 9 BODY[HEADER.FIELDS (SUBJECT)]<0> {12}\r\nSubject: x\r\n)",
+            b'(\\HasNoChildren \\Sent) "/" Sent', b'() NIL "&AOQ-"']
+
+
+@target("imap-response", (b"(", b")", b"NIL", b'"', b"\\", b"{5}\r\n", b"BODY[", b"]", b"<0>", b"UID ", b"FETCH ",
+                          b"ENVELOPE ", b"BODYSTRUCTURE ", b"FLAGS ", b"4294967296", b"\xc2\xb2", b"\r\n"),
+        max_len=2048, seeds=_imap_response_seeds)
+def imap_response(data: bytes) -> None:
+    """What the lab's IMAP client (``%imap``, the MIME tree and envelope views) reads
+    from a server, which may be anyone's: FETCH data and LIST lines."""
+    from maillab.clients.imap import ResponseSyntaxError, parse_fetch, parse_list_line
+
+    try:
+        parse_fetch(imaplib_pieces(data))
+    except ResponseSyntaxError:
+        pass
+    for line in data.splitlines():
+        try:
+            parse_list_line(line)
+        except ResponseSyntaxError:
+            pass
+
+
 class _Source:
     """search.Source over summaries of in-memory messages (what the session's does)."""
 

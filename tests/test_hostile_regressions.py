@@ -210,3 +210,33 @@ def test_nested_comments_in_authentication_results() -> None:
     hops = read(b"Authentication-Results: mx.beta.test; " + b"(" * depth + b")" * depth
                 + b" spf=pass (a (b) c) smtp.mailfrom=alpha.test; ((dkim=fail\r\n\r\nbody\r\n")
     assert [(h.by, h.results) for h in hops] == [("mx.beta.test", [("spf", "pass", "smtp.mailfrom=alpha.test")])]
+
+
+# -- the lab's IMAP client: what a server answers ---------------------------------------------
+
+@pytest.mark.parametrize("data", [
+    [b"1 (UID 4"],  # unbalanced: IndexError
+    [b"1 (" + b"(" * 5_000 + b")" * 5_000 + b")"],  # RecursionError
+    [b"\xc2\xb2 (UID 4)"],  # isdigit() but not int()
+    [b"1" * 4_301 + b" (UID 4)"],  # past int()'s digit limit
+    [b"1 (BODY[HEADER x)"],  # a section never closed: ValueError from bytes.index
+    [b"1 FETCH 5"],  # attributes not in parentheses: TypeError
+])
+def test_fetch_responses_a_server_may_send(data: list) -> None:
+    # fuzz (imap-response): each raised something other than the parser's own error,
+    # a traceback in the notebook instead of "the server's response cannot be read"
+    from maillab.clients.imap import ResponseSyntaxError, parse_fetch
+
+    with pytest.raises(ResponseSyntaxError):
+        parse_fetch(data)
+
+
+@pytest.mark.parametrize("line", [b"1 (UID 4)", b"(\\Sent)", b'(\\Sent) "\xe4" Sent', b"x y z"])
+def test_list_lines_a_server_may_send(line: bytes) -> None:
+    from maillab.clients.imap import ResponseSyntaxError, parse_list_line
+
+    try:
+        attrs, delim, name = parse_list_line(line)
+    except ResponseSyntaxError:
+        return
+    assert isinstance(attrs, list) and isinstance(name, str)

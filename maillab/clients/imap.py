@@ -405,10 +405,12 @@ def _scan(text: bytes) -> list[Any]:
         elif atom:
             # BODY[HEADER.FIELDS (SUBJECT)]<0>: a section spec holds spaces and parens.
             if b"[" in atom and b"]" not in atom:
-                close = text.index(b"]", m.end())
+                close = text.find(b"]", m.end())
                 end = close + 1
                 if text[end:end + 1] == b"<":
-                    end = text.index(b">", end) + 1
+                    end = text.find(b">", end) + 1
+                if close < 0 or end <= close:
+                    raise ResponseSyntaxError(f"unclosed section in {atom[:40]!r}")
                 atom = text[m.start(6):end]
                 pos = end
                 out.append(("atom", atom))
@@ -418,19 +420,35 @@ def _scan(text: bytes) -> list[Any]:
     return out
 
 
-def _tree(tokens: list[Any], i: int) -> tuple[Any, int]:
+#: Parentheses a response may nest (a BODYSTRUCTURE of the lab's 100 multipart levels
+#: needs about 100; the cap keeps a hostile server from exhausting the stack).
+MAX_RESPONSE_DEPTH = 400
+
+
+def _number(value: bytes) -> bool:
+    # ASCII digits only ("²" is isdigit() too), and no longer than a 64-bit number
+    return value.isascii() and value.isdigit() and len(value) <= 20
+
+
+def _tree(tokens: list[Any], i: int, depth: int = 0) -> tuple[Any, int]:
+    if i >= len(tokens):
+        raise ResponseSyntaxError("the response ends too soon")
     tok = tokens[i]
     if tok == "(":
+        if depth >= MAX_RESPONSE_DEPTH:
+            raise ResponseSyntaxError(f"parentheses nested over {MAX_RESPONSE_DEPTH} deep")
         items = []
         i += 1
-        while tokens[i] != ")":
-            item, i = _tree(tokens, i)
+        while i < len(tokens) and tokens[i] != ")":
+            item, i = _tree(tokens, i, depth + 1)
             items.append(item)
+        if i >= len(tokens):
+            raise ResponseSyntaxError("unbalanced (")
         return items, i + 1
     if tok == ")":
         raise ResponseSyntaxError("unbalanced )")
     kind, value = tok
-    if kind == "atom" and value.isdigit():
+    if kind == "atom" and _number(value):
         return int(value), i + 1
     if kind == "atom":
         return value.decode("utf-8", "replace"), i + 1
@@ -448,13 +466,15 @@ def parse_fetch(data: list[Any]) -> list[dict[str, Any]]:
     i = 0
     while i < len(tokens):
         tok = tokens[i]
-        if tok == "(" or not (isinstance(tok, tuple) and tok[0] == "atom" and tok[1].isdigit()):
+        if tok == "(" or not (isinstance(tok, tuple) and tok[0] == "atom" and _number(tok[1])):
             raise ResponseSyntaxError(f"expected a message number, got {tok!r}")
         seq = int(tok[1])
         i += 1
         if i < len(tokens) and tokens[i] == ("atom", b"FETCH"):
             i += 1  # from a raw "* n FETCH (...)" line
         items, i = _tree(tokens, i)
+        if not isinstance(items, list):
+            raise ResponseSyntaxError(f"expected the attributes of message {seq} in parentheses")
         record: dict[str, Any] = {"SEQ": seq}
         for k in range(0, len(items) - 1, 2):
             record[str(items[k]).upper()] = items[k + 1]
@@ -468,6 +488,9 @@ def parse_list_line(line: bytes) -> tuple[list[str], str | None, str]:
     attrs, i = _tree(tokens, 0)
     delim, i = _tree(tokens, i)
     name, i = _tree(tokens, i)
+    if not isinstance(attrs, list) or isinstance(name, list) or isinstance(delim, list):
+        raise ResponseSyntaxError(f"not a LIST reply: {line[:80]!r}")
     if isinstance(name, bytes):
         name = name.decode("utf-8", "replace")
-    return ([str(a) for a in attrs], delim.decode() if isinstance(delim, bytes) else delim, str(name))
+    return ([str(a) for a in attrs], delim.decode("utf-8", "replace") if isinstance(delim, bytes) else delim,
+            str(name))
