@@ -801,6 +801,72 @@ def _zone_seeds() -> list[bytes]:
     return [_zones().text(n).encode() for n in _zones().names()]
 
 
+@cache
+def _loop():
+    import asyncio
+
+    return asyncio.new_event_loop()
+
+
+def _route_seeds() -> list[bytes]:
+    """Responses to the relay's MX and A questions (the question is put in by the target)."""
+    import dns.message
+
+    out = []
+    for name, rdtype in (("beta.test", "MX"), ("mx1.beta.test", "A"), ("beta.test", "A"), ("alpha.test", "MX")):
+        query = dns.message.make_query(name, rdtype)
+        wire = dns_server.handle_wire(_zones(), query.to_wire(), "udp").wire or b""
+        if len(wire) >= 12:  # the header, then the sections after the question (as long as the query's)
+            out.append(wire[:12] + wire[len(query.to_wire()):])
+    return out
+
+
+@target("dns-route", (b"\xc0\x0c", b"\x00\x0f\x00\x01", b"\x00\x01\x00\x01", b"\x00\x05\x00\x01", b"\x00\x00\x0e\x10",
+                      b"\x00\x04\x7f\x00\x00\x01", b"\x00\x0a", b"\x03mx1\x04beta\x04test\x00", b"\x84\x00", b"\x00\x00"),
+        max_len=1024, ci_inputs=2000, seeds=_route_seeds)
+def dns_route(data: bytes) -> None:
+    """What the relay makes of the answers its stub resolver gets (``relay.mx.find_route``
+    over ``dns.stub.StubResolver``): the input is the response to every question, with
+    the question as asked (the stub drops any other) and the header's ID and QR bit."""
+    import asyncio
+    import random
+
+    import dns.exception
+    import dns.flags
+
+    from maillab.dns.stub import HEADER_SIZE, StubResolver
+    from maillab.relay.mx import RouteError, find_route
+
+    class Stub(StubResolver):
+        async def _ask(self, query, wire):
+            # the input as the datagram that comes back, with the ID and the question
+            # the server echoes (anything else never reaches the lookup), through the
+            # stub's own matching and decoding
+            qid = 0x1234
+            future = asyncio.get_running_loop().create_future()
+            self._pending[qid] = (wire[HEADER_SIZE:], future)
+            head = data[:HEADER_SIZE].ljust(HEADER_SIZE, b"\0")
+            self._received(qid.to_bytes(2, "big") + head[2:] + wire[HEADER_SIZE:] + data[HEADER_SIZE:])
+            self._pending.pop(qid)
+            if not future.done():
+                raise dns.exception.Timeout(timeout=self.timeout)  # dropped: the lookup times out
+            response = self._decode(future.result())
+            if response.flags & dns.flags.TC:  # the stub asks again over TCP; here nobody answers
+                raise dns.exception.Timeout(timeout=self.timeout)
+            return response
+
+    async def run() -> None:
+        stub = Stub("127.0.0.1", 53, 1.0)
+        try:
+            route = await find_route("beta.test", stub, self_names=["mail.alpha.test"], rng=random.Random(0))
+            assert route.targets and all(t.addresses for t in route.targets)
+            route.as_dict()
+        except RouteError:
+            pass
+
+    _loop().run_until_complete(run())
+
+
 @target("zone-text", (b"$ORIGIN ", b"$TTL 300\n", b"@ ", b"IN ", b"SOA ", b"MX 10 ", b"A 127.0.0.1", b"TXT \"v=spf1\"",
                       b"CNAME ", b"SRV 0 1 25 ", b"(", b")", b";", b"\n", b"\\", b"*.", b"$INCLUDE /etc/passwd"),
         max_len=4096, ci_inputs=1000, seeds=_zone_seeds)

@@ -240,3 +240,71 @@ def test_list_lines_a_server_may_send(line: bytes) -> None:
     except ResponseSyntaxError:
         return
     assert isinstance(attrs, list) and isinstance(name, str)
+
+
+# -- the relay's stub resolver: what a name server answers -------------------------------------
+
+def _route_with(answer) -> str:
+    """find_route over the lab's stub resolver, asking a scripted UDP name server."""
+    import asyncio
+
+    from test_security_dns import ScriptedDNS
+
+    from maillab.dns.stub import StubResolver
+    from maillab.relay.mx import RouteError, find_route
+
+    server = ScriptedDNS(answer)
+
+    async def run() -> str:
+        stub = StubResolver("127.0.0.1", server.port, 0.5)
+        try:
+            route = await find_route("beta.test", stub, self_names=["mail.alpha.test"])
+            return " ".join(a for t in route.targets for a in t.addresses)
+        except RouteError as exc:
+            return f"{exc.status} {exc.text}"
+        finally:
+            stub.close()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        server.close()
+
+
+def test_a_response_of_another_opcode_is_not_an_answer() -> None:
+    # fuzz (dns-route): a response with the question's ID but opcode STATUS decoded as a
+    # plain Message, and dnspython's Answer raised AttributeError: an internal relay error
+    import dns.message
+    import dns.opcode
+
+    def status(q: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(q)
+        r.set_opcode(dns.opcode.STATUS)
+        return r
+
+    assert _route_with(status).startswith("4.4.3")  # ignored: the lookup times out, deferred
+
+
+def test_glue_of_another_class_is_not_an_address() -> None:
+    # fuzz (dns-route): an authoritative MX answer with an A record of class 0x21 in its
+    # additional section reached rr.address on dnspython's GenericRdata: AttributeError
+    import dns.flags
+    import dns.message
+    import dns.name
+    import dns.rdata
+    import dns.rdatatype
+    import dns.rrset
+
+    def glue(q: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(q)
+        r.flags |= dns.flags.AA
+        if q.question[0].rdtype == dns.rdatatype.MX:
+            r.answer.append(dns.rrset.from_text("beta.test.", 60, "IN", "MX", "10 mx1.beta.test."))
+            odd = dns.rrset.RRset(dns.name.from_text("mx1.beta.test."), 0x21, dns.rdatatype.A)
+            odd.add(dns.rdata.GenericRdata(0x21, dns.rdatatype.A, b"\x7f\x00\x00\x02"), 60)
+            r.additional.append(odd)
+        else:
+            r.answer.append(dns.rrset.from_text("mx1.beta.test.", 60, "IN", "A", "127.0.0.3"))
+        return r
+
+    assert _route_with(glue) == "127.0.0.3"  # the odd glue ignored, the A record asked for

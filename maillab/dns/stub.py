@@ -32,6 +32,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
@@ -167,8 +168,8 @@ class StubResolver:
             return
         qid, flags = struct.unpack("!HH", data[:4])
         waiting = self._pending.get(qid)
-        if waiting is None or not flags & dns.flags.QR:
-            return  # late, duplicate or unasked-for: ignored, as RFC 5452 9.1 asks
+        if waiting is None or not flags & dns.flags.QR or dns.opcode.from_flags(flags) != dns.opcode.QUERY:
+            return  # late, duplicate, unasked-for or not a QUERY's: ignored, as RFC 5452 9.1 asks
         question, future = waiting
         # The question section must come back as sent (a response may add records after it).
         if not data[HEADER_SIZE:].startswith(question) or future.done():

@@ -30,6 +30,7 @@ import dns.exception
 import dns.flags
 import dns.name
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
@@ -181,7 +182,7 @@ async def find_route(
     glue: dict[str, list[str]] = {}
     if mx is not None and mx.response.flags & dns.flags.AA:
         for rrset in mx.response.additional:
-            if rrset.rdtype == dns.rdatatype.A:
+            if rrset.rdtype == dns.rdatatype.A and rrset.rdclass == dns.rdataclass.IN:  # CH A has no address
                 glue.setdefault(_name(rrset.name), []).extend(rr.address for rr in rrset)
 
     temporary: RouteError | None = None
