@@ -96,11 +96,17 @@ def _strip_our_results(message: bytes, authserv_id: str) -> bytes:
     return pattern.sub(b"", head + b"\r\n").rstrip(b"\r\n") + sep + body if sep else message
 
 
+def checking(lab: Lab, host_name: str) -> bool:
+    """Whether the MX ``host_name`` checks what arrives (not when switched off, nor
+    in a lab without DNS: SPF, DKIM and DMARC all look up records)."""
+    return host_name not in settings(lab).checking_off and lab.dns is not None
+
+
 def inbound_sync(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: str,
                  local: list[str], message: bytes, queue_id: str = "") -> Inbound:
     s = settings(lab)
     out = Inbound(message=message, local=list(local))
-    if host_name in s.checking_off or lab.dns is None:
+    if not checking(lab, host_name):
         return out
     message = _strip_our_results(message, host_name)
     lookup = LabLookup(lab.dns.address, lab.dns.port)
@@ -166,6 +172,8 @@ def _list_post(lab: Lab, host_name: str, message: bytes, ml: Any) -> bytes:
 
 async def inbound(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: str, local: list[str],
                   message: bytes, rec: SessionRecorder, queue_id: str | None = None) -> Inbound:
+    if not checking(lab, host_name):  # no trip to a worker thread for nothing
+        return Inbound(message=message, local=list(local))
     loop = asyncio.get_running_loop()
     try:
         out = await loop.run_in_executor(None, lambda: inbound_sync(
