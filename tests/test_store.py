@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from maillab.store import InvalidName, MailboxExists, NoSuchMailbox, Store
+from maillab.store import InvalidName, Mailbox, MailboxExists, NoSuchMailbox, Store
 from maillab.store.names import decode_mutf7, encode_mutf7
 
 MSG = b"From: a@alpha.test\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -158,3 +158,51 @@ def test_restart_skips_the_scan_only_when_the_directories_did_not_move(tmp_path)
     assert [i.uid for i in infos] == [*kept[1:], kept[-1] + 1]
     assert (infos[-1].size, infos[-1].crlf_size) == (9, 12)
     store.close()
+
+
+def test_a_maildir_is_indexed_from_its_names_and_measured_when_asked(tmp_path):
+    """Like Dovecot: the first look lists directory entries only (UIDs in the order the
+    names tell, flags from the info); sizes the names lack are read when asked for."""
+    root = tmp_path / "bob@alpha.test"
+    for sub in ("new", "cur", "tmp"):
+        (root / sub).mkdir(parents=True)
+    body = b"Subject: x\n\nline one\nline two\n"
+    # delivered in this order (seconds, then microseconds: M9 before M10), whatever the mtimes
+    names = [f"1700000000.M9P1.h,S={len(body)}:2,S", f"1700000000.M10P1.h,S={len(body)}:2,FS",
+             "1700000001.M1P1.h:2,"]
+    for i, name in enumerate(names):
+        path = root / "cur" / name
+        path.write_bytes(body)
+        os.utime(path, (1_800_000_000 - i, 1_800_000_000 - i))
+    mb = Store(tmp_path).mailbox("bob@alpha.test")
+    t = mb.table
+    assert list(mb.snapshot().uids) == [1, 2, 3]
+    assert [mb.flags(u) for u in (1, 2, 3)] == [{"\\Seen"}, {"\\Seen", "\\Flagged"}, set()]
+    assert list(t.crlf) == [-1, -1, -1] and list(t.sizes) == [len(body), len(body), -1]
+    info = mb.get(2)
+    assert (info.size, info.crlf_size, info.internaldate) == (len(body), len(body) + 4, 1_800_000_000 - 1)
+    assert [i.crlf_size for i in mb.messages()] == [len(body) + 4] * 3
+    mb.close()
+    again = Mailbox(root, "INBOX")  # the measured sizes were kept
+    assert list(again.table.crlf) == [len(body) + 4] * 3
+    again.close()
+
+
+def test_a_clean_close_leaves_a_snapshot_and_a_crash_leaves_the_rows(tmp_path):
+    store = Store(tmp_path)
+    uids = [store.deliver("bob@alpha.test", MSG).uid for _ in range(5)]
+    mb = store.mailbox("bob@alpha.test")
+    mb.set_flags(uids[1], {"\\Seen", "$Label"})
+    mb.remove([uids[3]])
+    store.close()
+    path = tmp_path / "bob@alpha.test"
+    first = Mailbox(path, "INBOX")  # from the blob close() wrote, which it deletes
+    assert list(first.snapshot().uids) == [1, 2, 3, 5]
+    assert first.flags(uids[1]) == {"\\Seen", "$Label"}
+    first.set_flags(uids[0], {"\\Flagged"})
+    # "crash": never closed; the next open finds no blob and reads the rows
+    second = Mailbox(path, "INBOX")
+    assert list(second.snapshot().uids) == [1, 2, 3, 5]
+    assert [second.flags(u) for u in (1, 2)] == [{"\\Flagged"}, {"\\Seen", "$Label"}]
+    assert second.add(MSG).uid == 6
+    second.close()

@@ -23,11 +23,15 @@ class Response:
     shown compactly by the recorder instead of line by line.
     """
 
-    __slots__ = ("parts", "literals")
+    __slots__ = ("parts", "literals", "count")
 
-    def __init__(self, data: bytes | tuple[bytes, ...], literals: tuple[int, ...] = ()) -> None:
+    def __init__(self, data: bytes | tuple[bytes, ...], literals: tuple[int, ...] = (),
+                 count: int = 1) -> None:
         self.parts: tuple[bytes, ...] = (data,) if isinstance(data, bytes) else data
         self.literals = literals
+        #: How many responses this is: more than one only for a batch of untagged
+        #: lines without literals (:func:`lines`), written and recorded as that many.
+        self.count = count
 
     @property
     def data(self) -> bytes:
@@ -62,6 +66,12 @@ Output = Response | Delay | Notice
 def line(text: str) -> Response:
     """One response line (CRLF added)."""
     return Response(text.encode("utf-8") + CRLF)
+
+
+def lines(texts: list[str]) -> Response:
+    """Many response lines as one :class:`Response` (a FETCH FLAGS of 100,000
+    messages: one object and one write per batch, not per message)."""
+    return Response(("\r\n".join(texts) + "\r\n").encode("utf-8"), count=len(texts))
 
 
 #: A handler's result meaning "the tagged response has been sent already".

@@ -13,51 +13,109 @@ command. Until then an expunged message stays in this session's numbering as a
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterable, Iterator
+from itertools import compress
 
-from ..store import Mailbox, MessageInfo
+from ..store import Mailbox
+from ..store.mailbox import Snapshot
 from .flags import flags_text
-from .responses import Bad, Output, line
+from .responses import Bad, Output, line, lines
 from .verbs import STAR, SeqSet
 
 #: Mailbox meta: the highest UID some session has seen as \Recent.
 RECENT_META = "imap-recent-uid"
+#: Untagged responses per :class:`~maillab.imap.responses.Response` when many are due
+#: (EXPUNGE of 100,000 messages): one object and one write per batch, not per line.
+LINES_PER_RESPONSE = 1024
+
+
+class UidSet:
+    r"""An ascending set of UIDs in one array (\Recent of a 100,000-message SELECT)."""
+
+    __slots__ = ("uids",)
+
+    def __init__(self, uids: Iterable[int] = ()) -> None:
+        self.uids = array("I", sorted(uids))
+
+    def __contains__(self, uid: object) -> bool:
+        i = bisect.bisect_left(self.uids, uid)  # type: ignore[call-overload]
+        return i < len(self.uids) and self.uids[i] == uid
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.uids)
+
+    def add_above(self, uids: array[int]) -> None:
+        """Add ascending UIDs that are all above the ones held."""
+        self.uids.extend(uids)
+
+    def discard_all(self, gone: set[int]) -> None:
+        if gone and self.uids:
+            self.uids = array("I", (u for u in self.uids if u not in gone))
 
 
 class SelectedMailbox:
-    """This session's picture of its selected mailbox (RFC 3501 2.3.1)."""
+    """This session's picture of its selected mailbox (RFC 3501 2.3.1).
+
+    ``uids[i]`` is the UID of message sequence number ``i + 1``; ``flag_ids[i]`` the
+    flags last told to the client, as a number into the mailbox's table of flag
+    sets (``mailbox.table.flagsets``). Both are arrays: a SELECT of 100,000
+    messages copies two blocks of memory, not 100,000 objects.
+    """
 
     def __init__(self, mailbox: Mailbox, name: str, readonly: bool) -> None:
         self.mailbox = mailbox
         self.name = name
         self.readonly = readonly
-        self.uids: list[int] = []  # index + 1 = message sequence number
-        self.flags: dict[int, frozenset[str]] = {}  # as last reported to the client
-        self.recent: set[int] = set()
+        self.uids = array("I")  # index + 1 = message sequence number
+        self.flag_ids = array("I")  # as last reported to the client
+        self.flagsets = mailbox.table.flagsets  # shared, append-only
+        self.recent = UidSet()
         self.max_uid = 0
         self.seen = -1  # the mailbox's change number this view has caught up with
         self.pending_gone: set[int] = set()  # expunged, not yet announced (7.4.1)
 
+    def start(self, snap: Snapshot) -> None:
+        """Begin with the mailbox as it is now (SELECT)."""
+        self.uids, self.flag_ids, self.flagsets = snap.uids, snap.flag_ids, snap.flagsets
+        self.seen = snap.changes
+        self.max_uid = max(self.max_uid, snap.uidnext - 1, self.uids[-1] if self.uids else 0)
+        self.recent = UidSet()
+        self.recent.add_above(self.claim_recent(self.uids))
+
     def __len__(self) -> int:
         return len(self.uids)
+
+    def flags_at(self, idx: int) -> frozenset[str]:
+        """The flags last told to the client for message ``idx + 1``."""
+        return self.flagsets[self.flag_ids[idx]]
+
+    def report(self, idx: int, flags: frozenset[str]) -> None:
+        """The client has now been told these flags of message ``idx + 1``."""
+        if self.flagsets[self.flag_ids[idx]] != flags:
+            with self.mailbox.lock:
+                self.flag_ids[idx] = self.mailbox.table.flag_id(flags)
 
     def flags_text(self, uid: int, flags: frozenset[str]) -> str:
         """FETCH FLAGS' list for a message, \\Recent included if this session holds it."""
         return flags_text(flags, uid in self.recent)
 
-    def claim_recent(self, uids: list[int]) -> set[int]:
+    def claim_recent(self, uids: array[int]) -> array[int]:
         """\\Recent: a message is recent in exactly one session, the first to see it
-        (RFC 3501 2.3.2). EXAMINE looks without claiming."""
+        (RFC 3501 2.3.2). EXAMINE looks without claiming. ``uids`` ascending; returns
+        the ones that are recent here (a tail of them)."""
         if not uids:
-            return set()
+            return array("I")
         mb = self.mailbox
         with mb.lock:
             mark = int(mb.get_meta(RECENT_META, "0") or 0)
-            recent = {u for u in uids if u > mark}
+            recent = uids[bisect.bisect_right(uids, mark):]
             if recent and not self.readonly:
-                mb.set_meta(RECENT_META, max(uids))
+                mb.set_meta(RECENT_META, uids[-1])
         return recent
-
     def resolve(self, seqs: SeqSet, uid: bool) -> list[int]:
         """Indexes (sequence number - 1) named by a sequence set, ascending, each once.
 
@@ -105,81 +163,121 @@ class SelectedMailbox:
         """The folder was deleted or renamed by another session."""
         return not (self.mailbox.path / "cur").is_dir()
 
-    def catch_up(self, allow_expunge: bool) -> Iterator[Output]:
+    def catch_up(self, allow_expunge: bool, wait: bool = True) -> Iterator[Output]:
         """The untagged EXPUNGE, FETCH (flags), EXISTS and RECENT responses that bring
         the client's picture up to date (RFC 3501 5.2, 7.4.1).
 
         Work in proportion to what changed since this view last caught up (the
         mailbox's change log), not to the mailbox: an idle NOOP costs two stat calls.
+        With ``wait`` false (a command answered on the lab loop) nothing is reported
+        while another thread holds the mailbox (a large STORE, a first indexing):
+        the updates come with a later command, which RFC 3501 allows.
         """
         mb = self.mailbox
-        with mb.lock:
-            changes = mb.changes_since(self.seen) if self.seen >= 0 else None
+        if not mb.lock.acquire(blocking=wait):
+            return
+        try:
+            changes = mb.changes_since(self.seen, inline=wait) if self.seen >= 0 else None
             if changes is None:
-                yield from self._rescan(allow_expunge)
-                return
-            self.seen = mb.changes
-            flagged: dict[int, None] = {}
-            arrived: list[int] = []
-            for kind, uid in changes:
-                if kind == "gone":
-                    if uid <= self.max_uid:
-                        self.pending_gone.add(uid)
-                elif kind == "flags":
-                    flagged[uid] = None
-                elif uid > self.max_uid:
-                    arrived.append(uid)
-            infos = {u: mb.get(u) for u in (*flagged, *arrived)}
+                snap = mb.snapshot()
+            else:
+                self.seen = mb.changes
+                flagged: dict[int, None] = {}
+                arrived: list[int] = []
+                for kind, uid in changes:
+                    if kind == "gone":
+                        if uid <= self.max_uid:
+                            self.pending_gone.add(uid)
+                    elif kind == "flags":
+                        flagged[uid] = None
+                    elif uid > self.max_uid:
+                        arrived.append(uid)
+                t = mb.table
+                now: dict[int, int] = {}
+                for u in (*flagged, *arrived):
+                    slot = t.slot(u)
+                    if slot is not None:
+                        now[u] = t.flag_ids[slot]
+        finally:
+            mb.lock.release()
+        if changes is None:
+            yield from self._rescan(snap, allow_expunge)
+            return
         if allow_expunge and self.pending_gone:
             yield from self._expunged(self.pending_gone)
             self.pending_gone = set()
+        out: list[str] = []
         for u in sorted(flagged):
-            info = infos[u]
-            if info is None or u > self.max_uid or info.flags == self.flags.get(u):
+            fid = now.get(u)
+            if fid is None or u > self.max_uid:
                 continue
             idx = bisect.bisect_left(self.uids, u)
-            if idx < len(self.uids) and self.uids[idx] == u:
-                self.flags[u] = info.flags
-                yield line(f"* {idx + 1} FETCH (UID {u} FLAGS ({self.flags_text(u, info.flags)}))")
-        yield from self._arrived([i for u in sorted(set(arrived)) if (i := infos[u]) is not None])
+            if idx < len(self.uids) and self.uids[idx] == u and self._differs(idx, fid):
+                self.flag_ids[idx] = fid
+                out.append(f"* {idx + 1} FETCH (UID {u} FLAGS ({self.flags_text(u, self.flagsets[fid])}))")
+        yield from _batched(out)
+        new = sorted(u for u in set(arrived) if u in now)
+        yield from self._arrived(array("I", new), array("I", (now[u] for u in new)))
+
+    def _differs(self, idx: int, fid: int) -> bool:
+        old = self.flag_ids[idx]
+        return old != fid and self.flagsets[old] != self.flagsets[fid]
 
     def _expunged(self, gone: set[int]) -> Iterator[Output]:
-        indexes = [i for i, u in enumerate(self.uids) if u in gone]
+        uids = self.uids
+        if len(gone) < 64:
+            indexes = sorted(i for u in gone if (i := bisect.bisect_left(uids, u)) < len(uids)
+                             and uids[i] == u)
+        else:
+            indexes = [i for i, u in enumerate(uids) if u in gone]
         # Descending, so each number is still right when the client applies it.
-        for i in reversed(indexes):
-            yield line(f"* {i + 1} EXPUNGE")
-        if indexes:
-            for i in indexes:
-                self.flags.pop(self.uids[i], None)
-                self.recent.discard(self.uids[i])
-            self.uids = [u for u in self.uids if u not in gone]
-
-    def _arrived(self, arrived: list[MessageInfo]) -> Iterator[Output]:
-        if not arrived:
+        yield from _batched([f"* {i + 1} EXPUNGE" for i in reversed(indexes)])
+        if not indexes:
             return
-        new = [i.uid for i in arrived]
+        self.recent.discard_all(gone)
+        if len(indexes) < 64:
+            for i in reversed(indexes):
+                del self.uids[i]
+                del self.flag_ids[i]
+        else:
+            keep = bytearray(b"\1") * len(uids)
+            for i in indexes:
+                keep[i] = 0
+            self.uids = array("I", compress(self.uids, keep))
+            self.flag_ids = array("I", compress(self.flag_ids, keep))
+
+    def _arrived(self, new: array[int], fids: array[int]) -> Iterator[Output]:
+        if not new:
+            return
         self.max_uid = new[-1]
-        for i in arrived:
-            self.flags[i.uid] = i.flags
         self.uids.extend(new)
-        self.recent |= self.claim_recent(new)
+        self.flag_ids.extend(fids)
+        self.recent.add_above(self.claim_recent(new))
         yield line(f"* {len(self.uids)} EXISTS")
         yield line(f"* {len(self.recent)} RECENT")
 
-    def _rescan(self, allow_expunge: bool) -> Iterator[Output]:
+    def _rescan(self, snap: Snapshot, allow_expunge: bool) -> Iterator[Output]:
         """Catch up by comparing with every message (when the change log does not
         reach back far enough)."""
-        mb = self.mailbox
-        with mb.lock:
-            current = mb.messages()
-            self.seen = mb.changes
-        present = {i.uid: i for i in current}
+        self.seen = snap.changes
+        present = dict(zip(snap.uids, snap.flag_ids, strict=True))
+        gone = {u for u in self.uids if u not in present}
         if allow_expunge:
-            yield from self._expunged({u for u in self.uids if u not in present})
+            yield from self._expunged(gone)
             self.pending_gone = set()
+        else:
+            self.pending_gone |= gone
+        out: list[str] = []
         for idx, u in enumerate(self.uids):
-            info = present.get(u)
-            if info is not None and info.flags != self.flags.get(u):
-                self.flags[u] = info.flags
-                yield line(f"* {idx + 1} FETCH (UID {u} FLAGS ({self.flags_text(u, info.flags)}))")
-        yield from self._arrived([i for i in current if i.uid > self.max_uid])
+            fid = present.get(u)
+            if fid is not None and self._differs(idx, fid):
+                self.flag_ids[idx] = fid
+                out.append(f"* {idx + 1} FETCH (UID {u} FLAGS ({self.flags_text(u, self.flagsets[fid])}))")
+        yield from _batched(out)
+        lo = bisect.bisect_right(snap.uids, self.max_uid)
+        yield from self._arrived(snap.uids[lo:], snap.flag_ids[lo:])
+
+
+def _batched(texts: list[str]) -> Iterator[Output]:
+    for start in range(0, len(texts), LINES_PER_RESPONSE):
+        yield lines(texts[start:start + LINES_PER_RESPONSE])

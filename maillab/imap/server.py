@@ -35,7 +35,7 @@ from ..services import Service, register
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser, parse_tag
 from .responses import Delay, Notice, Output, Response
 from .session import IMAPSession
-from .verbs import Append, Copy, Fetch, Search
+from .verbs import Append, Close, Copy, Expunge, Fetch, Search, Select, Status, Store
 
 log = logging.getLogger("maillab.imap")
 
@@ -51,10 +51,13 @@ RECORD_RESPONSES = 100
 #: How often an IDLE session looks for changes nobody announced (mutt, cp, POP3).
 IDLE_POLL = 1.0
 #: Commands whose work may be heavy (parsing a 25 MB message of 10,000 parts for
-#: BODYSTRUCTURE, SEARCH BODY over every body, storing a large APPEND or COPY): they
-#: run on a worker thread, so the lab loop keeps answering other sessions meanwhile.
-#: Move is a Copy. Everything else is light and runs inline on the loop.
-OFFLOADED = (Fetch, Search, Append, Copy)
+#: BODYSTRUCTURE, SEARCH BODY over every body, storing a large APPEND or COPY,
+#: indexing a 100,000-file Maildir on its first SELECT, STORE or EXPUNGE of 1:*):
+#: they run on a worker thread, so the lab loop keeps answering other sessions
+#: meanwhile. Move is a Copy, Examine a Select. Everything else is light and runs
+#: inline on the loop, where it never waits for a mailbox another thread holds
+#: (see ``IMAPSession.on_loop``).
+OFFLOADED = (Fetch, Search, Append, Copy, Select, Status, Store, Expunge, Close)
 #: Worker threads for :data:`OFFLOADED` commands (the GIL serialises Python anyway;
 #: the point is that the loop gets a turn every switch interval).
 WORKERS = 2
@@ -198,8 +201,10 @@ class IMAPServer(LineServer):
                     if reply_closes(fault):
                         return DROPPED
                     continue
+            offload = isinstance(result, OFFLOADED)
+            session.on_loop = not offload
             outputs = session.execute(result)
-            if isinstance(result, OFFLOADED):
+            if offload:
                 outputs = self._on_worker(outputs)
             await self._send(conn, rec, outputs,
                              tag=result.tag if isinstance(result, Command) else None)
@@ -411,6 +416,9 @@ class _Recorder:
         self.skipped_octets = 0
 
     def __call__(self, resp: Response) -> None:
+        if resp.count > 1:
+            self._batch(resp)
+            return
         if resp.parts[0][:2] == b"* ":
             self.untagged += 1
             if self.untagged > RECORD_RESPONSES:
@@ -419,6 +427,22 @@ class _Recorder:
                 return
         self.flush()
         _record(self.rec, resp)
+
+    def _batch(self, resp: Response) -> None:
+        """A batch of untagged lines (:func:`~maillab.imap.responses.lines`): each
+        recorded as its own response while there is room, the rest counted."""
+        data = resp.data
+        room = min(max(0, RECORD_RESPONSES - self.untagged), resp.count)
+        self.untagged += resp.count
+        if room:
+            self.flush()
+            pieces = data.split(b"\r\n", room)
+            for piece in pieces[:room]:
+                self.rec.server_line(piece.decode("utf-8", "replace"))
+            data = pieces[room] if len(pieces) > room else b""
+        if resp.count > room:
+            self.skipped += resp.count - room
+            self.skipped_octets += len(data)
 
     def flush(self) -> None:
         if self.skipped:

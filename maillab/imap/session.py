@@ -69,6 +69,9 @@ class IMAPSession:
         self.auth_failures = 0
         self.pending_tag: str | None = None  # the tag of IDLE or AUTHENTICATE in progress
         self.counted = False  # holds one of the user's imap_connections_per_user slots
+        #: The driver runs the current command on the lab loop (not a worker thread):
+        #: then its updates never wait for a mailbox that another thread holds.
+        self.on_loop = False
 
     # -- capabilities ---------------------------------------------------------------
     def capabilities(self) -> list[str]:
@@ -204,4 +207,4 @@ class IMAPSession:
             self.selected = None
             self.action = "close"
             return
-        yield from view.catch_up(allow_expunge)
+        yield from view.catch_up(allow_expunge, wait=not self.on_loop)

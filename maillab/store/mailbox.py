@@ -4,18 +4,26 @@ The Maildir (``new/``, ``cur/``, ``tmp/``) is the truth for *which* messages
 exist, so real tools (mutt, Dovecot, ``ls``) can read and even change it. The
 index beside it (``maillab-index.sqlite``) adds what IMAP needs and a Maildir
 cannot hold: a UIDVALIDITY, a UID per message that is never reused, keywords, and
-cached parse results (envelope, body structure) so FETCH never re-parses.
+cached parse results (envelope, body structure) so FETCH never re-parses. In
+memory the index is a :class:`~maillab.store.table.MessageTable` (a few compact
+columns, not an object per message).
 
 Delivery is atomic: the message is written in ``tmp/`` and renamed into
 ``new/``; a crash mid-write leaves only a file in ``tmp/`` that no reader lists.
 
 Standard flags are mirrored in the file name (``:2,FRS``, the Maildir "info"),
 so flags set over IMAP show up in mutt and the other way round.
+
+Files that arrive from outside (a Maildir copied in, mutt, Dovecot) are indexed
+from their directory entries alone, as Dovecot does: UIDs in delivery order of
+their names, flags from the info, sizes from ``S=``/``W=`` when the name has them.
+What the name does not tell (the CRLF size, the arrival date) is read from the
+file the first time someone asks, outside the lock, and kept.
 """
 
 from __future__ import annotations
 
-import gc
+import bisect
 import itertools
 import json
 import os
@@ -23,30 +31,28 @@ import socket
 import sqlite3
 import threading
 import time
+from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from .dirsync import CHANGE_LOG_SIZE, INLINE_SYNC_MAX, DirectorySync, collector_paused
+from .filenames import info_letters
+from .measure import Measuring, crlf_size, to_crlf
+from .table import CUR, NEW, STATES, SUBDIRS, UNKNOWN_DATE, MessageTable
+
+__all__ = ["CHANGE_LOG_SIZE", "Mailbox", "MessageInfo", "Snapshot", "count_above", "crlf_size",
+           "to_crlf"]
 
 INDEX_FILE = "maillab-index.sqlite"
 
-#: IMAP system flags <-> Maildir info letters (https://cr.yp.to/proto/maildir.html).
-FLAG_LETTERS = {
-    "\\Draft": "D",
-    "\\Flagged": "F",
-    "$Forwarded": "P",
-    "\\Answered": "R",
-    "\\Seen": "S",
-    "\\Deleted": "T",
-}
-LETTER_FLAGS = {v: k for k, v in FLAG_LETTERS.items()}
+#: Messages changed (renamed, removed, measured) per hold of the mailbox lock: a
+#: STORE or EXPUNGE of 100,000 messages lets other sessions in between batches.
+BATCH = 512
 
-#: How many recent changes a mailbox remembers for its readers (IMAP sessions
-#: catching up). A reader further behind than this rescans the whole mailbox once.
-CHANGE_LOG_SIZE = 20_000
-
+_KINDS = ("new", "flags", "gone")
 _counter = itertools.count(1)
 _HOSTNAME = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
@@ -69,57 +75,24 @@ class MessageInfo:
         return f"{self.subdir}/{self.filename}"
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Build many long-lived objects without the cyclic garbage collector: loading
-    100,000 index rows would otherwise set off a full collection every few
-    thousand allocations (3.3 s instead of 1.0 s here), and none of them is garbage."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+class Snapshot(NamedTuple):
+    """Every message's UID and flags at one moment (what an IMAP SELECT starts from):
+    two fresh arrays, and the mailbox's table of flag sets they number into."""
+
+    uids: array[int]
+    flag_ids: array[int]
+    flagsets: list[frozenset[str]]  # append-only: shared, never copied
+    changes: int  # the change number this snapshot is at
+    uidnext: int
 
 
-def crlf_size(data: bytes) -> int:
-    """Size of ``data`` once every bare LF is written as CRLF."""
-    return len(data) + data.count(b"\n") - data.count(b"\r\n")
-
-
-def to_crlf(data: bytes) -> bytes:
-    """Every line ending as CRLF (files written by other tools often use bare LF)."""
-    if data.count(b"\n") == data.count(b"\r\n"):
-        return data
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
-def _sizes_from_key(key: str) -> tuple[int | None, int | None]:
-    """The ``,S=<size>`` and ``,W=<CRLF size>`` a Maildir name may carry."""
-    size = crlf = None
-    for part in key.split(",")[1:]:
-        if part.startswith("S=") and part[2:].isdigit():
-            size = int(part[2:])
-        elif part.startswith("W=") and part[2:].isdigit():
-            crlf = int(part[2:])
-    return size, crlf
-
-
-def _info_for(flags: Iterable[str]) -> str:
-    return "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
-
-
-def _flags_from_filename(filename: str) -> set[str]:
-    if ":2," not in filename:
-        return set()
-    letters = filename.rsplit(":2,", 1)[1]
-    return {LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS}
-
-
-class Mailbox:
+class Mailbox(DirectorySync, Measuring):
     """A Maildir folder with its index. One instance per folder per process
-    (the :class:`~maillab.store.Store` hands them out), guarded by one lock."""
+    (the :class:`~maillab.store.Store` hands them out), guarded by one lock.
+
+    :attr:`table` may be read directly, under :attr:`lock`, by code that needs many
+    messages' UIDs and flags at once (IMAP FETCH FLAGS, SELECT).
+    """
 
     def __init__(self, path: Path, name: str, *, uidvalidity_source: Any = None) -> None:
         self.path = Path(path)
@@ -147,6 +120,8 @@ class Mailbox:
                 flags TEXT NOT NULL DEFAULT '',
                 cache TEXT
             );
+            CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
+                                                 data BLOB NOT NULL);
             """
         )
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -158,32 +133,53 @@ class Mailbox:
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         self.uidvalidity: int = int(meta["uidvalidity"])
         self.uidnext: int = int(meta["uidnext"])
-        self._messages: dict[int, MessageInfo] = {}
-        self._by_key: dict[str, int] = {}
-        # One shared frozenset per distinct flag list: a large mailbox has a handful.
-        flagsets: dict[str, frozenset[str]] = {}
-        with _collector_paused():
-            for uid, key, subdir, filename, size, crlf, date, flags in self._db.execute(
-                "SELECT uid, key, subdir, filename, size, crlf_size, internaldate, flags FROM messages"
-            ):
-                fs = flagsets.get(flags)
-                if fs is None:
-                    fs = flagsets[flags] = frozenset(f for f in flags.split(" ") if f)
-                self._messages[uid] = MessageInfo(uid, key, subdir, filename, size, crlf, date, fs)
-                self._by_key[key] = uid
+        #: The index in memory (read under :attr:`lock`).
+        self.table = MessageTable()
+        self._load()
         self._cache: dict[int, dict[str, Any]] = {}
+        # Sizes and dates learnt from files since the last write (persisted in batches:
+        # losing them in a crash only means measuring again).
+        self._measured: list[tuple[int, int, float, int]] = []
         # The change log: every insert, flag/file change and removal gets the next
         # number, so a reader that remembers the number it last saw learns what changed
-        # since (IMAP untagged updates) without looking at every message.
+        # since (IMAP untagged updates) without looking at every message. An entry is
+        # ``uid << 2 | kind`` (kind: an index into _KINDS).
         self.changes = 0
-        self._log: deque[tuple[int, str, int]] = deque(maxlen=CHANGE_LOG_SIZE)
+        self._log: deque[int] = deque(maxlen=CHANGE_LOG_SIZE)
         self._dir_stamp: tuple[int, int] | None = None
+        self._syncing = False  # a background sync is running
         # The directory times when this index last matched them (written at close):
         # unchanged means nothing was added, renamed or removed since, so a restart
         # skips the scan of every file name.
         if meta.get("dir-stamp") == "{} {}".format(*self._stamp()):
             self._dir_stamp = self._stamp()
         self.sync()
+
+    def _load(self) -> None:
+        """The index into memory: the snapshot the last clean close wrote (one blob,
+        then deleted: from the first change on, the rows are the truth), or row by row."""
+        row = self._db.execute("SELECT data FROM snapshot WHERE id = 1").fetchone()
+        if row is not None:
+            self._db.execute("DELETE FROM snapshot")
+            try:
+                table = MessageTable.from_bytes(row[0])
+                count, top = self._db.execute("SELECT count(*), max(uid) FROM messages").fetchone()
+                if count == len(table) and (top or 0) == (table.uids[-1] if table.live else 0):
+                    self.table = table
+                    return
+            except (ValueError, KeyError, TypeError):
+                pass  # not what close() wrote: the rows are the truth
+        table = self.table
+        flagsets: dict[str, frozenset[str]] = {}
+        with collector_paused():
+            for uid, key, subdir, filename, size, crlf, date, flags in self._db.execute(
+                "SELECT uid, key, subdir, filename, size, crlf_size, internaldate, flags"
+                " FROM messages ORDER BY uid"
+            ):
+                fs = flagsets.get(flags)
+                if fs is None:
+                    fs = flagsets[flags] = frozenset(f for f in flags.split(" ") if f)
+                table.append(uid, key, STATES[subdir], fs, size, crlf, date, filename)
 
     # -- index bookkeeping -------------------------------------------------------
     def _set_meta(self, key: str, value: Any) -> None:
@@ -198,173 +194,131 @@ class Mailbox:
         with self.lock:
             self._set_meta(key, value)
 
-    def _stamp(self) -> tuple[int, int]:
-        return (os.stat(self.path / "new").st_mtime_ns, os.stat(self.path / "cur").st_mtime_ns)
-
-    def _in_sync(self) -> bool:
-        return self._dir_stamp == self._stamp()
-
-    def _own_change_done(self, was_in_sync: bool) -> None:
-        # Our own rename/unlink changes the directory times; if nothing else had
-        # changed before it, the index is still complete and needs no rescan.
-        self._dir_stamp = self._stamp() if was_in_sync else None
-
-    def sync(self) -> bool:
-        """Reconcile the index with the directories: files added, renamed or
-        removed by other tools. Returns True when anything changed."""
-        with self.lock:
-            stamp = self._stamp()
-            if stamp == self._dir_stamp:
-                return False
-            on_disk: dict[str, tuple[str, str]] = {}
-            entries: dict[str, os.DirEntry[str]] = {}
-            for sub in ("new", "cur"):
-                for entry in os.scandir(self.path / sub):
-                    if entry.name.startswith("."):
-                        continue
-                    key = entry.name.split(":", 1)[0]
-                    on_disk[key] = (sub, entry.name)
-                    entries[key] = entry
-            changed = False
-            self._db.execute("BEGIN")
-            try:
-                for key, uid in list(self._by_key.items()):
-                    if key not in on_disk:
-                        self._forget(uid)
-                        changed = True
-                        continue
-                    sub, filename = on_disk[key]
-                    info = self._messages[uid]
-                    if (sub, filename) != (info.subdir, info.filename):
-                        # renamed by another tool: its flags are in the new name
-                        keywords = {f for f in info.flags if f not in FLAG_LETTERS}
-                        flags = frozenset(_flags_from_filename(filename) | keywords)
-                        self._replace(replace(info, subdir=sub, filename=filename, flags=flags))
-                        changed = True
-                new_keys = [k for k in on_disk if k not in self._by_key]
-                if new_keys:
-                    changed = True
-                    with _collector_paused():
-                        self._index_new(new_keys, on_disk, entries)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._dir_stamp = self._stamp()
-            return changed
-
-    def _index_new(self, keys: list[str], on_disk: dict[str, tuple[str, str]],
-                   entries: dict[str, os.DirEntry[str]]) -> None:
-        """Give UIDs to files found on disk, in arrival order (the file's mtime;
-        Maildir names start with the delivery time). A file is read only when its
-        name lacks the sizes (``,S=`` and ``,W=``, as Dovecot and we write them)."""
-        stats: dict[str, os.stat_result] = {}
-        for key in keys:
-            try:
-                stats[key] = entries[key].stat()
-            except FileNotFoundError:
-                continue  # removed while we looked: the next sync forgets it
-        ordered = sorted(stats, key=lambda k: (stats[k].st_mtime, k))
-        rows = []
-        for key in ordered:
-            sub, filename = on_disk[key]
-            size, crlf = _sizes_from_key(key)
-            if size != stats[key].st_size or crlf is None:
-                try:
-                    fd = os.open(entries[key].path, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue
-                try:
-                    data = os.read(fd, stats[key].st_size + 1)
-                finally:
-                    os.close(fd)
-                size, crlf = len(data), crlf_size(data)
-            uid = self.uidnext
-            self.uidnext += 1
-            flags = frozenset(_flags_from_filename(filename))
-            info = MessageInfo(uid, key, sub, filename, size, crlf, stats[key].st_mtime, flags)
-            self._messages[uid] = info
-            self._by_key[key] = uid
-            self._logged("new", uid)
-            rows.append((uid, key, sub, filename, size, crlf, info.internaldate, " ".join(sorted(flags))))
-        self._db.executemany(
-            "INSERT INTO messages (uid, key, subdir, filename, size, crlf_size, internaldate, flags)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        self._set_meta("uidnext", self.uidnext)
-
-    def _logged(self, kind: str, uid: int) -> None:
+    def _logged(self, kind: int, uid: int) -> None:
         self.changes += 1
-        self._log.append((self.changes, kind, uid))
+        self._log.append(uid << 2 | kind)
 
-    def changes_since(self, seen: int) -> list[tuple[str, int]] | None:
+    def changes_since(self, seen: int, inline: bool = True) -> list[tuple[str, int]] | None:
         """What changed after change number ``seen``: ("new" | "flags" | "gone", uid)
         in order, after picking up outside changes; None when the log no longer
-        reaches back that far (the caller rescans). Cost: the changes, not the mailbox."""
+        reaches back that far (the caller rescans). Cost: the changes, not the mailbox.
+
+        With ``inline`` false (the caller is the lab loop) outside changes to a large
+        mailbox are picked up by a background thread instead (comparing 100,000 file
+        names takes longer than the loop may stall): they show in a later call.
+        """
         with self.lock:
-            self.sync()
+            if inline or len(self.table) <= INLINE_SYNC_MAX:
+                self.sync()
+            else:
+                self._sync_in_background()
             behind = self.changes - seen
             if behind <= 0:
                 return []
             if behind > len(self._log):
                 return None
-            return [(kind, uid) for _, kind, uid in
+            return [(_KINDS[e & 3], e >> 2) for e in
                     itertools.islice(self._log, len(self._log) - behind, None)]
 
     def _insert(self, key: str, subdir: str, filename: str, size: int, crlf: int,
                 internaldate: float, flags: frozenset[str]) -> MessageInfo:
         uid = self.uidnext
         self.uidnext += 1
-        info = MessageInfo(uid, key, subdir, filename, size, crlf, internaldate, flags)
         self._db.execute(
             "INSERT INTO messages (uid, key, subdir, filename, size, crlf_size, internaldate, flags)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (uid, key, subdir, filename, size, crlf, internaldate, " ".join(sorted(flags))),
         )
         self._set_meta("uidnext", self.uidnext)
-        self._messages[uid] = info
-        self._by_key[key] = uid
-        self._logged("new", uid)
-        return info
+        self.table.append(uid, key, STATES[subdir], flags, size, crlf, internaldate, filename)
+        self._logged(0, uid)
+        return MessageInfo(uid, key, subdir, filename, size, crlf, internaldate, flags)
 
-    def _replace(self, info: MessageInfo) -> None:
+    def _move(self, slot: int, state: int, flags: frozenset[str], filename: str) -> None:
         self._db.execute(
             "UPDATE messages SET subdir = ?, filename = ?, flags = ? WHERE uid = ?",
-            (info.subdir, info.filename, " ".join(sorted(info.flags)), info.uid),
+            (SUBDIRS[state], filename, " ".join(sorted(flags)), self.table.uids[slot]),
         )
-        self._messages[info.uid] = info
-        self._logged("flags", info.uid)
+        self.table.move(slot, state, flags, filename)
+        self._logged(1, self.table.uids[slot])
 
-    def _forget(self, uid: int) -> None:
+    def _forget(self, slot: int) -> None:
+        uid = self.table.uids[slot]
         self._cache.pop(uid, None)
-        info = self._messages.pop(uid)
-        self._by_key.pop(info.key, None)
+        self.table.remove(slot)
         self._db.execute("DELETE FROM messages WHERE uid = ?", (uid,))
-        self._logged("gone", uid)
+        self._logged(2, uid)
+
+    def _info(self, slot: int) -> MessageInfo:
+        t = self.table
+        size, crlf, date = t.sizes[slot], t.crlf[slot], t.dates[slot]
+        # still unknown only when the file vanished before it could be measured
+        return MessageInfo(t.uids[slot], t.key(slot), SUBDIRS[t.state[slot]], t.filename(slot),
+                           max(size, 0), max(crlf, 0), date if date != UNKNOWN_DATE else 0.0,
+                           t.flagsets[t.flag_ids[slot]])
 
     # -- reading -----------------------------------------------------------------
     def messages(self) -> list[MessageInfo]:
-        """All messages in UID order (after picking up outside changes)."""
+        """All messages in UID order (after picking up outside changes), sizes and
+        dates complete (files indexed by name only are measured now)."""
         with self.lock:
             self.sync()
-            return [self._messages[u] for u in sorted(self._messages)]
+            unknown = [self.table.uids[s] for s in self.table.live_slots() if not self._known(s)]
+        self.measure(unknown)
+        with self.lock:
+            return [self._info(s) for s in self.table.live_slots()]
+
+    def snapshot(self) -> Snapshot:
+        """Every message's UID and flags now (after picking up outside changes)."""
+        with self.lock:
+            self.sync()
+            t = self.table
+            return Snapshot(t.live_uids(), t.live_flag_ids(), t.flagsets, self.changes, self.uidnext)
 
     def get(self, uid: int) -> MessageInfo | None:
+        """One message's index entry (measured first if the index lacks its sizes)."""
         with self.lock:
-            return self._messages.get(uid)
+            slot = self.table.slot(uid)
+            if slot is None:
+                return None
+            if self._known(slot):
+                return self._info(slot)
+        self.measure([uid])
+        with self.lock:
+            slot = self.table.slot(uid)
+            return None if slot is None else self._info(slot)
+
+    def flags(self, uid: int) -> frozenset[str] | None:
+        """The flags of ``uid`` (None when it does not exist): no file is looked at."""
+        with self.lock:
+            slot = self.table.slot(uid)
+            return None if slot is None else self.table.flagsets[self.table.flag_ids[slot]]
+
+    def uids_with_flag(self, flag: str) -> list[int]:
+        """The UIDs of the messages that have ``flag``, ascending."""
+        with self.lock:
+            t = self.table
+            having = {i for i, fs in enumerate(t.flagsets) if flag in fs}
+            return [t.uids[s] for s in t.live_slots() if t.flag_ids[s] in having]
+
+    def total_size(self) -> int:
+        """The sum of RFC822.SIZE over the mailbox (IMAP STATUS SIZE)."""
+        return sum(i.crlf_size for i in self.messages())
 
     def __len__(self) -> int:
         with self.lock:
-            return len(self._messages)
+            return len(self.table)
 
     def file_path(self, uid: int) -> Path:
-        info = self._messages[uid]
-        return self.path / info.subdir / info.filename
+        with self.lock:
+            slot = self.table.slot(uid)
+            if slot is None:
+                raise KeyError(uid)
+            return self.path / self.table.relpath(slot)
 
     def read(self, uid: int) -> bytes:
         """The message exactly as stored."""
-        with self.lock:
-            path = self.file_path(uid)
-        return path.read_bytes()
+        return self.file_path(uid).read_bytes()
 
     def read_crlf(self, uid: int) -> bytes:
         """The message with CRLF line endings, as the wire protocols send it."""
@@ -415,7 +369,7 @@ class Mailbox:
         if internaldate is not None:
             os.utime(tmp, (internaldate, internaldate))
         subdir = "cur" if flags else "new"
-        filename = f"{key}:2,{_info_for(flags)}" if flags else key
+        filename = f"{key}:2,{info_letters(flags)}" if flags else key
         with self.lock:
             was_in_sync = self._in_sync()
             try:
@@ -433,113 +387,136 @@ class Mailbox:
     def set_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
         """Replace the flags of ``uid``; standard flags go into the file name too."""
         with self.lock:
-            info = self._messages[uid]
-            flags = frozenset(flags)
-            if flags == info.flags:
-                return info
-            subdir, filename = info.subdir, info.filename
-            new_info_letters = _info_for(flags)
-            if _info_for(info.flags) != new_info_letters or subdir == "new":
-                filename = f"{info.key}:2,{new_info_letters}"
-                # Moving new/ -> cur/ is what "no longer new" means in Maildir.
-                was_in_sync = self._in_sync()
-                os.rename(self.path / info.subdir / info.filename, self.path / "cur" / filename)
-                subdir = "cur"
-                self._own_change_done(was_in_sync)
-            info = replace(info, subdir=subdir, filename=filename, flags=flags)
-            self._replace(info)
+            if self.table.slot(uid) is None:
+                raise KeyError(uid)
+            self.set_flags_many({uid: frozenset(flags)})
+            info = self.get(uid)
+            if info is None:
+                raise KeyError(uid)
             return info
 
     def set_flags_many(self, changes: dict[int, frozenset[str]]) -> dict[int, MessageInfo]:
-        """:meth:`set_flags` for many messages in one index transaction (IMAP STORE 1:*).
+        """:meth:`set_flags` for many messages (IMAP STORE 1:*), a batch per index
+        transaction. UIDs that no longer exist (or whose file another tool removed)
+        are left out of the result."""
+        done, _ = self.change_flags(changes, lambda old, wanted: wanted)
+        return {uid: info for uid in done if (info := self.get(uid)) is not None}
 
-        UIDs that no longer exist (or whose file another tool removed) are left
-        out of the result. Renames go through open directory handles and the
-        index rows are written with one statement: STORE on 2,000 messages is
-        2,000 renames and little else.
+    def change_flags(self, uids: Iterable[int] | dict[int, frozenset[str]],
+                     how: Any, arg: Any = None) -> tuple[dict[int, frozenset[str]], list[int]]:
+        """Set each message's flags to ``how(old flags, arg)`` (``arg``: the value in
+        ``uids`` when it is a dict), a batch of :data:`BATCH` messages per hold of the
+        lock and per index transaction, so the new flags are computed from the
+        current ones. Returns the flags now of every message still there, and the
+        UIDs whose flags changed.
+
+        Renames go through open directory handles and each batch's index rows are
+        written with one statement: a STORE is renames and little else.
         """
-        out: dict[int, MessageInfo] = {}
-        rows: list[tuple[str, str, str, int]] = []
-        with self.lock:
-            was_in_sync = self._in_sync()
-            dirs = {sub: os.open(self.path / sub, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-                    for sub in ("new", "cur")}
-            try:
-                for uid, wanted in changes.items():
-                    info = self._messages.get(uid)
-                    if info is None:
-                        continue
-                    flags = frozenset(wanted)
-                    if flags == info.flags:
-                        out[uid] = info
-                        continue
-                    subdir, filename = info.subdir, info.filename
-                    letters = _info_for(flags)
-                    if subdir == "new" or _info_for(info.flags) != letters:
-                        filename = f"{info.key}:2,{letters}"
-                        try:
-                            os.rename(info.filename, filename,
-                                      src_dir_fd=dirs[info.subdir], dst_dir_fd=dirs["cur"])
-                        except FileNotFoundError:
-                            was_in_sync = False  # changed behind our back: rescan next time
+        wanted = uids if isinstance(uids, dict) else None
+        order = list(uids)
+        out: dict[int, frozenset[str]] = {}
+        changed: list[int] = []
+        t = self.table
+        for start in range(0, len(order), BATCH):
+            rows: list[tuple[str, str, str, int]] = []
+            with self.lock:
+                was_in_sync = self._in_sync()
+                dirs = {sub: os.open(self.path / sub, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                        for sub in ("new", "cur")}
+                try:
+                    for uid in order[start:start + BATCH]:
+                        slot = t.slot(uid)
+                        if slot is None:
                             continue
-                        subdir = "cur"
-                    info = MessageInfo(uid, info.key, subdir, filename, info.size, info.crlf_size,
-                                       info.internaldate, flags)
-                    self._messages[uid] = info
-                    self._logged("flags", uid)
-                    rows.append((subdir, filename, " ".join(sorted(flags)), uid))
-                    out[uid] = info
-            finally:
-                for fd in dirs.values():
-                    os.close(fd)
-                # whatever was renamed is written to the index, even after an error
-                if rows:
-                    self._db.execute("BEGIN")
-                    try:
-                        self._db.executemany(
-                            "UPDATE messages SET subdir = ?, filename = ?, flags = ? WHERE uid = ?", rows)
-                        self._db.execute("COMMIT")
-                    except BaseException:
-                        self._db.execute("ROLLBACK")
-                        raise
-                self._own_change_done(was_in_sync)
-        return out
+                        old = t.flagsets[t.flag_ids[slot]]
+                        flags = frozenset(how(old, wanted[uid] if wanted is not None else arg))
+                        if flags == old:
+                            out[uid] = old
+                            continue
+                        state, filename = t.state[slot], t.filename(slot)
+                        letters = info_letters(flags)
+                        if state == NEW or info_letters(old) != letters:
+                            new_name = f"{t.key(slot)}:2,{letters}"
+                            try:
+                                os.rename(filename, new_name, src_dir_fd=dirs[SUBDIRS[state]],
+                                          dst_dir_fd=dirs["cur"])
+                            except FileNotFoundError:
+                                was_in_sync = False  # changed behind our back: rescan next time
+                                continue
+                            state, filename = CUR, new_name
+                        t.move(slot, state, flags, filename)
+                        self._logged(1, uid)
+                        rows.append((SUBDIRS[state], filename, " ".join(sorted(flags)), uid))
+                        out[uid] = flags
+                        changed.append(uid)
+                finally:
+                    for fd in dirs.values():
+                        os.close(fd)
+                    # whatever was renamed is written to the index, even after an error
+                    if rows:
+                        self._db.execute("BEGIN")
+                        try:
+                            self._db.executemany(
+                                "UPDATE messages SET subdir = ?, filename = ?, flags = ?"
+                                " WHERE uid = ?", rows)
+                            self._db.execute("COMMIT")
+                        except BaseException:
+                            self._db.execute("ROLLBACK")
+                            raise
+                    self._own_change_done(was_in_sync)
+        return out, changed
 
     def add_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
         with self.lock:
-            return self.set_flags(uid, self._messages[uid].flags | frozenset(flags))
+            current = self.flags(uid)
+            if current is None:
+                raise KeyError(uid)
+            return self.set_flags(uid, current | frozenset(flags))
 
     def remove_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
         with self.lock:
-            return self.set_flags(uid, self._messages[uid].flags - frozenset(flags))
+            current = self.flags(uid)
+            if current is None:
+                raise KeyError(uid)
+            return self.set_flags(uid, current - frozenset(flags))
 
-    def remove(self, uids: Iterable[int]) -> list[int]:
-        """Delete messages for good (POP3 UPDATE, IMAP EXPUNGE). Returns the UIDs removed."""
-        removed = []
-        with self.lock:
-            was_in_sync = self._in_sync()
-            self._db.execute("BEGIN")
-            try:
-                for uid in sorted(set(uids)):
-                    if uid not in self._messages:
-                        continue
-                    try:
-                        os.unlink(self.file_path(uid))
-                    except FileNotFoundError:
-                        pass
-                    self._forget(uid)
-                    removed.append(uid)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._own_change_done(was_in_sync)
+    def remove(self, uids: Iterable[int], unless: Any = None) -> list[int]:
+        """Delete messages for good (POP3 UPDATE, IMAP EXPUNGE), a batch per hold of
+        the lock and per index transaction; with ``unless``, not those whose flags
+        at that moment make ``unless(flags)`` true. Returns the UIDs removed."""
+        removed: list[int] = []
+        todo = sorted(set(uids))
+        t = self.table
+        for start in range(0, len(todo), BATCH):
+            with self.lock:
+                was_in_sync = self._in_sync()
+                self._db.execute("BEGIN")
+                try:
+                    for uid in todo[start:start + BATCH]:
+                        slot = t.slot(uid)
+                        if slot is None or unless and unless(t.flagsets[t.flag_ids[slot]]):
+                            continue
+                        try:
+                            os.unlink(os.path.join(self.path, t.relpath(slot)))
+                        except FileNotFoundError:
+                            pass
+                        self._forget(slot)
+                        removed.append(uid)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._own_change_done(was_in_sync)
+                t.maybe_compact()
         return removed
 
     def close(self) -> None:
         with self.lock:
             try:
+                self._save_measured()
+                self._db.execute("INSERT OR REPLACE INTO snapshot (id, data) VALUES (1, ?)",
+                                 (self.table.to_bytes(),))
                 if self._in_sync():
                     self._set_meta("dir-stamp", "{} {}".format(*self._stamp()))
                 else:
@@ -547,3 +524,8 @@ class Mailbox:
             except (OSError, sqlite3.Error):
                 pass  # the folder was deleted or renamed: nothing to remember
             self._db.close()
+
+
+def count_above(uids: array[int], mark: int) -> int:
+    """How many of the ascending ``uids`` are above ``mark``."""
+    return len(uids) - bisect.bisect_right(uids, mark)

@@ -7,10 +7,12 @@ ENABLE (RFC 5161, authenticated state only).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ...store import SPECIAL_USE, MailboxExists
+from ...store.mailbox import count_above
 from ...store.names import DELIMITER, is_inbox
 from ...store.subscriptions import save_subscriptions, subscriptions
 from ..flags import PERMANENT_FLAGS, SYSTEM_FLAGS, check_flags
@@ -52,16 +54,12 @@ def select(s: IMAPSession, cmd: Select) -> Iterator[Output]:
         raise No(f"[NONEXISTENT] no mailbox {name}")
     mb = s.mailbox(name)
     view = SelectedMailbox(mb, mb.name, readonly)
-    with mb.lock:
-        infos = mb.messages()
-        view.seen = mb.changes
-    view.uids = [i.uid for i in infos]
-    view.flags = {i.uid: i.flags for i in infos}
-    view.max_uid = max(view.max_uid, mb.uidnext - 1, view.uids[-1] if view.uids else 0)
-    view.recent = view.claim_recent(view.uids)
+    snap = mb.snapshot()
+    view.start(snap)
     s.selected = view
     s.set_state(State.SELECTED)
-    keywords = sorted({f for i in infos for f in i.flags if not f.startswith("\\")})
+    used = set(snap.flag_ids)
+    keywords = sorted({f for fid in used for f in snap.flagsets[fid] if not f.startswith("\\")})
     yield line(f"* FLAGS ({' '.join((*SYSTEM_FLAGS, *keywords))})")
     if readonly:
         yield line("* OK [PERMANENTFLAGS ()] read-only mailbox")
@@ -69,12 +67,11 @@ def select(s: IMAPSession, cmd: Select) -> Iterator[Output]:
         yield line(f"* OK [PERMANENTFLAGS ({' '.join(PERMANENT_FLAGS)})] flags permitted")
     yield line(f"* {len(view.uids)} EXISTS")
     yield line(f"* {len(view.recent)} RECENT")
-    for seq, info in enumerate(infos, 1):
-        if "\\Seen" not in info.flags:
-            yield line(f"* OK [UNSEEN {seq}] first unseen message")
-            break
+    unseen = [snap.flag_ids.index(fid) for fid in used if "\\Seen" not in snap.flagsets[fid]]
+    if unseen:
+        yield line(f"* OK [UNSEEN {min(unseen) + 1}] first unseen message")
     yield line(f"* OK [UIDVALIDITY {mb.uidvalidity}] UIDs valid")
-    yield line(f"* OK [UIDNEXT {mb.uidnext}] predicted next UID")
+    yield line(f"* OK [UIDNEXT {snap.uidnext}] predicted next UID")
     yield Notice("state", (s.state.value,), {"mailbox": mb.name})
     return f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {cmd.name} completed"
 
@@ -229,17 +226,23 @@ def status(s: IMAPSession, cmd: Status) -> Iterator[Output]:
     if not s.store.exists(s.user or "", name):
         raise No(f"[NONEXISTENT] no mailbox {name}")
     mb = s.mailbox(name)
-    infos = mb.messages()
+    snap = mb.snapshot()
     mark = int(mb.get_meta(RECENT_META, "0") or 0)
+    counts = Counter(snap.flag_ids)
+
+    def having(flag: str, present: bool) -> int:
+        return sum(n for fid, n in counts.items() if (flag in snap.flagsets[fid]) == present)
+
     values = {
-        "MESSAGES": len(infos),
-        "RECENT": sum(1 for i in infos if i.uid > mark),
-        "UIDNEXT": mb.uidnext,
+        "MESSAGES": len(snap.uids),
+        "RECENT": count_above(snap.uids, mark),
+        "UIDNEXT": snap.uidnext,
         "UIDVALIDITY": mb.uidvalidity,
-        "UNSEEN": sum(1 for i in infos if "\\Seen" not in i.flags),
-        "SIZE": sum(i.crlf_size for i in infos),
-        "DELETED": sum(1 for i in infos if "\\Deleted" in i.flags),
+        "UNSEEN": having("\\Seen", False),
+        "DELETED": having("\\Deleted", True),
     }
+    if "SIZE" in cmd.items:  # the only item that may need the files (sizes not yet known)
+        values["SIZE"] = mb.total_size()
     if s.selected is not None and s.selected.mailbox is mb:
         values["RECENT"] = len(s.selected.recent)
     items = " ".join(f"{k} {values[k]}" for k in cmd.items)

@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ...store import Mailbox, MessageInfo
+from ...store import Mailbox
 from ...store.reading import WIRE_ITEMS_MAX, caches, read_wire, remember
-from ..responses import No, Output, Response
+from ...store.table import UNKNOWN_DATE
+from ..responses import No, Output, Response, lines
 from ..selected_mailbox import SelectedMailbox
 from ..states import SELECTED_ONLY
 from ..verbs import Fetch, FetchItem
@@ -30,6 +31,12 @@ SEEN_BATCH = 256
 #: The items that need the message's bytes (not only the index and its cached summary).
 _DATA_ITEMS = ("RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODY[]")
 _SUMMARY_ITEMS = ("ENVELOPE", "BODY", "BODYSTRUCTURE")
+#: The items the index answers alone (RFC822.SIZE and INTERNALDATE once measured).
+_INDEX_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"})
+#: Messages per batch when only the index is needed: one hold of the mailbox lock
+#: and one response object (a block of lines) per batch.
+INDEX_BATCH = 1024
+_SEEN = frozenset({"\\Seen"})
 
 
 def internaldate_text(t: float) -> str:
@@ -77,7 +84,12 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
     else:
         message = None  # type: ignore[assignment]
     indexes = view.resolve(cmd.sequence_set, cmd.uid)
-    seen_set: dict[int, MessageInfo] = {}
+    if not sets_seen and all(i.name in _INDEX_ITEMS for i in items):
+        if (yield from _from_index(view, [i.name for i in items], indexes)):
+            raise No("[EXPUNGEISSUED] some of the requested messages no longer exist")
+        return None
+    needs_info = needs_data or any(i.name in ("RFC822.SIZE", "INTERNALDATE") for i in items)
+    seen_set: set[int] = set()
     for pos, idx in enumerate(indexes):
         if sets_seen and pos % SEEN_BATCH == 0:
             # \Seen for the next messages in one index transaction, just before
@@ -85,18 +97,19 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
             seen_set = _set_seen(view, indexes[pos:pos + SEEN_BATCH])
             seen_changed = seen_changed or bool(seen_set)
         uid = view.uids[idx]
-        info = mb.get(uid)
-        if info is None:
+        info = mb.get(uid) if needs_info else None
+        flags_now = info.flags if info is not None else mb.flags(uid)
+        if flags_now is None:
             missing = True
             continue
         data: bytes | None = None
         if needs_data:
+            assert info is not None
             try:
                 data = read_wire(mb, info)
             except FileNotFoundError:
                 missing = True
                 continue
-        flags_now = info.flags
         extra_flags = uid in seen_set and not wants_flags  # RFC 3501 6.4.5: report the \Seen we set
         buf = bytearray(b"* %d FETCH (" % (idx + 1))
         parts: list[bytes] = []
@@ -111,10 +124,12 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
                 buf += b"UID %d" % uid
             elif name == "FLAGS":
                 buf += ("FLAGS (" + view.flags_text(uid, flags_now) + ")").encode()
-                view.flags[uid] = flags_now
+                view.report(idx, flags_now)
             elif name == "RFC822.SIZE":
+                assert info is not None
                 buf += b"RFC822.SIZE %d" % info.crlf_size
             elif name == "INTERNALDATE":
+                assert info is not None
                 buf += ("INTERNALDATE " + internaldate_text(info.internaldate)).encode()
             elif name in _SUMMARY_ITEMS:
                 item_bytes = wire_items.get((uid, name))
@@ -153,7 +168,7 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
         else:
             if extra_flags:
                 buf += (" FLAGS (" + view.flags_text(uid, flags_now) + ")").encode()
-                view.flags[uid] = flags_now
+                view.report(idx, flags_now)
             buf += b")\r\n"
             parts.append(bytes(buf))
             yield Response(tuple(parts), tuple(literals))
@@ -164,16 +179,60 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
     return None
 
 
-def _set_seen(view: SelectedMailbox, indexes: list[int]) -> dict[int, MessageInfo]:
+def _set_seen(view: SelectedMailbox, indexes: list[int]) -> set[int]:
     """Add \\Seen to those of these messages that lack it; returns the ones changed."""
+    _, changed = view.mailbox.change_flags([view.uids[i] for i in indexes],
+                                           lambda old, seen: old | seen, _SEEN)
+    return set(changed)
+
+
+def _from_index(view: SelectedMailbox, names: list[str], indexes: list[int]) -> Iterator[Output]:
+    """FETCH of index items only (``1:* (UID FLAGS)``, what a client syncing flags
+    asks): a batch of messages per lock hold, formatted straight into one block
+    of lines. Returns whether some messages were expunged meanwhile."""
     mb = view.mailbox
-    with mb.lock:
-        wanted: dict[int, frozenset[str]] = {}
-        for idx in indexes:
-            info = mb.get(view.uids[idx])
-            if info is not None and "\\Seen" not in info.flags:
-                wanted[info.uid] = info.flags | {"\\Seen"}
-        return mb.set_flags_many(wanted) if wanted else {}
+    t = mb.table
+    uids = view.uids
+    measured = "RFC822.SIZE" in names or "INTERNALDATE" in names
+    uid_flags = names in (["UID", "FLAGS"], ["FLAGS", "UID"])
+    missing = False
+    for start in range(0, len(indexes), INDEX_BATCH):
+        batch = indexes[start:start + INDEX_BATCH]
+        if measured:
+            mb.measure([uids[i] for i in batch])
+        out: list[str] = []
+        with mb.lock:
+            flagsets, flag_ids, reported = t.flagsets, t.flag_ids, view.flag_ids
+            for idx in batch:
+                uid = uids[idx]
+                slot = t.slot(uid)
+                if slot is None:
+                    missing = True
+                    continue
+                fid = flag_ids[slot]
+                if uid_flags:
+                    reported[idx] = fid
+                    out.append(f"* {idx + 1} FETCH (UID {uid} FLAGS ({view.flags_text(uid, flagsets[fid])}))"
+                               if names[0] == "UID" else
+                               f"* {idx + 1} FETCH (FLAGS ({view.flags_text(uid, flagsets[fid])}) UID {uid})")
+                    continue
+                parts = []
+                for name in names:
+                    if name == "UID":
+                        parts.append(f"UID {uid}")
+                    elif name == "FLAGS":
+                        reported[idx] = fid
+                        parts.append(f"FLAGS ({view.flags_text(uid, flagsets[fid])})")
+                    elif name == "RFC822.SIZE":
+                        parts.append(f"RFC822.SIZE {max(t.crlf[slot], 0)}")
+                    else:
+                        date = t.dates[slot]
+                        parts.append("INTERNALDATE " + internaldate_text(
+                            date if date != UNKNOWN_DATE else 0.0))
+                out.append(f"* {idx + 1} FETCH ({' '.join(parts)})")
+        if out:
+            yield lines(out)
+    return missing
 
 
 def _no_nul(data: bytes) -> bytes:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from ...store import Mailbox
 from ..flags import check_flags
-from ..responses import No, Notice, Output, line
+from ..responses import No, Notice, Output, line, lines
+from ..selected_mailbox import LINES_PER_RESPONSE
 from ..states import SELECTED_ONLY, State
 from ..verbs import Check, Close, Copy, Expunge, Move, Store, Unselect
 
@@ -34,10 +35,11 @@ def _expunge_deleted(s: IMAPSession, only: set[int] | None = None) -> list[int]:
     if view.readonly:
         raise No(READ_ONLY)
     mb = view.mailbox
-    with mb.lock:
-        doomed = [i.uid for i in mb.messages()
-                  if "\\Deleted" in i.flags and (only is None or i.uid in only)]
-        removed = mb.remove(doomed)
+    mb.sync()
+    doomed = [u for u in mb.uids_with_flag("\\Deleted") if only is None or u in only]
+    # Only what is still \Deleted when its batch is removed (another session may
+    # have taken the flag off meanwhile).
+    removed = mb.remove(doomed, unless=lambda flags: "\\Deleted" not in flags)
     if removed:
         s.on_change(s.user or "", view.name)
     return removed
@@ -83,33 +85,41 @@ def store(s: IMAPSession, cmd: Store) -> Iterator[Output]:
     mb = view.mailbox
     missing = False
     indexes = view.resolve(cmd.sequence_set, cmd.uid)
-    with mb.lock:
-        wanted: dict[int, frozenset[str]] = {}
-        for idx in indexes:
-            uid = view.uids[idx]
-            info = mb.get(uid)
-            if info is None:
-                continue
-            new = (info.flags | flags if mode == "+" else info.flags - flags if mode == "-"
-                   else flags)
-            if new != info.flags:
-                wanted[uid] = new
-        changed = mb.set_flags_many(wanted) if wanted else {}
+    how = _add_flags if mode == "+" else _remove_flags if mode == "-" else _replace_flags
+    now, changed = mb.change_flags([view.uids[i] for i in indexes], how, flags)
+    out: list[str] = []
+    uid_part = "UID {} " if cmd.uid else ""
     for idx in indexes:
         uid = view.uids[idx]
-        info = changed.get(uid) or mb.get(uid)
-        if info is None:
+        new = now.get(uid)
+        if new is None:
             missing = True
             continue
-        view.flags[uid] = info.flags
+        view.report(idx, new)
         if not silent:
-            uid_part = f"UID {uid} " if cmd.uid else ""
-            yield line(f"* {idx + 1} FETCH ({uid_part}FLAGS ({view.flags_text(uid, info.flags)}))")
+            out.append(f"* {idx + 1} FETCH ({uid_part.format(uid)}FLAGS ({view.flags_text(uid, new)}))")
+        if len(out) >= LINES_PER_RESPONSE:
+            yield lines(out)
+            out = []
+    if out:
+        yield lines(out)
     if changed:
         s.on_change(s.user or "", view.name)
     if missing:
         raise No("[EXPUNGEISSUED] some of the messages were expunged by another session")
     return None
+
+
+def _add_flags(old: frozenset[str], flags: frozenset[str]) -> frozenset[str]:
+    return old | flags
+
+
+def _remove_flags(old: frozenset[str], flags: frozenset[str]) -> frozenset[str]:
+    return old - flags
+
+
+def _replace_flags(old: frozenset[str], flags: frozenset[str]) -> frozenset[str]:
+    return flags
 
 
 def _target(s: IMAPSession, raw: bytes) -> Mailbox:
@@ -132,7 +142,7 @@ def _copy(s: IMAPSession, cmd: Copy) -> Iterator[Output]:
             continue
         try:
             data = view.mailbox.read(uid)
-        except FileNotFoundError:
+        except (KeyError, FileNotFoundError):
             continue
         new = target.add(data, info.flags, info.internaldate)
         src_uids.append(uid)

@@ -1,0 +1,253 @@
+"""The index of one mailbox in memory: one compact column per field, rows in UID order.
+
+A 100,000-message mailbox held as a Python object per message costs ~1 KB a
+message and a copy of every object per IMAP SELECT. Here each field is one
+``array`` (4 or 8 bytes a message), the file-name keys share one ``bytearray``,
+and flag sets are interned: a message's flags are a small number into
+:attr:`MessageTable.flagsets` (a large mailbox has a handful of distinct sets).
+A session's view copies two arrays (a ``memcpy``), not 100,000 objects.
+
+Rows are appended in UID order (UIDs only grow) and a removed row becomes a hole
+(state 0) until holes outnumber the live rows; then the columns are compacted.
+A row's number (its *slot*) is therefore only stable while the mailbox lock is
+held; callers outside the store speak UIDs.
+
+Sizes and the arrival date may be *unknown* (:data:`UNKNOWN`, :data:`UNKNOWN_DATE`):
+indexing a new Maildir lists directory entries only, like Dovecot, and the
+mailbox fills them in from the file the first time someone asks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from array import array
+from collections.abc import Iterator
+from itertools import accumulate, compress, islice
+
+from .filenames import info_letters
+
+#: A size (on disk or CRLF) not known yet: the file has not been read.
+UNKNOWN = -1
+#: An arrival date not known yet: the file has not been looked at (stat).
+UNKNOWN_DATE = float("-inf")
+
+#: Row states: where the file is (Maildir ``new/`` or ``cur/``), or removed.
+GONE, NEW, CUR = 0, 1, 2
+SUBDIRS = {NEW: "new", CUR: "cur"}
+STATES = {"new": NEW, "cur": CUR}
+
+class MessageTable:
+    """The index rows of one mailbox, column by column (see the module docstring)."""
+
+    __slots__ = ("uids", "state", "flag_ids", "sizes", "crlf", "dates", "_key_ends", "_keys",
+                 "odd_names", "flagsets", "letters", "_flag_id", "live")
+
+    def __init__(self) -> None:
+        self.uids = array("I")
+        self.state = bytearray()
+        self.flag_ids = array("I")
+        self.sizes = array("q")
+        self.crlf = array("q")
+        self.dates = array("d")
+        self._key_ends = array("Q")  # where each row's key ends in _keys
+        self._keys = bytearray()
+        #: File names that are not the usual ``key`` (new/) or ``key:2,<letters>`` (cur/),
+        #: by UID: files renamed by other tools (unsorted or unknown info letters).
+        self.odd_names: dict[int, str] = {}
+        #: Every distinct flag set seen, by number (append-only: numbers never change).
+        self.flagsets: list[frozenset[str]] = []
+        #: The Maildir info letters of each flag set, by number.
+        self.letters: list[str] = []
+        self._flag_id: dict[frozenset[str], int] = {}
+        self.live = 0
+
+    # -- flag sets ---------------------------------------------------------------------
+    def flag_id(self, flags: frozenset[str]) -> int:
+        """The number of this flag set (interned on first use)."""
+        fid = self._flag_id.get(flags)
+        if fid is None:
+            fid = self._flag_id[flags] = len(self.flagsets)
+            self.flagsets.append(flags)
+            self.letters.append(info_letters(flags))
+        return fid
+
+    # -- rows --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.live
+
+    @property
+    def holes(self) -> int:
+        return len(self.uids) - self.live
+
+    def append(self, uid: int, key: str, state: int, flags: frozenset[str], size: int,
+               crlf: int, date: float, filename: str | None = None) -> None:
+        """A new row; ``uid`` must be above every UID in the table."""
+        if self.uids and uid <= self.uids[-1]:
+            raise ValueError(f"UID {uid} is not above the last UID {self.uids[-1]}")
+        self.uids.append(uid)
+        self.state.append(state)
+        fid = self.flag_id(flags)
+        self.flag_ids.append(fid)
+        self.sizes.append(size)
+        self.crlf.append(crlf)
+        self.dates.append(date)
+        self._keys += key.encode("utf-8", "surrogateescape")
+        self._key_ends.append(len(self._keys))
+        if filename is not None and filename != self.usual_name(key, state, fid):
+            self.odd_names[uid] = filename
+        self.live += 1
+
+    def extend(self, uids: list[int], keys: list[str], states: bytes, flag_ids: list[int],
+               sizes: list[int], crlf: list[int], date: float, odd_names: dict[int, str]) -> None:
+        """Many new rows at once (a Maildir indexed from its file names), ascending
+        UIDs above every UID in the table; ``flag_ids`` from :meth:`flag_id`."""
+        if not uids:
+            return
+        if self.uids and uids[0] <= self.uids[-1]:
+            raise ValueError(f"UID {uids[0]} is not above the last UID {self.uids[-1]}")
+        self.uids.extend(uids)
+        self.state += states
+        self.flag_ids.extend(flag_ids)
+        self.sizes.extend(sizes)
+        self.crlf.extend(crlf)
+        self.dates.extend(array("d", [date]) * len(uids))
+        base = len(self._keys)
+        encoded = [k.encode("utf-8", "surrogateescape") for k in keys]
+        self._keys += b"".join(encoded)
+        self._key_ends.extend(islice(accumulate(map(len, encoded), initial=base), 1, None))
+        self.odd_names.update(odd_names)
+        self.live += len(uids)
+
+    def slot(self, uid: int) -> int | None:
+        """The row of a live ``uid`` (valid while the mailbox lock is held)."""
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid and self.state[i]:
+            return i
+        return None
+
+    def key(self, slot: int) -> str:
+        start = self._key_ends[slot - 1] if slot else 0
+        return self._keys[start:self._key_ends[slot]].decode("utf-8", "surrogateescape")
+
+    def usual_name(self, key: str, state: int, fid: int) -> str:
+        return key if state == NEW else f"{key}:2,{self.letters[fid]}"
+
+    def filename(self, slot: int) -> str:
+        odd = self.odd_names.get(self.uids[slot])
+        return odd if odd is not None else self.usual_name(self.key(slot), self.state[slot],
+                                                           self.flag_ids[slot])
+
+    def relpath(self, slot: int) -> str:
+        return f"{SUBDIRS[self.state[slot]]}/{self.filename(slot)}"
+
+    def move(self, slot: int, state: int, flags: frozenset[str], filename: str) -> None:
+        """The row's file now lives at ``state``/``filename`` with these flags."""
+        fid = self.flag_id(flags)
+        self.state[slot] = state
+        self.flag_ids[slot] = fid
+        uid = self.uids[slot]
+        if filename == self.usual_name(self.key(slot), state, fid):
+            self.odd_names.pop(uid, None)
+        else:
+            self.odd_names[uid] = filename
+
+    def remove(self, slot: int) -> None:
+        self.state[slot] = GONE
+        self.odd_names.pop(self.uids[slot], None)
+        self.live -= 1
+
+    def live_slots(self) -> Iterator[int]:
+        """The slots of live rows, in UID order."""
+        if not self.holes:
+            return iter(range(len(self.uids)))
+        return compress(range(len(self.uids)), self.state)
+
+    def live_uids(self) -> array[int]:
+        """Every live UID, ascending: a new array (a memcpy when there are no holes)."""
+        return self.uids[:] if not self.holes else array("I", compress(self.uids, self.state))
+
+    def live_flag_ids(self) -> array[int]:
+        """The flag-set number of every live row, in UID order (a new array)."""
+        if not self.holes:
+            return self.flag_ids[:]
+        return array("I", compress(self.flag_ids, self.state))
+
+    def keys_by_slot(self) -> dict[str, int]:
+        """Key -> slot of every live row (a sync that compares with the directories)."""
+        ends = self._key_ends
+        keys = self._keys.decode("utf-8", "surrogateescape") if self._keys.isascii() else None
+        out: dict[str, int] = {}
+        start = 0
+        for slot, end in enumerate(ends):
+            if self.state[slot]:
+                out[keys[start:end] if keys is not None else self.key(slot)] = slot
+            start = end
+        return out
+
+    def compact(self) -> None:
+        """Drop the holes left by removed rows (slots change)."""
+        if not self.holes:
+            return
+        keep = bytes(self.state)
+        ends, keys = self._key_ends, self._keys
+        new_keys = bytearray()
+        new_ends = array("Q")
+        start = 0
+        for slot, end in enumerate(ends):
+            if keep[slot]:
+                new_keys += keys[start:end]
+                new_ends.append(len(new_keys))
+            start = end
+        self._keys, self._key_ends = new_keys, new_ends
+        self.uids = array("I", compress(self.uids, keep))
+        self.flag_ids = array("I", compress(self.flag_ids, keep))
+        self.sizes = array("q", compress(self.sizes, keep))
+        self.crlf = array("q", compress(self.crlf, keep))
+        self.dates = array("d", compress(self.dates, keep))
+        self.state = bytearray(compress(self.state, keep))
+
+    def maybe_compact(self) -> None:
+        """Compact once holes outnumber live rows (amortised: each removal pays O(1))."""
+        if self.holes > max(1024, self.live):
+            self.compact()
+
+    # -- on disk: the whole table as one blob (a restart loads it instead of every row) --
+    _COLUMNS = ("uids", "state", "flag_ids", "sizes", "crlf", "dates", "_key_ends", "_keys")
+
+    def to_bytes(self) -> bytes:
+        """The table as one blob: a JSON header (column lengths, flag sets, odd names)
+        and the columns' bytes. Compacted first."""
+        self.compact()
+        columns = [getattr(self, name) for name in self._COLUMNS]
+        head = {"lengths": [len(c) if isinstance(c, bytearray) else len(c) * c.itemsize
+                            for c in columns],
+                "flagsets": [sorted(f) for f in self.flagsets],
+                "odd": [[u, n] for u, n in self.odd_names.items()]}
+        return b"".join([json.dumps(head).encode("utf-8", "surrogateescape"), b"\0",
+                         *(bytes(c) if isinstance(c, bytearray) else c.tobytes() for c in columns)])
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> MessageTable:
+        """The table :meth:`to_bytes` wrote (ValueError if the blob does not add up)."""
+        end = blob.index(b"\0")
+        head = json.loads(blob[:end].decode("utf-8", "surrogateescape"))
+        table = cls()
+        for fs in head["flagsets"]:
+            table.flag_id(frozenset(fs))
+        table.odd_names = {int(u): n for u, n in head["odd"]}
+        at = end + 1
+        for name, length in zip(cls._COLUMNS, head["lengths"], strict=True):
+            chunk = blob[at:at + length]
+            at += length
+            column = getattr(table, name)
+            if isinstance(column, bytearray):
+                column += chunk
+            else:
+                column.frombytes(chunk)
+        if at != len(blob) or len({len(table.uids), len(table.state), len(table.flag_ids),
+                                   len(table.sizes), len(table.crlf), len(table.dates),
+                                   len(table._key_ends)}) != 1:
+            raise ValueError("index snapshot does not add up")
+        table.live = len(table.state) - table.state.count(0)
+        return table
