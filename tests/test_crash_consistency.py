@@ -63,6 +63,10 @@ class Ledger:
     def __init__(self) -> None:
         self.delivered: set[str] = set()  # subjects acknowledged by SMTP 250 or APPEND OK
         self.deleted: set[str] = set()  # subjects whose EXPUNGE or POP3 UPDATE was acknowledged
+        # subjects whose deletion was asked for (\Deleted stored, DELE sent): a kill before
+        # the acknowledgement may leave them either way (an EXPUNGE also removes the
+        # \Deleted of an earlier round), so they do not count as lost
+        self.deleting: set[str] = set()
         self.moved: set[str] = set()  # subjects whose MOVE to Archive was acknowledged
         self.uids: dict[tuple[str, int], str] = {}  # (mailbox, UID) -> subject
         self.uidvalidity: dict[str, set[int]] = {}  # mailbox -> every UIDVALIDITY seen
@@ -124,6 +128,7 @@ def _imap_worker(services: dict, ledger: Ledger, round_: int, stop: threading.Ev
             typ, found = c.uid("SEARCH", "SUBJECT", subject)
             uids = found[0].split()
             if uids:
+                ledger.deleting.add(subject)
                 c.uid("STORE", uids[0].decode(), "+FLAGS.SILENT", "(\\Deleted)")
                 typ, _ = c.expunge()
                 if typ == "OK":
@@ -144,6 +149,7 @@ def _pop3_worker(services: dict, ledger: Ledger, stop: threading.Event) -> None:
             if m and m.group(1).startswith(b"smtp-"):
                 c.dele(n)
                 doomed.append(m.group(1).decode())
+        ledger.deleting.update(doomed)
         resp = c.quit()
         if resp.startswith(b"+OK"):  # UPDATE done: the DELEs are acknowledged
             ledger.deleted.update(doomed)
@@ -203,7 +209,7 @@ def _check_directory(directory: Path, ledger: Ledger) -> None:
         assert not not_moved, f"MOVE acknowledged but not in Archive: {sorted(not_moved)}"
         twice = {s for s, n in subjects.items() if n > 1}
         assert not twice, f"stored twice: {twice}"
-        missing = ledger.delivered - ledger.deleted - set(subjects)
+        missing = ledger.delivered - ledger.deleted - ledger.deleting - set(subjects)
         assert not missing, f"acknowledged but lost: {sorted(missing)}"
         ghosts = ledger.deleted & set(subjects)
         assert not ghosts, f"deletion acknowledged but still there: {sorted(ghosts)}"
