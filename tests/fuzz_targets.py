@@ -350,7 +350,9 @@ def _imap_response_seeds() -> list[bytes]:
             b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII" "NAME" "cc.diff") "<960723163407.20117h@cac.washington.edu>" '
             b'"Compiler diff" "BASE64" 4554 73) "MIXED"))',
             b"3 (UID 9 BODY[HEADER.FIELDS (SUBJECT)]<0> {12}\r\nSubject: x\r\n)",
-            b'(\\HasNoChildren \\Sent) "/" Sent', b'() NIL "&AOQ-"']
+            b'(\\HasNoChildren \\Sent) "/" Sent', b'() NIL "&AOQ-"',
+            # found: unbalanced, deep, other digits, an unclosed section, a short LIST line
+            b"1 (UID 4", b"1 (" + b"(" * 600, "² (UID 4)".encode(), b"1 (BODY[HEADER x)", b'(\\Sent) "\xe4"']
 
 
 @target("imap-response", (b"(", b")", b"NIL", b'"', b"\\", b"{5}\r\n", b"BODY[", b"]", b"<0>", b"UID ", b"FETCH ",
@@ -578,7 +580,8 @@ def _smtp_reply_seeds() -> list[bytes]:
     return [b"220 mx1.beta.test ESMTP ready\r\n",
             b"250-mx1.beta.test\r\n250-SIZE 10240000\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-STARTTLS\r\n250 SMTPUTF8\r\n",
             b"550 5.1.1 <carol@beta.test>: Recipient address rejected\r\n", b"354 End data with <CR><LF>.<CR><LF>\r\n",
-            b"421-4.7.0 try again\r\n421 4.7.0 later\r\n", b"250 2.0.0 Ok: queued as 4F2B1C\r\n"]
+            b"421-4.7.0 try again\r\n421 4.7.0 later\r\n", b"250 2.0.0 Ok: queued as 4F2B1C\r\n",
+            "²50 ok\r\n".encode()]  # found: isdigit() but not int()
 
 
 @target("smtp-reply", (b"250-", b"250 ", b"220 ", b"354 ", b"421 ", b"550 ", b"5.1.1 ", b"4.7.0 ", b"SIZE ", b"STARTTLS",
@@ -724,7 +727,9 @@ def _auth_seeds() -> list[bytes]:
     signed = sign(plain, fx.key)
     results = b"Authentication-Results: mx.beta.test; spf=pass smtp.mailfrom=alpha.test; dkim=pass (ok) header.d=alpha.test\r\n"
     return [plain, signed, seal(results + signed, fx.key, "mx.beta.test"),
-            b"Authentication-Results: x; (((c))) dmarc=fail (p=reject) header.from=alpha.test\r\n" + plain]
+            b"Authentication-Results: x; (((c))) dmarc=fail (p=reject) header.from=alpha.test\r\n" + plain,
+            # found: comments removed one level per pass (quadratic in the depth)
+            b"Authentication-Results: x; " + b"(" * 3000 + b")" * 3000 + b" spf=pass\r\n" + plain]
 
 
 @target("auth", (b"DKIM-Signature: ", b"v=1; ", b"a=rsa-sha256; ", b"c=relaxed/simple; ", b"d=alpha.test; ",
@@ -818,6 +823,10 @@ def _route_seeds() -> list[bytes]:
         wire = dns_server.handle_wire(_zones(), query.to_wire(), "udp").wire or b""
         if len(wire) >= 12:  # the header, then the sections after the question (as long as the query's)
             out.append(wire[:12] + wire[len(query.to_wire()):])
+    # found: opcode STATUS in the header; an A record of class 0x21 as glue of an authoritative MX answer
+    out.append(b"\x00\x00\x90\x00" + out[0][4:])
+    out.append(b"\x00\x00\x85\x00\x00\x01\x00\x01\x00\x00\x00\x01\xc0\x0c\x00\x0f\x00\x01\x00\x00\x00\x3c\x00\x08"
+               b"\x00\x0a\x03mx1\xc0\x0c\xc0\x27\x00\x01\x00\x21\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x02")
     return out
 
 
@@ -1032,8 +1041,9 @@ def main(argv: list[str], instrument: bool = True) -> None:
     t.run(b"")  # build fixtures before instrumenting, so they do not count as coverage
     if instrument:  # tests/fuzz_run.py instruments only maillab, email and dns, at import
         atheris.instrument_all()
+    given = [a for a in argv[2:] if not a.startswith("-")]  # files to replay (a crash-*), or corpus dirs
     args = [argv[0], *argv[2:], f"-dict={work / 'dict'}", f"-max_len={t.max_len}",
-            f"-artifact_prefix={work}/", str(work / "corpus")]
+            f"-artifact_prefix={work}/", *([] if given else [str(work / "corpus")])]
     atheris.Setup(args, t.run)
     atheris.Fuzz()
 
