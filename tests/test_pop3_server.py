@@ -350,6 +350,36 @@ def test_top_peeks_without_marking_seen_and_retr_marks_seen(single_lab: Lab) -> 
     c.quit()
 
 
+def test_pipelined_retrs_are_all_seen_when_the_last_reply_arrives(single_lab: Lab) -> None:
+    """RETR's \\Seen is written a batch at a time (one index transaction), but always
+    before the reply a client waits for: once the last RETR is answered, IMAP sees
+    every message read; an aborted session's RETRs are marked too."""
+    from wire import POP3Wire
+
+    count = 150  # more than one batch (SEEN_BATCH)
+    for n in range(count):
+        single_lab.store.deliver(BOB, b"Subject: %d\r\n\r\n.dot line %d\r\n" % (n, n))
+    c = POP3Wire(single_lab)
+    c.login()
+    c.send(b"".join(b"RETR %d\r\n" % n for n in range(1, count + 1)))
+    for n in range(count):
+        assert c.line().startswith(b"+OK")
+        assert c.multiline() == [b"Subject: %d" % n, b"", b"..dot line %d" % n]
+    mb = single_lab.store.mailbox(BOB)
+    assert all("\\Seen" in info.flags for info in mb.messages())
+    single_lab.store.deliver(BOB, b"Subject: late\r\n\r\nlate\r\n")
+    c.close()
+    c = POP3Wire(single_lab)
+    c.login()
+    c.send(b"RETR %d\r\nRETR 1\r\n" % (count + 1))
+    assert c.line().startswith(b"+OK") and c.multiline() == [b"Subject: late", b"", b"late"]
+    c.close()  # without QUIT, maybe before the second RETR was answered
+    deadline = time.monotonic() + 10
+    while "\\Seen" not in mb.messages()[-1].flags and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "\\Seen" in mb.messages()[-1].flags
+
+
 # -- bodies -------------------------------------------------------------------------
 
 def test_dot_lines_round_trip_byte_exact(single_lab: Lab) -> None:

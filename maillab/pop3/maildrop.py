@@ -16,6 +16,7 @@ for), so a login on 100,000 messages costs one listing of the index.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from ..store import Mailbox, MessageInfo, Store
 from ..users import Users
 from .wire import PLANS_SEEN, crlf_only, plan_for
+
+log = logging.getLogger("maillab.pop3")
 
 
 class InUse(Exception):
@@ -113,14 +116,22 @@ class Maildrop:
             PLANS_SEEN.put(key, plan)
         return (data if plan.crlf else crlf_only(data)), plan.dots
 
-    def mark_seen(self, entry: Entry) -> None:
-        """RETR means "read": the shared index gets \\Seen so IMAP shows it read."""
+    def mark_seen(self, entries: list[Entry]) -> None:
+        """RETR means "read": the shared index gets \\Seen so IMAP shows it read,
+        for many messages in one index transaction (a pipelined download)."""
         try:
-            info = self.mailbox.get(entry.info.uid)
-            if info is not None and "\\Seen" not in info.flags:
-                self.mailbox.add_flags(entry.info.uid, ["\\Seen"])
+            with self.mailbox.lock:  # no IMAP STORE between reading the flags and writing them
+                changes = {}
+                for entry in entries:
+                    info = self.mailbox.get(entry.info.uid)
+                    if info is not None and "\\Seen" not in info.flags:
+                        changes[info.uid] = info.flags | {"\\Seen"}
+                if changes:
+                    self.mailbox.set_flags_many(changes)
         except (KeyError, OSError):
             pass  # a message removed meanwhile by IMAP: nothing to mark
+        except Exception:  # the flag is a courtesy to IMAP: never worth a failed download
+            log.exception("marking retrieved messages \\Seen failed")
 
     def remove(self, entries: list[Entry]) -> list[int]:
         """The UPDATE state's work: remove the marked messages for good."""

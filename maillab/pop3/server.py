@@ -95,6 +95,7 @@ class POP3Server(LineServer):
         while True:
             buffered = conn.has_buffered_data()
             if buffered and loop.time() - turn > TURN:
+                session.settle()  # others may look at the flags meanwhile
                 await asyncio.sleep(0)  # 10,000 pipelined DELEs must not hold the loop
                 turn = loop.time()
             try:
@@ -127,6 +128,8 @@ class POP3Server(LineServer):
                 rec.note(f"internal error: {exc!r}", error=True)
                 reply = Reply("-ERR [SYS/TEMP] internal server error, try again")  # RFC 3206
                 parts = None
+            if not conn.has_buffered_data():
+                session.settle()  # the client waits for this reply: RETR's \Seen comes first
             await self._send(conn, rec, reply, parts)
             if reply.starttls:
                 try:

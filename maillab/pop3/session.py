@@ -67,6 +67,9 @@ NOTE_MESSAGES = 500
 #: so and the driver runs it on a worker thread (other sessions are answered meanwhile).
 INLINE_OCTETS = 1 << 20  # RETR / TOP of a larger message
 INLINE_LISTING = 5_000  # LIST / UIDL of a larger maildrop
+#: Messages RETR may have sent before they are marked \Seen in the store (one index
+#: transaction for them all; :meth:`POP3Session.settle`).
+SEEN_BATCH = 64
 
 _NUMBER = re.compile(r"[0-9]{1,10}")
 _timestamps = itertools.count(1)
@@ -184,6 +187,7 @@ class POP3Session:
         self.address: str | None = None
         self.deleted: set[int] = set()  # message numbers marked by DELE
         self._deleted_octets = 0  # their sizes, so STAT does not add up the whole maildrop
+        self._retrieved: list[Entry] = []  # sent by RETR, not yet marked \Seen
         self._user: str | None = None  # the name given with USER, waiting for PASS
         self._sasl: str | None = None  # the mechanism whose response we are waiting for
         self.on_state: Callable[[State], None] | None = None
@@ -230,8 +234,18 @@ class POP3Session:
     def end(self) -> None:
         """The connection is going away without QUIT: release the lock, remove nothing."""
         if self.maildrop is not None:
+            self.settle()
             self.maildrop.release()
             self.maildrop = None
+
+    def settle(self) -> None:
+        """Mark what RETR sent \\Seen in the store, all in one go. The driver calls
+        this before it sends a reply with no more commands waiting (so a client that
+        waited for its RETR finds the message \\Seen over IMAP) and before it lets
+        other sessions run; a pipelined download marks a batch at a time."""
+        if self._retrieved and self.maildrop is not None:
+            retrieved, self._retrieved = self._retrieved, []
+            self.maildrop.mark_seen(retrieved)
 
     def slow(self, line: bytes | str) -> bool:
         """Whether handling ``line`` may hold the lab loop up: a login opens the
@@ -422,6 +436,7 @@ class POP3Session:
         # RFC 1939 section 6: the UPDATE state removes what DELE marked.
         state = self._enter(State.UPDATE)
         assert self.maildrop is not None
+        self.settle()
         marked = [self.maildrop.entry(n) for n in sorted(self.deleted)]
         try:
             self.maildrop.remove([e for e in marked if e is not None])
@@ -513,7 +528,9 @@ class POP3Session:
             return read
         data, dots = read
         assert self.maildrop is not None
-        self.maildrop.mark_seen(entry)
+        self._retrieved.append(entry)
+        if len(self._retrieved) >= SEEN_BATCH:
+            self.settle()
         return Reply(f"+OK {len(data)} octets", message=data, dots=dots)
 
     def cmd_top(self, args: list[str]) -> Reply:
