@@ -1,9 +1,11 @@
-"""Does the kernel stay responsive while its lab is busy? Cell round trips idle and under SMTP load.
+"""Does the kernel stay responsive while its lab is busy? Cell round trips idle, under SMTP
+and IMAP load, and under the same load with live views open.
 
 One command::
 
-    python benchmarks/kernel_load.py                 # 200 cells idle, 200 under load, 3 senders
-    python benchmarks/kernel_load.py --cells 50 --senders 8
+    python benchmarks/kernel_load.py                 # 200 cells per phase, 3 SMTP senders, 2 IMAP readers
+    python benchmarks/kernel_load.py --cells 50 --senders 8 --readers 4
+    python benchmarks/kernel_load.py --no-views      # idle and loaded only
 
 A real IPython kernel (``jupyter_client.start_new_kernel``, the same kernel a notebook
 gets) runs ``%load_ext maillab`` and ``%mail start --ports auto``: the lab's servers run
@@ -11,13 +13,21 @@ on the lab thread inside that kernel. The benchmark then times trivial cells
 (``execute_interactive("1")``: request to the kernel, run, reply and idle status back)
 first with the lab idle, then while ``--senders`` outside clients (smtplib, one
 connection each, in this process) send 4 KiB messages to the lab's SMTP port as fast as
-it accepts them. It prints p50/p99 of both and the ratios (goal, issue 12: p99 under
-load at most 3x idle), and the messages delivered meanwhile.
+it accepts them and ``--readers`` IMAP clients (imaplib, one session each) read the
+growing INBOX (NOOP, FETCH of the newest flags and envelopes, a whole message) in a
+loop; then once more with live views displayed in the kernel, as a notebook would:
+``%mail transcript`` (every session's lines), ``%mail ports`` (the port map, which
+follows sessions) and ``%mail relay`` (the path of a relayed message). They publish
+from their timer threads while the load runs, so the kernel sends comm messages. It
+prints p50/p99 of each phase, the ratios against idle (goal, issue 12: p99 under load
+at most 3x idle, also with live views open), the messages and IMAP commands served
+meanwhile, and how many updates the views published.
 """
 
 from __future__ import annotations
 
 import argparse
+import imaplib
 import os
 import smtplib
 import statistics
@@ -70,10 +80,44 @@ def sender(address: tuple[str, int], rcpt: str, stop: threading.Event, counts: l
             counts[i] += 1
 
 
+def reader(address: tuple[str, int], user: str, password: str, stop: threading.Event, counts: list[int],
+           i: int) -> None:
+    """An IMAP client reading the INBOX the senders fill: what a mail client does while mail arrives."""
+    with imaplib.IMAP4(*address, timeout=30) as m:
+        m.login(user, password)
+        m.select("INBOX", readonly=True)
+        while not stop.is_set():
+            m.noop()
+            typ, data = m.uid("SEARCH", "ALL")
+            uids = data[0].split() if typ == "OK" and data and data[0] else []
+            if uids:
+                last = uids[-20:]
+                m.uid("FETCH", b",".join(last), "(FLAGS ENVELOPE)")
+                m.uid("FETCH", uids[-1], "(BODY.PEEK[])")
+            counts[i] += 4
+            time.sleep(0.01)
+
+
+VIEWS = (
+    "from IPython.display import display\n"
+    "lab.relay.wait(lab.relay.submit('alice@alpha.test', ['carol@beta.test'],"
+    " b'Subject: a relayed message\\r\\n\\r\\nhi\\r\\n', origin='mail.alpha.test'), timeout=60)\n"
+    "views = {'transcript': get_ipython().run_line_magic('mail', 'transcript'),\n"
+    "         'ports': get_ipython().run_line_magic('mail', 'ports'),\n"
+    "         'relay': get_ipython().run_line_magic('mail', 'relay')}\n"
+    "for v in views.values():\n"
+    "    display(v)\n"
+    "def updates():\n"
+    "    return {k: (getattr(v, 'updates', 0), v._throttle.publishes) for k, v in views.items()}\n"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", type=int, default=200)
     ap.add_argument("--senders", type=int, default=3)
+    ap.add_argument("--readers", type=int, default=2, help="IMAP clients reading meanwhile")
+    ap.add_argument("--no-views", action="store_true", help="skip the phase with live views open")
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="sys.setswitchinterval in the kernel (seconds; Python's default 0.005)")
     args = ap.parse_args(argv)
@@ -85,40 +129,66 @@ def main(argv: list[str] | None = None) -> int:
         if args.switch_interval is not None:
             run_cell(kc, f"import sys; sys.setswitchinterval({args.switch_interval})")
         run_cell(kc, "%mail start --ports auto --dir {tempfile.mkdtemp(prefix='maillab-kload-')}")
-        host, port, rcpt = run_cell(kc, (
+        host, port, rcpt, imap_port, password = run_cell(kc, (
             "from maillab.magics import state\n"
             "lab = state.existing_lab()\n"
-            "print(*lab.address('smtp'), next(iter(lab.users)).address)")).split()
+            "rcpt = next(iter(lab.users)).address\n"
+            "print(*lab.address('smtp'), rcpt, lab.address('imap')[1], lab.users.password(rcpt))")).split()
         address = (host, int(port))
         round_trips(kc, 10)  # warm-up
         idle = round_trips(kc, args.cells)
-        stop = threading.Event()
-        counts = [0] * args.senders
-        threads = [threading.Thread(target=sender, args=(address, rcpt, stop, counts, i), daemon=True)
-                   for i in range(args.senders)]
-        for t in threads:
-            t.start()
-        time.sleep(1.0)  # let the load settle
-        sent0, t0 = sum(counts), time.perf_counter()
-        loaded = round_trips(kc, args.cells)
-        rate = (sum(counts) - sent0) / (time.perf_counter() - t0)
-        stop.set()
-        for t in threads:
-            t.join(60)
+        phases = {"idle": idle}
+        served: dict[str, tuple[float, float]] = {}
+        updates: dict[str, int] = {}
+        for phase in ("load", "load + views") if not args.no_views else ("load",):
+            if phase == "load + views":
+                run_cell(kc, VIEWS)
+                before = eval(run_cell(kc, "print(updates())"))  # noqa: S307 - our own kernel's dict
+            stop = threading.Event()
+            counts = [0] * (args.senders + args.readers)
+            threads = [threading.Thread(target=sender, args=(address, rcpt, stop, counts, i), daemon=True)
+                       for i in range(args.senders)]
+            threads += [threading.Thread(target=reader, args=((host, int(imap_port)), rcpt, password, stop, counts,
+                                                              args.senders + i), daemon=True)
+                        for i in range(args.readers)]
+            for t in threads:
+                t.start()
+            time.sleep(1.0)  # let the load settle
+            c0, t0 = list(counts), time.perf_counter()
+            phases[phase] = round_trips(kc, args.cells)
+            dt = time.perf_counter() - t0
+            served[phase] = (sum(counts[:args.senders]) - sum(c0[:args.senders])) / dt, \
+                (sum(counts[args.senders:]) - sum(c0[args.senders:])) / dt
+            stop.set()
+            for t in threads:
+                t.join(60)
+            if phase == "load + views":
+                after = eval(run_cell(kc, "print(updates())"))  # noqa: S307
+                updates = {k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in after}
         lag = run_cell(kc, "print(lab.loop.lag_summary())").strip()
         run_cell(kc, "%mail stop")
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-    print(f"load average {os.getloadavg()[0]:.1f}; {args.senders} SMTP senders delivered"
-          f" {rate:.0f} msg/s (4 KiB) while the cells ran; lab thread: {lag}\n")
-    print(f"| cell round trip ({args.cells} cells) | idle | under SMTP load | ratio |")
-    print("|---|---:|---:|---:|")
+    print(f"load average {os.getloadavg()[0]:.1f}; lab thread: {lag}")
+    for phase, (smtp, imap) in served.items():
+        print(f"  {phase}: {args.senders} SMTP senders delivered {smtp:.0f} msg/s (4 KiB),"
+              f" {args.readers} IMAP readers {imap:.0f} commands/s")
+    if updates:
+        print("  live views meanwhile (widget updates sent, each a comm message / publishes run): "
+              + ", ".join(f"{k} {u}/{n}" for k, (u, n) in updates.items()))
+    print()
+    names = list(phases)
+    print(f"| cell round trip ({args.cells} cells) | " + " | ".join(names) + " | " +
+          " | ".join(f"{n} / idle" for n in names[1:]) + " |")
+    print("|---|" + "---:|" * (2 * len(names) - 1))
     for name, q in (("p50", 0.5), ("p99", 0.99)):
-        a, b = p(idle, q), p(loaded, q)
-        print(f"| {name} | {a:.1f} ms | {b:.1f} ms | {b / a:.2f}x |")
-    print(f"| mean | {statistics.mean(idle):.1f} ms | {statistics.mean(loaded):.1f} ms |"
-          f" {statistics.mean(loaded) / statistics.mean(idle):.2f}x |")
+        vals = [p(phases[n], q) for n in names]
+        print(f"| {name} | " + " | ".join(f"{v:.1f} ms" for v in vals) + " | "
+              + " | ".join(f"{v / vals[0]:.2f}x" for v in vals[1:]) + " |")
+    means = [statistics.mean(phases[n]) for n in names]
+    print("| mean | " + " | ".join(f"{v:.1f} ms" for v in means) + " | "
+          + " | ".join(f"{v / means[0]:.2f}x" for v in means[1:]) + " |")
     return 0
 
 

@@ -41,7 +41,7 @@ class Limits:
     relay_concurrency: int = 10  # deliveries (DNS + SMTP) at once, whole lab
     relay_connection_cache: float = 2.0  # seconds a finished relay session stays open while more
     # mail waits for the same host (Postfix's on-demand connection cache); 0: a new session per message
-    relay_inflow_backlog: int = 100  # deliveries waiting for a slot before the SMTP servers pause
+    relay_inflow_backlog: int = 50  # deliveries waiting for a slot before the SMTP servers pause
     relay_inflow_delay: float = 1.0  # the longest pause before accepting a message to relay (Postfix's
     # in_flow_delay): mail comes in about as fast as the relay sends it out; 0: no flow control
     relay_dns_cache: float = 0.0  # seconds an MX route is reused (capped by its TTL); 0: every

@@ -188,27 +188,45 @@ def _conversation_summary(evs: Sequence[Event]) -> str:
     return f'<span class="ml-sum">{" · ".join(parts)}</span>'
 
 
-def _rows(evs: Sequence[Event], explain: bool) -> list[str]:
-    rows = []
-    for e in evs:
-        note = explain_event(e) if explain else None
-        tag = {CLIENT_LINE: "C:", SERVER_LINE: "S:"}.get(e.kind, "")
-        body = e.text if e.is_line else " ".join(_event_lines(e))
-        kind = _line_kind(e)
-        rows.append(
-            f'<tr class="{kind}"><td class="t ml-muted">{clock(e.time)}</td>'
+def _row(e: Event, explain: bool) -> str:
+    note = explain_event(e) if explain else None
+    tag = {CLIENT_LINE: "C:", SERVER_LINE: "S:"}.get(e.kind, "")
+    body = e.text if e.is_line else " ".join(_event_lines(e))
+    kind = _line_kind(e)
+    return (f'<tr class="{kind}"><td class="t ml-muted">{clock(e.time)}</td>'
             f'<td class="tag ml-{kind}">{tag}</td>'
             f'<td class="line ml-{kind}">{html.escape(body)}</td>'
-            f'<td class="n ml-note">{html.escape(note or "")}</td></tr>'
-        )
-    return rows
+            f'<td class="n ml-note">{html.escape(note or "")}</td></tr>')
+
+
+def _rows(evs: Sequence[Event], explain: bool) -> list[str]:
+    return [_row(e, explain) for e in evs]
+
+
+class RenderCache:
+    """What a live view rendered last time: each row by event, each conversation's block
+    by what it holds. Under load a publish then renders only the new lines and the
+    blocks they belong to, not every line shown (an event never changes once emitted)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, bool], str] = {}
+        self.blocks: dict[tuple[Any, ...], str] = {}
+
+    def row(self, e: Event, explain: bool, used: dict[tuple[int, bool], str]) -> str:
+        key = (e.seq, explain)
+        text = self.rows.get(key)
+        if text is None:
+            text = _row(e, explain)
+        used[key] = text
+        return text
 
 
 def render_body(events: Iterable[Event], *, explain: bool = True, limit: int | None = None,
-                copy: str = "server", folded: bool = False) -> str:
+                copy: str = "server", folded: bool = False, cache: RenderCache | None = None) -> str:
     """The transcript's HTML without the stylesheet (what the live view shows): one
     ``<details>`` per conversation, the client's and server's copies of one
-    connection shown once (``copy`` says whose), at most ``limit`` events."""
+    connection shown once (``copy`` says whose), at most ``limit`` events.
+    ``cache`` (a live view's) keeps what was rendered before."""
     convs = conversations(events)
     shown = [(c, c.events(copy)) for c in convs]
     hidden = 0
@@ -226,13 +244,24 @@ def render_body(events: Iterable[Event], *, explain: bool = True, limit: int | N
             kept.append((conv, evs))
         shown = kept[::-1]
     parts = [f'<div class="ml-note">… {hidden} earlier events not shown</div>'] if hidden else []
+    rows: dict[tuple[int, bool], str] = {}
+    blocks: dict[tuple[Any, ...], str] = {}
+    state = "" if folded else " open"
     for conv, evs in shown:
-        state = "" if folded else " open"
-        parts.append(
-            f'<details{state} data-key="{html.escape(conv.key)}"><summary>'
-            f"{html.escape(_conversation_title(conv, copy))} {_conversation_summary(evs)}</summary>"
-            f'<table class="ml-tr ml-wire"><tbody>{"".join(_rows(evs, explain))}</tbody></table></details>'
-        )
+        key = (conv.key, tuple(conv.sessions), copy, explain, folded, len(evs), evs[0].seq, evs[-1].seq)
+        block = cache.blocks.get(key) if cache is not None else None
+        if block is None:
+            lines = ([cache.row(e, explain, rows) for e in evs] if cache is not None
+                     else _rows(evs, explain))
+            block = (f'<details{state} data-key="{html.escape(conv.key)}"><summary>'
+                     f"{html.escape(_conversation_title(conv, copy))} {_conversation_summary(evs)}</summary>"
+                     f'<table class="ml-tr ml-wire"><tbody>{"".join(lines)}</tbody></table></details>')
+        blocks[key] = block
+        parts.append(block)
+    if cache is not None:
+        # Keep what this rendering used (memory stays bounded): the blocks shown, and
+        # the rows of the blocks that changed (the ones likely to change again).
+        cache.rows, cache.blocks = rows, blocks
     return "".join(parts)
 
 
@@ -261,6 +290,10 @@ class Transcript:
 # -- the live widget -------------------------------------------------------------------
 
 ALL = "(all)"
+#: Sessions offered in the session filter (the newest; the one chosen stays).
+MAX_SESSION_OPTIONS = 200
+#: Events a live view keeps for its filters, in multiples of what it shows.
+KEEP = 2
 
 #: Live views, so that the kernel can bring them up to date after every cell.
 _LIVE: weakref.WeakSet[TranscriptView] = weakref.WeakSet()
@@ -268,10 +301,15 @@ _LIVE: weakref.WeakSet[TranscriptView] = weakref.WeakSet()
 
 def flush_live_views(*_args: Any) -> None:
     """Apply every live view's buffered events now (an IPython ``post_run_cell`` hook:
-    when a cell ends, what it did is in the transcripts, whatever the timer's phase)."""
+    when a cell ends, what it did is in the transcripts, whatever the timer's phase).
+
+    Not for a view that is publishing continuously (sustained load): its next publish
+    is due within a period anyway, and rendering it once more at the end of every
+    cell, on the kernel's thread, is what made each cell wait."""
     for view in list(_LIVE):
         try:
-            view.flush()
+            if not view._throttle.streaming():
+                view.flush()
         except Exception:
             pass
 
@@ -303,6 +341,7 @@ class TranscriptView:
         self._pending: deque[Event] = deque()  # appended on the lab thread
         self._throttle = Throttle(interval, self._publish)
         self._events: list[Event] = []
+        self._cache = RenderCache()
         self.updates = 0  # how many times the publisher refreshed the widget
 
         narrow = w.Layout(width="auto", min_width="12em")
@@ -320,7 +359,7 @@ class TranscriptView:
         # Subscribe before the snapshot so nothing falls between the two; the seq
         # check in _apply drops events seen twice.
         self._unsubscribe = bus.subscribe(self._on_event)
-        self._events = bus.events()
+        self._events = bus.events()[-KEEP * max_events:]
         self._refresh_options()
         if session:
             self._set_option(self.session_w, session)
@@ -350,8 +389,8 @@ class TranscriptView:
         if not new:
             return
         self._events.extend(new)
-        if len(self._events) > 4 * self.max_events:
-            self._events = self._events[-2 * self.max_events:]
+        if len(self._events) > (KEEP + 1) * self.max_events:
+            self._events = self._events[-KEEP * self.max_events:]
         self._refresh_options()
         self._render()
 
@@ -366,7 +405,11 @@ class TranscriptView:
         control.value = value
 
     def _refresh_options(self) -> None:
-        sessions = [ALL, *dict.fromkeys(e.session for e in self._events)]
+        # The newest sessions only: under load a list of thousands, sent to the browser
+        # with every update, would cost more than the transcript itself.
+        recent = list(dict.fromkeys(e.session for e in reversed(self._events)))[:MAX_SESSION_OPTIONS]
+        chosen = self.session_w.value
+        sessions = [ALL, *([chosen] if chosen != ALL and chosen not in recent else []), *reversed(recent)]
         protocols = [ALL, *sorted({e.protocol for e in self._events})]
         for control, options in ((self.session_w, sessions), (self.protocol_w, protocols)):
             if list(control.options) != options:
@@ -386,7 +429,7 @@ class TranscriptView:
     def _render(self) -> None:
         events = self.selected()
         self.html.value = (render_body(events, explain=self.explain_w.value, limit=self.max_events,
-                                       copy=self.copy_w.value)
+                                       copy=self.copy_w.value, cache=self._cache)
                            if events else "<i>no sessions yet: they appear here as they happen</i>")
         self.updates += 1
 
