@@ -299,10 +299,11 @@ class SMTPServer(LineServer):
             try:
                 # File system work happens on a worker thread, so other sessions on
                 # the lab loop go on meanwhile (the store is thread-safe). The file is
-                # on the disk (fsync) before the client hears 250, as with Postfix.
+                # on the disk (fsync) before the client hears 250, as with Postfix
+                # (limits.smtp_fsync).
                 info = await loop.run_in_executor(None, partial(
                     self.lab.store.deliver, address, job.message, folder,
-                    crlf_only=job.message is checked, sync=True))
+                    crlf_only=job.message is checked, sync=self.lab.limits.smtp_fsync))
             except OSError as exc:
                 rec.note(f"delivery to {address} failed: {exc}")
                 return Reply(451, "4.3.0", "Error: local delivery failed, try again later")
