@@ -227,7 +227,7 @@ class LineConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def writelines(self, parts: Sequence[bytes]) -> None:
+    def writelines(self, parts: Sequence[bytes | memoryview]) -> None:
         """Write ``parts`` in order. On a plain TCP connection whose transport has
         nothing queued, they go out in gathering system calls (writev), so large
         message data is neither joined into one buffer nor sent one piece per call;
@@ -247,6 +247,9 @@ class LineConnection(asyncio.Protocol):
                     sent = os.writev(fd, batch)
                 except OSError:  # would block, or a dead socket the transport will report
                     break
+                if sent == sum(map(len, batch)):  # all of it: no need to look at each part
+                    start += len(batch)
+                    continue
                 whole = 0
                 for part in batch:
                     if sent < len(part):

@@ -15,7 +15,7 @@ from maillab.pop3.explain import explain
 from maillab.pop3.maildrop import StoreBackend
 from maillab.pop3.server import RECORD_HEAD, _head
 from maillab.pop3.session import POP3Session, Reply, State, dot_stuff, top_of
-from maillab.pop3.wire import MAX_DOTS, crlf_only, plan_for, stuffed_parts
+from maillab.pop3.wire import MAX_DOTS, Plans, crlf_only, plan_for, stuffed_parts
 from maillab.store import Store, crlf_size
 from maillab.users import Users
 
@@ -180,3 +180,11 @@ def test_services_in_status_and_lab_json(single_lab: Lab) -> None:
     assert info["pop3"]["standard_port"] == 110 and info["pop3"]["tls"] == "starttls"
     assert info["pop3s"]["standard_port"] == 995 and info["pop3s"]["tls"] == "implicit"
     assert info["pop3"]["port"] > 0 and info["pop3s"]["port"] > 0
+
+
+def test_remembered_plans_stay_bounded() -> None:
+    plans = Plans(size=100)
+    for n in range(1000):
+        plans.put(("/m", f"key{n}", n), plan_for(b"a\r\n", 3))
+    assert len(plans._plans) <= 100 and plans.get(("/m", "key999", 999)) is not None
+    assert plans.get(("/m", "key0", 0)) is None  # the oldest went first

@@ -191,7 +191,7 @@ def _head(message: bytes, parts: list[bytes | memoryview]) -> tuple[bytes, int |
         if nl < 0:
             return b"".join(parts[1:]), None
         cut = nl + 1
-    return dot_stuff(message[:cut]), sum(len(p) for p in parts[1:])
+    return dot_stuff(message[:cut]), sum(map(len, parts)) - len(parts[0])
 
 
 @register("pop3")

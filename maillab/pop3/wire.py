@@ -21,8 +21,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-#: Plans remembered (about 100 octets each, up to ~10 KB for one with MAX_DOTS).
-PLANS = 200_000
+#: Plans remembered (~200 octets each with its key, up to ~10 KB for one with MAX_DOTS):
+#: enough for the messages being downloaded, bounded so a long-running lab stays flat.
+PLANS = 50_000
 #: Lines starting with "." a message is sent around in pieces; past this many, one
 #: ``replace`` costs less than the pieces (and a plan never grows past this).
 MAX_DOTS = 128
