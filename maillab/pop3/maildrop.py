@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..store import Mailbox, MessageInfo, Store
+from ..store import Mailbox, Store
 from ..users import Users
 from .wire import PLANS_SEEN, crlf_only, plan_for
 
@@ -55,7 +55,8 @@ class Entry:
     """One message as this session numbers it."""
 
     number: int  # 1-based message number of RFC 1939
-    info: MessageInfo
+    uid: int  # its UID in the store
+    size: int  # octets as sent (every line end a CRLF): what LIST and STAT count
     unique_id: str  # the UIDL (RFC 1939 section 7): unique and persistent
 
 
@@ -71,48 +72,52 @@ class Maildrop:
         self.mailbox = mailbox
         self._released = False
         try:
-            self._infos = mailbox.messages()  # message n is _infos[n - 1]
+            # message n is _uids[n - 1], _sizes[n - 1]: two arrays, no object per message
+            self._uids, self._sizes = mailbox.listing()
             self.uidvalidity = mailbox.uidvalidity
         except Exception as exc:
             self.release()
             raise StoreFailure(str(exc)) from exc
-        self.octets = sum(info.crlf_size for info in self._infos)  # what STAT counts
+        self.octets = sum(self._sizes)  # what STAT counts
         self._where = str(mailbox.path)
 
     def __len__(self) -> int:
-        return len(self._infos)
+        return len(self._uids)
 
-    def unique_id(self, info: MessageInfo) -> str:
+    def unique_id(self, uid: int) -> str:
         # UIDVALIDITY.UID: unique across the mailbox's life and persistent, since
         # UIDs are never reused and UIDVALIDITY only changes when the mailbox is
         # recreated (then every client must re-download anyway).
-        return f"{self.uidvalidity}.{info.uid}"
+        return f"{self.uidvalidity}.{uid}"
 
     def entry(self, number: int) -> Entry | None:
-        if 1 <= number <= len(self._infos):
-            info = self._infos[number - 1]
-            return Entry(number, info, self.unique_id(info))
+        if 1 <= number <= len(self._uids):
+            uid = self._uids[number - 1]
+            return Entry(number, uid, self._sizes[number - 1], self.unique_id(uid))
         return None
 
-    def numbered(self) -> Iterator[tuple[int, MessageInfo]]:
-        """(number, message) for every message of the snapshot, in order."""
-        return enumerate(self._infos, start=1)
+    def numbered(self) -> Iterator[tuple[int, int, int]]:
+        """(number, UID, size) of every message of the snapshot, in order."""
+        return zip(range(1, len(self._uids) + 1), self._uids, self._sizes, strict=True)
 
     def read(self, entry: Entry) -> tuple[bytes, tuple[int, ...] | None]:
         """The message with CRLF line ends only (what goes on the wire), and where its
         lines that start with "." start (what dot-stuffing changes): see :mod:`.wire`."""
         try:
-            data = self.mailbox.read(entry.info.uid)
+            info = self.mailbox.get(entry.uid)
+            if info is None:
+                raise KeyError(entry.uid)
+            data = self.mailbox.read(entry.uid)
         except (KeyError, FileNotFoundError) as exc:
             raise StoreFailure(f"message {entry.number} is no longer in the mailbox") from exc
         except OSError as exc:
             raise StoreFailure(str(exc)) from exc
         # Maildir files never change once delivered: what one look at this file
         # found holds for every later read of it.
-        key = (self._where, entry.info.key, len(data))
+        key = (self._where, info.key, len(data))
         plan = PLANS_SEEN.get(key)
         if plan is None:
-            plan = plan_for(data, entry.info.crlf_size)
+            plan = plan_for(data, info.crlf_size)
             PLANS_SEEN.put(key, plan)
         return (data if plan.crlf else crlf_only(data)), plan.dots
 
@@ -123,9 +128,9 @@ class Maildrop:
             with self.mailbox.lock:  # no IMAP STORE between reading the flags and writing them
                 changes = {}
                 for entry in entries:
-                    info = self.mailbox.get(entry.info.uid)
-                    if info is not None and "\\Seen" not in info.flags:
-                        changes[info.uid] = info.flags | {"\\Seen"}
+                    flags = self.mailbox.flags(entry.uid)
+                    if flags is not None and "\\Seen" not in flags:
+                        changes[entry.uid] = flags | {"\\Seen"}
                 if changes:
                     self.mailbox.set_flags_many(changes)
         except (KeyError, OSError):
@@ -136,7 +141,7 @@ class Maildrop:
     def remove(self, entries: list[Entry]) -> list[int]:
         """The UPDATE state's work: remove the marked messages for good."""
         try:
-            return self.mailbox.remove([e.info.uid for e in entries])
+            return self.mailbox.remove([e.uid for e in entries])
         except Exception as exc:
             raise StoreFailure(str(exc)) from exc
 

@@ -34,7 +34,6 @@ from typing import Any, Protocol
 
 from .. import sasl
 from ..masking import mask_line
-from ..store import MessageInfo
 from .maildrop import Entry, InUse, Maildrop, StoreFailure
 from .wire import dot_lines, dot_stuff, stuffed_parts
 
@@ -267,7 +266,7 @@ class POP3Session:
             return len(words) == 1 and len(self.maildrop) > INLINE_LISTING
         if keyword in ("RETR", "TOP") and len(words) > 1 and _NUMBER.fullmatch(words[1]):
             entry = self.maildrop.entry(int(words[1]))
-            return entry is not None and entry.info.crlf_size > INLINE_OCTETS
+            return entry is not None and entry.size > INLINE_OCTETS
         return False
 
     # -- the commands ------------------------------------------------------------
@@ -461,10 +460,10 @@ class POP3Session:
         assert self.maildrop is not None
         return len(self.maildrop) - len(self.deleted), self.maildrop.octets - self._deleted_octets
 
-    def _live(self) -> Iterator[tuple[int, MessageInfo]]:
-        """(number, message) of every message not marked by DELE."""
+    def _live(self) -> Iterator[tuple[int, int, int]]:
+        """(number, UID, size) of every message not marked by DELE."""
         assert self.maildrop is not None
-        return ((n, info) for n, info in self.maildrop.numbered() if n not in self.deleted)
+        return ((n, uid, size) for n, uid, size in self.maildrop.numbered() if n not in self.deleted)
 
     def _message(self, arg: str) -> Entry | Reply:
         """The entry an argument names, or the -ERR to send instead."""
@@ -491,10 +490,10 @@ class POP3Session:
             entry = self._message(args[0])
             if isinstance(entry, Reply):
                 return entry
-            return Reply(f"+OK {entry.number} {entry.info.crlf_size}")
+            return Reply(f"+OK {entry.number} {entry.size}")
         count, octets = self._totals()
         return Reply(f"+OK {count} messages ({octets} octets)",
-                     lines=[f"{n} {info.crlf_size}" for n, info in self._live()])
+                     lines=[f"{n} {size}" for n, _uid, size in self._live()])
 
     def cmd_uidl(self, args: list[str]) -> Reply:
         if len(args) > 1:
@@ -507,7 +506,7 @@ class POP3Session:
         assert self.maildrop is not None
         unique_id = self.maildrop.unique_id
         return Reply("+OK unique-id listing follows",
-                     lines=[f"{n} {unique_id(info)}" for n, info in self._live()])
+                     lines=[f"{n} {unique_id(uid)}" for n, uid, _size in self._live()])
 
     def _read(self, entry: Entry) -> tuple[bytes, tuple[int, ...] | None] | Reply:
         """The message (CRLF line ends) and where its "." lines start, or the -ERR."""
@@ -554,7 +553,7 @@ class POP3Session:
         if isinstance(entry, Reply):
             return entry
         self.deleted.add(entry.number)
-        self._deleted_octets += entry.info.crlf_size
+        self._deleted_octets += entry.size
         # one number, not the whole maildrop again: DELE of every message stays linear
         return Reply(f"+OK message {entry.number} marked for deletion (removed only after QUIT)",
                      notes=[(f"message {entry.number} marked for deletion",
@@ -585,7 +584,7 @@ class POP3Session:
         assert self.maildrop is not None
         unique_id = self.maildrop.unique_id
         return (text, {"pop3": "maildrop",
-                       "messages": [[n, unique_id(info), info.crlf_size] for n, info in
+                       "messages": [[n, unique_id(uid), size] for n, uid, size in
                                     itertools.islice(self.maildrop.numbered(), NOTE_MESSAGES)],
                        "count": len(self.maildrop),
                        "marked": sorted(self.deleted)})

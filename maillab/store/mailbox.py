@@ -301,6 +301,19 @@ class Mailbox(DirectorySync, Measuring):
             having = {i for i, fs in enumerate(t.flagsets) if flag in fs}
             return [t.uids[s] for s in t.live_slots() if t.flag_ids[s] in having]
 
+    def listing(self) -> tuple[array[int], array[int]]:
+        """Every message's UID and CRLF size (POP3 STAT and LIST), ascending by UID:
+        two fresh arrays, sizes measured first where the index lacks them."""
+        with self.lock:
+            self.sync()
+            unknown = [self.table.uids[s] for s in self.table.live_slots() if not self._known(s)]
+        self.measure(unknown)
+        with self.lock:
+            t = self.table
+            if not t.holes:
+                return t.uids[:], t.crlf[:]
+            return t.live_uids(), array("q", itertools.compress(t.crlf, t.state))
+
     def total_size(self) -> int:
         """The sum of RFC822.SIZE over the mailbox (IMAP STATUS SIZE)."""
         return sum(i.crlf_size for i in self.messages())
