@@ -49,6 +49,21 @@ class TLSInfo:
         return f"(using {self.version} with cipher {self.cipher}{bits})"
 
 
+_now_text: tuple[int, str] = (-1, "")
+
+
+def _date(when: float | None) -> str:
+    """RFC 5322 date-time of ``when`` (default: now, the same text for a whole second:
+    formatting it is a noticeable part of taking in a small message)."""
+    global _now_text
+    if when is not None:
+        return formatdate(when, localtime=True)
+    second = int(time.time())
+    if _now_text[0] != second:
+        _now_text = (second, formatdate(second, localtime=True))
+    return _now_text[1]
+
+
 def _address_literal(ip: str) -> str:
     return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
 
@@ -71,7 +86,7 @@ def received_header(
     if tls is not None:
         lines.append(f"\t{tls.comment()}")
     lines.append(f"\tby {by} (maillab) with {protocol} id {id}")
-    date = formatdate(when, localtime=True)
+    date = _date(when)
     if recipient:
         lines.append(f"\tfor <{recipient}>; {date}")
     else:
