@@ -450,3 +450,16 @@ def test_apop_digest_is_md5_of_timestamp_and_password(single_lab: Lab) -> None:
         s.sendall(f"APOP bob@alpha.test {digest}\r\nQUIT\r\n".encode())
         assert f.readline().startswith(b"+OK")
         assert f.readline().startswith(b"+OK")
+
+
+def test_a_message_expunged_during_the_session_is_an_error_not_a_crash(single_lab: Lab) -> None:
+    for n in (1, 2):
+        single_lab.store.deliver(BOB, b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n))
+    c = login(single_lab)
+    mb = single_lab.store.mailbox(BOB)
+    mb.remove([mb.messages()[0].uid])  # as an IMAP EXPUNGE would, behind the POP3 session
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[SYS/TEMP\] message 1 is no longer"):
+        c.retr(1)
+    assert c.retr(2)[1] == [b"Subject: 2", b"", b"body 2"]
+    assert c.stat() == (2, 2 * len(b"Subject: 1\r\n\r\nbody 1\r\n"))  # the numbers stay fixed
+    c.quit()

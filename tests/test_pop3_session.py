@@ -185,6 +185,6 @@ def test_services_in_status_and_lab_json(single_lab: Lab) -> None:
 def test_remembered_plans_stay_bounded() -> None:
     plans = Plans(size=100)
     for n in range(1000):
-        plans.put(("/m", f"key{n}", n), plan_for(b"a\r\n", 3))
-    assert len(plans._plans) <= 100 and plans.get(("/m", "key999", 999)) is not None
-    assert plans.get(("/m", "key0", 0)) is None  # the oldest went first
+        plans.put(("/m", 1, n, 3), plan_for(b"a\r\n", 3))
+    assert len(plans._plans) <= 100 and plans.get(("/m", 1, 999, 3)) is not None
+    assert plans.get(("/m", 1, 0, 3)) is None  # the oldest went first

@@ -104,20 +104,18 @@ class Maildrop:
         """The message with CRLF line ends only (what goes on the wire), and where its
         lines that start with "." start (what dot-stuffing changes): see :mod:`.wire`."""
         try:
-            info = self.mailbox.get(entry.uid)
-            if info is None:
-                raise KeyError(entry.uid)
             data = self.mailbox.read(entry.uid)
         except (KeyError, FileNotFoundError) as exc:
             raise StoreFailure(f"message {entry.number} is no longer in the mailbox") from exc
         except OSError as exc:
             raise StoreFailure(str(exc)) from exc
-        # Maildir files never change once delivered: what one look at this file
-        # found holds for every later read of it.
-        key = (self._where, info.key, len(data))
+        # A message never changes once delivered (RFC 3501 2.3.1.1: a UID names one
+        # message, for as long as the UIDVALIDITY lasts): what one look at it found
+        # holds for every later read of it.
+        key = (self._where, self.uidvalidity, entry.uid, len(data))
         plan = PLANS_SEEN.get(key)
         if plan is None:
-            plan = plan_for(data, info.crlf_size)
+            plan = plan_for(data, entry.size)
             PLANS_SEEN.put(key, plan)
         return (data if plan.crlf else crlf_only(data)), plan.dots
 

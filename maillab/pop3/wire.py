@@ -5,15 +5,15 @@ that only the final CRLF "." CRLF ends the response.
 Finding what to change costs two passes over the message (is every line end
 already a CRLF? where do lines start with "."?), and changing it a third that
 copies it. Here the passes are made once per message and what they found, a
-:class:`Plan`, is remembered: a Maildir file never changes once delivered (the
-unique part of its name names its content; flags only rename it), so the next
-RETR of the same message (another client, a client that leaves mail on the
-server and downloads it again) only reads the file. And nothing is copied: the
-message goes out as slices of the bytes read, with the extra "." between them
-(:func:`stuffed_parts`, written with one gathering ``writev``). A message with
-more than MAX_DOTS such lines (a hostile one may have millions) is stuffed the
-plain way instead, by :func:`dot_stuff`, the reference the pieces must equal
-(tests compare them).
+:class:`Plan`, is remembered: a message never changes once delivered (its UID
+names it for as long as the mailbox's UIDVALIDITY lasts; flags only rename the
+file), so the next RETR of the same message (another client, a client that
+leaves mail on the server and downloads it again) only reads the file. And
+nothing is copied: the message goes out as slices of the bytes read, with the
+extra "." between them (:func:`stuffed_parts`, written with one gathering
+``writev``). A message with more than MAX_DOTS such lines (a hostile one may
+have millions) is stuffed the plain way instead, by :func:`dot_stuff`, the
+reference the pieces must equal (tests compare them).
 """
 
 from __future__ import annotations
@@ -104,17 +104,18 @@ def stuffed_parts(data: bytes, dots: tuple[int, ...] | None) -> list[bytes | mem
 
 
 class Plans:
-    """Plans by message file, bounded (the oldest go first); any thread may ask."""
+    """Plans by message (mailbox path, UIDVALIDITY, UID, size), bounded (the oldest
+    go first); any thread may ask."""
 
     def __init__(self, size: int = PLANS) -> None:
         self.size = size
-        self._plans: dict[tuple[str, str, int], Plan] = {}
+        self._plans: dict[tuple[str, int, int, int], Plan] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str, int]) -> Plan | None:
+    def get(self, key: tuple[str, int, int, int]) -> Plan | None:
         return self._plans.get(key)
 
-    def put(self, key: tuple[str, str, int], plan: Plan) -> None:
+    def put(self, key: tuple[str, int, int, int], plan: Plan) -> None:
         with self._lock:
             if len(self._plans) >= self.size:
                 for old in list(self._plans)[: self.size // 4]:
@@ -122,5 +123,5 @@ class Plans:
             self._plans[key] = plan
 
 
-#: The process's plans: every lab's POP3 servers share them (the key names the file).
+#: The process's plans: every lab's POP3 servers share them (the key names the message).
 PLANS_SEEN = Plans()

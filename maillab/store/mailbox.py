@@ -311,9 +311,10 @@ class Mailbox(DirectorySync, Measuring):
         self.measure(unknown)
         with self.lock:
             t = self.table
-            if not t.holes:
-                return t.uids[:], t.crlf[:]
-            return t.live_uids(), array("q", itertools.compress(t.crlf, t.state))
+            sizes = t.crlf[:] if not t.holes else array("q", itertools.compress(t.crlf, t.state))
+            if sizes and min(sizes) < 0:  # still unknown only when the file vanished meanwhile
+                sizes = array("q", (max(size, 0) for size in sizes))
+            return t.live_uids(), sizes
 
     def total_size(self) -> int:
         """The sum of RFC822.SIZE over the mailbox (IMAP STATUS SIZE)."""
