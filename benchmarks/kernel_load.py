@@ -108,7 +108,7 @@ VIEWS = (
     "for v in views.values():\n"
     "    display(v)\n"
     "def updates():\n"
-    "    return {k: (getattr(v, 'updates', 0), v._throttle.publishes) for k, v in views.items()}\n"
+    "    return {k: (getattr(v, 'updates', 0), getattr(v._throttle, 'publishes', 0)) for k, v in views.items()}\n"
 )
 
 

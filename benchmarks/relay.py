@@ -435,7 +435,8 @@ def many_domains(domains: int, n: int, clients: int, auth: bool = True, **kw: fl
     print(f"  peaks: queue {max(q for _, q, _, _ in samples)}, open fds {max(fd for *_, fd in samples)};"
           f" peak RSS {peak_rss_mb():.0f} MB")
     lost = n - len(stored)
-    print(f"  relay SMTP sessions: {len(attempts)} deliveries, {reused} of them over a kept connection")
+    print(f"  relay SMTP sessions: {len(attempts)} deliveries, {reused} of them over a kept connection"
+          " (of the messages the queue still remembers: the last 5,000 finished)")
     print(f"  accepted {len(accepted)}, stored {len(stored)}, in the Maildirs {counted}, lost {lost},"
           f" duplicated {len(dups)}; relay states {states}")
 
