@@ -14,8 +14,8 @@ from maillab.events import EventBus
 from maillab.pop3.explain import explain
 from maillab.pop3.maildrop import StoreBackend
 from maillab.pop3.server import RECORD_HEAD, _head
-from maillab.pop3.session import POP3Session, Reply, State, dot_stuff, top_of
-from maillab.pop3.wire import MAX_DOTS, Plans, crlf_only, plan_for, stuffed_parts
+from maillab.pop3.session import POP3Session, Reply, State, top_of
+from maillab.pop3.wire import MAX_DOTS, Plans, crlf_only, dot_stuff, plan_for, stuffed_parts
 from maillab.store import Store, crlf_size
 from maillab.users import Users
 

@@ -33,7 +33,8 @@ from ..listener import DROPPED, LineServer
 from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
 from .maildrop import StoreBackend
-from .session import POP3Session, Reply, dot_stuff
+from .session import POP3Session, Reply
+from .wire import dot_stuff
 
 log = logging.getLogger("maillab.pop3")
 

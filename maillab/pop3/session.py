@@ -35,9 +35,7 @@ from typing import Any, Protocol
 from .. import sasl
 from ..masking import mask_line
 from .maildrop import Entry, InUse, Maildrop, StoreFailure
-from .wire import dot_lines, dot_stuff, stuffed_parts
-
-__all__ = ["POP3Session", "Reply", "State", "COMMANDS", "dot_stuff", "top_of"]
+from .wire import dot_lines, stuffed_parts
 
 
 class State(str, Enum):
@@ -119,7 +117,7 @@ class Reply:
     def parts(self) -> list[bytes | memoryview]:
         """The reply as written, in pieces: the status line, then the multi-line part.
         A message goes as slices of the bytes read with the stuffed "." between them
-        (the same octets as :func:`dot_stuff`, without copying the message)."""
+        (the same octets as :func:`.wire.dot_stuff`, without copying the message)."""
         status = self.status.encode("utf-8") + b"\r\n"
         if self.message is not None:
             # None: not known, or too many to list (then dot_lines stops early and says so)
