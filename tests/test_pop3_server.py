@@ -463,3 +463,26 @@ def test_a_message_expunged_during_the_session_is_an_error_not_a_crash(single_la
     assert c.retr(2)[1] == [b"Subject: 2", b"", b"body 2"]
     assert c.stat() == (2, 2 * len(b"Subject: 1\r\n\r\nbody 1\r\n"))  # the numbers stay fixed
     c.quit()
+
+
+def test_the_notes_of_a_large_maildrop_stay_bounded_and_the_view_folds_them(single_lab: Lab) -> None:
+    from maillab.pop3.session import NOTE_MESSAGES
+    from maillab.views.pop3_state import render_text, server_sessions, session_state
+
+    count = NOTE_MESSAGES + 100
+    mb = single_lab.store.mailbox(BOB)
+    for n in range(count):
+        mb.add(b"Subject: %d\r\n\r\nbody\r\n" % n)
+    c = login(single_lab)
+    c.dele(1)
+    c.dele(count)
+    sid = server_sessions(single_lab.events.events())[-1]
+    notes = [e.data for e in single_lab.events.events(session=sid, kinds=("note",)) if "pop3" in e.data]
+    opened = next(d for d in notes if d["pop3"] == "maildrop")
+    assert len(opened["messages"]) == NOTE_MESSAGES and opened["count"] == count
+    assert [d["number"] for d in notes if d["pop3"] == "marked"] == [1, count]  # one number each
+    st = session_state(single_lab.events.events(session=sid), sid)
+    assert st.marked == [1, count] and f"… ({count} messages)" in render_text(st)
+    c.quit()
+    st = session_state(single_lab.events.events(session=sid), sid)
+    assert st.removed == [1, count] and st.left == count - 2
