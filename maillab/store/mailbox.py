@@ -159,17 +159,17 @@ class Mailbox(DirectorySync, Measuring):
     def _load(self) -> None:
         """The index into memory: the snapshot the last clean close wrote (one blob,
         then deleted: from the first change on, the rows are the truth), or row by row."""
-        row = self._db.execute("SELECT data FROM snapshot WHERE id = 1").fetchone()
-        if row is not None:
-            self._db.execute("DELETE FROM snapshot")
+        if self._db.execute("SELECT 1 FROM snapshot WHERE id = 1").fetchone() is not None:
             try:
-                table = MessageTable.from_bytes(row[0])
+                with self._db.blobopen("snapshot", "data", 1, readonly=True) as blob:
+                    table = MessageTable.load(blob.read)
+                self._db.execute("DELETE FROM snapshot")
                 count, top = self._db.execute("SELECT count(*), max(uid) FROM messages").fetchone()
                 if count == len(table) and (top or 0) == (table.uids[-1] if table.live else 0):
                     self.table = table
                     return
-            except (ValueError, KeyError, TypeError):
-                pass  # not what close() wrote: the rows are the truth
+            except (ValueError, KeyError, TypeError, sqlite3.Error):
+                self._db.execute("DELETE FROM snapshot")  # not what close() wrote: the rows are the truth
         table = self.table
         flagsets: dict[str, frozenset[str]] = {}
         with collector_paused():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import json
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import accumulate, compress, islice
 
 from .filenames import info_letters
@@ -216,38 +216,41 @@ class MessageTable:
     _COLUMNS = ("uids", "state", "flag_ids", "sizes", "crlf", "dates", "_key_ends", "_keys")
 
     def to_bytes(self) -> bytes:
-        """The table as one blob: a JSON header (column lengths, flag sets, odd names)
-        and the columns' bytes. Compacted first."""
+        """The table as one blob: the length of a JSON header (8 octets), the header
+        (column lengths, flag sets, odd names), then each column's bytes. Compacted first."""
         self.compact()
         columns = [getattr(self, name) for name in self._COLUMNS]
-        head = {"lengths": [len(c) if isinstance(c, bytearray) else len(c) * c.itemsize
-                            for c in columns],
-                "flagsets": [sorted(f) for f in self.flagsets],
-                "odd": [[u, n] for u, n in self.odd_names.items()]}
-        return b"".join([json.dumps(head).encode("utf-8", "surrogateescape"), b"\0",
+        head = json.dumps({
+            "lengths": [len(c) if isinstance(c, bytearray) else len(c) * c.itemsize for c in columns],
+            "flagsets": [sorted(f) for f in self.flagsets],
+            "odd": [[u, n] for u, n in self.odd_names.items()],
+        }).encode("utf-8", "surrogateescape")
+        return b"".join([len(head).to_bytes(8, "big"), head,
                          *(bytes(c) if isinstance(c, bytearray) else c.tobytes() for c in columns)])
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> MessageTable:
-        """The table :meth:`to_bytes` wrote (ValueError if the blob does not add up)."""
-        end = blob.index(b"\0")
-        head = json.loads(blob[:end].decode("utf-8", "surrogateescape"))
+    def load(cls, read: Callable[[int], bytes]) -> MessageTable:
+        """The table :meth:`to_bytes` wrote, read a piece at a time by ``read(n)`` (an
+        sqlite blob handle: no copy of the whole blob is ever held). ValueError if it
+        does not add up."""
+        size = int.from_bytes(read(8), "big")
+        head = json.loads(read(size).decode("utf-8", "surrogateescape"))
         table = cls()
         for fs in head["flagsets"]:
             table.flag_id(frozenset(fs))
         table.odd_names = {int(u): n for u, n in head["odd"]}
-        at = end + 1
         for name, length in zip(cls._COLUMNS, head["lengths"], strict=True):
-            chunk = blob[at:at + length]
-            at += length
+            chunk = read(length)
+            if len(chunk) != length:
+                raise ValueError("index snapshot is cut short")
             column = getattr(table, name)
             if isinstance(column, bytearray):
                 column += chunk
             else:
                 column.frombytes(chunk)
-        if at != len(blob) or len({len(table.uids), len(table.state), len(table.flag_ids),
-                                   len(table.sizes), len(table.crlf), len(table.dates),
-                                   len(table._key_ends)}) != 1:
+            del chunk
+        if read(1) or len({len(table.uids), len(table.state), len(table.flag_ids), len(table.sizes),
+                           len(table.crlf), len(table.dates), len(table._key_ends)}) != 1:
             raise ValueError("index snapshot does not add up")
         table.live = len(table.state) - table.state.count(0)
         return table

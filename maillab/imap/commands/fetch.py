@@ -10,6 +10,7 @@ into the text around them.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ...store import Mailbox
 from ...store.reading import WIRE_ITEMS_MAX, caches, read_wire, remember
 from ...store.table import UNKNOWN_DATE
+from ..flags import flags_text
 from ..responses import No, Output, Response, lines
 from ..selected_mailbox import SelectedMailbox
 from ..states import SELECTED_ONLY
@@ -189,12 +191,17 @@ def _set_seen(view: SelectedMailbox, indexes: list[int]) -> set[int]:
 def _from_index(view: SelectedMailbox, names: list[str], indexes: list[int]) -> Iterator[Output]:
     """FETCH of index items only (``1:* (UID FLAGS)``, what a client syncing flags
     asks): a batch of messages per lock hold, formatted straight into one block
-    of lines. Returns whether some messages were expunged meanwhile."""
+    of lines. The view's UIDs, the mailbox's and this session's \\Recent are all
+    ascending, so each message's row is found by walking them side by side.
+    Returns whether some messages were expunged meanwhile."""
     mb = view.mailbox
     t = mb.table
     uids = view.uids
     measured = "RFC822.SIZE" in names or "INTERNALDATE" in names
-    uid_flags = names in (["UID", "FLAGS"], ["FLAGS", "UID"])
+    uid_first = names == ["UID", "FLAGS"]
+    uid_flags = uid_first or names == ["FLAGS", "UID"]
+    recent = view.recent.uids
+    texts: dict[int, str] = {}  # flag-set number * 2 + recent -> the FLAGS list
     missing = False
     for start in range(0, len(indexes), INDEX_BATCH):
         batch = indexes[start:start + INDEX_BATCH]
@@ -203,18 +210,33 @@ def _from_index(view: SelectedMailbox, names: list[str], indexes: list[int]) -> 
         out: list[str] = []
         with mb.lock:
             flagsets, flag_ids, reported = t.flagsets, t.flag_ids, view.flag_ids
+            rows, state, n = t.uids, t.state, len(t.uids)
+            slot = bisect.bisect_left(rows, uids[batch[0]]) - 1
+            r = bisect.bisect_left(recent, uids[batch[0]])
+            nr = len(recent)
             for idx in batch:
                 uid = uids[idx]
-                slot = t.slot(uid)
-                if slot is None:
+                slot += 1
+                if slot >= n or rows[slot] != uid:
+                    slot = bisect.bisect_left(rows, uid)
+                    if slot >= n or rows[slot] != uid:
+                        missing = True
+                        slot -= 1
+                        continue
+                if not state[slot]:
                     missing = True
                     continue
+                while r < nr and recent[r] < uid:
+                    r += 1
                 fid = flag_ids[slot]
+                key = 2 * fid + (r < nr and recent[r] == uid)
+                text = texts.get(key)
+                if text is None:
+                    text = texts[key] = flags_text(flagsets[fid], key & 1 == 1)
                 if uid_flags:
                     reported[idx] = fid
-                    out.append(f"* {idx + 1} FETCH (UID {uid} FLAGS ({view.flags_text(uid, flagsets[fid])}))"
-                               if names[0] == "UID" else
-                               f"* {idx + 1} FETCH (FLAGS ({view.flags_text(uid, flagsets[fid])}) UID {uid})")
+                    out.append(f"* {idx + 1} FETCH (UID {uid} FLAGS ({text}))" if uid_first
+                               else f"* {idx + 1} FETCH (FLAGS ({text}) UID {uid})")
                     continue
                 parts = []
                 for name in names:
@@ -222,7 +244,7 @@ def _from_index(view: SelectedMailbox, names: list[str], indexes: list[int]) -> 
                         parts.append(f"UID {uid}")
                     elif name == "FLAGS":
                         reported[idx] = fid
-                        parts.append(f"FLAGS ({view.flags_text(uid, flagsets[fid])})")
+                        parts.append(f"FLAGS ({text})")
                     elif name == "RFC822.SIZE":
                         parts.append(f"RFC822.SIZE {max(t.crlf[slot], 0)}")
                     else:
