@@ -133,7 +133,15 @@ class EventBus:
         kinds: tuple[str, ...] | None = None,
     ) -> list[Event]:
         with self._lock:
-            snapshot = list(self._events)
+            start = 0
+            if since > 0 and self._events:
+                # Sequence numbers are consecutive in a live bus: skip what is older than
+                # ``since`` without looking at it (a recorded run may have gaps: scan it all).
+                start = min(len(self._events), max(0, since - self._events[0].seq + 1))
+                if (start < len(self._events) and self._events[start].seq <= since) or \
+                        (start > 0 and self._events[start - 1].seq > since):
+                    start = 0
+            snapshot = list(itertools.islice(self._events, start, None))
         return [
             e
             for e in snapshot

@@ -64,3 +64,18 @@ def test_concurrent_emitters_get_unique_increasing_sequence_numbers():
         t.join()
     seqs = [e.seq for e in bus.events()]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) == 4 * 501
+
+
+def test_events_since_skips_the_older_ones_also_in_a_trimmed_or_recorded_bus():
+    bus = EventBus(maxlen=50)
+    rec = bus.session("smtp", "server", "h")
+    for n in range(120):
+        rec.client_line(f"NOOP {n}")
+    seqs = [e.seq for e in bus.events()]
+    assert len(seqs) == 50
+    for since in (0, seqs[0] - 5, seqs[0], seqs[10], seqs[-1], seqs[-1] + 3):
+        assert [e.seq for e in bus.events(since=since)] == [s for s in seqs if s > since]
+    gaps = EventBus.from_events([e for e in bus.events() if e.seq % 3])  # a recording with gaps
+    kept = [e.seq for e in gaps.events()]
+    for since in (0, kept[0], kept[7], kept[-1]):
+        assert [e.seq for e in gaps.events(since=since)] == [s for s in kept if s > since]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -112,32 +113,42 @@ def auth_policy(lab: Lab, service: str) -> tuple[str, str]:
     return "no", f"yes ({answer})"
 
 
-def _sessions(lab: Lab) -> dict[tuple[str, str], list[SessionSeen]]:
-    """(host, service) -> sessions seen by that server, oldest first."""
-    seen: dict[str, tuple[tuple[str, str], SessionSeen]] = {}
-    for e in lab.events.events(kinds=(OPENED, TLS, CLOSED)):
-        if e.side != "server" or e.protocol == "wire":  # a middlebox's own notes are no sessions
-            continue
-        if e.kind == OPENED:
-            service = e.data.get("service")
-            if service:
-                seen[e.session] = ((e.host, service), SessionSeen(e.session, str(e.data.get("peer", "")),
-                                                                  "plaintext", True))
-        elif e.session in seen:
-            s = seen[e.session][1]
-            if e.kind == TLS:
-                s.negotiated = f"{e.data.get('version')} {e.data.get('cipher')}"
-            else:
-                s.open = False
-    out: dict[tuple[str, str], list[SessionSeen]] = {}
-    for key, s in seen.values():
-        out.setdefault(key, []).append(s)
-    return out
+class SessionsSeen:
+    """The sessions each server has seen, (host, service) -> the newest few and a count.
+    :meth:`update` reads only the events since the last call, so a live map under load
+    does not scan the whole event log on every refresh."""
+
+    def __init__(self) -> None:
+        self.last = 0  # the last event seq read
+        self.by_key: dict[tuple[str, str], deque[SessionSeen]] = {}
+        self.total: dict[tuple[str, str], int] = {}
+        self._open: dict[str, SessionSeen] = {}
+
+    def update(self, lab: Lab) -> SessionsSeen:
+        events = lab.events.events(kinds=(OPENED, TLS, CLOSED), since=self.last)
+        for e in events:
+            if e.side != "server" or e.protocol == "wire":  # a middlebox's own notes are no sessions
+                continue
+            if e.kind == OPENED:
+                service = e.data.get("service")
+                if service:
+                    key = (e.host, service)
+                    s = self._open[e.session] = SessionSeen(e.session, str(e.data.get("peer", "")), "plaintext", True)
+                    self.by_key.setdefault(key, deque(maxlen=SESSIONS_SHOWN)).append(s)
+                    self.total[key] = self.total.get(key, 0) + 1
+            elif e.session in self._open:
+                if e.kind == TLS:
+                    self._open[e.session].negotiated = f"{e.data.get('version')} {e.data.get('cipher')}"
+                else:
+                    self._open.pop(e.session).open = False
+        if events:
+            self.last = events[-1].seq
+        return self
 
 
-def port_map(lab: Lab) -> PortMap:
-    """The map of ``lab`` as it is now."""
-    sessions = _sessions(lab)
+def port_map(lab: Lab, seen: SessionsSeen | None = None) -> PortMap:
+    """The map of ``lab`` as it is now (``seen``: a live map's sessions so far)."""
+    sessions = (seen or SessionsSeen()).update(lab)
     rows: dict[str, ServiceRow] = {}
     hosts: list[str] = []
     for svc in lab.services:
@@ -150,10 +161,10 @@ def port_map(lab: Lab) -> PortMap:
             before, refused = auth_policy(lab, svc.name)
             row = rows[svc.name] = ServiceRow(svc.name, ROLES.get(svc.name, ""), svc.standard_port, "",
                                               svc.tls, before, refused, MINIMUM_VERSION_TEXT)
-        seen = sessions.get((svc.hostname, svc.name), [])
+        key = (svc.hostname, svc.name)
         box = lab.middleboxes.get(f"{svc.hostname}/{svc.name}")
         row.cells[svc.hostname] = HostCell(svc.hostname, svc.address, svc.port, svc.state,
-                                           seen[-SESSIONS_SHOWN:], len(seen),
+                                           list(sessions.by_key.get(key, ())), sessions.total.get(key, 0),
                                            None if box is None else
                                            "STARTTLS-stripping middlebox" if box.strip else "passive tap (Eve)")
     for row in rows.values():
@@ -374,7 +385,8 @@ class LivePortMap:
         self.lab = lab
         self.updates = 0
         self._lock = threading.Lock()
-        self.map = port_map(lab)
+        self._seen = SessionsSeen()
+        self.map = port_map(lab, self._seen)
         options = [(f"{row.service} on {host}", (host, row.service)) for row in self.map.rows
                    for host in self.map.hosts if host in row.cells]
         # The certificates are folds in the grid too: they open in the browser even while
@@ -413,7 +425,7 @@ class LivePortMap:
 
     def refresh(self) -> None:
         with self._lock:
-            self.map = port_map(self.lab)
+            self.map = port_map(self.lab, self._seen)
             value = self._grid_value()
             if value != self.grid.value:
                 self.grid.value = value

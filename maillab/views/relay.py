@@ -420,9 +420,12 @@ class LiveRelayView:
         self._final_check()
 
     def _on_event(self, event: Any) -> None:
-        # Called on the lab thread: do nothing but poke (never block, never raise).
+        # Called on the lab thread: do nothing but poke (never block, never raise). Once
+        # the message is final, its SMTP and DNS sessions are over: only the relay's own
+        # notes (a DSN) can change the path, and the lab's other traffic must not make
+        # the view rebuild it several times a second.
         try:
-            if event.protocol in ("relay", "dns", "smtp"):
+            if event.protocol == "relay" or (event.protocol in ("dns", "smtp") and self.path.state not in self.FINAL):
                 self._throttle.poke()
         except Exception:
             pass
