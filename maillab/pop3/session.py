@@ -15,8 +15,10 @@ Extensions: RFC 2449 (CAPA, response codes [IN-USE] [AUTH] [SYS/TEMP]),
 RFC 2595 (STLS), RFC 5034 (AUTH PLAIN with initial response), RFC 1939 APOP.
 
 Nothing here touches a socket: the driver (``server.py``) reads lines, calls
-:meth:`POP3Session.receive`, writes ``reply.wire()`` and acts on the flags
-(``starttls``, ``close``, ``delay``). Tests can drive the state machine directly.
+:meth:`POP3Session.receive` (on a worker thread when :meth:`~POP3Session.slow`
+says the command may take long), writes ``reply.parts()`` and acts on the flags
+(``starttls``, ``close``, ``delay``); :meth:`~POP3Session.settle` writes RETR's
+``\\Seen`` marks. Tests can drive the state machine directly.
 """
 
 from __future__ import annotations
