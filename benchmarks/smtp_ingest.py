@@ -376,7 +376,8 @@ def main() -> None:
         sys.exit(f"--servers: lab first, then any of {', '.join(KINDS[1:])}, lab-nosync")
     cases = [CASES[int(n) - 1] for n in args.cases.split(",")]
     if args.quick:
-        cases = [(label, max(conns, count // 10), size, conns) for label, count, size, conns in cases]
+        cases = [(label.replace(f"x {count},", f"x {max(conns, count // 10)},"), max(conns, count // 10),
+                  size, conns) for label, count, size, conns in cases]
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
