@@ -19,7 +19,7 @@ class Limits:
     smtp_recipients: int = 100  # past it: 452 4.5.3
     smtp_bad_commands: int = 20  # unknown/invalid commands before we disconnect (421)
     smtp_timeout: float = 300.0  # idle seconds before 421 (RFC 5321 4.5.3.2: 5 minutes)
-    smtp_fsync: bool = True  # 250 only once the delivered file is on the disk (fsync), as with
+    smtp_fsync: bool = True  # 250 only once the delivered file (or relay queue entry) is on disk, as with
     # Postfix; False: a crash of the lab still loses nothing acknowledged, a power cut may
     # lose the last messages (benchmarks/README.md: what it costs per message)
     # POP3 (RFC 1939, RFC 2449)

@@ -80,3 +80,15 @@ def test_a_queued_message_survives_kill_9_and_is_sent_once(tmp_path) -> None:
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.communicate(timeout=15)
+
+
+def test_flush_puts_an_entry_on_disk_and_passes_over_one_already_gone(tmp_path) -> None:
+    from maillab.relay.spool import Spool
+
+    spool = Spool(tmp_path / DIRNAME)
+    spool.directory.mkdir()
+    (spool.directory / "Q1.eml").write_bytes(b"Subject: x\r\n\r\nhi\r\n")
+    (spool.directory / "Q1.json").write_text("{}")
+    spool.flush("Q1")  # the SMTP server's step before its 250
+    spool.remove("Q1")
+    spool.flush("Q1")  # delivered before the worker thread got to it: nothing to keep

@@ -85,6 +85,7 @@ class RelayQueue:
         self.presets = FailurePresets(self)  # %mail fail / heal
         self.control = lab.events.session("relay", "server", "lab-relay", "", role="control")
         self.spool = Spool(lab.directory / DIRNAME)  # what a 250 promised, on disk
+        self._syncing: dict[str, asyncio.Future[None]] = {}  # spool entries being fsync'ed
 
     @property
     def tls_policy(self) -> str:
@@ -158,8 +159,28 @@ class RelayQueue:
         self._state(msg, QUEUED, f"queued as {qid}: from <{mail_from}> to "
                                  f"{', '.join('<' + r + '>' for r in msg.rcpts)} ({len(data)} bytes)")
         self._trim()
-        self._loop.call_soon_threadsafe(self._launch, msg)
+        if self.lab.limits.smtp_fsync:
+            # On the disk before the SMTP server's 250 (it awaits synced()) and before
+            # the first attempt, as Postfix's qmgr sees only a queue file cleanup(8) fsync'ed.
+            syncing = self._syncing[qid] = self._loop.run_in_executor(None, self.spool.flush, qid)
+            syncing.add_done_callback(functools.partial(self._synced, msg))
+        else:
+            self._loop.call_soon_threadsafe(self._launch, msg)
         return qid
+
+    def _synced(self, msg: QueuedMessage, syncing: asyncio.Future[None]) -> None:
+        self._syncing.pop(msg.id, None)
+        if not syncing.cancelled() and syncing.exception() is not None:
+            # The SMTP server answered 451; the message stays queued (a copy too many
+            # if the client sends it again, rather than one lost).
+            self.note(msg, f"spool entry not synced to disk: {syncing.exception()}")
+        self._launch(msg)
+
+    async def synced(self, queue_id: str) -> None:
+        """Until ``queue_id``'s spool entry is on the disk (raises OSError if it cannot be)."""
+        syncing = self._syncing.get(queue_id)
+        if syncing is not None:
+            await asyncio.shield(syncing)
 
     async def room(self, rec: SessionRecorder | None = None) -> float:
         """Flow control for the SMTP servers (:mod:`.slots`, Postfix's ``in_flow_delay``):

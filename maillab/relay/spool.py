@@ -12,8 +12,12 @@ with the recipients that remain, and both files go when the message is final.
 
 Delivery is therefore at least once, as in Postfix: a crash after the next hop
 said 250 and before the JSON was rewritten sends that recipient's copy again.
-Files are not fsync'ed (like the store's sqlite in WAL mode with synchronous=NORMAL):
-a process crash loses nothing, a power cut may lose the last entries.
+A new entry's files and the directory are fsync'ed before the SMTP server answers
+250 and before the first delivery attempt (:meth:`Spool.flush`, on a worker thread;
+``Limits.smtp_fsync``, as for local delivery), so an acknowledged message also
+outlives a power cut. The rewrites after
+delivery attempts are not: a power cut may bring back recipients already served
+(at least once, as above).
 """
 
 from __future__ import annotations
@@ -64,6 +68,25 @@ class Spool:
         meta: dict[str, Any] = {"id": msg.id, "origin": msg.origin, "mail_from": msg.mail_from,
                                 "rcpts": pending, "created": msg.created}
         _write(self.directory / f"{msg.id}.json", json.dumps(meta).encode())
+
+    def flush(self, queue_id: str) -> None:
+        """Put ``queue_id``'s entry on the disk (fsync of both files, then of the
+        directory that names them); an entry already gone (delivered meanwhile) has
+        nothing left to keep."""
+        for suffix in (".eml", ".json"):
+            try:
+                fd = os.open(self.directory / f"{queue_id}{suffix}", os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def remove(self, queue_id: str) -> None:
         for suffix in (".json", ".eml"):  # the JSON first: without it the entry is void

@@ -289,6 +289,9 @@ class SMTPServer(LineServer):
                                                  origin=self.service.host, session=rec.session)
                 if inspect.isawaitable(relay_id):
                     relay_id = await relay_id
+                synced = getattr(self.lab.relay, "synced", None)
+                if synced is not None:  # the queue entry on the disk before the 250
+                    await synced(relay_id)
             except Exception as exc:
                 rec.note(f"relay refused the message: {exc!r}")
                 return Reply(451, "4.3.0", "Error: queue file write error, try again later")
