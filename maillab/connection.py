@@ -67,6 +67,8 @@ class LineConnection(asyncio.Protocol):
         self._eof = False
         self._paused = False
         self._data_waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0  # when the waiting read times out (loop time)
+        self._timer: asyncio.TimerHandle | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._lost = False
@@ -95,6 +97,9 @@ class LineConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = self._lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._wake()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
@@ -132,17 +137,33 @@ class LineConnection(asyncio.Protocol):
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        # A timer on the waiter itself, not asyncio.wait_for(): that costs a second
-        # trip round the event loop for every read, which a busy MX feels.
+        # Not asyncio.wait_for() (a second trip round the event loop for every read)
+        # and not a timer per read (a busy MX reads four times per message): one
+        # timer per connection, which moves on to the current deadline when it fires
+        # early, and is set again only when a deadline comes sooner.
         waiter = self._data_waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter)
+        self._deadline = deadline = loop.time() + timeout
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(deadline, self._time_up)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._data_waiter = None
         if not self._buf and self._eof:
             raise ConnectionClosed()
+
+    def _time_up(self) -> None:
+        self._timer = None
+        waiter = self._data_waiter
+        if waiter is None or waiter.done():
+            return  # not reading now: the next read sets the timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._deadline:
+            _expire(waiter)
+        else:
+            self._timer = loop.call_at(self._deadline, self._time_up)
 
     def _line_deadline(self) -> float:
         return asyncio.get_running_loop().time() + self.idle_timeout
