@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import compress
 
 from ..store import Mailbox
@@ -116,7 +116,7 @@ class SelectedMailbox:
             if recent and not self.readonly:
                 mb.set_meta(RECENT_META, uids[-1])
         return recent
-    def resolve(self, seqs: SeqSet, uid: bool) -> list[int]:
+    def resolve(self, seqs: SeqSet, uid: bool) -> Sequence[int]:
         """Indexes (sequence number - 1) named by a sequence set, ascending, each once.
 
         Each range becomes an index interval (UIDs by binary search), the intervals
@@ -148,7 +148,7 @@ class SelectedMailbox:
                 if lo < hi:
                     spans.append((lo, hi))
         if len(spans) == 1:
-            return list(range(*spans[0]))
+            return range(*spans[0])  # 1:* of 100,000: no list of 100,000 numbers
         spans.sort()
         out: list[int] = []
         end = 0

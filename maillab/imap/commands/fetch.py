@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...store import Mailbox
@@ -181,14 +181,14 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
     return None
 
 
-def _set_seen(view: SelectedMailbox, indexes: list[int]) -> set[int]:
+def _set_seen(view: SelectedMailbox, indexes: Sequence[int]) -> set[int]:
     """Add \\Seen to those of these messages that lack it; returns the ones changed."""
     _, changed = view.mailbox.change_flags([view.uids[i] for i in indexes],
                                            lambda old, seen: old | seen, _SEEN)
     return set(changed)
 
 
-def _from_index(view: SelectedMailbox, names: list[str], indexes: list[int]) -> Iterator[Output]:
+def _from_index(view: SelectedMailbox, names: list[str], indexes: Sequence[int]) -> Iterator[Output]:
     """FETCH of index items only (``1:* (UID FLAGS)``, what a client syncing flags
     asks): a batch of messages per lock hold, formatted straight into one block
     of lines. The view's UIDs, the mailbox's and this session's \\Recent are all
