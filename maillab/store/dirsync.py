@@ -77,7 +77,9 @@ class DirectorySync:
     def sync(self) -> bool:
         """Reconcile the index with the directories: files added, renamed or
         removed by other tools. Returns True when anything changed."""
-        with self.lock:
+        # No cyclic collection while 100,000 names are listed: nothing made here is
+        # garbage, and in a lab process a full collection walks every object it has.
+        with self.lock, collector_paused():
             stamp = self._stamp()
             if stamp == self._dir_stamp:
                 return False
@@ -112,8 +114,7 @@ class DirectorySync:
                 new_keys = [k for k in on_disk if k not in known] if known else list(on_disk)
                 if new_keys:
                     changed = True
-                    with collector_paused():
-                        self._index_new(new_keys, on_disk)
+                    self._index_new(new_keys, on_disk)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
