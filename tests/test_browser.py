@@ -52,7 +52,7 @@ CELLS = {
     "load": "%load_ext maillab",
     "start": "%mail start --ports auto --dir lab",
     "status": "%mail status",
-    "transcript": "%mail transcript",
+    "transcript": "transcript = %mail transcript\ntranscript",
     # Sends through the MX port, then keeps the cell running until the browser says
     # it has seen the session in the widget above: an update that can only have
     # come from the lab thread while the kernel was busy in this cell.
@@ -72,6 +72,9 @@ deadline = time.monotonic() + 30
 while not seen.exists() and time.monotonic() < deadline:
     time.sleep(0.05)
 print("transcript updated while this cell ran:", seen.exists())""",
+    # The same widget in a second output: the browser holds its whole state, not only
+    # the changes sent since (a page reload gets the same from the kernel).
+    "again": "transcript",
     # Ports and TLS: the live port map, the probe, and what an eavesdropper reads.
     "ports": "%mail ports",
     "probe": "%mail probe imaps",
@@ -406,8 +409,16 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     headers = "s => s.heads || []"
     nb.until(f"s => ({headers})(s).some(t => t.includes('(pop3 '))", "transcript")
     nb.cell("transcript").locator("select").nth(1).select_option("pop3")
-    nb.until(f"s => {{ const h = ({headers})(s); return h.length > 0 && h.every(t => t.includes('(pop3 ')); }}",
-             "transcript")
+    pop3_only = nb.until(
+        f"s => {{ const h = ({headers})(s); return h.length > 0 && h.every(t => t.includes('(pop3 ')); }}",
+        "transcript")
+    # A second output of the same widget shows what the first shows, and both grow.
+    nb.run("again")
+    nb.until(f"s => (s.widget || '') === {json.dumps(pop3_only['widget'])}", "again")
+    poplib.POP3(ports["pop3"]["address"], int(ports["pop3"]["lab port"]), timeout=10).quit()
+    more = len(pop3_only["heads"]) + 1
+    grown_again = nb.until(f"s => ({headers})(s).length === {more}", "again")
+    nb.until(f"s => (s.widget || '') === {json.dumps(grown_again['widget'])}", "transcript")
 
     # The port map: a live widget; a session from outside the kernel appears in it.
     nb.run("ports")

@@ -128,7 +128,9 @@ def test_notebook_executes(path):
                if (claim.search(shown) is None if isinstance(claim, re.Pattern) else claim not in shown)]
     assert missing == [], f"{path.name} no longer shows: {missing}"
     widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
-    values = "\n".join(str(m["state"].get("value", "")) for m in widgets.get("state", {}).values())
+    # a LiveBlocks view (the transcript) keeps its whole view in "blocks", not "value"
+    values = "\n".join(str(m["state"].get("value", "")) + "".join(
+        text for _key, text in m["state"].get("blocks", {}).get("items", [])) for m in widgets.get("state", {}).values())
     missing = [claim for claim in WIDGET_CLAIMS.get(path.name, []) if claim not in values]
     assert missing == [], f"{path.name}: widgets no longer show: {missing}"
 

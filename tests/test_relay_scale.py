@@ -9,12 +9,15 @@ No timings are asserted: only what arrived where, and in which order slots go.
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
 import ssl
 import threading
 import time
 from pathlib import Path
 
+import comm
+import comm.base_comm
 from conftest import fast_limits
 
 from maillab import Lab
@@ -174,7 +177,38 @@ def test_many_domains_all_to_all_nothing_lost_or_duplicated(tmp_path):
 # -- a live transcript under a stream of events --------------------------------------------------
 
 
-def test_a_coalescing_live_transcript_still_shows_every_line():
+class RecordingComm(comm.base_comm.BaseComm):
+    """A comm that keeps what the widget would send the browser (there is no kernel
+    here; ``comm.create_comm`` is the comm package's documented hook for this)."""
+
+    def __init__(self, *args, **kwargs):
+        self.sent = []
+        super().__init__(*args, **kwargs)
+
+    def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+        self.sent.append((msg_type, json.loads(json.dumps(data))))
+
+
+def _as_browser_sees(sent: list) -> tuple[str, int]:
+    """Replay the opening state and the patches as the view's module does: the HTML
+    shown, and how many bytes of patches that took."""
+    state = next(data["state"]["blocks"] for kind, data in sent if kind == "comm_open")
+    head, html = state["head"], dict(state["items"])
+    gen, patched = state["gen"], 0
+    for kind, data in sent:
+        msg = data.get("content") if kind == "comm_msg" and data.get("method") == "custom" else None
+        if not msg or msg.get("kind") != "patch":
+            continue
+        assert msg["base"] == gen  # none missing
+        patched += len(json.dumps(msg))
+        gen, head = msg["gen"], msg["head"]
+        html = {key: msg["set"].get(key, html.get(key)) for key in msg["order"]}
+    return head + "".join(html.values()), patched
+
+
+def test_a_coalescing_live_transcript_still_shows_every_line(monkeypatch):
+    comms: list[RecordingComm] = []
+    monkeypatch.setattr(comm, "create_comm", lambda *a, **kw: comms.append(RecordingComm(*a, **kw)) or comms[-1])
     bus = EventBus()
     view = TranscriptView(bus, interval=0.02, max_events=100_000)
     try:
@@ -198,5 +232,10 @@ def test_a_coalescing_live_transcript_still_shows_every_line():
         assert view.updates < 60 * 6  # coalesced: fewer updates than lines
         # what the cache assembled is what a rendering from scratch gives
         assert shown == render_body(view.selected(), limit=view.max_events)
+        # the browser got the same from patches that carried only what changed
+        sent = next(c.sent for c in comms if any(d and d.get("state", {}).get("keyed") for _k, d in c.sent))
+        in_browser, patched = _as_browser_sees(sent)
+        assert in_browser == shown
+        assert view.html.patches >= 2 and patched < 2 * len(shown)  # not the whole view each time
     finally:
         view.close()

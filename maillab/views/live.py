@@ -20,6 +20,8 @@ that neither grow nor fold (a state diagram).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 import anywidget
@@ -32,6 +34,60 @@ function button(label, title) {
   const b = document.createElement('button');
   b.type = 'button'; b.textContent = label; b.title = title;
   return b;
+}
+
+// Keyed views (LiveBlocks): the model's blocks, shared by every output of it. The
+// kernel sends only what changed ({kind: 'patch'}); 'blocks' (the state) holds the
+// whole view as of when the browser asked for it (first display, page reload).
+// anywidget hands initialize() and render() different model proxies, so the store
+// is found through the state object both see.
+const STORES = new WeakMap();
+
+function storeFor(model) {
+  const snap = model.get('blocks') || {};
+  let store = STORES.get(snap);
+  if (!store) {
+    store = { gen: 0, head: '', order: [], html: new Map(), views: new Set() };
+    reset(store, snap);
+    STORES.set(snap, store);
+  }
+  return store;
+}
+
+function reset(store, snap) {
+  store.gen = snap.gen || 0;
+  store.head = snap.head || '';
+  store.order = (snap.items || []).map((item) => item[0]);
+  store.html = new Map(snap.items || []);
+  for (const view of store.views) view(null);
+}
+
+function initialize({ model }) {
+  if (!model.get('keyed')) return;
+  let store = storeFor(model);
+  model.on('change:blocks', () => {
+    const snap = model.get('blocks') || {};
+    STORES.set(snap, store);
+    // Sent between cells after the patches that led to it: usually nothing new.
+    if ((snap.gen || 0) !== store.gen) reset(store, snap);
+  });
+  model.on('msg:custom', (msg) => {
+    if (msg.kind === 'full') { reset(store, msg); return; }
+    if (msg.kind !== 'patch' || msg.gen <= store.gen) return;
+    // A patch missed (sent before this module loaded): show what we have, and ask
+    // for the whole view (answered when the kernel is between cells).
+    if (msg.base !== store.gen) model.send({ kind: 'resync', gen: store.gen });
+    store.gen = msg.gen;
+    store.head = msg.head;
+    store.order = msg.order;
+    const keep = new Set(msg.order);
+    for (const key of store.html.keys()) if (!keep.has(key)) store.html.delete(key);
+    for (const [key, text] of Object.entries(msg.set)) store.html.set(key, text);
+    const changed = new Set(Object.keys(msg.set));
+    for (const view of store.views) view(changed);
+  });
+  // Patches sent between the state and this module's start were dropped: check.
+  model.send({ kind: 'resync', gen: store.gen });
 }
 
 function render({ model, el }) {
@@ -56,21 +112,67 @@ function render({ model, el }) {
     foldB.textContent = folded ? '▤ show every line' : '▬ one line per session';
   }
 
-  function draw() {
-    root.className = 'ml-view ml-live ml-' + (model.get('kind') || 'view');
-    root.style.setProperty('--ml-scale', String(model.get('scale')));
-    bar.style.display = model.get('controls') ? '' : 'none';
-    const mh = model.get('max_height');
-    body.style.maxHeight = mh || 'none';
-    body.innerHTML = model.get('value');
-    for (const d of body.querySelectorAll('details[data-key]')) {
+  // The reader's folding, kept across updates.
+  function fold(within) {
+    const all = [...within.querySelectorAll('details[data-key]')];
+    if (within.matches && within.matches('details[data-key]')) all.unshift(within);
+    for (const d of all) {
       const key = d.dataset.key;
       if (choice.has(key)) d.open = choice.get(key);
       else if (folded !== null) d.open = !folded;
       d.addEventListener('toggle', () => choice.set(key, d.open));
     }
-    if (following) body.scrollTop = body.scrollHeight;
+  }
+
+  function frame() {
+    root.className = 'ml-view ml-live ml-' + (model.get('kind') || 'view');
+    root.style.setProperty('--ml-scale', String(model.get('scale')));
+    bar.style.display = model.get('controls') ? '' : 'none';
+    const mh = model.get('max_height');
+    body.style.maxHeight = mh || 'none';
     label();
+  }
+
+  function draw() {
+    frame();
+    body.innerHTML = model.get('value');
+    fold(body);
+    if (following) body.scrollTop = body.scrollHeight;
+  }
+
+  // Keyed: one element per block; a patch replaces the blocks it names and
+  // reorders the rest, so the browser parses only what changed.
+  const head = document.createElement('div');
+  const shown = new Map();        // key -> element
+  function element(text) {
+    const t = document.createElement('template');
+    t.innerHTML = text;
+    if (t.content.childNodes.length === 1 && t.content.firstElementChild) return t.content.firstElementChild;
+    const wrap = document.createElement('div');
+    wrap.append(t.content);
+    return wrap;
+  }
+  function patch(store, changed) {
+    if (changed === null) { for (const node of shown.values()) node.remove(); shown.clear(); }
+    if (head.innerHTML !== store.head) head.innerHTML = store.head;
+    const keep = new Set(store.order);
+    for (const [key, node] of shown) if (!keep.has(key)) { node.remove(); shown.delete(key); }
+    let prev = head;
+    for (const key of store.order) {
+      let node = shown.get(key);
+      if (!node || (changed !== null && changed.has(key))) {
+        const text = store.html.get(key);
+        if (text === undefined) continue;
+        const fresh = element(text);
+        fold(fresh);
+        if (node) node.replaceWith(fresh);
+        node = fresh;
+        shown.set(key, node);
+      }
+      if (prev.nextSibling !== node) prev.after(node);
+      prev = node;
+    }
+    if (following) body.scrollTop = body.scrollHeight;
   }
 
   followB.addEventListener('click', () => {
@@ -88,14 +190,22 @@ function render({ model, el }) {
   // Scrolling up to read means "stop following"; the button brings it back.
   body.addEventListener('wheel', (e) => { if (e.deltaY < 0 && following) { following = false; label(); } });
 
+  model.on('change:scale', frame);
+  model.on('change:controls', frame);
+  if (model.get('keyed')) {
+    const store = storeFor(model);
+    const view = (changed) => patch(store, changed);
+    body.append(head);
+    frame();
+    patch(store, null);
+    store.views.add(view);
+    return () => store.views.delete(view);
+  }
   model.on('change:value', draw);
-  model.on('change:scale', draw);
-  model.on('change:controls', draw);
   draw();
 }
-export default { render };
+export default { initialize, render };
 """
-
 
 class LiveHTML(anywidget.AnyWidget):
     """A live, presenter-aware HTML view (see the module docstring)."""
@@ -108,6 +218,8 @@ class LiveHTML(anywidget.AnyWidget):
     follow = traitlets.Bool(True).tag(sync=True)
     controls = traitlets.Bool(True).tag(sync=True)
     max_height = traitlets.Unicode("70vh").tag(sync=True)
+    #: Sent as keyed blocks (:class:`LiveBlocks`) rather than as ``value``.
+    keyed = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("scale", settings.scale)
@@ -116,6 +228,78 @@ class LiveHTML(anywidget.AnyWidget):
 
     def set_scale(self, scale: float) -> None:
         self.scale = scale
+
+
+class LiveBlocks(LiveHTML):
+    """A live view made of keyed blocks (a transcript: one ``<details>`` per
+    conversation) that sends the browser only the blocks that changed.
+
+    :meth:`show` compares the blocks with the ones shown and sends a ``patch``
+    message with the new order of keys and the HTML of the new or changed blocks;
+    a transcript of 1,500 lines under load then sends a few KB per update, not
+    the ~400 KB of the whole view. ``value`` holds the whole HTML on the kernel
+    side only (tests, ``observe``); the browser gets the whole view in the
+    ``blocks`` state, filled in when it asks for it (a new output, a page reload),
+    and as a ``full`` message when it noticed a patch missing (``resync``).
+    :meth:`sync` sends that state between cells, so that what a notebook saves
+    with its widget state (nbclient, JupyterLab) is the view as it is.
+    """
+
+    value = traitlets.Unicode("")  # not synced: the browser gets blocks
+    keyed = traitlets.Bool(True).tag(sync=True)
+    #: The whole view, {gen, head, items: [[key, html], ...]}: see get_state.
+    blocks = traitlets.Dict().tag(sync=True)
+
+    def __init__(self, blocks: Sequence[tuple[str, str]] = (), head: str = "", **kwargs: Any) -> None:
+        # Before the widget opens its comm: the opening state is get_state()'s.
+        self._lock = threading.RLock()  # send_state -> get_state inside show/sync
+        self._blocks: dict[str, str] = dict(blocks)
+        self._head = head
+        self._gen = self._synced = 0
+        self.patches = 0  # patch messages sent
+        super().__init__(value=head + "".join(self._blocks.values()), **kwargs)
+        self.on_msg(self._on_msg)
+
+    def show(self, blocks: Sequence[tuple[str, str]], head: str = "") -> None:
+        """Show ``blocks`` (in order, keys unique) after ``head``; sends what changed."""
+        with self._lock:
+            new = dict(blocks)
+            old = self._blocks
+            changed = {key: text for key, text in new.items() if old.get(key) != text}
+            if not changed and head == self._head and list(new) == list(old):
+                return
+            base, self._gen = self._gen, self._gen + 1
+            self._blocks, self._head = new, head
+            self.send({"kind": "patch", "base": base, "gen": self._gen, "head": head,
+                       "order": list(new), "set": changed})
+            self.patches += 1
+        self.value = head + "".join(new.values())
+
+    def sync(self) -> None:
+        """Send the whole view as the widget's state if it changed since the last
+        time (once between cells, not per update: it is the size of the view)."""
+        with self._lock:
+            if self._synced != self._gen:
+                self._synced = self._gen
+                self.send_state("blocks")
+
+    def _snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"gen": self._gen, "head": self._head, "items": [[k, v] for k, v in self._blocks.items()]}
+
+    def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
+        """The synced state, with ``blocks`` as the view is now (ipywidgets calls this
+        when it opens the comm and when the browser requests the state)."""
+        state = super().get_state(key=key, drop_defaults=drop_defaults)
+        if "blocks" in state and hasattr(self, "_lock"):
+            state["blocks"] = self._snapshot()
+        return state
+
+    def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("kind") == "resync":
+            snapshot = self._snapshot()
+            if content.get("gen") != snapshot["gen"]:
+                self.send({"kind": "full", **snapshot})
 
 
 def widget_bundle(widget: Any, text: str, **kwargs: Any) -> Any:

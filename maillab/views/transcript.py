@@ -24,7 +24,7 @@ from typing import Any
 
 from ..events import CLIENT_LINE, CLOSED, FAULT, OPENED, SERVER_LINE, Event, EventBus
 from .conversations import Conversation, conversations
-from .live import LiveHTML, widget_bundle
+from .live import LiveBlocks, widget_bundle
 from .publish import Throttle
 from .theme import badge, page, reply_kind
 
@@ -227,6 +227,16 @@ def render_body(events: Iterable[Event], *, explain: bool = True, limit: int | N
     ``<details>`` per conversation, the client's and server's copies of one
     connection shown once (``copy`` says whose), at most ``limit`` events.
     ``cache`` (a live view's) keeps what was rendered before."""
+    head, blocks = render_blocks(events, explain=explain, limit=limit, copy=copy, folded=folded, cache=cache)
+    return head + "".join(block for _key, block in blocks)
+
+
+def render_blocks(events: Iterable[Event], *, explain: bool = True, limit: int | None = None,
+                  copy: str = "server", folded: bool = False,
+                  cache: RenderCache | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """:func:`render_body` in pieces: the note on what is not shown, and each
+    conversation's ``<details>`` block keyed by the conversation (what the live
+    view sends the browser when it changed)."""
     convs = conversations(events)
     shown = [(c, c.events(copy)) for c in convs]
     hidden = 0
@@ -243,7 +253,8 @@ def render_body(events: Iterable[Event], *, explain: bool = True, limit: int | N
             total += len(evs)
             kept.append((conv, evs))
         shown = kept[::-1]
-    parts = [f'<div class="ml-note">… {hidden} earlier events not shown</div>'] if hidden else []
+    head = f'<div class="ml-note">… {hidden} earlier events not shown</div>' if hidden else ""
+    parts: list[tuple[str, str]] = []
     rows: dict[tuple[int, bool], str] = {}
     blocks: dict[tuple[Any, ...], str] = {}
     state = "" if folded else " open"
@@ -257,12 +268,12 @@ def render_body(events: Iterable[Event], *, explain: bool = True, limit: int | N
                      f"{html.escape(_conversation_title(conv, copy))} {_conversation_summary(evs)}</summary>"
                      f'<table class="ml-tr ml-wire"><tbody>{"".join(lines)}</tbody></table></details>')
         blocks[key] = block
-        parts.append(block)
+        parts.append((conv.key, block))
     if cache is not None:
         # Keep what this rendering used (memory stays bounded): the blocks shown, and
         # the rows of the blocks that changed (the ones likely to change again).
         cache.rows, cache.blocks = rows, blocks
-    return "".join(parts)
+    return head, parts
 
 
 def render_html(events: Iterable[Event], *, explain: bool = True, limit: int | None = None,
@@ -305,11 +316,13 @@ def flush_live_views(*_args: Any) -> None:
 
     Not for a view that is publishing continuously (sustained load): its next publish
     is due within a period anyway, and rendering it once more at the end of every
-    cell, on the kernel's thread, is what made each cell wait."""
+    cell, on the kernel's thread, is what made each cell wait. Nor, then, is its
+    whole state sent (:meth:`~maillab.views.live.LiveBlocks.sync`)."""
     for view in list(_LIVE):
         try:
             if not view._throttle.streaming():
                 view.flush()
+                view.html.sync()  # the whole view as widget state, once it settled
         except Exception:
             pass
 
@@ -352,10 +365,6 @@ class TranscriptView:
                                  value="server", description="copy", layout=narrow)
         self.explain_w = w.Checkbox(value=explain, description="explain", indent=False,
                                     layout=w.Layout(width="auto"))
-        self.html = LiveHTML(kind="transcript", follow=True)
-        self.widget = w.VBox([w.HBox([self.session_w, self.protocol_w, self.user_w, self.copy_w,
-                                      self.explain_w], layout=w.Layout(flex_flow="row wrap")),
-                              self.html], layout=w.Layout(width="100%"))
         # Subscribe before the snapshot so nothing falls between the two; the seq
         # check in _apply drops events seen twice.
         self._unsubscribe = bus.subscribe(self._on_event)
@@ -365,6 +374,13 @@ class TranscriptView:
             self._set_option(self.session_w, session)
         if protocol:
             self._set_option(self.protocol_w, protocol)
+        # The first rendering goes with the widget's opening state: a patch sent
+        # before the browser has loaded the view's module would be missed.
+        head, blocks = self._blocks()
+        self.html = LiveBlocks(blocks, head, kind="transcript", follow=True)
+        self.widget = w.VBox([w.HBox([self.session_w, self.protocol_w, self.user_w, self.copy_w,
+                                      self.explain_w], layout=w.Layout(flex_flow="row wrap")),
+                              self.html], layout=w.Layout(width="100%"))
         for control in (self.session_w, self.protocol_w, self.user_w, self.copy_w, self.explain_w):
             control.observe(lambda _change: self.refresh(), names="value")
         self.refresh()
@@ -427,11 +443,16 @@ class TranscriptView:
             )
 
     def _render(self) -> None:
-        events = self.selected()
-        self.html.value = (render_body(events, explain=self.explain_w.value, limit=self.max_events,
-                                       copy=self.copy_w.value, cache=self._cache)
-                           if events else "<i>no sessions yet: they appear here as they happen</i>")
+        head, blocks = self._blocks()
+        self.html.show(blocks, head)
         self.updates += 1
+
+    def _blocks(self) -> tuple[str, list[tuple[str, str]]]:
+        events = self.selected()
+        if not events:
+            return "<i>no sessions yet: they appear here as they happen</i>", []
+        return render_blocks(events, explain=self.explain_w.value, limit=self.max_events,
+                             copy=self.copy_w.value, cache=self._cache)
 
     def refresh(self) -> None:
         with self._lock:
