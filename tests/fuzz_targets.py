@@ -1044,8 +1044,33 @@ def main(argv: list[str], instrument: bool = True) -> None:
     given = [a for a in argv[2:] if not a.startswith("-")]  # files to replay (a crash-*), or corpus dirs
     args = [argv[0], *argv[2:], f"-dict={work / 'dict'}", f"-max_len={t.max_len}",
             f"-artifact_prefix={work}/", *([] if given else [str(work / "corpus")])]
-    atheris.Setup(args, t.run)
+    atheris.Setup(args, cpu_bounded(t.run, float(os.environ.get("MAILLAB_FUZZ_SLOW", "1.0"))))
     atheris.Fuzz()
+
+
+class SlowInput(Exception):
+    """One input took more CPU than any linear parse of ``max_len`` bytes should."""
+
+
+def cpu_bounded(run: Callable[[bytes], None], limit: float) -> Callable[[bytes], None]:
+    """``run``, failing an input that costs over ``limit`` seconds of this thread's CPU.
+
+    libFuzzer's -timeout (10 s, wall clock) catches hangs; a quadratic parser meets
+    it only on inputs far longer than ``max_len``. At a few KB every target takes
+    milliseconds (tens under instrumentation), so a second of CPU is the shape of a
+    super-linear path, kept as a crash file to scale up and measure
+    (``tests/test_linear.py``). CPU time of this thread, so a loaded machine does
+    not make an input slow."""
+    import time
+
+    def timed(data: bytes) -> None:
+        start = time.thread_time()
+        run(data)
+        spent = time.thread_time() - start
+        if spent > limit:
+            raise SlowInput(f"{spent:.2f} s of CPU for {len(data)} bytes")
+
+    return timed
 
 
 if __name__ == "__main__":
