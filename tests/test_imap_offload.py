@@ -114,3 +114,26 @@ def test_a_big_select_store_and_expunge_leave_the_loop_to_other_sessions(single_
                                                                      during_expunge)
     busy = [lag for lag in runtime.LAG_LOG if lag.when >= started and lag.busy]
     assert not busy, [str(lag) for lag in busy]
+
+
+def test_a_search_reads_no_file_unless_a_key_needs_sizes_or_bytes(single_lab: Lab) -> None:
+    """A mailbox indexed from its names alone: SEARCH UNSEEN and a header search measure
+    no file (the CRLF sizes stay unknown); SEARCH LARGER measures them, exactly."""
+    root = single_lab.store.user_root(USER) / ".Named"
+    for sub in ("new", "cur", "tmp"):
+        (root / sub).mkdir(parents=True)
+    bodies = [b"Subject: small\n\nx\n", b"Subject: large\n\n" + b"y" * 200 + b"\n"]
+    for i, body in enumerate(bodies):
+        (root / "cur" / f"{1_700_000_000 + i}.M{i}P1.t,S={len(body)}:2,").write_bytes(body)
+    c = IMAPWire(*single_lab.address("imap"), timeout=30)
+    try:
+        c.login(USER, PASSWORD)
+        assert c.cmd("S", "SELECT Named")[-1].startswith(b"S OK")
+        assert c.cmd("A", "SEARCH UNSEEN")[0] == b"* SEARCH 1 2\r\n"
+        assert c.cmd("B", "SEARCH SUBJECT large")[0] == b"* SEARCH 2\r\n"
+        table = single_lab.store.mailbox(USER, "Named").table
+        assert list(table.crlf) == [-1, -1]
+        assert c.cmd("C", "SEARCH LARGER 200")[0] == b"* SEARCH 2\r\n"
+        assert list(table.crlf) == [len(b) + b.count(b"\n") for b in bodies]
+    finally:
+        c.close()

@@ -289,6 +289,14 @@ class Mailbox(DirectorySync, Measuring):
             slot = self.table.slot(uid)
             return None if slot is None else self._info(slot)
 
+    def unmeasured(self, uid: int) -> MessageInfo | None:
+        """One message's index entry as it is: sizes and date the index does not know
+        yet are 0 (for readers that need only the file name and flags: a header
+        SEARCH). Anything that reads the bytes or reports a size uses :meth:`get`."""
+        with self.lock:
+            slot = self.table.slot(uid)
+            return None if slot is None else self._info(slot)
+
     def flags(self, uid: int) -> frozenset[str] | None:
         """The flags of ``uid`` (None when it does not exist): no file is looked at."""
         with self.lock:

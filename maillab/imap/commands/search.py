@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...store import Mailbox
 from ...store.reading import TEXTS_MAX, caches, header_field, read_header, read_wire, remember
@@ -38,8 +38,11 @@ def search(s: IMAPSession, cmd: Search) -> Iterator[Output]:
     source = MailboxSource(mb)
     recent = view.recent
     hits: list[str] = []
+    measured = _needs_measuring(cmd.key)
+    if measured:
+        mb.measure(view.uids)  # a batch at a time, rather than one get() at a time
     for seq, uid in enumerate(view.uids, 1):
-        info = mb.get(uid)
+        info = mb.get(uid) if measured else mb.unmeasured(uid)
         if info is None:
             continue  # expunged elsewhere: no longer matches anything
         flags = info.flags | {"\\Recent"} if uid in recent else info.flags
@@ -52,6 +55,22 @@ def search(s: IMAPSession, cmd: Search) -> Iterator[Output]:
             continue
     yield line("* SEARCH" + "".join(" " + h for h in hits))
     return None
+
+
+#: Keys that need RFC822.SIZE, INTERNALDATE or the message bytes (read through the
+#: indexed sizes): with none of them, a file indexed by its name alone is not measured.
+_MEASURED_KEYS = frozenset({"LARGER", "SMALLER", "BEFORE", "ON", "SINCE", "BODY", "TEXT"})
+
+
+def _needs_measuring(key: tuple[Any, ...]) -> bool:
+    kind = key[0]
+    if kind == "AND":
+        return any(_needs_measuring(k) for k in key[1])
+    if kind == "OR":
+        return _needs_measuring(key[1]) or _needs_measuring(key[2])
+    if kind == "NOT":
+        return _needs_measuring(key[1])
+    return kind in _MEASURED_KEYS
 
 
 class MailboxSource:
