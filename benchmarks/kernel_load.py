@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import imaplib
+import json
 import os
 import smtplib
 import statistics
@@ -57,11 +58,19 @@ def run_cell(kc, code: str) -> str:
     return "".join(out)
 
 
-def round_trips(kc, cells: int) -> list[float]:
+def round_trips(kc, cells: int, comm: list[int] | None = None) -> list[float]:
+    """Cell round trips (ms). ``comm`` counts the widget messages that reached this
+    client meanwhile ([messages, bytes of their content]): the views publish from
+    their timer threads under the running cell's header."""
+    def hook(msg: dict) -> None:
+        if comm is not None and msg["header"]["msg_type"] == "comm_msg":
+            comm[0] += 1
+            comm[1] += len(json.dumps(msg["content"]))
+
     times = []
     for _ in range(cells):
         t0 = time.perf_counter()
-        kc.execute_interactive("1", timeout=TIMEOUT, output_hook=lambda msg: None)
+        kc.execute_interactive("1", timeout=TIMEOUT, output_hook=hook)
         times.append((time.perf_counter() - t0) * 1000)
     return times
 
@@ -140,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         phases = {"idle": idle}
         served: dict[str, tuple[float, float]] = {}
         updates: dict[str, int] = {}
+        comm: dict[str, list[int]] = {}
         for phase in ("load", "load + views") if not args.no_views else ("load",):
             if phase == "load + views":
                 run_cell(kc, VIEWS)
@@ -155,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 t.start()
             time.sleep(1.0)  # let the load settle
             c0, t0 = list(counts), time.perf_counter()
-            phases[phase] = round_trips(kc, args.cells)
+            comm[phase] = [0, 0]
+            phases[phase] = round_trips(kc, args.cells, comm[phase])
             dt = time.perf_counter() - t0
             served[phase] = (sum(counts[:args.senders]) - sum(c0[:args.senders])) / dt, \
                 (sum(counts[args.senders:]) - sum(c0[args.senders:])) / dt
@@ -177,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     if updates:
         print("  live views meanwhile (widget updates sent, each a comm message / publishes run): "
               + ", ".join(f"{k} {u}/{n}" for k, (u, n) in updates.items()))
+        sent = comm.get("load + views", [0, 0])
+        print(f"  widget messages received by this client during the cells: {sent[0]},"
+              f" {sent[1] / 1e6:.2f} MB ({sent[1] / max(1, sent[0]) / 1e3:.1f} KB each)")
     print()
     names = list(phases)
     print(f"| cell round trip ({args.cells} cells) | " + " | ".join(names) + " | " +

@@ -237,5 +237,8 @@ def test_a_coalescing_live_transcript_still_shows_every_line(monkeypatch):
         in_browser, patched = _as_browser_sees(sent)
         assert in_browser == shown
         assert view.html.patches >= 2 and patched < 2 * len(shown)  # not the whole view each time
+        # a new output or a page reload asks for the state: the whole view as it is now
+        state = view.html.get_state()["blocks"]
+        assert state["head"] + "".join(text for _key, text in state["items"]) == shown
     finally:
         view.close()

@@ -15,12 +15,15 @@ in the browser, because the kernel does not answer clicks then:
 
 Other views reuse it: build the HTML (wrap nothing: the widget adds the
 ``.ml-view`` root), set ``value``. ``controls=False`` hides the bar for views
-that neither grow nor fold (a state diagram).
+that neither grow nor fold (a state diagram). A view of many keyed blocks that
+grows under load (the transcript) uses :class:`LiveBlocks`, which sends only the
+blocks that changed.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -131,6 +134,7 @@ function render({ model, el }) {
     const mh = model.get('max_height');
     body.style.maxHeight = mh || 'none';
     label();
+    if (following) body.scrollTop = body.scrollHeight;  // a new scale moves the end
   }
 
   function draw() {
@@ -241,9 +245,14 @@ class LiveBlocks(LiveHTML):
     side only (tests, ``observe``); the browser gets the whole view in the
     ``blocks`` state, filled in when it asks for it (a new output, a page reload),
     and as a ``full`` message when it noticed a patch missing (``resync``).
-    :meth:`sync` sends that state between cells, so that what a notebook saves
-    with its widget state (nbclient, JupyterLab) is the view as it is.
+    :meth:`sync` sends that state when a cell ends and once the view has not
+    changed for ``SETTLE`` seconds (not while it publishes continuously: it is the
+    size of the view), so that what a notebook saves with its widget state
+    (nbclient, JupyterLab) is the view as it is.
     """
+
+    #: Quiet seconds after the last change before the whole view is sent as state.
+    SETTLE = 1.0
 
     value = traitlets.Unicode("")  # not synced: the browser gets blocks
     keyed = traitlets.Bool(True).tag(sync=True)
@@ -256,6 +265,8 @@ class LiveBlocks(LiveHTML):
         self._blocks: dict[str, str] = dict(blocks)
         self._head = head
         self._gen = self._synced = 0
+        self._changed_at = 0.0
+        self._settle: threading.Timer | None = None
         self.patches = 0  # patch messages sent
         super().__init__(value=head + "".join(self._blocks.values()), **kwargs)
         self.on_msg(self._on_msg)
@@ -273,11 +284,31 @@ class LiveBlocks(LiveHTML):
             self.send({"kind": "patch", "base": base, "gen": self._gen, "head": head,
                        "order": list(new), "set": changed})
             self.patches += 1
+            self._changed_at = time.monotonic()
+            if self._settle is None:
+                self._arm(self.SETTLE)
         self.value = head + "".join(new.values())
+
+    def _arm(self, delay: float) -> None:
+        self._settle = threading.Timer(delay, self._settled)
+        self._settle.daemon = True
+        self._settle.start()
+
+    def _settled(self) -> None:
+        with self._lock:
+            self._settle = None
+            wait = self._changed_at + self.SETTLE - time.monotonic()
+            if wait > 0:  # changed meanwhile: wait for quiet
+                self._arm(wait)
+                return
+        try:
+            self.sync()
+        except Exception:  # a closed widget: nothing to send
+            pass
 
     def sync(self) -> None:
         """Send the whole view as the widget's state if it changed since the last
-        time (once between cells, not per update: it is the size of the view)."""
+        time (once it settled, not per update: it is the size of the view)."""
         with self._lock:
             if self._synced != self._gen:
                 self._synced = self._gen

@@ -322,7 +322,7 @@ def flush_live_views(*_args: Any) -> None:
         try:
             if not view._throttle.streaming():
                 view.flush()
-                view.html.sync()  # the whole view as widget state, once it settled
+                view.html.sync()  # the whole view as widget state: a saved notebook keeps it
         except Exception:
             pass
 
