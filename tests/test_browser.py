@@ -404,6 +404,19 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     assert idle["prompt"] == transcript_prompt and nb.state("send")["prompt"] == sent["prompt"]
     assert page.locator(body).evaluate("b => b.scrollTop") == 0  # paused: it did not jump to the end
 
+    # A session that goes on after it is shown: the kernel sends its new lines only,
+    # and the page appends them to its block (once each, in order).
+    with smtplib.SMTP(ports["smtp"]["address"], int(ports["smtp"]["lab port"]), timeout=10) as client:
+        client.ehlo("growing.test")
+        nb.until("s => (s.widget || '').includes('growing.test')", "transcript")
+        client.noop()
+        client.mail("grow@example.test")
+        rows = nb.until("s => (s.widget || '').toLowerCase().includes('mail from:<grow@example.test>')",
+                        "transcript")["rows"]
+    commands = [r[2].split()[0].lower() for r in rows if r[1] == "C:" and "growing.test" in r[2]
+                or r[1] == "C:" and r[2].lower().startswith(("noop", "mail from:<grow@"))]
+    assert commands == ["ehlo", "noop", "mail"], commands
+
     # The filters are live too: choosing a protocol in the page goes to the kernel and back.
     poplib.POP3(ports["pop3"]["address"], int(ports["pop3"]["lab port"]), timeout=10).quit()
     headers = "s => s.heads || []"

@@ -130,7 +130,8 @@ def test_notebook_executes(path):
     widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
     # a LiveBlocks view (the transcript) keeps its whole view in "blocks", not "value"
     values = "\n".join(str(m["state"].get("value", "")) + "".join(
-        text for _key, text in m["state"].get("blocks", {}).get("items", [])) for m in widgets.get("state", {}).values())
+        top + "".join(rows) + bottom for _key, (top, rows, bottom) in m["state"].get("blocks", {}).get("items", []))
+        for m in widgets.get("state", {}).values())
     missing = [claim for claim in WIDGET_CLAIMS.get(path.name, []) if claim not in values]
     assert missing == [], f"{path.name}: widgets no longer show: {missing}"
 

@@ -199,3 +199,17 @@ def test_figures_say_when_no_cjk_font_is_installed(monkeypatch):
     monkeypatch.setattr(fonts, "installed_cjk_families", lambda: ("Noto Sans CJK SC",))
     assert fonts.missing_font_note("你好, Bob") is None
     assert fonts.figure_font_family()[:2] == ["DejaVu Sans", "Noto Sans CJK SC"]
+
+
+def test_a_live_block_that_went_on_is_sent_as_its_new_rows():
+    from maillab.views.live import Block
+
+    old = Block("<s1>", ["r1", "r2", "r3"], "</b>", (1, 2, 3))
+    # the oldest row trimmed, two added, the summary changed: only that is sent
+    assert old.edit(Block("<s2>", ["r2", "r3", "r4", "r5"], "</b>", (2, 3, 4, 5))) == \
+        {"drop": 1, "add": ["r4", "r5"], "top": "<s2>"}
+    assert old.edit(Block("<s1>", ["r1", "r2", "r3", "r4"], "</b>", (1, 2, 3, 4))) == {"drop": 0, "add": ["r4"]}
+    # rows rewritten (explain switched on, another copy, a gap): sent whole
+    assert old.edit(Block("<s1>", ["R1", "R2", "R3"], "</b>", (1, 2, 3))) is None
+    assert old.edit(Block("<s1>", ["r1", "r3"], "</b>", (1, 3))) is None
+    assert old.edit(Block("<s1>", ["r9"], "</b>", (9,))) is None

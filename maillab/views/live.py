@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import anywidget
 import traitlets
@@ -57,11 +57,15 @@ function storeFor(model) {
   return store;
 }
 
+// A block as sent: [top, rows, bottom] (see the Python Block).
+function unpack(b) { return { top: b[0], rows: b[1], bottom: b[2] }; }
+function blockHTML(b) { return b.top + b.rows.join('') + b.bottom; }
+
 function reset(store, snap) {
   store.gen = snap.gen || 0;
   store.head = snap.head || '';
   store.order = (snap.items || []).map((item) => item[0]);
-  store.html = new Map(snap.items || []);
+  store.html = new Map((snap.items || []).map(([key, b]) => [key, unpack(b)]));
   for (const view of store.views) view(null);
 }
 
@@ -85,8 +89,17 @@ function initialize({ model }) {
     store.order = msg.order;
     const keep = new Set(msg.order);
     for (const key of store.html.keys()) if (!keep.has(key)) store.html.delete(key);
-    for (const [key, text] of Object.entries(msg.set)) store.html.set(key, text);
-    const changed = new Set(Object.keys(msg.set));
+    // changed: key -> null (rewritten) or the rows dropped/added (the views apply
+    // those to their own elements).
+    const changed = new Map();
+    for (const [key, b] of Object.entries(msg.set)) { store.html.set(key, unpack(b)); changed.set(key, null); }
+    for (const [key, e] of Object.entries(msg.edit || {})) {
+      const b = store.html.get(key);
+      if (!b) continue;  // missed: the resync brings it
+      if (e.top !== undefined) b.top = e.top;
+      b.rows = b.rows.slice(e.drop).concat(e.add);
+      changed.set(key, e);
+    }
     for (const view of store.views) view(changed);
   });
   // Patches sent between the state and this module's start were dropped: check.
@@ -164,10 +177,23 @@ function render({ model, el }) {
     let prev = head;
     for (const key of store.order) {
       let node = shown.get(key);
-      if (!node || (changed !== null && changed.has(key))) {
-        const text = store.html.get(key);
-        if (text === undefined) continue;
-        const fresh = element(text);
+      const e = changed === null ? null : changed.get(key);
+      const tbody = node && e ? node.querySelector('tbody') : null;
+      if (tbody) {
+        // The session went on: drop its oldest rows, append the new ones.
+        if (e.top !== undefined) {
+          const t = document.createElement('template');
+          t.innerHTML = e.top + store.html.get(key).bottom;
+          const summary = t.content.querySelector('summary');
+          const old = node.querySelector('summary');
+          if (summary && old) old.replaceWith(summary);
+        }
+        for (let i = 0; i < e.drop && tbody.firstElementChild; i++) tbody.firstElementChild.remove();
+        if (e.add.length) tbody.insertAdjacentHTML('beforeend', e.add.join(''));
+      } else if (!node || e !== undefined) {
+        const b = store.html.get(key);
+        if (b === undefined) continue;
+        const fresh = element(blockHTML(b));
         fold(fresh);
         if (node) node.replaceWith(fresh);
         node = fresh;
@@ -234,14 +260,52 @@ class LiveHTML(anywidget.AnyWidget):
         self.scale = scale
 
 
+class Block(NamedTuple):
+    """One keyed block of a :class:`LiveBlocks` view: ``top`` (its opening tags and
+    summary), ``rows`` (its lines, ``ids`` naming each: a transcript's event seqs)
+    and ``bottom``. A block that only lost rows at its front and gained rows at its
+    end (a session that goes on) is sent as those changes, not whole."""
+
+    top: str
+    rows: Sequence[str] = ()
+    bottom: str = ""
+    ids: Sequence[int] = ()
+
+    @property
+    def html(self) -> str:
+        return self.top + "".join(self.rows) + self.bottom
+
+    def wire(self) -> list[Any]:
+        return [self.top, list(self.rows), self.bottom]
+
+    def edit(self, new: Block) -> dict[str, Any] | None:
+        """How this block becomes ``new`` by dropping rows at the front and adding
+        rows at the end (and a new ``top``), or None when it changed otherwise."""
+        if new.bottom != self.bottom or not self.ids or not new.ids:
+            return None
+        try:
+            drop = list(self.ids).index(new.ids[0])
+        except ValueError:
+            return None
+        kept = len(self.ids) - drop
+        if (len(new.ids) < kept or list(self.ids[drop:]) != list(new.ids[:kept])
+                or list(self.rows[drop:]) != list(new.rows[:kept])):
+            return None
+        change: dict[str, Any] = {"drop": drop, "add": list(new.rows[kept:])}
+        if new.top != self.top:
+            change["top"] = new.top
+        return change
+
+
 class LiveBlocks(LiveHTML):
     """A live view made of keyed blocks (a transcript: one ``<details>`` per
     conversation) that sends the browser only the blocks that changed.
 
-    :meth:`show` compares the blocks with the ones shown and sends a ``patch``
-    message with the new order of keys and the HTML of the new or changed blocks;
-    a transcript of 1,500 lines under load then sends a few KB per update, not
-    the ~400 KB of the whole view. ``value`` holds the whole HTML on the kernel
+    :meth:`show` compares the blocks (:class:`Block`) with the ones shown and
+    sends a ``patch`` message with the new order of keys, the new or rewritten
+    blocks (``set``) and, for a block that only grew at its end or lost rows at its
+    front, those rows (``edit``); a transcript of 1,500 lines under load then
+    sends the lines added, not the ~400 KB of the whole view. ``value`` holds the whole HTML on the kernel
     side only (tests, ``observe``); the browser gets the whole view in the
     ``blocks`` state, filled in when it asks for it (a new output, a page reload),
     and as a ``full`` message when it noticed a patch missing (``resync``).
@@ -256,38 +320,49 @@ class LiveBlocks(LiveHTML):
 
     value = traitlets.Unicode("")  # not synced: the browser gets blocks
     keyed = traitlets.Bool(True).tag(sync=True)
-    #: The whole view, {gen, head, items: [[key, html], ...]}: see get_state.
+    #: The whole view, {gen, head, items: [[key, [top, rows, bottom]], ...]}: see get_state.
     blocks = traitlets.Dict().tag(sync=True)
 
-    def __init__(self, blocks: Sequence[tuple[str, str]] = (), head: str = "", **kwargs: Any) -> None:
+    def __init__(self, blocks: Sequence[tuple[str, Block]] = (), head: str = "", **kwargs: Any) -> None:
         # Before the widget opens its comm: the opening state is get_state()'s.
         self._lock = threading.RLock()  # send_state -> get_state inside show/sync
-        self._blocks: dict[str, str] = dict(blocks)
+        self._blocks: dict[str, Block] = dict(blocks)
         self._head = head
         self._gen = self._synced = 0
         self._changed_at = 0.0
         self._settle: threading.Timer | None = None
         self.patches = 0  # patch messages sent
-        super().__init__(value=head + "".join(self._blocks.values()), **kwargs)
+        super().__init__(value=head + "".join(b.html for b in self._blocks.values()), **kwargs)
         self.on_msg(self._on_msg)
 
-    def show(self, blocks: Sequence[tuple[str, str]], head: str = "") -> None:
+    def show(self, blocks: Sequence[tuple[str, Block]], head: str = "") -> None:
         """Show ``blocks`` (in order, keys unique) after ``head``; sends what changed."""
         with self._lock:
             new = dict(blocks)
             old = self._blocks
-            changed = {key: text for key, text in new.items() if old.get(key) != text}
-            if not changed and head == self._head and list(new) == list(old):
+            rewritten: dict[str, Any] = {}
+            edits: dict[str, Any] = {}
+            for key, block in new.items():
+                was = old.get(key)
+                if was is None:
+                    rewritten[key] = block.wire()
+                elif was != block:
+                    change = was.edit(block)
+                    if change is None:
+                        rewritten[key] = block.wire()
+                    else:
+                        edits[key] = change
+            if not rewritten and not edits and head == self._head and list(new) == list(old):
                 return
             base, self._gen = self._gen, self._gen + 1
             self._blocks, self._head = new, head
             self.send({"kind": "patch", "base": base, "gen": self._gen, "head": head,
-                       "order": list(new), "set": changed})
+                       "order": list(new), "set": rewritten, "edit": edits})
             self.patches += 1
             self._changed_at = time.monotonic()
             if self._settle is None:
                 self._arm(self.SETTLE)
-        self.value = head + "".join(new.values())
+        self.value = head + "".join(b.html for b in new.values())
 
     def _arm(self, delay: float) -> None:
         self._settle = threading.Timer(delay, self._settled)
@@ -316,7 +391,7 @@ class LiveBlocks(LiveHTML):
 
     def _snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"gen": self._gen, "head": self._head, "items": [[k, v] for k, v in self._blocks.items()]}
+            return {"gen": self._gen, "head": self._head, "items": [[k, b.wire()] for k, b in self._blocks.items()]}
 
     def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
         """The synced state, with ``blocks`` as the view is now (ipywidgets calls this

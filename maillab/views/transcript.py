@@ -24,7 +24,7 @@ from typing import Any
 
 from ..events import CLIENT_LINE, CLOSED, FAULT, OPENED, SERVER_LINE, Event, EventBus
 from .conversations import Conversation, conversations
-from .live import LiveBlocks, widget_bundle
+from .live import Block, LiveBlocks, widget_bundle
 from .publish import Throttle
 from .theme import badge, page, reply_kind
 
@@ -210,7 +210,7 @@ class RenderCache:
 
     def __init__(self) -> None:
         self.rows: dict[tuple[int, bool], str] = {}
-        self.blocks: dict[tuple[Any, ...], str] = {}
+        self.blocks: dict[tuple[Any, ...], Block] = {}
 
     def row(self, e: Event, explain: bool, used: dict[tuple[int, bool], str]) -> str:
         key = (e.seq, explain)
@@ -228,12 +228,12 @@ def render_body(events: Iterable[Event], *, explain: bool = True, limit: int | N
     connection shown once (``copy`` says whose), at most ``limit`` events.
     ``cache`` (a live view's) keeps what was rendered before."""
     head, blocks = render_blocks(events, explain=explain, limit=limit, copy=copy, folded=folded, cache=cache)
-    return head + "".join(block for _key, block in blocks)
+    return head + "".join(block.html for _key, block in blocks)
 
 
 def render_blocks(events: Iterable[Event], *, explain: bool = True, limit: int | None = None,
                   copy: str = "server", folded: bool = False,
-                  cache: RenderCache | None = None) -> tuple[str, list[tuple[str, str]]]:
+                  cache: RenderCache | None = None) -> tuple[str, list[tuple[str, Block]]]:
     """:func:`render_body` in pieces: the note on what is not shown, and each
     conversation's ``<details>`` block keyed by the conversation (what the live
     view sends the browser when it changed)."""
@@ -254,9 +254,9 @@ def render_blocks(events: Iterable[Event], *, explain: bool = True, limit: int |
             kept.append((conv, evs))
         shown = kept[::-1]
     head = f'<div class="ml-note">… {hidden} earlier events not shown</div>' if hidden else ""
-    parts: list[tuple[str, str]] = []
+    parts: list[tuple[str, Block]] = []
     rows: dict[tuple[int, bool], str] = {}
-    blocks: dict[tuple[Any, ...], str] = {}
+    blocks: dict[tuple[Any, ...], Block] = {}
     state = "" if folded else " open"
     for conv, evs in shown:
         key = (conv.key, tuple(conv.sessions), copy, explain, folded, len(evs), evs[0].seq, evs[-1].seq)
@@ -264,9 +264,10 @@ def render_blocks(events: Iterable[Event], *, explain: bool = True, limit: int |
         if block is None:
             lines = ([cache.row(e, explain, rows) for e in evs] if cache is not None
                      else _rows(evs, explain))
-            block = (f'<details{state} data-key="{html.escape(conv.key)}"><summary>'
-                     f"{html.escape(_conversation_title(conv, copy))} {_conversation_summary(evs)}</summary>"
-                     f'<table class="ml-tr ml-wire"><tbody>{"".join(lines)}</tbody></table></details>')
+            block = Block(f'<details{state} data-key="{html.escape(conv.key)}"><summary>'
+                          f"{html.escape(_conversation_title(conv, copy))} {_conversation_summary(evs)}</summary>"
+                          '<table class="ml-tr ml-wire"><tbody>', lines, "</tbody></table></details>",
+                          tuple(e.seq for e in evs))
         blocks[key] = block
         parts.append((conv.key, block))
     if cache is not None:
@@ -447,7 +448,7 @@ class TranscriptView:
         self.html.show(blocks, head)
         self.updates += 1
 
-    def _blocks(self) -> tuple[str, list[tuple[str, str]]]:
+    def _blocks(self) -> tuple[str, list[tuple[str, Block]]]:
         events = self.selected()
         if not events:
             return "<i>no sessions yet: they appear here as they happen</i>", []
