@@ -42,6 +42,7 @@ class Throttle:
         self._closed = False
         self._not_before = 0.0  # monotonic time: the last publish's cost, paid back
         self._last = 0.0  # monotonic time the last publish ended (0: none yet)
+        self._before_last = 0.0  # ... and the one before it
         self.publishes = 0
 
     def poke(self) -> None:
@@ -66,7 +67,7 @@ class Throttle:
             self._publish()
         except Exception:  # a broken view stays broken alone
             pass
-        self._last = time.monotonic()
+        self._before_last, self._last = self._last, time.monotonic()
         self._not_before = self._last + BUDGET * (self._last - started)
         self.publishes += 1
 
@@ -76,6 +77,12 @@ class Throttle:
         with self._lock:
             pending = self._timer is not None
         return pending and time.monotonic() - self._last < 2 * max(self.interval, SUSTAINED, self._not_before - self._last)
+
+    def sustained(self) -> bool:
+        """Has the view been publishing back to back (its last two publishes, and the
+        last one, within a second of now)? Then it is under a stream of events."""
+        now = time.monotonic()
+        return now - self._last < 1.0 and self._last - self._before_last < 1.0
 
     def close(self) -> None:
         with self._lock:

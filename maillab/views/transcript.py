@@ -317,13 +317,16 @@ def flush_live_views(*_args: Any) -> None:
 
     Not for a view that is publishing continuously (sustained load): its next publish
     is due within a period anyway, and rendering it once more at the end of every
-    cell, on the kernel's thread, is what made each cell wait. Nor, then, is its
-    whole state sent (:meth:`~maillab.views.live.LiveBlocks.sync`)."""
+    cell, on the kernel's thread, is what made each cell wait. A view's whole
+    state (:meth:`~maillab.views.live.LiveBlocks.sync`, the size of the view) is
+    sent only when it is not publishing back to back: under sustained load its
+    settle timer sends it once the stream ends."""
     for view in list(_LIVE):
         try:
             if not view._throttle.streaming():
                 view.flush()
-                view.html.sync()  # the whole view as widget state: a saved notebook keeps it
+                if not view._throttle.sustained():
+                    view.html.sync()  # the whole view as widget state: a saved notebook keeps it
         except Exception:
             pass
 
