@@ -729,7 +729,9 @@ def _auth_seeds() -> list[bytes]:
     return [plain, signed, seal(results + signed, fx.key, "mx.beta.test"),
             b"Authentication-Results: x; (((c))) dmarc=fail (p=reject) header.from=alpha.test\r\n" + plain,
             # found: comments removed one level per pass (quadratic in the depth)
-            b"Authentication-Results: x; " + b"(" * 3000 + b")" * 3000 + b" spf=pass\r\n" + plain]
+            b"Authentication-Results: x; " + b"(" * 3000 + b")" * 3000 + b" spf=pass\r\n" + plain,
+            # found: an ARC set's d= that is not UTF-8 (UnicodeDecodeError after verifying)
+            seal(results + signed, fx.key, "mx.beta.test").replace(b"d=alpha.test;", b"d=alph\xe1.test;", 1)]
 
 
 @target("auth", (b"DKIM-Signature: ", b"v=1; ", b"a=rsa-sha256; ", b"c=relaxed/simple; ", b"d=alpha.test; ",

@@ -308,3 +308,28 @@ def test_glue_of_another_class_is_not_an_address() -> None:
         return r
 
     assert _route_with(glue) == "127.0.0.3"  # the odd glue ignored, the A record asked for
+
+
+# -- the MX's message authentication --------------------------------------------------------
+
+def test_arc_seal_with_a_domain_that_is_not_utf8() -> None:
+    # fuzz (auth, atheris): an ARC set whose d= holds a byte that is not UTF-8, verified
+    # with the key look-up answering "no such name", raised UnicodeDecodeError after
+    # dkimpy's verification (check() would have failed the MX's DATA with 451). Over
+    # the lab DNS the look-up of such a name raises first (caught: cv=fail), so this
+    # uses the fuzz target's in-memory answers, which say NXDOMAIN.
+    from fuzz_targets import auth_fixture
+
+    from maillab.auth.lookup import LabLookup
+    from maillab.auth.receive import check_arc
+    from maillab.auth.send import seal
+
+    fx = auth_fixture()
+    plain = b"From: alice@alpha.test\r\nTo: carol@beta.test\r\nSubject: sealed\r\n\r\nhi\r\n"
+    sealed = seal(b"Authentication-Results: mail.alpha.test; spf=pass\r\n" + plain, fx.key, "mail.alpha.test")
+    odd = sealed.replace(b"d=alpha.test;", b"d=alph\xe1.test;", 1)
+    assert odd != sealed
+    lookup = LabLookup("127.0.0.1", 53)
+    lookup.resolver = fx.resolver
+    arc = check_arc(lookup, odd)
+    assert arc.cv == "fail" and arc.sealers == ["alph\ufffd.test"]

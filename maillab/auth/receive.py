@@ -236,14 +236,16 @@ def check_arc(lookup: LabLookup, message: bytes) -> ARCCheck:
         return ARCCheck("fail", 1, [], str(exc))
     except Exception as exc:  # noqa: BLE001
         return ARCCheck("fail", 1, [], f"{type(exc).__name__}: {exc}")
-    cv = cv.decode() if isinstance(cv, bytes) else str(cv)
-    sealers = [str((r.get("as-domain") or b"").decode() if isinstance(r.get("as-domain"), bytes)
+    # the tags are the message's bytes, whatever their encoding (d=alph\xe1.test)
+    cv = cv.decode("utf-8", "replace") if isinstance(cv, bytes) else str(cv)
+    sealers = [str((r.get("as-domain") or b"").decode("utf-8", "replace") if isinstance(r.get("as-domain"), bytes)
                    else r.get("as-domain", "")) for r in results]
     first = ""
     for name, value in a.headers:
         if name.lower() == b"arc-authentication-results" and b"i=1;" in value.replace(b" ", b""):
             first = " ".join(value.decode("utf-8", "replace").split())
-    return ARCCheck(cv, sets, sealers, comment.decode() if isinstance(comment, bytes) else str(comment or ""), first)
+    return ARCCheck(cv, sets, sealers, comment.decode("utf-8", "replace") if isinstance(comment, bytes)
+                    else str(comment or ""), first)
 
 
 # -- DMARC (RFC 7489 6.6) --------------------------------------------------------------
