@@ -731,7 +731,8 @@ def _auth_seeds() -> list[bytes]:
             # found: comments removed one level per pass (quadratic in the depth)
             b"Authentication-Results: x; " + b"(" * 3000 + b")" * 3000 + b" spf=pass\r\n" + plain,
             # found: an ARC set's d= that is not UTF-8 (UnicodeDecodeError after verifying)
-            seal(results + signed, fx.key, "mx.beta.test").replace(b"d=alpha.test;", b"d=alph\xe1.test;", 1)]
+            seal(results + signed, fx.key, "mx.beta.test").replace(b"d=alpha.test;", b"d=alph\xe1.test;", 1),
+            b"DKIM-Signature: s=a\rb\r\n\r\nx\r\n"]  # found: a bare CR from s= in the MX's own field
 
 
 @target("auth", (b"DKIM-Signature: ", b"v=1; ", b"a=rsa-sha256; ", b"c=relaxed/simple; ", b"d=alpha.test; ",

@@ -333,3 +333,23 @@ def test_arc_seal_with_a_domain_that_is_not_utf8() -> None:
     lookup.resolver = fx.resolver
     arc = check_arc(lookup, odd)
     assert arc.cv == "fail" and arc.sealers == ["alph\ufffd.test"]
+
+
+@pytest.mark.parametrize("message", [
+    b"DKIM-Signature: s=a\rb\r\n\r\nx\r\n",  # a bare CR in the selector
+    b"DKIM-Signature: v=1; d=a\x00b; s=lab\r\n\r\nx\r\n",  # NUL in the domain
+])
+def test_signature_tags_with_control_characters_stay_out_of_the_mx_field(message: bytes) -> None:
+    # fuzz (auth, atheris): s= and d= went as they were into the Authentication-Results
+    # the MX writes on top of the message: a bare CR (or NUL) in the MX's own field
+    from fuzz_targets import auth_fixture
+
+    from maillab.auth.lookup import LabLookup
+    from maillab.auth.receive import check
+
+    lookup = LabLookup("127.0.0.1", 53)
+    lookup.resolver = auth_fixture().resolver
+    field = check(message, lookup=lookup, authserv_id="mx.beta.test", ip="127.0.0.1", helo="mail.alpha.test",
+                  mail_from="alice@alpha.test").header()
+    assert not any(c < " " and c not in "\r\n\t" for c in field), field
+    assert "\r" not in field.replace("\r\n", "") and "\n" not in field.replace("\r\n", "")

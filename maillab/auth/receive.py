@@ -15,6 +15,7 @@ key ends as the RFC's result (``permerror``, ``temperror``, ``neutral``, ``polic
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
@@ -101,14 +102,14 @@ class Verdict:
             result_comment=_comment(f"{self.spf.ip} {self.spf.explanation}"))]
         for d in self.dkim or [DKIMCheck("none")]:
             results.append(authres.DKIMAuthenticationResult(
-                result=d.result, header_d=d.domain or None, header_s=d.selector or None,
+                result=d.result, header_d=_printable(d.domain) or None, header_s=_printable(d.selector) or None,
                 result_comment=_comment(d.reason)))
         if self.arc.instances:
             results.append(authres.arc.ARCAuthenticationResult(result=self.arc.cv,
                                                            result_comment=_comment(self.arc.reason)))
         comment = f"p={self.dmarc.policy or 'none'}" + (f"; override {self.override}" if self.override else "")
         results.append(authres.dmarc.DMARCAuthenticationResult(
-            result=self.dmarc.result, header_from=self.dmarc.from_domain or None,
+            result=self.dmarc.result, header_from=_printable(self.dmarc.from_domain) or None,
             result_comment=_comment(comment)))
         return str(authres.AuthenticationResultsHeader(authserv_id=self.authserv_id, results=results))
 
@@ -127,8 +128,17 @@ class Verdict:
 
 
 def _comment(text: str) -> str | None:
-    text = " ".join(text.replace("(", "[").replace(")", "]").split())[:120]
+    text = " ".join(_printable(text).replace("(", "[").replace(")", "]").split())[:120]
     return text or None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(text: str) -> str:
+    """A value from the message (a signature's s= or d=) as it may go into the field the
+    MX writes: a bare CR, NUL or other control character becomes "?"."""
+    return _CONTROL.sub("?", text)
 
 
 def domain_of(address: str) -> str:
