@@ -107,6 +107,30 @@ QUIT
 """
 
 
+def test_raw_cell_survives_a_server_reply_with_non_ascii_digits(ip):
+    """A raw cell's reply codes skip a line like "²50" (isdigit(), but no number)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"220 odd.test ESMTP\r\n")
+            conn.recv(1024)
+            conn.sendall("²50 strange\r\n".encode())
+            conn.recv(1024)
+            conn.sendall(b"221 bye\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        result = ip.run_cell_magic("smtp", f"127.0.0.1:{server.getsockname()[1]}", "NOOP\nQUIT\n")
+    finally:
+        server.close()
+    assert result.codes == [220, 221]
+
+
 def test_raw_smtp_cell(ip):
     host, port = lab().address("smtp")
     result = ip.run_cell_magic("smtp", f"{host}:{port}", SMTP_CELL)

@@ -46,7 +46,8 @@ class RawResult:
     @property
     def codes(self) -> list[int]:
         """The reply codes, in order: ``[220, 250, 250, 550, 221]``."""
-        return [int(r[:3]) for r in self.replies if r[:3].isdigit()]
+        # ASCII digits only: a server's "²50" is isdigit() too, and int() refuses it
+        return [int(r[:3]) for r in self.replies if r[:3].isascii() and r[:3].isdigit()]
 
     def __repr__(self) -> str:
         text = render_text(self._events())
