@@ -57,6 +57,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale import _tree  # noqa: E402 - a process and its descendants, as scale.py measures them
+
 CASES = [  # (label, message count, payload octets, connections)
     ("4 KiB x 2000, 1 conn", 2000, 4096, 1),
     ("4 KiB x 2000, 8 conns", 2000, 4096, 8),
@@ -304,24 +307,6 @@ maillog_file_prefixes = {directory}
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants."""
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
-    return out
 
 
 # -- the client ----------------------------------------------------------------------------
