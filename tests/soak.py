@@ -288,9 +288,11 @@ class Soak:
                     for rcpt in re.findall(rb"Final-Recipient: rfc822;\s*(\S+)", data):
                         bounced[(rcpt.decode().lower(), subject.decode())] += 1
         problems = []
+        delivered = 0
         for subject in self.accepted:
             for rcpt in RCPTS:
                 got = bob[subject] if rcpt.startswith("bob@") else self.retrieved[(rcpt, subject)]
+                delivered += got
                 total = got + bounced[(rcpt, subject)]
                 if total != 1:
                     problems.append(f"{subject} -> {rcpt}: delivered {got}, bounced {bounced[(rcpt, subject)]}")
@@ -300,10 +302,22 @@ class Soak:
         leaks = [f"{k} {before[k]} -> {after[k]}" for k, limit in
                  (("fds", 8), ("threads", 2), ("tasks", 4), ("rss", 200 << 20)) if growth[k] > limit]
         return {"accepted": len(self.accepted), "recipients": len(self.accepted) * len(RCPTS),
-                "bounced": sum(bounced.values()), "idle_updates": self.idle_updates,
+                "delivered": delivered, "bounced": sum(bounced.values()), "idle_updates": self.idle_updates,
                 "reader_errors": self.errors[:10], "ledger_problems": problems[:20],
-                "external_runs": dict(self.external_runs), "lags": len(lags), "stalls": stalls, "before": before, "after": after, "leaks": leaks,
+                "external_runs": dict(self.external_runs), "lags": len(lags), **_lag_report(lags),
+                "stalls": stalls, "before": before, "after": after, "leaks": leaks,
                 "ok": not problems and not stalls and not leaks}
+
+
+def _lag_report(lags: list) -> dict[str, Any]:
+    """How late the lab loop came back and why: how many lags past each bound, how many
+    the lab thread itself computed through (``busy``) rather than waited (blocked, the
+    GIL, a loaded machine), and the worst ones with their CPU and garbage-collection
+    share (``maillab.runtime.Lag``)."""
+    return {"lags_over_ms": {str(ms): sum(lag.wall > ms / 1000 for lag in lags) for ms in (100, 250, 500, 1000)},
+            "lags_busy": sum(lag.busy for lag in lags),
+            "lag_cpu_max_ms": round(max((lag.own_cpu for lag in lags), default=0) * 1000),
+            "lags_worst": [str(lag) for lag in sorted(lags, key=lambda lag: lag.wall, reverse=True)[:5]]}
 
 
 def soak(seconds: float, *, directory: Path | None = None, max_messages: int = 100_000,
