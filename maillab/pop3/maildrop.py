@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..limits import Limits
 from ..store import Mailbox, Store
 from ..users import Users
 from .wire import PLANS_SEEN, crlf_only, plan_for
@@ -63,13 +64,15 @@ class Entry:
 class Maildrop:
     """A locked, numbered snapshot of one mailbox for one POP3 session."""
 
-    def __init__(self, mailbox: Mailbox) -> None:
+    def __init__(self, mailbox: Mailbox, *, sync: bool = False) -> None:
+        """``sync``: removals are on the disk before UPDATE's +OK (``Limits.smtp_fsync``)."""
         key = _lock_key(mailbox)
         with _locks_guard:
             if key in _locked:
                 raise InUse()
             _locked.add(key)
         self.mailbox = mailbox
+        self.sync = sync
         self._released = False
         try:
             # message n is _uids[n - 1], _sizes[n - 1]: two arrays, no object per message
@@ -139,7 +142,7 @@ class Maildrop:
     def remove(self, entries: list[Entry]) -> list[int]:
         """The UPDATE state's work: remove the marked messages for good."""
         try:
-            return self.mailbox.remove([e.uid for e in entries])
+            return self.mailbox.remove([e.uid for e in entries], sync=self.sync)
         except Exception as exc:
             raise StoreFailure(str(exc)) from exc
 
@@ -154,8 +157,8 @@ class StoreBackend:
     """Users and maildrops, as the POP3 session asks for them (its ``Backend``): the
     lab's servers pass the lab's store and users; tests pass their own."""
 
-    def __init__(self, store: Store, users: Users) -> None:
-        self.store, self.users = store, users
+    def __init__(self, store: Store, users: Users, limits: Limits | None = None) -> None:
+        self.store, self.users, self.limits = store, users, limits
 
     def authenticate(self, login: str, password: str) -> str | None:
         return self.users.authenticate(login, password)
@@ -167,4 +170,5 @@ class StoreBackend:
             return None
 
     def open_maildrop(self, address: str) -> Maildrop:
-        return Maildrop(self.store.mailbox(address, "INBOX", create=True))
+        return Maildrop(self.store.mailbox(address, "INBOX", create=True),
+                        sync=self.limits is not None and self.limits.smtp_fsync)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..store.groupsync import GROUP
 from .message import BOUNCED, DELIVERED, QueuedMessage
 
 DIRNAME = "relay-queue"
@@ -71,8 +72,9 @@ class Spool:
 
     def flush(self, queue_id: str) -> None:
         """Put ``queue_id``'s entry on the disk (fsync of both files, then of the
-        directory that names them); an entry already gone (delivered meanwhile) has
-        nothing left to keep."""
+        directory that names them, in a round shared with concurrent writers:
+        :mod:`maillab.store.groupsync`); an entry already gone (delivered meanwhile)
+        has nothing left to keep."""
         for suffix in (".eml", ".json"):
             try:
                 fd = os.open(self.directory / f"{queue_id}{suffix}", os.O_RDONLY)
@@ -82,11 +84,7 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        GROUP.sync([os.fspath(self.directory)])
 
     def remove(self, queue_id: str) -> None:
         for suffix in (".json", ".eml"):  # the JSON first: without it the entry is void

@@ -10,6 +10,10 @@ columns, not an object per message).
 
 Delivery is atomic: the message is written in ``tmp/`` and renamed into
 ``new/``; a crash mid-write leaves only a file in ``tmp/`` that no reader lists.
+With ``sync`` (what the servers pass, ``Limits.smtp_fsync``) a change also survives a
+power cut before it is acknowledged: the file is fsync'ed before its rename, and the
+directories and the index's log after it (:meth:`Mailbox.flush`, a round shared with
+concurrent writers: :mod:`maillab.store.groupsync`).
 
 Standard flags are mirrored in the file name (``:2,FRS``, the Maildir "info"),
 so flags set over IMAP show up in mutt and the other way round.
@@ -41,6 +45,7 @@ from typing import Any, NamedTuple
 
 from .dirsync import CHANGE_LOG_SIZE, INLINE_SYNC_MAX, DirectorySync, collector_paused
 from .filenames import info_letters
+from .groupsync import GROUP
 from .measure import Measuring, crlf_size, to_crlf
 from .table import CUR, NEW, STATES, SUBDIRS, UNKNOWN_DATE, MessageTable
 
@@ -149,6 +154,9 @@ class Mailbox(DirectorySync, Measuring):
         self._log: deque[int] = deque(maxlen=CHANGE_LOG_SIZE)
         self._dir_stamp: tuple[int, int] | None = None
         self._syncing = False  # a background sync is running
+        # The folder's own directory entries (index, log, new/ cur/) fsync'ed once
+        # since this process opened it: the first flush includes them.
+        self._parents_flushed = False
         # The directory times when this index last matched them (written at close):
         # unchanged means nothing was added, renamed or removed since, so a restart
         # skips the scan of every file name.
@@ -369,14 +377,17 @@ class Mailbox(DirectorySync, Measuring):
 
     # -- writing -----------------------------------------------------------------
     def add(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None, *,
-            crlf_only: bool = False, sync: bool = False) -> MessageInfo:
+            crlf_only: bool = False, sync: bool = False, flush: bool = True) -> MessageInfo:
         """Deliver ``data`` atomically (tmp -> new, or cur when it already has flags).
 
         ``crlf_only``: the caller has checked that every line ends in CRLF (SMTP
         refuses anything else), so the CRLF size is the size, without a look at
         every octet. ``sync``: the file's data reaches the disk (fsync) before its
-        name appears in new/, as the Maildir spec asks of a delivery agent, so that
-        an SMTP 250 survives a power cut, not only a crash of the process.
+        name appears in new/, as the Maildir spec asks of a delivery agent, and the
+        rename and the index row reach it before this returns (:meth:`flush`), so
+        that an SMTP 250 or an APPEND OK survives a power cut, not only a crash of
+        the process. With ``flush`` false the caller flushes later, once for many
+        messages (an IMAP COPY).
         """
         flags = frozenset(flags)
         now = time.time()
@@ -393,6 +404,8 @@ class Mailbox(DirectorySync, Measuring):
                 written = 0
                 while written < len(view):
                     written += os.write(fd, view[written:])
+            if internaldate is not None:  # before the fsync, which then keeps it too
+                os.utime(fd, (internaldate, internaldate))
             if sync:
                 os.fsync(fd)
         except BaseException:
@@ -400,8 +413,6 @@ class Mailbox(DirectorySync, Measuring):
             os.unlink(tmp)
             raise
         os.close(fd)
-        if internaldate is not None:
-            os.utime(tmp, (internaldate, internaldate))
         subdir = "cur" if flags else "new"
         filename = f"{key}:2,{info_letters(flags)}" if flags else key
         with self.lock:
@@ -417,7 +428,25 @@ class Mailbox(DirectorySync, Measuring):
                                 internaldate if internaldate is not None else now, flags)
             self._db.execute("COMMIT")
             self._own_change_done(was_in_sync)
-            return info
+        if sync and flush:
+            self.flush((subdir,))  # outside the lock: concurrent deliveries share the round
+        return info
+
+    def flush(self, subdirs: Iterable[str] = ("new", "cur")) -> None:
+        """Make the changes made so far to ``subdirs`` (renames, new files, removals)
+        and to the index survive a power cut: fsync of the directories and of the
+        index's log (sqlite's WAL, committed with ``synchronous=NORMAL``, i.e. not
+        synced at commit), in a round shared with concurrent writers
+        (:data:`~maillab.store.groupsync.GROUP`). The first flush of a folder also
+        fsyncs the directories that name it and its index. Blocks (a worker thread's
+        work); OSError when the disk refused: the change must not be acknowledged."""
+        base = os.fspath(self.path)
+        paths = [f"{base}/{sub}" for sub in subdirs]
+        paths.append(f"{base}/{INDEX_FILE}-wal")
+        if not self._parents_flushed:
+            paths += [base, os.path.dirname(base)]
+        GROUP.sync(paths)
+        self._parents_flushed = True
 
     def set_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
         """Replace the flags of ``uid``; standard flags go into the file name too."""
@@ -516,10 +545,12 @@ class Mailbox(DirectorySync, Measuring):
                 raise KeyError(uid)
             return self.set_flags(uid, current - frozenset(flags))
 
-    def remove(self, uids: Iterable[int], unless: Any = None) -> list[int]:
+    def remove(self, uids: Iterable[int], unless: Any = None, *, sync: bool = False) -> list[int]:
         """Delete messages for good (POP3 UPDATE, IMAP EXPUNGE), a batch per hold of
         the lock and per index transaction; with ``unless``, not those whose flags
-        at that moment make ``unless(flags)`` true. Returns the UIDs removed."""
+        at that moment make ``unless(flags)`` true. Returns the UIDs removed. With
+        ``sync`` the removals are on the disk before this returns (:meth:`flush`):
+        a message whose deletion was acknowledged does not come back after a power cut."""
         removed: list[int] = []
         todo = sorted(set(uids))
         t = self.table
@@ -544,6 +575,8 @@ class Mailbox(DirectorySync, Measuring):
                     raise
                 self._own_change_done(was_in_sync)
                 t.maybe_compact()
+        if sync and removed:
+            self.flush()
         return removed
 
     def close(self) -> None:

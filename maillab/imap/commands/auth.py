@@ -258,7 +258,7 @@ def append(s: IMAPSession, cmd: Append) -> Iterator[Output]:
         raise No("an empty message cannot be appended")
     stored_flags = check_flags(cmd.flags)
     mb = s.mailbox(name)
-    info = mb.add(cmd.message, stored_flags, cmd.when)
+    info = mb.add(cmd.message, stored_flags, cmd.when, sync=s.limits.smtp_fsync)  # on disk before OK
     yield Notice("stored", (mb.name, info.uid, info.size))
     s.store.notify(s.user or "", mb.name, info)
     return f"[APPENDUID {mb.uidvalidity} {info.uid}] APPEND completed"

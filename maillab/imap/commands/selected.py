@@ -39,7 +39,7 @@ def _expunge_deleted(s: IMAPSession, only: set[int] | None = None) -> list[int]:
     doomed = [u for u in mb.uids_with_flag("\\Deleted") if only is None or u in only]
     # Only what is still \Deleted when its batch is removed (another session may
     # have taken the flag off meanwhile).
-    removed = mb.remove(doomed, unless=lambda flags: "\\Deleted" not in flags)
+    removed = mb.remove(doomed, unless=lambda flags: "\\Deleted" not in flags, sync=s.limits.smtp_fsync)
     if removed:
         s.on_change(s.user or "", view.name)
     return removed
@@ -144,13 +144,16 @@ def _copy(s: IMAPSession, cmd: Copy) -> Iterator[Output]:
             data = view.mailbox.read(uid)
         except (KeyError, FileNotFoundError):
             continue
-        new = target.add(data, info.flags, info.internaldate)
+        # each file fsync'ed; the directory and index once for the whole COPY, below
+        new = target.add(data, info.flags, info.internaldate, sync=s.limits.smtp_fsync, flush=False)
         src_uids.append(uid)
         dst_uids.append(new.uid)
         s.store.notify(s.user or "", target.name, new)
         yield Notice("stored", (target.name, new.uid, new.size))
     if not src_uids:
         return ""
+    if s.limits.smtp_fsync:
+        target.flush()  # before the OK (and before MOVE removes the originals)
     return f"COPYUID {target.uidvalidity} {uid_set(src_uids)} {uid_set(dst_uids)}"
 
 
@@ -170,7 +173,7 @@ def move(s: IMAPSession, cmd: Move) -> Iterator[Output]:
     if copyuid:
         yield line(f"* OK [{copyuid}] moved")  # RFC 6851 4.3: COPYUID untagged, first
     moved = [view.uids[i] for i in indexes]
-    if view.mailbox.remove(moved):
+    if view.mailbox.remove(moved, sync=s.limits.smtp_fsync):
         s.on_change(s.user or "", view.name)
     return None  # the EXPUNGE responses follow from the updates (MOVE allows them)
 

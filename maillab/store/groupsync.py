@@ -1,0 +1,108 @@
+"""fsyncs of directories and index logs, shared by concurrent writers (group commit).
+
+A message's file is fsync'ed before its rename into ``new/``; the rename itself is a
+change of the directory, and survives a power cut only once the directory is
+fsync'ed too (Dovecot's Maildir save does the same: ``fdatasync()`` of ``new/`` and
+``cur/`` after its renames). The index's log (sqlite's ``-wal`` file, written with
+``synchronous=NORMAL``, so not synced at each commit) must reach the disk at the same
+moment, or a restart after a power cut could hand an acknowledged message's UID to
+another message (RFC 3501 2.3.1.1).
+
+On a journalling file system each of these fsyncs waits for a journal commit, and one
+commit carries every change made before it. So writers do not fsync alone: each hands
+its paths to :meth:`GroupSync.sync` and waits; one waiter at a time (the leader)
+fsyncs everything asked for since the previous round, and every writer whose paths
+were in that round returns when it ends. Eight SMTP sessions delivering at once share
+one round, as a database's transactions share one log flush.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterable
+
+__all__ = ["GroupSync", "GROUP"]
+
+#: Failed rounds remembered for their waiters (a waiter is told within a round or two).
+_FAILURES_KEPT = 64
+
+
+class GroupSync:
+    """Rounds of fsyncs; :meth:`sync` returns once a round that started after the
+    call has fsync'ed the caller's paths."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: set[str] = set()  # asked for, not yet in a round
+        self._next = 1  # the round that takes what is asked for now
+        self._done = 0  # the last round that ended
+        self._running = False
+        self._failures: dict[int, OSError] = {}
+        #: rounds run and paths asked for (a test or a benchmark reads them)
+        self.rounds = 0
+        self.requests = 0
+
+    def sync(self, paths: Iterable[str]) -> None:
+        """Until every path in ``paths`` (directories and files) is fsync'ed, in a
+        round shared with whoever else asked meanwhile. A path that no longer exists
+        (a folder deleted meanwhile) has nothing left to keep. Raises OSError when
+        the round's fsync failed: the caller must not acknowledge."""
+        with self._cond:
+            self._pending.update(paths)
+            self.requests += 1
+            mine = self._next
+            while self._done < mine:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                # Lead a round: whatever was asked for up to now, ours included.
+                self._running = True
+                todo, self._pending = self._pending, set()
+                round_ = self._next
+                self._next += 1
+                failure: OSError | None = None
+                self._cond.release()
+                try:
+                    failure = _fsync_all(todo)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._done = round_
+                    self.rounds += 1
+                    if failure is not None:
+                        self._failures[round_] = failure
+                        for old in [r for r in self._failures if r <= round_ - _FAILURES_KEPT]:
+                            del self._failures[old]
+                    self._cond.notify_all()
+            failure = self._failures.get(mine)
+        if failure is not None:
+            raise OSError(failure.errno, failure.strerror, failure.filename)
+
+
+def _fsync_all(paths: set[str]) -> OSError | None:
+    """fsync each path: files first (their data, and the journal commit that also
+    carries the renames), then directories. The first failure, or None."""
+    failure = None
+    for path in sorted(paths, key=lambda p: (os.path.isdir(p), p)):
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failure = failure or exc
+            continue
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            # EINVAL: a file system that cannot fsync a directory; nothing more to do there.
+            if exc.errno != errno.EINVAL:
+                failure = failure or OSError(exc.errno, exc.strerror, path)
+        finally:
+            os.close(fd)
+    return failure
+
+
+#: The one instance of the process: every mailbox and the relay spool share its rounds.
+GROUP = GroupSync()

@@ -1,0 +1,147 @@
+"""Power-cut safety (issue 15): an SMTP 250, an APPEND or MOVE OK and a POP3
+UPDATE +OK are sent only once the change is on the disk, the directory that names
+the file and the index's log included (a rename or unlink is a change of the
+directory, lost in a power cut until the directory is fsync'ed).
+
+A power cut cannot be made in a test, so the real ``maillab serve`` runs under
+strace and real clients (smtplib, imaplib, poplib) talk to it; the kernel's own
+record of the system calls must show, for each acknowledged change, the rename or
+unlink, then an fsync of its directory and of ``maillab-index.sqlite-wal``, then
+the reply. The crash test (``test_crash_consistency.py``) checks what survives a
+``kill -9``; this one checks what a power cut would need on top.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import re
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_cli import wait_for_lab_json
+from test_crash_consistency import BOB, _message
+
+
+def _strace_works() -> bool:
+    return shutil.which("strace") is not None and subprocess.run(
+        ["strace", "-o", os.devnull, "true"], capture_output=True, timeout=30).returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not _strace_works(), reason="strace missing or not allowed to trace here")
+
+CALLS = "fsync,rename,unlink,sendto,sendmsg,write,writev"
+# "PID name(args) = result", or a call another thread's line cut in two:
+# "PID name(args <unfinished ...>" ... "PID <... name resumed>args) = result"
+_LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>(.*)|(\w+)\((.*))$")
+
+
+class Call:
+    def __init__(self, pid: str, name: str, args: str, start: int) -> None:
+        self.pid, self.name, self.args, self.start = pid, name, args, start
+        self.end = start  # the line where it returned
+
+
+def _calls(trace: str) -> list[Call]:
+    """The traced calls in the order they started, each knowing where it returned."""
+    calls: list[Call] = []
+    open_: dict[str, Call] = {}
+    for n, text in enumerate(trace.splitlines()):
+        m = _LINE.match(text)
+        if m is None:
+            continue
+        pid = m.group(1)
+        if m.group(2):  # resumed: the call returns here
+            call = open_.pop(pid, None)
+            if call is not None:
+                call.args += m.group(3)
+                call.end = n
+            continue
+        call = Call(pid, m.group(4), m.group(5), n)
+        calls.append(call)
+        if call.args.endswith("<unfinished ...>"):
+            call.args = call.args[: -len("<unfinished ...>")]
+            open_[pid] = call
+    return calls
+
+
+def _reply(calls: list[Call], text: str, after: int) -> Call:
+    """The first send of ``text`` to a client that started after line ``after``."""
+    for c in calls:
+        if c.start > after and c.name in ("sendto", "sendmsg", "write", "writev") and text in c.args:
+            return c
+    raise AssertionError(f"no reply {text!r} in the trace after line {after}")
+
+
+def _check(calls: list[Call], reply: Call, after: int, change: str, paths: list[str],
+           what: str) -> None:
+    """Between ``after`` and ``reply``: a ``change`` call (rename/unlink) whose
+    arguments hold each path's directory, then a returned fsync of that directory
+    and of the index log, all before the reply started."""
+    window = [c for c in calls if after < c.start < reply.start]
+    for path in paths:
+        changed = [c for c in window if c.name == change and f'{path}/' in c.args]
+        assert changed, f"{what}: no {change} in {path}/ before the reply"
+        last = max(c.end for c in changed)
+        for target in (f"{path}>", f"{Path(path).parent}/maillab-index.sqlite-wal>"):
+            synced = [c for c in window if c.name == "fsync" and target in c.args
+                      and c.start > last and c.end < reply.start]
+            assert synced, (f"{what}: no fsync of {target[:-1]} after the {change} and before"
+                            f" the reply (power cut: the acknowledged change could be lost)")
+
+
+def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
+    directory = tmp_path / "lab"
+    out = tmp_path / "strace.txt"
+    proc = subprocess.Popen(
+        ["strace", "-f", "-qq", "-y", "-s", "512", "-e", "signal=none", "-e", f"trace={CALLS}",
+         "-o", str(out), sys.executable, "-m", "maillab", "serve", "--ports", "auto",
+         "--dir", str(directory), "--domain", "alpha.test"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        services = wait_for_lab_json(proc, directory, timeout=60)["services"]
+        with smtplib.SMTP(services["smtp"]["host"], services["smtp"]["port"], timeout=30) as c:
+            c.sendmail("alice@alpha.test", [BOB], _message("by-smtp"))
+        imap = imaplib.IMAP4(services["imap"]["host"], services["imap"]["port"], timeout=30)
+        imap.login("bob", "bob-pw")
+        imap.create("Archive")
+        typ, data = imap.append("INBOX", None, None, _message("by-append"))
+        assert typ == "OK", data
+        uid = re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1).decode()
+        imap.select("INBOX")
+        typ, data = imap.uid("MOVE", uid, "Archive")
+        assert typ == "OK", data
+        imap.logout()
+        pop = poplib.POP3(services["pop3"]["host"], services["pop3"]["port"], timeout=30)
+        pop.user("bob")
+        pop.pass_("bob-pw")
+        pop.dele(1)  # the SMTP message: INBOX holds only it now
+        assert pop.quit().startswith(b"+OK")
+    finally:
+        # the lab is strace's child; strace ends when it has
+        for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+            os.kill(int(pid), signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+    calls = _calls(out.read_text(errors="replace"))
+    inbox = str(directory / "mail" / BOB)
+    archive = f"{inbox}/.Archive"
+    smtp_250 = _reply(calls, "250 2.0.0 Ok: queued as", -1)
+    _check(calls, smtp_250, -1, "rename", [f"{inbox}/new"], "SMTP 250")
+    append_ok = _reply(calls, "APPEND completed", smtp_250.start)
+    _check(calls, append_ok, smtp_250.start, "rename", [f"{inbox}/new"], "APPEND OK")
+    move_ok = _reply(calls, "MOVE completed", append_ok.start)
+    _check(calls, move_ok, append_ok.start, "rename", [f"{archive}/new"], "MOVE OK (the copy)")
+    _check(calls, move_ok, append_ok.start, "unlink", [f"{inbox}/new"], "MOVE OK (the original)")
+    quit_ok = _reply(calls, "+OK maillab POP3 server signing off", move_ok.start)
+    _check(calls, quit_ok, move_ok.start, "unlink", [f"{inbox}/new"], "POP3 UPDATE +OK")
