@@ -142,6 +142,10 @@ class Server:
             return self.directory / "mail" / RCPT / "new"
         return self.directory / RCPT / "new"
 
+    def cpu_pid(self) -> int | None:
+        """The process whose tree does this server's work (its CPU time is measured)."""
+        return self.proc.pid
+
     def stored(self) -> int:
         new = self.maildir_new()
         if new is None:
@@ -278,6 +282,9 @@ maillog_file_prefixes = {directory}
     def maildir_new(self) -> Path | None:
         return self.new
 
+    def cpu_pid(self) -> int | None:
+        return self._master()
+
     def _master(self) -> int | None:
         """The master's pid while it runs."""
         try:
@@ -311,11 +318,26 @@ maillog_file_prefixes = {directory}
 
 # -- the client ----------------------------------------------------------------------------
 
-def run_client(server: Server, count: int, size: int, conns: int) -> float:
+def tree_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of ``pid`` and its descendants, the exited ones
+    included (a parent's reaped children count in its cutime/cstime)."""
+    total = 0
+    for p in _tree(pid) if pid is not None else []:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_client(server: Server, count: int, size: int, conns: int) -> tuple[float, float]:
     """Send ``count`` messages to ``server``; return the seconds until the last one
-    is in its Maildir (for a server that stores nothing: until the client is done)."""
+    is in its Maildir (for a server that stores nothing: until the client is done),
+    and the CPU seconds the server's processes spent meanwhile."""
     new = server.maildir_new()
     before = server.stored()
+    cpu = tree_cpu(server.cpu_pid())
     cmd = ["smtp-source", "-s", str(conns), "-m", str(count), "-l", str(size), "-d",
            "-f", "bench@ext.test", "-t", RCPT, "-M", "bench.test", f"127.0.0.1:{server.port}"]
     start = time.perf_counter()
@@ -323,7 +345,7 @@ def run_client(server: Server, count: int, size: int, conns: int) -> float:
     if r.returncode != 0:
         raise RuntimeError(f"smtp-source failed: {r.stderr.strip()}")
     if new is None:
-        return time.perf_counter() - start
+        return time.perf_counter() - start, tree_cpu(server.cpu_pid()) - cpu
     deadline = time.monotonic() + 120
     while (got := server.stored() - before) < count:
         if time.monotonic() > deadline:
@@ -332,7 +354,7 @@ def run_client(server: Server, count: int, size: int, conns: int) -> float:
     elapsed = time.perf_counter() - start
     if got != count:
         raise RuntimeError(f"{server.kind}: {got} of {count} messages delivered")
-    return elapsed
+    return elapsed, tree_cpu(server.cpu_pid()) - cpu
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -369,6 +391,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="maillab-bench-", dir=args.dir))
     servers: dict[str, Server] = {}
     results: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
     loads: list[float] = []
     try:
         for kind in kinds:
@@ -376,21 +399,24 @@ def main() -> None:
         for label, count, size, conns in cases:
             for _rep in range(args.reps):
                 for kind, server in servers.items():  # interleaved, so drift hits all alike
-                    results.setdefault((label, kind), []).append(run_client(server, count, size, conns))
+                    elapsed, cpu = run_client(server, count, size, conns)
+                    results.setdefault((label, kind), []).append(elapsed)
+                    cpus.setdefault((label, kind), []).append(cpu)
                 loads.append(os.getloadavg()[0])
         print(f"\nSMTP ingest into the MX port, delivered msg/s, median of {args.reps} runs"
               f" (client: smtp-source; python {sys.version.split()[0]}; mail stored under {root};"
               f" load average {min(loads):.1f}-{max(loads):.1f})\n")
         peers = [k for k in kinds if k != "lab"]
-        header = f"{'case':24} {'server':10} {'msg/s':>9} {'MB/s':>8}"
+        header = f"{'case':24} {'server':10} {'msg/s':>9} {'MB/s':>8} {'CPU ms/msg':>11}"
         print(header + "".join(f" {'lab/' + k:>15}" for k in peers))
         print("-" * (len(header) + 16 * len(peers)))
         for label, count, size, _conns in cases:
             rate = {k: count / statistics.median(results[(label, k)]) for k in kinds}
             for kind in kinds:
                 mbs = rate[kind] * (size + 200) / 1e6
+                cpu = statistics.median(cpus[(label, kind)]) / count * 1000
                 extra = "".join(f" {rate['lab'] / rate[k]:15.2f}" for k in peers) if kind == "lab" else ""
-                print(f"{label:24} {kind:10} {rate[kind]:9.1f} {mbs:8.1f}{extra}")
+                print(f"{label:24} {kind:10} {rate[kind]:9.1f} {mbs:8.1f} {cpu:11.2f}{extra}")
         print("\ngoals: lab/postfix >= 1.0 and lab/naive >= 1.0 on every case; lab/bare >= 0.6 on 4 KiB cases")
     finally:
         for server in servers.values():

@@ -40,6 +40,8 @@ CLOSED = "closed"
 #: 64 KB), but the log keeps 200,000 events: without this a client repeating long
 #: lines would make the lab keep gigabytes of them (SECURITY.md: memory flat).
 MAX_LINE_TEXT = 1000
+#: How far into a payload its head lines are looked for in one piece.
+_HEAD_WINDOW = 16 * 1024
 
 
 def clip(text: str) -> str:
@@ -91,7 +93,8 @@ class EventBus:
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
         self._session_ids = itertools.count(1)
-        self._subscribers: list[Callable[[Event], None]] = []
+        # A tuple, replaced on (un)subscribe: emit reads it without copying it.
+        self._subscribers: tuple[Callable[[Event], None], ...] = ()
 
     @classmethod
     def from_events(cls, events: Iterable[Event]) -> EventBus:
@@ -116,10 +119,16 @@ class EventBus:
         text: str = "",
         **data: Any,
     ) -> Event:
+        return self.record(session, kind, protocol, side, host, text, data)
+
+    def record(self, session: str, kind: str, protocol: str, side: str, host: str, text: str,
+               data: dict[str, Any]) -> Event:
+        """:meth:`emit` with ``data`` as a dict of its own (the bus keeps it): what a
+        recorder calls, without packing the keywords a second time."""
         with self._lock:
             ev = _new_event(next(self._seq), time.time(), session, kind, protocol, side, host, text, data)
             self._events.append(ev)
-            subscribers = list(self._subscribers)
+            subscribers = self._subscribers
         for callback in subscribers:
             try:
                 callback(ev)
@@ -186,12 +195,14 @@ class EventBus:
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for each new event; returns an unsubscribe function."""
         with self._lock:
-            self._subscribers.append(callback)
+            self._subscribers = (*self._subscribers, callback)
 
         def unsubscribe() -> None:
             with self._lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
+                subscribers = list(self._subscribers)
+                if callback in subscribers:
+                    subscribers.remove(callback)
+                    self._subscribers = tuple(subscribers)
 
         return unsubscribe
 
@@ -211,15 +222,22 @@ class SessionRecorder:
     def emit(self, kind: str, text: str = "", **data: Any) -> Event:
         if self.user is not None:
             data.setdefault("user", self.user)
-        return self.bus.emit(self.session, kind, self.protocol, self.side, self.host, text, **data)
+        return self.bus.record(self.session, kind, self.protocol, self.side, self.host, text, data)
 
     def client_line(self, text: str, **data: Any) -> None:
         """A line the client sent (already masked if it carries a credential)."""
-        self.emit(CLIENT_LINE, clip(text), **data)
+        # Written out rather than through emit(): a busy server records every line.
+        if self.user is not None:
+            data.setdefault("user", self.user)
+        self.bus.record(self.session, CLIENT_LINE, self.protocol, self.side, self.host,
+                        text if len(text) <= MAX_LINE_TEXT else clip(text), data)
 
     def server_line(self, text: str, **data: Any) -> None:
         """A line the server sent."""
-        self.emit(SERVER_LINE, clip(text), **data)
+        if self.user is not None:
+            data.setdefault("user", self.user)
+        self.bus.record(self.session, SERVER_LINE, self.protocol, self.side, self.host,
+                        text if len(text) <= MAX_LINE_TEXT else clip(text), data)
 
     def payload(self, direction: str, data: bytes, *, head_lines: int = 12,
                 size: int | None = None) -> None:
@@ -231,6 +249,27 @@ class SessionRecorder:
         and the whole body's length as ``size``.
         """
         # Only the head is looked at: a 50 MB body must not be copied to show 12 lines.
+        # Usually the head lines are short and near the start: one split of a window.
+        window = data[:_HEAD_WINDOW]
+        parts = window.split(b"\n", head_lines)
+        complete = len(parts) > head_lines  # the head ended at a newline (more may follow)
+        lines = parts[:head_lines] if complete else parts
+        if (complete or len(window) == len(data)) and max(map(len, lines), default=0) <= MAX_LINE_TEXT:
+            pos = len(window) - len(parts[-1]) if complete else len(data)
+            text = b"\n".join([line.rstrip(b"\r") for line in lines]).decode("utf-8", "replace")
+        else:
+            text, pos, complete = self._head(data, head_lines)
+        total = len(data) if size is None else size
+        rest = total - pos
+        if complete and rest > 0:
+            text += f"\n… ({rest} more bytes)"
+        kind = CLIENT_LINE if direction == "C" else SERVER_LINE
+        self.emit(kind, text, payload=True, bytes=total)
+
+    @staticmethod
+    def _head(data: bytes, head_lines: int) -> tuple[str, int, bool]:
+        """The first ``head_lines`` lines of ``data`` a line at a time, long lines
+        cut; the text, where the rest starts, and whether the head ended at a newline."""
         pieces: list[str] = []
         pos = 0
         complete = True  # the head ended at a newline with more data after it
@@ -246,13 +285,7 @@ class SessionRecorder:
                 complete = False
                 break
             pos = nl + 1
-        total = len(data) if size is None else size
-        rest = total - pos
-        text = "\n".join(pieces)
-        if complete and rest > 0:
-            text += f"\n… ({rest} more bytes)"
-        kind = CLIENT_LINE if direction == "C" else SERVER_LINE
-        self.emit(kind, text, payload=True, bytes=total)
+        return "\n".join(pieces), pos, complete
 
     def tls(self, version: str | None, cipher: str | None, peer_cert: str | None = None, **data: Any) -> None:
         sni = f", SNI {data['sni']}" if data.get("sni") else ""
