@@ -15,9 +15,12 @@ first with the lab idle, then while ``--senders`` outside clients (smtplib, one
 connection each, in this process) send 4 KiB messages to the lab's SMTP port as fast as
 it accepts them and ``--readers`` IMAP clients (imaplib, one session each) read the
 growing INBOX (NOOP, FETCH of the newest flags and envelopes, a whole message) in a
-loop; then once more with live views displayed in the kernel, as a notebook would:
-``%mail transcript`` (every session's lines), ``%mail ports`` (the port map, which
-follows sessions) and ``%mail relay`` (the path of a relayed message). They publish
+loop, ``--pop3`` POP3 clients (poplib) log in, RETR the newest message and QUIT in a
+loop, and one client asks the class DNS (``%mail class host``, in the kernel) ``--dns``
+MX queries a second; then once more with live views displayed in the kernel, as a
+notebook would: ``%mail transcript`` (every session's lines), ``%mail ports`` (the port
+map, which follows sessions), ``%mail relay`` (the path of a relayed message), the POP3
+state view (which follows the newest POP3 session) and ``%mail class map``. They publish
 from their timer threads while the load runs, so the kernel sends comm messages. It
 prints p50/p99 of each phase, the ratios against idle (goal, issue 12: p99 under load
 at most 3x idle, also with live views open), the messages and IMAP commands served
@@ -30,6 +33,7 @@ import argparse
 import imaplib
 import json
 import os
+import poplib
 import smtplib
 import statistics
 import sys
@@ -107,13 +111,48 @@ def reader(address: tuple[str, int], user: str, password: str, stop: threading.E
             time.sleep(0.01)
 
 
+def pop3_reader(address: tuple[str, int], user: str, password: str, stop: threading.Event, counts: list[int],
+                i: int) -> None:
+    """A POP3 client that checks for mail now and then: each session is a new one for
+    the POP3 state view to follow."""
+    while not stop.is_set():
+        p = poplib.POP3(*address, timeout=30)
+        try:
+            p.user(user)
+            p.pass_(password)
+            n, _size = p.stat()
+            if n:
+                p.retr(n)
+            p.quit()
+        finally:
+            p.close()
+        counts[i] += 1
+        time.sleep(0.2)
+
+
+def dns_asker(address: tuple[str, int], zone: str, rate: float, stop: threading.Event, counts: list[int],
+              i: int) -> None:
+    """Students' labs asking the class DNS for each other's MX, ``rate`` queries a second."""
+    import dns.message
+    import dns.query
+
+    while not stop.is_set():
+        query = dns.message.make_query(f"lab{counts[i] % 20}.{zone}", "MX")
+        dns.query.udp(query, address[0], port=address[1], timeout=5)
+        counts[i] += 1
+        time.sleep(1 / rate)
+
+
 VIEWS = (
     "from IPython.display import display\n"
+    "from maillab.views.pop3_state import POP3StateView\n"
     "lab.relay.wait(lab.relay.submit('alice@alpha.test', ['carol@beta.test'],"
     " b'Subject: a relayed message\\r\\n\\r\\nhi\\r\\n', origin='mail.alpha.test'), timeout=60)\n"
     "views = {'transcript': get_ipython().run_line_magic('mail', 'transcript'),\n"
     "         'ports': get_ipython().run_line_magic('mail', 'ports'),\n"
-    "         'relay': get_ipython().run_line_magic('mail', 'relay')}\n"
+    "         'relay': get_ipython().run_line_magic('mail', 'relay'),\n"
+    "         'pop3': POP3StateView(lab.events),\n"
+    "         'class map': get_ipython().run_line_magic('mail', 'class map')}\n"
     "for v in views.values():\n"
     "    display(v)\n"
     "def updates():\n"
@@ -126,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", type=int, default=200)
     ap.add_argument("--senders", type=int, default=3)
     ap.add_argument("--readers", type=int, default=2, help="IMAP clients reading meanwhile")
+    ap.add_argument("--pop3", type=int, default=1, help="POP3 clients checking for mail meanwhile")
+    ap.add_argument("--dns", type=float, default=10.0, help="MX queries a second to the class DNS (0: none)")
     ap.add_argument("--no-views", action="store_true", help="skip the phase with live views open")
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="sys.setswitchinterval in the kernel (seconds; Python's default 0.005)")
@@ -144,10 +185,15 @@ def main(argv: list[str] | None = None) -> int:
             "rcpt = next(iter(lab.users)).address\n"
             "print(*lab.address('smtp'), rcpt, lab.address('imap')[1], lab.users.password(rcpt))")).split()
         address = (host, int(port))
+        pop3_port = int(run_cell(kc, "print(lab.address('pop3')[1])"))
+        dns_host, dns_port, zone = run_cell(kc, (
+            "h = get_ipython().run_line_magic('mail', f'class host --port 0 --dir {tempfile.mkdtemp()}')\n"
+            "from maillab.magics.classnet import class_host\n"
+            "print(class_host().listen, class_host().port, class_host().zone_name)")).split()
         round_trips(kc, 10)  # warm-up
         idle = round_trips(kc, args.cells)
         phases = {"idle": idle}
-        served: dict[str, tuple[float, float]] = {}
+        served: dict[str, tuple[float, ...]] = {}
         updates: dict[str, int] = {}
         comm: dict[str, list[int]] = {}
         for phase in ("load", "load + views") if not args.no_views else ("load",):
@@ -161,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
             threads += [threading.Thread(target=reader, args=((host, int(imap_port)), rcpt, password, stop, counts,
                                                               args.senders + i), daemon=True)
                         for i in range(args.readers)]
+            counts += [0] * (args.pop3 + 1)
+            first = args.senders + args.readers
+            threads += [threading.Thread(target=pop3_reader, args=((host, pop3_port), rcpt, password, stop, counts,
+                                                                   first + i), daemon=True)
+                        for i in range(args.pop3)]
+            if args.dns > 0:
+                threads.append(threading.Thread(target=dns_asker, args=((dns_host, int(dns_port)), zone, args.dns,
+                                                                        stop, counts, first + args.pop3), daemon=True))
             for t in threads:
                 t.start()
             time.sleep(1.0)  # let the load settle
@@ -168,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             comm[phase] = [0, 0]
             phases[phase] = round_trips(kc, args.cells, comm[phase])
             dt = time.perf_counter() - t0
-            served[phase] = (sum(counts[:args.senders]) - sum(c0[:args.senders])) / dt, \
-                (sum(counts[args.senders:]) - sum(c0[args.senders:])) / dt
+            first = args.senders + args.readers
+            served[phase] = tuple((sum(counts[a:b]) - sum(c0[a:b])) / dt for a, b in (
+                (0, args.senders), (args.senders, first), (first, first + args.pop3),
+                (first + args.pop3, first + args.pop3 + 1)))
             stop.set()
             for t in threads:
                 t.join(60)
@@ -177,14 +233,15 @@ def main(argv: list[str] | None = None) -> int:
                 after = eval(run_cell(kc, "print(updates())"))  # noqa: S307
                 updates = {k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in after}
         lag = run_cell(kc, "print(lab.loop.lag_summary())").strip()
-        run_cell(kc, "%mail stop")
+        run_cell(kc, "%mail class stop\n%mail stop")
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     print(f"load average {os.getloadavg()[0]:.1f}; lab thread: {lag}")
-    for phase, (smtp, imap) in served.items():
+    for phase, (smtp, imap, pop3, dns_rate) in served.items():
         print(f"  {phase}: {args.senders} SMTP senders delivered {smtp:.0f} msg/s (4 KiB),"
-              f" {args.readers} IMAP readers {imap:.0f} commands/s")
+              f" {args.readers} IMAP readers {imap:.0f} commands/s, {args.pop3} POP3 clients"
+              f" {pop3:.1f} sessions/s, class DNS {dns_rate:.0f} queries/s")
     if updates:
         print("  live views meanwhile (widget updates sent, each a comm message / publishes run): "
               + ", ".join(f"{k} {u}/{n}" for k, (u, n) in updates.items()))

@@ -76,7 +76,14 @@ print("transcript updated while this cell ran:", seen.exists())""",
     # the changes sent since (a page reload gets the same from the kernel).
     "again": "transcript",
     # Ports and TLS: the live port map, the probe, and what an eavesdropper reads.
-    "ports": "%mail ports",
+    "ports": "ports_view = %mail ports\nports_view",
+    # The POP3 state view: a session from outside marks and removes a message in it.
+    "pop3state": """\
+from maillab.views.pop3_state import POP3StateView
+pop3_view = POP3StateView(current_lab().events)
+pop3_view""",
+    # What the kernel holds as the two views' whole HTML (the page built it from patches).
+    "shown": "import json\nprint(json.dumps({'ports': ports_view.grid.value, 'pop3': pop3_view.html.value}))",
     "probe": "%mail probe imaps",
     "eve": """\
 import poplib
@@ -438,6 +445,29 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     nb.until("s => (s.widget || '').includes('implicit TLS') && s.widget.includes('STARTTLS')", "ports")
     imaplib.IMAP4(ports["imap"]["address"], int(ports["imap"]["lab port"]), timeout=10).logout()
     nb.until("s => /imap-\\d+: plaintext/.test(s.widget || '')", "ports")
+
+    # The POP3 state view: rows marked and removed in place, in the order they happened.
+    nb.run("pop3state")
+    nb.until("s => (s.widget || '').includes('POP3 session')", "pop3state")
+    pop = poplib.POP3(ports["pop3"]["address"], int(ports["pop3"]["lab port"]), timeout=10)
+    pop.user("bob@alpha.test")
+    pop.pass_("bob-pw")
+    nb.until("s => (s.widget || '').includes('▶ TRANSACTION')", "pop3state")
+    pop.dele(1)
+    marked = nb.until("s => (s.widget || '').includes('marked for deletion')", "pop3state")["widget"]
+    pop.quit()
+    done = nb.until("s => (s.widget || '').includes('removed in UPDATE')", "pop3state")["widget"]
+    assert marked.count("marked for deletion") == 1 and "still on the server" in done, done
+    # Both views as the page built them from patches read exactly as the kernel's whole HTML.
+    shown = json.loads(nb.run("shown")["output"])
+    for name, html in (("ports", shown["ports"]), ("pop3state", shown["pop3"])):
+        page_text, kernel_text = page.evaluate(
+            """([index, html]) => {
+              const cell = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')[index];
+              const d = document.createElement('div'); d.innerHTML = html;
+              return [cell.querySelector('.ml-live .ml-body').textContent, d.textContent];
+            }""", [NAMES.index(name), html])
+        assert page_text == kernel_text, (name, page_text[-500:], kernel_text[-500:])
     probe = nb.run("probe")
     assert "verifies against the lab CA for mail.alpha.test" in probe["output"], probe["output"]
     assert "SHA-256 fingerprint" in probe["output"] and probe["errors"] == 0

@@ -204,12 +204,45 @@ def test_figures_say_when_no_cjk_font_is_installed(monkeypatch):
 def test_a_live_block_that_went_on_is_sent_as_its_new_rows():
     from maillab.views.live import Block
 
-    old = Block("<s1>", ["r1", "r2", "r3"], "</b>", (1, 2, 3))
+    s1, s2 = "<details><summary>1</summary><table><tbody>", "<details><summary>2</summary><table><tbody>"
+    old = Block(s1, ["r1", "r2", "r3"], "</b>", (1, 2, 3))
     # the oldest row trimmed, two added, the summary changed: only that is sent
-    assert old.edit(Block("<s2>", ["r2", "r3", "r4", "r5"], "</b>", (2, 3, 4, 5))) == \
-        {"drop": 1, "add": ["r4", "r5"], "top": "<s2>"}
-    assert old.edit(Block("<s1>", ["r1", "r2", "r3", "r4"], "</b>", (1, 2, 3, 4))) == {"drop": 0, "add": ["r4"]}
-    # rows rewritten (explain switched on, another copy, a gap): sent whole
-    assert old.edit(Block("<s1>", ["R1", "R2", "R3"], "</b>", (1, 2, 3))) is None
-    assert old.edit(Block("<s1>", ["r1", "r3"], "</b>", (1, 3))) is None
-    assert old.edit(Block("<s1>", ["r9"], "</b>", (9,))) is None
+    assert old.edit(Block(s2, ["r2", "r3", "r4", "r5"], "</b>", (2, 3, 4, 5))) == \
+        {"drop": 1, "add": ["r4", "r5"], "top": s2}
+    assert old.edit(Block(s1, ["r1", "r2", "r3", "r4"], "</b>", (1, 2, 3, 4))) == {"drop": 0, "add": ["r4"]}
+    # a table row that changed in place: that row; a gap: the rows after it
+    assert old.edit(Block(s1, ["r1", "R2", "r3"], "</b>", (1, 2, 3))) == {"drop": 0, "add": [], "put": [[1, "R2"]]}
+    assert old.edit(Block(s1, ["r1", "r3"], "</b>", (1, 3))) == {"drop": 0, "add": ["r3"], "cut": 2}
+    # a log shown newest first: the new line at the top, the oldest gone at the end
+    assert old.edit(Block(s1, ["r0", "r1", "r2"], "</b>", (0, 1, 2))) == {"drop": 0, "add": [], "cut": 1,
+                                                                        "front": ["r0"]}
+    # rows rewritten (explain switched on, another copy), nothing kept, or more than
+    # the summary changed in the top: sent whole
+    assert old.edit(Block(s1, ["R1", "R2", "R3"], "</b>", (1, 2, 3))) is None
+    assert old.edit(Block(s1, ["r9"], "</b>", (9,))) is None
+    assert old.edit(Block("<table><tbody>", ["r1", "r2", "r3", "r4"], "</b>", (1, 2, 3, 4))) is None
+
+
+def test_a_live_view_sends_the_rows_that_changed_and_keeps_the_whole_as_state():
+    from maillab.views.live import Block, LiveBlocks
+
+    def table(*cells: str) -> Block:
+        return Block("<table><tbody>", [f"<tr><td>{c}</td></tr>" for c in cells], "</tbody></table>",
+                     tuple(range(len(cells))))
+
+    view = LiveBlocks([("t", table("a", "b", "c"))], "<style>x</style>")
+    sent: list[dict] = []
+    view.send = lambda content, buffers=None: sent.append(content)  # what the browser would get
+    assert view.show([("t", table("a", "B", "c"))], "<style>x</style>")
+    # one row, in place; the head and the order did not change, so they are not sent again
+    assert sent[-1]["edit"] == {"t": {"drop": 0, "add": [], "put": [[1, "<tr><td>B</td></tr>"]]}}
+    assert "head" not in sent[-1] and "order" not in sent[-1] and sent[-1]["set"] == {}
+    assert not view.show([("t", table("a", "B", "c"))], "<style>x</style>")  # nothing changed: nothing sent
+    assert view.show([("n", Block("<p>note</p>")), ("t", table("a", "B", "c", "d"))], "<style>x</style>")
+    assert sent[-1]["order"] == ["n", "t"] and sent[-1]["set"] == {"n": ["<p>note</p>", [], ""]}
+    assert sent[-1]["edit"] == {"t": {"drop": 0, "add": ["<tr><td>d</td></tr>"]}}
+    # the whole view, as a second output or a saved notebook gets it
+    state = view.get_state()["blocks"]
+    assert state["gen"] == 2 and [k for k, _b in state["items"]] == ["n", "t"]
+    assert view.value == "<style>x</style><p>note</p>" + table("a", "B", "c", "d").html
+    view.close()

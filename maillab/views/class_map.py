@@ -5,8 +5,8 @@ to each lab it looked up, thicker for more lookups, labelled with the count) abo
 tables (the domains with MX host, address, key, joined and last seen; the latest
 lookups and UPDATEs). :class:`ClassMapView` renders a snapshot as text and HTML,
 :func:`figure` as a matplotlib figure for slides, :class:`LiveClassMap` as a live
-widget (the shared :class:`~maillab.views.live.LiveHTML`) that redraws when the class
-DNS answers or takes an UPDATE.
+widget (the shared :class:`~maillab.views.live.LiveBlocks`) that sends what changed when
+the class DNS answers or takes an UPDATE.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..classnet.server import ClassDNS
+    from .live import Block
 
 
 def _ago(t: float | None, now: float) -> str:
@@ -128,6 +129,15 @@ def svg(m: ClassMap, size: int = 560) -> str:
 
 
 def body_html(m: ClassMap) -> str:
+    return "".join(block.html for _key, block in body_blocks(m))
+
+
+def body_blocks(m: ClassMap) -> list[tuple[str, Block]]:
+    """The map as keyed blocks (what the live map sends when they change): the
+    heading, the graph, the domains (a row per lab), the latest lookups and UPDATEs
+    (newest first: a lookup sends its row)."""
+    from .live import Block
+
     now = time.time()
     registered = sum(d.registered for d in m.domains)
     head = (f"<div><b>class {html.escape(m.zone)}</b> — class DNS <code>{html.escape(m.join)}</code>, "
@@ -144,22 +154,25 @@ def body_html(m: ClassMap) -> str:
                     f"<td data-label='key'>{key}</td><td data-label='joined'>{_ago(d.joined, now)}</td>"
                     f"<td data-label='last seen'>{_ago(d.last_seen, now)}</td>"
                     f"<td data-label='looked up'>{d.looked_up}</td></tr>")
-    table = ("<table class='ml-cards'><thead><tr><th>domain</th><th>state</th><th>MX</th><th>address</th><th>key</th>"
-             "<th>joined</th><th>last seen</th><th>looked up</th></tr></thead><tbody>"
-             + ("".join(rows) or "<tr><td colspan=8><i>no student yet: %mail class key NAME</i></td></tr>")
-             + "</tbody></table>")
-    recent = "".join(f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(t))}</td><td class='mono'>"
-                     f"{html.escape(_short(who, m.zone))}</td><td class='mono'>{html.escape(q)} {qt}</td>"
-                     f"<td>{badge('ok' if rc == 'NOERROR' else 'err', rc)}</td></tr>"
-                     for t, who, q, qt, rc in reversed(m.lookups))
-    updates = "".join(f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(t))}</td><td class='mono'>"
-                      f"{html.escape(who)}</td><td>{badge('ok' if rc == 'NOERROR' else 'err', rc)}</td>"
-                      f"<td class='mono ml-small'>{html.escape(what)}</td></tr>" for t, who, rc, what in reversed(m.updates))
-    return (head + svg(m) + table
-            + (f"<details open data-key='lookups'><summary>latest lookups <span class='ml-sum'>(who asked what)"
-               f"</span></summary><table><tbody>{recent}</tbody></table></details>" if recent else "")
-            + (f"<details data-key='updates'><summary>latest UPDATEs <span class='ml-sum'>(accepted and refused)"
-               f"</span></summary><table><tbody>{updates}</tbody></table></details>" if updates else ""))
+    ids = [d.domain for d in m.domains]
+    table = Block("<table class='ml-cards'><thead><tr><th>domain</th><th>state</th><th>MX</th><th>address</th>"
+                  "<th>key</th><th>joined</th><th>last seen</th><th>looked up</th></tr></thead><tbody>",
+                  rows or ["<tr><td colspan=8><i>no student yet: %mail class key NAME</i></td></tr>"],
+                  "</tbody></table>", ids or [""])
+    recent = [f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(t))}</td><td class='mono'>"
+              f"{html.escape(_short(who, m.zone))}</td><td class='mono'>{html.escape(q)} {qt}</td>"
+              f"<td>{badge('ok' if rc == 'NOERROR' else 'err', rc)}</td></tr>"
+              for t, who, q, qt, rc in reversed(m.lookups)]
+    updates = [f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(t))}</td><td class='mono'>"
+               f"{html.escape(who)}</td><td>{badge('ok' if rc == 'NOERROR' else 'err', rc)}</td>"
+               f"<td class='mono ml-small'>{html.escape(what)}</td></tr>" for t, who, rc, what in reversed(m.updates)]
+    return [("head", Block(head)), ("graph", Block(svg(m))), ("domains", table),
+            ("lookups", Block("<details open data-key='lookups'><summary>latest lookups <span class='ml-sum'>"
+                              "(who asked what)</span></summary><table><tbody>", recent, "</tbody></table></details>",
+                              list(reversed(m.lookups))) if recent else Block("")),
+            ("updates", Block("<details data-key='updates'><summary>latest UPDATEs <span class='ml-sum'>"
+                              "(accepted and refused)</span></summary><table><tbody>", updates,
+                              "</tbody></table></details>", list(reversed(m.updates))) if updates else Block(""))]
 
 
 class ClassMapView:
@@ -227,20 +240,18 @@ class LiveClassMap:
     seconds) whenever the class DNS answers a query or takes an UPDATE."""
 
     def __init__(self, server: ClassDNS, *, interval: float = 0.25) -> None:
-        from .live import LiveHTML
+        from .live import LiveBlocks
 
         self.server = server
         self.updates = 0
         self.map = class_map(server)
-        self.widget = LiveHTML(value=body_html(self.map), kind="classmap", follow=False, max_height="none")
+        self.widget = LiveBlocks(body_blocks(self.map), kind="classmap", follow=False, max_height="none")
         self._throttle = Throttle(interval, self.refresh)
         server.listeners.append(self._throttle.poke)
 
     def refresh(self) -> None:
         self.map = class_map(self.server)
-        value = body_html(self.map)
-        if value != self.widget.value:
-            self.widget.value = value
+        if self.widget.show(body_blocks(self.map)):  # sends the blocks and rows that changed
             self.updates += 1
 
     def close(self) -> None:

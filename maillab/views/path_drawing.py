@@ -18,6 +18,7 @@ import html
 import textwrap
 from typing import TYPE_CHECKING
 
+from .live import Block
 from .theme import PALETTE, page
 
 if TYPE_CHECKING:
@@ -129,6 +130,10 @@ def _connector(path: RelayPath, forward: PathHop | None, side: list[PathHop]) ->
 
 def path_diagram(path: RelayPath) -> str:
     """The path as wrapping HTML (see the module docstring)."""
+    return _CSS + "".join(block.html for _key, block in _diagram_blocks(path))
+
+
+def _diagram_blocks(path: RelayPath) -> list[tuple[str, Block]]:
     order: list[int] = []
     for hop in path.hops:
         for i in (hop.source, hop.target):
@@ -153,12 +158,19 @@ def path_diagram(path: RelayPath) -> str:
         f"<div class='ml-note'>also: {html.escape(path.nodes[h.source].name)} → "
         f"{html.escape(path.nodes[h.target].name)} {html.escape(h.label())}</div>" for h in others)
     state = f" <span class='ml-muted'>[{html.escape(path.state)}]</span>" if path.state else ""
-    title = f"<div><b>{html.escape(path.title)}</b>{state}</div>"
-    body = "".join(out) or "<i>no hops yet</i>"
-    return f"{_CSS}{title}<div class='ml-path'>{body}</div>{extra}"
+    # Hosts and arrows are rows by position: a hop that went on or a new host sends
+    # those boxes, not the path.
+    return [("title", Block(f"<div><b>{html.escape(path.title)}</b>{state}</div>")),
+            ("path", Block("<div class='ml-path' data-rows>", out or ["<i>no hops yet</i>"], "</div>",
+                           tuple(range(len(out or [None]))))),
+            ("also", Block(f"<div>{extra}</div>"))]
 
 
 def path_table(path: RelayPath) -> str:
+    return "".join(block.html for _key, block in _table_blocks(path))
+
+
+def _table_blocks(path: RelayPath) -> list[tuple[str, Block]]:
     rows = []
     for n, hop in enumerate(path.hops, start=1):
         src, dst = path.nodes[hop.source], path.nodes[hop.target]
@@ -171,8 +183,17 @@ def path_table(path: RelayPath) -> str:
     head = "".join(f"<th>{t}</th>" for t in ("#", "from", "to", "with", "TLS", "time", "DNS answer used",
                                                "result"))
     notes = "".join(f"<div class='ml-note'>note: {html.escape(n)}</div>" for n in path.notes)
-    return (f"<details><summary>every hop as a table</summary><table class='ml-small'><thead><tr>{head}"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></details>{notes}")
+    # data-key: a reader who opened the table keeps it open while the path grows
+    return [("hops", Block(f"<details data-key='hops'><summary>every hop as a table</summary><table class='ml-small'>"
+                           f"<thead><tr>{head}</tr></thead><tbody>", rows, "</tbody></table></details>",
+                           tuple(range(len(rows))))),
+            ("notes", Block(f"<div>{notes}</div>"))]
+
+
+def path_blocks(path: RelayPath) -> tuple[str, list[tuple[str, Block]]]:
+    """:func:`path_body` as the live view sends it: the stylesheet (its head) and
+    keyed blocks (title, the hosts and arrows, the hop table, the notes)."""
+    return _CSS, _diagram_blocks(path) + _table_blocks(path)
 
 
 def path_body(path: RelayPath) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import CLOSED, NOTE, OPENED, STATE, Event, EventBus
-from .live import LiveHTML, widget_bundle
+from .live import Block, LiveBlocks, widget_bundle
 from .publish import Throttle
 from .theme import badge, page
 
@@ -168,8 +168,15 @@ def _diagram_svg(st: POP3SessionState) -> str:
 
 
 def render_body(st: POP3SessionState) -> str:
+    return "<div>" + "".join(block.html for _key, block in render_blocks(st)) + "</div>"
+
+
+def render_blocks(st: POP3SessionState) -> list[tuple[str, Block]]:
+    """The view as keyed blocks (what the live view sends when they change): the
+    title and state diagram, the maildrop table (one row per message: a DELE sends
+    its row), and the outcome."""
     title = f"POP3 session {html.escape(st.session)}" + (f" ({html.escape(st.user)})" if st.user else "")
-    rows = []
+    rows, ids = [], []
     marked, removed = set(st.marked), set(st.removed or ())
     for n, uid, size in st.messages:
         if st.removed is not None and n in removed:
@@ -182,13 +189,15 @@ def render_body(st: POP3SessionState) -> str:
             status = ""
         rows.append(f"<tr><td>{n}</td><td class='mono'>{html.escape(uid)}</td>"
                     f"<td>{size}</td><td>{status}</td></tr>")
+        ids.append(n)
     if st.count > len(st.messages):
         rows.append(f"<tr><td colspan='4'>… {st.count - len(st.messages)} more messages"
                     f" ({st.count} in the maildrop)</td></tr>")
-    table = ("<table><thead><tr><th>#</th><th>UIDL</th><th>octets</th><th>this session</th></tr></thead>"
-             f"<tbody>{''.join(rows)}</tbody></table>") if rows else ""
-    return (f"<div><b>{title}</b>{_diagram_svg(st)}{table}"
-            f"<div class='ml-note'>{html.escape(st.outcome)}</div></div>")
+        ids.append("more")
+    table = (Block("<table><thead><tr><th>#</th><th>UIDL</th><th>octets</th><th>this session</th></tr></thead>"
+                   "<tbody>", rows, "</tbody></table>", ids) if rows else Block(""))
+    return [("state", Block(f"<div><b>{title}</b>{_diagram_svg(st)}</div>")), ("maildrop", table),
+            ("outcome", Block(f"<div class='ml-note'>{html.escape(st.outcome)}</div>"))]
 
 
 def render_html(st: POP3SessionState) -> str:
@@ -208,7 +217,8 @@ class POP3StateView:
         self.interval = interval
         self.updates = 0
         self._throttle = Throttle(interval, self.refresh)
-        self.html = LiveHTML(kind="pop3-state", controls=False, max_height="")
+        # The first rendering goes with the widget's opening state (see LiveBlocks).
+        self.html = LiveBlocks(self._blocks(), kind="pop3-state", controls=False, max_height="")
         self.widget = self.html
         self._unsubscribe = bus.subscribe(self._on_event)
         self.refresh()
@@ -233,10 +243,13 @@ class POP3StateView:
             self.session = sessions[-1]
         return session_state(self.bus.events(session=self.session), self.session)
 
-    def refresh(self) -> None:
+    def _blocks(self) -> list[tuple[str, Block]]:
         st = self.state()
-        self.html.value = render_body(st) if st else "<i>no POP3 session yet: it appears here</i>"
-        self.updates += 1
+        return render_blocks(st) if st else [("none", Block("<i>no POP3 session yet: it appears here</i>"))]
+
+    def refresh(self) -> None:
+        if self.html.show(self._blocks()):  # sends the blocks and rows that changed
+            self.updates += 1
 
     def text(self) -> str:
         st = self.state()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import CLOSED, OPENED, TLS
 from ..tls import CERT_FIELD_TITLES, MINIMUM_VERSION_TEXT, cert_fields
-from .live import LiveHTML, widget_bundle
+from .live import Block, LiveBlocks, LiveHTML, widget_bundle
 from .publish import Throttle
 from .theme import page
 
@@ -269,6 +269,12 @@ class PortMap:
     # -- HTML -----------------------------------------------------------------------
     def grid_html(self) -> str:
         """The map as HTML for the shared stylesheet (wrap it in ``.ml-view``)."""
+        return "".join(block.html for _key, block in self.grid_blocks())
+
+    def grid_blocks(self) -> list[tuple[str, Block]]:
+        """The grid as keyed blocks (what the live map sends when they change): the
+        table, one row per service (a session opening sends that service's row), and
+        the legend under it."""
         titles = ("service", "standard → lab port", "TLS", "AUTH before TLS?", "plaintext login refused?",
                   "min TLS", *self.hosts)
         head = "".join(f"<th>{html.escape(t)}</th>" for t in titles)
@@ -309,15 +315,20 @@ class PortMap:
             foot.append("<b>require_tls</b>: no login anywhere before TLS")
         if self.ca_path:
             foot.append(f"CA certificate: <code>{html.escape(self.ca_path)}</code>")
-        return (f"<table class='ml-ports ml-cards-wide'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-                f"<div class='ml-small'>{'<br>'.join(foot)}</div>")
+        table = Block(f"<table class='ml-ports ml-cards-wide'><thead><tr>{head}</tr></thead><tbody>", body,
+                      "</tbody></table>", tuple(r.service for r in self.rows))
+        return [("grid", table), ("legend", Block(f"<div class='ml-small'>{'<br>'.join(foot)}</div>"))]
 
     def certs_html(self) -> str:
         """Every host's certificate, one fold each (they open in the browser, also while
         a cell is busy)."""
-        return "".join(f"<details data-key='cert-{html.escape(h)}'><summary>certificate of {html.escape(h)}"
-                       f" <span class='ml-sum'>{html.escape(f['key'])}, SHA-256 {html.escape(f['sha256'][:23])}…"
-                       f"</span></summary>{cert_html(f)}</details>" for h, f in self.certs.items())
+        return "".join(block.html for _key, block in self.cert_blocks())
+
+    def cert_blocks(self) -> list[tuple[str, Block]]:
+        return [(f"cert-{h}", Block(
+            f"<details data-key='cert-{html.escape(h)}'><summary>certificate of {html.escape(h)}"
+            f" <span class='ml-sum'>{html.escape(f['key'])}, SHA-256 {html.escape(f['sha256'][:23])}…"
+            f"</span></summary>{cert_html(f)}</details>")) for h, f in self.certs.items()]
 
     def _repr_html_(self) -> str:
         if not self.rows:
@@ -391,7 +402,7 @@ class LivePortMap:
                    for host in self.map.hosts if host in row.cells]
         # The certificates are folds in the grid too: they open in the browser even while
         # a cell is busy (the kernel answers the selector only between cells).
-        self.grid = LiveHTML(kind="ports", controls=False, max_height="", value=self._grid_value())
+        self.grid = LiveBlocks(self._grid_blocks(), kind="ports", controls=False, max_height="")
         self.select = w.Dropdown(options=options, description="certificate of",
                                  style={"description_width": "initial"}, layout=w.Layout(width="30em"))
         self.cert = LiveHTML(kind="cert", controls=False, max_height="")
@@ -401,8 +412,8 @@ class LivePortMap:
         self._throttle = Throttle(interval, self.refresh)
         self._unsubscribe = lab.events.subscribe(self._on_event)
 
-    def _grid_value(self) -> str:
-        return self.map.grid_html() + self.map.certs_html()
+    def _grid_blocks(self) -> list[tuple[str, Block]]:
+        return self.map.grid_blocks() + self.map.cert_blocks()
 
     def _on_event(self, event: Any) -> None:
         # On the lab thread: only flag (never block, never raise).
@@ -426,9 +437,7 @@ class LivePortMap:
     def refresh(self) -> None:
         with self._lock:
             self.map = port_map(self.lab, self._seen)
-            value = self._grid_value()
-            if value != self.grid.value:
-                self.grid.value = value
+            if self.grid.show(self._grid_blocks()):  # sends the rows that changed
                 self.updates += 1
 
     def close(self) -> None:

@@ -17,8 +17,8 @@ drawings live in :mod:`maillab.views.path_drawing`, the hop table in
 
 The live view (:class:`LiveRelayView`) subscribes to ``lab.events``. Events
 arrive on the lab thread; the callback only notes that something changed and
-returns, a publisher thread rebuilds the path at most every 100 ms and sets the
-widget's value (ipykernel's comms are thread-safe). Nothing here can raise into
+returns, a publisher thread rebuilds the path at most every 100 ms and sends the
+widget the boxes and rows that changed (ipykernel's comms are thread-safe). Nothing here can raise into
 a server, and nothing here touches a socket.
 """
 
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from ..clients.envelopes import decode_words
 from ..relay.hops import HopTable, parse_hops
 from .hop_table import _aligned, _delay, hop_table_body, hop_table_text
-from .live import LiveHTML, widget_bundle
-from .path_drawing import figure, path_body, path_diagram, path_html
+from .live import LiveBlocks, widget_bundle
+from .path_drawing import figure, path_blocks, path_diagram, path_html
 from .publish import Throttle
 from .theme import badge, page
 
@@ -394,7 +394,7 @@ class RelayView:
 
 
 class LiveRelayView:
-    """The relay path as a live widget (:class:`~maillab.views.live.LiveHTML`).
+    """The relay path as a live widget (:class:`~maillab.views.live.LiveBlocks`).
 
     ``build()`` makes a :class:`RelayPath` from current state; the lab thread only
     pokes a :class:`~maillab.views.publish.Throttle`, which calls it on its timer
@@ -411,7 +411,7 @@ class LiveRelayView:
         self.interval = interval
         self.linger = linger
         self.path = self._safe_build()
-        self.widget = LiveHTML(kind="relay", controls=False, max_height="", value=path_body(self.path))
+        self.widget = LiveBlocks(*path_blocks(self.path)[::-1], kind="relay", controls=False, max_height="")
         self.updates = 0
         self.listening = True
         self._linger: threading.Timer | None = None
@@ -438,9 +438,8 @@ class LiveRelayView:
 
     def refresh(self) -> None:
         self.path = self._safe_build()
-        value = path_body(self.path)
-        if value != self.widget.value:
-            self.widget.value = value
+        head, blocks = path_blocks(self.path)
+        if self.widget.show(blocks, head):  # sends the hosts, arrows and rows that changed
             self.updates += 1
         self._final_check()
 

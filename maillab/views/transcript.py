@@ -24,7 +24,7 @@ from typing import Any
 
 from ..events import CLIENT_LINE, CLOSED, FAULT, OPENED, SERVER_LINE, Event, EventBus
 from .conversations import Conversation, conversations
-from .live import Block, LiveBlocks, widget_bundle
+from .live import Block, LiveBlocks, sync_open_views, widget_bundle
 from .publish import Throttle
 from .theme import badge, page, reply_kind
 
@@ -312,23 +312,24 @@ _LIVE: weakref.WeakSet[TranscriptView] = weakref.WeakSet()
 
 
 def flush_live_views(*_args: Any) -> None:
-    """Apply every live view's buffered events now (an IPython ``post_run_cell`` hook:
-    when a cell ends, what it did is in the transcripts, whatever the timer's phase).
+    """Apply every live transcript's buffered events now, then save every keyed
+    view's state (an IPython ``post_run_cell`` hook: when a cell ends, what it did is
+    in the transcripts, whatever the timer's phase).
 
     Not for a view that is publishing continuously (sustained load): its next publish
     is due within a period anyway, and rendering it once more at the end of every
     cell, on the kernel's thread, is what made each cell wait. A view's whole
     state (:meth:`~maillab.views.live.LiveBlocks.sync`, the size of the view) is
-    sent only when it is not publishing back to back: under sustained load its
-    settle timer sends it once the stream ends."""
+    sent only when it is not changing back to back
+    (:func:`~maillab.views.live.sync_open_views`): under sustained load its settle
+    timer sends it once the stream ends."""
     for view in list(_LIVE):
         try:
             if not view._throttle.streaming():
                 view.flush()
-                if not view._throttle.sustained():
-                    view.html.sync()  # the whole view as widget state: a saved notebook keeps it
         except Exception:
             pass
+    sync_open_views()
 
 
 class TranscriptView:
