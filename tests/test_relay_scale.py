@@ -201,11 +201,14 @@ def _as_browser_sees(sent: list) -> tuple[str, int]:
             continue
         assert msg["base"] == gen  # none missing
         patched += len(json.dumps(msg))
-        gen, head = msg["gen"], msg["head"]
-        blocks = {key: msg["set"].get(key, blocks.get(key)) for key in msg["order"]}
+        gen, head = msg["gen"], msg.get("head", head)  # head and order: sent when they changed
+        blocks = {key: msg["set"].get(key, blocks.get(key)) for key in msg.get("order", blocks)}
         for key, e in msg["edit"].items():  # a session that went on: its rows, not its block
             top, rows, bottom = blocks[key]
-            blocks[key] = [e.get("top", top), rows[e["drop"]:] + e["add"], bottom]
+            kept = rows[e["drop"]:len(rows) - e.get("cut", 0)]
+            for i, row in e.get("put", []):
+                kept[i] = row
+            blocks[key] = [e.get("top", top), e.get("front", []) + kept + e["add"], bottom]
             edits += 1
     assert edits > 0
     return head + "".join(top + "".join(rows) + bottom for top, rows, bottom in blocks.values()), patched
