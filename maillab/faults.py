@@ -186,6 +186,11 @@ class Faults:
             self._rules = [r for r in self._rules if r not in gone]
         return gone
 
+    @property
+    def armed(self) -> bool:
+        """Whether any rule is set (a driver skips asking per command when none is)."""
+        return bool(self._rules)
+
     def fire(self, host: str, protocol: str, service: str, names: tuple[str, ...]) -> Rule | None:
         """Count a command (``names``: its verb, e.g. ``("UID FETCH", "FETCH")``, or
         ``("CONNECT",)`` for the greeting) against the rules of ``host``; the rule that

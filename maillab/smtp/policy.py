@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 # -- replies -----------------------------------------------------------------------
@@ -49,6 +50,13 @@ class Reply:
             sep = " " if i == len(parts) - 1 else "-"
             out.append(f"{self.code}{sep}{status}{part}")
         return out
+
+    @cached_property
+    def wire(self) -> tuple[tuple[str, ...], bytes]:
+        """The lines and the octets that go out (worked out once per reply: the
+        replies of every message are constants)."""
+        lines = tuple(self.lines())
+        return lines, ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
     def __str__(self) -> str:
         return "\r\n".join(self.lines())
@@ -146,6 +154,8 @@ def _closing_angle(text: str) -> int:
     """The index of the ">" that closes the path opened at text[0], or -1. A ">" inside
     a quoted local part (``<">"@x>``, RFC 5321 4.1.2 qtextSMTP) does not close it; past
     the local part a '"' is an ordinary character (``u@[1"2]``, an address literal)."""
+    if '"' not in text:  # nothing quoted: the first ">" (no walk a character at a time)
+        return text.find(">", 1)
     quoted, local = False, True
     i = 1
     while i < len(text):

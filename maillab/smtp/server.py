@@ -156,12 +156,14 @@ class SMTPServer(LineServer):
     async def _command(self, conn: LineConnection, rec: SessionRecorder, session: SMTPSession,
                        line: bytes, handler: Any, hook_session: Any) -> Reply | None:
         """The reply to one command line; None when an injected fault drops the connection."""
-        verb = session.command(line)
-        fault = await self.injected(rec, verb) if verb else None
+        fault = None
+        if self.lab.faults.armed:  # no coroutine per command for nothing
+            verb = session.command(line)
+            fault = await self.injected(rec, verb) if verb else None
         if fault is not None and fault.drop:
             return None
         if fault is not None and fault.reply:  # the session never sees the command
-            reply = session.injected(verb or "", fault.reply)
+            reply = session.injected(verb, fault.reply)
             return replace(reply, close=DROPPED) if reply_closes(fault) else reply
         return await self._run(session.receive, line, session=session, rec=rec,
                                handler=handler, hook_session=hook_session)
@@ -200,10 +202,10 @@ class SMTPServer(LineServer):
             rec.auth(*reply.auth)
         for text, data in reply.notes:
             rec.note(text, **data)
-        lines = reply.lines()
+        lines, wire = reply.wire
         for line in lines:
             rec.server_line(line)
-        conn.write(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+        conn.write(wire)
         await conn.drain()
 
     # -- DATA ----------------------------------------------------------------------------
@@ -265,7 +267,7 @@ class SMTPServer(LineServer):
         """Store and/or relay an accepted message; None, or the 451 (or a DMARC 550) when it failed."""
         folder = "INBOX"
         checked = job.message  # every line of it ends in CRLF (smtpdata.check_line_endings)
-        if not self.submission and job.local:
+        if not self.submission and job.local and auth_mta.checking(self.lab, self.hostname):
             # The MX checks SPF, DKIM, ARC and DMARC and acts on them (maillab.auth).
             inbound = await auth_mta.inbound(self.lab, self.hostname, ip=session.peer_ip,
                                              helo=session.helo or "", mail_from=job.mail_from,

@@ -97,6 +97,10 @@ COMMANDS: dict[State, frozenset[str]] = {
 ALL_COMMANDS = frozenset().union(*COMMANDS.values())
 
 _IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+# The replies of every message (made once: a Reply is immutable).
+MAIL_OK = Reply(250, "2.1.0", "Ok")
+RCPT_OK = Reply(250, "2.1.5", "Ok")
+GO_AHEAD = Reply(354, "2.0.0", "End data with <CR><LF>.<CR><LF>", read_data=True)
 #: What a known command gets in a state that does not accept it (texts follow Postfix).
 OUT_OF_ORDER: dict[tuple[State, str], Reply] = {
     **{(State.GREETING, verb): NEED_EHLO for verb in ("MAIL", "RCPT", "DATA")},
@@ -269,7 +273,14 @@ class SMTPSession:
                 self.errors += 1
             return step
         then = step.then
-        return replace(step, then=lambda result: self._count(then(result)))
+
+        def counted(result: Any) -> Step:
+            return self._count(then(result))
+
+        # Built directly: dataclasses.replace() looks the fields up every time.
+        if isinstance(step, Deliver):
+            return Deliver(step.queue_id, step.mail_from, step.local, step.remote, step.message, counted)
+        return Hook(step.name, step.args, step.envelope, counted)
 
     # -- the commands ------------------------------------------------------------------
     def command(self, line: bytes) -> str | None:
@@ -458,7 +469,7 @@ class SMTPSession:
             t.envelope.mail_from = t.envelope.mail_from or path.address
             t.envelope.smtp_utf8 = params.smtputf8
             self.state = State.MAIL
-            return hook_reply or Reply(250, "2.1.0", "Ok")
+            return hook_reply or MAIL_OK
 
         if "MAIL" not in self.hooks:
             return begin()
@@ -488,7 +499,7 @@ class SMTPSession:
             if route.address not in t.envelope.rcpt_tos:
                 t.envelope.rcpt_tos.append(route.address)
             self.state = State.RCPT
-            return hook_reply or Reply(250, "2.1.5", "Ok")
+            return hook_reply or RCPT_OK
 
         if "RCPT" not in self.hooks:
             return accept()
@@ -499,7 +510,7 @@ class SMTPSession:
         if arg:
             return Reply(501, "5.5.4", "Syntax: DATA")
         self.state = State.DATA
-        return Reply(354, "2.0.0", "End data with <CR><LF>.<CR><LF>", read_data=True)
+        return GO_AHEAD
 
     # DATA: the message text has been read -------------------------------------------
     def message_too_big(self) -> Reply:
