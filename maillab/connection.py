@@ -33,6 +33,8 @@ _WRITEV = hasattr(os, "writev")
 READ_BUFFER = 256 * 1024
 #: How much of an over-long line is kept, for the transcript.
 HEAD = 80
+#: Octets :meth:`LineConnection.hold` keeps before it writes them anyway.
+HOLD_LIMIT = 256 * 1024
 
 
 class LineTooLong(Exception):
@@ -72,6 +74,8 @@ class LineConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._lost = False
+        self._held: list[bytes | memoryview] = []  # hold(): written before the next wait for input
+        self._held_size = 0
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol -------------------------------------------------------
@@ -126,8 +130,14 @@ class LineConnection(asyncio.Protocol):
     def has_buffered_data(self) -> bool:
         return bool(self._buf)
 
+    def has_buffered_line(self) -> bool:
+        """Whether a whole line waits to be read (a pipelined command)."""
+        return b"\n" in self._buf
+
     async def _fill(self, deadline: float | None = None) -> None:
         """Wait for more bytes (until ``deadline``, loop time; default: the idle timeout)."""
+        if self._held:
+            self.flush()  # never wait for the client while its replies are held back
         if self._eof:
             raise ConnectionClosed()
         loop = asyncio.get_running_loop()
@@ -245,8 +255,25 @@ class LineConnection(asyncio.Protocol):
 
     # -- writing ----------------------------------------------------------------
     def write(self, data: bytes) -> None:
+        if self._held:
+            self.flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def hold(self, parts: Sequence[bytes | memoryview]) -> None:
+        """Write ``parts`` later, with what follows: replies to commands a client has
+        pipelined go out together (fewer system calls, and the client wakes once
+        for many). Held data is written by the next write, by :meth:`flush`, when
+        it reaches HOLD_LIMIT, and always before the connection waits for input."""
+        self._held.extend(parts)
+        self._held_size += sum(map(len, parts))
+        if self._held_size >= HOLD_LIMIT or len(self._held) >= _IOV_MAX:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what :meth:`hold` kept back."""
+        if self._held:
+            self.writelines(())
 
     def writelines(self, parts: Sequence[bytes | memoryview]) -> None:
         """Write ``parts`` in order. On a plain TCP connection whose transport has
@@ -254,6 +281,9 @@ class LineConnection(asyncio.Protocol):
         message data is neither joined into one buffer nor sent one piece per call;
         whatever the socket does not take at once (and everything over TLS) goes
         through the transport as usual, behind it."""
+        if self._held:
+            parts = [*self._held, *parts]
+            self._held, self._held_size = [], 0
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -318,6 +348,7 @@ class LineConnection(asyncio.Protocol):
         here, before the handshake starts. On failure the connection is closed and
         the error raised.
         """
+        self.flush()
         await self.drain()
         dropped = len(self._buf)
         self._buf.clear()
@@ -354,6 +385,7 @@ class LineConnection(asyncio.Protocol):
             self.recorder.tls(info["version"], info["cipher"], sni=info["sni"])
 
     async def close(self) -> None:
+        self.flush()
         if self.transport is not None:
             self.transport.close()
         try:

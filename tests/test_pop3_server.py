@@ -380,6 +380,25 @@ def test_pipelined_retrs_are_all_seen_when_the_last_reply_arrives(single_lab: La
     assert "\\Seen" in mb.messages()[-1].flags
 
 
+def test_replies_held_for_pipelined_commands_go_out_before_the_server_waits(single_lab: Lab) -> None:
+    """Replies to pipelined commands are written together, but never held while the
+    server waits for the client: with the last command only half sent, every
+    complete command is answered."""
+    from wire import POP3Wire
+
+    deliver(single_lab, 3)
+    c = POP3Wire(single_lab)
+    c.login()
+    c.send(b"RETR 1\r\nRETR 2\r\nNOOP\r\nRETR 3\r\nRET")
+    for n in (1, 2):
+        assert c.line().startswith(b"+OK") and c.multiline()[-1] == b"hello %d" % n
+    assert c.line() == b"+OK"
+    assert c.line().startswith(b"+OK") and c.multiline()[-1] == b"hello 3"
+    c.send(b"R 1\r\n")
+    assert c.line().startswith(b"+OK") and c.multiline()[-1] == b"hello 1"
+    c.close()
+
+
 # -- bodies -------------------------------------------------------------------------
 
 def test_dot_lines_round_trip_byte_exact(single_lab: Lab) -> None:

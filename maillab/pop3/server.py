@@ -97,6 +97,7 @@ class POP3Server(LineServer):
             buffered = conn.has_buffered_data()
             if buffered and loop.time() - turn > TURN:
                 session.settle()  # others may look at the flags meanwhile
+                conn.flush()
                 await asyncio.sleep(0)  # 10,000 pipelined DELEs must not hold the loop
                 turn = loop.time()
             try:
@@ -112,8 +113,10 @@ class POP3Server(LineServer):
             if not buffered:
                 turn = loop.time()  # the read waited: everyone else had the loop meanwhile
             rec.client_line(session.masked(line))
-            command = session.command(line)
-            fault = await self.injected(rec, command) if command else None
+            fault = None
+            if self.lab.faults.armed:  # no coroutine per command for nothing
+                command = session.command(line)
+                fault = await self.injected(rec, command) if command else None
             if fault is not None and fault.drop:
                 return DROPPED
             if fault is not None and fault.reply:  # the session never sees the command
@@ -156,6 +159,7 @@ class POP3Server(LineServer):
         if reply.state is not None:
             rec.state(reply.state.value)
         if reply.delay:
+            conn.flush()  # what is held goes out before the pause
             await asyncio.sleep(reply.delay)
         if parts is None:
             parts = reply.parts()
@@ -171,8 +175,12 @@ class POP3Server(LineServer):
         elif reply.message is not None:
             head, size = _head(reply.message, parts)
             rec.payload("S", head, head_lines=RECORD_HEAD, size=size)
-        # one gathering write: status and body leave in the same send() where they fit
-        conn.writelines(parts)
+        # one gathering write: status and body leave in the same send() where they fit;
+        # while the client has pipelined more commands, their replies go out together
+        if conn.has_buffered_line() and not (reply.close or reply.starttls):
+            conn.hold(parts)
+        else:
+            conn.writelines(parts)
         await conn.drain()
 
 

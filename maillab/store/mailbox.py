@@ -341,15 +341,21 @@ class Mailbox(DirectorySync, Measuring):
             return len(self.table)
 
     def file_path(self, uid: int) -> Path:
+        return Path(self._file_name(uid))
+
+    def _file_name(self, uid: int) -> str:
         with self.lock:
             slot = self.table.slot(uid)
             if slot is None:
                 raise KeyError(uid)
-            return self.path / self.table.relpath(slot)
+            return f"{os.fspath(self.path)}/{self.table.relpath(slot)}"
 
     def read(self, uid: int) -> bytes:
         """The message exactly as stored."""
-        return self.file_path(uid).read_bytes()
+        # A plain name and an unbuffered file: a POP3 download reads thousands of
+        # messages a second, and a pathlib join and a buffered reader cost each one.
+        with open(self._file_name(uid), "rb", buffering=0) as f:
+            return f.readall()
 
     def read_crlf(self, uid: int) -> bytes:
         """The message with CRLF line endings, as the wire protocols send it."""
