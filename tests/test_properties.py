@@ -15,6 +15,7 @@ from maillab.imap.envelope import parse_addresses
 from maillab.imap.parser import parse_command
 from maillab.imap.quoting import imap_string
 from maillab.smtp.policy import MAX_LOCAL_PART, Path, PathError, parse_path
+from maillab.store.filenames import arrival_order, arrival_sorted, sizes_from_key, sizes_from_keys
 from maillab.store.names import InvalidName, decode_mutf7, encode_mutf7
 
 FAST = settings(max_examples=150, deadline=None, derandomize=True,
@@ -66,3 +67,23 @@ def test_address_lists_read_back_as_written(addresses, separator: str) -> None:
     assert [(a.mailbox, a.host) for a in parsed] == [(m.encode(), h.encode()) for m, h, _ in addresses]
     assert [a.name for a in parsed] == [(" ".join(n.split()).encode() or None) if n.strip() else None
                                         for _, _, n in addresses]
+
+
+_KEY_PIECES = ["1700000001", "17", "1700000001.M5", ".M7", "x", "1234567890123456", ".M1234567890",
+               ",S=12", ",S=", ",W=30", ",S=1x", ",W=7,S=9", ",S=5,W=6", ",S=1234567890123456", "P1",
+               ".host", ",W=", ",S=3,S=4", ",W=1,W=2", ",", "\n", "é"]
+
+
+@seed(15)
+@FAST
+@given(st.lists(st.lists(st.sampled_from(_KEY_PIECES), max_size=5).map("".join), max_size=30))
+def test_maildir_names_parsed_together_as_one_by_one(keys: list[str]) -> None:
+    """The batch parsers of a first SELECT (one regular expression over all names)
+    agree with the per-name ones on every key, odd ones included."""
+    by_one = sorted(range(len(keys)), key=lambda i: arrival_order(keys[i]))
+    assert [keys[i] for i in arrival_sorted(keys)] == [keys[i] for i in by_one]
+    for w_free in (keys, [k for k in keys if ",W=" not in k]):
+        sizes, crlfs = sizes_from_keys(w_free)
+        expected = [sizes_from_key(k) for k in w_free]
+        assert sizes == [-1 if s is None else s for s, _ in expected]
+        assert crlfs == [-1 if c is None else c for _, c in expected]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import mailbox as stdlib_mailbox
 import os
+import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from maillab.store import InvalidName, Mailbox, MailboxExists, NoSuchMailbox, Store
+from maillab.store import InvalidName, Mailbox, MailboxExists, NoSuchMailbox, Store, deferred
 from maillab.store.names import decode_mutf7, encode_mutf7
 
 MSG = b"From: a@alpha.test\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -206,3 +210,82 @@ def test_a_clean_close_leaves_a_snapshot_and_a_crash_leaves_the_rows(tmp_path):
     assert [second.flags(u) for u in (1, 2)] == [{"\\Flagged"}, {"\\Seen", "$Label"}]
     assert second.add(MSG).uid == 6
     second.close()
+
+
+def _outside_maildir(root, count):
+    """A Maildir written by another tool: ``count`` files, names out of order on disk,
+    some in new/ (no info), a third \\Seen; sizes from S= only (content irrelevant)."""
+    for sub in ("new", "cur", "tmp"):
+        (root / sub).mkdir(parents=True)
+    names = []
+    for i in range(count):
+        sec = 1_700_000_000 + (i * 7919) % count // 3  # several files a second
+        if i % 10 == 0:
+            name = f"new/{sec}.M{i}P1.tool,S=12"
+        else:
+            name = f"cur/{sec}.M{i}P1.tool,S=12:2,{'S' if i % 3 == 0 else ''}"
+        (root / name).write_bytes(b"S: x\n\nbody\n")
+        names.append(name.split("/")[1].split(":")[0])
+    return sorted(names, key=lambda k: (int(k.split(".")[0]), int(k.split(".M")[1].split("P")[0])))
+
+
+def _rows(root):
+    db = sqlite3.connect(root / "maillab-index.sqlite")
+    try:
+        return (dict(db.execute("SELECT uid, key FROM messages")),
+                db.execute("SELECT count(*) FROM pending").fetchone()[0],
+                dict(db.execute("SELECT key, value FROM meta"))["uidnext"])
+    finally:
+        db.close()
+
+
+def test_a_large_first_index_commits_its_uids_at_once_and_survives_kill_9(tmp_path):
+    """A first sync of many files writes its rows as one blob with the UIDNEXT that
+    covers them (rows come later): a process killed right after answering still gives
+    every file the same UID at the next start, and no UID is handed out twice."""
+    root = tmp_path / "bob@alpha.test"
+    arrival = _outside_maildir(root, 1_500)
+    script = ("import json, os, sys\nfrom maillab.store import Mailbox\n"
+              "mb = Mailbox(sys.argv[1], 'INBOX')\n"
+              "print(json.dumps({u: mb.table.key(mb.table.slot(u)) for u in mb.snapshot().uids}),"
+              " flush=True)\nos._exit(0)  # killed: no close, no background writes\n")
+    out = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout
+    given = {int(u): k for u, k in json.loads(out).items()}
+    assert [given[u] for u in sorted(given)] == arrival  # UIDs 1.. in delivery order
+    rows, pending, uidnext = _rows(root)
+    assert (rows, pending, uidnext) == ({}, 1, "1501")
+    mb = Mailbox(root, "INBOX")
+    assert {u: mb.table.key(mb.table.slot(u)) for u in mb.snapshot().uids} == given
+    assert mb.add(MSG).uid == 1501
+    rows, pending, _ = _rows(root)
+    assert pending == 0 and len(rows) == 1501 and all(rows[u] == k for u, k in given.items())
+    mb.close()
+
+
+def test_rows_still_in_a_blob_are_written_before_a_change_and_in_the_background(tmp_path, monkeypatch):
+    root = tmp_path / "bob@alpha.test"
+    _outside_maildir(root, 1_500)
+    mb = Mailbox(root, "INBOX")
+    assert mb._pending
+    mb.set_flags(7, {"\\Flagged", "$Label"})  # the rows exist before the change is written
+    mb.remove([9])
+    rows, pending, _ = _rows(root)
+    assert pending == 0 and len(rows) == 1_499 and 9 not in rows
+    again = Mailbox(root, "INBOX")  # "crash": the first never closed
+    assert again.flags(7) == {"\\Flagged", "$Label"} and again.get(9) is None
+    again.close()
+    mb.close()
+
+    monkeypatch.setattr(deferred, "QUIET", 0.01)
+    monkeypatch.setattr(deferred, "CHUNK", 256)
+    other = tmp_path / "carol@alpha.test"
+    _outside_maildir(other, 1_500)
+    mb = Mailbox(other, "INBOX")
+    for _ in range(500):
+        if not mb._pending:
+            break
+        threading.Event().wait(0.02)
+    rows, pending, _ = _rows(other)
+    assert (len(rows), pending) == (1_500, 0)
+    mb.close()

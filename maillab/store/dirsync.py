@@ -15,13 +15,18 @@ import gc
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
+from typing import TypeVar
 
-from .filenames import FLAG_LETTERS, arrival_order, flags_from_filename, key_of, sizes_from_key
-from .table import NEW, STATES, SUBDIRS, UNKNOWN, UNKNOWN_DATE, MessageTable
+from .filenames import FLAG_LETTERS, arrival_sorted, flags_from_filename, sizes_from_keys
+from .table import NEW, STATES, UNKNOWN, UNKNOWN_DATE, MessageTable
+
+T = TypeVar("T")
 
 #: How many recent changes a mailbox remembers for its readers (IMAP sessions
 #: catching up). A reader further behind than this rescans the whole mailbox once.
@@ -57,10 +62,13 @@ class DirectorySync:
     _log: deque[int]
     _dir_stamp: tuple[int, int] | None
     _syncing: bool
+    _last_use: float
 
     def _set_meta(self, key: str, value: object) -> None: ...
     def _move(self, slot: int, state: int, flags: frozenset[str], filename: str) -> None: ...
     def _forget(self, slot: int) -> None: ...
+    def _new_rows(self, start: int) -> None: ...
+    def _rows_written(self) -> None: ...
 
     def _stamp(self) -> tuple[int, int]:
         base = os.fspath(self.path)  # no pathlib joins: every delivery asks twice
@@ -79,49 +87,72 @@ class DirectorySync:
         removed by other tools. Returns True when anything changed."""
         # No cyclic collection while 100,000 names are listed: nothing made here is
         # garbage, and in a lab process a full collection walks every object it has.
+        # The lists and dicts of the listing die inside _reconcile, before the
+        # collector resumes, so its first collection after finds little to walk.
         with self.lock, collector_paused():
+            self._last_use = time.monotonic()  # (rows left in a blob wait: see deferred.py)
             stamp = self._stamp()
             if stamp == self._dir_stamp:
                 return False
             # The times are taken before the listing: whatever changes during it
             # changes them again, and the next sync looks again.
-            on_disk: dict[str, tuple[int, str]] = {}
-            for sub in ("new", "cur"):
-                state = STATES[sub]
-                with os.scandir(self.path / sub) as entries:
-                    for entry in entries:
-                        name = entry.name
-                        if not name.startswith("."):
-                            on_disk[key_of(name)] = (state, name)
-            changed = False
-            table = self.table
-            self._db.execute("BEGIN")
-            try:
-                known = table.keys_by_slot() if table.live else {}
-                for key, slot in known.items():
-                    found = on_disk.get(key)
-                    if found is None:
-                        self._forget(slot)
-                        changed = True
-                    elif found != (table.state[slot], table.filename(slot)):
-                        # renamed by another tool: its flags are in the new name
-                        state, filename = found
-                        flags = table.flagsets[table.flag_ids[slot]]
-                        keywords = {f for f in flags if f not in FLAG_LETTERS}
-                        self._move(slot, state, frozenset(flags_from_filename(filename) | keywords),
-                                   filename)
-                        changed = True
-                new_keys = [k for k in on_disk if k not in known] if known else list(on_disk)
-                if new_keys:
-                    changed = True
-                    self._index_new(new_keys, on_disk)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            table.maybe_compact()
+            changed = self._reconcile()
+            self.table.maybe_compact()
             self._dir_stamp = stamp
             return changed
+
+    def _listing(self) -> tuple[list[str], list[str], bytearray]:
+        """Every message file in new/ and cur/ (dot files left out): keys, names and
+        where each is (NEW or CUR), side by side."""
+        base = os.fspath(self.path)
+        names: list[str] = []
+        states = bytearray()
+        for sub in ("new", "cur"):
+            listed = os.listdir(f"{base}/{sub}")
+            text = "\n".join(listed)
+            if text.startswith(".") or "\n." in text:
+                listed = [name for name in listed if not name.startswith(".")]
+            names += listed
+            states += bytes([STATES[sub]]) * len(listed)
+        return [name.partition(":")[0] for name in names], names, states
+
+    def _reconcile(self) -> bool:
+        keys, names, states = self._listing()
+        # key -> position in the listing (a key listed in new/ and in cur/: cur's)
+        where = dict(zip(keys, range(len(keys)), strict=True))
+        table = self.table
+        gone: list[int] = []  # slots whose file is no longer there
+        moved: list[tuple[int, int]] = []  # (slot, position in the listing): renamed
+        if table.live:
+            known = table.keys_by_slot()
+            for key, slot in known.items():
+                i = where.get(key)
+                if i is None:
+                    gone.append(slot)
+                elif states[i] != table.state[slot] or names[i] != table.filename(slot):
+                    moved.append((slot, i))
+            found = [i for key, i in where.items() if key not in known]
+        else:
+            found = list(where.values()) if len(where) < len(keys) else list(range(len(keys)))
+        if gone or moved:
+            self._rows_written()  # the rows they change exist (not only in a blob)
+        self._db.execute("BEGIN")
+        try:
+            for slot in gone:
+                self._forget(slot)
+            for slot, i in moved:
+                # renamed by another tool: its flags are in the new name
+                flags = table.flagsets[table.flag_ids[slot]]
+                keywords = {f for f in flags if f not in FLAG_LETTERS}
+                self._move(slot, states[i], frozenset(flags_from_filename(names[i]) | keywords),
+                           names[i])
+            if found:
+                self._index_new(keys, names, states, found)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return bool(gone or moved or found)
 
     def _sync_in_background(self) -> None:
         if self._syncing or self._stamp() == self._dir_stamp:
@@ -138,51 +169,48 @@ class DirectorySync:
 
         threading.Thread(target=run, name="maillab-sync", daemon=True).start()
 
-    def _index_new(self, keys: list[str], on_disk: dict[str, tuple[int, str]]) -> None:
-        """Give UIDs to files found on disk, in the order their names say they were
-        delivered, from the names alone: no file is opened or even stat'ed here."""
+    def _index_new(self, keys: list[str], names: list[str], states: bytearray,
+                   found: list[int]) -> None:
+        """Give UIDs to the files at positions ``found`` of the listing, in the order
+        their names say they were delivered, from the names alone: no file is opened or
+        even stat'ed here. Everything is done a column at a time (100,000 names: a
+        sort of integers and a few passes in C, not Python per name), and the new rows
+        are written as one blob with the new UIDNEXT (:meth:`_defer_rows`)."""
         table = self.table
-        # (state, info) -> (flag set number, name unusual?, flags as the index writes them):
-        # a mailbox has a handful of distinct infos (":2,S", ":2,", ...)
-        by_info: dict[tuple[int, str], tuple[int, bool, str]] = {}
-        uids: list[int] = []
-        names: list[str] = []
-        states = bytearray()
-        fids: list[int] = []
-        sizes: list[int] = []
-        crlfs: list[int] = []
-        odd: dict[int, str] = {}
-        rows = []
-        uid = self.uidnext
-        for key in sorted(keys, key=arrival_order):
-            state, filename = on_disk[key]
-            info = filename[len(key):]
-            known = by_info.get((state, info))
-            if known is None:
-                flags = frozenset(flags_from_filename(filename))
-                fid = table.flag_id(flags)
-                usual = "" if state == NEW else ":2," + table.letters[fid]
-                known = by_info[(state, info)] = (fid, info != usual, " ".join(sorted(flags)))
-            fid, unusual, text = known
-            if unusual:
-                odd[uid] = filename
-            size, crlf = sizes_from_key(key)
-            if size is None or crlf is None:
-                size = size if size is not None else UNKNOWN
-                crlf = UNKNOWN  # counted from the file when first asked for
-            uids.append(uid)
-            names.append(key)
-            states.append(state)
-            fids.append(fid)
-            sizes.append(size)
-            crlfs.append(crlf)
-            rows.append((uid, key, SUBDIRS[state], filename, size, crlf, UNKNOWN_DATE, text))
-            uid += 1
-        table.extend(uids, names, states, fids, sizes, crlfs, UNKNOWN_DATE, odd)
-        self._log.extend(u << 2 for u in uids[-CHANGE_LOG_SIZE:])
+        keys = _take(keys, found)
+        order = arrival_sorted(keys)
+        found = _take(found, order)
+        keys = _take(keys, order)
+        names = _take(names, found)
+        states = bytearray(_take(states, found))
+        sizes, crlfs = sizes_from_keys(keys)
+        if UNKNOWN in sizes:  # a size the name does not tell: the CRLF size neither
+            crlfs = [c if s != UNKNOWN else UNKNOWN for s, c in zip(sizes, crlfs, strict=True)]
+        infos = [name[len(key):] for name, key in zip(names, keys, strict=True)]
+        # A mailbox has a handful of distinct (state, info) pairs (":2,S", ":2,", ...):
+        # each one's flag set number, and whether its names are unusual.
+        fid_of: dict[tuple[int, str], int] = {}
+        unusual: set[tuple[int, str]] = set()
+        for state, info in set(zip(states, infos, strict=True)):
+            fid = fid_of[(state, info)] = table.flag_id(frozenset(flags_from_filename(info)))
+            if info != ("" if state == NEW else ":2," + table.letters[fid]):
+                unusual.add((state, info))
+        fids = list(map(fid_of.__getitem__, zip(states, infos, strict=True)))
+        first = self.uidnext
+        odd = ({first + i: names[i] for i, pair in enumerate(zip(states, infos, strict=True)) if pair in unusual}
+               if unusual else {})
+        start = len(table.uids)
+        uids = range(first, first + len(keys))
+        table.extend(uids, keys, states, fids, sizes, crlfs, UNKNOWN_DATE, odd)
+        self._log.extend(range(max(first, uids.stop - CHANGE_LOG_SIZE) << 2, uids.stop << 2, 4))
         self.changes += len(uids)
-        self.uidnext = uid
-        self._db.executemany(
-            "INSERT INTO messages (uid, key, subdir, filename, size, crlf_size, internaldate, flags)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self.uidnext = uids.stop
+        self._new_rows(start)
         self._set_meta("uidnext", self.uidnext)
+
+
+def _take(items: Sequence[T], positions: Sequence[int]) -> list[T]:
+    """``[items[i] for i in positions]``, in C."""
+    if len(positions) > 1:
+        return list(itemgetter(*positions)(items))
+    return [items[i] for i in positions]

@@ -9,8 +9,10 @@ index can be built from directory entries alone, without opening a file.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 #: IMAP system flags <-> Maildir info letters.
 FLAG_LETTERS = {
@@ -27,6 +29,14 @@ _SIZES = re.compile(r",S=(\d{1,15})(?:,W=(\d{1,15}))?(?=[,:]|$)")
 _SIZE = re.compile(r",S=(\d{1,15})(?=[,:]|$)")
 _CRLF = re.compile(r",W=(\d{1,15})(?=[,:]|$)")
 _ARRIVAL = re.compile(r"(\d{1,15})(?:\.M(\d{1,9}))?")
+# The same, one match per line of many keys joined by newlines (no key holds one:
+# they come from file names that are checked first). The size pattern walks the
+# key comma by comma to the first valid ",S=" as _SIZES.search does.
+_ARRIVALS = re.compile(r"^(\d{0,15})(?:\.M(\d{1,9}))?", re.M)
+_SIZE_LINES = re.compile(r"^[^,\n]*(?:,(?!S=\d{1,15}(?:[,\n]|$))[^,\n]*)*(?:,S=(\d{1,15})(?=[,\n]|$))?",
+                         re.M)
+#: Where names that do not start with a delivery time go: after all that do.
+_NO_TIME = 1 << 62
 
 
 def key_of(filename: str) -> str:
@@ -65,3 +75,48 @@ def arrival_order(key: str) -> tuple[int, int, str]:
     if m is None:
         return (1 << 62, 0, key)
     return (int(m[1]), int(m[2] or 0), key)
+
+
+def _lines(keys: Sequence[str]) -> str | None:
+    """``keys`` as one text, a key per line; None when a key holds a newline (a file
+    name may): then the caller goes key by key."""
+    text = "\n".join(keys)
+    return text if text.count("\n") == len(keys) - 1 else None
+
+
+def arrival_sorted(keys: Sequence[str]) -> list[int]:
+    """The positions of ``keys`` in the order :func:`arrival_order` sorts them, computed
+    for all at once (100,000 names in a few tens of milliseconds: one regular
+    expression over all of them and a sort of plain integers, not a Python call and
+    a tuple per name)."""
+    n = len(keys)
+    text = _lines(keys) if n > 1 else None
+    if text is None:
+        return sorted(range(n), key=lambda i: arrival_order(keys[i]))
+    secs, micros = zip(*_ARRIVALS.findall(text), strict=True)
+    if "" in secs:  # a name that does not start with a time: its microseconds do not count
+        micros = tuple(m if s else "" for s, m in zip(secs, micros, strict=True))
+        secs = tuple(s or str(_NO_TIME) for s in secs)
+    if "" in micros:
+        micros = tuple(m or "0" for m in micros)
+    # delivery second and microsecond in one integer (microseconds: at most 9 digits)
+    when = list(map(operator.or_, map(operator.lshift, map(int, secs), repeat(30)), map(int, micros)))
+    if len(set(when)) == n:
+        return sorted(range(n), key=when.__getitem__)
+    order = sorted(range(n), key=keys.__getitem__)  # ties go by name: sort by it first
+    order.sort(key=when.__getitem__)  # (the sort is stable)
+    return order
+
+
+def sizes_from_keys(keys: Sequence[str]) -> tuple[list[int], list[int]]:
+    """:func:`sizes_from_key` of every key, as two lists (size, CRLF size), -1 where the
+    key does not tell; computed for all at once when no key carries ``W=`` (names
+    written by other tools than Dovecot and the lab)."""
+    text = _lines(keys) if keys else None
+    if text is not None and ",W=" not in text:
+        found = _SIZE_LINES.findall(text)
+        if "" not in found:
+            return list(map(int, found)), [-1] * len(keys)
+        return [int(s) if s else -1 for s in found], [-1] * len(keys)
+    pairs = [sizes_from_key(k) for k in keys]
+    return ([-1 if s is None else s for s, _ in pairs], [-1 if c is None else c for _, c in pairs])

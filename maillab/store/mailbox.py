@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .deferred import DeferredRows
 from .dirsync import CHANGE_LOG_SIZE, INLINE_SYNC_MAX, DirectorySync, collector_paused
 from .filenames import info_letters
 from .groupsync import GROUP
@@ -92,7 +93,7 @@ class Snapshot(NamedTuple):
     uidnext: int
 
 
-class Mailbox(DirectorySync, Measuring):
+class Mailbox(DeferredRows, DirectorySync, Measuring):  # (first: the others declare its methods)
     """A Maildir folder with its index. One instance per folder per process
     (the :class:`~maillab.store.Store` hands them out), guarded by one lock.
 
@@ -130,6 +131,7 @@ class Mailbox(DirectorySync, Measuring):
                                                  data BLOB NOT NULL);
             """
         )
+        self._init_deferred()
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if "uidvalidity" not in meta:
             uv = uidvalidity_source() if uidvalidity_source else int(time.time())
@@ -167,6 +169,7 @@ class Mailbox(DirectorySync, Measuring):
     def _load(self) -> None:
         """The index into memory: the snapshot the last clean close wrote (one blob,
         then deleted: from the first change on, the rows are the truth), or row by row."""
+        self._rows_written()  # rows left in a blob by a process that did not close
         if self._db.execute("SELECT 1 FROM snapshot WHERE id = 1").fetchone() is not None:
             try:
                 with self._db.blobopen("snapshot", "data", 1, readonly=True) as blob:
@@ -379,6 +382,8 @@ class Mailbox(DirectorySync, Measuring):
     def set_cache(self, uid: int, cache: dict[str, Any]) -> None:
         with self.lock:
             self._cache[uid] = cache
+            if self._pending:  # its row may still be in a blob: written again after it
+                self._cache_later.add(uid)
             self._db.execute("UPDATE messages SET cache = ? WHERE uid = ?", (json.dumps(cache), uid))
 
     # -- writing -----------------------------------------------------------------
@@ -491,6 +496,7 @@ class Mailbox(DirectorySync, Measuring):
         for start in range(0, len(order), BATCH):
             rows: list[tuple[str, str, str, int]] = []
             with self.lock:
+                self._rows_written()
                 was_in_sync = self._in_sync()
                 dirs = {sub: os.open(self.path / sub, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
                         for sub in ("new", "cur")}
@@ -562,6 +568,7 @@ class Mailbox(DirectorySync, Measuring):
         t = self.table
         for start in range(0, len(todo), BATCH):
             with self.lock:
+                self._rows_written()
                 was_in_sync = self._in_sync()
                 self._db.execute("BEGIN")
                 try:
@@ -587,7 +594,9 @@ class Mailbox(DirectorySync, Measuring):
 
     def close(self) -> None:
         with self.lock:
+            self._closed = True
             try:
+                self._rows_written()
                 self._save_measured()
                 self._db.execute("INSERT OR REPLACE INTO snapshot (id, data) VALUES (1, ?)",
                                  (self.table.to_bytes(),))

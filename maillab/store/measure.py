@@ -110,8 +110,11 @@ class Measuring:
                 if len(self._measured) >= 4 * MEASURE_BATCH:
                     self._save_measured()
 
+    def _rows_written(self) -> None: ...
+
     def _save_measured(self) -> None:
         if self._measured:
+            self._rows_written()
             rows, self._measured = self._measured, []
             self._db.execute("BEGIN")
             self._db.executemany(
