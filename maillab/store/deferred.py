@@ -1,4 +1,5 @@
-"""Index rows written a little later than the UIDs they hold.
+"""How the index's rows go into sqlite and come back: loaded at open (from the blob
+a clean close wrote, or row by row), and written a little later than the UIDs they hold.
 
 A first SELECT of a Maildir of 100,000 files used to insert 100,000 rows into the
 sqlite index before it could answer: a quarter of a second of CPU on an idle
@@ -24,7 +25,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .table import SUBDIRS, MessageTable
+from .dirsync import collector_paused
+from .table import STATES, SUBDIRS, MessageTable
 
 #: New rows from one sync below this many go into the index as rows at once.
 DEFER_MIN = 1_024
@@ -47,7 +49,8 @@ def rows_of(table: MessageTable, start: int, end: int) -> Iterator[tuple[Any, ..
 
 
 class DeferredRows:
-    """The part of :class:`~maillab.store.mailbox.Mailbox` that writes index rows late."""
+    """The part of :class:`~maillab.store.mailbox.Mailbox` that loads the index and
+    writes rows late."""
 
     lock: threading.RLock
     table: MessageTable
@@ -63,6 +66,33 @@ class DeferredRows:
         self._expander = False  # the background thread runs
         self._closed = False
         self._last_use = time.monotonic()
+
+    def _load(self) -> None:
+        """The index into memory: the snapshot the last clean close wrote (one blob,
+        then deleted: from the first change on, the rows are the truth), or row by row."""
+        self._rows_written()  # rows left in a blob by a process that did not close
+        if self._db.execute("SELECT 1 FROM snapshot WHERE id = 1").fetchone() is not None:
+            try:
+                with self._db.blobopen("snapshot", "data", 1, readonly=True) as blob:
+                    table = MessageTable.load(blob.read)
+                self._db.execute("DELETE FROM snapshot")
+                count, top = self._db.execute("SELECT count(*), max(uid) FROM messages").fetchone()
+                if count == len(table) and (top or 0) == (table.uids[-1] if table.live else 0):
+                    self.table = table
+                    return
+            except (ValueError, KeyError, TypeError, sqlite3.Error):
+                self._db.execute("DELETE FROM snapshot")  # not what close() wrote: the rows are the truth
+        table = self.table
+        flagsets: dict[str, frozenset[str]] = {}
+        with collector_paused():
+            for uid, key, subdir, filename, size, crlf, date, flags in self._db.execute(
+                "SELECT uid, key, subdir, filename, size, crlf_size, internaldate, flags"
+                " FROM messages ORDER BY uid"
+            ):
+                fs = flagsets.get(flags)
+                if fs is None:
+                    fs = flagsets[flags] = frozenset(f for f in flags.split(" ") if f)
+                table.append(uid, key, STATES[subdir], fs, size, crlf, date, filename)
 
     def _new_rows(self, start: int) -> None:
         """Write the table's rows from slot ``start`` on (just indexed; the caller's

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .deferred import DeferredRows
-from .dirsync import CHANGE_LOG_SIZE, INLINE_SYNC_MAX, DirectorySync, collector_paused
+from .dirsync import CHANGE_LOG_SIZE, INLINE_SYNC_MAX, DirectorySync
 from .filenames import info_letters
 from .groupsync import GROUP
 from .measure import Measuring, crlf_size, to_crlf
@@ -165,33 +165,6 @@ class Mailbox(DeferredRows, DirectorySync, Measuring):  # (first: the others dec
         if meta.get("dir-stamp") == "{} {}".format(*self._stamp()):
             self._dir_stamp = self._stamp()
         self.sync()
-
-    def _load(self) -> None:
-        """The index into memory: the snapshot the last clean close wrote (one blob,
-        then deleted: from the first change on, the rows are the truth), or row by row."""
-        self._rows_written()  # rows left in a blob by a process that did not close
-        if self._db.execute("SELECT 1 FROM snapshot WHERE id = 1").fetchone() is not None:
-            try:
-                with self._db.blobopen("snapshot", "data", 1, readonly=True) as blob:
-                    table = MessageTable.load(blob.read)
-                self._db.execute("DELETE FROM snapshot")
-                count, top = self._db.execute("SELECT count(*), max(uid) FROM messages").fetchone()
-                if count == len(table) and (top or 0) == (table.uids[-1] if table.live else 0):
-                    self.table = table
-                    return
-            except (ValueError, KeyError, TypeError, sqlite3.Error):
-                self._db.execute("DELETE FROM snapshot")  # not what close() wrote: the rows are the truth
-        table = self.table
-        flagsets: dict[str, frozenset[str]] = {}
-        with collector_paused():
-            for uid, key, subdir, filename, size, crlf, date, flags in self._db.execute(
-                "SELECT uid, key, subdir, filename, size, crlf_size, internaldate, flags"
-                " FROM messages ORDER BY uid"
-            ):
-                fs = flagsets.get(flags)
-                if fs is None:
-                    fs = flagsets[flags] = frozenset(f for f in flags.split(" ") if f)
-                table.append(uid, key, STATES[subdir], fs, size, crlf, date, filename)
 
     # -- index bookkeeping -------------------------------------------------------
     def _set_meta(self, key: str, value: Any) -> None:
