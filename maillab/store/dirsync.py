@@ -131,9 +131,11 @@ class DirectorySync:
                     gone.append(slot)
                 elif states[i] != table.state[slot] or names[i] != table.filename(slot):
                     moved.append((slot, i))
-            found = [i for key, i in where.items() if key not in known]
+            found: list[int] | None = [i for key, i in where.items() if key not in known]
+        elif keys:  # everything listed is new: all of it (None), or each key once
+            found = None if len(where) == len(keys) else list(where.values())
         else:
-            found = list(where.values()) if len(where) < len(keys) else list(range(len(keys)))
+            found = []
         if gone or moved:
             self._rows_written()  # the rows they change exist (not only in a blob)
         self._db.execute("BEGIN")
@@ -146,13 +148,13 @@ class DirectorySync:
                 keywords = {f for f in flags if f not in FLAG_LETTERS}
                 self._move(slot, states[i], frozenset(flags_from_filename(names[i]) | keywords),
                            names[i])
-            if found:
+            if found is None or found:
                 self._index_new(keys, names, states, found)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return bool(gone or moved or found)
+        return bool(gone or moved or found is None or found)
 
     def _sync_in_background(self) -> None:
         if self._syncing or self._stamp() == self._dir_stamp:
@@ -170,19 +172,21 @@ class DirectorySync:
         threading.Thread(target=run, name="maillab-sync", daemon=True).start()
 
     def _index_new(self, keys: list[str], names: list[str], states: bytearray,
-                   found: list[int]) -> None:
-        """Give UIDs to the files at positions ``found`` of the listing, in the order
+                   found: list[int] | None) -> None:
+        """Give UIDs to the files at positions ``found`` (None: all) of the listing, in the order
         their names say they were delivered, from the names alone: no file is opened or
         even stat'ed here. Everything is done a column at a time (100,000 names: a
         sort of integers and a few passes in C, not Python per name), and the new rows
-        are written as one blob with the new UIDNEXT (:meth:`_defer_rows`)."""
+        are written with the new UIDNEXT (as one blob: see :mod:`maillab.store.deferred`)."""
         table = self.table
-        keys = _take(keys, found)
+        if found is not None:
+            keys = _take(keys, found)
         order = arrival_sorted(keys)
-        found = _take(found, order)
         keys = _take(keys, order)
-        names = _take(names, found)
-        states = bytearray(_take(states, found))
+        if found is not None:
+            order = _take(found, order)
+        names = _take(names, order)
+        states = bytearray(_take(states, order))
         sizes, crlfs = sizes_from_keys(keys)
         if UNKNOWN in sizes:  # a size the name does not tell: the CRLF size neither
             crlfs = [c if s != UNKNOWN else UNKNOWN for s, c in zip(sizes, crlfs, strict=True)]

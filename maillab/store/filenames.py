@@ -13,6 +13,7 @@ import operator
 import re
 from collections.abc import Iterable, Sequence
 from itertools import repeat
+from typing import Any
 
 #: IMAP system flags <-> Maildir info letters.
 FLAG_LETTERS = {
@@ -77,23 +78,35 @@ def arrival_order(key: str) -> tuple[int, int, str]:
     return (int(m[1]), int(m[2] or 0), key)
 
 
-def _lines(keys: Sequence[str]) -> str | None:
-    """``keys`` as one text, a key per line; None when a key holds a newline (a file
-    name may): then the caller goes key by key."""
-    text = "\n".join(keys)
-    return text if text.count("\n") == len(keys) - 1 else None
+#: Keys parsed per regular-expression call: a call holds the interpreter (the lab loop
+#: and other threads wait), so a few milliseconds at a time.
+SLICE = 4_096
+
+
+def _per_line(pattern: re.Pattern[str], keys: Sequence[str], unless: str = "\n") -> list[Any] | None:
+    """``pattern.findall`` over ``keys`` joined by newlines, a slice at a time: one result
+    per key. None when a key holds a newline (a file name may) or ``unless``: then the
+    caller goes key by key."""
+    out: list[Any] = []
+    for start in range(0, len(keys), SLICE):
+        part = keys[start:start + SLICE]
+        text = "\n".join(part)
+        if text.count("\n") != len(part) - 1 or unless != "\n" and unless in text:
+            return None
+        out += pattern.findall(text)
+    return out
 
 
 def arrival_sorted(keys: Sequence[str]) -> list[int]:
     """The positions of ``keys`` in the order :func:`arrival_order` sorts them, computed
-    for all at once (100,000 names in a few tens of milliseconds: one regular
-    expression over all of them and a sort of plain integers, not a Python call and
-    a tuple per name)."""
+    for all at once (100,000 names in a few tens of milliseconds: a regular expression
+    over many names per call and a sort of plain integers, not a Python call and a
+    tuple per name)."""
     n = len(keys)
-    text = _lines(keys) if n > 1 else None
-    if text is None:
+    found = _per_line(_ARRIVALS, keys) if n > 1 else None
+    if found is None:
         return sorted(range(n), key=lambda i: arrival_order(keys[i]))
-    secs, micros = zip(*_ARRIVALS.findall(text), strict=True)
+    secs, micros = zip(*found, strict=True)
     if "" in secs:  # a name that does not start with a time: its microseconds do not count
         micros = tuple(m if s else "" for s, m in zip(secs, micros, strict=True))
         secs = tuple(s or str(_NO_TIME) for s in secs)
@@ -110,11 +123,10 @@ def arrival_sorted(keys: Sequence[str]) -> list[int]:
 
 def sizes_from_keys(keys: Sequence[str]) -> tuple[list[int], list[int]]:
     """:func:`sizes_from_key` of every key, as two lists (size, CRLF size), -1 where the
-    key does not tell; computed for all at once when no key carries ``W=`` (names
+    key does not tell; computed many keys per call when no key carries ``W=`` (names
     written by other tools than Dovecot and the lab)."""
-    text = _lines(keys) if keys else None
-    if text is not None and ",W=" not in text:
-        found = _SIZE_LINES.findall(text)
+    found = _per_line(_SIZE_LINES, keys, unless=",W=")
+    if found is not None:
         if "" not in found:
             return list(map(int, found)), [-1] * len(keys)
         return [int(s) if s else -1 for s in found], [-1] * len(keys)
