@@ -62,14 +62,19 @@ def run_cell(kc, code: str) -> str:
     return "".join(out)
 
 
-def round_trips(kc, cells: int, comm: list[int] | None = None) -> list[float]:
+def round_trips(kc, cells: int, comm: list[int] | None = None, by_comm: dict[str, int] | None = None) -> list[float]:
     """Cell round trips (ms). ``comm`` counts the widget messages that reached this
-    client meanwhile ([messages, bytes of their content]): the views publish from
-    their timer threads under the running cell's header."""
+    client meanwhile ([messages, bytes of their content]), ``by_comm`` their bytes
+    per widget: the views publish from their timer threads under the running cell's
+    header."""
     def hook(msg: dict) -> None:
         if comm is not None and msg["header"]["msg_type"] == "comm_msg":
+            size = len(json.dumps(msg["content"]))
             comm[0] += 1
-            comm[1] += len(json.dumps(msg["content"]))
+            comm[1] += size
+            if by_comm is not None:
+                key = msg["content"].get("comm_id", "")
+                by_comm[key] = by_comm.get(key, 0) + size
 
     times = []
     for _ in range(cells):
@@ -155,6 +160,9 @@ VIEWS = (
     "         'class map': get_ipython().run_line_magic('mail', 'class map')}\n"
     "for v in views.values():\n"
     "    display(v)\n"
+    "def view_ids():\n"
+    "    return {getattr(v, 'html', None) and v.html.model_id or getattr(v, 'grid', None) and v.grid.model_id\n"
+    "            or v.widget.model_id: k for k, v in views.items()}\n"
     "def updates():\n"
     "    return {k: (getattr(v, 'updates', 0), getattr(v._throttle, 'publishes', 0)) for k, v in views.items()}\n"
 )
@@ -196,10 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         served: dict[str, tuple[float, ...]] = {}
         updates: dict[str, int] = {}
         comm: dict[str, list[int]] = {}
+        by_comm: dict[str, int] = {}  # widget -> bytes, in the phase with views
+        names: dict[str, str] = {}
         for phase in ("load", "load + views") if not args.no_views else ("load",):
             if phase == "load + views":
                 run_cell(kc, VIEWS)
                 before = eval(run_cell(kc, "print(updates())"))  # noqa: S307 - our own kernel's dict
+                names = eval(run_cell(kc, "print(view_ids())"))  # noqa: S307
             stop = threading.Event()
             counts = [0] * (args.senders + args.readers)
             threads = [threading.Thread(target=sender, args=(address, rcpt, stop, counts, i), daemon=True)
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)  # let the load settle
             c0, t0 = list(counts), time.perf_counter()
             comm[phase] = [0, 0]
-            phases[phase] = round_trips(kc, args.cells, comm[phase])
+            phases[phase] = round_trips(kc, args.cells, comm[phase], by_comm)
             dt = time.perf_counter() - t0
             first = args.senders + args.readers
             served[phase] = tuple((sum(counts[a:b]) - sum(c0[a:b])) / dt for a, b in (
@@ -247,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {u}/{n}" for k, (u, n) in updates.items()))
         sent = comm.get("load + views", [0, 0])
         print(f"  widget messages received by this client during the cells: {sent[0]},"
-              f" {sent[1] / 1e6:.2f} MB ({sent[1] / max(1, sent[0]) / 1e3:.1f} KB each)")
+              f" {sent[1] / 1e6:.2f} MB ({sent[1] / max(1, sent[0]) / 1e3:.1f} KB each); by view: "
+              + ", ".join(f"{names.get(k, 'other widgets')} {v / 1e3:.0f} KB" for k, v in sorted(
+                  by_comm.items(), key=lambda kv: -kv[1]) if k in names)
+              + f", other widgets (filters) {sum(v for k, v in by_comm.items() if k not in names) / 1e3:.0f} KB")
     print()
     names = list(phases)
     print(f"| cell round trip ({args.cells} cells) | " + " | ".join(names) + " | " +

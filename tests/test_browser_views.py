@@ -39,7 +39,7 @@ LAYOUTS = (("800", 800, False, 1.0), ("1400", 1400, False, 1.0), ("1400-sidebar"
 #: colours, not layout, so one width checks it. A wide window cannot break what a
 #: narrow one did not, so plain 1400 is checked in the dark pass only.
 PASSES = tuple((False, *layout) for layout in LAYOUTS if layout[0] != "1400") + ((True, *LAYOUTS[1]),)
-SCREENSHOTS = ("800", "1400")  # light at 800 px, dark at 1400 px
+SCREENSHOTS = ("800", "1400", "zoom150")  # light at 800 px and 150% zoom, dark at 1400 px
 
 
 @pytest.fixture(scope="module")

@@ -359,10 +359,12 @@ class LiveBlocks(LiveHTML):
 
     #: Quiet seconds after the last change before the whole view is sent as state.
     SETTLE = 1.0
-    #: While it keeps changing, a cell's end still sends the whole view, at most this
-    #: many bytes of it per second (a class map of 15 KB every 2 s; a transcript of
-    #: 400 KB under load every 50 s): what nbclient saves stays recent.
-    STATE_RATE = 8000.0
+    #: While it keeps changing, a cell's end still sends the whole view, at most every
+    #: ``STATE_EVERY`` seconds and this many bytes of it per second (a port map of
+    #: 11 KB every 5 s, a POP3 view of 500 messages every 19 s, a transcript of 400 KB
+    #: every 100 s): what nbclient saves stays recent, and the patches stay the traffic.
+    STATE_RATE = 4000.0
+    STATE_EVERY = 5.0
 
     value = traitlets.Unicode("")  # not synced: the browser gets blocks
     keyed = traitlets.Bool(True).tag(sync=True)
@@ -423,10 +425,12 @@ class LiveBlocks(LiveHTML):
 
     def due(self) -> bool:
         """Should a cell's end send the whole view? When it changed and is not
-        streaming, or has streamed for longer than its size allows (``STATE_RATE``)."""
+        streaming, or has streamed for longer than its size allows (``STATE_EVERY``,
+        ``STATE_RATE``)."""
         if self._synced == self._gen:
             return False
-        return not self.streaming() or time.monotonic() - self._synced_at > len(self.value) / self.STATE_RATE
+        stale = time.monotonic() - self._synced_at
+        return not self.streaming() or stale > max(self.STATE_EVERY, len(self.value) / self.STATE_RATE)
 
     def streaming(self) -> bool:
         """Is the view changing back to back (its last three patches within the last
