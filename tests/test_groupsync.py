@@ -1,0 +1,56 @@
+"""Group commit (maillab/store/groupsync.py): writers that ask while a round runs
+share the next round, and nobody returns before a round that started after its
+call has fsync'ed its paths."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from maillab.store.groupsync import GroupSync
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_waiters_share_one_round_after_the_running_one(tmp_path) -> None:
+    # A FIFO holds the first round: opening it for reading blocks until a writer opens
+    # it, so the others ask while that round is certainly still running.
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    dirs = [tmp_path / f"d{i}" for i in range(6)]
+    for d in dirs:
+        d.mkdir()
+    group = GroupSync()
+    returned: list[int] = []
+
+    def ask(i: int, paths: list[str]) -> None:
+        group.sync(paths)
+        returned.append(i)
+
+    first = threading.Thread(target=ask, args=(-1, [str(gate)]))
+    first.start()
+    _wait_for(lambda: group.requests == 1, "the first round never started")
+    others = [threading.Thread(target=ask, args=(i, [str(d)])) for i, d in enumerate(dirs)]
+    for t in others:
+        t.start()
+    _wait_for(lambda: group.requests == 1 + len(dirs), "the writers never asked")
+    assert returned == [] and group.rounds == 0  # all wait for the round that holds the gate
+    with open(gate, "wb"):
+        pass  # let the first round go on
+    for t in [first, *others]:
+        t.join(timeout=30)
+    assert sorted(returned) == [-1, *range(len(dirs))]
+    # the six writers that asked during the first round were served by one round
+    assert group.rounds == 2, group.rounds
+
+
+def test_a_path_that_is_gone_has_nothing_to_keep(tmp_path) -> None:
+    group = GroupSync()
+    group.sync([str(tmp_path / "deleted-folder" / "new"), str(tmp_path)])
+    assert group.rounds == 1
