@@ -4,7 +4,8 @@ the file and the index's log included (a rename or unlink is a change of the
 directory, lost in a power cut until the directory is fsync'ed).
 
 A power cut cannot be made in a test, so the real ``maillab serve`` runs under
-strace and real clients (smtplib, imaplib, poplib) talk to it; the kernel's own
+strace and real clients (smtplib, imaplib, poplib) talk to it: SMTP, APPEND, UID
+MOVE, EXPUNGE, POP3 DELE + QUIT; the kernel's own
 record of the system calls must show, for each acknowledged change, the rename or
 unlink, then an fsync of its directory and of ``maillab-index.sqlite-wal``, then
 the reply. The crash test (``test_crash_consistency.py``) checks what survives a
@@ -117,6 +118,11 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
         imap.select("INBOX")
         typ, data = imap.uid("MOVE", uid, "Archive")
         assert typ == "OK", data
+        typ, data = imap.append("INBOX", None, None, _message("by-append-then-expunged"))
+        uid = re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1).decode()
+        imap.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)")  # renamed into cur/
+        typ, data = imap.expunge()
+        assert typ == "OK", data
         imap.logout()
         pop = poplib.POP3(services["pop3"]["host"], services["pop3"]["port"], timeout=30)
         pop.user("bob")
@@ -143,5 +149,7 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
     move_ok = _reply(calls, "MOVE completed", append_ok.start)
     _check(calls, move_ok, append_ok.start, "rename", [f"{archive}/new"], "MOVE OK (the copy)")
     _check(calls, move_ok, append_ok.start, "unlink", [f"{inbox}/new"], "MOVE OK (the original)")
-    quit_ok = _reply(calls, "+OK maillab POP3 server signing off", move_ok.start)
-    _check(calls, quit_ok, move_ok.start, "unlink", [f"{inbox}/new"], "POP3 UPDATE +OK")
+    expunge_ok = _reply(calls, "EXPUNGE completed", move_ok.start)
+    _check(calls, expunge_ok, move_ok.start, "unlink", [f"{inbox}/cur"], "EXPUNGE OK")
+    quit_ok = _reply(calls, "+OK maillab POP3 server signing off", expunge_ok.start)
+    _check(calls, quit_ok, expunge_ok.start, "unlink", [f"{inbox}/new"], "POP3 UPDATE +OK")
