@@ -66,6 +66,9 @@ class GroupSync:
                 self._cond.release()
                 try:
                     failure = _fsync_all(todo)
+                except BaseException:  # the others of this round must not take it as done
+                    failure = OSError(errno.EIO, "fsync round interrupted")
+                    raise
                 finally:
                     self._cond.acquire()
                     self._running = False
