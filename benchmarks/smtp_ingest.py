@@ -23,8 +23,10 @@ connection until the last message is a file in the recipient's Maildir
 ``new/`` (the lab and naive deliver before they answer 250; Postfix answers
 once its queue file is safe and delivers afterwards, so its clock stops when
 ``new/`` holds every message). Runs are interleaved, so machine noise hits all
-servers alike. Prints the median of ``--reps`` runs (messages/s, MB/s) and the
-ratios lab/postfix (goal >= 1.0 on every case), lab/naive and lab/bare.
+servers alike. Prints the median of ``--reps`` runs (messages/s, MB/s), each
+server's CPU time per message (user + system of its process tree, the children
+it reaped included: the steadier figure on a shared machine) and the ratios
+lab/postfix (goal >= 1.0 on every case), lab/naive and lab/bare.
 
 The Postfix peer (must run as root, like any Postfix master): a config written
 into a temp dir of its own, ``DIR/etc/main.cf`` and ``master.cf``, started with

@@ -39,6 +39,7 @@ from ..masking import mask_line
 from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
 from ..tls import describe
+from ..workers import DELIVERY
 from . import data as smtpdata
 from . import hooks
 from .policy import Reply
@@ -299,14 +300,13 @@ class SMTPServer(LineServer):
                 return Reply(451, "4.3.0", "Error: queue file write error, try again later")
             rec.note(f"queued for {', '.join(job.remote)} as {relay_id}", relay_id=relay_id,
                      recipients=job.remote)
-        loop = asyncio.get_running_loop()
         for address in job.local:
             try:
                 # File system work happens on a worker thread, so other sessions on
                 # the lab loop go on meanwhile (the store is thread-safe). The file is
                 # on the disk (fsync) before the client hears 250, as with Postfix
                 # (limits.smtp_fsync).
-                info = await loop.run_in_executor(None, partial(
+                info = await DELIVERY.run(partial(
                     self.lab.store.deliver, address, job.message, folder,
                     crlf_only=job.message is checked, sync=self.lab.limits.smtp_fsync))
             except OSError as exc:
