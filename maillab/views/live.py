@@ -359,10 +359,15 @@ class LiveBlocks(LiveHTML):
 
     #: Quiet seconds after the last change before the whole view is sent as state.
     SETTLE = 1.0
-    #: While it keeps changing, a cell's end still sends the whole view, at most every
-    #: ``STATE_EVERY`` seconds and this many bytes of it per second (a port map of
-    #: 11 KB every 5 s, a POP3 view of 500 messages every 19 s, a transcript of 400 KB
-    #: every 100 s): what nbclient saves stays recent, and the patches stay the traffic.
+    #: A view changing three times within ``STREAM`` seconds is streaming (a stream
+    #: of sessions, queries, lines): then a cell's end sends its whole state only as
+    #: a budget allows: ``BURST`` bytes' worth of states back to back (at least one),
+    #: then one per ``STATE_EVERY`` seconds or per its size at ``STATE_RATE`` bytes/s
+    #: (a class map of 3 KB: 10, then one per 5 s; a POP3 view of 500 messages, 75 KB:
+    #: one, then one per 19 s; a transcript of 400 KB: one per 100 s). What nbclient
+    #: saves stays recent, and the patches stay the traffic.
+    STREAM = 3.0
+    BURST = 32_000
     STATE_RATE = 4000.0
     STATE_EVERY = 5.0
 
@@ -377,7 +382,7 @@ class LiveBlocks(LiveHTML):
         self._blocks: dict[str, Block] = dict(blocks)
         self._head = head
         self._gen = self._synced = 0
-        self._synced_at = time.monotonic()
+        self._tokens, self._tokens_at = float(self.BURST), time.monotonic()  # states the budget allows (capped)
         self._changed_at = 0.0
         self._changes: deque[float] = deque([0.0] * 3, maxlen=3)  # when the last three patches went
         self._settle: threading.Timer | None = None
@@ -424,19 +429,25 @@ class LiveBlocks(LiveHTML):
         return True
 
     def due(self) -> bool:
-        """Should a cell's end send the whole view? When it changed and is not
-        streaming, or has streamed for longer than its size allows (``STATE_EVERY``,
-        ``STATE_RATE``)."""
+        """Should a cell's end send the whole view? When it changed, and it is not
+        streaming or its budget allows a whole state (see ``STREAM``)."""
         if self._synced == self._gen:
             return False
-        stale = time.monotonic() - self._synced_at
-        return not self.streaming() or stale > max(self.STATE_EVERY, len(self.value) / self.STATE_RATE)
+        return not self.streaming() or self._budget() >= 1.0
 
     def streaming(self) -> bool:
-        """Is the view changing back to back (its last three patches within the last
-        second: a publisher under a stream of events, not one change that brought
-        another)? Then its whole state waits until it settles, or for ``STATE_RATE``."""
-        return time.monotonic() - self._changes[0] < 1.0
+        """Is the view changing back to back (three patches within ``STREAM`` s: a
+        publisher under a stream of events)? Then its whole state waits for the budget."""
+        return time.monotonic() - self._changes[0] < self.STREAM
+
+    def _budget(self) -> float:
+        """Whole states the budget allows now (refilled since the last look)."""
+        size = max(1, len(self.value))
+        now = time.monotonic()
+        every = max(self.STATE_EVERY, size / self.STATE_RATE)
+        self._tokens = min(max(1.0, self.BURST // size), self._tokens + (now - self._tokens_at) / every)
+        self._tokens_at = now
+        return self._tokens
 
     def _arm(self, delay: float) -> None:
         self._settle = threading.Timer(delay, self._settled)
@@ -460,7 +471,8 @@ class LiveBlocks(LiveHTML):
         time (once it settled, not per update: it is the size of the view)."""
         with self._lock:
             if self._synced != self._gen:
-                self._synced, self._synced_at = self._gen, time.monotonic()
+                self._synced = self._gen
+                self._tokens = max(0.0, self._budget() - 1.0)
                 self.send_state("blocks")
 
     def _snapshot(self) -> dict[str, Any]:
