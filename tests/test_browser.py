@@ -458,6 +458,16 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     pop.quit()
     done = nb.until("s => (s.widget || '').includes('removed in UPDATE')", "pop3state")["widget"]
     assert marked.count("marked for deletion") == 1 and "still on the server" in done, done
+    # Two more sessions: the table goes in AUTHORIZATION and comes back at the login
+    # (the second time as an edit of what the page kept of it).
+    for _ in range(2):
+        pop = poplib.POP3(ports["pop3"]["address"], int(ports["pop3"]["lab port"]), timeout=10)
+        nb.until("s => (s.widget || '').includes('▶ AUTHORIZATION')", "pop3state")
+        pop.user("bob@alpha.test")
+        pop.pass_("bob-pw")
+        nb.until("s => (s.widget || '').includes('▶ TRANSACTION') && s.widget.includes('UIDL')", "pop3state")
+        pop.quit()
+        nb.until("s => (s.widget || '').includes('removed message(s) none')", "pop3state")
     # Both views as the page built them from patches read exactly as the kernel's whole HTML.
     shown = json.loads(nb.run("shown")["output"])
     for name, html in (("ports", shown["ports"]), ("pop3state", shown["pop3"])):

@@ -245,4 +245,10 @@ def test_a_live_view_sends_the_rows_that_changed_and_keeps_the_whole_as_state():
     state = view.get_state()["blocks"]
     assert state["gen"] == 2 and [k for k, _b in state["items"]] == ["n", "t"]
     assert view.value == "<style>x</style><p>note</p>" + table("a", "B", "c", "d").html
+    # a block that leaves and comes back (a POP3 maildrop at the next login) is an edit
+    # of what the page kept of it, not sent whole again
+    assert view.show([("n", Block("<p>note</p>"))], "<style>x</style>")
+    assert view.show([("n", Block("<p>note</p>")), ("t", table("a", "B", "c", "d", "e"))], "<style>x</style>")
+    assert sent[-1]["set"] == {} and sent[-1]["edit"] == {
+        "t": {"drop": 0, "add": ["<tr><td>e</td></tr>"], "parked": True}}
     view.close()

@@ -54,7 +54,7 @@ function storeFor(model) {
   const snap = model.get('blocks') || {};
   let store = STORES.get(snap);
   if (!store) {
-    store = { gen: 0, head: '', order: [], html: new Map(), views: new Set() };
+    store = { gen: 0, head: '', order: [], html: new Map(), parked: new Map(), views: new Set() };
     reset(store, snap);
     STORES.set(snap, store);
   }
@@ -65,7 +65,19 @@ function storeFor(model) {
 function unpack(b) { return { top: b[0], rows: b[1], bottom: b[2] }; }
 function blockHTML(b) { return b.top + b.rows.join('') + b.bottom; }
 
+// Blocks that left the view, the newest PARKED (as the kernel's LiveBlocks.PARKED): one
+// that comes back (a POP3 maildrop at the next login) is sent as an edit of its old self.
+const PARKED = 4;
+function park(store, key) {
+  const b = store.html.get(key);
+  store.html.delete(key);
+  store.parked.delete(key);
+  store.parked.set(key, b);
+  while (store.parked.size > PARKED) store.parked.delete(store.parked.keys().next().value);
+}
+
 function reset(store, snap) {
+  store.parked = new Map();
   store.gen = snap.gen || 0;
   store.head = snap.head || '';
   store.order = (snap.items || []).map((item) => item[0]);
@@ -90,7 +102,11 @@ function initialize({ model }) {
     if (msg.base !== store.gen) model.send({ kind: 'resync', gen: store.gen });
     store.gen = msg.gen;
     if (msg.head !== undefined) store.head = msg.head;    // sent when it changed
-    if (msg.order !== undefined) store.order = msg.order;
+    if (msg.order !== undefined) {
+      const keep = new Set(msg.order);
+      for (const key of store.order) if (!keep.has(key) && store.html.has(key)) park(store, key);
+      store.order = msg.order;
+    }
     const keep = new Set(store.order);
     for (const key of store.html.keys()) if (!keep.has(key)) store.html.delete(key);
     // changed: key -> null (rewritten) or the rows dropped/added (the views apply
@@ -98,14 +114,16 @@ function initialize({ model }) {
     const changed = new Map();
     for (const [key, b] of Object.entries(msg.set)) { store.html.set(key, unpack(b)); changed.set(key, null); }
     for (const [key, e] of Object.entries(msg.edit || {})) {
-      const b = store.html.get(key);
-      if (!b) continue;  // missed: the resync brings it
+      let b = store.html.get(key);
+      if (!b && e.parked && store.parked.has(key)) { b = store.parked.get(key); store.html.set(key, b); }
+      if (!b) { model.send({ kind: 'resync', gen: store.gen }); continue; }  // missed: the resync brings it
       if (e.top !== undefined) b.top = e.top;
       const rows = b.rows.slice(e.drop, b.rows.length - (e.cut || 0));
       for (const [i, row] of e.put || []) rows[i] = row;
       changed.set(key, { ...e, before: b.rows.length });
       b.rows = (e.front || []).concat(rows, e.add);
     }
+    for (const key of store.order) store.parked.delete(key);
     for (const view of store.views) view(changed);
   });
   // Patches sent between the state and this module's start were dropped: check.
@@ -367,6 +385,9 @@ class LiveBlocks(LiveHTML):
     #: one, then one per 19 s; a transcript of 400 KB: one per 100 s). What nbclient
     #: saves stays recent, and the patches stay the traffic.
     STREAM = 3.0
+    #: Blocks that left the view kept (here and in the page) to send their return as an
+    #: edit: a POP3 view's maildrop table, gone in each new session's AUTHORIZATION.
+    PARKED = 4
     BURST = 32_000
     STATE_RATE = 4000.0
     STATE_EVERY = 5.0
@@ -380,6 +401,7 @@ class LiveBlocks(LiveHTML):
         # Before the widget opens its comm: the opening state is get_state()'s.
         self._lock = threading.RLock()  # send_state -> get_state inside show/sync
         self._blocks: dict[str, Block] = dict(blocks)
+        self._parked: dict[str, Block] = {}  # key -> the block as it left, oldest first
         self._head = head
         self._gen = self._synced = 0
         self._tokens, self._tokens_at = float(self.BURST), time.monotonic()  # states the budget allows (capped)
@@ -401,14 +423,17 @@ class LiveBlocks(LiveHTML):
             edits: dict[str, Any] = {}
             for key, block in new.items():
                 was = old.get(key)
+                parked = was is None and key in self._parked
+                if parked:
+                    was = self._parked[key]
                 if was is None:
                     rewritten[key] = block.wire()
-                elif was != block:
+                elif was != block or parked:
                     change = was.edit(block)
                     if change is None:
                         rewritten[key] = block.wire()
                     else:
-                        edits[key] = change
+                        edits[key] = {**change, "parked": True} if parked else change
             if not rewritten and not edits and head == self._head and list(new) == list(old):
                 return False
             base, self._gen = self._gen, self._gen + 1
@@ -418,6 +443,14 @@ class LiveBlocks(LiveHTML):
                 message["head"] = head
             if list(new) != list(old):
                 message["order"] = list(new)
+            for key in old:  # the page parks the same blocks, in the same order
+                if key not in new:
+                    self._parked.pop(key, None)
+                    self._parked[key] = old[key]
+            for key in new:
+                self._parked.pop(key, None)
+            while len(self._parked) > self.PARKED:
+                del self._parked[next(iter(self._parked))]
             self._blocks, self._head = new, head
             self.send(message)
             self.patches += 1
@@ -491,6 +524,8 @@ class LiveBlocks(LiveHTML):
         if isinstance(content, dict) and content.get("kind") == "resync":
             snapshot = self._snapshot()
             if content.get("gen") != snapshot["gen"]:
+                with self._lock:
+                    self._parked.clear()  # the page starts again from the whole view
                 self.send({"kind": "full", **snapshot})
 
 

@@ -194,9 +194,11 @@ def render_blocks(st: POP3SessionState) -> list[tuple[str, Block]]:
         rows.append(f"<tr><td colspan='4'>… {st.count - len(st.messages)} more messages"
                     f" ({st.count} in the maildrop)</td></tr>")
         ids.append("more")
-    table = (Block("<table><thead><tr><th>#</th><th>UIDL</th><th>octets</th><th>this session</th></tr></thead>"
-                   "<tbody>", rows, "</tbody></table>", ids) if rows else Block(""))
-    return [("state", Block(f"<div><b>{title}</b>{_diagram_svg(st)}</div>")), ("maildrop", table),
+    # No maildrop before the login: the table leaves the view (the live view's page
+    # keeps it, so the next session's table is sent as what changed).
+    table = [("maildrop", Block("<table><thead><tr><th>#</th><th>UIDL</th><th>octets</th><th>this session</th>"
+                                "</tr></thead><tbody>", rows, "</tbody></table>", ids))] if rows else []
+    return [("state", Block(f"<div><b>{title}</b>{_diagram_svg(st)}</div>")), *table,
             ("outcome", Block(f"<div class='ml-note'>{html.escape(st.outcome)}</div>"))]
 
 
