@@ -99,6 +99,10 @@ class Maildrop:
             return Entry(number, uid, self._sizes[number - 1], self.unique_id(uid))
         return None
 
+    def size_of(self, number: int) -> int | None:
+        """The size of message ``number`` (what :meth:`entry` says, without making one)."""
+        return self._sizes[number - 1] if 1 <= number <= len(self._uids) else None
+
     def numbered(self) -> Iterator[tuple[int, int, int]]:
         """(number, UID, size) of every message of the snapshot, in order."""
         return zip(range(1, len(self._uids) + 1), self._uids, self._sizes, strict=True)

@@ -265,8 +265,8 @@ class POP3Session:
         if keyword in ("LIST", "UIDL"):
             return len(words) == 1 and len(self.maildrop) > INLINE_LISTING
         if keyword in ("RETR", "TOP") and len(words) > 1 and _NUMBER.fullmatch(words[1]):
-            entry = self.maildrop.entry(int(words[1]))
-            return entry is not None and entry.size > INLINE_OCTETS
+            size = self.maildrop.size_of(int(words[1]))  # asked for every RETR: no Entry
+            return size is not None and size > INLINE_OCTETS
         return False
 
     # -- the commands ------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 # -- replies -----------------------------------------------------------------------
@@ -51,12 +50,17 @@ class Reply:
             out.append(f"{self.code}{sep}{status}{part}")
         return out
 
-    @cached_property
+    @property
     def wire(self) -> tuple[tuple[str, ...], bytes]:
         """The lines and the octets that go out (worked out once per reply: the
         replies of every message are constants)."""
-        lines = tuple(self.lines())
-        return lines, ("\r\n".join(lines) + "\r\n").encode("utf-8")
+        wire = self.__dict__.get("_wire")
+        if wire is None:
+            lines = tuple(self.lines())
+            # kept in the instance's dict: the dataclass is frozen, and cached_property
+            # takes a lock per first use (most replies are sent once)
+            wire = self.__dict__["_wire"] = lines, ("\r\n".join(lines) + "\r\n").encode("utf-8")
+        return wire
 
     def __str__(self) -> str:
         return "\r\n".join(self.lines())
