@@ -74,7 +74,8 @@ def _fds() -> int:
 def _resources(lab: Lab) -> dict[str, int]:
     # Worker pools (the loop's default executor, SMTP delivery) grow to their size on
     # demand: not a leak, so not counted.
-    threads = [t for t in threading.enumerate() if not t.name.startswith(("asyncio_", "ThreadPoolExecutor"))]
+    threads = [t for t in threading.enumerate()
+               if not t.name.startswith(("asyncio_", "ThreadPoolExecutor", "maillab-delivery"))]
     return {"fds": _fds(), "threads": len(threads), "rss": _rss(),
             "tasks": lab.loop.call(lambda: len(asyncio.all_tasks()))}
 
