@@ -13,7 +13,7 @@ driven by real clients, one change at a time, each change left to publish:
 * ``%mail ports``: an SMTP or IMAP session opened and closed per change (the port map
   follows sessions);
 * the POP3 state view: one session on a maildrop of ``--messages`` messages, one DELE per
-  change, then QUIT (poplib);
+  change, then QUIT (poplib); then new sessions, each connecting, logging in and quitting;
 * ``%mail relay``: a message relayed to another domain while its path grows;
 * ``%mail class map``: the class DNS (on a free port) answering one MX query per change.
 
@@ -52,6 +52,7 @@ class Counter:
     def __init__(self, widget: LiveBlocks) -> None:
         self.widget = widget
         self.sent = 0
+        self.states = 0  # whole states sent (the settle timer's, once the view is quiet)
         send, send_state = widget.send, widget.send_state
 
         def counted_send(content: Any, buffers: Any = None) -> None:
@@ -61,6 +62,7 @@ class Counter:
         def counted_state(key: Any = None) -> None:
             state = widget.get_state(key)
             self.sent += len(json.dumps({"method": "update", "state": state}))
+            self.states += 1
             send_state(key)
 
         widget.send, widget.send_state = counted_send, counted_state  # type: ignore[method-assign]
@@ -127,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in range(1, args.changes):
             c.change(lambda n=n: p.dele(n))
         c.change(lambda: p.quit())
+        # new sessions, as a class checking mail: each connects, logs in, quits (the
+        # view follows the newest; its table leaves before each login and comes back)
+        c = results["pop3 state, new sessions"] = Counter(pop3.html)
+        for _ in range(args.changes // 3):
+            box: list[poplib.POP3] = []
+            c.change(lambda box=box: box.append(poplib.POP3(*pop_addr, timeout=30)))
+            c.change(lambda box=box: (box[0].user(user), box[0].pass_(lab.users.password(user))))
+            c.change(lambda box=box: box[0].quit())
         pop3.close()
 
         # A relayed message whose MX answers 4xx: each retry adds a failed attempt to its
