@@ -289,3 +289,29 @@ def test_rows_still_in_a_blob_are_written_before_a_change_and_in_the_background(
     rows, pending, _ = _rows(other)
     assert (len(rows), pending) == (1_500, 0)
     mb.close()
+
+
+def test_a_folder_being_indexed_does_not_hold_up_the_others(tmp_path):
+    """Opening a folder indexes it (100,000 files take a while): meanwhile other folders
+    open and take deliveries. Here bob's first index write waits on a lock another
+    connection holds on his index (real sqlite locking), while carol's INBOX opens."""
+    store = Store(tmp_path)
+    store.deliver("bob@alpha.test", MSG)
+    store.close()
+    (tmp_path / "bob@alpha.test" / "new" / "1700000000.M1P1.tool,S=5").write_bytes(b"S: x\n")
+    blocker = sqlite3.connect(tmp_path / "bob@alpha.test" / "maillab-index.sqlite")
+    blocker.execute("BEGIN IMMEDIATE")  # bob's open: blocked in its first write
+    store = Store(tmp_path)
+    bob_opened = threading.Event()
+    bob = threading.Thread(target=lambda: (store.mailbox("bob@alpha.test"), bob_opened.set()))
+    bob.start()
+    carol = threading.Thread(target=store.deliver, args=("carol@alpha.test", MSG))
+    carol.start()
+    carol.join(4)
+    done_before_bob = not carol.is_alive() and not bob_opened.is_set()
+    blocker.rollback()
+    blocker.close()
+    bob.join(10)
+    assert done_before_bob and bob_opened.is_set()
+    assert len(store.mailbox("bob@alpha.test")) == 2 and len(store.mailbox("carol@alpha.test")) == 1
+    store.close()

@@ -44,6 +44,10 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._open: dict[tuple[str, str], Mailbox] = {}
+        # Folders being opened (a first open indexes the Maildir: 100,000 files take a
+        # while), outside the store's lock so that other folders open meanwhile.
+        self._opening: set[tuple[str, str]] = set()
+        self._opened = threading.Condition(self._lock)
         self._listeners: list[Callable[[str, str, MessageInfo], None]] = []
 
     # -- users -------------------------------------------------------------------
@@ -89,16 +93,28 @@ class Store:
         """The one shared :class:`Mailbox` object for ``user``'s folder ``name``."""
         user = user.lower()
         name = self.canonical_name(name)
+        key = (user, name)
         with self._lock:
-            mb = self._open.get((user, name))
+            self._opened.wait_for(lambda: key not in self._opening)
+            mb = self._open.get(key)
             if mb is not None:
                 return mb
             path = self.folder_path(user, name)
             if not (path / "cur").is_dir() and not create:
                 raise NoSuchMailbox(name)
+            self._opening.add(key)
+        try:
             mb = Mailbox(path, name, uidvalidity_source=lambda: self._next_uidvalidity(user))
-            self._open[(user, name)] = mb
-            return mb
+        except BaseException:
+            with self._lock:
+                self._opening.discard(key)
+                self._opened.notify_all()
+            raise
+        with self._lock:
+            self._opening.discard(key)
+            self._open[key] = mb
+            self._opened.notify_all()
+        return mb
 
     def list_mailboxes(self, user: str) -> list[str]:
         root = self.user_root(user)
@@ -122,6 +138,7 @@ class Store:
         user = user.lower()
         name = self.canonical_name(name)
         with self._lock:
+            self._opened.wait_for(lambda: (user, name) not in self._opening)
             path = self.folder_path(user, name)
             if not (path / "cur").is_dir():
                 raise NoSuchMailbox(name)
@@ -137,6 +154,7 @@ class Store:
         if is_inbox(old) or is_inbox(new):
             raise InvalidName("renaming INBOX is not supported in the lab")
         with self._lock:
+            self._opened.wait_for(lambda: all(u != user for u, _ in self._opening))
             if not self.exists(user, old):
                 raise NoSuchMailbox(old)
             if self.exists(user, new):
@@ -194,6 +212,7 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            self._opened.wait_for(lambda: not self._opening)
             for mb in self._open.values():
                 mb.close()
             self._open.clear()
