@@ -34,6 +34,9 @@ DEFER_MIN = 1_024
 CHUNK = 2_048
 #: Seconds the mailbox must have been left alone before the background thread writes.
 QUIET = 0.5
+#: sqlite's default: a commit that leaves the log over this many pages copies it into
+#: the database (a checkpoint).
+AUTOCHECKPOINT = 1_000
 
 _INSERT = ("INSERT OR IGNORE INTO messages"
            " (uid, key, subdir, filename, size, crlf_size, internaldate, flags)"
@@ -103,6 +106,10 @@ class DeferredRows:
             return
         self._db.execute("INSERT INTO pending (first_uid, data) VALUES (?, ?)",
                          (t.uids[start], t.rows_bytes(start)))
+        # No checkpoint at this commit: copying ~10 MB of log into the database and
+        # two fsyncs would wait on the disk before the SELECT could answer. Back on
+        # once the rows are written (a blob no longer pending).
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")
         self._pending = True
         self._expand_later()
 
@@ -124,6 +131,7 @@ class DeferredRows:
                                      " ORDER BY first_uid LIMIT 1").fetchone()
                     if row is None:
                         self._pending = False
+                        db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT}")
                         break
                     with db.blobopen("pending", "data", row[0], readonly=True) as blob:
                         self._expansion = (row[0], MessageTable.load(blob.read), row[1])
