@@ -6,6 +6,7 @@ One command::
     python benchmarks/kernel_load.py                 # 200 cells per phase, 3 SMTP senders, 2 IMAP readers
     python benchmarks/kernel_load.py --cells 50 --senders 8 --readers 4
     python benchmarks/kernel_load.py --no-views      # idle and loaded only
+    python benchmarks/kernel_load.py --views "ports,relay,pop3,class map"   # every view but the transcript
 
 A real IPython kernel (``jupyter_client.start_new_kernel``, the same kernel a notebook
 gets) runs ``%load_ext maillab`` and ``%mail start --ports auto``: the lab's servers run
@@ -153,11 +154,10 @@ VIEWS = (
     "from maillab.views.pop3_state import POP3StateView\n"
     "lab.relay.wait(lab.relay.submit('alice@alpha.test', ['carol@beta.test'],"
     " b'Subject: a relayed message\\r\\n\\r\\nhi\\r\\n', origin='mail.alpha.test'), timeout=60)\n"
-    "views = {'transcript': get_ipython().run_line_magic('mail', 'transcript'),\n"
-    "         'ports': get_ipython().run_line_magic('mail', 'ports'),\n"
-    "         'relay': get_ipython().run_line_magic('mail', 'relay'),\n"
-    "         'pop3': POP3StateView(lab.events),\n"
-    "         'class map': get_ipython().run_line_magic('mail', 'class map')}\n"
+    "mail = lambda line: (lambda: get_ipython().run_line_magic('mail', line))\n"
+    "views = {'transcript': mail('transcript'), 'ports': mail('ports'), 'relay': mail('relay'),\n"
+    "         'pop3': lambda: POP3StateView(lab.events), 'class map': mail('class map')}\n"
+    "views = {k: make() for k, make in views.items() if k in WANTED}\n"
     "for v in views.values():\n"
     "    display(v)\n"
     "def view_ids():\n"
@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pop3", type=int, default=1, help="POP3 clients checking for mail meanwhile")
     ap.add_argument("--dns", type=float, default=10.0, help="MX queries a second to the class DNS (0: none)")
     ap.add_argument("--no-views", action="store_true", help="skip the phase with live views open")
+    ap.add_argument("--views", default="transcript,ports,relay,pop3,class map",
+                    help="the live views opened, comma-separated (of the default)")
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="sys.setswitchinterval in the kernel (seconds; Python's default 0.005)")
     args = ap.parse_args(argv)
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         names: dict[str, str] = {}
         for phase in ("load", "load + views") if not args.no_views else ("load",):
             if phase == "load + views":
-                run_cell(kc, VIEWS)
+                run_cell(kc, f"WANTED = {[v.strip() for v in args.views.split(',')]!r}\n" + VIEWS)
                 before = eval(run_cell(kc, "print(updates())"))  # noqa: S307 - our own kernel's dict
                 names = eval(run_cell(kc, "print(view_ids())"))  # noqa: S307
             stop = threading.Event()

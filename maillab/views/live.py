@@ -203,7 +203,8 @@ function render({ model, el }) {
       let node = shown.get(key);
       const e = changed === null ? null : changed.get(key);
       // The rows' element: [data-rows], or the first tbody (a transcript's session).
-      const list = node && e ? node.querySelector('[data-rows]') || node.querySelector('tbody') : null;
+      const list = !node || !e ? null
+        : node.matches('[data-rows]') ? node : node.querySelector('[data-rows]') || node.querySelector('tbody');
       let edited = false;
       if (list && list.children.length === e.before) {
         // Part of the block was kept: drop, replace and add rows in place.
