@@ -360,20 +360,23 @@ class Block(NamedTuple):
 
 class LiveBlocks(LiveHTML):
     """A live view made of keyed blocks (a transcript: one ``<details>`` per
-    conversation) that sends the browser only the blocks that changed.
+    conversation; a port map: its table and legend; a POP3 view: its diagram,
+    maildrop table and outcome) that sends the browser only what changed.
 
     :meth:`show` compares the blocks (:class:`Block`) with the ones shown and
-    sends a ``patch`` message with the new order of keys, the new or rewritten
-    blocks (``set``) and, for a block that only grew at its end or lost rows at its
-    front, those rows (``edit``); a transcript of 1,500 lines under load then
-    sends the lines added, not the ~400 KB of the whole view. ``value`` holds the whole HTML on the kernel
-    side only (tests, ``observe``); the browser gets the whole view in the
-    ``blocks`` state, filled in when it asks for it (a new output, a page reload),
-    and as a ``full`` message when it noticed a patch missing (``resync``).
-    :meth:`sync` sends that state when a cell ends and once the view has not
-    changed for ``SETTLE`` seconds (not while it publishes continuously: it is the
-    size of the view), so that what a notebook saves with its widget state
-    (nbclient, JupyterLab) is the view as it is.
+    sends a ``patch`` message with the new or rewritten blocks (``set``), for a
+    block that kept some of its rows the rows dropped, replaced and added
+    (``edit``, see :meth:`Block.edit`), and the order of keys and the head when
+    they changed; a transcript of 1,500 lines under load then sends the lines
+    added, not the ~400 KB of the whole view, and a port map the row of the
+    service that saw a session. ``value`` holds the whole HTML on the kernel side
+    only (tests, ``observe``); the browser gets the whole view in the ``blocks``
+    state, filled in when it asks for it (a new output, a page reload), and as a
+    ``full`` message when it noticed a patch missing (``resync``). :meth:`sync`
+    sends that state once the view has not changed for ``SETTLE`` seconds, and
+    when a cell ends if :meth:`due` (the post-cell hook, :func:`sync_open_views`),
+    so that what a notebook saves with its widget state (nbclient) is the view as
+    it is.
     """
 
     #: Quiet seconds after the last change before the whole view is sent as state.
