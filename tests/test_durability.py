@@ -99,6 +99,21 @@ def _check(calls: list[Call], reply: Call, after: int, change: str, paths: list[
                             f" the reply (power cut: the acknowledged change could be lost)")
 
 
+def _check_replaced(calls: list[Call], reply: Call, after: int, directory: str, name: str,
+                    what: str) -> None:
+    """Between ``after`` and ``reply``: ``name`` in ``directory`` replaced as a whole
+    (its temporary file fsync'ed, then renamed over it), then the directory fsync'ed."""
+    window = [c for c in calls if after < c.start < reply.start]
+    renamed = [c for c in window if c.name == "rename" and f"{directory}/{name}.tmp" in c.args]
+    assert renamed, f"{what}: {name} not replaced by a rename before the reply"
+    first, last = min(c.start for c in renamed), max(c.end for c in renamed)
+    assert any(c.name == "fsync" and f"{directory}/{name}.tmp>" in c.args and c.end < first
+               for c in window), f"{what}: {name}.tmp not fsync'ed before its rename"
+    assert any(c.name == "fsync" and f"{directory}>" in c.args and c.start > last
+               and c.end < reply.start for c in window), \
+        f"{what}: {directory} not fsync'ed after {name}'s rename and before the reply"
+
+
 def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
     directory = tmp_path / "lab"
     out = tmp_path / "strace.txt"
@@ -151,6 +166,8 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
     move_ok = _reply(calls, "MOVE completed", append_ok.start)
     _check(calls, move_ok, append_ok.start, "rename", [f"{archive}/new"], "MOVE OK (the copy)")
     _check(calls, move_ok, append_ok.start, "unlink", [f"{inbox}/new"], "MOVE OK (the original)")
+    create_ok = _reply(calls, "CREATE completed", smtp_250.start)
+    _check_replaced(calls, create_ok, smtp_250.start, inbox, "maillab-uidvalidity", "CREATE OK")
     expunge_ok = _reply(calls, "EXPUNGE completed", move_ok.start)
     _check(calls, expunge_ok, move_ok.start, "unlink", [f"{inbox}/cur"], "EXPUNGE OK")
     quit_ok = _reply(calls, "+OK maillab POP3 server signing off", expunge_ok.start)

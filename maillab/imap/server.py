@@ -35,7 +35,19 @@ from ..services import Service, register
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser, parse_tag
 from .responses import Delay, Notice, Output, Response
 from .session import IMAPSession
-from .verbs import Append, Close, Copy, Expunge, Fetch, Search, Select, Status, Store
+from .verbs import (
+    Append,
+    Close,
+    Copy,
+    Create,
+    Expunge,
+    Fetch,
+    Rename,
+    Search,
+    Select,
+    Status,
+    Store,
+)
 
 log = logging.getLogger("maillab.imap")
 
@@ -56,8 +68,9 @@ IDLE_POLL = 1.0
 #: they run on a worker thread, so the lab loop keeps answering other sessions
 #: meanwhile. Move is a Copy, Examine a Select. Everything else is light and runs
 #: inline on the loop, where it never waits for a mailbox another thread holds
-#: (see ``IMAPSession.on_loop``).
-OFFLOADED = (Fetch, Search, Append, Copy, Select, Status, Store, Expunge, Close)
+#: (see ``IMAPSession.on_loop``). CREATE and RENAME wait for the disk: the user's
+#: UIDVALIDITY file is fsync'ed before the new folder uses its value.
+OFFLOADED = (Fetch, Search, Append, Copy, Select, Status, Store, Expunge, Close, Create, Rename)
 #: Worker threads for :data:`OFFLOADED` commands (the GIL serialises Python anyway;
 #: the point is that the loop gets a turn every switch interval).
 WORKERS = 2

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .groupsync import GROUP
 from .mailbox import Mailbox, MessageInfo, crlf_size, to_crlf
 from .names import InvalidName, folder_dirname, is_inbox, name_from_dirname, split_name
 
@@ -179,14 +180,32 @@ class Store:
         db.close()
 
     def _next_uidvalidity(self, user: str) -> int:
-        """A UIDVALIDITY never handed out before for this user, even within one second."""
+        """A UIDVALIDITY never handed out before for this user, even within one second.
+
+        The last one handed out is on the disk before the new mailbox can use it: a
+        power cut that lost it would let the next mailbox of that name get the same
+        or a lower value, a change RFC 3501 2.3.1.1 does not allow. So the file is
+        replaced as a whole (a temporary file fsync'ed, renamed over it), and the
+        directory that names it is fsync'ed in a shared round (:mod:`.groupsync`)."""
+        root = self.user_root(user)
         with self._lock:
-            f = self.user_root(user) / "maillab-uidvalidity"
-            f.parent.mkdir(parents=True, exist_ok=True)
-            last = int(f.read_text()) if f.exists() else 0
+            f = root / "maillab-uidvalidity"
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                last = int(f.read_text())
+            except (FileNotFoundError, ValueError):
+                last = 0
             value = max(int(time.time()), last + 1)
-            f.write_text(str(value))
-            return value
+            tmp = root / "maillab-uidvalidity.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                os.write(fd, str(value).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, f)
+        GROUP.sync([os.fspath(root)])  # outside the lock: other folders open meanwhile
+        return value
 
     # -- delivery ----------------------------------------------------------------
     def deliver(self, user: str, data: bytes, folder: str = "INBOX",
