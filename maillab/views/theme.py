@@ -116,6 +116,12 @@ CSS = (
     ".ml-view .ml-wire .line{white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere}"
     ".ml-view .ml-wire :is(td.t,td.tag){white-space:nowrap!important;overflow-wrap:normal;width:1%}"
     ".ml-view .ml-wire td.n{min-width:12em}"
+    # transcript rows carry one class (views/transcript.py: their markup is most of
+    # what a live transcript sends): it colours the tag and the line
+    ".ml-view .ml-wire td.t{color:var(--ml-muted)}"
+    ".ml-view .ml-wire td.n{color:var(--ml-muted);font-style:italic}"
+    + "".join(f".ml-view .ml-wire tr.{k}>:is(td.tag,td.line){{color:var(--ml-{k})}}"
+              for k in ("ok", "err", "temp", "client", "event")) +
     # A narrow output (800 px window, sidebar open, zoom): the note goes under its
     # line instead of squeezing the protocol text into a ribbon; times are dropped.
     "@container mlview (max-width:760px){.ml-view .ml-wire,.ml-view .ml-wire tbody{display:block}"
