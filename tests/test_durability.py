@@ -21,8 +21,10 @@ import re
 import shutil
 import signal
 import smtplib
+import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,74 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
     _check(calls, expunge_ok, move_ok.start, "unlink", [f"{inbox}/cur"], "EXPUNGE OK")
     quit_ok = _reply(calls, "+OK maillab POP3 server signing off", expunge_ok.start)
     _check(calls, quit_ok, expunge_ok.start, "unlink", [f"{inbox}/new"], "POP3 UPDATE +OK")
+
+
+RELAY_LAB = """
+import sys, time
+from maillab import Lab
+from maillab.limits import Limits
+lab = Lab(sys.argv[1], ports="auto", limits=Limits(relay_retry_first=0.2, relay_retry_max=0.3,
+                                                   relay_expiry=2.0, auth_failure_delay=0.05))
+lab.start()
+for host in ("mx1.beta.test", "mx2.beta.test"):
+    lab.relay.fail(host, "tempfail")
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_relay_rewrites_and_a_dsn_are_on_the_disk_before_the_queue_goes_on(tmp_path) -> None:
+    """A message for carol@beta.test is deferred (both MX hosts answer 451) until it
+    expires, then bounces into alice's INBOX: each rewrite of its spool entry is
+    fsync'ed before its rename and its directory after, and the DSN is on the disk
+    (file, new/, index log) before the entry that would send it again is unlinked."""
+    directory = tmp_path / "lab"
+    out = tmp_path / "strace.txt"
+    proc = subprocess.Popen(
+        ["strace", "-f", "-qq", "-y", "-s", "256", "-e", "signal=none", "-e", f"trace={CALLS}",
+         "-o", str(out), sys.executable, "-c", RELAY_LAB, str(directory)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    queue = directory / "relay-queue"
+    alice = directory / "mail" / "alice@alpha.test"
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        info = wait_for_lab_json(proc, directory, timeout=60)
+        sub = info["services"]["submission"]
+        with smtplib.SMTP(sub["host"], sub["port"], timeout=30) as s:
+            s.starttls(context=ssl.create_default_context(cafile=info["ca"]))
+            s.login("alice", "alice-pw")
+            s.sendmail("alice@alpha.test", ["carol@beta.test"],
+                       b"From: alice@alpha.test\r\nTo: carol@beta.test\r\nSubject: bounced\r\n\r\nhi\r\n")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+                (alice / "new").is_dir() and any((alice / "new").iterdir())
+                and not list(queue.glob("*.json"))):
+            time.sleep(0.1)
+        time.sleep(0.3)  # the spool's last fsync round
+    finally:
+        for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        proc.communicate(timeout=30)
+    dsn = [f.read_bytes() for f in (alice / "new").iterdir()]
+    assert len(dsn) == 1 and b"Status: 4.4.7" in dsn[0], dsn
+
+    calls = _calls(out.read_text(errors="replace"))
+    qdir = str(queue)
+    entry = [c for c in calls if c.name == "rename" and f"{qdir}/" in c.args and ".json.tmp" in c.args]
+    changes = [c for c in calls if c.name in ("rename", "unlink") and f"{qdir}/" in c.args and ".json" in c.args]
+    rewrites = entry[1:]  # the first: the entry written before the 250 (Spool.flush)
+    assert rewrites, "the entry was never rewritten after an attempt"
+    for r in rewrites:
+        following = [c.start for c in changes if c.start > r.end]
+        until = min(following) if following else len(calls) * 10
+        assert any(c.name == "fsync" and f"{qdir}/" in c.args and ".json.tmp>" in c.args and c.end < r.start
+                   and c.start > (entry[entry.index(r) - 1].end) for c in calls), \
+            "a rewritten entry was renamed into place before its data was fsync'ed"
+        assert any(c.name == "fsync" and f"{qdir}>" in c.args and r.end < c.start and c.end < until
+                   for c in calls), "a rewrite's rename not fsync'ed (its directory) before the next change"
+    removed = [c for c in calls if c.name == "unlink" and f"{qdir}/" in c.args and '.json"' in c.args]
+    assert removed, "the entry was never removed"
+    gone = removed[-1]
+    _check(calls, gone, rewrites[-1].end, "rename", [str(alice / "new")], "DSN before the entry goes")
+    assert any(c.name == "fsync" and f"{qdir}>" in c.args and c.start > gone.end for c in calls), \
+        "the entry's removal was not fsync'ed (its directory)"

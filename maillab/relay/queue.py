@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..faults import parse_duration
 from ..topology import MailHost
+from ..workers import DELIVERY
 from .agent import DeliveryAgent, decide
 from .bounce import FailedRecipient, build_dsn, original_header
 from .client import REUSE_LIMIT
@@ -321,7 +322,7 @@ class RelayQueue:
                 if r.state in (QUEUED, "deferred"):
                     pending.setdefault(r.domain, []).append(r)
             await asyncio.gather(*(self._gated(msg, d, rs) for d, rs in pending.items()))
-            self._after_attempt(msg)
+            await self._after_attempt(msg)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug must defer the message, not lose it
@@ -329,7 +330,7 @@ class RelayQueue:
             for r in msg.recipients:
                 if r.state == QUEUED:
                     r.state, r.status, r.text = "deferred", "4.3.0", msg.last_error
-            self._after_attempt(msg)
+            await self._after_attempt(msg)
         finally:
             msg.running = False
 
@@ -355,7 +356,15 @@ class RelayQueue:
             msg.last_error = attempt.text
         self.note(msg, text, attempt=attempt.as_dict())
 
-    def _after_attempt(self, msg: QueuedMessage) -> None:
+    async def _save(self, msg: QueuedMessage) -> None:
+        """The spool entry rewritten (or removed) for what is left of ``msg``, on the
+        disk before the queue goes on (``Limits.smtp_fsync``; a worker thread waits)."""
+        if self.lab.limits.smtp_fsync:
+            await DELIVERY.run(functools.partial(self.spool.save, msg, sync=True))
+        else:
+            self.spool.save(msg)
+
+    async def _after_attempt(self, msg: QueuedMessage) -> None:
         limits = self.lab.limits
         pending = [r for r in msg.recipients if r.state == "deferred"]
         if pending and time.time() - msg.created >= limits.relay_expiry:
@@ -364,19 +373,29 @@ class RelayQueue:
                              f" {limits.relay_expiry:g} s in the queue (last error: {r.text})", r.host, r.command)
             pending = []
         newly_bounced = [r for r in msg.recipients if r.state == "bounced" and not r.reported]
-        if newly_bounced:
-            self._bounce(msg, newly_bounced)
+        if newly_bounced and not await self._bounce(msg, newly_bounced):
+            # The DSN could not be stored: the entry keeps those recipients, and the
+            # next attempt (with nothing else to do for them) bounces them again.
+            pending = pending or newly_bounced
         if pending:
             msg.retries += 1
             delay = min(limits.relay_retry_first * 2 ** (msg.retries - 1), limits.relay_retry_max)
+            await self._save(msg)
+            # The timer only now: msg.running stays set until this task ends, and a
+            # launch before that would be dropped.
             msg.next_attempt = time.time() + delay
             msg.last_error = pending[0].text
             assert self._loop is not None
             self._timers[msg.id] = self._loop.call_later(delay, self._launch, msg)
             self._state(msg, RETRYING, f"{len(pending)} recipient(s) deferred ({pending[0].text});"
                                        f" retry {msg.retries} in {delay:g} s")
-            self.spool.save(msg)
             return
+        # Removed (its DSN stored before) ahead of the state: nothing final is shown
+        # that a power cut could take back.
+        if self.lab.limits.smtp_fsync:
+            await DELIVERY.run(functools.partial(self.spool.remove, msg.id, sync=True))
+        else:
+            self.spool.remove(msg.id)
         msg.next_attempt = None
         msg.finished = time.time()
         delivered = all(r.state == "delivered" for r in msg.recipients)
@@ -384,7 +403,6 @@ class RelayQueue:
         if delivered:
             msg.last_error = None
         msg.data = b""  # delivered or bounced: the body is no longer the queue's to keep
-        self.spool.remove(msg.id)
         summary = "; ".join(f"<{r.address}> {r.state} by {r.host or '-'} ({r.text})" for r in msg.recipients)
         self._state(msg, state, f"{state}: {summary}",
                     elapsed=round(msg.finished - msg.created, 4))
@@ -392,13 +410,14 @@ class RelayQueue:
         if rec is not None:
             rec.close(state)
 
-    def _bounce(self, msg: QueuedMessage, failed: list[Recipient]) -> None:
-        for r in failed:
-            r.reported = True
+    async def _bounce(self, msg: QueuedMessage, failed: list[Recipient]) -> bool:
+        """Send ``failed``'s DSN; False when it could not be stored (tried again later)."""
         if not msg.mail_from:
             # RFC 5321 4.5.5 / RFC 3464: never a DSN for a message with a null sender.
+            for r in failed:
+                r.reported = True
             self.note(msg, "the failed message was itself a bounce (MAIL FROM:<>): no DSN is sent")
-            return
+            return True
         last = msg.attempts[-1].time if msg.attempts else time.time()
         dsn = build_dsn(
             reporting_mta=msg.origin, sender=msg.mail_from, queue_id=msg.id, arrival=msg.created,
@@ -410,8 +429,16 @@ class RelayQueue:
         sender_domain = msg.mail_from.rsplit("@", 1)[-1].lower()
         if origin is not None and sender_domain in origin.domains and msg.mail_from in self.lab.users:
             # The sender's own host: the bounce goes straight into the sender's mailbox,
-            # with the Return-Path an MDA writes for the null sender (RFC 5321 4.4).
-            info = self.lab.store.deliver(msg.mail_from, b"Return-Path: <>\r\n" + dsn)
+            # with the Return-Path an MDA writes for the null sender (RFC 5321 4.4). Off
+            # the lab loop and on the disk (as an SMTP delivery) before the spool entry
+            # that would send it again goes.
+            try:
+                info = await DELIVERY.run(functools.partial(
+                    self.lab.store.deliver, msg.mail_from, b"Return-Path: <>\r\n" + dsn,
+                    sync=self.lab.limits.smtp_fsync))
+            except OSError as exc:
+                self.note(msg, f"bounce (DSN) for <{msg.mail_from}> not stored, tried again later: {exc}")
+                return False
             msg.dsn = {"delivered_to": msg.mail_from, "uid": info.uid, "host": msg.origin}
             rec = self._recorders.get(msg.id)
             if rec is not None:
@@ -426,3 +453,10 @@ class RelayQueue:
             qid = self.submit("", [msg.mail_from], outgoing_sync(self.lab, msg.origin, dsn), origin=msg.origin)
             msg.dsn = {"queue_id": qid, "host": msg.origin}
             self.note(msg, f"bounce (DSN) queued as {qid} for <{msg.mail_from}>", dsn=msg.dsn)
+            try:
+                await self.synced(qid)  # its own spool entry on the disk before ours goes
+            except OSError:
+                pass  # noted by _synced; the DSN stays queued
+        for r in failed:
+            r.reported = True
+        return True

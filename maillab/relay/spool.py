@@ -15,9 +15,12 @@ said 250 and before the JSON was rewritten sends that recipient's copy again.
 A new entry's files and the directory are fsync'ed before the SMTP server answers
 250 and before the first delivery attempt (:meth:`Spool.flush`, on a worker thread;
 ``Limits.smtp_fsync``, as for local delivery), so an acknowledged message also
-outlives a power cut. The rewrites after
-delivery attempts are not: a power cut may bring back recipients already served
-(at least once, as above).
+outlives a power cut. So do the rewrites after a delivery attempt and the removal
+of a final entry (``sync=True``: the new JSON fsync'ed before its rename, the
+directory after it or after the unlinks), awaited on a worker thread before the
+queue goes on: a power cut then brings back only the recipients of an attempt whose
+outcome was not yet on the disk (at least once, as above), and a message bounced
+loses its entry only once its DSN is stored.
 """
 
 from __future__ import annotations
@@ -46,29 +49,45 @@ class Entry:
     data: bytes
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes, sync: bool = False) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if sync:  # the data on the disk before the rename can name it
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def pending(msg: QueuedMessage) -> list[str]:
+    """The recipients ``msg``'s entry must still serve: neither delivered nor bounced
+    with its DSN gone out (a bounce whose DSN could not be stored is served again)."""
+    return [r.address for r in msg.recipients
+            if r.state != DELIVERED and not (r.state == BOUNCED and r.reported)]
 
 
 class Spool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def save(self, msg: QueuedMessage) -> None:
-        """Record what is left to do for ``msg`` (nothing: the entry is removed)."""
-        pending = [r.address for r in msg.recipients if r.state not in (DELIVERED, BOUNCED)]
-        if not pending or not msg.data:
-            self.remove(msg.id)
+    def save(self, msg: QueuedMessage, *, sync: bool = False) -> None:
+        """Record what is left to do for ``msg`` (nothing: the entry is removed).
+        With ``sync``, return once that is on the disk (blocking: a worker thread's
+        call; ``msg`` is only read before the first file operation)."""
+        rcpts = pending(msg)
+        if not rcpts or not msg.data:
+            self.remove(msg.id, sync=sync)
             return
+        meta: dict[str, Any] = {"id": msg.id, "origin": msg.origin, "mail_from": msg.mail_from,
+                                "rcpts": rcpts, "created": msg.created}
+        data = msg.data
         self.directory.mkdir(parents=True, exist_ok=True)
         body = self.directory / f"{msg.id}.eml"
         if not body.exists():
-            _write(body, msg.data)
-        meta: dict[str, Any] = {"id": msg.id, "origin": msg.origin, "mail_from": msg.mail_from,
-                                "rcpts": pending, "created": msg.created}
-        _write(self.directory / f"{msg.id}.json", json.dumps(meta).encode())
+            _write(body, data, sync)
+        _write(self.directory / f"{msg.id}.json", json.dumps(meta).encode(), sync)
+        if sync:
+            GROUP.sync([os.fspath(self.directory)])
 
     def flush(self, queue_id: str) -> None:
         """Put ``queue_id``'s entry on the disk (fsync of both files, then of the
@@ -86,9 +105,11 @@ class Spool:
                 os.close(fd)
         GROUP.sync([os.fspath(self.directory)])
 
-    def remove(self, queue_id: str) -> None:
+    def remove(self, queue_id: str, *, sync: bool = False) -> None:
         for suffix in (".json", ".eml"):  # the JSON first: without it the entry is void
             (self.directory / f"{queue_id}{suffix}").unlink(missing_ok=True)
+        if sync:
+            GROUP.sync([os.fspath(self.directory)])
 
     def load(self) -> list[Entry]:
         """The whole entries, oldest first; leftovers of a write cut short are removed."""
