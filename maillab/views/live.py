@@ -254,6 +254,10 @@ function render({ model, el }) {
   });
   // Scrolling up to read means "stop following"; the button brings it back.
   body.addEventListener('wheel', (e) => { if (e.deltaY < 0 && following) { following = false; label(); } });
+  // A reflow with no new line (the page zoomed for a projector, a narrower window)
+  // moves the end too: a following view stays on its newest line.
+  const pin = new ResizeObserver(() => { if (following) body.scrollTop = body.scrollHeight; });
+  pin.observe(root);
 
   model.on('change:scale', frame);
   model.on('change:controls', frame);
@@ -264,10 +268,11 @@ function render({ model, el }) {
     frame();
     patch(store, null);
     store.views.add(view);
-    return () => store.views.delete(view);
+    return () => { store.views.delete(view); pin.disconnect(); };
   }
   model.on('change:value', draw);
   draw();
+  return () => pin.disconnect();
 }
 export default { initialize, render };
 """
