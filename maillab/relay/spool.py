@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..store.groupsync import GROUP
+from ..store.groupsync import GROUP, replace_file
 from .message import BOUNCED, DELIVERED, QueuedMessage
 
 DIRNAME = "relay-queue"
@@ -47,16 +47,6 @@ class Entry:
     rcpts: list[str]
     created: float
     data: bytes
-
-
-def _write(path: Path, data: bytes, sync: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if sync:  # the data on the disk before the rename can name it
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def pending(msg: QueuedMessage) -> list[str]:
@@ -84,8 +74,8 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
         body = self.directory / f"{msg.id}.eml"
         if not body.exists():
-            _write(body, data, sync)
-        _write(self.directory / f"{msg.id}.json", json.dumps(meta).encode(), sync)
+            replace_file(body, data, sync=sync)
+        replace_file(self.directory / f"{msg.id}.json", json.dumps(meta).encode(), sync=sync)
         if sync:
             GROUP.sync([os.fspath(self.directory)])
 
@@ -94,16 +84,8 @@ class Spool:
         directory that names them, in a round shared with concurrent writers:
         :mod:`maillab.store.groupsync`); an entry already gone (delivered meanwhile)
         has nothing left to keep."""
-        for suffix in (".eml", ".json"):
-            try:
-                fd = os.open(self.directory / f"{queue_id}{suffix}", os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        GROUP.sync([os.fspath(self.directory)])
+        files = [os.fspath(self.directory / f"{queue_id}{suffix}") for suffix in (".eml", ".json")]
+        GROUP.sync([*files, os.fspath(self.directory)])  # files first, then the directory
 
     def remove(self, queue_id: str, *, sync: bool = False) -> None:
         for suffix in (".json", ".eml"):  # the JSON first: without it the entry is void

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .groupsync import GROUP
+from .groupsync import GROUP, replace_file
 from .mailbox import Mailbox, MessageInfo, crlf_size, to_crlf
 from .names import InvalidName, folder_dirname, is_inbox, name_from_dirname, split_name
 
@@ -196,14 +196,7 @@ class Store:
             except (FileNotFoundError, ValueError):
                 last = 0
             value = max(int(time.time()), last + 1)
-            tmp = root / "maillab-uidvalidity.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-            try:
-                os.write(fd, str(value).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, f)
+            replace_file(f, str(value).encode())
         GROUP.sync([os.fspath(root)])  # outside the lock: other folders open meanwhile
         return value
 

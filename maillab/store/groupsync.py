@@ -22,8 +22,9 @@ import errno
 import os
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
-__all__ = ["GroupSync", "GROUP"]
+__all__ = ["GroupSync", "GROUP", "replace_file"]
 
 #: Failed rounds remembered for their waiters (a waiter is told within a round or two).
 _FAILURES_KEPT = 64
@@ -82,6 +83,20 @@ class GroupSync:
             failure = self._failures.get(mine)
         if failure is not None:
             raise OSError(failure.errno, failure.strerror, failure.filename)
+
+
+def replace_file(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """``path`` replaced as a whole: ``data`` written to ``<name>.tmp`` beside it and
+    renamed over it, so a reader sees the old file or the new one, never half of
+    it. With ``sync`` the data is on the disk before the rename can name it; the
+    rename itself lasts once the caller's round syncs the directory."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _fsync_all(paths: set[str]) -> OSError | None:
