@@ -129,7 +129,9 @@ def svg(m: ClassMap, size: int = 560) -> str:
 
 
 def body_html(m: ClassMap) -> str:
-    return "".join(block.html for _key, block in body_blocks(m))
+    from .live import blocks_html
+
+    return blocks_html(body_blocks(m))
 
 
 def body_blocks(m: ClassMap) -> list[tuple[str, Block]]:

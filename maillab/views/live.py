@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import anywidget
@@ -361,6 +361,11 @@ class Block(NamedTuple):
         if new.top != self.top:
             change["top"] = new.top
         return change
+
+
+def blocks_html(blocks: Iterable[tuple[str, Block]]) -> str:
+    """Keyed blocks as one static HTML (the page a view shows once all are sent)."""
+    return "".join(block.html for _key, block in blocks)
 
 
 class LiveBlocks(LiveHTML):

@@ -18,7 +18,7 @@ import html
 import textwrap
 from typing import TYPE_CHECKING
 
-from .live import Block
+from .live import Block, blocks_html
 from .theme import PALETTE, page
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def _connector(path: RelayPath, forward: PathHop | None, side: list[PathHop]) ->
 
 def path_diagram(path: RelayPath) -> str:
     """The path as wrapping HTML (see the module docstring)."""
-    return _CSS + "".join(block.html for _key, block in _diagram_blocks(path))
+    return _CSS + blocks_html(_diagram_blocks(path))
 
 
 def _diagram_blocks(path: RelayPath) -> list[tuple[str, Block]]:
@@ -167,7 +167,7 @@ def _diagram_blocks(path: RelayPath) -> list[tuple[str, Block]]:
 
 
 def path_table(path: RelayPath) -> str:
-    return "".join(block.html for _key, block in _table_blocks(path))
+    return blocks_html(_table_blocks(path))
 
 
 def _table_blocks(path: RelayPath) -> list[tuple[str, Block]]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import CLOSED, NOTE, OPENED, STATE, Event, EventBus
-from .live import Block, LiveBlocks, widget_bundle
+from .live import Block, LiveBlocks, blocks_html, widget_bundle
 from .publish import Throttle
 from .theme import badge, page
 
@@ -168,7 +168,7 @@ def _diagram_svg(st: POP3SessionState) -> str:
 
 
 def render_body(st: POP3SessionState) -> str:
-    return "<div>" + "".join(block.html for _key, block in render_blocks(st)) + "</div>"
+    return "<div>" + blocks_html(render_blocks(st)) + "</div>"
 
 
 def render_blocks(st: POP3SessionState) -> list[tuple[str, Block]]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import CLOSED, OPENED, TLS
 from ..tls import CERT_FIELD_TITLES, MINIMUM_VERSION_TEXT, cert_fields
-from .live import Block, LiveBlocks, LiveHTML, widget_bundle
+from .live import Block, LiveBlocks, LiveHTML, blocks_html, widget_bundle
 from .publish import Throttle
 from .theme import page
 
@@ -269,7 +269,7 @@ class PortMap:
     # -- HTML -----------------------------------------------------------------------
     def grid_html(self) -> str:
         """The map as HTML for the shared stylesheet (wrap it in ``.ml-view``)."""
-        return "".join(block.html for _key, block in self.grid_blocks())
+        return blocks_html(self.grid_blocks())
 
     def grid_blocks(self) -> list[tuple[str, Block]]:
         """The grid as keyed blocks (what the live map sends when they change): the
@@ -322,7 +322,7 @@ class PortMap:
     def certs_html(self) -> str:
         """Every host's certificate, one fold each (they open in the browser, also while
         a cell is busy)."""
-        return "".join(block.html for _key, block in self.cert_blocks())
+        return blocks_html(self.cert_blocks())
 
     def cert_blocks(self) -> list[tuple[str, Block]]:
         return [(f"cert-{h}", Block(

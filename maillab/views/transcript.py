@@ -24,7 +24,7 @@ from typing import Any
 
 from ..events import CLIENT_LINE, CLOSED, FAULT, OPENED, SERVER_LINE, Event, EventBus
 from .conversations import Conversation, conversations
-from .live import Block, LiveBlocks, sync_open_views, widget_bundle
+from .live import Block, LiveBlocks, blocks_html, sync_open_views, widget_bundle
 from .publish import Throttle
 from .theme import badge, page, reply_kind
 
@@ -229,7 +229,7 @@ def render_body(events: Iterable[Event], *, explain: bool = True, limit: int | N
     connection shown once (``copy`` says whose), at most ``limit`` events.
     ``cache`` (a live view's) keeps what was rendered before."""
     head, blocks = render_blocks(events, explain=explain, limit=limit, copy=copy, folded=folded, cache=cache)
-    return head + "".join(block.html for _key, block in blocks)
+    return head + blocks_html(blocks)
 
 
 def render_blocks(events: Iterable[Event], *, explain: bool = True, limit: int | None = None,
