@@ -167,6 +167,40 @@ def test_state_view_follows_live_session(ip) -> None:
     view.close()
 
 
+def test_state_view_keeps_its_session_without_reading_the_bus(ip) -> None:
+    """The view opened on a finished session, then a new one: it follows the events as
+    they arrive (a refresh under load must not scan the whole event log), and what it
+    shows is what the bus says of each session."""
+    import poplib
+
+    deliver(3)
+    ip.run_line_magic("pop3", "bob --list")
+    bus = lab().events
+    first = [e.session for e in bus.events(kinds=("opened",)) if e.side == "server" and e.protocol == "pop3"][-1]
+    view = POP3StateView(bus, interval=0.02)
+    assert view.session == first and view.text() == render_text(session_state(bus.events(session=first), first))
+    scans = []
+    events = bus.events
+    bus.events = lambda *a, **kw: scans.append(kw) or events(*a, **kw)  # type: ignore[method-assign]
+    try:
+        c = poplib.POP3(*lab().address("pop3"), timeout=5)
+        c.user("bob")
+        c.pass_("bob-pw")
+        c.dele(1)
+        c.quit()
+        deadline = time.time() + 5
+        while "removed in UPDATE" not in view.html.value and time.time() < deadline:
+            time.sleep(0.02)
+        assert scans == []  # every refresh read the view's own events
+    finally:
+        bus.events = events  # type: ignore[method-assign]
+    second = view.session
+    assert second != first
+    assert view.text() == render_text(session_state(bus.events(session=second), second))
+    assert "removed in UPDATE" in view.html.value
+    view.close()
+
+
 def test_state_text_after_drop(ip) -> None:
     deliver(1)
     ip.run_line_magic("pop3", "bob --dele 1 --drop")
