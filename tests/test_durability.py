@@ -5,7 +5,8 @@ directory, lost in a power cut until the directory is fsync'ed).
 
 A power cut cannot be made in a test, so the real ``maillab serve`` runs under
 strace and real clients (smtplib, imaplib, poplib) talk to it: SMTP, APPEND, UID
-MOVE, EXPUNGE, POP3 DELE + QUIT; the kernel's own
+MOVE, EXPUNGE, UID STORE, UID FETCH BODY[] (\\Seen), POP3 DELE + QUIT and RETR + QUIT
+(\\Seen); the kernel's own
 record of the system calls must show, for each acknowledged change, the rename or
 unlink, then an fsync of its directory and of ``maillab-index.sqlite-wal``, then
 the reply. The crash test (``test_crash_consistency.py``) checks what survives a
@@ -41,7 +42,7 @@ def _ptrace_allowed() -> bool:
 
 pytestmark = pytest.mark.skipif(not _ptrace_allowed(), reason="this machine forbids ptrace (strace cannot trace)")
 
-CALLS = "fsync,rename,unlink,sendto,sendmsg,write,writev"
+CALLS = "fsync,rename,renameat,renameat2,unlink,sendto,sendmsg,write,writev"
 # "PID name(args) = result", or a call another thread's line cut in two:
 # "PID name(args <unfinished ...>" ... "PID <... name resumed>args) = result"
 _LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>(.*)|(\w+)\((.*))$")
@@ -86,12 +87,14 @@ def _reply(calls: list[Call], text: str, after: int) -> Call:
 
 def _check(calls: list[Call], reply: Call, after: int, change: str, paths: list[str],
            what: str) -> None:
-    """Between ``after`` and ``reply``: a ``change`` call (rename/unlink) whose
-    arguments hold each path's directory, then a returned fsync of that directory
-    and of the index log, all before the reply started."""
+    """Between ``after`` and ``reply``: a ``change`` call (rename/unlink; a rename
+    through directory handles, ``renameat``, counts as one) whose arguments hold each
+    path's directory, then a returned fsync of that directory and of the index log,
+    all before the reply started."""
     window = [c for c in calls if after < c.start < reply.start]
+    names = {change, "renameat", "renameat2"} if change == "rename" else {change}
     for path in paths:
-        changed = [c for c in window if c.name == change and f'{path}/' in c.args]
+        changed = [c for c in window if c.name in names and (f'{path}/' in c.args or f'<{path}>' in c.args)]
         assert changed, f"{what}: no {change} in {path}/ before the reply"
         last = max(c.end for c in changed)
         for target in (f"{path}>", f"{Path(path).parent}/maillab-index.sqlite-wal>"):
@@ -142,11 +145,25 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
         imap.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)")  # renamed into cur/
         typ, data = imap.expunge()
         assert typ == "OK", data
+        # flags: STORE renames new/ -> cur/ (":2,F"); FETCH BODY[] sets \Seen the same way
+        stored, fetched = (re.search(rb"APPENDUID \d+ (\d+)", imap.append(
+            "INBOX", None, None, _message(f"by-append-then-{what}"))[1][0]).group(1).decode()
+            for what in ("stored", "fetched"))
+        typ, data = imap.uid("STORE", stored, "+FLAGS", "(\\Flagged)")
+        assert typ == "OK" and b"\\Flagged" in data[0], data
+        typ, data = imap.uid("FETCH", fetched, "(BODY[])")
+        assert typ == "OK" and b"\\Seen" in data[-1], data
         imap.logout()
         pop = poplib.POP3(services["pop3"]["host"], services["pop3"]["port"], timeout=30)
         pop.user("bob")
         pop.pass_("bob-pw")
-        pop.dele(1)  # the SMTP message: INBOX holds only it now
+        pop.dele(1)  # the SMTP message (the lowest UID)
+        assert pop.quit().startswith(b"+OK")
+        # RETR marks the stored message \Seen (a rename in cur/); QUIT's UPDATE deletes nothing
+        pop = poplib.POP3(services["pop3"]["host"], services["pop3"]["port"], timeout=30)
+        pop.user("bob")
+        pop.pass_("bob-pw")
+        pop.retr(1)
         assert pop.quit().startswith(b"+OK")
     finally:
         # the lab is strace's child; strace ends when it has
@@ -172,8 +189,15 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
     _check_replaced(calls, create_ok, smtp_250.start, inbox, "maillab-uidvalidity", "CREATE OK")
     expunge_ok = _reply(calls, "EXPUNGE completed", move_ok.start)
     _check(calls, expunge_ok, move_ok.start, "unlink", [f"{inbox}/cur"], "EXPUNGE OK")
-    quit_ok = _reply(calls, "+OK maillab POP3 server signing off", expunge_ok.start)
-    _check(calls, quit_ok, expunge_ok.start, "unlink", [f"{inbox}/new"], "POP3 UPDATE +OK")
+    store_ok = _reply(calls, "STORE completed", expunge_ok.start)
+    _check(calls, store_ok, expunge_ok.start, "rename", [f"{inbox}/new", f"{inbox}/cur"], "STORE OK")
+    fetch_ok = _reply(calls, "FETCH completed", store_ok.start)
+    _check(calls, fetch_ok, store_ok.start, "rename", [f"{inbox}/new", f"{inbox}/cur"],
+           "FETCH BODY[] OK (\\Seen set)")
+    quit_ok = _reply(calls, "+OK maillab POP3 server signing off", fetch_ok.start)
+    _check(calls, quit_ok, fetch_ok.start, "unlink", [f"{inbox}/new"], "POP3 UPDATE +OK")
+    seen_quit_ok = _reply(calls, "+OK maillab POP3 server signing off", quit_ok.start)
+    _check(calls, seen_quit_ok, quit_ok.start, "rename", [f"{inbox}/cur"], "POP3 QUIT +OK (RETR's \\Seen)")
 
 
 RELAY_LAB = """

@@ -54,3 +54,21 @@ def test_a_path_that_is_gone_has_nothing_to_keep(tmp_path) -> None:
     group = GroupSync()
     group.sync([str(tmp_path / "deleted-folder" / "new"), str(tmp_path)])
     assert group.rounds == 1
+
+
+def test_a_store_on_2000_messages_waits_for_one_round(tmp_path) -> None:
+    """IMAP STORE's OK waits for its renames and index rows to be on the disk: one
+    round for the whole set (four lock batches), not an fsync per message; a STORE
+    that changes nothing asks for none."""
+    from maillab.store import Mailbox
+    from maillab.store.groupsync import GROUP
+
+    mb = Mailbox(tmp_path / "INBOX", "INBOX")
+    uids = [mb.add(b"Subject: %d\r\n\r\nx\r\n" % n, crlf_only=True).uid for n in range(2000)]
+    requests = GROUP.requests
+    _, changed = mb.change_flags(uids, lambda old, new: old | new, frozenset({"\\Flagged"}), sync=True)
+    assert len(changed) == 2000 and GROUP.requests == requests + 1
+    assert len(os.listdir(tmp_path / "INBOX" / "cur")) == 2000  # each renamed to ":2,F"
+    mb.change_flags(uids, lambda old, new: old | new, frozenset({"\\Flagged"}), sync=True)
+    assert GROUP.requests == requests + 1  # nothing changed: nothing to wait for
+    mb.close()

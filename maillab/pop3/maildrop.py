@@ -74,6 +74,7 @@ class Maildrop:
         self.mailbox = mailbox
         self.sync = sync
         self._released = False
+        self._seen_unflushed = False  # \Seen marked since the last flush (UPDATE flushes it)
         try:
             # message n is _uids[n - 1], _sizes[n - 1]: two arrays, no object per message
             self._uids, self._sizes = mailbox.listing()
@@ -137,6 +138,7 @@ class Maildrop:
                     if flags is not None and "\\Seen" not in flags:
                         changes[entry.uid] = flags | {"\\Seen"}
                 if changes:
+                    self._seen_unflushed = True  # before: a batch may rename, then fail
                     self.mailbox.set_flags_many(changes)
         except (KeyError, OSError):
             pass  # a message removed meanwhile by IMAP: nothing to mark
@@ -144,9 +146,16 @@ class Maildrop:
             log.exception("marking retrieved messages \\Seen failed")
 
     def remove(self, entries: list[Entry]) -> list[int]:
-        """The UPDATE state's work: remove the marked messages for good."""
+        """The UPDATE state's work: remove the marked messages for good. With ``sync``
+        the removals and the \\Seen marked during the session (renamed into ``cur/``
+        on the lab loop, unsynced: a RETR promises no flag) are on the disk before
+        the +OK, in one fsync round."""
         try:
-            return self.mailbox.remove([e.uid for e in entries], sync=self.sync)
+            removed = self.mailbox.remove([e.uid for e in entries])
+            if self.sync and (removed or self._seen_unflushed):
+                self.mailbox.flush()
+                self._seen_unflushed = False
+            return removed
         except Exception as exc:
             raise StoreFailure(str(exc)) from exc
 

@@ -175,6 +175,8 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
             parts.append(bytes(buf))
             yield Response(tuple(parts), tuple(literals))
     if seen_changed:
+        if s.limits.smtp_fsync:
+            mb.flush()  # the \Seen set on the disk before the OK: one round for every batch
         s.on_change(s.user or "", view.name)
     if missing:
         raise No("[EXPUNGEISSUED] some of the requested messages no longer exist")

@@ -86,7 +86,9 @@ def store(s: IMAPSession, cmd: Store) -> Iterator[Output]:
     missing = False
     indexes = view.resolve(cmd.sequence_set, cmd.uid)
     how = _add_flags if mode == "+" else _remove_flags if mode == "-" else _replace_flags
-    now, changed = mb.change_flags([view.uids[i] for i in indexes], how, flags)
+    # on the disk before the responses and the OK (one fsync round for the whole set)
+    now, changed = mb.change_flags([view.uids[i] for i in indexes], how, flags,
+                                   sync=s.limits.smtp_fsync)
     out: list[str] = []
     uid_part = "UID {} " if cmd.uid else ""
     for idx in indexes:
