@@ -16,7 +16,8 @@ index, and the same lean client (``imap_fetch.LeanClient``) measures:
   again while warm, and after the server restarted (index on disk, process cold);
 * idle NOOP on the selected mailbox (nothing changed since the last command);
 * FETCH 1:* (UID FLAGS); FETCH of the last 50 messages' ENVELOPE, repeated;
-* STORE +FLAGS on 2,000 messages (undone, untimed);
+* STORE +FLAGS on 2,000 messages (undone, untimed), and on one message at a time, 40
+  times (each a rename of its own, undone);
 * the server's memory once all of that has run: the proportional set size (PSS,
   shared pages split between processes) summed over the server's process tree,
   and the RSS of the process that served the mailbox.
@@ -263,6 +264,12 @@ def measure(server_cls: type[Server], corpus: Path, work: Path, count: int, runs
             for _ in range(2):
                 add("STORE +FLAGS on 2,000", timed(c.command, "STORE 1:2000 +FLAGS (\\Flagged)"))
                 c.command("STORE 1:2000 -FLAGS.SILENT (\\Flagged)")
+            # what a mail client sends when the user reads or flags one message: each one
+            # changes a flag (a rename), so each waits for its own fsync round where the
+            # server makes flag changes durable (maillab does, Dovecot's default does not)
+            singles = [timed(c.command, f"STORE {n} +FLAGS (\\Answered)") for n in range(2001, 2041)]
+            add("STORE +FLAGS on one message (median of 40)", statistics.median(singles))
+            c.command("STORE 2001:2040 -FLAGS.SILENT (\\Answered)")
             pss, rss = memory(server)
             add("server memory, PSS of all its processes (MB)", pss)
             add("server memory, RSS of the serving process (MB)", rss)

@@ -15,12 +15,20 @@ restart:
 * a UID names the same message forever: no UID is ever given to another message,
   and new UIDs are above every UID handed out before the crash; UIDVALIDITY never
   changes (RFC 3501 2.3.1.1: nothing here forces it to);
-* a message whose MOVE was acknowledged is in the target mailbox, once.
+* a message whose MOVE was acknowledged is in the target mailbox, once;
+* an acknowledged flag change (STORE +FLAGS OK, a FETCH BODY[] OK setting \\Seen, a
+  POP3 QUIT +OK after RETR) is there, and the index and each file name's ``:2,`` info
+  agree on the standard flags.
+
+A second test changes flags through imaplib, IMAPClient, mbsync and poplib, kills the
+process the moment the last client has its acknowledgement, and finds every change
+after the restart, through the restarted server and in the files.
 """
 
 from __future__ import annotations
 
 import imaplib
+import json
 import poplib
 import random
 import re
@@ -33,7 +41,13 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
+import imapclient
+from real_clients import mbsyncrc, run
+
 from maillab.store import Store
+from maillab.store.filenames import FLAG_LETTERS, flags_from_filename
+
+STANDARD = set(FLAG_LETTERS)  # the flags a Maildir file name carries
 
 MAILLAB = [sys.executable, "-m", "maillab"]
 BOB = "bob@alpha.test"
@@ -68,6 +82,10 @@ class Ledger:
         # \Deleted of an earlier round), so they do not count as lost
         self.deleting: set[str] = set()
         self.moved: set[str] = set()  # subjects whose MOVE to Archive was acknowledged
+        # subjects whose flag change was acknowledged: STORE +FLAGS (\\Flagged) OK, a FETCH
+        # BODY[] OK (\\Seen), a POP3 QUIT +OK after RETR (\\Seen)
+        self.flagged: set[str] = set()
+        self.seen: set[str] = set()
         self.uids: dict[tuple[str, int], str] = {}  # (mailbox, UID) -> subject
         self.uidvalidity: dict[str, set[int]] = {}  # mailbox -> every UIDVALIDITY seen
         self.counter = 0
@@ -118,7 +136,13 @@ def _imap_worker(services: dict, ledger: Ledger, round_: int, stop: threading.Ev
         ledger.see_uid("INBOX", int(m.group(2)), subject)
         uid = m.group(2).decode()
         if rng.random() < 0.5:
-            c.uid("STORE", uid, "+FLAGS", "(\\Flagged)")
+            typ, _ = c.uid("STORE", uid, "+FLAGS", "(\\Flagged)")
+            if typ == "OK":
+                ledger.flagged.add(subject)
+        if rng.random() < 0.3:
+            typ, _ = c.uid("FETCH", uid, "(BODY[])")  # sets \\Seen
+            if typ == "OK":
+                ledger.seen.add(subject)
         if rng.random() < 0.2:
             typ, _ = c.uid("MOVE", uid, "Archive")
             if typ == "OK":
@@ -142,17 +166,21 @@ def _pop3_worker(services: dict, ledger: Ledger, stop: threading.Event) -> None:
         c.user("bob")
         c.pass_("bob-pw")
         count = len(c.list()[1])
-        doomed = []
+        doomed, read = [], []
         for n in range(1, min(count, 3) + 1):
             top = b"\n".join(c.top(n, 0)[1])
             m = _SUBJECT.search(top)
             if m and m.group(1).startswith(b"smtp-"):
                 c.dele(n)
                 doomed.append(m.group(1).decode())
+            elif m:
+                c.retr(n)  # marks it \\Seen, on the disk before QUIT's +OK
+                read.append(m.group(1).decode())
         ledger.deleting.update(doomed)
         resp = c.quit()
-        if resp.startswith(b"+OK"):  # UPDATE done: the DELEs are acknowledged
+        if resp.startswith(b"+OK"):  # UPDATE done: the DELEs and the \\Seen are acknowledged
             ledger.deleted.update(doomed)
+            ledger.seen.update(read)
         time.sleep(0.05)
 
 
@@ -202,6 +230,12 @@ def _check_directory(directory: Path, ledger: Ledger) -> None:
                 where[subject] = folder
                 ledger.see_uid(folder, info.uid, subject)
                 indexed[info.uid] = subject
+                # the index and the file name's info agree on the standard flags, and an
+                # acknowledged flag change is there (MOVE keeps the flags)
+                name = mb.file_path(info.uid).name
+                assert flags_from_filename(name) == {f for f in info.flags if f in STANDARD}, (name, info.flags)
+                assert subject not in ledger.flagged or "\\Flagged" in info.flags, (subject, info.flags)
+                assert subject not in ledger.seen or "\\Seen" in info.flags, (subject, info.flags)
             on_disk = {p.name.split(":")[0] for d in ("new", "cur") for p in (Path(mb.path) / d).iterdir()}
             in_index = {mb.file_path(uid).name.split(":")[0] for uid in indexed}
             assert on_disk == in_index, (folder, on_disk ^ in_index)
@@ -244,5 +278,100 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(tmp_path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
     print(f"acknowledged: {len(ledger.delivered)} delivered, {len(ledger.deleted)} deleted,"
-          f" {len(ledger.moved)} moved, {len(ledger.uids)} UIDs")
+          f" {len(ledger.moved)} moved, {len(ledger.flagged)} flagged, {len(ledger.seen)} seen,"
+          f" {len(ledger.uids)} UIDs")
     assert len(ledger.delivered) > 10 and ledger.deleted and ledger.moved, "the workers barely ran"
+    assert ledger.flagged and ledger.seen, "no flag change was acknowledged"
+
+
+def _subject_flags(host: str, port: int) -> dict[str, set[str]]:
+    """Every INBOX message's flags by subject, as IMAPClient reads them (\\Recent aside)."""
+    with imapclient.IMAPClient(host, port=port, ssl=False, timeout=10) as ic:
+        ic.login("bob", "bob-pw")
+        ic.select_folder("INBOX", readonly=True)
+        got = ic.fetch(ic.search("ALL"), ["FLAGS", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+    out = {}
+    for item in got.values():
+        subject = _SUBJECT.search(item[b"BODY[HEADER.FIELDS (SUBJECT)]"]).group(1).decode()
+        out[subject] = {f.decode() for f in item[b"FLAGS"]} - {"\\Recent"}
+    return out
+
+
+def test_kill_9_right_after_flag_changes_keeps_them(tmp_path) -> None:
+    """imaplib (STORE on a range with a keyword, UID STORE -FLAGS, FETCH BODY[]),
+    IMAPClient (UID STORE +FLAGS), mbsync (a flag set in its Maildir, pushed by STORE)
+    and poplib (RETR, QUIT) change flags; the process is killed the moment the last
+    acknowledgement arrived; after the restart each change is there through the server,
+    in the file names, and in what mbsync pulls next."""
+    directory = tmp_path / "lab"
+    proc, services = _serve(directory)
+    ca = json.loads((directory / "lab.json").read_text())["ca"]
+    host, port = services["imap"]["host"], services["imap"]["port"]
+    uid: dict[int, str] = {}  # n -> UID of the message "flags-n"
+    try:
+        c = imaplib.IMAP4(host, port, timeout=10)
+        c.login("bob", "bob-pw")
+        for n in range(1, 31):
+            typ, data = c.append("INBOX", None, None, _message(f"flags-{n}"))
+            uid[n] = re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1).decode()
+        c.select("INBOX")
+        assert c.uid("STORE", ",".join(uid[n] for n in range(1, 11)), "+FLAGS", "(\\Flagged $Done)")[0] == "OK"
+        assert c.uid("STORE", uid[2], "-FLAGS.SILENT", "(\\Flagged)")[0] == "OK"
+        assert c.uid("FETCH", uid[11], "(BODY[])")[0] == "OK"  # sets \Seen
+        c.logout()
+        with imapclient.IMAPClient(host, port=port, ssl=False, timeout=10) as ic:
+            ic.login("bob", "bob-pw")
+            ic.select_folder("INBOX")
+            ic.add_flags([int(uid[n]) for n in (12, 13, 14)], [imapclient.ANSWERED])
+        local = tmp_path / "local"
+        local.mkdir()
+
+        def mbsync(port: int) -> dict[str, Path]:
+            rc = mbsyncrc(tmp_path / "mbsyncrc", ca=Path(ca), port=port, user="bob", password="bob-pw",
+                          local=local, ssl_type="STARTTLS", patterns="INBOX")
+            done = run(["mbsync", "-c", str(rc), "lab"], env={"HOME": str(tmp_path)})
+            assert done.returncode == 0, done.stdout + done.stderr
+            return {_SUBJECT.search(p.read_bytes()).group(1).decode(): p
+                    for d in ("new", "cur") for p in (local / "INBOX" / d).iterdir()}
+
+        near = mbsync(port)
+        mine = near["flags-20"]
+        mine.rename(mine.parent.parent / "cur" / (mine.name.split(":2,")[0] + ":2,S"))
+        mbsync(port)  # pushes \Seen by STORE, and exits 0 only once it was acknowledged
+        pop = poplib.POP3(services["pop3"]["host"], services["pop3"]["port"], timeout=10)
+        pop.user("bob")
+        pop.pass_("bob-pw")
+        number = next(n for n in range(1, len(pop.list()[1]) + 1)
+                      if b"Subject: flags-25" in b"\n".join(pop.top(n, 0)[1]))
+        pop.retr(number)
+        assert pop.quit().startswith(b"+OK")
+    finally:
+        proc.send_signal(signal.SIGKILL)  # right after the last acknowledgement
+        proc.communicate(timeout=10)
+
+    expected = {f"flags-{n}": set() for n in range(1, 31)}
+    for n in range(1, 11):
+        expected[f"flags-{n}"] = {"\\Flagged", "$Done"}
+    expected["flags-2"] = {"$Done"}
+    expected["flags-11"] = {"\\Seen"}
+    for n in (12, 13, 14):
+        expected[f"flags-{n}"] = {"\\Answered"}
+    expected["flags-20"] = {"\\Seen"}
+    expected["flags-25"] = {"\\Seen"}
+    proc, services = _serve(directory)
+    try:
+        assert _subject_flags(services["imap"]["host"], services["imap"]["port"]) == expected
+        # mbsync, syncing again, pulls the \Seen that POP3 set just before the kill
+        name = mbsync(services["imap"]["port"])["flags-25"].name
+        assert name.endswith(":2,S"), name
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    store = Store(directory / "mail")
+    try:
+        mb = store.mailbox(BOB, "INBOX")
+        for info in mb.messages():
+            name = mb.file_path(info.uid).name
+            assert flags_from_filename(name) == {f for f in info.flags if f in STANDARD}, (name, info.flags)
+    finally:
+        store.close()
