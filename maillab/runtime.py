@@ -34,17 +34,57 @@ HEARTBEAT = 0.05
 # process (a notebook, a test run) can take a few hundred ms in whichever thread
 # allocated last; that is lag, but not a callback of ours computing.
 _gc_cpu: dict[int, float] = {}
-_gc_started: dict[int, float] = {}
+_gc_started: dict[int, tuple[float, float]] = {}
+
+
+@dataclass(frozen=True)
+class GCPause:
+    """A full (generation 2) garbage collection that held the GIL past LAG_THRESHOLD:
+    every thread of the process, the lab loop among them, waited for it."""
+
+    when: float  # time.time() at its end
+    start: float  # time.monotonic() at its start (to match it with a lag)
+    wall: float
+    thread: str  # the thread whose allocation set it off
+    collected: int
+
+    def __str__(self) -> str:
+        return (f"full garbage collection of {self.wall * 1000:.0f} ms in thread {self.thread}"
+                f" ({self.collected} objects freed)")
+
+
+#: The full collections that paused the process past LAG_THRESHOLD, newest last
+#: (bounded); ``len`` only grows until trimmed, so readers keep a running count.
+GC_PAUSES: list[GCPause] = []
+_gc_pauses_seen = 0  # how many were ever recorded (GC_PAUSES is trimmed)
 
 
 def _gc_callback(phase: str, info: dict[str, Any]) -> None:
+    # Runs inside the collector, on whichever thread set it off: record only, no locks
+    # (the thread may hold one an event emitter wants), and never raise.
+    global _gc_pauses_seen
     tid = threading.get_ident()
     if phase == "start":
-        _gc_started[tid] = time.thread_time()
-    else:
-        start = _gc_started.pop(tid, None)
-        if start is not None:
-            _gc_cpu[tid] = _gc_cpu.get(tid, 0.0) + time.thread_time() - start
+        _gc_started[tid] = (time.thread_time(), time.monotonic())
+        return
+    started = _gc_started.pop(tid, None)
+    if started is None:
+        return
+    _gc_cpu[tid] = _gc_cpu.get(tid, 0.0) + time.thread_time() - started[0]
+    wall = time.monotonic() - started[1]
+    if info.get("generation") == 2 and wall > LAG_THRESHOLD:
+        GC_PAUSES.append(GCPause(time.time(), started[1], wall, threading.current_thread().name,
+                                 info.get("collected", 0)))
+        _gc_pauses_seen += 1
+        if len(GC_PAUSES) > _LAG_LOG_MAX:
+            del GC_PAUSES[:len(GC_PAUSES) // 2]
+
+
+def gc_pauses_since(count: int) -> tuple[list[GCPause], int]:
+    """The pauses recorded after the first ``count`` ever, and the count now."""
+    total = _gc_pauses_seen
+    new = total - count
+    return (GC_PAUSES[-new:] if 0 < new <= len(GC_PAUSES) else list(GC_PAUSES) if new > 0 else []), total
 
 
 gc.callbacks.append(_gc_callback)
@@ -62,6 +102,10 @@ class Lag:
     wall: float
     cpu: float
     gc: float = 0.0  # of ``cpu``, the seconds the garbage collector ran in the lab thread
+    #: of ``wall``, the seconds full collections (any thread's) held the process, and
+    #: the longest of them: why a lab that computed nothing still waited
+    full_gc: float = 0.0
+    pause: GCPause | None = None
 
     @property
     def own_cpu(self) -> float:
@@ -74,7 +118,12 @@ class Lag:
         return self.own_cpu > LAG_THRESHOLD
 
     def __str__(self) -> str:
-        why = "busy computing" if self.busy else "waiting (blocked, GIL or machine load)"
+        if self.busy:
+            why = "busy computing"
+        elif self.pause is not None and self.full_gc >= self.wall / 2:
+            why = f"waiting for a {self.pause}"
+        else:
+            why = "waiting (blocked, GIL or machine load)"
         gc_note = f", {self.gc * 1000:.0f} ms of it garbage collection" if self.gc >= 0.01 else ""
         return f"lab loop lagged {self.wall * 1000:.0f} ms ({self.cpu * 1000:.0f} ms CPU{gc_note}: {why})"
 
@@ -92,6 +141,7 @@ class LagWatch:
         self._due = 0.0
         self._cpu = 0.0
         self._gc = 0.0
+        self._pauses = _gc_pauses_seen  # full collections before the start are not ours
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -102,9 +152,16 @@ class LagWatch:
         now, cpu = time.monotonic(), time.thread_time()  # thread_time: the lab thread's own CPU
         collected = _gc_cpu.get(threading.get_ident(), 0.0)
         late = now - self._due
+        pauses, self._pauses = gc_pauses_since(self._pauses)
+        for pause in pauses:
+            self.lab_loop.paused(pause)
         if self._due and late > LAG_THRESHOLD:
+            # The full collections that overlapped the late interval, whichever thread ran them.
+            overlap = [(min(now, p.start + p.wall) - max(self._due, p.start), p) for p in pauses]
+            overlap = [(t, p) for t, p in overlap if t > 0]
             self.lab_loop.lagged(Lag(self.lab_loop.name, time.time(), late, cpu - self._cpu,
-                                     collected - self._gc))
+                                     collected - self._gc, sum(t for t, _ in overlap),
+                                     max(overlap, key=lambda tp: tp[0])[1] if overlap else None))
         self._due, self._cpu, self._gc = now + HEARTBEAT, cpu, collected
         self._handle = loop.call_later(HEARTBEAT, self._beat, loop)
 
@@ -121,6 +178,10 @@ class LabLoop:
         #: thread for each (the lab records it as an event).
         self.lags: list[Lag] = []
         self.on_lag: Callable[[Lag], None] | None = None
+        #: Full garbage collections that paused the process while this loop ran (newest
+        #: last, bounded); ``on_gc_pause`` is called on the lab thread for each.
+        self.gc_pauses: list[GCPause] = []
+        self.on_gc_pause: Callable[[GCPause], None] | None = None
         self._watch = LagWatch(self)
 
     @property
@@ -166,14 +227,32 @@ class LabLoop:
             except Exception:  # reporting a lag must never add to it by breaking the loop
                 pass
 
+    def paused(self, pause: GCPause) -> None:
+        self.gc_pauses.append(pause)
+        if len(self.gc_pauses) > _LAG_LOG_MAX:
+            del self.gc_pauses[:len(self.gc_pauses) // 2]
+        if self.on_gc_pause is not None:
+            try:
+                self.on_gc_pause(pause)
+            except Exception:  # as on_lag
+                pass
+
     def lag_summary(self) -> str | None:
-        """One line for ``%mail status``, or None when the loop never lagged."""
-        if not self.lags:
+        """One line for ``%mail status`` (and one for the full garbage collections that
+        paused it), or None when the loop never lagged."""
+        if not self.lags and not self.gc_pauses:
             return None
-        worst = max(self.lags, key=lambda lag: lag.wall)
-        busy = sum(lag.busy for lag in self.lags)
-        return (f"lab loop lagged over {LAG_THRESHOLD * 1000:.0f} ms {len(self.lags)} times"
-                f" ({busy} busy computing); worst: {worst}")
+        lines = []
+        if self.lags:
+            worst = max(self.lags, key=lambda lag: lag.wall)
+            busy = sum(lag.busy for lag in self.lags)
+            lines.append(f"lab loop lagged over {LAG_THRESHOLD * 1000:.0f} ms {len(self.lags)} times"
+                         f" ({busy} busy computing); worst: {worst}")
+        if self.gc_pauses:
+            worst_pause = max(self.gc_pauses, key=lambda p: p.wall)
+            lines.append(f"full garbage collections over {LAG_THRESHOLD * 1000:.0f} ms:"
+                         f" {len(self.gc_pauses)}; worst: {worst_pause}")
+        return "\n".join(lines)
 
     def in_lab_thread(self) -> bool:
         return threading.current_thread() is self.thread

@@ -306,6 +306,8 @@ class Soak:
                 "delivered": delivered, "bounced": sum(bounced.values()), "idle_updates": self.idle_updates,
                 "reader_errors": self.errors[:10], "ledger_problems": problems[:20],
                 "external_runs": dict(self.external_runs), "lags": len(lags), **_lag_report(lags),
+                "gc_pauses": len(self.lab.loop.gc_pauses),
+                "gc_pauses_worst": [str(p) for p in sorted(self.lab.loop.gc_pauses, key=lambda p: p.wall)[-3:]],
                 "stalls": stalls, "before": before, "after": after, "leaks": leaks,
                 "ok": not problems and not stalls and not leaks}
 

@@ -54,3 +54,23 @@ def test_status_table_shows_the_lag_line(tmp_path) -> None:
         assert _lag_events(lab, since)
         table = shell.run_line_magic("mail", "status")
         assert "lab loop lagged" in repr(table)
+
+
+def test_a_long_full_garbage_collection_is_an_event_and_in_the_status(single_lab: Lab) -> None:
+    import gc
+
+    class SlowToFree:  # a cycle whose finalizer runs inside the collection
+        def __del__(self) -> None:
+            time.sleep(0.15)
+
+    cycle = SlowToFree()
+    cycle.me = cycle  # type: ignore[attr-defined]
+    del cycle
+    gc.collect()  # a full collection, this thread's: it lasts at least the finalizer's sleep
+    deadline = time.monotonic() + 5
+    while not (pauses := [e for e in single_lab.events.events(kinds=("gc",))]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pauses and pauses[-1].data["wall_ms"] >= 150
+    assert "full garbage collection" in pauses[-1].text and "MainThread" in pauses[-1].text
+    summary = single_lab.loop.lag_summary()
+    assert summary is not None and "full garbage collections over 100 ms: " in summary

@@ -478,7 +478,7 @@ def _transcript(magics: MailMagics, args: argparse.Namespace) -> Any:
     if args.static:
         from ..views.transcript import select
 
-        return Transcript(select(lab.events.events(), session=session, protocol=args.protocol,
+        return Transcript(select(lab.events.events(session=session, protocol=args.protocol),
                                  user=args.user), explain=not args.no_explain)
     return TranscriptView(lab.events, session=session, protocol=args.protocol, user=args.user,
                           explain=not args.no_explain)

@@ -374,7 +374,7 @@ class TranscriptView:
         # Subscribe before the snapshot so nothing falls between the two; the seq
         # check in _apply drops events seen twice.
         self._unsubscribe = bus.subscribe(self._on_event)
-        self._events = bus.events()[-KEEP * max_events:]
+        self._events = bus.events(last=KEEP * max_events)
         self._refresh_options()
         if session:
             self._set_option(self.session_w, session)
