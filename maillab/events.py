@@ -56,17 +56,16 @@ class Event(tuple):
     """One thing that happened in one session: ``seq``, ``time``, ``session``, ``kind``,
     ``protocol``, ``side`` ("server" or "client"), ``host``, ``text`` and ``data``.
 
-    A tuple (read-only, like the frozen record it is): the bus keeps a busy lab's last
-    200,000 events, and how they are kept decides how long every full garbage
-    collection of the kernel takes (see :class:`EventBus`)."""
+    Read-only, and the very tuple the bus keeps (see :class:`EventBus`): its last item
+    is ``data`` flattened to ``(key, value, key, value, ...)``; :attr:`data` gives a
+    fresh dict of it on each access (changing that dict changes no event)."""
 
     __slots__ = ()
     _fields = ("seq", "time", "session", "kind", "protocol", "side", "host", "text", "data")
 
     def __new__(cls, seq: int, time: float, session: str, kind: str, protocol: str, side: str,
                 host: str, text: str = "", data: dict[str, Any] | None = None) -> Event:
-        return tuple.__new__(cls, (seq, time, session, kind, protocol, side, host, text,
-                                   {} if data is None else data))
+        return tuple.__new__(cls, (seq, time, session, kind, protocol, side, host, text, _flat(data)))
 
     seq: int = property(itemgetter(0))  # type: ignore[assignment]
     time: float = property(itemgetter(1))  # type: ignore[assignment]
@@ -76,43 +75,39 @@ class Event(tuple):
     side: str = property(itemgetter(5))  # type: ignore[assignment]
     host: str = property(itemgetter(6))  # type: ignore[assignment]
     text: str = property(itemgetter(7))  # type: ignore[assignment]
-    data: dict[str, Any] = property(itemgetter(8))  # type: ignore[assignment]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        pairs = self[8]
+        if not pairs:
+            return {}
+        if len(pairs) == 2:  # the usual one: {"user": ...}
+            return {pairs[0]: pairs[1]}
+        items = iter(pairs)
+        return dict(zip(items, items, strict=True))
 
     @property
     def is_line(self) -> bool:
         return self[3] in (CLIENT_LINE, SERVER_LINE)
 
     def __repr__(self) -> str:
-        return "Event(" + ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True)) + ")"
+        values = (*self[:8], self.data)
+        return "Event(" + ", ".join(f"{n}={v!r}" for n, v in zip(self._fields, values, strict=True)) + ")"
 
     def __getnewargs__(self) -> tuple[Any, ...]:  # copy and pickle rebuild it through __new__
-        return tuple(self)
+        return (*self[:8], self.data)
 
 
-# How the bus keeps an event: a plain tuple of atomic fields, the data flattened to
-# (key, value, key, value, ...). The collector stops tracking a plain tuple of atomic
-# values after it first looks at it (CPython untracks such tuples; an Event subclass
-# or a dict it never does), so 200,000 kept events cost a full collection next to
-# nothing instead of 400,000 objects to traverse; and a third of the memory.
-_Record = tuple
+# How the bus keeps an event: a plain tuple of atomic fields, the data flattened. The
+# collector stops tracking a plain tuple of untracked values the first time it looks
+# at it (CPython untracks such tuples; a dict, an Event or any other object it keeps
+# tracking), so 200,000 kept events add almost nothing to a full collection instead of
+# 400,000 objects to traverse. A reader gets an Event made of the same items.
 _NO_DATA: tuple[Any, ...] = ()
 
 
-def _record(ev: Event) -> _Record:
-    data = ev[8]
-    return (*ev[:8], tuple(chain.from_iterable(data.items())) if data else _NO_DATA)
-
-
-def _event(rec: _Record) -> Event:
-    pairs = rec[8]
-    if not pairs:
-        data = {}
-    elif len(pairs) == 2:  # the usual one: {"user": ...}
-        data = {pairs[0]: pairs[1]}
-    else:
-        items = iter(pairs)
-        data = dict(zip(items, items, strict=True))
-    return _tuple_new(Event, (*rec[:8], data))
+def _flat(data: dict[str, Any] | None) -> tuple[Any, ...]:
+    return tuple(chain.from_iterable(data.items())) if data else _NO_DATA
 
 
 _tuple_new = tuple.__new__
@@ -123,12 +118,12 @@ class EventBus:
 
     The log keeps the newest ``maxlen`` events so a long-running lab (or a
     benchmark) cannot grow memory without bound. It keeps them as plain tuples
-    (:func:`_record`), which the garbage collector leaves alone, and hands out
+    (see :class:`Event`), which the garbage collector leaves alone, and hands out
     :class:`Event` objects made from them when asked (:meth:`events`).
     """
 
     def __init__(self, maxlen: int = 200_000) -> None:
-        self._events: deque[_Record] = deque(maxlen=maxlen)
+        self._events: deque[tuple[Any, ...]] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
         self._session_ids = itertools.count(1)
@@ -141,7 +136,7 @@ class EventBus:
         new events continue after their sequence numbers."""
         evs = list(events)
         bus = cls(maxlen=max(len(evs), 1000))
-        bus._events.extend(map(_record, evs))
+        bus._events.extend(map(tuple, evs))
         bus._seq = itertools.count(max((e.seq for e in evs), default=0) + 1)
         numbers = [int(n) for e in evs for n in [e.session.rpartition("-")[2]] if n.isdigit()]
         bus._session_ids = itertools.count(max(numbers, default=0) + 1)
@@ -166,9 +161,9 @@ class EventBus:
         recorder calls, without packing the keywords a second time."""
         with self._lock:
             seq, when = next(self._seq), time.time()
-            self._events.append((seq, when, session, kind, protocol, side, host, text,
-                                 tuple(chain.from_iterable(data.items())) if data else _NO_DATA))
-            ev = _tuple_new(Event, (seq, when, session, kind, protocol, side, host, text, data))
+            kept = (seq, when, session, kind, protocol, side, host, text, _flat(data))
+            self._events.append(kept)
+            ev = _tuple_new(Event, kept)
             subscribers = self._subscribers
         for callback in subscribers:
             try:
@@ -216,7 +211,7 @@ class EventBus:
                         and (kinds is None or r[3] in kinds)]
         if last is not None:
             snapshot = snapshot[-last:] if last > 0 else []
-        return list(map(_event, snapshot))
+        return [_tuple_new(Event, r) for r in snapshot]
 
     def sessions(self) -> list[str]:
         with self._lock:
