@@ -72,6 +72,27 @@ deadline = time.monotonic() + 30
 while not seen.exists() and time.monotonic() < deadline:
     time.sleep(0.05)
 print("transcript updated while this cell ran:", seen.exists())""",
+    # Three SMTP clients sending as fast as the lab takes them, until the browser has
+    # seen the transcript stream (its newest lines only, and a note saying so).
+    "stream": """\
+import threading
+stop = threading.Event()
+def load(i):
+    with smtplib.SMTP(*current_lab().address("smtp"), timeout=10) as s:
+        while not stop.is_set():
+            s.sendmail(f"load{i}@example.test", ["bob@alpha.test"], b"Subject: load\\r\\n\\r\\nx\\r\\n")
+clients = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+for c in clients:
+    c.start()
+seen = pathlib.Path("browser-saw-stream")
+deadline = time.monotonic() + 30
+while not seen.exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+stop.set()
+for c in clients:
+    c.join(10)
+print("stream seen:", seen.exists())""",
+    "shown_transcript": "transcript.flush()\nprint(transcript.html.value)",
     # The same widget in a second output: the browser holds its whole state, not only
     # the changes sent since (a page reload gets the same from the kernel).
     "again": "transcript",
@@ -423,6 +444,38 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     commands = [r[2].split()[0].lower() for r in rows if r[1] == "C:" and "growing.test" in r[2]
                 or r[1] == "C:" and r[2].lower().startswith(("noop", "mail from:<grow@"))]
     assert commands == ["ehlo", "noop", "mail"], commands
+
+    # Traffic faster than anyone reads: the page gets the newest lines and a note in the
+    # bar; a paused reader's lines stay put (the patches are held); once the traffic
+    # stops the page shows every line, exactly the kernel's whole view.
+    bar = ".ml-live .ml-stream"
+    nb.run("stream", wait=False)
+    page.wait_for_function(
+        "([index, bar]) => { const c = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')[index];"
+        " const n = c && c.querySelector(bar); return n && n.textContent.includes('lines skipped while traffic'); }",
+        arg=[NAMES.index("transcript"), bar], timeout=CELL_TIMEOUT * 1000)
+    held = nb.state("transcript")["widget"]
+    time.sleep(1.0)  # several patches later ...
+    assert nb.state("transcript")["widget"] == held  # ... what the paused reader reads has not moved
+    assert "held while traffic streams" in nb.cell("transcript").locator(".ml-bar").inner_text()
+    shots = Path(__file__).parent / "artifacts" / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    nb.cell("transcript").locator(".ml-live").screenshot(path=str(shots / "transcript-streaming-paused.png"))
+    nb.cell("transcript").locator(".ml-live button", has_text="follow").evaluate("b => b.click()")
+    page.wait_for_timeout(600)  # following: the newest lines of the stream
+    nb.cell("transcript").locator(".ml-live").screenshot(path=str(shots / "transcript-streaming.png"))
+    nb.cell("transcript").locator(".ml-live button", has_text="pause").evaluate("b => b.click()")
+    (lab.root / "browser-saw-stream").touch()
+    assert "stream seen: True" in nb.wait("stream", timeout=CELL_TIMEOUT + 30)["output"]
+    kernel_html = nb.run("shown_transcript")["output"].strip()
+    page.wait_for_function(
+        """([index, bar, html]) => {
+          const c = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')[index];
+          const d = document.createElement('div'); d.innerHTML = html;
+          return c.querySelector(bar).textContent === ''
+              && c.querySelector('.ml-live .ml-body').textContent === d.textContent; }""",
+        arg=[NAMES.index("transcript"), bar, kernel_html], timeout=CELL_TIMEOUT * 1000)
+    assert kernel_html.count("<tr") > 60 and "@example.test" in kernel_html  # every line, not the newest 60
 
     # The filters are live too: choosing a protocol in the page goes to the kernel and back.
     poplib.POP3(ports["pop3"]["address"], int(ports["pop3"]["lab port"]), timeout=10).quit()

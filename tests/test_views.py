@@ -253,3 +253,98 @@ def test_a_live_view_sends_the_rows_that_changed_and_keeps_the_whole_as_state():
     assert sent[-1]["set"] == {} and sent[-1]["edit"] == {
         "t": {"drop": 0, "add": ["<tr><td>e</td></tr>"], "parked": True}}
     view.close()
+
+
+class _Page:
+    """What the page's store makes of a LiveBlocks view's messages (live.py's ES module,
+    in Python): the blocks, their order, the head and the streaming note."""
+
+    def __init__(self, snapshot: dict) -> None:
+        self.reset(snapshot)
+
+    def reset(self, snap: dict) -> None:
+        self.gen, self.head, self.stream = snap["gen"], snap["head"], snap.get("stream", "")
+        self.order = [key for key, _b in snap["items"]]
+        self.blocks = {key: list(b) for key, b in snap["items"]}
+        self.parked: dict = {}
+
+    def apply(self, msg: dict) -> None:
+        from maillab.views.live import LiveBlocks
+
+        if msg["kind"] == "full":
+            self.reset(msg)
+            return
+        assert msg["base"] == self.gen, "a patch went missing"
+        self.gen = msg["gen"]
+        self.head = msg.get("head", self.head)
+        self.stream = msg.get("stream", "")
+        if "order" in msg:
+            for key in self.order:
+                if key not in msg["order"] and key in self.blocks:
+                    self.parked.pop(key, None)
+                    self.parked[key] = self.blocks.pop(key)
+                    while len(self.parked) > LiveBlocks.PARKED:
+                        del self.parked[next(iter(self.parked))]
+            self.order = msg["order"]
+        self.blocks = {k: b for k, b in self.blocks.items() if k in self.order}
+        for key, b in msg["set"].items():
+            self.blocks[key] = list(b)
+        for key, e in msg["edit"].items():
+            top, rows, bottom = self.blocks.get(key) or self.parked[key]
+            rows = rows[e["drop"]:len(rows) - e.get("cut", 0)]
+            for i, row in e.get("put", []):
+                rows[i] = row
+            self.blocks[key] = [e.get("top", top), e.get("front", []) + rows + e["add"], bottom]
+        for key in self.order:
+            self.parked.pop(key, None)
+
+    @property
+    def value(self) -> str:
+        return self.head + "".join(top + "".join(rows) + bottom for top, rows, bottom in
+                                   (self.blocks[key] for key in self.order))
+
+
+def test_a_streaming_transcript_shows_its_newest_lines_then_every_line_exactly():
+    """Hundreds of lines a second: the live transcript sends only the newest
+    STREAM_LINES at each publish, says how many it skipped, and once the traffic
+    pauses shows every line, exactly what a fresh rendering of the same events shows
+    (checked on the page's side too, by applying every message it was sent)."""
+    from maillab.views import transcript
+    from maillab.views.transcript import STREAM_LINES, render_body
+
+    bus = EventBus()
+    view = TranscriptView(bus, interval=0.02, max_events=2000)
+    page = _Page(view.html.get_state()["blocks"])
+    sent: list[dict] = []
+    send = view.html.send
+    view.html.send = lambda content, buffers=None: (sent.append(content), page.apply(content), send(content))
+    try:
+        def traffic() -> None:
+            for n in range(30):
+                rec = bus.session("smtp", "server", "mx.alpha.test", f"127.0.0.1:{40000 + n}")
+                rec.server_line("220 mx.alpha.test ESMTP")
+                for i in range(60):
+                    rec.client_line(f"RCPT TO:<user{i}@alpha.test>")
+                    rec.server_line("250 2.1.5 Ok")
+                    if i % 20 == 0:
+                        time.sleep(0.01)
+                rec.close()
+        worker = threading.Thread(target=traffic)
+        worker.start()
+        worker.join(60)
+        expected = render_body(bus.events(), limit=2000)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (view.html.value != expected or page.value != expected):
+            time.sleep(0.05)
+        streamed = [m for m in sent if m.get("stream")]
+        assert streamed, "the stream was never trimmed"
+        for m in streamed:
+            rows = sum(len(b[1]) for b in m["set"].values()) + sum(
+                len(e["add"]) + len(e.get("front", [])) + len(e.get("put", [])) for e in m["edit"].values())
+            assert rows <= STREAM_LINES
+        assert "lines skipped while traffic streams" in streamed[-1]["stream"]
+        # ... then every line, exactly: in the kernel's view and on the page
+        assert view.html.value == expected and page.value == expected and page.stream == ""
+        assert transcript.flush_live_views() is None and view.html.value == expected
+    finally:
+        view.close()

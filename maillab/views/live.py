@@ -54,7 +54,7 @@ function storeFor(model) {
   const snap = model.get('blocks') || {};
   let store = STORES.get(snap);
   if (!store) {
-    store = { gen: 0, head: '', order: [], html: new Map(), parked: new Map(), views: new Set() };
+    store = { gen: 0, head: '', stream: '', order: [], html: new Map(), parked: new Map(), views: new Set() };
     reset(store, snap);
     STORES.set(snap, store);
   }
@@ -80,9 +80,10 @@ function reset(store, snap) {
   store.parked = new Map();
   store.gen = snap.gen || 0;
   store.head = snap.head || '';
+  store.stream = snap.stream || '';
   store.order = (snap.items || []).map((item) => item[0]);
   store.html = new Map((snap.items || []).map(([key, b]) => [key, unpack(b)]));
-  for (const view of store.views) view(null);
+  for (const view of store.views) view(null, false);
 }
 
 function initialize({ model }) {
@@ -102,6 +103,7 @@ function initialize({ model }) {
     if (msg.base !== store.gen) model.send({ kind: 'resync', gen: store.gen });
     store.gen = msg.gen;
     if (msg.head !== undefined) store.head = msg.head;    // sent when it changed
+    store.stream = msg.stream || '';                       // sent while it streams
     if (msg.order !== undefined) {
       const keep = new Set(msg.order);
       for (const key of store.order) if (!keep.has(key) && store.html.has(key)) park(store, key);
@@ -124,7 +126,7 @@ function initialize({ model }) {
       b.rows = (e.front || []).concat(rows, e.add);
     }
     for (const key of store.order) store.parked.delete(key);
-    for (const view of store.views) view(changed);
+    for (const view of store.views) view(changed, !!msg.stream);
   });
   // Patches sent between the state and this module's start were dropped: check.
   model.send({ kind: 'resync', gen: store.gen });
@@ -140,15 +142,23 @@ function render({ model, el }) {
   el.append(root);
 
   let following = model.get('follow');
+  // A paused reader keeps the lines being read: patches that show only the newest
+  // lines of a stream are held (the store takes them) until it follows again or
+  // the stream ends.
+  let held = false;
   let folded = null;              // null: as the HTML says; true/false: all folded/open
   const choice = new Map();       // data-key -> open, for sessions the reader toggled
 
   const followB = button('', 'follow new lines as they arrive, or stay where you are');
   const foldB = button('', 'one line per session, or every line');
-  bar.append(followB, foldB);
+  // What a streaming view leaves out, said where a following reader sees it.
+  const note = document.createElement('span');
+  note.className = 'ml-note ml-stream';
+  bar.append(followB, foldB, note);
 
   function label() {
-    followB.textContent = following ? '■ pause' : '▶ follow new lines';
+    followB.textContent = following ? '■ pause' : held ? '▶ follow new lines (held while traffic streams)'
+      : '▶ follow new lines';
     foldB.textContent = folded ? '▤ show every line' : '▬ one line per session';
   }
 
@@ -194,6 +204,7 @@ function render({ model, el }) {
     return wrap;
   }
   function patch(store, changed) {
+    note.textContent = store.stream;
     if (changed === null) { for (const node of shown.values()) node.remove(); shown.clear(); }
     if (head.innerHTML !== store.head) head.innerHTML = store.head;
     const keep = new Set(store.order);
@@ -242,6 +253,7 @@ function render({ model, el }) {
 
   followB.addEventListener('click', () => {
     following = !following;
+    if (following && held && model.get('keyed')) { held = false; patch(storeFor(model), null); }
     if (following) body.scrollTop = body.scrollHeight;
     label();
   });
@@ -263,7 +275,16 @@ function render({ model, el }) {
   model.on('change:controls', frame);
   if (model.get('keyed')) {
     const store = storeFor(model);
-    const view = (changed) => patch(store, changed);
+    const view = (changed, stream) => {
+      if (stream && !following && changed !== null) {
+        held = true;
+        note.textContent = store.stream;
+        label();
+        return;
+      }
+      if (held) { held = false; changed = null; label(); }  // the page is behind: draw it anew
+      patch(store, changed);
+    };
     body.append(head);
     frame();
     patch(store, null);
@@ -417,6 +438,7 @@ class LiveBlocks(LiveHTML):
         self._blocks: dict[str, Block] = dict(blocks)
         self._parked: dict[str, Block] = {}  # key -> the block as it left, oldest first
         self._head = head
+        self._stream = ""
         self._gen = self._synced = 0
         self._tokens, self._tokens_at = float(self.BURST), time.monotonic()  # states the budget allows (capped)
         self._changed_at = 0.0
@@ -427,9 +449,11 @@ class LiveBlocks(LiveHTML):
         self.on_msg(self._on_msg)
         _OPEN.add(self)
 
-    def show(self, blocks: Sequence[tuple[str, Block]], head: str = "") -> bool:
+    def show(self, blocks: Sequence[tuple[str, Block]], head: str = "", stream: str = "") -> bool:
         """Show ``blocks`` (in order, keys unique) after ``head``; sends what changed
-        (and says whether anything did)."""
+        (and says whether anything did). ``stream`` says what the view leaves out while
+        traffic streams (a transcript showing its newest lines): the page shows it in
+        the bar, always in sight, and a paused reader's page holds such patches."""
         with self._lock:
             new = dict(blocks)
             old = self._blocks
@@ -448,13 +472,16 @@ class LiveBlocks(LiveHTML):
                         rewritten[key] = block.wire()
                     else:
                         edits[key] = {**change, "parked": True} if parked else change
-            if not rewritten and not edits and head == self._head and list(new) == list(old):
+            if (not rewritten and not edits and head == self._head and list(new) == list(old)
+                    and stream == self._stream):
                 return False
             base, self._gen = self._gen, self._gen + 1
             message: dict[str, Any] = {"kind": "patch", "base": base, "gen": self._gen, "set": rewritten,
                                        "edit": edits}
             if head != self._head:
                 message["head"] = head
+            if stream:
+                message["stream"] = stream
             if list(new) != list(old):
                 message["order"] = list(new)
             for key in old:  # the page parks the same blocks, in the same order
@@ -465,7 +492,7 @@ class LiveBlocks(LiveHTML):
                 self._parked.pop(key, None)
             while len(self._parked) > self.PARKED:
                 del self._parked[next(iter(self._parked))]
-            self._blocks, self._head = new, head
+            self._blocks, self._head, self._stream = new, head, stream
             self.send(message)
             self.patches += 1
             self._changed_at = time.monotonic()
@@ -524,7 +551,8 @@ class LiveBlocks(LiveHTML):
 
     def _snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"gen": self._gen, "head": self._head, "items": [[k, b.wire()] for k, b in self._blocks.items()]}
+            return {"gen": self._gen, "head": self._head, "stream": self._stream,
+                    "items": [[k, b.wire()] for k, b in self._blocks.items()]}
 
     def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
         """The synced state, with ``blocks`` as the view is now (ipywidgets calls this

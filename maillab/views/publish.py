@@ -43,6 +43,7 @@ class Throttle:
         self._not_before = 0.0  # monotonic time: the last publish's cost, paid back
         self._last = 0.0  # monotonic time the last publish ended (0: none yet)
         self._before_last = 0.0  # ... and the one before it
+        self._again = False  # publish once more after this one, events or not
         self.publishes = 0
 
     def poke(self) -> None:
@@ -70,6 +71,15 @@ class Throttle:
         self._before_last, self._last = self._last, time.monotonic()
         self._not_before = self._last + BUDGET * (self._last - started)
         self.publishes += 1
+        if self._again:
+            self._again = False
+            self.poke()
+
+    def again(self) -> None:
+        """From the publish function: publish once more after this one, at the usual
+        pace, even if no event comes (a view that showed less than it has: a
+        transcript's newest lines while traffic streams shows all once it pauses)."""
+        self._again = True
 
     def streaming(self) -> bool:
         """Is the view publishing continuously (it published within the last two

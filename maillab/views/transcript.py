@@ -307,6 +307,12 @@ ALL = "(all)"
 MAX_SESSION_OPTIONS = 200
 #: Events a live view keeps for its filters, in multiples of what it shows.
 KEEP = 2
+#: Lines a live transcript shows while traffic streams: more than this many new lines
+#: at each publish, publishing back to back (hundreds of lines a second, faster than
+#: anyone reads, let alone from a projector). It shows the newest of them, says how
+#: many it skipped, and shows every line again once the traffic pauses (a burst, such as
+#: a FETCH of a whole mailbox, is shown whole: it is not a stream).
+STREAM_LINES = 60
 
 #: Live views, so that the kernel can bring them up to date after every cell.
 _LIVE: weakref.WeakSet[TranscriptView] = weakref.WeakSet()
@@ -326,7 +332,7 @@ def flush_live_views(*_args: Any) -> None:
     timer sends it once the stream ends."""
     for view in list(_LIVE):
         try:
-            if not view._throttle.streaming():
+            if not view._throttle.streaming() and not view.streaming():
                 view.flush()
         except Exception:
             pass
@@ -361,6 +367,8 @@ class TranscriptView:
         self._throttle = Throttle(interval, self._publish)
         self._events: list[Event] = []
         self._cache = RenderCache()
+        self._trimmed = False  # the widget shows only the newest lines of a stream
+        self._applied = time.monotonic()  # when the last publish took the new events
         self.updates = 0  # how many times the publisher refreshed the widget
 
         narrow = w.Layout(width="auto", min_width="12em")
@@ -382,7 +390,7 @@ class TranscriptView:
             self._set_option(self.protocol_w, protocol)
         # The first rendering goes with the widget's opening state: a patch sent
         # before the browser has loaded the view's module would be missed.
-        head, blocks = self._blocks()
+        head, blocks, _note = self._blocks()
         self.html = LiveBlocks(blocks, head, kind="transcript", follow=True)
         self.widget = w.VBox([w.HBox([self.session_w, self.protocol_w, self.user_w, self.copy_w,
                                       self.explain_w], layout=w.Layout(flex_flow="row wrap")),
@@ -399,22 +407,39 @@ class TranscriptView:
 
     def _publish(self) -> None:
         with self._lock:
-            self._apply()
+            self._apply(stream=True)
 
-    def _apply(self) -> None:
+    def _apply(self, stream: bool = False) -> None:
+        """Take the new events and show them; ``stream`` (the publisher's call): while
+        more than ``STREAM_LINES`` arrive at each of back-to-back publishes, show only
+        the newest of them and publish once more after this, to show every line once
+        the stream pauses."""
         last = self._events[-1].seq if self._events else 0
         new = []
         while self._pending:
             ev = self._pending.popleft()
             if ev.seq > last:
                 new.append(ev)
-        if not new:
+        now, since = time.monotonic(), self._applied
+        self._applied = now
+        if not new and not self._trimmed:
             return
         self._events.extend(new)
         if len(self._events) > (KEEP + 1) * self.max_events:
             self._events = self._events[-KEEP * self.max_events:]
-        self._refresh_options()
-        self._render()
+        if new:
+            self._refresh_options()
+        rate = len(new) / max(now - since, 1e-3)
+        streaming = stream and len(new) > STREAM_LINES and self._throttle.sustained()
+        self._render(rate if streaming else None)
+        if streaming:
+            self._throttle.again()
+
+    def streaming(self) -> bool:
+        """Does the view show the newest lines of a stream that goes on? Then a cell's
+        end leaves it to the publisher (which shows every line once the stream pauses):
+        rendering all of it on the kernel's thread is what made each cell wait."""
+        return self._trimmed and self._throttle.sustained()
 
     def flush(self) -> None:
         """Apply buffered events now (tests, and before showing a snapshot)."""
@@ -448,17 +473,30 @@ class TranscriptView:
                 user=self.user_w.value or None,
             )
 
-    def _render(self) -> None:
-        head, blocks = self._blocks()
-        self.html.show(blocks, head)
+    def _render(self, streaming: float | None = None) -> None:
+        """Show the selected events; ``streaming`` (lines a second) shows the newest
+        ``STREAM_LINES`` and says so."""
+        head, blocks, note = self._blocks(streaming)
+        self._trimmed = bool(note)
+        self.html.show(blocks, head, stream=note)
         self.updates += 1
 
-    def _blocks(self) -> tuple[str, list[tuple[str, Block]]]:
+    def _blocks(self, streaming: float | None = None) -> tuple[str, list[tuple[str, Block]], str]:
+        """The head, the blocks and, when it shows only the newest lines of a stream, the
+        note that says what it skipped."""
         events = self.selected()
         if not events:
-            return "<i>no sessions yet: they appear here as they happen</i>", []
-        return render_blocks(events, explain=self.explain_w.value, limit=self.max_events,
-                             copy=self.copy_w.value, cache=self._cache)
+            return "<i>no sessions yet: they appear here as they happen</i>", [], ""
+        if streaming is None or len(events) <= STREAM_LINES:
+            return (*render_blocks(events, explain=self.explain_w.value, limit=self.max_events,
+                                   copy=self.copy_w.value, cache=self._cache), "")
+        _head, blocks = render_blocks(events, explain=self.explain_w.value, limit=STREAM_LINES,
+                                      copy=self.copy_w.value, cache=self._cache)
+        skipped = min(len(events), self.max_events) - STREAM_LINES
+        note = (f"… {skipped:,} lines skipped while traffic streams (~{streaming:,.0f} lines a second):"
+                f" the newest {STREAM_LINES} follow; every line shows here once it pauses, and in"
+                " %mail transcript --static")
+        return f'<div class="ml-note">{html.escape(note)}</div>', blocks, note
 
     def refresh(self) -> None:
         with self._lock:
