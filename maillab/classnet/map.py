@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -82,6 +83,16 @@ def _student_domain(name: dns.name.Name, origin: dns.name.Name) -> str | None:
     return f"{rel.labels[-1].decode('ascii', 'replace').lower()}.{origin.to_text(omit_final_dot=True)}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _asked_domain(qname: str, origin: dns.name.Name) -> str | None:
+    """The student domain a query asked about (None: another name, or one we cannot
+    read): once per name, not once per lookup at every refresh of a live map."""
+    try:
+        return _student_domain(dns.name.from_text(qname), origin)
+    except Exception:  # noqa: BLE001 - a query name we cannot read is not an edge
+        return None
+
+
 def class_map(server: ClassDNS) -> ClassMap:
     """A snapshot of the class as its DNS knows it (safe from any thread)."""
     zone = server.zones.zone
@@ -121,10 +132,7 @@ def class_map(server: ClassDNS) -> ClassMap:
     recent: list[tuple[float, str, str, str, str]] = []
     for lk in lookups:
         asker = by_address.get(lk.peer, lk.peer)
-        try:
-            target = _student_domain(dns.name.from_text(lk.qname), origin)
-        except Exception:  # noqa: BLE001 - a query name we cannot read is not an edge
-            target = None
+        target = _asked_domain(lk.qname, origin)
         if target is not None and lk.qtype in ("MX", "A"):
             if target in rows:
                 rows[target].looked_up += 1

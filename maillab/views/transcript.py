@@ -313,6 +313,8 @@ KEEP = 2
 #: many it skipped, and shows every line again once the traffic pauses (a burst, such as
 #: a FETCH of a whole mailbox, is shown whole: it is not a stream).
 STREAM_LINES = 60
+#: Seconds between refreshes of the session filter's options while traffic streams.
+OPTIONS_EVERY = 2.0
 
 #: Live views, so that the kernel can bring them up to date after every cell.
 _LIVE: weakref.WeakSet[TranscriptView] = weakref.WeakSet()
@@ -369,6 +371,7 @@ class TranscriptView:
         self._cache = RenderCache()
         self._trimmed = False  # the widget shows only the newest lines of a stream
         self._applied = time.monotonic()  # when the last publish took the new events
+        self._options_at = 0.0  # when the session filter's options were last refreshed
         self.updates = 0  # how many times the publisher refreshed the widget
 
         narrow = w.Layout(width="auto", min_width="12em")
@@ -427,10 +430,14 @@ class TranscriptView:
         self._events.extend(new)
         if len(self._events) > (KEEP + 1) * self.max_events:
             self._events = self._events[-KEEP * self.max_events:]
-        if new:
-            self._refresh_options()
         rate = len(new) / max(now - since, 1e-3)
         streaming = stream and len(new) > STREAM_LINES and self._throttle.sustained()
+        # The session filter's options: while a stream goes on, every OPTIONS_EVERY s
+        # (a list that changes under the pointer is no list to choose from, and each
+        # change is a widget update of 200 sessions).
+        if (new or self._trimmed) and (not streaming or now - self._options_at >= OPTIONS_EVERY):
+            self._refresh_options()
+            self._options_at = now
         self._render(rate if streaming else None)
         if streaming:
             self._throttle.again()
