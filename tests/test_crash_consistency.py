@@ -22,13 +22,16 @@ restart:
 
 A second test changes flags through imaplib, IMAPClient, mbsync and poplib, kills the
 process the moment the last client has its acknowledgement, and finds every change
-after the restart, through the restarted server and in the files.
+after the restart, through the restarted server and in the files. A third kills a
+STORE 1:* on 3,000 messages as its first renames land (renamed, not yet in the index).
 """
 
 from __future__ import annotations
 
 import imaplib
 import json
+import mailbox as stdlib_mailbox
+import os
 import poplib
 import random
 import re
@@ -375,3 +378,61 @@ def test_kill_9_right_after_flag_changes_keeps_them(tmp_path) -> None:
             assert flags_from_filename(name) == {f for f in info.flags if f in STANDARD}, (name, info.flags)
     finally:
         store.close()
+
+
+def _flags_by_key(directory: Path) -> dict[str, tuple[int, frozenset[str]]]:
+    """Each INBOX message's UID and flags by its file's key, after checking that the index
+    and the file name's info agree on the standard flags (a restart of the store)."""
+    store = Store(directory / "mail")
+    try:
+        mb = store.mailbox(BOB, "INBOX")
+        out = {}
+        for info in mb.messages():
+            name = mb.file_path(info.uid).name
+            assert flags_from_filename(name) == {f for f in info.flags if f in STANDARD}, (name, info.flags)
+            out[info.key] = (info.uid, info.flags)
+        return out
+    finally:
+        store.close()
+
+
+def test_kill_9_in_the_middle_of_a_large_store(tmp_path) -> None:
+    """STORE 1:* on 3,000 messages (six lock batches of renames, each then written to
+    the index) killed as its first renames land: after the restart every message is
+    there once under its UID, the index follows the file names, and the restarted server
+    finishes the same STORE."""
+    directory = tmp_path / "lab"
+    (directory / "mail").mkdir(parents=True)
+    maildir = stdlib_mailbox.Maildir(directory / "mail" / BOB, create=True)  # copied in (fast)
+    template = _message("big-#")  # (the email package takes ~4 ms a message to build)
+    for n in range(3000):
+        maildir.add(template.replace(b"big-#", b"big-%d" % n))
+    before = _flags_by_key(directory)
+    cur = directory / "mail" / BOB / "cur"
+    proc, services = _serve(directory)
+    try:
+        c = imaplib.IMAP4(services["imap"]["host"], services["imap"]["port"], timeout=10)
+        c.login("bob", "bob-pw")
+        c.select("INBOX")
+        c.send(b"s1 STORE 1:* +FLAGS.SILENT (\\Flagged $Big)\r\n")  # no waiting for its OK
+        deadline = time.monotonic() + 30
+        while not any(True for _ in os.scandir(cur)):
+            assert time.monotonic() < deadline, "the STORE never renamed a file"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    after = _flags_by_key(directory)
+    assert {k: uid for k, (uid, _) in after.items()} == {k: uid for k, (uid, _) in before.items()}
+    flagged = sum("\\Flagged" in flags for _, flags in after.values())
+    print(f"killed with {flagged} of 3,000 messages flagged")
+    proc, services = _serve(directory)
+    try:
+        c = imaplib.IMAP4(services["imap"]["host"], services["imap"]["port"], timeout=10)
+        c.login("bob", "bob-pw")
+        c.select("INBOX")
+        assert c.store("1:*", "+FLAGS.SILENT", "(\\Flagged $Big)")[0] == "OK"
+        c.logout()
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the STORE's OK is all that counts
+        proc.communicate(timeout=10)
+    assert all(flags >= {"\\Flagged", "$Big"} for _, flags in _flags_by_key(directory).values())
