@@ -121,6 +121,7 @@ class Lab:
             cpu_ms=round(lag.cpu * 1000), busy=lag.busy, full_gc_ms=round(lag.full_gc * 1000))
         self.loop.on_gc_pause = lambda pause: self.events.emit(
             "lab", "gc", "lab", "server", "lab", str(pause), wall_ms=round(pause.wall * 1000),
+            cpu_ms=round(pause.cpu * 1000),
             thread=pause.thread, collected=pause.collected)
         self.store = Store(self.directory / "mail")
         self.ca: LabCA | None = None

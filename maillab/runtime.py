@@ -45,12 +45,14 @@ class GCPause:
     when: float  # time.time() at its end
     start: float  # time.monotonic() at its start (to match it with a lag)
     wall: float
+    cpu: float  # of ``wall``, what the collecting thread computed (the rest it waited:
+    # finalizers that release the GIL, a loaded machine)
     thread: str  # the thread whose allocation set it off
     collected: int
 
     def __str__(self) -> str:
-        return (f"full garbage collection of {self.wall * 1000:.0f} ms in thread {self.thread}"
-                f" ({self.collected} objects freed)")
+        return (f"full garbage collection of {self.wall * 1000:.0f} ms ({self.cpu * 1000:.0f} ms CPU)"
+                f" in thread {self.thread}, {self.collected} objects freed")
 
 
 #: The full collections that paused the process past LAG_THRESHOLD, newest last
@@ -70,10 +72,11 @@ def _gc_callback(phase: str, info: dict[str, Any]) -> None:
     started = _gc_started.pop(tid, None)
     if started is None:
         return
-    _gc_cpu[tid] = _gc_cpu.get(tid, 0.0) + time.thread_time() - started[0]
+    cpu = time.thread_time() - started[0]
+    _gc_cpu[tid] = _gc_cpu.get(tid, 0.0) + cpu
     wall = time.monotonic() - started[1]
     if info.get("generation") == 2 and wall > LAG_THRESHOLD:
-        GC_PAUSES.append(GCPause(time.time(), started[1], wall, threading.current_thread().name,
+        GC_PAUSES.append(GCPause(time.time(), started[1], wall, cpu, threading.current_thread().name,
                                  info.get("collected", 0)))
         _gc_pauses_seen += 1
         if len(GC_PAUSES) > _LAG_LOG_MAX:

@@ -105,22 +105,27 @@ def stuffed_parts(data: bytes, dots: tuple[int, ...] | None) -> list[bytes | mem
 
 class Plans:
     """Plans by message (mailbox path, UIDVALIDITY, UID, size), bounded (the oldest
-    go first); any thread may ask."""
+    go first); any thread may ask.
+
+    Kept as plain ``(crlf, dots)`` tuples, not Plan objects: 50,000 plans of a long-running
+    lab would otherwise be 50,000 more objects for every full garbage collection to
+    walk (the collector stops tracking a tuple of ints and bools)."""
 
     def __init__(self, size: int = PLANS) -> None:
         self.size = size
-        self._plans: dict[tuple[str, int, int, int], Plan] = {}
+        self._plans: dict[tuple[str, int, int, int], tuple[bool, tuple[int, ...] | None]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: tuple[str, int, int, int]) -> Plan | None:
-        return self._plans.get(key)
+        kept = self._plans.get(key)
+        return None if kept is None else Plan(*kept)
 
     def put(self, key: tuple[str, int, int, int], plan: Plan) -> None:
         with self._lock:
             if len(self._plans) >= self.size:
                 for old in list(self._plans)[: self.size // 4]:
                     del self._plans[old]
-            self._plans[key] = plan
+            self._plans[key] = (plan.crlf, plan.dots)
 
 
 #: The process's plans: every lab's POP3 servers share them (the key names the message).
