@@ -79,3 +79,30 @@ def test_events_since_skips_the_older_ones_also_in_a_trimmed_or_recorded_bus():
     kept = [e.seq for e in gaps.events()]
     for since in (0, kept[0], kept[7], kept[-1]):
         assert [e.seq for e in gaps.events(since=since)] == [s for s in kept if s > since]
+
+
+def test_kept_events_cost_the_collector_nothing_and_read_back_whole() -> None:
+    import gc
+
+    from maillab.events import Event
+
+    bus = EventBus()
+    rec = bus.session("smtp", "server", "mail.alpha.test", peer="127.0.0.1:1")
+    rec.user = "bob"
+    rec.client_line("MAIL FROM:<a@b>")
+    emitted = rec.emit("note", "queued", queue_id="ABC", bytes=12)
+    gc.collect()
+    gc.collect()  # the first untracks the data tuples, the second the events holding them
+    # What the bus keeps is plain tuples of atomic values, which the collector untracks.
+    assert not any(gc.is_tracked(kept) for kept in bus._events)
+    opened, line, note = bus.events()
+    assert note == emitted and note.kind == "note" and note.text == "queued"
+    assert note.data == {"queue_id": "ABC", "bytes": 12, "user": "bob"} and line.data == {"user": "bob"}
+    assert opened.data == {"peer": "127.0.0.1:1"} and line.is_line and not note.is_line
+    note.data["queue_id"] = "changed"  # a fresh dict: the event stays as recorded
+    assert bus.events(last=1)[0].data["queue_id"] == "ABC"
+    assert [e.seq for e in bus.events(last=2)] == [line.seq, note.seq]
+    made = Event(1, 0.0, "smtp-1", "C", "smtp", "server", "h", "NOOP", {"user": "x"})
+    assert made.data == {"user": "x"} and Event(1, 0.0, "s", "C", "p", "server", "h").data == {}
+    assert "data={'user': 'x'}" in repr(made)
+    assert EventBus.from_events(bus.events()).events() == bus.events()

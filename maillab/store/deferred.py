@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .dirsync import collector_paused
+from ..runtime import collector_paused
 from .table import STATES, SUBDIRS, MessageTable
 
 #: New rows from one sync below this many go into the index as rows at once.

@@ -11,18 +11,17 @@ stat'ed (:mod:`maillab.store.measure` fills in the rest when asked).
 
 from __future__ import annotations
 
-import gc
 import os
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import TypeVar
 
+from ..runtime import collector_paused
 from .filenames import FLAG_LETTERS, arrival_sorted, flags_from_filename, sizes_from_keys
 from .table import NEW, STATES, UNKNOWN, UNKNOWN_DATE, MessageTable
 
@@ -34,20 +33,6 @@ CHANGE_LOG_SIZE = 20_000
 #: Above this many messages, outside changes noticed from the lab loop are picked
 #: up by a background thread (comparing names costs ~1 ms per 1,000 messages).
 INLINE_SYNC_MAX = 5_000
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Build many long-lived objects without the cyclic garbage collector: indexing
-    100,000 files would otherwise set off a full collection every few thousand
-    allocations, and none of them is garbage."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class DirectorySync:
