@@ -17,6 +17,12 @@ driven by real clients, one change at a time, each change left to publish:
 * ``%mail relay``: a message relayed to another domain while its path grows;
 * ``%mail class map``: the class DNS (on a free port) answering one MX query per change.
 
+Then a stream: ``--stream`` seconds of three smtplib clients sending as fast as the lab
+takes them, with two transcripts open side by side: one as it is (the newest
+``STREAM_LINES`` while traffic streams, every line once it pauses) and one that sends
+every line (``stream_lines=None``). It prints the bytes and messages each sent, and
+whether both end showing exactly the same.
+
 For every change it records the bytes of the comm messages the view sent (JSON of their
 content, as ``kernel_load.py`` counts them) and the bytes the same change cost before:
 ``{"method": "update", "state": {"value": <the whole view>}}``. It prints, per view, the
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=200, help="messages in the POP3 maildrop")
     ap.add_argument("--changes", type=int, default=30, help="changes per view")
+    ap.add_argument("--stream", type=float, default=4.0, help="seconds of streaming SMTP traffic")
     args = ap.parse_args(argv)
     from maillab.classnet.server import ClassDNS
     from maillab.views.class_map import LiveClassMap
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         c.change(lambda: lab.relay.flush(), settle=1.0)
         relay.close()
 
+        stream = stream_transcripts(lab, user, body, args.stream)
+
         server = ClassDNS(tmp / "class", port=0).start()
         try:
             cmap = LiveClassMap(server)
@@ -177,7 +186,68 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"| {name} | {len(c.after)} | {statistics.median(c.before):,.0f} | {statistics.median(c.after):,.0f}"
               f" | {sum(c.before):,} | {sum(c.after):,} | {sum(c.after) / sum(c.before):.3f} |")
+    print()
+    print(f"a stream: 3 SMTP clients for {args.stream:.0f} s, {stream['lines']:,} events"
+          f" ({stream['lines'] / args.stream:,.0f} a second)")
+    print()
+    print("| transcript | messages while streaming | bytes while streaming | / every line's"
+          " | messages after (to settled) | bytes after |")
+    print("|---|---:|---:|---:|---:|---:|")
+    every = stream["every line"][0][0]
+    for name in ("every line", "newest lines while streaming"):
+        (sent, count), (after, later) = stream[name]
+        print(f"| {name} | {count} | {sent:,} | {sent / every:.3f} | {later} | {after:,} |")
+    print(f"\nboth end showing the same blocks: {stream['same']}")
     return 0
+
+
+def stream_transcripts(lab: Any, user: str, body: bytes, seconds: float) -> dict[str, Any]:
+    """Two live transcripts under the same stream: as they are, and sending every line."""
+    import threading
+
+    from maillab.views.transcript import TranscriptView
+
+    views = {"every line": TranscriptView(lab.events, stream_lines=None),
+             "newest lines while streaming": TranscriptView(lab.events)}
+    counters = {name: Counter(v.html) for name, v in views.items()}
+    messages = dict.fromkeys(views, 0)
+    for name, view in views.items():
+        send = view.html.send
+
+        def counted(content: Any, buffers: Any = None, name: str = name, send: Any = send) -> None:
+            messages[name] += 1
+            send(content, buffers)
+        view.html.send = counted  # type: ignore[method-assign]
+    first = lab.events.last_seq()
+    stop = threading.Event()
+
+    def client() -> None:
+        with smtplib.SMTP(*lab.address("smtp"), timeout=30) as s:
+            while not stop.is_set():
+                s.sendmail("alice@alpha.test", [user], body)
+    clients = [threading.Thread(target=client) for _ in range(3)]
+    for t in clients:
+        t.start()
+    time.sleep(seconds)
+    during = {name: (counters[name].sent, messages[name] + counters[name].states) for name in views}
+    stop.set()
+    for t in clients:
+        t.join(30)
+    lines = lab.events.last_seq() - first
+    deadline = time.monotonic() + 10
+    a, b = views.values()
+    while time.monotonic() < deadline and (a.html.value != b.html.value or a._throttle.streaming()
+                                           or b._throttle.streaming()):
+        time.sleep(0.1)
+    time.sleep(1.5)  # the settle timers' whole states
+    out: dict[str, Any] = {name: (during[name], (counters[name].sent - during[name][0],
+                                                  messages[name] + counters[name].states - during[name][1]))
+                           for name in views}
+    # The same blocks (the note on events not shown counts what each view kept).
+    out["lines"], out["same"] = lines, list(a.html._blocks.items()) == list(b.html._blocks.items())
+    for view in views.values():
+        view.close()
+    return out
 
 
 if __name__ == "__main__":

@@ -345,7 +345,9 @@ class TranscriptView:
     """A live transcript of ``bus``: filters by session, protocol and user.
 
     ``interval`` is the publishing period in seconds; ``max_events`` bounds what
-    the widget shows (the newest events), so a long session stays responsive.
+    the widget shows (the newest events), so a long session stays responsive;
+    ``stream_lines`` is what it shows while traffic streams (see ``STREAM_LINES``;
+    None shows every line however fast they come).
     """
 
     def __init__(
@@ -358,12 +360,14 @@ class TranscriptView:
         explain: bool = True,
         interval: float = 0.1,
         max_events: int = 1500,
+        stream_lines: int | None = STREAM_LINES,
     ) -> None:
         import ipywidgets as w
 
         self.bus = bus
         self.interval = interval
         self.max_events = max_events
+        self.stream_lines = stream_lines  # None: every line, however fast they come
         self._lock = threading.RLock()  # widget state: publisher vs. the kernel thread
         self._pending: deque[Event] = deque()  # appended on the lab thread
         self._throttle = Throttle(interval, self._publish)
@@ -414,7 +418,7 @@ class TranscriptView:
 
     def _apply(self, stream: bool = False) -> None:
         """Take the new events and show them; ``stream`` (the publisher's call): while
-        more than ``STREAM_LINES`` arrive at each of back-to-back publishes, show only
+        more than ``stream_lines`` arrive at each of back-to-back publishes, show only
         the newest of them and publish once more after this, to show every line once
         the stream pauses."""
         last = self._events[-1].seq if self._events else 0
@@ -431,7 +435,8 @@ class TranscriptView:
         if len(self._events) > (KEEP + 1) * self.max_events:
             self._events = self._events[-KEEP * self.max_events:]
         rate = len(new) / max(now - since, 1e-3)
-        streaming = stream and len(new) > STREAM_LINES and self._throttle.sustained()
+        streaming = (stream and self.stream_lines is not None and len(new) > self.stream_lines
+                     and self._throttle.sustained())
         # The session filter's options: while a stream goes on, every OPTIONS_EVERY s
         # (a list that changes under the pointer is no list to choose from, and each
         # change is a widget update of 200 sessions).
@@ -482,7 +487,7 @@ class TranscriptView:
 
     def _render(self, streaming: float | None = None) -> None:
         """Show the selected events; ``streaming`` (lines a second) shows the newest
-        ``STREAM_LINES`` and says so."""
+        ``stream_lines`` and says so."""
         head, blocks, note = self._blocks(streaming)
         self._trimmed = bool(note)
         self.html.show(blocks, head, stream=note)
@@ -494,14 +499,15 @@ class TranscriptView:
         events = self.selected()
         if not events:
             return "<i>no sessions yet: they appear here as they happen</i>", [], ""
-        if streaming is None or len(events) <= STREAM_LINES:
+        lines = self.stream_lines
+        if streaming is None or lines is None or len(events) <= lines:
             return (*render_blocks(events, explain=self.explain_w.value, limit=self.max_events,
                                    copy=self.copy_w.value, cache=self._cache), "")
-        _head, blocks = render_blocks(events, explain=self.explain_w.value, limit=STREAM_LINES,
+        _head, blocks = render_blocks(events, explain=self.explain_w.value, limit=lines,
                                       copy=self.copy_w.value, cache=self._cache)
-        skipped = min(len(events), self.max_events) - STREAM_LINES
+        skipped = min(len(events), self.max_events) - lines
         note = (f"… {skipped:,} lines skipped while traffic streams (~{streaming:,.0f} lines a second):"
-                f" the newest {STREAM_LINES} follow; every line shows here once it pauses, and in"
+                f" the newest {lines} follow; every line shows here once it pauses, and in"
                 " %mail transcript --static")
         return f'<div class="ml-note">{html.escape(note)}</div>', blocks, note
 
