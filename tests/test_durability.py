@@ -86,18 +86,18 @@ def _reply(calls: list[Call], text: str, after: int) -> Call:
 
 
 def _check(calls: list[Call], reply: Call, after: int, change: str, paths: list[str],
-           what: str) -> None:
+           what: str, *, index: bool = True) -> None:
     """Between ``after`` and ``reply``: a ``change`` call (rename/unlink; a rename
     through directory handles, ``renameat``, counts as one) whose arguments hold each
-    path's directory, then a returned fsync of that directory and of the index log,
-    all before the reply started."""
+    path's directory, then a returned fsync of that directory and (with ``index``) of
+    the index log, all before the reply started."""
     window = [c for c in calls if after < c.start < reply.start]
     names = {change, "renameat", "renameat2"} if change == "rename" else {change}
     for path in paths:
         changed = [c for c in window if c.name in names and (f'{path}/' in c.args or f'<{path}>' in c.args)]
         assert changed, f"{what}: no {change} in {path}/ before the reply"
         last = max(c.end for c in changed)
-        for target in (f"{path}>", f"{Path(path).parent}/maillab-index.sqlite-wal>"):
+        for target in (f"{path}>", f"{Path(path).parent}/maillab-index.sqlite-wal>")[:1 + index]:
             synced = [c for c in window if c.name == "fsync" and target in c.args
                       and c.start > last and c.end < reply.start]
             assert synced, (f"{what}: no fsync of {target[:-1]} after the {change} and before"
@@ -165,6 +165,15 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
         pop.pass_("bob-pw")
         pop.retr(1)
         assert pop.quit().startswith(b"+OK")
+        # folders: each OK waits for the change of the user's directory
+        imap = imaplib.IMAP4(services["imap"]["host"], services["imap"]["port"], timeout=30)
+        imap.login("bob", "bob-pw")
+        for typ, data in (imap.subscribe("Archive"), imap.unsubscribe("Archive"),
+                          imap.create("Work"), imap.rename("Work", "Job"), imap.delete("Job"),
+                          imap.append("INBOX", None, None, _message("in-a-renamed-inbox")),
+                          imap.rename("INBOX", "Old")):  # RFC 3501 6.3.5: the messages move
+            assert typ == "OK", data
+        imap.logout()
     finally:
         # the lab is strace's child; strace ends when it has
         for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
@@ -198,6 +207,23 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
     _check(calls, quit_ok, fetch_ok.start, "unlink", [f"{inbox}/new"], "POP3 UPDATE +OK")
     seen_quit_ok = _reply(calls, "+OK maillab POP3 server signing off", quit_ok.start)
     _check(calls, seen_quit_ok, quit_ok.start, "rename", [f"{inbox}/cur"], "POP3 QUIT +OK (RETR's \\Seen)")
+
+    sub_ok = _reply(calls, "OK SUBSCRIBE completed", seen_quit_ok.start)
+    _check_replaced(calls, sub_ok, seen_quit_ok.start, inbox, "maillab-imap-subscriptions", "SUBSCRIBE OK")
+    unsub_ok = _reply(calls, "OK UNSUBSCRIBE completed", sub_ok.start)
+    _check_replaced(calls, unsub_ok, sub_ok.start, inbox, "maillab-imap-subscriptions", "UNSUBSCRIBE OK")
+    work_ok = _reply(calls, "CREATE completed", unsub_ok.start)
+    _check_replaced(calls, work_ok, unsub_ok.start, inbox, "maillab-uidvalidity", "CREATE OK")
+    assert any(c.name == "fsync" and f"{inbox}/.Work>" in c.args and c.end < work_ok.start
+               for c in calls if c.start > unsub_ok.start), "CREATE OK: the new folder not fsync'ed"
+    rename_ok = _reply(calls, "RENAME completed", work_ok.start)
+    _check(calls, rename_ok, work_ok.start, "rename", [inbox], "RENAME OK", index=False)
+    delete_ok = _reply(calls, "DELETE completed", rename_ok.start)
+    _check(calls, delete_ok, rename_ok.start, "rename", [inbox], "DELETE OK (out of the folder names)",
+           index=False)
+    inbox_ok = _reply(calls, "RENAME completed", delete_ok.start)
+    _check(calls, inbox_ok, delete_ok.start, "rename", [f"{inbox}/.Old/new"], "RENAME INBOX OK (the copies)")
+    _check(calls, inbox_ok, delete_ok.start, "unlink", [f"{inbox}/new"], "RENAME INBOX OK (the originals)")
 
 
 RELAY_LAB = """

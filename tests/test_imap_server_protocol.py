@@ -302,6 +302,30 @@ def test_uidvalidity_changes_on_delete_recreate_and_rename(lab: Lab, user: str) 
     c.logout()
 
 
+def test_rename_inbox_moves_its_messages_and_leaves_it_empty(lab: Lab, user: str) -> None:
+    """RFC 3501 6.3.5: renaming INBOX moves its messages to a new mailbox of the new
+    name; INBOX stays (empty, same UIDVALIDITY, UIDs not reused), its children stay."""
+    c = client(lab, user)
+    c.create("INBOX/Child")
+    for subject in ("one", "two"):
+        c.append("INBOX", "(\\Flagged $Work)", None, msg(subject))
+    typ, data = c.select("INBOX")
+    uv = c.response("UIDVALIDITY")[1][0]
+    typ, data = c.rename("INBOX", "Old")
+    assert typ == "OK", data
+    c.noop()
+    assert len(c.response("EXPUNGE")[1]) == 2  # INBOX stays selected, now empty
+    typ, data = c.status("INBOX", "(MESSAGES UIDVALIDITY UIDNEXT)")
+    assert b"MESSAGES 0" in data[0] and b"UIDVALIDITY " + uv in data[0] and b"UIDNEXT 3" in data[0]
+    c.select("Old")
+    typ, data = c.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    text = b" ".join(part[0] + part[1] if isinstance(part, tuple) else part for part in data)
+    assert b"Subject: one" in text and b"Subject: two" in text and text.count(b"$Work") == 2
+    assert [n for n in (b"INBOX/Child", b"Old") if any(n in x for x in c.list()[1])] == [b"INBOX/Child", b"Old"]
+    assert c.rename("INBOX", "Old")[0] == "NO"  # Old exists now
+    c.logout()
+
+
 def test_uids_strictly_ascending_and_never_reused(lab: Lab, user: str) -> None:
     c = client(lab, user)
     c.select("INBOX")

@@ -40,6 +40,7 @@ from .verbs import (
     Close,
     Copy,
     Create,
+    Delete,
     Expunge,
     Fetch,
     Rename,
@@ -47,6 +48,8 @@ from .verbs import (
     Select,
     Status,
     Store,
+    Subscribe,
+    Unsubscribe,
 )
 
 log = logging.getLogger("maillab.imap")
@@ -68,9 +71,11 @@ IDLE_POLL = 1.0
 #: they run on a worker thread, so the lab loop keeps answering other sessions
 #: meanwhile. Move is a Copy, Examine a Select. Everything else is light and runs
 #: inline on the loop, where it never waits for a mailbox another thread holds
-#: (see ``IMAPSession.on_loop``). CREATE and RENAME wait for the disk: the user's
-#: UIDVALIDITY file is fsync'ed before the new folder uses its value.
-OFFLOADED = (Fetch, Search, Append, Copy, Select, Status, Store, Expunge, Close, Create, Rename)
+#: (see ``IMAPSession.on_loop``). CREATE, DELETE, RENAME, SUBSCRIBE and UNSUBSCRIBE
+#: wait for the disk (an fsync of the user's directory, and of the UIDVALIDITY file
+#: before a new folder uses its value) before their OK.
+OFFLOADED = (Fetch, Search, Append, Copy, Select, Status, Store, Expunge, Close, Create, Rename,
+             Delete, Subscribe, Unsubscribe)
 #: Worker threads for :data:`OFFLOADED` commands (the GIL serialises Python anyway;
 #: the point is that the loop gets a turn every switch interval).
 WORKERS = 2

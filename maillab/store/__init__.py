@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,8 @@ __all__ = ["Store", "Mailbox", "MessageInfo", "InvalidName", "MailboxExists", "N
 
 #: Folders every user gets, with their RFC 6154 SPECIAL-USE attribute.
 SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk"}
+#: A deleted folder's directory until its files are gone (no leading ".": not a folder).
+TRASH_PREFIX = "maillab-deleting-"
 
 
 class NoSuchMailbox(LookupError):
@@ -127,17 +128,28 @@ class Store:
                     names.append(name)
         return names
 
-    def create_mailbox(self, user: str, name: str) -> Mailbox:
+    def create_mailbox(self, user: str, name: str, *, sync: bool = False) -> Mailbox:
+        """A new folder. With ``sync`` its directories and index are on the disk, and
+        the user's directory that names it, before this returns (CREATE's OK)."""
         with self._lock:
             if self.exists(user, name):
                 raise MailboxExists(name)
-            return self.mailbox(user, name, create=True)
+            mb = self.mailbox(user, name, create=True)
+        if sync:
+            mb.flush(("tmp", "new", "cur"))  # the first flush: the folder's parents too
+        return mb
 
-    def delete_mailbox(self, user: str, name: str) -> None:
+    def delete_mailbox(self, user: str, name: str, *, sync: bool = False) -> None:
+        """Remove a folder and its messages. Its directory is first renamed out of the
+        folder names (Dovecot does the same with ``..DOVECOT-TRASH``): one step that a
+        crash or a power cut either made or not, never half a folder left to list. With
+        ``sync`` that rename is on the disk (the user's directory fsync'ed) before the
+        files go and before this returns (DELETE's OK)."""
         if is_inbox(name):
             raise InvalidName("INBOX cannot be deleted")
         user = user.lower()
         name = self.canonical_name(name)
+        root = self.user_root(user)
         with self._lock:
             self._opened.wait_for(lambda: (user, name) not in self._opening)
             path = self.folder_path(user, name)
@@ -146,14 +158,30 @@ class Store:
             mb = self._open.pop((user, name), None)
             if mb:
                 mb.close()
-            shutil.rmtree(path)
+            trash = root / f"{TRASH_PREFIX}{time.time_ns()}"
+            os.rename(path, trash)
+        if sync:
+            GROUP.sync([os.fspath(root)])
+        for entry in os.listdir(root):  # this one, and any a crash left behind
+            if entry.startswith(TRASH_PREFIX):
+                shutil.rmtree(root / entry, ignore_errors=True)
 
-    def rename_mailbox(self, user: str, old: str, new: str) -> None:
-        """Rename a folder and its children (Maildir++ keeps children as siblings)."""
+    def rename_mailbox(self, user: str, old: str, new: str, *, sync: bool = False) -> None:
+        """Rename a folder and its children (Maildir++ keeps children as siblings).
+        Each renamed folder gets a new UIDVALIDITY (a client that knew another folder
+        of the new name must not take these UIDs for its). With ``sync`` the renames
+        are on the disk (the user's directory fsync'ed) before this returns.
+
+        INBOX is special (RFC 3501 6.3.5): its messages move to a new folder of the
+        new name, INBOX stays, empty, and its children stay where they are."""
         user = user.lower()
         old, new = self.canonical_name(old), self.canonical_name(new)
-        if is_inbox(old) or is_inbox(new):
-            raise InvalidName("renaming INBOX is not supported in the lab")
+        if is_inbox(new):
+            raise MailboxExists(new)
+        if is_inbox(old):
+            self._empty_inbox_into(user, new, sync)
+            return
+        root = self.user_root(user)
         with self._lock:
             self._opened.wait_for(lambda: all(u != user for u, _ in self._opening))
             if not self.exists(user, old):
@@ -162,25 +190,43 @@ class Store:
                 raise MailboxExists(new)
             moves = [(n, new + n[len(old):]) for n in self.list_mailboxes(user)
                      if n == old or n.startswith(old + "/")]
-            for src, dst in moves:
+            # on the disk before any folder shows under its new name
+            first = self._next_uidvalidity(user, len(moves))
+            for uidvalidity, (src, dst) in enumerate(moves, first):
                 mb = self._open.pop((user, src), None)
                 if mb:
                     mb.close()
-                src_path, dst_path = self.folder_path(user, src), self.folder_path(user, dst)
-                os.rename(src_path, dst_path)
-                # A renamed mailbox is a new mailbox to IMAP clients: new UIDVALIDITY.
-                Mailbox(dst_path, dst).close()
-                self._reset_uidvalidity(user, dst_path)
+                dst_path = self.folder_path(user, dst)
+                os.rename(self.folder_path(user, src), dst_path)
+                # closed: sqlite checkpoints the log into the index file and fsyncs it
+                mb = Mailbox(dst_path, dst, uidvalidity_source=lambda v=uidvalidity: v)
+                mb.set_meta("uidvalidity", uidvalidity)
+                mb.close()
+        if sync:
+            GROUP.sync([os.fspath(root)])
 
-    def _reset_uidvalidity(self, user: str, path: Path) -> None:
-        db = sqlite3.connect(str(path / "maillab-index.sqlite"))
-        with db:
-            db.execute("UPDATE meta SET value = ? WHERE key = 'uidvalidity'",
-                       (str(self._next_uidvalidity(user)),))
-        db.close()
+    def _empty_inbox_into(self, user: str, new: str, sync: bool) -> None:
+        """RENAME INBOX: every message copied into a new folder, then expunged from
+        INBOX (as MOVE does), so each is in one of them after a crash, at worst in
+        both, never in neither."""
+        inbox = self.mailbox(user, "INBOX")
+        target = self.create_mailbox(user, new, sync=sync)
+        moved = []
+        for info in inbox.messages():
+            try:
+                data = inbox.read(info.uid)
+            except (KeyError, FileNotFoundError):
+                continue  # expunged meanwhile
+            self.notify(user, target.name, target.add(data, info.flags, info.internaldate,
+                                                      sync=sync, flush=False))
+            moved.append(info.uid)
+        if sync:
+            target.flush()
+        inbox.remove(moved, sync=sync)
 
-    def _next_uidvalidity(self, user: str) -> int:
-        """A UIDVALIDITY never handed out before for this user, even within one second.
+    def _next_uidvalidity(self, user: str, count: int = 1) -> int:
+        """A UIDVALIDITY never handed out before for this user, even within one second
+        (the first of ``count`` consecutive ones).
 
         The last one handed out is on the disk before the new mailbox can use it: a
         power cut that lost it would let the next mailbox of that name get the same
@@ -196,7 +242,7 @@ class Store:
             except (FileNotFoundError, ValueError):
                 last = 0
             value = max(int(time.time()), last + 1)
-            replace_file(f, str(value).encode())
+            replace_file(f, str(value + count - 1).encode())
         GROUP.sync([os.fspath(root)])  # outside the lock: other folders open meanwhile
         return value
 

@@ -6,10 +6,12 @@ so LSUB in a fresh client shows the folders the lab made.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from . import SPECIAL_USE, Store
+from .groupsync import GROUP, replace_file
 
 SUBSCRIPTIONS_FILE = "maillab-imap-subscriptions"
 
@@ -26,9 +28,11 @@ def subscriptions(store: Store, user: str) -> list[str]:
     return [n for n in path.read_text("utf-8").split("\n") if n]
 
 
-def save_subscriptions(store: Store, user: str, names: Iterable[str]) -> None:
-    """Replace ``user``'s subscriptions (atomically: a crash leaves the old list)."""
+def save_subscriptions(store: Store, user: str, names: Iterable[str], *, sync: bool = False) -> None:
+    """Replace ``user``'s subscriptions (atomically: a crash leaves the old list). With
+    ``sync`` the new list is on the disk, and the directory that names it, before this
+    returns (SUBSCRIBE's OK)."""
     path = _path(store, user)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(n + "\n" for n in dict.fromkeys(names)), "utf-8")
-    tmp.replace(path)
+    replace_file(path, "".join(n + "\n" for n in dict.fromkeys(names)).encode("utf-8"), sync=sync)
+    if sync:
+        GROUP.sync([os.fspath(path.parent)])

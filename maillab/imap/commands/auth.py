@@ -88,7 +88,7 @@ def create(s: IMAPSession, cmd: Create) -> Iterator[Output]:
     if uses and not all(SPECIAL_USE.get(name) == u for u in uses):
         raise No("[USEATTR] special-use attributes belong to the lab's fixed folders")
     try:
-        s.store.create_mailbox(s.user or "", name)
+        s.store.create_mailbox(s.user or "", name, sync=s.limits.smtp_fsync)  # on disk before OK
     except MailboxExists:
         raise No(f"[ALREADYEXISTS] mailbox {name} already exists") from None
     return None
@@ -103,25 +103,24 @@ def delete(s: IMAPSession, cmd: Delete) -> Iterator[Output]:
     if s.selected is not None and s.selected.name == name:
         s.selected = None
         s.set_state(State.AUTHENTICATED)
-    s.store.delete_mailbox(s.user or "", name)
+    s.store.delete_mailbox(s.user or "", name, sync=s.limits.smtp_fsync)  # on disk before OK
     s.on_change(s.user or "", name)
     return None
     yield
 
 
 def rename(s: IMAPSession, cmd: Rename) -> Iterator[Output]:
-    """RFC 3501 6.3.5 (children move along; INBOX is not renamed in the lab)."""
+    """RFC 3501 6.3.5: children move along; renaming INBOX moves its messages into a
+    new mailbox and leaves INBOX empty (its children stay)."""
     old, new = s.mailbox_name(cmd.old), s.mailbox_name(cmd.new)
-    if is_inbox(old):
-        raise No("[CANNOT] renaming INBOX is not supported in the lab")
     if is_inbox(new):
         raise No("[ALREADYEXISTS] INBOX exists")
     try:
-        s.store.rename_mailbox(s.user or "", old, new)
+        s.store.rename_mailbox(s.user or "", old, new, sync=s.limits.smtp_fsync)  # on disk before OK
     except MailboxExists:
         raise No(f"[ALREADYEXISTS] mailbox {new} already exists") from None
-    if s.selected is not None and (s.selected.name == old
-                                   or s.selected.name.startswith(old + DELIMITER)):
+    if s.selected is not None and not is_inbox(old) and (
+            s.selected.name == old or s.selected.name.startswith(old + DELIMITER)):
         s.selected = None
         s.set_state(State.AUTHENTICATED)
     s.on_change(s.user or "", old)
@@ -134,7 +133,8 @@ def subscribe(s: IMAPSession, cmd: Subscribe) -> Iterator[Output]:
     name = s.mailbox_name(cmd.mailbox)
     if not s.store.exists(s.user or "", name):
         raise No(f"[NONEXISTENT] no mailbox {name}")
-    save_subscriptions(s.store, s.user or "", [*subscriptions(s.store, s.user or ""), name])
+    save_subscriptions(s.store, s.user or "", [*subscriptions(s.store, s.user or ""), name],
+                       sync=s.limits.smtp_fsync)  # on disk before OK
     return None
     yield
 
@@ -145,7 +145,8 @@ def unsubscribe(s: IMAPSession, cmd: Unsubscribe) -> Iterator[Output]:
     subs = subscriptions(s.store, s.user or "")
     if name not in subs:
         raise No(f"[NONEXISTENT] {name} is not subscribed")
-    save_subscriptions(s.store, s.user or "", (n for n in subs if n != name))
+    save_subscriptions(s.store, s.user or "", (n for n in subs if n != name),
+                       sync=s.limits.smtp_fsync)  # on disk before OK
     return None
     yield
 
