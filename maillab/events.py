@@ -85,7 +85,12 @@ class Event(tuple):
         if len(pairs) == 2:  # the usual one: {"user": ...}
             return {pairs[0]: pairs[1]}
         items = iter(pairs)
-        return dict(zip(items, items, strict=True))
+        data = dict(zip(items, items, strict=True))
+        lists = data.pop(_LISTS, None)
+        if lists:
+            for key in lists:
+                data[key] = list(data[key])
+        return data
 
     @property
     def is_line(self) -> bool:
@@ -107,8 +112,21 @@ class Event(tuple):
 _NO_DATA: tuple[Any, ...] = ()
 
 
+#: The last key of kept data whose lists of atoms are kept as tuples (a list is always
+#: tracked; DNS answers and relay recipients are lists): its value names those keys.
+_LISTS = "\x00lists"
+_ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 def _flat(data: dict[str, Any] | None) -> tuple[Any, ...]:
-    return tuple(chain.from_iterable(data.items())) if data else _NO_DATA
+    if not data:
+        return _NO_DATA
+    if list not in map(type, data.values()):
+        return tuple(chain.from_iterable(data.items()))
+    lists = tuple(k for k, v in data.items() if type(v) is list and _ATOMS.issuperset(map(type, v)))
+    if not lists:
+        return tuple(chain.from_iterable(data.items()))
+    return (*chain.from_iterable((k, tuple(v) if k in lists else v) for k, v in data.items()), _LISTS, lists)
 
 
 _tuple_new = tuple.__new__
