@@ -118,7 +118,8 @@ class Lab:
         self.loop = LabLoop(f"maillab-loop-{id(self):x}")
         self.loop.on_lag = lambda lag: self.events.emit(
             "lab", "lag", "lab", "server", "lab", str(lag), wall_ms=round(lag.wall * 1000),
-            cpu_ms=round(lag.cpu * 1000), busy=lag.busy, full_gc_ms=round(lag.full_gc * 1000))
+            cpu_ms=round(lag.cpu * 1000), busy=lag.busy, full_gc_ms=round(lag.full_gc * 1000),
+            others_ms=round(lag.others * 1000))
         self.loop.on_gc_pause = lambda pause: self.events.emit(
             "lab", "gc", "lab", "server", "lab", str(pause), wall_ms=round(pause.wall * 1000),
             cpu_ms=round(pause.cpu * 1000),

@@ -125,6 +125,10 @@ class Lag:
     #: the longest of them: why a lab that computed nothing still waited
     full_gc: float = 0.0
     pause: GCPause | None = None
+    #: CPU seconds the process's other threads used meanwhile: much, and the lab thread
+    #: waited for the GIL they held (or for a core); little, and it was blocked or the
+    #: machine ran other processes
+    others: float = 0.0
 
     @property
     def own_cpu(self) -> float:
@@ -141,8 +145,11 @@ class Lag:
             why = "busy computing"
         elif self.pause is not None and self.full_gc >= self.wall / 2:
             why = f"waiting for a {self.pause}"
+        elif self.others >= self.wall / 2:
+            why = f"waiting while other threads of this process computed {self.others * 1000:.0f} ms"
         else:
-            why = "waiting (blocked, GIL or machine load)"
+            why = (f"waiting (blocked or machine load: other threads computed {self.others * 1000:.0f} ms"
+                   " meanwhile)")
         gc_note = f", {self.gc * 1000:.0f} ms of it garbage collection" if self.gc >= 0.01 else ""
         return f"lab loop lagged {self.wall * 1000:.0f} ms ({self.cpu * 1000:.0f} ms CPU{gc_note}: {why})"
 
@@ -160,6 +167,7 @@ class LagWatch:
         self._due = 0.0
         self._cpu = 0.0
         self._gc = 0.0
+        self._process = 0.0
         self._pauses = _gc_pauses_seen  # full collections before the start are not ours
         self._handle: asyncio.TimerHandle | None = None
 
@@ -169,6 +177,7 @@ class LagWatch:
 
     def _beat(self, loop: asyncio.AbstractEventLoop) -> None:
         now, cpu = time.monotonic(), time.thread_time()  # thread_time: the lab thread's own CPU
+        process = time.process_time()  # every thread's
         collected = _gc_cpu.get(threading.get_ident(), 0.0)
         late = now - self._due
         pauses, self._pauses = gc_pauses_since(self._pauses)
@@ -180,8 +189,9 @@ class LagWatch:
             overlap = [(t, p) for t, p in overlap if t > 0]
             self.lab_loop.lagged(Lag(self.lab_loop.name, time.time(), late, cpu - self._cpu,
                                      collected - self._gc, sum(t for t, _ in overlap),
-                                     max(overlap, key=lambda tp: tp[0])[1] if overlap else None))
-        self._due, self._cpu, self._gc = now + HEARTBEAT, cpu, collected
+                                     max(overlap, key=lambda tp: tp[0])[1] if overlap else None,
+                                     max(0.0, process - self._process - (cpu - self._cpu))))
+        self._due, self._cpu, self._gc, self._process = now + HEARTBEAT, cpu, collected, process
         self._handle = loop.call_later(HEARTBEAT, self._beat, loop)
 
 

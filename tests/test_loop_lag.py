@@ -74,3 +74,14 @@ def test_a_long_full_garbage_collection_is_an_event_and_in_the_status(single_lab
     assert "full garbage collection" in pauses[-1].text and "MainThread" in pauses[-1].text
     summary = single_lab.loop.lag_summary()
     assert summary is not None and "full garbage collections over 100 ms: " in summary
+
+
+def test_a_lag_says_what_it_waited_for() -> None:
+    from maillab.runtime import GCPause, Lag
+
+    pause = GCPause(0.0, 0.0, 0.4, 0.35, "MainThread", 0)
+    assert ("waiting for a full garbage collection of 400 ms (350 ms CPU) in thread MainThread"
+            in str(Lag("lab", 0.0, 0.5, 0.01, full_gc=0.4, pause=pause)))
+    assert "other threads of this process computed 400 ms" in str(Lag("lab", 0.0, 0.5, 0.01, others=0.4))
+    assert "blocked or machine load" in str(Lag("lab", 0.0, 0.5, 0.01, others=0.01))
+    assert "busy computing" in str(Lag("lab", 0.0, 0.5, 0.45))
