@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=200, help="messages in the POP3 maildrop")
     ap.add_argument("--changes", type=int, default=30, help="changes per view")
-    ap.add_argument("--stream", type=float, default=4.0, help="seconds of streaming SMTP traffic")
+    ap.add_argument("--stream", type=float, default=8.0, help="seconds of streaming SMTP traffic")
     args = ap.parse_args(argv)
     from maillab.classnet.server import ClassDNS
     from maillab.views.class_map import LiveClassMap
