@@ -86,10 +86,10 @@ class Event(tuple):
             return {pairs[0]: pairs[1]}
         items = iter(pairs)
         data = dict(zip(items, items, strict=True))
-        lists = data.pop(_LISTS, None)
-        if lists:
-            for key in lists:
-                data[key] = list(data[key])
+        frozen = data.pop(_FROZEN, None)
+        if frozen:
+            for key in frozen:
+                data[key] = _thaw(data[key])
         return data
 
     @property
@@ -112,21 +112,63 @@ class Event(tuple):
 _NO_DATA: tuple[Any, ...] = ()
 
 
-#: The last key of kept data whose lists of atoms are kept as tuples (a list is always
-#: tracked; DNS answers and relay recipients are lists): its value names those keys.
-_LISTS = "\x00lists"
+#: The last key of kept data whose value names the keys whose values are kept frozen:
+#: lists, dicts and tuples of atoms (DNS answers, relay recipients and routes, a POP3
+#: maildrop) as tagged tuples, which the collector untracks as it does the event; a
+#: reader gets them back as they were.
+_FROZEN = "\x00frozen"
+_LIST, _DICT, _TUPLE = "\x00list", "\x00dict", "\x00tuple"
 _ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+class _Unfreezable(Exception):
+    """A value holding something other than atoms, lists, dicts and tuples: kept as is."""
+
+
+def _freeze(value: Any) -> Any:
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if kind is list:
+        return (_LIST, *map(_freeze, value))
+    if kind is dict:
+        return (_DICT, *chain.from_iterable((_freeze(k), _freeze(v)) for k, v in value.items()))
+    if kind is tuple:
+        return (_TUPLE, *map(_freeze, value))
+    raise _Unfreezable
+
+
+def _thaw(value: Any) -> Any:
+    # Every tuple in a frozen value is tagged: an atom is never taken for a container.
+    if type(value) is not tuple:
+        return value
+    tag = value[0]
+    if tag is _LIST:
+        return [_thaw(v) for v in value[1:]]
+    if tag is _TUPLE:
+        return tuple(_thaw(v) for v in value[1:])
+    items = map(_thaw, value[1:])
+    return dict(zip(items, items, strict=True))
 
 
 def _flat(data: dict[str, Any] | None) -> tuple[Any, ...]:
     if not data:
         return _NO_DATA
-    if list not in map(type, data.values()):
+    if _ATOMS.issuperset(map(type, data.values())):  # the usual: atoms only
         return tuple(chain.from_iterable(data.items()))
-    lists = tuple(k for k, v in data.items() if type(v) is list and _ATOMS.issuperset(map(type, v)))
-    if not lists:
-        return tuple(chain.from_iterable(data.items()))
-    return (*chain.from_iterable((k, tuple(v) if k in lists else v) for k, v in data.items()), _LISTS, lists)
+    flat: list[Any] = []
+    frozen = []
+    for key, value in data.items():
+        if type(value) not in _ATOMS:
+            try:
+                value = _freeze(value)
+                frozen.append(key)
+            except (_Unfreezable, RecursionError):
+                pass
+        flat += (key, value)
+    if frozen:
+        flat += (_FROZEN, tuple(frozen))
+    return tuple(flat)
 
 
 _tuple_new = tuple.__new__

@@ -91,20 +91,23 @@ def test_kept_events_cost_the_collector_nothing_and_read_back_whole() -> None:
     rec.user = "bob"
     rec.client_line("MAIL FROM:<a@b>")
     emitted = rec.emit("note", "queued", queue_id="ABC", bytes=12, rcpts=["a@b", "c@d"])
-    rec.emit("note", "nested", tree=[["x"]])
-    for _ in range(3):  # each collection untracks one level: a list's tuple, the data, the event
+    route = {"targets": [{"name": "mx1", "addresses": ["127.0.0.1"]}], "pair": ("a", 1), "none": None}
+    rec.emit("note", "nested", tree=[["x"]], route=route)
+    rec.emit("note", "odd", odd={1, 2})
+    for _ in range(6):  # each collection untracks one level of tuples: the deepest first
         gc.collect()
     # What the bus keeps is plain tuples of atomic values, which the collector untracks.
-    assert [gc.is_tracked(kept) for kept in bus._events] == [False, False, False, True]  # a list of lists stays
-    opened, line, note, nested = bus.events()
+    assert [gc.is_tracked(kept) for kept in bus._events] == [False, False, False, False, True]  # a set stays
+    opened, line, note, nested, odd = bus.events()
     assert note == emitted and note.kind == "note" and note.text == "queued"
     assert note.data == {"queue_id": "ABC", "bytes": 12, "rcpts": ["a@b", "c@d"], "user": "bob"}
-    assert nested.data == {"tree": [["x"]], "user": "bob"}
+    assert nested.data == {"tree": [["x"]], "route": route, "user": "bob"} and odd.data["odd"] == {1, 2}
+    assert type(nested.data["route"]["pair"]) is tuple
     assert line.data == {"user": "bob"}
     assert opened.data == {"peer": "127.0.0.1:1"} and line.is_line and not note.is_line
     note.data["queue_id"] = "changed"  # a fresh dict: the event stays as recorded
-    assert bus.events(last=2)[0].data["queue_id"] == "ABC"
-    assert [e.seq for e in bus.events(last=3)] == [line.seq, note.seq, nested.seq]
+    assert bus.events(last=3)[0].data["queue_id"] == "ABC"
+    assert [e.seq for e in bus.events(last=4)] == [line.seq, note.seq, nested.seq, odd.seq]
     made = Event(1, 0.0, "smtp-1", "C", "smtp", "server", "h", "NOOP", {"user": "x"})
     assert made.data == {"user": "x"} and Event(1, 0.0, "s", "C", "p", "server", "h").data == {}
     assert "data={'user': 'x'}" in repr(made)
