@@ -189,6 +189,10 @@ def test_reply_colours_follow_the_reply_and_never_stand_alone():
     assert reply_kind("imap", "a1 NO [AUTHENTICATIONFAILED] nope") == "err"
     assert reply_kind("imap", "a2 BAD what") == "err" and reply_kind("imap", "* 3 EXISTS") == "ok"
     assert "✗\u00a0-ERR" in badge("err", "-ERR") and "✓\u00a0+OK" in badge("ok", "+OK")
+    # the lab DNS's answers: a refused or failed lookup is no success
+    assert [reply_kind("dns", t) for t in ("NOERROR aa: 1 answer(s)", "REFUSED: 0 answer(s)",
+                                           "NXDOMAIN aa: 0 answer(s)", "SERVFAIL: 0 answer(s)")] == [
+        "ok", "err", "err", "temp"]
 
 
 def test_figures_say_when_no_cjk_font_is_installed(monkeypatch):

@@ -191,9 +191,15 @@ def reply_kind(protocol: str, text: str) -> str:
 
     SMTP: 2xx/3xx ok, 4xx temp, 5xx err (RFC 5321 4.2.1). POP3: ``+OK`` ok,
     ``-ERR`` err (RFC 1939 3). IMAP: tagged or untagged OK/PREAUTH/BYE, NO, BAD
-    (RFC 3501 7.1); anything else (data, continuation) ok.
+    (RFC 3501 7.1); anything else (data, continuation) ok. DNS (the lab DNS's
+    "RCODE flags: N answer(s)" lines): NOERROR ok, SERVFAIL temp (a resolver tries
+    again), any other RCODE (NXDOMAIN, REFUSED, FORMERR, ...) err (RFC 1035 4.1.1).
     """
     t = text.lstrip()
+    if protocol == "dns":
+        rcode = t.split(None, 1)[0].rstrip(":").upper() if t else ""
+        if rcode.isalpha() and rcode.isupper():
+            return {"NOERROR": "ok", "SERVFAIL": "temp"}.get(rcode, "err")
     if t[:1] in "2345" and t[:3].isdigit():
         return {"4": "temp", "5": "err"}.get(t[0], "ok")
     upper = t.upper()

@@ -505,10 +505,10 @@ class TranscriptView:
                                    copy=self.copy_w.value, cache=self._cache), "")
         _head, blocks = render_blocks(events, explain=self.explain_w.value, limit=lines,
                                       copy=self.copy_w.value, cache=self._cache)
-        skipped = min(len(events), self.max_events) - lines
-        note = (f"… {skipped:,} lines skipped while traffic streams (~{streaming:,.0f} lines a second):"
-                f" the newest {lines} follow; every line shows here once it pauses, and in"
-                " %mail transcript --static")
+        window = min(len(events), self.max_events)  # what the view shows when it is not streaming
+        note = (f"… {window - lines:,} of the last {window:,} lines skipped while traffic streams"
+                f" (~{streaming:,.0f} a second): the newest {lines} follow; all show here once it"
+                " pauses (every line: %mail transcript --static)")
         return f'<div class="ml-note">{html.escape(note)}</div>', blocks, note
 
     def refresh(self) -> None:
