@@ -317,7 +317,16 @@ def test_a_streaming_transcript_shows_its_newest_lines_then_every_line_exactly()
     from maillab.views.transcript import STREAM_LINES, render_body
 
     bus = EventBus()
+    quiet = bus.session("pop3", "server", "mail.alpha.test", "127.0.0.1:39999")
+    for i in range(100):
+        quiet.client_line(f"RETR {i + 1}")
+        quiet.server_line("+OK")
     view = TranscriptView(bus, interval=0.02, max_events=2000)
+    # Filtered to a session that does not stream: never trimmed, however busy the lab.
+    pop3 = TranscriptView(bus, interval=0.02, max_events=2000, protocol="pop3")
+    pop3_sent: list[dict] = []
+    pop3_send = pop3.html.send
+    pop3.html.send = lambda content, buffers=None: (pop3_sent.append(content), pop3_send(content))
     page = _Page(view.html.get_state()["blocks"])
     sent: list[dict] = []
     send = view.html.send
@@ -333,6 +342,7 @@ def test_a_streaming_transcript_shows_its_newest_lines_then_every_line_exactly()
                     if i % 20 == 0:
                         time.sleep(0.01)
                 rec.close()
+                quiet.client_line("NOOP")
         worker = threading.Thread(target=traffic)
         worker.start()
         worker.join(60)
@@ -350,5 +360,8 @@ def test_a_streaming_transcript_shows_its_newest_lines_then_every_line_exactly()
         # ... then every line, exactly: in the kernel's view and on the page
         assert view.html.value == expected and page.value == expected and page.stream == ""
         assert transcript.flush_live_views() is None and view.html.value == expected
+        assert pop3_sent and not [m for m in pop3_sent if m.get("stream")]
+        assert pop3.html.value.count('class="line">NOOP') == 30  # every line of it
     finally:
         view.close()
+        pop3.close()

@@ -434,7 +434,8 @@ class TranscriptView:
         self._events.extend(new)
         if len(self._events) > (KEEP + 1) * self.max_events:
             self._events = self._events[-KEEP * self.max_events:]
-        rate = len(new) / max(now - since, 1e-3)
+        # A stream, perhaps: the view decides by the new lines it shows (a filtered view
+        # of one quiet session is no stream however busy the lab is).
         streaming = (stream and self.stream_lines is not None and len(new) > self.stream_lines
                      and self._throttle.sustained())
         # The session filter's options: while a stream goes on, every OPTIONS_EVERY s
@@ -443,8 +444,8 @@ class TranscriptView:
         if (new or self._trimmed) and (not streaming or now - self._options_at >= OPTIONS_EVERY):
             self._refresh_options()
             self._options_at = now
-        self._render(rate if streaming else None)
-        if streaming:
+        self._render((last, now - since) if streaming else None)
+        if self._trimmed:
             self._throttle.again()
 
     def streaming(self) -> bool:
@@ -485,29 +486,33 @@ class TranscriptView:
                 user=self.user_w.value or None,
             )
 
-    def _render(self, streaming: float | None = None) -> None:
-        """Show the selected events; ``streaming`` (lines a second) shows the newest
-        ``stream_lines`` and says so."""
+    def _render(self, streaming: tuple[int, float] | None = None) -> None:
+        """Show the selected events; ``streaming`` (the last seq shown before, and the
+        seconds since): if more than ``stream_lines`` of them came since, show the
+        newest ``stream_lines`` and say so."""
         head, blocks, note = self._blocks(streaming)
         self._trimmed = bool(note)
         self.html.show(blocks, head, stream=note)
         self.updates += 1
 
-    def _blocks(self, streaming: float | None = None) -> tuple[str, list[tuple[str, Block]], str]:
+    def _blocks(self, streaming: tuple[int, float] | None = None) -> tuple[str, list[tuple[str, Block]], str]:
         """The head, the blocks and, when it shows only the newest lines of a stream, the
         note that says what it skipped."""
         events = self.selected()
         if not events:
             return "<i>no sessions yet: they appear here as they happen</i>", [], ""
-        lines = self.stream_lines
-        if streaming is None or lines is None or len(events) <= lines:
+        lines, fresh = self.stream_lines, 0
+        if streaming is not None and lines is not None:
+            while fresh < len(events) and events[-1 - fresh].seq > streaming[0]:
+                fresh += 1
+        if streaming is None or lines is None or fresh <= lines:
             return (*render_blocks(events, explain=self.explain_w.value, limit=self.max_events,
                                    copy=self.copy_w.value, cache=self._cache), "")
         _head, blocks = render_blocks(events, explain=self.explain_w.value, limit=lines,
                                       copy=self.copy_w.value, cache=self._cache)
         window = min(len(events), self.max_events)  # what the view shows when it is not streaming
         note = (f"… {window - lines:,} of the last {window:,} lines skipped while traffic streams"
-                f" (~{streaming:,.0f} a second): the newest {lines} follow; all show here once it"
+                f" (~{fresh / max(streaming[1], 1e-3):,.0f} a second): the newest {lines} follow; all show here once it"
                 " pauses (every line: %mail transcript --static)")
         return f'<div class="ml-note">{html.escape(note)}</div>', blocks, note
 
