@@ -8,7 +8,9 @@ in the browser, because the kernel does not answer clicks then:
 
 - **follow / pause**: with ``follow`` on, the view scrolls to its newest line
   after each update; the pause button (or scrolling up) stops that, and the
-  view stays where the reader is.
+  view stays where the reader is. While a view streams (a transcript showing
+  only its newest lines, :meth:`LiveBlocks.show` ``stream=``) its note stands in
+  the bar, and a paused view holds those patches, so the lines being read stay.
 - **collapse**: every ``<details data-key=...>`` in the HTML (one per session in
   a transcript) folds to its one-line ``<summary>``; the view remembers which
   ones the reader folded or opened across updates.
