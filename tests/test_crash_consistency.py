@@ -2,8 +2,8 @@
 restart on the same directory (issue 15).
 
 A real ``maillab serve`` in a subprocess; real clients (smtplib, imaplib, poplib)
-deliver by SMTP, APPEND, STORE, MOVE, EXPUNGE and delete through POP3 UPDATE as fast as
-they can while the process is killed at a random moment (seeded). After each
+deliver by SMTP, APPEND, STORE, MOVE, EXPUNGE, change folders and delete through POP3
+UPDATE as fast as they can while the process is killed at a random moment (seeded). After each
 restart:
 
 * every message acknowledged (250, OK, +OK) is there exactly once, unless its
@@ -19,6 +19,9 @@ restart:
 * an acknowledged flag change (STORE +FLAGS OK, a FETCH BODY[] OK setting \\Seen, a
   POP3 QUIT +OK after RETR) is there, and the index and each file name's ``:2,`` info
   agree on the standard flags.
+* folders exist and are subscribed as the last acknowledged CREATE, RENAME, DELETE,
+  SUBSCRIBE or UNSUBSCRIBE left them (a fourth client does those over and over), and
+  every folder listed opens.
 
 A second test changes flags through imaplib, IMAPClient, mbsync and poplib, kills the
 process the moment the last client has its acknowledgement, and finds every change
@@ -49,6 +52,7 @@ from real_clients import mbsyncrc, run
 
 from maillab.store import Store
 from maillab.store.filenames import FLAG_LETTERS, flags_from_filename
+from maillab.store.subscriptions import subscriptions
 
 STANDARD = set(FLAG_LETTERS)  # the flags a Maildir file name carries
 
@@ -91,6 +95,12 @@ class Ledger:
         self.seen: set[str] = set()
         self.uids: dict[tuple[str, int], str] = {}  # (mailbox, UID) -> subject
         self.uidvalidity: dict[str, set[int]] = {}  # mailbox -> every UIDVALIDITY seen
+        # folders: whether each exists / is subscribed after its last acknowledged
+        # CREATE, RENAME, DELETE (SUBSCRIBE, UNSUBSCRIBE); a name whose command was in
+        # flight at the kill may be either way
+        self.folders: dict[str, bool] = {}
+        self.subscribed: dict[str, bool] = {}
+        self.in_flight: set[str] = set()
         self.counter = 0
         self.lock = threading.Lock()
 
@@ -162,6 +172,30 @@ def _imap_worker(services: dict, ledger: Ledger, round_: int, stop: threading.Ev
                     ledger.deleted.add(subject)
 
 
+def _folder_worker(services: dict, ledger: Ledger, round_: int, stop: threading.Event) -> None:
+    """CREATE, SUBSCRIBE, RENAME, then DELETE or UNSUBSCRIBE, over and over."""
+    imap = services["imap"]
+    c = imaplib.IMAP4(imap["host"], imap["port"], timeout=10)
+    c.login("bob", "bob-pw")
+
+    def do(names: tuple[str, ...], command, *args) -> bool:
+        ledger.in_flight.update(names)
+        typ, data = command(*args)
+        assert typ == "OK", (command.__name__, args, data)
+        ledger.in_flight.difference_update(names)
+        return True
+
+    while not stop.is_set():
+        old, new = ledger.next("folder", round_), ledger.next("renamed", round_)
+        do((old,), c.create, old) and ledger.folders.update({old: True})
+        do((old,), c.subscribe, old) and ledger.subscribed.update({old: True})
+        do((old, new), c.rename, old, new) and ledger.folders.update({old: False, new: True})
+        if int(new.rsplit("-", 1)[1]) % 2:
+            do((new,), c.delete, new) and ledger.folders.update({new: False})
+        else:
+            do((old,), c.unsubscribe, old) and ledger.subscribed.update({old: False})
+
+
 def _pop3_worker(services: dict, ledger: Ledger, stop: threading.Event) -> None:
     pop = services["pop3"]
     while not stop.is_set():
@@ -202,7 +236,8 @@ def _run_round(services: dict, ledger: Ledger, round_: int, rng: random.Random, 
 
     workers = [threading.Thread(target=guard, args=(_smtp_worker, services, ledger, round_, stop)),
                threading.Thread(target=guard, args=(_imap_worker, services, ledger, round_, stop, rng)),
-               threading.Thread(target=guard, args=(_pop3_worker, services, ledger, stop))]
+               threading.Thread(target=guard, args=(_pop3_worker, services, ledger, stop)),
+               threading.Thread(target=guard, args=(_folder_worker, services, ledger, round_, stop))]
     for w in workers:
         w.start()
     time.sleep(rng.uniform(1.0, 2.5))
@@ -250,6 +285,17 @@ def _check_directory(directory: Path, ledger: Ledger) -> None:
         assert not missing, f"acknowledged but lost: {sorted(missing)}"
         ghosts = ledger.deleted & set(subjects)
         assert not ghosts, f"deletion acknowledged but still there: {sorted(ghosts)}"
+        # folders: as the last acknowledged command left them, each whole (it opens,
+        # its index agrees with its directories) or gone, nothing half-deleted listed
+        listed = set(store.list_mailboxes(BOB))
+        wrong = {n for n, there in ledger.folders.items()
+                 if n not in ledger.in_flight and (n in listed) != there}
+        assert not wrong, f"folders not as acknowledged: {sorted(wrong)}"
+        for name in listed:
+            store.mailbox(BOB, name).sync()
+        subs = set(subscriptions(store, BOB))
+        wrong = {n for n, on in ledger.subscribed.items() if n not in ledger.in_flight and (n in subs) != on}
+        assert not wrong, f"subscriptions not as acknowledged: {sorted(wrong)}"
     finally:
         store.close()
 
@@ -282,9 +328,10 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(tmp_path) -> None:
         proc.communicate(timeout=15)
     print(f"acknowledged: {len(ledger.delivered)} delivered, {len(ledger.deleted)} deleted,"
           f" {len(ledger.moved)} moved, {len(ledger.flagged)} flagged, {len(ledger.seen)} seen,"
-          f" {len(ledger.uids)} UIDs")
+          f" {len(ledger.uids)} UIDs, {len(ledger.folders)} folder names")
     assert len(ledger.delivered) > 10 and ledger.deleted and ledger.moved, "the workers barely ran"
     assert ledger.flagged and ledger.seen, "no flag change was acknowledged"
+    assert sum(ledger.folders.values()) and not all(ledger.folders.values()), "no folder command acknowledged"
 
 
 def _subject_flags(host: str, port: int) -> dict[str, set[str]]:

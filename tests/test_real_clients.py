@@ -23,6 +23,7 @@ import asyncio
 import email
 import email.policy
 import os
+import shutil
 import smtplib
 import socket
 import ssl
@@ -487,6 +488,32 @@ def test_mbsync_imaps_inbox_and_folder_then_new_delivery(single_lab: Lab, tmp_pa
     assert len(archive.messages()) == 2
     appended = archive.read(archive.messages()[-1].uid)
     assert b"Subject: filed locally\r\n" in appended and appended.endswith(b"\r\n\r\nkept\r\n")
+
+
+def test_mbsync_creates_and_removes_server_folders(single_lab: Lab, tmp_path: Path) -> None:
+    """mbsync's Create/Remove Far: a new local folder becomes a server folder (CREATE),
+    a removed empty one goes (DELETE); each OK waits for the disk (test_durability)."""
+    lab = single_lab
+    local = tmp_path / "Mail"
+    for sub in ("cur", "new", "tmp"):
+        (local / "Projects" / sub).mkdir(parents=True)
+    rc = mbsyncrc(tmp_path / "mbsyncrc", ca=lab.ca_path, port=lab.address("imaps")[1], user=BOB,
+                  password=password(lab, BOB), local=local, ssl_type="IMAPS")
+    # the sync state outside the folder, so that it outlives the folder's removal
+    (tmp_path / "state").mkdir()
+    rc.write_text(rc.read_text().replace("Create Near", "Create Both\nRemove Far")
+                  .replace("SyncState *", f"SyncState {tmp_path}/state/"))
+
+    def sync() -> None:
+        proc = run(["mbsync", "-c", str(rc), "lab"], env={"HOME": str(tmp_path)})
+        assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+    sync()
+    assert "Projects" in lab.store.list_mailboxes(BOB)
+    shutil.rmtree(local / "Projects")
+    sync()
+    assert "Projects" not in lab.store.list_mailboxes(BOB)
+    assert not [p for p in lab.store.user_root(BOB).iterdir() if "Projects" in p.name or "deleting" in p.name]
 
 
 # == aioimaplib and IMAPClient: envelopes, IDLE woken by an SMTP delivery ===============
