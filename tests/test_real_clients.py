@@ -48,6 +48,8 @@ from real_clients import (
 )
 
 from maillab import Lab
+from maillab.store import SPECIAL_USE
+from maillab.store.subscriptions import subscriptions
 
 HOST = "mail.alpha.test"  # the single lab's host; its certificate's CN and first SAN
 ALICE, BOB = "alice@alpha.test", "bob@alpha.test"
@@ -379,6 +381,55 @@ def test_neomutt_saves_to_a_non_ascii_folder_and_expunges(single_lab: Lab, tmp_p
                 if e.side == "server" and " " in e.text]
     assert 'UID COPY 1 "&ZeVnLIqe-"' in commands  # the name on the wire: RFC 3501 5.1.3
     assert commands[-1] in ("CLOSE", "EXPUNGE", "LOGOUT"), commands  # CLOSE expunges silently
+
+
+def test_neomutt_creates_subscribes_renames_and_deletes_folders(single_lab: Lab, tmp_path: Path) -> None:
+    """The folder browser (c ? Tab): C creates Projects, s subscribes it, r renames it to
+    Work, d deletes Work, r on INBOX renames it to Old, which takes INBOX's message and
+    leaves INBOX empty (RFC 3501 6.3.5)."""
+    lab = single_lab
+    smtp_deliver(lab, BOB, "in the old inbox")
+    url = f"imaps://localhost:{lab.address('imaps')[1]}"
+    rc = neomuttrc(tmp_path / "muttrc", ca=lab.ca_path, lines=[
+        f'set imap_user = "{BOB}"', f'set imap_pass = "{password(lab, BOB)}"',
+        f'set folder = "{url}/"', 'set spoolfile = "+INBOX"'])
+    term = Terminal(["neomutt", "-n", "-F", str(rc), "-f", f"{url}/INBOX"], env={"HOME": str(tmp_path)})
+    term.expect(b"[Msgs:1 ")
+    term.type(b"c")
+    term.expect(b"Open mailbox")
+    term.type(b"?")  # the browser, first on its (empty) list of mailboxes
+    term.expect(b"Mailboxes")
+    term.type(b"\t")  # the server's folders: INBOX Drafts Junk Sent Trash, cursor on INBOX
+    term.expect(b"Trash")
+    term.type(b"C")
+    term.expect(b"Create mailbox")
+    term.type(b"\x15Projects\r")
+    term.expect(b"Mailbox created")
+    term.type(b"jjjs")  # Projects (sorted between Junk and Sent)
+    term.expect(b"ed to Projects")  # "Subscribed to Projects", drawn over "Subscribing to"
+    term.type(b"r")
+    term.expect(b"Rename mailbox Projects to")
+    term.type(b"\x15Work\r")
+    term.expect(b"Mailbox renamed")  # the cursor is back on INBOX; Work is the last one
+    term.type(b"jjjjjd")
+    term.expect(b"Really delete")
+    term.type(b"y")
+    term.expect(b"Mailbox deleted")
+    term.type(b"r")  # the cursor is on INBOX again
+    term.expect(b"Rename mailbox INBOX to")
+    term.type(b"\x15Old\r")
+    deadline = time.monotonic() + 10
+    while "Old" not in lab.store.list_mailboxes(BOB) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    term.type(b"qq")
+    assert term.wait() == 0
+    assert [n for n in lab.store.list_mailboxes(BOB) if n not in SPECIAL_USE] == ["INBOX", "Old"]
+    assert "Projects" in subscriptions(lab.store, BOB)  # RFC 3501 6.3.6: a rename does not change them
+    assert inbox(lab) == [] and [b"in the old inbox" in m for m in inbox(lab, folder="Old")] == [True]
+    replies = [e.text.split(" ", 1)[1] for e in lab.events.events(protocol="imap", kinds=("S",))
+               if e.side == "server" and " OK " in e.text and e.text.split(" ")[2] in
+               ("CREATE", "SUBSCRIBE", "RENAME", "DELETE")]
+    assert [r.split(" ")[1] for r in replies] == ["CREATE", "SUBSCRIBE", "RENAME", "DELETE", "RENAME"], replies
 
 
 # == offlineimap3 ========================================================================
