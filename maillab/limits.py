@@ -52,6 +52,9 @@ class Limits:
     # in_flow_delay): mail comes in about as fast as the relay sends it out; 0: no flow control
     relay_dns_cache: float = 0.0  # seconds an MX route is reused (capped by its TTL); 0: every
     # message asks the lab DNS, so each lookup shows in the transcript. Zone edits always apply at once.
+    auth_dns_cache: float = 300.0  # seconds a receiving MX keeps a DNS answer for its SPF, DKIM and
+    # DMARC checks (capped by the record's TTL; negative answers per RFC 2308), as a caching resolver
+    # does; 0: every check asks the lab DNS. Zone edits drop every kept answer at once.
     # Class network DNS (maillab.classnet): what one student's key may do
     class_update_rate: float = 5.0  # signed UPDATEs per second per key, sustained; past the burst: REFUSED
     class_update_burst: int = 20

@@ -55,6 +55,7 @@ class AuthSettings:
     tamper: dict[str, str] = field(default_factory=dict)  # host -> "body" | "subject"
     tampered: dict[str, str] = field(default_factory=dict)  # Message-ID -> what a host changed
     verdicts: deque[Received] = field(default_factory=lambda: deque(maxlen=KEEP_VERDICTS))
+    resolvers: dict[str, Any] = field(default_factory=dict)  # MX host -> its resolver_cache.ResolverCache
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def last(self, key: str | None = None) -> Received | None:

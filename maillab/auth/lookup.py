@@ -6,6 +6,12 @@ pointed here: a :class:`LabLookup` asks the lab DNS with a blocking dnspython
 resolver and keeps every question with the answer it got (the ``%mail auth``
 view shows them as the lab DNS answered). It blocks, so the receiving MTA runs
 it on a worker thread: the lab DNS answers on the lab loop, which must stay free.
+
+A receiving MX hands it its :class:`~maillab.auth.resolver_cache.ResolverCache`, as
+a real MTA asks a caching resolver: a question answered before (within the TTL, and
+since the lab's zones last changed) is answered from the cache, not asked on the
+wire, and its :class:`Question` says so ("cached, 287 s left"). The DNS transcript
+shows only the questions that were really sent.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import dns.rcode
 import dns.resolver
 import spf
 
+from .resolver_cache import ResolverCache
+
 #: How long one look-up may take before the check gives ``temperror`` (RFC 7208 4.6.4
 #: and RFC 6376 6.1.2 leave it to the receiver; lab answers come in milliseconds).
 LOOKUP_TIMEOUT = 2.0
@@ -33,22 +41,26 @@ class Question:
     rdtype: str
     answers: list[str] = field(default_factory=list)
     error: str = ""  # "NXDOMAIN", "timeout", ...
+    cached: float | None = None  # answered from the MX's cache, with this many seconds left
 
     def __str__(self) -> str:
         said = self.error or ("; ".join(self.answers) if self.answers else "no records")
-        return f"{self.name} {self.rdtype}? -> {said}"
+        kept = f"  (cached, {self.cached:.0f} s left: not asked on the wire)" if self.cached is not None else ""
+        return f"{self.name} {self.rdtype}? -> {said}{kept}"
 
 
 class LabLookup:
     """Blocking look-ups against one DNS server (the lab's), with a trace."""
 
-    def __init__(self, address: str, port: int, timeout: float = LOOKUP_TIMEOUT) -> None:
+    def __init__(self, address: str, port: int, timeout: float = LOOKUP_TIMEOUT,
+                 cache: ResolverCache | None = None) -> None:
         res = dns.resolver.Resolver(configure=False)
         res.nameservers = [address]
         res.port = port
         res.timeout = res.lifetime = timeout
         res.cache = None
         self.resolver = res
+        self.cache = cache
         self.trace: list[Question] = []
         self._answers: dict[tuple[str, str], list[Any]] = {}  # one check asks each question once
 
@@ -60,11 +72,22 @@ class LabLookup:
             return self._answers[key]
         q = Question(name.rstrip("."), rdtype)
         self.trace.append(q)
+        stamp = 0
+        if self.cache is not None:
+            found = self.cache.get(key)
+            if found is not None:
+                kept, left = found
+                q.error, q.answers, q.cached = kept.error, [_show(r) for r in kept.rdatas], left
+                self._answers[key] = list(kept.rdatas)
+                return self._answers[key]
+            stamp = self.cache.stamp()
         try:
             answer = self.resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
-        except dns.resolver.NXDOMAIN:
+        except dns.resolver.NXDOMAIN as exc:
             q.error = "NXDOMAIN"
             self._answers[key] = []
+            if self.cache is not None:
+                self.cache.put(key, stamp, [], "NXDOMAIN", _negative_ttl(exc))
             return []
         except dns.resolver.NoNameservers as exc:
             if _refused(exc):  # the lab DNS answers only for lab zones: no such name here
@@ -79,6 +102,10 @@ class LabLookup:
         rdatas = list(answer.rrset or [])
         q.answers = [_show(r) for r in rdatas]
         self._answers[key] = rdatas
+        if self.cache is not None:
+            # The TTL of the answer, the lowest along a CNAME chain; for "no records of
+            # this type" the negative TTL from the SOA (RFC 2308 5), as dnspython works it out.
+            self.cache.put(key, stamp, rdatas, "", answer.chaining_result.minimum_ttl)
         return rdatas
 
     # -- dkimpy: dnsfunc(name, timeout=5) -> the TXT text, or None -------------------------
@@ -106,6 +133,17 @@ class LabLookup:
             elif qtype in ("TXT", "SPF"):
                 out.append(((name, qtype), r.strings))
         return out
+
+
+def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> float:
+    """How long an NXDOMAIN may be kept: min(SOA TTL, SOA MINIMUM) from its authority
+    section (RFC 2308 5); 0 (not kept) when the response cannot say."""
+    for response in (exc.kwargs.get("responses") or {}).values():
+        try:
+            return float(response.resolve_chaining().minimum_ttl)
+        except dns.exception.DNSException:
+            return 0.0
+    return 0.0
 
 
 def _refused(exc: dns.resolver.NoNameservers) -> bool:

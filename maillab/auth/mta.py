@@ -19,6 +19,7 @@ from . import Received, settings
 from .keys import key_for
 from .lookup import LabLookup
 from .receive import Verdict, check, domain_of
+from .resolver_cache import ResolverCache
 from .send import add_footer, seal, sign, tamper
 
 if TYPE_CHECKING:
@@ -102,6 +103,22 @@ def checking(lab: Lab, host_name: str) -> bool:
     return host_name not in settings(lab).checking_off and lab.dns is not None
 
 
+def resolver_cache(lab: Lab, host_name: str) -> ResolverCache | None:
+    """The MX's resolver cache (each mail host has its own, as each has its own caching
+    resolver); a new, empty one when the lab DNS was restarted; None when
+    ``lab.limits.auth_dns_cache`` is 0."""
+    cap = lab.limits.auth_dns_cache
+    if cap <= 0 or lab.dns is None:
+        return None
+    s = settings(lab)
+    with s.lock:
+        cache = s.resolvers.get(host_name)
+        if cache is None or cache.zones is not lab.dns.zones:
+            cache = s.resolvers[host_name] = ResolverCache(lab.dns.zones, cap)
+        cache.cap = cap
+        return cache
+
+
 def inbound_sync(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: str,
                  local: list[str], message: bytes, queue_id: str = "") -> Inbound:
     s = settings(lab)
@@ -109,7 +126,7 @@ def inbound_sync(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: str
     if not checking(lab, host_name):
         return out
     message = _strip_our_results(message, host_name)
-    lookup = LabLookup(lab.dns.address, lab.dns.port)
+    lookup = LabLookup(lab.dns.address, lab.dns.port, cache=resolver_cache(lab, host_name))
     verdict = check(message, lookup=lookup, authserv_id=host_name, ip=ip, helo=helo, mail_from=mail_from,
                     trusted_sealers=frozenset(d.lower() for d in lab.topology.domains))
     out.verdict = verdict

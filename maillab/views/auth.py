@@ -113,7 +113,7 @@ class AuthView:
         for n, st in enumerate(self.steps, 1):
             lines.append(f"{n}. {st.title} [{st.result}]  ({st.rfc})")
             lines += [f"     {ln}" for ln in st.lines]
-        lines.append("DNS questions (as the lab DNS answered):")
+        lines.append(f"DNS questions ({_asked(e.verdict.trace)}):")
         lines += [f"     {q}" for q in self.entry.verdict.trace]
         return "\n".join(lines)
 
@@ -126,7 +126,16 @@ class AuthView:
             items = "".join(f"<li class='mono'>{html.escape(ln)}</li>" for ln in st.lines)
             parts.append(f"<li>{badge(_kind(st.result), st.result)} <b>{html.escape(st.title)}</b> "
                          f"<span class='ml-muted'>{html.escape(st.rfc)}</span><ul>{items}</ul></li>")
-        parts.append("</ol><details><summary>DNS questions (as the lab DNS answered)</summary><ul>")
+        parts.append(f"</ol><details><summary>DNS questions ({html.escape(_asked(e.verdict.trace))})"
+                     "</summary><ul>")
         parts += [f"<li class='mono'>{html.escape(str(q))}</li>" for q in e.verdict.trace]
         parts.append("</ul></details>")
         return page("".join(parts), kind="auth")
+
+
+def _asked(trace: list) -> str:
+    """How many questions went to the lab DNS and how many the MX's cache answered."""
+    cached = sum(1 for q in trace if getattr(q, "cached", None) is not None)
+    sent = len(trace) - cached
+    text = f"{sent} asked of the lab DNS"
+    return text + (f", {cached} answered from the MX's resolver cache" if cached else "")
