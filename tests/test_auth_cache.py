@@ -75,6 +75,8 @@ def test_second_message_asks_nothing_and_the_view_says_cached(clab):
     text = repr(AuthView(settings(clab).last("cache two")))
     assert "0 asked of the lab DNS" in text and "s left: not asked on the wire" in text
     assert "v=spf1 mx -all" in text  # the SPF step still shows the record, from the cache
+    notes = [e.text for e in clab.events.events(protocol="smtp", since=since) if e.text.startswith("auth: ")]
+    assert notes and "(DNS: 0 asked of the lab DNS" in notes[-1] and "from the MX's resolver cache" in notes[-1]
 
 
 def test_a_zone_edit_counts_for_the_next_message(clab):

@@ -49,6 +49,13 @@ class Question:
         return f"{self.name} {self.rdtype}? -> {said}{kept}"
 
 
+def asked(trace: list[Question]) -> str:
+    """How many questions went to the lab DNS and how many the MX's cache answered."""
+    cached = sum(1 for q in trace if q.cached is not None)
+    text = f"{len(trace) - cached} asked of the lab DNS"
+    return text + (f", {cached} answered from the MX's resolver cache" if cached else "")
+
+
 class LabLookup:
     """Blocking look-ups against one DNS server (the lab's), with a trace."""
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import Received, settings
 from .keys import key_for
-from .lookup import LabLookup
+from .lookup import LabLookup, asked
 from .receive import Verdict, check, domain_of
 from .resolver_cache import ResolverCache
 from .send import add_footer, seal, sign, tamper
@@ -201,7 +201,8 @@ async def inbound(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: st
         rec.note(f"authentication checks failed: {exc!r}")
         return Inbound(message=message, local=list(local))
     if out.verdict is not None:
-        rec.note(f"auth: {out.verdict.summary()}", auth=out.verdict.summary(),
+        # No DNS query shows in the transcript for an answer the cache gave: the note says so.
+        rec.note(f"auth: {out.verdict.summary()} (DNS: {asked(out.verdict.trace)})", auth=out.verdict.summary(),
                  spf=out.verdict.spf.result, dmarc=out.verdict.dmarc.result,
                  dkim=[d.result for d in out.verdict.dkim], arc=out.verdict.arc.cv)
     for n, (mail_from_, rcpts, text) in enumerate(out.onward):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from dkim.canonicalization import CanonicalizationPolicy
 
 from ..auth import Received
+from ..auth.lookup import asked
 from ..auth.send import split
 from .theme import badge, page
 
@@ -113,7 +114,7 @@ class AuthView:
         for n, st in enumerate(self.steps, 1):
             lines.append(f"{n}. {st.title} [{st.result}]  ({st.rfc})")
             lines += [f"     {ln}" for ln in st.lines]
-        lines.append(f"DNS questions ({_asked(e.verdict.trace)}):")
+        lines.append(f"DNS questions ({asked(e.verdict.trace)}):")
         lines += [f"     {q}" for q in self.entry.verdict.trace]
         return "\n".join(lines)
 
@@ -126,16 +127,8 @@ class AuthView:
             items = "".join(f"<li class='mono'>{html.escape(ln)}</li>" for ln in st.lines)
             parts.append(f"<li>{badge(_kind(st.result), st.result)} <b>{html.escape(st.title)}</b> "
                          f"<span class='ml-muted'>{html.escape(st.rfc)}</span><ul>{items}</ul></li>")
-        parts.append(f"</ol><details><summary>DNS questions ({html.escape(_asked(e.verdict.trace))})"
+        parts.append(f"</ol><details><summary>DNS questions ({html.escape(asked(e.verdict.trace))})"
                      "</summary><ul>")
         parts += [f"<li class='mono'>{html.escape(str(q))}</li>" for q in e.verdict.trace]
         parts.append("</ul></details>")
         return page("".join(parts), kind="auth")
-
-
-def _asked(trace: list) -> str:
-    """How many questions went to the lab DNS and how many the MX's cache answered."""
-    cached = sum(1 for q in trace if getattr(q, "cached", None) is not None)
-    sent = len(trace) - cached
-    text = f"{sent} asked of the lab DNS"
-    return text + (f", {cached} answered from the MX's resolver cache" if cached else "")
