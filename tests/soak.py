@@ -264,7 +264,7 @@ class Soak:
         time.sleep(0.5)  # the readers' sessions close on the server too
         after = _resources(lab)
         report = self._ledger(before, after)
-        # The event log (200,000 events) and the finished relay entries (5,000) fill up
+        # The event log (200,000 events) and the finished relay entries (1,000) fill up
         # first: memory should grow less in the second half than in the first.
         report["rss_middle"] = mid_rss
         report["events"] = len(lab.events.events())
