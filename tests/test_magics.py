@@ -244,12 +244,16 @@ def test_busy_default_ports_fall_back_to_free_ports(tmp_path):
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "maillab")
     holder = socket.socket()
+    # SO_REUSEADDR as the lab's listeners have it: without it the bind fails on a
+    # connection of an earlier lab still in TIME_WAIT on 2525, a port nobody listens
+    # on, which the lab (reusing the address) then finds free
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         try:
             holder.bind(("127.0.0.1", 2525))
             holder.listen()
         except OSError:
-            pass  # held by someone else: just as busy
+            pass  # another process listens there: just as busy
         table = shell.run_line_magic("mail", f"start --dir {tmp_path / 'lab'} --domain alpha.test")
         try:
             # 2525 (or, when another lab holds the defaults, whichever port was first busy)

@@ -135,9 +135,13 @@ class Mailbox(DeferredRows, DirectorySync, Measuring):  # (first: the others dec
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if "uidvalidity" not in meta:
             uv = uidvalidity_source() if uidvalidity_source else int(time.time())
+            # one transaction: a kill between these left a UIDVALIDITY without a
+            # UIDNEXT, and the folder could never be opened again
+            self._db.execute("BEGIN")
             self._set_meta("uidvalidity", uv)
             self._set_meta("uidnext", 1)
             self._set_meta("highestmodseq", 1)
+            self._db.execute("COMMIT")
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         self.uidvalidity: int = int(meta["uidvalidity"])
         self.uidnext: int = int(meta["uidnext"])
@@ -538,10 +542,13 @@ class Mailbox(DeferredRows, DirectorySync, Measuring):  # (first: the others dec
                 raise KeyError(uid)
             return self.set_flags(uid, current - frozenset(flags))
 
-    def remove(self, uids: Iterable[int], unless: Any = None, *, sync: bool = False) -> list[int]:
+    def remove(self, uids: Iterable[int], unless: Any = None, *, sync: bool = False,
+               expected: dict[int, frozenset[str]] | None = None) -> list[int]:
         """Delete messages for good (POP3 UPDATE, IMAP EXPUNGE), a batch per hold of
         the lock and per index transaction; with ``unless``, not those whose flags
-        at that moment make ``unless(flags)`` true. Returns the UIDs removed. With
+        at that moment make ``unless(flags)`` true; with ``expected``, not those whose
+        flags at that moment are not ``expected[uid]`` (a MOVE's originals whose flags
+        changed after they were copied). Returns the UIDs removed. With
         ``sync`` the removals are on the disk before this returns (:meth:`flush`):
         a message whose deletion was acknowledged does not come back after a power cut."""
         removed: list[int] = []
@@ -555,7 +562,10 @@ class Mailbox(DeferredRows, DirectorySync, Measuring):  # (first: the others dec
                 try:
                     for uid in todo[start:start + BATCH]:
                         slot = t.slot(uid)
-                        if slot is None or unless and unless(t.flagsets[t.flag_ids[slot]]):
+                        if slot is None:
+                            continue
+                        flags = t.flagsets[t.flag_ids[slot]]
+                        if unless and unless(flags) or expected is not None and expected.get(uid) != flags:
                             continue
                         try:
                             os.unlink(os.path.join(self.path, t.relpath(slot)))

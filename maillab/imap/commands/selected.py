@@ -131,8 +131,10 @@ def _target(s: IMAPSession, raw: bytes) -> Mailbox:
     return s.mailbox(name)
 
 
-def _copy(s: IMAPSession, cmd: Copy) -> Iterator[Output]:
-    """COPY, and the first half of MOVE. Returns the COPYUID data."""
+def _copy(s: IMAPSession, cmd: Copy, copied: dict[int, tuple[int, frozenset[str]]] | None = None,
+          ) -> Iterator[Output]:
+    """COPY, and the first half of MOVE. Returns the COPYUID data and the target;
+    ``copied`` gets each original's UID -> (its copy's UID, the flags copied)."""
     view = s.view()
     target = _target(s, cmd.mailbox)
     src_uids: list[int] = []
@@ -150,18 +152,20 @@ def _copy(s: IMAPSession, cmd: Copy) -> Iterator[Output]:
         new = target.add(data, info.flags, info.internaldate, sync=s.limits.smtp_fsync, flush=False)
         src_uids.append(uid)
         dst_uids.append(new.uid)
+        if copied is not None:
+            copied[uid] = (new.uid, info.flags)
         s.store.notify(s.user or "", target.name, new)
         yield Notice("stored", (target.name, new.uid, new.size))
     if not src_uids:
-        return ""
+        return "", target
     if s.limits.smtp_fsync:
         target.flush()  # before the OK (and before MOVE removes the originals)
-    return f"COPYUID {target.uidvalidity} {uid_set(src_uids)} {uid_set(dst_uids)}"
+    return f"COPYUID {target.uidvalidity} {uid_set(src_uids)} {uid_set(dst_uids)}", target
 
 
 def copy(s: IMAPSession, cmd: Copy) -> Iterator[Output]:
     """RFC 3501 6.4.7, answering COPYUID (RFC 4315)."""
-    copyuid = yield from _copy(s, cmd)
+    copyuid, _ = yield from _copy(s, cmd)
     return f"[{copyuid}] COPY completed" if copyuid else None
 
 
@@ -170,14 +174,46 @@ def move(s: IMAPSession, cmd: Move) -> Iterator[Output]:
     view = s.view()
     if view.readonly:
         raise No(READ_ONLY)
-    indexes = view.resolve(cmd.sequence_set, cmd.uid)
-    copyuid = yield from _copy(s, cmd)
+    copied: dict[int, tuple[int, frozenset[str]]] = {}
+    copyuid, target = yield from _copy(s, cmd, copied)
     if copyuid:
         yield line(f"* OK [{copyuid}] moved")  # RFC 6851 4.3: COPYUID untagged, first
-    moved = [view.uids[i] for i in indexes]
-    if view.mailbox.remove(moved, sync=s.limits.smtp_fsync):
+    if _expunge_moved(view.mailbox, target, copied, s.limits.smtp_fsync):
         s.on_change(s.user or "", view.name)
     return None  # the EXPUNGE responses follow from the updates (MOVE allows them)
+
+
+def _expunge_moved(source: Mailbox, target: Mailbox, copied: dict[int, tuple[int, frozenset[str]]],
+                   sync: bool) -> list[int]:
+    """MOVE's second half: the originals go, each once its copy has the flags the
+    original has at that moment. A flag changed on an original after it was copied
+    (a POP3 RETR's \\Seen, another session's STORE or FETCH BODY[]) was acknowledged
+    to that client: it is carried to the copy, or it would be lost with the original.
+    An original whose flags change again meanwhile stays for another round."""
+    removed: list[int] = []
+    left = dict(copied)
+    while left:
+        now = {uid: source.flags(uid) for uid in left}
+        changes: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+        for uid, flags in now.items():
+            dst, had = left.pop(uid)
+            if flags is None:
+                continue  # expunged meanwhile by someone else
+            if flags != had:
+                changes[dst] = (flags - had, had - flags)  # what was added, what removed
+            left[uid] = (dst, flags)
+        if changes:
+            target.change_flags(changes, _carry, sync=sync)
+        gone = source.remove(list(left), sync=sync, expected={uid: f for uid, (_, f) in left.items()})
+        removed += gone
+        for uid in gone:
+            del left[uid]
+    return removed
+
+
+def _carry(old: frozenset[str], change: tuple[frozenset[str], frozenset[str]]) -> frozenset[str]:
+    added, dropped = change
+    return (old | added) - dropped
 
 
 def uid_set(uids: list[int]) -> str:
