@@ -56,6 +56,23 @@ def test_flags_are_mirrored_in_maildir_info_and_read_back(tmp_path):
     assert m.flags == {"\\Seen", "\\Answered", "$Label1"}
 
 
+def test_a_flag_change_finds_a_file_another_tool_renamed_meanwhile(tmp_path):
+    """mutt marks a message read (renames it into cur/ with :2,S) between two looks of
+    the index: a STORE then still changes it, from the flags its name now has, rather
+    than skipping it as if it had been expunged; a message removed is left out."""
+    store = Store(tmp_path)
+    kept, gone = store.deliver("bob@alpha.test", MSG), store.deliver("bob@alpha.test", MSG)
+    mb = store.mailbox("bob@alpha.test")
+    base = tmp_path / "bob@alpha.test"
+    os.rename(base / "new" / kept.filename, base / "cur" / f"{kept.key}:2,S")
+    os.unlink(base / "new" / gone.filename)
+    now, changed = mb.change_flags([kept.uid, gone.uid], lambda old, add: old | add, frozenset({"\\Flagged"}))
+    assert now == {kept.uid: {"\\Seen", "\\Flagged"}} and changed == [kept.uid]
+    assert os.listdir(base / "cur") == [f"{kept.key}:2,FS"]
+    store.close()
+    assert [m.flags for m in Store(tmp_path).mailbox("bob@alpha.test").messages()] == [{"\\Seen", "\\Flagged"}]
+
+
 def test_outside_additions_and_removals_are_picked_up(tmp_path):
     store = Store(tmp_path)
     store.deliver("bob@alpha.test", MSG)

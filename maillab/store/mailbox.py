@@ -135,9 +135,7 @@ class Mailbox(DeferredRows, DirectorySync, Measuring):  # (first: the others dec
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if "uidvalidity" not in meta:
             uv = uidvalidity_source() if uidvalidity_source else int(time.time())
-            # one transaction: a kill between these left a UIDVALIDITY without a
-            # UIDNEXT, and the folder could never be opened again
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN")  # a kill between these: a folder that never opens
             self._set_meta("uidvalidity", uv)
             self._set_meta("uidnext", 1)
             self._set_meta("highestmodseq", 1)
@@ -474,7 +472,6 @@ class Mailbox(DeferredRows, DirectorySync, Measuring):  # (first: the others dec
         out: dict[int, frozenset[str]] = {}
         changed: list[int] = []
         touched: set[str] = set()  # the directories a rename changed
-        t = self.table
         for start in range(0, len(order), BATCH):
             rows: list[tuple[str, str, str, int]] = []
             with self.lock:
@@ -484,31 +481,21 @@ class Mailbox(DeferredRows, DirectorySync, Measuring):  # (first: the others dec
                         for sub in ("new", "cur")}
                 try:
                     for uid in order[start:start + BATCH]:
-                        slot = t.slot(uid)
-                        if slot is None:
-                            continue
-                        old = t.flagsets[t.flag_ids[slot]]
-                        flags = frozenset(how(old, wanted[uid] if wanted is not None else arg))
-                        if flags == old:
-                            out[uid] = old
-                            continue
-                        state, filename = t.state[slot], t.filename(slot)
-                        letters = info_letters(flags)
-                        if state == NEW or info_letters(old) != letters:
-                            new_name = f"{t.key(slot)}:2,{letters}"
+                        value = wanted[uid] if wanted is not None else arg
+                        try:
+                            row = self._flag_one(uid, how, value, dirs, touched, out)
+                        except FileNotFoundError:  # renamed or removed by another tool (mutt):
+                            # start over from what the directories say, once; a message gone
+                            # is left out (its caller answers NO, not OK for a change not made)
+                            was_in_sync, self._dir_stamp = False, None
+                            self.sync()
                             try:
-                                os.rename(filename, new_name, src_dir_fd=dirs[SUBDIRS[state]],
-                                          dst_dir_fd=dirs["cur"])
+                                row = self._flag_one(uid, how, value, dirs, touched, out)
                             except FileNotFoundError:
-                                was_in_sync = False  # changed behind our back: rescan next time
                                 continue
-                            touched.update((SUBDIRS[state], "cur"))
-                            state, filename = CUR, new_name
-                        t.move(slot, state, flags, filename)
-                        self._logged(1, uid)
-                        rows.append((SUBDIRS[state], filename, " ".join(sorted(flags)), uid))
-                        out[uid] = flags
-                        changed.append(uid)
+                        if row is not None:
+                            rows.append(row)
+                            changed.append(uid)
                 finally:
                     for fd in dirs.values():
                         os.close(fd)
@@ -528,6 +515,31 @@ class Mailbox(DeferredRows, DirectorySync, Measuring):  # (first: the others dec
             self.flush(sorted(touched))  # keywords only: the index log alone
         return out, changed
 
+    def _flag_one(self, uid: int, how: Any, value: Any, dirs: dict[str, int], touched: set[str],
+                  out: dict[int, frozenset[str]]) -> tuple[str, str, str, int] | None:
+        """:meth:`change_flags` for one message (under the lock): the index row to write,
+        or None; FileNotFoundError when its file is not where the table says."""
+        t = self.table
+        slot = t.slot(uid)
+        if slot is None:
+            return None
+        old = t.flagsets[t.flag_ids[slot]]
+        flags = frozenset(how(old, value))
+        if flags == old:
+            out[uid] = old
+            return None
+        state, filename = t.state[slot], t.filename(slot)
+        letters = info_letters(flags)
+        if state == NEW or info_letters(old) != letters:
+            new_name = f"{t.key(slot)}:2,{letters}"
+            os.rename(filename, new_name, src_dir_fd=dirs[SUBDIRS[state]], dst_dir_fd=dirs["cur"])
+            touched.update((SUBDIRS[state], "cur"))
+            state, filename = CUR, new_name
+        t.move(slot, state, flags, filename)
+        self._logged(1, uid)
+        out[uid] = flags
+        return (SUBDIRS[state], filename, " ".join(sorted(flags)), uid)
+
     def add_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
         with self.lock:
             current = self.flags(uid)
@@ -546,9 +558,8 @@ class Mailbox(DeferredRows, DirectorySync, Measuring):  # (first: the others dec
                expected: dict[int, frozenset[str]] | None = None) -> list[int]:
         """Delete messages for good (POP3 UPDATE, IMAP EXPUNGE), a batch per hold of
         the lock and per index transaction; with ``unless``, not those whose flags
-        at that moment make ``unless(flags)`` true; with ``expected``, not those whose
-        flags at that moment are not ``expected[uid]`` (a MOVE's originals whose flags
-        changed after they were copied). Returns the UIDs removed. With
+        at that moment make ``unless(flags)`` true, nor (``expected``) those whose flags
+        are not ``expected[uid]`` (a MOVE's changed originals). Returns the UIDs removed. With
         ``sync`` the removals are on the disk before this returns (:meth:`flush`):
         a message whose deletion was acknowledged does not come back after a power cut."""
         removed: list[int] = []
