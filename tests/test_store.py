@@ -73,6 +73,26 @@ def test_a_flag_change_finds_a_file_another_tool_renamed_meanwhile(tmp_path):
     assert [m.flags for m in Store(tmp_path).mailbox("bob@alpha.test").messages()] == [{"\\Seen", "\\Flagged"}]
 
 
+def test_a_move_cut_short_is_finished_at_the_next_open(tmp_path):
+    """A MOVE of two messages killed after copying the first (its original not yet
+    expunged): the next open expunges that original and keeps the other, so each is
+    in exactly one folder (RFC 6851 3.3)."""
+    from maillab.store.moving import begin_move
+
+    store = Store(tmp_path)
+    inbox = store.mailbox("bob@alpha.test", create=True)
+    archive = store.create_mailbox("bob@alpha.test", "Archive")
+    first, second = inbox.add(MSG, ["\\Seen"]), inbox.add(MSG.replace(b"hello", b"other"))
+    archive.add(MSG, ["\\Seen"])  # an unrelated message, alike but older than the move
+    begin_move(inbox, archive, [first.uid, second.uid])
+    archive.add(inbox.read(first.uid), first.flags, first.internaldate)  # the copy, then the kill
+    store.close()
+    again = Store(tmp_path)
+    assert [m.uid for m in again.mailbox("bob@alpha.test").messages()] == [second.uid]
+    assert len(again.mailbox("bob@alpha.test", "Archive").messages()) == 2
+    assert not list((tmp_path / "bob@alpha.test").glob("maillab-moving-*"))
+
+
 def test_outside_additions_and_removals_are_picked_up(tmp_path):
     store = Store(tmp_path)
     store.deliver("bob@alpha.test", MSG)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .groupsync import GROUP, replace_file
 from .mailbox import Mailbox, MessageInfo, crlf_size, to_crlf
+from .moving import finish_moves
 from .names import InvalidName, folder_dirname, is_inbox, name_from_dirname, split_name
 
 __all__ = ["Store", "Mailbox", "MessageInfo", "InvalidName", "MailboxExists", "NoSuchMailbox",
@@ -116,6 +117,9 @@ class Store:
             self._opening.discard(key)
             self._open[key] = mb
             self._opened.notify_all()
+        # a MOVE out of it that a crash cut short (see moving.py): finished now
+        finish_moves(mb, lambda target: self.mailbox(user, target) if self.exists(user, target) else None,
+                     sync=True)
         return mb
 
     def list_mailboxes(self, user: str) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ...store import Mailbox
+from ...store.moving import begin_move, end_move
 from ..flags import check_flags
 from ..responses import No, Notice, Output, line, lines
 from ..selected_mailbox import LINES_PER_RESPONSE
@@ -174,12 +175,17 @@ def move(s: IMAPSession, cmd: Move) -> Iterator[Output]:
     view = s.view()
     if view.readonly:
         raise No(READ_ONLY)
+    # written down first: a crash before the originals are gone is finished at the
+    # next open (store/moving.py), so no message is left in both folders
+    uids = [view.uids[i] for i in view.resolve(cmd.sequence_set, cmd.uid)]
+    plan = begin_move(view.mailbox, _target(s, cmd.mailbox), uids)
     copied: dict[int, tuple[int, frozenset[str]]] = {}
     copyuid, target = yield from _copy(s, cmd, copied)
     if copyuid:
         yield line(f"* OK [{copyuid}] moved")  # RFC 6851 4.3: COPYUID untagged, first
     if _expunge_moved(view.mailbox, target, copied, s.limits.smtp_fsync):
         s.on_change(s.user or "", view.name)
+    end_move(plan)
     return None  # the EXPUNGE responses follow from the updates (MOVE allows them)
 
 

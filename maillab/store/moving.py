@@ -1,0 +1,84 @@
+"""A MOVE that a crash interrupted is finished when the folder is next opened.
+
+IMAP MOVE (RFC 6851) is a COPY, then the expunge of the originals: a ``kill -9``
+between the two would leave each copied message in both folders, which RFC 6851 3.3
+says a server SHOULD NOT do (never in neither: that one is a MUST, and the order of
+the two steps keeps it). So a MOVE first writes down what it is about to do, in a
+small file beside the source folder's index (``maillab-moving-<n>.json``: the target,
+the target's UIDNEXT before the copy, the originals' UIDs), and removes it once
+the originals are gone. When a process opens the folder and finds such a file, the
+move was cut short: each original that has a copy in the target (a message at or
+above that UIDNEXT with the same bytes and internal date) is expunged, as the MOVE
+would have done; one without a copy stays where it was. Either way each message
+ends in exactly one of the two folders.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .groupsync import replace_file
+from .mailbox import Mailbox
+
+__all__ = ["begin_move", "end_move", "finish_moves"]
+
+_PREFIX = "maillab-moving-"
+_counter = itertools.count(1)
+
+
+def begin_move(source: Mailbox, target: Mailbox, uids: Iterable[int]) -> Path:
+    """Write down a MOVE about to copy ``uids`` from ``source`` to ``target``."""
+    plan = {"target": target.name, "from_uid": target.uidnext, "uids": list(uids)}
+    path = source.path / f"{_PREFIX}{os.getpid()}-{next(_counter)}.json"
+    # written whole or not at all; no fsync: what it guards against is a crash of
+    # the process (a power cut may still leave both copies, as before)
+    replace_file(path, json.dumps(plan).encode(), sync=False)
+    return path
+
+
+def end_move(path: Path) -> None:
+    """The MOVE is done (its originals expunged): nothing left to finish."""
+    path.unlink(missing_ok=True)
+
+
+def finish_moves(source: Mailbox, open_target: Callable[[str], Mailbox | None], *, sync: bool) -> list[int]:
+    """Finish the MOVEs out of ``source`` that a crash cut short (see the module's
+    docstring); ``open_target(name)`` is the target folder, or None when it no longer
+    exists. Returns the UIDs expunged from ``source``."""
+    removed: list[int] = []
+    for path in sorted(source.path.glob(f"{_PREFIX}*.json")):
+        try:
+            plan = json.loads(path.read_bytes())
+            target = open_target(plan["target"])
+            first, uids = int(plan["from_uid"]), [int(u) for u in plan["uids"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            target = None
+        if target is not None:
+            removed += source.remove(_copied(source, target, first, uids), sync=sync)
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def _copied(source: Mailbox, target: Mailbox, first: int, uids: list[int]) -> list[int]:
+    """Those of ``uids`` that have a copy in ``target`` at or above UID ``first``."""
+    candidates: dict[tuple[int, float], list[int]] = {}
+    for info in target.messages():
+        if info.uid >= first:
+            candidates.setdefault((info.size, info.internaldate), []).append(info.uid)
+    done = []
+    for uid in uids:
+        info = source.get(uid)
+        same = candidates.get((info.size, info.internaldate), []) if info is not None else []
+        for candidate in same:
+            try:
+                if target.read(candidate) == source.read(uid):
+                    done.append(uid)
+                    same.remove(candidate)  # one copy answers for one original
+                    break
+            except (KeyError, FileNotFoundError):
+                continue
+    return done
