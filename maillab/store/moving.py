@@ -8,9 +8,11 @@ small file beside the source folder's index (``maillab-moving-<n>.json``: the ta
 the target's UIDNEXT before the copy, the originals' UIDs), and removes it once
 the originals are gone. When a process opens the folder and finds such a file, the
 move was cut short: each original that has a copy in the target (a message at or
-above that UIDNEXT with the same bytes and internal date) is expunged, as the MOVE
-would have done; one without a copy stays where it was. Either way each message
-ends in exactly one of the two folders.
+above that UIDNEXT with the same bytes and internal date) gets the original's flags
+added to its own (a flag set on the original after the copy, by a RETR or a STORE
+already acknowledged, is not lost) and the original is expunged, as the MOVE would
+have done; one without a copy stays where it was. Either way each message ends in
+exactly one of the two folders.
 """
 
 from __future__ import annotations
@@ -58,25 +60,30 @@ def finish_moves(source: Mailbox, open_target: Callable[[str], Mailbox | None], 
         except (OSError, ValueError, KeyError, TypeError):
             target = None
         if target is not None:
-            removed += source.remove(_copied(source, target, first, uids), sync=sync)
+            copies = _copied(source, target, first, uids)
+            now = {copy: flags for uid, copy in copies.items() if (flags := source.flags(uid))}
+            if now:
+                target.change_flags(now, lambda old, flags: old | flags, sync=sync)
+            removed += source.remove(list(copies), sync=sync)
         path.unlink(missing_ok=True)
     return removed
 
 
-def _copied(source: Mailbox, target: Mailbox, first: int, uids: list[int]) -> list[int]:
-    """Those of ``uids`` that have a copy in ``target`` at or above UID ``first``."""
+def _copied(source: Mailbox, target: Mailbox, first: int, uids: list[int]) -> dict[int, int]:
+    """Those of ``uids`` that have a copy in ``target`` at or above UID ``first``, and
+    the copy's UID."""
     candidates: dict[tuple[int, float], list[int]] = {}
     for info in target.messages():
         if info.uid >= first:
             candidates.setdefault((info.size, info.internaldate), []).append(info.uid)
-    done = []
+    done = {}
     for uid in uids:
         info = source.get(uid)
         same = candidates.get((info.size, info.internaldate), []) if info is not None else []
         for candidate in same:
             try:
                 if target.read(candidate) == source.read(uid):
-                    done.append(uid)
+                    done[uid] = candidate
                     same.remove(candidate)  # one copy answers for one original
                     break
             except (KeyError, FileNotFoundError):
