@@ -52,6 +52,8 @@ def finish_moves(source: Mailbox, open_target: Callable[[str], Mailbox | None], 
     docstring); ``open_target(name)`` is the target folder, or None when it no longer
     exists. Returns the UIDs expunged from ``source``."""
     removed: list[int] = []
+    for half in source.path.glob(f"{_PREFIX}*.json.tmp"):
+        half.unlink(missing_ok=True)  # killed while writing its plan: it had copied nothing
     for path in sorted(source.path.glob(f"{_PREFIX}*.json")):
         try:
             plan = json.loads(path.read_bytes())
