@@ -505,3 +505,30 @@ def test_the_notes_of_a_large_maildrop_stay_bounded_and_the_view_folds_them(sing
     c.quit()
     st = session_state(single_lab.events.events(session=sid), sid)
     assert st.removed == [1, count] and st.left == count - 2
+
+
+def test_a_message_moved_by_imap_after_retr_read_it_gets_its_seen_on_the_copy(single_lab: Lab) -> None:
+    """RETR reads a message; before its \\Seen is marked (pipelined: the next command
+    is still coming), an IMAP session MOVEs the message to Archive. The RETR came
+    first, so after QUIT's +OK the copy in Archive is \\Seen (not lost with the original)."""
+    import imaplib
+
+    deliver(single_lab, 1)
+    c = login(single_lab)
+    c.sock.sendall(b"RETR 1\r\nNOO")  # half a command waiting: the \Seen is marked with its reply
+    assert c._getresp().startswith(b"+OK")
+    while c._getline()[0] != b".":
+        pass
+    host, port = single_lab.address("imap")
+    imap = imaplib.IMAP4(host, port, timeout=5)
+    imap.login("bob", "bob-pw")
+    imap.create("Archive")
+    imap.select("INBOX")
+    assert imap.uid("MOVE", "1", "Archive")[0] == "OK"
+    imap.logout()
+    c.sock.sendall(b"P\r\n")
+    assert c._getresp().startswith(b"+OK")
+    assert c.quit().startswith(b"+OK")
+    assert single_lab.store.mailbox(BOB).messages() == []
+    (copy,) = single_lab.store.mailbox(BOB, "Archive").messages()
+    assert copy.flags == {"\\Seen"}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ..limits import Limits
 from ..store import Mailbox, Store
+from ..store.moving import moved_to
 from ..users import Users
 from .wire import PLANS_SEEN, crlf_only, plan_for
 
@@ -75,6 +76,7 @@ class Maildrop:
         self.sync = sync
         self._released = False
         self._seen_unflushed = False  # \Seen marked since the last flush (UPDATE flushes it)
+        self._also_flush: set[Mailbox] = set()  # folders a message RETR read was moved to
         try:
             # message n is _uids[n - 1], _sizes[n - 1]: two arrays, no object per message
             self._uids, self._sizes = mailbox.listing()
@@ -131,15 +133,26 @@ class Maildrop:
         """RETR means "read": the shared index gets \\Seen so IMAP shows it read,
         for many messages in one index transaction (a pipelined download)."""
         try:
+            moved = []
             with self.mailbox.lock:  # no IMAP STORE between reading the flags and writing them
                 changes = {}
                 for entry in entries:
                     flags = self.mailbox.flags(entry.uid)
-                    if flags is not None and "\\Seen" not in flags:
+                    if flags is None:
+                        moved.append(entry.uid)
+                    elif "\\Seen" not in flags:
                         changes[entry.uid] = flags | {"\\Seen"}
                 if changes:
                     self._seen_unflushed = True  # before: a batch may rename, then fail
                     self.mailbox.set_flags_many(changes)
+            for uid in moved:
+                # an IMAP MOVE took it away after RETR read it: the RETR came first, so
+                # the copy is \Seen (a message expunged is simply gone)
+                where = moved_to(self.mailbox, uid)
+                if where is not None:
+                    self._seen_unflushed = True
+                    self._also_flush.add(where[0])
+                    where[0].change_flags([where[1]], lambda old, seen: old | seen, frozenset({"\\Seen"}))
         except (KeyError, OSError):
             pass  # a message removed meanwhile by IMAP: nothing to mark
         except Exception:  # the flag is a courtesy to IMAP: never worth a failed download
@@ -154,6 +167,8 @@ class Maildrop:
             removed = self.mailbox.remove([e.uid for e in entries])
             if self.sync and (removed or self._seen_unflushed):
                 self.mailbox.flush()
+                for folder in self._also_flush:
+                    folder.flush()
                 self._seen_unflushed = False
             return removed
         except Exception as exc:

@@ -13,6 +13,10 @@ added to its own (a flag set on the original after the copy, by a RETR or a STOR
 already acknowledged, is not lost) and the original is expunged, as the MOVE would
 have done; one without a copy stays where it was. Either way each message ends in
 exactly one of the two folders.
+
+A running process also remembers where each recently moved message went
+(:func:`moved_to`): a POP3 RETR that read a message just before a MOVE took it away
+marks its \\Seen afterwards, on the copy.
 """
 
 from __future__ import annotations
@@ -20,16 +24,41 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .groupsync import replace_file
 from .mailbox import Mailbox
 
-__all__ = ["begin_move", "end_move", "finish_moves"]
+__all__ = ["begin_move", "end_move", "finish_moves", "forward", "moved_to"]
+
+#: Moved messages remembered per source folder (a reader needs one only for the moment
+#: between reading a message and marking it read).
+FORWARDS_KEPT = 4096
 
 _PREFIX = "maillab-moving-"
 _counter = itertools.count(1)
+_forwards: weakref.WeakKeyDictionary[Mailbox, dict[int, tuple[Mailbox, int]]] = weakref.WeakKeyDictionary()
+_forwards_lock = threading.Lock()
+
+
+def forward(source: Mailbox, target: Mailbox, copies: dict[int, int]) -> None:
+    """Remember that ``source``'s messages ``copies`` (UID -> copy's UID) moved to ``target``
+    (before they are expunged, so a reader never finds one gone and not yet forwarded)."""
+    with _forwards_lock:
+        table = _forwards.setdefault(source, {})
+        table.update((uid, (target, copy)) for uid, copy in copies.items())
+        for uid in list(itertools.islice(table, max(0, len(table) - FORWARDS_KEPT))):
+            del table[uid]
+
+
+def moved_to(source: Mailbox, uid: int) -> tuple[Mailbox, int] | None:
+    """Where ``source``'s message ``uid`` was moved lately (the folder, its UID there)."""
+    with _forwards_lock:
+        table = _forwards.get(source)
+        return table.get(uid) if table is not None else None
 
 
 def begin_move(source: Mailbox, target: Mailbox, uids: Iterable[int]) -> Path:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ...store import Mailbox
-from ...store.moving import begin_move, end_move
+from ...store.moving import begin_move, end_move, forward
 from ..flags import check_flags
 from ..responses import No, Notice, Output, line, lines
 from ..selected_mailbox import LINES_PER_RESPONSE
@@ -210,6 +210,7 @@ def _expunge_moved(source: Mailbox, target: Mailbox, copied: dict[int, tuple[int
             left[uid] = (dst, flags)
         if changes:
             target.change_flags(changes, _carry, sync=sync)
+        forward(source, target, {uid: dst for uid, (dst, _) in left.items()})  # for a POP3 RETR
         gone = source.remove(list(left), sync=sync, expected={uid: f for uid, (_, f) in left.items()})
         removed += gone
         for uid in gone:
