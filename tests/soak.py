@@ -296,6 +296,7 @@ class Soak:
         # INBOX (BOB_KEEP and what arrived since the last clean) fill up first: memory
         # should grow less in the second half than in the first.
         report["rss_middle"] = mid["rss"] if mid else None
+        report["rss_second_half"] = after["rss"] - mid["rss"] if mid else None
         report["kept_middle"], report["kept_end"] = mid, self._kept()
         shutil.rmtree(self.home, ignore_errors=True)
         return report
