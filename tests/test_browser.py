@@ -146,10 +146,33 @@ NAMES = list(CELLS)
 # -- JupyterLab in a subprocess -------------------------------------------------------------
 
 
+PORT_ATTEMPTS = 3
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _wait_until_up(server: JupyterLab, proc: subprocess.Popen[bytes], *, last_attempt: bool) -> bool:
+    """True once JupyterLab answers; False if it exited because its port was taken
+    meanwhile (and another attempt is left); raises otherwise."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            if not last_attempt and "is not available" in server.log_tail():
+                return False
+            raise RuntimeError(f"JupyterLab exited ({proc.returncode}):\n{server.log_tail()}")
+        try:
+            server.get("/api/status")
+            return True
+        except (OSError, urllib.error.URLError):
+            if time.monotonic() > deadline:
+                _stop_server(server, proc)
+                raise RuntimeError(f"JupyterLab did not answer within {SERVER_START_TIMEOUT} s:\n"
+                                   f"{server.log_tail()}") from None
+            time.sleep(0.2)
 
 
 def _write_settings(settings: Path) -> None:
@@ -206,33 +229,27 @@ def serve_jupyterlab(tmp: Path, notebooks: list[Path] | None = None) -> Iterator
         (root / path.name).write_bytes(path.read_bytes())
     home = tmp / "jupyter"
     _write_settings(home / "settings")
-    token, port = secrets.token_hex(16), _free_port()
+    token = secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTER_RUNTIME_DIR=str(home / "runtime"), IPYTHONDIR=str(home / "ipython"))
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
-           "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1", f"--ServerApp.token={token}",
-           f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={home / 'settings'}",
-           f"--LabApp.workspaces_dir={home / 'workspaces'}"]
-    if os.geteuid() == 0:
-        cmd.append("--allow-root")
-    log = tmp / "jupyterlab.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    server = JupyterLab(f"http://127.0.0.1:{port}", token, root, log)
+    # A port found free can be taken before JupyterLab binds it (any client's
+    # outgoing connection may get it as its ephemeral port): then try another.
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = _free_port()
+        cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
+               "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1", f"--ServerApp.token={token}",
+               f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={home / 'settings'}",
+               f"--LabApp.workspaces_dir={home / 'workspaces'}"]
+        if os.geteuid() == 0:
+            cmd.append("--allow-root")
+        log = tmp / f"jupyterlab-{attempt}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        server = JupyterLab(f"http://127.0.0.1:{port}", token, root, log)
+        if _wait_until_up(server, proc, last_attempt=attempt == PORT_ATTEMPTS):
+            break
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited ({proc.returncode}):\n{server.log_tail()}")
-            try:
-                server.get("/api/status")
-                break
-            except (OSError, urllib.error.URLError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not answer within {SERVER_START_TIMEOUT} s:\n"
-                                       f"{server.log_tail()}") from None
-                time.sleep(0.2)
         yield server
     finally:
         _stop_server(server, proc)
