@@ -7,7 +7,10 @@ moments RFC 3501 7.4.1 allows. New messages (EXISTS) and flag changes (FETCH)
 may be announced after any command; an EXPUNGE never during FETCH, STORE or
 SEARCH, because the client may be using sequence numbers in a pipelined
 command. Until then an expunged message stays in this session's numbering as a
-"ghost" that FETCH answers with ``NO [EXPUNGEISSUED]``.
+*ghost* (:meth:`SelectedMailbox.ghost`): what the session still knows of it (UID,
+flags, and the size and date the store kept) is answered as usual, like RFC 2180
+4.1.1's messages kept available; only what needs the file that is gone (BODY[],
+ENVELOPE not cached) is refused, RFC 2180 4.1.2's ``NO [EXPUNGEISSUED]`` (RFC 5530).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import bisect
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import compress
+from typing import NamedTuple
 
 from ..store import Mailbox
 from ..store.mailbox import Snapshot
+from ..store.table import UNKNOWN, UNKNOWN_DATE
 from .flags import flags_text
 from .responses import Bad, Output, line, lines
 from .verbs import STAR, SeqSet
@@ -55,6 +60,16 @@ class UidSet:
     def discard_all(self, gone: set[int]) -> None:
         if gone and self.uids:
             self.uids = array("I", (u for u in self.uids if u not in gone))
+
+
+class Ghost(NamedTuple):
+    """A message expunged by someone else that this session still shows (its EXPUNGE
+    not announced yet): its last flags, and its RFC822.SIZE and INTERNALDATE when
+    the store kept them (None: not known any more)."""
+
+    flags: frozenset[str]
+    crlf_size: int | None
+    internaldate: float | None
 
 
 class SelectedMailbox:
@@ -98,6 +113,19 @@ class SelectedMailbox:
         if self.flagsets[self.flag_ids[idx]] != flags:
             with self.mailbox.lock:
                 self.flag_ids[idx] = self.mailbox.table.flag_id(flags)
+
+    def ghost(self, idx: int) -> Ghost:
+        """What is still known of message ``idx + 1`` when its file and index row are
+        gone: the store's last record of it (flags as the expunging session left
+        them, \\Deleted mostly), or else the flags this session last reported."""
+        mb = self.mailbox
+        with mb.lock:
+            row = mb.table.departed.get(self.uids[idx])
+            if row is None:
+                return Ghost(self.flags_at(idx), None, None)
+            fid, crlf, date = row
+            flags = mb.table.flagsets[fid]
+        return Ghost(flags, None if crlf == UNKNOWN else crlf, None if date == UNKNOWN_DATE else date)
 
     def flags_text(self, uid: int, flags: frozenset[str]) -> str:
         """FETCH FLAGS' list for a message, \\Recent included if this session holds it."""

@@ -36,12 +36,15 @@ UNKNOWN_DATE = float("-inf")
 GONE, NEW, CUR = 0, 1, 2
 SUBDIRS = {NEW: "new", CUR: "cur"}
 STATES = {"new": NEW, "cur": CUR}
+#: Removed rows whose flags, size and date are kept (the most recent ones): what an
+#: IMAP session that still shows such a message may answer about it (RFC 2180 4.1).
+DEPARTED_MAX = 4096
 
 class MessageTable:
     """The index rows of one mailbox, column by column (see the module docstring)."""
 
     __slots__ = ("uids", "state", "flag_ids", "sizes", "crlf", "dates", "_key_ends", "_keys",
-                 "odd_names", "flagsets", "letters", "_flag_id", "live")
+                 "odd_names", "flagsets", "letters", "_flag_id", "live", "departed")
 
     def __init__(self) -> None:
         self.uids = array("I")
@@ -61,6 +64,10 @@ class MessageTable:
         self.letters: list[str] = []
         self._flag_id: dict[frozenset[str], int] = {}
         self.live = 0
+        #: UID -> (flag-set number, CRLF size, arrival date) of the last removed rows,
+        #: oldest first, at most :data:`DEPARTED_MAX`: another IMAP session may still
+        #: show them until it can announce the EXPUNGE (RFC 3501 7.4.1).
+        self.departed: dict[int, tuple[int, int, float]] = {}
 
     # -- flag sets ---------------------------------------------------------------------
     def flag_id(self, flags: frozenset[str]) -> int:
@@ -160,6 +167,10 @@ class MessageTable:
             self.odd_names[uid] = filename
 
     def remove(self, slot: int) -> None:
+        departed = self.departed
+        if len(departed) >= DEPARTED_MAX:
+            del departed[next(iter(departed))]
+        departed[self.uids[slot]] = (self.flag_ids[slot], self.crlf[slot], self.dates[slot])
         self.state[slot] = GONE
         self.odd_names.pop(self.uids[slot], None)
         self.live -= 1

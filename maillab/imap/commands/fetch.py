@@ -6,6 +6,18 @@ and kept in the mailbox index; their wire form is cached per mailbox too
 nothing. Message bytes are read with one system call and handed to the driver
 as literal parts of a :class:`~maillab.imap.responses.Response`, never copied
 into the text around them.
+
+A message another session expunged, which this session still shows until it may
+announce the EXPUNGE (RFC 3501 7.4.1), is a *ghost*
+(:meth:`~maillab.imap.selected_mailbox.SelectedMailbox.ghost`). FETCH answers
+what is still known of it as usual (UID, FLAGS, RFC822.SIZE and INTERNALDATE
+while the store keeps them, ENVELOPE/BODY/BODYSTRUCTURE while their wire form is
+cached), which is all a client syncing flags asks. A ghost whose answer would need
+the file that is gone gets no FETCH response, every other message is answered,
+and FETCH ends ``NO [EXPUNGEISSUED]`` (RFC 2180 4.1.2, RFC 5530). UID FETCH ends
+``OK [EXPUNGEISSUED]`` instead: its EXPUNGE responses come before the tagged
+reply, so the client learns that the UID is gone, and a UID that does not exist
+is ignored without an error (RFC 3501 6.4.8), as UID STORE does.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...store import Mailbox
 from ...store.reading import WIRE_ITEMS_MAX, caches, read_wire, remember
-from ...store.table import UNKNOWN_DATE
+from ...store.table import UNKNOWN, UNKNOWN_DATE
 from ..flags import flags_text
 from ..responses import No, Output, Response, lines
 from ..selected_mailbox import SelectedMailbox
@@ -26,6 +38,10 @@ from ..verbs import Fetch, FetchItem
 
 if TYPE_CHECKING:
     from ..session import IMAPSession
+
+#: The tagged replies when a ghost's answer needed its file (see the module docstring).
+GONE_NO = "[EXPUNGEISSUED] some of the requested messages no longer exist"
+GONE_OK = "[EXPUNGEISSUED] UID FETCH completed; some of the messages were expunged by another session"
 
 #: A FETCH that sets \Seen sets it for this many messages at a time.
 SEEN_BATCH = 256
@@ -87,9 +103,8 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
         message = None  # type: ignore[assignment]
     indexes = view.resolve(cmd.sequence_set, cmd.uid)
     if not sets_seen and all(i.name in _INDEX_ITEMS for i in items):
-        if (yield from _from_index(view, [i.name for i in items], indexes)):
-            raise No("[EXPUNGEISSUED] some of the requested messages no longer exist")
-        return None
+        missing = yield from _from_index(view, [i.name for i in items], indexes)
+        return _gone(cmd.uid) if missing else None
     needs_info = needs_data or any(i.name in ("RFC822.SIZE", "INTERNALDATE") for i in items)
     seen_set: set[int] = set()
     for pos, idx in enumerate(indexes):
@@ -101,9 +116,13 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
         uid = view.uids[idx]
         info = mb.get(uid) if needs_info else None
         flags_now = info.flags if info is not None else mb.flags(uid)
-        if flags_now is None:
-            missing = True
-            continue
+        ghost = None
+        if flags_now is None:  # expunged elsewhere, still shown here
+            if needs_data:
+                missing = True
+                continue
+            ghost = view.ghost(idx)
+            flags_now = ghost.flags
         data: bytes | None = None
         if needs_data:
             assert info is not None
@@ -128,14 +147,23 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
                 buf += ("FLAGS (" + view.flags_text(uid, flags_now) + ")").encode()
                 view.report(idx, flags_now)
             elif name == "RFC822.SIZE":
-                assert info is not None
-                buf += b"RFC822.SIZE %d" % info.crlf_size
+                size = info.crlf_size if info is not None else ghost.crlf_size if ghost else None
+                if size is None:
+                    missing = True
+                    break
+                buf += b"RFC822.SIZE %d" % size
             elif name == "INTERNALDATE":
-                assert info is not None
-                buf += ("INTERNALDATE " + internaldate_text(info.internaldate)).encode()
+                date = info.internaldate if info is not None else ghost.internaldate if ghost else None
+                if date is None:
+                    missing = True
+                    break
+                buf += ("INTERNALDATE " + internaldate_text(date)).encode()
             elif name in _SUMMARY_ITEMS:
                 item_bytes = wire_items.get((uid, name))
                 if item_bytes is None:
+                    if ghost is not None:
+                        missing = True
+                        break
                     try:
                         parsed = summary(mb, uid, data)
                     except FileNotFoundError:
@@ -178,9 +206,14 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
         if s.limits.smtp_fsync:
             mb.flush()  # the \Seen set on the disk before the OK: one round for every batch
         s.on_change(s.user or "", view.name)
-    if missing:
-        raise No("[EXPUNGEISSUED] some of the requested messages no longer exist")
-    return None
+    return _gone(cmd.uid) if missing else None
+
+
+def _gone(uid: bool) -> str:
+    """The tagged reply's text when a ghost could not be answered (NO for FETCH)."""
+    if not uid:
+        raise No(GONE_NO)
+    return GONE_OK
 
 
 def _set_seen(view: SelectedMailbox, indexes: Sequence[int]) -> set[int]:
@@ -195,7 +228,7 @@ def _from_index(view: SelectedMailbox, names: list[str], indexes: Sequence[int])
     asks): a batch of messages per lock hold, formatted straight into one block
     of lines. The view's UIDs, the mailbox's and this session's \\Recent are all
     ascending, so each message's row is found by walking them side by side.
-    Returns whether some messages were expunged meanwhile."""
+    Returns whether some ghost could not be answered (its size or date not kept)."""
     mb = view.mailbox
     t = mb.table
     uids = view.uids
@@ -203,6 +236,7 @@ def _from_index(view: SelectedMailbox, names: list[str], indexes: Sequence[int])
     uid_first = names == ["UID", "FLAGS"]
     uid_flags = uid_first or names == ["FLAGS", "UID"]
     recent = view.recent.uids
+    departed = t.departed
     texts: dict[int, str] = {}  # flag-set number * 2 + recent -> the FLAGS list
     missing = False
     for start in range(0, len(indexes), INDEX_BATCH):
@@ -222,15 +256,14 @@ def _from_index(view: SelectedMailbox, names: list[str], indexes: Sequence[int])
                 if slot >= n or rows[slot] != uid:
                     slot = bisect.bisect_left(rows, uid)
                     if slot >= n or rows[slot] != uid:
-                        missing = True
-                        slot -= 1
-                        continue
-                if not state[slot]:
-                    missing = True
-                    continue
+                        slot -= 1  # the next UID's row is looked for from here
+                ghost = None
+                if slot < 0 or rows[slot] != uid or not state[slot]:
+                    # expunged elsewhere: the store's last record, or what we last said
+                    ghost = departed.get(uid) or (reported[idx], UNKNOWN, UNKNOWN_DATE)
                 while r < nr and recent[r] < uid:
                     r += 1
-                fid = flag_ids[slot]
+                fid = flag_ids[slot] if ghost is None else ghost[0]
                 key = 2 * fid + (r < nr and recent[r] == uid)
                 text = texts.get(key)
                 if text is None:
@@ -248,12 +281,20 @@ def _from_index(view: SelectedMailbox, names: list[str], indexes: Sequence[int])
                         reported[idx] = fid
                         parts.append(f"FLAGS ({text})")
                     elif name == "RFC822.SIZE":
-                        parts.append(f"RFC822.SIZE {max(t.crlf[slot], 0)}")
+                        size = t.crlf[slot] if ghost is None else ghost[1]
+                        if ghost is not None and size == UNKNOWN:
+                            break
+                        parts.append(f"RFC822.SIZE {max(size, 0)}")
                     else:
-                        date = t.dates[slot]
+                        date = t.dates[slot] if ghost is None else ghost[2]
+                        if ghost is not None and date == UNKNOWN_DATE:
+                            break
                         parts.append("INTERNALDATE " + internaldate_text(
                             date if date != UNKNOWN_DATE else 0.0))
-                out.append(f"* {idx + 1} FETCH ({' '.join(parts)})")
+                else:
+                    out.append(f"* {idx + 1} FETCH ({' '.join(parts)})")
+                    continue
+                missing = True  # a ghost whose size or date the store no longer has
         if out:
             yield lines(out)
     return missing

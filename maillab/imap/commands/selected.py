@@ -7,14 +7,14 @@ CHECK, CLOSE, EXPUNGE, STORE, COPY (each also as UID EXPUNGE/STORE/COPY, RFC
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ...store import Mailbox
 from ...store.moving import begin_move, end_move, forward
 from ..flags import check_flags
 from ..responses import No, Notice, Output, line, lines
-from ..selected_mailbox import LINES_PER_RESPONSE
+from ..selected_mailbox import LINES_PER_RESPONSE, SelectedMailbox
 from ..states import SELECTED_ONLY, State
 from ..verbs import Check, Close, Copy, Expunge, Move, Store, Unselect
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..session import IMAPSession
 
 READ_ONLY = "[READ-ONLY] the mailbox is read-only (EXAMINE)"
+EXPUNGED = "[EXPUNGEISSUED] some of the messages were expunged by another session"
 
 
 def check(s: IMAPSession, cmd: Check) -> Iterator[Output]:
@@ -77,7 +78,13 @@ def expunge(s: IMAPSession, cmd: Expunge) -> Iterator[Output]:
 
 
 def store(s: IMAPSession, cmd: Store) -> Iterator[Output]:
-    """RFC 3501 6.4.6: FLAGS, +FLAGS, -FLAGS (.SILENT), answered with the new flags."""
+    """RFC 3501 6.4.6: FLAGS, +FLAGS, -FLAGS (.SILENT), answered with the new flags.
+
+    A message another session expunged (still shown here) keeps no flags: it is left
+    out. UID STORE ignores it like a UID that does not exist (RFC 3501 6.4.8; its
+    EXPUNGE follows in this very response); STORE.SILENT answers OK for the others
+    (RFC 2180 4.2.1); a STORE that would report its flags ends NO [EXPUNGEISSUED]
+    after storing and reporting the others (RFC 2180 4.2.3, RFC 5530)."""
     mode, silent = cmd.mode, cmd.silent
     view = s.view()
     if view.readonly:
@@ -108,8 +115,8 @@ def store(s: IMAPSession, cmd: Store) -> Iterator[Output]:
         yield lines(out)
     if changed:
         s.on_change(s.user or "", view.name)
-    if missing:
-        raise No("[EXPUNGEISSUED] some of the messages were expunged by another session")
+    if missing and not (cmd.uid or silent):
+        raise No(EXPUNGED)
     return None
 
 
@@ -138,17 +145,24 @@ def _copy(s: IMAPSession, cmd: Copy, copied: dict[int, tuple[int, frozenset[str]
     ``copied`` gets each original's UID -> (its copy's UID, the flags copied)."""
     view = s.view()
     target = _target(s, cmd.mailbox)
+    indexes = view.resolve(cmd.sequence_set, cmd.uid)
+    _refuse_ghosts(view, indexes)
     src_uids: list[int] = []
     dst_uids: list[int] = []
-    for idx in view.resolve(cmd.sequence_set, cmd.uid):
+    for idx in indexes:
         uid = view.uids[idx]
         info = view.mailbox.get(uid)
-        if info is None:
-            continue
-        try:
-            data = view.mailbox.read(uid)
-        except (KeyError, FileNotFoundError):
-            continue
+        data = None
+        if info is not None:
+            try:
+                data = view.mailbox.read(uid)
+            except (KeyError, FileNotFoundError):
+                pass
+        if data is None:  # expunged elsewhere while we copied
+            if copied is not None:
+                continue  # MOVE: the message is gone from the source either way
+            target.remove(dst_uids, sync=s.limits.smtp_fsync)  # all or nothing (6.4.7)
+            raise No(EXPUNGED)
         # each file fsync'ed; the directory and index once for the whole COPY, below
         new = target.add(data, info.flags, info.internaldate, sync=s.limits.smtp_fsync, flush=False)
         src_uids.append(uid)
@@ -164,6 +178,17 @@ def _copy(s: IMAPSession, cmd: Copy, copied: dict[int, tuple[int, frozenset[str]
     return f"COPYUID {target.uidvalidity} {uid_set(src_uids)} {uid_set(dst_uids)}", target
 
 
+def _refuse_ghosts(view: SelectedMailbox, indexes: Sequence[int]) -> None:
+    """A COPY copies every message named or none (RFC 3501 6.4.7). One that another
+    session expunged (still shown here) cannot be copied: NO [EXPUNGEISSUED] before
+    anything is, as Dovecot answers (RFC 2180 4.4)."""
+    mb = view.mailbox
+    uids = view.uids
+    with mb.lock:
+        if any(mb.table.slot(uids[i]) is None for i in indexes):
+            raise No(EXPUNGED)
+
+
 def copy(s: IMAPSession, cmd: Copy) -> Iterator[Output]:
     """RFC 3501 6.4.7, answering COPYUID (RFC 4315)."""
     copyuid, _ = yield from _copy(s, cmd)
@@ -177,7 +202,9 @@ def move(s: IMAPSession, cmd: Move) -> Iterator[Output]:
         raise No(READ_ONLY)
     # written down first: a crash before the originals are gone is finished at the
     # next open (store/moving.py), so no message is left in both folders
-    uids = [view.uids[i] for i in view.resolve(cmd.sequence_set, cmd.uid)]
+    indexes = view.resolve(cmd.sequence_set, cmd.uid)
+    _refuse_ghosts(view, indexes)  # before the plan: nothing to finish after a NO
+    uids = [view.uids[i] for i in indexes]
     plan = begin_move(view.mailbox, _target(s, cmd.mailbox), uids)
     copied: dict[int, tuple[int, frozenset[str]]] = {}
     copyuid, target = yield from _copy(s, cmd, copied)
