@@ -9,7 +9,8 @@ MOVE, EXPUNGE, UID STORE, UID FETCH BODY[] (\\Seen), POP3 DELE + QUIT and RETR +
 (\\Seen); the kernel's own
 record of the system calls must show, for each acknowledged change, the rename or
 unlink, then an fsync of its directory and of ``maillab-index.sqlite-wal``, then
-the reply. The crash test (``test_crash_consistency.py``) checks what survives a
+the reply (and a MOVE's plan on the disk before its first copy, removed after the
+expunge of the originals is). The crash test (``test_crash_consistency.py``) checks what survives a
 ``kill -9``; this one checks what a power cut would need on top.
 """
 
@@ -119,6 +120,29 @@ def _check_replaced(calls: list[Call], reply: Call, after: int, directory: str, 
         f"{what}: {directory} not fsync'ed after {name}'s rename and before the reply"
 
 
+def _check_move_plan(calls: list[Call], reply: Call, after: int, source: str, target: str) -> None:
+    """A MOVE's plan (store/moving.py) is on the disk before the first copy is written,
+    its data and its name (the source folder's directory fsync'ed), and it is removed
+    only after the originals' expunge is: a power cut never leaves a copy without its
+    plan, nor the plan gone with an original still there (RFC 6851 3.3)."""
+    window = [c for c in calls if after < c.start < reply.start]
+    written = [c for c in window if c.name == "write" and f"{source}/maillab-moving-" in c.args]
+    assert written, "MOVE: no plan written"
+    plan = written[0].args.split("<", 1)[1].split(">", 1)[0]
+    copied = [c for c in window if c.name == "rename" and f"{target}/new/" in c.args]
+    assert copied, "MOVE: no copy renamed into the target"
+    first_copy = copied[0].start
+    for synced, what in ((f"{plan}>", "the plan's data"), (f"{source}>", "the plan's name (its directory)")):
+        assert any(c.name == "fsync" and synced in c.args and c.start > written[-1].end and c.end < first_copy
+                   for c in window), f"MOVE: {what} not fsync'ed before the first copy"
+    unlinked = [c for c in window if c.name == "unlink" and plan in c.args]
+    assert unlinked, "MOVE: the plan was not removed before the OK"
+    original = max(c.end for c in window if c.name == "unlink" and f"{source}/new/" in c.args)
+    assert any(c.name == "fsync" and f"{source}/new>" in c.args and c.start > original
+               and c.end < unlinked[0].start for c in window), \
+        "MOVE: the plan removed before the originals' expunge was on the disk"
+
+
 def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
     directory = tmp_path / "lab"
     out = tmp_path / "strace.txt"
@@ -194,6 +218,7 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
     move_ok = _reply(calls, "MOVE completed", append_ok.start)
     _check(calls, move_ok, append_ok.start, "rename", [f"{archive}/new"], "MOVE OK (the copy)")
     _check(calls, move_ok, append_ok.start, "unlink", [f"{inbox}/new"], "MOVE OK (the original)")
+    _check_move_plan(calls, move_ok, append_ok.start, inbox, archive)
     create_ok = _reply(calls, "CREATE completed", smtp_250.start)
     _check_replaced(calls, create_ok, smtp_250.start, inbox, "maillab-uidvalidity", "CREATE OK")
     expunge_ok = _reply(calls, "EXPUNGE completed", move_ok.start)

@@ -84,7 +84,7 @@ def test_a_move_cut_short_is_finished_at_the_next_open(tmp_path):
     archive = store.create_mailbox("bob@alpha.test", "Archive")
     first, second = inbox.add(MSG, ["\\Seen"]), inbox.add(MSG.replace(b"hello", b"other"))
     archive.add(MSG, ["\\Seen"])  # an unrelated message, alike but older than the move
-    begin_move(inbox, archive, [first.uid, second.uid])
+    begin_move(inbox, archive, [first.uid, second.uid], sync=True)
     archive.add(inbox.read(first.uid), first.flags, first.internaldate)  # the copy, then the kill
     inbox.add_flags(first.uid, ["\\Answered"])  # acknowledged to a client after the copy
     store.close()
@@ -92,6 +92,26 @@ def test_a_move_cut_short_is_finished_at_the_next_open(tmp_path):
     assert [m.uid for m in again.mailbox("bob@alpha.test").messages()] == [second.uid]
     assert [m.flags for m in again.mailbox("bob@alpha.test", "Archive").messages()] == [
         {"\\Seen"}, {"\\Seen", "\\Answered"}]
+    assert not list((tmp_path / "bob@alpha.test").glob("maillab-moving-*"))
+
+
+def test_a_move_plan_cut_short_while_written_is_dropped(tmp_path):
+    """A plan that is not whole (a power cut or a kill while it was written, before
+    its fsync round ended) was written before anything was copied: the next open
+    drops it and leaves both folders as they are."""
+    from maillab.store.moving import begin_move
+
+    store = Store(tmp_path)
+    inbox = store.mailbox("bob@alpha.test", create=True)
+    archive = store.create_mailbox("bob@alpha.test", "Archive")
+    first = inbox.add(MSG)
+    plan = begin_move(inbox, archive, [first.uid], sync=False)
+    plan.write_bytes(plan.read_bytes()[:-3])  # its end never reached the disk
+    archive.add(MSG, internaldate=first.internaldate)  # alike, where a copy would be
+    store.close()
+    again = Store(tmp_path)
+    assert [m.uid for m in again.mailbox("bob@alpha.test").messages()] == [first.uid]
+    assert len(again.mailbox("bob@alpha.test", "Archive")) == 1
     assert not list((tmp_path / "bob@alpha.test").glob("maillab-moving-*"))
 
 

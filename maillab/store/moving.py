@@ -6,7 +6,18 @@ says a server SHOULD NOT do (never in neither: that one is a MUST, and the order
 the two steps keeps it). So a MOVE first writes down what it is about to do, in a
 small file beside the source folder's index (``maillab-moving-<n>.json``: the target,
 the target's UIDNEXT before the copy, the originals' UIDs), and removes it once
-the originals are gone. When a process opens the folder and finds such a file, the
+the originals are gone.
+
+A power cut asks more than a ``kill -9``: the kernel may write the copies' names to
+the disk before the plan's, or the plan's removal before the originals' unlinks.
+So with ``sync`` the plan's data and its name (the source folder's directory) are
+fsync'ed, in one group-commit round (:mod:`maillab.store.groupsync`), before the first
+copy is written, and the plan is removed only after the expunge of the originals is
+on the disk (the caller's :meth:`~maillab.store.mailbox.Mailbox.remove` with ``sync``
+returns after its round). The removal itself needs no fsync: a plan that comes back
+finds no original left, and finishes nothing. A plan cut short while it was written
+(nothing of it, or half of it, on the disk) was written before anything was copied:
+it is dropped. When a process opens the folder and finds such a file, the
 move was cut short: each original that has a copy in the target (a message at or
 above that UIDNEXT with the same bytes and internal date) gets the original's flags
 added to its own (a flag set on the original after the copy, by a RETR or a STORE
@@ -29,7 +40,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .groupsync import replace_file
+from .groupsync import GROUP
 from .mailbox import Mailbox
 
 __all__ = ["begin_move", "end_move", "finish_moves", "forward", "moved_to"]
@@ -61,18 +72,32 @@ def moved_to(source: Mailbox, uid: int) -> tuple[Mailbox, int] | None:
         return table.get(uid) if table is not None else None
 
 
-def begin_move(source: Mailbox, target: Mailbox, uids: Iterable[int]) -> Path:
-    """Write down a MOVE about to copy ``uids`` from ``source`` to ``target``."""
+def begin_move(source: Mailbox, target: Mailbox, uids: Iterable[int], *, sync: bool) -> Path:
+    """Write down a MOVE about to copy ``uids`` from ``source`` to ``target``; with
+    ``sync`` the plan is on the disk (its data, then its name) when this returns,
+    before any copy can be."""
     plan = {"target": target.name, "from_uid": target.uidnext, "uids": list(uids)}
-    path = source.path / f"{_PREFIX}{os.getpid()}-{next(_counter)}.json"
-    # written whole or not at all; no fsync: what it guards against is a crash of
-    # the process (a power cut may still leave both copies, as before)
-    replace_file(path, json.dumps(plan).encode(), sync=False)
-    return path
+    path = f"{os.fspath(source.path)}/{_PREFIX}{os.getpid()}-{next(_counter)}.json"
+    # No temporary file and rename: a plan that is not whole is one that was cut
+    # short before anything was copied, and finish_moves drops it.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        with memoryview(json.dumps(plan).encode()) as view:
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+    finally:
+        os.close(fd)
+    if sync:
+        # the file (its data) and the folder's directory (its name), in one round: the
+        # round fsyncs files before directories
+        GROUP.sync([path, os.fspath(source.path)])
+    return Path(path)
 
 
 def end_move(path: Path) -> None:
-    """The MOVE is done (its originals expunged): nothing left to finish."""
+    """The MOVE is done: its originals' expunge is on the disk (with ``sync``), so
+    there is nothing left to finish."""
     path.unlink(missing_ok=True)
 
 
@@ -82,14 +107,14 @@ def finish_moves(source: Mailbox, open_target: Callable[[str], Mailbox | None], 
     exists. Returns the UIDs expunged from ``source``."""
     removed: list[int] = []
     for half in source.path.glob(f"{_PREFIX}*.json.tmp"):
-        half.unlink(missing_ok=True)  # killed while writing its plan: it had copied nothing
+        half.unlink(missing_ok=True)  # (plans were once written through a .tmp: it had copied nothing)
     for path in sorted(source.path.glob(f"{_PREFIX}*.json")):
         try:
             plan = json.loads(path.read_bytes())
             target = open_target(plan["target"])
             first, uids = int(plan["from_uid"]), [int(u) for u in plan["uids"]]
         except (OSError, ValueError, KeyError, TypeError):
-            target = None
+            target = None  # not whole: cut short while it was written, before any copy
         if target is not None:
             copies = _copied(source, target, first, uids)
             now = {copy: flags for uid, copy in copies.items() if (flags := source.flags(uid))}

@@ -200,19 +200,28 @@ def move(s: IMAPSession, cmd: Move) -> Iterator[Output]:
     view = s.view()
     if view.readonly:
         raise No(READ_ONLY)
-    # written down first: a crash before the originals are gone is finished at the
-    # next open (store/moving.py), so no message is left in both folders
+    # written down first (on the disk, with fsync, before any copy is): a crash or a
+    # power cut before the originals are gone is finished at the next open
+    # (store/moving.py), so no message is left in both folders
+    sync = s.limits.smtp_fsync
     indexes = view.resolve(cmd.sequence_set, cmd.uid)
     _refuse_ghosts(view, indexes)  # before the plan: nothing to finish after a NO
     uids = [view.uids[i] for i in indexes]
-    plan = begin_move(view.mailbox, _target(s, cmd.mailbox), uids)
+    target = _target(s, cmd.mailbox)
+    plan = begin_move(view.mailbox, target, uids, sync=sync) if uids else None
     copied: dict[int, tuple[int, frozenset[str]]] = {}
     copyuid, target = yield from _copy(s, cmd, copied)
     if copyuid:
         yield line(f"* OK [{copyuid}] moved")  # RFC 6851 4.3: COPYUID untagged, first
-    if _expunge_moved(view.mailbox, target, copied, s.limits.smtp_fsync):
+    removed = _expunge_moved(view.mailbox, target, copied, sync)
+    if removed:
         s.on_change(s.user or "", view.name)
-    end_move(plan)
+    if sync and len(removed) < len(copied):
+        # another session expunged some originals first, its flush maybe not done yet:
+        # the plan must not go before their removal is on the disk either
+        view.mailbox.flush()
+    if plan is not None:
+        end_move(plan)  # after the expunge's round (remove(sync=...) waited for it)
     return None  # the EXPUNGE responses follow from the updates (MOVE allows them)
 
 
