@@ -10,7 +10,9 @@ MOVE, EXPUNGE, UID STORE, UID FETCH BODY[] (\\Seen), POP3 DELE + QUIT and RETR +
 record of the system calls must show, for each acknowledged change, the rename or
 unlink, then an fsync of its directory and of ``maillab-index.sqlite-wal``, then
 the reply (and a MOVE's plan on the disk before its first copy, removed after the
-expunge of the originals is). The crash test (``test_crash_consistency.py``) checks what survives a
+expunge of the originals is). A POP3 session that RETRs and drops the connection
+without QUIT keeps its \\Seen (as Dovecot does): fsync'ed once the session is over.
+The crash test (``test_crash_consistency.py``) checks what survives a
 ``kill -9``; this one checks what a power cut would need on top.
 """
 
@@ -198,6 +200,18 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
                           imap.rename("INBOX", "Old")):  # RFC 3501 6.3.5: the messages move
             assert typ == "OK", data
         imap.logout()
+        # RETR, then the connection dropped (no QUIT, no UPDATE): the \Seen RETR marked
+        # stays, as in Dovecot, and its fsync round runs once the session is over
+        with smtplib.SMTP(services["smtp"]["host"], services["smtp"]["port"], timeout=30) as c:
+            c.sendmail("alice@alpha.test", [BOB], _message("retr-then-dropped"))
+        pop = poplib.POP3(services["pop3"]["host"], services["pop3"]["port"], timeout=30)
+        pop.user("bob")
+        pop.pass_("bob-pw")
+        assert b"retr-then-dropped" in b"\n".join(pop.retr(1)[1])
+        pop.close()  # no QUIT
+        deadline = time.monotonic() + 20  # (the round is on a worker thread: wait for it)
+        while time.monotonic() < deadline and not _seen_after_drop(out, directory, check=False):
+            time.sleep(0.2)
     finally:
         # the lab is strace's child; strace ends when it has
         for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
@@ -249,6 +263,30 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
     inbox_ok = _reply(calls, "RENAME completed", delete_ok.start)
     _check(calls, inbox_ok, delete_ok.start, "rename", [f"{inbox}/.Old/new"], "RENAME INBOX OK (the copies)")
     _check(calls, inbox_ok, delete_ok.start, "unlink", [f"{inbox}/new"], "RENAME INBOX OK (the originals)")
+    _seen_after_drop(out, directory, check=True)
+
+
+def _seen_after_drop(trace: Path, directory: Path, *, check: bool) -> bool:
+    """The RETR of the session that ended without QUIT: its \\Seen rename (into
+    ``cur/``) came before the RETR's reply (a client that waited for the reply finds
+    it read over IMAP), and fsyncs of ``cur/`` and of the index log followed the
+    session's end. With ``check`` an AssertionError says what is missing."""
+    calls = _calls(trace.read_text(errors="replace"))
+    inbox = f"{directory}/mail/{BOB}"
+    try:
+        retr = _reply(calls, "retr-then-dropped", max(c.start for c in calls if "RENAME completed" in c.args))
+        renamed = [c for c in calls if c.name in ("rename", "renameat", "renameat2") and f"<{inbox}/cur>" in c.args
+                   and c.start < retr.start and ":2,S" in c.args]
+        assert renamed, "RETR: no \\Seen rename before its reply"
+        for target in (f"{inbox}/cur>", f"{inbox}/maillab-index.sqlite-wal>"):
+            assert any(c.name == "fsync" and target in c.args and c.start > retr.end
+                       for c in calls), (f"RETR without QUIT: no fsync of {target[:-1]} after the session"
+                                         " (its \\Seen could be lost in a power cut)")
+    except (AssertionError, ValueError):
+        if check:
+            raise
+        return False
+    return True
 
 
 RELAY_LAB = """

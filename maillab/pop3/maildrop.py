@@ -166,13 +166,35 @@ class Maildrop:
         try:
             removed = self.mailbox.remove([e.uid for e in entries])
             if self.sync and (removed or self._seen_unflushed):
-                self.mailbox.flush()
-                for folder in self._also_flush:
-                    folder.flush()
-                self._seen_unflushed = False
+                self._flush()
             return removed
         except Exception as exc:
             raise StoreFailure(str(exc)) from exc
+
+    @property
+    def seen_unflushed(self) -> bool:
+        """Whether \\Seen marked during the session still waits for its fsync round."""
+        return self.sync and self._seen_unflushed
+
+    def flush_seen(self) -> None:
+        """The session ended without QUIT: no UPDATE state, nothing deleted, but what
+        RETR marked \\Seen stays marked, as in Dovecot's pop3 (a RETR, then the
+        connection dropped: the message is \\Seen at the next login; a DELE is not
+        carried out). With ``sync`` it reaches the disk here, on a worker thread: a
+        session's \\Seen is on the disk once the session is over, however it ended
+        (nothing acknowledged it; this only makes the rule one rule)."""
+        if not self.seen_unflushed:
+            return
+        try:
+            self._flush()
+        except Exception:  # nobody waits for it: logged, and the next flush covers it
+            log.exception("flushing the \\Seen of a session that ended without QUIT failed")
+
+    def _flush(self) -> None:
+        self.mailbox.flush()
+        for folder in self._also_flush:
+            folder.flush()
+        self._seen_unflushed = False
 
     def release(self) -> None:
         if not self._released:

@@ -32,7 +32,7 @@ from ..events import SessionRecorder
 from ..listener import DROPPED, LineServer
 from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
-from .maildrop import StoreBackend
+from .maildrop import Maildrop, StoreBackend
 from .session import POP3Session, Reply
 from .wire import dot_stuff
 
@@ -108,7 +108,9 @@ class POP3Server(LineServer):
                 await self._send(conn, rec, session.line_too_long())
                 continue
             except TimeoutError:
+                maildrop = session.maildrop
                 await self._send(conn, rec, session.timed_out())
+                _keep_seen(maildrop)
                 return "idle timeout"
             if not buffered:
                 turn = loop.time()  # the read waited: everyone else had the loop meanwhile
@@ -145,10 +147,12 @@ class POP3Server(LineServer):
                 return "QUIT" if reply.ok else "connection closed by the client"
 
     def session_ended(self, rec: SessionRecorder, session: POP3Session) -> None:
-        if session.maildrop is not None:
+        maildrop = session.maildrop
+        if maildrop is not None:
             rec.note("session ended without QUIT: no UPDATE state, nothing deleted",
                      pop3="aborted")
-        session.end()
+        session.end()  # (marks what RETR sent \\Seen, releases the lock)
+        _keep_seen(maildrop)
 
     async def _send(self, conn: LineConnection, rec: SessionRecorder, reply: Reply,
                     parts: list[bytes | memoryview] | None = None) -> None:
@@ -182,6 +186,18 @@ class POP3Server(LineServer):
         else:
             conn.writelines(parts)
         await conn.drain()
+
+
+def _keep_seen(maildrop: Maildrop | None) -> None:
+    """A session that held ``maildrop`` ended without QUIT: the \\Seen its RETRs marked
+    stays (as in Dovecot) and goes to the disk in a fsync round on a worker thread,
+    never on the lab loop (see :meth:`Maildrop.flush_seen`)."""
+    if maildrop is None or not maildrop.seen_unflushed:
+        return
+    try:
+        asyncio.get_running_loop().run_in_executor(None, maildrop.flush_seen)
+    except RuntimeError:  # the lab is stopping (its executor shut down)
+        pass
 
 
 def _answer(session: POP3Session, line: bytes) -> tuple[Reply, list[bytes | memoryview]]:
