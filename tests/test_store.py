@@ -201,6 +201,30 @@ def test_uidvalidity_changes_when_a_mailbox_is_recreated_or_renamed(tmp_path):
     assert store.mailbox("bob@alpha.test", "Job").uidvalidity not in (first, second)
 
 
+def test_a_rename_lost_in_a_power_cut_with_its_index_row_kept_is_put_right(tmp_path):
+    """A clean close, a restart, a flag change, then a power cut that keeps the index
+    log (fsync'ed first in the round) but loses the rename and the directory time
+    with it: the next open scans (the clean close's directory times were good for
+    one open only) and follows the file name, instead of an index row naming a file
+    that is not there."""
+    store = Store(tmp_path)
+    inbox = store.mailbox("bob@alpha.test", create=True)
+    uid = inbox.add(MSG).uid
+    store.close()
+    inbox = Store(tmp_path).mailbox("bob@alpha.test")
+    before = {sub: os.stat(inbox.path / sub).st_mtime_ns for sub in ("new", "cur")}
+    old = inbox.file_path(uid)
+    info = inbox.set_flags(uid, ["\\Flagged", "$Big"])
+    os.rename(inbox.path / info.relpath, old)  # the rename never reached the disk ...
+    for sub, ns in before.items():
+        os.utime(inbox.path / sub, ns=(ns, ns))  # ... nor the directory times
+    inbox._db.close()  # the process is gone: no close()
+    again = Store(tmp_path).mailbox("bob@alpha.test")
+    assert again.read(uid) == MSG
+    assert again.flags(uid) == {"$Big"}  # the name's standard flags, the index's keywords
+    assert again.file_path(uid) == old
+
+
 def test_restart_skips_the_scan_only_when_the_directories_did_not_move(tmp_path):
     store = Store(tmp_path)
     kept = [store.deliver("bob@alpha.test", MSG).uid for _ in range(3)]

@@ -163,6 +163,13 @@ class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring):  # (first: the 
         # skips the scan of every file name.
         if meta.get("dir-stamp") == "{} {}".format(*self._stamp()):
             self._dir_stamp = self._stamp()
+        if "dir-stamp" in meta:
+            # Good for this one open: a stop that is not a clean close must scan again.
+            # After a power cut the index log may keep a row (a flag change's new name,
+            # a delivery) whose rename, and the directory time with it, was lost; the
+            # old time would then skip the scan that puts them right. (The delete is
+            # in the log before any later row, so it is on the disk whenever they are.)
+            self._db.execute("DELETE FROM meta WHERE key = 'dir-stamp'")
         self.sync()
 
     # -- index bookkeeping -------------------------------------------------------
