@@ -15,12 +15,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from operator import itemgetter
 from typing import Any
 
+from .frozen import ATOMS, ChunkedLog, Unfreezable, freeze, thaw
 from .masking import MASK  # noqa: F401 - re-exported: recorders mask with it
 from .runtime import collector_paused
 
@@ -89,7 +89,7 @@ class Event(tuple):
         frozen = data.pop(_FROZEN, None)
         if frozen:
             for key in frozen:
-                data[key] = _thaw(data[key])
+                data[key] = thaw(data[key])
         return data
 
     @property
@@ -117,53 +117,21 @@ _NO_DATA: tuple[Any, ...] = ()
 #: maildrop) as tagged tuples, which the collector untracks as it does the event; a
 #: reader gets them back as they were.
 _FROZEN = "\x00frozen"
-_LIST, _DICT, _TUPLE = "\x00list", "\x00dict", "\x00tuple"
-_ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
-
-
-class _Unfreezable(Exception):
-    """A value holding something other than atoms, lists, dicts and tuples: kept as is."""
-
-
-def _freeze(value: Any) -> Any:
-    kind = type(value)
-    if kind in _ATOMS:
-        return value
-    if kind is list:
-        return (_LIST, *map(_freeze, value))
-    if kind is dict:
-        return (_DICT, *chain.from_iterable((_freeze(k), _freeze(v)) for k, v in value.items()))
-    if kind is tuple:
-        return (_TUPLE, *map(_freeze, value))
-    raise _Unfreezable
-
-
-def _thaw(value: Any) -> Any:
-    # Every tuple in a frozen value is tagged: an atom is never taken for a container.
-    if type(value) is not tuple:
-        return value
-    tag = value[0]
-    if tag is _LIST:
-        return [_thaw(v) for v in value[1:]]
-    if tag is _TUPLE:
-        return tuple(_thaw(v) for v in value[1:])
-    items = map(_thaw, value[1:])
-    return dict(zip(items, items, strict=True))
 
 
 def _flat(data: dict[str, Any] | None) -> tuple[Any, ...]:
     if not data:
         return _NO_DATA
-    if _ATOMS.issuperset(map(type, data.values())):  # the usual: atoms only
+    if ATOMS.issuperset(map(type, data.values())):  # the usual: atoms only
         return tuple(chain.from_iterable(data.items()))
     flat: list[Any] = []
     frozen = []
     for key, value in data.items():
-        if type(value) not in _ATOMS:
+        if type(value) not in ATOMS:
             try:
-                value = _freeze(value)
+                value = freeze(value)
                 frozen.append(key)
-            except (_Unfreezable, RecursionError):
+            except (Unfreezable, RecursionError):
                 pass
         flat += (key, value)
     if frozen:
@@ -186,7 +154,8 @@ class EventBus:
     """
 
     def __init__(self, maxlen: int = 200_000) -> None:
-        self._events: deque[tuple[Any, ...]] = deque(maxlen=maxlen)
+        # In sealed chunks the collector does not visit one by one (frozen.ChunkedLog).
+        self._events = ChunkedLog(maxlen)
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
         self._session_ids = itertools.count(1)
@@ -199,7 +168,8 @@ class EventBus:
         new events continue after their sequence numbers."""
         evs = list(events)
         bus = cls(maxlen=max(len(evs), 1000))
-        bus._events.extend(map(tuple, evs))
+        for ev in evs:
+            bus._events.append(tuple(ev))
         bus._seq = itertools.count(max((e.seq for e in evs), default=0) + 1)
         numbers = [int(n) for e in evs for n in [e.session.rpartition("-")[2]] if n.isdigit()]
         bus._session_ids = itertools.count(max(numbers, default=0) + 1)
@@ -264,7 +234,7 @@ class EventBus:
                 if (start < len(self._events) and self._events[start][0] <= since) or \
                         (start > 0 and self._events[start - 1][0] > since):
                     start = 0
-            snapshot = list(itertools.islice(self._events, start, None))
+            snapshot = list(self._events.since(start))
         # Filtered on the kept tuples; only what is returned becomes an Event.
         if since or session is not None or protocol is not None or kinds is not None:
             snapshot = [r for r in snapshot

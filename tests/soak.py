@@ -361,15 +361,21 @@ def _lag_report(lags: list) -> dict[str, Any]:
 
 
 def soak(seconds: float, *, directory: Path | None = None, max_messages: int = 100_000,
-         seed: int = 15, external: bool = False) -> dict[str, Any]:
-    """Run the soak on a fresh default-network lab; returns its report (``ok`` said)."""
+         seed: int = 15, external: bool = False, at_end: Any = None) -> dict[str, Any]:
+    """Run the soak on a fresh default-network lab; returns its report (``ok`` said).
+    ``at_end(lab, soak)``, when given, runs after the report with the lab still up
+    (benchmarks/gc_steady.py counts what the lab holds then)."""
     with tempfile.TemporaryDirectory(prefix="maillab-soak-") as tmp:
         lab = Lab(directory or Path(tmp) / "lab", ports="auto", limits=Limits(
             auth_failure_delay=0.05, relay_retry_first=0.3, relay_retry_max=1.0, relay_expiry=300,
             relay_connect_timeout=2, relay_reply_timeout=20))
         lab.start()
         try:
-            return Soak(lab, seconds, max_messages, seed, external).run()
+            run = Soak(lab, seconds, max_messages, seed, external)
+            report = run.run()
+            if at_end is not None:
+                at_end(lab, run)
+            return report
         finally:
             lab.stop()
 

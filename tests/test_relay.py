@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import gc
 import mailbox
 import poplib
 import smtplib
@@ -119,6 +120,12 @@ def test_three_host_relay_with_received_chain(rlab):
               and e.data.get("queue_id") == qid]
     assert states == ["queued", "delivered"]
     assert rlab.relay.queue() == []
+    # once finished, the queue keeps it frozen (tests/test_frozen.py): read back whole
+    deadline = time.monotonic() + 5
+    while type(rlab.relay._messages[qid]) is not bytes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert type(rlab.relay._messages[qid]) is bytes and not gc.is_tracked(rlab.relay._messages[qid])
+    assert rlab.relay.get(qid) == msg and rlab.relay.last() == msg
 
 
 def test_two_domains_in_one_message(rlab):

@@ -55,6 +55,8 @@ from .message import (
     Attempt,
     QueuedMessage,
     Recipient,
+    freeze_finished,
+    thaw_finished,
 )
 from .presets import FAULT_KINDS, FailurePresets
 from .slots import DeliverySlots
@@ -65,9 +67,10 @@ if TYPE_CHECKING:
     from ..lab import Lab
 
 #: Finished messages kept for the views; older ones are forgotten (memory stays bounded).
-#: Each costs ~7 KB and ~25 objects the garbage collector walks in every full collection
-#: (its attempts, recipients and MX routes): 5,000 of them were the largest population of
-#: a long soak once the event log stopped counting. The views show recent messages.
+#: Each is kept frozen (``message.freeze_finished``: one ``bytes``, ~1-2 KB): as live
+#: objects, ~25 each (attempts, recipients, MX routes) were the largest population every
+#: full garbage collection walked once the event log was untracked (26,000 of a soak's
+#: 50,000). The views show recent messages.
 KEEP_FINISHED = 1000
 
 
@@ -77,7 +80,8 @@ class RelayQueue:
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
-        self._messages: OrderedDict[str, QueuedMessage] = OrderedDict()
+        # A message while the queue works on it; a finished one frozen (see _finished).
+        self._messages: OrderedDict[str, QueuedMessage | bytes] = OrderedDict()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -203,21 +207,23 @@ class RelayQueue:
     # -- views ------------------------------------------------------------------------------
     def messages(self) -> list[QueuedMessage]:
         """Every message the queue knows (oldest first), live objects: read, do not modify."""
-        return list(self._messages.values())
+        return [_live(m) for m in self._messages.values()]
 
     def queue(self, host: str | None = None) -> list[QueuedMessage]:
         """Messages still waiting (queued or retrying), of one host or all."""
-        return [m for m in self._messages.values() if not m.final and (host is None or m.origin == host)]
+        return [m for m in self._messages.values()
+                if type(m) is not bytes and not m.final and (host is None or m.origin == host)]
 
     def get(self, queue_id: str) -> QueuedMessage:
         try:
-            return self._messages[queue_id]
+            return _live(self._messages[queue_id])
         except KeyError:
             raise KeyError(f"no message {queue_id!r} in the relay queue") from None
 
     def last(self) -> QueuedMessage | None:
         """The message submitted most recently (``%mail relay`` with no argument)."""
-        return self._messages.get(self._last) if self._last else None
+        msg = self._messages.get(self._last) if self._last else None
+        return None if msg is None else _live(msg)
 
     def wait(self, queue_id: str, states: tuple[str, ...] = FINAL, timeout: float = 30.0) -> QueuedMessage:
         """Block (from a cell or a test, never the lab thread) until the message reaches
@@ -274,7 +280,7 @@ class RelayQueue:
     async def aflush(self) -> int:
         n = 0
         for msg in list(self._messages.values()):
-            if msg.state == RETRYING and not msg.running:
+            if type(msg) is not bytes and msg.state == RETRYING and not msg.running:
                 handle = self._timers.pop(msg.id, None)
                 if handle:
                     handle.cancel()
@@ -292,7 +298,7 @@ class RelayQueue:
     def _trim(self) -> None:
         if len(self._messages) <= KEEP_FINISHED + 500:  # trim in batches: submit stays O(1)
             return
-        finished = [k for k, m in self._messages.items() if m.final]
+        finished = [k for k, m in self._messages.items() if type(m) is bytes or m.final]
         for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._messages[key]
 
@@ -336,6 +342,17 @@ class RelayQueue:
             await self._after_attempt(msg)
         finally:
             msg.running = False
+            if msg.final:
+                self._finished(msg)
+
+    def _finished(self, msg: QueuedMessage) -> None:
+        """Keep ``msg``, delivered or bounced, frozen: nothing changes it any more, and
+        a reader gets a fresh copy (a caller already holding it keeps the live object)."""
+        if self._messages.get(msg.id) is msg:
+            try:
+                self._messages[msg.id] = freeze_finished(msg)
+            except ValueError:
+                pass  # a field of another kind: kept live, as before
 
     async def _gated(self, msg: QueuedMessage, domain: str, rcpts: list[Recipient]) -> None:
         """At most ``relay_concurrency`` deliveries at once, DNS lookups included: a burst
@@ -463,3 +480,7 @@ class RelayQueue:
         for r in failed:
             r.reported = True
         return True
+
+
+def _live(kept: QueuedMessage | bytes) -> QueuedMessage:
+    return thaw_finished(kept) if type(kept) is bytes else kept

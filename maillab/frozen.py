@@ -1,0 +1,130 @@
+"""Long-lived records kept in shapes the garbage collector leaves alone.
+
+Every full (generation 2) collection of the kernel process walks every object the
+collector tracks, holding the GIL: the lab loop, and every session on it, waits. A
+list, a dict or a dataclass instance stays tracked for as long as it lives; a plain
+tuple whose items are all atoms (str, bytes, numbers, None) or such tuples is
+untracked by CPython the first time the collector looks at it, and from then on costs
+a collection nothing. So a record the lab keeps by the thousand (an event, a finished
+relay message) is kept frozen: its lists, dicts and tuples as tagged tuples of atoms
+(:func:`freeze`), made back into what they were when read (:func:`thaw`).
+
+``tests/test_frozen.py`` checks that each kept shape is untracked after a collection,
+so a new field of the wrong kind fails a test instead of slowing every collection.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from itertools import chain
+from typing import Any
+
+#: Values kept as they are: the collector never tracks them.
+ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
+# Every frozen container starts with its tag, so an atom is never taken for a container.
+_LIST, _DICT, _TUPLE = "\x00list", "\x00dict", "\x00tuple"
+
+
+class Unfreezable(Exception):
+    """A value holding something other than atoms, lists, dicts and tuples."""
+
+
+def freeze(value: Any) -> Any:
+    """``value`` (atoms, and lists, dicts and tuples of them, nested) as atoms and
+    tagged tuples; raises :class:`Unfreezable` for anything else."""
+    kind = type(value)
+    if kind in ATOMS:
+        return value
+    if kind is list:
+        return (_LIST, *map(freeze, value))
+    if kind is dict:
+        return (_DICT, *chain.from_iterable((freeze(k), freeze(v)) for k, v in value.items()))
+    if kind is tuple:
+        return (_TUPLE, *map(freeze, value))
+    raise Unfreezable(kind.__name__)
+
+
+def thaw(value: Any) -> Any:
+    """What :func:`freeze` was given (fresh lists and dicts: changing them changes
+    nothing kept)."""
+    if type(value) is not tuple:
+        return value
+    tag = value[0]
+    if tag is _LIST:
+        return [thaw(v) for v in value[1:]]
+    if tag is _TUPLE:
+        return tuple(thaw(v) for v in value[1:])
+    items = map(thaw, value[1:])
+    return dict(zip(items, items, strict=True))
+
+
+class ChunkedLog:
+    """A bounded FIFO of records (the newest ``maxlen``), kept in sealed chunks.
+
+    A deque of 200,000 untracked tuples is one tracked object, but each collection still
+    visits all 200,000 (twice, reading each one's header: scattered memory, ~75 ms a full
+    collection in a loaded soak). Here the records go into a list of at most ``CHUNK``,
+    sealed into one tuple when full: the collector untracks a sealed chunk as it does
+    the records in it, and then visits 400 chunks instead of 200,000 records. Not
+    thread-safe: the owner locks (the :class:`~maillab.events.EventBus` does).
+    """
+
+    CHUNK = 512
+
+    def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
+        self._chunks: deque[tuple[Any, ...]] = deque()
+        self._tail: list[Any] = []
+        self._skip = 0  # records at the front of the first chunk already dropped
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def append(self, item: Any) -> None:
+        tail = self._tail
+        tail.append(item)
+        if len(tail) >= self.CHUNK:
+            self._chunks.append(tuple(tail))
+            self._tail = []
+        self._len += 1
+        if self._len > self.maxlen:
+            self._len -= 1
+            if not self._chunks:
+                del self._tail[0]
+                return
+            self._skip += 1
+            if self._skip == self.CHUNK:
+                self._chunks.popleft()
+                self._skip = 0
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._tail = []
+        self._skip = self._len = 0
+
+    def __getitem__(self, index: int) -> Any:
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError("ChunkedLog index out of range")
+        at = self._skip + index
+        sealed = len(self._chunks) * self.CHUNK
+        if at >= sealed:
+            return self._tail[at - sealed]
+        return self._chunks[at // self.CHUNK][at % self.CHUNK]
+
+    def since(self, start: int = 0) -> Iterator[Any]:
+        """The records from index ``start`` on, oldest first (a copy must be taken under
+        the owner's lock: appending meanwhile changes what is iterated)."""
+        at = self._skip + max(0, start)
+        first = at // self.CHUNK
+        for n, chunk in enumerate(itertools.islice(self._chunks, first, None)):
+            yield from (chunk[at % self.CHUNK:] if n == 0 else chunk)
+        sealed = len(self._chunks) * self.CHUNK
+        yield from self._tail[max(0, at - sealed):]
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.since(0)
