@@ -18,8 +18,11 @@ library's (smtplib over STARTTLS with AUTH, poplib, imaplib) plus a raw IDLE ses
 At the end the queue drains and the ledger must balance: every message the
 submission port accepted reached each recipient exactly once or came back to
 alice as exactly one DSN; file descriptors, threads and lab tasks are back where
-they were after warm-up; memory grew by less than a bound; and the lab loop never
-stalled (a lag where the lab thread itself computed past 250 ms).
+they were after warm-up; memory grew by less than a bound; the lab loop never
+stalled (a lag where the lab thread itself computed past 250 ms); and no client
+failed: a reader's exception (POP3, IMAP, IDLE, the cleaner, the submitter) or an
+mbsync/fetchmail run that exits with an error is a finding that makes ``ok`` false,
+counted per client in ``reader_error_counts`` (``reader_errors``: the first ten).
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ class Soak:
         self.retrieved = {rcpt: array("H") for rcpt in RCPTS}
         self.idle_updates = 0
         self.errors: list[str] = []
+        self.error_counts: Counter[str] = Counter()  # per client ("pop3", "mbsync", ...)
+        self._errors_lock = threading.Lock()  # the clients run in threads of their own
         self.ctx = ssl.create_default_context(cafile=str(lab.ca_path))
 
     def _guard(self, name: str, fn: Any) -> None:
@@ -108,8 +113,15 @@ class Soak:
             try:
                 fn()
             except Exception as exc:  # noqa: BLE001 - a reader error is a finding; keep going
-                self.errors.append(f"{name}: {exc!r}")
+                self._finding(name, repr(exc))
                 time.sleep(0.2)
+
+    def _finding(self, name: str, text: str) -> None:
+        """A client failed: counted, and the first ten kept (the verdict counts them)."""
+        with self._errors_lock:
+            self.error_counts[name] += 1
+            if len(self.errors) < 10:
+                self.errors.append(f"{name}: {text}")
 
     # -- load --------------------------------------------------------------------------
     def submit_some(self) -> None:
@@ -238,7 +250,7 @@ class Soak:
         proc = run(["mbsync", "-c", str(rc), "lab"], env=env, timeout=120)
         self.external_runs["mbsync ok" if proc.returncode == 0 else "mbsync failed"] += 1
         if proc.returncode != 0:
-            self.errors.append(f"mbsync: {proc.stderr.decode(errors='replace')[-300:]}")
+            self._finding("mbsync", proc.stderr.decode(errors="replace")[-300:])
         out = self.home / f"fetched{self.external_runs.total()}"
         out.mkdir()
         rc = fetchmailrc(self.home / "fetchmailrc", ca=ca, port=self.lab.address("pop3")[1], user="bob@alpha.test",
@@ -249,7 +261,7 @@ class Soak:
         ok = proc.returncode in (0, 1)  # 1: no new mail
         self.external_runs["fetchmail ok" if ok else "fetchmail failed"] += 1
         if not ok:
-            self.errors.append(f"fetchmail {proc.returncode}: {proc.stdout.decode(errors='replace')[-300:]}")
+            self._finding("fetchmail", f"exit {proc.returncode}: {proc.stdout.decode(errors='replace')[-300:]}")
         for f in out.iterdir():
             f.unlink()
         time.sleep(5)
@@ -341,12 +353,13 @@ class Soak:
                  (("fds", 8), ("threads", 2), ("tasks", 4), ("rss", 200 << 20)) if growth[k] > limit]
         return {"accepted": self.accepted, "recipients": self.accepted * len(RCPTS),
                 "delivered": delivered, "bounced": sum(bounced.values()), "idle_updates": self.idle_updates,
-                "reader_errors": self.errors[:10], "ledger_problems": problems[:20],
+                "reader_errors": self.errors[:10], "reader_error_counts": dict(self.error_counts),
+                "ledger_problems": problems[:20],
                 "external_runs": dict(self.external_runs), "lags": len(lags), **_lag_report(lags),
                 "gc_pauses": len(self.lab.loop.gc_pauses),
                 "gc_pauses_worst": [str(p) for p in sorted(self.lab.loop.gc_pauses, key=lambda p: p.wall)[-3:]],
                 "stalls": stalls, "before": before, "after": after, "leaks": leaks,
-                "ok": not problems and not stalls and not leaks}
+                "ok": not problems and not stalls and not leaks and not self.error_counts}
 
 
 def _lag_report(lags: list) -> dict[str, Any]:

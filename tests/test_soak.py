@@ -16,3 +16,4 @@ def test_short_soak_balances() -> None:
     assert not report["ledger_problems"], text
     assert not report["stalls"], text
     assert not report["leaks"], text
+    assert not report["reader_error_counts"], text  # a client that failed is a finding
