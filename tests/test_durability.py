@@ -1,7 +1,11 @@
-"""Power-cut safety (issue 15): an SMTP 250, an APPEND or MOVE OK and a POP3
-UPDATE +OK are sent only once the change is on the disk, the directory that names
-the file and the index's log included (a rename or unlink is a change of the
-directory, lost in a power cut until the directory is fsync'ed).
+"""Power-cut safety (issue 15): an APPEND or MOVE OK and a POP3 UPDATE +OK are sent
+only once the change is on the disk, the directory that names the file and the
+index's log included (a rename or unlink is a change of the directory, lost in a
+power cut until the directory is fsync'ed). An SMTP 250 waits for one durability
+point, as Postfix's does (issue 12, ``maillab/store/delivering.py``): the file
+marked complete (owner-execute bit) and fsync'ed in ``tmp/``, then renamed into
+``new/``; ``tmp/``, ``new/`` and the index log are fsync'ed after that rename (before
+or after the 250), and only then is the mark taken off.
 
 A power cut cannot be made in a test, so the real ``maillab serve`` runs under
 strace and real clients (smtplib, imaplib, poplib) talk to it: SMTP, APPEND, UID
@@ -45,7 +49,7 @@ def _ptrace_allowed() -> bool:
 
 pytestmark = pytest.mark.skipif(not _ptrace_allowed(), reason="this machine forbids ptrace (strace cannot trace)")
 
-CALLS = "fsync,rename,renameat,renameat2,unlink,sendto,sendmsg,write,writev"
+CALLS = "fsync,fchmod,rename,renameat,renameat2,unlink,sendto,sendmsg,write,writev"
 # "PID name(args) = result", or a call another thread's line cut in two:
 # "PID name(args <unfinished ...>" ... "PID <... name resumed>args) = result"
 _LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>(.*)|(\w+)\((.*))$")
@@ -107,6 +111,33 @@ def _check(calls: list[Call], reply: Call, after: int, change: str, paths: list[
                             f" the reply (power cut: the acknowledged change could be lost)")
 
 
+def _check_accepted(calls: list[Call], reply: Call, after: int, maildir: str, what: str) -> None:
+    """An SMTP delivery after ``after``: a file in ``maildir/tmp`` given the mark
+    (owner-execute), then fsync'ed, both before its rename into ``new/``, which is
+    before the ``reply``; after the rename, fsyncs of ``tmp/``, ``new/`` and the
+    index log, and only after those the mark taken off."""
+    renamed = [c for c in calls if after < c.start < reply.start and c.name == "rename"
+               and f'"{maildir}/tmp/' in c.args and f'"{maildir}/new/' in c.args]
+    assert renamed, f"{what}: no rename from {maildir}/tmp into new/ before the reply"
+    rename = renamed[-1]
+    key = rename.args.split(f'"{maildir}/tmp/')[1].split('"')[0]
+    file = f"{maildir}/tmp/{key}>"
+    marked = [c for c in calls if after < c.start and c.end < rename.start and c.name == "fchmod"
+              and file in c.args and int(c.args.split(", ")[-1].split(")")[0], 8) & 0o100]
+    assert marked, f"{what}: the file was not marked complete (owner-execute) before its rename"
+    assert any(c.name == "fsync" and file in c.args and c.start > marked[-1].end and c.end < rename.start
+               for c in calls), f"{what}: the marked file not fsync'ed before its rename (and the reply)"
+    new_file = f"{maildir}/new/{key}>"
+    unmarked = [c for c in calls if c.name == "fchmod" and new_file in c.args and c.start > rename.end
+                and not int(c.args.split(", ")[-1].split(")")[0], 8) & 0o100]
+    assert unmarked, f"{what}: the mark was never taken off"
+    for target in (f"{maildir}/tmp>", f"{maildir}/new>", f"{maildir}/maillab-index.sqlite-wal>"):
+        assert any(c.name == "fsync" and target in c.args and c.start > rename.end
+                   and c.end < unmarked[0].start for c in calls), \
+            (f"{what}: no fsync of {target[:-1]} between the rename and taking the mark off (power"
+             f" cut: the rename or the UID lost, and the file unmarked in tmp/ thrown away)")
+
+
 def _check_replaced(calls: list[Call], reply: Call, after: int, directory: str, name: str,
                     what: str) -> None:
     """Between ``after`` and ``reply``: ``name`` in ``directory`` replaced as a whole
@@ -145,7 +176,7 @@ def _check_move_plan(calls: list[Call], reply: Call, after: int, source: str, ta
         "MOVE: the plan removed before the originals' expunge was on the disk"
 
 
-def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
+def test_every_acknowledgement_waits_for_its_durability_point(tmp_path) -> None:
     directory = tmp_path / "lab"
     out = tmp_path / "strace.txt"
     proc = subprocess.Popen(
@@ -226,7 +257,7 @@ def test_every_acknowledgement_waits_for_the_directory_fsync(tmp_path) -> None:
     inbox = str(directory / "mail" / BOB)
     archive = f"{inbox}/.Archive"
     smtp_250 = _reply(calls, "250 2.0.0 Ok: queued as", -1)
-    _check(calls, smtp_250, -1, "rename", [f"{inbox}/new"], "SMTP 250")
+    _check_accepted(calls, smtp_250, -1, inbox, "SMTP 250")
     append_ok = _reply(calls, "APPEND completed", smtp_250.start)
     _check(calls, append_ok, smtp_250.start, "rename", [f"{inbox}/new"], "APPEND OK")
     move_ok = _reply(calls, "MOVE completed", append_ok.start)

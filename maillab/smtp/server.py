@@ -304,11 +304,14 @@ class SMTPServer(LineServer):
             try:
                 # File system work happens on a worker thread, so other sessions on
                 # the lab loop go on meanwhile (the store is thread-safe). The file is
-                # on the disk (fsync) before the client hears 250, as with Postfix
-                # (limits.smtp_fsync).
-                info = await DELIVERY.run(partial(
-                    self.lab.store.deliver, address, job.message, folder,
-                    crlf_only=job.message is checked, sync=self.lab.limits.smtp_fsync))
+                # on the disk (fsync'ed, marked complete in tmp/) before the client
+                # hears 250, as with Postfix (limits.smtp_fsync; store/delivering.py).
+                if self.lab.limits.smtp_fsync:
+                    info = await DELIVERY.run(partial(self.lab.store.accept, address, job.message, folder,
+                                                      crlf_only=job.message is checked))
+                else:
+                    info = await DELIVERY.run(partial(self.lab.store.deliver, address, job.message, folder,
+                                                      crlf_only=job.message is checked))
             except OSError as exc:
                 rec.note(f"delivery to {address} failed: {exc}")
                 return Reply(451, "4.3.0", "Error: local delivery failed, try again later")

@@ -260,6 +260,13 @@ class Store:
         self.notify(user, mb.name, info)
         return info
 
+    def accept(self, user: str, data: bytes, folder: str = "INBOX", *, crlf_only: bool = False) -> MessageInfo:
+        """An SMTP delivery (:meth:`Mailbox.accept`): in ``new/`` and indexed when this
+        returns, after one fsync (the file's, marked complete in ``tmp/``); listeners are
+        told after the round that makes the rename and the index row last."""
+        mb = self.mailbox(user, folder, create=True)
+        return mb.accept(data, crlf_only=crlf_only, then=lambda info: self.notify(user, mb.name, info))
+
     def notify(self, user: str, folder: str, info: MessageInfo) -> None:
         for cb in list(self._listeners):
             try:
@@ -273,6 +280,7 @@ class Store:
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
     def close(self) -> None:
+        GROUP.settle(timeout=30)  # the rounds of deliveries already acknowledged
         with self._lock:
             self._opened.wait_for(lambda: not self._opening)
             for mb in self._open.values():

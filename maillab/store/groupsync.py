@@ -14,17 +14,26 @@ its paths to :meth:`GroupSync.sync` and waits; one waiter at a time (the leader)
 fsyncs everything asked for since the previous round, and every writer whose paths
 were in that round returns when it ends. Eight SMTP sessions delivering at once share
 one round, as a database's transactions share one log flush.
+
+An SMTP delivery does not wait for its round (:meth:`GroupSync.sync_later`): its 250
+waits for one durability point, its file fsync'ed in ``tmp/`` with a completeness
+mark (:mod:`maillab.store.accepting`), as Postfix's 250 waits for its queue file. The
+round that makes its rename and index row last runs afterwards on the group's own
+thread, shared with whatever else was asked for meanwhile.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = ["GroupSync", "GROUP", "replace_file"]
+
+log = logging.getLogger(__name__)
 
 #: Failed rounds remembered for their waiters (a waiter is told within a round or two).
 _FAILURES_KEPT = 64
@@ -44,6 +53,10 @@ class GroupSync:
         #: rounds run and paths asked for (a test or a benchmark reads them)
         self.rounds = 0
         self.requests = 0
+        # sync_later: callbacks waiting for a round, and the thread that runs it for them
+        self._later: list[Callable[[OSError | None], None]] = []
+        self._later_busy = False
+        self._later_thread: threading.Thread | None = None
 
     def sync(self, paths: Iterable[str]) -> None:
         """Until every path in ``paths`` (directories and files) is fsync'ed, in a
@@ -83,6 +96,47 @@ class GroupSync:
             failure = self._failures.get(mine)
         if failure is not None:
             raise OSError(failure.errno, failure.strerror, failure.filename)
+
+
+    def sync_later(self, paths: Iterable[str], then: Callable[[OSError | None], None]) -> None:
+        """:meth:`sync` without waiting: ``then(None)`` once a round that started after
+        this call has fsync'ed ``paths`` (``then(error)`` when it failed), called on the
+        group's own thread. Requests made while a round runs share the next one."""
+        with self._cond:
+            self._pending.update(paths)
+            self._later.append(then)
+            if self._later_thread is None:
+                self._later_thread = threading.Thread(target=self._run_later, name="maillab-groupsync",
+                                                      daemon=True)
+                self._later_thread.start()
+            self._cond.notify_all()
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Until every :meth:`sync_later` so far has had its round and its callback
+        (a store closing). False when ``timeout`` ran out first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._later and not self._later_busy, timeout)
+
+    def _run_later(self) -> None:
+        while True:
+            with self._cond:
+                while not self._later:
+                    self._cond.wait()
+                batch, self._later = self._later, []
+                self._later_busy = True
+            failure: OSError | None = None
+            try:
+                self.sync(())  # a round that starts now: it takes every path of the batch
+            except OSError as exc:
+                failure = exc
+            for then in batch:
+                try:
+                    then(failure)
+                except Exception:  # one caller's bookkeeping must not stop the others'
+                    log.exception("a callback after a group fsync round failed")
+            with self._cond:
+                self._later_busy = False
+                self._cond.notify_all()
 
 
 def replace_file(path: Path, data: bytes, *, sync: bool = True) -> None:

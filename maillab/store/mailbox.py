@@ -28,11 +28,9 @@ file the first time someone asks, outside the lock, and kept.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import itertools
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -44,8 +42,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .deferred import DeferredRows
+from .delivering import Delivering
 from .dirsync import CHANGE_LOG_SIZE, INLINE_SYNC_MAX, DirectorySync
-from .filenames import info_letters
 from .flagging import BATCH, Flagging
 from .groupsync import GROUP
 from .measure import Measuring, crlf_size, to_crlf
@@ -57,8 +55,6 @@ __all__ = ["CHANGE_LOG_SIZE", "Mailbox", "MessageInfo", "Snapshot", "count_above
 INDEX_FILE = "maillab-index.sqlite"
 
 _KINDS = ("new", "flags", "gone")
-_counter = itertools.count(1)
-_HOSTNAME = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +86,7 @@ class Snapshot(NamedTuple):
     uidnext: int
 
 
-class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring):  # (first: the others declare its methods)
+class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring, Delivering):  # (first: the others declare its methods)
     """A Maildir folder with its index. One instance per folder per process
     (the :class:`~maillab.store.Store` hands them out), guarded by one lock.
 
@@ -158,10 +154,14 @@ class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring):  # (first: the 
         # The folder's own directory entries (index, log, new/ cur/) fsync'ed once
         # since this process opened it: the first flush includes them.
         self._parents_flushed = False
+        # Deliveries renamed out of tmp/ (accept) and those whose rename a round has
+        # fsync'ed: while they differ, every flush fsyncs tmp/ too (delivering.py).
+        self._tmp_renamed = self._tmp_synced = 0
+        recovered = self._recover_tmp()
         # The directory times when this index last matched them (written at close):
         # unchanged means nothing was added, renamed or removed since, so a restart
         # skips the scan of every file name.
-        if meta.get("dir-stamp") == "{} {}".format(*self._stamp()):
+        if meta.get("dir-stamp") == "{} {}".format(*self._stamp()) and not recovered:
             self._dir_stamp = self._stamp()
         if "dir-stamp" in meta:
             # Good for this one open: a stop that is not a clean close must scan again.
@@ -171,6 +171,9 @@ class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring):  # (first: the 
             # in the log before any later row, so it is on the disk whenever they are.)
             self._db.execute("DELETE FROM meta WHERE key = 'dir-stamp'")
         self.sync()
+        if recovered:  # indexed now: on the disk before anyone is told, then unmarked
+            self.flush(("tmp", "new"))
+            self._unmark(recovered)
 
     # -- index bookkeeping -------------------------------------------------------
     def _set_meta(self, key: str, value: Any) -> None:
@@ -381,45 +384,11 @@ class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring):  # (first: the 
         """
         flags = frozenset(flags)
         now = time.time()
-        key = f"{int(now)}.M{int((now % 1) * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOSTNAME}"
-        crlf = len(data) if crlf_only else crlf_size(data)
-        key += f",S={len(data)},W={crlf}"
-        # Plain strings and file descriptors: an SMTP server delivering thousands of
-        # small messages a second feels every pathlib join and buffered-file layer.
-        base = os.fspath(self.path)
-        tmp = f"{base}/tmp/{key}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        try:
-            with memoryview(data) as view:
-                written = 0
-                while written < len(view):
-                    written += os.write(fd, view[written:])
-            if internaldate is not None:  # before the fsync, which then keeps it too
-                os.utime(fd, (internaldate, internaldate))
-            if sync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
+        key, crlf, fd = self._write_tmp(data, internaldate, crlf_only=crlf_only, sync=sync)
         os.close(fd)
-        subdir = "cur" if flags else "new"
-        filename = f"{key}:2,{info_letters(flags)}" if flags else key
-        with self.lock:
-            was_in_sync = self._in_sync()
-            try:
-                os.rename(tmp, f"{base}/{subdir}/{filename}")
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            self._db.execute("BEGIN")
-            info = self._insert(key, subdir, filename, len(data), crlf,
-                                internaldate if internaldate is not None else now, flags)
-            self._db.execute("COMMIT")
-            self._own_change_done(was_in_sync)
+        info = self._link(key, len(data), crlf, internaldate if internaldate is not None else now, flags)
         if sync and flush:
-            self.flush((subdir,))  # outside the lock: concurrent deliveries share the round
+            self.flush((info.subdir,))  # outside the lock: concurrent deliveries share the round
         return info
 
     def flush(self, subdirs: Iterable[str] = ("new", "cur")) -> None:
@@ -435,8 +404,13 @@ class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring):  # (first: the 
         paths.append(f"{base}/{INDEX_FILE}-wal")
         if not self._parents_flushed:
             paths += [base, os.path.dirname(base)]
+        renamed = self._tmp_renamed
+        if renamed > self._tmp_synced:  # an accepted delivery's old name not yet gone for good
+            paths.append(f"{base}/tmp")
         GROUP.sync(paths)
         self._parents_flushed = True
+        with self.lock:
+            self._tmp_synced = max(self._tmp_synced, renamed)
 
     def remove(self, uids: Iterable[int], unless: Any = None, *, sync: bool = False,
                expected: dict[int, frozenset[str]] | None = None) -> list[int]:
