@@ -25,10 +25,10 @@ once its queue file is safe and delivers afterwards, so its clock stops when
 ``new/`` holds every message). Runs are interleaved, so machine noise hits all
 servers alike. Both clocks stop at the same event, the rename of the last file
 into ``new/`` (the file fsync'ed before it by both; neither has fsync'ed ``new/``
-itself at that instant). What differs is what a 250 waits for: Postfix's one fsync
-of its queue file (virtual(8) fsyncs the Maildir file after the 250), the lab's
-fsync of the file, then of ``new/`` and of the index's ``-wal`` (benchmarks/README.md,
-"Round four"). Prints the median of ``--reps`` runs (messages/s, MB/s), each
+itself at that instant). A 250 waits for one fsync in both: Postfix's of its queue
+file (virtual(8) fsyncs the Maildir file after the 250), the lab's of the file marked
+complete in ``tmp/`` (``tmp/``, ``new/`` and the index's ``-wal`` after the 250; until
+round five of benchmarks/README.md those came before it). Prints the median of ``--reps`` runs (messages/s, MB/s), each
 server's CPU time per message (user + system of its process tree, the children
 it reaped included: the steadier figure on a shared machine) and the ratios
 lab/postfix (goal >= 1.0 on every case), lab/naive and lab/bare.

@@ -13,7 +13,9 @@ Delivery is atomic: the message is written in ``tmp/`` and renamed into
 With ``sync`` (what the servers pass, ``Limits.smtp_fsync``) a change also survives a
 power cut before it is acknowledged: the file is fsync'ed before its rename, and the
 directories and the index's log after it (:meth:`Mailbox.flush`, a round shared with
-concurrent writers: :mod:`maillab.store.groupsync`).
+concurrent writers: :mod:`maillab.store.groupsync`). An SMTP delivery
+(:meth:`~maillab.store.delivering.Delivering.accept`) is acknowledged after the file's
+fsync alone, as Postfix does; its round follows the 250.
 
 Standard flags are mirrored in the file name (``:2,FRS``, the Maildir "info"),
 so flags set over IMAP show up in mutt and the other way round.
