@@ -13,7 +13,7 @@ benchmarks/expunged_view.py):
   no FETCH response for that message, the others answered, NO [EXPUNGEISSUED];
   UID FETCH: OK [EXPUNGEISSUED], its EXPUNGEs before it (RFC 3501 6.4.8).
 - STORE: NO [EXPUNGEISSUED] after storing the others; STORE.SILENT and UID STORE OK.
-- COPY/UID COPY: NO [EXPUNGEISSUED], nothing copied (RFC 3501 6.4.7: all or none).
+- COPY/UID COPY/MOVE: NO [EXPUNGEISSUED], nothing copied (RFC 3501 6.4.7: all or none).
 
 imaplib plays both sessions over real sockets; the last test runs mbsync 10
 times while a cleaner expunges messages at the moment mbsync lists the mailbox
@@ -166,6 +166,36 @@ def test_copy_of_an_expunged_message_copies_nothing(pair, lab: Lab) -> None:
     b.select("INBOX")
     assert b.uid("COPY", f"{uids[0]}:{uids[2]}", "Kept")[0] == "OK"  # once announced: the rest
     assert b.select("Kept") == ("OK", [b"2"])
+
+
+def test_move_of_an_expunged_message_moves_nothing(pair, lab: Lab) -> None:
+    a, b, uids, user = pair
+    assert a.create("Moved")[0] == "OK"
+    typ, data = b.uid("MOVE", f"{uids[0]}:{uids[2]}", "Moved")
+    assert typ == "NO" and data[0].startswith(b"[EXPUNGEISSUED]")
+    assert len(lab.store.mailbox(user, "Moved").messages()) == 0
+    assert [m.uid for m in lab.store.mailbox(user, "INBOX").messages()] == uids[::2]
+
+
+def test_the_store_keeps_a_bounded_record_of_removed_rows(lab: Lab, monkeypatch) -> None:
+    """What a ghost's RFC822.SIZE and INTERNALDATE come from: the newest DEPARTED_MAX
+    removed rows; an older ghost still answers UID and FLAGS (from the session's view)."""
+    from maillab.store import table
+
+    monkeypatch.setattr(table, "DEPARTED_MAX", 2)
+    user = f"user{next(_users)}@alpha.test"
+    lab.add_user(user, PASSWORD)
+    uids = [lab.store.deliver(user, message(n)).uid for n in range(1, 5)]
+    b = login(lab, user)
+    inbox = lab.store.mailbox(user, "INBOX")
+    inbox.remove(uids[:3])
+    assert list(inbox.table.departed) == uids[1:3]  # the oldest record went first
+    typ, data = b.fetch("2:3", "(UID RFC822.SIZE)")
+    assert typ == "OK" and [d.split(b" RFC822.SIZE ")[1] for d in data] == \
+        [str(len(to_crlf(message(n)))).encode() + b")" for n in (2, 3)]
+    assert b.fetch("1", "(UID FLAGS)") == ("OK", [f"1 (UID {uids[0]} FLAGS (\\Recent))".encode()])
+    assert b.fetch("1", "(RFC822.SIZE)")[0] == "NO"  # its size is no longer known
+    b.logout()
 
 
 # -- mbsync beside a cleaner ---------------------------------------------------------
