@@ -18,6 +18,7 @@ index, and the same lean client (``imap_fetch.LeanClient``) measures:
 * FETCH 1:* (UID FLAGS); FETCH of the last 50 messages' ENVELOPE, repeated;
 * STORE +FLAGS on 2,000 messages (undone, untimed), and on one message at a time, 40
   times (each a rename of its own, undone);
+* MOVE of one message to another folder, 20 times (message 2,041 each time);
 * the server's memory once all of that has run: the proportional set size (PSS,
   shared pages split between processes) summed over the server's process tree,
   and the RSS of the process that served the mailbox.
@@ -270,6 +271,11 @@ def measure(server_cls: type[Server], corpus: Path, work: Path, count: int, runs
             singles = [timed(c.command, f"STORE {n} +FLAGS (\\Answered)") for n in range(2001, 2041)]
             add("STORE +FLAGS on one message (median of 40)", statistics.median(singles))
             c.command("STORE 2001:2040 -FLAGS.SILENT (\\Answered)")
+            # "move to folder" on one message: a copy and the original's expunge, both
+            # on the disk before the OK (maillab: and the MOVE's plan before the copy)
+            c.command("CREATE Bench")
+            moves = [timed(c.command, "MOVE 2041 Bench") for _ in range(20)]
+            add("MOVE of one message (median of 20)", statistics.median(moves))
             pss, rss = memory(server)
             add("server memory, PSS of all its processes (MB)", pss)
             add("server memory, RSS of the serving process (MB)", rss)

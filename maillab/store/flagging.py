@@ -6,12 +6,14 @@ therefore a rename (when the letters change, or the file leaves ``new/``) and an
 row, written in that order under the mailbox lock, a batch at a time: a STORE 1:* on
 100,000 messages lets other sessions in between batches.
 
-A crash between the two (a ``kill -9``, a power cut before the round that makes both
-durable) can leave a message of a STORE in flight with its new standard flags and its
-old keywords, or the other way round: the next start takes the standard flags from the
-name and the keywords from the index (:mod:`maillab.store.dirsync`). That STORE was never
-acknowledged, and the state is one another session's STORE could have made (a STORE
-+FLAGS of only the standard flags): see ``docs/security-tests.md``.
+The scan after an unclean stop takes the standard flags from the name and the keywords
+from the index (:mod:`maillab.store.dirsync`), so a change of only standard flags (the
+rename decides) or only keywords (one index commit) is all or nothing per message after
+a crash. One that changes both is two writes: a ``kill -9`` between them, or a power cut
+inside the round that makes both durable, can leave the new standard flags with the old
+keywords, or the reverse. That STORE was never acknowledged, and the state is one that
+acknowledged commands could have made (a STORE of the standard flags alone): see the
+crash consistency section of ``docs/security-tests.md`` for why it is not made one write.
 """
 
 from __future__ import annotations
