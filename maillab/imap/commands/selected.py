@@ -84,7 +84,7 @@ def store(s: IMAPSession, cmd: Store) -> Iterator[Output]:
     out. UID STORE ignores it like a UID that does not exist (RFC 3501 6.4.8; its
     EXPUNGE follows in this very response); STORE.SILENT answers OK for the others
     (RFC 2180 4.2.1); a STORE that would report its flags ends NO [EXPUNGEISSUED]
-    after storing and reporting the others (RFC 2180 4.2.3, RFC 5530)."""
+    after storing and reporting the others (RFC 2180 4.2.2, 4.2.3; RFC 5530)."""
     mode, silent = cmd.mode, cmd.silent
     view = s.view()
     if view.readonly:
@@ -181,7 +181,7 @@ def _copy(s: IMAPSession, cmd: Copy, copied: dict[int, tuple[int, frozenset[str]
 def _refuse_ghosts(view: SelectedMailbox, indexes: Sequence[int]) -> None:
     """A COPY copies every message named or none (RFC 3501 6.4.7). One that another
     session expunged (still shown here) cannot be copied: NO [EXPUNGEISSUED] before
-    anything is, as Dovecot answers (RFC 2180 4.4)."""
+    anything is, as Dovecot answers (RFC 2180 4.4.1)."""
     mb = view.mailbox
     uids = view.uids
     with mb.lock:
