@@ -153,27 +153,28 @@ def _check_replaced(calls: list[Call], reply: Call, after: int, directory: str, 
         f"{what}: {directory} not fsync'ed after {name}'s rename and before the reply"
 
 
-def _check_move_plan(calls: list[Call], reply: Call, after: int, source: str, target: str) -> None:
+def _check_move_plan(calls: list[Call], reply: Call, after: int, source: str, target: str,
+                     what: str = "MOVE") -> None:
     """A MOVE's plan (store/moving.py) is on the disk before the first copy is written,
     its data and its name (the source folder's directory fsync'ed), and it is removed
     only after the originals' expunge is: a power cut never leaves a copy without its
     plan, nor the plan gone with an original still there (RFC 6851 3.3)."""
     window = [c for c in calls if after < c.start < reply.start]
     written = [c for c in window if c.name == "write" and f"{source}/maillab-moving-" in c.args]
-    assert written, "MOVE: no plan written"
+    assert written, f"{what}: no plan written"
     plan = written[0].args.split("<", 1)[1].split(">", 1)[0]
     copied = [c for c in window if c.name == "rename" and f"{target}/new/" in c.args]
-    assert copied, "MOVE: no copy renamed into the target"
+    assert copied, f"{what}: no copy renamed into the target"
     first_copy = copied[0].start
-    for synced, what in ((f"{plan}>", "the plan's data"), (f"{source}>", "the plan's name (its directory)")):
+    for synced, part in ((f"{plan}>", "the plan's data"), (f"{source}>", "the plan's name (its directory)")):
         assert any(c.name == "fsync" and synced in c.args and c.start > written[-1].end and c.end < first_copy
-                   for c in window), f"MOVE: {what} not fsync'ed before the first copy"
+                   for c in window), f"{what}: {part} not fsync'ed before the first copy"
     unlinked = [c for c in window if c.name == "unlink" and plan in c.args]
-    assert unlinked, "MOVE: the plan was not removed before the OK"
+    assert unlinked, f"{what}: the plan was not removed before the OK"
     original = max(c.end for c in window if c.name == "unlink" and f"{source}/new/" in c.args)
     assert any(c.name == "fsync" and f"{source}/new>" in c.args and c.start > original
                and c.end < unlinked[0].start for c in window), \
-        "MOVE: the plan removed before the originals' expunge was on the disk"
+        f"{what}: the plan removed before the originals' expunge was on the disk"
 
 
 def test_every_acknowledgement_waits_for_its_durability_point(tmp_path) -> None:
@@ -294,6 +295,7 @@ def test_every_acknowledgement_waits_for_its_durability_point(tmp_path) -> None:
     inbox_ok = _reply(calls, "RENAME completed", delete_ok.start)
     _check(calls, inbox_ok, delete_ok.start, "rename", [f"{inbox}/.Old/new"], "RENAME INBOX OK (the copies)")
     _check(calls, inbox_ok, delete_ok.start, "unlink", [f"{inbox}/new"], "RENAME INBOX OK (the originals)")
+    _check_move_plan(calls, inbox_ok, delete_ok.start, inbox, f"{inbox}/.Old", "RENAME INBOX")
     _seen_after_drop(out, directory, check=True)
 
 

@@ -201,6 +201,31 @@ def test_uidvalidity_changes_when_a_mailbox_is_recreated_or_renamed(tmp_path):
     assert store.mailbox("bob@alpha.test", "Job").uidvalidity not in (first, second)
 
 
+def test_a_rename_of_inbox_cut_short_is_finished_at_the_next_open(tmp_path, monkeypatch):
+    """RENAME INBOX killed after the copies, before the originals' expunge: the next
+    open of INBOX finishes it from the MOVE plan, so no message is in both folders."""
+    from maillab.store.mailbox import Mailbox
+
+    store = Store(tmp_path)
+    inbox = store.mailbox("bob@alpha.test", create=True)
+    uids = [inbox.add(MSG.replace(b"hello", f"message {i}".encode())).uid for i in range(3)]
+    inbox.add_flags(uids[0], ["\\Flagged"])
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies here
+    monkeypatch.setattr(Mailbox, "remove", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.rename_mailbox("bob@alpha.test", "INBOX", "Old", sync=True)
+    monkeypatch.undo()
+    assert len(inbox) == 3 and len(store.mailbox("bob@alpha.test", "Old")) == 3  # in both
+    again = Store(tmp_path)  # (no close: the process was gone)
+    assert len(again.mailbox("bob@alpha.test")) == 0
+    old = again.mailbox("bob@alpha.test", "Old").messages()
+    assert sorted(again.mailbox("bob@alpha.test", "Old").read(m.uid) for m in old) == sorted(
+        MSG.replace(b"hello", f"message {i}".encode()) for i in range(3))
+    assert [m.flags for m in old].count(frozenset({"\\Flagged"})) == 1
+
+
 def test_a_rename_lost_in_a_power_cut_with_its_index_row_kept_is_put_right(tmp_path):
     """A clean close, a restart, a flag change, then a power cut that keeps the index
     log (fsync'ed first in the round) but loses the rename and the directory time

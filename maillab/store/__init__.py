@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .groupsync import GROUP, replace_file
 from .mailbox import Mailbox, MessageInfo, crlf_size, to_crlf
-from .moving import finish_moves
+from .moving import begin_move, end_move, finish_moves
 from .names import InvalidName, folder_dirname, is_inbox, name_from_dirname, split_name
 
 __all__ = ["Store", "Mailbox", "MessageInfo", "InvalidName", "MailboxExists", "NoSuchMailbox",
@@ -211,12 +211,15 @@ class Store:
 
     def _empty_inbox_into(self, user: str, new: str, sync: bool) -> None:
         """RENAME INBOX: every message copied into a new folder, then expunged from
-        INBOX (as MOVE does), so each is in one of them after a crash, at worst in
-        both, never in neither."""
+        INBOX, as MOVE does and with its plan (:mod:`.moving`): a crash or a power cut
+        between the two is finished when INBOX is next opened, so each message ends in
+        exactly one of them."""
         inbox = self.mailbox(user, "INBOX")
         target = self.create_mailbox(user, new, sync=sync)
+        infos = inbox.messages()
+        plan = begin_move(inbox, target, [i.uid for i in infos], sync=sync) if infos else None
         moved = []
-        for info in inbox.messages():
+        for info in infos:
             try:
                 data = inbox.read(info.uid)
             except (KeyError, FileNotFoundError):
@@ -227,6 +230,8 @@ class Store:
         if sync:
             target.flush()
         inbox.remove(moved, sync=sync)
+        if plan is not None:
+            end_move(plan)  # after the expunge's round
 
     def _next_uidvalidity(self, user: str, count: int = 1) -> int:
         """A UIDVALIDITY never handed out before for this user, even within one second
