@@ -7,7 +7,10 @@ tuple whose items are all atoms (str, bytes, numbers, None) or such tuples is
 untracked by CPython the first time the collector looks at it, and from then on costs
 a collection nothing. So a record the lab keeps by the thousand (an event, a finished
 relay message) is kept frozen: its lists, dicts and tuples as tagged tuples of atoms
-(:func:`freeze`), made back into what they were when read (:func:`thaw`).
+(:func:`freeze`), made back into what they were when read (:func:`thaw`); one read only
+whole (a finished relay message, an auth verdict) as one ``bytes`` (:func:`pack`), which
+the collector never tracks at all. A nested tuple is untracked only after what it
+holds, a level per collection at worst; bytes need no collection.
 
 ``tests/test_frozen.py`` checks that each kept shape is untracked after a collection,
 so a new field of the wrong kind fails a test instead of slowing every collection.
@@ -15,9 +18,11 @@ so a new field of the wrong kind fails a test instead of slowing every collectio
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import marshal
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Any
 
@@ -128,3 +133,47 @@ class ChunkedLog:
 
     def __iter__(self) -> Iterator[Any]:
         return self.since(0)
+
+
+# A dataclass instance inside a packed value: (tag, class name, field values...).
+_DATACLASS = "\x00dataclass"
+
+
+def pack(value: Any) -> bytes:
+    """``value`` as one ``bytes`` (:mod:`marshal`): atoms, lists, dicts, tuples and
+    dataclass instances of them, nested. The collector never tracks bytes, however deep
+    the value was; :func:`unpack` makes it back. Raises ValueError for anything else."""
+    return marshal.dumps(_plain(value))
+
+
+def unpack(data: bytes, kinds: Iterable[type]) -> Any:
+    """What :func:`pack` was given: fresh objects, the dataclasses among ``kinds``."""
+    return _restore(marshal.loads(data), {k.__name__: k for k in kinds})
+
+
+def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind in ATOMS:
+        return value
+    if kind is list:
+        return [_plain(v) for v in value]
+    if kind is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    if kind is tuple:
+        return tuple(_plain(v) for v in value)
+    if dataclasses.is_dataclass(value):
+        return (_DATACLASS, kind.__name__, *(_plain(getattr(value, f.name)) for f in dataclasses.fields(value)))
+    raise ValueError(f"cannot pack a {kind.__name__}")
+
+
+def _restore(value: Any, kinds: dict[str, type]) -> Any:
+    kind = type(value)
+    if kind is list:
+        return [_restore(v, kinds) for v in value]
+    if kind is dict:
+        return {k: _restore(v, kinds) for k, v in value.items()}
+    if kind is tuple:
+        if value and value[0] == _DATACLASS:
+            return kinds[value[1]](*(_restore(v, kinds) for v in value[2:]))
+        return tuple(_restore(v, kinds) for v in value)
+    return value

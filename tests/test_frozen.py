@@ -95,3 +95,25 @@ def test_sealed_chunks_are_untracked():
     for _ in range(3):
         gc.collect()
     assert [gc.is_tracked(chunk) for chunk in log._chunks] == [False] * 3
+
+
+def test_auth_verdicts_are_kept_packed_and_read_back_whole():
+    from maillab.auth import AuthSettings, Received
+    from maillab.auth.lookup import Question
+    from maillab.auth.receive import ARCCheck, DKIMCheck, DMARCCheck, SPFCheck, Verdict
+
+    verdict = Verdict("mx1.beta.test", SPFCheck("pass", "mailfrom", "alpha.test", "127.0.0.2"),
+                      [DKIMCheck("pass", "alpha.test", "lab", tags={"a": "rsa-sha256"})],
+                      ARCCheck("none", sealers=["x"]), DMARCCheck("pass", "alpha.test", "none", spf_aligned=True),
+                      trace=[Question("alpha.test", "TXT", ["v=spf1 -all"], cached=12.5)])
+    entry = Received("mx1.beta.test", ["carol@beta.test"], "<1@alpha.test>", "hello", verdict,
+                     b"Authentication-Results: ...\r\n\r\nbody", queue_id="0A1B")
+    s = AuthSettings()
+    s.keep(entry)
+    [kept] = s.verdicts
+    assert [gc.is_tracked(k) for k in kept] == [False] * 5 and type(kept[4]) is bytes
+    gc.collect()
+    assert not gc.is_tracked(kept)
+    assert s.last("hello") == entry and s.last() == entry and s.last("other") is None
+    assert s.for_hop("mx1.beta.test", "", "0A1B") == entry
+    assert s.last().verdict.header() == verdict.header()

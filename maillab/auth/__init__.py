@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..frozen import pack, unpack
+
 if TYPE_CHECKING:
     from ..lab import Lab
 
@@ -54,18 +56,28 @@ class AuthSettings:
     lists: dict[str, MailingList] = field(default_factory=dict)
     tamper: dict[str, str] = field(default_factory=dict)  # host -> "body" | "subject"
     tampered: dict[str, str] = field(default_factory=dict)  # Message-ID -> what a host changed
-    verdicts: deque[Received] = field(default_factory=lambda: deque(maxlen=KEEP_VERDICTS))
+    #: (host, Message-ID, Subject, queue id, the Received packed): found without
+    #: unpacking, and untracked (maillab.frozen.pack): ~20 tracked objects each otherwise
+    verdicts: deque[tuple[str, str, str, str, bytes | Received]] = field(
+        default_factory=lambda: deque(maxlen=KEEP_VERDICTS))
     resolvers: dict[str, Any] = field(default_factory=dict)  # MX host -> its resolver_cache.ResolverCache
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def keep(self, entry: Received) -> None:
+        try:
+            packed: bytes | Received = pack(entry)
+        except ValueError:  # a field of another kind (never so far): kept live, tracked
+            packed = entry
+        kept = (entry.host, entry.message_id, entry.subject, entry.queue_id, packed)
+        with self.lock:
+            self.verdicts.append(kept)
 
     def last(self, key: str | None = None) -> Received | None:
         with self.lock:
             items = list(self.verdicts)
-        if key is None:
-            return items[-1] if items else None
-        for item in reversed(items):
-            if key in item.message_id or key in item.subject:
-                return item
+        for _host, message_id, subject, _queue_id, packed in reversed(items):
+            if key is None or key in message_id or key in subject:
+                return _unpack(packed)
         return None
 
     def for_hop(self, host: str, message_id: str, queue_id: str = "") -> Received | None:
@@ -73,8 +85,20 @@ class AuthSettings:
         Message-ID (a refused message has no queue id): for the relay path view."""
         with self.lock:
             items = list(self.verdicts)
-        return next((e for e in reversed(items) if e.host == host and (
-            (queue_id and e.queue_id == queue_id) or (message_id and e.message_id == message_id))), None)
+        return next((_unpack(e[4]) for e in reversed(items) if e[0] == host and (
+            (queue_id and e[3] == queue_id) or (message_id and e[1] == message_id))), None)
+
+
+def _unpack(packed: bytes | Received) -> Received:
+    if not isinstance(packed, bytes):
+        return packed
+    # Here, not at the top: receive imports dkimpy, pyspf and authres, which a lab that
+    # never checks a signature need not load.
+    from .lookup import Question
+    from .receive import ARCCheck, DKIMCheck, DMARCCheck, SPFCheck, Verdict
+
+    entry: Received = unpack(packed, (Received, Verdict, SPFCheck, DKIMCheck, ARCCheck, DMARCCheck, Question))
+    return entry
 
 
 _settings_lock = threading.Lock()

@@ -156,8 +156,7 @@ def inbound_sync(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: str
                 local_part, _, domain = ml.address.partition("@")
                 out.onward.append((f"{local_part}-bounces@{domain}", list(ml.members),
                                    _list_post(lab, host_name, message, ml)))
-    with s.lock:
-        s.verdicts.append(entry)
+    s.keep(entry)
     return out
 
 

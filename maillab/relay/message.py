@@ -13,9 +13,10 @@ recipients, attempts and routes) and made back into a :class:`QueuedMessage` whe
 
 from __future__ import annotations
 
-import marshal
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..frozen import pack, unpack
 
 QUEUED, RETRYING, DELIVERED, BOUNCED = "queued", "retrying", "delivered", "bounced"
 FINAL = (DELIVERED, BOUNCED)
@@ -124,26 +125,14 @@ class QueuedMessage:
         }
 
 
-_MESSAGE_FIELDS = tuple(f.name for f in fields(QueuedMessage))
-_ATTEMPT_FIELDS = tuple(f.name for f in fields(Attempt))
-_RECIPIENT_FIELDS = tuple(f.name for f in fields(Recipient))
-
-
 def freeze_finished(msg: QueuedMessage) -> bytes:
-    """``msg`` as one ``bytes`` (its fields in order, recipients and attempts as lists of
-    theirs, through :mod:`marshal`): an object the collector never tracks, however nested
-    the routes and replies inside. Raises ValueError if a field holds an object that is
-    not a str, bytes, number, None, list, tuple or dict of them."""
-    values = [getattr(msg, name) for name in _MESSAGE_FIELDS]
-    values[_MESSAGE_FIELDS.index("recipients")] = [[getattr(r, n) for n in _RECIPIENT_FIELDS]
-                                                   for r in msg.recipients]
-    values[_MESSAGE_FIELDS.index("attempts")] = [[getattr(a, n) for n in _ATTEMPT_FIELDS] for a in msg.attempts]
-    return marshal.dumps(values)
+    """``msg`` as one ``bytes`` (:func:`maillab.frozen.pack`): an object the collector
+    never tracks, however nested the routes and replies inside. Raises ValueError if a
+    field holds an object of another kind."""
+    return pack(msg)
 
 
 def thaw_finished(kept: bytes) -> QueuedMessage:
     """A fresh :class:`QueuedMessage` equal to the one :func:`freeze_finished` kept."""
-    values = dict(zip(_MESSAGE_FIELDS, marshal.loads(kept), strict=True))
-    values["recipients"] = [Recipient(*r) for r in values["recipients"]]
-    values["attempts"] = [Attempt(*a) for a in values["attempts"]]
-    return QueuedMessage(**values)
+    msg: QueuedMessage = unpack(kept, (QueuedMessage, Recipient, Attempt))
+    return msg
