@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import marshal
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import chain
@@ -177,3 +178,39 @@ def _restore(value: Any, kinds: dict[str, type]) -> Any:
             return kinds[value[1]](*(_restore(v, kinds) for v in value[2:]))
         return tuple(_restore(v, kinds) for v in value)
     return value
+
+
+class IntRing:
+    """The newest ``size`` integers (64-bit), in one array: a deque of 20,000 ints is
+    20,000 visits for every collection (a mailbox's change log); an array's numbers are
+    not objects, and the collector never looks inside it."""
+
+    def __init__(self, size: int, items: Iterable[int] = ()) -> None:
+        self.size = size
+        self._items = array("q")
+        self._head = 0  # once full: the index of the oldest
+        self.extend(items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, value: int) -> None:
+        if len(self._items) < self.size:
+            self._items.append(value)
+        else:
+            self._items[self._head] = value
+            self._head = (self._head + 1) % self.size
+
+    def extend(self, values: Iterable[int]) -> None:
+        for value in values:
+            self.append(value)
+
+    def __iter__(self) -> Iterator[int]:
+        """Oldest first."""
+        items, head = self._items, self._head
+        return itertools.chain(items[head:], items[:head])
+
+    def newest(self, n: int) -> list[int]:
+        """The newest ``n`` (all there are, if fewer), oldest first."""
+        n = min(max(n, 0), len(self._items))
+        return list(itertools.islice(self, len(self._items) - n, None))

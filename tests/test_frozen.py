@@ -14,7 +14,7 @@ from collections import deque
 import pytest
 
 from maillab.events import EventBus
-from maillab.frozen import ChunkedLog, Unfreezable, freeze, thaw
+from maillab.frozen import ChunkedLog, IntRing, Unfreezable, freeze, thaw
 from maillab.relay.message import Attempt, QueuedMessage, Recipient, freeze_finished, thaw_finished
 
 
@@ -117,3 +117,18 @@ def test_auth_verdicts_are_kept_packed_and_read_back_whole():
     assert s.last("hello") == entry and s.last() == entry and s.last("other") is None
     assert s.for_hop("mx1.beta.test", "", "0A1B") == entry
     assert s.last().verdict.header() == verdict.header()
+
+
+@pytest.mark.parametrize("size", [1, 3, 10])
+def test_the_int_ring_keeps_what_a_deque_of_maxlen_keeps(size):
+    ring, peer = IntRing(size), deque(maxlen=size)
+    for n in range(25):
+        ring.append(n << 2 | 1)
+        peer.append(n << 2 | 1)
+        assert list(ring) == list(peer) and len(ring) == len(peer)
+        for k in (0, 1, size, size + 5):
+            assert ring.newest(k) == list(peer)[len(peer) - min(k, len(peer)):]
+    ring.extend(range(100, 140))
+    peer.extend(range(100, 140))
+    assert list(IntRing(size, ring)) == list(ring) == list(peer)
+    assert not gc.is_tracked(ring.__dict__) or len(gc.get_referents(ring._items)) <= 1  # numbers, not objects

@@ -190,14 +190,14 @@ def test_observers_follow_every_kind_of_change(single_lab: Lab) -> None:
 @pytest.mark.parametrize("removed", [3, 30])
 def test_a_view_far_behind_the_change_log_rescans(single_lab: Lab, monkeypatch, removed: int) -> None:
     """A session that missed more changes than the log holds still catches up right."""
-    import collections
+    from maillab.frozen import IntRing
 
     lab = single_lab
     for i in range(40):
         lab.store.deliver(USER, message(i))
     obs = Observer(lab)
     mb = lab.store.mailbox(USER, "INBOX")
-    monkeypatch.setattr(mb, "_log", collections.deque(mb._log, maxlen=10))
+    monkeypatch.setattr(mb, "_log", IntRing(10, mb._log))
     uids, _ = truth(lab)
     mb.remove(uids[:removed])
     mb.set_flags_many({u: frozenset({"\\Flagged"}) for u in uids[removed:removed + 3]})

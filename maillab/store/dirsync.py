@@ -15,12 +15,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import TypeVar
 
+from ..frozen import IntRing
 from ..runtime import collector_paused
 from .filenames import FLAG_LETTERS, arrival_sorted, flags_from_filename, sizes_from_keys
 from .table import NEW, STATES, UNKNOWN, UNKNOWN_DATE, MessageTable
@@ -44,7 +44,7 @@ class DirectorySync:
     uidnext: int
     changes: int
     _db: sqlite3.Connection
-    _log: deque[int]
+    _log: IntRing
     _dir_stamp: tuple[int, int] | None
     _syncing: bool
     _last_use: float
