@@ -121,7 +121,10 @@ def main() -> None:
 
     def at_end(lab: Any, soak: Any) -> None:
         time.sleep(1)  # the readers' last sessions close
-        found["tracked"] = len(gc.get_objects())
+        before = gc.get_objects()
+        found["tracked"] = len(before)
+        found["first"] = Counter(type(o).__name__ for o in before)
+        del before
         found["gc_ms"] = full_gc_ms()
         found["census"] = census(owners(lab, soak))
         found["messages"] = soak.accepted
@@ -141,6 +144,9 @@ def main() -> None:
     for name, n in per_owner.most_common():
         top = (kinds.get(name) or unreached).most_common(args.top)
         print(f"{name:34} {n:9,} {visits.get(name, 0):9,}  " + ", ".join(f"{t} {c:,}" for t, c in top))
+    gone = found["first"] - Counter({t: c for kinds_ in kinds.values() for t, c in kinds_.items()}) - unreached
+    print("tracked before the first collection, then untracked or freed by it:",
+          ", ".join(f"{t} {c:,}" for t, c in gone.most_common(args.top)))
     print(f"tracked objects: lab at steady state {found['tracked']:,}, peer (lab stopped) {peer_tracked:,}"
           f" ({found['tracked'] / peer_tracked:.2f}x)")
     (wall, cpu), (peer_wall, peer_cpu) = found["gc_ms"], peer_ms
