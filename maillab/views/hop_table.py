@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..relay.hops import Hop, HopTable
-from .theme import badge, page
+from .theme import badge, breakable, page
 
 HOP_COLUMNS = ("hop", "from", "by", "with", "TLS", "id", "for", "time (UTC)", "delay")
 
@@ -95,22 +95,27 @@ def hop_table_body(table: HopTable) -> str:
         return "<i>no Received header fields: this message has not crossed any server yet</i>"
     head = "".join(f"<th>{html.escape(t)}</th>" for t in HOP_COLUMNS)
     body = []
+    # In a narrow output (800 px, a projector's zoom) each hop becomes a card of
+    # labelled facts (theme: .ml-cards); host names and addresses wrap after a dot.
+    number = "<td class='ml-card-head' data-label='hop'>{}</td>"
     for h in table:
         cells = _hop_cells(h)
         if not h.parsed:
             body.append(
-                f"<tr><td>{h.number}</td><td colspan='8'>{badge('temp', 'unparsed:')} "
+                f"<tr>{number.format(h.number)}<td colspan='8'>{badge('temp', 'unparsed:')} "
                 f"<code>{html.escape(h.raw) or '(empty Received field)'}</code></td></tr>")
             continue
-        cells_html = [html.escape(c) for c in cells]
+        cells_html = [breakable(c) for c in cells]
         kind = "ok" if h.encrypted else ("err" if h.encrypted is False else "muted")
-        cells_html[4] = badge(kind, cells[4]) if h.encrypted is not None else html.escape(cells[4])
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells_html) + "</tr>")
+        cells_html[4] = badge(kind, cells[4], wrap=True) if h.encrypted is not None else cells_html[4]
+        body.append("<tr>" + number.format(cells_html[0]) + "".join(
+            f"<td data-label='{html.escape(t)}'>{c}</td>" if c else "<td></td>"
+            for t, c in zip(HOP_COLUMNS[1:], cells_html[1:], strict=True)) + "</tr>")
     notes = []
     if table.total_delay is not None:
         notes.append(f"total {html.escape(_delay(table.total_delay))} from the first to the last dated hop")
     notes.append("read bottom-up: hop 1 is the lowest Received line")
-    return (f"<table class='mono ml-small'><thead><tr>{head}</tr></thead>"
+    return (f"<table class='mono ml-small ml-cards'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table><div class='ml-note'>{'; '.join(notes)}</div>")
 
 

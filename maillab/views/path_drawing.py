@@ -19,7 +19,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from .live import Block, blocks_html
-from .theme import PALETTE, page
+from .theme import PALETTE, breakable, page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -41,7 +41,7 @@ _CSS = (
     ".ml-view .ml-path .lbl{font-weight:600}"
     ".ml-view .ml-path .sub{font-size:.9em}"
     ".ml-view .ml-path .dns{display:inline-block;text-align:left;margin:.35em 0;padding:.2em .5em;"
-    "border:2px dotted var(--ml-event);border-radius:.45em}"
+    "border:2px dotted var(--ml-event);border-radius:.45em;max-width:100%}"
     ".ml-view .ml-path .fail{text-align:left;font-size:.9em;margin-top:.3em}"
     "</style>"
 )
@@ -91,11 +91,12 @@ def _dns_block(hops: list[PathHop]) -> str:
         words = answer.split()
         return int(words[2]) if len(words) > 2 and words[1] == "MX" and words[2].isdigit() else 0
 
-    lines = [f"<div><b>◆ lab DNS</b></div><div class='mono'>? {html.escape(question)} MX</div>"]
+    # names wrap after a dot when the arrow's column is narrow (theme.breakable)
+    lines = [f"<div><b>◆ lab DNS</b></div><div class='mono'>? {breakable(question)} MX</div>"]
     for a in sorted(answers, key=preference):
         rest = a[len(question):].strip() if a.startswith(question + " ") else a
         name, _, address = rest.partition(" -> ")
-        lines.append(f"<div class='mono'>→ {html.escape(name)}"
+        lines.append(f"<div class='mono'>→ {breakable(name)}"
                      + (f"<br>&nbsp;&nbsp;A {html.escape(address)}" if address else "") + "</div>")
     return f"<div class='dns ml-event'>{''.join(lines)}</div>"
 
@@ -108,7 +109,7 @@ def _side_item(path: RelayPath, hop: PathHop) -> str:
     what = " — ".join(p for p in (how, hop.result or ("failed" if hop.ok is False else "pending")) if p)
     verb = "tried" if hop.ok is False else "next"
     return (f"<div class='fail'><span class='ml-badge ml-{kind}'>{glyph} {verb}</span> "
-            f"<b>{html.escape(where)}</b>: {html.escape(what)}</div>")
+            f"<b>{breakable(where)}</b>: {breakable(what)}</div>")
 
 
 def _connector(path: RelayPath, forward: PathHop | None, side: list[PathHop]) -> str:
@@ -145,7 +146,8 @@ def _diagram_blocks(path: RelayPath) -> list[tuple[str, Block]]:
         node = path.nodes[idx]
         addr = (f"<br><span class='mono ml-muted'>{html.escape(node.address)}</span>"
                 if node.address and node.address != node.name.strip("[]") else "")
-        out.append(f"<div class='node'><span class='num'>{k + 1}</span><b>{html.escape(node.name)}</b>{addr}</div>")
+        # a long host name wraps after a dot inside its box (max 17em), never mid-word
+        out.append(f"<div class='node'><span class='num'>{k + 1}</span><b>{breakable(node.name)}</b>{addr}</div>")
         nxt = order[k + 1] if k + 1 < len(order) else None
         forward = next((h for h in path.hops if h.source == idx and h.target == nxt and nxt is not None), None)
         side = [h for h in path.hops if h.source == idx and path.nodes[h.target].side]

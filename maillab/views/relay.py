@@ -39,7 +39,7 @@ from .hop_table import _aligned, _delay, hop_table_body, hop_table_text
 from .live import LiveBlocks, widget_bundle
 from .path_drawing import figure, path_blocks, path_diagram, path_html
 from .publish import Throttle
-from .theme import badge, page
+from .theme import badge, breakable, page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -575,7 +575,9 @@ class QueueView:
             body = f"<i>{html.escape(self.title)}: empty (every message delivered or bounced)</i>"
         else:
             head = "".join(f"<th>{t}</th>" for t in QUEUE_COLUMNS)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
+            # hosts and addresses wrap after a dot or "@" (theme.breakable), never mid-word
+            rows = "".join("<tr>" + "".join(f"<td>{breakable(c) if i in (1, 2, 3) else html.escape(c)}</td>"
+                                            for i, c in enumerate(r)) + "</tr>" for r in self.rows)
             body = (f"<b>{html.escape(self.title)}</b><table class='ml-small'><thead><tr>{head}</tr>"
                     f"</thead><tbody>{rows}</tbody></table>")
         return page(body + "".join(f"<div>{badge('err', f)}</div>" for f in self._footer()), kind="queue")

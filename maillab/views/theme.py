@@ -91,7 +91,7 @@ CSS = (
     "--ml-bg2:var(--jp-layout-color2,#eef1f4);--ml-line:var(--jp-border-color2,#d0d7de);"
     "--ml-mono:var(--jp-code-font-family,ui-monospace,SFMono-Regular,Menlo,Consolas,monospace);"
     "font-size:calc(var(--ml-base)*var(--ml-scale));line-height:1.35;color:var(--ml-fg);"
-    "text-align:left;max-width:100%;box-sizing:border-box;overflow-wrap:anywhere;"
+    "text-align:left;max-width:100%;box-sizing:border-box;overflow-wrap:break-word;"
     "container-type:inline-size;container-name:mlview}"
     "body[data-jp-theme-light='false'] .ml-view{" + _colour_vars(1) + "}"
     "@media (prefers-color-scheme:dark){body:not([data-jp-theme-light]) .ml-view{"
@@ -99,23 +99,35 @@ CSS = (
     ".ml-view *{box-sizing:border-box}"
     # JupyterLab: .jp-RenderedHTMLCommon td{text-align:right}, table{margin:auto;
     # table-layout:fixed;font-size:12px}, tr:nth-child(odd){background}.
+    # A table is its own sideways-scrolling box (display:block around the table's
+    # rows, as GitHub renders Markdown tables): a table wider than the output keeps
+    # whole words and scrolls inside itself instead of breaking them letter by letter.
     ".ml-view table{margin:0 0 .4em 0!important;border-collapse:collapse;table-layout:auto!important;"
-    "font-size:1em!important;color:var(--ml-fg)!important;max-width:100%;width:auto}"
+    "font-size:1em!important;color:var(--ml-fg)!important;max-width:100%;width:auto;"
+    "display:block;overflow-x:auto}"
     ".ml-view :is(td,th,tr){text-align:left!important;vertical-align:top!important;"
     "padding:.12em .5em!important;line-height:1.35!important;max-width:none;white-space:normal}"
-    # Cells may break anywhere (a boundary string, a base64 line or a row of host
-    # names must not push the table past the output), except cells marked .nw
-    # (short labels: part numbers, header names), which never break.
-    ".ml-view th{font-weight:600;border-bottom:1px solid var(--ml-line)!important;overflow-wrap:anywhere}"
-    ".ml-view td{overflow-wrap:anywhere}.ml-view td.nw{white-space:nowrap;overflow-wrap:normal}"
+    # Cells wrap at spaces and at the break points a view marks (theme.breakable:
+    # after the dots of a host name), never inside a word: overflow-wrap:anywhere
+    # let the table squeeze a column to a letter a line ("h/o/p"). Cells marked .nw
+    # (short labels: part numbers, header names) never wrap.
+    ".ml-view th{font-weight:600;border-bottom:1px solid var(--ml-line)!important}"
+    ".ml-view :is(td,th){overflow-wrap:normal;word-break:normal}"
+    ".ml-view td.nw{white-space:nowrap}"
     ".ml-view tbody tr:nth-child(odd){background:transparent!important}"
     ".ml-view tbody tr:hover{background:var(--ml-bg2)!important}"
     ".ml-view .mono,.ml-view code,.ml-view pre,.ml-view .ml-wire td{font-family:var(--ml-mono)!important;"
     "font-size:1em!important}"
-    ".ml-view pre{white-space:pre-wrap;text-align:left;margin:0;background:transparent;padding:0}"
+    # JupyterLab gives an output's <pre> word-break:break-all ("connecti/ons"): wrap
+    # at spaces, and break only a token longer than the whole line.
+    ".ml-view pre{white-space:pre-wrap;text-align:left;margin:0;background:transparent;padding:0;"
+    "word-break:normal!important;overflow-wrap:anywhere}"
     ".ml-view .ml-wire .line{white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere}"
     ".ml-view .ml-wire :is(td.t,td.tag){white-space:nowrap!important;overflow-wrap:normal;width:1%}"
     ".ml-view .ml-wire td.n{min-width:12em}"
+    # the protocol line gets at least half the view (the notes the rest), so a reply
+    # reads on one line instead of wrapping beside a wide note
+    ".ml-view .ml-wire td.line{min-width:min(46em,50cqw)}"
     # transcript rows carry one class (views/transcript.py: their markup is most of
     # what a live transcript sends): it colours the tag and the line
     ".ml-view .ml-wire td.t{color:var(--ml-muted)}"
@@ -126,6 +138,7 @@ CSS = (
     # line instead of squeezing the protocol text into a ribbon; times are dropped.
     "@container mlview (max-width:760px){.ml-view .ml-wire,.ml-view .ml-wire tbody{display:block}"
     ".ml-view .ml-wire tr{display:grid;grid-template-columns:auto minmax(0,1fr)}"
+    ".ml-view .ml-wire td.line{min-width:0}"
     ".ml-view .ml-wire td.t{display:none}.ml-view .ml-wire td.n{grid-column:2;min-width:0;"
     "padding-top:0!important}.ml-view .ml-wire td.n:empty{display:none}}"
     # A wide table of short facts (the port map, the class map): in a narrow output
@@ -179,11 +192,12 @@ def page(body: str, *, kind: str = "", scale: float | None = None) -> str:
     return f'{style_element()}<div class="{cls}" style="--ml-scale:{s:g}">{body}</div>'
 
 
-def badge(kind: str, word: str) -> str:
-    """A coloured word with its glyph: ``✓ +OK``, ``✗ -ERR`` (never colour alone)."""
+def badge(kind: str, word: str, *, wrap: bool = False) -> str:
+    """A coloured word with its glyph: ``✓ +OK``, ``✗ -ERR`` (never colour alone).
+    ``wrap``: a long word (a cipher name) may wrap at :func:`breakable`'s points."""
     glyph = GLYPHS.get(kind, "")
     text = f"{glyph}\u00a0{word}" if glyph else word  # the glyph never wraps away from its word
-    return f'<span class="ml-badge ml-{kind}">{html.escape(text)}</span>'
+    return f'<span class="ml-badge ml-{kind}">{breakable(text) if wrap else html.escape(text)}</span>'
 
 
 def reply_kind(protocol: str, text: str) -> str:
@@ -217,4 +231,25 @@ def reply_kind(protocol: str, text: str) -> str:
 
 def escape(text: object) -> str:
     return html.escape(str(text))
+
+
+_BREAK_AFTER = "._@/:"
+
+
+def breakable(text: object) -> str:
+    """``text`` escaped, with a line-break opportunity (``<wbr>``) after each ``.``,
+    ``_``, ``@``, ``/`` and ``:`` between letters or digits: a host name, address or
+    cipher name in a narrow cell wraps as ``mail.alpha.`` / ``test`` or
+    ``TLS_AES_256_`` / ``GCM_SHA384``, never letter by letter (table cells never
+    break inside a word). Not inside a number (``127.0.0.1`` broken at a dot
+    misreads), except at the colons of an IPv6 address. Copying the text gives it
+    back unchanged."""
+    out = []
+    s = str(text)
+    for i, ch in enumerate(s):
+        out.append(html.escape(ch))
+        if (ch in _BREAK_AFTER and 0 < i < len(s) - 1 and s[i - 1].isalnum() and s[i + 1].isalnum()
+                and (ch == ":" or not (s[i - 1].isdigit() and s[i + 1].isdigit()))):
+            out.append("<wbr>")
+    return "".join(out)
 
