@@ -1,6 +1,6 @@
 """When a password may cross the wire in plaintext: one rule for POP3, IMAP and the views.
 
-Real servers refuse a login before TLS (RFC 8314 4.1, RFC 2595 2.1). The lab's
+Real servers refuse a login before TLS (RFC 8314 4.1, RFC 2595 2.3). The lab's
 POP3 and IMAP servers accept one on the plaintext port by default because they
 listen on loopback only, and say so in the transcript;
 ``lab.policy.pop3_plaintext_auth`` / ``imap_plaintext_auth`` = False

@@ -21,7 +21,7 @@ class Policy:
     #: POP3 accepts USER/PASS and AUTH PLAIN before STLS (every lab server listens on
     #: loopback, so curl, fetchmail and poplib examples work as typed; the transcript
     #: notes that a real server would refuse). False: ``-ERR [AUTH]`` until STLS and
-    #: CAPA stops offering USER and SASL, as RFC 2595 section 2.1 asks of real servers.
+    #: CAPA stops offering USER and SASL, as RFC 2595 section 2.3 asks of real servers.
     pop3_plaintext_auth: bool = True
     #: IMAP accepts LOGIN and AUTHENTICATE PLAIN before STARTTLS when the server is bound
     #: to a loopback address (Dovecot makes the same exception). False: LOGINDISABLED is

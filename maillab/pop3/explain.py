@@ -33,9 +33,9 @@ COMMANDS: dict[str, str] = {
 CODES: dict[str, str] = {
     "IN-USE": "the maildrop is locked by another session (RFC 2449 section 8.1.2)",
     "LOGIN-DELAY": "logging in again this soon is not allowed (RFC 2449 section 8.1.1)",
-    "AUTH": "the credentials are wrong (RFC 3206 section 4)",
-    "SYS/TEMP": "a temporary server-side problem: try again later (RFC 3206 section 5)",
-    "SYS/PERM": "a permanent server-side problem (RFC 3206 section 5)",
+    "AUTH": "the credentials are wrong (RFC 3206 section 5)",
+    "SYS/TEMP": "a temporary server-side problem: try again later (RFC 3206 section 4)",
+    "SYS/PERM": "a permanent server-side problem (RFC 3206 section 4)",
 }
 
 _CODE = re.compile(r"^-ERR \[([A-Z/-]+)\]")

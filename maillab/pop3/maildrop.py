@@ -1,7 +1,7 @@
 """The maildrop a POP3 session works on, and the lock that makes it exclusive.
 
-RFC 1939 section 8: "the POP3 server acquires an exclusive-access lock on the
-maildrop" when a client enters the TRANSACTION state, so two clients cannot
+RFC 1939 section 4: "the POP3 server then acquires an exclusive-access lock on
+the maildrop" when a client enters the TRANSACTION state, so two clients cannot
 delete the same messages from under each other. A second login gets
 ``-ERR [IN-USE]`` (RFC 2449 section 8.1.2). The lock lives in this process
 (every lab server runs in it) and is released on QUIT, on a dropped connection,

@@ -297,13 +297,13 @@ class POP3Session:
         if self.tls_active or self.plaintext_auth:
             return None
         return Reply("-ERR [AUTH] plaintext authentication disallowed on a connection without"
-                     " TLS; send STLS first (RFC 2595 section 2.1)")
+                     " TLS; send STLS first (RFC 2595 section 2.3)")
 
     def _plaintext_note(self) -> list[tuple[str, dict[str, Any]]]:
         if self.tls_active:
             return []
         return [("password sent without TLS: allowed in the lab because it only listens on"
-                 " loopback; real servers refuse this before STLS (RFC 2595 section 2.1)",
+                 " loopback; real servers refuse this before STLS (RFC 2595 section 2.3)",
                  {"plaintext_auth": True})]
 
     def cmd_user(self, args: list[str]) -> Reply:
@@ -386,7 +386,7 @@ class POP3Session:
         except InUse:
             return Reply("-ERR [IN-USE] maildrop already locked: another POP3 session is using it",
                          auth=(address, True, mechanism),
-                         notes=[("maildrop locked by another session (RFC 1939 section 8)",
+                         notes=[("maildrop locked by another session (RFC 1939 section 4)",
                                  {"in_use": True})])
         except StoreFailure as exc:
             return Reply(f"-ERR [SYS/TEMP] cannot open the maildrop: {exc}",
