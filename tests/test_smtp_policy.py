@@ -90,8 +90,8 @@ def test_mail_params():
 def test_sender_must_be_owned():
     path, _ = parse_path("<alice@alpha.test>")
     check_sender(path, "alice@alpha.test")
-    assert refusal(check_sender, path, "bob@alpha.test").code == 553
-    assert refusal(check_sender, parse_path("<>", allow_null=True)[0], "bob@alpha.test").code == 553
+    assert refusal(check_sender, path, "bob@alpha.test").code == 550  # RFC 6409 6.1
+    check_sender(parse_path("<>", allow_null=True)[0], "bob@alpha.test")  # RFC 6409 3.2: <> MUST NOT be refused
 
 
 def test_data_rules():

@@ -104,7 +104,7 @@ def test_no_open_relay_and_auth_under_tls_only():
     assert d.s.masked(b"YWxpY2U=\r\n") == "****"  # what a transcript shows of the answer
     assert d.line(b64encode(b"alice").decode()) == "334 UGFzc3dvcmQ6"
     assert d.line(b64encode(b"alice-pw").decode()) == "235 2.7.0 Authentication successful"
-    assert d.line("MAIL FROM:<bob@foo.test>").startswith("553 5.7.1")  # not her address
+    assert d.line("MAIL FROM:<bob@foo.test>").startswith("550 5.7.1")  # not her address (RFC 6409 6.1)
     d.line("MAIL FROM:<alice@foo.test>")
     # authenticated, so another domain is relayed (RFC 5321 3.6) - when a relay runs
     assert "no relay is running" in d.line("RCPT TO:<carol@bar.test>")

@@ -350,10 +350,13 @@ def route_recipient(
 
 
 def check_sender(path: Path, user: str | None) -> None:
-    """Submission (RFC 6409 8.1 lets the server check the sender): an
-    authenticated user may only send as themselves, as real providers enforce."""
-    if user is None:
+    """Submission (RFC 6409 6.1, "Enforce Submission Rights", lets the server
+    check the sender, with 550 and 5.7.1): an authenticated user may only send
+    as themselves, as real providers enforce. The null path ``<>`` stays allowed:
+    RFC 6409 3.2 says it MUST NOT in itself be cause for rejecting a message
+    (a mail program sends read receipts with it)."""
+    if user is None or path.null:
         return
-    if path.null or path.address.lower() != user.lower():
-        raise PathError(Reply(553, "5.7.1", f"{path}: Sender address rejected:"
+    if path.address.lower() != user.lower():
+        raise PathError(Reply(550, "5.7.1", f"{path}: Sender address rejected:"
                               f" not owned by user {user}"))
