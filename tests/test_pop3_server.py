@@ -108,6 +108,8 @@ def test_pop3s_implicit_tls_with_lab_ca(single_lab: Lab) -> None:
     assert "STLS" not in c.capa()
     assert full_body(c, 2) == msgs[1]
     c.quit()
+    # The client's transcript has the handshake before the greeting, as on the wire
+    assert [e.kind for e in c.events()][1:3] == ["tls", "S"]
     # A client that does not trust the lab CA must fail the handshake.
     host, port = single_lab.address("pop3s")
     with pytest.raises(ssl.SSLCertVerificationError):

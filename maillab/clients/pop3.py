@@ -143,7 +143,14 @@ class RecordingPOP3_SSL(_Recording, poplib.POP3_SSL):  # noqa: N801 - mirrors po
             if self.recorder:
                 self.recorder.close("connect failed")
             raise
+
+    def _create_socket(self, timeout: float) -> ssl.SSLSocket:
+        # The handshake is done before the greeting is read: record it first, in the
+        # order it happened on the wire (as the IMAP and SMTP clients do).
+        sock = super()._create_socket(timeout)  # type: ignore[misc]
+        self.sock = sock
         self._record_tls()
+        return sock  # type: ignore[no-any-return]
 
 
 def connect(
