@@ -102,3 +102,17 @@ def test_hostile_input_is_bounded() -> None:
     assert not hop.parsed
     hop = parse_received("from " + "a" * 100_000 + " by b; Tue, 14 Mar 2023 10:15:28 +0000")
     assert hop.parsed and hop.by == "b"
+
+
+def test_auth_headers_a_signature_is_not_a_missing_result() -> None:
+    """%mail hops lists the authentication headers: a DKIM-Signature carries no verdict
+    (the receiver's Authentication-Results does), so it must not read "(no results)"."""
+    from maillab.auth.headers import read
+
+    hops = read(b"Authentication-Results: mx1.beta.test; dkim=pass header.d=alpha.test\r\n"
+                b"DKIM-Signature: v=1; a=rsa-sha256; d=alpha.test; s=lab; i=@alpha.test; bh=x; b=y\r\n"
+                b"Subject: s\r\n\r\nbody\r\n")
+    texts = [h.text() for h in hops]
+    assert texts[0] == "Authentication-Results: mx1.beta.test: dkim=pass header.d=alpha.test"
+    assert texts[1].startswith("DKIM-Signature: i=@alpha.test d=alpha.test s=lab: a signature")
+    assert "no results" not in texts[1]

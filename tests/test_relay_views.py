@@ -106,6 +106,7 @@ def test_figure_from_a_relayed_message_saves_png_and_svg(rlab: Lab, tmp_path) ->
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "mx1.beta.test" in texts and "mail.alpha.test" in texts
     assert any("ESMTPS" in t for t in texts)
+    assert any(t.startswith("? beta.test MX\n→ MX 10 mx1.beta.test") for t in texts)  # question, then answer
     png, svg = tmp_path / "path.png", tmp_path / "path.svg"
     fig.savefig(png)
     fig.savefig(svg)

@@ -26,7 +26,11 @@ class AuthHop:
     results: list[tuple[str, str, str]] = field(default_factory=list)  # (method, result, properties)
 
     def text(self) -> str:
-        found = "; ".join(f"{m}={r}" + (f" {p}" if p else "") for m, r, p in self.results) or "(no results)"
+        found = "; ".join(f"{m}={r}" + (f" {p}" if p else "") for m, r, p in self.results)
+        if not found:
+            # A signature holds no verdict of its own: a receiver's Authentication-Results does.
+            signature = self.field.lower() in ("dkim-signature", "arc-message-signature")
+            found = "a signature (its check is in Authentication-Results)" if signature else "(no results)"
         return f"{self.field}: {self.by}: {found}"
 
 

@@ -140,7 +140,8 @@ def _read_message(lab: Lab | None, source: str) -> tuple[bytes, str]:
         except LookupError:
             data = None
         if data is not None:
-            return data, f"the delivered copy of relayed message {source}"
+            what = "the last relayed message" if source == "last" else f"relayed message {source}"
+            return data, f"the delivered copy of {what}"
     raise UsageError(f"{source}: no such file (nor a relayed message id, or 'last', that has been delivered)")
 
 

@@ -8,10 +8,10 @@ against.
 from __future__ import annotations
 
 import html
-import time
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesHeaderParser
+from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,7 +67,8 @@ def read_inbox(lab: Lab, user: str, folder: str = "INBOX") -> tuple[str, list[In
             continue  # expunged between listing and reading
         rows.append(InboxRow(
             uid=info.uid,
-            date=_header(msg, "Date") or time.strftime("%a, %d %b %Y %H:%M:%S", time.localtime(info.internaldate)),
+            # no Date: field (a message typed by hand): the arrival time, as an RFC 5322 date
+            date=_header(msg, "Date") or formatdate(info.internaldate, localtime=True),
             sender=_header(msg, "From"),
             subject=_header(msg, "Subject"),
             size=info.crlf_size,

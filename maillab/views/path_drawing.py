@@ -324,8 +324,10 @@ def figure(path: RelayPath, *, width: float | None = None) -> Figure:
         domain = hop.dns.split()[0]
         ax.add_patch(FancyArrowPatch((xs + bw / 2, ys + bh), (dx, dy + bh * 0.4), arrowstyle="<|-|>",
                                      mutation_scale=10, color=event, linestyle=":", linewidth=1.2))
-        say(dx + bw + 0.1, dy + bh * 0.4, _wrap(f"? {domain} MX\n→ {hop.dns[len(domain):].strip()}", 40),
-            ha="left", va="center", fontsize=7.5, color=event)
+        # the question and the answer on lines of their own, as the HTML view shows them
+        # (textwrap on the whole text ran them together)
+        label = "\n".join(_wrap(line, 40) for line in (f"? {domain} MX", f"→ {hop.dns[len(domain):].strip()}"))
+        say(dx + bw + 0.1, dy + bh * 0.4, label, ha="left", va="center", fontsize=7.5, color=event)
     for i, node in enumerate(path.nodes):
         x0, y0 = xy(i)
         ax.add_patch(FancyBboxPatch((x0, y0), bw, bh, boxstyle="round,pad=0.02,rounding_size=0.08",
