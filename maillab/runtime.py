@@ -266,6 +266,13 @@ class LabLoop:
             except Exception:  # as on_lag
                 pass
 
+    @property
+    def beat_due(self) -> float:
+        """``time.monotonic()`` when the lag watch's next heartbeat is due (0 before the
+        first): a thread outside the loop can tell that the loop is late right now
+        (benchmarks/lag_stacks.py looks at what the lab thread is doing then)."""
+        return self._watch._due
+
     def lag_summary(self) -> str | None:
         """One line for ``%mail status`` (and one for the full garbage collections that
         paused it), or None when the loop never lagged."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import imaplib
 import json
 import os
@@ -39,6 +40,7 @@ import shutil
 import smtplib
 import socket
 import ssl
+import statistics
 import sys
 import tempfile
 import threading
@@ -87,6 +89,33 @@ def _resources(lab: Lab) -> dict[str, int]:
             "tasks": lab.loop.call(lambda: len(asyncio.all_tasks()))}
 
 
+class FullCollections:
+    """Every full (generation 2) collection of this process while the soak runs, in any
+    thread: wall and CPU seconds (``maillab.runtime`` records only those over 100 ms)."""
+
+    def __init__(self) -> None:
+        self.times: list[tuple[float, float]] = []
+        self._started: dict[int, tuple[float, float]] = {}
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        tid = threading.get_ident()
+        if phase == "start":
+            self._started[tid] = (time.perf_counter(), time.thread_time())
+        elif (began := self._started.pop(tid, None)) is not None:
+            self.times.append((time.perf_counter() - began[0], time.thread_time() - began[1]))
+
+    def report(self) -> dict[str, Any]:
+        walls = sorted(w * 1000 for w, _ in self.times)
+        cpus = sorted(c * 1000 for _, c in self.times)
+        if not walls:
+            return {"count": 0}
+        return {"count": len(walls), "wall_ms_median": round(statistics.median(walls), 1),
+                "wall_ms_max": round(walls[-1], 1), "cpu_ms_median": round(statistics.median(cpus), 1),
+                "cpu_ms_max": round(cpus[-1], 1)}
+
+
 class Soak:
     def __init__(self, lab: Lab, seconds: float, max_messages: int, seed: int, external: bool = False) -> None:
         self.lab = lab
@@ -107,6 +136,7 @@ class Soak:
         self.error_counts: Counter[str] = Counter()  # per client ("pop3", "mbsync", ...)
         self._errors_lock = threading.Lock()  # the clients run in threads of their own
         self.ctx = ssl.create_default_context(cafile=str(lab.ca_path))
+        self.full_collections = FullCollections()
 
     def _guard(self, name: str, fn: Any) -> None:
         while not self.stop.is_set():
@@ -284,6 +314,7 @@ class Soak:
         if self.external:
             workers.append(threading.Thread(target=self._guard, args=("external", self.external_readers),
                                             name="soak-external"))
+        gc.callbacks.append(self.full_collections)
         for w in workers:
             w.start()
         middle = time.monotonic() + (self.deadline - time.monotonic()) / 2
@@ -295,6 +326,7 @@ class Soak:
         self.stop.set()
         for w in workers:
             w.join(timeout=60)
+        gc.callbacks.remove(self.full_collections)
         lab.faults.heal("mx1.beta.test")
         lab.faults.heal("mail.gamma.test")
         self._drain()
@@ -356,6 +388,7 @@ class Soak:
                 "reader_errors": self.errors[:10], "reader_error_counts": dict(self.error_counts),
                 "ledger_problems": problems[:20],
                 "external_runs": dict(self.external_runs), "lags": len(lags), **_lag_report(lags),
+                "full_collections": self.full_collections.report(),
                 "gc_pauses": len(self.lab.loop.gc_pauses),
                 "gc_pauses_worst": [str(p) for p in sorted(self.lab.loop.gc_pauses, key=lambda p: p.wall)[-3:]],
                 "stalls": stalls, "before": before, "after": after, "leaks": leaks,
