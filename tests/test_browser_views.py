@@ -142,8 +142,9 @@ _MEASURE = r"""() => {
   // the dot of "mail.alpha." / "test") is fine; breaking a run of letters or digits
   // ("h" / "o" / "p", "mail.alpha.te" / "st", "b" / "its") is not. In a table cell no
   // such run may break (a cell is as wide as its longest word, a wide table scrolls);
-  // elsewhere only inside a word that would have fit on one line (break-all), not a
-  // base64 or Message-ID token longer than its box. CJK text breaks anywhere, rightly.
+  // elsewhere (and in cells of opaque values, td.ml-token, and transcript lines) only
+  // inside a word that would have fit on one line (break-all), not a base64 or
+  // Message-ID token longer than its box. CJK text breaks anywhere, rightly.
   const range = document.createRange();
   const rectsOf = (n, a, b) => { range.setStart(n, a); range.setEnd(n, b);
                                  return [...range.getClientRects()].filter(r => r.width > 0); };
@@ -154,12 +155,13 @@ _MEASURE = r"""() => {
       const parent = n.parentElement;
       if (!parent.closest('.ml-view') || parent.closest('details:not([open]) > :not(summary)')) continue;
       const cell = parent.closest('td, th');
-      const strict = cell && !cell.matches('.ml-wire td.line');
+      const strict = cell && !cell.matches('.ml-wire td.line, td.ml-token');
       const box = parent.closest('td, th, pre, li, p, div');
       for (let w, words = /\S+/g; (w = words.exec(n.data));) {
         const whole = rectsOf(n, w.index, w.index + w[0].length);
         if (lines(whole) < 2) continue;
-        if (!strict && !(box && whole.reduce((s, r) => s + r.width, 0) < box.clientWidth - 2)) continue;
+        const pad = box ? parseFloat(getComputedStyle(box).paddingLeft) + parseFloat(getComputedStyle(box).paddingRight) : 0;
+        if (!strict && !(box && whole.reduce((s, r) => s + r.width, 0) < box.clientWidth - pad - 2)) continue;
         for (let t, runs = /[A-Za-z0-9\u00C0-\u024F]{2,}/g; (t = runs.exec(w[0]));) {
           if (lines(rectsOf(n, w.index + t.index, w.index + t.index + t[0].length)) > 1)
             return `word broken across lines: "${w[0].slice(0, 40)}" in <${(box || parent).tagName.toLowerCase()}> ` +

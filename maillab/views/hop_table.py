@@ -105,7 +105,7 @@ def hop_table_body(table: HopTable) -> str:
                 f"<tr>{number.format(h.number)}<td colspan='8'>{badge('temp', 'unparsed:')} "
                 f"<code>{html.escape(h.raw) or '(empty Received field)'}</code></td></tr>")
             continue
-        cells_html = [breakable(c) for c in cells]
+        cells_html = [breakable(c) if i in (1, 2, 6) else html.escape(c) for i, c in enumerate(cells)]  # hosts
         kind = "ok" if h.encrypted else ("err" if h.encrypted is False else "muted")
         cells_html[4] = badge(kind, cells[4], wrap=True) if h.encrypted is not None else cells_html[4]
         body.append("<tr>" + number.format(cells_html[0]) + "".join(

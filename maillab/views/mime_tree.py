@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from ..clients.envelopes import decode_words
 from ..clients.imap import parse_fetch
-from .theme import page
+from .theme import breakable, page
 
 if TYPE_CHECKING:
     from ..clients.imap import RecordingIMAP4
@@ -300,9 +300,13 @@ class MimeTree:
             return (f"<li><code>{html.escape(node.label())}</code>"
                     + (f"<ul>{inner}</ul>" if inner else "") + "</li>")
 
+        # Header names wrap at their hyphens (Content-Transfer-/Encoding); raw and
+        # decoded values are ml-token cells: a boundary or an encoded word longer than
+        # the cell breaks where it must, a word that fits never does (theme).
         rows = "".join(
-            f"<tr><td class='nw'>{html.escape(n.path or 'message')}</td><td class='nw'>{html.escape(name)}</td>"
-            f"<td><code>{html.escape(raw)}</code></td><td>{html.escape(dec)}</td></tr>"
+            f"<tr><td class='nw'>{html.escape(n.path or 'message')}</td><td>{html.escape(name)}</td>"
+            f"<td class='ml-token'><code>{breakable(raw)}</code></td>"
+            f"<td class='ml-token'>{breakable(dec)}</td></tr>"
             for n in self.root.walk() for name, raw, dec in n.headers)
         table = ("<table><tr><th>part</th><th>header</th><th>raw (on the wire)</th><th>decoded</th></tr>"
                  f"{rows}</table>") if rows else ""

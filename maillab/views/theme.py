@@ -114,6 +114,9 @@ CSS = (
     ".ml-view th{font-weight:600;border-bottom:1px solid var(--ml-line)!important}"
     ".ml-view :is(td,th){overflow-wrap:normal;word-break:normal}"
     ".ml-view td.nw{white-space:nowrap}"
+    # a cell of opaque protocol values (a MIME boundary, an encoded word, base64):
+    # at least 14em wide, and a token longer than that breaks where it must
+    ".ml-view td.ml-token{overflow-wrap:anywhere;min-width:min(14em,45cqw)}"
     ".ml-view tbody tr:nth-child(odd){background:transparent!important}"
     ".ml-view tbody tr:hover{background:var(--ml-bg2)!important}"
     ".ml-view .mono,.ml-view code,.ml-view pre,.ml-view .ml-wire td{font-family:var(--ml-mono)!important;"
@@ -127,7 +130,7 @@ CSS = (
     ".ml-view .ml-wire td.n{min-width:12em}"
     # the protocol line gets at least half the view (the notes the rest), so a reply
     # reads on one line instead of wrapping beside a wide note
-    ".ml-view .ml-wire td.line{min-width:min(46em,50cqw)}"
+    ".ml-view .ml-wire td.line{min-width:min(40em,45cqw)}"
     # transcript rows carry one class (views/transcript.py: their markup is most of
     # what a live transcript sends): it colours the tag and the line
     ".ml-view .ml-wire td.t{color:var(--ml-muted)}"
@@ -241,15 +244,14 @@ def breakable(text: object) -> str:
     ``_``, ``@``, ``/`` and ``:`` between letters or digits: a host name, address or
     cipher name in a narrow cell wraps as ``mail.alpha.`` / ``test`` or
     ``TLS_AES_256_`` / ``GCM_SHA384``, never letter by letter (table cells never
-    break inside a word). Not inside a number (``127.0.0.1`` broken at a dot
-    misreads), except at the colons of an IPv6 address. Copying the text gives it
-    back unchanged."""
+    break inside a word). Never between two digits: ``127.0.0.1`` or ``23:47:42``
+    broken there misreads. Copying the text gives it back unchanged."""
     out = []
     s = str(text)
     for i, ch in enumerate(s):
         out.append(html.escape(ch))
         if (ch in _BREAK_AFTER and 0 < i < len(s) - 1 and s[i - 1].isalnum() and s[i + 1].isalnum()
-                and (ch == ":" or not (s[i - 1].isdigit() and s[i + 1].isdigit()))):
+                and not (s[i - 1].isdigit() and s[i + 1].isdigit())):
             out.append("<wbr>")
     return "".join(out)
 
