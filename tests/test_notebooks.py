@@ -26,7 +26,7 @@ CLAIMS = {
     "01_smtp.ipynb": [
         "next (suggested): 'EHLO step.test'",  # the step-through client, waiting for a click
         "S: 354 ",  # DATA: go ahead
-        "502 5.5.2", "503 5.5.1", "550 5.1.1", "452 4.5.3",  # the reply classes, provoked
+        "500 5.5.2", "503 5.5.1", "550 5.1.1", "452 4.5.3",  # the reply classes, provoked
         "\n.begins with one dot",  # dot-stuffing undone by the server
         "C: ..a line that starts with a dot",  # ... and done by smtplib
         "530 5.7.0 Must issue a STARTTLS command first", "530 5.7.0 Authentication required",

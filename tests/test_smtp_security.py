@@ -375,7 +375,7 @@ def test_unknown_command_flood_ends_in_421(small_lab):
             codes.append(w.reply()[0])
         except (EOFError, ConnectionResetError):
             break
-    assert codes == [502] * 5 + [421]
+    assert codes == [500] * 5 + [421]  # unrecognized: 500 (RFC 5321 4.2.4)
 
 
 def test_idle_client_gets_421(small_lab):

@@ -83,7 +83,7 @@ def test_order_of_commands_is_the_state_table():
     d.line("RCPT TO:<nobody@foo.test>")
     assert d.line("DATA") == "554 5.5.1 Error: no valid recipients"
     assert d.line("RSET") == "250 2.0.0 Ok" and d.s.state is State.READY
-    assert d.line("FROB") == "502 5.5.2 Error: command not recognized: FROB"
+    assert d.line("FROB") == "500 5.5.2 Error: command not recognized: FROB"  # RFC 5321 4.2.4
     assert d.s.receive(b"NOOP\n").code == 500  # bare LF
 
 

@@ -323,7 +323,9 @@ class SMTPSession:
         if not verb:
             return Reply(500, "5.5.2", "Error: bad syntax")
         if verb not in ALL_COMMANDS:
-            return Reply(502, "5.5.2", f"Error: command not recognized: {verb[:20]}")
+            # 500, not 502: "If the command is not recognized, code 500 SHOULD be returned"
+            # (RFC 5321 4.2.4); 502 is for a command known but not implemented (EXPN here)
+            return Reply(500, "5.5.2", f"Error: command not recognized: {verb[:20]}")
         if verb not in COMMANDS[self.state]:
             if (self.state, verb) == (State.MAIL, "DATA") and self.transaction.rejected:
                 return NO_VALID_RCPT
