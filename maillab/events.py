@@ -13,6 +13,7 @@ enters the stream, so no view can leak it by accident.
 from __future__ import annotations
 
 import itertools
+import marshal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +21,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any
 
-from .frozen import ATOMS, ChunkedLog, Unfreezable, freeze, thaw
+from .frozen import ATOMS, ChunkedLog
 from .masking import MASK  # noqa: F401 - re-exported: recorders mask with it
 from .runtime import collector_paused
 
@@ -88,8 +89,8 @@ class Event(tuple):
         data = dict(zip(items, items, strict=True))
         frozen = data.pop(_FROZEN, None)
         if frozen:
-            for key in frozen:
-                data[key] = thaw(data[key])
+            for key in frozen.split("\x00"):
+                data[key] = marshal.loads(data[key])
         return data
 
     @property
@@ -112,10 +113,11 @@ class Event(tuple):
 _NO_DATA: tuple[Any, ...] = ()
 
 
-#: The last key of kept data whose value names the keys whose values are kept frozen:
-#: lists, dicts and tuples of atoms (DNS answers, relay recipients and routes, a POP3
-#: maildrop) as tagged tuples, which the collector untracks as it does the event; a
-#: reader gets them back as they were.
+#: The last key of kept data; its value names (NUL-separated) the keys whose values are
+#: kept packed: lists, dicts, tuples and sets of atoms (DNS answers, relay recipients
+#: and routes, a POP3 maildrop) as ``marshal`` bytes, so the kept tuple holds atoms
+#: only and is untracked at the first collection that sees it, however nested the value
+#: (tagged tuples took a collection per level); a reader gets them back as they were.
 _FROZEN = "\x00frozen"
 
 
@@ -129,13 +131,13 @@ def _flat(data: dict[str, Any] | None) -> tuple[Any, ...]:
     for key, value in data.items():
         if type(value) not in ATOMS:
             try:
-                value = freeze(value)
+                value = marshal.dumps(value)
                 frozen.append(key)
-            except (Unfreezable, RecursionError):
+            except ValueError:  # not made of atoms, lists, dicts, tuples and sets
                 pass
         flat += (key, value)
     if frozen:
-        flat += (_FROZEN, tuple(frozen))
+        flat += (_FROZEN, "\x00".join(frozen))
     return tuple(flat)
 
 

@@ -5,12 +5,13 @@ collector tracks, holding the GIL: the lab loop, and every session on it, waits.
 list, a dict or a dataclass instance stays tracked for as long as it lives; a plain
 tuple whose items are all atoms (str, bytes, numbers, None) or such tuples is
 untracked by CPython the first time the collector looks at it, and from then on costs
-a collection nothing. So a record the lab keeps by the thousand (an event, a finished
-relay message) is kept frozen: its lists, dicts and tuples as tagged tuples of atoms
-(:func:`freeze`), made back into what they were when read (:func:`thaw`); one read only
-whole (a finished relay message, an auth verdict) as one ``bytes`` (:func:`pack`), which
-the collector never tracks at all. A nested tuple is untracked only after what it
-holds, a level per collection at worst; bytes need no collection.
+a collection nothing. A nested tuple, though, is untracked only after what it holds: a
+level per collection at worst, and a record that reached the oldest generation still
+tracked costs full collections until then. So a record the lab keeps by the thousand
+is a tuple of atoms (an event: its nested data values as ``marshal`` bytes), or one
+``bytes`` (:func:`pack`: a finished relay message, an auth verdict), which the
+collector never tracks at all; many of them sit in sealed chunks (:class:`ChunkedLog`),
+and many numbers in one array (:class:`IntRing`).
 
 ``tests/test_frozen.py`` checks that each kept shape is untracked after a collection,
 so a new field of the wrong kind fails a test instead of slowing every collection.
@@ -24,46 +25,10 @@ import marshal
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import chain
 from typing import Any
 
 #: Values kept as they are: the collector never tracks them.
 ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
-# Every frozen container starts with its tag, so an atom is never taken for a container.
-_LIST, _DICT, _TUPLE = "\x00list", "\x00dict", "\x00tuple"
-
-
-class Unfreezable(Exception):
-    """A value holding something other than atoms, lists, dicts and tuples."""
-
-
-def freeze(value: Any) -> Any:
-    """``value`` (atoms, and lists, dicts and tuples of them, nested) as atoms and
-    tagged tuples; raises :class:`Unfreezable` for anything else."""
-    kind = type(value)
-    if kind in ATOMS:
-        return value
-    if kind is list:
-        return (_LIST, *map(freeze, value))
-    if kind is dict:
-        return (_DICT, *chain.from_iterable((freeze(k), freeze(v)) for k, v in value.items()))
-    if kind is tuple:
-        return (_TUPLE, *map(freeze, value))
-    raise Unfreezable(kind.__name__)
-
-
-def thaw(value: Any) -> Any:
-    """What :func:`freeze` was given (fresh lists and dicts: changing them changes
-    nothing kept)."""
-    if type(value) is not tuple:
-        return value
-    tag = value[0]
-    if tag is _LIST:
-        return [thaw(v) for v in value[1:]]
-    if tag is _TUPLE:
-        return tuple(thaw(v) for v in value[1:])
-    items = map(thaw, value[1:])
-    return dict(zip(items, items, strict=True))
 
 
 class ChunkedLog:
