@@ -52,9 +52,14 @@ def _drive(page: Any, url: str, token: str) -> None:
     out = cells.nth(len(CELLS) - 1).locator(".jp-OutputArea")
     box = out.locator("textarea")
     box.wait_for()
-    assert box.input_value() == "USER bob@alpha.test"
+    assert box.input_value() == "STLS"  # TLS before the password
     assert "AUTHORIZATION" in out.inner_text()
     # No cell is running now: the click is processed, the reply comes from the server.
+    out.get_by_role("button", name="send ▶").click()
+    page.wait_for_function("(el) => el.innerText.includes('+OK begin TLS negotiation')", arg=out.element_handle())
+    page.wait_for_function("(el) => el.value === 'CAPA'", arg=box.element_handle())
+    out.get_by_role("button", name="send ▶").click()
+    page.wait_for_function("(el) => el.value === 'USER bob@alpha.test'", arg=box.element_handle())
     out.get_by_role("button", name="send ▶").click()
     page.wait_for_function("(el) => el.innerText.includes('+OK send PASS for bob@alpha.test')",
                            arg=out.element_handle())

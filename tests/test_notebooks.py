@@ -37,7 +37,7 @@ CLAIMS = {
         "decoded: 你好, Bob",
     ],
     "02_pop3.ipynb": [
-        "next (suggested): 'USER bob@alpha.test'",  # the step-through client, waiting for a click
+        "next (suggested): 'STLS'",  # the step-through client, waiting for a click: TLS before the password
         "-ERR STAT is not valid in the AUTHORIZATION state", "S: ..this line starts with a dot",
         "password sent without TLS", "--QUIT--> [UPDATE]", "no UPDATE state, nothing deleted",
         "UPDATE removed message(s) 1;", "-ERR message 1 already deleted", "TOP 2 0 (peek)",
@@ -46,7 +46,7 @@ CLAIMS = {
         "('pop3s', 995, ",
     ],
     "03_imap.ipynb": [
-        "next (suggested): 'a1 LOGIN bob@alpha.test bob-pw'",  # the step-through client, waiting for a click
+        "next (suggested): 'a1 STARTTLS'",  # the step-through client, waiting for a click
         "1 messages deleted", "(the server sets \\Seen)", "FLAGS (\\Flagged)", " EXISTS'",
         "a3 OK CREATE completed", "Projects/2024", "POP3 would download", "Übersicht 2024.pdf",
         "= 你好，Bob：季度报告", "UID SEARCH SUBJECT 季度报告 in INBOX: 1 found",

@@ -35,11 +35,16 @@ def test_pop3_step_through(single_lab):
     _deliver(single_lab, 2)
     c = StepClient(single_lab, "pop3", "bob", timeout=5)
     try:
-        assert c.suggestion() == "USER bob@alpha.test"
+        assert c.suggestion() == "STLS"  # TLS before the password (RFC 2595 2.3)
         wrong = c.send("STAT")
         assert _texts(wrong)[-1] == "-ERR STAT is not valid in the AUTHORIZATION state (log in first)"
         assert c.guide.picture().current == "AUTHORIZATION"
         assert "STAT" not in c.guide.picture().valid
+        c.send(c.suggestion())
+        assert ("TLS", "yes") in c.guide.picture().facts
+        assert c.suggestion() == "CAPA"  # asked again over TLS (RFC 2595 4)
+        c.send(c.suggestion())
+        assert c.suggestion() == "USER bob@alpha.test"
         c.send(c.suggestion())
         assert c.suggestion() == "PASS bob-pw"
         c.send(c.suggestion())
@@ -64,14 +69,18 @@ def test_imap_step_through(single_lab):
     try:
         wrong = c.send("a1 SELECT INBOX")
         assert _texts(wrong)[-1].startswith("a1 BAD")
-        assert c.suggestion() == "a2 LOGIN bob@alpha.test bob-pw"
+        assert c.suggestion() == "a2 STARTTLS"  # TLS before the password
         c.send(c.suggestion())
-        assert c.guide.picture().current == "AUTHENTICATED"
-        c.send('a3 LIST "" "*"')
+        assert c.suggestion() == "a3 CAPABILITY"  # asked again over TLS (RFC 3501 6.2.1)
+        c.send(c.suggestion())
+        assert c.suggestion() == "a4 LOGIN bob@alpha.test bob-pw"
+        c.send(c.suggestion())
+        assert c.guide.picture().current == "AUTHENTICATED" and ("TLS", "yes") in c.guide.picture().facts
+        c.send('a5 LIST "" "*"')
         c.send(c.suggestion())  # SELECT INBOX
         pic = c.guide.picture()
         assert pic.current == "SELECTED" and ("selected mailbox", "INBOX") in pic.facts
-        assert c.suggestion() == "a5 FETCH 1:* (FLAGS ENVELOPE)"
+        assert c.suggestion() == "a7 FETCH 1:* (FLAGS ENVELOPE)"
         _walk(c)
         assert c.closed and c.guide.picture().current == "LOGOUT"
     finally:
@@ -114,11 +123,11 @@ def test_step_magic_and_button(tmp_path):
     with magic_shell(tmp_path) as (shell, _lab):
         view = shell.run_line_magic("mail", "step pop3 bob")
         assert isinstance(view, StepView)
-        assert view.command.value == "USER bob@alpha.test"
+        assert view.command.value == "STLS"
         future = view.click()
         future.result(timeout=10)
-        assert "S:" in view.log.value and "+OK send PASS" in view.log.value
-        assert view.command.value == "PASS bob-pw"
+        assert "S:" in view.log.value and "+OK begin TLS negotiation" in view.log.value
+        assert view.command.value == "CAPA"
         assert "AUTHORIZATION" in view.state.value
         view.send("QUIT")
         assert view.button.disabled

@@ -79,10 +79,11 @@ class StepClient:
         self.target = f"{svc.hostname} {svc.address}:{svc.port} ({svc.name}, standard port {svc.standard_port})"
         password = lab.users.password(address)
         self.guide: Guide
+        tls = {"tls_offered": svc.tls == "starttls", "tls": svc.tls == "implicit"}
         if protocol == "pop3":
-            self.guide = POP3Guide(address, password, lab.events)
+            self.guide = POP3Guide(address, password, lab.events, **tls)
         elif protocol == "imap":
-            self.guide = IMAPGuide(address, password, lab.events)
+            self.guide = IMAPGuide(address, password, lab.events, **tls)
         else:
             others = [u.address for u in lab.users if u.address != address]
             self.guide = SMTPGuide(address, password, lab.events,

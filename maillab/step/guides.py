@@ -50,6 +50,20 @@ class Guide:
         self.server_session: str | None = None  # the server's id of this connection
         self.sent: list[str] = []  # command words sent so far (upper case), in order
         self.closed = False
+        # TLS before the password, as a careful client does (RFC 8314, RFC 2595 2.3): a
+        # STARTTLS port gets the upgrade suggested first, then the capabilities asked again
+        # (RFC 2595 4, RFC 3501 6.2.1: what was said in plaintext no longer counts).
+        self.tls_offered = False
+        self.tls = False
+        self.capabilities_after_tls = False
+
+    def tls_first(self, starttls: str, capabilities: str) -> str | None:
+        """The TLS step still to do before logging in, if any."""
+        if self.tls_offered and not self.tls:
+            return starttls
+        if self.tls and self.tls_offered and not self.capabilities_after_tls:
+            return capabilities
+        return None
 
     # -- told by the client
     def record(self, command: str, reply: list[str]) -> None:
@@ -96,9 +110,11 @@ class POP3Guide(Guide):
     protocol = "pop3"
     states = tuple(s.value for s in POP3State)
 
-    def __init__(self, user: str, password: str, bus: EventBus) -> None:
+    def __init__(self, user: str, password: str, bus: EventBus, *, tls_offered: bool = False,
+                 tls: bool = False) -> None:
         super().__init__(user, password, bus)
         self.user_accepted = False
+        self.tls_offered, self.tls = tls_offered, tls
 
     def succeeded(self, command: str, reply: list[str]) -> bool:
         return bool(reply) and reply[0].startswith("+OK")  # a multi-line reply ends in "."
@@ -108,6 +124,10 @@ class POP3Guide(Guide):
         ok = self.succeeded(command, reply)
         if verb == "USER":
             self.user_accepted = ok
+        elif verb == "STLS" and ok:
+            self.tls = True
+        elif verb == "CAPA" and ok and self.tls:
+            self.capabilities_after_tls = True
         if verb == "QUIT" and ok:
             self.closed = True
 
@@ -119,7 +139,9 @@ class POP3Guide(Guide):
         if self.closed or state == POP3State.UPDATE.value:
             return ""
         if state == POP3State.AUTHORIZATION.value:
-            return f"PASS {self.password}" if self.user_accepted else f"USER {self.user}"
+            if self.user_accepted:
+                return f"PASS {self.password}"
+            return self.tls_first("STLS", "CAPA") or f"USER {self.user}"
         plan = ["STAT", "LIST", "UIDL"]
         messages, marked = _pop3_maildrop(self.bus, self.server_session)
         unmarked = [m[0] for m in messages if m[0] not in marked]
@@ -131,7 +153,7 @@ class POP3Guide(Guide):
     def picture(self) -> Picture:
         state = self.state()
         valid = sorted(POP3_COMMANDS[POP3State(state)]) if not self.closed else []
-        facts = [("user", self.user)]
+        facts = [("user", self.user), ("TLS", "yes" if self.tls else "no")]
         if state == POP3State.TRANSACTION.value:
             marked = _pop3_maildrop(self.bus, self.server_session)[1]
             facts.append(("marked by DELE", ", ".join(map(str, marked)) or "none"))
@@ -158,8 +180,10 @@ class IMAPGuide(Guide):
     protocol = "imap"
     states = tuple(s.value for s in IMAPState)
 
-    def __init__(self, user: str, password: str, bus: EventBus) -> None:
+    def __init__(self, user: str, password: str, bus: EventBus, *, tls_offered: bool = False,
+                 tls: bool = False) -> None:
         super().__init__(user, password, bus)
+        self.tls_offered, self.tls = tls_offered, tls
         self.tag = 0
         self.mailbox: str | None = None
         self.exists: int | None = None
@@ -196,6 +220,10 @@ class IMAPGuide(Guide):
                                None) if ok else None
         elif verb in ("CLOSE", "UNSELECT") and ok:
             self.mailbox = None
+        elif verb == "STARTTLS" and ok:
+            self.tls = True
+        elif verb == "CAPABILITY" and ok and self.tls:
+            self.capabilities_after_tls = True
         elif verb == "LOGOUT":
             self.closed = True
 
@@ -208,7 +236,7 @@ class IMAPGuide(Guide):
             return ""
         tag = self.next_tag()
         if state == IMAPState.NOT_AUTHENTICATED.value:
-            return f"{tag} LOGIN {self.user} {self.password}"
+            return f"{tag} {self.tls_first('STARTTLS', 'CAPABILITY') or f'LOGIN {self.user} {self.password}'}"
         if state == IMAPState.AUTHENTICATED.value:
             line = _first_unsent(['LIST "" "*"', "SELECT INBOX"], self.sent) or "LOGOUT"
             return f"{tag} {line}"
@@ -220,7 +248,8 @@ class IMAPGuide(Guide):
         state = self.state()
         current = IMAPState(state)
         valid = sorted(verb for verb, states in IMAP_ALLOWED.items() if current in states)
-        facts = [("user", self.user), ("selected mailbox", self.mailbox or "none")]
+        facts = [("user", self.user), ("TLS", "yes" if self.tls else "no"),
+                 ("selected mailbox", self.mailbox or "none")]
         if self.mailbox and self.exists is not None:
             facts.append(("messages (EXISTS)", str(self.exists)))
         facts.append(("next tag", self.next_tag()))
