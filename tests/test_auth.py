@@ -246,6 +246,9 @@ def test_bad_records_give_the_rfc_results(alab):
     v = _check(alab, msg)
     assert (v.dmarc.result, v.dmarc.policy, v.action) == ("fail", "reject", "reject")  # unknown tags ignored
     assert parse_dmarc("v=DMARC1; p=bogus") is None and parse_dmarc("v=DMARC1; p=bogus; rua=mailto:a@b")["p"] == "none"
+    # no From: at all: no policy applies, and the header says why instead of a "p=none" nobody published
+    nofrom = _check(alab, b"Subject: t\r\n\r\nbody\r\n")
+    assert "dmarc=permerror (no From: domain)" in nofrom.header() and "p=none" not in nofrom.header()
     # the DNS does not answer: temperror, and no reject
     dead = _check(alab, msg, port=9)
     assert dead.spf.result == "temperror" and dead.action == "deliver"

@@ -107,7 +107,9 @@ class Verdict:
         if self.arc.instances:
             results.append(authres.arc.ARCAuthenticationResult(result=self.arc.cv,
                                                            result_comment=_comment(self.arc.reason)))
-        comment = f"p={self.dmarc.policy or 'none'}" + (f"; override {self.override}" if self.override else "")
+        # "p=none" is a policy a domain published: without one (no record, no From:) say why
+        comment = (f"p={self.dmarc.policy}" if self.dmarc.policy else self.dmarc.reason or "no DMARC policy") \
+            + (f"; override {self.override}" if self.override else "")
         results.append(authres.dmarc.DMARCAuthenticationResult(
             result=self.dmarc.result, header_from=_printable(self.dmarc.from_domain) or None,
             result_comment=_comment(comment)))
