@@ -92,7 +92,8 @@ CLAIMS = {
         "spf=fail dkim=pass arc=pass dmarc=pass -> deliver",  # forwarding: DKIM survives, ARC seals
         "(ARC-Authentication-Results i=1): i=1; mail.gamma.test; spf=pass",
         "spf=pass dkim=pass,fail arc=pass dmarc=fail -> deliver",  # the list: ARC repairs the verdict
-        "policy overridden: arc=pass from gamma.test", "bounced 550 550 5.7.1 Message rejected",
+        "policy overridden: arc=pass from gamma.test", "bounced 550 5.7.1 Message rejected",
+        "team-bounces@gamma.test INBOX: 1 message(s)",  # ... and the list got the bounce
     ],
 }
 #: What a notebook's live widgets must show by the end (their state as the kernel sent it).

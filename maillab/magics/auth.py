@@ -148,9 +148,11 @@ def mailing_list(magics: MailMagics, args: argparse.Namespace) -> Any:
         raise UsageError(f"{domain!r} is not a lab domain")
     if not args.members:
         raise UsageError("name the members")
-    if address not in lab.users:
-        # The list must be a known recipient at RCPT; nobody logs in as it.
-        lab.users.add(address, secrets.token_urlsafe(18))
+    # The list, and the envelope sender its posts go out with (where their bounces come
+    # back), must be known recipients at RCPT; nobody logs in as either.
+    for known in (address, f"{local}-bounces@{domain}"):
+        if known not in lab.users:
+            lab.users.add(known, secrets.token_urlsafe(18))
     settings(lab).lists[address] = MailingList(address, list(args.members), args.tag or f"[{local}]",
                                                f"{address} mailing list: to leave, write to {local}-leave@{domain}")
     return HelpText(f"{address}: a list of {', '.join(args.members)}")
