@@ -202,6 +202,9 @@ def test_mailbox_view_summaries_first_counts_bytes(single_lab):
         text = view.text()
         assert "你好，Bob: 报告" in text and "POP3 would download" in text and str(view.pop3_total) in text
         assert "POP3 would have moved" in view._repr_html_()
+        # like with like: POP3 would connect and log in too, so IMAP's login is left out
+        assert view.imap_after_login == view.imap_total - view.steps[0].total
+        assert f"IMAP moved {view.imap_after_login} octets" in text
         assert all("\\Seen" not in r.flags for r in MailboxView(EnvelopeClient.open(single_lab, "bob")).rows), \
             "looking (EXAMINE + PEEK) must not mark anything read"
     finally:
