@@ -141,6 +141,7 @@ def test_tampering_breaks_the_body_hash(alab):
         settings(alab).tamper.clear()
     msg = stored(alab, "carol@beta.test", "tampered")
     assert "dkim=fail" in ar(msg) and "body hash mismatch" in ar(msg).replace("\r\n", "")
+    assert "b'" not in ar(msg)  # the hashes as base64, not as Python bytes
     assert "body hash mismatch" in cli(alab, "dkimverify", msg)  # the CLI raises on it
     assert "DIFFERENT: the body changed after signing" in repr(AuthView(settings(alab).last("tampered")))
 

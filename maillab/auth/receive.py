@@ -194,6 +194,9 @@ def check_dkim(lookup: LabLookup, message: bytes) -> list[DKIMCheck]:
     return out
 
 
+_BYTES_REPR = re.compile(r"""\bb'([^']*)'""")
+
+
 def _one_signature(lookup: LabLookup, message: bytes, idx: int) -> DKIMCheck:
     log = _Reasons()
     d = dkim.DKIM(message, logger=log, minkey=1024)
@@ -213,7 +216,8 @@ def _one_signature(lookup: LabLookup, message: bytes, idx: int) -> DKIMCheck:
     try:
         ok = d.verify_sig(*prep[:2], prep[2][idx], lookup.dkim_txt) if prep else False
     except dkim.DKIMException as exc:  # body hash mismatch, bad signature, ...
-        return DKIMCheck("fail", check.domain, check.selector, str(exc), check.tags)
+        # dkimpy writes the hashes as Python bytes (b'...'): a header and a view show base64
+        return DKIMCheck("fail", check.domain, check.selector, _BYTES_REPR.sub(r"\1", str(exc)), check.tags)
     except dns.exception.DNSException as exc:
         return DKIMCheck("temperror", check.domain, check.selector, f"DNS: {exc}", check.tags)
     except Exception as exc:  # noqa: BLE001 - a verifier never dies of a message
