@@ -20,9 +20,11 @@ class Limits:
     smtp_bad_commands: int = 20  # unknown/invalid commands before we disconnect (421)
     smtp_timeout: float = 300.0  # idle seconds before 421 (RFC 5321 4.5.3.2: 5 minutes)
     smtp_fsync: bool = True  # 250 (and IMAP APPEND/COPY/MOVE/EXPUNGE/STORE OK, a FETCH OK that set
-    # \Seen, POP3 UPDATE +OK, RETR's \Seen included) only once the change is on disk: the file, then
-    # its directory and the index log (fsync'ed in rounds shared by concurrent writers), or the relay
-    # queue entry, as with Postfix and Dovecot; False: a crash of the lab still loses nothing
+    # \Seen, POP3 UPDATE +OK, RETR's \Seen included) only once the change is on disk: for a 250 the
+    # file, marked complete in tmp/ (its directory and the index log right after the 250, as
+    # Postfix delivers after its queue file's fsync: store/delivering.py); for the others the file,
+    # then its directory and the index log (fsync'ed in rounds shared by concurrent writers), or the
+    # relay queue entry, as with Dovecot; False: a crash of the lab still loses nothing
     # acknowledged, a power cut may lose or bring back the last changes
     # (benchmarks/README.md: what it costs per message)
     # POP3 (RFC 1939, RFC 2449)

@@ -72,3 +72,20 @@ def test_a_store_on_2000_messages_waits_for_one_round(tmp_path) -> None:
     mb.change_flags(uids, lambda old, new: old | new, frozenset({"\\Flagged"}), sync=True)
     assert GROUP.requests == requests + 1  # nothing changed: nothing to wait for
     mb.close()
+
+
+def test_sync_later_tells_each_caller_after_a_round_that_took_its_paths(tmp_path) -> None:
+    """SMTP's round after the 250 (GroupSync.sync_later): the callback comes after a round
+    that started after the request, on the group's own thread; settle waits for all."""
+    group = GroupSync()
+    told: list[tuple[int, int, object, str]] = []
+    for i in range(6):
+        d = tmp_path / f"d{i}"
+        d.mkdir()
+        asked = group.rounds
+        group.sync_later([str(d)], lambda failure, i=i, asked=asked: told.append(
+            (i, asked, failure, threading.current_thread().name)))
+    assert group.settle(timeout=30)
+    assert sorted(i for i, *_ in told) == list(range(6))
+    assert all(failure is None and name == "maillab-groupsync" for _, _, failure, name in told)
+    assert all(group.rounds > asked for _, asked, _, _ in told)
