@@ -8,7 +8,8 @@ content; nothing in it reaches past its output area (cut off or scrolled
 sideways); protocol lines (transcript rows, code, tables) are left-aligned
 whatever JupyterLab's table CSS says; no word is broken across lines ("h" /
 "o" / "p" in a squeezed table column; a wide table scrolls inside its own box
-instead); text is at least 13 px; each coloured word is readable on the
+instead); text is at least 13 px (an SVG diagram's text as shown, not as
+drawn), and every SVG label lies inside the box around it; each coloured word is readable on the
 theme's background (contrast >= 3). The notebook shows
 no error output and the page logs no console error. A screenshot of each view
 is written to ``tests/artifacts/<notebook>/`` (git-ignored) to be looked at.
@@ -198,6 +199,28 @@ _MEASURE = r"""() => {
       for (const el of area.querySelectorAll('.ml-view td, .ml-view th, .ml-view pre, .ml-view .mono, .ml-view td.line')) {
         const a = getComputedStyle(el).textAlign;
         if (!['left', 'start', '-webkit-left'].includes(a)) { problems.push(`not left-aligned (${a}): ${el.textContent.slice(0, 40)}`); break; }
+      }
+      // An SVG diagram's text as large as the text around it, at every width (a
+      // viewBox scaled to 800 px made "USER/PASS" 10 px), and each label inside the
+      // box it sits in ("▶ AUTHORIZATION" crossed its state's border).
+      for (const svg of area.querySelectorAll('.ml-view svg')) {
+        const texts = [...svg.querySelectorAll('text')].filter(t => t.getBoundingClientRect().width > 0);
+        const rects = [...svg.querySelectorAll('rect')].map(r => r.getBoundingClientRect()).filter(r => r.width > 0);
+        for (const t of texts) {
+          const m = t.getScreenCTM();
+          const px = parseFloat(getComputedStyle(t).fontSize) * Math.hypot(m.a, m.b);
+          if (px < 12.9) { problems.push(`SVG text ${px.toFixed(1)}px: ${t.textContent.slice(0, 40)}`); break; }
+        }
+        for (const t of texts) {
+          const b = t.getBoundingClientRect(), cx = (b.left + b.right) / 2, cy = (b.top + b.bottom) / 2;
+          const around = rects.filter(r => r.left <= cx && cx <= r.right && r.top <= cy && cy <= r.bottom)
+                              .sort((p, q) => p.width * p.height - q.width * q.height)[0];
+          if (around && (b.left < around.left - 1 || b.right > around.right + 1)) {
+            problems.push(`SVG label crosses its box: "${t.textContent.slice(0, 40)}" ${Math.round(b.left)}..${Math.round(b.right)}` +
+                          ` in ${Math.round(around.left)}..${Math.round(around.right)}`);
+            break;
+          }
+        }
       }
       for (const v of views) {
         const px = parseFloat(getComputedStyle(v).fontSize);

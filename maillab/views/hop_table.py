@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..relay.hops import Hop, HopTable
-from .theme import badge, breakable, page
+from .theme import badge, breakable, card_row, page
 
 HOP_COLUMNS = ("hop", "from", "by", "with", "TLS", "id", "for", "time (UTC)", "delay")
 
@@ -21,14 +21,9 @@ HOP_COLUMNS = ("hop", "from", "by", "with", "TLS", "id", "for", "time (UTC)", "d
 def _hop_cells(hop: Hop) -> list[str]:
     if not hop.parsed:
         return [str(hop.number), "unparsed:", hop.raw or "(empty Received field)", "", "", "", "", "", ""]
-    frm = hop.from_host or ""
-    if hop.from_ip and hop.from_ip != frm.strip("[]"):
-        frm = f"{frm} [{hop.from_ip}]" if frm else f"[{hop.from_ip}]"
-    if hop.helo and hop.helo != hop.from_host:
-        frm += f" helo={hop.helo}"
     return [
         str(hop.number),
-        frm,
+        " ".join(_from_parts(hop)),
         hop.by or "",
         hop.with_ or "",
         hop.tls_summary,
@@ -37,6 +32,27 @@ def _hop_cells(hop: Hop) -> list[str]:
         _utc(hop.time),
         _delay(hop.delay),
     ]
+
+
+def _from_parts(hop: Hop) -> list[str]:
+    """The ``from`` cell: the host, its address, the name it gave in HELO (each one
+    line in the HTML table, so a wide table keeps host names whole)."""
+    parts = [hop.from_host] if hop.from_host else []
+    if hop.from_ip and hop.from_ip != (hop.from_host or "").strip("[]"):
+        parts.append(f"[{hop.from_ip}]")
+    if hop.helo and hop.helo != hop.from_host:
+        parts.append(f"helo={hop.helo}")
+    return parts
+
+
+def _tls_html(hop: Hop) -> str:
+    """The TLS cell: the version as a badge, the cipher on the next line (the
+    table's widest word otherwise, which squeezed host names onto two lines)."""
+    kind = "ok" if hop.encrypted else ("err" if hop.encrypted is False else "muted")
+    version, _, cipher = hop.tls_summary.partition(" ")
+    if hop.encrypted is None:
+        return html.escape(hop.tls_summary)
+    return badge(kind, version) + (f"<br><span class='ml-{kind}'>{breakable(cipher)}</span>" if cipher else "")
 
 
 def _utc(t: datetime | None) -> str:
@@ -105,12 +121,11 @@ def hop_table_body(table: HopTable) -> str:
                 f"<tr>{number.format(h.number)}<td colspan='8'>{badge('temp', 'unparsed:')} "
                 f"<code>{html.escape(h.raw) or '(empty Received field)'}</code></td></tr>")
             continue
-        cells_html = [breakable(c) if i in (1, 2, 6) else html.escape(c) for i, c in enumerate(cells)]  # hosts
-        kind = "ok" if h.encrypted else ("err" if h.encrypted is False else "muted")
-        cells_html[4] = badge(kind, cells[4], wrap=True) if h.encrypted is not None else cells_html[4]
-        body.append("<tr>" + number.format(cells_html[0]) + "".join(
-            f"<td data-label='{html.escape(t)}'>{c}</td>" if c else "<td></td>"
-            for t, c in zip(HOP_COLUMNS[1:], cells_html[1:], strict=True)) + "</tr>")
+        cells_html = [breakable(c) if i in (2, 6) else html.escape(c) for i, c in enumerate(cells)]  # hosts
+        cells_html[1] = "<br>".join(breakable(p) for p in _from_parts(h))
+        cells_html[4] = _tls_html(h)
+        body.append(card_row(cells_html[0], list(zip(HOP_COLUMNS[1:], cells_html[1:], strict=True)),
+                             head_label="hop"))
     notes = []
     if table.total_delay is not None:
         notes.append(f"total {html.escape(_delay(table.total_delay))} from the first to the last dated hop")

@@ -25,7 +25,7 @@ from typing import Any
 from ..events import CLOSED, NOTE, OPENED, STATE, Event, EventBus
 from .live import Block, LiveBlocks, blocks_html, widget_bundle
 from .publish import Throttle
-from .theme import badge, page
+from .theme import BASE_PX, badge, diagram, diagram_style, page
 
 STATES = ("AUTHORIZATION", "TRANSACTION", "UPDATE")
 #: What moves the session from one state to the next (RFC 1939 section 3).
@@ -134,38 +134,64 @@ def render_text(st: POP3SessionState) -> str:
     return "\n".join(lines)
 
 
-_BOX_W, _BOX_H, _GAP = 170, 44, 120
+#: State names are monospace (protocol words) at the view's text size, so a box's
+#: width follows from the longest label, "▶ AUTHORIZATION" (and a character of
+#: slack for a glyph from a fallback font).
+_CW = 8.6  # a monospace character's advance at BASE_PX (0.6 em, and some slack)
+_BOX_W = (max(len(s) for s in STATES) + 3) * _CW + 8
+_BOX_H, _GAP, _DOWN = 40, 64, 46  # box height, gap between boxes across, and down
+_WIDE = 3 * _BOX_W + 2 * _GAP + 12
 
 
-def _diagram_svg(st: POP3SessionState) -> str:
-    """The three states as boxes; the current one drawn heavy and marked with a word
-    ("now"), visited ones with a tick: never colour alone. Scales to its width."""
+def _transition(i: int) -> str:
+    return TRANSITIONS[i].replace(", APOP or AUTH", "")
+
+
+def _diagram_svg(st: POP3SessionState, *, down: bool = False) -> str:
+    """The three states as boxes, across (``down``: one under the other, for a narrow
+    output); the current one drawn heavy and marked with a word ("now"), visited
+    ones with a tick: never colour alone. Drawn at the view's text size."""
     parts = []
-    width = 3 * _BOX_W + 2 * _GAP + 10
+    arrow = "pop3down" if down else "pop3across"  # ids per layout: a hidden layout's markers do not draw
     for i, name in enumerate(STATES):
-        x = 5 + i * (_BOX_W + _GAP)
+        x, y = (6, 6 + i * (_BOX_H + _DOWN)) if down else (6 + i * (_BOX_W + _GAP), 6)
         current = name == st.state and not (st.closed and name != "UPDATE")
         seen = name in st.visited
         stroke = "var(--ml-client,#005a9c)" if current else "var(--ml-fg,#1f2328)"
         label = ("▶ " if current else "✓ " if seen else "") + name
-        parts.append(f"<rect x='{x}' y='8' width='{_BOX_W}' height='{_BOX_H}' rx='8'"
+        parts.append(f"<rect x='{x}' y='{y}' width='{_BOX_W:.1f}' height='{_BOX_H}' rx='8'"
                      f" style='fill:var(--ml-bg2,#eef1f4);stroke:{stroke};stroke-width:{4 if current else 1.5}'/>"
-                     f"<text x='{x + _BOX_W / 2}' y='{8 + _BOX_H / 2 + 6}' text-anchor='middle'"
-                     f" font-size='16' font-weight='{700 if current else 400}'>{label}</text>")
+                     f"<text x='{x + _BOX_W / 2:.1f}' y='{y + _BOX_H / 2 + 5}' text-anchor='middle'"
+                     f" style='font-family:var(--ml-mono,monospace);font-weight:{700 if current else 400}'>"
+                     f"{label}</text>")
         if current:
-            parts.append(f"<text x='{x + _BOX_W / 2}' y='{8 + _BOX_H + 20}' text-anchor='middle'"
-                         " font-size='14' font-weight='700'>now</text>")
+            nx, ny, anchor = ((x + _BOX_W + 10, y + _BOX_H / 2 + 5, "start") if down
+                              else (x + _BOX_W / 2, y + _BOX_H + 20, "middle"))
+            parts.append(f"<text x='{nx:.1f}' y='{ny:.1f}' text-anchor='{anchor}' font-weight='700'>now</text>")
         if i < 2:
-            x1, x2 = x + _BOX_W, x + _BOX_W + _GAP
-            parts.append(f"<line x1='{x1}' y1='30' x2='{x2 - 8}' y2='30'"
-                         " style='stroke:var(--ml-fg,#1f2328);stroke-width:1.5' marker-end='url(#pop3arrow)'/>"
-                         f"<text x='{(x1 + x2) / 2}' y='{8 + _BOX_H + 20}' text-anchor='middle'"
-                         f" font-size='13'>{html.escape(TRANSITIONS[i].replace(', APOP or AUTH', ''))}</text>")
-    defs = ("<defs><marker id='pop3arrow' markerWidth='8' markerHeight='8' refX='6' refY='4'"
+            if down:
+                cx = x + _BOX_W / 2
+                y1, y2 = y + _BOX_H, y + _BOX_H + _DOWN
+                line = f"x1='{cx:.1f}' y1='{y1}' x2='{cx:.1f}' y2='{y2 - 6}'"
+                where = f"x='{cx + 10:.1f}' y='{(y1 + y2) / 2 + 5:.1f}'"
+            else:
+                x1, x2 = x + _BOX_W, x + _BOX_W + _GAP
+                line = f"x1='{x1:.1f}' y1='{y + _BOX_H / 2}' x2='{x2 - 6:.1f}' y2='{y + _BOX_H / 2}'"
+                where = f"x='{(x1 + x2) / 2:.1f}' y='{y + _BOX_H + 20}' text-anchor='middle'"
+            parts.append(f"<line {line} style='stroke:var(--ml-fg,#1f2328);stroke-width:1.5'"
+                         f" marker-end='url(#{arrow})'/>"
+                         f"<text {where} style='font-family:var(--ml-mono,monospace)'>"
+                         f"{html.escape(_transition(i))}</text>")
+    width, height = ((_BOX_W + 12 + 5 * _CW, 12 + 3 * _BOX_H + 2 * _DOWN) if down else (_WIDE, _BOX_H + 36))
+    defs = (f"<defs><marker id='{arrow}' markerWidth='8' markerHeight='8' refX='6' refY='4'"
             " orient='auto'><path d='M0,0 L8,4 L0,8 z' style='fill:var(--ml-fg,#1f2328)'/></marker></defs>")
-    return (f"<svg viewBox='0 0 {width} 82' style='width:min(100%,48em)' role='img'"
+    return (f"<svg viewBox='0 0 {width:.0f} {height}' style='{diagram_style(width)}' role='img'"
             f" aria-label='POP3 states, now {html.escape(st.state or 'none')}'"
-            f" xmlns='http://www.w3.org/2000/svg'>{defs}{''.join(parts)}</svg>")
+            f" xmlns='http://www.w3.org/2000/svg'>{defs}<g style='font-size:{BASE_PX}px'>{''.join(parts)}</g></svg>")
+
+
+def _diagram(st: POP3SessionState) -> str:
+    return diagram((_diagram_svg(st), _WIDE), (_diagram_svg(st, down=True), _BOX_W + 12 + 5 * _CW))
 
 
 def render_body(st: POP3SessionState) -> str:
@@ -199,7 +225,7 @@ def render_blocks(st: POP3SessionState) -> list[tuple[str, Block]]:
     # keeps it, so the next session's table is sent as what changed).
     table = [("maildrop", Block("<table><thead><tr><th>#</th><th>UIDL</th><th>octets</th><th>this session</th>"
                                 "</tr></thead><tbody>", rows, "</tbody></table>", ids))] if rows else []
-    return [("state", Block(f"<div><b>{title}</b>{_diagram_svg(st)}</div>")), *table,
+    return [("state", Block(f"<div><b>{title}</b>{_diagram(st)}</div>")), *table,
             ("outcome", Block(f"<div class='ml-note'>{html.escape(st.outcome)}</div>"))]
 
 

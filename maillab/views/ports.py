@@ -26,7 +26,7 @@ from ..events import CLOSED, OPENED, TLS
 from ..tls import CERT_FIELD_TITLES, MINIMUM_VERSION_TEXT, cert_fields
 from .live import Block, LiveBlocks, LiveHTML, blocks_html, widget_bundle
 from .publish import Throttle
-from .theme import page
+from .theme import card_row, page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -313,10 +313,7 @@ class PortMap:
                 cells.append("<br>".join(lines))
             # In a narrow output each row is a card (theme: .ml-cards-wide): the service
             # is its heading, every other cell carries its column head as a label.
-            tds = [f"<td class='ml-card-head'>{cells[0]}</td>"]
-            tds += [f"<td data-label='{html.escape(t)}'>{c}</td>" if c else "<td></td>"
-                    for t, c in zip(titles[1:], cells[1:], strict=True)]
-            body.append("<tr>" + "".join(tds) + "</tr>")
+            body.append(card_row(cells[0], list(zip(titles[1:], cells[1:], strict=True))))
         legend = " &nbsp; ".join(f"{badge(m)}: {html.escape(t)}" for m, t in MODE_TEXT.items() if m in MODES)
         foot = [f"legend: {legend}"]
         if self.require_tls:

@@ -39,7 +39,7 @@ from .hop_table import _aligned, _delay, hop_table_body, hop_table_text
 from .live import LiveBlocks, widget_bundle
 from .path_drawing import figure, path_blocks, path_diagram, path_html
 from .publish import Throttle
-from .theme import badge, breakable, page
+from .theme import badge, breakable, card_row, page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -575,9 +575,11 @@ class QueueView:
             body = f"<i>{html.escape(self.title)}: empty (every message delivered or bounced)</i>"
         else:
             head = "".join(f"<th>{t}</th>" for t in QUEUE_COLUMNS)
-            # hosts and addresses wrap after a dot or "@" (theme.breakable), never mid-word
-            rows = "".join("<tr>" + "".join(f"<td>{breakable(c) if i in (1, 2, 3) else html.escape(c)}</td>"
-                                            for i, c in enumerate(r)) + "</tr>" for r in self.rows)
-            body = (f"<b>{html.escape(self.title)}</b><table class='ml-small'><thead><tr>{head}</tr>"
+            # hosts and addresses wrap after a dot or "@" (theme.breakable), never mid-word;
+            # in a narrow output each message is a card of labelled facts (theme: .ml-cards)
+            rows = "".join(card_row(html.escape(r[0]), [
+                (t, breakable(c) if t in ("host", "from", "to") else html.escape(c))
+                for t, c in zip(QUEUE_COLUMNS[1:], r[1:], strict=True)], head_label="id") for r in self.rows)
+            body = (f"<b>{html.escape(self.title)}</b><table class='ml-small ml-cards'><thead><tr>{head}</tr>"
                     f"</thead><tbody>{rows}</tbody></table>")
         return page(body + "".join(f"<div>{badge('err', f)}</div>" for f in self._footer()), kind="queue")

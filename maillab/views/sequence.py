@@ -6,10 +6,13 @@ same conversation with time running down the page, which shows at a glance who
 waits for whom (a multi-line reply is one arrow with all its lines), where the
 connection became encrypted and where the session changed state.
 
-One SVG serves the notebook and the export (``%mail sequence --figure
-seq.svg``): it has a ``viewBox`` (it scales to the width it gets), takes its
-colours from the lab's theme variables with fallbacks (so the exported file
-reads on its own) and wraps long lines instead of cutting them.
+The notebook shows the widest of three layouts of the same SVG that fits the
+output (``theme.diagram`` picks by the output's width; a narrower one has its
+lifelines closer and wraps its lines sooner): either is drawn at the size of the text around it, never scaled down,
+so "USER/PASS" reads from the back of a room; the wide one is the export
+(``%mail sequence --figure seq.svg``). Colours come from the lab's theme
+variables with fallbacks (so the exported file reads on its own); long lines
+wrap to what fits between the lifelines, and boxes are sized to their text.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..events import AUTH, CLIENT_LINE, CLOSED, FAULT, OPENED, SERVER_LINE, STATE, TLS, Event
-from .theme import PALETTE, page, reply_kind
+from .theme import BASE_PX, PALETTE, diagram, diagram_style, page, reply_kind
 
-WIDTH = 760
-CLIENT_X, SERVER_X = 90, 670
-WRAP = 62  # characters per label line at the label font size
-LINE_H, GAP = 17, 12
+FONT = BASE_PX  # text size in user units; the diagram's width is set in em (theme.diagram_style)
+CW = 8.6  # a monospace character's advance at FONT (0.6 em, and some slack for a fallback font)
+LAYOUTS = (760, 560, 380)  # the layouts' widths, widest first, in user units (px at scale 1)
+LINE_H, GAP = 18, 12
 
 _FALLBACK = {name: pair[0] for name, pair in PALETTE.items()}
 
@@ -107,68 +110,96 @@ def _reply_ended(protocol: str, last: str) -> bool:
     return False
 
 
-def _wrap(line: str) -> list[str]:
-    return textwrap.wrap(line, WRAP, break_long_words=True, break_on_hyphens=False,
+def _wrap(line: str, columns: int) -> list[str]:
+    return textwrap.wrap(line, columns, break_long_words=True, break_on_hyphens=False,
                          subsequent_indent="   ") or [line]
 
 
+def _fit(name: str, columns: int) -> str:
+    return name if len(name) <= columns else name[:columns - 1] + "…"
+
+
 def sequence_svg(events: Sequence[Event], *, title: str = "", client: str = "client",
-                 server: str = "server") -> str:
-    """The diagram as one standalone SVG document (see the module docstring)."""
-    rows = steps(events)
-    body: list[str] = []
-    y = 70
+                 server: str = "server", width: int = LAYOUTS[0]) -> str:
+    """The diagram as one standalone SVG document (see the module docstring), laid out
+    for ``width`` user units: every label is wrapped to the characters that fit
+    between the lifelines, and every box is sized to its text (monospace, so its
+    width is known from its length)."""
     esc = html.escape
+    margin = 90 if width >= 700 else 24  # lifeline to edge: room for the "encrypted" mark
+    client_x, server_x = margin, width - margin
+    columns = int((server_x - client_x - 28) / CW) - 2  # an arrow's label, glyph included
+    pad = min(40, client_x - 6)  # a mark's box reaches this far past the lifelines
+    mark_columns = int((server_x - client_x + 2 * pad - 20) / CW) - 1
+    out_columns = int((width - 32) / CW)  # a head box's name, the title
+    y = 6
+    body: list[str] = []
+    if title:
+        for line in _wrap(title, out_columns):
+            body.append(f"<text x='8' y='{y + 14}' style='fill:{_FG};font-weight:700'>{esc(line)}</text>")
+            y += LINE_H
+        y += 6
+    # The heads: a box sized to its name over each lifeline, inside the diagram; the
+    # server's goes on a second row when both do not fit side by side.
+    names = [_fit(client, out_columns), _fit(server, out_columns)]
+    widths = [len(n) * CW + 20 for n in names]
+    left = max(6.0, client_x - widths[0] / 2)
+    right = min(width - 6.0, server_x + widths[1] / 2)
+    rows = [y, y if left + widths[0] + 10 <= right - widths[1] else y + 38]
+    heads: list[str] = []
+    for x0, w, hy, name in ((left, widths[0], rows[0], names[0]), (right - widths[1], widths[1], rows[1], names[1])):
+        heads.append(f"<rect x='{x0:.1f}' y='{hy}' width='{w:.1f}' height='30' rx='6' style='fill:var(--ml-bg2,#eef1f4);"
+                     f"stroke:{_FG}'/><text x='{x0 + w / 2:.1f}' y='{hy + 20}' text-anchor='middle' "
+                     f"style='fill:{_FG};font-weight:700;font-family:var(--ml-mono,monospace)'>{esc(name)}</text>")
+    tops = [rows[0] + 30, rows[1] + 30]
+    y = rows[1] + 44
     tls_from: int | None = None  # where the lifelines become encrypted (drawn heavy from there)
-    for step in rows:
-        lines = [w for line in step.lines for w in _wrap(line)]
+    for step in steps(events):
         colour = _colour(step.colour)
-        if step.kind == "mark" and step.lines[0].startswith("◆ TLS started") and tls_from is None:
-            tls_from = y
         if step.kind == "mark":
+            lines = [w for line in step.lines for w in _wrap(line, mark_columns)]
+            if step.lines[0].startswith("◆ TLS started") and tls_from is None:
+                tls_from = y
             h = LINE_H * len(lines) + 8
-            body.append(f"<rect x='{CLIENT_X - 40}' y='{y}' width='{SERVER_X - CLIENT_X + 80}' height='{h}' "
+            body.append(f"<rect x='{client_x - pad}' y='{y}' width='{server_x - client_x + 2 * pad}' height='{h}' "
                         f"rx='6' style='fill:var(--ml-bg2,#eef1f4);stroke:{colour};stroke-width:1.5'/>")
             for k, line in enumerate(lines):
-                body.append(f"<text x='{CLIENT_X - 30}' y='{y + 17 + LINE_H * k}' "
-                            f"style='fill:{colour};font-weight:600'>{esc(line)}</text>")
+                body.append(f"<text x='{client_x - pad + 10}' y='{y + 17 + LINE_H * k}' "
+                            f"style='fill:{colour};font-weight:600;font-family:var(--ml-mono,monospace)'>"
+                            f"{esc(line)}</text>")
             y += h + GAP
             continue
+        lines = [w for line in step.lines for w in _wrap(line, columns)]
         glyph = f"{step.glyph} " if step.glyph else ""
         for k, line in enumerate(lines):
-            body.append(f"<text x='{CLIENT_X + 14}' y='{y + 13 + LINE_H * k}' class='mono' "
+            body.append(f"<text x='{client_x + 14}' y='{y + 14 + LINE_H * k}' class='mono' "
                         f"style='fill:{colour};font-family:var(--ml-mono,monospace)'>"
                         f"{esc((glyph if k == 0 else '') + line)}</text>")
         ay = y + LINE_H * len(lines) + 6
-        x1, x2 = (CLIENT_X, SERVER_X - 2) if step.kind == "C" else (SERVER_X, CLIENT_X + 2)
+        x1, x2 = (client_x, server_x - 2) if step.kind == "C" else (server_x, client_x + 2)
         dash = ";stroke-dasharray:6 4" if step.kind == "S" else ""
-        marker = "seqC" if step.kind == "C" else f"seq{step.colour}"
+        marker = ("seqC" if step.kind == "C" else f"seq{step.colour}") + str(width)
         body.append(f"<line x1='{x1}' y1='{ay}' x2='{x2}' y2='{ay}' style='stroke:{colour};stroke-width:2{dash}'"
                     f" marker-end='url(#{marker})'/>")
         y = ay + GAP
-    height = y + 20
+    height = y + (LINE_H + 10 if tls_from is not None else 10)
     markers = "".join(
-        f"<marker id='seq{n}' markerWidth='10' markerHeight='8' refX='9' refY='4' orient='auto'>"
+        f"<marker id='seq{n}{width}' markerWidth='10' markerHeight='8' refX='9' refY='4' orient='auto'>"
         f"<path d='M0,0 L10,4 L0,8 z' style='fill:{_colour(k)}'/></marker>"
         for n, k in (("C", "client"), ("ok", "ok"), ("err", "err"), ("temp", "temp")))
-    heads = "".join(
-        f"<rect x='{x - 80}' y='26' width='160' height='30' rx='6' style='fill:var(--ml-bg2,#eef1f4);"
-        f"stroke:{_FG}'/><text x='{x}' y='46' text-anchor='middle' style='fill:{_FG};font-weight:700'>"
-        f"{esc(name[:24])}</text>"
-        f"<line x1='{x}' y1='56' x2='{x}' y2='{height - 10}' style='stroke:{_FG};stroke-width:1.5;"
-        f"stroke-dasharray:2 3'/>"
-        for x, name in ((CLIENT_X, client), (SERVER_X, server)))
+    lifelines = "".join(
+        f"<line x1='{x}' y1='{top}' x2='{x}' y2='{height - 6}' style='stroke:{_FG};stroke-width:1.5;"
+        f"stroke-dasharray:2 3'/>" for x, top in ((client_x, tops[0]), (server_x, tops[1])))
     if tls_from is not None:
-        heads += "".join(f"<line x1='{x}' y1='{tls_from}' x2='{x}' y2='{height - 10}' "
-                         f"style='stroke:{_colour('event')};stroke-width:5;opacity:.55'/>"
-                         for x in (CLIENT_X, SERVER_X))
-        heads += (f"<text x='{SERVER_X + 8}' y='{height - 14}' style='fill:{_colour('event')};font-size:12px'>"
-                  "encrypted</text>")
-    head = f"<text x='10' y='16' style='fill:{_FG};font-weight:700'>{esc(title)}</text>" if title else ""
-    return (f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {WIDTH} {height}' role='img' "
-            f"aria-label='sequence diagram {esc(title)}' style='width:min(100%,56em);height:auto;"
-            f"font-family:var(--jp-ui-font-family,sans-serif);font-size:14px'>"
-            f"<defs>{markers}</defs>{head}{heads}{''.join(body)}</svg>")
+        lifelines += "".join(f"<line x1='{x}' y1='{tls_from}' x2='{x}' y2='{height - 6}' "
+                             f"style='stroke:{_colour('event')};stroke-width:5;opacity:.55'/>"
+                             for x in (client_x, server_x))
+        lifelines += (f"<text x='{server_x - 10}' y='{height - 10}' text-anchor='end' "
+                      f"style='fill:{_colour('event')}'>encrypted</text>")
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' role='img' "
+            f"aria-label='sequence diagram {esc(title)}' style='{diagram_style(width)}'>"
+            f"<defs>{markers}</defs><g style='font-family:var(--jp-ui-font-family,sans-serif);"
+            f"font-size:{FONT}px'>{lifelines}{''.join(heads)}{''.join(body)}</g></svg>")
 
 
 def _names(events: Sequence[Event]) -> tuple[str, str]:
@@ -217,4 +248,6 @@ class SequenceDiagram:
 
     def _repr_html_(self) -> str:
         saved = f"<div class='ml-note'>saved to <code>{html.escape(self.saved)}</code></div>" if self.saved else ""
-        return page(self.svg() + saved, kind="sequence")
+        args = {"title": self.title, "client": self.client, "server": self.server}
+        drawn = diagram(*((sequence_svg(self.events, width=w, **args), w) for w in LAYOUTS))
+        return page(drawn + saved, kind="sequence")

@@ -175,6 +175,9 @@ CSS = (
     ".ml-view summary{cursor:pointer;font-weight:600;list-style-position:inside}"
     ".ml-view summary .ml-sum{font-weight:400;color:var(--ml-muted)}"
     ".ml-view svg{max-width:100%;height:auto;display:block}"
+    # A diagram drawn at the text's size (theme.diagram): its own sideways-scrolling
+    # box, never scaled down.
+    ".ml-view .ml-diagram{overflow-x:auto;max-width:100%}"
     ".ml-view svg text{fill:var(--ml-fg)}"
     ".ml-view .ml-bar{display:flex;flex-wrap:wrap;gap:.4em;align-items:center;margin-bottom:.3em}"
     ".ml-view .ml-bar button{font-size:.9em;padding:.1em .6em;cursor:pointer;"
@@ -255,3 +258,42 @@ def breakable(text: object) -> str:
             out.append("<wbr>")
     return "".join(out)
 
+
+
+def diagram(*layouts: tuple[str, float]) -> str:
+    """SVG diagrams drawn at the size of the view's text, never scaled down (a
+    ``viewBox`` shrunk to an 800 px output made its labels 10 px): each SVG sets its
+    width in em (:func:`diagram_style`), so its text follows the presenter scale.
+    ``layouts`` are (svg, width in user units, 1 unit = 1 px at scale 1), widest
+    first: the output shows the widest that fits (a container query on the view, in
+    em of its text, so a presenter scale turns it sooner), and the narrowest
+    scrolls sideways in its own box when even it does not fit."""
+    turns = [(w + 4) / BASE_PX for _svg, w in layouts]  # em of the view's text
+    names = [f"ml-dg{round(layouts[i - 1][1]) if i else 0}-{round(w)}" for i, (_svg, w) in enumerate(layouts)]
+    rules = []
+    for i, name in enumerate(names):
+        if i < len(layouts) - 1:  # a narrower layout follows: this one goes where it does not fit
+            rules.append(f"@container mlview (width < {turns[i]:.2f}em){{.ml-view .{name}{{display:none}}}}")
+        if i:  # a wider layout fits there
+            rules.append(f"@container mlview (width >= {turns[i - 1]:.2f}em){{.ml-view .{name}{{display:none}}}}")
+    style = f"<style>{''.join(rules)}</style>" if rules else ""
+    return (f"<div class='ml-diagram'>{style}"
+            + "".join(f"<div class='{name}'>{svg}</div>" for name, (svg, _w) in zip(names, layouts, strict=True))
+            + "</div>")
+
+
+def diagram_style(width: float) -> str:
+    """The ``style`` of a diagram's root ``<svg>`` of ``width`` user units: as wide as
+    that many px at the view's text size (its text, ``BASE_PX`` units, reads at the
+    size of the text around it), its own font size the view's."""
+    return f"width:{width / BASE_PX:.3f}em;max-width:none;height:auto;font-size:1em"
+
+
+def card_row(head: str, cells: list[tuple[str, str]], *, head_label: str = "") -> str:
+    """One row of an ``ml-cards`` table (see the stylesheet): ``head`` (HTML) names
+    the row, ``cells`` are (column head, cell HTML). In a narrow output the row is a
+    card, each non-empty cell under its label."""
+    label = f" data-label='{html.escape(head_label)}'" if head_label else ""
+    return (f"<tr><td class='ml-card-head'{label}>{head}</td>"
+            + "".join(f"<td data-label='{html.escape(t)}'>{c}</td>" if c else "<td></td>" for t, c in cells)
+            + "</tr>")
