@@ -146,6 +146,24 @@ def test_tampering_breaks_the_body_hash(alab):
     assert "DIFFERENT: the body changed after signing" in repr(AuthView(settings(alab).last("tampered")))
 
 
+def test_a_hop_that_never_sent_the_message_shows_no_checks(alab):
+    """The relay path marks a hop with what the MX checked only when that attempt handed
+    the message over: a 451 at RCPT came before the text, so nobody checked anything then
+    (it showed the later delivery's 'SPF pass · DKIM pass · DMARC pass')."""
+    alab.relay.fail("mx1.beta.test", "tempfail")
+    try:
+        qid = submit(alab, ["carol@beta.test"], "checked once", "Patience.\r\n",
+                     extra_headers="Message-ID: <checked-once@alpha.test>\r\n")  # found by it, too
+        alab.relay.wait(qid, states=("retrying",), timeout=20)
+    finally:
+        alab.relay.heal("mx1.beta.test")
+    alab.relay.flush()
+    assert alab.relay.wait(qid, timeout=20).state == "delivered"
+    hops = [h for h in path_from_relay(alab, qid).hops if h.result and h.result.startswith(("deferred", "delivered"))]
+    assert [(h.result.split(":")[0], h.auth) for h in hops][0] == ("deferred", None)
+    assert hops[-1].result.startswith("delivered") and hops[-1].auth.startswith("SPF pass")
+
+
 def test_forwarding_spf_breaks_dkim_survives_arc_seals(alab, tmp_path):
     settings(alab).forwards["dave@gamma.test"] = "carol@beta.test"
     try:

@@ -310,7 +310,7 @@ def _relay_hops(lab: Lab, path: RelayPath, msg: Any, depth: int = 0) -> None:
                                  verified=getattr(attempt, "tls_verified", None),
                                  downgraded=bool(getattr(attempt, "downgraded", False)),
                                  auth=hop_checks(lab, attempt.host, getattr(msg, "message_id", ""),
-                                                 _QUEUED_AS.search(attempt.text or ""))))
+                                                 _QUEUED_AS.search(attempt.text or ""), attempt.text or "")))
         if not ok:
             continue
         m = _QUEUED_AS.search(attempt.text or "")
@@ -500,12 +500,18 @@ class FigureView:
         return f"<relay path figure {w:.0f}x{h:.0f} in{where}>"
 
 
-def hop_checks(lab: Lab, host: str | None, message_id: str, queued: Any = None) -> str | None:
-    """What the receiving MX checked for this message (maillab.auth), in a few words."""
+def hop_checks(lab: Lab, host: str | None, message_id: str, queued: Any = None,
+               reply: str = "") -> str | None:
+    """What the receiving MX checked for this message (maillab.auth), in a few words:
+    only on an attempt that handed the message over (accepted, or refused for what the
+    checks found). An attempt that ended before the message text (no STARTTLS under
+    policy encrypt, a 4xx at RCPT) was checked by nobody, whatever a later one found."""
     from ..auth import settings
 
     entry = settings(lab).for_hop(host, message_id, queued.group(1) if queued else "") if host else None
-    return entry.verdict.short() if entry is not None else None
+    if entry is None or not (queued or (entry.refused and entry.refused in reply)):
+        return None
+    return entry.verdict.short()
 
 
 class HopsView:
