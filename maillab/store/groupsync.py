@@ -17,7 +17,7 @@ one round, as a database's transactions share one log flush.
 
 An SMTP delivery does not wait for its round (:meth:`GroupSync.sync_later`): its 250
 waits for one durability point, its file fsync'ed in ``tmp/`` with a completeness
-mark (:mod:`maillab.store.accepting`), as Postfix's 250 waits for its queue file. The
+mark (:mod:`maillab.store.delivering`), as Postfix's 250 waits for its queue file. The
 round that makes its rename and index row last runs afterwards on the group's own
 thread, shared with whatever else was asked for meanwhile.
 """
