@@ -43,7 +43,9 @@ def login(s: IMAPSession, cmd: Login) -> Iterator[Output]:
     if _plaintext_refused(s):
         raise No("[PRIVACYREQUIRED] LOGIN is disabled until STARTTLS")
     user, password = (a.decode("utf-8", "replace") for a in (cmd.user, cmd.password))
-    return (yield from _log_in(s, user, password, "LOGIN"))
+    # Named as the command, not "LOGIN": that is also an SASL mechanism (SMTP's AUTH LOGIN),
+    # and a transcript line "AUTH LOGIN as bob" read as if IMAP had used it.
+    return (yield from _log_in(s, user, password, "LOGIN command"))
 
 
 def authenticate(s: IMAPSession, cmd: Authenticate) -> Iterator[Output]:
