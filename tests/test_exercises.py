@@ -127,3 +127,118 @@ def test_checks_judge_any_client_the_step_through_one_too(single_lab):
     for line in ("USER bob", "PASS bob-pw", "DELE 1", "QUIT"):
         quit_.send(line)
     assert lab.check("pop3_delete").passed
+
+
+def _submit(lab, msg) -> None:
+    import smtplib
+
+    host, port = lab.address("submission")
+    with smtplib.SMTP(host, port, timeout=10) as smtp:
+        smtp.starttls(context=lab.ca.client_context())
+        smtp.login("alice@alpha.test", "alice-pw")
+        if isinstance(msg, bytes):
+            smtp.sendmail("alice@alpha.test", ["bob@alpha.test"], msg)
+        else:
+            smtp.send_message(msg)
+
+
+def _wait(box, count: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 20
+    while len(box.messages()) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _imap(lab, user="bob"):
+    import imaplib
+
+    host, port = lab.address("imap")
+    client = imaplib.IMAP4(host, port, timeout=10)
+    client.login(f"{user}@alpha.test", f"{user}-pw")
+    return client
+
+
+def test_wrong_ways_fail_with_a_hint_judged_from_the_servers_side(lab):
+    """Each of these passed the old checks: judged from the client's words instead of
+    what the server sent and what the store holds."""
+    import poplib
+    from email.message import EmailMessage
+
+    def message(to: str, subject: str, pdf: bytes | None = None) -> EmailMessage:
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "alice@alpha.test", to, subject
+        msg.set_content("x")
+        if pdf is not None:
+            msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="r.pdf")
+        return msg
+
+    bob = lab.store.mailbox("bob@alpha.test")
+    imap = _imap(lab)
+    imap.select("INBOX")
+    imap.uid("FETCH", "1:*", "(ENVELOPE)")  # an empty INBOX: OK, and not one envelope
+    imap.logout()
+    assert "the server sent none" in lab.check("imap_envelopes").hints[0]
+
+    for i in range(2):
+        _submit(lab, message("bob@alpha.test", f"m{i}"))
+    raw = (b"From: alice@alpha.test\r\nTo: bob@alpha.test\r\nSubject: \xe4\xbd\xa0\xe5\xa5\xbd\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b\r\n"
+           b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n")
+    _submit(lab, raw)
+    _wait(bob, 3)
+    assert "RFC 2047" in lab.check("mime_parts").hints[0]
+    _submit(lab, message("bob@alpha.test", "报告", pdf=b"not a pdf"))
+    _wait(bob, 4)
+    imap = _imap(lab)
+    imap.select("INBOX")
+    imap.fetch("4", "(BODYSTRUCTURE)")
+    imap.fetch("4", "(BODY.PEEK[2])")
+    imap.logout()
+    assert "not a PDF" in lab.check("mime_parts").hints[0]
+    _submit(lab, message("bob@alpha.test", "报告二", pdf=b"%PDF-1.4\n%%EOF\n"))
+    _wait(bob, 5)
+    imap = _imap(lab)
+    imap.select("INBOX")
+    imap.fetch("5", "(BODYSTRUCTURE)")
+    imap.uid("FETCH", "999", "(BODY.PEEK[2])")  # no such message: OK, nothing sent
+    imap.create("Archive")
+    imap.copy("2", "Archive")
+    imap.store("1", "+FLAGS", "(\\Deleted)")  # not the message copied
+    imap.expunge()
+    imap.logout()
+    assert "server sent no PDF" in lab.check("mime_parts").hints[0]
+    assert "not the one you copied" in lab.check("imap_move").hints[0]
+
+    _submit(lab, message("nobody@beta.test", "to nobody"))
+    alice = lab.store.mailbox("alice@alpha.test")
+    _wait(alice, 1)
+    _submit(lab, message("alice@alpha.test", "not a bounce"))
+    _wait(alice, 2)
+    host, port = lab.address("pop3")
+    pop = poplib.POP3(host, port, timeout=10)
+    pop.user("alice@alpha.test")
+    pop.pass_("alice-pw")
+    dsn = next(n for n in (1, 2) if b"multipart/report" in b"\n".join(pop.top(n, 0)[1]))
+    pop.retr(3 - dsn)  # another message
+    pop.quit()
+    assert "read only the DSN's header" in lab.check("bounce_dsn").hints[0]
+
+
+def test_right_ways_the_checks_once_refused(single_lab):
+    """FETCH 1:* ALL holds ENVELOPE; a folder name with a space travels quoted."""
+    lab = single_lab
+    from maillab.clients.smtp import send
+    from maillab.compose import compose
+
+    send(lab, compose(sender="alice@alpha.test", to=["bob@alpha.test"], subject="s", body="x"),
+         via="submission")
+    _wait(lab.store.mailbox("bob@alpha.test"), 1)
+    imap = _imap(lab)
+    imap.create('"My Archive"')
+    imap.select("INBOX")
+    imap.fetch("1:*", "ALL")
+    imap.uid("MOVE", "1", '"My Archive"')
+    imap.logout()
+    assert lab.check("imap_envelopes").passed
+    assert lab.check("imap_move").passed

@@ -8,9 +8,7 @@ import re
 from ..lab import Lab
 from ..relay.hops import parse_hops
 from . import CheckResult, exercise
-from .evidence import Conversation, conversations, messages
-
-_BODY = re.compile(r"(?i)(BODY(\.PEEK)?\[|BINARY(\.PEEK)?\[|\bRFC822\b(?![.])|\bRFC822\.TEXT\b)")
+from .evidence import Conversation, conversations, mailbox_name, messages
 
 
 def _pop3_outcome(conv: Conversation) -> tuple[list[int], list[int], bool, bool]:
@@ -64,23 +62,31 @@ def check_pop3_delete(lab: Lab, answer: str | None = None) -> CheckResult:
                             "first, then drop the connection")
     else:
         result.hints.append("no session has dropped the connection after a DELE: mark a message, then "
-                            "close the socket without QUIT (%pop3 bob --dele 1 --drop, or poplib's "
-                            "client.sock.close()) and see that it is still there")
+                            "close the connection without QUIT (%pop3 bob --dele 1 --drop, or poplib's "
+                            "client.close(), which sends no QUIT) and see that it is still there")
     result.passed = not result.hints
     return result
 
 
-def _selected_inbox(conv: Conversation) -> list[tuple[str, list[str], bool]]:
-    """The IMAP commands of ``conv`` sent while INBOX was selected."""
+#: A FETCH response item that carries message text (RFC 3501 7.4.2): BODY[...],
+#: BINARY[...] (RFC 3516), RFC822 and RFC822.TEXT; not RFC822.HEADER/SIZE, not BODY
+#: without a section (that is the structure).
+_TEXT_ITEM = re.compile(r"(?i)(?:\bBODY\[|\bBINARY\[|\bRFC822(?:\.TEXT)? )")
+_FETCH_RESPONSE = re.compile(r"(?i)^\* \d+ FETCH \(")
+
+
+def _inbox_fetches(conv: Conversation) -> list[tuple[str, list[str]]]:
+    """(the FETCH command's items, the server's FETCH responses) of each FETCH sent
+    while INBOX was selected in ``conv``."""
     out = []
     inbox = False
-    for verb, args, ok in conv.imap_commands():
+    for verb, args, ok, replies in conv.imap_exchanges():
         if verb in ("SELECT", "EXAMINE"):
-            inbox = ok and bool(args) and args[0].strip('"').upper() == "INBOX"
+            inbox = ok and bool(args) and mailbox_name(args[0]) == "INBOX"
         elif verb in ("CLOSE", "UNSELECT") and ok:
             inbox = False
-        elif inbox:
-            out.append((verb, args, ok))
+        elif inbox and verb in ("FETCH", "UID FETCH"):
+            out.append((" ".join(args), [r for r in replies if _FETCH_RESPONSE.match(r)]))
     return out
 
 
@@ -92,32 +98,84 @@ def check_imap_envelopes(lab: Lab, answer: str | None = None) -> CheckResult:
         result.hints.append("no IMAP session yet: log in (%imap bob --envelopes, imaplib, or "
                             "%mail step imap bob)")
         return result
-    inbox = [(c, _selected_inbox(c)) for c in convs]
-    inbox = [(c, cmds) for c, cmds in inbox if cmds or any(v in ("SELECT", "EXAMINE") and ok
-                                                            for v, _a, ok in c.imap_commands())]
-    if not inbox:
+    # Judged from the server's responses, not the command's words: FETCH 1:* ALL
+    # (a macro holding ENVELOPE) counts, a FETCH that matched no message does not.
+    sessions = [(c, _inbox_fetches(c)) for c in convs]
+    selected = [(c, f) for c, f in sessions
+                if any(v in ("SELECT", "EXAMINE") and ok and args and mailbox_name(args[0]) == "INBOX"
+                       for v, args, ok in c.imap_commands())]
+    if not selected:
         result.hints.append("no session selected INBOX: SELECT INBOX (or EXAMINE INBOX, read-only) "
                             "before FETCH")
         return result
-    for c, cmds in inbox:
-        fetches = [" ".join(a) for v, a, ok in cmds if v in ("FETCH", "UID FETCH") and ok]
-        envelopes = [f for f in fetches if "ENVELOPE" in f.upper()]
-        bodies = [f for f in fetches if _BODY.search(f)]
-        if envelopes and not bodies:
-            result.found.append(f"{c.session}: FETCH {envelopes[0]} in INBOX, no body downloaded")
+    for c, fetches in selected:
+        envelopes = [items for items, resp in fetches if any("ENVELOPE (" in r.upper() for r in resp)]
+        # any text at all in the session counts: a literal's item stands on its own line
+        texts = [v for v, args, ok, replies in c.imap_exchanges() if v in ("FETCH", "UID FETCH")
+                 and any(_TEXT_ITEM.search(r) for r in replies)]
+        if envelopes and not texts:
+            result.found.append(f"{c.session}: FETCH {envelopes[0]} in INBOX answered with envelopes, "
+                                "no message text sent")
             result.passed = True
             return result
-    fetches = [(c, " ".join(a)) for c, cmds in inbox for v, a, ok in cmds if v in ("FETCH", "UID FETCH")]
+    fetches = [(c, items, resp) for c, f in selected for items, resp in f]
     if not fetches:
         result.hints.append("INBOX was selected, but nothing was fetched: FETCH 1:* (ENVELOPE)")
-    elif any("ENVELOPE" in f.upper() for _c, f in fetches):
-        body = next(f for _c, f in fetches if _BODY.search(f))
-        result.hints.append(f"your session with ENVELOPE also fetched {body!r}: that downloads message "
+    elif any(any("ENVELOPE (" in r.upper() for r in resp) for _c, _i, resp in fetches):
+        body = next((items for _c, items, resp in fetches if any(_TEXT_ITEM.search(r) for r in resp)),
+                    "a body")
+        result.hints.append(f"your session with ENVELOPE also fetched {body!r}: the server sent message "
                             "text; do it in a session that asks for ENVELOPE (and FLAGS, UID) only")
+    elif any("ENVELOPE" in items.upper() for _c, items, _r in fetches):
+        result.hints.append("you asked for ENVELOPE, but the server sent none: was INBOX empty? Put a "
+                            "message in bob's INBOX first, then FETCH 1:* (ENVELOPE)")
     else:
         result.hints.append(f"you fetched {fetches[-1][1]!r} but no ENVELOPE: the summary (date, from, "
                             "subject) without a byte of body is FETCH 1:* (ENVELOPE)")
     return result
+
+
+def _identities(lab: Lab, user: str, folder: str) -> set[bytes]:
+    """What tells a folder's messages apart: each one's Message-ID, else its bytes."""
+    try:
+        box = lab.store.mailbox(user, folder)
+        out = set()
+        for info in box.messages():
+            data = box.read(info.uid)
+            found = re.search(rb"(?im)^Message-ID:[ \t]*(<[^>\r\n]*>)", data.split(b"\r\n\r\n", 1)[0])
+            out.add(found.group(1) if found else data)
+        return out
+    except (LookupError, ValueError, OSError):
+        return set()
+
+
+def _move_attempts(conv: Conversation) -> list[tuple[str, str, str, str]]:
+    """(how, from folder, to folder, what is missing: "" if the server did it all) of
+    each MOVE, or COPY and what followed it, in ``conv``."""
+    out: list[tuple[str, str, str, str]] = []
+    selected = ""
+    copy: list[str] | None = None  # [from, to, deleted?] of the last COPY in this folder
+    for verb, args, ok, _replies in conv.imap_exchanges():
+        target = mailbox_name(args[-1]) if args else ""
+        if verb in ("SELECT", "EXAMINE"):
+            selected, copy = (mailbox_name(args[0]) if ok and args else ""), None
+        elif verb in ("MOVE", "UID MOVE"):
+            out.append((verb, selected, target, "" if ok else "failed"))
+        elif verb in ("COPY", "UID COPY"):
+            if not ok:
+                out.append((verb, selected, target, "failed"))
+            else:
+                copy = [selected, target, ""]
+                out.append(("COPY", selected, target, "deleted"))
+        elif verb in ("STORE", "UID STORE") and ok and copy is not None and \
+                "\\DELETED" in " ".join(args).upper() and not args[1].upper().startswith("-"):
+            copy[2] = "deleted"
+            out[-1] = ("COPY + \\Deleted", copy[0], copy[1], "expunge")
+        elif verb in ("EXPUNGE", "UID EXPUNGE", "CLOSE") and ok and copy is not None:
+            how = f"COPY + \\Deleted + {verb}" if copy[2] else f"COPY + {verb}"
+            out[-1] = (how, copy[0], copy[1], "" if copy[2] else "flag")
+            copy = None
+    return out
 
 
 @exercise(7, "imap_move", "Move a message between IMAP folders with a real client")
@@ -128,47 +186,41 @@ def check_imap_move(lab: Lab, answer: str | None = None) -> CheckResult:
         result.hints.append("no IMAP session yet: use a real client (imaplib, IMAPClient, neomutt, "
                             "Thunderbird) or %imap")
         return result
-    attempts = []
-    for c in convs:
-        copied: str | None = None
-        deleted = False
-        for verb, args, ok in c.imap_commands():
-            target = args[-1].strip('"') if args else ""
-            if verb in ("MOVE", "UID MOVE"):
-                attempts.append((c, verb, target, ok, ok))
-            elif verb in ("COPY", "UID COPY") and ok:
-                copied = target
-            elif verb in ("STORE", "UID STORE") and ok and "\\DELETED" in " ".join(args).upper():
-                deleted = True
-            elif verb in ("EXPUNGE", "UID EXPUNGE", "CLOSE") and ok and copied:
-                attempts.append((c, "COPY + \\Deleted + " + verb, copied, deleted, True))
-        if copied and not any(a[0] is c for a in attempts):
-            attempts.append((c, "COPY", copied, False, True))
+    attempts = [(c, *a) for c in convs for a in _move_attempts(c)]
     if not attempts:
         result.hints.append("no MOVE or COPY yet: SELECT INBOX, make a folder (CREATE Archive), then "
                             "MOVE a message there (imaplib: client.uid('MOVE', uid, 'Archive'))")
         return result
-    for c, how, target, done, ok in attempts:
-        if not (done and ok):
-            continue
+    # The store decides: a message now in the folder that INBOX no longer holds.
+    hints = []
+    for c, how, source, target, missing in reversed(attempts):  # the latest attempt first
         user = c.user or ""
-        try:
-            held = len(lab.store.mailbox(user, target).messages()) if user else 0
-        except (LookupError, ValueError):
-            held = 0
-        if held:
-            result.found.append(f"{c.session}: {how} into {target!r}, which now holds {held} message(s)")
+        if missing:
+            hints.append({
+                "failed": f"{how} into {target!r} failed: does the folder exist (CREATE it first; "
+                          "LIST \"\" \"*\" shows the folders)? Is there a message by that number?",
+                "deleted": f"you copied a message into {target!r}, but the original stayed: mark it "
+                           "\\Deleted (STORE n +FLAGS (\\Deleted)) and EXPUNGE (what MOVE does in one "
+                           "step, RFC 6851)",
+                "expunge": f"you copied a message into {target!r} and flagged the original \\Deleted, "
+                           "but it stays in INBOX until EXPUNGE (or CLOSE) removes it",
+                "flag": f"you copied a message into {target!r} and sent EXPUNGE, but EXPUNGE removes "
+                        "only messages flagged \\Deleted: STORE n +FLAGS (\\Deleted) first",
+            }[missing])
+        elif source != "INBOX" or not user:
+            hints.append(f"your {how} moved a message out of {source or 'no folder'!r}: the task moves "
+                         "one from INBOX (SELECT INBOX first)")
+        elif moved := _identities(lab, user, target) - _identities(lab, user, "INBOX"):
+            result.found.append(f"{c.session}: {how} from INBOX into {target!r}, which holds "
+                                f"{len(moved)} message(s) that INBOX no longer has")
             result.passed = True
             return result
-    c, how, target, done, ok = attempts[-1]
-    if how == "COPY":
-        result.hints.append(f"you copied a message into {target!r}, but the original stayed: mark it "
-                            "\\Deleted and EXPUNGE (what MOVE does in one step, RFC 6851)")
-    elif not ok or not done:
-        result.hints.append(f"{how} into {target!r} failed: does the folder exist (CREATE it first; "
-                            "LIST \"\" \"*\" shows the folders)?")
-    else:
-        result.hints.append(f"{target!r} holds no message now: move one there and leave it")
+        elif "COPY" in how:
+            hints.append(f"after your {how}, every message in {target!r} is still in INBOX too: the "
+                         "message you flagged \\Deleted was not the one you copied")
+        else:
+            hints.append(f"{target!r} holds no message that left INBOX now: move one there and leave it")
+    result.hints.append(hints[0])
     return result
 
 

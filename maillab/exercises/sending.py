@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
+from ..events import Event
+from ..imap.message import section
+from ..imap.mimeparse import parse as parse_raw
 from ..lab import Lab
 from . import CheckResult, exercise
-from .evidence import Conversation, conversations, messages, parse, part_numbers
+from .evidence import Conversation, conversations, messages, parse, part_numbers, sent_whole
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_BODY_FETCH = re.compile(r"(?i)(BODY(\.PEEK)?\[[^\]]*\]|BINARY(\.PEEK)?\[|RFC822(?![.]SIZE|[.]HEADER)\b)")
 
 
 def _port(lab: Lab, service: str, host: str | None = None) -> str:
@@ -20,10 +22,10 @@ def _port(lab: Lab, service: str, host: str | None = None) -> str:
     return f"{svc.address}:{svc.port}"
 
 
-def _accepted(conv: Conversation) -> bool:
-    """Did the server take a message in this SMTP session (250 after the message text)?"""
+def _accepted(events: list[Event]) -> bool:
+    """Did the server take a message in these SMTP events (250 after the message text)?"""
     after_text = False
-    for e in conv.events:
+    for e in events:
         if e.kind == "C" and e.data.get("payload"):
             after_text = True
         elif e.kind == "S" and after_text:
@@ -46,22 +48,27 @@ def check_submission(lab: Lab, answer: str | None = None) -> CheckResult:
         return result
 
     def score(c: Conversation) -> tuple[bool, bool, bool]:
-        tls = bool(c.kinds("tls"))
-        auth = any(e.data.get("ok") for e in c.kinds("auth"))
-        return tls, tls and auth, tls and auth and _accepted(c)
+        # In this order: a login in clear text (the teacher's eavesdropper switch) or a
+        # message sent before the STARTTLS does not count.
+        tls = next((i for i, e in enumerate(c.events) if e.kind == "tls"), None)
+        if tls is None:
+            return False, False, False
+        auth = next((i for i, e in enumerate(c.events) if i > tls and e.kind == "auth" and e.data.get("ok")),
+                    None)
+        return True, auth is not None, auth is not None and _accepted(c.events[auth:])
 
     best = max(convs, key=score)
     tls, auth, accepted = score(best)
     if tls:
         result.found.append(f"{best.session}: STARTTLS on submission ({best.kinds('tls')[0].data.get('version')})")
     if auth:
-        who = next(e.data.get("login") for e in best.kinds("auth") if e.data.get("ok"))
+        who = [e.data.get("login") for e in best.kinds("auth") if e.data.get("ok")][-1]
         result.found.append(f"{best.session}: AUTH as {who} after STARTTLS")
     if accepted:
         result.found.append(f"{best.session}: a message was accepted (250 after the text)")
     if not tls:
         result.hints.append("your session on the submission port never upgraded with STARTTLS: send "
-                            "EHLO, then STARTTLS, then EHLO again (the lab refuses AUTH before TLS)")
+                            "EHLO, then STARTTLS, then EHLO again, then AUTH (a login in clear text does not count)")
     elif not auth:
         failed = any(not e.data.get("ok") for c in convs for e in c.kinds("auth"))
         result.hints.append("after STARTTLS you did not log in" + (
@@ -125,18 +132,102 @@ def check_mx_preference(lab: Lab, answer: str | None = None) -> CheckResult:
     return result
 
 
-def _mime_candidates(lab: Lab) -> list[tuple[str, str, int, str, str]]:
-    """(user, folder, uid, subject, PDF part number) of messages with a Chinese subject and a PDF."""
+def _raw_subject(data: bytes) -> bytes:
+    """The Subject field as it travelled, unfolded, not decoded."""
+    return re.sub(rb"\r?\n[ \t]", b" ", parse_raw(data).first("subject") or b"").strip()
+
+
+def _pdf_parts(data: bytes) -> list[tuple[str, bytes, bytes]]:
+    """(IMAP part number, the part's body as sent, decoded) of each application/pdf part."""
+    out = []
+    for number, part in part_numbers(parse(data)).items():
+        if part.get_content_type() == "application/pdf":
+            sent = section(data, tuple(int(n) for n in number.split(".")), None)
+            out.append((number, sent, part.get_payload(decode=True) or b""))
+    return out
+
+
+def _mime_problem(lab: Lab) -> str:
+    """Why no message counts yet, from the closest attempt in the store."""
+    chinese = [(d, parse(d)) for *_x, d in messages(lab) if _CJK.search(_raw_subject(d).decode("utf-8", "replace"))
+               or _CJK.search(str(parse(d).get("Subject", "")))]
+    if not chinese:
+        return ("no message in the lab has a Chinese subject and a PDF attachment yet: "
+                "%%mail --from alice@alpha.test --to bob@alpha.test --subject '你好' --attach file.pdf")
+    raw = [d for d, _m in chinese if not _raw_subject(d).isascii()]
+    if len(raw) == len(chinese):
+        return ("the Chinese subject travelled as raw UTF-8 octets, not as an RFC 2047 encoded word: "
+                "a header is ASCII (RFC 5322), so non-ASCII text goes as =?utf-8?b?...?= "
+                "(email.message.EmailMessage or %%mail encode it for you)")
+    for _d, msg in chinese:
+        for part in msg.walk():
+            if part.get_filename("").lower().endswith(".pdf") and part.get_content_type() != "application/pdf":
+                return (f"the attachment {part.get_filename()!r} is labelled {part.get_content_type()}, "
+                        "not application/pdf: a receiver goes by Content-Type, not by the file name")
+    for d, _m in chinese:
+        for number, _sent, body in _pdf_parts(d):
+            if not body.startswith(b"%PDF-"):
+                return (f"part {number} is labelled application/pdf, but what it holds is not a PDF "
+                        f"(a PDF starts with %PDF-; this one with {body[:12]!r})")
+    return ("a message with a Chinese subject arrived, but none of them carries a PDF part "
+            "(application/pdf): add --attach FILE.pdf")
+
+
+def _mime_candidates(lab: Lab) -> list[tuple[str, str, int, str, str, bytes, bytes]]:
+    """(user, folder, uid, subject, PDF part number, the part as sent, decoded) of messages
+    with an RFC 2047 Chinese subject and a PDF."""
     out = []
     for user, folder, uid, data in messages(lab):
-        msg = parse(data)
-        subject = str(msg.get("Subject", ""))
-        if not _CJK.search(subject):
+        subject = str(parse(data).get("Subject", ""))
+        if not _CJK.search(subject) or not _raw_subject(data).isascii():
             continue
-        for number, part in part_numbers(msg).items():
-            if part.get_content_type() == "application/pdf":
-                out.append((user, folder, uid, subject, number))
+        for number, sent, body in _pdf_parts(data):
+            if body.startswith(b"%PDF-"):
+                out.append((user, folder, uid, subject, number, sent, body))
     return out
+
+
+@exercise(5, "mime_parts", "Send a message with a Chinese subject and a PDF, find its parts by IMAP part number")
+def check_mime_parts(lab: Lab, answer: str | None = None) -> CheckResult:
+    result = CheckResult("mime_parts", False)
+    found = _mime_candidates(lab)
+    if not found:
+        result.hints.append(_mime_problem(lab))
+        return result
+    user, folder, uid, subject, number, *_parts = found[-1]
+    result.found.append(f"{user}'s {folder} holds UID {uid} ({subject!r}, an RFC 2047 subject) "
+                        f"with a PDF as part {number}")
+    # Judged from what the server sent: the structure listing a PDF, and the PDF's
+    # part (as sent, or BINARY's decoded octets) as a FETCH literal, all of it.
+    convs = [c for c in conversations(lab, "imap") if c.user == user]
+    structure = any("BODYSTRUCTURE (" in r.upper() and '"APPLICATION" "PDF"' in r.upper()
+                    for c in convs for _v, _a, _ok, replies in c.imap_exchanges() for r in replies)
+    sent = [(head, size) for c in convs for _t, head, size in c.payloads()]
+    pdf = [n for *_x, n, part, body in found
+           if any(sent_whole(h, size, part) or sent_whole(h, size, body) for h, size in sent)]
+    whole = any(sent_whole(h, size, data) for h, size in sent for u, _f, _uid, data in messages(lab)
+                if u == user and any(f[2] == _uid for f in found))
+    if structure:
+        result.found.append("BODYSTRUCTURE fetched: the server listed the parts, the PDF among them")
+    else:
+        result.hints.append(f"ask the server for the message's structure first, logged in as {user}: "
+                            "FETCH n (BODYSTRUCTURE) lists the parts in order (%imap ... --fetch UID "
+                            "shows the tree)")
+    if pdf:
+        result.found.append(f"part {pdf[0]} (the PDF) fetched by its part number, and only it")
+    elif whole:
+        result.hints.append(f"you downloaded the whole message; the task fetches only the PDF, by its "
+                            f"part number: FETCH n (BODY.PEEK[{number}])")
+    else:
+        fetched = sorted({p for c in convs for p in _fetched_parts(c)})
+        result.hints.append(
+            (f"you fetched part(s) {', '.join(fetched)}, but the server sent no PDF: count the parts in "
+             "BODYSTRUCTURE (a multipart's children are 1, 2, ...; nested ones 2.1, 2.2), and fetch "
+             "them from that message") if fetched else
+            "fetch the PDF alone by its part number: FETCH n (BODY.PEEK[PART]), "
+            "e.g. with imaplib's client.fetch or %%imap")
+    result.passed = not result.hints
+    return result
 
 
 def _fetched_parts(conv: Conversation) -> list[str]:
@@ -148,64 +239,25 @@ def _fetched_parts(conv: Conversation) -> list[str]:
     return parts
 
 
-@exercise(5, "mime_parts", "Send a message with a Chinese subject and a PDF, find its parts by IMAP part number")
-def check_mime_parts(lab: Lab, answer: str | None = None) -> CheckResult:
-    result = CheckResult("mime_parts", False)
-    found = _mime_candidates(lab)
-    if not found:
-        chinese = any(_CJK.search(str(parse(d).get("Subject", ""))) for *_x, d in messages(lab))
-        result.hints.append(
-            "a message with a Chinese subject arrived, but none of them carries a PDF part "
-             "(application/pdf): add --attach FILE.pdf" if chinese else
-             "no message in the lab has a Chinese subject and a PDF attachment yet: "
-             "%%mail --from alice@alpha.test --to bob@alpha.test --subject '你好' --attach file.pdf")
-        return result
-    user, folder, uid, subject, number = found[-1]
-    result.found.append(f"{user}'s {folder} holds UID {uid} ({subject!r}) with a PDF part")
-    convs = [c for c in conversations(lab, "imap") if c.user == user]
-    structure = any(verb in ("FETCH", "UID FETCH") and ok and "BODYSTRUCTURE" in " ".join(args).upper()
-                    for c in convs for verb, args, ok in c.imap_commands())
-    fetched = {p for c in convs for p in _fetched_parts(c)}
-    wanted = {n for *_x, n in found}
-    if structure:
-        result.found.append("BODYSTRUCTURE fetched: the server listed the parts")
-    else:
-        result.hints.append(f"ask the server for the message's structure first, logged in as {user}: "
-                            "FETCH n (BODYSTRUCTURE) lists the parts in order (%imap ... --fetch UID "
-                            "shows the tree)")
-    if fetched & wanted:
-        result.found.append(f"part {sorted(fetched & wanted)[0]} (the PDF) fetched by its part number")
-    elif fetched:
-        result.hints.append(f"you fetched part(s) {', '.join(sorted(fetched))}, but not the PDF: count "
-                            "the parts in BODYSTRUCTURE (a multipart's children are 1, 2, ...; "
-                            "nested ones 2.1, 2.2)")
-    else:
-        result.hints.append("fetch the PDF alone by its part number: FETCH n (BODY.PEEK[PART]), "
-                            "e.g. with imaplib's client.fetch or %%imap")
-    result.passed = not result.hints
-    return result
-
-
-def _dsns(lab: Lab) -> list[tuple[str, str, int]]:
+def _dsns(lab: Lab) -> list[tuple[str, str, int, bytes]]:
     out = []
     for user, folder, uid, data in messages(lab):
         msg = parse(data)
         if msg.get_content_type() == "multipart/report" and \
                 msg.get_param("report-type", "").lower() == "delivery-status":
-            out.append((user, folder, uid))
+            out.append((user, folder, uid, data))
     return out
 
 
-def _read_after(conv: Conversation, since: float) -> bool:
-    for e in conv.events:
-        if e.time < since or e.kind != "C" or e.data.get("payload"):
-            continue
-        words = e.text.upper().split()
-        if conv.protocol == "pop3" and words[:1] in (["RETR"], ["TOP"]):
-            return True
-        if conv.protocol == "imap" and "FETCH" in words[1:3] and _BODY_FETCH.search(e.text):
-            return True
-    return False
+def _dsn_texts(data: bytes) -> list[bytes]:
+    """What counts as reading a DSN (RFC 3464): all of it, its text, or one of its own
+    parts; not the returned message alone (that is the sender's own text)."""
+    out = [data, section(data, (), "TEXT")]
+    for number, part in part_numbers(parse(data)).items():
+        if part.get_content_type() not in ("message/rfc822", "text/rfc822-headers", "message/global",
+                                           "message/global-headers") and "." not in number:
+            out.append(section(data, (int(number),), None))
+    return [t for t in out if t]
 
 
 @exercise(6, "bounce_dsn", "Make a message bounce and read the DSN")
@@ -218,19 +270,28 @@ def check_bounce_dsn(lab: Lab, answer: str | None = None) -> CheckResult:
                             "(outside the lab); the relay sends the sender a DSN within seconds "
                             "(%mail queue shows it)")
         return result
-    stored = {(e.data.get("user"), e.data.get("uid")): e.time
-              for e in lab.events.events(kinds=("stored",)) if e.data.get("dsn")}
-    for user, folder, uid in dsns:
-        since = stored.get((user, uid), 0.0)
-        readers = [c for c in conversations(lab, "pop3") + conversations(lab, "imap")
-                   if c.user == user and _read_after(c, since)]
-        if readers:
-            result.found.append(f"the DSN (UID {uid} in {user}'s {folder}) was read in {readers[0].session}")
-            result.passed = True
-            return result
-    user, folder, uid = dsns[-1]
+    # Judged from what the server sent to the DSN's owner: the DSN's octets (all of
+    # it, its text or one of its parts) in a RETR, TOP or FETCH answer.
+    header_only = False
+    for user, folder, uid, data in dsns:
+        texts = _dsn_texts(data)
+        head = section(data, (), "HEADER")
+        for c in conversations(lab, "pop3") + conversations(lab, "imap"):
+            if c.user != user:
+                continue
+            for _t, recorded, size in c.payloads():
+                if any(sent_whole(recorded, size, t) for t in texts):
+                    result.found.append(f"the DSN (UID {uid} in {user}'s {folder}) was read in {c.session}")
+                    result.passed = True
+                    return result
+                header_only = header_only or sent_whole(recorded, size, head)
+    user, folder, uid, _data = dsns[-1]
     result.found.append(f"a DSN arrived: UID {uid} in {user}'s {folder}")
-    result.hints.append(f"nobody has read it yet: log in as {user} and download it (IMAP FETCH "
-                        f"BODY[] of UID {uid}, %imap {user.split('@')[0]} --fetch {uid}, or POP3 RETR);"
-                        " its second part, message/delivery-status, says why (Status:, Diagnostic-Code:)")
+    if header_only:
+        result.hints.append("you read only the DSN's header (TOP n 0, BODY[HEADER]): why it bounced is "
+                            "in its body; download it whole (RETR n, FETCH n (BODY[]))")
+    else:
+        result.hints.append(f"nobody has read it yet: log in as {user} and download it (IMAP FETCH "
+                            f"BODY[] of UID {uid}, %imap {user.split('@')[0]} --fetch {uid}, or POP3 RETR);"
+                            " its second part, message/delivery-status, says why (Status:, Diagnostic-Code:)")
     return result
