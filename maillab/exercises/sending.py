@@ -116,8 +116,13 @@ def check_mx_preference(lab: Lab, answer: str | None = None) -> CheckResult:
         result.found.append(f"a message delivered straight to {highest} (MX {highest_pref} for {domain})")
         result.passed = True
         return result
-    tried = conversations(lab, "smtp", host=highest)
-    if tried:
+    relayed = _relay_deliveries(lab, highest)
+    tried = len(conversations(lab, "smtp", host=highest)) > relayed
+    if not tried and relayed:
+        result.hints.append(f"a lab relay delivered to {highest} (a sender falls back to the backup MX "
+                            "when the preferred one fails), not you: connect to it yourself, e.g. with "
+                            f"%%smtp or smtplib.SMTP(*lab.address('smtp', '{highest}'))")
+    elif tried:
         result.hints.append(f"you reached {highest}, but it accepted no message from you: MAIL FROM, "
                             f"RCPT TO:<a user of {domain}>, DATA, the text and '.'")
     elif len([c for c in conversations(lab, "smtp", host=lowest) if c.kinds("stored")]) > \
@@ -158,7 +163,8 @@ def _mime_problem(lab: Lab) -> str:
     if len(raw) == len(chinese):
         return ("the Chinese subject travelled as raw UTF-8 octets, not as an RFC 2047 encoded word: "
                 "a header is ASCII (RFC 5322), so non-ASCII text goes as =?utf-8?b?...?= "
-                "(email.message.EmailMessage or %%mail encode it for you)")
+                "(email.message.EmailMessage and %%mail encode it for you; raw UTF-8 needs SMTPUTF8, "
+                "RFC 6532, on every hop)")
     for _d, msg in chinese:
         for part in msg.walk():
             if part.get_filename("").lower().endswith(".pdf") and part.get_content_type() != "application/pdf":
@@ -211,8 +217,9 @@ def check_mime_parts(lab: Lab, answer: str | None = None) -> CheckResult:
         result.found.append("BODYSTRUCTURE fetched: the server listed the parts, the PDF among them")
     else:
         result.hints.append(f"ask the server for the message's structure first, logged in as {user}: "
-                            "FETCH n (BODYSTRUCTURE) lists the parts in order (%imap ... --fetch UID "
-                            "shows the tree)")
+                            "FETCH n (BODYSTRUCTURE) lists the parts in order (imaplib: client.uid('FETCH', "
+                            "uid, '(BODYSTRUCTURE)'), or a %%imap imap cell; %imap bob --fetch downloads "
+                            "the whole message and draws the tree itself)")
     if pdf:
         result.found.append(f"part {pdf[0]} (the PDF) fetched by its part number, and only it")
     elif whole:
