@@ -77,6 +77,8 @@ def test_recipient_cap_reply_is_452_4_5_3(small_lab):
     assert {w.reply()[0] for _ in range(small_lab.limits.smtp_recipients)} == {250}
     code, text = w.cmd("RCPT TO:<alice@alpha.test>")
     assert (code, text[:5]) == (452, "4.5.3"), text  # RFC 5321 4.5.3.1.10
+    assert f"at most {small_lab.limits.smtp_recipients} in one transaction" in text, text
+    assert "RFC 5321 4.5.3.1.10" in text and "at least 100, 4.5.3.1.8" in text, text
     assert w.cmd("RSET")[0] == 250
 
 

@@ -488,7 +488,10 @@ class SMTPSession:
         check_rcpt_params(rest)
         require_utf8_ok(path, t.params.smtputf8)
         if len(t.rcpts) >= self.limits.smtp_recipients:
-            return Reply(452, "4.5.3", "Error: too many recipients (RFC 5321 4.5.3.1.8)")
+            # the limit: 4.5.3.1.8 (a teacher may lower it to show this); the code: 4.5.3.1.10
+            return Reply(452, "4.5.3", f"Error: too many recipients, at most {self.limits.smtp_recipients} in one"
+                                       " transaction: send the rest in another (RFC 5321 4.5.3.1.10; a server"
+                                       " must take at least 100, 4.5.3.1.8)")
         route = route_recipient(path, local_domains=self.local_domains, is_user=self.is_user,
                                 authenticated=self.user is not None,
                                 relay_available=self.relay_available)
