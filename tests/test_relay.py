@@ -25,6 +25,7 @@ from conftest import fast_limits
 from maillab import Lab
 from maillab.relay.client import ProtocolError, ReplyParser, encode_data
 from maillab.relay.mx import RouteError, find_route
+from maillab.views.relay import path_from_relay, path_text
 
 ALICE = ("alice@alpha.test", "alice-pw")
 
@@ -205,6 +206,21 @@ def test_reject_bounces_with_a_dsn_alice_reads_over_pop3(rlab):
     assert per_rcpt["Diagnostic-Code"].startswith("smtp; 550 5.7.1")
     assert original.get_content_type() == "message/rfc822"
     assert original.get_payload()[0]["Subject"] == "will bounce"
+
+
+def test_a_host_that_refuses_at_the_greeting_answered_so_it_is_not_unreachable(rlab):
+    """421 at the greeting (RFC 5321 3.1): the host was reached and spoke; the attempt
+    says "session-failed", keeps the reply code, and the next MX is tried as before."""
+    rlab.faults.add("mx1.beta.test", "smtp", "CONNECT", "421 4.3.2 mx1.beta.test is busy", service="smtp")
+    try:
+        msg = rlab.relay.wait(submit(rlab, ["carol@beta.test"], "greeting refused"), timeout=15)
+    finally:
+        rlab.faults.heal("mx1.beta.test")
+    assert msg.state == "delivered"
+    assert [(a.host, a.result, a.code) for a in msg.attempts] == [("mx1.beta.test", "session-failed", 421),
+                                                                  ("mx2.beta.test", "delivered", 250)]
+    assert "421 4.3.2" in msg.attempts[0].text
+    assert "session-failed: 421 4.3.2" in path_text(path_from_relay(rlab, msg.id))
 
 
 def test_expiry_bounces_with_4_4_7(tmp_path):

@@ -22,7 +22,7 @@ from conftest import fast_limits, magic_shell
 from maillab import Lab
 from maillab.middlebox import captures
 from maillab.views.eavesdrop import EavesdropView
-from maillab.views.relay import path_from_relay, path_html, path_text
+from maillab.views.relay import QueueView, path_from_relay, path_html, path_text
 
 BETA_MX = ("mx1.beta.test", "mx2.beta.test")
 
@@ -76,7 +76,7 @@ def test_stripping_attacker_against_each_policy(lab: Lab, policy: str) -> None:
     else:
         # TLS required: deferred with a clear reason, nothing of the message on the wire
         assert msg.state == "retrying", msg.state
-        assert all(a.result == "unreachable" and not a.tls for a in msg.attempts)
+        assert all(a.result == "no-starttls" and not a.tls for a in msg.attempts)  # they answered
         assert "does not offer STARTTLS" in (msg.attempts[-1].text or ""), msg.attempts[-1]
         assert "launch" not in wire_text(lab)
         assert not any(it.text.upper().startswith(("MAIL", "RCPT", "DATA"))
@@ -109,10 +109,33 @@ def test_dane_refuses_a_key_that_matches_no_tlsa_record(lab: Lab) -> None:
     msg = lab.relay.get(send(lab, "dane-mismatch"))
     assert msg.state == "retrying"
     assert "matches none of its 1 TLSA record" in msg.attempts[0].text
+    assert msg.attempts[0].result == "tls-failed" and msg.attempts[0].code is None
     lab.set_tls_policy(default="may")
     assert lab.tls_policy.level_for("beta.test") == "dane" and lab.tls_policy.level_for("gamma.test") == "may"
     with pytest.raises(ValueError):
         lab.set_tls_policy("beta.test", "sometimes")
+
+
+def test_a_host_that_answered_without_starttls_is_labelled_so_not_unreachable(lab: Lab) -> None:
+    """Policy "encrypt", STARTTLS stripped: both MX hosts answered, greeting and EHLO
+    and all; what stopped the relay was its own TLS policy (Postfix: "TLS is required,
+    but was not offered by host ..."). Every view must say that, not "unreachable"."""
+    for host in BETA_MX:
+        lab.mitm(host)
+    lab.set_tls_policy("beta.test", "encrypt")
+    msg = lab.relay.get(send(lab, "labels"))
+    assert msg.state == "retrying", msg.state
+    assert [(a.host, a.result, a.starttls_offered, a.protocol) for a in msg.attempts] == [
+        (host, "no-starttls", False, "ESMTP") for host in BETA_MX]
+    [carol] = msg.recipients
+    assert (carol.state, carol.status) == ("deferred", "4.7.4"), carol  # RFC 3463: security features not supported
+    assert carol.text.startswith("no MX host of beta.test took the message (last: mx2.beta.test"), carol.text
+    assert "does not offer STARTTLS" in carol.text and msg.last_error == carol.text
+    text = path_text(path_from_relay(lab, msg.id))
+    assert "no-starttls: mx1.beta.test" in text and "unreachable" not in text, text
+    queue = QueueView([msg])
+    shown = repr(queue) + queue._repr_html_()
+    assert "connect to all MX" not in shown and "does not offer STARTTLS" in shown
 
 
 def test_middlebox_binds_the_lab_host_address_only_and_goes_away(lab: Lab) -> None:

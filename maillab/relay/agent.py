@@ -5,8 +5,10 @@ in the lab DNS (:mod:`.mx`, optionally from the relay's route cache), try the MX
 hosts in preference order, each over one SMTP session (:mod:`.client`) under the
 destination's TLS policy (:mod:`.tlspolicy`), over a cached connection when one is
 open (:mod:`.connections`), and turn the replies into a fate per recipient
-(RFC 5321 4.5.4.1, 6.1): 2xx delivered, 4xx or no MX reachable deferred, 5xx
-bounced. Every step is a note or an :class:`~.message.Attempt` in the message's
+(RFC 5321 4.5.4.1, 6.1): 2xx delivered, 4xx or no MX usable deferred, 5xx
+bounced. An MX host that carried no transaction is tried no further, and its attempt
+says how far it got (``message.NEXT_MX``: unreachable, or answered but the session
+failed, or TLS the policy requires was not to be had). Every step is a note or an :class:`~.message.Attempt` in the message's
 relay transcript; *when* attempts run, and what follows them (retry, expiry, DSN),
 is the queue's business (:mod:`.queue`).
 """
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..topology import lab_port
 from .client import Delivery, deliver
 from .connections import ConnectionCache
-from .message import Attempt, QueuedMessage, Recipient
+from .message import NEXT_MX_STATUS, UNREACHABLE, Attempt, QueuedMessage, Recipient
 from .mx import RouteError, find_route
 from .tlspolicy import choose
 
@@ -83,28 +85,34 @@ class DeliveryAgent:
         self.queue.note(msg, f"MX for {domain}: " + ", ".join(
             f"{t.preference} {t.name} [{', '.join(t.addresses)}]" for t in route.targets)
             + ("" if not route.notes else " — " + "; ".join(route.notes)), domain=domain, route=route.as_dict())
-        last_error = "no MX host answered"
+        last_error, failures = "no MX host answered", set()
         for target in route.targets:
             for address in target.addresses:
                 port = self._smtp_port(target.name, address)
                 if port is None:
                     last_error = f"{target.name}[{address}]: no lab SMTP service at that address"
-                    self.queue.record(msg, Attempt(time.time(), domain, [r.address for r in rcpts], "unreachable",
+                    failures.add(UNREACHABLE)
+                    self.queue.record(msg, Attempt(time.time(), domain, [r.address for r in rcpts], UNREACHABLE,
                                               target.name, address, None, route.answer, text=last_error),
                                  last_error)
                     continue
                 d = await self._session(msg, domain, target.name, address, port, [r.address for r in rcpts])
-                if d.unreachable:
+                if d.try_next_mx:
                     last_error = d.error or (str(d.session_failure) if d.session_failure else "no answer")
-                    self.queue.record(msg, self._attempt_of(d, msg, domain, rcpts, route.answer, "unreachable",
-                                                       last_error), f"{target.name}[{address}]: {last_error};"
-                                                                    " trying the next MX")
+                    failures.add(d.failure)
+                    self.queue.record(msg, self._attempt_of(d, msg, domain, rcpts, route.answer, d.failure,
+                                                       last_error), f"{target.name}[{address}]: {d.failure}:"
+                                                                    f" {last_error}; trying the next MX")
                     continue
                 self._apply(msg, d, domain, rcpts, route.answer)
                 return
+        if failures <= {UNREACHABLE}:
+            status, text, command = NEXT_MX_STATUS[UNREACHABLE], f"connect to all MX hosts of {domain} failed", "connect"
+        else:  # some answered: "connect ... failed" would not be true
+            status = NEXT_MX_STATUS[failures.pop()] if len(failures) == 1 else "4.4.0"
+            text, command = f"no MX host of {domain} took the message", None
         for r in rcpts:
-            decide(r, "deferred", None, "4.4.1", f"connect to all MX hosts of {domain} failed"
-                                                       f" (last: {last_error})", None, "connect")
+            decide(r, "deferred", None, status, f"{text} (last: {last_error})", None, command)
 
     def _upstream(self) -> Any:
         """A class network's way to the other labs (maillab.classnet.member), or None."""
@@ -178,7 +186,7 @@ class DeliveryAgent:
                           connection=reuse, keep_open=keep_open, **kwargs)
         if d.kept is not None and cache is not None:
             cache.put(key, d.kept)
-        if (d.unreachable and d.stage == "STARTTLS" and d.error and context is not None
+        if (d.try_next_mx and d.stage == "STARTTLS" and d.error and context is not None
                 and not required):
             # Opportunistic TLS (RFC 7435, Postfix's "may"): a failed handshake is
             # noted and the same host is tried again in plaintext.

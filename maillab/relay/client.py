@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import tls as tlsinfo
 from ..connection import ConnectionClosed, LineConnection, LineTooLong
+from .message import NO_STARTTLS, SESSION_FAILED, TLS_FAILED, UNREACHABLE
 
 if TYPE_CHECKING:
     from ..events import EventBus
@@ -144,7 +145,7 @@ class Delivery:
     port: int
     connected: bool = False
     stage: str = "connect"  # the last command sent: connect, greeting, EHLO, STARTTLS, MAIL, RCPT, DATA, QUIT
-    session_failure: Reply | None = None  # connect/greeting/EHLO/TLS: try the next MX
+    session_failure: Reply | None = None  # the greeting, EHLO or HELO refused: try the next MX
     error: str = ""  # text for failures that had no SMTP reply (refused, timeout, TLS)
     mail_reply: Reply | None = None
     rcpt_replies: dict[str, Reply] = field(default_factory=dict)  # final per-recipient outcome
@@ -154,6 +155,7 @@ class Delivery:
     tls_cipher: str | None = None
     tls_verified: str | None = None  # how the next hop was authenticated: "lab CA", "DANE", or None
     starttls_offered: bool | None = None  # did the EHLO reply offer STARTTLS (None: no EHLO seen)
+    tls_failure: str | None = None  # NO_STARTTLS / TLS_FAILED: why the session ended at TLS
     protocol: str = "ESMTP"  # ESMTP / ESMTPS (RFC 3848), as the next hop writes it
     session: str | None = None  # the client-side session id in the event stream
     duration: float = 0.0
@@ -161,9 +163,17 @@ class Delivery:
     kept: Connection | None = field(default=None, repr=False)  # left open for the next message
 
     @property
-    def unreachable(self) -> bool:
+    def try_next_mx(self) -> bool:
         """Nothing was said about the recipients: the next MX may be tried."""
         return self.mail_reply is None and not self.rcpt_replies
+
+    @property
+    def failure(self) -> str:
+        """How far a session that carried no transaction got (``message.NEXT_MX``): a host
+        that answered is not "unreachable", whatever ended the session."""
+        if self.tls_failure:
+            return self.tls_failure
+        return SESSION_FAILED if self.connected else UNREACHABLE
 
 
 # -- the asyncio driver ------------------------------------------------------------------
@@ -377,6 +387,7 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
         if require_tls and ("STARTTLS" not in extensions or tls_context is None):
             # RFC 3207 4.1 / RFC 8689: a client that requires TLS must not go on in plaintext.
             result.error = f"{host}[{address}] does not offer STARTTLS, and this relay requires TLS"
+            result.tls_failure = NO_STARTTLS
             rec.note(result.error)
             await _quit(s)
             return None
@@ -391,6 +402,7 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
                         ConnectionClosed) as exc:
                     # A failed handshake leaves the session unusable; the next MX may do better.
                     result.error = f"TLS handshake with {host}[{address}] failed: {exc}"
+                    result.tls_failure = TLS_FAILED
                     rec.note(result.error)
                     return None
                 ssl_object = conn.transport.get_extra_info("ssl_object") if conn.transport else None
@@ -405,6 +417,7 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
                         # authenticate gets no mail at all.
                         result.error = (f"DANE: the certificate of {host}[{address}] matches none of its"
                                         f" {len(tlsa)} TLSA record(s)")
+                        result.tls_failure = TLS_FAILED
                         rec.note(result.error)
                         await _quit(s)
                         return None
@@ -425,6 +438,7 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
                 # RFC 3207 4.1: after a 454 the client decides; one that requires TLS
                 # must not go on in the clear (RFC 7672 2.2: defer, never send it plain).
                 result.error = f"{host}[{address}] refused STARTTLS ({go}), and this relay requires TLS"
+                result.tls_failure = NO_STARTTLS
                 rec.note(result.error)
                 await _quit(s)
                 return None

@@ -21,6 +21,19 @@ from ..frozen import pack, unpack
 QUEUED, RETRYING, DELIVERED, BOUNCED = "queued", "retrying", "delivered", "bounced"
 FINAL = (DELIVERED, BOUNCED)
 
+#: An attempt's result when no mail transaction took place with the MX host, so the
+#: next one is tried (RFC 5321 5.1). Each says how far the host got, as Postfix's log
+#: does, and the RFC 3463 status a deferral for it carries:
+UNREACHABLE = "unreachable"  # no connection: refused, timed out, no SMTP service there (4.4.1)
+SESSION_FAILED = "session-failed"  # it answered, but the session ended before MAIL: a 421
+#                                    greeting, EHLO and HELO refused, a lost connection (4.4.2)
+NO_STARTTLS = "no-starttls"  # it answered, but offered or granted no STARTTLS, and the TLS
+#                              policy (encrypt/verify/dane) requires TLS (4.7.4)
+TLS_FAILED = "tls-failed"  # it answered, but the TLS handshake, the certificate check or
+#                            DANE failed, and the policy forbids plaintext (4.7.5)
+NEXT_MX = (UNREACHABLE, SESSION_FAILED, NO_STARTTLS, TLS_FAILED)
+NEXT_MX_STATUS = {UNREACHABLE: "4.4.1", SESSION_FAILED: "4.4.2", NO_STARTTLS: "4.7.4", TLS_FAILED: "4.7.5"}
+
 
 @dataclass
 class Attempt:
@@ -29,7 +42,7 @@ class Attempt:
     time: float
     domain: str
     recipients: list[str]
-    result: str  # delivered / deferred / bounced / unreachable (next MX tried)
+    result: str  # delivered / deferred / bounced / partial, or one of NEXT_MX (next MX tried)
     host: str | None = None  # the MX host tried
     address: str | None = None
     port: int | None = None

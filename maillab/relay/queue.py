@@ -50,6 +50,7 @@ from .message import (
     BOUNCED,
     DELIVERED,
     FINAL,
+    NEXT_MX,
     QUEUED,
     RETRYING,
     Attempt,
@@ -372,7 +373,7 @@ class RelayQueue:
 
     def record(self, msg: QueuedMessage, attempt: Attempt, text: str) -> None:
         msg.attempts.append(attempt)
-        if attempt.result in ("deferred", "unreachable", "bounced", "partial"):
+        if attempt.result in ("deferred", "bounced", "partial", *NEXT_MX):
             msg.last_error = attempt.text
         self.note(msg, text, attempt=attempt.as_dict())
 

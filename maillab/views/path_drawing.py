@@ -56,6 +56,8 @@ def _tls_words(hop: PathHop) -> str:
         words.append(f"verified: {hop.verified}" if hop.verified else "unverified")
     if hop.downgraded:
         words.append("DOWNGRADED: STARTTLS stripped")
+    elif hop.stripped:
+        words.append("STARTTLS stripped, so the policy sent nothing")
     if hop.policy:
         words.append(f"policy {hop.policy}")
     return ", ".join(words)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clients.envelopes import decode_words
 from ..relay.hops import HopTable, parse_hops
+from ..relay.message import NO_STARTTLS
 from .hop_table import _aligned, _delay, hop_table_body, hop_table_text
 from .live import LiveBlocks, widget_bundle
 from .path_drawing import figure, path_blocks, path_diagram, path_html
@@ -70,6 +71,7 @@ class PathHop:
     policy: str | None = None  # the sender's TLS policy for this hop (none/may/encrypt/verify/dane)
     verified: str | None = None  # how the next hop was authenticated: "lab CA", "DANE", None
     downgraded: bool = False  # plaintext although the next hop offers STARTTLS: it was stripped
+    stripped: bool = False  # STARTTLS stripped, but the policy sent nothing in plaintext (no-starttls)
     auth: str | None = None  # what the receiving MX checked: "SPF pass · DKIM pass · DMARC pass"
 
     def label(self) -> str:
@@ -80,6 +82,8 @@ class PathHop:
             parts.append(f"verified: {self.verified}" if self.verified else "unverified")
         if self.downgraded:
             parts.append("DOWNGRADED (STARTTLS stripped)")
+        elif self.stripped:
+            parts.append("STARTTLS stripped, so the policy sent nothing")
         if self.policy:
             parts.append(f"policy {self.policy}")
         if self.seconds is not None:
@@ -302,13 +306,16 @@ def _relay_hops(lab: Lab, path: RelayPath, msg: Any, depth: int = 0) -> None:
         name = attempt.host or f"MX of {attempt.domain}?"
         target = path.node(name, attempt.address, side=not ok)
         result = f"{attempt.result}: {attempt.text}" if attempt.text else attempt.result
+        # a downgrade needs a transaction in plaintext; "no-starttls" means the policy refused it
+        stripped = bool(getattr(attempt, "downgraded", False)) and attempt.result == NO_STARTTLS
         path.hops.append(PathHop(origin, target, protocol=attempt.protocol, encrypted=attempt.tls if
                                  attempt.protocol else None, tls=attempt.tls_version,
                                  seconds=attempt.duration, dns=_dns_text(msg, attempt), result=result,
                                  ok=ok, when=datetime.fromtimestamp(attempt.time, timezone.utc),
                                  policy=getattr(attempt, "tls_policy", None),
                                  verified=getattr(attempt, "tls_verified", None),
-                                 downgraded=bool(getattr(attempt, "downgraded", False)),
+                                 downgraded=bool(getattr(attempt, "downgraded", False)) and not stripped,
+                                 stripped=stripped,
                                  auth=hop_checks(lab, attempt.host, getattr(msg, "message_id", ""),
                                                  _QUEUED_AS.search(attempt.text or ""), attempt.text or "")))
         if not ok:
