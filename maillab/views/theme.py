@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import html
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 #: Text size of a view at scale 1, and the scale the presenter setting uses.
@@ -158,6 +159,8 @@ CSS = (
         f".ml-view table.{c} td{{padding:.1em .2em!important;overflow-wrap:break-word}}"
         f".ml-view table.{c} td:empty{{display:none}}"
         f".ml-view table.{c} td.ml-card-head{{grid-column:1/-1;font-size:1.1em;font-weight:600}}"
+        # a long fact (an error text) takes the card's whole width, not one 13em column
+        f".ml-view table.{c} td.ml-card-wide{{grid-column:1/-1}}"
         f".ml-view table.{c} td[data-label]::before{{content:attr(data-label);display:block;"
         "font-family:var(--jp-ui-font-family,sans-serif);font-size:.85em;font-weight:600;"
         "color:var(--ml-muted)}}"
@@ -289,11 +292,15 @@ def diagram_style(width: float) -> str:
     return f"width:{width / BASE_PX:.3f}em;max-width:none;height:auto;font-size:1em"
 
 
-def card_row(head: str, cells: list[tuple[str, str]], *, head_label: str = "") -> str:
+def card_row(head: str, cells: list[tuple[str, str]], *, head_label: str = "",
+             wide: Iterable[str] = ()) -> str:
     """One row of an ``ml-cards`` table (see the stylesheet): ``head`` (HTML) names
     the row, ``cells`` are (column head, cell HTML). In a narrow output the row is a
-    card, each non-empty cell under its label."""
+    card, each non-empty cell under its label; the cells of the columns in ``wide``
+    (long text) span the whole card."""
     label = f" data-label='{html.escape(head_label)}'" if head_label else ""
+    spans = set(wide)
     return (f"<tr><td class='ml-card-head'{label}>{head}</td>"
-            + "".join(f"<td data-label='{html.escape(t)}'>{c}</td>" if c else "<td></td>" for t, c in cells)
+            + "".join((f"<td class='ml-card-wide' data-label='{html.escape(t)}'>{c}</td>" if t in spans
+                       else f"<td data-label='{html.escape(t)}'>{c}</td>") if c else "<td></td>" for t, c in cells)
             + "</tr>")
