@@ -163,6 +163,7 @@ def test_wrong_ways_fail_with_a_hint_judged_from_the_servers_side(lab):
     """Each of these passed the old checks: judged from the client's words instead of
     what the server sent and what the store holds."""
     import poplib
+    import time
     from email.message import EmailMessage
 
     def message(to: str, subject: str, pdf: bytes | None = None) -> EmailMessage:
@@ -224,12 +225,40 @@ def test_wrong_ways_fail_with_a_hint_judged_from_the_servers_side(lab):
     pop.quit()
     assert "read only the DSN's header" in lab.check("bounce_dsn").hints[0]
 
+    def bob_pop3() -> poplib.POP3:
+        client = poplib.POP3(host, port, timeout=10)
+        client.user("bob@alpha.test")
+        client.pass_("bob-pw")
+        return client
+
+    gone = bob_pop3()
+    gone.dele(1)
+    gone.quit()
+    dropped = bob_pop3()
+    dropped.dele(1)
+    dropped.close()  # no QUIT; and nobody looks again
+    wait = time.monotonic() + 10
+    while not any(e.data.get("pop3") == "aborted" for e in lab.events.events(kinds=("note",))) \
+            and time.monotonic() < wait:
+        time.sleep(0.05)
+    assert "see that it is still there" in lab.check("pop3_delete").hints[0]
+    bob_pop3().quit()
+    assert lab.check("pop3_delete").passed
+
 
 def test_right_ways_the_checks_once_refused(single_lab):
-    """FETCH 1:* ALL holds ENVELOPE; a folder name with a space travels quoted."""
+    """FETCH 1:* ALL holds ENVELOPE; a folder name with a space travels quoted; a login on
+    465 is told it is the wrong port."""
+    import smtplib
+
     lab = single_lab
     from maillab.clients.smtp import send
     from maillab.compose import compose
+
+    host, port = lab.address("smtps")  # 465: TLS from the first byte, not the task's 587
+    with smtplib.SMTP_SSL(host, port, timeout=10, context=lab.ca.client_context()) as smtp:
+        smtp.login("alice@alpha.test", "alice-pw")
+    assert "465" in lab.check("submission").hints[0]
 
     send(lab, compose(sender="alice@alpha.test", to=["bob@alpha.test"], subject="s", body="x"),
          via="submission")

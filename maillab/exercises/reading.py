@@ -11,6 +11,14 @@ from . import CheckResult, exercise
 from .evidence import Conversation, conversations, mailbox_name, messages
 
 
+def _maildrop(conv: Conversation) -> dict[int, str]:
+    """Message number -> unique id (UIDL) of the maildrop as the session opened it."""
+    for e in conv.kinds("note"):
+        if e.data.get("pop3") == "maildrop":
+            return {int(n): str(uid) for n, uid, *_size in e.data.get("messages", [])}
+    return {}
+
+
 def _pop3_outcome(conv: Conversation) -> tuple[list[int], list[int], bool, bool]:
     """(marked when last seen, removed in UPDATE, ended without QUIT?, had messages?)"""
     marked: list[int] = []
@@ -53,10 +61,22 @@ def check_pop3_delete(lab: Lab, answer: str | None = None) -> CheckResult:
     else:
         result.hints.append("no message is really gone yet: mark one with DELE n, then QUIT (the server "
                             "removes marked messages in the UPDATE state, after QUIT)")
-    if kept:
-        c, marked = kept[0]
+    # "and see that it is still there": a later session's maildrop holds what was marked
+    seen = []
+    for c, marked in kept:
+        ids = {_maildrop(c).get(n) for n in marked} - {None}
+        later = [d for d in convs if d.user == c.user and d.events[0].time > c.events[-1].time
+                 and ids & set(_maildrop(d).values())]
+        if later:
+            seen.append((c, marked, later[0]))
+    if seen:
+        c, marked, later = seen[0]
         result.found.append(f"{c.session}: DELE {', '.join(map(str, marked))} then the connection dropped "
-                            "without QUIT: nothing deleted")
+                            f"without QUIT: nothing deleted, as {later.session} saw")
+    elif kept:
+        c, marked = kept[0]
+        result.hints.append(f"{c.session} marked message {marked[0]} and dropped without QUIT; now see that "
+                            "it is still there: log in again (a new POP3 session: LIST, UIDL)")
     elif any(aborted for _c, _m, _r, aborted, _h in outcomes):
         result.hints.append("a session ended without QUIT, but nothing was marked in it: DELE a message "
                             "first, then drop the connection")

@@ -42,9 +42,15 @@ def check_submission(lab: Lab, answer: str | None = None) -> CheckResult:
     result = CheckResult("submission", False)
     convs = conversations(lab, "smtp", service="submission")
     if not convs:
-        result.hints.append(f"no SMTP session has reached the submission port yet (standard port 587, "
-                            f"in this lab {_port(lab, 'submission')}): connect to it with smtplib, "
-                            "%%smtp submission, or %mail step smtp alice")
+        elsewhere = [c for c in conversations(lab, "smtp") if c.service in ("smtps", "smtp")
+                     and (c.kinds("auth") or c.kinds("stored"))]
+        wrong = {"smtps": "465 (SMTPS: TLS from the first byte, RFC 8314), not 587 with STARTTLS",
+                 "smtp": "25 (the MX port, where mail arrives from other servers), not 587"}
+        result.hints.append((f"you used port {wrong[elsewhere[-1].service]}: " if elsewhere else
+                             "no SMTP session has reached the submission port yet: ") +
+                            f"connect to submission (standard port 587, in this lab "
+                            f"{_port(lab, 'submission')}) with smtplib, %%smtp submission, or "
+                            "%mail step smtp alice")
         return result
 
     def score(c: Conversation) -> tuple[bool, bool, bool]:
