@@ -224,6 +224,12 @@ def test_wrong_ways_fail_with_a_hint_judged_from_the_servers_side(lab):
     pop.retr(3 - dsn)  # another message
     pop.quit()
     assert "read only the DSN's header" in lab.check("bounce_dsn").hints[0]
+    imap = _imap(lab, "alice")
+    imap.select("INBOX")
+    number = imap.search(None, "SUBJECT", '"Undelivered"')[1][0].split()[0]
+    imap.fetch(number, "(BODY.PEEK[3])")  # the returned message, not the report
+    imap.logout()
+    assert "returns your own message" in lab.check("bounce_dsn").hints[0]
 
     def bob_pop3() -> poplib.POP3:
         client = poplib.POP3(host, port, timeout=10)

@@ -262,13 +262,16 @@ def _dsns(lab: Lab) -> list[tuple[str, str, int, bytes]]:
     return out
 
 
-def _dsn_texts(data: bytes) -> list[bytes]:
+_RETURNED = ("message/rfc822", "text/rfc822-headers", "message/global", "message/global-headers")
+
+
+def _dsn_texts(data: bytes, returned: bool = False) -> list[bytes]:
     """What counts as reading a DSN (RFC 3464): all of it, its text, or one of its own
-    parts; not the returned message alone (that is the sender's own text)."""
-    out = [data, section(data, (), "TEXT")]
+    parts; not the returned message alone (that is the sender's own text), which
+    ``returned`` asks for instead."""
+    out = [] if returned else [data, section(data, (), "TEXT")]
     for number, part in part_numbers(parse(data)).items():
-        if part.get_content_type() not in ("message/rfc822", "text/rfc822-headers", "message/global",
-                                           "message/global-headers") and "." not in number:
+        if "." not in number and (part.get_content_type() in _RETURNED) == returned:
             out.append(section(data, (int(number),), None))
     return [t for t in out if t]
 
@@ -285,9 +288,9 @@ def check_bounce_dsn(lab: Lab, answer: str | None = None) -> CheckResult:
         return result
     # Judged from what the server sent to the DSN's owner: the DSN's octets (all of
     # it, its text or one of its parts) in a RETR, TOP or FETCH answer.
-    header_only = False
+    header_only = returned = False
     for user, folder, uid, data in dsns:
-        texts = _dsn_texts(data)
+        texts, original = _dsn_texts(data), _dsn_texts(data, returned=True)
         head = section(data, (), "HEADER")
         for c in conversations(lab, "pop3") + conversations(lab, "imap"):
             if c.user != user:
@@ -298,9 +301,14 @@ def check_bounce_dsn(lab: Lab, answer: str | None = None) -> CheckResult:
                     result.passed = True
                     return result
                 header_only = header_only or sent_whole(recorded, size, head)
+                returned = returned or any(sent_whole(recorded, size, t) for t in original)
     user, folder, uid, _data = dsns[-1]
     result.found.append(f"a DSN arrived: UID {uid} in {user}'s {folder}")
-    if header_only:
+    if returned:
+        result.hints.append("you read the part that returns your own message; why it bounced is in the "
+                            "message/delivery-status part before it (Status:, Diagnostic-Code:), or "
+                            "download the DSN whole")
+    elif header_only:
         result.hints.append("you read only the DSN's header (TOP n 0, BODY[HEADER]): why it bounced is "
                             "in its body; download it whole (RETR n, FETCH n (BODY[]))")
     else:
