@@ -197,11 +197,16 @@ def test_wrong_ways_fail_with_a_hint_judged_from_the_servers_side(lab):
     imap.fetch("4", "(BODY.PEEK[2])")
     imap.logout()
     assert "not a PDF" in lab.check("mime_parts").hints[0]
-    _submit(lab, message("bob@alpha.test", "报告二", pdf=b"%PDF-1.4\n%%EOF\n"))
+    alternative = message("bob@alpha.test", "报告三")
+    alternative.add_alternative(b"%PDF-1.4\n%%EOF\n", maintype="application", subtype="pdf")
+    _submit(lab, alternative)  # the PDF as another form of the text, not an attachment
     _wait(bob, 5)
+    assert "multipart/alternative" in lab.check("mime_parts").hints[0]
+    _submit(lab, message("bob@alpha.test", "报告二", pdf=b"%PDF-1.4\n%%EOF\n"))
+    _wait(bob, 6)
     imap = _imap(lab)
     imap.select("INBOX")
-    imap.fetch("5", "(BODYSTRUCTURE)")
+    imap.fetch("6", "(BODYSTRUCTURE)")
     imap.uid("FETCH", "999", "(BODY.PEEK[2])")  # no such message: OK, nothing sent
     imap.create("Archive")
     imap.copy("2", "Archive")

@@ -158,6 +158,13 @@ def _pdf_parts(data: bytes) -> list[tuple[str, bytes, bytes]]:
     return out
 
 
+def _in_alternative(data: bytes, number: str) -> bool:
+    """Is part ``number`` a child of a multipart/alternative (the message itself, or a part)?"""
+    parent = number.rpartition(".")[0]
+    holder = part_numbers(parse(data)).get(parent) if parent else parse(data)
+    return holder is not None and holder.get_content_type() == "multipart/alternative"
+
+
 def _mime_problem(lab: Lab) -> str:
     """Why no message counts yet, from the closest attempt in the store."""
     chinese = [(d, parse(d)) for *_x, d in messages(lab) if _CJK.search(_raw_subject(d).decode("utf-8", "replace"))
@@ -165,22 +172,24 @@ def _mime_problem(lab: Lab) -> str:
     if not chinese:
         return ("no message in the lab has a Chinese subject and a PDF attachment yet: "
                 "%%mail --from alice@alpha.test --to bob@alpha.test --subject '你好' --attach file.pdf")
-    raw = [d for d, _m in chinese if not _raw_subject(d).isascii()]
-    if len(raw) == len(chinese):
-        return ("the Chinese subject travelled as raw UTF-8 octets, not as an RFC 2047 encoded word: "
-                "a header is ASCII (RFC 5322), so non-ASCII text goes as =?utf-8?b?...?= "
-                "(email.message.EmailMessage and %%mail encode it for you; raw UTF-8 needs SMTPUTF8, "
-                "RFC 6532, on every hop)")
-    for _d, msg in chinese:
+    for d, msg in reversed(chinese):  # the latest attempt first
+        if not _raw_subject(d).isascii():
+            return ("the Chinese subject travelled as raw UTF-8 octets, not as an RFC 2047 encoded word: "
+                    "a header is ASCII (RFC 5322), so non-ASCII text goes as =?utf-8?b?...?= "
+                    "(email.message.EmailMessage and %%mail encode it for you; raw UTF-8 needs SMTPUTF8, "
+                    "RFC 6532, on every hop)")
         for part in msg.walk():
             if part.get_filename("").lower().endswith(".pdf") and part.get_content_type() != "application/pdf":
                 return (f"the attachment {part.get_filename()!r} is labelled {part.get_content_type()}, "
                         "not application/pdf: a receiver goes by Content-Type, not by the file name")
-    for d, _m in chinese:
         for number, _sent, body in _pdf_parts(d):
             if not body.startswith(b"%PDF-"):
                 return (f"part {number} is labelled application/pdf, but what it holds is not a PDF "
                         f"(a PDF starts with %PDF-; this one with {body[:12]!r})")
+            if _in_alternative(d, number):
+                return (f"the PDF (part {number}) sits in a multipart/alternative: that says its parts are "
+                        "the same content in different forms, so a reader shows one of them (RFC 2046 "
+                        "5.1.4); an attachment goes in a multipart/mixed beside the text")
     return ("a message with a Chinese subject arrived, but none of them carries a PDF part "
             "(application/pdf): add --attach FILE.pdf")
 
@@ -194,7 +203,7 @@ def _mime_candidates(lab: Lab) -> list[tuple[str, str, int, str, str, bytes, byt
         if not _CJK.search(subject) or not _raw_subject(data).isascii():
             continue
         for number, sent, body in _pdf_parts(data):
-            if body.startswith(b"%PDF-"):
+            if body.startswith(b"%PDF-") and not _in_alternative(data, number):
                 out.append((user, folder, uid, subject, number, sent, body))
     return out
 
