@@ -12,7 +12,9 @@ whatever an attacker hides in the text, it is one message or none, never two.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,26 @@ class Text:
     bare_cr: bool  # a CR not followed by LF somewhere
     bare_lf: bool  # a LF not preceded by CR somewhere
     longest_line: int  # octets of the longest un-stuffed line, CRLF included
+
+
+def import_numpy_soon() -> None:
+    """Import numpy on a worker thread now (once): :func:`scan` needs it at the first
+    DATA, and importing it there held the lab loop ~100-150 ms, every session waiting
+    (benchmarks/lag_stacks.py found it). A DATA that comes sooner waits for the import."""
+    global _numpy_asked
+    if not _numpy_asked and "numpy" not in sys.modules:
+        _numpy_asked = True
+        asyncio.get_running_loop().run_in_executor(None, _import_numpy)
+
+
+_numpy_asked = False
+
+
+def _import_numpy() -> None:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:  # scan() says so at the first DATA
+        pass
 
 
 def scan(raw: bytes) -> Text:

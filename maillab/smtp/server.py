@@ -322,16 +322,19 @@ class SMTPServer(LineServer):
 @register("smtp")
 async def start_mx(lab: Lab, service: Service) -> asyncio.AbstractServer:
     """MX, "port 25": mail for this host's domains from anyone, no AUTH, no relaying."""
+    smtpdata.import_numpy_soon()
     return await SMTPServer(lab, service, implicit_tls=False).start()
 
 
 @register("submission")
 async def start_submission(lab: Lab, service: Service) -> asyncio.AbstractServer:
     """Submission, "port 587" (RFC 6409): STARTTLS, then AUTH, then mail to anywhere."""
+    smtpdata.import_numpy_soon()
     return await SMTPServer(lab, service, implicit_tls=False).start()
 
 
 @register("smtps")
 async def start_smtps(lab: Lab, service: Service) -> asyncio.AbstractServer:
     """Submission with implicit TLS, "port 465" (RFC 8314 3.3)."""
+    smtpdata.import_numpy_soon()
     return await SMTPServer(lab, service, implicit_tls=True).start()
