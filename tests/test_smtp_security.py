@@ -499,7 +499,7 @@ def test_auth_rules(mx_lab):
     assert s.cmd("YWxpY2UtcHc=")[0] == 235
     assert s.cmd("AUTH PLAIN AGFsaWNlAGFsaWNlLXB3")[0] == 503  # already
     code, text = s.cmd("MAIL FROM:<bob@alpha.test>")
-    assert (code, text[:5]) == (553, "5.7.1") and "not owned" in text
+    assert (code, text[:5]) == (550, "5.7.1") and "not owned" in text
     assert s.cmd("MAIL FROM:<Alice@Alpha.test>")[0] == 250
     # credentials never enter the event stream
     for ev in mx_lab.events:
