@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..classnet.map import ClassMap, class_map
 from .publish import Throttle
 from .relay import FigureView
-from .theme import badge, page
+from .theme import badge, diagram, diagram_style, page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -66,9 +66,19 @@ def text(m: ClassMap) -> str:
     return "\n".join(lines)
 
 
+def widths(m: ClassMap) -> list[int]:
+    """The graph's layouts, widest first (user units, 14 = the view's text): 560, and
+    400 for a narrow output (800 px at 150% zoom), each wide enough that neighbouring
+    labs' circles do not touch."""
+    n = len(m.domains)
+    need = 2 * (90 + 45 / math.sin(math.pi / n)) if n > 1 else 0  # circle radius 90 in from the edge
+    return sorted({math.ceil(max(w, need)) for w in (560, 400)}, reverse=True)
+
+
 def svg(m: ClassMap, size: int = 560) -> str:
-    """The graph as SVG (a viewBox, so it scales to any width; at 14 px
-    text its labels are 13-15 px, and it grows with the presenter text scale)."""
+    """The graph as SVG ``size`` units wide, drawn at the view's text size (never
+    scaled down: its labels, 13-15 units, read as the text around them and grow with
+    the presenter scale). :func:`body_blocks` shows the widest of :func:`widths` that fits."""
     pos = layout(m)
     c, r = size / 2, size / 2 - 90
     def xy(name: str) -> tuple[float, float]:
@@ -79,9 +89,10 @@ def svg(m: ClassMap, size: int = 560) -> str:
     # leaves no empty band under it)
     ys = [c] + [xy(d.domain)[1] for d in m.domains]
     top, bottom = max(0.0, min(ys) - 70), min(float(size), max(ys) + 70)
+    arrow = f"ml-arrow-{size}"  # ids per layout: a hidden layout's markers do not draw
     parts = [f'<svg viewBox="0 {top:.0f} {size} {bottom - top:.0f}" xmlns="http://www.w3.org/2000/svg" role="img" '
-             f'aria-label="class map of {html.escape(m.zone)}" style="width:min(100%,{size / 14:g}em)">',
-             '<defs><marker id="ml-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+             f'aria-label="class map of {html.escape(m.zone)}" style="{diagram_style(size)}">',
+             f'<defs><marker id="{arrow}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
              'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
              'fill="currentColor"/></marker></defs>']
     for d in m.domains:  # spokes: each lab registered with the class DNS
@@ -106,7 +117,7 @@ def svg(m: ClassMap, size: int = 560) -> str:
         anchor = "start" if ox > 1.5 else "end" if ox < -1.5 else "middle"
         parts.append(f'<g class="ml-client" style="color:var(--ml-client)"><line x1="{sx:.1f}" y1="{sy:.1f}" '
                      f'x2="{tx:.1f}" y2="{ty:.1f}" stroke="currentColor" stroke-width="{width:.1f}" '
-                     'marker-end="url(#ml-arrow)"/>'
+                     f'marker-end="url(#{arrow})"/>'
                      f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="13" '
                      f'text-anchor="{anchor}">MX ×{e.count}</text></g>')
     # names inside the circles, addresses outside them (on the side away from the
@@ -168,7 +179,7 @@ def body_blocks(m: ClassMap) -> list[tuple[str, Block]]:
     updates = [f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(t))}</td><td class='mono'>"
                f"{html.escape(who)}</td><td>{badge('ok' if rc == 'NOERROR' else 'err', rc)}</td>"
                f"<td class='mono ml-small'>{html.escape(what)}</td></tr>" for t, who, rc, what in reversed(m.updates)]
-    return [("head", Block(head)), ("graph", Block(svg(m))), ("domains", table),
+    return [("head", Block(head)), ("graph", Block(diagram(*((svg(m, w), w) for w in widths(m))))), ("domains", table),
             ("lookups", Block("<details open data-key='lookups'><summary>latest lookups <span class='ml-sum'>"
                               "(who asked what)</span></summary><table><tbody>", recent, "</tbody></table></details>",
                               list(reversed(m.lookups))) if recent else Block("")),
