@@ -118,7 +118,9 @@ def svg(m: ClassMap, size: int = 560) -> str:
         parts.append(f'<g class="ml-client" style="color:var(--ml-client)"><line x1="{sx:.1f}" y1="{sy:.1f}" '
                      f'x2="{tx:.1f}" y2="{ty:.1f}" stroke="currentColor" stroke-width="{width:.1f}" '
                      f'marker-end="url(#{arrow})"/>'
-                     f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="13" '
+                     # a halo of the background: a line or circle under the count never hides it
+                     f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="13" style="paint-order:stroke;'
+                     'stroke:var(--ml-bg,#fff);stroke-width:4px;stroke-linejoin:round" '
                      f'text-anchor="{anchor}">MX ×{e.count}</text></g>')
     # names inside the circles, addresses outside them (on the side away from the
     # centre, where no arrow runs): both at a size the back row reads
