@@ -330,10 +330,10 @@ def test_class_map_model_and_views(host):
     view = ClassMapView(m)
     assert "alice.class.test -> bob.class.test  x1" in repr(view)
     assert "MX ×1" in view._repr_html_() and "127.0.0.42" in view._repr_html_()
-    # the graph drawn at the text's size, never scaled down (560 units, or 400 in a
+    # the graph drawn at the text's size, never scaled down (560 units, or 370 in a
     # narrow output): widths in em, each layout with its own arrow marker
-    assert "width:40.000em" in view._repr_html_() and "width:28.571em" in view._repr_html_()
-    assert 'url(#ml-arrow-400)' in view._repr_html_() and "min(100%" not in view._repr_html_()
+    assert "width:40.000em" in view._repr_html_() and "width:26.429em" in view._repr_html_()
+    assert 'url(#ml-arrow-370)' in view._repr_html_() and "min(100%" not in view._repr_html_()
     assert len(figure(m).axes[0].patches) >= 4  # three labs, the class DNS, an arrow
 
 

@@ -66,13 +66,17 @@ def text(m: ClassMap) -> str:
     return "\n".join(lines)
 
 
+RADIUS = 0.34  # the labs' circle, of the picture's width (room outside it for addresses)
+NARROW = 370  # units: the narrow layout, which fits 800 px at 150% zoom
+
+
 def widths(m: ClassMap) -> list[int]:
     """The graph's layouts, widest first (user units, 14 = the view's text): 560, and
-    400 for a narrow output (800 px at 150% zoom), each wide enough that neighbouring
+    370 for a narrow output (800 px at 150% zoom), each wide enough that neighbouring
     labs' circles do not touch."""
     n = len(m.domains)
-    need = 2 * (90 + 45 / math.sin(math.pi / n)) if n > 1 else 0  # circle radius 90 in from the edge
-    return sorted({math.ceil(max(w, need)) for w in (560, 400)}, reverse=True)
+    need = 45 / math.sin(math.pi / n) / RADIUS if n > 1 else 0
+    return sorted({math.ceil(max(w, need)) for w in (560, NARROW)}, reverse=True)
 
 
 def svg(m: ClassMap, size: int = 560) -> str:
@@ -80,7 +84,7 @@ def svg(m: ClassMap, size: int = 560) -> str:
     scaled down: its labels, 13-15 units, read as the text around them and grow with
     the presenter scale). :func:`body_blocks` shows the widest of :func:`widths` that fits."""
     pos = layout(m)
-    c, r = size / 2, size / 2 - 90
+    c, r = size / 2, size * RADIUS
     def xy(name: str) -> tuple[float, float]:
         x, y = pos.get(name, (0.0, 0.0))
         return c + r * x, c - r * y
@@ -113,7 +117,9 @@ def svg(m: ClassMap, size: int = 560) -> str:
         width = 1 + 3 * math.log1p(e.count) / math.log1p(top)
         # The label beside its own arrow, on the far side from the arrow going back (the
         # two directions' labels never overlap, and no line runs through a label).
-        lx, ly = (sx + tx) / 2 + ox * 0.6, (sy + ty) / 2 + oy * 1.6 + 4
+        # A quarter of the way from its asker, not half: away from the class DNS in the
+        # middle (an arrow between neighbours passes close to it).
+        lx, ly = sx + (tx - sx) / 4 + ox * 0.6, sy + (ty - sy) / 4 + oy * 1.6 + 4
         anchor = "start" if ox > 1.5 else "end" if ox < -1.5 else "middle"
         parts.append(f'<g class="ml-client" style="color:var(--ml-client)"><line x1="{sx:.1f}" y1="{sy:.1f}" '
                      f'x2="{tx:.1f}" y2="{ty:.1f}" stroke="currentColor" stroke-width="{width:.1f}" '
@@ -126,7 +132,9 @@ def svg(m: ClassMap, size: int = 560) -> str:
     # centre, where no arrow runs): both at a size the back row reads
     parts.append(f'<circle cx="{c}" cy="{c}" r="44" fill="none" stroke="currentColor"/>'
                  f'<text x="{c}" y="{c + 5}" text-anchor="middle" font-size="14" font-weight="600">class DNS</text>'
-                 f'<text x="{c}" y="{c + 61}" text-anchor="middle" font-size="13">{html.escape(m.join)}</text>')
+                 # (the narrow layout's arrows run where the address would: the heading says it)
+                 + (f'<text x="{c}" y="{c + 61}" text-anchor="middle" font-size="13">{html.escape(m.join)}</text>'
+                    if size > NARROW else ""))
     for d in m.domains:
         x, y = xy(d.domain)
         kind = ("err" if d.key == "revoked" else "ok" if d.state == "registered" else "temp" if d.state == "quiet"
