@@ -7,13 +7,16 @@ No timing thresholds: the tests compare the order in which replies arrive."""
 
 from __future__ import annotations
 
+import imaplib
 import poplib
 import select
 import threading
+import time
 
 from wire import POP3Wire
 
 from maillab import Lab
+from maillab.events import CLIENT_LINE
 
 BOB, ALICE = "bob@alpha.test", "alice@alpha.test"
 MESSAGES = 10_000  # about 0.5 s of indexing and as much of removing, on an idle machine
@@ -92,3 +95,56 @@ def test_retr_of_a_large_message_is_read_on_a_worker_thread(single_lab: Lab) -> 
         del mailbox.read
     assert threads[small.uid] == single_lab.loop.thread.name
     assert threads[large.uid] != single_lab.loop.thread.name
+
+
+def test_retr_waiting_for_a_held_mailbox_lock_leaves_the_loop_to_others(single_lab: Lab) -> None:
+    """Another thread holds bob's mailbox lock (as an expunge batch, an index commit or
+    a flag rename does, across disk IO) while bob's RETR needs it: RETR waits on a worker
+    thread, and IMAP NOOPs (alice's; bob's, on the INBOX whose lock is held) are
+    answered while the lock is still held. A liveness
+    check, not a timing one: the lock is held until the NOOP is answered (or, when the
+    loop waits for it, until a 10 s safety limit, and the test fails)."""
+    single_lab.store.deliver(BOB, b"Subject: held\r\n\r\nwaited for\r\n")
+    mailbox = single_lab.store.mailbox(BOB)
+    pop = poplib.POP3(*single_lab.address("pop3"), timeout=60)
+    imap = imaplib.IMAP4(*single_lab.address("imap"), timeout=60)
+    selected = imaplib.IMAP4(*single_lab.address("imap"), timeout=60)
+    held, noop_answered = threading.Event(), threading.Event()
+    during: list[bool] = []  # whether the lock was still held when the NOOP was answered
+
+    def holder() -> None:
+        with mailbox.lock:
+            held.set()
+            noop_answered.wait(10)  # safety: the old loop waited for this lock
+            during.append(noop_answered.is_set())
+
+    retrieved: list[list[bytes]] = []
+    try:
+        pop.user(BOB)
+        pop.pass_("bob-pw")
+        imap.login(ALICE, "alice-pw")
+        selected.login(BOB, "bob-pw")
+        selected.select("INBOX")
+        hold = threading.Thread(target=holder)
+        hold.start()
+        held.wait(10)
+        retr = threading.Thread(target=lambda: retrieved.append(pop.retr(1)[1]))
+        retr.start()
+        # the RETR line reached the session (the loop reads it, then answers it)
+        for _ in range(1000):
+            if any(e.text == "RETR 1" for e in single_lab.events.events(protocol="pop3", kinds=(CLIENT_LINE,))):
+                break
+            time.sleep(0.01)
+        assert imap.noop()[0] == "OK"
+        assert selected.noop()[0] == "OK"
+        noop_answered.set()
+        hold.join(30)
+        retr.join(30)
+        assert during == [True]
+        assert retrieved == [[b"Subject: held", b"", b"waited for"]]
+        assert "\\Seen" in (mailbox.flags(1) or ())
+    finally:
+        noop_answered.set()
+        imap.logout()
+        selected.logout()
+        pop.quit()

@@ -208,6 +208,8 @@ class SelectedMailbox:
             changes = mb.changes_since(self.seen, inline=wait) if self.seen >= 0 else None
             if changes is None:
                 snap = mb.snapshot()
+                lo = bisect.bisect_right(snap.uids, self.max_uid)
+                new, fids = snap.uids[lo:], snap.flag_ids[lo:]
             else:
                 self.seen = mb.changes
                 flagged: dict[int, None] = {}
@@ -226,10 +228,14 @@ class SelectedMailbox:
                     slot = t.slot(u)
                     if slot is not None:
                         now[u] = t.flag_ids[slot]
+                arrived_now = sorted(u for u in set(arrived) if u in now)
+                new, fids = array("I", arrived_now), array("I", (now[u] for u in arrived_now))
+            # claimed while the lock is held: on the loop, never waited for (below, it could be)
+            recent = self.claim_recent(new)
         finally:
             mb.lock.release()
         if changes is None:
-            yield from self._rescan(snap, allow_expunge)
+            yield from self._rescan(snap, allow_expunge, new, fids, recent)
             return
         if allow_expunge and self.pending_gone:
             yield from self._expunged(self.pending_gone)
@@ -244,8 +250,7 @@ class SelectedMailbox:
                 self.flag_ids[idx] = fid
                 out.append(f"* {idx + 1} FETCH (UID {u} FLAGS ({self.flags_text(u, self.flagsets[fid])}))")
         yield from _batched(out)
-        new = sorted(u for u in set(arrived) if u in now)
-        yield from self._arrived(array("I", new), array("I", (now[u] for u in new)))
+        yield from self._arrived(new, fids, recent)
 
     def _differs(self, idx: int, fid: int) -> bool:
         old = self.flag_ids[idx]
@@ -274,19 +279,20 @@ class SelectedMailbox:
             self.uids = array("I", compress(self.uids, keep))
             self.flag_ids = array("I", compress(self.flag_ids, keep))
 
-    def _arrived(self, new: array[int], fids: array[int]) -> Iterator[Output]:
+    def _arrived(self, new: array[int], fids: array[int], recent: array[int]) -> Iterator[Output]:
         if not new:
             return
         self.max_uid = new[-1]
         self.uids.extend(new)
         self.flag_ids.extend(fids)
-        self.recent.add_above(self.claim_recent(new))
+        self.recent.add_above(recent)
         yield line(f"* {len(self.uids)} EXISTS")
         yield line(f"* {len(self.recent)} RECENT")
 
-    def _rescan(self, snap: Snapshot, allow_expunge: bool) -> Iterator[Output]:
+    def _rescan(self, snap: Snapshot, allow_expunge: bool, new: array[int], fids: array[int],
+                recent: array[int]) -> Iterator[Output]:
         """Catch up by comparing with every message (when the change log does not
-        reach back far enough)."""
+        reach back far enough); ``new`` arrived since, ``recent`` of them claimed."""
         self.seen = snap.changes
         present = dict(zip(snap.uids, snap.flag_ids, strict=True))
         gone = {u for u in self.uids if u not in present}
@@ -302,8 +308,7 @@ class SelectedMailbox:
                 self.flag_ids[idx] = fid
                 out.append(f"* {idx + 1} FETCH (UID {u} FLAGS ({self.flags_text(u, self.flagsets[fid])}))")
         yield from _batched(out)
-        lo = bisect.bisect_right(snap.uids, self.max_uid)
-        yield from self._arrived(snap.uids[lo:], snap.flag_ids[lo:])
+        yield from self._arrived(new, fids, recent)
 
 
 def _batched(texts: list[str]) -> Iterator[Output]:

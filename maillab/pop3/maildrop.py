@@ -129,9 +129,12 @@ class Maildrop:
             PLANS_SEEN.put(key, plan)
         return (data if plan.crlf else crlf_only(data)), plan.dots
 
-    def mark_seen(self, entries: list[Entry]) -> None:
+    def mark_seen(self, entries: list[Entry], follow_moves: bool = True) -> list[Entry]:
         """RETR means "read": the shared index gets \\Seen so IMAP shows it read,
-        for many messages in one index transaction (a pipelined download)."""
+        for many messages in one index transaction (a pipelined download). Returns
+        the entries left unmarked: those an IMAP MOVE took to another folder, when
+        ``follow_moves`` is false (the lab loop, which holds this mailbox's lock and
+        must not wait for another's: the driver marks them on a worker thread)."""
         try:
             moved = []
             with self.mailbox.lock:  # no IMAP STORE between reading the flags and writing them
@@ -145,6 +148,9 @@ class Maildrop:
                 if changes:
                     self._seen_unflushed = True  # before: a batch may rename, then fail
                     self.mailbox.set_flags_many(changes)
+            if moved and not follow_moves:
+                gone = set(moved)
+                return [entry for entry in entries if entry.uid in gone]
             for uid in moved:
                 # an IMAP MOVE took it away after RETR read it: the RETR came first, so
                 # the copy is \Seen (a message expunged is simply gone)
@@ -157,6 +163,7 @@ class Maildrop:
             pass  # a message removed meanwhile by IMAP: nothing to mark
         except Exception:  # the flag is a courtesy to IMAP: never worth a failed download
             log.exception("marking retrieved messages \\Seen failed")
+        return []
 
     def remove(self, entries: list[Entry]) -> list[int]:
         """The UPDATE state's work: remove the marked messages for good. With ``sync``

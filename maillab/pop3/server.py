@@ -39,6 +39,8 @@ from .wire import dot_stuff
 log = logging.getLogger("maillab.pop3")
 
 if TYPE_CHECKING:
+    from threading import RLock
+
     from ..lab import Lab
 
 #: Multi-line text bodies up to this many lines are recorded line by line.
@@ -96,7 +98,7 @@ class POP3Server(LineServer):
         while True:
             buffered = conn.has_buffered_data()
             if buffered and loop.time() - turn > TURN:
-                session.settle()  # others may look at the flags meanwhile
+                await _settle(session)  # others may look at the flags meanwhile
                 conn.flush()
                 await asyncio.sleep(0)  # 10,000 pipelined DELEs must not hold the loop
                 turn = loop.time()
@@ -125,17 +127,23 @@ class POP3Server(LineServer):
                 await self._send(conn, rec, Reply(fault.reply))
                 continue
             try:
-                if session.slow(line):
+                slow = session.slow(line)
+                lock = None if slow else _mailbox_lock(session)
+                if slow or lock is not None and not lock.acquire(blocking=False):
                     reply, parts = await loop.run_in_executor(None, _answer, session, line)
                 else:
-                    reply, parts = _answer(session, line)
+                    try:
+                        reply, parts = _answer(session, line)
+                    finally:
+                        if lock is not None:
+                            lock.release()
             except Exception as exc:  # a bug costs the client one command, never the session
                 log.exception("POP3 session step failed")
                 rec.note(f"internal error: {exc!r}", error=True)
                 reply = Reply("-ERR [SYS/TEMP] internal server error, try again")  # RFC 3206
                 parts = None
             if not conn.has_buffered_data():
-                session.settle()  # the client waits for this reply: RETR's \Seen comes first
+                await _settle(session)  # the client waits for this reply: RETR's \Seen comes first
             await self._send(conn, rec, reply, parts)
             if reply.starttls:
                 try:
@@ -151,6 +159,18 @@ class POP3Server(LineServer):
         if maildrop is not None:
             rec.note("session ended without QUIT: no UPDATE state, nothing deleted",
                      pop3="aborted")
+        lock = _mailbox_lock(session) if session.unsettled else None
+        if lock is not None and lock.acquire(blocking=False):
+            try:
+                session.settle(follow_moves=False)
+            finally:
+                lock.release()
+        if lock is not None and session.unsettled:  # the lock is busy: never wait on the loop
+            try:
+                asyncio.get_running_loop().run_in_executor(None, _end, session, maildrop)
+                return
+            except RuntimeError:  # the lab is stopping (its executor shut down)
+                pass
         session.end()  # (marks what RETR sent \\Seen, releases the lock)
         _keep_seen(maildrop)
 
@@ -198,6 +218,40 @@ def _keep_seen(maildrop: Maildrop | None) -> None:
         asyncio.get_running_loop().run_in_executor(None, maildrop.flush_seen)
     except RuntimeError:  # the lab is stopping (its executor shut down)
         pass
+
+
+def _end(session: POP3Session, maildrop: Maildrop | None) -> None:
+    """:meth:`POP3Session.end` and the \\Seen flush on a worker thread."""
+    session.end()
+    if maildrop is not None:
+        maildrop.flush_seen()
+
+
+def _mailbox_lock(session: POP3Session) -> RLock | None:
+    """The lock of the session's maildrop, if it has one. The lab loop takes it only
+    when free (``acquire(blocking=False)``) and never waits for it: its holders may be
+    doing disk IO (an expunge's unlinks, an index commit, renames for flags), so a
+    command that would wait runs on a worker thread instead and the loop answers
+    every other session meanwhile. Taken, not merely looked at, and held across the
+    command: nobody can take it between the look and the command's own
+    ``with mailbox.lock`` (an RLock: the same thread enters again)."""
+    return session.maildrop.mailbox.lock if session.maildrop is not None else None
+
+
+async def _settle(session: POP3Session) -> None:
+    """:meth:`POP3Session.settle` without the lab loop waiting for a lock: inline when
+    the mailbox is free, else (or for messages an IMAP MOVE took to another folder,
+    whose lock it would wait for) on a worker thread."""
+    if not session.unsettled:
+        return
+    lock = _mailbox_lock(session)
+    if lock is not None and lock.acquire(blocking=False):
+        try:
+            session.settle(follow_moves=False)
+        finally:
+            lock.release()
+    if session.unsettled:
+        await asyncio.get_running_loop().run_in_executor(None, session.settle)
 
 
 def _answer(session: POP3Session, line: bytes) -> tuple[Reply, list[bytes | memoryview]]:

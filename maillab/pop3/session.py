@@ -237,14 +237,19 @@ class POP3Session:
             self.maildrop.release()
             self.maildrop = None
 
-    def settle(self) -> None:
+    def settle(self, follow_moves: bool = True) -> None:
         """Mark what RETR sent \\Seen in the store, all in one go. The driver calls
         this before it sends a reply with no more commands waiting (so a client that
         waited for its RETR finds the message \\Seen over IMAP) and before it lets
         other sessions run; a pipelined download marks a batch at a time."""
         if self._retrieved and self.maildrop is not None:
             retrieved, self._retrieved = self._retrieved, []
-            self.maildrop.mark_seen(retrieved)
+            self._retrieved = self.maildrop.mark_seen(retrieved, follow_moves)
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether RETR sent messages that :meth:`settle` has yet to mark \\Seen."""
+        return bool(self._retrieved)
 
     def slow(self, line: bytes | str) -> bool:
         """Whether handling ``line`` may hold the lab loop up: a login opens the
