@@ -111,6 +111,26 @@ def test_hostile_updates_change_nothing(host):
     assert any("BADKEY" in r for r in reasons) and any("may not change mail.bob" in r for r in reasons)
 
 
+def test_unknown_key_gets_an_unsigned_tsig_with_badkey(host):
+    """RFC 8945 5.3.2: NOTAUTH with an unsigned TSIG record (MAC size 0) naming the error, so
+    the client can tell BADKEY from a spoofed answer (BIND's nsupdate said "expected a TSIG")."""
+    eve = tsig_key("eve.class.test", "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0")
+    msg = dns.update.UpdateMessage("class.test", keyring=eve, keyname=eve.name)
+    msg.add("eve.class.test.", 60, "A", "127.0.0.9")
+    wire = msg.to_wire()
+    with socket.create_connection((host.listen, host.port), timeout=5) as s:
+        s.sendall(struct.pack("!H", len(wire)) + wire)
+        length = struct.unpack("!H", s.recv(2))[0]
+        raw = b""
+        while len(raw) < length:
+            raw += s.recv(length - len(raw))
+    assert raw[3] & 0xF == dns.rcode.NOTAUTH
+    with pytest.raises(dns.tsig.PeerBadKey):
+        dns.message.from_wire(raw, keyring=eve, request_mac=msg.mac)
+    reply = dns.message.from_wire(raw, keyring=False)  # read, not verified
+    assert reply.tsig[0].error == dns.rcode.BADKEY and reply.tsig[0].mac == b"" and reply.tsig[0].original_id == msg.id
+
+
 def test_bad_time_replay_other_zone_and_size(host):
     alice = host.keys.add("alice")
     key = tsig_key(alice.name, alice.secret)
@@ -292,9 +312,9 @@ def test_cli_class_host_key_revoke_export(tmp_path):
                                            capture_output=True, text=True, timeout=30).stdout
         refused = run_nsupdate(["nsupdate", "-v", "-y", f"hmac-sha256:{key}"], script.replace("7\n", "8\n"))
         if "; Communication with " in refused.stderr:
-            # BIND 9.18's nsupdate sometimes cancels its TCP exchange after reading our unsigned
-            # NOTAUTH ("expected a TSIG": it has no TSIG record, RFC 8945 5.3.2); 1 run in ~20
-            # here, three tries in a row. The same refusal is then asked over UDP.
+            # BIND 9.18's nsupdate sometimes cancelled its TCP exchange after reading our
+            # NOTAUTH (1 run in ~20, three tries in a row, while that NOTAUTH carried no TSIG
+            # record). The same refusal is then asked over UDP.
             refused = run_nsupdate(["nsupdate", "-y", f"hmac-sha256:{key}"], script.replace("7\n", "8\n"))
         alive = server.poll() is None
         assert refused.returncode != 0 and "NOTAUTH" in refused.stdout + refused.stderr, (

@@ -38,6 +38,7 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.tsig
 import dns.update
 
 from ..dns.stub import StubResolver
@@ -194,7 +195,9 @@ class ClassMember:
     def _explain(self, exc: Exception, what: str) -> JoinError:
         if isinstance(exc, JoinError):
             return exc
-        if isinstance(exc, dns.exception.FormError) and "TSIG" in str(exc):
+        # BADKEY/BADSIG come with an unsigned TSIG record (PeerError); a server that sends
+        # none makes dnspython say "expected a TSIG" (FormError).
+        if isinstance(exc, dns.tsig.PeerError) or (isinstance(exc, dns.exception.FormError) and "TSIG" in str(exc)):
             return JoinError(f"the class DNS refused {what}: NOTAUTH (unknown, revoked or wrong key,"
                              " or this machine's clock is off by more than 5 minutes)")
         return JoinError(f"{what}: cannot reach the class DNS at {self.dns_address}:{self.dns_port}:"

@@ -402,7 +402,8 @@ class ClassDNS:
             response.use_tsig(key, fudge=TSIG_FUDGE, original_id=msg.id, tsig_error=error,
                               other_data=struct.pack("!HI", now >> 32, now & 0xFFFFFFFF))
             response.request_mac = msg.mac
-        return response.to_wire()
+            return response.to_wire()
+        return _with_unsigned_tsig(response.to_wire(), msg, error)
 
     # -- drivers ---------------------------------------------------------------------------------
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -423,3 +424,18 @@ class ClassDNS:
     def __repr__(self) -> str:
         state = "running" if self.started else "stopped"
         return f"<ClassDNS {state} {self.zone_name} at {self.join_address}>"
+
+
+def _with_unsigned_tsig(wire: bytes, request: dns.message.Message, error: int) -> bytes:
+    """``wire`` with the unsigned TSIG record RFC 8945 5.3.2 asks of a BADKEY or BADSIG
+    answer: the request's key and algorithm, MAC size 0, the error; no signature, since
+    the key is unknown or the request's MAC did not verify (dnspython only writes signed
+    TSIG records, so this one is written by hand)."""
+    if request.keyname is None or request.keyalgorithm is None:
+        return wire
+    rdata = (request.keyalgorithm.to_wire() + struct.pack("!HIHHHHH", 0, int(time.time()) & 0xFFFFFFFF,
+             TSIG_FUDGE, 0, request.id, error, 0))
+    record = (request.keyname.to_wire() + struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata))
+              + rdata)
+    arcount = struct.unpack("!H", wire[10:12])[0] + 1
+    return wire[:10] + struct.pack("!H", arcount) + wire[12:] + record
