@@ -84,3 +84,48 @@ def test_inline_commands_are_answered_while_a_thread_holds_the_mailbox_lock(sing
         for c in clients:
             c.logout()
         idler.close()
+
+
+def test_a_session_owed_many_updates_catches_up_on_a_worker(single_lab: Lab) -> None:
+    """After another session expunged 1,500 messages, a NOOP has 1,500 EXPUNGE lines to
+    announce: more than a light command computes on the loop (INLINE_UPDATES), so it runs
+    on a worker, which may wait for the mailbox lock. Held by a thread, the NOOP waits
+    and then announces every removal; answered on the loop it would have said nothing
+    (a held lock is never waited for there)."""
+    from maillab.imap.server import INLINE_UPDATES
+
+    many = INLINE_UPDATES + 500
+    root = single_lab.store.user_root(BOB) / ".Many"
+    for sub in ("new", "tmp", "cur"):
+        (root / sub).mkdir(parents=True)
+    body = b"Subject: s\r\n\r\nx\r\n"
+    for i in range(many):
+        (root / "cur" / f"{1_700_000_000 + i}.M{i}P1.t,S={len(body)},W={len(body)}:2,").write_bytes(body)
+    owed, cleaner = (IMAPWire(*single_lab.address("imap"), timeout=60) for _ in range(2))
+    held, release = threading.Event(), threading.Event()
+    try:
+        for c in (owed, cleaner):
+            c.login(BOB, "bob-pw")
+            assert c.cmd("S", "SELECT Many")[-1].startswith(b"S OK")
+        assert cleaner.cmd("T", "STORE 1:* +FLAGS.SILENT (\\Deleted)")[-1].startswith(b"T OK")
+        assert cleaner.cmd("E", "EXPUNGE")[-1].startswith(b"E OK")
+        mailbox = single_lab.store.mailbox(BOB, "Many")
+
+        def holder() -> None:
+            with mailbox.lock:
+                held.set()
+                release.wait(30)
+
+        hold = threading.Thread(target=holder)
+        hold.start()
+        assert held.wait(10)
+        owed.send(b"N NOOP\r\n")
+        threading.Timer(0.5, release.set).start()
+        replies = owed.until_tagged("N")
+        hold.join(30)
+        assert replies[-1].startswith(b"N OK")
+        assert sum(r.endswith(b" EXPUNGE\r\n") for r in replies) == many
+    finally:
+        release.set()
+        owed.close()
+        cleaner.close()

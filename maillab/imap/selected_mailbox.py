@@ -101,6 +101,12 @@ class SelectedMailbox:
         self.recent = UidSet()
         self.recent.add_above(self.claim_recent(self.uids))
 
+    def behind(self) -> int:
+        """Changes (and held-back expunges) this view has yet to announce. Read without
+        the mailbox lock: a hint for where to compute the next catch-up, never for
+        what it says."""
+        return max(self.mailbox.changes - self.seen, 0) + len(self.pending_gone)
+
     def __len__(self) -> int:
         return len(self.uids)
 

@@ -76,6 +76,10 @@ IDLE_POLL = 1.0
 #: before a new folder uses its value) before their OK.
 OFFLOADED = (Fetch, Search, Append, Copy, Select, Status, Store, Expunge, Close, Create, Rename,
              Delete, Subscribe, Unsubscribe)
+#: A light command (NOOP, IDLE's updates, DONE...) whose session is owed more
+#: untagged updates than this runs on a worker too: after another session's EXPUNGE
+#: of 20,000 messages, announcing them is 20,000 lines of work on one NOOP.
+INLINE_UPDATES = 1_000
 #: Worker threads for :data:`OFFLOADED` commands (the GIL serialises Python anyway;
 #: the point is that the loop gets a turn every switch interval).
 WORKERS = 2
@@ -219,7 +223,7 @@ class IMAPServer(LineServer):
                     if reply_closes(fault):
                         return DROPPED
                     continue
-            offload = isinstance(result, OFFLOADED)
+            offload = isinstance(result, OFFLOADED) or session.updates_owed() > INLINE_UPDATES
             session.on_loop = not offload
             outputs = session.execute(result)
             if offload:
@@ -325,9 +329,9 @@ class IMAPServer(LineServer):
                     except LineTooLong:
                         line = b"<overlong line>\r\n"
                     rec.client_line(session.masked(line))
-                    await self._send(conn, rec, session.continue_line(line))
+                    await self._send_placed(conn, rec, session, session.continue_line(line))
                 else:
-                    await self._send(conn, rec, session.idle_updates())
+                    await self._send_placed(conn, rec, session, session.idle_updates())
         except TimeoutError:
             await self._send(conn, rec, [Response(b"* BYE autologout: idle for too long\r\n")])
             session.action = "close"
@@ -338,6 +342,19 @@ class IMAPServer(LineServer):
             if read is not None and not read.done():
                 read.cancel()
         return None
+
+    async def _send_placed(self, conn: LineConnection, rec: SessionRecorder, session: IMAPSession,
+                           outputs: Iterator[Output]) -> None:
+        """Send what an IDLE session says: computed on the loop, unless it has many
+        updates to announce (:data:`INLINE_UPDATES`)."""
+        if session.updates_owed() <= INLINE_UPDATES:
+            await self._send(conn, rec, outputs)
+            return
+        session.on_loop = False  # on a worker it may wait for the mailbox lock
+        try:
+            await self._send(conn, rec, self._on_worker(outputs))
+        finally:
+            session.on_loop = True
 
     async def _on_worker(self, outputs: Iterator[Output]) -> AsyncIterator[Output]:
         """The session's outputs, computed on a worker thread a batch (up to CHUNK

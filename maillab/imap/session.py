@@ -154,11 +154,15 @@ class IMAPSession:
             return
         raise RuntimeError("no continuation expected")
 
-    def idle_updates(self) -> list[Output]:
+    def idle_updates(self) -> Iterator[Output]:
         """What an IDLE client should hear now (RFC 2177: any untagged response)."""
         if self.mode != "idle" or self.selected is None:
-            return []
-        return list(self.updates(True))
+            return
+        yield from self.updates(True)
+
+    def updates_owed(self) -> int:
+        """About how many changes the next catch-up announces (0 with nothing selected)."""
+        return self.selected.behind() if self.selected is not None else 0
 
     def tls_started(self) -> None:
         """RFC 3501 6.2.1: after STARTTLS the client must forget what it knew."""
