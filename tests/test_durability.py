@@ -11,9 +11,10 @@ A power cut cannot be made in a test, so the real ``maillab serve`` runs under
 strace and real clients (smtplib, imaplib, poplib) talk to it: SMTP, APPEND, UID
 MOVE, EXPUNGE, UID STORE, UID FETCH BODY[] (\\Seen), POP3 DELE + QUIT and RETR + QUIT
 (\\Seen); the kernel's own
-record of the system calls must show, for each acknowledged change, the rename or
-unlink, then an fsync of its directory and of ``maillab-index.sqlite-wal``, then
-the reply (and a MOVE's plan on the disk before its first copy, removed after the
+record of the system calls must show, for each acknowledged change, the rename (an
+expunge too: the file leaves ``new/`` or ``cur/`` by a rename into ``tmp/``, unlinked
+once the mailbox lock is released), then an fsync of its directory and of
+``maillab-index.sqlite-wal``, then the reply (and a MOVE's plan on the disk before its first copy, removed after the
 expunge of the originals is). A POP3 session that RETRs and drops the connection
 without QUIT keeps its \\Seen (as Dovecot does): fsync'ed once the session is over.
 The crash test (``test_crash_consistency.py``) checks what survives a
@@ -38,6 +39,8 @@ from pathlib import Path
 import pytest
 from test_cli import wait_for_lab_json
 from test_crash_consistency import BOB, _message
+
+from maillab.store.delivering import EXPUNGED
 
 
 def _ptrace_allowed() -> bool:
@@ -171,7 +174,8 @@ def _check_move_plan(calls: list[Call], reply: Call, after: int, source: str, ta
                    for c in window), f"{what}: {part} not fsync'ed before the first copy"
     unlinked = [c for c in window if c.name == "unlink" and plan in c.args]
     assert unlinked, f"{what}: the plan was not removed before the OK"
-    original = max(c.end for c in window if c.name == "unlink" and f"{source}/new/" in c.args)
+    original = max(c.end for c in window if c.name == "rename" and f'"{source}/new/' in c.args
+                   and f'"{source}/tmp/{EXPUNGED}' in c.args)
     assert any(c.name == "fsync" and f"{source}/new>" in c.args and c.start > original
                and c.end < unlinked[0].start for c in window), \
         f"{what}: the plan removed before the originals' expunge was on the disk"
@@ -263,19 +267,19 @@ def test_every_acknowledgement_waits_for_its_durability_point(tmp_path) -> None:
     _check(calls, append_ok, smtp_250.start, "rename", [f"{inbox}/new"], "APPEND OK")
     move_ok = _reply(calls, "MOVE completed", append_ok.start)
     _check(calls, move_ok, append_ok.start, "rename", [f"{archive}/new"], "MOVE OK (the copy)")
-    _check(calls, move_ok, append_ok.start, "unlink", [f"{inbox}/new"], "MOVE OK (the original)")
+    _check(calls, move_ok, append_ok.start, "rename", [f"{inbox}/new"], "MOVE OK (the original)")
     _check_move_plan(calls, move_ok, append_ok.start, inbox, archive)
     create_ok = _reply(calls, "CREATE completed", smtp_250.start)
     _check_replaced(calls, create_ok, smtp_250.start, inbox, "maillab-uidvalidity", "CREATE OK")
     expunge_ok = _reply(calls, "EXPUNGE completed", move_ok.start)
-    _check(calls, expunge_ok, move_ok.start, "unlink", [f"{inbox}/cur"], "EXPUNGE OK")
+    _check(calls, expunge_ok, move_ok.start, "rename", [f"{inbox}/cur"], "EXPUNGE OK")
     store_ok = _reply(calls, "STORE completed", expunge_ok.start)
     _check(calls, store_ok, expunge_ok.start, "rename", [f"{inbox}/new", f"{inbox}/cur"], "STORE OK")
     fetch_ok = _reply(calls, "FETCH completed", store_ok.start)
     _check(calls, fetch_ok, store_ok.start, "rename", [f"{inbox}/new", f"{inbox}/cur"],
            "FETCH BODY[] OK (\\Seen set)")
     quit_ok = _reply(calls, "+OK maillab POP3 server signing off", fetch_ok.start)
-    _check(calls, quit_ok, fetch_ok.start, "unlink", [f"{inbox}/new"], "POP3 UPDATE +OK")
+    _check(calls, quit_ok, fetch_ok.start, "rename", [f"{inbox}/new"], "POP3 UPDATE +OK")
     seen_quit_ok = _reply(calls, "+OK maillab POP3 server signing off", quit_ok.start)
     _check(calls, seen_quit_ok, quit_ok.start, "rename", [f"{inbox}/cur"], "POP3 QUIT +OK (RETR's \\Seen)")
 
@@ -294,7 +298,7 @@ def test_every_acknowledgement_waits_for_its_durability_point(tmp_path) -> None:
            index=False)
     inbox_ok = _reply(calls, "RENAME completed", delete_ok.start)
     _check(calls, inbox_ok, delete_ok.start, "rename", [f"{inbox}/.Old/new"], "RENAME INBOX OK (the copies)")
-    _check(calls, inbox_ok, delete_ok.start, "unlink", [f"{inbox}/new"], "RENAME INBOX OK (the originals)")
+    _check(calls, inbox_ok, delete_ok.start, "rename", [f"{inbox}/new"], "RENAME INBOX OK (the originals)")
     _check_move_plan(calls, inbox_ok, delete_ok.start, inbox, f"{inbox}/.Old", "RENAME INBOX")
     _seen_after_drop(out, directory, check=True)
 

@@ -24,7 +24,8 @@ The lab's Maildir does the same with ``tmp/`` as its queue (:meth:`Delivering.ac
 A power cut between 3 and 4 may undo the rename: the file is then back in ``tmp/``,
 whole (fsync'ed) and marked. Opening the mailbox (:meth:`Delivering._recover_tmp`)
 renames such files into ``new/``, where the index picks them up, and deletes the lab's
-unmarked files, which were never acknowledged. A file whose key is also in ``new/`` or
+unmarked files, which were never acknowledged (and the files of expunged messages
+that a crash left there between their rename and their unlink: :data:`EXPUNGED`). A file whose key is also in ``new/`` or
 ``cur/`` is a second name of a delivered message and is removed, so each message is
 delivered once. Until step 4, every other flush of the mailbox (an EXPUNGE, a STORE)
 fsyncs ``tmp/`` as well: an acknowledged deletion or flag change of the message must
@@ -54,12 +55,16 @@ from .measure import crlf_size
 if TYPE_CHECKING:
     from .mailbox import MessageInfo
 
-__all__ = ["MARK", "Delivering"]
+__all__ = ["EXPUNGED", "MARK", "Delivering"]
 
 log = logging.getLogger(__name__)
 
 #: A finished file in ``tmp/`` (Postfix's queue files use the same bit).
 MARK = stat.S_IXUSR
+#: The prefix of an expunged message's name in ``tmp/`` between its rename out of
+#: ``new/`` or ``cur/`` (under the mailbox lock) and its unlink (after it):
+#: :meth:`~maillab.store.mailbox.Mailbox.remove`. The next open deletes any a crash left.
+EXPUNGED = "expunged."
 # The lab's file names (Mailbox._write_tmp): seconds, microseconds, pid, count, host,
 # size; other tools' files in tmp/ are never touched.
 _OURS = re.compile(r"(\d+)\.M\d+P(\d+)Q\d+\.[^,/]*,S=(\d+),W=\d+\Z")
@@ -188,6 +193,9 @@ class Delivering:
         whole: list[str] = []
         with os.scandir(f"{base}/tmp") as entries:
             for entry in entries:
+                if entry.name.startswith(EXPUNGED):  # an expunge's file a crash left (Mailbox.remove)
+                    _unlink(f"{base}/tmp/{entry.name}")
+                    continue
                 m = _OURS.match(entry.name)
                 if m is None or entry.name in _WRITING:
                     continue  # not the lab's, or this process's own delivery under way
