@@ -282,3 +282,92 @@ def test_right_ways_the_checks_once_refused(single_lab):
     imap.logout()
     assert lab.check("imap_envelopes").passed
     assert lab.check("imap_move").passed
+
+
+def test_a_task_done_as_another_user_does_not_count(lab):
+    """Each task names its user (alice sends, bob reads, carol receives): done as another,
+    it passed the old checks, which looked only at what was done. Judged from the
+    servers' side: who logged in, whose mailbox holds the message, the envelope."""
+    import poplib
+    import smtplib
+    import time
+    from email.message import EmailMessage
+
+    def submit(user: str, to: str, subject: str, pdf: bytes | None = None) -> None:
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = user, to, subject
+        msg.set_content("x")
+        if pdf is not None:
+            msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="r.pdf")
+        host, port = lab.address("submission")
+        with smtplib.SMTP(host, port, timeout=10) as smtp:
+            smtp.starttls(context=lab.ca.client_context())
+            smtp.login(user, user.split("@")[0] + "-pw")
+            smtp.send_message(msg)
+
+    host, port = lab.address("submission")
+    sent = subprocess.run(  # swaks as bob, STARTTLS and AUTH on 587: all right but the user
+        ["swaks", "--server", f"{host}:{port}", "--tls", "--tls-ca-path", str(lab.ca.ca_path),
+         "--auth", "PLAIN", "--auth-user", "bob@alpha.test", "--auth-password", "bob-pw",
+         "--from", "bob@alpha.test", "--to", "alice@alpha.test", "--header", "Subject: as bob"],
+        capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    result = lab.check("submission")
+    assert not result.passed and "alice@alpha.test" in result.hints[0], result
+    submit("alice@alpha.test", "alice@alpha.test", "to herself")  # alice, but not to bob
+    result = lab.check("submission")
+    assert not result.passed and "bob@alpha.test" in result.hints[0], result
+
+    submit("bob@alpha.test", "alice@alpha.test", "二")
+    submit("bob@alpha.test", "alice@alpha.test", "报告", pdf=b"%PDF-1.4\n%%EOF\n")
+    alice = lab.store.mailbox("alice@alpha.test")
+    _wait(alice, 4)
+    imap = _imap(lab, "alice")  # every reading task as alice, where the task says bob
+    imap.select("INBOX")
+    imap.fetch("1:*", "(ENVELOPE)")
+    imap.logout()
+    imap = _imap(lab, "alice")
+    imap.select("INBOX")
+    imap.fetch("4", "(BODYSTRUCTURE)")
+    imap.fetch("4", "(BODY.PEEK[2])")
+    imap.create("Archive")
+    imap.uid("MOVE", "1", "Archive")
+    imap.logout()
+    host, port = lab.address("pop3")
+
+    def alice_pop3() -> poplib.POP3:
+        client = poplib.POP3(host, port, timeout=10)
+        client.user("alice@alpha.test")
+        client.pass_("alice-pw")
+        return client
+
+    gone = alice_pop3()
+    gone.dele(1)
+    gone.quit()
+    dropped = alice_pop3()
+    dropped.dele(1)
+    dropped.close()  # no QUIT
+    wait = time.monotonic() + 10
+    while not any(e.data.get("pop3") == "aborted" for e in lab.events.events(kinds=("note",))) \
+            and time.monotonic() < wait:
+        time.sleep(0.05)
+    alice_pop3().quit()  # and it is still there
+    for name in ("imap_envelopes", "mime_parts", "imap_move", "pop3_delete"):
+        result = lab.check(name)
+        assert not result.passed and "bob@alpha.test" in result.hints[0], result
+
+    submit("bob@alpha.test", "nobody@beta.test", "to nobody")  # bob's bounce, bob reads it
+    bob = lab.store.mailbox("bob@alpha.test")
+    _wait(bob, 1)
+    reader = poplib.POP3(host, port, timeout=10)
+    reader.user("bob@alpha.test")
+    reader.pass_("bob-pw")
+    reader.retr(1)
+    reader.quit()
+    result = lab.check("bounce_dsn")
+    assert not result.passed and "alice@alpha.test" in result.hints[0], result
+
+    submit("bob@alpha.test", "carol@beta.test", "bob's path")  # the same hosts as alice's would cross
+    _wait(lab.store.mailbox("carol@beta.test"), 1)
+    result = lab.check("received_chain", answer="mail.alpha.test")
+    assert not result.passed and "from alice@alpha.test to carol@beta.test" in result.hints[0], result

@@ -11,11 +11,12 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from ..events import CLIENT_LINE, OPENED, SERVER_LINE, Event
+from ..events import AUTH, CLIENT_LINE, OPENED, SERVER_LINE, STORED, Event
 from ..lab import Lab
 from ..store.names import decode_mutf7
 
@@ -23,6 +24,20 @@ from ..store.names import decode_mutf7
 _IMAP_WORD = re.compile(r'"(?:[^"\\]|\\.)*"|\S+')
 #: The mark the event log puts after a payload's head, or after a long line's head.
 _MORE = re.compile(r"… \(\d+ more bytes\)$")
+#: The reverse-path and forward-path of MAIL and RCPT (RFC 5321 4.1.1.2, 4.1.1.3).
+_PATH = re.compile(r"(?i)^(MAIL FROM|RCPT TO):\s*<([^>]*)>")
+#: The queue id in the reply to the end of a message's text.
+QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
+
+
+@dataclass
+class Transaction:
+    """One SMTP mail transaction as the server answered it (RFC 5321 3.3)."""
+
+    mail_from: str
+    recipients: list[str]  # the forward-paths the server took (250/251)
+    accepted: bool = False  # the text was taken: 250 after its end
+    queue_id: str | None = None  # from that 250's "queued as"
 
 
 @dataclass
@@ -86,6 +101,59 @@ class Conversation:
                 return str(e.data["user"])
         return None
 
+    @property
+    def login(self) -> str | None:
+        """The lab user this session logged in as (its successful AUTH, LOGIN or
+        USER/PASS, as the server resolved it), or None."""
+        for e in self.events:
+            if e.kind == AUTH and e.data.get("ok"):
+                return str(e.data.get("user") or e.data.get("login") or "").lower() or None
+        return None
+
+    def transactions(self) -> list[Transaction]:
+        """The SMTP mail transactions of this session, judged from the server's replies.
+
+        Each command gets exactly one reply, in order, pipelined or not (RFC 2920 3.1),
+        so a FIFO of the client's lines pairs them; after a 354 the next reply is the
+        one to the end of the text.
+        """
+        out: list[Transaction] = []
+        pending: deque[str] = deque()
+        current: Transaction | None = None
+        in_text = False
+        for e in self.events:
+            if e.data.get("payload"):
+                continue
+            if e.kind == CLIENT_LINE:
+                pending.append(e.text)
+                continue
+            if e.kind != SERVER_LINE or e.text[3:4] == "-":  # a multiline reply ends on "NNN "
+                continue
+            code = e.text[:3]
+            if in_text:
+                in_text = False
+                if current is not None and code == "250":
+                    current.accepted = True
+                    found = QUEUED_AS.search(e.text)
+                    current.queue_id = found.group(1) if found else None
+                current = None
+                continue
+            if not pending:  # the greeting, or a reply to no command (a 421 on closing)
+                continue
+            command = pending.popleft()
+            verb = command[:4].upper()
+            path = _PATH.match(command)
+            if verb == "MAIL" and path and code == "250":
+                current = Transaction(path.group(2), [])
+                out.append(current)
+            elif verb == "RCPT" and path and current is not None and code in ("250", "251"):
+                current.recipients.append(path.group(2).lower())
+            elif verb == "DATA":
+                in_text = code == "354" and current is not None
+            elif verb in ("RSET", "EHLO", "HELO"):  # each ends a transaction (RFC 5321 4.1.4)
+                current = None
+        return out
+
 
 def conversations(lab: Lab, protocol: str, *, service: str | None = None,
                   host: str | None = None) -> list[Conversation]:
@@ -102,6 +170,23 @@ def conversations(lab: Lab, protocol: str, *, service: str | None = None,
         if conv is not None:
             conv.events.append(e)
     return list(found.values())
+
+
+def envelope_senders(lab: Lab) -> dict[tuple[str, int], str]:
+    """(user/folder, uid) -> the reverse-path (MAIL FROM) of the SMTP transaction that
+    stored the message there, as the delivering server saw it."""
+    out: dict[tuple[str, int], str] = {}
+    mail_from: dict[str, str] = {}
+    for e in lab.events.events():
+        if e.protocol != "smtp" or e.side != "server":
+            continue
+        if e.kind == CLIENT_LINE and not e.data.get("payload"):
+            path = _PATH.match(e.text)
+            if path and path.group(1).upper() == "MAIL FROM":
+                mail_from[e.session] = path.group(2)
+        elif e.kind == STORED and e.session in mail_from and e.data.get("uid") is not None:
+            out[(str(e.data.get("mailbox")), int(e.data["uid"]))] = mail_from[e.session].lower()
+    return out
 
 
 def parse(data: bytes) -> EmailMessage:

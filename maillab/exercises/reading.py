@@ -8,7 +8,24 @@ import re
 from ..lab import Lab
 from ..relay.hops import parse_hops
 from . import CheckResult, exercise
-from .evidence import Conversation, conversations, mailbox_name, messages
+from .evidence import Conversation, conversations, envelope_senders, mailbox_name, messages
+
+#: The user whose mailbox the reading tasks (POP3, IMAP) work on: "as bob".
+READER = "bob@alpha.test"
+#: Who sends the message whose Received chain is read, and to whom.
+CHAIN_SENDER, CHAIN_RECIPIENT = "alice@alpha.test", "carol@beta.test"
+
+
+def _as_reader(lab: Lab, protocol: str, result: CheckResult) -> list[Conversation]:
+    """The sessions of ``protocol`` logged in as :data:`READER`; a hint if the only
+    ones logged in as someone else."""
+    convs = conversations(lab, protocol)
+    mine = [c for c in convs if c.login == READER]
+    others = sorted({c.login for c in convs if c.login and c.login != READER})
+    if not mine and others:
+        result.hints.append(f"your {protocol.upper()} sessions logged in as {', '.join(others)}: the task "
+                            f"works on {READER}'s mailbox, so log in as {READER} (password bob-pw)")
+    return mine
 
 
 def _maildrop(conv: Conversation) -> dict[int, str]:
@@ -41,7 +58,9 @@ def _pop3_outcome(conv: Conversation) -> tuple[list[int], list[int], bool, bool]
 @exercise(3, "pop3_delete", "Delete a message by POP3 for good, and see one survive a dropped connection")
 def check_pop3_delete(lab: Lab, answer: str | None = None) -> CheckResult:
     result = CheckResult("pop3_delete", False)
-    convs = conversations(lab, "pop3")
+    convs = _as_reader(lab, "pop3", result)
+    if result.hints:
+        return result
     if not convs:
         result.hints.append("no POP3 session yet: put two messages in bob's mailbox, then %pop3 bob --list "
                             "(or poplib, or %mail step pop3 bob)")
@@ -65,7 +84,7 @@ def check_pop3_delete(lab: Lab, answer: str | None = None) -> CheckResult:
     seen = []
     for c, marked in kept:
         ids = {_maildrop(c).get(n) for n in marked} - {None}
-        later = [d for d in convs if d.user == c.user and d.events[0].time > c.events[-1].time
+        later = [d for d in convs if d.events[0].time > c.events[-1].time
                  and ids & set(_maildrop(d).values())]
         if later:
             seen.append((c, marked, later[0]))
@@ -113,7 +132,9 @@ def _inbox_fetches(conv: Conversation) -> list[tuple[str, list[str]]]:
 @exercise(4, "imap_envelopes", "Fetch only the envelopes of INBOX")
 def check_imap_envelopes(lab: Lab, answer: str | None = None) -> CheckResult:
     result = CheckResult("imap_envelopes", False)
-    convs = conversations(lab, "imap")
+    convs = _as_reader(lab, "imap", result)
+    if result.hints:
+        return result
     if not convs:
         result.hints.append("no IMAP session yet: log in (%imap bob --envelopes, imaplib, or "
                             "%mail step imap bob)")
@@ -201,7 +222,9 @@ def _move_attempts(conv: Conversation) -> list[tuple[str, str, str, str]]:
 @exercise(7, "imap_move", "Move a message between IMAP folders with a real client")
 def check_imap_move(lab: Lab, answer: str | None = None) -> CheckResult:
     result = CheckResult("imap_move", False)
-    convs = conversations(lab, "imap")
+    convs = _as_reader(lab, "imap", result)
+    if result.hints:
+        return result
     if not convs:
         result.hints.append("no IMAP session yet: use a real client (imaplib, IMAPClient, neomutt, "
                             "Thunderbird) or %imap")
@@ -214,7 +237,7 @@ def check_imap_move(lab: Lab, answer: str | None = None) -> CheckResult:
     # The store decides: a message now in the folder that INBOX no longer holds.
     hints = []
     for c, how, source, target, missing in reversed(attempts):  # the latest attempt first
-        user = c.user or ""
+        user = c.login or ""
         if missing:
             hints.append({
                 "failed": f"{how} into {target!r} failed: does the folder exist (CREATE it first; "
@@ -244,40 +267,45 @@ def check_imap_move(lab: Lab, answer: str | None = None) -> CheckResult:
     return result
 
 
-def _chains(lab: Lab) -> list[tuple[str, str, list[str]]]:
-    """(user, subject, by-hosts first hop first) of messages that crossed two or more hosts."""
+def _chains(lab: Lab) -> list[tuple[str, str, list[str], str]]:
+    """(user, subject, by-hosts first hop first, envelope sender) of messages that
+    crossed two or more hosts."""
     out = []
-    for user, _folder, _uid, data in messages(lab):
+    senders = envelope_senders(lab)
+    for user, folder, uid, data in messages(lab):
         table = parse_hops(data)
         hosts = [(h.by or "").rstrip(".").lower() for h in table]
         if len(table) >= 2:
-            out.append((user, str(table.subject or ""), hosts))
+            out.append((user, str(table.subject or ""), hosts, senders.get((f"{user}/{folder}", uid), "")))
     return out
 
 
 @exercise(8, "received_chain", "Read a Received chain: which host took the message first?")
 def check_received_chain(lab: Lab, answer: str | None = None) -> CheckResult:
     result = CheckResult("received_chain", False)
-    chains = _chains(lab)
+    every = _chains(lab)
+    chains = [c for c in every if c[0] == CHAIN_RECIPIENT and c[3] == CHAIN_SENDER]
     if not chains:
-        result.hints.append("no message in the lab has crossed two hosts yet: send one from "
-                            "alice@alpha.test to carol@beta.test and wait for the relay (%mail relay)")
+        result.hints.append((f"the message that crossed hosts went from {every[-1][3] or 'an unknown sender'}"
+                             f" to {every[-1][0]}; the task's goes " if every else
+                             "no message in the lab has crossed two hosts yet: send one ") +
+                            f"from {CHAIN_SENDER} to {CHAIN_RECIPIENT} and wait for the relay (%mail relay)")
         return result
-    user, subject, hosts = chains[-1]
+    user, subject, hosts, _sender = chains[-1]
     result.found.append(f"{user} holds {subject!r} with {len(hosts)} Received lines")
     if not answer:
         result.hints.append("read the chain (%mail hops, or the raw header) and give the host that took "
                             "the message first: %mail check received_chain --answer HOST")
         return result
     given = answer.strip().rstrip(".").lower()
-    if any(h[0] == given for *_x, h in chains):
+    if any(h[0] == given for _u, _s, h, _f in chains):
         result.found.append(f"{answer}: the 'by' host of the bottom Received line, the first hop")
         result.passed = True
         return result
-    if any(h[-1] == given for *_x, h in chains):
+    if any(h[-1] == given for _u, _s, h, _f in chains):
         result.hints.append(f"{answer} wrote the top Received line: the last hop. Each server adds its "
                             "line at the top, so the chain is read bottom-up")
-    elif any(given in h for *_x, h in chains):
+    elif any(given in h for _u, _s, h, _f in chains):
         result.hints.append(f"{answer} is a hop in the middle of the chain; the first one is at the bottom")
     else:
         result.hints.append(f"{answer} is not the 'by' host of any Received line of a message that "

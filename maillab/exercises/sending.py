@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import re
 
-from ..events import Event
 from ..imap.message import section
 from ..imap.mimeparse import parse as parse_raw
 from ..lab import Lab
 from . import CheckResult, exercise
-from .evidence import Conversation, conversations, messages, parse, part_numbers, sent_whole
+from .evidence import (
+    QUEUED_AS,
+    Conversation,
+    conversations,
+    messages,
+    parse,
+    part_numbers,
+    sent_whole,
+)
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
@@ -22,19 +29,8 @@ def _port(lab: Lab, service: str, host: str | None = None) -> str:
     return f"{svc.address}:{svc.port}"
 
 
-def _accepted(events: list[Event]) -> bool:
-    """Did the server take a message in these SMTP events (250 after the message text)?"""
-    after_text = False
-    for e in events:
-        if e.kind == "C" and e.data.get("payload"):
-            after_text = True
-        elif e.kind == "S" and after_text:
-            if e.text.startswith("250"):
-                return True
-            after_text = False
-        elif e.kind == "stored":
-            return True
-    return False
+#: Who the submission task sends as, and to whom (notebooks/exercises/01_submission.ipynb).
+SENDER, RECIPIENT = "alice@alpha.test", "bob@alpha.test"
 
 
 @exercise(1, "submission", "Submit a message through port 587 with STARTTLS and AUTH")
@@ -53,25 +49,31 @@ def check_submission(lab: Lab, answer: str | None = None) -> CheckResult:
                             "%mail step smtp alice")
         return result
 
-    def score(c: Conversation) -> tuple[bool, bool, bool]:
+    def score(c: Conversation) -> tuple[bool, bool, bool, bool]:
         # In this order: a login in clear text (the teacher's eavesdropper switch) or a
-        # message sent before the STARTTLS does not count.
+        # message sent before the STARTTLS does not count; nor a login as another user,
+        # nor a message for someone else.
         tls = next((i for i, e in enumerate(c.events) if e.kind == "tls"), None)
         if tls is None:
-            return False, False, False
+            return False, False, False, False
         auth = next((i for i, e in enumerate(c.events) if i > tls and e.kind == "auth" and e.data.get("ok")),
                     None)
-        return True, auth is not None, auth is not None and _accepted(c.events[auth:])
+        if auth is None:
+            return True, False, False, False
+        as_sender = str(c.events[auth].data.get("user") or "").lower() == SENDER
+        after = Conversation(c.session, c.protocol, c.host, c.service, c.events[auth:])
+        sent = [t for t in after.transactions() if t.accepted]
+        return True, True, as_sender, any(RECIPIENT in t.recipients for t in sent) if as_sender else bool(sent)
 
     best = max(convs, key=score)
-    tls, auth, accepted = score(best)
+    tls, auth, as_sender, accepted = score(best)
     if tls:
         result.found.append(f"{best.session}: STARTTLS on submission ({best.kinds('tls')[0].data.get('version')})")
     if auth:
-        who = [e.data.get("login") for e in best.kinds("auth") if e.data.get("ok")][-1]
+        who = [e.data.get("user") for e in best.kinds("auth") if e.data.get("ok")][-1]
         result.found.append(f"{best.session}: AUTH as {who} after STARTTLS")
-    if accepted:
-        result.found.append(f"{best.session}: a message was accepted (250 after the text)")
+    if accepted and as_sender:
+        result.found.append(f"{best.session}: a message for {RECIPIENT} was accepted (250 after the text)")
     if not tls:
         result.hints.append("your session on the submission port never upgraded with STARTTLS: send "
                             "EHLO, then STARTTLS, then EHLO again, then AUTH (a login in clear text does not count)")
@@ -80,9 +82,13 @@ def check_submission(lab: Lab, answer: str | None = None) -> CheckResult:
         result.hints.append("after STARTTLS you did not log in" + (
             " successfully (an AUTH failed: the user is the full address, e.g. alice@alpha.test, "
             "password alice-pw)" if failed else ": AUTH PLAIN (smtplib's login()) as the sender"))
+    elif not as_sender:
+        result.hints.append(f"you logged in as {who}, but the task sends as {SENDER}: log in as "
+                            f"{SENDER} (password alice-pw), the user the server then lets send as that address")
     elif not accepted:
-        result.hints.append("you logged in, but no message was accepted in that session: MAIL FROM:<you>, "
-                            "RCPT TO:<someone>, DATA, the text, then a line holding only '.'")
+        result.hints.append(f"you logged in, but no message for {RECIPIENT} was accepted in that session: "
+                            f"MAIL FROM:<{SENDER}>, RCPT TO:<{RECIPIENT}>, DATA, the text, then a line "
+                            "holding only '.'")
     result.passed = not result.hints
     return result
 
@@ -96,13 +102,35 @@ def _mx_targets(lab: Lab) -> tuple[str, list[tuple[int, str]]] | None:
     return d.name, sorted(d.mx)
 
 
-def _relay_deliveries(lab: Lab, host: str) -> int:
-    count = 0
+def _relay_deliveries(lab: Lab, host: str) -> list[str]:
+    """The queue ids ``host`` gave the lab relay's deliveries ("queued as ...")."""
+    out = []
     for e in lab.events.events(kinds=("note",), protocol="relay"):
         attempt = e.data.get("attempt")
-        if isinstance(attempt, dict) and attempt.get("host") == host and attempt.get("result") == "delivered":
-            count += 1
-    return count
+        if isinstance(attempt, dict) and attempt.get("host") == host and \
+                attempt.get("result") in ("delivered", "partial"):
+            found = QUEUED_AS.search(str(attempt.get("text") or ""))
+            out.append(found.group(1) if found else "")
+    return out
+
+
+def _direct(lab: Lab, host: str) -> list[list[str]]:
+    """The recipients of each message ``host`` took from someone other than the lab relay."""
+    relayed = _relay_deliveries(lab, host)
+    out = []
+    for c in conversations(lab, "smtp", host=host):
+        for t in c.transactions():
+            if not t.accepted:
+                continue
+            if t.queue_id in relayed:  # the relay's, by the queue id the host answered
+                relayed.remove(t.queue_id)
+            else:
+                out.append(t.recipients)
+    return out
+
+
+#: Whom the MX task's message is for (notebooks/exercises/02_mx_preference.ipynb).
+MX_RECIPIENT = "carol@beta.test"
 
 
 @exercise(2, "mx_preference", "Find the MX with the highest preference value and deliver to it")
@@ -116,23 +144,25 @@ def check_mx_preference(lab: Lab, answer: str | None = None) -> CheckResult:
     domain, mx = targets
     highest_pref, highest = max(mx)
     lowest = min(mx)[1]
-    stored = [c for c in conversations(lab, "smtp", host=highest) if c.kinds("stored")]
-    direct = len(stored) - _relay_deliveries(lab, highest)
-    if direct > 0:
-        result.found.append(f"a message delivered straight to {highest} (MX {highest_pref} for {domain})")
+    direct = _direct(lab, highest)
+    if any(MX_RECIPIENT in rcpts for rcpts in direct):
+        result.found.append(f"a message for {MX_RECIPIENT} delivered straight to {highest} "
+                            f"(MX {highest_pref} for {domain})")
         result.passed = True
         return result
-    relayed = _relay_deliveries(lab, highest)
+    relayed = len(_relay_deliveries(lab, highest))
     tried = len(conversations(lab, "smtp", host=highest)) > relayed
-    if not tried and relayed:
+    if direct:
+        result.hints.append(f"you delivered to {highest}, but for {', '.join(direct[-1])}: the task's "
+                            f"message is for {MX_RECIPIENT} (RCPT TO:<{MX_RECIPIENT}>)")
+    elif not tried and relayed:
         result.hints.append(f"a lab relay delivered to {highest} (a sender falls back to the backup MX "
                             "when the preferred one fails), not you: connect to it yourself, e.g. with "
                             f"%%smtp or smtplib.SMTP(*lab.address('smtp', '{highest}'))")
     elif tried:
         result.hints.append(f"you reached {highest}, but it accepted no message from you: MAIL FROM, "
-                            f"RCPT TO:<a user of {domain}>, DATA, the text and '.'")
-    elif len([c for c in conversations(lab, "smtp", host=lowest) if c.kinds("stored")]) > \
-            _relay_deliveries(lab, lowest):
+                            f"RCPT TO:<{MX_RECIPIENT}>, DATA, the text and '.'")
+    elif _direct(lab, lowest):
         result.hints.append(f"you delivered to {lowest}: that MX has the lowest preference value, the "
                             "most preferred; the task asks for the highest value (the backup)")
     else:
@@ -208,26 +238,33 @@ def _mime_candidates(lab: Lab) -> list[tuple[str, str, int, str, str, bytes, byt
     return out
 
 
+#: Whose mailbox the MIME task's message goes to and is read from.
+MIME_USER = "bob@alpha.test"
+
+
 @exercise(5, "mime_parts", "Send a message with a Chinese subject and a PDF, find its parts by IMAP part number")
 def check_mime_parts(lab: Lab, answer: str | None = None) -> CheckResult:
     result = CheckResult("mime_parts", False)
-    found = _mime_candidates(lab)
+    every = _mime_candidates(lab)
+    found = [f for f in every if f[0] == MIME_USER]
     if not found:
-        result.hints.append(_mime_problem(lab))
+        result.hints.append(f"the message with a Chinese subject and a PDF is in {every[-1][0]}'s mailbox: "
+                            f"the task sends it to {MIME_USER} and reads it as {MIME_USER} over IMAP"
+                            if every else _mime_problem(lab))
         return result
     user, folder, uid, subject, number, *_parts = found[-1]
     result.found.append(f"{user}'s {folder} holds UID {uid} ({subject!r}, an RFC 2047 subject) "
                         f"with a PDF as part {number}")
     # Judged from what the server sent: the structure listing a PDF, and the PDF's
     # part (as sent, or BINARY's decoded octets) as a FETCH literal, all of it.
-    convs = [c for c in conversations(lab, "imap") if c.user == user]
+    convs = [c for c in conversations(lab, "imap") if c.login == user]
     structure = any("BODYSTRUCTURE (" in r.upper() and '"APPLICATION" "PDF"' in r.upper()
                     for c in convs for _v, _a, _ok, replies in c.imap_exchanges() for r in replies)
     sent = [(head, size) for c in convs for _t, head, size in c.payloads()]
     pdf = [n for *_x, n, part, body in found
            if any(sent_whole(h, size, part) or sent_whole(h, size, body) for h, size in sent)]
-    whole = any(sent_whole(h, size, data) for h, size in sent for u, _f, _uid, data in messages(lab)
-                if u == user and any(f[2] == _uid for f in found))
+    whole = any(sent_whole(h, size, data) for h, size in sent for u, f, _uid, data in messages(lab)
+                if any(x[:3] == (u, f, _uid) for x in found))
     if structure:
         result.found.append("BODYSTRUCTURE fetched: the server listed the parts, the PDF among them")
     else:
@@ -285,10 +322,20 @@ def _dsn_texts(data: bytes, returned: bool = False) -> list[bytes]:
     return [t for t in out if t]
 
 
+#: Who sends the message that bounces, so whose INBOX the DSN comes back to.
+BOUNCE_SENDER = "alice@alpha.test"
+
+
 @exercise(6, "bounce_dsn", "Make a message bounce and read the DSN")
 def check_bounce_dsn(lab: Lab, answer: str | None = None) -> CheckResult:
     result = CheckResult("bounce_dsn", False)
-    dsns = _dsns(lab)
+    every = _dsns(lab)
+    dsns = [d for d in every if d[0] == BOUNCE_SENDER]
+    if every and not dsns:
+        result.hints.append(f"a DSN came back to {every[-1][0]}, not to {BOUNCE_SENDER}: the task's message "
+                            f"goes out as {BOUNCE_SENDER} (log in as alice to send it), so its bounce "
+                            "comes back to alice's INBOX")
+        return result
     if not dsns:
         result.hints.append("no bounce has come back yet: send to an address that cannot be delivered, "
                             "e.g. nobody@beta.test (the MX answers 550 5.1.1) or someone@example.com "
@@ -302,7 +349,7 @@ def check_bounce_dsn(lab: Lab, answer: str | None = None) -> CheckResult:
         texts, original = _dsn_texts(data), _dsn_texts(data, returned=True)
         head = section(data, (), "HEADER")
         for c in conversations(lab, "pop3") + conversations(lab, "imap"):
-            if c.user != user:
+            if c.login != user:
                 continue
             for _t, recorded, size in c.payloads():
                 if any(sent_whole(recorded, size, t) for t in texts):
