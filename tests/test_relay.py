@@ -242,6 +242,60 @@ def test_expiry_bounces_with_4_4_7(tmp_path):
         lab.stop()
 
 
+def test_a_dsn_says_which_host_gave_which_reply_to_which_command(tmp_path):
+    """Postfix's words, true to the wire: "host H[A] said: REPLY (in reply to X command)"
+    in the human-readable part, the reply itself as the smtp Diagnostic-Code (RFC 3464
+    2.3.6); a session that ended without a reply says where it ended, never "said"."""
+    lab = Lab(tmp_path / "lab", ports="auto", limits=fast_limits(
+        relay_retry_first=0.2, relay_retry_max=0.3, relay_expiry=1.0, relay_connect_timeout=2,
+        relay_reply_timeout=10))
+    lab.start()
+    mx = {h: lab.service("smtp", h).address for h in ("mx1.beta.test", "mx2.beta.test")}
+    try:
+        def bounce(subject: str, rcpt: str = "carol@beta.test") -> tuple[str, email.message.Message]:
+            msg = lab.relay.wait(submit(lab, [rcpt], subject), timeout=20)
+            assert msg.state == "bounced", msg
+            lab.faults.heal("mx1.beta.test")
+            lab.faults.heal("mx2.beta.test")
+            lab.set_tls_policy("beta.test", "may")
+            [dsn] = [m for m in pop3_messages(lab, *ALICE, "mail.alpha.test")
+                     if m.get_content_type() == "multipart/report" and f"Subject: {subject}" in m.as_string()]
+            human, status, _original = dsn.get_payload()
+            return human.get_content(), status.get_payload()[1]
+
+        human, rcpt = bounce("to nobody", "nobody@beta.test")
+        assert f"host mx1.beta.test[{mx['mx1.beta.test']}] said: 550 5.1.1 <nobody@beta.test>" in human
+        assert human.rstrip().endswith("(in reply to RCPT TO command)"), human
+        assert rcpt["Diagnostic-Code"].startswith("smtp; 550 5.1.1 <nobody@beta.test>")
+
+        # DATA itself refused (not the RCPT before it, which the host accepted)
+        lab.faults.add("mx1.beta.test", "smtp", "DATA", "554 5.3.4 no data today", service="smtp")
+        human, rcpt = bounce("no data")
+        assert "said: 554 5.3.4 no data today (in reply to DATA command)" in human, human
+        assert (rcpt["Diagnostic-Code"], rcpt["Remote-MTA"]) == ("smtp; 554 5.3.4 no data today", "dns; mx1.beta.test")
+
+        # TLS required, STARTTLS refused by both MX hosts: the message expires (4.4.7);
+        # the last host's reply to STARTTLS is the diagnostic
+        for host in mx:
+            lab.faults.add(host, "smtp", "STARTTLS", "454 4.7.0 TLS not available", service="smtp")
+        lab.set_tls_policy("beta.test", "encrypt")
+        human, rcpt = bounce("tls refused")
+        assert "message expired" in human and rcpt["Status"] == "4.4.7"
+        assert (f"host mx2.beta.test[{mx['mx2.beta.test']}] said: 454 4.7.0 TLS not available "
+                "(in reply to STARTTLS command)") in " ".join(human.split()), human
+        assert (rcpt["Diagnostic-Code"], rcpt["Remote-MTA"]) == ("smtp; 454 4.7.0 TLS not available",
+                                                                 "dns; mx2.beta.test")
+
+        # the connection closed instead of a reply to RCPT: nobody "said" anything
+        lab.faults.add("mx1.beta.test", "smtp", "RCPT", drop=True, service="smtp")
+        human, rcpt = bounce("dropped")
+        assert f"lost connection with mx1.beta.test[{mx['mx1.beta.test']}] while sending RCPT TO" in human, human
+        assert "said:" not in human and "in reply to" not in human
+        assert rcpt["Diagnostic-Code"].startswith("x-maillab; ")
+    finally:
+        lab.stop()
+
+
 def test_null_mx_bounces_without_a_connection(rlab):
     text = rlab.dns.zone_text("gamma.test").replace("@\tIN\tMX\t10 mail", "@\tIN\tMX\t0 .")
     rlab.dns.replace_zone("gamma.test", text)

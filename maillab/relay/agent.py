@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..topology import lab_port
+from . import diagnosis
 from .client import Delivery, deliver
 from .connections import ConnectionCache
 from .message import NEXT_MX_STATUS, UNREACHABLE, Attempt, QueuedMessage, Recipient
@@ -32,9 +33,12 @@ if TYPE_CHECKING:
 
 
 def decide(r: Recipient, fate: str, code: int | None, status: str | None, text: str,
-           host: str | None, command: str | None) -> None:
-    """Set recipient ``r``'s fate and the reply that decided it."""
+           host: str | None, command: str | None, *, reply: str | None = None,
+           address: str | None = None) -> None:
+    """Set recipient ``r``'s fate and what decided it: ``reply``, the SMTP reply ``host``
+    (at ``address``) gave to ``command``, when one did."""
     r.state, r.code, r.status, r.text, r.host, r.command = fate, code, status, text, host, command
+    r.reply, r.remote_address = reply, address
 
 
 class DeliveryAgent:
@@ -85,7 +89,7 @@ class DeliveryAgent:
         self.queue.note(msg, f"MX for {domain}: " + ", ".join(
             f"{t.preference} {t.name} [{', '.join(t.addresses)}]" for t in route.targets)
             + ("" if not route.notes else " — " + "; ".join(route.notes)), domain=domain, route=route.as_dict())
-        last_error, failures = "no MX host answered", set()
+        last_error, failures, last = "no MX host answered", set(), None
         for target in route.targets:
             for address in target.addresses:
                 port = self._smtp_port(target.name, address)
@@ -98,11 +102,16 @@ class DeliveryAgent:
                     continue
                 d = await self._session(msg, domain, target.name, address, port, [r.address for r in rcpts])
                 if d.try_next_mx:
-                    last_error = d.error or (str(d.session_failure) if d.session_failure else "no answer")
+                    last_error = d.error or (diagnosis.said(d.host, d.address, str(d.session_failure),
+                                                            diagnosis.COMMANDS.get(d.stage, d.stage))
+                                             if d.session_failure else "no answer")
                     failures.add(d.failure)
+                    last = d if d.connected else None
+                    # the attempt's own text: its views name the host already
+                    shown = d.error or (str(d.session_failure) if d.session_failure else "no answer")
                     self.queue.record(msg, self._attempt_of(d, msg, domain, rcpts, route.answer, d.failure,
-                                                       last_error), f"{target.name}[{address}]: {d.failure}:"
-                                                                    f" {last_error}; trying the next MX")
+                                                       shown), f"{target.name}[{address}]: {d.failure}:"
+                                                               f" {shown}; trying the next MX")
                     continue
                 self._apply(msg, d, domain, rcpts, route.answer)
                 return
@@ -111,8 +120,13 @@ class DeliveryAgent:
         else:  # some answered: "connect ... failed" would not be true
             status = NEXT_MX_STATUS[failures.pop()] if len(failures) == 1 else "4.4.0"
             text, command = f"no MX host of {domain} took the message", None
+        # The last host that answered, and what it said, stand for the attempt (as
+        # Postfix's Remote-MTA and Diagnostic-Code do after trying every MX).
+        said = last.session_failure if last is not None else None
         for r in rcpts:
-            decide(r, "deferred", None, status, f"{text} (last: {last_error})", None, command)
+            decide(r, "deferred", None, status, f"{text} (last: {last_error})",
+                   last.host if last else None, diagnosis.COMMANDS.get(last.stage) if said and last else command,
+                   reply=str(said) if said else None, address=last.address if last else None)
 
     def _upstream(self) -> Any:
         """A class network's way to the other labs (maillab.classnet.member), or None."""
@@ -221,19 +235,23 @@ class DeliveryAgent:
                 reply, command = d.mail_reply, "MAIL FROM"
             elif r.address in d.rcpt_replies:
                 reply = d.rcpt_replies[r.address]
-                command = "end of DATA" if reply is d.data_reply else "RCPT TO"
+                # the reply that decided: to the end of the text, to DATA itself, or to RCPT
+                command = ("end of DATA" if reply is d.data_reply else "DATA" if reply is d.data_go
+                           else "RCPT TO")
                 if reply.code in (250, 251) and d.data_reply is None:
                     # accepted at RCPT, but the session died before the message was taken
                     decide(r, "deferred", None, "4.4.2", d.error or "connection lost during DATA",
-                                 d.host, "DATA")
+                           d.host, diagnosis.COMMANDS.get(d.stage, d.stage), address=d.address)
                     results.add("deferred")
                     continue
             else:
-                decide(r, "deferred", None, "4.4.2", d.error or "connection lost", d.host, d.stage)
+                decide(r, "deferred", None, "4.4.2", d.error or "connection lost", d.host,
+                       diagnosis.COMMANDS.get(d.stage, d.stage), address=d.address)
                 results.add("deferred")
                 continue
             fate = "delivered" if reply.code < 400 else "deferred" if reply.code < 500 else "bounced"
-            decide(r, fate, reply.code, reply.status, str(reply), d.host, command)
+            decide(r, fate, reply.code, reply.status, str(reply), d.host, command, reply=str(reply),
+                   address=d.address)
             results.add(fate)
         final = d.data_reply or next(iter(d.rcpt_replies.values()), None) or d.mail_reply
         result = results.pop() if len(results) == 1 else "partial"

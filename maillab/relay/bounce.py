@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime, formatdate, make_msgid
 
+from .diagnosis import said
+
 #: Above this, only the original's header goes back (Postfix does the same past a limit).
 FULL_ORIGINAL_LIMIT = 100 * 1024
 
@@ -36,6 +38,8 @@ class FailedRecipient:
     last_attempt: float | None = None
     command: str | None = None  # the command the reply answered (RCPT TO, end of DATA, ...)
     action: str = "failed"  # or "delayed" for a warning
+    reply: str | None = None  # the remote's SMTP reply, verbatim, when one decided
+    remote_address: str | None = None  # the address of remote_mta
 
 
 def _date(ts: float | None) -> str:
@@ -84,9 +88,12 @@ def build_dsn(
         "",
     ]
     for f in failed:
-        where = f"host {f.remote_mta} said: " if f.remote_mta else ""
-        after = f" (in reply to {f.command} command)" if f.command else ""
-        human.append(f"<{f.address}>: {where}{f.diagnostic}{after}")
+        # A reply alone is said with its host and the command it answered (Postfix's
+        # words); any other diagnostic already says where the session ended.
+        if f.reply and f.remote_mta and f.diagnostic == f.reply:
+            human.append(f"<{f.address}>: {said(f.remote_mta, f.remote_address, f.reply, f.command)}")
+        else:
+            human.append(f"<{f.address}>: {f.diagnostic}")
     status = [
         f"Reporting-MTA: dns; {reporting_mta}",
         f"X-Maillab-Queue-ID: {queue_id}",
@@ -102,8 +109,13 @@ def build_dsn(
         ]
         if f.remote_mta:
             status.append(f"Remote-MTA: dns; {f.remote_mta}")
-        kind = "smtp" if f.diagnostic[:3].isdigit() else "x-maillab"
-        status.append(f"Diagnostic-Code: {kind}; {f.diagnostic}")
+        # RFC 3464 2.3.6: the actual reply of the remote MTA when there is one (the
+        # command it answered is in the human-readable part); else our own words.
+        if f.reply:
+            status.append(f"Diagnostic-Code: smtp; {f.reply}")
+        else:
+            kind = "smtp" if f.diagnostic[:3].isdigit() else "x-maillab"
+            status.append(f"Diagnostic-Code: {kind}; {f.diagnostic}")
         status.append(f"Last-Attempt-Date: {_date(f.last_attempt)}")
     if len(original) <= FULL_ORIGINAL_LIMIT:
         third_type, third = "message/rfc822", original.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import tls as tlsinfo
 from ..connection import ConnectionClosed, LineConnection, LineTooLong
+from . import diagnosis
 from .message import NO_STARTTLS, SESSION_FAILED, TLS_FAILED, UNREACHABLE
 
 if TYPE_CHECKING:
@@ -144,12 +145,15 @@ class Delivery:
     address: str
     port: int
     connected: bool = False
-    stage: str = "connect"  # the last command sent: connect, greeting, EHLO, STARTTLS, MAIL, RCPT, DATA, QUIT
-    session_failure: Reply | None = None  # the greeting, EHLO or HELO refused: try the next MX
+    # the last command sent (or "greeting" while waiting for it, "end of DATA" after the
+    # text): connect, greeting, EHLO, HELO, STARTTLS, RSET, MAIL, RCPT, DATA, end of DATA, QUIT
+    stage: str = "connect"
+    session_failure: Reply | None = None  # the greeting, EHLO, HELO or STARTTLS refused: try the next MX
     error: str = ""  # text for failures that had no SMTP reply (refused, timeout, TLS)
     mail_reply: Reply | None = None
     rcpt_replies: dict[str, Reply] = field(default_factory=dict)  # final per-recipient outcome
-    data_reply: Reply | None = None
+    data_go: Reply | None = None  # the reply to DATA itself (354, or a refusal)
+    data_reply: Reply | None = None  # the reply to the end of the text
     tls: bool = False
     tls_version: str | None = None
     tls_cipher: str | None = None
@@ -311,11 +315,11 @@ async def deliver(
             await _quit(conn.session)
         return result
     except asyncio.TimeoutError:
-        result.error = f"{host}[{address}]: no reply to {result.stage} within {reply_timeout:g} s"
+        result.error = diagnosis.timed_out(host, address, result.stage, reply_timeout)
         rec.note(result.error)
         return result
     except (ConnectionError, ProtocolError, ssl.SSLError, OSError) as exc:
-        result.error = f"{host}[{address}]: lost connection after {result.stage}: {exc}"
+        result.error = f"{diagnosis.lost(host, address, result.stage)} ({exc})"
         rec.note(result.error)
         return result
     finally:
@@ -377,6 +381,7 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
         if ehlo.code == 250:
             extensions = ehlo_extensions(ehlo)
         else:
+            result.stage = "HELO"
             helo = await s.command(f"HELO {helo_name}")
             if helo.code != 250:
                 result.session_failure = helo
@@ -386,7 +391,8 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
         result.starttls_offered = "STARTTLS" in extensions
         if require_tls and ("STARTTLS" not in extensions or tls_context is None):
             # RFC 3207 4.1 / RFC 8689: a client that requires TLS must not go on in plaintext.
-            result.error = f"{host}[{address}] does not offer STARTTLS, and this relay requires TLS"
+            result.error = (f"{host}[{address}] does not offer STARTTLS, and this relay requires TLS (its"
+                            " reply to EHLO listed no STARTTLS)")
             result.tls_failure = NO_STARTTLS
             rec.note(result.error)
             await _quit(s)
@@ -401,7 +407,8 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
                 except (ssl.SSLError, ssl.CertificateError, OSError, asyncio.TimeoutError,
                         ConnectionClosed) as exc:
                     # A failed handshake leaves the session unusable; the next MX may do better.
-                    result.error = f"TLS handshake with {host}[{address}] failed: {exc}"
+                    result.error = (f"TLS handshake with {host}[{address}] failed after its 220 reply to"
+                                    f" STARTTLS: {exc or exc.__class__.__name__}")
                     result.tls_failure = TLS_FAILED
                     rec.note(result.error)
                     return None
@@ -415,8 +422,8 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
                     if not der or not tlsa_matches(der, tlsa):
                         # RFC 7672 2.2: with usable TLSA records, a server that fails to
                         # authenticate gets no mail at all.
-                        result.error = (f"DANE: the certificate of {host}[{address}] matches none of its"
-                                        f" {len(tlsa)} TLSA record(s)")
+                        result.error = (f"DANE: the certificate of {host}[{address}] (TLS handshake after"
+                                        f" STARTTLS) matches none of its {len(tlsa)} TLSA record(s)")
                         result.tls_failure = TLS_FAILED
                         rec.note(result.error)
                         await _quit(s)
@@ -437,7 +444,8 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
             elif require_tls:
                 # RFC 3207 4.1: after a 454 the client decides; one that requires TLS
                 # must not go on in the clear (RFC 7672 2.2: defer, never send it plain).
-                result.error = f"{host}[{address}] refused STARTTLS ({go}), and this relay requires TLS"
+                result.error = (f"TLS is required, but {diagnosis.said(host, address, str(go), 'STARTTLS')}")
+                result.session_failure = go
                 result.tls_failure = NO_STARTTLS
                 rec.note(result.error)
                 await _quit(s)
@@ -512,10 +520,12 @@ async def _transaction(s: _Session, result: Delivery, extensions: dict[str, str]
             return True  # MAIL stays in effect until RSET (the next message sends one)
         result.stage = "DATA"
         go = await s.command("DATA")
+    result.data_go = go
     if go.code != 354:
         for rcpt in accepted:
             result.rcpt_replies[rcpt] = go
         return True
+    result.stage = "end of DATA"
     s.rec.payload("C", data)
     s.conn.write(encode_data(data))
     await s.conn.drain()

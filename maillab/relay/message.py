@@ -74,8 +74,10 @@ class Recipient:
     status: str | None = None  # RFC 3463 enhanced status code
     text: str = ""
     host: str | None = None  # the MX host that accepted or refused it
-    command: str | None = None  # the command whose reply decided it
+    command: str | None = None  # the command whose reply decided it ("RCPT TO", "end of DATA", ...)
     reported: bool = False  # a DSN has gone out for it
+    reply: str | None = None  # that reply as the host sent it (``text`` may say more around it)
+    remote_address: str | None = None  # the host's address
 
     @property
     def domain(self) -> str:

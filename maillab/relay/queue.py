@@ -390,8 +390,9 @@ class RelayQueue:
         pending = [r for r in msg.recipients if r.state == "deferred"]
         if pending and time.time() - msg.created >= limits.relay_expiry:
             for r in pending:
-                decide(r, "bounced", r.code, "4.4.7", f"message expired: still undeliverable after"
-                             f" {limits.relay_expiry:g} s in the queue (last error: {r.text})", r.host, r.command)
+                decide(r, "bounced", r.code, "4.4.7", f"message expired after {limits.relay_expiry:g} s in"
+                       f" the queue; the last attempt: {r.text}", r.host, r.command, reply=r.reply,
+                       address=r.remote_address)
             pending = []
         newly_bounced = [r for r in msg.recipients if r.state == "bounced" and not r.reported]
         if newly_bounced and not await self._bounce(msg, newly_bounced):
@@ -443,8 +444,8 @@ class RelayQueue:
         dsn = build_dsn(
             reporting_mta=msg.origin, sender=msg.mail_from, queue_id=msg.id, arrival=msg.created,
             original=msg.data,
-            failed=[FailedRecipient(r.address, r.status or "5.0.0", r.text, r.host, last, r.command)
-                    for r in failed],
+            failed=[FailedRecipient(r.address, r.status or "5.0.0", r.text, r.host, last, r.command,
+                                    reply=r.reply, remote_address=r.remote_address) for r in failed],
         )
         origin = self.lab.topology.hosts.get(msg.origin)
         sender_domain = msg.mail_from.rsplit("@", 1)[-1].lower()
