@@ -20,8 +20,9 @@ COMMANDS: dict[str, str] = {
     "NOOP": "does nothing, but gives the server a chance to report new mail and flag"
             " changes (RFC 3501 6.1.2)",
     "LOGOUT": "ends the session: the server says BYE, then OK, then closes (RFC 3501 6.1.3)",
-    "STARTTLS": "upgrade this connection to TLS before logging in; the client must ask for"
-                " CAPABILITY again afterwards (RFC 3501 6.2.1, RFC 9051 6.2.1)",
+    "STARTTLS": "upgrade this connection to TLS before logging in; afterwards the client must"
+                " forget the capabilities it was told and should ask for CAPABILITY again"
+                " (RFC 3501 6.2.1, RFC 9051 6.2.1)",
     "AUTHENTICATE": "SASL login; PLAIN carries base64(authzid NUL user NUL password)"
                     " (RFC 3501 6.2.2, RFC 4616; an initial response on the same line is"
                     " SASL-IR, RFC 4959)",

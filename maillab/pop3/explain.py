@@ -60,7 +60,8 @@ def explain(line: str, direction: str) -> str | None:
     if line.startswith("+OK") and "signing off" in line and "deleted" in line:
         return "UPDATE state: messages marked with DELE are removed now, then the connection closes"
     if line.startswith("+OK begin TLS"):
-        return "from here on TLS; the client sends CAPA again and logs in (RFC 2595 section 4)"
+        return ("from here on TLS; the client must forget the capabilities it was told and should"
+                " send CAPA again before it logs in (RFC 2595 section 4)")
     if line == ".":
         return "end of the multi-line response (a '.' alone on a line; RFC 1939 section 3)"
     if line.startswith("+ "):
