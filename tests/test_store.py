@@ -423,3 +423,29 @@ def test_a_folder_being_indexed_does_not_hold_up_the_others(tmp_path):
     assert done_before_bob and bob_opened.is_set()
     assert len(store.mailbox("bob@alpha.test")) == 2 and len(store.mailbox("carol@alpha.test")) == 1
     store.close()
+
+
+def test_index_checkpoints_run_beside_the_lock_and_keep_the_log_short(tmp_path):
+    """sqlite would copy the index's log into the database (two fsyncs) inside the commit
+    that crosses its mark, under the mailbox lock; here a checkpoint runs on another
+    connection while the lock is held, and the log stays bounded (checkpointing.py)."""
+    from maillab.store.checkpointing import CHECKPOINT_CHANGES, WAL_FRAMES_MAX
+
+    mb = Mailbox(tmp_path / "box", "INBOX")
+    assert mb._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    uids = [mb.add(f"Subject: {n}\r\n\r\nx\r\n".encode()).uid for n in range(200)]
+    for round_ in range(12):  # ~2,400 flag rows: several checkpoints' worth
+        mb.change_flags(uids, lambda old, f: old ^ f, frozenset({f"$k{round_ % 2}"}))
+    done = threading.Event()
+    with mb.lock:
+        worker = threading.Thread(target=lambda: (mb.checkpoint(), done.set()))
+        worker.start()
+        assert done.wait(10), "the checkpoint waited for the mailbox lock"
+    worker.join(10)
+    assert mb.checkpoints >= 2  # (one while another runs is skipped: the next one copies it)
+    other = sqlite3.connect(tmp_path / "box" / "maillab-index.sqlite")
+    busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    other.close()
+    assert frames <= WAL_FRAMES_MAX + 2 * CHECKPOINT_CHANGES * 3
+    assert len(mb.messages()) == 200
+    mb.close()

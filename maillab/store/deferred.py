@@ -34,9 +34,6 @@ DEFER_MIN = 1_024
 CHUNK = 2_048
 #: Seconds the mailbox must have been left alone before the background thread writes.
 QUIET = 0.5
-#: sqlite's default: a commit that leaves the log over this many pages copies it into
-#: the database (a checkpoint).
-AUTOCHECKPOINT = 1_000
 
 _INSERT = ("INSERT OR IGNORE INTO messages"
            " (uid, key, subdir, filename, size, crlf_size, internaldate, flags)"
@@ -59,6 +56,8 @@ class DeferredRows:
     table: MessageTable
     _db: sqlite3.Connection
     _cache: dict[int, dict[str, Any]]
+
+    def _checkpoint_later(self) -> None: ...
 
     def _init_deferred(self) -> None:
         self._db.execute("CREATE TABLE IF NOT EXISTS pending (first_uid INTEGER PRIMARY KEY,"
@@ -106,10 +105,9 @@ class DeferredRows:
             return
         self._db.execute("INSERT INTO pending (first_uid, data) VALUES (?, ?)",
                          (t.uids[start], t.rows_bytes(start)))
-        # No checkpoint at this commit: copying ~10 MB of log into the database and
-        # two fsyncs would wait on the disk before the SELECT could answer. Back on
-        # once the rows are written (a blob no longer pending).
-        self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        # (No checkpoint at this commit: copying ~10 MB of log into the database and
+        # two fsyncs would make the SELECT wait; checkpoints run on a thread of
+        # their own, without the lock: see checkpointing.py.)
         self._pending = True
         self._expand_later()
 
@@ -131,7 +129,6 @@ class DeferredRows:
                                      " ORDER BY first_uid LIMIT 1").fetchone()
                     if row is None:
                         self._pending = False
-                        db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT}")
                         break
                     with db.blobopen("pending", "data", row[0], readonly=True) as blob:
                         self._expansion = (row[0], MessageTable.load(blob.read), row[1])
@@ -152,6 +149,7 @@ class DeferredRows:
                                 if uid in self._cache])
                 self._cache_later.clear()
             db.execute("COMMIT")
+            self._checkpoint_later()
         except BaseException:
             db.execute("ROLLBACK")
             self._expansion = None  # read again from the index next time

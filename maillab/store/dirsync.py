@@ -54,6 +54,7 @@ class DirectorySync:
     def _forget(self, slot: int) -> None: ...
     def _new_rows(self, start: int) -> None: ...
     def _rows_written(self) -> None: ...
+    def _checkpoint_later(self) -> None: ...
 
     def _stamp(self) -> tuple[int, int]:
         base = os.fspath(self.path)  # no pathlib joins: every delivery asks twice
@@ -66,6 +67,7 @@ class DirectorySync:
         # Our own rename/unlink changes the directory times; if nothing else had
         # changed before it, the index is still complete and needs no rescan.
         self._dir_stamp = self._stamp() if was_in_sync else None
+        self._checkpoint_later()  # (after the commit that came with the change)
 
     def sync(self) -> bool:
         """Reconcile the index with the directories: files added, renamed or
@@ -84,6 +86,7 @@ class DirectorySync:
             changed = self._reconcile()
             self.table.maybe_compact()
             self._dir_stamp = stamp
+            self._checkpoint_later()
             return changed
 
     def _listing(self) -> tuple[list[str], list[str], bytearray]:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..frozen import IntRing
+from .checkpointing import Checkpointing
 from .deferred import DeferredRows
 from .delivering import EXPUNGED, Delivering
 from .dirsync import CHANGE_LOG_SIZE, INLINE_SYNC_MAX, DirectorySync
@@ -88,7 +89,7 @@ class Snapshot(NamedTuple):
     uidnext: int
 
 
-class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring, Delivering):  # (first: the others declare its methods)
+class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, Delivering):  # (before the parts that declare its methods)
     """A Maildir folder with its index. One instance per folder per process
     (the :class:`~maillab.store.Store` hands them out), guarded by one lock.
 
@@ -108,6 +109,7 @@ class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring, Delivering):  # 
         # without an fsync per message.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._init_checkpointing(self.path / INDEX_FILE)  # (and not inside a commit: checkpointing.py)
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -189,6 +191,7 @@ class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring, Delivering):  # 
     def set_meta(self, key: str, value: Any) -> None:
         with self.lock:
             self._set_meta(key, value)
+            self._checkpoint_later()
 
     def _logged(self, kind: int, uid: int) -> None:
         self.changes += 1
@@ -368,6 +371,7 @@ class Mailbox(DeferredRows, DirectorySync, Flagging, Measuring, Delivering):  # 
             if self._pending:  # its row may still be in a blob: written again after it
                 self._cache_later.add(uid)
             self._db.execute("UPDATE messages SET cache = ? WHERE uid = ?", (json.dumps(cache), uid))
+            self._checkpoint_later()
 
     # -- writing -----------------------------------------------------------------
     def add(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None, *,
