@@ -39,16 +39,22 @@ def _clean(value: str) -> str:
     parenthesis stays). One pass: removing the innermost comments again and again
     took time quadratic in the nesting depth (a pasted header of 4,000 nested
     parentheses: 0.2 s; 64,000: a minute)."""
+    text = " ".join(value.split())
+    if "(" not in text:
+        return text
     out: list[str] = []
     opened: list[int] = []  # where each still-open "(" is in out
-    for c in " ".join(value.split()):
-        if c == "(":
+    for piece in _PARENTHESES.split(text):  # "(", ")" and the runs between them
+        if piece == "(":
             opened.append(len(out))
-        elif c == ")" and opened:
+        elif piece == ")" and opened:
             del out[opened.pop():]
             continue
-        out.append(c)
+        out.append(piece)
     return "".join(out)
+
+
+_PARENTHESES = re.compile(r"([()])")
 
 
 def read(message: bytes) -> list[AuthHop]:

@@ -291,9 +291,14 @@ def address_search_text(value: bytes) -> bytes:
     search for ``"Doe, John" <j`` finds every way of writing that address.
     Not capped at MAX_ADDRESSES: the text is no longer than the header it comes from.
     """
+    return addresses_text(parse_addresses(value, limit=len(value) + 1))
+
+
+def addresses_text(addresses: list[Address]) -> bytes:
+    """Parsed addresses written back out as :func:`address_search_text` does."""
     out = bytearray()
     first, in_group = True, False
-    for a in parse_addresses(value, limit=len(value) + 1):
+    for a in addresses:
         if not first:
             out += b", "
         first = False
