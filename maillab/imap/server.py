@@ -32,6 +32,7 @@ from ..faults import Rule, reply_closes
 from ..listener import DROPPED, LineServer
 from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
+from ..store.locking import Turns
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser, parse_tag
 from .responses import Delay, Notice, Output, Response
 from .session import IMAPSession
@@ -80,9 +81,14 @@ OFFLOADED = (Fetch, Search, Append, Copy, Select, Status, Store, Expunge, Close,
 #: untagged updates than this runs on a worker too: after another session's EXPUNGE
 #: of 20,000 messages, announcing them is 20,000 lines of work on one NOOP.
 INLINE_UPDATES = 1_000
-#: Worker threads for :data:`OFFLOADED` commands (the GIL serialises Python anyway;
-#: the point is that the loop gets a turn every switch interval).
+#: :data:`OFFLOADED` commands computing at once (the GIL serialises Python anyway;
+#: the point is that the loop gets a turn every switch interval): each takes one of
+#: these :class:`~maillab.store.locking.Turns`, and gives it back while it waits for a
+#: mailbox lock another thread holds, so commands stuck behind a held mailbox do not
+#: stop other sessions' (tests/test_imap_worker_turns.py).
 WORKERS = 2
+#: Threads for them: the computing ones and those waiting for a mailbox lock.
+WORKER_THREADS = 32
 
 
 class IMAPHub:
@@ -91,7 +97,8 @@ class IMAPHub:
 
     def __init__(self, lab: Lab, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="maillab-imap")
+        self.workers = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="maillab-imap")
+        self.turns = Turns(WORKERS)
         self.sessions_per_user: dict[str, int] = {}
         self.waiting: dict[tuple[str, str], set[asyncio.Event]] = {}
         # Deliveries happen on any thread (SMTP on the lab thread, tests on theirs).
@@ -362,7 +369,8 @@ class IMAPServer(LineServer):
         the loop, and recording and writing stay on the loop."""
         loop = asyncio.get_running_loop()
         while True:
-            batch, error = await loop.run_in_executor(self.hub.workers, _next_batch, outputs)
+            batch, error = await loop.run_in_executor(self.hub.workers, self.hub.turns.run,
+                                                      _next_batch, outputs)
             for out in batch:
                 yield out
             if error is not None:

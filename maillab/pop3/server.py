@@ -39,9 +39,8 @@ from .wire import dot_stuff
 log = logging.getLogger("maillab.pop3")
 
 if TYPE_CHECKING:
-    from threading import RLock
-
     from ..lab import Lab
+    from ..store.locking import MailboxLock
 
 #: Multi-line text bodies up to this many lines are recorded line by line.
 RECORD_LINES = 40
@@ -227,7 +226,7 @@ def _end(session: POP3Session, maildrop: Maildrop | None) -> None:
         maildrop.flush_seen()
 
 
-def _mailbox_lock(session: POP3Session) -> RLock | None:
+def _mailbox_lock(session: POP3Session) -> MailboxLock | None:
     """The lock of the session's maildrop, if it has one. The lab loop takes it only
     when free (``acquire(blocking=False)``) and never waits for it: its holders may be
     doing disk IO (an expunge's unlinks, an index commit, renames for flags), so a

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..runtime import collector_paused
+from .locking import MailboxLock
 from .table import STATES, SUBDIRS, MessageTable
 
 #: New rows from one sync below this many go into the index as rows at once.
@@ -52,7 +53,7 @@ class DeferredRows:
     """The part of :class:`~maillab.store.mailbox.Mailbox` that loads the index and
     writes rows late."""
 
-    lock: threading.RLock
+    lock: MailboxLock
     table: MessageTable
     _db: sqlite3.Connection
     _cache: dict[int, dict[str, Any]]

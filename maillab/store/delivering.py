@@ -42,7 +42,6 @@ import re
 import socket
 import sqlite3
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from .filenames import info_letters
 from .groupsync import GROUP
+from .locking import MailboxLock
 from .measure import crlf_size
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class Delivering:
     """The part of :class:`~maillab.store.mailbox.Mailbox` that writes new messages."""
 
     path: Path
-    lock: threading.RLock
+    lock: MailboxLock
     _db: sqlite3.Connection
     _parents_flushed: bool
     _tmp_renamed: int

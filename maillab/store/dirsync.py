@@ -23,6 +23,7 @@ from typing import TypeVar
 from ..frozen import IntRing
 from ..runtime import collector_paused
 from .filenames import FLAG_LETTERS, arrival_sorted, flags_from_filename, sizes_from_keys
+from .locking import MailboxLock
 from .table import NEW, STATES, UNKNOWN, UNKNOWN_DATE, MessageTable
 
 T = TypeVar("T")
@@ -39,7 +40,7 @@ class DirectorySync:
     """The part of :class:`~maillab.store.mailbox.Mailbox` that reads the directories."""
 
     path: Path
-    lock: threading.RLock
+    lock: MailboxLock
     table: MessageTable
     uidnext: int
     changes: int

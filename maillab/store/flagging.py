@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .filenames import info_letters
+from .locking import MailboxLock
 from .table import CUR, NEW, SUBDIRS, MessageTable
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class Flagging:
     """The part of :class:`~maillab.store.mailbox.Mailbox` that changes flags."""
 
     path: Path
-    lock: threading.RLock
+    lock: MailboxLock
     table: MessageTable
     _db: sqlite3.Connection
     _dir_stamp: tuple[int, int] | None

@@ -34,7 +34,6 @@ import itertools
 import json
 import os
 import sqlite3
-import threading
 import time
 from array import array
 from collections.abc import Iterable
@@ -49,6 +48,7 @@ from .delivering import EXPUNGED, Delivering
 from .dirsync import CHANGE_LOG_SIZE, INLINE_SYNC_MAX, DirectorySync
 from .flagging import BATCH, Flagging
 from .groupsync import GROUP
+from .locking import MailboxLock
 from .measure import Measuring, crlf_size, to_crlf
 from .table import STATES, SUBDIRS, UNKNOWN_DATE, MessageTable
 
@@ -100,7 +100,7 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
     def __init__(self, path: Path, name: str, *, uidvalidity_source: Any = None) -> None:
         self.path = Path(path)
         self.name = name
-        self.lock = threading.RLock()
+        self.lock = MailboxLock()  # (an RLock that gives a worker's turn back while it waits)
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path / INDEX_FILE), check_same_thread=False,

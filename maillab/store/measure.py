@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from .locking import MailboxLock
 from .table import UNKNOWN, UNKNOWN_DATE, MessageTable
 
 #: Files measured per hold of the mailbox lock.
@@ -58,7 +58,7 @@ class Measuring:
     index does not know yet."""
 
     path: Path
-    lock: threading.RLock
+    lock: MailboxLock
     table: MessageTable
     _db: sqlite3.Connection
     # (size, CRLF size, date, uid) learnt since the last write: persisted in batches
