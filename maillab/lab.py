@@ -29,7 +29,7 @@ from .fdlimit import needed as fd_needed
 from .limits import Limits
 from .policy import Policy
 from .relay.tlspolicy import RelayTLSPolicy
-from .runtime import LabLoop
+from .runtime import LabLoop, freeze_what_exists
 from .services import FACTORIES, PortBusy, Service
 from .store import Store
 from .tls import LabCA
@@ -72,6 +72,16 @@ def _load_service_modules() -> None:
 
 class Lab:
     """A mail lab: servers for every host of a topology, on one lab thread."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Lab:
+        # What the process holds before this lab (the kernel's state, imported modules,
+        # the services' modules imported here) leaves the collector's generations, so a
+        # full collection on the lab loop walks the lab's own objects, not the kernel's.
+        # Here, before the instance exists: frozen, it and what it makes in cycles with
+        # it would never be collected.
+        _load_service_modules()
+        freeze_what_exists()
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -109,6 +109,39 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+#: Every LabLoop not yet garbage, started or not (its owner, a Lab or the class DNS, holds it).
+_every_loop: weakref.WeakSet[LabLoop] = weakref.WeakSet()
+
+
+def freeze_what_exists() -> bool:
+    """Take every object alive now out of the collector's generations (``gc.freeze``),
+    when no lab is alive to be frozen with them; True if it did.
+
+    A full collection walks every object the collector tracks, whichever thread sets
+    it off: in a kernel (IPython, numpy, matplotlib, the user's data) or a test run
+    (a thousand tests' reports) that is mostly what existed before the lab, and the
+    lab loop waited for all of it (219 ms in a test run, 27,549 objects freed).
+    Frozen objects are never walked again; objects made later are collected as
+    before. Called when a lab is made, before it makes anything of its own.
+
+    Frozen garbage is never collected (only reference counting frees a frozen
+    object), so nothing about to become garbage may be frozen: ``gc.collect()``
+    first frees what already is, and nothing is frozen while any lab or class DNS
+    is still alive (stopped but referenced, or running), since its objects die
+    with it. What is frozen is what outlives labs: modules, the kernel's and the
+    test runner's state. (CPython's ``gc`` docs give the same recipe around
+    ``fork()``; there ``gc.disable()`` also keeps the parent's pages unwritten,
+    which does not matter here, so the collector stays on.)
+    """
+    if any(loop.running for loop in list(_every_loop)):
+        return False  # and no collection either: it would pause that lab's loop
+    gc.collect()  # also frees a stopped lab that is garbage but for a cycle
+    if len(_every_loop):
+        return False
+    gc.freeze()
+    return True
+
+
 @dataclass(frozen=True)
 class Lag:
     """The lab loop came back late: ``wall`` seconds late, of which the lab thread
@@ -212,6 +245,7 @@ class LabLoop:
         self.gc_pauses: list[GCPause] = []
         self.on_gc_pause: Callable[[GCPause], None] | None = None
         self._watch = LagWatch(self)
+        _every_loop.add(self)
 
     @property
     def running(self) -> bool:

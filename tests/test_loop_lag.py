@@ -85,3 +85,48 @@ def test_a_lag_says_what_it_waited_for() -> None:
     assert "other threads of this process computed 400 ms" in str(Lag("lab", 0.0, 0.5, 0.01, others=0.4))
     assert "blocked or machine load" in str(Lag("lab", 0.0, 0.5, 0.01, others=0.01))
     assert "busy computing" in str(Lag("lab", 0.0, 0.5, 0.45))
+
+
+# A process that held N long-lived objects before the lab (a kernel's modules and data,
+# a test run's reports) starts a lab, and a full collection on the lab thread then walks
+# the lab's objects, not the N; the lab itself is still collected once dropped, and a
+# lab made while another is alive freezes nothing (its objects will die with it).
+_FREEZE_PROBE = r"""
+import gc, json, sys, tempfile, weakref
+from maillab import Lab
+
+class Held:
+    def __init__(self, peer):
+        self.peer = peer
+held = [Held(None) for _ in range(N)]
+for i, h in enumerate(held):
+    h.peer = held[i - 1]  # one big cycle, alive all along
+first = Lab(tempfile.mkdtemp(), ports="auto", domains=["alpha.test"], services=("pop3",)).start()
+walked = first.loop.call(lambda: (gc.collect(2), len(gc.get_objects()))[1])
+frozen = gc.get_freeze_count()
+second = Lab(tempfile.mkdtemp(), ports="auto", domains=["alpha.test"], services=("pop3",))
+frozen_again = gc.get_freeze_count()
+refs = [weakref.ref(first), weakref.ref(second)]
+first.stop()
+del first, second
+gc.collect()
+print(json.dumps({"walked": walked, "frozen": frozen, "frozen_again": frozen_again,
+                  "labs_left": sum(r() is not None for r in refs)}))
+"""
+
+
+def test_a_full_collection_on_the_lab_thread_walks_the_labs_objects_not_the_kernels(tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    n = 200_000
+    result = subprocess.run([sys.executable, "-c", f"N = {n}\n" + _FREEZE_PROBE],
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["frozen"] >= n  # the process's objects left the generations at lab start
+    assert got["walked"] < n // 10  # what a full collection walks: the lab's own objects
+    assert got["frozen_again"] == got["frozen"]  # a second lab while one is alive freezes nothing
+    assert got["labs_left"] == 0  # neither lab was frozen: both collected once dropped
