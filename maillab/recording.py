@@ -93,8 +93,10 @@ def rfc_text(events: Iterable[Event], *, side: str = "server") -> str:
             continue  # DNS queries and the like: no conversation to show
         opened = next((e for e in evs if e.kind == OPENED), evs[0])
         peer = opened.data.get("peer") or opened.text
+        # a relay's client session is recorded under its own host name; "mx" names the server
+        to = f"{opened.data['mx']} [{peer}], from {opened.host}" if opened.data.get("mx") else opened.host
         who = (f"{opened.protocol.upper()} {sid}: server {opened.host}, client {peer}"
-               if opened.side == "server" else f"{opened.protocol.upper()} {sid}: client to {opened.host}")
+               if opened.side == "server" else f"{opened.protocol.upper()} {sid}: client to {to}")
         lines = [f"# {who}"]
         for e in evs:
             if e.is_line:

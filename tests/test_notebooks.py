@@ -49,7 +49,8 @@ CLAIMS = {
         "next (suggested): 'a1 STARTTLS'",  # the step-through client, waiting for a click
         "1 messages deleted", "(the server sets \\Seen)", "FLAGS (\\Flagged)", " EXISTS'",
         "a3 OK CREATE completed", "Projects/2024", "POP3 would download",
-        "Leaving out connecting and logging in (POP3 pays for those too): IMAP moved",  # like with like "Übersicht 2024.pdf",
+        "Leaving out connecting and logging in (POP3 pays for those too): IMAP moved",  # like with like
+        'attachment "Übersicht 2024.pdf"',  # the RFC 2231 file name, decoded
         "= 你好，Bob：季度报告", "UID SEARCH SUBJECT 季度报告 in INBOX: 1 found",
         "BODY.PEEK[1.MIME] BODY.PEEK[2.MIME]",  # the parts' headers, asked for without downloading
     ],
@@ -57,6 +58,7 @@ CLAIMS = {
         ";; ANSWER SECTION:", "status: NXDOMAIN", "status: REFUSED", "delivered by mx2.beta.test",
         "ESMTPSA", "unreachable: connect to mx1.beta.test", "451 4.3.0", "Status: 5.7.1",
         "Undelivered Mail Returned to Sender", "negative delay at hop 5", "unparsed:",
+        "(in reply to RCPT TO command)",  # the DSN names the command the 550 answered
     ],
     "05_ports_tls.ipynb": [
         "● implicit TLS", "◐ STARTTLS", "certificate verifies against the lab CA for mail.alpha.test",
@@ -78,6 +80,7 @@ CLAIMS = {
         "The server said: -ERR [SYS/TEMP] disk busy.",
         "fault injected (mail.alpha.test): UID FETCH -> answers 'NO [UNAVAILABLE] try later'",
         "UID FETCH 1 failed: the server said NO [UNAVAILABLE] try later",
+        "connection closed before the QUIT was answered",  # the client sent QUIT; it was never carried out
         "deferred  mx1.beta.test: 452 4.2.2 mailbox full",
         "The server closed the connection without a reply: no UPDATE state",
         "[fired 2/2, spent]",

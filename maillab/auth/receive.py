@@ -91,7 +91,7 @@ class Verdict:
     dmarc: DMARCCheck
     action: str = "deliver"  # deliver, junk, reject
     reason: str = ""
-    override: str = ""  # a local-policy override (RFC 7489 7.2: forwarded, ARC)
+    override: str = ""  # a local-policy override (RFC 7489 6.7; reported as local_policy, Appendix C)
     trace: list[Question] = field(default_factory=list)
 
     def header(self) -> str:
@@ -352,7 +352,7 @@ def check(message: bytes, *, lookup: LabLookup, authserv_id: str, ip: str, helo:
     if dmarc.result == "fail" and dmarc.policy in ("reject", "quarantine"):
         if arc.cv == "pass" and arc.sealers and all(s in trusted_sealers for s in arc.sealers) \
                 and ("dmarc=pass" in arc.first_results or "dkim=pass" in arc.first_results):
-            verdict.override = f"arc=pass from {', '.join(arc.sealers)} (RFC 7489 7.2 local policy)"
+            verdict.override = f"arc=pass from {', '.join(arc.sealers)} (local policy, RFC 7489 6.7)"
         else:
             verdict.action = "reject" if dmarc.policy == "reject" else "junk"
             verdict.reason = f"DMARC policy p={dmarc.policy}: {dmarc.reason}"

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import CLOSED, NOTE, OPENED, STATE, Event, EventBus
+from ..events import CLIENT_LINE, CLOSED, NOTE, OPENED, STATE, Event, EventBus
 from .live import Block, LiveBlocks, blocks_html, widget_bundle
 from .publish import Throttle
 from .theme import BASE_PX, badge, diagram, diagram_style, page
@@ -46,7 +46,8 @@ class POP3SessionState:
     marked: list[int] = field(default_factory=list)
     closed: bool = False
     reason: str = ""
-    aborted: bool = False  # ended in TRANSACTION without QUIT
+    aborted: bool = False  # ended in TRANSACTION without QUIT carried out
+    quit_sent: bool = False  # the client did send QUIT (the connection closed before the reply)
     removed: list[int] | None = None  # set in UPDATE (the first ones, of a large maildrop)
     removed_count: int = 0
     left: int | None = None  # messages on the server after UPDATE
@@ -62,7 +63,9 @@ class POP3SessionState:
         if self.aborted:
             shown = ", ".join(map(str, self.marked[:20])) + (" …" if len(self.marked) > 20 else "")
             marks = f" (marks on {shown} forgotten)" if self.marked else ""
-            return f"connection ended without QUIT: no UPDATE state, nothing deleted{marks}"
+            how = ("connection closed before the QUIT was answered" if self.quit_sent
+                   else "connection ended without QUIT")
+            return f"{how}: no UPDATE state, nothing deleted{marks}"
         if self.closed:
             return "closed in the AUTHORIZATION state: the maildrop was never opened"
         if self.state == "TRANSACTION":
@@ -112,6 +115,8 @@ def session_state(events: Iterable[Event], session: str) -> POP3SessionState:
         elif e.kind == CLOSED:
             st.closed = True
             st.reason = e.text
+        elif e.kind == CLIENT_LINE and e.text.strip().upper() == "QUIT":
+            st.quit_sent = True
         if e.data.get("user"):
             st.user = e.data["user"]
     return st

@@ -107,7 +107,8 @@ def _session_title(e: Event) -> str:
     side = "client" if e.side == "client" else "server"
     where = f"{e.host}" + (f" <- {peer}" if side == "server" and peer else "")
     if side == "client":
-        where = f"to {e.host}"
+        # a relay's session is recorded under its own host name; "mx" names the server
+        where = f"from {e.host} to {e.data['mx']} [{peer}]" if e.data.get("mx") else f"to {e.host}"
     return f"{e.session} ({e.protocol} {side}, {where})"
 
 
