@@ -267,6 +267,11 @@ def test_a_dsn_says_which_host_gave_which_reply_to_which_command(tmp_path):
         assert f"host mx1.beta.test[{mx['mx1.beta.test']}] said: 550 5.1.1 <nobody@beta.test>" in human
         assert human.rstrip().endswith("(in reply to RCPT TO command)"), human
         assert rcpt["Diagnostic-Code"].startswith("smtp; 550 5.1.1 <nobody@beta.test>")
+        # the relay's own transcript names the server it talked to, not the relay's host
+        from maillab.views.transcript import render_text
+
+        relayed = [e for e in lab.events.events(protocol="smtp") if e.side == "client" and e.data.get("mx")]
+        assert f"(smtp client, from mail.alpha.test to mx1.beta.test [{mx['mx1.beta.test']}:" in render_text(relayed)
 
         # DATA itself refused (not the RCPT before it, which the host accepted)
         lab.faults.add("mx1.beta.test", "smtp", "DATA", "554 5.3.4 no data today", service="smtp")
