@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .groupsync import GROUP, replace_file
 from .mailbox import Mailbox, MessageInfo, crlf_size, to_crlf
-from .moving import begin_move, end_move, finish_moves
+from .moving import begin_move, end_move, finish_moves, undo_move
 from .names import InvalidName, folder_dirname, is_inbox, name_from_dirname, split_name
 
 __all__ = ["Store", "Mailbox", "MessageInfo", "InvalidName", "MailboxExists", "NoSuchMailbox",
@@ -219,17 +219,22 @@ class Store:
         infos = inbox.messages()
         plan = begin_move(inbox, target, [i.uid for i in infos], sync=sync) if infos else None
         moved = []
-        for info in infos:
-            try:
-                data = inbox.read(info.uid)
-            except (KeyError, FileNotFoundError):
-                continue  # expunged meanwhile
-            self.notify(user, target.name, target.add(data, info.flags, info.internaldate,
-                                                      sync=sync, flush=False))
-            moved.append(info.uid)
-        if sync:
-            target.flush()
-        inbox.remove(moved, sync=sync)
+        try:
+            for info in infos:
+                try:
+                    data = inbox.read(info.uid)
+                except (KeyError, FileNotFoundError):
+                    continue  # expunged meanwhile
+                self.notify(user, target.name, target.add(data, info.flags, info.internaldate,
+                                                          sync=sync, flush=False))
+                moved.append(info.uid)
+            if sync:
+                target.flush()
+            inbox.remove(moved, sync=sync)
+        except Exception:  # failed partway: rolled back now, as a MOVE is (the new folder stays)
+            if plan is not None:
+                undo_move(inbox, target, plan, sync=sync)
+            raise
         if plan is not None:
             end_move(plan)  # after the expunge's round
 

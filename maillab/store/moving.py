@@ -25,6 +25,11 @@ already acknowledged, is not lost) and the original is expunged, as the MOVE wou
 have done; one without a copy stays where it was. Either way each message ends in
 exactly one of the two folders.
 
+A MOVE that fails partway in a running process (a copy or the expunge raised, the
+session answers NO) is rolled back at once (:func:`undo_move`): its copies whose
+originals are still there are expunged, then the plan goes; only when that fails
+too does the plan wait for the next open.
+
 A running process also remembers where each recently moved message went
 (:func:`moved_to`): a POP3 RETR that read a message just before a MOVE took it away
 marks its \\Seen afterwards, on the copy.
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import threading
 import weakref
@@ -43,7 +49,9 @@ from pathlib import Path
 from .groupsync import GROUP
 from .mailbox import Mailbox
 
-__all__ = ["begin_move", "end_move", "finish_moves", "forward", "moved_to"]
+__all__ = ["begin_move", "end_move", "finish_moves", "forward", "moved_to", "undo_move"]
+
+log = logging.getLogger(__name__)
 
 #: Moved messages remembered per source folder (a reader needs one only for the moment
 #: between reading a message and marking it read).
@@ -99,6 +107,28 @@ def end_move(path: Path) -> None:
     """The MOVE is done: its originals' expunge is on the disk (with ``sync``), so
     there is nothing left to finish."""
     path.unlink(missing_ok=True)
+
+
+def undo_move(source: Mailbox, target: Mailbox, plan: Path, *, sync: bool) -> bool:
+    """A MOVE that failed partway in this process (a copy or the expunge raised: the
+    disk full, a bug): rolled back now rather than finished at the next start. Each
+    copy in ``target`` whose original is still in ``source`` is expunged (the copies
+    are found as :func:`finish_moves` finds them: by their bytes and date, so one
+    whose ``add`` failed after its rename counts too), and the plan removed once that
+    is on the disk (``sync``). An original already gone (this MOVE's expunge got that
+    far, or another session's) keeps its copy: each message ends in exactly one
+    folder. Returns False when the roll-back failed as well (the disk is still
+    refusing): the plan stays, and the next open finishes the MOVE instead."""
+    try:
+        recorded = json.loads(plan.read_bytes())
+        first, uids = int(recorded["from_uid"]), [int(u) for u in recorded["uids"]]
+        copies = _copied(source, target, first, uids)
+        target.remove([copy for uid, copy in copies.items() if source.flags(uid) is not None], sync=sync)
+        end_move(plan)
+    except Exception:  # noqa: BLE001 - whatever it is, the plan finishes the move later
+        log.exception("rolling back a MOVE out of %s failed: the next open finishes it", source.path)
+        return False
+    return True
 
 
 def finish_moves(source: Mailbox, open_target: Callable[[str], Mailbox | None], *, sync: bool) -> list[int]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ...store import Mailbox
-from ...store.moving import begin_move, end_move, forward
+from ...store.moving import begin_move, end_move, forward, undo_move
 from ..flags import check_flags
 from ..responses import No, Notice, Output, line, lines
 from ..selected_mailbox import LINES_PER_RESPONSE, SelectedMailbox
@@ -210,10 +210,17 @@ def move(s: IMAPSession, cmd: Move) -> Iterator[Output]:
     target = _target(s, cmd.mailbox)
     plan = begin_move(view.mailbox, target, uids, sync=sync) if uids else None
     copied: dict[int, tuple[int, frozenset[str]]] = {}
-    copyuid, target = yield from _copy(s, cmd, copied)
-    if copyuid:
-        yield line(f"* OK [{copyuid}] moved")  # RFC 6851 4.3: COPYUID untagged, first
-    removed = _expunge_moved(view.mailbox, target, copied, sync)
+    try:
+        copyuid, target = yield from _copy(s, cmd, copied)
+        if copyuid:
+            yield line(f"* OK [{copyuid}] moved")  # RFC 6851 4.3: COPYUID untagged, first
+        removed = _expunge_moved(view.mailbox, target, copied, sync)
+    except Exception:
+        # failed partway (NO follows): rolled back now, not left in both folders until
+        # the next start finishes it from the plan (store/moving.py)
+        if plan is not None and undo_move(view.mailbox, target, plan, sync=sync):
+            s.on_change(s.user or "", target.name)
+        raise
     if removed:
         s.on_change(s.user or "", view.name)
     if sync and len(removed) < len(copied):
