@@ -84,6 +84,25 @@ def test_smtplib_mx_plain_delivery(lab):
     assert b"for <bob@alpha.test>;" in header
 
 
+def test_postmaster_is_always_accepted(lab):
+    """RFC 5321 4.5.1: a server that delivers mail MUST take "postmaster" of its domains,
+    in any case, and 4.1.1.3 "<Postmaster>" with no domain; the lab delivers it to the
+    domain's first user (alice here), and Received still names the address given."""
+    sent = b"From: a@ext.test\r\nSubject: to the postmaster\r\n\r\nyour MX says 550 to me\r\n"
+    with smtplib.SMTP(*lab.address("smtp"), timeout=10) as s:
+        s.ehlo("student.test")
+        for rcpt in ("postmaster@alpha.test", "PostMaster@Alpha.Test", "<Postmaster>"):
+            assert s.mail("a@ext.test")[0] == 250
+            assert s.rcpt(rcpt)[0] == 250, rcpt
+            assert s.data(sent)[0] == 250
+            s.rset()
+        assert s.mail("a@ext.test")[0] == 250
+        assert s.rcpt("postmistress@alpha.test")[0] == 550  # only the one reserved name
+    stored = messages(lab, "alice@alpha.test")
+    assert len(stored) == 3 and all(m.endswith(sent) for m in stored)
+    assert all(b"for <postmaster@alpha.test>;" in m for m in stored)
+
+
 def test_smtplib_starttls_on_mx_verified_by_host_name(lab):
     with NamedSMTP(lab.address("smtp"), HOST) as s:
         s.starttls(context=lab.ca.client_context())

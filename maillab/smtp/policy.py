@@ -18,7 +18,7 @@ ENHANCEDSTATUSCODES, RFC 2034).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,6 +233,16 @@ def parse_path(text: str, *, what: str = "recipient", allow_null: bool = False) 
     return Path(local, domain.lower(), route, quoted), rest
 
 
+def parse_recipient(text: str, hostname: str, local_domains: Iterable[str]) -> tuple[Path, str]:
+    """The argument of ``RCPT TO:``. RFC 5321 4.1.1.3 lets it be ``<Postmaster>`` with no
+    domain: the postmaster of this server's own domain (mail.alpha.test: alpha.test)."""
+    text = text.strip()
+    if text[:12].lower() != "<postmaster>":
+        return parse_path(text, what="recipient")
+    mine = sorted(d for d in local_domains if hostname == d or hostname.endswith("." + d))
+    return Path("postmaster", (mine or sorted(local_domains) or [hostname])[0]), text[12:].strip()
+
+
 # -- ESMTP parameters -------------------------------------------------------------
 
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
@@ -307,7 +317,12 @@ class Route:
     """Where a recipient goes: ``local`` (a mailbox here) or ``relay`` (the queue)."""
 
     kind: str
-    address: str
+    address: str  # the forward-path as the client gave it (what Received's "for" names)
+    mailbox: str = ""  # for an alias (postmaster): the lab user whose mailbox takes it
+
+    @property
+    def owner(self) -> str:
+        return self.mailbox or self.address
 
 
 def route_recipient(
@@ -317,6 +332,7 @@ def route_recipient(
     is_user: Callable[[str], bool],
     authenticated: bool,
     relay_available: bool,
+    postmaster: Callable[[str], str | None] = lambda domain: None,
 ) -> Route:
     """Decide one RCPT: deliver here, hand to the relay, or refuse (raises PathError).
 
@@ -337,6 +353,11 @@ def route_recipient(
         # Lab users are case-insensitive (RFC 5321 2.4 allows a server to choose).
         if is_user(address.lower()):
             return Route(LOCAL, address.lower())
+        # RFC 5321 4.5.1: a server that delivers mail MUST take "postmaster" (any case)
+        # for its domains; here an alias of ``postmaster(domain)``, a user of the domain.
+        owner = postmaster(path.domain) if path.local.lower() == "postmaster" and not path.quoted else None
+        if owner:
+            return Route(LOCAL, f"postmaster@{path.domain}", owner)
         raise PathError(Reply(550, "5.1.1", f"{path}: Recipient address rejected:"
                               " User unknown in local recipient table"))
     if not authenticated:

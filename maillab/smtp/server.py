@@ -95,6 +95,7 @@ class SMTPServer(LineServer):
             limits=lab.limits,
             local_domains=frozenset(host.domains) if host else frozenset(),
             is_user=lab.users.__contains__,
+            postmaster=lambda domain: next(iter(sorted(u.address for u in lab.users if u.domain == domain)), None),
             authenticate=lab.users.authenticate,
             resolve=lab.users.resolve,
             relay_available=lab.relay is not None,

@@ -61,6 +61,7 @@ from .policy import (
     check_sender,
     parse_mail_params,
     parse_path,
+    parse_recipient,
     require_utf8_ok,
     route_recipient,
 )
@@ -162,6 +163,7 @@ class SMTPSession:
         limits: Limits,
         local_domains: frozenset[str] | set[str] = frozenset(),
         is_user: Callable[[str], bool] = lambda address: False,
+        postmaster: Callable[[str], str | None] = lambda domain: None,
         authenticate: Callable[[str, str], str | None] = lambda login, password: None,
         resolve: Callable[[str], str | None] = lambda login: None,
         relay_available: bool = False,
@@ -177,6 +179,7 @@ class SMTPSession:
         self.limits = limits
         self.local_domains = local_domains
         self.is_user = is_user
+        self.postmaster = postmaster  # domain -> the user who reads its postmaster mail
         self.authenticate = authenticate
         self.resolve = resolve
         self.relay_available = relay_available
@@ -484,7 +487,7 @@ class SMTPSession:
         if arg[:3].upper() != "TO:":
             return Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
         t = self.transaction
-        path, rest = parse_path(arg[3:], what="recipient")
+        path, rest = parse_recipient(arg[3:], self.hostname, self.local_domains)
         check_rcpt_params(rest)
         require_utf8_ok(path, t.params.smtputf8)
         if len(t.rcpts) >= self.limits.smtp_recipients:
@@ -494,7 +497,7 @@ class SMTPSession:
                                        " must take at least 100, 4.5.3.1.8)")
         route = route_recipient(path, local_domains=self.local_domains, is_user=self.is_user,
                                 authenticated=self.user is not None,
-                                relay_available=self.relay_available)
+                                relay_available=self.relay_available, postmaster=self.postmaster)
 
         def accept(hook_reply: Reply | None = None) -> Reply:
             if hook_reply is not None and not hook_reply.ok:
@@ -555,7 +558,7 @@ class SMTPSession:
         message = header + message
         deliver = Deliver(
             qid, t.mail_from or "",
-            local=list(dict.fromkeys(r.address for r in rcpts if r.kind == LOCAL)),
+            local=list(dict.fromkeys(r.owner for r in rcpts if r.kind == LOCAL)),
             remote=list(dict.fromkeys(r.address for r in rcpts if r.kind != LOCAL)),
             message=message, then=lambda failure: self._delivered(failure, qid, None))
         if "DATA" not in self.hooks:
