@@ -291,6 +291,18 @@ def test_a_dsn_says_which_host_gave_which_reply_to_which_command(tmp_path):
         assert (rcpt["Diagnostic-Code"], rcpt["Remote-MTA"]) == ("smtp; 454 4.7.0 TLS not available",
                                                                  "dns; mx2.beta.test")
 
+        # a certificate for another name under policy verify: the STARTTLS was answered
+        # 220, the handshake failed, and the DSN says so in ssl's words
+        zone = lab.dns.zone_text("beta.test")
+        lab.dns.replace_zone("beta.test", zone.replace("MX\t10 mx1", "MX\t10 alias").replace("MX\t20 mx2", "MX\t20 alias")
+                             + f"\nalias\tIN\tA\t{mx['mx1.beta.test']}\n")
+        lab.set_tls_policy("beta.test", "verify")
+        human, rcpt = bounce("wrong name")
+        assert (f"TLS handshake with alias.beta.test[{mx['mx1.beta.test']}] failed after its 220 reply to STARTTLS:"
+                " certificate verify failed: Hostname mismatch") in " ".join(human.split()), human
+        assert rcpt["Remote-MTA"] == "dns; alias.beta.test" and "_ssl.c" not in human
+        lab.dns.replace_zone("beta.test", zone)
+
         # the connection closed instead of a reply to RCPT: nobody "said" anything
         lab.faults.add("mx1.beta.test", "smtp", "RCPT", drop=True, service="smtp")
         human, rcpt = bounce("dropped")

@@ -407,8 +407,9 @@ async def _open(rec: Any, result: Delivery, *, helo_name: str, source_address: s
                 except (ssl.SSLError, ssl.CertificateError, OSError, asyncio.TimeoutError,
                         ConnectionClosed) as exc:
                     # A failed handshake leaves the session unusable; the next MX may do better.
-                    result.error = (f"TLS handshake with {host}[{address}] failed after its 220 reply to"
-                                    f" STARTTLS: {exc or exc.__class__.__name__}")
+                    verify = getattr(exc, "verify_message", None)  # ssl's own words, not "(_ssl.c:1006)"
+                    why = f"certificate verify failed: {verify}" if verify else (str(exc) or exc.__class__.__name__)
+                    result.error = f"TLS handshake with {host}[{address}] failed after its 220 reply to STARTTLS: {why}"
                     result.tls_failure = TLS_FAILED
                     rec.note(result.error)
                     return None
