@@ -20,8 +20,8 @@ COMMANDS: dict[str, str] = {
             " server' without downloading it twice (RFC 1939 section 7)",
     "RETR": "download a whole message; the body is dot-stuffed and ends with a line '.'"
             " (RFC 1939 section 5)",
-    "TOP": "peek: the header plus the first N body lines, without marking it read"
-           " (RFC 1939 section 7)",
+    "TOP": "peek: the header plus the first N body lines (RFC 1939 section 7); POP3 has"
+           " no read mark, and the lab's store leaves the message unread (RETR marks it)",
     "DELE": "only MARKS the message; it is removed in the UPDATE state after QUIT"
             " (RFC 1939 section 5)",
     "RSET": "unmarks every message marked by DELE in this session (RFC 1939 section 5)",

@@ -94,7 +94,7 @@ ENHANCED: dict[str, str] = {
     "2.0.0": "success",
     "2.1.0": "sender address valid",
     "2.1.5": "destination address valid",
-    "2.6.0": "message accepted",
+    "2.6.0": "other or undefined media status (some servers send it with 'queued')",
     "2.7.0": "authentication succeeded",
 }
 
