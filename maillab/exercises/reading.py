@@ -227,7 +227,7 @@ def check_imap_move(lab: Lab, answer: str | None = None) -> CheckResult:
         return result
     if not convs:
         result.hints.append("no IMAP session yet: use a real client (imaplib, IMAPClient, neomutt, "
-                            "Thunderbird) or %imap")
+                            "Thunderbird) or a %%imap imap cell as bob (%imap cannot move messages)")
         return result
     attempts = [(c, *a) for c in convs for a in _move_attempts(c)]
     if not attempts:
