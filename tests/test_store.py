@@ -449,3 +449,45 @@ def test_index_checkpoints_run_beside_the_lock_and_keep_the_log_short(tmp_path):
     assert frames <= WAL_FRAMES_MAX + 2 * CHECKPOINT_CHANGES * 3
     assert len(mb.messages()) == 200
     mb.close()
+
+
+def test_a_rescan_lists_the_directories_without_the_lock_and_again_after_own_changes(tmp_path, monkeypatch):
+    """A sync (after an outside change) lists new/ and cur/ without the mailbox lock
+    (getdents of 100,000 names is tens of ms); a delivery made meanwhile under the lock
+    makes it list again under the lock, so the delivered message keeps its one UID
+    (a stale listing would have taken its file for one another tool removed)."""
+    from maillab.store import dirsync
+
+    mb = Mailbox(tmp_path / "box", "INBOX")
+    first = mb.add(MSG).uid
+    (tmp_path / "box" / "new" / "1700000000.M1P1.outside,S=10,W=10").write_bytes(b"x: y\r\n\r\nz\r\n")
+    listing, go = threading.Event(), threading.Event()
+    real_listdir = os.listdir
+    calls = []
+
+    def slow_listdir(path):
+        calls.append(path)
+        if len(calls) == 1:  # the first listing of the sync: stalls until the test says
+            listing.set()
+            go.wait(10)
+        return real_listdir(path)
+
+    monkeypatch.setattr(dirsync.os, "listdir", slow_listdir)
+    syncing = threading.Thread(target=mb.sync)
+    syncing.start()
+    assert listing.wait(10)
+    got = mb.lock.acquire(timeout=5)  # free while the directories are listed
+    try:
+        assert got, "the listing held the mailbox lock"
+        delivered = mb.add(MSG.replace(b"hello", b"during the listing")).uid
+    finally:
+        if got:
+            mb.lock.release()
+        go.set()
+    syncing.join(10)
+    monkeypatch.undo()
+    assert len(calls) == 4  # new/ and cur/ twice: listed again after the delivery
+    uids = [m.uid for m in mb.messages()]
+    assert first in uids and delivered in uids and len(uids) == 3 == len(set(uids))
+    assert mb.read(delivered).endswith(b"during the listing\r\n")
+    mb.close()

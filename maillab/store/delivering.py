@@ -86,6 +86,7 @@ class Delivering:
     _tmp_synced: int
 
     def _in_sync(self) -> bool: ...
+    def _begin_change(self) -> bool: ...
     def _own_change_done(self, was_in_sync: bool) -> None: ...
     def _insert(self, key: str, subdir: str, filename: str, size: int, crlf: int,
                 internaldate: float, flags: frozenset[str]) -> MessageInfo: ...
@@ -130,7 +131,7 @@ class Delivering:
         subdir = "cur" if flags else "new"
         filename = f"{key}:2,{info_letters(flags)}" if flags else key
         with self.lock:
-            was_in_sync = self._in_sync()
+            was_in_sync = self._begin_change()
             try:
                 os.rename(f"{base}/tmp/{key}", f"{base}/{subdir}/{filename}")
             except BaseException:

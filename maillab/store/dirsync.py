@@ -49,6 +49,7 @@ class DirectorySync:
     _dir_stamp: tuple[int, int] | None
     _syncing: bool
     _last_use: float
+    _own_changes: int  # renames this process made in new/ and cur/ (see _begin_change)
 
     def _set_meta(self, key: str, value: object) -> None: ...
     def _move(self, slot: int, state: int, flags: frozenset[str], filename: str) -> None: ...
@@ -64,6 +65,13 @@ class DirectorySync:
     def _in_sync(self) -> bool:
         return self._dir_stamp == self._stamp()
 
+    def _begin_change(self) -> bool:
+        """Under the lock, before this process renames files into, within or out of
+        ``new/`` and ``cur/``: whether the index matched the directories until now. A
+        :meth:`sync` listing them meanwhile, outside the lock, lists them again."""
+        self._own_changes += 1
+        return self._in_sync()
+
     def _own_change_done(self, was_in_sync: bool) -> None:
         # Our own rename/unlink changes the directory times; if nothing else had
         # changed before it, the index is still complete and needs no rescan.
@@ -77,14 +85,27 @@ class DirectorySync:
         # garbage, and in a lab process a full collection walks every object it has.
         # The lists and dicts of the listing die inside _reconcile, before the
         # collector resumes, so its first collection after finds little to walk.
-        with self.lock, collector_paused():
+        with self.lock:
             self._last_use = time.monotonic()  # (rows left in a blob wait: see deferred.py)
             stamp = self._stamp()
             if stamp == self._dir_stamp:
                 return False
+            own = self._own_changes
+        # The listing (getdents of 100,000 names: tens of ms of disk and kernel time)
+        # without the lock; used only if neither this process (the count of its own
+        # changes) nor another tool (the directory times) changed the directories
+        # meanwhile, else listed again under the lock, as it always was.
+        with collector_paused():
+            listing = self._listing()
+        with self.lock, collector_paused():
+            now = self._stamp()
+            if now == self._dir_stamp:
+                return False  # another thread synced meanwhile
+            if now != stamp or self._own_changes != own:
+                stamp, listing = now, self._listing()
             # The times are taken before the listing: whatever changes during it
             # changes them again, and the next sync looks again.
-            changed = self._reconcile()
+            changed = self._reconcile(listing)
             self.table.maybe_compact()
             self._dir_stamp = stamp
             self._checkpoint_later()
@@ -105,8 +126,8 @@ class DirectorySync:
             states += bytes([STATES[sub]]) * len(listed)
         return [name.partition(":")[0] for name in names], names, states
 
-    def _reconcile(self) -> bool:
-        keys, names, states = self._listing()
+    def _reconcile(self, listing: tuple[list[str], list[str], bytearray]) -> bool:
+        keys, names, states = listing
         # key -> position in the listing (a key listed in new/ and in cur/: cur's)
         where = dict(zip(keys, range(len(keys)), strict=True))
         table = self.table

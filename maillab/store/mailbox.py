@@ -155,6 +155,7 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
         self._log = IntRing(CHANGE_LOG_SIZE)  # not a deque: 20,000 ints every collection visits
         self._dir_stamp: tuple[int, int] | None = None
         self._syncing = False  # a background sync is running
+        self._own_changes = 0
         # The folder's own directory entries (index, log, new/ cur/) fsync'ed once
         # since this process opened it: the first flush includes them.
         self._parents_flushed = False
@@ -206,10 +207,10 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
         mailbox are picked up by a background thread instead (comparing 100,000 file
         names takes longer than the loop may stall): they show in a later call.
         """
+        if inline or len(self.table) <= INLINE_SYNC_MAX:
+            self.sync()  # (lists the directories without the lock, if the caller holds none)
         with self.lock:
-            if inline or len(self.table) <= INLINE_SYNC_MAX:
-                self.sync()
-            else:
+            if not (inline or len(self.table) <= INLINE_SYNC_MAX):
                 self._sync_in_background()
             behind = self.changes - seen
             if behind <= 0:
@@ -259,8 +260,8 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
     def messages(self) -> list[MessageInfo]:
         """All messages in UID order (after picking up outside changes), sizes and
         dates complete (files indexed by name only are measured now)."""
+        self.sync()
         with self.lock:
-            self.sync()
             unknown = [self.table.uids[s] for s in self.table.live_slots() if not self._known(s)]
         self.measure(unknown)
         with self.lock:
@@ -268,8 +269,8 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
 
     def snapshot(self) -> Snapshot:
         """Every message's UID and flags now (after picking up outside changes)."""
+        self.sync()
         with self.lock:
-            self.sync()
             t = self.table
             return Snapshot(t.live_uids(), t.live_flag_ids(), t.flagsets, self.changes, self.uidnext)
 
@@ -310,8 +311,8 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
     def listing(self) -> tuple[array[int], array[int]]:
         """Every message's UID and CRLF size (POP3 STAT and LIST), ascending by UID:
         two fresh arrays, sizes measured first where the index lacks them."""
+        self.sync()
         with self.lock:
-            self.sync()
             unknown = [self.table.uids[s] for s in self.table.live_slots() if not self._known(s)]
         self.measure(unknown)
         with self.lock:
@@ -441,7 +442,7 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
             try:
                 with self.lock:
                     self._rows_written()
-                    was_in_sync = self._in_sync()
+                    was_in_sync = self._begin_change()
                     self._db.execute("BEGIN")
                     try:
                         for uid in todo[start:start + BATCH]:
