@@ -92,6 +92,9 @@ def test_smtp_step_through_submission(single_lab):
     try:
         wrong = c.send("MAIL FROM:<alice@alpha.test>")
         assert _texts(wrong)[-1].startswith("503")
+        # what "valid now" lists the server takes: AUTH before EHLO gets 503
+        assert "AUTH" not in c.guide.picture().valid
+        assert _texts(c.send("AUTH PLAIN"))[-1] == "503 5.5.1 Error: send EHLO first"
         c.send("EHLO step.test")
         c.send("MAIL FROM:<alice@alpha.test>")  # submission wants TLS and AUTH first
         assert _texts(c.steps[-1:])[-1].startswith("530")
@@ -101,6 +104,7 @@ def test_smtp_step_through_submission(single_lab):
         c.send(c.suggestion())
         assert c.suggestion().startswith("AUTH PLAIN ")
         c.send(c.suggestion())
+        assert "AUTH" not in c.guide.picture().valid  # once only (RFC 4954 4)
         c.send(c.suggestion())
         c.send(c.suggestion())
         pic = c.guide.picture()

@@ -361,6 +361,10 @@ class SMTPGuide(Guide):
             valid = ["message text, then a line with a single '.'"]
         elif state is SMTPState.READY and self.tls:
             valid.remove("STARTTLS")  # once only (RFC 3207 4.2)
+        if "AUTH" in valid and (state is SMTPState.GREETING or self.authenticated):
+            # the server takes AUTH in to say why not ("send EHLO first", "already
+            # authenticated"): it is valid after EHLO, once (RFC 4954 4)
+            valid.remove("AUTH")
         return Picture(self.states, self.state(), facts, valid)
 
 
