@@ -227,7 +227,7 @@ def test_mime_tree_from_bodystructure_matches_local_parse(single_lab):
     text = MimeTree(remote, "BODYSTRUCTURE").text()
     assert "=?utf-8?" in text and "你好，Bob: 报告" in text  # raw and decoded side by side
     assert "├─ 1 multipart/alternative" in text and "└─ 2 application/pdf" in text
-    assert "<table>" in MimeTree(remote)._repr_html_()
+    assert "<table class='ml-cards'>" in MimeTree(remote)._repr_html_()
 
 
 # -- magics through a real InteractiveShell ----------------------------------------------------------

@@ -154,7 +154,7 @@ def test_status_table_lists_lab_and_standard_ports(single_lab):
     smtps = next(ln for ln in text.splitlines() if ln.startswith("smtps "))
     assert " 465 " in smtps and "implicit" in smtps
     assert str(single_lab.ca_path) in text
-    assert "<table>" in table._repr_html_()
+    assert "<table class='ml-cards-narrow'>" in table._repr_html_()
 
 
 @pytest.mark.parametrize("line, direction, expected", [

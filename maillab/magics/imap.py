@@ -36,7 +36,7 @@ from ..store.names import decode_mutf7
 from ..views.mailbox import ROW_COLUMNS, MailboxView
 from ..views.mime_tree import MimeTree, from_message
 from ..views.status import text_table
-from ..views.theme import page
+from ..views.theme import card_table, page
 from .comments import strip_comment
 from .mail import ensure_started
 from .rawcell import CellDialect, CellLines, RawResult, command, run_raw
@@ -62,11 +62,13 @@ class ResultTable:
         return page(self._html_body(), kind="imap")
 
     def _html_body(self) -> str:
-        head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for _, k in self.columns)
-                       + "</tr>" for r in self.rows)
+        # in a narrow output each row is a card (theme.card_table); a table of many
+        # columns (a search's messages) turns sooner than a short one (folders)
+        table = card_table([t for t, _ in self.columns], (
+            [html.escape(str(r.get(k, ""))) for _, k in self.columns] for r in self.rows),
+            kind="ml-cards" if len(self.columns) > 4 else "ml-cards-narrow")
         note = f"<p>{html.escape(self.note)}</p>" if self.note else ""
-        return f"<b>{html.escape(self.title)}</b><table><tr>{head}</tr>{body}</table>{note}"
+        return f"<b>{html.escape(self.title)}</b>{table}{note}"
 
 
 @dataclass

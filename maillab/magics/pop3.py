@@ -24,7 +24,7 @@ from ..clients.pop3 import connect
 from ..lab import Lab
 from ..views.pop3_state import POP3StateFigure, session_for_client, session_state
 from ..views.status import text_table
-from ..views.theme import page
+from ..views.theme import card_table, page
 from ..views.transcript import render_html, render_text
 from .comments import strip_comment
 from .mail import ensure_started
@@ -93,11 +93,11 @@ class POP3Result:
         return page(self._html_body(), kind="pop3")
 
     def _html_body(self) -> str:
-        head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for _, k in self.columns)
-                       + "</tr>" for r in self.rows)
+        # at 800 px and 150% zoom each message is a card (theme.card_table)
+        table = card_table([t for t, _ in self.columns], (
+            [html.escape(str(r.get(k, ""))) for _, k in self.columns] for r in self.rows), kind="ml-cards-narrow")
         out = [f"<b>POP3 session as {html.escape(self.user)}</b>",
-               f"<table><tr>{head}</tr>{body}</table>" if self.rows else "<i>no messages</i>"]
+               table if self.rows else "<i>no messages</i>"]
         for title, text in self.bodies:
             out.append(f"<details open><summary>{html.escape(title)}</summary>"
                        f"<pre>{html.escape(text)}</pre></details>")

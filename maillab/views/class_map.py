@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..classnet.map import ClassMap, class_map
 from .publish import Throttle
 from .relay import FigureView
-from .theme import badge, diagram, diagram_style, page
+from .theme import badge, breakable, diagram, diagram_style, page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -68,15 +68,23 @@ def text(m: ClassMap) -> str:
 
 RADIUS = 0.34  # the labs' circle, of the picture's width (room outside it for addresses)
 NARROW = 370  # units: the narrow layout, which fits 800 px at 150% zoom
+NARROWEST = 224  # units: the presenter's scale at 800 px and 150% zoom (a smaller class DNS)
 
 
 def widths(m: ClassMap) -> list[int]:
-    """The graph's layouts, widest first (user units, 14 = the view's text): 560, and
-    370 for a narrow output (800 px at 150% zoom), each wide enough that neighbouring
-    labs' circles do not touch."""
+    """The graph's layouts, widest first (user units, 14 = the view's text): 560, 370
+    for a narrow output (800 px at 150% zoom) and 224 for the presenter's scale
+    there, each wide enough that neighbouring labs' circles do not touch."""
     n = len(m.domains)
     need = 45 / math.sin(math.pi / n) / RADIUS if n > 1 else 0
-    return sorted({math.ceil(max(w, need)) for w in (560, NARROW)}, reverse=True)
+    return sorted({math.ceil(max(w, need)) for w in (560, NARROW, NARROWEST)}, reverse=True)
+
+
+def _label_x(x: float, text: str, size: int) -> float:
+    """Where a label centred under (or over) a lab at ``x`` goes: moved in from the
+    picture's edge so that it is whole (13 units, about 7.8 a character)."""
+    half = len(text) * 3.9 + 2
+    return min(max(x, half), size - half)
 
 
 def svg(m: ClassMap, size: int = 560) -> str:
@@ -92,7 +100,8 @@ def svg(m: ClassMap, size: int = 560) -> str:
     # the picture is as tall as its nodes and their labels (a triangle of three labs
     # leaves no empty band under it)
     ys = [c] + [xy(d.domain)[1] for d in m.domains]
-    top, bottom = max(0.0, min(ys) - 70), min(float(size), max(ys) + 70)
+    top, bottom = min(ys) - 64, max(ys) + 64  # room for the addresses over and under the labs
+    hub = 44 if size > NARROWEST else 30  # the class DNS's circle (narrowest: "class" over "DNS")
     arrow = f"ml-arrow-{size}"  # ids per layout: a hidden layout's markers do not draw
     parts = [f'<svg viewBox="0 {top:.0f} {size} {bottom - top:.0f}" xmlns="http://www.w3.org/2000/svg" role="img" '
              f'aria-label="class map of {html.escape(m.zone)}" style="{diagram_style(size)}">',
@@ -130,21 +139,25 @@ def svg(m: ClassMap, size: int = 560) -> str:
                      f'text-anchor="{anchor}">MX ×{e.count}</text></g>')
     # names inside the circles, addresses outside them (on the side away from the
     # centre, where no arrow runs): both at a size the back row reads
-    parts.append(f'<circle cx="{c}" cy="{c}" r="44" fill="none" stroke="currentColor"/>'
-                 f'<text x="{c}" y="{c + 5}" text-anchor="middle" font-size="14" font-weight="600">class DNS</text>'
+    hub_name = (f'<text x="{c}" y="{c + 5}" text-anchor="middle" font-size="14" font-weight="600">class DNS</text>'
+                if hub == 44 else
+                f'<text x="{c}" y="{c - 2}" text-anchor="middle" font-size="14" font-weight="600">class</text>'
+                f'<text x="{c}" y="{c + 13}" text-anchor="middle" font-size="14" font-weight="600">DNS</text>')
+    parts.append(f'<circle cx="{c}" cy="{c}" r="{hub}" fill="none" stroke="currentColor"/>' + hub_name
                  # (the narrow layout's arrows run where the address would: the heading says it)
                  + (f'<text x="{c}" y="{c + 61}" text-anchor="middle" font-size="13">{html.escape(m.join)}</text>'
                     if size > NARROW else ""))
     for d in m.domains:
         x, y = xy(d.domain)
+        where = d.addresses[0] if d.addresses else "not registered"
         kind = ("err" if d.key == "revoked" else "ok" if d.state == "registered" else "temp" if d.state == "quiet"
                 else "muted")
         parts.append(f'<g style="color:var(--ml-{kind})"><circle cx="{x:.1f}" cy="{y:.1f}" r="34" '
                      'fill="none" stroke="currentColor" stroke-width="2"/></g>'
                      f'<text x="{x:.1f}" y="{y + 5:.1f}" text-anchor="middle" font-size="15" font-weight="600">'
                      f'{html.escape(_short(d.domain, m.zone))}</text>'
-                     f'<text x="{x:.1f}" y="{y + 50 if y >= c else y - 42:.1f}" text-anchor="middle" font-size="13">'
-                     f'{html.escape(d.addresses[0] if d.addresses else "not registered")}</text>')
+                     f'<text x="{_label_x(x, where, size):.1f}" y="{y + 50 if y >= c else y - 42:.1f}" '
+                     f'text-anchor="middle" font-size="13">{html.escape(where)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -172,7 +185,7 @@ def body_blocks(m: ClassMap) -> list[tuple[str, Block]]:
         # data-label: in a narrow output each lab is a card (theme: .ml-cards)
         rows.append(f"<tr><td class='mono ml-card-head'>{html.escape(d.domain)}</td>"
                     f"<td data-label='state'>{state}</td>"
-                    f"<td class='mono' data-label='MX'>{html.escape(', '.join(d.mx) or '-')}</td>"
+                    f"<td class='mono' data-label='MX'>{breakable(', '.join(d.mx) or '-')}</td>"
                     f"<td class='mono' data-label='address'>{html.escape(', '.join(d.addresses) or '-')}</td>"
                     f"<td data-label='key'>{key}</td><td data-label='joined'>{_ago(d.joined, now)}</td>"
                     f"<td data-label='last seen'>{_ago(d.last_seen, now)}</td>"
@@ -183,7 +196,7 @@ def body_blocks(m: ClassMap) -> list[tuple[str, Block]]:
                   rows or ["<tr><td colspan=8><i>no student yet: %mail class key NAME</i></td></tr>"],
                   "</tbody></table>", ids or [""])
     recent = [f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(t))}</td><td class='mono'>"
-              f"{html.escape(_short(who, m.zone))}</td><td class='mono'>{html.escape(q)} {qt}</td>"
+              f"{html.escape(_short(who, m.zone))}</td><td class='mono'>{breakable(q)} {qt}</td>"
               f"<td>{badge('ok' if rc == 'NOERROR' else 'err', rc)}</td></tr>"
               for t, who, q, qt, rc in reversed(m.lookups)]
     updates = [f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(t))}</td><td class='mono'>"

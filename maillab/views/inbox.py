@@ -8,6 +8,7 @@ against.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesHeaderParser
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .status import text_table
-from .theme import page
+from .theme import breakable, card_table, page
 
 if TYPE_CHECKING:
     from ..lab import Lab
@@ -78,6 +79,22 @@ def read_inbox(lab: Lab, user: str, folder: str = "INBOX") -> tuple[str, list[In
     return address, rows
 
 
+#: The columns of a message summary, (head, key of the row's dict): the inbox read
+#: from the store and the envelopes IMAP sent (views/mailbox.py) read alike.
+MESSAGE_COLUMNS = (("UID", "uid"), ("date", "date"), ("from", "from"), ("subject", "subject"),
+                   ("size", "size"), ("flags", "flags"))
+
+
+def message_table(rows: Iterable[dict[str, object]]) -> str:
+    """A list of messages as an ``ml-cards`` table (theme): one row per message at a
+    projector's width, and in a narrow output (800 px, 150% zoom) one card per
+    message, its UID on top, each fact under its label and the subject across the
+    card, instead of a table scrolling sideways past its sender and subject."""
+    return card_table([t for t, _ in MESSAGE_COLUMNS], (
+        [breakable(r[k]) if k == "from" else html.escape(str(r[k])) for _, k in MESSAGE_COLUMNS] for r in rows),
+        wide=("subject",))
+
+
 class Inbox:
     """What ``%mail inbox USER`` returns."""
 
@@ -107,10 +124,4 @@ class Inbox:
                  f"{len(self.rows)} message(s)")
         if not self.rows:
             return title
-        cols = ("uid", "date", "from", "subject", "size", "flags")
-        head = "".join(f"<th>{c}</th>" for c in cols)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(d[c]))}</td>" for c in cols) + "</tr>"
-            for d in self._dicts()
-        )
-        return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return title + message_table(self._dicts())

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..clients.envelopes import EnvelopeClient, EnvelopeRow, Step
+from .inbox import MESSAGE_COLUMNS, message_table
 from .status import text_table
 from .theme import page
 
 #: What POP3 adds around each RETR'd message: "RETR n", "+OK ..." and the final ".".
 POP3_PER_MESSAGE = len(b"RETR 1\r\n") + len(b"+OK message follows\r\n") + len(b".\r\n")
 
-ROW_COLUMNS = (("UID", "uid"), ("date", "date"), ("from", "from"), ("subject", "subject"),
-               ("size", "size"), ("flags", "flags"))
+ROW_COLUMNS = MESSAGE_COLUMNS
 
 
 @dataclass
@@ -98,10 +98,10 @@ class MailboxView:
             head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in cols)
             body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for _, k in cols)
                            + "</tr>" for r in rows)
-            return f"<table><tr>{head}</tr>{body}</table>"
+            return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
         return (f"<b>{html.escape(self.mailbox)}</b>: {len(self.rows)} messages"
-                + table([r.as_dict() for r in self.rows], ROW_COLUMNS)
+                + message_table(r.as_dict() for r in self.rows)
                 + "<p><b>What each step cost on the wire</b> (octets, from this client's transcript)</p>"
                 + table(self.cost_rows(), (("step", "step"), ("sent", "sent"), ("received", "received"),
                                            ("total", "total")))
@@ -117,11 +117,13 @@ class MailboxView:
         """An ipywidgets panel: pick messages, press Download, watch the costs grow."""
         import ipywidgets as w
 
-        options = [(f"{r.uid}: {r.date}  {r.sender[:30]}  {r.subject[:50]}  ({r.size} B)", r.uid)
-                   for r in self.rows]
+        # UID, subject and size only: the table below has date and sender, and a list
+        # box scrolls sideways (at 150% zoom past the subject) rather than wrap a line
+        options = [(f"UID {r.uid}: {r.subject[:60]} ({r.size} octets)", r.uid) for r in self.rows]
         picker = w.SelectMultiple(options=options, rows=min(12, max(3, len(options))),
                                   layout=w.Layout(width="auto"))
-        button = w.Button(description="Download selected", icon="download")
+        # as wide as its words: ipywidgets' fixed 148 px cut "Download selected" short
+        button = w.Button(description="Download selected", icon="download", layout=w.Layout(width="auto"))
         out = w.HTML(page(self._html_tables(), kind="mailbox"))
 
         def on_click(_b: Any) -> None:

@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from ..clients.envelopes import decode_words
 from ..clients.imap import parse_fetch
-from .theme import breakable, page
+from .theme import breakable, card_row, page
 
 if TYPE_CHECKING:
     from ..clients.imap import RecordingIMAP4
@@ -303,12 +303,17 @@ class MimeTree:
         # Header names wrap at their hyphens (Content-Transfer-/Encoding); raw and
         # decoded values are ml-token cells: a boundary or an encoded word longer than
         # the cell breaks where it must, a word that fits never does (theme).
+        # In a narrow output (800 px, 150% zoom) each header is a card, raw and
+        # decoded across it one under the other (theme: ml-cards): two 14em token
+        # columns side by side scrolled the decoded value out of sight.
+        heads = ("part", "header", "raw (on the wire)", "decoded")
         rows = "".join(
-            f"<tr><td class='nw'>{html.escape(n.path or 'message')}</td><td>{html.escape(name)}</td>"
-            f"<td class='ml-token'><code>{breakable(raw)}</code></td>"
-            f"<td class='ml-token'>{breakable(dec)}</td></tr>"
+            card_row(html.escape(n.path or "message"), [
+                ("header", html.escape(name)), ("raw (on the wire)", f"<code>{breakable(raw)}</code>"),
+                ("decoded", breakable(dec))], head_label="part", wide=heads[2:],
+                classes={"part": "nw", "raw (on the wire)": "ml-token", "decoded": "ml-token"})
             for n in self.root.walk() for name, raw, dec in n.headers)
-        table = ("<table><tr><th>part</th><th>header</th><th>raw (on the wire)</th><th>decoded</th></tr>"
-                 f"{rows}</table>") if rows else ""
+        table = ("<table class='ml-cards'><thead><tr>" + "".join(f"<th>{h}</th>" for h in heads)
+                 + f"</tr></thead><tbody>{rows}</tbody></table>") if rows else ""
         src = f" <small>({html.escape(self.source)})</small>" if self.source else ""
         return f"<b>MIME tree</b>{src}<ul>{item(self.root)}</ul>{table}"

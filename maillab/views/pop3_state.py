@@ -25,7 +25,7 @@ from typing import Any
 from ..events import CLIENT_LINE, CLOSED, NOTE, OPENED, STATE, Event, EventBus
 from .live import Block, LiveBlocks, blocks_html, widget_bundle
 from .publish import Throttle
-from .theme import BASE_PX, badge, diagram, diagram_style, page
+from .theme import BASE_PX, badge, card_row, diagram, diagram_style, page
 
 STATES = ("AUTHORIZATION", "TRANSACTION", "UPDATE")
 #: What moves the session from one state to the next (RFC 1939 section 3).
@@ -219,16 +219,17 @@ def render_blocks(st: POP3SessionState) -> list[tuple[str, Block]]:
             status = badge("ok", "still on the server")
         else:
             status = ""
-        rows.append(f"<tr><td>{n}</td><td class='mono'>{html.escape(uid)}</td>"
-                    f"<td>{size}</td><td>{status}</td></tr>")
+        rows.append(card_row(str(n), [("UIDL", f"<span class='mono'>{html.escape(uid)}</span>"),
+                                      ("octets", str(size)), ("this session", status)], head_label="#"))
         ids.append(n)
     if st.count > len(st.messages):
-        rows.append(f"<tr><td colspan='4'>… {st.count - len(st.messages)} more messages"
+        rows.append(f"<tr><td class='ml-card-head' colspan='4'>… {st.count - len(st.messages)} more messages"
                     f" ({st.count} in the maildrop)</td></tr>")
         ids.append("more")
     # No maildrop before the login: the table leaves the view (the live view's page
-    # keeps it, so the next session's table is sent as what changed).
-    table = [("maildrop", Block("<table><thead><tr><th>#</th><th>UIDL</th><th>octets</th><th>this session</th>"
+    # keeps it, so the next session's table is sent as what changed). At 150% zoom
+    # each message is a card (theme: ml-cards-narrow).
+    table = [("maildrop", Block("<table class='ml-cards-narrow'><thead><tr><th>#</th><th>UIDL</th><th>octets</th><th>this session</th>"
                                 "</tr></thead><tbody>", rows, "</tbody></table>", ids))] if rows else []
     return [("state", Block(f"<div><b>{title}</b>{_diagram(st)}</div>")), *table,
             ("outcome", Block(f"<div class='ml-note'>{html.escape(st.outcome)}</div>"))]

@@ -26,7 +26,7 @@ from ..events import CLOSED, OPENED, TLS
 from ..tls import CERT_FIELD_TITLES, MINIMUM_VERSION_TEXT, cert_fields
 from .live import Block, LiveBlocks, LiveHTML, blocks_html, widget_bundle
 from .publish import Throttle
-from .theme import card_row, page
+from .theme import breakable, card_row, page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -206,9 +206,10 @@ def cert_html(fields: dict[str, Any], title: str = "") -> str:
     for key, name in CERT_FIELD_TITLES:
         value = fields.get(key, "")
         text = ", ".join(value) if isinstance(value, list) else str(value)
-        shown = html.escape(text)
         if key == "sha256":  # a fingerprint wraps between its bytes, never inside one
-            shown = shown.replace(":", ":<wbr>")
+            shown = html.escape(text).replace(":", ":<wbr>")
+        else:  # a name ("CN=mail.alpha.test,OU=Testing cert #...") wraps after its commas and dots
+            shown = breakable(text).replace(",", ",<wbr>")
         rows.append(f"<tr><th>{html.escape(name)}</th><td class='mono'>{shown}</td></tr>")
     head = f"<div><b>{html.escape(title)}</b></div>" if title else ""
     return f"{head}<table class='ml-cert'>{''.join(rows)}</table>"
@@ -306,7 +307,7 @@ class PortMap:
                 for s in cell.sessions:
                     kind, glyph = ("err", "○") if s.negotiated == "plaintext" else ("ok", "●")
                     lines.append(f"<span class='ml-{kind} ml-small' title='{html.escape(s.peer)}'>{glyph} "
-                                 f"{html.escape(s.session)}: {html.escape(_negotiated_short(s))}"
+                                 f"{html.escape(s.session)}: {breakable(_negotiated_short(s))}"
                                  f"{' (open)' if s.open else ''}</span>")
                 if cell.total > len(cell.sessions):
                     lines.append(f"<span class='ml-muted ml-small'>+{cell.total - len(cell.sessions)} earlier</span>")

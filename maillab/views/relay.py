@@ -592,7 +592,8 @@ class QueueView:
             # in a narrow output each message is a card of labelled facts (theme: .ml-cards)
             rows = "".join(card_row(html.escape(r[0]), [
                 (t, breakable(c) if t in ("host", "from", "to") else html.escape(c))
-                for t, c in zip(QUEUE_COLUMNS[1:], r[1:], strict=True)], head_label="id", wide=("last error",))
+                for t, c in zip(QUEUE_COLUMNS[1:], r[1:], strict=True)], head_label="id", wide=("last error",),
+                classes={"last error": "mono"})  # a server's reply, as it came
                 for r in self.rows)
             body = (f"<b>{html.escape(self.title)}</b><table class='ml-small ml-cards'><thead><tr>{head}</tr>"
                     f"</thead><tbody>{rows}</tbody></table>")

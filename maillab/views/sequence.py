@@ -6,7 +6,7 @@ same conversation with time running down the page, which shows at a glance who
 waits for whom (a multi-line reply is one arrow with all its lines), where the
 connection became encrypted and where the session changed state.
 
-The notebook shows the widest of three layouts of the same SVG that fits the
+The notebook shows the widest of four layouts of the same SVG that fits the
 output (``theme.diagram`` picks by the output's width; a narrower one has its
 lifelines closer and wraps its lines sooner): either is drawn at the size of the text around it, never scaled down,
 so "USER/PASS" reads from the back of a room; the wide one is the export
@@ -28,7 +28,9 @@ from .theme import BASE_PX, PALETTE, diagram, diagram_style, page, reply_kind
 
 FONT = BASE_PX  # text size in user units; the diagram's width is set in em (theme.diagram_style)
 CW = 8.6  # a monospace character's advance at FONT (0.6 em, and some slack for a fallback font)
-LAYOUTS = (760, 560, 380)  # the layouts' widths, widest first, in user units (px at scale 1)
+#: The layouts' widths, widest first, in user units (px at scale 1): 350 fits 800 px
+#: at 150% zoom, and the presenter's scale at 800 px; 224 the presenter's at 150% zoom.
+LAYOUTS = (760, 560, 350, 224)
 LINE_H, GAP = 18, 12
 
 _FALLBACK = {name: pair[0] for name, pair in PALETTE.items()}
@@ -110,9 +112,27 @@ def _reply_ended(protocol: str, last: str) -> bool:
     return False
 
 
+_BREAK_AFTER = ".-_@/:,="
+
+
 def _wrap(line: str, columns: int) -> list[str]:
-    return textwrap.wrap(line, columns, break_long_words=True, break_on_hyphens=False,
-                         subsequent_indent="   ") or [line]
+    """``line`` in lines of at most ``columns`` characters, wrapped at spaces; a word
+    longer than a line (a host name in the narrowest layout) breaks after a dot,
+    hyphen or the like where it can (``mail.alpha.`` / ``test``), and stays on the
+    line of its ``S:``."""
+    pieces = textwrap.wrap(line, columns, break_long_words=False, break_on_hyphens=False,
+                           subsequent_indent="   ") or [line]
+    if len(pieces) > 1 and len(pieces[0]) <= 3:  # "S:" alone: its long word follows it
+        pieces[:2] = [f"{pieces[0]} {pieces[1].lstrip()}"]
+    out = []
+    for piece in pieces:
+        while len(piece) > columns:
+            cut = max(piece.rfind(c, 4, columns) for c in _BREAK_AFTER) + 1
+            cut = cut if cut > columns // 2 else columns  # a break point that keeps the line half full
+            out.append(piece[:cut])
+            piece = "   " + piece[cut:]
+        out.append(piece)
+    return out
 
 
 def _fit(name: str, columns: int) -> str:
@@ -126,9 +146,12 @@ def sequence_svg(events: Sequence[Event], *, title: str = "", client: str = "cli
     between the lifelines, and every box is sized to its text (monospace, so its
     width is known from its length)."""
     esc = html.escape
-    margin = 90 if width >= 700 else 24  # lifeline to edge: room for the "encrypted" mark
+    # lifeline to edge: room for the "encrypted" mark; the narrowest layout keeps
+    # every unit it can for the lines between the lifelines
+    margin = 90 if width >= 700 else 24 if width >= 300 else 8
+    inset = 14 if width >= 300 else 8  # a label's distance from the lifelines
     client_x, server_x = margin, width - margin
-    columns = int((server_x - client_x - 28) / CW) - 2  # an arrow's label, glyph included
+    columns = int((server_x - client_x - 2 * inset) / CW) - 2  # an arrow's label, glyph included
     pad = min(40, client_x - 6)  # a mark's box reaches this far past the lifelines
     mark_columns = int((server_x - client_x + 2 * pad - 20) / CW) - 1
     out_columns = int((width - 32) / CW)  # a head box's name, the title
@@ -172,7 +195,7 @@ def sequence_svg(events: Sequence[Event], *, title: str = "", client: str = "cli
         lines = [w for line in step.lines for w in _wrap(line, columns)]
         glyph = f"{step.glyph} " if step.glyph else ""
         for k, line in enumerate(lines):
-            body.append(f"<text x='{client_x + 14}' y='{y + 14 + LINE_H * k}' class='mono' "
+            body.append(f"<text x='{client_x + inset}' y='{y + 14 + LINE_H * k}' class='mono' "
                         f"style='fill:{colour};font-family:var(--ml-mono,monospace)'>"
                         f"{esc((glyph if k == 0 else '') + line)}</text>")
         ay = y + LINE_H * len(lines) + 6

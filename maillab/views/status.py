@@ -78,19 +78,23 @@ class StatusTable:
         return page(self._html_body(), kind="status")
 
     def _html_body(self) -> str:
+        from .theme import card_row
+
         if not self.rows:
             return "<i>the lab is not running (<code>%mail start</code>)</i>"
         # One group per host (its name, and whose certificate, in a row of its own):
         # seven short columns fit a narrow notebook where nine did not.
         columns = [(t, k) for t, k in COLUMNS if k not in ("host", "cert")]
-        head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in columns)
+        titles = [t for t, _ in columns]
+        head = "".join(f"<th>{html.escape(t)}</th>" for t in titles)
         body = []
         host = None
         for row in self.rows:
             if row.get("host") != host:
                 host = row.get("host")
                 cert = f" · certificate: {row['cert']}" if row.get("cert") else ""
-                body.append(f"<tr class='grp'><td colspan='{len(columns)}'><b>{html.escape(str(host))}</b>"
+                body.append(f"<tr class='grp'><td class='ml-card-head' colspan='{len(columns)}'>"
+                            f"<b>{html.escape(str(host))}</b>"
                             f"<span class='ml-muted'>{html.escape(cert)}</span></td></tr>")
             state = str(row.get("state", ""))
             kind = "ok" if state == "running" else "err"
@@ -101,8 +105,11 @@ class StatusTable:
                     text = f"<span class='ml-{kind}'>{'✓' if kind == 'ok' else '✗'}\u00a0{text}</span>"
                 elif key == "tls":
                     text = f"<span title='{html.escape(TLS_MODES.get(row.get('tls', ''), ''))}'>{text}</span>"
-                tds.append(f"<td class='nw'>{text}</td>")  # an address broken mid-number misreads
-            body.append(f"<tr>{''.join(tds)}</tr>")
+                tds.append(text)
+            # an address broken mid-number misreads: no cell wraps; at 150% zoom each
+            # service is a card instead (theme: ml-cards-narrow)
+            body.append(card_row(tds[0], list(zip(titles[1:], tds[1:], strict=True)), head_label=titles[0],
+                                 classes=dict.fromkeys(titles, "nw")))
         foot = []
         if self.note:
             foot.append(f"<b>{html.escape(self.note)}</b>")
@@ -112,7 +119,7 @@ class StatusTable:
             foot.append(f"lab directory: <code>{html.escape(self.directory)}</code>")
         modes = "; ".join(f"<b>{m}</b>: {html.escape(d)}" for m, d in TLS_MODES.items())
         foot.append(f"TLS modes: {modes}")
-        return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        return (f"<table class='ml-cards-narrow'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
                 f"<div class='ml-small'>{'<br>'.join(foot)}</div>")
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import html
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 #: Text size of a view at scale 1, and the scale the presenter setting uses.
@@ -147,24 +147,27 @@ CSS = (
     "padding-top:0!important}.ml-view .ml-wire td.n:empty{display:none}}"
     # A wide table of short facts (the port map, the class map): in a narrow output
     # each row becomes a card, its cells labelled from their column heads
-    # (data-label), side by side as far as they fit, instead of a ribbon of columns
-    # that break words letter by letter. .ml-cards turns at 760 px, .ml-cards-wide
-    # (many columns) at 1500 px.
+    # (data-label), side by side as far as they fit, instead of a table that scrolls
+    # sideways past its last columns. The turns are in em of the view's text (a
+    # presenter's scale turns them sooner, as it needs): .ml-cards at 54em (760 px
+    # at scale 1), .ml-cards-wide (many columns) at 107em (1500 px),
+    # .ml-cards-narrow (a few short columns) at 30em (420 px: 800 px at 150% zoom).
     + "".join(
-        f"@container mlview (max-width:{w}px){{"
+        f"@container mlview (max-width:{w}em){{"
         f".ml-view table.{c},.ml-view table.{c} tbody{{display:block;width:100%}}"
         f".ml-view table.{c} thead{{display:none}}"
-        f".ml-view table.{c} tr{{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(13em,100%),1fr));"
+        f".ml-view table.{c} tr{{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(11em,100%),1fr));"
         "gap:.1em .6em;border:1px solid var(--ml-line);border-radius:6px;padding:.3em .4em;margin:0 0 .5em 0}"
         f".ml-view table.{c} td{{padding:.1em .2em!important;overflow-wrap:break-word}}"
         f".ml-view table.{c} td:empty{{display:none}}"
         f".ml-view table.{c} td.ml-card-head{{grid-column:1/-1;font-size:1.1em;font-weight:600}}"
-        # a long fact (an error text) takes the card's whole width, not one 13em column
+        # a long fact (an error text) takes the card's whole width, not one 11em column
+        # (11em: two columns of facts side by side at 150% zoom, where 13em left one)
         f".ml-view table.{c} td.ml-card-wide{{grid-column:1/-1}}"
         f".ml-view table.{c} td[data-label]::before{{content:attr(data-label);display:block;"
         "font-family:var(--jp-ui-font-family,sans-serif);font-size:.85em;font-weight:600;"
         "color:var(--ml-muted)}}"
-        for c, w in (("ml-cards", 760), ("ml-cards-wide", 1500)))
+        for c, w in (("ml-cards", 54), ("ml-cards-wide", 107), ("ml-cards-narrow", 30)))
     # a row's label (a certificate field, a probe fact) reads whole: "certificate",
     # never "certificat" / "e"
     + ".ml-view tbody th:first-child{white-space:nowrap;overflow-wrap:normal}"
@@ -292,15 +295,37 @@ def diagram_style(width: float) -> str:
     return f"width:{width / BASE_PX:.3f}em;max-width:none;height:auto;font-size:1em"
 
 
+def card_table(heads: Sequence[str], rows: Iterable[Sequence[str]], *, kind: str = "ml-cards",
+               head_label: str | None = None, wide: Iterable[str] = (), cls: str = "") -> str:
+    """A table whose rows become cards in a narrow output: ``heads`` are the column
+    heads (text), each row its cells' HTML, the first cell naming the row (labelled
+    ``head_label``, by default the first head); ``kind`` is ``ml-cards``,
+    ``ml-cards-wide`` or ``ml-cards-narrow`` (where it turns, see the stylesheet);
+    the columns in ``wide`` span a card's width. Made of :func:`card_row`."""
+    label = heads[0] if head_label is None else head_label
+    spans = tuple(wide)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    body = "".join(card_row(r[0], list(zip(heads[1:], r[1:], strict=True)), head_label=label, wide=spans)
+                   for r in rows)
+    return (f"<table class='{kind}{' ' + cls if cls else ''}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>")
+
+
 def card_row(head: str, cells: list[tuple[str, str]], *, head_label: str = "",
-             wide: Iterable[str] = ()) -> str:
+             wide: Iterable[str] = (), classes: Mapping[str, str] | None = None) -> str:
     """One row of an ``ml-cards`` table (see the stylesheet): ``head`` (HTML) names
     the row, ``cells`` are (column head, cell HTML). In a narrow output the row is a
     card, each non-empty cell under its label; the cells of the columns in ``wide``
-    (long text) span the whole card."""
-    label = f" data-label='{html.escape(head_label)}'" if head_label else ""
+    (long text) span the whole card. ``classes``: a column's cell classes, by its
+    head (``head_label`` for the row's name), e.g. ``ml-token``."""
+    extra = classes or {}
     spans = set(wide)
-    return (f"<tr><td class='ml-card-head'{label}>{head}</td>"
-            + "".join((f"<td class='ml-card-wide' data-label='{html.escape(t)}'>{c}</td>" if t in spans
-                       else f"<td data-label='{html.escape(t)}'>{c}</td>") if c else "<td></td>" for t, c in cells)
-            + "</tr>")
+
+    def cell(title: str, content: str, base: str = "") -> str:
+        cls = " ".join(c for c in (base, "ml-card-wide" if title in spans else "", extra.get(title, "")) if c)
+        attr = f" class='{cls}'" if cls else ""
+        return f"<td{attr} data-label='{html.escape(title)}'>{content}</td>" if content else "<td></td>"
+
+    head_cls = " ".join(c for c in ("ml-card-head", extra.get(head_label, "")) if c)
+    label = f" data-label='{html.escape(head_label)}'" if head_label else ""
+    return f"<tr><td class='{head_cls}'{label}>{head}</td>" + "".join(cell(t, c) for t, c in cells) + "</tr>"
