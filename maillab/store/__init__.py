@@ -97,6 +97,13 @@ class Store:
         user = user.lower()
         name = self.canonical_name(name)
         key = (user, name)
+        # An open folder without the lock (one dict read): a CREATE, RENAME or DELETE
+        # holds it across fsyncs (a UIDVALIDITY file, a closing index), and every SMTP
+        # delivery, SELECT and POP3 login asks here. (One that a DELETE closes right
+        # after this is the same race as right after the lock was released.)
+        mb = self._open.get(key)
+        if mb is not None:
+            return mb
         with self._lock:
             self._opened.wait_for(lambda: key not in self._opening)
             mb = self._open.get(key)
