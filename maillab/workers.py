@@ -9,6 +9,13 @@ lab thread, which every session shares (measured with ``smtp-source``, 8 connect
 Here a job is a tuple in a queue, and the results that finish while the loop is busy
 are settled by one wake-up of the loop, not one each.
 
+A job wakes exactly one thread: the one that went idle last (its own lock released),
+not a ``queue.SimpleQueue`` whose ``get`` passes its lock on to a second waiting
+thread, which wakes only to find the queue empty and sleep again (seen in strace: two
+worker threads woken per SMTP delivery, the second one competing with the first for
+the interpreter lock and, on a busy machine, for a CPU). The thread idle last is also
+the one most likely still warm on a CPU.
+
 The work itself is the same: it runs to its end even when the awaiting task is
 cancelled (the lab stopping), exactly as with ``run_in_executor``.
 """
@@ -17,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -62,16 +69,18 @@ class _Inbox:
 
 
 class Workers:
-    """A pool of daemon threads (started on first use) that runs blocking calls for
-    any loop of the process."""
+    """A pool of daemon threads (started as jobs need them) that runs blocking calls
+    for any loop of the process."""
 
     def __init__(self, threads: int, name: str) -> None:
         self.threads = threads
         self.name = name
-        self._jobs: queue.SimpleQueue[tuple[_Inbox, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]] = \
-            queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._jobs: deque[tuple[_Inbox, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        # Idle threads, each waiting on a lock of its own that run() releases; the last
+        # one in is woken first.
+        self._idle: list[threading.Lock] = []
         self._started = 0
-        self._start_lock = threading.Lock()
         self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = \
             weakref.WeakKeyDictionary()
 
@@ -82,28 +91,40 @@ class Workers:
         inbox = self._inboxes.get(loop)
         if inbox is None:
             inbox = self._inboxes[loop] = _Inbox(loop)
-        if self._started < self.threads:
-            self._start()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((inbox, future, fn, args))
+        start = False
+        with self._lock:
+            self._jobs.append((inbox, future, fn, args))
+            waiter = self._idle.pop() if self._idle else None
+            if waiter is None and self._started < self.threads:
+                self._started += 1
+                start = True
+        if waiter is not None:
+            waiter.release()
+        elif start:
+            threading.Thread(target=self._work, name=f"{self.name}-{self._started}", daemon=True).start()
+        # else every thread is busy: the first to finish takes the job
         return future
 
-    def _start(self) -> None:
-        with self._start_lock:
-            while self._started < self.threads:
-                self._started += 1
-                threading.Thread(target=self._work, name=f"{self.name}-{self._started}", daemon=True).start()
-
     def _work(self) -> None:
+        wake = threading.Lock()
+        wake.acquire()
         while True:
-            inbox, future, fn, args = self._jobs.get()
+            with self._lock:
+                job = self._jobs.popleft() if self._jobs else None
+                if job is None:
+                    self._idle.append(wake)
+            if job is None:
+                wake.acquire()  # until run() hands this thread a job
+                continue
+            inbox, future, fn, args = job
             try:
                 result = fn(*args)
             except BaseException as exc:  # handed to the awaiting task, as run_in_executor does
                 inbox.put(future, False, exc)
             else:
                 inbox.put(future, True, result)
-            del inbox, future, fn, args  # a finished job's objects are not kept by an idle thread
+            del job, inbox, future, fn, args  # a finished job's objects are not kept by an idle thread
 
 
 #: Deliveries of the lab's SMTP servers. They wait for the disk (fsync), not for a CPU,
