@@ -105,7 +105,8 @@ CLAIMS = {
 WIDGET_CLAIMS = {
     # the transcript widget grew after its cell had finished: a later cell's session is in it
     "01_smtp.ipynb": ["FROM:&lt;bob@alpha.test&gt;"],
-    # the class map redrew after its cell: carol came back later on a new address
+    # the class map redrew after its cell: carol came back later on a new address (its
+    # whole state is saved when the class DNS stops: LiveClassMap.finish)
     "06_class_network.ipynb": ["127.0.61.4"],
 }
 CELL_TIMEOUT = 90  # seconds; every client call in a notebook has its own, shorter timeout

@@ -163,6 +163,7 @@ class ClassDNS:
         self.joined: dict[str, float] = {}  # key name -> first accepted UPDATE
         self.last_seen: dict[str, float] = {}  # key name -> last accepted UPDATE
         self.listeners: list[Callable[[], None]] = []  # views: called on the DNS thread
+        self.on_stop: list[Callable[[], None]] = []  # views: called by stop(), on its thread
         self._buckets: dict[str, TokenBucket] = {}
         self._answered: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
         self._lock = threading.Lock()  # views read the deques from another thread
@@ -236,6 +237,11 @@ class ClassDNS:
             finally:
                 self.loop.stop()
         self.started = False
+        for finish in list(self.on_stop):
+            try:
+                finish()
+            except Exception:  # noqa: BLE001 - a broken view must not stop the stop
+                pass
 
     async def _bind(self) -> None:
         self._udp, self._tcp, self.port = await bind_udp_tcp(self.listen, self.port, self.handle, self._tcp_client)

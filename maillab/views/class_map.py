@@ -284,18 +284,26 @@ class LiveClassMap:
         self.widget = LiveBlocks(body_blocks(self.map), kind="classmap", follow=False, max_height="none")
         self._throttle = Throttle(interval, self.refresh)
         server.listeners.append(self._throttle.poke)
+        server.on_stop.append(self.finish)
 
     def refresh(self) -> None:
         self.map = class_map(self.server)
         if self.widget.show(body_blocks(self.map)):  # sends the blocks and rows that changed
             self.updates += 1
 
-    def close(self) -> None:
-        try:
-            self.server.listeners.remove(self._throttle.poke)
-        except ValueError:
-            pass
+    def finish(self) -> None:
+        """Stop following and show the last state now, whole (the class DNS stopped): a
+        publish waiting on the throttle's timer, or a patch not yet saved as the widget's
+        state (``LiveBlocks.sync`` waits for quiet), would be lost with the kernel."""
+        for hooks, hook in ((self.server.listeners, self._throttle.poke), (self.server.on_stop, self.finish)):
+            if hook in hooks:
+                hooks.remove(hook)
         self._throttle.close()
+        self.refresh()
+        self.widget.sync()
+
+    def close(self) -> None:
+        self.finish()
         self.widget.close()
 
     def __repr__(self) -> str:
