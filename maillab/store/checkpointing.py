@@ -20,11 +20,13 @@ copied: a checkpoint that ran while others committed leaves it growing. Writers 
 never pause that long (a continuous stream of deliveries) would grow it without end,
 so once it holds :data:`WAL_FRAMES_MAX` frames the next writer checkpoints under the
 lock, as sqlite would have (the copy is short by then: the background copied the
-rest), and the log starts over.
+rest), and the log starts over; never the lab loop (its few commits, \\Recent claimed
+by a NOOP, leave it to the next writer on a worker thread).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
@@ -60,7 +62,7 @@ class Checkpointing:
         if self._db.total_changes - self._changes_checkpointed < CHECKPOINT_CHANGES:
             return
         self._changes_checkpointed = self._db.total_changes
-        if self._wal_frames >= WAL_FRAMES_MAX:  # never finished beside the writers: here, now
+        if self._wal_frames >= WAL_FRAMES_MAX and not _on_a_loop():  # never finished beside the writers
             busy, frames, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if not busy and frames == copied:
                 self._wal_frames = 0  # (starts over at the next commit: we hold the lock)
@@ -86,3 +88,13 @@ class Checkpointing:
             pass  # gone, or busy: the next one copies it
         finally:
             self._checkpointing = False
+
+
+def _on_a_loop() -> bool:
+    """Whether this thread runs an event loop (the lab loop claiming \\Recent with a
+    commit under a lock it took without waiting): never a checkpoint's fsyncs there."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
