@@ -208,6 +208,8 @@ class SelectedMailbox:
         the updates come with a later command, which RFC 3501 allows.
         """
         mb = self.mailbox
+        if wait:  # (on a worker) outside changes picked up first: the directories listed without the lock
+            mb.sync()
         if not mb.lock.acquire(blocking=wait):
             return
         try:
