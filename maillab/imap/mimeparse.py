@@ -182,14 +182,12 @@ class Lexer:
     def skip_cfws(self) -> None:
         """Skip whitespace and (nested) comments, remembering the comments' text."""
         s, n = self.s, len(self.s)
-        while self.i < n:
-            c = s[self.i]
-            if c in b" \t\r\n":
-                self.i += 1
-            elif c == 0x28:  # "("
+        while True:
+            self.i = _BLANKS.match(s, self.i).end()  # a run at a time, not a byte
+            if self.i < n and s[self.i] == 0x28:  # "("
                 self.comments.append(self._comment())
             else:
-                break
+                return
 
     def _comment(self) -> bytes:
         s, n = self.s, len(self.s)
@@ -219,6 +217,11 @@ class Lexer:
         self.i += 1
         out = bytearray()
         while self.i < n:
+            run = _QUOTED_RUN.match(s, self.i)  # the plain bytes up to the next one to look at
+            if run:
+                out += run.group()
+                self.i = run.end()
+                continue
             c = s[self.i]
             self.i += 1
             if c == 0x22:
@@ -232,12 +235,24 @@ class Lexer:
 
     def token(self, stop: frozenset[int] = _TSPECIALS) -> bytes:
         """A run of bytes up to the next byte in ``stop``."""
-        s, n, j = self.s, len(self.s), self.i
-        while j < n and s[j] not in stop:
-            j += 1
-        tok = s[self.i:j]
-        self.i = j
-        return tok
+        run = _run_until(stop).match(self.s, self.i)
+        self.i = run.end()
+        return run.group()
+
+
+_BLANKS = re.compile(rb"[ \t\r\n]*")
+#: Inside a quoted string, the bytes taken as they are (not DQUOTE, backslash, CR, LF).
+_QUOTED_RUN = re.compile(rb'[^"\\\r\n]+')
+_RUNS: dict[frozenset[int], re.Pattern[bytes]] = {}
+
+
+def _run_until(stop: frozenset[int]) -> re.Pattern[bytes]:
+    """A pattern matching the longest run of bytes not in ``stop`` (one per stop set)."""
+    pattern = _RUNS.get(stop)
+    if pattern is None:
+        pattern = re.compile(b"[^" + b"".join(b"\\x%02x" % c for c in sorted(stop)) + b"]*")
+        _RUNS[stop] = pattern
+    return pattern
 
 
 # -- Content-Type and its parameters (RFC 2045 5.1, RFC 2231) --------------------------
