@@ -147,7 +147,9 @@ class Maildrop:
                         changes[entry.uid] = flags | {"\\Seen"}
                 if changes:
                     self._seen_unflushed = True  # before: a batch may rename, then fail
-                    self.mailbox.set_flags_many(changes)
+                    # (not set_flags_many: its index entries per message, unused here, cost
+                    # a look-up each while the loop holds the lock)
+                    self.mailbox.change_flags(changes, _wanted)
             if moved and not follow_moves:
                 gone = set(moved)
                 return [entry for entry in entries if entry.uid in gone]
@@ -229,3 +231,7 @@ class StoreBackend:
     def open_maildrop(self, address: str) -> Maildrop:
         return Maildrop(self.store.mailbox(address, "INBOX", create=True),
                         sync=self.limits is not None and self.limits.smtp_fsync)
+
+
+def _wanted(old: frozenset[str], wanted: frozenset[str]) -> frozenset[str]:
+    return wanted
