@@ -71,3 +71,42 @@ def test_readers_and_a_delivery_are_answered_while_an_expunge_unlinks(single_lab
         released.set()
         for c in (expunger, reader):
             c.logout()
+
+
+def test_an_expunge_that_fails_partway_keeps_every_message(single_lab: Lab) -> None:
+    """The second of three files cannot be moved out (its ``tmp/`` name is taken by a
+    directory): the EXPUNGE fails with NO and removes nothing; the first file, already
+    moved, goes back, so every message is still there whole, and once the obstacle is
+    gone the same EXPUNGE removes all three."""
+    from maillab.store.delivering import EXPUNGED
+
+    lab = single_lab
+    for n in range(3):
+        lab.store.deliver(BOB, f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode())
+    mailbox = lab.store.mailbox(BOB)
+    client = imaplib.IMAP4(*lab.address("imap"), timeout=60)
+    try:
+        client.login(BOB, "bob-pw")
+        assert client.select("INBOX")[0] == "OK"
+        assert client.store("1:3", "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+        second = mailbox.get(2)  # (named with its new flags)
+        assert second is not None
+        obstacle = mailbox.path / "tmp" / f"{EXPUNGED}{second.filename}"
+        obstacle.mkdir()
+        typ, data = client.expunge()
+        assert typ == "NO", data
+        reader = imaplib.IMAP4(*lab.address("imap"), timeout=60)
+        try:
+            reader.login(BOB, "bob-pw")
+            assert reader.select("INBOX") == ("OK", [b"3"])
+            typ, data = reader.fetch("1:3", "(BODY.PEEK[TEXT])")
+            assert typ == "OK" and [d[1] for d in data if isinstance(d, tuple)] == [
+                b"body 0\r\n", b"body 1\r\n", b"body 2\r\n"], data
+        finally:
+            reader.logout()
+        obstacle.rmdir()
+        typ, data = client.expunge()
+        assert typ == "OK" and data == [b"3", b"2", b"1"], data
+        assert sorted(p.name for p in (mailbox.path / "tmp").iterdir()) == []
+    finally:
+        client.logout()

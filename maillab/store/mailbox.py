@@ -242,10 +242,15 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
         self._logged(1, self.table.uids[slot])
 
     def _forget(self, slot: int) -> None:
+        self._db.execute("DELETE FROM messages WHERE uid = ?", (self.table.uids[slot],))
+        self._forgotten(slot)
+
+    def _forgotten(self, slot: int) -> None:
+        """The memory's side of a removal whose index row is deleted: the table, the
+        read cache, the change log."""
         uid = self.table.uids[slot]
         self._cache.pop(uid, None)
         self.table.remove(slot)
-        self._db.execute("DELETE FROM messages WHERE uid = ?", (uid,))
         self._logged(2, uid)
 
     def _info(self, slot: int) -> MessageInfo:
@@ -443,7 +448,7 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
                 with self.lock:
                     self._rows_written()
                     was_in_sync = self._begin_change()
-                    self._db.execute("BEGIN")
+                    chosen: list[tuple[int, str, str]] = []  # slot, where its file was, is now ("": gone)
                     try:
                         for uid in todo[start:start + BATCH]:
                             slot = t.slot(uid)
@@ -452,18 +457,32 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
                             flags = t.flagsets[t.flag_ids[slot]]
                             if unless and unless(flags) or expected is not None and expected.get(uid) != flags:
                                 continue
-                            trash = f"{base}/tmp/{EXPUNGED}{t.filename(slot)}"
+                            here, trash = f"{base}/{t.relpath(slot)}", f"{base}/tmp/{EXPUNGED}{t.filename(slot)}"
                             try:
-                                os.rename(f"{base}/{t.relpath(slot)}", trash)
-                                doomed.append(trash)
+                                os.rename(here, trash)
                             except FileNotFoundError:
-                                pass
-                            self._forget(slot)
-                            removed.append(uid)
-                        self._db.execute("COMMIT")
+                                trash = ""  # removed by another tool already: only its row goes
+                            chosen.append((slot, here, trash))
+                        self._db.execute("BEGIN")
+                        try:
+                            self._db.executemany("DELETE FROM messages WHERE uid = ?",
+                                                 [(t.uids[slot],) for slot, _, _ in chosen])
+                            self._db.execute("COMMIT")
+                        except BaseException:
+                            self._db.execute("ROLLBACK")
+                            raise
                     except BaseException:
-                        self._db.execute("ROLLBACK")
+                        # Nothing of this batch is removed: its rows stayed, its files go
+                        # back where they were, and the table was not touched yet.
+                        for _, here, trash in reversed(chosen):
+                            if trash:
+                                os.rename(trash, here)
                         raise
+                    for slot, _, trash in chosen:
+                        removed.append(t.uids[slot])
+                        self._forgotten(slot)
+                        if trash:
+                            doomed.append(trash)
                     self._own_change_done(was_in_sync)
                     t.maybe_compact()
             finally:  # (renamed out of every reader's sight already: no lock)
