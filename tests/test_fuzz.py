@@ -23,3 +23,21 @@ def test_fuzz_target(name: str) -> None:
     failures = run_seeded(t, t.ci_inputs, SEED)
     report = "\n\n".join(f"input {data!r}\n{tb}" for data, tb in failures)
     assert not failures, f"{name}: {len(failures)} failing inputs (seed {SEED}):\n{report}"
+
+
+def test_imap_write_puts_back_what_each_input_wrote(monkeypatch) -> None:
+    """``imap-write`` restores only the paths an input changed (not a fresh copy of the
+    template each time): after inputs that append, expunge, create, rename and delete,
+    the store is the template again, byte for byte and time for time."""
+    from fuzz_targets import write_fixture
+
+    t, wfx = TARGETS["imap-write"], write_fixture()
+    restored: list[set[str]] = []
+    restore = wfx.restore
+    monkeypatch.setattr(wfx, "restore", lambda changed: (restored.append(set(changed)), restore(changed)))
+    for data in t.seeds():
+        t.run(data)
+        assert wfx.changed() == set(), data
+    assert len(restored) == len(t.seeds())
+    assert sum(bool(c) for c in restored) >= len(t.seeds()) - 1  # the seeds write (one only logs in)
+    assert any(p.startswith(wfx.USER + "/.a") for c in restored for p in c)  # CREATE a/b/c was undone
