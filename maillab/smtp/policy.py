@@ -80,6 +80,20 @@ NEED_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 NEED_AUTH = Reply(530, "5.7.0", "Authentication required")
 
 
+def hook_reply(status: Any) -> Reply | None:
+    """An aiosmtpd hook's return value ("250 OK", "550 5.7.1 no thanks", aiosmtpd's
+    MISSING) as a Reply; None means: no reply of its own, the lab's stands."""
+    if not isinstance(status, str) or len(status) < 3 or not status[:3].isdigit():
+        return None
+    lines = [ln for ln in status.replace("\r\n", "\n").split("\n") if ln]
+    texts = [ln[4:] for ln in lines]
+    first = texts[0].split(" ", 1) if texts else [""]
+    enhanced = first[0] if len(first) == 2 and first[0][:1] in "245" and first[0].count(".") == 2 else ""
+    if enhanced:
+        texts = [t.split(" ", 1)[1] if t.startswith(enhanced + " ") else t for t in texts]
+    return Reply(int(status[:3]), enhanced, "\n".join(texts) or "")
+
+
 # -- paths (RFC 5321 4.1.2) -----------------------------------------------------------
 
 #: RFC 5321 4.5.3.1.1-3: the size limits of an address.
