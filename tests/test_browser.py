@@ -73,12 +73,17 @@ while not seen.exists() and time.monotonic() < deadline:
     time.sleep(0.05)
 print("transcript updated while this cell ran:", seen.exists())""",
     # Three SMTP clients sending as fast as the lab takes them, until the browser has
-    # seen the transcript stream (its newest lines only, and a note saying so).
+    # seen the transcript stream (its newest lines only, and a note saying so). A
+    # client has the 221 to its QUIT before the lab records its session's end (the
+    # "closed" line, the summary's "closed"): the cell ends once the lab has, so
+    # that the next cell's snapshot is the lab's last word on these sessions.
     "stream": """\
 import threading
 stop = threading.Event()
+peers = []
 def load(i):
     with smtplib.SMTP(*current_lab().address("smtp"), timeout=10) as s:
+        peers.append("%s:%d" % s.sock.getsockname()[:2])
         while not stop.is_set():
             s.sendmail(f"load{i}@example.test", ["bob@alpha.test"], b"Subject: load\\r\\n\\r\\nx\\r\\n")
 clients = [threading.Thread(target=load, args=(i,)) for i in range(3)]
@@ -91,7 +96,15 @@ while not seen.exists() and time.monotonic() < deadline:
 stop.set()
 for c in clients:
     c.join(10)
-print("stream seen:", seen.exists())""",
+def ended():
+    bus = current_lab().events
+    mine = {e.session for e in bus.events(kinds=("opened",)) if e.text in peers}
+    return len(mine) == len(clients) and mine <= {e.session for e in bus.events(kinds=("closed",))}
+deadline = time.monotonic() + 10
+while not ended() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("stream seen:", seen.exists(), "clients done:", not any(c.is_alive() for c in clients),
+      "sessions closed:", ended())""",
     "shown_transcript": "transcript.flush()\nprint(transcript.html.value)",
     # The same widget in a second output: the browser holds its whole state, not only
     # the changes sent since (a page reload gets the same from the kernel).
@@ -483,7 +496,8 @@ def _drive(nb: Notebook, lab: JupyterLab) -> None:
     nb.cell("transcript").locator(".ml-live").screenshot(path=str(shots / "transcript-streaming.png"))
     nb.cell("transcript").locator(".ml-live button", has_text="pause").evaluate("b => b.click()")
     (lab.root / "browser-saw-stream").touch()
-    assert "stream seen: True" in nb.wait("stream", timeout=CELL_TIMEOUT + 30)["output"]
+    streamed = nb.wait("stream", timeout=CELL_TIMEOUT + 30)["output"]
+    assert "stream seen: True clients done: True sessions closed: True" in streamed, streamed
     kernel_html = nb.run("shown_transcript")["output"].strip()
     page.wait_for_function(
         """([index, bar, html]) => {
