@@ -30,6 +30,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .store.locking import Turns
+
 T = TypeVar("T")
 
 
@@ -132,3 +134,23 @@ class Workers:
 #: CPUs): with 8 sessions delivering at once, the 7th and 8th message would wait for a
 #: thread while their fsyncs could share the others' journal commits (store.groupsync).
 DELIVERY = Workers(max(16, min(32, (os.cpu_count() or 1) + 4)), "maillab-delivery")
+
+#: IMAP and POP3 commands that may wait for a mailbox lock another thread holds (a
+#: STORE 1:* renaming 100,000 files, a first SELECT indexing them): at most this many
+#: compute at once (the GIL serialises Python anyway; the point is that the loop gets
+#: a turn every switch interval), each holding one of :data:`MAILBOX_TURNS`, which it
+#: gives back while it waits for such a lock (:mod:`maillab.store.locking`). So
+#: sessions stuck behind one held mailbox never stop another's commands, in either
+#: protocol, nor take the threads of asyncio's default executor (6 on 2 CPUs), which
+#: the SMTP authentication checks and DNS share (tests/test_imap_worker_turns.py,
+#: tests/test_pop3_worker_turns.py).
+WORKERS = 2
+MAILBOX_TURNS = Turns(WORKERS)
+#: Threads for them: the computing ones and those waiting for a mailbox lock.
+MAILBOX = Workers(64, "maillab-mailbox")
+
+
+def on_turn(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``fn(*args)`` on a :data:`MAILBOX` thread, once one of :data:`MAILBOX_TURNS` is
+    free. Call on the loop; await the future for the result."""
+    return MAILBOX.run(MAILBOX_TURNS.run, fn, *args)

@@ -16,7 +16,7 @@ import threading
 import time
 
 from maillab import Lab
-from maillab.imap.server import WORKERS
+from maillab.workers import WORKERS
 
 BOB, ALICE = "bob@alpha.test", "alice@alpha.test"
 

@@ -23,7 +23,6 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..connection import ConnectionClosed, LineConnection, LineTooLong
@@ -32,7 +31,7 @@ from ..faults import Rule, reply_closes
 from ..listener import DROPPED, LineServer
 from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
-from ..store.locking import Turns
+from ..workers import on_turn
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser, parse_tag
 from .responses import Delay, Notice, Output, Response
 from .session import IMAPSession
@@ -81,14 +80,9 @@ OFFLOADED = (Fetch, Search, Append, Copy, Select, Status, Store, Expunge, Close,
 #: untagged updates than this runs on a worker too: after another session's EXPUNGE
 #: of 20,000 messages, announcing them is 20,000 lines of work on one NOOP.
 INLINE_UPDATES = 1_000
-#: :data:`OFFLOADED` commands computing at once (the GIL serialises Python anyway;
-#: the point is that the loop gets a turn every switch interval): each takes one of
-#: these :class:`~maillab.store.locking.Turns`, and gives it back while it waits for a
-#: mailbox lock another thread holds, so commands stuck behind a held mailbox do not
-#: stop other sessions' (tests/test_imap_worker_turns.py).
-WORKERS = 2
-#: Threads for them: the computing ones and those waiting for a mailbox lock.
-WORKER_THREADS = 32
+#: :data:`OFFLOADED` commands run on the mailbox workers shared with POP3: at most
+#: :data:`~maillab.workers.WORKERS` compute at once, and one that waits for a mailbox
+#: lock another thread holds gives its turn back (tests/test_imap_worker_turns.py).
 
 
 class IMAPHub:
@@ -97,8 +91,6 @@ class IMAPHub:
 
     def __init__(self, lab: Lab, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.workers = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="maillab-imap")
-        self.turns = Turns(WORKERS)
         self.sessions_per_user: dict[str, int] = {}
         self.waiting: dict[tuple[str, str], set[asyncio.Event]] = {}
         # Deliveries happen on any thread (SMTP on the lab thread, tests on theirs).
@@ -126,7 +118,6 @@ class IMAPHub:
 
     def close(self) -> None:
         self._unsubscribe()
-        self.workers.shutdown(wait=False, cancel_futures=True)
 
 
 def _hub(lab: Lab) -> IMAPHub:
@@ -367,10 +358,8 @@ class IMAPServer(LineServer):
         """The session's outputs, computed on a worker thread a batch (up to CHUNK
         octets) at a time: the session still runs one command at a time, only not on
         the loop, and recording and writing stay on the loop."""
-        loop = asyncio.get_running_loop()
         while True:
-            batch, error = await loop.run_in_executor(self.hub.workers, self.hub.turns.run,
-                                                      _next_batch, outputs)
+            batch, error = await on_turn(_next_batch, outputs)
             for out in batch:
                 yield out
             if error is not None:

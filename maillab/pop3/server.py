@@ -8,9 +8,13 @@ the reply and records both into the lab's event stream.
 
 A command the session calls slow (:meth:`POP3Session.slow`: a login, which opens
 the maildrop; QUIT, whose UPDATE state removes files; LIST/UIDL of a large
-maildrop; RETR/TOP of a large message) runs on a worker thread, so the lab loop
-goes on answering every other session meanwhile. A message is written as slices
-of the bytes read (:meth:`Reply.parts`), in one gathering write.
+maildrop; RETR/TOP of a large message), and one that would wait for a mailbox lock
+another thread holds, runs on the mailbox workers IMAP uses too
+(:func:`maillab.workers.on_turn`), so the lab loop goes on answering every other
+session meanwhile; waiting there for a held lock, it takes no worker turn, and no
+thread of asyncio's default executor that authentication checks and DNS need. A
+message is written as slices of the bytes read (:meth:`Reply.parts`), in one
+gathering write.
 
 Lab policy on passwords without TLS: USER/PASS and AUTH PLAIN are accepted on
 the plaintext port, because every lab server listens on loopback only and
@@ -32,6 +36,7 @@ from ..events import SessionRecorder
 from ..listener import DROPPED, LineServer
 from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
+from ..workers import on_turn
 from .maildrop import Maildrop, StoreBackend
 from .session import POP3Session, Reply
 from .wire import dot_stuff
@@ -129,7 +134,7 @@ class POP3Server(LineServer):
                 slow = session.slow(line)
                 lock = None if slow else _mailbox_lock(session)
                 if slow or lock is not None and not lock.acquire(blocking=False):
-                    reply, parts = await loop.run_in_executor(None, _answer, session, line)
+                    reply, parts = await on_turn(_answer, session, line)
                 else:
                     try:
                         reply, parts = _answer(session, line)
@@ -165,11 +170,8 @@ class POP3Server(LineServer):
             finally:
                 lock.release()
         if lock is not None and session.unsettled:  # the lock is busy: never wait on the loop
-            try:
-                asyncio.get_running_loop().run_in_executor(None, _end, session, maildrop)
-                return
-            except RuntimeError:  # the lab is stopping (its executor shut down)
-                pass
+            on_turn(_end, session, maildrop)
+            return
         session.end()  # (marks what RETR sent \\Seen, releases the lock)
         _keep_seen(maildrop)
 
@@ -213,10 +215,7 @@ def _keep_seen(maildrop: Maildrop | None) -> None:
     never on the lab loop (see :meth:`Maildrop.flush_seen`)."""
     if maildrop is None or not maildrop.seen_unflushed:
         return
-    try:
-        asyncio.get_running_loop().run_in_executor(None, maildrop.flush_seen)
-    except RuntimeError:  # the lab is stopping (its executor shut down)
-        pass
+    on_turn(maildrop.flush_seen)
 
 
 def _end(session: POP3Session, maildrop: Maildrop | None) -> None:
@@ -250,7 +249,7 @@ async def _settle(session: POP3Session) -> None:
         finally:
             lock.release()
     if session.unsettled:
-        await asyncio.get_running_loop().run_in_executor(None, session.settle)
+        await on_turn(session.settle)
 
 
 def _answer(session: POP3Session, line: bytes) -> tuple[Reply, list[bytes | memoryview]]:
