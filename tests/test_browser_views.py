@@ -1,4 +1,4 @@
-"""Every view of every topic notebook, as a class sees it: JupyterLab in Debian's
+"""Every view of every topic notebook (and of one exercise), as a class sees it: JupyterLab in Debian's
 Chromium (Playwright, no browser download), Run All, then each view checked at
 800 px and 1400 px, at 150% zoom and with the file browser open, in the light
 and the dark theme.
@@ -31,9 +31,11 @@ import pytest
 from test_browser import KERNEL_START_TIMEOUT, JupyterLab, chromium_page, serve_jupyterlab
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-if os.environ.get("MAILLAB_VIEWS_EXERCISES"):  # the exercise notebooks too (a walk by hand, not CI's)
-    NOTEBOOKS += sorted((ROOT / "notebooks" / "exercises").glob("[0-9][0-9]_*.ipynb"))
+#: The topic notebooks and one exercise (its %mail check result, the same view in
+#: all of them); MAILLAB_VIEWS_EXERCISES=1 walks every exercise (by hand, not in CI).
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + sorted(
+    (ROOT / "notebooks" / "exercises").glob("[0-9][0-9]_*.ipynb" if os.environ.get("MAILLAB_VIEWS_EXERCISES")
+                                            else "01_submission.ipynb"))
 ARTIFACTS = ROOT / "tests" / "artifacts"
 RUN_ALL_TIMEOUT = 240.0  # s: the relay notebook waits for real retries
 #: (name, viewport width, file browser open, zoom): 150% zoom of an 800 px window
@@ -197,6 +199,33 @@ _MEASURE = r"""() => {
       for (const el of area.querySelectorAll('.ml-body, .ml-view')) {
         if (el.scrollWidth > el.clientWidth + 2 && getComputedStyle(el).overflowX !== 'visible')
           problems.push(`scrolls sideways: ${el.className} ${el.scrollWidth} > ${el.clientWidth}`);
+      }
+      // Protocol text that wraps goes on indented: a <pre> line wrapped back to the
+      // left edge reads as a line of its own (a DNS record's data as a record, the
+      // rest of a Received field as a header field); theme.text_lines indents it.
+      for (const pre of area.querySelectorAll('.ml-view pre, .ml-view .ml-lines > div')) {
+        if (pre.closest('details:not([open]) > :not(summary)') || !pre.getBoundingClientRect().width) continue;
+        range.selectNodeContents(pre);
+        const rects = [...range.getClientRects()].filter(r => r.width > 0);
+        if (pre.tagName === 'PRE') {  // (a one-line message may wrap: nothing to mistake it for)
+          const n = pre.textContent.replace(/\n$/, '').split('\n').length;
+          if (n > 1 && lines(rects) > n) {
+            problems.push(`a line of <pre> wraps back to the left edge: ${pre.textContent.slice(0, 50)}`);
+            break;
+          }
+        } else if (lines(rects) > 1 && rects.slice(1).some(r => r.top > rects[0].top + r.height / 2
+                                                            && r.left < rects[0].left + 4)) {
+          problems.push(`a wrapped protocol line goes on at the left edge: ${pre.textContent.slice(0, 50)}`);
+          break;
+        }
+      }
+      // A transcript's controls only on a transcript (the class map showed "follow new
+      // lines" and "one line per session" over a map that neither scrolls nor has sessions).
+      for (const live of area.querySelectorAll('.ml-live')) {
+        const words = [...live.querySelectorAll('button')].filter(b => b.getBoundingClientRect().width)
+                                                           .map(b => b.textContent).join(' ');
+        if (/one line per session|follow new lines/.test(words) && !live.classList.contains('ml-transcript'))
+          problems.push(`a transcript's buttons on a view that is no transcript: ${words.slice(0, 60)}`);
       }
       // A table that scrolls sideways hides its right-hand columns from a room (the
       // inbox's subject and flags at 150% zoom): a wide table turns into cards instead.

@@ -38,12 +38,14 @@ class CheckResult:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        colour = "#009e73" if self.passed else "#d55e00"
-        head = "PASSED ✓" if self.passed else "not yet ✗"
+        # the shared view style (views/theme.py): the presenter's text size, the
+        # theme's colours in light and dark, a glyph beside the colour
+        from ..views.theme import badge, page
+
+        head = badge("ok", "PASSED") if self.passed else badge("err", "not yet")
         items = "".join(f"<li>seen: {html.escape(f)}</li>" for f in self.found)
         items += "".join(f"<li><b>missing:</b> {html.escape(h)}</li>" for h in self.hints)
-        return (f'<div style="text-align:left;font-size:var(--ml-font-size,14px)"><b>{html.escape(self.name)}'
-                f'</b>: <b style="color:{colour}">{head}</b><ul>{items}</ul></div>')
+        return page(f"<b>{html.escape(self.name)}</b>: {head}<ul>{items}</ul>", kind="check")
 
 
 Check = Callable[["Lab", "str | None"], CheckResult]

@@ -85,11 +85,9 @@ class HostView:
         return "\n".join(self.lines())
 
     def _repr_html_(self) -> str:
-        import html
+        from ..views.theme import page, text_lines
 
-        from ..views.theme import page
-
-        return page("<pre>" + html.escape(repr(self)) + "</pre>", kind="classhost")
+        return page(text_lines(repr(self)), kind="classhost")
 
 
 @subcommand("class")

@@ -36,7 +36,7 @@ from ..store.names import decode_mutf7
 from ..views.mailbox import ROW_COLUMNS, MailboxView
 from ..views.mime_tree import MimeTree, from_message
 from ..views.status import text_table
-from ..views.theme import card_table, page
+from ..views.theme import card_table, page, text_lines
 from .comments import strip_comment
 from .mail import ensure_started
 from .rawcell import CellDialect, CellLines, RawResult, command, run_raw
@@ -108,7 +108,7 @@ class FetchedMessage:
 
     def _html_body(self) -> str:
         return (f"<p>{html.escape(self.summary())}</p>{self.tree._repr_html_()}"
-                f"<pre style='white-space:pre-wrap'>{html.escape(self.text_body())}</pre>")
+                + text_lines(self.text_body()))
 
 
 def _flags(client: Any, uid: int) -> tuple[str, ...]:

@@ -44,7 +44,7 @@ from ..services import PortBusy
 from ..users import parse_user_spec
 from ..views import Inbox, StatusTable, Transcript, TranscriptView, theme
 from ..views.status import StartSummary
-from ..views.theme import page
+from ..views.theme import page, text_lines
 from ..views.transcript import flush_live_views
 from . import state
 from .comments import strip_comment
@@ -112,7 +112,7 @@ class HelpText:
         return page(self._html_body(), kind="help")
 
     def _html_body(self) -> str:
-        return f"<pre>{html.escape(self.text)}</pre>"
+        return text_lines(self.text)  # a wrapped line goes on indented (theme)
 
 
 def overview() -> str:

@@ -24,7 +24,7 @@ from ..clients.pop3 import connect
 from ..lab import Lab
 from ..views.pop3_state import POP3StateFigure, session_for_client, session_state
 from ..views.status import text_table
-from ..views.theme import card_table, page
+from ..views.theme import card_table, page, text_lines
 from ..views.transcript import render_html, render_text
 from .comments import strip_comment
 from .mail import ensure_started
@@ -100,7 +100,7 @@ class POP3Result:
                table if self.rows else "<i>no messages</i>"]
         for title, text in self.bodies:
             out.append(f"<details open><summary>{html.escape(title)}</summary>"
-                       f"<pre>{html.escape(text)}</pre></details>")
+                       f"{text_lines(text)}</details>")
         if self.figure:
             out.append(self.figure._repr_html_())
         out += [f"<div>{html.escape(n)}</div>" for n in self.notes]

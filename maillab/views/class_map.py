@@ -281,7 +281,10 @@ class LiveClassMap:
         self.server = server
         self.updates = 0
         self.map = class_map(server)
-        self.widget = LiveBlocks(body_blocks(self.map), kind="classmap", follow=False, max_height="none")
+        # no bar: "follow new lines" and "one line per session" are a transcript's
+        # (the map does not scroll, and its lookups and UPDATEs fold by their headings)
+        self.widget = LiveBlocks(body_blocks(self.map), kind="classmap", follow=False, controls=False,
+                                 max_height="none")
         self._throttle = Throttle(interval, self.refresh)
         server.listeners.append(self._throttle.poke)
         server.on_stop.append(self.finish)

@@ -27,7 +27,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
-from .theme import page
+from .theme import page, text_lines
 
 if TYPE_CHECKING:
     from ..lab import Lab
@@ -116,7 +116,7 @@ class DigAnswer:
         return page(self._html_body(), kind="dns")
 
     def _html_body(self) -> str:
-        return f"<pre>{html.escape(self.text())}</pre>"
+        return text_lines(self.text())
 
 
 def record_type(rdtype: str) -> str:
@@ -212,4 +212,4 @@ class ZoneView:
 
     def _html_body(self) -> str:
         return (f"<b>zone {html.escape(self.name)} loaded</b> ({len(self.records)} records)"
-                f"<pre>{html.escape(chr(10).join(self.records))}</pre>")
+                + text_lines("\n".join(self.records)))

@@ -127,6 +127,11 @@ CSS = (
     ".ml-view pre{white-space:pre-wrap;text-align:left;margin:0;background:transparent;padding:0;"
     "word-break:normal!important;overflow-wrap:anywhere}"
     ".ml-view .ml-wire .line{white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere}"
+    # protocol text line by line (theme.text_lines): a line too long for the output
+    # goes on indented, never back at the left edge where it reads as a line of its own
+    ".ml-view .ml-lines{margin:0;font-family:var(--ml-mono)!important}"
+    ".ml-view .ml-lines>div{white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere;"
+    "padding-left:2em;text-indent:-2em;min-height:1.35em}"
     ".ml-view .ml-wire :is(td.t,td.tag){white-space:nowrap!important;overflow-wrap:normal;width:1%}"
     ".ml-view .ml-wire td.n{min-width:12em}"
     # the protocol line gets at least half the view (the notes the rest), so a reply
@@ -239,6 +244,15 @@ def reply_kind(protocol: str, text: str) -> str:
     if protocol == "imap" and words[:1] in (["NO"], ["BAD"]):
         return "err"
     return "ok"
+
+
+def text_lines(text: str) -> str:
+    """Protocol text (a dig answer, a zone, a message as it came) one ``<div>`` a
+    line, in the code font: a line too long for the output wraps with its
+    continuation indented (a ``<pre>`` started it again at the left edge, where a
+    record's data read as a record and a header's rest as a header field of its own)."""
+    return ("<div class='ml-lines'>"
+            + "".join(f"<div>{html.escape(line)}</div>" for line in text.splitlines() or [""]) + "</div>")
 
 
 def escape(text: object) -> str:
