@@ -491,3 +491,63 @@ def test_a_rescan_lists_the_directories_without_the_lock_and_again_after_own_cha
     assert first in uids and delivered in uids and len(uids) == 3 == len(set(uids))
     assert mb.read(delivered).endswith(b"during the listing\r\n")
     mb.close()
+
+
+def test_a_rescan_compares_the_listing_with_a_copy_of_the_index_without_the_lock(tmp_path, monkeypatch):
+    """A sync compares the listing with a copy of the index without the mailbox lock
+    (50,000 names: hundreds of ms under load) and applies only the differences under
+    it. A delivery made during the comparison makes it compare again, under the lock,
+    with the index itself: the delivered message keeps its one UID, and the file
+    another tool added gets the next one."""
+    from maillab.store import dirsync
+
+    mb = Mailbox(tmp_path / "box", "INBOX")
+    first = mb.add(MSG).uid
+    (tmp_path / "box" / "new" / "1700000000.M1P1.outside,S=10,W=10").write_bytes(b"x: y\r\n\r\nz\r\n")
+    comparing, go = threading.Event(), threading.Event()
+    real_compare = dirsync._compare
+    on_the_index: list[bool] = []  # per comparison: made on the index itself (not a copy)
+
+    def slow_compare(table, listing):
+        on_the_index.append(table is mb.table)
+        if len(on_the_index) == 1:  # the first comparison of the sync: stalls until the test says
+            comparing.set()
+            go.wait(10)
+        return real_compare(table, listing)
+
+    monkeypatch.setattr(dirsync, "_compare", slow_compare)
+    syncing = threading.Thread(target=mb.sync)
+    syncing.start()
+    assert comparing.wait(10)
+    got = mb.lock.acquire(timeout=5)  # free while the listing is compared
+    try:
+        assert got, "the comparison held the mailbox lock"
+        delivered = mb.add(MSG.replace(b"hello", b"during the comparison")).uid
+    finally:
+        if got:
+            mb.lock.release()
+        go.set()
+    syncing.join(10)
+    assert on_the_index == [False, True]
+    uids = [m.uid for m in mb.messages()]
+    assert uids == [first, delivered, delivered + 1]
+    assert mb.read(delivered).endswith(b"during the comparison\r\n")
+    assert mb.read(delivered + 1) == b"x: y\r\n\r\nz\r\n"
+
+    # Nothing changes meanwhile: one comparison, on the copy, and only its result applied.
+    on_the_index.clear()
+    (tmp_path / "box" / "new" / "1700000001.M2P1.outside,S=10,W=10").write_bytes(b"x: y\r\n\r\nw\r\n")
+    os.rename(tmp_path / "box" / "new" / "1700000000.M1P1.outside,S=10,W=10",
+              tmp_path / "box" / "cur" / "1700000000.M1P1.outside,S=10,W=10:2,S")
+    go.set()
+    assert mb.sync()
+    assert on_the_index == [False]
+    monkeypatch.undo()
+    assert [m.uid for m in mb.messages()] == [first, delivered, delivered + 1, delivered + 2]
+    assert mb.flags(delivered + 1) == {"\\Seen"}
+    mb.close()
+    reopened = Mailbox(tmp_path / "box", "INBOX")  # the index on the disk agrees
+    assert [(m.uid, m.flags) for m in reopened.messages()] == [
+        (first, frozenset()), (delivered, frozenset()), (delivered + 1, frozenset({"\\Seen"})),
+        (delivered + 2, frozenset())]
+    reopened.close()

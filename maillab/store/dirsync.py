@@ -27,6 +27,10 @@ from .locking import MailboxLock
 from .table import NEW, STATES, UNKNOWN, UNKNOWN_DATE, MessageTable
 
 T = TypeVar("T")
+#: Every message file in new/ and cur/: keys, names and where each is, side by side.
+_Listing = tuple[list[str], list[str], bytearray]
+#: What differs: slots gone, (slot, listing position) renamed, positions found (None: all).
+_Diff = tuple[list[int], list[tuple[int, int]], list[int] | None]
 
 #: How many recent changes a mailbox remembers for its readers (IMAP sessions
 #: catching up). A reader further behind than this rescans the whole mailbox once.
@@ -91,27 +95,37 @@ class DirectorySync:
             if stamp == self._dir_stamp:
                 return False
             own = self._own_changes
+            table = self.table
+            edits = table.edits
+            copy = table.copy_to_compare()
         # The listing (getdents of 100,000 names: tens of ms of disk and kernel time)
-        # without the lock; used only if neither this process (the count of its own
+        # and its comparison with a copy of the index (hundreds of ms under load) without
+        # the lock. The listing holds if neither this process (the count of its own
         # changes) nor another tool (the directory times) changed the directories
-        # meanwhile, else listed again under the lock, as it always was.
+        # meanwhile, else it is listed again under the lock, as it always was; the
+        # comparison holds if the index did not change either (its edit count), else
+        # it is made again under the lock. Only its result is applied under the lock.
         with collector_paused():
             listing = self._listing()
+            diff: _Diff | None = _compare(copy, listing)
+        del copy
         with self.lock, collector_paused():
             now = self._stamp()
             if now == self._dir_stamp:
                 return False  # another thread synced meanwhile
             if now != stamp or self._own_changes != own:
-                stamp, listing = now, self._listing()
+                stamp, listing, diff = now, self._listing(), None
+            if diff is None or self.table is not table or table.edits != edits:
+                diff = _compare(self.table, listing)
             # The times are taken before the listing: whatever changes during it
             # changes them again, and the next sync looks again.
-            changed = self._reconcile(listing)
+            changed = self._apply(listing, diff)
             self.table.maybe_compact()
             self._dir_stamp = stamp
             self._checkpoint_later()
             return changed
 
-    def _listing(self) -> tuple[list[str], list[str], bytearray]:
+    def _listing(self) -> _Listing:
         """Every message file in new/ and cur/ (dot files left out): keys, names and
         where each is (NEW or CUR), side by side."""
         base = os.fspath(self.path)
@@ -126,26 +140,12 @@ class DirectorySync:
             states += bytes([STATES[sub]]) * len(listed)
         return [name.partition(":")[0] for name in names], names, states
 
-    def _reconcile(self, listing: tuple[list[str], list[str], bytearray]) -> bool:
+    def _apply(self, listing: _Listing, diff: _Diff) -> bool:
+        """Under the lock: the index made to match the listing (what :func:`_compare`
+        found different), in one transaction."""
         keys, names, states = listing
-        # key -> position in the listing (a key listed in new/ and in cur/: cur's)
-        where = dict(zip(keys, range(len(keys)), strict=True))
+        gone, moved, found = diff
         table = self.table
-        gone: list[int] = []  # slots whose file is no longer there
-        moved: list[tuple[int, int]] = []  # (slot, position in the listing): renamed
-        if table.live:
-            known = table.keys_by_slot()
-            for key, slot in known.items():
-                i = where.get(key)
-                if i is None:
-                    gone.append(slot)
-                elif states[i] != table.state[slot] or names[i] != table.filename(slot):
-                    moved.append((slot, i))
-            found: list[int] | None = [i for key, i in where.items() if key not in known]
-        elif keys:  # everything listed is new: all of it (None), or each key once
-            found = None if len(where) == len(keys) else list(where.values())
-        else:
-            found = []
         if gone or moved:
             self._rows_written()  # the rows they change exist (not only in a blob)
         self._db.execute("BEGIN")
@@ -221,6 +221,31 @@ class DirectorySync:
         self.uidnext = uids.stop
         self._new_rows(start)
         self._set_meta("uidnext", self.uidnext)
+
+
+def _compare(table: MessageTable, listing: _Listing) -> _Diff:
+    """How the index ``table`` differs from the directories' ``listing``: the slots
+    whose file is gone, those renamed (slot, position in the listing), and the
+    positions of files it lacks (None: all of them, the index being empty)."""
+    keys, names, states = listing
+    # key -> position in the listing (a key listed in new/ and in cur/: cur's)
+    where = dict(zip(keys, range(len(keys)), strict=True))
+    gone: list[int] = []  # slots whose file is no longer there
+    moved: list[tuple[int, int]] = []  # (slot, position in the listing): renamed
+    if table.live:
+        known = table.keys_by_slot()
+        for key, slot in known.items():
+            i = where.get(key)
+            if i is None:
+                gone.append(slot)
+            elif states[i] != table.state[slot] or names[i] != table.filename(slot):
+                moved.append((slot, i))
+        found: list[int] | None = [i for key, i in where.items() if key not in known]
+    elif keys:  # everything listed is new: all of it (None), or each key once
+        found = None if len(where) == len(keys) else list(where.values())
+    else:
+        found = []
+    return gone, moved, found
 
 
 def _take(items: Sequence[T], positions: Sequence[int]) -> list[T]:

@@ -44,7 +44,7 @@ class MessageTable:
     """The index rows of one mailbox, column by column (see the module docstring)."""
 
     __slots__ = ("uids", "state", "flag_ids", "sizes", "crlf", "dates", "_key_ends", "_keys",
-                 "odd_names", "flagsets", "letters", "_flag_id", "live", "departed")
+                 "odd_names", "flagsets", "letters", "_flag_id", "live", "departed", "edits")
 
     def __init__(self) -> None:
         self.uids = array("I")
@@ -68,6 +68,9 @@ class MessageTable:
         #: oldest first, at most :data:`DEPARTED_MAX`: another IMAP session may still
         #: show them until it can announce the EXPUNGE (RFC 3501 7.4.1).
         self.departed: dict[int, tuple[int, int, float]] = {}
+        #: Counts the changes to rows (added, moved, removed) and compactions: a
+        #: comparison made on a :meth:`copy_to_compare` holds while it is unchanged.
+        self.edits = 0
 
     # -- flag sets ---------------------------------------------------------------------
     def flag_id(self, flags: frozenset[str]) -> int:
@@ -104,6 +107,7 @@ class MessageTable:
         if filename is not None and filename != self.usual_name(key, state, fid):
             self.odd_names[uid] = filename
         self.live += 1
+        self.edits += 1
 
     def extend(self, uids: Sequence[int], keys: Sequence[str], states: bytes,
                flag_ids: Sequence[int], sizes: Sequence[int], crlf: Sequence[int], date: float,
@@ -132,6 +136,7 @@ class MessageTable:
         self._key_ends.extend(islice(accumulate(lengths, initial=base), 1, None))
         self.odd_names.update(odd_names)
         self.live += len(uids)
+        self.edits += 1
 
     def slot(self, uid: int) -> int | None:
         """The row of a live ``uid`` (valid while the mailbox lock is held)."""
@@ -158,6 +163,7 @@ class MessageTable:
     def move(self, slot: int, state: int, flags: frozenset[str], filename: str) -> None:
         """The row's file now lives at ``state``/``filename`` with these flags."""
         fid = self.flag_id(flags)
+        self.edits += 1
         self.state[slot] = state
         self.flag_ids[slot] = fid
         uid = self.uids[slot]
@@ -174,6 +180,7 @@ class MessageTable:
         self.state[slot] = GONE
         self.odd_names.pop(self.uids[slot], None)
         self.live -= 1
+        self.edits += 1
 
     def live_slots(self) -> Iterator[int]:
         """The slots of live rows, in UID order."""
@@ -203,10 +210,23 @@ class MessageTable:
             start = end
         return out
 
+    def copy_to_compare(self) -> MessageTable:
+        """What a comparison with the directories reads (keys, states, flags, file
+        names of every slot), copied column by column (a few ``memcpy``: ~1 ms for
+        100,000 rows) under the lock, to be compared outside it."""
+        copy = MessageTable()
+        copy.uids, copy.state, copy.flag_ids = self.uids[:], self.state[:], self.flag_ids[:]
+        copy._key_ends, copy._keys = self._key_ends[:], self._keys[:]
+        copy.odd_names = self.odd_names.copy()
+        copy.flagsets, copy.letters = self.flagsets[:], self.letters[:]
+        copy.live = self.live
+        return copy
+
     def compact(self) -> None:
         """Drop the holes left by removed rows (slots change)."""
         if not self.holes:
             return
+        self.edits += 1
         keep = bytes(self.state)
         ends, keys = self._key_ends, self._keys
         new_keys = bytearray()
