@@ -260,6 +260,16 @@ _MEASURE = r"""() => {
           const px = parseFloat(getComputedStyle(t).fontSize) * Math.hypot(m.a, m.b);
           if (px < 12.9) { problems.push(`SVG text ${px.toFixed(1)}px: ${t.textContent.slice(0, 40)}`); break; }
         }
+        // A wrapped label's rest keeps its indent (SVG collapses leading spaces unless
+        // told not to: the rest of a reply then read as a line of its own).
+        for (const t of texts) {
+          const k = t.textContent.search(/\S/);
+          if (k >= 2 && (t.getNumberOfChars() < t.textContent.length  // the spaces were dropped
+                         || t.getStartPositionOfChar(k).x < parseFloat(t.getAttribute('x')) + 1)) {
+            problems.push(`SVG label's indent collapsed: "${t.textContent.slice(0, 40)}"`);
+            break;
+          }
+        }
         for (const t of texts) {
           const b = t.getBoundingClientRect(), cx = (b.left + b.right) / 2, cy = (b.top + b.bottom) / 2;
           const around = rects.filter(r => r.left <= cx && cx <= r.right && r.top <= cy && cy <= r.bottom)

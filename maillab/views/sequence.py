@@ -116,7 +116,9 @@ _BREAK_AFTER = ".-_@/:,="
 
 
 def _wrap(line: str, columns: int) -> list[str]:
-    """``line`` in lines of at most ``columns`` characters, wrapped at spaces; a word
+    """``line`` in lines of at most ``columns`` characters, wrapped at spaces, each
+    continuation indented three spaces (its <text> keeps them: ``white-space:pre``;
+    SVG collapsed them, so a wrapped reply's rest read as a line of its own); a word
     longer than a line (a host name in the narrowest layout) breaks after a dot,
     hyphen or the like where it can (``mail.alpha.`` / ``test``), and stays on the
     line of its ``S:``."""
@@ -159,7 +161,7 @@ def sequence_svg(events: Sequence[Event], *, title: str = "", client: str = "cli
     body: list[str] = []
     if title:
         for line in _wrap(title, out_columns):
-            body.append(f"<text x='8' y='{y + 14}' style='fill:{_FG};font-weight:700'>{esc(line)}</text>")
+            body.append(f"<text x='8' y='{y + 14}' style='fill:{_FG};font-weight:700;white-space:pre'>{esc(line)}</text>")
             y += LINE_H
         y += 6
     # The heads: a box sized to its name over each lifeline, inside the diagram; the
@@ -188,7 +190,7 @@ def sequence_svg(events: Sequence[Event], *, title: str = "", client: str = "cli
                         f"rx='6' style='fill:var(--ml-bg2,#eef1f4);stroke:{colour};stroke-width:1.5'/>")
             for k, line in enumerate(lines):
                 body.append(f"<text x='{client_x - pad + 10}' y='{y + 17 + LINE_H * k}' "
-                            f"style='fill:{colour};font-weight:600;font-family:var(--ml-mono,monospace)'>"
+                            f"style='fill:{colour};font-weight:600;font-family:var(--ml-mono,monospace);white-space:pre'>"
                             f"{esc(line)}</text>")
             y += h + GAP
             continue
@@ -196,7 +198,7 @@ def sequence_svg(events: Sequence[Event], *, title: str = "", client: str = "cli
         glyph = f"{step.glyph} " if step.glyph else ""
         for k, line in enumerate(lines):
             body.append(f"<text x='{client_x + inset}' y='{y + 14 + LINE_H * k}' class='mono' "
-                        f"style='fill:{colour};font-family:var(--ml-mono,monospace)'>"
+                        f"style='fill:{colour};font-family:var(--ml-mono,monospace);white-space:pre'>"
                         f"{esc((glyph if k == 0 else '') + line)}</text>")
         ay = y + LINE_H * len(lines) + 6
         x1, x2 = (client_x, server_x - 2) if step.kind == "C" else (server_x, client_x + 2)
