@@ -1,7 +1,8 @@
 """An open folder is handed out without the store's lock (issue 15).
 
-``Store._lock`` serialises CREATE, RENAME and DELETE of folders, which hold it across
-fsyncs (the per-user UIDVALIDITY file, an index closed and checkpointed). Every SMTP
+``Store._lock`` serialises CREATE, RENAME and DELETE of folders and first opens (which
+held it across fsyncs: the per-user UIDVALIDITY file, an index closed and checkpointed;
+now those follow its release, tests/test_store_folder_commands.py). Every SMTP
 delivery, SELECT and POP3 login asks the store for its folder; for a folder already
 open that needs no lock. Here a thread holds the store's lock (as such a command
 does, waiting for the disk) while smtplib delivers to bob, imaplib SELECTs and

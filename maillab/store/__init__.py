@@ -52,6 +52,9 @@ class Store:
         self._opening: set[tuple[str, str]] = set()
         self._opened = threading.Condition(self._lock)
         self._listeners: list[Callable[[str, str, MessageInfo], None]] = []
+        # The UIDVALIDITY files' read-then-replace (with its fsync), apart from the
+        # store's lock so that folders being opened do not wait for that fsync.
+        self._uidvalidity_lock = threading.Lock()
 
     # -- users -------------------------------------------------------------------
     def user_root(self, user: str) -> Path:
@@ -97,9 +100,9 @@ class Store:
         user = user.lower()
         name = self.canonical_name(name)
         key = (user, name)
-        # An open folder without the lock (one dict read): a CREATE, RENAME or DELETE
-        # holds it across fsyncs (a UIDVALIDITY file, a closing index), and every SMTP
-        # delivery, SELECT and POP3 login asks here. (One that a DELETE closes right
+        # An open folder without the lock (one dict read): every SMTP delivery, SELECT
+        # and POP3 login asks here. (CREATE, RENAME and DELETE take the lock only
+        # around their checks and renames; their fsyncs follow its release.) (One that a DELETE closes right
         # after this is the same race as right after the lock was released.)
         mb = self._open.get(key)
         if mb is not None:
@@ -113,6 +116,16 @@ class Store:
             if not (path / "cur").is_dir() and not create:
                 raise NoSuchMailbox(name)
             self._opening.add(key)
+        mb = self._open_marked(key, path)
+        # a MOVE out of it that a crash cut short (see moving.py): finished now
+        finish_moves(mb, lambda target: self.mailbox(user, target) if self.exists(user, target) else None,
+                     sync=True)
+        return mb
+
+    def _open_marked(self, key: tuple[str, str], path: Path) -> Mailbox:
+        """Open (index) the folder ``key`` at ``path``, which the caller marked as being
+        opened under the store's lock: done outside that lock, then unmarked."""
+        user, name = key
         try:
             mb = Mailbox(path, name, uidvalidity_source=lambda: self._next_uidvalidity(user))
         except BaseException:
@@ -124,9 +137,6 @@ class Store:
             self._opening.discard(key)
             self._open[key] = mb
             self._opened.notify_all()
-        # a MOVE out of it that a crash cut short (see moving.py): finished now
-        finish_moves(mb, lambda target: self.mailbox(user, target) if self.exists(user, target) else None,
-                     sync=True)
         return mb
 
     def list_mailboxes(self, user: str) -> list[str]:
@@ -142,10 +152,20 @@ class Store:
     def create_mailbox(self, user: str, name: str, *, sync: bool = False) -> Mailbox:
         """A new folder. With ``sync`` its directories and index are on the disk, and
         the user's directory that names it, before this returns (CREATE's OK)."""
+        key = (user.lower(), self.canonical_name(name))
         with self._lock:
-            if self.exists(user, name):
+            # (a RENAME to this name may be under way: it marks it as being opened)
+            self._opened.wait_for(lambda: key not in self._opening)
+            path = self.folder_path(*key)
+            if (path / "cur").is_dir():
                 raise MailboxExists(name)
-            mb = self.mailbox(user, name, create=True)
+            self._opening.add(key)
+            stale = self._open.pop(key, None)  # its directory removed by another tool
+        if stale is not None:
+            stale.close()
+        # made and indexed outside the store's lock (its UIDVALIDITY and index reach the
+        # disk: fsyncs), as any folder's first open is
+        mb = self._open_marked(key, path)
         if sync:
             mb.flush(("tmp", "new", "cur"))  # the first flush: the folder's parents too
         return mb
@@ -167,10 +187,14 @@ class Store:
             if not (path / "cur").is_dir():
                 raise NoSuchMailbox(name)
             mb = self._open.pop((user, name), None)
-            if mb:
-                mb.close()
             trash = root / f"{TRASH_PREFIX}{time.time_ns()}"
             os.rename(path, trash)
+        # Closed after the store's lock (its index written and fsync'ed, now under the
+        # trash name: nobody opens it there), so folders being opened meanwhile do not
+        # wait for it; a session that still holds the object works in the trash, as
+        # one that used it just before the DELETE did.
+        if mb is not None:  # (not "if mb": its len() would wait for its lock)
+            mb.close()
         if sync:
             GROUP.sync([os.fspath(root)])
         for entry in os.listdir(root):  # this one, and any a crash left behind
@@ -201,18 +225,29 @@ class Store:
                 raise MailboxExists(new)
             moves = [(n, new + n[len(old):]) for n in self.list_mailboxes(user)
                      if n == old or n.startswith(old + "/")]
+            # Every folder involved counts as being opened until the renames are done:
+            # nobody opens, creates, deletes or renames one meanwhile (they wait), so the
+            # closes and the index writes, with their fsyncs, run after the store's
+            # lock, and other users' folders (and this user's others) open meanwhile.
+            busy = {(user, n) for pair in moves for n in pair}
+            self._opening |= busy
+            closing = [mb for mb in (self._open.pop((user, src), None) for src, _ in moves) if mb is not None]
+        try:
+            for mb in closing:
+                mb.close()
             # on the disk before any folder shows under its new name
             first = self._next_uidvalidity(user, len(moves))
             for uidvalidity, (src, dst) in enumerate(moves, first):
-                mb = self._open.pop((user, src), None)
-                if mb:
-                    mb.close()
                 dst_path = self.folder_path(user, dst)
                 os.rename(self.folder_path(user, src), dst_path)
                 # closed: sqlite checkpoints the log into the index file and fsyncs it
                 mb = Mailbox(dst_path, dst, uidvalidity_source=lambda v=uidvalidity: v)
                 mb.set_meta("uidvalidity", uidvalidity)
                 mb.close()
+        finally:
+            with self._lock:
+                self._opening -= busy
+                self._opened.notify_all()
         if sync:
             GROUP.sync([os.fspath(root)])
 
@@ -255,7 +290,7 @@ class Store:
         replaced as a whole (a temporary file fsync'ed, renamed over it), and the
         directory that names it is fsync'ed in a shared round (:mod:`.groupsync`)."""
         root = self.user_root(user)
-        with self._lock:
+        with self._uidvalidity_lock:
             f = root / "maillab-uidvalidity"
             root.mkdir(parents=True, exist_ok=True)
             try:
@@ -264,7 +299,7 @@ class Store:
                 last = 0
             value = max(int(time.time()), last + 1)
             replace_file(f, str(value + count - 1).encode())
-        GROUP.sync([os.fspath(root)])  # outside the lock: other folders open meanwhile
+        GROUP.sync([os.fspath(root)])  # outside the locks: other folders open meanwhile
         return value
 
     # -- delivery ----------------------------------------------------------------
