@@ -287,8 +287,6 @@ class _Page:
                 if key not in msg["order"] and key in self.blocks:
                     self.parked.pop(key, None)
                     self.parked[key] = self.blocks.pop(key)
-                    while len(self.parked) > LiveBlocks.PARKED:
-                        del self.parked[next(iter(self.parked))]
             self.order = msg["order"]
         self.blocks = {k: b for k, b in self.blocks.items() if k in self.order}
         for key, b in msg["set"].items():
@@ -301,11 +299,40 @@ class _Page:
             self.blocks[key] = [e.get("top", top), e.get("front", []) + rows + e["add"], bottom]
         for key in self.order:
             self.parked.pop(key, None)
+        while len(self.parked) > LiveBlocks.PARKED:
+            del self.parked[next(iter(self.parked))]
 
     @property
     def value(self) -> str:
         return self.head + "".join(top + "".join(rows) + bottom for top, rows, bottom in
                                    (self.blocks[key] for key in self.order))
+
+
+def test_a_parked_block_comes_back_while_another_leaves_with_the_parking_full():
+    """The page keeps the blocks the kernel keeps for a return: with PARKED blocks
+    parked, one coming back (sent as an edit) while another leaves in the same patch
+    is still on the page (it trimmed its parking before taking the returning block out,
+    lost it, and the view missed that block for good: a streaming transcript's older
+    sessions, back when the stream paused)."""
+    from maillab.views.live import Block, LiveBlocks
+
+    def block(key: str, *rows: str) -> Block:
+        return Block(f'<details data-key="{key}"><table><tbody>', [f"<tr><td>{r}</td></tr>" for r in rows],
+                     "</tbody></table></details>", tuple(range(len(rows))))
+
+    many = {k: block(k, f"{k}1", f"{k}2", f"{k}3", f"{k}4") for k in "abcdef"}
+    view = LiveBlocks(list(many.items()))
+    page = _Page(view.get_state()["blocks"])
+    sent: list[dict] = []
+    view.send = lambda content, buffers=None: (sent.append(content), page.apply(content))
+    try:
+        assert view.show([("e", many["e"]), ("f", many["f"])])  # a, b, c, d parked
+        # a comes back (a row more), f leaves: one patch
+        assert view.show([("a", block("a", "a1", "a2", "a3", "a4", "a5")), ("e", many["e"])])
+        assert sent[-1]["edit"]["a"]["parked"]
+        assert page.value == view.value
+    finally:
+        view.close()
 
 
 def test_a_streaming_transcript_shows_its_newest_lines_then_every_line_exactly():

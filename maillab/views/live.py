@@ -68,14 +68,14 @@ function unpack(b) { return { top: b[0], rows: b[1], bottom: b[2] }; }
 function blockHTML(b) { return b.top + b.rows.join('') + b.bottom; }
 
 // Blocks that left the view, the newest PARKED (as the kernel's LiveBlocks.PARKED): one
-// that comes back (a POP3 maildrop at the next login) is sent as an edit of its old self.
+// that comes back (a POP3 maildrop at the next login) is sent as an edit of its old self;
+// trimmed after a patch, as the kernel does (not before its returning blocks are taken).
 const PARKED = 4;
 function park(store, key) {
   const b = store.html.get(key);
   store.html.delete(key);
   store.parked.delete(key);
   store.parked.set(key, b);
-  while (store.parked.size > PARKED) store.parked.delete(store.parked.keys().next().value);
 }
 
 function reset(store, snap) {
@@ -120,7 +120,8 @@ function initialize({ model }) {
     for (const [key, e] of Object.entries(msg.edit || {})) {
       let b = store.html.get(key);
       if (!b && e.parked && store.parked.has(key)) { b = store.parked.get(key); store.html.set(key, b); }
-      if (!b) { model.send({ kind: 'resync', gen: store.gen }); continue; }  // missed: the resync brings it
+      // Missed (the store is at this patch's gen, so say which block): the resync brings it.
+      if (!b) { model.send({ kind: 'resync', gen: store.gen, missing: key }); continue; }
       if (e.top !== undefined) b.top = e.top;
       const rows = b.rows.slice(e.drop, b.rows.length - (e.cut || 0));
       for (const [i, row] of e.put || []) rows[i] = row;
@@ -128,6 +129,7 @@ function initialize({ model }) {
       b.rows = (e.front || []).concat(rows, e.add);
     }
     for (const key of store.order) store.parked.delete(key);
+    while (store.parked.size > PARKED) store.parked.delete(store.parked.keys().next().value);
     for (const view of store.views) view(changed, !!msg.stream);
   });
   // Patches sent between the state and this module's start were dropped: check.
@@ -566,11 +568,12 @@ class LiveBlocks(LiveHTML):
 
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         if isinstance(content, dict) and content.get("kind") == "resync":
-            snapshot = self._snapshot()
-            if content.get("gen") != snapshot["gen"]:
-                with self._lock:
+            # Under the lock: a patch sent meanwhile goes after this view, never before.
+            with self._lock:
+                snapshot = self._snapshot()
+                if content.get("gen") != snapshot["gen"] or "missing" in content:
                     self._parked.clear()  # the page starts again from the whole view
-                self.send({"kind": "full", **snapshot})
+                    self.send({"kind": "full", **snapshot})
 
 
 #: Every keyed view of this kernel, so that a cell's end can save each one's state.
