@@ -6,6 +6,8 @@ One command::
     python3 benchmarks/store_lock.py --before /tmp/old-tree   # and maillab from another checkout
     python3 benchmarks/store_lock.py --seconds 5 --readers 2 --servers maillab
     python3 benchmarks/store_lock.py --store --before /tmp/old-tree   # the store alone, no IMAP
+    python3 benchmarks/store_lock.py --rescan 50000 --before /tmp/old-tree   # rescans after cp
+    python3 benchmarks/store_lock.py --folders --before /tmp/old-tree   # first opens beside DELETE...
 
 Each server serves a copy of the same Maildir (``--messages`` realistic 2-100 KB
 messages, as ``imap_fetch.py`` builds them) with the mail fsync each does by default
@@ -22,6 +24,11 @@ the p99 beside the writer the ratio maillab / Dovecot.
 With ``--store`` the same writer and readers use the store's API in one process (a
 reader: ``Mailbox.get``, the file read, its flags, as a FETCH BODY[] does), without
 IMAP's CPU cost, so what is left of a reader's time is mostly waiting for the lock.
+With ``--rescan N`` the readers read an N-message mailbox while another tool copies
+one file into ``new/`` every 50 ms and each copy is followed by the rescan a NOOP or
+STAT makes (list the directories, compare with the index, apply the difference).
+With ``--folders`` first opens of folders (300 users' INBOXes, indexed before) are timed beside one
+user's CREATE, RENAME and DELETE rounds, each on the disk before it returns.
 
 Before the change this measures (issue 15), an EXPUNGE unlinked its files under the
 mailbox lock (~2 ms each on this ext4 disk), and a FETCH of another message waited
@@ -215,6 +222,119 @@ print(json.dumps({"reads": waits, "expunged": done[0]}))
 """
 
 
+RESCAN_SCRIPT = """
+import json, os, random, sys, tempfile, threading, time
+from maillab.store import Store
+from maillab.store.reading import read_wire
+seconds, count, readers = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+store = Store(tempfile.mkdtemp(dir=sys.argv[4]))
+mb = store.mailbox("bench@alpha.test", create=True)
+body = b"Subject: kept\\r\\n\\r\\n" + b"a line of some forty octets of plain text\\r\\n" * 24
+for n in range(1, count + 1):  # a Maildir another tool filled (as imap_fetch's corpus names)
+    with open(f"{mb.path}/cur/{1_700_000_000 + n}.M{n}P1.bench,S={len(body)},W={len(body)}:2,S", "wb") as f:
+        f.write(body)
+mb.sync()
+kept = [m.uid for m in mb.messages()][:1000]
+end = time.monotonic() + seconds
+rescans = []
+def other_tool():  # cp of one file into new/, then the rescan a NOOP or STAT makes
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+        with open(f"{mb.path}/new/{int(time.time())}.C{n}P1.cp,S={len(body)},W={len(body)}", "wb") as f:
+            f.write(body)
+        t = time.perf_counter()
+        mb.sync()
+        rescans.append(time.perf_counter() - t)
+        time.sleep(0.05)
+waits = []
+def reader(seed):
+    rng, mine = random.Random(seed), []
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        uid = rng.choice(kept)
+        read_wire(mb, mb.get(uid))
+        mb.flags(uid)
+        mine.append(time.perf_counter() - t)
+        time.sleep(0.001)
+    waits.extend(mine)
+threads = [threading.Thread(target=other_tool)] + [threading.Thread(target=reader, args=(i,)) for i in range(readers)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({"reads": waits, "rescans": rescans}))
+"""
+
+
+FOLDERS_SCRIPT = """
+import json, sys, tempfile, threading, time
+from maillab.store import Store
+seconds = float(sys.argv[1])
+root = tempfile.mkdtemp(dir=sys.argv[2])
+USERS = 300
+setup = Store(root)  # folders indexed before: an open reads the index, no UIDVALIDITY to make
+for n in range(USERS):
+    setup.mailbox(f"u{n}@alpha.test", "INBOX", create=True)
+setup.close()
+store = Store(root)
+body = b"Subject: kept\\r\\n\\r\\n" + b"a line of some forty octets of plain text\\r\\n" * 24
+end = time.monotonic() + seconds
+rounds = [0]
+def folders():  # bob: CREATE, a message, RENAME, DELETE, each on the disk before it returns
+    while time.monotonic() < end:
+        mb = store.create_mailbox("bob@alpha.test", "Work", sync=True)
+        for _ in range(20):
+            mb.add(body, sync=True)
+        store.rename_mailbox("bob@alpha.test", "Work", "Old", sync=True)
+        store.delete_mailbox("bob@alpha.test", "Old", sync=True)
+        rounds[0] += 1
+opens = []
+def opener():  # alice: a folder nobody opened yet, opened (a first SELECT, a delivery's first)
+    for n in range(USERS):
+        if time.monotonic() > end:
+            break
+        t = time.perf_counter()
+        store.mailbox(f"u{n}@alpha.test", "INBOX")
+        opens.append(time.perf_counter() - t)
+        time.sleep(seconds / USERS)
+threads = [threading.Thread(target=folders), threading.Thread(target=opener)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({"opens": opens, "rounds": rounds[0]}))
+"""
+
+
+def folders_level(name: str, root: Path, args: argparse.Namespace, tmp: str) -> None:
+    """First opens of folders (each another user's INBOX, indexed before: as a first
+    delivery or SELECT after a start makes) timed beside one user's CREATE, RENAME and DELETE rounds (``sync``: each on
+    the disk before it returns), the store's API in one process."""
+    import json
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", FOLDERS_SCRIPT, str(args.seconds), tmp],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}, cwd=str(root)).stdout
+    r = json.loads(out)
+    p50, p99, top, slow = stats(r["opens"])
+    print(f"{name:15s} first open ms p50 {p50 * 1e3:5.2f} p99 {p99 * 1e3:6.2f} max {top * 1e3:6.1f}"
+          f" >50ms {slow:3d} of {len(r['opens'])} | CREATE/RENAME/DELETE rounds"
+          f" {r['rounds'] / args.seconds:.1f}/s", flush=True)
+
+
+def rescan_level(name: str, root: Path, args: argparse.Namespace, tmp: str) -> None:
+    """Readers of a ``--rescan``-message mailbox (the store's API, one process) beside
+    another tool copying one file into ``new/`` every 50 ms, each copy followed by the
+    rescan a NOOP or STAT makes (listing 50,000 names and comparing them with the index)."""
+    import json
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", RESCAN_SCRIPT, str(args.seconds), str(args.rescan),
+                          str(args.readers), tmp], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}, cwd=str(root)).stdout
+    r = json.loads(out)
+    p50, p99, top, slow = stats(r["reads"])
+    print(f"{name:15s} store read ms p50 {p50 * 1e3:5.2f} p99 {p99 * 1e3:6.2f} max {top * 1e3:6.1f}"
+          f" >50ms {slow:3d} of {len(r['reads'])} | rescan ms median"
+          f" {statistics.median(r['rescans']) * 1e3:6.1f} ({len(r['rescans'])} rescans)", flush=True)
+
+
 def store_level(name: str, root: Path, args: argparse.Namespace, tmp: str) -> None:
     """The same writer and readers on the store's API in one process (no IMAP, no
     client): a reader's read of one message (``Mailbox.get``, the file, its flags: what a
@@ -242,7 +362,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--servers", default="maillab,dovecot")
     ap.add_argument("--store", action="store_true",
                     help="the store alone, in one process: maillab (and --before), no Dovecot")
+    ap.add_argument("--rescan", type=int, metavar="N",
+                    help="the store alone: readers of an N-message mailbox beside rescans after cp")
+    ap.add_argument("--folders", action="store_true",
+                    help="the store alone: first opens of folders beside CREATE/RENAME/DELETE")
     args = ap.parse_args(argv)
+    if args.folders:
+        print(f"load average {os.getloadavg()[0]:.2f}; first opens beside folder commands,"
+              f" {args.seconds:.0f} s")
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.before:
+                folders_level("maillab-before", args.before.resolve(), args, tmp)
+            folders_level("maillab", Path(__file__).resolve().parent.parent, args, tmp)
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        return 0
+    if args.rescan:
+        print(f"load average {os.getloadavg()[0]:.2f}; rescans of {args.rescan} messages:"
+              f" {args.readers} readers, {args.seconds:.0f} s")
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.before:
+                rescan_level("maillab-before", args.before.resolve(), args, tmp)
+            rescan_level("maillab", Path(__file__).resolve().parent.parent, args, tmp)
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        return 0
     if args.store:
         print(f"load average {os.getloadavg()[0]:.2f}; store level: {args.readers} readers,"
               f" {args.seconds:.0f} s, writer rounds of {args.batch}")
