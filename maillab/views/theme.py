@@ -173,6 +173,11 @@ CSS = (
         "font-family:var(--jp-ui-font-family,sans-serif);font-size:.85em;font-weight:600;"
         "color:var(--ml-muted)}}"
         for c, w in (("ml-cards", 54), ("ml-cards-wide", 107), ("ml-cards-narrow", 30)))
+    # a narrow table's facts are short (a port, a state): each on one line beside its
+    # label, so a card of the 29 services of %mail status is four lines, not eight
+    # (the space after the label: where a value too long for the line goes under it)
+    + "@container mlview (max-width:30em){.ml-view table.ml-cards-narrow td[data-label]::before{"
+    "display:inline;content:attr(data-label) ' '}}"
     # a row's label (a certificate field, a probe fact) reads whole: "certificate",
     # never "certificat" / "e"
     + ".ml-view tbody th:first-child{white-space:nowrap;overflow-wrap:normal}"
