@@ -307,12 +307,7 @@ def folders_level(name: str, root: Path, args: argparse.Namespace, tmp: str) -> 
     """First opens of folders (each another user's INBOX, indexed before: as a first
     delivery or SELECT after a start makes) timed beside one user's CREATE, RENAME and DELETE rounds (``sync``: each on
     the disk before it returns), the store's API in one process."""
-    import json
-    import subprocess
-    out = subprocess.run([sys.executable, "-c", FOLDERS_SCRIPT, str(args.seconds), tmp],
-                         capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(root)}, cwd=str(root)).stdout
-    r = json.loads(out)
+    r = _run(FOLDERS_SCRIPT, root, args.seconds, tmp)
     p50, p99, top, slow = stats(r["opens"])
     print(f"{name:15s} first open ms p50 {p50 * 1e3:5.2f} p99 {p99 * 1e3:6.2f} max {top * 1e3:6.1f}"
           f" >50ms {slow:3d} of {len(r['opens'])} | CREATE/RENAME/DELETE rounds"
@@ -323,12 +318,7 @@ def rescan_level(name: str, root: Path, args: argparse.Namespace, tmp: str) -> N
     """Readers of a ``--rescan``-message mailbox (the store's API, one process) beside
     another tool copying one file into ``new/`` every 50 ms, each copy followed by the
     rescan a NOOP or STAT makes (listing 50,000 names and comparing them with the index)."""
-    import json
-    import subprocess
-    out = subprocess.run([sys.executable, "-c", RESCAN_SCRIPT, str(args.seconds), str(args.rescan),
-                          str(args.readers), tmp], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(root)}, cwd=str(root)).stdout
-    r = json.loads(out)
+    r = _run(RESCAN_SCRIPT, root, args.seconds, args.rescan, args.readers, tmp)
     p50, p99, top, slow = stats(r["reads"])
     print(f"{name:15s} store read ms p50 {p50 * 1e3:5.2f} p99 {p99 * 1e3:6.2f} max {top * 1e3:6.1f}"
           f" >50ms {slow:3d} of {len(r['reads'])} | rescan ms median"
@@ -340,16 +330,31 @@ def store_level(name: str, root: Path, args: argparse.Namespace, tmp: str) -> No
     client): a reader's read of one message (``Mailbox.get``, the file, its flags: what a
     FETCH BODY[] does) timed beside a writer delivering (fsync'ed), flagging and
     expunging rounds of ``--batch``."""
-    import json
-    import subprocess
-    out = subprocess.run([sys.executable, "-c", STORE_SCRIPT, str(args.seconds), str(args.batch),
-                          str(args.readers), tmp], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(root)}, cwd=str(root)).stdout
-    r = json.loads(out)
+    r = _run(STORE_SCRIPT, root, args.seconds, args.batch, args.readers, tmp)
     p50, p99, top, slow = stats(r["reads"])
     print(f"{name:15s} store read ms p50 {p50 * 1e3:5.2f} p99 {p99 * 1e3:6.2f} max {top * 1e3:6.1f}"
           f" >50ms {slow:3d} of {len(r['reads'])} | writer expunged {r['expunged'] / args.seconds:.0f} msg/s",
           flush=True)
+
+
+def _in_process(level, title: str, args: argparse.Namespace) -> int:
+    """One of the store-level measures, for --before (if given) and this tree."""
+    print(f"load average {os.getloadavg()[0]:.2f}; {title}, {args.seconds:.0f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.before:
+            level("maillab-before", args.before.resolve(), args, tmp)
+        level("maillab", Path(__file__).resolve().parent.parent, args, tmp)
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def _run(script: str, root: Path, *argv: object) -> dict:
+    """``script`` run by a Python whose maillab is the one at ``root``: its JSON answer."""
+    import json
+    import subprocess
+    return json.loads(subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True,
+                                     text=True, check=True, env={**os.environ, "PYTHONPATH": str(root)},
+                                     cwd=str(root)).stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,32 +373,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="the store alone: first opens of folders beside CREATE/RENAME/DELETE")
     args = ap.parse_args(argv)
     if args.folders:
-        print(f"load average {os.getloadavg()[0]:.2f}; first opens beside folder commands,"
-              f" {args.seconds:.0f} s")
-        with tempfile.TemporaryDirectory() as tmp:
-            if args.before:
-                folders_level("maillab-before", args.before.resolve(), args, tmp)
-            folders_level("maillab", Path(__file__).resolve().parent.parent, args, tmp)
-        print(f"load average {os.getloadavg()[0]:.2f}")
-        return 0
+        return _in_process(folders_level, "first opens beside folder commands", args)
     if args.rescan:
-        print(f"load average {os.getloadavg()[0]:.2f}; rescans of {args.rescan} messages:"
-              f" {args.readers} readers, {args.seconds:.0f} s")
-        with tempfile.TemporaryDirectory() as tmp:
-            if args.before:
-                rescan_level("maillab-before", args.before.resolve(), args, tmp)
-            rescan_level("maillab", Path(__file__).resolve().parent.parent, args, tmp)
-        print(f"load average {os.getloadavg()[0]:.2f}")
-        return 0
+        return _in_process(rescan_level, f"rescans of {args.rescan} messages: {args.readers} readers", args)
     if args.store:
-        print(f"load average {os.getloadavg()[0]:.2f}; store level: {args.readers} readers,"
-              f" {args.seconds:.0f} s, writer rounds of {args.batch}")
-        with tempfile.TemporaryDirectory() as tmp:
-            if args.before:
-                store_level("maillab-before", args.before.resolve(), args, tmp)
-            store_level("maillab", Path(__file__).resolve().parent.parent, args, tmp)
-        print(f"load average {os.getloadavg()[0]:.2f}")
-        return 0
+        return _in_process(store_level, f"store level: {args.readers} readers, writer rounds of"
+                           f" {args.batch}", args)
     names = args.servers.split(",")
     servers: list[Server] = []
     if args.before:
