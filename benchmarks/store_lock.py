@@ -187,6 +187,21 @@ def measure(server: Server, corpus: Path, work: Path, count: int, args: argparse
         server.stop()
 
 
+#: A store-level reader (what a FETCH BODY[] does): the scripts below share it.
+READER = """
+waits = []
+def reader(seed):
+    rng, mine = random.Random(seed), []
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        uid = rng.choice(kept)
+        read_wire(mb, mb.get(uid))
+        mb.flags(uid)
+        mine.append(time.perf_counter() - t)
+        time.sleep(0.001)
+    waits.extend(mine)
+"""
+
 STORE_SCRIPT = """
 import json, os, random, sys, tempfile, threading, time
 from maillab.store import Store
@@ -204,17 +219,7 @@ def writer():
         uids = [mb.accept(small, crlf_only=True).uid for _ in range(batch)]
         mb.change_flags(uids, lambda old, f: old | f, frozenset({"\\\\Deleted"}), sync=True)
         done[0] += len(mb.remove(uids, sync=True))
-waits = []
-def reader(seed):
-    rng, mine = random.Random(seed), []
-    while time.monotonic() < end:
-        t = time.perf_counter()
-        uid = rng.choice(kept)
-        read_wire(mb, mb.get(uid))
-        mb.flags(uid)
-        mine.append(time.perf_counter() - t)
-        time.sleep(0.001)
-    waits.extend(mine)
+""" + READER + """
 threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(i,)) for i in range(readers)]
 for t in threads: t.start()
 for t in threads: t.join()
@@ -247,17 +252,7 @@ def other_tool():  # cp of one file into new/, then the rescan a NOOP or STAT ma
         mb.sync()
         rescans.append(time.perf_counter() - t)
         time.sleep(0.05)
-waits = []
-def reader(seed):
-    rng, mine = random.Random(seed), []
-    while time.monotonic() < end:
-        t = time.perf_counter()
-        uid = rng.choice(kept)
-        read_wire(mb, mb.get(uid))
-        mb.flags(uid)
-        mine.append(time.perf_counter() - t)
-        time.sleep(0.001)
-    waits.extend(mine)
+""" + READER + """
 threads = [threading.Thread(target=other_tool)] + [threading.Thread(target=reader, args=(i,)) for i in range(readers)]
 for t in threads: t.start()
 for t in threads: t.join()
