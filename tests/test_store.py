@@ -551,3 +551,43 @@ def test_a_rescan_compares_the_listing_with_a_copy_of_the_index_without_the_lock
         (first, frozenset()), (delivered, frozenset()), (delivered + 1, frozenset({"\\Seen"})),
         (delivered + 2, frozenset())]
     reopened.close()
+
+
+def test_files_copied_in_are_arranged_for_indexing_without_the_lock(tmp_path, monkeypatch):
+    """Many files another tool copied in (``cp`` of a folder): their delivery order,
+    sizes and flags are worked out from their names without the mailbox lock, with the
+    comparison; only the UIDs and rows are given under it, in that order."""
+    from maillab.store import dirsync
+
+    mb = Mailbox(tmp_path / "box", "INBOX")
+    first = mb.add(MSG).uid
+    for n in (3, 1, 2):  # listed in any order: the names tell the delivery order
+        name = f"17000000{n:02d}.M{n}P1.cp,S=10,W=10:2,{'S' if n == 2 else ''}"
+        (tmp_path / "box" / "cur" / name).write_bytes(b"x: y\r\n\r\nz\r\n")
+    real_arrange = dirsync._arrange_new
+    lock_free: list[bool] = []
+
+    def arrange(listing, found):
+        taken: list[bool] = []
+
+        def probe() -> None:  # another thread takes the lock now (and gives it back)
+            got = mb.lock.acquire(timeout=5)
+            taken.append(got)
+            if got:
+                mb.lock.release()
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        prober.join(10)
+        lock_free.append(taken == [True])
+        return real_arrange(listing, found)
+
+    monkeypatch.setattr(dirsync, "_arrange_new", arrange)
+    assert mb.sync()
+    assert lock_free == [True]
+    monkeypatch.undo()
+    infos = mb.messages()
+    assert [i.uid for i in infos] == [first, first + 1, first + 2, first + 3]
+    assert [i.filename.split(".")[1] for i in infos[1:]] == ["M1P1", "M2P1", "M3P1"]
+    assert [i.flags for i in infos[1:]] == [frozenset(), frozenset({"\\Seen"}), frozenset()]
+    mb.close()

@@ -29,8 +29,10 @@ from .table import NEW, STATES, UNKNOWN, UNKNOWN_DATE, MessageTable
 T = TypeVar("T")
 #: Every message file in new/ and cur/: keys, names and where each is, side by side.
 _Listing = tuple[list[str], list[str], bytearray]
-#: What differs: slots gone, (slot, listing position) renamed, positions found (None: all).
-_Diff = tuple[list[int], list[tuple[int, int]], list[int] | None]
+#: Files to index, in delivery order: keys, names, states, sizes, CRLF sizes, infos.
+_NewFiles = tuple[list[str], list[str], bytearray, list[int], list[int], list[str]]
+#: What differs: slots gone, (slot, listing position) renamed, the files to index (or None).
+_Diff = tuple[list[int], list[tuple[int, int]], _NewFiles | None]
 
 #: How many recent changes a mailbox remembers for its readers (IMAP sessions
 #: catching up). A reader further behind than this rescans the whole mailbox once.
@@ -144,7 +146,7 @@ class DirectorySync:
         """Under the lock: the index made to match the listing (what :func:`_compare`
         found different), in one transaction."""
         keys, names, states = listing
-        gone, moved, found = diff
+        gone, moved, new = diff
         table = self.table
         if gone or moved:
             self._rows_written()  # the rows they change exist (not only in a blob)
@@ -158,13 +160,13 @@ class DirectorySync:
                 keywords = {f for f in flags if f not in FLAG_LETTERS}
                 self._move(slot, states[i], frozenset(flags_from_filename(names[i]) | keywords),
                            names[i])
-            if found is None or found:
-                self._index_new(keys, names, states, found)
+            if new is not None:
+                self._index_new(new)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return bool(gone or moved or found is None or found)
+        return bool(gone or moved or new is not None)
 
     def _sync_in_background(self) -> None:
         if self._syncing or self._stamp() == self._dir_stamp:
@@ -181,26 +183,14 @@ class DirectorySync:
 
         threading.Thread(target=run, name="maillab-sync", daemon=True).start()
 
-    def _index_new(self, keys: list[str], names: list[str], states: bytearray,
-                   found: list[int] | None) -> None:
-        """Give UIDs to the files at positions ``found`` (None: all) of the listing, in the order
-        their names say they were delivered, from the names alone: no file is opened or
-        even stat'ed here. Everything is done a column at a time (100,000 names: a
-        sort of integers and a few passes in C, not Python per name), and the new rows
-        are written with the new UIDNEXT (as one blob: see :mod:`maillab.store.deferred`)."""
+    def _index_new(self, new: _NewFiles) -> None:
+        """Give UIDs to the files :func:`_arrange_new` put in delivery order, from their
+        names alone: no file is opened or even stat'ed here. Everything is done a
+        column at a time (100,000 names: a few passes in C, not Python per name), and
+        the new rows are written with the new UIDNEXT (as one blob: see
+        :mod:`maillab.store.deferred`)."""
         table = self.table
-        if found is not None:
-            keys = _take(keys, found)
-        order = arrival_sorted(keys)
-        keys = _take(keys, order)
-        if found is not None:
-            order = _take(found, order)
-        names = _take(names, order)
-        states = bytearray(_take(states, order))
-        sizes, crlfs = sizes_from_keys(keys)
-        if UNKNOWN in sizes:  # a size the name does not tell: the CRLF size neither
-            crlfs = [c if s != UNKNOWN else UNKNOWN for s, c in zip(sizes, crlfs, strict=True)]
-        infos = [name[len(key):] for name, key in zip(names, keys, strict=True)]
+        keys, names, states, sizes, crlfs, infos = new
         # A mailbox has a handful of distinct (state, info) pairs (":2,S", ":2,", ...):
         # each one's flag set number, and whether its names are unusual.
         fid_of: dict[tuple[int, str], int] = {}
@@ -225,8 +215,8 @@ class DirectorySync:
 
 def _compare(table: MessageTable, listing: _Listing) -> _Diff:
     """How the index ``table`` differs from the directories' ``listing``: the slots
-    whose file is gone, those renamed (slot, position in the listing), and the
-    positions of files it lacks (None: all of them, the index being empty)."""
+    whose file is gone, those renamed (slot, position in the listing), and the files
+    it lacks, arranged for indexing (:func:`_arrange_new`; None if there are none)."""
     keys, names, states = listing
     # key -> position in the listing (a key listed in new/ and in cur/: cur's)
     where = dict(zip(keys, range(len(keys)), strict=True))
@@ -245,7 +235,28 @@ def _compare(table: MessageTable, listing: _Listing) -> _Diff:
         found = None if len(where) == len(keys) else list(where.values())
     else:
         found = []
-    return gone, moved, found
+    return gone, moved, (_arrange_new(listing, found) if found is None or found else None)
+
+
+def _arrange_new(listing: _Listing, found: list[int] | None) -> _NewFiles:
+    """The files at positions ``found`` (None: all) of the listing in the order their
+    names say they were delivered, with the sizes and flag infos their names tell:
+    the part of indexing them that needs no index (outside the lock with the
+    comparison; a sort of integers and a few passes in C)."""
+    keys, names, states = listing
+    if found is not None:
+        keys = _take(keys, found)
+    order = arrival_sorted(keys)
+    keys = _take(keys, order)
+    if found is not None:
+        order = _take(found, order)
+    names = _take(names, order)
+    states = bytearray(_take(states, order))
+    sizes, crlfs = sizes_from_keys(keys)
+    if UNKNOWN in sizes:  # a size the name does not tell: the CRLF size neither
+        crlfs = [c if s != UNKNOWN else UNKNOWN for s, c in zip(sizes, crlfs, strict=True)]
+    infos = [name[len(key):] for name, key in zip(names, keys, strict=True)]
+    return keys, names, states, sizes, crlfs, infos
 
 
 def _take(items: Sequence[T], positions: Sequence[int]) -> list[T]:
