@@ -71,7 +71,9 @@ CLAIMS = {
     ],
     "06_class_network.ipynb": [
         "mail.bob.class.test. 60 IN A 127.0.61.2", "by mail.bob.class.test (maillab) with ESMTPS",
-        "Re: Hello, class", "Connection refused", "delivered via 127.0.61.4 after 2 attempts",
+        "Re: Hello, class", "Connection refused",
+        # the retries while Carol was away: one, or more when her lab started slower than the backoff
+        re.compile(r"delivered via 127\.0\.61\.4 after [2-9] attempts"),
         "1 copy in Carol's mailbox", "alice's key, bob's MX                    -> REFUSED",
         "-> NOTAUTH", "alice.class.test -> bob.class.test", "left the class",
         "alice.class.test MX -> NXDOMAIN",  # after %mail leave
