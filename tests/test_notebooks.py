@@ -4,11 +4,13 @@ so notebooks added later are run too), and is committed without outputs."""
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from traitlets.config import Config
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 #: What a notebook's outputs must show: the claims its text makes.
@@ -126,13 +128,26 @@ def test_notebook_is_committed_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: outputs committed"
 
 
+def _kernel_config(sockets: Path) -> Config:
+    """The kernel talks to nbclient over Unix sockets in ``sockets``, not TCP: jupyter_client
+    picks TCP ports free when it looks and the kernel binds them later, and a port taken
+    meanwhile (any process's outgoing connection may get it as its ephemeral port) killed
+    the kernel at its start ("Address already in use"; seen with busy cores)."""
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = str(sockets / "kernel")  # short: a socket path has ~100 bytes
+    return config
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path):
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=False,
-                            store_widget_state=True, resources={"metadata": {"path": str(path.parent)}})
-    client.execute()  # raises CellExecutionError on the first failing cell
+    with tempfile.TemporaryDirectory(prefix="nb-") as sockets:
+        client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=False,
+                                store_widget_state=True, resources={"metadata": {"path": str(path.parent)}},
+                                config=_kernel_config(Path(sockets)))
+        client.execute()  # raises CellExecutionError on the first failing cell
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
     shown = "\n".join(_text(o) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
