@@ -20,11 +20,13 @@ import json
 import os
 import poplib
 import secrets
+import shutil
 import signal
 import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -245,6 +247,9 @@ def serve_jupyterlab(tmp: Path, notebooks: list[Path] | None = None) -> Iterator
     token = secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTER_RUNTIME_DIR=str(home / "runtime"), IPYTHONDIR=str(home / "ipython"))
+    # Kernels talk to the server over Unix sockets (a short path: ~100 bytes at most),
+    # not TCP: a port jupyter_client found free can be taken before the kernel binds it.
+    sockets = Path(tempfile.mkdtemp(prefix="jl-"))
     # A port found free can be taken before JupyterLab binds it (any client's
     # outgoing connection may get it as its ephemeral port): then try another.
     for attempt in range(1, PORT_ATTEMPTS + 1):
@@ -252,7 +257,8 @@ def serve_jupyterlab(tmp: Path, notebooks: list[Path] | None = None) -> Iterator
         cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
                "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1", f"--ServerApp.token={token}",
                f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={home / 'settings'}",
-               f"--LabApp.workspaces_dir={home / 'workspaces'}"]
+               f"--LabApp.workspaces_dir={home / 'workspaces'}", "--KernelManager.transport=ipc",
+               f"--KernelManager.ip={sockets / 'kernel'}"]
         if os.geteuid() == 0:
             cmd.append("--allow-root")
         log = tmp / f"jupyterlab-{attempt}.log"
@@ -266,6 +272,7 @@ def serve_jupyterlab(tmp: Path, notebooks: list[Path] | None = None) -> Iterator
         yield server
     finally:
         _stop_server(server, proc)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 @pytest.fixture
