@@ -8,6 +8,7 @@ One command::
     python3 benchmarks/store_lock.py --store --before /tmp/old-tree   # the store alone, no IMAP
     python3 benchmarks/store_lock.py --rescan 50000 --before /tmp/old-tree   # rescans after cp
     python3 benchmarks/store_lock.py --folders --before /tmp/old-tree   # first opens beside DELETE...
+    python3 benchmarks/store_lock.py --copied-in 50000 --before /tmp/old-tree   # cp -r of a folder
 
 Each server serves a copy of the same Maildir (``--messages`` realistic 2-100 KB
 messages, as ``imap_fetch.py`` builds them) with the mail fsync each does by default
@@ -28,7 +29,9 @@ With ``--rescan N`` the readers read an N-message mailbox while another tool cop
 one file into ``new/`` every 50 ms and each copy is followed by the rescan a NOOP or
 STAT makes (list the directories, compare with the index, apply the difference).
 With ``--folders`` first opens of folders (300 users' INBOXes, indexed before) are timed beside one
-user's CREATE, RENAME and DELETE rounds, each on the disk before it returns.
+user's CREATE, RENAME and DELETE rounds, each on the disk before it returns. With
+``--copied-in N`` one rescan finds N files another tool copied in, and another thread
+looks at the mailbox (takes its lock) every millisecond meanwhile.
 
 Before the change this measures (issue 15), an EXPUNGE unlinked its files under the
 mailbox lock (~2 ms each on this ext4 disk), and a FETCH of another message waited
@@ -298,6 +301,43 @@ print(json.dumps({"opens": opens, "rounds": rounds[0]}))
 """
 
 
+COPIED_SCRIPT = """
+import json, sys, tempfile, threading, time
+from maillab.store import Store
+count = int(sys.argv[1])
+store = Store(tempfile.mkdtemp(dir=sys.argv[2]))
+mb = store.mailbox("bench@alpha.test", create=True)
+mb.add(b"Subject: x\\r\\n\\r\\ny\\r\\n")
+for n in range(1, count + 1):  # cp -r of a folder: files the index does not know yet
+    with open(f"{mb.path}/cur/{1_700_000_000 + n}.M{n}P1.cp,S=100,W=100:2,S", "wb") as f:
+        f.write(b"x" * 100)
+done, waits = threading.Event(), []
+def probe():  # another session's look at the mailbox, every millisecond
+    while not done.is_set():
+        t = time.perf_counter()
+        with mb.lock:
+            pass
+        waits.append(time.perf_counter() - t)
+        time.sleep(0.001)
+p = threading.Thread(target=probe)
+p.start()
+t = time.perf_counter()
+mb.sync()
+total = time.perf_counter() - t
+done.set()
+p.join()
+print(json.dumps({"sync": total, "waits": waits}))
+"""
+
+
+def copied_level(name: str, root: Path, args: argparse.Namespace, tmp: str) -> None:
+    """One rescan that finds ``--copied-in`` files another tool copied in, and the
+    longest another thread waited for the mailbox lock meanwhile."""
+    r = _run(COPIED_SCRIPT, root, args.copied_in, tmp)
+    print(f"{name:15s} rescan of {args.copied_in} copied-in files {r['sync'] * 1e3:7.0f} ms;"
+          f" longest wait for the lock meanwhile {max(r['waits']) * 1e3:6.0f} ms", flush=True)
+
+
 def folders_level(name: str, root: Path, args: argparse.Namespace, tmp: str) -> None:
     """First opens of folders (each another user's INBOX, indexed before: as a first
     delivery or SELECT after a start makes) timed beside one user's CREATE, RENAME and DELETE rounds (``sync``: each on
@@ -366,7 +406,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the store alone: readers of an N-message mailbox beside rescans after cp")
     ap.add_argument("--folders", action="store_true",
                     help="the store alone: first opens of folders beside CREATE/RENAME/DELETE")
+    ap.add_argument("--copied-in", type=int, metavar="N",
+                    help="the store alone: the lock during one rescan that finds N copied-in files")
     args = ap.parse_args(argv)
+    if args.copied_in:
+        return _in_process(copied_level, f"one rescan of {args.copied_in} copied-in files", args)
     if args.folders:
         return _in_process(folders_level, "first opens beside folder commands", args)
     if args.rescan:
