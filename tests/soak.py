@@ -81,10 +81,10 @@ def _fds() -> int:
 
 
 def _resources(lab: Lab) -> dict[str, int]:
-    # Worker pools (the loop's default executor, SMTP delivery) grow to their size on
-    # demand: not a leak, so not counted.
+    # Worker pools (the loop's default executor, SMTP delivery, the mailbox workers of
+    # IMAP and POP3) grow to their bounded size on demand: not a leak, so not counted.
     threads = [t for t in threading.enumerate()
-               if not t.name.startswith(("asyncio_", "ThreadPoolExecutor", "maillab-delivery"))]
+               if not t.name.startswith(("asyncio_", "ThreadPoolExecutor", "maillab-delivery", "maillab-mailbox"))]
     return {"fds": _fds(), "threads": len(threads), "rss": _rss(),
             "tasks": lab.loop.call(lambda: len(asyncio.all_tasks()))}
 
