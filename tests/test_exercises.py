@@ -150,6 +150,15 @@ def _wait(box, count: int) -> None:
         time.sleep(0.1)
 
 
+def _pop3(lab, user: str):
+    import poplib
+
+    client = poplib.POP3(*lab.address("pop3"), timeout=10)
+    client.user(f"{user}@alpha.test")
+    client.pass_(f"{user}-pw")
+    return client
+
+
 def _imap(lab, user="bob"):
     import imaplib
 
@@ -236,16 +245,10 @@ def test_wrong_ways_fail_with_a_hint_judged_from_the_servers_side(lab):
     imap.logout()
     assert "returns your own message" in lab.check("bounce_dsn").hints[0]
 
-    def bob_pop3() -> poplib.POP3:
-        client = poplib.POP3(host, port, timeout=10)
-        client.user("bob@alpha.test")
-        client.pass_("bob-pw")
-        return client
-
-    gone = bob_pop3()
+    gone = _pop3(lab, "bob")
     gone.dele(1)
     gone.quit()
-    dropped = bob_pop3()
+    dropped = _pop3(lab, "bob")
     dropped.dele(1)
     dropped.close()  # no QUIT; and nobody looks again
     wait = time.monotonic() + 10
@@ -253,7 +256,7 @@ def test_wrong_ways_fail_with_a_hint_judged_from_the_servers_side(lab):
             and time.monotonic() < wait:
         time.sleep(0.05)
     assert "see that it is still there" in lab.check("pop3_delete").hints[0]
-    bob_pop3().quit()
+    _pop3(lab, "bob").quit()
     assert lab.check("pop3_delete").passed
 
 
@@ -335,23 +338,17 @@ def test_a_task_done_as_another_user_does_not_count(lab):
     imap.logout()
     host, port = lab.address("pop3")
 
-    def alice_pop3() -> poplib.POP3:
-        client = poplib.POP3(host, port, timeout=10)
-        client.user("alice@alpha.test")
-        client.pass_("alice-pw")
-        return client
-
-    gone = alice_pop3()
+    gone = _pop3(lab, "alice")
     gone.dele(1)
     gone.quit()
-    dropped = alice_pop3()
+    dropped = _pop3(lab, "alice")
     dropped.dele(1)
     dropped.close()  # no QUIT
     wait = time.monotonic() + 10
     while not any(e.data.get("pop3") == "aborted" for e in lab.events.events(kinds=("note",))) \
             and time.monotonic() < wait:
         time.sleep(0.05)
-    alice_pop3().quit()  # and it is still there
+    _pop3(lab, "alice").quit()  # and it is still there
     for name in ("imap_envelopes", "mime_parts", "imap_move", "pop3_delete"):
         result = lab.check(name)
         assert not result.passed and "bob@alpha.test" in result.hints[0], result

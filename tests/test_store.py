@@ -451,6 +451,25 @@ def test_index_checkpoints_run_beside_the_lock_and_keep_the_log_short(tmp_path):
     mb.close()
 
 
+def _deliver_during_a_sync(mb: Mailbox, stalled: threading.Event, go: threading.Event, text: bytes) -> int:
+    """Run ``mb.sync()`` in a thread until a step of it signals ``stalled`` (and waits
+    for ``go``); the mailbox lock must be free then: deliver a message saying
+    ``text``, let the sync go on, and return the new message's UID."""
+    syncing = threading.Thread(target=mb.sync)
+    syncing.start()
+    assert stalled.wait(10)
+    got = mb.lock.acquire(timeout=5)
+    try:
+        assert got, "the sync held the mailbox lock at its stalled step"
+        return mb.add(MSG.replace(b"hello", text)).uid
+    finally:
+        if got:
+            mb.lock.release()
+        go.set()
+        syncing.join(10)
+
+
+
 def test_a_rescan_lists_the_directories_without_the_lock_and_again_after_own_changes(tmp_path, monkeypatch):
     """A sync (after an outside change) lists new/ and cur/ without the mailbox lock
     (getdents of 100,000 names is tens of ms); a delivery made meanwhile under the lock
@@ -473,18 +492,7 @@ def test_a_rescan_lists_the_directories_without_the_lock_and_again_after_own_cha
         return real_listdir(path)
 
     monkeypatch.setattr(dirsync.os, "listdir", slow_listdir)
-    syncing = threading.Thread(target=mb.sync)
-    syncing.start()
-    assert listing.wait(10)
-    got = mb.lock.acquire(timeout=5)  # free while the directories are listed
-    try:
-        assert got, "the listing held the mailbox lock"
-        delivered = mb.add(MSG.replace(b"hello", b"during the listing")).uid
-    finally:
-        if got:
-            mb.lock.release()
-        go.set()
-    syncing.join(10)
+    delivered = _deliver_during_a_sync(mb, listing, go, b"during the listing")
     monkeypatch.undo()
     assert len(calls) == 4  # new/ and cur/ twice: listed again after the delivery
     uids = [m.uid for m in mb.messages()]
@@ -516,18 +524,7 @@ def test_a_rescan_compares_the_listing_with_a_copy_of_the_index_without_the_lock
         return real_compare(table, listing)
 
     monkeypatch.setattr(dirsync, "_compare", slow_compare)
-    syncing = threading.Thread(target=mb.sync)
-    syncing.start()
-    assert comparing.wait(10)
-    got = mb.lock.acquire(timeout=5)  # free while the listing is compared
-    try:
-        assert got, "the comparison held the mailbox lock"
-        delivered = mb.add(MSG.replace(b"hello", b"during the comparison")).uid
-    finally:
-        if got:
-            mb.lock.release()
-        go.set()
-    syncing.join(10)
+    delivered = _deliver_during_a_sync(mb, comparing, go, b"during the comparison")
     assert on_the_index == [False, True]
     uids = [m.uid for m in mb.messages()]
     assert uids == [first, delivered, delivered + 1]
