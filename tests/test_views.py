@@ -392,3 +392,18 @@ def test_a_streaming_transcript_shows_its_newest_lines_then_every_line_exactly()
     finally:
         view.close()
         pop3.close()
+
+
+def test_mime_header_cards_are_headed_by_the_header_name():
+    """Each header's card is headed by its name (Subject, Content-Type...), so a class
+    scans them down the cards; the part it belongs to is a labelled fact, not the heading."""
+    from maillab.views.mime_tree import MimeTree, from_message
+
+    data = (b"Subject: =?utf-8?b?5L2g5aW9?=\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+            b"Content-Type: text/plain\r\n\r\nhi\r\n--b--\r\n")
+    page = MimeTree(from_message(data))._repr_html_()
+    heads = re.findall(r"<td class='ml-card-head[^']*' data-label='([^']*)'>([^<]*)</td>", page)
+    assert heads and {label for label, _ in heads} == {"header"}
+    assert [name for _, name in heads] == ["Subject", "Content-Type", "Content-Type"]
+    assert "data-label='part'>message</td>" in page and "data-label='part'>1</td>" in page

@@ -305,12 +305,14 @@ class MimeTree:
         # the cell breaks where it must, a word that fits never does (theme).
         # In a narrow output (800 px, 150% zoom) each header is a card, raw and
         # decoded across it one under the other (theme: ml-cards): two 14em token
-        # columns side by side scrolled the decoded value out of sight.
-        heads = ("part", "header", "raw (on the wire)", "decoded")
+        # columns side by side scrolled the decoded value out of sight. The header's
+        # name heads its card (a class scans Subject, From, Content-Type... down the
+        # cards); the part it belongs to is a labelled fact of the card.
+        heads = ("header", "part", "raw (on the wire)", "decoded")
         rows = "".join(
-            card_row(html.escape(n.path or "message"), [
-                ("header", html.escape(name)), ("raw (on the wire)", f"<code>{breakable(raw)}</code>"),
-                ("decoded", breakable(dec))], head_label="part", wide=heads[2:],
+            card_row(html.escape(name), [
+                ("part", html.escape(n.path or "message")), ("raw (on the wire)", f"<code>{breakable(raw)}</code>"),
+                ("decoded", breakable(dec))], head_label="header", wide=heads[2:],
                 classes={"part": "nw", "raw (on the wire)": "ml-token", "decoded": "ml-token"})
             for n in self.root.walk() for name, raw, dec in n.headers)
         table = ("<table class='ml-cards'><thead><tr>" + "".join(f"<th>{h}</th>" for h in heads)
