@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import smtplib
 import ssl
 import subprocess
@@ -224,7 +225,8 @@ def test_magics_teacher_and_student_in_one_kernel(tmp_path):
         figure = mail(f"class map --figure {tmp_path / 'map.png'}")
         assert (tmp_path / "map.png").stat().st_size > 1000 and "class map figure" in repr(figure)
         assert "left the class" in repr(mail("leave"))
-        wait_for(lambda: "not registered" in repr(mail("class map --static")), "the map to show erin gone")
+        wait_for(lambda: re.search(r"erin\.class\.test +left \d+ s ago", repr(mail("class map --static"))),
+                 "the map to show erin gone")
         live.close()
     finally:
         mail("stop")

@@ -4,6 +4,7 @@ and dnspython's dns.update/dns.query for the cases nsupdate cannot produce."""
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import subprocess
@@ -355,6 +356,36 @@ def test_class_map_model_and_views(host):
     assert "width:40.000em" in view._repr_html_() and "width:26.429em" in view._repr_html_()
     assert 'url(#ml-arrow-370)' in view._repr_html_() and "min(100%" not in view._repr_html_()
     assert len(figure(m).axes[0].patches) >= 4  # three labs, the class DNS, an arrow
+
+
+def test_class_map_says_a_lab_left(host):
+    """A lab that left (an accepted UPDATE took its records away, as `%mail leave` does)
+    is shown as left, and when: not "not registered" beside "joined 6 s ago"."""
+    from maillab.classnet.map import class_map
+    from maillab.views.class_map import ClassMapView
+
+    k = host.keys.add("dave")
+    key = tsig_key(k.name, k.secret)
+    join = dns.update.UpdateMessage("class.test", keyring=key, keyname=key.name)
+    join.replace(f"{k.name}.", 60, "MX", f"10 mail.{k.name}.")
+    join.replace(f"mail.{k.name}.", 60, "A", "127.0.0.44")
+    assert update(host, join).rcode() == dns.rcode.NOERROR
+    leave = dns.update.UpdateMessage("class.test", keyring=key, keyname=key.name)
+    leave.delete(f"{k.name}.")
+    leave.delete(f"mail.{k.name}.")
+    assert update(host, leave).rcode() == dns.rcode.NOERROR
+    host.keys.add("erin")  # a key that never joined is still "not registered"
+    host.last_seen["dave.class.test"] -= 6  # the leave, 6 s ago
+    m = class_map(host)
+    dave = m.domain("dave.class.test")
+    assert dave is not None and dave.state == "left" and dave.left == host.last_seen["dave.class.test"]
+    assert m.domain("erin.class.test").state == "not registered"
+    view = ClassMapView(m)
+    assert re.search(r"dave\.class\.test +left [67] s ago ", repr(view))
+    page = view._repr_html_()
+    assert re.search(r">left [67] s ago</span>", page) and re.search(r">left [67] s ago</text>", page)
+    dave_row = re.search(r"<tr><td class='mono ml-card-head'>dave\.class\.test</td>.*?</tr>", page)
+    assert dave_row and "not registered" not in dave_row[0] and "not registered" in page  # erin's
 
 
 def test_a_lab_joined_beyond_loopback_takes_no_login_before_tls(host, tmp_path):

@@ -3,7 +3,8 @@
 * **domains**: every student domain that has records (or a key), with its MX host and
   address, the key's state, when it first registered in this run and when it was
   last seen (its last accepted UPDATE: labs refresh every minute; a lab silent for
-  2.5 minutes is *quiet*: stopped, or its laptop closed);
+  2.5 minutes is *quiet*: stopped, or its laptop closed; a lab whose last accepted
+  UPDATE removed its records has *left*, at that UPDATE's time);
 * **lookups**: who looked up whom. A lab asks the class DNS from its own address
   (:class:`maillab.classnet.member.ClassUpstream`), so the asker of an MX query is the
   domain whose A record holds that address, and the domain asked about is the one
@@ -43,8 +44,12 @@ class DomainRow:
     last_seen: float | None = None
     looked_up: int = 0  # MX/A queries others made for it
     #: registered (heard from lately), quiet (records there, no refresh for a while: a
-    #: closed laptop; mail for it waits in the senders' queues), or not registered
+    #: closed laptop; mail for it waits in the senders' queues), left (its last accepted
+    #: UPDATE took its records away: ``%mail leave``), or not registered (a key that
+    #: never sent an accepted UPDATE in this run)
     state: str = "not registered"
+    #: when it left: the time of that last accepted UPDATE (None unless ``left``)
+    left: float | None = None
 
     @property
     def registered(self) -> bool:
@@ -126,6 +131,10 @@ def class_map(server: ClassDNS) -> ClassMap:
         if row.registered:
             heard = row.last_seen is not None and now - row.last_seen <= quiet_after
             row.state = "registered" if heard else "quiet"
+        elif row.last_seen is not None:
+            # the class DNS accepted its UPDATEs, and the last one left it no records:
+            # it left (not "not registered" beside "joined 6 s ago", which reads as a contradiction)
+            row.state, row.left = "left", row.last_seen
     lookups, updates = server.history()
     edges: Counter[tuple[str, str]] = Counter()
     last: dict[tuple[str, str], float] = {}

@@ -16,7 +16,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..classnet.map import ClassMap, class_map
+from ..classnet.map import ClassMap, DomainRow, class_map
 from .publish import Throttle
 from .relay import FigureView
 from .theme import badge, breakable, diagram, diagram_style, page
@@ -33,6 +33,16 @@ def _ago(t: float | None, now: float) -> str:
         return "-"
     s = max(0, now - t)
     return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else time.strftime("%H:%M", time.localtime(t))
+
+
+def _state(d: DomainRow, now: float) -> str:
+    """A lab's state as the map says it: a lab that left says when ("left 6 s ago")."""
+    return f"left {_ago(d.left, now)}" if d.state == "left" else d.state
+
+
+def _where(d: DomainRow, now: float) -> str:
+    """Under a lab's circle: its address, else what became of it."""
+    return d.addresses[0] if d.addresses else _state(d, now)
 
 
 def _short(domain: str, zone: str) -> str:
@@ -54,7 +64,7 @@ def text(m: ClassMap) -> str:
     lines.append(f"{'domain':<24} {'state':<14} {'MX':<30} {'address':<15} {'key':<8} {'joined':<12}"
                  f" {'last seen':<12} looked up")
     for d in m.domains:
-        lines.append(f"{d.domain:<24} {d.state:<14} {', '.join(d.mx) or '-':<30} {', '.join(d.addresses) or '-':<15}"
+        lines.append(f"{d.domain:<24} {_state(d, now):<14} {', '.join(d.mx) or '-':<30} {', '.join(d.addresses) or '-':<15}"
                      f" {d.key:<8} {_ago(d.joined, now):<12} {_ago(d.last_seen, now):<12} {d.looked_up}")
     if m.edges:
         lines.append("who looked up whom (MX queries):")
@@ -149,7 +159,7 @@ def svg(m: ClassMap, size: int = 560) -> str:
                     if size > NARROW else ""))
     for d in m.domains:
         x, y = xy(d.domain)
-        where = d.addresses[0] if d.addresses else "not registered"
+        where = _where(d, m.taken)
         kind = ("err" if d.key == "revoked" else "ok" if d.state == "registered" else "temp" if d.state == "quiet"
                 else "muted")
         parts.append(f'<g style="color:var(--ml-{kind})"><circle cx="{x:.1f}" cy="{y:.1f}" r="34" '
@@ -180,7 +190,7 @@ def body_blocks(m: ClassMap) -> list[tuple[str, Block]]:
             f"every lab's MX on port {m.mx_port}; {registered} lab(s) registered, {m.queries} DNS message(s)</div>")
     rows = []
     for d in m.domains:
-        state = badge({"registered": "ok", "quiet": "temp"}.get(d.state, "muted"), d.state)
+        state = badge({"registered": "ok", "quiet": "temp"}.get(d.state, "muted"), _state(d, now))
         key = badge("err", "revoked") if d.key == "revoked" else html.escape(d.key)
         # data-label: in a narrow output each lab is a card (theme: .ml-cards)
         rows.append(f"<tr><td class='mono ml-card-head'>{html.escape(d.domain)}</td>"
@@ -259,7 +269,7 @@ def figure(m: ClassMap, *, size: float = 7.0) -> Figure:
                   else "#8a5a00" if d.state == "quiet" else "#57606a")
         ax.add_patch(Circle((x, y), 0.16, fill=False, lw=2, color=colour))
         ax.text(x, y + 0.02, _short(d.domain, m.zone), ha="center", va="center", fontsize=9, weight="bold")
-        ax.text(x, y - 0.07, d.addresses[0] if d.addresses else "not registered", ha="center", va="center", fontsize=7)
+        ax.text(x, y - 0.07, _where(d, m.taken), ha="center", va="center", fontsize=7)
     return fig
 
 
