@@ -535,34 +535,3 @@ def test_diagrams_turn_at_the_presenter_scale(lab_server: JupyterLab, page: Any)
             if s.get("path", "").endswith(path.name):
                 lab_server.get(f"/api/kernels/{s['kernel']['id']}", method="DELETE")
         page.close()
-
-
-def test_queue_keeps_host_names_whole_where_the_table_has_room(page: Any) -> None:
-    """The relay queue at 1400 px wrapped "mail.alpha. / test" because its last error
-    took the width: host and addresses now stay whole while the table is a table
-    (1300 px to just over its cards' turn at 54em = 756 px), the error wrapping
-    first, and the table never scrolls sideways. A static page: no lab, no notebook."""
-    from types import SimpleNamespace
-
-    from maillab.views.relay import QueueView
-
-    message = SimpleNamespace(id="4f1c2a9e", origin="mail.alpha.test", mail_from="alice@alpha.test",
-                              rcpts=["bob@beta.test"], state="retrying", attempts=[1, 2], next_attempt=None,
-                              last_error="451 4.3.0 mx1.beta.test: temporary failure injected by the lab"
-                                         " (fault tempfail), try again later")
-    view = QueueView([message])._repr_html_()
-    tab = page.context.new_page()
-    try:
-        for width in (1300, 1000, 770, 700):
-            tab.set_content(f"<div style='width:{width}px'>{view}</div>")
-            got = tab.evaluate("""() => {
-              const t = document.querySelector('.ml-view table');
-              const lines = [...t.querySelectorAll('td[data-label=host], td[data-label=from], td[data-label=to]')]
-                .map(c => { const r = document.createRange(); r.selectNodeContents(c);
-                            return [c.textContent, new Set([...r.getClientRects()].map(x => Math.round(x.top))).size]; });
-              return {lines, scrolls: t.scrollWidth > t.clientWidth + 1};
-            }""")
-            assert not got["scrolls"], f"{width} px: the queue scrolls sideways"
-            assert all(n == 1 for _, n in got["lines"]), f"{width} px: a name wraps: {got['lines']}"
-    finally:
-        tab.close()

@@ -588,14 +588,12 @@ class QueueView:
             body = f"<i>{html.escape(self.title)}: empty (every message delivered or bounced)</i>"
         else:
             head = "".join(f"<th>{t}</th>" for t in QUEUE_COLUMNS)
-            # hosts and addresses wrap after a dot or "@" (theme.breakable), and only where
-            # the table has no room (ml-name cells: the last error wraps first); in a
-            # narrow output each message is a card of labelled facts (theme: .ml-cards)
-            names = ("host", "from", "to")
+            # hosts and addresses wrap after a dot or "@" (theme.breakable), never mid-word;
+            # in a narrow output each message is a card of labelled facts (theme: .ml-cards)
             rows = "".join(card_row(html.escape(r[0]), [
-                (t, breakable(c) if t in names else html.escape(c))
+                (t, breakable(c) if t in ("host", "from", "to") else html.escape(c))
                 for t, c in zip(QUEUE_COLUMNS[1:], r[1:], strict=True)], head_label="id", wide=("last error",),
-                classes={"last error": "mono", **dict.fromkeys(names, "ml-name")})  # the error: a server's reply, as it came
+                classes={"last error": "mono"})  # a server's reply, as it came
                 for r in self.rows)
             body = (f"<b>{html.escape(self.title)}</b><table class='ml-small ml-cards'><thead><tr>{head}</tr>"
                     f"</thead><tbody>{rows}</tbody></table>")

@@ -118,13 +118,6 @@ CSS = (
     # a cell of opaque protocol values (a MIME boundary, an encoded word, base64):
     # at least 14em wide, and a token longer than that breaks where it must
     ".ml-view td.ml-token{overflow-wrap:anywhere;min-width:min(14em,45cqw)}"
-    # a cell of host names and addresses beside a long free-text column (the relay
-    # queue's host, from and to beside its last error): auto table layout hands the
-    # spare width to the long text, so "mail.alpha.test" wrapped at its dots at
-    # 1400 px. At least 10em (a name of ~18 letters on one line) where the view is
-    # wide, 14cqw near the cards' turn (three such columns then take 23em of the
-    # 54em an ml-cards table needs, the rest wraps its error text): no sideways scroll.
-    ".ml-view td.ml-name{min-width:min(10em,14cqw)}"
     ".ml-view tbody tr:nth-child(odd){background:transparent!important}"
     ".ml-view tbody tr:hover{background:var(--ml-bg2)!important}"
     ".ml-view .mono,.ml-view code,.ml-view pre,.ml-view .ml-wire td{font-family:var(--ml-mono)!important;"
@@ -176,7 +169,6 @@ CSS = (
         # a long fact (an error text) takes the card's whole width, not one 11em column
         # (11em: two columns of facts side by side at 150% zoom, where 13em left one)
         f".ml-view table.{c} td.ml-card-wide{{grid-column:1/-1}}"
-        f".ml-view table.{c} td.ml-name{{min-width:0}}"  # a card's grid sizes its facts
         f".ml-view table.{c} td[data-label]::before{{content:attr(data-label);display:block;"
         "font-family:var(--jp-ui-font-family,sans-serif);font-size:.85em;font-weight:600;"
         "color:var(--ml-muted)}}"
