@@ -33,6 +33,8 @@ CLAIMS = {
         "C: ..a line that starts with a dot",  # ... and done by smtplib
         "530 5.7.0 Must issue a STARTTLS command first", "530 5.7.0 Authentication required",
         "C: AUTH PLAIN ****", "235 2.7.0",
+        "no plaintext greeting in 1 s: port 465 waits",  # implicit TLS: nothing before the handshake
+        re.compile(r"\*\* TLS started: TLSv1\.\d[^\n]*\n[^\n]*S: 220 "),  # ... and the greeting after it
         re.compile(r"C: RCPT TO:<carol@beta\.test>.*\n.*S: 250 2\.1\.5"),  # relay for a logged-in user ...
         "Relay access denied",  # ... refused on port 25
         "你好, Bob", "charset=utf-8 encoding=b text=5L2g5aW9LA== -> '你好,'",  # RFC 2047, taken apart
