@@ -98,6 +98,8 @@ CLAIMS = {
         "'Wire the money, signed: bounced'", "spf=pass dkim=pass dmarc=fail -> reject",  # a From: line alone
         "error: 550 5.7.1 Message rejected: DMARC policy p=reject: beta.test: SPF fail",  # ... the MX too
         "spf=fail dkim=none dmarc=fail -> reject",
+        "DNS questions (5 asked of the lab DNS):",  # after a zone edit: nothing cached ...
+        "answered from the MX's resolver cache",  # ... and then cached again
         "(DIFFERENT: the body changed after signing)", "result: fail — body hash mismatch",  # tampering
         "what changed: mail.alpha.test changed body octet 0: b'p' -> b'P' after signing",
         "spf=fail dkim=pass arc=pass dmarc=pass -> deliver",  # forwarding: DKIM survives, ARC seals
