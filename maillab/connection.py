@@ -35,6 +35,12 @@ READ_BUFFER = 256 * 1024
 HEAD = 80
 #: Octets :meth:`LineConnection.hold` keeps before it writes them anyway.
 HOLD_LIMIT = 256 * 1024
+#: Seconds a session may go on reading what is already buffered before it lets the
+#: lab loop's other sessions have a turn. A read that finds its line in the buffer
+#: never waits, so without this a client that pipelines a full READ_BUFFER of
+#: NOOPs (43,000 commands) held the loop, and every other session, for a second
+#: or more (tests/test_socket_attacks.py).
+TURN = 0.005
 
 
 class LineTooLong(Exception):
@@ -76,7 +82,9 @@ class LineConnection(asyncio.Protocol):
         self._lost = False
         self._held: list[bytes | memoryview] = []  # hold(): written before the next wait for input
         self._held_size = 0
-        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._turn_start = loop.time()  # when this session last let the loop run others
 
     # -- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -161,6 +169,7 @@ class LineConnection(asyncio.Protocol):
             await waiter
         finally:
             self._data_waiter = None
+        self._turn_start = loop.time()
         if not self._buf and self._eof:
             raise ConnectionClosed()
 
@@ -175,6 +184,21 @@ class LineConnection(asyncio.Protocol):
         else:
             self._timer = loop.call_at(self._deadline, self._time_up)
 
+    def turn_is_over(self) -> bool:
+        """Whether this session has kept the loop for a TURN since it last waited."""
+        return asyncio.get_running_loop().time() - self._turn_start > TURN
+
+    async def share_turn(self) -> None:
+        """Let the loop run the other sessions now (the replies so far go out first)."""
+        self.flush()
+        await asyncio.sleep(0)
+        self._turn_start = asyncio.get_running_loop().time()
+
+    async def _next_turn(self) -> None:
+        # A read that finds its input buffered does not wait: it shares the loop here.
+        if self._buf and self.turn_is_over():
+            await self.share_turn()
+
     def _line_deadline(self) -> float:
         return asyncio.get_running_loop().time() + self.idle_timeout
 
@@ -185,6 +209,7 @@ class LineConnection(asyncio.Protocol):
         Over ``limit`` octets: the rest of the line is read and thrown away and
         :class:`LineTooLong` raised, so the session can answer and go on.
         """
+        await self._next_turn()
         start = 0
         deadline = self._line_deadline()
         while True:
@@ -217,6 +242,7 @@ class LineConnection(asyncio.Protocol):
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes (an IMAP literal)."""
+        await self._next_turn()
         while len(self._buf) < n:
             await self._fill()
         data = bytes(self._buf[:n])
@@ -232,6 +258,7 @@ class LineConnection(asyncio.Protocol):
         is not within reach, up to ``chunk`` octets without it. Returns the piece and
         whether the marker ended it. Each piece must come within the idle timeout,
         so a large upload may take long but a stalled one does not."""
+        await self._next_turn()
         deadline = self._line_deadline()
         start = 0
         while True:

@@ -51,9 +51,6 @@ if TYPE_CHECKING:
 RECORD_LINES = 40
 #: Of a message (RETR, TOP), the transcript keeps this many lines and the size.
 RECORD_HEAD = 12
-#: Seconds a pipelining client's commands may run back to back before the driver lets
-#: the loop serve everyone else (its lines are read from the buffer without waiting).
-TURN = 0.02
 #: Octets a connection's transport may hold before the driver waits for the reader
 #: (asyncio's default is 64 KiB): pipelined RETRs keep coming while the client reads.
 WRITE_BUFFER = 1 << 20
@@ -91,21 +88,18 @@ class POP3Server(LineServer):
         transport = conn.transport
         if transport is not None:
             transport.set_write_buffer_limits(high=WRITE_BUFFER, low=WRITE_BUFFER // 4)
-        loop = asyncio.get_running_loop()
         fault = await self.injected(rec)
         if fault is not None and (fault.drop or fault.reply):  # the greeting refused
             if not fault.drop:
                 await self._send(conn, rec, Reply(fault.reply or "-ERR"))
             return DROPPED
         await self._send(conn, rec, session.greeting())
-        turn = loop.time()
         while True:
-            buffered = conn.has_buffered_data()
-            if buffered and loop.time() - turn > TURN:
-                await _settle(session)  # others may look at the flags meanwhile
-                conn.flush()
-                await asyncio.sleep(0)  # 10,000 pipelined DELEs must not hold the loop
-                turn = loop.time()
+            # 10,000 pipelined DELEs must not hold the loop (connection.TURN); the flags
+            # are settled first, so others may look at them meanwhile
+            if conn.has_buffered_data() and conn.turn_is_over():
+                await _settle(session)
+                await conn.share_turn()
             try:
                 # RFC 2449 section 4: 255 octets including the CRLF
                 line = await conn.readline(session.line_limit)
@@ -118,8 +112,6 @@ class POP3Server(LineServer):
                 await self._send(conn, rec, session.timed_out())
                 _keep_seen(maildrop)
                 return "idle timeout"
-            if not buffered:
-                turn = loop.time()  # the read waited: everyone else had the loop meanwhile
             rec.client_line(session.masked(line))
             fault = None
             if self.lab.faults.armed:  # no coroutine per command for nothing
