@@ -51,6 +51,8 @@ CLAIMS = {
     ],
     "03_imap.ipynb": [
         "next (suggested): 'a1 STARTTLS'",  # the step-through client, waiting for a click
+        re.compile(r"C: \w+ FETCH 1:\* \(UID FLAGS RFC822\.SIZE ENVELOPE\)\n"),  # summaries ...
+        re.compile(r'RFC822\.SIZE \d+ ENVELOPE \("[^"]+" "=\?utf-8\?b\?'),  # ... the subject still encoded
         "1 messages deleted", "(the server sets \\Seen)", "FLAGS (\\Flagged)", " EXISTS'",
         "a3 OK CREATE completed", "Projects/2024", "POP3 would download",
         "Leaving out connecting and logging in (POP3 pays for those too): IMAP moved",  # like with like
