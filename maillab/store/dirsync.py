@@ -15,13 +15,15 @@ import os
 import sqlite3
 import threading
 import time
+from array import array
 from collections.abc import Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from ..frozen import IntRing
 from ..runtime import collector_paused
+from .deferred import DEFER_MIN
 from .filenames import FLAG_LETTERS, arrival_sorted, flags_from_filename, sizes_from_keys
 from .locking import MailboxLock
 from .table import NEW, STATES, UNKNOWN, UNKNOWN_DATE, MessageTable
@@ -60,8 +62,9 @@ class DirectorySync:
     def _set_meta(self, key: str, value: object) -> None: ...
     def _move(self, slot: int, state: int, flags: frozenset[str], filename: str) -> None: ...
     def _forget(self, slot: int) -> None: ...
-    def _new_rows(self, start: int) -> None: ...
+    def _new_rows(self, start: int, blob: bytes | None = None) -> None: ...
     def _rows_written(self) -> None: ...
+    def _rows_ready(self) -> None: ...
     def _checkpoint_later(self) -> None: ...
 
     def _stamp(self) -> tuple[int, int]:
@@ -100,6 +103,7 @@ class DirectorySync:
             table = self.table
             edits = table.edits
             copy = table.copy_to_compare()
+            first = self.uidnext
         # The listing (getdents of 100,000 names: tens of ms of disk and kernel time)
         # and its comparison with a copy of the index (hundreds of ms under load) without
         # the lock. The listing holds if neither this process (the count of its own
@@ -110,7 +114,12 @@ class DirectorySync:
         with collector_paused():
             listing = self._listing()
             diff: _Diff | None = _compare(copy, listing)
+            # Files found new: their rows, the blob that writes them and their UIDs
+            # made here too, from UIDNEXT as it was (used if still so under the lock).
+            prepared = _prepare(copy, diff[2], first) if diff is not None and diff[2] else None
         del copy
+        if diff is not None and (diff[0] or diff[1]):  # rows to change: any still in a blob written first, a chunk per hold
+            self._rows_ready()
         with self.lock, collector_paused():
             now = self._stamp()
             if now == self._dir_stamp:
@@ -118,10 +127,10 @@ class DirectorySync:
             if now != stamp or self._own_changes != own:
                 stamp, listing, diff = now, self._listing(), None
             if diff is None or self.table is not table or table.edits != edits:
-                diff = _compare(self.table, listing)
+                diff, prepared = _compare(self.table, listing), None
             # The times are taken before the listing: whatever changes during it
             # changes them again, and the next sync looks again.
-            changed = self._apply(listing, diff)
+            changed = self._apply(listing, diff, prepared)
             self.table.maybe_compact()
             self._dir_stamp = stamp
             self._checkpoint_later()
@@ -142,9 +151,10 @@ class DirectorySync:
             states += bytes([STATES[sub]]) * len(listed)
         return [name.partition(":")[0] for name in names], names, states
 
-    def _apply(self, listing: _Listing, diff: _Diff) -> bool:
+    def _apply(self, listing: _Listing, diff: _Diff, prepared: _Prepared | None = None) -> bool:
         """Under the lock: the index made to match the listing (what :func:`_compare`
-        found different), in one transaction."""
+        found different; the new rows as :func:`_prepare` made them outside the lock,
+        when UIDNEXT and the flag sets are as they were), in one transaction."""
         keys, names, states = listing
         gone, moved, new = diff
         table = self.table
@@ -161,7 +171,12 @@ class DirectorySync:
                 self._move(slot, states[i], frozenset(flags_from_filename(names[i]) | keywords),
                            names[i])
             if new is not None:
-                self._index_new(new)
+                if (prepared is not None and prepared.uids[0] == self.uidnext
+                        and len(table.flagsets) == prepared.flagsets_before
+                        and len(table._keys) == prepared.key_base):
+                    self._index_prepared(prepared)
+                else:
+                    self._index_new(new)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -183,6 +198,22 @@ class DirectorySync:
 
         threading.Thread(target=run, name="maillab-sync", daemon=True).start()
 
+    def _index_prepared(self, prepared: _Prepared) -> None:
+        """Under the lock: the rows :func:`_prepare` made, their blob and UIDNEXT (a
+        memcpy per column and one blob written: for 50,000 files ~20 ms instead of
+        the ~90 ms of making them here)."""
+        table = self.table
+        start = len(table.uids)
+        for flags in prepared.flagsets[prepared.flagsets_before:]:
+            table.flag_id(flags)  # (the same numbers: the table had the copy's first ones)
+        table.append_rows(prepared.rows, prepared.key_ends)
+        uids = prepared.uids
+        self._log.extend(range(max(uids[0], uids.stop - CHANGE_LOG_SIZE) << 2, uids.stop << 2, 4))
+        self.changes += len(uids)
+        self.uidnext = uids.stop
+        self._new_rows(start, prepared.blob)
+        self._set_meta("uidnext", self.uidnext)
+
     def _index_new(self, new: _NewFiles) -> None:
         """Give UIDs to the files :func:`_arrange_new` put in delivery order, from their
         names alone: no file is opened or even stat'ed here. Everything is done a
@@ -190,27 +221,62 @@ class DirectorySync:
         the new rows are written with the new UIDNEXT (as one blob: see
         :mod:`maillab.store.deferred`)."""
         table = self.table
-        keys, names, states, sizes, crlfs, infos = new
-        # A mailbox has a handful of distinct (state, info) pairs (":2,S", ":2,", ...):
-        # each one's flag set number, and whether its names are unusual.
-        fid_of: dict[tuple[int, str], int] = {}
-        unusual: set[tuple[int, str]] = set()
-        for state, info in set(zip(states, infos, strict=True)):
-            fid = fid_of[(state, info)] = table.flag_id(frozenset(flags_from_filename(info)))
-            if info != ("" if state == NEW else ":2," + table.letters[fid]):
-                unusual.add((state, info))
-        fids = list(map(fid_of.__getitem__, zip(states, infos, strict=True)))
         first = self.uidnext
-        odd = ({first + i: names[i] for i, pair in enumerate(zip(states, infos, strict=True)) if pair in unusual}
-               if unusual else {})
         start = len(table.uids)
-        uids = range(first, first + len(keys))
-        table.extend(uids, keys, states, fids, sizes, crlfs, UNKNOWN_DATE, odd)
+        uids = _fill(table, new, first)
         self._log.extend(range(max(first, uids.stop - CHANGE_LOG_SIZE) << 2, uids.stop << 2, 4))
         self.changes += len(uids)
         self.uidnext = uids.stop
         self._new_rows(start)
         self._set_meta("uidnext", self.uidnext)
+
+
+class _Prepared(NamedTuple):
+    """New rows made outside the lock, for a table with ``flagsets_before`` flag sets,
+    ``key_base`` octets of keys and UIDNEXT ``uids[0]``."""
+
+    rows: MessageTable  # the new rows alone (their flag numbers the copy's)
+    key_ends: array[int]  # where each key ends once appended to the table
+    blob: bytes | None  # the rows as a pending blob (None: few enough to insert)
+    uids: range
+    flagsets: list[frozenset[str]]
+    flagsets_before: int
+    key_base: int
+
+
+def _prepare(copy: MessageTable, new: _NewFiles, first: int) -> _Prepared:
+    """Outside the lock: what :meth:`DirectorySync._index_new` does to the table, on a
+    table of the new rows alone (flag sets interned into ``copy``, UIDs from
+    ``first``), with the blob that writes them."""
+    before = len(copy.flagsets)
+    rows = MessageTable()
+    rows.flagsets, rows.letters, rows._flag_id = copy.flagsets, copy.letters, copy._flag_id
+    uids = _fill(rows, new, first)
+    base = len(copy._keys)
+    ends = array("Q", map(base.__add__, rows._key_ends)) if base else rows._key_ends
+    blob = rows.rows_bytes(0) if len(uids) >= DEFER_MIN else None
+    return _Prepared(rows, ends, blob, uids, copy.flagsets, before, base)
+
+
+def _fill(table: MessageTable, new: _NewFiles, first: int) -> range:
+    """Append the files :func:`_arrange_new` put in delivery order to ``table`` with
+    UIDs from ``first``, a column at a time (100,000 names: a few passes in C, not
+    Python per name); the UIDs given."""
+    keys, names, states, sizes, crlfs, infos = new
+    # A mailbox has a handful of distinct (state, info) pairs (":2,S", ":2,", ...):
+    # each one's flag set number, and whether its names are unusual.
+    fid_of: dict[tuple[int, str], int] = {}
+    unusual: set[tuple[int, str]] = set()
+    for state, info in set(zip(states, infos, strict=True)):
+        fid = fid_of[(state, info)] = table.flag_id(frozenset(flags_from_filename(info)))
+        if info != ("" if state == NEW else ":2," + table.letters[fid]):
+            unusual.add((state, info))
+    fids = list(map(fid_of.__getitem__, zip(states, infos, strict=True)))
+    odd = ({first + i: names[i] for i, pair in enumerate(zip(states, infos, strict=True)) if pair in unusual}
+           if unusual else {})
+    uids = range(first, first + len(keys))
+    table.extend(uids, keys, states, fids, sizes, crlfs, UNKNOWN_DATE, odd)
+    return uids
 
 
 def _compare(table: MessageTable, listing: _Listing) -> _Diff:

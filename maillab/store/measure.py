@@ -64,6 +64,8 @@ class Measuring:
     # (size, CRLF size, date, uid) learnt since the last write: persisted in batches
     # (losing them in a crash only means measuring again)
     _measured: list[tuple[int, int, float, int]]
+    _pending: bool
+    _sizes_learnt: int
 
     def _known(self, slot: int) -> bool:
         t = self.table
@@ -85,6 +87,8 @@ class Measuring:
                                      t.sizes[slot], t.crlf[slot]))
             if not jobs:
                 continue
+            if self._pending and len(self._measured) >= 3 * MEASURE_BATCH:
+                self._rows_ready()  # the sizes saved below update rows: none left in a blob
             found = {}
             for uid, path, size, crlf in jobs:
                 try:
@@ -107,10 +111,12 @@ class Measuring:
                     if t.dates[slot] == UNKNOWN_DATE:
                         t.dates[slot] = got[2]
                     self._measured.append((got[0], got[1], t.dates[slot], uid))
+                    self._sizes_learnt += 1
                 if len(self._measured) >= 4 * MEASURE_BATCH:
                     self._save_measured()
 
     def _rows_written(self) -> None: ...
+    def _rows_ready(self) -> None: ...
 
     def _save_measured(self) -> None:
         if self._measured:

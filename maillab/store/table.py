@@ -138,6 +138,26 @@ class MessageTable:
         self.live += len(uids)
         self.edits += 1
 
+    def append_rows(self, rows: MessageTable, key_ends: array[int]) -> None:
+        """The rows of ``rows`` (new, ascending UIDs above every UID here, flag-set
+        numbers already this table's) appended, a memcpy per column; ``key_ends``:
+        their key ends offset by this table's key octets (made outside the lock)."""
+        if not rows.uids:
+            return
+        if self.uids and rows.uids[0] <= self.uids[-1]:
+            raise ValueError(f"UID {rows.uids[0]} is not above the last UID {self.uids[-1]}")
+        self.uids += rows.uids
+        self.state += rows.state
+        self.flag_ids += rows.flag_ids
+        self.sizes += rows.sizes
+        self.crlf += rows.crlf
+        self.dates += rows.dates
+        self._keys += rows._keys
+        self._key_ends += key_ends
+        self.odd_names.update(rows.odd_names)
+        self.live += rows.live
+        self.edits += 1
+
     def slot(self, uid: int) -> int | None:
         """The row of a live ``uid`` (valid while the mailbox lock is held)."""
         i = bisect.bisect_left(self.uids, uid)
@@ -218,8 +238,16 @@ class MessageTable:
         copy.uids, copy.state, copy.flag_ids = self.uids[:], self.state[:], self.flag_ids[:]
         copy._key_ends, copy._keys = self._key_ends[:], self._keys[:]
         copy.odd_names = self.odd_names.copy()
-        copy.flagsets, copy.letters = self.flagsets[:], self.letters[:]
+        copy.flagsets, copy.letters, copy._flag_id = self.flagsets[:], self.letters[:], self._flag_id.copy()
         copy.live = self.live
+        return copy
+
+    def copy_to_save(self) -> MessageTable:
+        """Every column (sizes and dates too), copied under the lock (a few ``memcpy``)
+        so that a close serialises it (:meth:`to_bytes`) outside the lock."""
+        copy = self.copy_to_compare()
+        copy.sizes, copy.crlf, copy.dates = self.sizes[:], self.crlf[:], self.dates[:]
+        copy.edits = self.edits
         return copy
 
     def compact(self) -> None:

@@ -1,0 +1,128 @@
+"""A large copy-in's index rows, and a mailbox's close, are written outside its lock
+(issue 15): readers are answered meanwhile.
+
+Files another tool copied into a Maildir (``cp -r``) are indexed from their names by
+a rescan, their rows committed as one blob (store/deferred.py); the blob becomes rows
+of the index before the first statement that changes one (a STORE here) and at the
+close. Both used to write every row in one hold of ``Mailbox.lock``, so another
+session's FETCH of the same mailbox waited for all of them. Now the rows' parameters
+are made outside the lock and written a chunk per hold, the close's table blob is made
+from a copy and the index's last checkpoint runs after the lock.
+
+As in test_store_lock_io.py the slow part is made to wait (``deferred.rows_of``, what
+makes the rows' parameters, blocks until the reader is answered, or a 10 s safety
+limit); the protocols are real (imaplib). A liveness check, not a timing one.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import sqlite3
+import threading
+
+from maillab import Lab
+from maillab.store import deferred
+from maillab.store.mailbox import INDEX_FILE
+
+BOB = "bob@alpha.test"
+COPIED = 3 * deferred.DEFER_MIN  # a blob, several chunks
+BODY = b"Subject: copied\r\n\r\nfrom another tool\r\n"
+
+
+def _copy_in(lab: Lab) -> None:
+    """Another tool's ``cp`` of COPIED messages into bob's INBOX (unknown to the index)."""
+    path = lab.store.mailbox(BOB).path
+    for n in range(COPIED):
+        (path / "cur" / f"{1_700_000_000 + n}.M{n}P1.cp,S={len(BODY)}:2,S").write_bytes(BODY)
+
+
+def _stall_rows(monkeypatch) -> tuple[threading.Event, threading.Event, list[bool]]:
+    """``rows_of`` of a copy-in's blob waits until released: (reached, released, in_time)."""
+    reached, released = threading.Event(), threading.Event()
+    in_time: list[bool] = []
+    real = deferred.rows_of
+
+    def slow_rows_of(table, start, end):
+        if len(table) >= COPIED and not released.is_set():
+            reached.set()
+            in_time.append(released.wait(10))
+        return real(table, start, end)
+
+    monkeypatch.setattr(deferred, "rows_of", slow_rows_of)
+    return reached, released, in_time
+
+
+def _rows(lab: Lab) -> int:
+    db = sqlite3.connect(lab.store.mailbox(BOB).path / INDEX_FILE)
+    try:
+        return db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_reader_is_answered_while_a_copy_ins_rows_are_written(single_lab: Lab, monkeypatch) -> None:
+    lab = single_lab
+    for n in range(2):
+        lab.store.deliver(BOB, f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode())
+    _copy_in(lab)
+    reached, released, in_time = _stall_rows(monkeypatch)
+    writer = imaplib.IMAP4(*lab.address("imap"), timeout=60)
+    reader = imaplib.IMAP4(*lab.address("imap"), timeout=60)
+    result: list[str] = []
+    try:
+        for c in (writer, reader):
+            c.login(BOB, "bob-pw")
+        assert writer.select("INBOX") == ("OK", [str(COPIED + 2).encode()])  # found, a blob of rows
+        assert reader.select("INBOX")[0] == "OK"
+        store = threading.Thread(target=lambda: result.append(
+            writer.uid("STORE", "1", "+FLAGS.SILENT", "(\\Flagged)")[0]))
+        store.start()  # its rows first: every row of the blob written
+        assert reached.wait(30), "the copy-in's rows were never written"
+        typ, data = reader.uid("FETCH", "2", "(BODY.PEEK[])")
+        assert typ == "OK" and b"body 1" in data[0][1], data
+        assert reader.noop()[0] == "OK"
+        released.set()
+        store.join(30)
+        assert in_time and all(in_time), "the reader's FETCH waited for the copy-in's rows"
+        assert result == ["OK"]
+        assert _rows(lab) == COPIED + 2  # every row written, once
+        typ, data = reader.uid("FETCH", "1", "(FLAGS)")
+        assert b"\\Flagged" in data[-1]
+        typ, data = reader.fetch(str(COPIED + 2), "(UID FLAGS RFC822.SIZE)")
+        assert f"UID {COPIED + 2} ".encode() in data[0] and b"\\Seen" in data[0]
+    finally:
+        released.set()
+        for c in (writer, reader):
+            c.logout()
+
+
+def test_a_reader_is_answered_while_the_store_closes(single_lab: Lab, monkeypatch) -> None:
+    """The store's close (what the lab's stop runs; a DELETE or RENAME closes one
+    folder the same way) writes a copy-in's rows and the table's blob: a session's
+    FETCH of that mailbox meanwhile is answered, not held for the whole close. The
+    next open finds every message with its UID."""
+    lab = single_lab
+    lab.store.deliver(BOB, b"Subject: m0\r\n\r\nbody 0\r\n")
+    _copy_in(lab)
+    reader = imaplib.IMAP4(*lab.address("imap"), timeout=60)
+    try:
+        reader.login(BOB, "bob-pw")
+        assert reader.select("INBOX") == ("OK", [str(COPIED + 1).encode()])
+        reached, released, in_time = _stall_rows(monkeypatch)
+        closing = threading.Thread(target=lab.store.close)
+        closing.start()
+        assert reached.wait(30), "the close never wrote the copy-in's rows"
+        typ, data = reader.uid("FETCH", "1", "(BODY.PEEK[])")
+        assert typ == "OK" and b"body 0" in data[0][1], data
+        released.set()
+        closing.join(30)
+        assert in_time and all(in_time), "the reader's FETCH waited for the whole close"
+    finally:
+        released.set()
+        try:
+            reader.logout()
+        except (imaplib.IMAP4.error, OSError):
+            pass
+    assert _rows(lab) == COPIED + 1
+    again = lab.store.mailbox(BOB)  # a new open: the blob the close wrote
+    assert len(again) == COPIED + 1 and again.get(COPIED + 1) is not None
