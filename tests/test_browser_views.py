@@ -535,3 +535,60 @@ def test_diagrams_turn_at_the_presenter_scale(lab_server: JupyterLab, page: Any)
             if s.get("path", "").endswith(path.name):
                 lab_server.get(f"/api/kernels/{s['kernel']['id']}", method="DELETE")
         page.close()
+
+
+#: JupyterLab's text fonts (its --jp-content-font-family and --jp-code-font-family),
+#: for the static pages below: their widths decide where a table turns into cards.
+_LAB_FONTS = ("body{font-family:system-ui,-apple-system,blinkmacsystemfont,'Segoe UI',helvetica,arial,sans-serif;"
+              "--jp-code-font-family:menlo,consolas,'DejaVu Sans Mono',monospace}")
+
+
+def test_queue_keeps_host_names_whole_and_never_scrolls(page: Any) -> None:
+    """The relay queue wrapped "mail.alpha. / test" at 1400 px (its last error took the
+    width), and keeping the names whole by min-widths made notebook 06's queue 1074 px
+    in a 933 px output. Now, from 1400 px down to 450 px and at the presenter's scale:
+    while it is a table its host and addresses are each on one line, and it never
+    scrolls sideways (it turns into cards first). A static page: no lab, no notebook."""
+    from types import SimpleNamespace
+
+    from maillab.views.relay import QueueView
+    from maillab.views.theme import settings
+
+    error = ("connect to all MX hosts of carol.class.test failed (last: connect to"
+             " mail.carol.class.test[127.0.61.3]:2525: Connection refused)")
+    messages = [SimpleNamespace(id="B863E275C3", origin="mail.alice.class.test", mail_from="alice@alice.class.test",
+                                rcpts=["carol@carol.class.test"], state="retrying", attempts=[1],
+                                next_attempt=time.time() + 5, last_error=error),
+                SimpleNamespace(id="4F1C2A9E", origin="mail.alpha.test", mail_from="alice@alpha.test",
+                                rcpts=["bob@beta.test", "carol@beta.test"], state="retrying", attempts=[1, 2],
+                                next_attempt=None, last_error="451 4.3.0 temporary failure injected by the lab")]
+    tab = page.context.new_page()
+    tables = 0
+    try:
+        for scale in (1.0, 1.6):
+            old = settings.scale
+            settings.set_scale(scale)
+            try:
+                view = QueueView(messages)._repr_html_()
+            finally:
+                settings.set_scale(old)
+            for width in range(1400, 440, -30):
+                tab.set_content(f"<style>{_LAB_FONTS}</style><div style='width:{width}px'>{view}</div>")
+                got = tab.evaluate("""() => {
+                  const t = document.querySelector('.ml-view table');
+                  const table = getComputedStyle(t.querySelector('thead')).display !== 'none';
+                  const lines = [...t.querySelectorAll('.ml-nw')].map(c => {
+                    const r = document.createRange(); r.selectNodeContents(c);
+                    return [c.textContent, new Set([...r.getClientRects()].map(x => Math.round(x.top))).size]; });
+                  const view = document.querySelector('.ml-view');
+                  return {table, lines, scrolls: t.scrollWidth > t.clientWidth + 1
+                                                 || view.scrollWidth > view.clientWidth + 1};
+                }""")
+                where = f"{width} px at scale {scale}"
+                assert not got["scrolls"], f"{where}: the queue scrolls sideways"
+                if got["table"]:
+                    tables += 1
+                    assert all(n == 1 for _, n in got["lines"]), f"{where}: a name wraps: {got['lines']}"
+    finally:
+        tab.close()
+    assert tables, "the queue was never a table"

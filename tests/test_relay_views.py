@@ -146,7 +146,7 @@ def test_tempfail_retry_is_shown_pending_then_delivered(rlab: Lab) -> None:
     text = repr(queue)
     assert qid in text and "retrying" in text and "451" in text and "mx1.beta.test tempfail" in text
     # as a narrow card, the long last error spans the card instead of one 13em column
-    assert "<td class='ml-card-wide mono' data-label='last error'>" in queue._repr_html_()
+    assert "<td class='ml-card-wide mono ml-token' data-label='last error'>" in queue._repr_html_()
     rlab.relay.heal("mx1.beta.test")
     assert rlab.relay.flush() == 1  # retry now rather than in 5 s (postqueue -f)
     rlab.relay.wait(qid, timeout=10)

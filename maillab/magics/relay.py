@@ -35,11 +35,11 @@ from ..auth.headers import read as read_auth_headers
 from ..lab import Lab
 from ..relay.hops import parse_hops
 from ..views.dns import ZoneView, dig_lab, dig_real
+from ..views.queue import QueueView
 from ..views.relay import (
     FigureView,
     HopsView,
     LiveRelayView,
-    QueueView,
     RelayView,
     delivered_copy,
     figure,

@@ -13,7 +13,8 @@ and drawn three ways: text (terminals, tests), wrapping HTML (notebooks, and
 the live widget, which needs no matplotlib off the kernel thread) and a
 matplotlib :func:`figure` for slides (``fig.savefig("path.svg")``); both
 drawings live in :mod:`maillab.views.path_drawing`, the hop table in
-:mod:`maillab.views.hop_table`.
+:mod:`maillab.views.hop_table`, the queue's table (``%mail queue``) in
+:mod:`maillab.views.queue`.
 
 The live view (:class:`LiveRelayView`) subscribes to ``lab.events``. Events
 arrive on the lab thread; the callback only notes that something changed and
@@ -28,7 +29,7 @@ import html
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -36,11 +37,15 @@ from typing import TYPE_CHECKING, Any
 from ..clients.envelopes import decode_words
 from ..relay.hops import HopTable, parse_hops
 from ..relay.message import NO_STARTTLS
-from .hop_table import _aligned, _delay, hop_table_body, hop_table_text
+from .hop_table import _delay, hop_table_body, hop_table_text
 from .live import LiveBlocks, widget_bundle
 from .path_drawing import figure, path_blocks, path_diagram, path_html
 from .publish import Throttle
-from .theme import badge, breakable, card_row, page
+
+# the queue's table (views/queue.py), also importable from here as before
+from .queue import QUEUE_COLUMNS as QUEUE_COLUMNS
+from .queue import QueueView as QueueView
+from .theme import page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -550,51 +555,3 @@ class HopsView:
 
     def figure(self, **kwargs: Any) -> Figure:
         return figure(self.path, **kwargs)
-
-
-QUEUE_COLUMNS = ("id", "host", "from", "to", "state", "attempts", "next attempt", "last error")
-
-
-class QueueView:
-    """What ``%mail queue`` returns: each host's queue, one row per message."""
-
-    def __init__(self, messages: Iterable[Any], *, faults: dict[str, Any] | None = None,
-                 rules: Iterable[str] = (), title: str = "relay queue") -> None:
-        self.rows = [self._row(m) for m in messages]
-        self.faults = dict(faults or {})
-        self.rules = list(rules)  # other SMTP failure rules (lab.faults), described
-        self.title = title
-
-    @staticmethod
-    def _row(m: Any) -> list[str]:
-        nxt = ""
-        if m.next_attempt:
-            nxt = (datetime.fromtimestamp(m.next_attempt).strftime("%H:%M:%S")
-                   + f" (in {max(0.0, m.next_attempt - time.time()):.0f} s)")
-        return [m.id, m.origin, m.mail_from or "<>", ", ".join(m.rcpts), m.state, str(len(m.attempts)), nxt,
-                m.last_error or ""]
-
-    def _footer(self) -> list[str]:
-        return [f"failure injected: {h} {k}" + (f" {v:g} s" if isinstance(v, (int, float)) else "")
-                for h, (k, v) in self.faults.items()] + [f"failure injected: {r}" for r in self.rules]
-
-    def __repr__(self) -> str:
-        if not self.rows:
-            return "\n".join([f"{self.title}: empty (every message delivered or bounced)", *self._footer()])
-        return "\n".join([self.title, _aligned(self.rows, QUEUE_COLUMNS), *self._footer()])
-
-    def _repr_html_(self) -> str:
-        if not self.rows:
-            body = f"<i>{html.escape(self.title)}: empty (every message delivered or bounced)</i>"
-        else:
-            head = "".join(f"<th>{t}</th>" for t in QUEUE_COLUMNS)
-            # hosts and addresses wrap after a dot or "@" (theme.breakable), never mid-word;
-            # in a narrow output each message is a card of labelled facts (theme: .ml-cards)
-            rows = "".join(card_row(html.escape(r[0]), [
-                (t, breakable(c) if t in ("host", "from", "to") else html.escape(c))
-                for t, c in zip(QUEUE_COLUMNS[1:], r[1:], strict=True)], head_label="id", wide=("last error",),
-                classes={"last error": "mono"})  # a server's reply, as it came
-                for r in self.rows)
-            body = (f"<b>{html.escape(self.title)}</b><table class='ml-small ml-cards'><thead><tr>{head}</tr>"
-                    f"</thead><tbody>{rows}</tbody></table>")
-        return page(body + "".join(f"<div>{badge('err', f)}</div>" for f in self._footer()), kind="queue")

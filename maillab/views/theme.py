@@ -26,6 +26,8 @@ being a :class:`maillab.views.live.LiveHTML` (live outputs); see
 from __future__ import annotations
 
 import html
+import math
+import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +86,29 @@ def _colour_vars(which: int) -> str:
     return ";".join(f"--ml-{name}:{pair[which]}" for name, pair in PALETTE.items())
 
 
+def _cards_rules(cls: str, turn: float) -> str:
+    """The stylesheet rules that make ``table.CLS`` a column of cards where the view
+    is at most ``turn`` em wide (see :data:`CSS`, "A wide table of short facts")."""
+    t = f".ml-view table.{cls}"
+    return (
+        f"@container mlview (max-width:{turn:g}em){{"
+        f"{t},{t} tbody{{display:block;width:100%}}"
+        f"{t} thead{{display:none}}"
+        f"{t} tr{{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(11em,100%),1fr));"
+        "gap:.1em .6em;border:1px solid var(--ml-line);border-radius:6px;padding:.3em .4em;margin:0 0 .5em 0}"
+        f"{t} td{{padding:.1em .2em!important;overflow-wrap:break-word}}"
+        f"{t} td:empty{{display:none}}"
+        f"{t} td.ml-card-head{{grid-column:1/-1;font-size:1.1em;font-weight:600}}"
+        # a long fact (an error text) takes the card's whole width, not one 11em column
+        # (11em: two columns of facts side by side at 150% zoom, where 13em left one)
+        f"{t} td.ml-card-wide{{grid-column:1/-1}}"
+        # a name kept whole in the table (.ml-nw) may wrap at its dots in a card's column
+        f"{t} .ml-nw{{white-space:normal}}{t} .ml-nw wbr{{display:inline}}"
+        f"{t} td[data-label]::before{{content:attr(data-label);display:block;"
+        "font-family:var(--jp-ui-font-family,sans-serif);font-size:.85em;font-weight:600;"
+        "color:var(--ml-muted)}}")
+
+
 #: The one stylesheet. Live views load it as their anywidget CSS; static views
 #: carry it in a <style> element (repeating it is harmless: same rules).
 CSS = (
@@ -115,6 +140,10 @@ CSS = (
     ".ml-view th{font-weight:600;border-bottom:1px solid var(--ml-line)!important}"
     ".ml-view :is(td,th){overflow-wrap:normal;word-break:normal}"
     ".ml-view td.nw{white-space:nowrap}"
+    # a host name or address kept whole in a table row (theme.card_turn: the table turns
+    # into cards before it would need to wrap one)
+    # (Chromium breaks at a <wbr> even in white-space:nowrap: the <wbr>s go too)
+    ".ml-view .ml-nw{white-space:nowrap}.ml-view .ml-nw wbr{display:none}"
     # a cell of opaque protocol values (a MIME boundary, an encoded word, base64):
     # at least 14em wide, and a token longer than that breaks where it must
     ".ml-view td.ml-token{overflow-wrap:anywhere;min-width:min(14em,45cqw)}"
@@ -157,22 +186,7 @@ CSS = (
     # presenter's scale turns them sooner, as it needs): .ml-cards at 54em (760 px
     # at scale 1), .ml-cards-wide (many columns) at 107em (1500 px),
     # .ml-cards-narrow (a few short columns) at 30em (420 px: 800 px at 150% zoom).
-    + "".join(
-        f"@container mlview (max-width:{w}em){{"
-        f".ml-view table.{c},.ml-view table.{c} tbody{{display:block;width:100%}}"
-        f".ml-view table.{c} thead{{display:none}}"
-        f".ml-view table.{c} tr{{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(11em,100%),1fr));"
-        "gap:.1em .6em;border:1px solid var(--ml-line);border-radius:6px;padding:.3em .4em;margin:0 0 .5em 0}"
-        f".ml-view table.{c} td{{padding:.1em .2em!important;overflow-wrap:break-word}}"
-        f".ml-view table.{c} td:empty{{display:none}}"
-        f".ml-view table.{c} td.ml-card-head{{grid-column:1/-1;font-size:1.1em;font-weight:600}}"
-        # a long fact (an error text) takes the card's whole width, not one 11em column
-        # (11em: two columns of facts side by side at 150% zoom, where 13em left one)
-        f".ml-view table.{c} td.ml-card-wide{{grid-column:1/-1}}"
-        f".ml-view table.{c} td[data-label]::before{{content:attr(data-label);display:block;"
-        "font-family:var(--jp-ui-font-family,sans-serif);font-size:.85em;font-weight:600;"
-        "color:var(--ml-muted)}}"
-        for c, w in (("ml-cards", 54), ("ml-cards-wide", 107), ("ml-cards-narrow", 30)))
+    + "".join(_cards_rules(c, w) for c, w in (("ml-cards", 54), ("ml-cards-wide", 107), ("ml-cards-narrow", 30)))
     # a narrow table's facts are short (a port, a state): each on one line beside its
     # label, so a card of the 29 services of %mail status is four lines, not eight
     # (the space after the label: where a value too long for the line goes under it)
@@ -348,3 +362,51 @@ def card_row(head: str, cells: list[tuple[str, str]], *, head_label: str = "",
     head_cls = " ".join(c for c in ("ml-card-head", extra.get(head_label, "")) if c)
     label = f" data-label='{html.escape(head_label)}'" if head_label else ""
     return f"<tr><td class='{head_cls}'{label}>{head}</td>" + "".join(cell(t, c) for t, c in cells) + "</tr>"
+
+
+def text_em(text: str, *, bold: bool = False) -> float:
+    """A generous estimate of the width of ``text`` on one line, in em of its font
+    (measured in Chromium's sans-serif, DejaVu Sans: lower case 0.47-0.5em, capitals
+    and digits 0.64-0.7, ``@`` 1.0; bold 12% wider), for :func:`card_turn`: an
+    estimate too wide turns a table into cards a little early, one too narrow would
+    let it scroll sideways."""
+    def one(ch: str) -> float:
+        if ch == "@":
+            return 1.0
+        if ch.isupper() or ch.isdigit() or ch in "mwMW":
+            return 0.74
+        return 0.56
+    return sum(one(ch) for ch in text) * (1.12 if bold else 1.0)
+
+
+def card_turn(widths: Iterable[float], *, font: float = 1.0, least: float = 54) -> tuple[str, str]:
+    """The table class and ``<style>`` that turn a table into cards (as ``ml-cards``
+    does, :func:`_cards_rules`) wherever the view is too narrow for its columns at
+    their narrowest: ``widths`` is each column's in em of the table's text (its
+    longest piece that must stay whole, a ``.ml-nw`` name, or its head's longest word;
+    :func:`text_em`), ``font`` the table's text size in em of the view's (``ml-small``:
+    0.9). Never later than ``least`` em (``ml-cards``' own turn). For a table whose
+    names must read whole beside a long text: the names are kept on one line in the
+    table, and the table is a table only where that fits without scrolling sideways."""
+    need = (sum(w + 1.0 for w in widths) + 1.0) * font  # 1em a cell: its padding
+    turn = max(least, math.ceil(need))
+    cls = f"ml-cards-at{turn}"
+    return cls, f"<style>{_cards_rules(cls, turn)}</style>"
+
+
+def since(seconds: float) -> str:
+    """How long ago, in words: "6 s ago", "3 min ago", "2 h ago" (the words the
+    browser writes each second into a live view's ``.ml-ago``: views/live.py)."""
+    s = max(0.0, seconds)
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else f"{s / 3600:.0f} h ago"
+
+
+def clock_since(t: float, now: float, *, live: bool = True) -> str:
+    """A moment as HTML: its clock time ("05:12:03", true however long the view is on
+    screen) and, in a live view, how long ago in an ``.ml-ago`` the browser updates
+    each second from the kernel's epoch second (``data-t``): the words stay true
+    with no round trip to the kernel (the browser's clock is taken as the kernel's)."""
+    clock = f"<span class='ml-nw'>{time.strftime('%H:%M:%S', time.localtime(t))}</span>"
+    if not live:
+        return clock
+    return f"{clock} <span class='ml-muted'>(<span class='ml-ago' data-t='{t:.0f}'>{since(now - t)}</span>)</span>"
