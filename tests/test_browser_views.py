@@ -483,6 +483,22 @@ _DIAGRAMS = r"""() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-m
   })"""
 
 
+#: Words of the sequence diagram's widest layout (lines whole) that its shown layout
+#: cut ("250-ENHANCEDSTATU" / "SCODES" at the presenter's scale at 150% zoom): a run
+#: of letters or digits is whole on one line, or its line ends with the mark "↩".
+_CUT_WORDS = r"""() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .ml-sequence .ml-diagram')]
+  .flatMap(d => {
+    const layouts = [...d.children].filter(c => /(^|\s)ml-dg/.test(c.className));
+    const shown = layouts.find(c => getComputedStyle(c).display !== 'none');
+    if (!shown || shown === layouts[0]) return [];
+    const runs = (c) => [...c.querySelectorAll('text')].flatMap(t => t.textContent.match(/[A-Za-z0-9]+/g) || []);
+    const lines = [...shown.querySelectorAll('text')].map(t => t.textContent);
+    const have = new Set(runs(shown));
+    const marks = lines.filter(l => l.endsWith('\u21a9')).map(l => (l.slice(0, -1).match(/[A-Za-z0-9]+$/) || [''])[0]);
+    return [...new Set(runs(layouts[0]))].filter(w => !have.has(w) && !marks.some(m => m && w.startsWith(m)));
+  })"""
+
+
 @pytest.mark.timeout(300)
 def test_diagrams_turn_at_the_presenter_scale(lab_server: JupyterLab, page: Any) -> None:
     import nbformat
@@ -524,6 +540,9 @@ def test_diagrams_turn_at_the_presenter_scale(lab_server: JupyterLab, page: Any)
                 if i > 0 and d["widths"][i - 1] + 4 * 1.6 <= d["room"]:
                     failures.append(f"{where}: layout {d['widths'][i]:.0f} px shown where "
                                     f"{d['widths'][i - 1]:.0f} px fits in {d['room']:.0f} px")
+            cut = page.evaluate(_CUT_WORDS)
+            if cut:
+                failures.append(f"{tag}: the sequence diagram cuts words: {cut[:8]}")
             views = page.evaluate(_MEASURE)
             failures += [f"{tag} cell {v['index']}: {p}" for v in views for p in v["problems"]]
             _screenshots(page, "presenter", f"{tag}-{'dark' if dark else 'light'}", views)

@@ -113,28 +113,55 @@ def _reply_ended(protocol: str, last: str) -> bool:
 
 
 _BREAK_AFTER = ".-_@/:,="
+#: A line holding a token longer than the line is drawn narrower, its letters at
+#: full height (SVG textLength), down to this share of its width: "ENHANCEDSTATUSCODES"
+#: stays one word at the presenter's scale. A token longer still is cut, and the
+#: cut marked (CONTINUED), never "ENHANCEDSTATU" / "SCODES" as if two words.
+SQUEEZE = 0.78
+CONTINUED = "↩"
 
 
 def _wrap(line: str, columns: int) -> list[str]:
-    """``line`` in lines of at most ``columns`` characters, wrapped at spaces, each
+    """``line`` in lines of about ``columns`` characters, wrapped at spaces, each
     continuation indented three spaces (its <text> keeps them: ``white-space:pre``;
-    SVG collapsed them, so a wrapped reply's rest read as a line of its own); a word
-    longer than a line (a host name in the narrowest layout) breaks after a dot,
-    hyphen or the like where it can (``mail.alpha.`` / ``test``), and stays on the
-    line of its ``S:``."""
+    SVG collapsed them, so a wrapped reply's rest read as a line of its own). A word
+    longer than a line (a host name, an ESMTP keyword in the narrowest layout) breaks
+    after a dot, hyphen or the like (``mail.alpha.`` / ``test``, ``250-`` /
+    ``ENHANCEDSTATUSCODES``); a piece with no such point that is still too long
+    stays whole on a line drawn narrower (:func:`_squeeze`) if it fits at
+    :data:`SQUEEZE`, and is cut with a :data:`CONTINUED` mark only past that."""
     pieces = textwrap.wrap(line, columns, break_long_words=False, break_on_hyphens=False,
                            subsequent_indent="   ") or [line]
     if len(pieces) > 1 and len(pieces[0]) <= 3:  # "S:" alone: its long word follows it
         pieces[:2] = [f"{pieces[0]} {pieces[1].lstrip()}"]
     out = []
+    squeezed = int(columns / SQUEEZE)
     for piece in pieces:
         while len(piece) > columns:
             cut = max(piece.rfind(c, 4, columns) for c in _BREAK_AFTER) + 1
-            cut = cut if cut > columns // 2 else columns  # a break point that keeps the line half full
+            if cut <= 4 and len(piece) <= squeezed:  # no break point on the line: whole, squeezed
+                break
+            if cut <= 4:  # or up to the next break point, if it fits squeezed up to there
+                later = [i for i in (piece.find(c, columns) for c in _BREAK_AFTER) if i >= 0]
+                cut = min(later, default=len(piece) - 1) + 1
+                if cut > squeezed:
+                    out.append(piece[:columns - 1] + CONTINUED)
+                    piece = "   " + piece[columns - 1:]
+                    continue
+            if cut >= len(piece):
+                break
             out.append(piece[:cut])
             piece = "   " + piece[cut:]
         out.append(piece)
     return out
+
+
+def _squeeze(line: str, columns: int) -> str:
+    """The attributes that draw ``line`` in the width of ``columns`` characters when it
+    is longer (:func:`_wrap` let it be: one token): narrower glyphs, full height."""
+    if len(line) <= columns:
+        return ""
+    return f" textLength='{columns * CW:.1f}' lengthAdjust='spacingAndGlyphs'"
 
 
 def _fit(name: str, columns: int) -> str:
@@ -161,7 +188,8 @@ def sequence_svg(events: Sequence[Event], *, title: str = "", client: str = "cli
     body: list[str] = []
     if title:
         for line in _wrap(title, out_columns):
-            body.append(f"<text x='8' y='{y + 14}' style='fill:{_FG};font-weight:700;white-space:pre'>{esc(line)}</text>")
+            body.append(f"<text x='8' y='{y + 14}'{_squeeze(line, out_columns)} "
+                        f"style='fill:{_FG};font-weight:700;white-space:pre'>{esc(line)}</text>")
             y += LINE_H
         y += 6
     # The heads: a box sized to its name over each lifeline, inside the diagram; the
@@ -189,7 +217,7 @@ def sequence_svg(events: Sequence[Event], *, title: str = "", client: str = "cli
             body.append(f"<rect x='{client_x - pad}' y='{y}' width='{server_x - client_x + 2 * pad}' height='{h}' "
                         f"rx='6' style='fill:var(--ml-bg2,#eef1f4);stroke:{colour};stroke-width:1.5'/>")
             for k, line in enumerate(lines):
-                body.append(f"<text x='{client_x - pad + 10}' y='{y + 17 + LINE_H * k}' "
+                body.append(f"<text x='{client_x - pad + 10}' y='{y + 17 + LINE_H * k}'{_squeeze(line, mark_columns)} "
                             f"style='fill:{colour};font-weight:600;font-family:var(--ml-mono,monospace);white-space:pre'>"
                             f"{esc(line)}</text>")
             y += h + GAP
@@ -197,7 +225,8 @@ def sequence_svg(events: Sequence[Event], *, title: str = "", client: str = "cli
         lines = [w for line in step.lines for w in _wrap(line, columns)]
         glyph = f"{step.glyph} " if step.glyph else ""
         for k, line in enumerate(lines):
-            body.append(f"<text x='{client_x + inset}' y='{y + 14 + LINE_H * k}' class='mono' "
+            body.append(f"<text x='{client_x + inset}' y='{y + 14 + LINE_H * k}' class='mono'"
+                        f"{_squeeze((glyph if k == 0 else '') + line, columns + len(glyph))} "
                         f"style='fill:{colour};font-family:var(--ml-mono,monospace);white-space:pre'>"
                         f"{esc((glyph if k == 0 else '') + line)}</text>")
         ay = y + LINE_H * len(lines) + 6
