@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..classnet.map import ClassMap, DomainRow, class_map
 from .publish import Throttle
 from .relay import FigureView
-from .theme import badge, breakable, diagram, diagram_style, page
+from .theme import badge, breakable, clock_since, diagram, diagram_style, page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -41,8 +41,11 @@ def _state(d: DomainRow, now: float) -> str:
 
 
 def _where(d: DomainRow, now: float) -> str:
-    """Under a lab's circle: its address, else what became of it."""
-    return d.addresses[0] if d.addresses else _state(d, now)
+    """Under a lab's circle: its address, else what became of it ("left 05:12:03": a
+    clock time stays true while the map is on screen, "6 s ago" would not)."""
+    if d.addresses:
+        return d.addresses[0]
+    return f"left {time.strftime('%H:%M:%S', time.localtime(d.left))}" if d.state == "left" and d.left else d.state
 
 
 def _short(domain: str, zone: str) -> str:
@@ -172,16 +175,23 @@ def svg(m: ClassMap, size: int = 560) -> str:
     return "".join(parts)
 
 
-def body_html(m: ClassMap) -> str:
+def body_html(m: ClassMap, *, live: bool = True) -> str:
     from .live import blocks_html
 
-    return blocks_html(body_blocks(m))
+    return blocks_html(body_blocks(m, live=live))
 
 
-def body_blocks(m: ClassMap) -> list[tuple[str, Block]]:
+def _when(t: float | None, now: float, live: bool) -> str:
+    return "-" if t is None else clock_since(t, now, live=live)
+
+
+def body_blocks(m: ClassMap, *, live: bool = True) -> list[tuple[str, Block]]:
     """The map as keyed blocks (what the live map sends when they change): the
     heading, the graph, the domains (a row per lab), the latest lookups and UPDATEs
-    (newest first: a lookup sends its row)."""
+    (newest first: a lookup sends its row). Joined, last seen and left are clock
+    times, with "6 s ago" beside them in a ``live`` map, which the browser keeps true
+    each second (theme.clock_since): the map itself is redrawn only when the class
+    DNS answers or takes an UPDATE."""
     from .live import Block
 
     now = time.time()
@@ -190,15 +200,17 @@ def body_blocks(m: ClassMap) -> list[tuple[str, Block]]:
             f"every lab's MX on port {m.mx_port}; {registered} lab(s) registered, {m.queries} DNS message(s)</div>")
     rows = []
     for d in m.domains:
-        state = badge({"registered": "ok", "quiet": "temp"}.get(d.state, "muted"), _state(d, now))
+        kind = {"registered": "ok", "quiet": "temp"}.get(d.state, "muted")
+        state = (f"{badge(kind, 'left')} {_when(d.left, now, live)}" if d.state == "left" and d.left
+                 else badge(kind, d.state))
         key = badge("err", "revoked") if d.key == "revoked" else html.escape(d.key)
         # data-label: in a narrow output each lab is a card (theme: .ml-cards)
         rows.append(f"<tr><td class='mono ml-card-head'>{html.escape(d.domain)}</td>"
                     f"<td data-label='state'>{state}</td>"
                     f"<td class='mono' data-label='MX'>{breakable(', '.join(d.mx) or '-')}</td>"
                     f"<td class='mono' data-label='address'>{html.escape(', '.join(d.addresses) or '-')}</td>"
-                    f"<td data-label='key'>{key}</td><td data-label='joined'>{_ago(d.joined, now)}</td>"
-                    f"<td data-label='last seen'>{_ago(d.last_seen, now)}</td>"
+                    f"<td data-label='key'>{key}</td><td data-label='joined'>{_when(d.joined, now, live)}</td>"
+                    f"<td data-label='last seen'>{_when(d.last_seen, now, live)}</td>"
                     f"<td data-label='looked up'>{d.looked_up}</td></tr>")
     ids = [d.domain for d in m.domains]
     table = Block("<table class='ml-cards'><thead><tr><th>domain</th><th>state</th><th>MX</th><th>address</th>"
@@ -231,7 +243,7 @@ class ClassMapView:
         return text(self.map)
 
     def _repr_html_(self) -> str:
-        return page(body_html(self.map), kind="classmap")
+        return page(body_html(self.map, live=False), kind="classmap")  # a snapshot: clock times only
 
     def figure(self, **kwargs: Any) -> Figure:
         return figure(self.map, **kwargs)

@@ -275,6 +275,21 @@ function render({ model, el }) {
   const pin = new ResizeObserver(() => { if (following) body.scrollTop = body.scrollHeight; });
   pin.observe(root);
 
+  // Relative times ("6 s ago": theme.since, an .ml-ago with the epoch second in
+  // data-t) kept true by the browser each second, with no round trip to the kernel;
+  // the clock time beside each (theme.clock_since) is true anyway.
+  const since = (s) => s < 120 ? `${Math.round(s)} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago`
+    : `${Math.round(s / 3600)} h ago`;
+  const agos = root.getElementsByClassName('ml-ago');  // live: no search of a long transcript each second
+  const tick = setInterval(() => {
+    const now = Date.now() / 1000;
+    for (const e of agos) {
+      if (!e.dataset.t) continue;
+      const text = since(Math.max(0, now - Number(e.dataset.t)));
+      if (e.textContent !== text) e.textContent = text;
+    }
+  }, 1000);
+
   model.on('change:scale', frame);
   model.on('change:controls', frame);
   if (model.get('keyed')) {
@@ -293,11 +308,11 @@ function render({ model, el }) {
     frame();
     patch(store, null);
     store.views.add(view);
-    return () => { store.views.delete(view); pin.disconnect(); };
+    return () => { store.views.delete(view); pin.disconnect(); clearInterval(tick); };
   }
   model.on('change:value', draw);
   draw();
-  return () => pin.disconnect();
+  return () => { pin.disconnect(); clearInterval(tick); };
 }
 export default { initialize, render };
 """
