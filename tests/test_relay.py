@@ -201,6 +201,7 @@ def test_reject_bounces_with_a_dsn_alice_reads_over_pop3(rlab):
     per_message, per_rcpt = status.get_payload()
     assert per_message["Reporting-MTA"] == "dns; mail.alpha.test"
     assert per_rcpt["Final-Recipient"] == "rfc822; carol@beta.test"
+    assert per_rcpt["Original-Recipient"] is None  # no ORCPT was given (RFC 3461 6.3 d)
     assert per_rcpt["Action"] == "failed" and per_rcpt["Status"] == "5.7.1"
     assert per_rcpt["Remote-MTA"] == "dns; mx1.beta.test"
     assert per_rcpt["Diagnostic-Code"].startswith("smtp; 550 5.7.1")

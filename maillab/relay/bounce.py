@@ -102,8 +102,11 @@ def build_dsn(
     for f in failed:
         status += [
             "",
+            # No Original-Recipient: that field carries a client's ORCPT parameter and
+            # "MUST NOT appear" without one (RFC 3461 6.3 d); the lab offers no DSN
+            # extension, so none was given (after a forward it would also name the
+            # wrong address: the one forwarded to, not the one the sender wrote).
             f"Final-Recipient: rfc822; {f.address}",
-            f"Original-Recipient: rfc822; {f.address}",
             f"Action: {f.action}",
             f"Status: {f.status}",
         ]
