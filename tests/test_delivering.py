@@ -143,10 +143,10 @@ def test_until_its_round_every_flush_fsyncs_tmp(tmp_path, monkeypatch) -> None:
     assert f"{inbox}/tmp" in set().union(*synced), synced
     for then in held:
         then(None)  # the round, late
-    synced.clear()
-    other = store.accept(BOB, _message("after-the-round"), crlf_only=True)
+    other = store.accept(BOB, _message("after-the-round"), crlf_only=True)  # (fsyncs tmp/ before it returns)
     for then in held[1:]:
         then(None)
+    synced.clear()
     store.mailbox(BOB).remove([other.uid], sync=True)
     # the second accept's round ran: this flush has no tmp/ left to keep
     assert f"{inbox}/tmp" not in set().union(*synced), synced

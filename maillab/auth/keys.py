@@ -66,15 +66,32 @@ def key_for(lab: Lab, domain: str, selector: str = SELECTOR) -> DomainKey:
     domain = domain.lower().rstrip(".")
     path = Path(lab.directory) / "dkim" / f"{domain}.{selector}.pem"
     if path.exists():
-        return DomainKey(domain, selector, path.read_bytes(), path)
+        pem = path.read_bytes()
+        if _loads(pem):
+            return DomainKey(domain, selector, pem, path)
+        # Empty or cut short (a power cut before its data reached the disk: the lab
+        # would never start again): a new key, published at this start like the first.
     with _lock:
         pem = _made.get(domain) or _new_key()
         _made[domain] = pem
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Written beside and renamed over, fsync'ed first: a reader finds the whole key or none.
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
     return DomainKey(domain, selector, pem, path)
+
+
+def _loads(pem: bytes) -> bool:
+    try:
+        serialization.load_pem_private_key(pem, None)
+    except ValueError:
+        return False
+    return True
 
 
 def _txt(text: str) -> str:

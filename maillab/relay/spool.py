@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..store.groupsync import GROUP, replace_file
+from ..store.groupsync import GROUP, mkdir_durable, replace_file
 from .message import BOUNCED, DELIVERED, QueuedMessage
 
 DIRNAME = "relay-queue"
@@ -71,7 +71,7 @@ class Spool:
         meta: dict[str, Any] = {"id": msg.id, "origin": msg.origin, "mail_from": msg.mail_from,
                                 "rcpts": rcpts, "created": msg.created}
         data = msg.data
-        self.directory.mkdir(parents=True, exist_ok=True)
+        mkdir_durable(self.directory)  # the spool's own name lasts too
         body = self.directory / f"{msg.id}.eml"
         if not body.exists():
             replace_file(body, data, sync=sync)

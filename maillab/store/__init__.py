@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .groupsync import GROUP, replace_file
+from .groupsync import GROUP, mkdir_durable, replace_file
 from .mailbox import Mailbox, MessageInfo, crlf_size, to_crlf
 from .moving import begin_move, end_move, finish_moves, undo_move
 from .names import InvalidName, folder_dirname, is_inbox, name_from_dirname, split_name
@@ -44,7 +44,7 @@ class MailboxExists(FileExistsError):
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        mkdir_durable(self.root)  # its name in the lab's directory lasts (its users' folders are in it)
         self._lock = threading.RLock()
         self._open: dict[tuple[str, str], Mailbox] = {}
         # Folders being opened (a first open indexes the Maildir: 100,000 files take a

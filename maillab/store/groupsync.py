@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["GroupSync", "GROUP", "replace_file"]
+__all__ = ["GroupSync", "GROUP", "mkdir_durable", "replace_file"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,24 @@ def replace_file(path: Path, data: bytes, *, sync: bool = True) -> None:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def mkdir_durable(path: Path) -> None:
+    """``path`` made, with any missing parents, each new directory named for good: a
+    mkdir is a change of the parent directory, lost in a power cut until the parent
+    is fsync'ed (the store's root and the relay spool, made at a lab's first start,
+    would otherwise take every message in them along: tests/test_power_cut.py).
+    An existing ``path`` costs one stat."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    GROUP.sync([os.fspath(m.parent) for m in missing])
 
 
 def _fsync_all(paths: set[str]) -> OSError | None:
