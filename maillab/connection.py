@@ -65,8 +65,11 @@ class LineConnection(asyncio.Protocol):
     """The protocol object asyncio feeds; the server's task reads from it."""
 
     def __init__(self, *, idle_timeout: float,
-                 on_open: Callable[[LineConnection], Any] | None = None) -> None:
+                 on_open: Callable[[LineConnection], Any] | None = None, tls_first: bool = False) -> None:
         self.idle_timeout = idle_timeout
+        #: Implicit TLS (pop3s, imaps, smtps): nothing is read before :meth:`starttls`
+        #: takes over the socket, so the ClientHello reaches the TLS layer whole.
+        self.tls_first = tls_first
         self.recorder: SessionRecorder | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -92,6 +95,8 @@ class LineConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if self.tls_first:
+            transport.pause_reading()  # start_tls() resumes it under the TLS layer
         if self._on_open is not None:
             self._on_open(self)
 

@@ -54,6 +54,10 @@ async def injected(lab: Lab, service: Service, protocol: str, rec: SessionRecord
     return rule
 
 
+class _HandshakeFailed(Exception):
+    """An implicit-TLS client never completed its handshake."""
+
+
 class LineServer:
     """One listener (e.g. pop3 or pop3s) of one lab host; a subclass per protocol."""
 
@@ -99,13 +103,16 @@ class LineServer:
 
     async def start(self) -> asyncio.AbstractServer:
         """Listen, and write the port actually bound (port 0 = any) into the service."""
-        limits = self.lab.limits
         loop = asyncio.get_running_loop()
+        # Implicit TLS is started by the session (handle()), not by asyncio's
+        # create_server(ssl=...): a connection in its handshake then counts against
+        # max_connections. asyncio's own handshakes counted nowhere, so a client that
+        # opened connections and sent nothing (or half a ClientHello) held a socket and
+        # a TLS object each for tls_handshake_timeout, as many as it liked.
         server = await loop.create_server(
-            lambda: LineConnection(idle_timeout=self.idle_timeout, on_open=self._opened),
+            lambda: LineConnection(idle_timeout=self.idle_timeout, on_open=self._opened,
+                                   tls_first=self.implicit_tls),
             self.service.address, self.service.port,
-            ssl=self.tls_context if self.implicit_tls else None,
-            ssl_handshake_timeout=limits.tls_handshake_timeout if self.implicit_tls else None,
             reuse_address=True,
         )
         self.service.port = server.sockets[0].getsockname()[1]
@@ -123,9 +130,13 @@ class LineServer:
         rec = self.lab.events.session(self.protocol, "server", svc.hostname, conn.peer,
                                       service=svc.name, port=svc.port)
         conn.recorder = rec
-        if svc.active >= self.lab.limits.max_connections:
-            await conn.send_line(self.busy_reply)
-            rec.close("too many connections")
+        limits = self.lab.limits
+        if svc.active >= limits.max_connections:
+            if self.implicit_tls:  # a busy reply would cost the handshake the cap is there to spare
+                rec.close("too many connections (closed before the TLS handshake)")
+            else:
+                await conn.send_line(self.busy_reply)
+                rec.close("too many connections")
             await conn.close()
             return
         svc.session_opened()
@@ -133,8 +144,13 @@ class LineServer:
         reason = "connection closed by the client"
         try:
             if self.implicit_tls:
-                conn.record_tls()
+                try:
+                    await conn.starttls(self.tls_context, limits.tls_handshake_timeout)
+                except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
+                    raise _HandshakeFailed(f"TLS handshake failed: {exc or type(exc).__name__}") from exc
             reason = await self.converse(conn, rec, session)
+        except _HandshakeFailed as exc:
+            reason = str(exc)
         except ConnectionClosed:
             pass
         except TimeoutError:

@@ -17,6 +17,7 @@ import pytest
 from wire import IMAPWire
 
 from maillab import Lab
+from maillab.events import CLOSED
 
 #: Pipelined commands in one write: more than the connection's read buffer
 #: (maillab.connection.READ_BUFFER, 256 KB), which was read in one turn of the loop.
@@ -74,3 +75,49 @@ def test_a_pipelined_flood_leaves_the_loop_to_other_sessions(single_lab: Lab, se
     finally:
         flood.close()
         probe.close()
+
+
+@pytest.mark.parametrize("service", ["smtps", "pop3s", "imaps"])
+def test_connections_in_their_tls_handshake_count_against_the_cap(tmp_path, service: str) -> None:
+    """Found by opening connections to the implicit-TLS ports that never finish a
+    ClientHello (135 of them against max_connections=40): asyncio's own handshakes
+    counted nowhere, so every one held a socket and a TLS object for
+    tls_handshake_timeout, and there was no bound on how many. Now the session
+    starts TLS itself, a connection in its handshake is a session, and past the cap
+    a new one is closed before any handshake (a busy reply would need one)."""
+    from conftest import fast_limits
+
+    cap = 3
+    lab = Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"],
+              limits=fast_limits(max_connections=cap, tls_handshake_timeout=60))
+    lab.start()
+    stalled: list[socket.socket] = []
+    try:
+        for n in range(cap + 2):
+            s = socket.create_connection(lab.address(service), timeout=10)
+            s.sendall(b"\x16\x03\x01"[: n % 3])  # nothing, or the start of a TLS record
+            stalled.append(s)
+        for s in stalled[cap:]:  # past the cap: closed at once, not held for the handshake timeout
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:  # closed with the client's bytes unread
+                pass
+        assert lab.service(service).active == cap
+        for s in stalled[:cap]:
+            s.close()
+        stalled.clear()
+        # the slots come back, and a proper TLS client is greeted
+        import time
+        deadline = time.monotonic() + 10
+        while lab.service(service).active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        tls = lab.ca.client_context().wrap_socket(socket.create_connection(lab.address(service), timeout=10),
+                                                 server_hostname="mail.alpha.test")
+        assert tls.recv(100)[:1] in (b"2", b"+", b"*")  # 220, +OK, * OK
+        tls.close()
+        kinds = [e.text for e in lab.events.events(kinds=(CLOSED,)) if "before the TLS handshake" in e.text]
+        assert len(kinds) == 2, kinds
+    finally:
+        for s in stalled:
+            s.close()
+        lab.stop()
