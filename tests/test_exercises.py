@@ -368,3 +368,21 @@ def test_a_task_done_as_another_user_does_not_count(lab):
     _wait(lab.store.mailbox("carol@beta.test"), 1)
     result = lab.check("received_chain", answer="mail.alpha.test")
     assert not result.passed and "from alice@alpha.test to carol@beta.test" in result.hints[0], result
+
+
+def test_the_mx_task_counts_the_mx_port_not_the_backup_hosts_submission_port(lab):
+    """Handing carol's message to mx2 on its submission port (587, logged in as carol)
+    passed the MX task: that is a mail program sending, not delivery to the backup MX."""
+    import smtplib
+
+    host, port = lab.address("submission", "mx2.beta.test")
+    with smtplib.SMTP(host, port, timeout=10) as smtp:
+        smtp.starttls(context=lab.ca.client_context())
+        smtp.login("carol@beta.test", "carol-pw")
+        smtp.sendmail("carol@beta.test", ["carol@beta.test"], "Subject: via 587\r\n\r\nx\r\n")
+    result = lab.check("mx_preference")
+    assert not result.passed and "submission port" in result.hints[0], result
+    host, port = lab.address("smtp", "mx2.beta.test")  # the MX port, no login: right
+    with smtplib.SMTP(host, port, timeout=10) as smtp:
+        smtp.sendmail("alice@alpha.test", ["carol@beta.test"], "Subject: via 25\r\n\r\nx\r\n")
+    assert lab.check("mx_preference").passed

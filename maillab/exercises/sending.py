@@ -114,11 +114,12 @@ def _relay_deliveries(lab: Lab, host: str) -> list[str]:
     return out
 
 
-def _direct(lab: Lab, host: str) -> list[list[str]]:
-    """The recipients of each message ``host`` took from someone other than the lab relay."""
-    relayed = _relay_deliveries(lab, host)
+def _direct(lab: Lab, host: str, service: str = "smtp") -> list[list[str]]:
+    """The recipients of each message ``host`` took on ``service`` from someone other
+    than the lab relay (which delivers on the MX port only)."""
+    relayed = _relay_deliveries(lab, host) if service == "smtp" else []
     out = []
-    for c in conversations(lab, "smtp", host=host):
+    for c in conversations(lab, "smtp", service=service, host=host):
         for t in c.transactions():
             if not t.accepted:
                 continue
@@ -151,8 +152,18 @@ def check_mx_preference(lab: Lab, answer: str | None = None) -> CheckResult:
         result.passed = True
         return result
     relayed = len(_relay_deliveries(lab, highest))
-    tried = len(conversations(lab, "smtp", host=highest)) > relayed
-    if direct:
+    tried = len(conversations(lab, "smtp", service="smtp", host=highest)) > relayed
+    # The same host's submission ports take mail too, from its own users' mail programs
+    # after a login: that is not delivering to the domain's MX as a sending server does.
+    submitted = [s for s in ("submission", "smtps") if any(
+        MX_RECIPIENT in rcpts for rcpts in _direct(lab, highest, s))]
+    if submitted and not direct:
+        result.hints.append(f"you handed the message to {highest} on its {submitted[0]} port "
+                            f"({'587' if submitted[0] == 'submission' else '465'}: where its own users' "
+                            "mail programs log in to send); the task delivers it as a mail server does: to "
+                            f"the SMTP port of the MX, 25 (in this lab {_port(lab, 'smtp', highest)}), "
+                            "no login")
+    elif direct:
         result.hints.append(f"you delivered to {highest}, but for {', '.join(direct[-1])}: the task's "
                             f"message is for {MX_RECIPIENT} (RCPT TO:<{MX_RECIPIENT}>)")
     elif not tried and relayed:
