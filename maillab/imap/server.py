@@ -31,7 +31,9 @@ from ..faults import Rule, reply_closes
 from ..listener import DROPPED, LineServer
 from ..plaintext import plaintext_auth_allowed
 from ..services import Service, register
+from ..store.locking import MailboxLock
 from ..workers import on_turn
+from .commands.fetch import light
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser, parse_tag
 from .responses import Delay, Notice, Output, Response
 from .session import IMAPSession
@@ -222,9 +224,15 @@ class IMAPServer(LineServer):
                         return DROPPED
                     continue
             offload = isinstance(result, OFFLOADED) or session.updates_owed() > INLINE_UPDATES
-            session.on_loop = not offload
+            held = _light_fetch(session, result) if offload else None
+            session.on_loop = not offload or held is not None
             outputs = session.execute(result)
-            if offload:
+            if held is not None:  # computed whole under the lock, which is released before any wait
+                try:
+                    outputs = _computed(outputs)
+                finally:
+                    held.release()
+            elif offload:
                 outputs = self._on_worker(outputs)
             await self._send(conn, rec, outputs,
                              tag=result.tag if isinstance(result, Command) else None)
@@ -415,6 +423,47 @@ class IMAPServer(LineServer):
 async def _inline(outputs: Iterable[Output]) -> AsyncIterator[Output]:
     for out in outputs:
         yield out
+
+
+def _light_fetch(session: IMAPSession, cmd: object) -> MailboxLock | None:
+    """The selected mailbox's lock, taken without waiting, if ``cmd`` is a FETCH light
+    enough for the loop (:func:`~maillab.imap.commands.fetch.light`: a few small
+    messages, nothing parsed or flagged); None (offload it) otherwise or when another
+    thread holds the mailbox. The store locking rule holds: the loop never waits."""
+    view = session.selected
+    if not isinstance(cmd, Fetch) or view is None or session.updates_owed() > INLINE_UPDATES:
+        return None
+    lock = view.mailbox.lock
+    if not lock.acquire(blocking=False):
+        return None
+    try:
+        if light(session, cmd):
+            return lock
+    except Exception:  # (the worker answers it, and reports a bug the usual way)
+        pass
+    lock.release()
+    return None
+
+
+def _computed(outputs: Iterator[Output]) -> AsyncIterator[Output]:
+    """Every output of a command computed now (on the loop, under the lock the caller
+    holds), handed on afterwards as :meth:`IMAPServer._on_worker` hands a worker's."""
+    batches: list[list[Output]] = []
+    error: Exception | None = None
+    while error is None:
+        batch, error = _next_batch(outputs)
+        if not batch:
+            break
+        batches.append(batch)
+    return _replay(batches, error)
+
+
+async def _replay(batches: list[list[Output]], error: Exception | None) -> AsyncIterator[Output]:
+    for batch in batches:
+        for out in batch:
+            yield out
+    if error is not None:
+        raise error  # after what came before it, as when run on a worker
 
 
 def _next_batch(outputs: Iterator[Output]) -> tuple[list[Output], Exception | None]:

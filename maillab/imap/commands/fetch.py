@@ -31,10 +31,10 @@ from ...store import Mailbox
 from ...store.reading import WIRE_ITEMS_MAX, caches, read_wire, remember
 from ...store.table import UNKNOWN, UNKNOWN_DATE
 from ..flags import flags_text
-from ..responses import No, Output, Response, lines
+from ..responses import Bad, No, Output, Response, lines
 from ..selected_mailbox import SelectedMailbox
 from ..states import SELECTED_ONLY
-from ..verbs import Fetch, FetchItem
+from ..verbs import STAR, Fetch, FetchItem
 
 if TYPE_CHECKING:
     from ..session import IMAPSession
@@ -55,6 +55,56 @@ _INDEX_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"})
 #: and one response object (a block of lines) per batch.
 INDEX_BATCH = 1024
 _SEEN = frozenset({"\\Seen"})
+
+
+#: A FETCH this small (messages, octets in all) that sets no flag and parses no MIME
+#: structure is answered on the lab loop when the mailbox lock is free (:func:`light`).
+LIGHT_MESSAGES = 16
+LIGHT_OCTETS = 256 * 1024
+#: The sections such a FETCH may ask for: split at the header's end, no part found.
+_LIGHT_KINDS = (None, "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT")
+
+
+def light(s: IMAPSession, cmd: Fetch) -> bool:
+    """Whether ``cmd`` is a FETCH the lab loop may answer itself, holding the mailbox
+    lock it took without waiting (the caller holds it): a few messages (the sequence
+    set names at most :data:`LIGHT_MESSAGES`, without ``*``), their sizes known and
+    at most :data:`LIGHT_OCTETS` in all, no item that sets \\Seen (its flush waits
+    for the disk), nor ENVELOPE/BODY/BODYSTRUCTURE (a parse, and a cache written),
+    nor a part of the MIME structure. Such a FETCH is a few file reads and a format:
+    handing it to a worker thread and its result back to the loop cost more than it
+    does, and on a busy machine each of those two wake-ups waits for a CPU and the
+    interpreter (benchmarks/store_lock.py: a reader's FETCH beside a writer)."""
+    view = s.selected
+    if view is None:
+        return False
+    named = 0
+    for a, b in cmd.sequence_set:
+        if a == STAR or b == STAR:
+            return False
+        named += abs(b - a) + 1
+        if named > LIGHT_MESSAGES:
+            return False
+    for item in cmd.items:
+        if item.name in _SUMMARY_ITEMS or item.name in ("RFC822", "RFC822.TEXT") and not view.readonly:
+            return False
+        if item.section is not None and (item.section.part or item.section.kind not in _LIGHT_KINDS
+                                         or not (item.peek or view.readonly)):
+            return False
+    try:
+        indexes = view.resolve(cmd.sequence_set, cmd.uid)
+    except Bad:
+        return False
+    t = view.mailbox.table
+    total = 0
+    for idx in indexes:
+        slot = t.slot(view.uids[idx])
+        if slot is None:
+            continue  # a ghost: answered from what the table kept
+        if t.crlf[slot] == UNKNOWN or t.sizes[slot] == UNKNOWN or t.dates[slot] == UNKNOWN_DATE:
+            return False  # measuring reads the file: a worker's job
+        total += t.sizes[slot]
+    return total <= LIGHT_OCTETS
 
 
 def internaldate_text(t: float) -> str:
