@@ -1,6 +1,7 @@
 """An SMTP delivery acknowledged after one durability point (maillab/store/delivering.py):
-the file whole, marked and fsync'ed in tmp/, renamed into new/ and indexed before the
-250; tmp/, new/ and the index log fsync'ed in a round after it. What a power cut can
+its record in the folder's accept log (store/acceptlog.py), or the file whole, marked
+and fsync'ed in tmp/; renamed into new/ and indexed before the 250; the file, new/ and
+the index log fsync'ed in a round after it. What a power cut can
 leave (a marked file back in tmp/, with or without its index row) is delivered at the
 next open, once; what was never acknowledged (unmarked, or shorter than its name says)
 is deleted; other tools' files in tmp/ are left alone."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import poplib
+import shutil
 import signal
 import smtplib
 import stat
@@ -16,6 +18,7 @@ import stat
 from test_crash_consistency import BOB, _message, _serve
 
 from maillab.store import Store
+from maillab.store.acceptlog import LOG_FILE, SIZE
 from maillab.store.delivering import MARK
 from maillab.store.groupsync import GROUP
 
@@ -150,4 +153,69 @@ def test_until_its_round_every_flush_fsyncs_tmp(tmp_path, monkeypatch) -> None:
     store.mailbox(BOB).remove([other.uid], sync=True)
     # the second accept's round ran: this flush has no tmp/ left to keep
     assert f"{inbox}/tmp" not in set().union(*synced), synced
+    store.close()
+
+
+def _held_rounds(monkeypatch) -> list:
+    """GROUP.sync_later held: the rounds after the 250s not run (a power cut now)."""
+    held: list = []
+    monkeypatch.setattr(GROUP, "sync_later", lambda paths, then: held.append(then))
+    return held
+
+
+def test_a_power_cut_before_the_round_is_redone_from_the_accept_log(tmp_path, monkeypatch) -> None:
+    """The 250 waited for the message's record in the accept log (store/acceptlog.py);
+    a power cut before the round may lose the rename (the file gone from new/) or the
+    file's data: the next open writes both from the record, once, under the same key."""
+    _held_rounds(monkeypatch)
+    store = Store(tmp_path / "live")
+    infos = [store.accept(BOB, _message(f"m{n}"), crlf_only=True) for n in range(3)]
+    assert not os.listdir(tmp_path / "live" / BOB / "tmp")  # (no marked file: the record is the point)
+    shutil.copytree(tmp_path / "live", tmp_path / "cut")  # the disk as a power cut leaves it
+    inbox = tmp_path / "cut" / BOB
+    (inbox / "new" / infos[1].filename).unlink()  # the rename lost
+    (inbox / "new" / infos[2].filename).write_bytes(b"")  # the data lost
+    for _ in range(2):  # a second open changes nothing
+        again = Store(tmp_path / "cut")
+        mb = again.mailbox(BOB)
+        assert sorted(i.key for i in mb.messages()) == sorted(i.key for i in infos)
+        assert _subjects(again) == [b"m0", b"m1", b"m2"]
+        assert (inbox / "new" / infos[2].filename).read_bytes() == _message("m2")
+        again.close()
+    store.close()
+
+
+def test_an_expunge_retires_the_record_first(tmp_path, monkeypatch) -> None:
+    """An EXPUNGE of a message whose round has not run yet: its record is retired (the
+    file, new/ and the index log fsync'ed, then the log's watermark written) before the
+    removal, so no restart delivers it again; a torn record (its write cut short, never
+    acknowledged) is ignored."""
+    _held_rounds(monkeypatch)
+    store = Store(tmp_path / "live")
+    gone = store.accept(BOB, _message("expunged"), crlf_only=True)
+    assert store.mailbox(BOB).remove([gone.uid], sync=True) == [gone.uid]
+    torn = store.accept(BOB, _message("torn"), crlf_only=True)
+    shutil.copytree(tmp_path / "live", tmp_path / "cut")
+    inbox = tmp_path / "cut" / BOB
+    (inbox / "new" / torn.filename).unlink()
+    log = bytearray((inbox / LOG_FILE).read_bytes())
+    at = log.index(b"Subject: torn")
+    log[at] ^= 0xFF
+    (inbox / LOG_FILE).write_bytes(bytes(log))
+    again = Store(tmp_path / "cut")
+    assert _subjects(again) == []
+    again.close()
+    store.close()
+
+
+def test_a_message_too_large_for_the_log_is_marked_and_fsynced_in_tmp(tmp_path, monkeypatch) -> None:
+    held = _held_rounds(monkeypatch)
+    store = Store(tmp_path)
+    big = _message("big") + b"x" * (SIZE + 10) + b"\r\n"
+    info = store.accept(BOB, big, crlf_only=True)
+    path = store.mailbox(BOB).file_path(info.uid)
+    assert path.stat().st_mode & MARK, "the older path: the file marked until its round"
+    for then in held:
+        then(None)
+    assert not path.stat().st_mode & MARK
     store.close()

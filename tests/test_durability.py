@@ -2,10 +2,13 @@
 only once the change is on the disk, the directory that names the file and the
 index's log included (a rename or unlink is a change of the directory, lost in a
 power cut until the directory is fsync'ed). An SMTP 250 waits for one durability
-point, as Postfix's does (issue 12, ``maillab/store/delivering.py``): the file
-marked complete (owner-execute bit) and fsync'ed in ``tmp/``, then renamed into
-``new/``; ``tmp/``, ``new/`` and the index log are fsync'ed after that rename (before
-or after the 250), and only then is the mark taken off.
+point, as Postfix's does (issue 12, ``maillab/store/delivering.py``): the message's
+record written into the folder's accept log opened with ``O_DSYNC``
+(``maillab/store/acceptlog.py``), or (a message too large for the log) the file marked
+complete (owner-execute bit) and fsync'ed in ``tmp/``; then renamed into ``new/``; the
+file, ``new/`` and the index log (``tmp/`` too on the second path) are fsync'ed after
+that rename (before or after the 250), and only then is the record retired (the log's
+watermark) or the mark taken off.
 
 A power cut cannot be made in a test, so the real ``maillab serve`` runs under
 strace and real clients (smtplib, imaplib, poplib) talk to it: SMTP, APPEND, UID
@@ -52,7 +55,7 @@ def _ptrace_allowed() -> bool:
 
 pytestmark = pytest.mark.skipif(not _ptrace_allowed(), reason="this machine forbids ptrace (strace cannot trace)")
 
-CALLS = "fsync,fchmod,rename,renameat,renameat2,unlink,sendto,sendmsg,write,writev"
+CALLS = "fsync,fchmod,rename,renameat,renameat2,unlink,sendto,sendmsg,write,writev,pwrite64,openat"
 # "PID name(args) = result", or a call another thread's line cut in two:
 # "PID name(args <unfinished ...>" ... "PID <... name resumed>args) = result"
 _LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>(.*)|(\w+)\((.*))$")
@@ -115,19 +118,41 @@ def _check(calls: list[Call], reply: Call, after: int, change: str, paths: list[
 
 
 def _check_accepted(calls: list[Call], reply: Call, after: int, maildir: str, what: str) -> None:
-    """An SMTP delivery after ``after``: a file in ``maildir/tmp`` given the mark
-    (owner-execute), then fsync'ed, both before its rename into ``new/``, which is
-    before the ``reply``; after the rename, fsyncs of ``tmp/``, ``new/`` and the
-    index log, and only after those the mark taken off."""
+    """An SMTP delivery after ``after``, renamed from ``maildir/tmp`` into ``new/``
+    before the ``reply``, on the disk before the reply by one of two paths:
+
+    * its accept log record (store/acceptlog.py): a write into
+      ``maillab-accepted.log``, opened with ``O_DSYNC``, holding its key, returned
+      before the reply; after the rename, fsyncs of the file itself, ``new/`` and the
+      index log, and only after those the log's watermark (its block 0) moved past it;
+    * or its file in ``tmp/`` given the mark (owner-execute), then fsync'ed, both
+      before its rename; after the rename, fsyncs of ``tmp/``, ``new/`` and the index
+      log, and only after those the mark taken off."""
     renamed = [c for c in calls if after < c.start < reply.start and c.name == "rename"
                and f'"{maildir}/tmp/' in c.args and f'"{maildir}/new/' in c.args]
     assert renamed, f"{what}: no rename from {maildir}/tmp into new/ before the reply"
     rename = renamed[-1]
     key = rename.args.split(f'"{maildir}/tmp/')[1].split('"')[0]
     file = f"{maildir}/tmp/{key}>"
+    log_file = f"{maildir}/maillab-accepted.log>"
+    recorded = [c for c in calls if after < c.start and c.end < reply.start and c.name == "pwrite64"
+                and log_file in c.args and key in c.args]
+    if recorded:
+        assert any(c.name == "openat" and f'"{maildir}/maillab-accepted.log"' in c.args and "O_DSYNC" in c.args
+                   and c.end < recorded[0].start for c in calls), \
+            f"{what}: the accept log was not opened for synchronous writes (O_DSYNC)"
+        watermark = [c for c in calls if c.name == "pwrite64" and log_file in c.args and c.start > rename.end
+                     and re.search(r", 0\) += 4096", c.args)]
+        assert watermark, f"{what}: the accept log's watermark never moved past the delivery"
+        for target in (f"{maildir}/new/{key}>", f"{maildir}/new>", f"{maildir}/maillab-index.sqlite-wal>"):
+            assert any(c.name == "fsync" and target in c.args and c.start > rename.end
+                       and c.end < watermark[0].start for c in calls), \
+                (f"{what}: no fsync of {target[:-1]} between the rename and the watermark (power cut:"
+                 f" the message lost once its record no longer counts)")
+        return
     marked = [c for c in calls if after < c.start and c.end < rename.start and c.name == "fchmod"
               and file in c.args and int(c.args.split(", ")[-1].split(")")[0], 8) & 0o100]
-    assert marked, f"{what}: the file was not marked complete (owner-execute) before its rename"
+    assert marked, f"{what}: neither an accept log record nor the file marked complete before its rename"
     assert any(c.name == "fsync" and file in c.args and c.start > marked[-1].end and c.end < rename.start
                for c in calls), f"{what}: the marked file not fsync'ed before its rename (and the reply)"
     new_file = f"{maildir}/new/{key}>"

@@ -9,22 +9,27 @@ into the queue, marks the finished file by setting its owner-execute bit, fsyncs
 and answers; the delivery into the mailbox happens after the 250, and a queue file
 found at start without the mark was never acknowledged and is thrown away.
 
-The lab's Maildir does the same with ``tmp/`` as its queue (:meth:`Delivering.accept`):
+The lab's Maildir does the same with an accept log as its queue (:meth:`Delivering.accept`):
 
-1. the message is written as ``tmp/<key>``, its mode gets the owner-execute bit
-   (:data:`MARK`: the file is complete), then it is fsync'ed, and ``tmp/`` after it:
-   the one durability point the 250 waits for (on ext4, XFS and btrfs the fsync of a
-   new file also commits its name in ``tmp/``, which Postfix relies on; POSIX does not
-   promise it, and a power cut on :mod:`tests.powercut`'s conservative model lost the
-   acknowledged message without the directory's fsync; on ext4 that second fsync finds
-   its change committed already and costs little);
+1. the message is written as ``tmp/<key>`` (no fsync), and as a record into the
+   folder's accept log (:mod:`.acceptlog`), a synchronous write in place that needs no
+   file-system journal commit: the one durability point the 250 waits for. A message
+   too large for the log's free space takes the older path instead: its file gets the
+   owner-execute bit (:data:`MARK`: complete) and is fsync'ed, and ``tmp/`` after it
+   (on ext4, XFS and btrfs the fsync of a new file also commits its name in ``tmp/``,
+   which Postfix relies on; POSIX does not promise it, and a power cut on
+   :mod:`tests.powercut`'s conservative model lost the acknowledged message without the
+   directory's fsync; on ext4 that second fsync finds its change committed already and
+   costs little);
 2. it is renamed into ``new/`` and indexed (no fsync: the reader sees it at once);
 3. the 250;
 4. afterwards, in a round shared with every other writer
-   (:meth:`~maillab.store.groupsync.GroupSync.sync_later`): ``tmp/``, ``new/`` and the
-   index's ``-wal`` are fsync'ed, then the mark is taken off.
+   (:meth:`~maillab.store.groupsync.GroupSync.sync_later`): ``new/`` and the index's
+   ``-wal`` are fsync'ed (``tmp/`` too on the older path), then the file itself and its
+   record is retired (on the older path: the mark is taken off).
 
-A power cut between 3 and 4 may undo the rename: the file is then back in ``tmp/``,
+A power cut between 3 and 4 is redone from the record at the next open
+(:mod:`.acceptlog`). On the older path it may undo the rename: the file is then back in ``tmp/``,
 whole (fsync'ed) and marked. Opening the mailbox (:meth:`Delivering._recover_tmp`)
 renames such files into ``new/``, where the index picks them up, and deletes the lab's
 unmarked files, which were never acknowledged (and the files of expunged messages
@@ -50,6 +55,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .acceptlog import LOG_FILE, AcceptLog
 from .filenames import info_letters
 from .groupsync import GROUP
 from .locking import MailboxLock
@@ -87,6 +93,8 @@ class Delivering:
     _parents_flushed: bool
     _tmp_renamed: int
     _tmp_synced: int
+    _accepted: AcceptLog
+    _accepted_at_open: list[str]
 
     def _in_sync(self) -> bool: ...
     def _begin_change(self) -> bool: ...
@@ -151,49 +159,67 @@ class Delivering:
 
     def accept(self, data: bytes, *, crlf_only: bool = False,
                then: Callable[[MessageInfo], None] | None = None) -> MessageInfo:
-        """Deliver ``data`` into ``new/`` once it is whole and fsync'ed in ``tmp/`` with
-        its mark (the module's steps 1-2); the caller may acknowledge when this returns.
-        The round that makes the rename and the index row last follows on the group's
-        thread, then ``then(info)`` (listeners: IMAP IDLE)."""
-        key, crlf, fd = self._write_tmp(data, None, crlf_only=crlf_only, sync=True, mark=MARK)
+        """Deliver ``data`` into ``new/`` once it is on the disk: its record written to
+        the folder's accept log (:mod:`.acceptlog`), or, when it does not fit there,
+        its file whole, marked and fsync'ed in ``tmp/`` (the module's steps 1-2); the
+        caller may acknowledge when this returns. The round that makes the file, its
+        rename and the index row last follows on the group's thread, then
+        ``then(info)`` (listeners: IMAP IDLE)."""
+        key, crlf, fd = self._write_tmp(data, None, crlf_only=crlf_only, sync=False)
         base = os.fspath(self.path)
+        record = None
         try:
-            # The file's name in tmp/ must last too: POSIX promises it only with an
-            # fsync of tmp/ (a file's own fsync commits it on ext4 and XFS, not
-            # everywhere; tests/test_power_cut.py found the 250 lost without it). One
-            # round shared with concurrent deliveries; a folder's first also flushes
-            # its parents.
-            try:
+            record = self._accepted.append(key, data, fd)
+            if record is None:  # the older path: the file is its own durability point
+                os.fchmod(fd, os.fstat(fd).st_mode | MARK)
+                os.fsync(fd)
+                # Its name in tmp/ must last too: POSIX promises it only with an fsync
+                # of tmp/ (a file's own fsync commits it on ext4 and XFS, not
+                # everywhere; tests/test_power_cut.py found the 250 lost without it).
+                # One round shared with concurrent deliveries.
                 if self._parents_flushed:
                     GROUP.sync((f"{base}/tmp",))
-                else:
-                    self.flush(("tmp",))
-            except BaseException:  # not acknowledged: not left for a restart to deliver
-                _unlink(f"{base}/tmp/{key}")
-                _WRITING.discard(key)
-                raise
+            if not self._parents_flushed:  # a folder's first delivery: tmp/ and its parents too
+                self.flush(("tmp",))
             with self.lock:
                 info = self._link(key, len(data), crlf, time.time(), frozenset())
-                self._tmp_renamed += 1
+                if record is None:
+                    self._tmp_renamed += 1
                 renamed = self._tmp_renamed
-        except BaseException:
+        except BaseException:  # not acknowledged: not left for a restart to deliver
+            if record is not None:
+                self._accepted.cancel(record)
             os.close(fd)
+            _unlink(f"{base}/tmp/{key}")
+            _WRITING.discard(key)
             raise
+        if record is not None:
+            self._accepted.linked(record)
 
         def settled(failure: OSError | None) -> None:
-            try:
-                if failure is not None:  # the mark stays: a restart finds the file, whole
-                    log.warning("fsync after the delivery of %s failed: %s", key, failure)
+            if failure is not None:  # the mark (or the record) stays: a restart finds the message
+                log.warning("fsync after the delivery of %s failed: %s", key, failure)
+                if record is None:
+                    os.close(fd)
+                return
+            if record is not None:
+                try:
+                    self._accepted.synced(record)
+                except OSError as exc:  # the record stays; the next settle or open retries
+                    log.warning("fsync of the delivered %s failed: %s", key, exc)
                     return
-                with self.lock:
-                    self._tmp_synced = max(self._tmp_synced, renamed)
-                os.fchmod(fd, os.fstat(fd).st_mode & ~MARK)
-            finally:
-                os.close(fd)
+            else:
+                try:
+                    with self.lock:
+                        self._tmp_synced = max(self._tmp_synced, renamed)
+                    os.fchmod(fd, os.fstat(fd).st_mode & ~MARK)
+                finally:
+                    os.close(fd)
             if then is not None:
                 then(info)
 
-        GROUP.sync_later((f"{base}/tmp", f"{base}/new", f"{base}/maillab-index.sqlite-wal"), settled)
+        paths = (f"{base}/new", f"{base}/maillab-index.sqlite-wal")
+        GROUP.sync_later(paths if record is not None else (f"{base}/tmp", *paths), settled)
         return info
 
     def _recover_tmp(self) -> list[str]:
@@ -218,17 +244,42 @@ class Delivering:
                     whole.append(entry.name)
                 else:
                     _unlink(f"{base}/tmp/{entry.name}")  # never acknowledged
-        if not whole:
+        self._accepted = AcceptLog(f"{base}/{LOG_FILE}")
+        records = self._accepted.recover()
+        if not whole and not records:
             return []
-        there = {name.partition(":")[0] for sub in ("new", "cur") for name in os.listdir(f"{base}/{sub}")}
+        there = {name.partition(":")[0]: f"{base}/{sub}/{name}"
+                 for sub in ("new", "cur") for name in os.listdir(f"{base}/{sub}")}
         recovered = []
         for key in sorted(whole):
             if key in there:
                 _unlink(f"{base}/tmp/{key}")
             else:
                 os.rename(f"{base}/tmp/{key}", f"{base}/new/{key}")
+                there[key] = f"{base}/new/{key}"
                 recovered.append(key)
-        log.info("%s: %d acknowledged deliveries found in tmp/ and delivered", base, len(recovered))
+        rewritten = 0
+        for rec in records:  # acknowledged by their accept log records, not yet retired
+            if not _OURS.match(rec.key) or "/" in rec.key:
+                continue
+            path = there.get(rec.key)
+            if path is not None and _same(path, rec.data):
+                continue
+            tmp = f"{base}/tmp/{rec.key}"
+            with open(tmp, "wb") as f:
+                f.write(rec.data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path or f"{base}/new/{rec.key}")
+            if path is None:
+                recovered.append(rec.key)
+            else:
+                rewritten += 1
+        if recovered or rewritten:
+            log.info("%s: %d acknowledged deliveries found in tmp/ or the accept log and delivered,"
+                     " %d files rewritten from the accept log", base, len(recovered), rewritten)
+        if records:  # on the disk (fsync'ed, flushed by the caller) before the watermark passes them
+            self._accepted_at_open = [there.get(r.key, f"{base}/new/{r.key}") for r in records]
         return recovered
 
     def _unmark(self, keys: list[str]) -> None:
@@ -239,6 +290,14 @@ class Delivering:
                 os.chmod(f"{base}/new/{key}", os.stat(f"{base}/new/{key}").st_mode & ~MARK)
             except FileNotFoundError:
                 pass  # read and renamed, or deleted, already
+
+
+def _same(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(data) + 1) == data
+    except FileNotFoundError:
+        return False
 
 
 def _unlink(path: str) -> None:

@@ -30,8 +30,10 @@ file the first time someone asks, outside the lock, and kept.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -51,6 +53,8 @@ from .groupsync import GROUP
 from .locking import MailboxLock
 from .measure import Measuring, crlf_size, to_crlf
 from .table import STATES, SUBDIRS, UNKNOWN_DATE, MessageTable
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CHANGE_LOG_SIZE", "Mailbox", "MessageInfo", "Snapshot", "count_above", "crlf_size",
            "to_crlf"]
@@ -163,7 +167,9 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
         # Deliveries renamed out of tmp/ (accept) and those whose rename a round has
         # fsync'ed: while they differ, every flush fsyncs tmp/ too (delivering.py).
         self._tmp_renamed = self._tmp_synced = 0
-        recovered = self._recover_tmp()
+        # The accept log's records above its watermark, delivered at open (delivering.py)
+        self._accepted_at_open: list[str] = []
+        recovered = self._recover_tmp()  # (and opens the accept log: self._accepted)
         # The directory times when this index last matched them (written at close):
         # unchanged means nothing was added, renamed or removed since, so a restart
         # skips the scan of every file name.
@@ -177,9 +183,19 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
             # in the log before any later row, so it is on the disk whenever they are.)
             self._db.execute("DELETE FROM meta WHERE key = 'dir-stamp'")
         self.sync()
-        if recovered:  # indexed now: on the disk before anyone is told, then unmarked
-            self.flush(("tmp", "new"))
+        if recovered or self._accepted_at_open:  # indexed now: on the disk before anyone is told, then unmarked
+            self.flush(("tmp", "new", "cur"))
             self._unmark(recovered)
+        if self._accepted_at_open:  # their files on the disk too: then the accept log's watermark past them
+            for path in self._accepted_at_open:
+                with contextlib.suppress(FileNotFoundError):
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            self._accepted.restart(0)
+            self._accepted_at_open = []
 
     # -- index bookkeeping -------------------------------------------------------
     def _set_meta(self, key: str, value: Any) -> None:
@@ -444,6 +460,9 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
         t = self.table
         base = os.fspath(self.path)
         self._rows_ready()  # rows still in a blob (a copy-in): written a chunk per hold
+        # A message delivered moments ago may still have its accept log record: retired
+        # first, or a restart after a power cut (or a kill) would deliver it again.
+        self._accepted.settle(lambda: self.flush(("tmp", "new", "cur")))
         for start in range(0, len(todo), BATCH):
             doomed: list[str] = []
             try:
@@ -506,6 +525,11 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
         redone, and the index closed while that second connection keeps it open, so
         sqlite's checkpoint at the close of its last connection (the snapshot just
         written: ~4 MB and an fsync for 50,000 rows) runs after the lock too."""
+        try:  # delivered messages off the accept log: a clean stop leaves nothing to redo
+            self._accepted.settle(lambda: self.flush())
+        except OSError as exc:  # the next open redoes them from the log
+            log.warning("%s: the accept log not settled at close: %s", self.path, exc)
+        self._accepted.close()
         blob, edits, learnt, last = b"", -1, -1, None
         try:
             self._rows_ready()
