@@ -19,7 +19,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from .live import Block, blocks_html
-from .theme import PALETTE, breakable, page
+from .theme import PALETTE, breakable, page, words
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -42,6 +42,10 @@ _CSS = (
     ".ml-view .ml-path .sub{font-size:.9em}"
     ".ml-view .ml-path .dns{display:inline-block;text-align:left;margin:.35em 0;padding:.2em .5em;"
     "border:2px dotted var(--ml-event);border-radius:.45em;max-width:100%}"
+    # a DNS line too long for the arrow's column goes on indented (never back at the
+    # box's left edge, where "test" read as a line of its own), breaking at a space
+    # before it breaks a name at its dots (theme: .ml-word)
+    ".ml-view .ml-path .dns>.mono{padding-left:1.2em;text-indent:-1.2em}"
     ".ml-view .ml-path .fail{text-align:left;font-size:.9em;margin-top:.3em}"
     "</style>"
 )
@@ -93,12 +97,12 @@ def _dns_block(hops: list[PathHop]) -> str:
         words = answer.split()
         return int(words[2]) if len(words) > 2 and words[1] == "MX" and words[2].isdigit() else 0
 
-    # names wrap after a dot when the arrow's column is narrow (theme.breakable)
-    lines = [f"<div><b>◆ lab DNS</b></div><div class='mono'>? {breakable(question)} MX</div>"]
+    # names wrap after a dot only when the arrow's column is narrower than the name (theme.words)
+    lines = [f"<div><b>◆ lab DNS</b></div><div class='mono'>? {words(question)} MX</div>"]
     for a in sorted(answers, key=preference):
         rest = a[len(question):].strip() if a.startswith(question + " ") else a
         name, _, address = rest.partition(" -> ")
-        lines.append(f"<div class='mono'>→ {breakable(name)}"
+        lines.append(f"<div class='mono'>→ {words(name)}"
                      + (f"<br>&nbsp;&nbsp;A {html.escape(address)}" if address else "") + "</div>")
     return f"<div class='dns ml-event'>{''.join(lines)}</div>"
 

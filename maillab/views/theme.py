@@ -144,6 +144,9 @@ CSS = (
     # into cards before it would need to wrap one)
     # (Chromium breaks at a <wbr> even in white-space:nowrap: the <wbr>s go too)
     ".ml-view .ml-nw{white-space:nowrap}.ml-view .ml-nw wbr{display:none}"
+    # a name that goes to the next line whole, and breaks at its dots only where it is
+    # longer than a line (theme.words)
+    ".ml-view .ml-word{display:inline-block;max-width:100%;text-indent:0}"
     # a cell of opaque protocol values (a MIME boundary, an encoded word, base64):
     # at least 14em wide, and a token longer than that breaks where it must
     ".ml-view td.ml-token{overflow-wrap:anywhere;min-width:min(14em,45cqw)}"
@@ -297,6 +300,18 @@ def breakable(text: object) -> str:
             out.append("<wbr>")
     return "".join(out)
 
+
+
+def words(text: object) -> str:
+    """``text`` escaped, wrapping at its spaces first: each word with a break point of
+    :func:`breakable` (a host name, an address) is an ``.ml-word``, which moves to
+    the next line whole and breaks at its dots only where it is longer than the line
+    (``MX 10`` / ``mx1.beta.test``, not ``MX 10 mx1.beta.`` / ``test``)."""
+    out = []
+    for w in str(text).split(" "):
+        b = breakable(w)
+        out.append(f"<span class='ml-word'>{b}</span>" if "<wbr>" in b else b)
+    return " ".join(out)
 
 
 def diagram(*layouts: tuple[str, float]) -> str:
