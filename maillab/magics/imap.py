@@ -38,7 +38,7 @@ from ..views.mime_tree import MimeTree, from_message
 from ..views.status import text_table
 from ..views.theme import card_table, page, text_lines
 from .comments import strip_comment
-from .mail import ensure_started
+from .mail import ensure_started, help_asked
 from .rawcell import CellDialect, CellLines, RawResult, command, run_raw
 from .state import current_lab
 
@@ -349,6 +349,8 @@ class IMAPMagics(Magics):
         if cell is not None:
             words = line.split()
             return run_raw_imap(self.lab(), words[0] if words else "imap", cell, timeout=self.timeout)
+        if (shown := help_asked(self.imap, line)) is not None:
+            return shown
         args = parse_argstring(self.imap, line)
         if not args.user:
             raise UsageError("%imap needs a user: %imap bob --envelopes (see %imap?)")

@@ -115,6 +115,16 @@ class HelpText:
         return text_lines(self.text)  # a wrapped line goes on indented (theme)
 
 
+def help_asked(magic: Any, line: str) -> HelpText | None:
+    """The options of a ``magic_arguments`` magic (``%pop3``, ``%imap``) when its line asks
+    ``--help`` or ``-h``, as ``%mail VERB --help`` shows a verb's: IPython's own parser
+    offers only ``%pop3?``, and the exercises and the README say ``--help``."""
+    words = line.split()
+    if "--help" in words or "-h" in words:
+        return HelpText(magic.parser.format_help())
+    return None
+
+
 def overview() -> str:
     width = max((len(n) for n in SUBCOMMANDS), default=8)
     lines = [f"  %mail {n:<{width}}  {s.summary}" for n, s in SUBCOMMANDS.items()]

@@ -27,7 +27,7 @@ from ..views.status import text_table
 from ..views.theme import card_table, page, text_lines
 from ..views.transcript import render_html, render_text
 from .comments import strip_comment
-from .mail import ensure_started
+from .mail import ensure_started, help_asked
 from .rawcell import CellDialect, CellLines, RawResult, command, run_raw
 from .state import current_lab
 from .targets import lab_ssl_context
@@ -295,6 +295,8 @@ class POP3Magics(Magics):
         if cell is not None:
             words = line.split()
             return run_raw_pop3(self.lab(), words[0] if words else "pop3", cell, timeout=self.timeout)
+        if (shown := help_asked(self.pop3, line)) is not None:
+            return shown
         args = parse_argstring(self.pop3, line)
         if not args.user:
             raise UsageError("%pop3 needs a user: %pop3 bob --list (see %pop3?)")
