@@ -59,6 +59,8 @@ CLAIMS = {
         'attachment "Übersicht 2024.pdf"',  # the RFC 2231 file name, decoded
         "= 你好，Bob：季度报告", "UID SEARCH SUBJECT 季度报告 in INBOX: 1 found",
         "BODY.PEEK[1.MIME] BODY.PEEK[2.MIME]",  # the parts' headers, asked for without downloading
+        re.compile(r"--=+\d+==   <- a part begins\nContent-Type: application/pdf"),  # MIME as text ...
+        "more lines of base64 ...", "==--   <- closes the multipart",
     ],
     "04_relay_dns.ipynb": [
         ";; ANSWER SECTION:", "status: NXDOMAIN", "status: REFUSED", "delivered by mx2.beta.test",
