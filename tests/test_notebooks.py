@@ -38,6 +38,7 @@ CLAIMS = {
         re.compile(r"C: RCPT TO:<carol@beta\.test>.*\n.*S: 250 2\.1\.5"),  # relay for a logged-in user ...
         "Relay access denied",  # ... refused on port 25
         "你好, Bob", "charset=utf-8 encoding=b text=5L2g5aW9LA== -> '你好,'",  # RFC 2047, taken apart
+        "=?utf-8?q?=E4=BD=A0=E5=A5=BD=2C_Bob?= -> 你好, Bob",  # ... and its q encoding
         "decoded: 你好, Bob",
     ],
     "02_pop3.ipynb": [
