@@ -44,6 +44,7 @@ CLAIMS = {
     "02_pop3.ipynb": [
         "next (suggested): 'STLS'",  # the step-through client, waiting for a click: TLS before the password
         "-ERR STAT is not valid in the AUTHORIZATION state", "S: ..this line starts with a dot",
+        "[b'.this line starts with a dot']",  # ... and unstuffed by the client
         "password sent without TLS", "--QUIT--> [UPDATE]", "no UPDATE state, nothing deleted",
         "UPDATE removed message(s) 1;", "-ERR message 1 already deleted", "TOP 2 0 (peek)",
         "[True, False]", "[True, True]", "-ERR [IN-USE]", "S: +OK begin TLS negotiation",
