@@ -74,6 +74,11 @@ class DirectorySync:
     def _in_sync(self) -> bool:
         return self._dir_stamp == self._stamp()
 
+    def in_step(self) -> bool:
+        """Whether the index matched the directories at their last change (two
+        ``stat`` calls): no rescan is due."""
+        return self._in_sync()
+
     def _begin_change(self) -> bool:
         """Under the lock, before this process renames files into, within or out of
         ``new/`` and ``cur/``: whether the index matched the directories until now. A

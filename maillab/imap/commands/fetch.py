@@ -71,7 +71,8 @@ def light(s: IMAPSession, cmd: Fetch) -> bool:
     set names at most :data:`LIGHT_MESSAGES`, without ``*``), their sizes known and
     at most :data:`LIGHT_OCTETS` in all, no item that sets \\Seen (its flush waits
     for the disk), nor ENVELOPE/BODY/BODYSTRUCTURE (a parse, and a cache written),
-    nor a part of the MIME structure. Such a FETCH is a few file reads and a format:
+    nor a part of the MIME structure, and no rescan due (its listing and index writes
+    are a worker's, with the listing off the lock). Such a FETCH is a few file reads and a format:
     handing it to a worker thread and its result back to the loop cost more than it
     does, and on a busy machine each of those two wake-ups waits for a CPU and the
     interpreter (benchmarks/store_lock.py: a reader's FETCH beside a writer)."""
@@ -91,6 +92,8 @@ def light(s: IMAPSession, cmd: Fetch) -> bool:
         if item.section is not None and (item.section.part or item.section.kind not in _LIGHT_KINDS
                                          or not (item.peek or view.readonly)):
             return False
+    if not view.mailbox.in_step():
+        return False  # files added or renamed by another tool: a worker rescans, off the lock
     try:
         indexes = view.resolve(cmd.sequence_set, cmd.uid)
     except Bad:
