@@ -19,6 +19,7 @@ CLAIMS = {
         "[delivered]", "DNS: beta.test MX 10 mx1.beta.test",  # the relay path, with the MX answer
         re.compile(r"2\. mail\.alpha\.test --ESMTPS, TLSv1\.\d.*--> mx1\.beta\.test"),  # Received, bottom-up
         "C: AUTH PLAIN ****", "POP3 would download",
+        re.compile(r"POP3 would have moved at least \d+, [1-9]\d+\.\dx as many"),  # summaries: 10x+ cheaper
         re.compile(r"POP3 would download.*'2 message\(s\) on the server'", re.S),  # IMAP left both
         "QUIT -> UPDATE removed message(s) 1", "'1 message(s) on the server'",  # POP3 took one
         "'-ERR STAT is not valid in the AUTHORIZATION state (log in first)'",  # step-through
