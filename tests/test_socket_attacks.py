@@ -121,3 +121,40 @@ def test_connections_in_their_tls_handshake_count_against_the_cap(tmp_path, serv
         for s in stalled:
             s.close()
         lab.stop()
+
+
+def test_searches_over_large_bodies_leave_other_users_a_worker_turn(single_lab: Lab) -> None:
+    """Found by SEARCH TEXT on as many sessions as there are worker turns
+    (``workers.WORKERS``, 2), over 600 messages of 330 KB: each search held its turn
+    to the end (4 s), so another user's SELECT waited 2.9 s and a STORE 3.8 s (POP3
+    commands likewise), however small their mailboxes; with 20 sessions a user, one
+    user could keep every other out for good. Turns are now handed out in order and a
+    long command hands its turn on every ``locking.SLICE`` (``share_turn``)."""
+    import select
+
+    from maillab import workers
+
+    body = (b"lorem ipsum dolor sit amet " * 40 + b"\r\n") * 300  # 330 KB
+    for i in range(150):
+        single_lab.store.deliver("bob@alpha.test", b"Subject: big %d\r\n\r\n" % i + body)
+    single_lab.store.deliver("alice@alpha.test", b"Subject: hi\r\n\r\nhi\r\n")
+    heavy = [IMAPWire(*single_lab.address("imap"), timeout=120) for _ in range(workers.WORKERS)]
+    other = IMAPWire(*single_lab.address("imap"), timeout=120)
+    try:
+        for c in heavy:
+            c.login("bob", "bob-pw")
+            assert c.cmd("s", "SELECT INBOX")[-1].startswith(b"s OK")
+        other.login("alice", "alice-pw")
+        for c in heavy:
+            c.send(b"h SEARCH TEXT notinanymessage\r\n")
+        answered = 0  # alice's SELECTs (each a worker turn) completed before a search ended
+        while not select.select([c.sock for c in heavy], [], [], 0)[0]:
+            assert other.cmd(f"s{answered}", "SELECT INBOX")[-1].startswith(b"s%d OK" % answered)
+            answered += 1
+        for c in heavy:
+            assert c.until_tagged("h")[-1].startswith(b"h OK")
+        # Before: none (the first SELECT waited for a search to end); now many.
+        assert answered >= 3, answered
+    finally:
+        for c in (*heavy, other):
+            c.close()

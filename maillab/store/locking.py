@@ -21,10 +21,12 @@ up another session's.
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["MailboxLock", "Turns"]
+__all__ = ["MailboxLock", "Turns", "share_turn"]
 
 T = TypeVar("T")
 
@@ -32,22 +34,82 @@ _local = threading.local()  # .turn: the Turns whose turn this thread holds, or 
 
 
 class Turns:
-    """About ``count`` jobs compute at once; a job waiting for a mailbox lock does not count."""
+    """About ``count`` jobs compute at once; a job waiting for a mailbox lock does not count.
+
+    Turns are handed out in the order they were asked for, and a job that has computed
+    for :data:`SLICE` hands its turn to the first one waiting (:func:`share_turn`) and
+    queues again: two SEARCH TEXT over a large mailbox, one user's, held both turns for
+    seconds, and every other session's SELECT, STORE or POP3 command, of any user,
+    waited for them to end (tests/test_socket_attacks.py)."""
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self._sem = threading.Semaphore(count)
+        self._lock = threading.Lock()
+        self._free = count
+        self._waiting: deque[threading.Lock] = deque()  # one held lock per waiting job
+
+    def _take(self) -> None:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            gate = threading.Lock()
+            gate.acquire()
+            self._waiting.append(gate)
+        gate.acquire()  # released by the job that hands its turn over
+
+    def _try_take(self) -> bool:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return True
+            return False
+
+    def _give(self) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().release()  # the turn passes straight on
+            else:
+                self._free += 1
+
+    def _share(self) -> None:
+        """Hand the turn to the first job waiting, if any, and wait for it again."""
+        with self._lock:
+            if not self._waiting:
+                return
+            first = self._waiting.popleft()
+            gate = threading.Lock()
+            gate.acquire()
+            self._waiting.append(gate)
+        first.release()
+        gate.acquire()
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` once a turn is free (call it on the worker thread, holding no lock)."""
-        self._sem.acquire()
+        self._take()
         _local.turn = self
+        _local.since = time.monotonic()
         try:
             return fn(*args)
         finally:
             if _local.turn is self:  # (not when it gave its turn back for a lock and found none after)
-                self._sem.release()
+                self._give()
             _local.turn = None
+
+
+#: Seconds a job computes on its turn before :func:`share_turn` lets a waiting one go first.
+SLICE = 0.02
+
+
+def share_turn() -> None:
+    """Between two messages of a long command (SEARCH over bodies, FETCH of many), on a
+    worker thread that holds no mailbox lock: after :data:`SLICE` on its turn, let the
+    first job waiting for one compute first. Elsewhere (on the loop, no turn): nothing."""
+    turn: Turns | None = getattr(_local, "turn", None)
+    if turn is None or time.monotonic() - _local.since < SLICE:
+        return
+    turn._share()
+    _local.since = time.monotonic()
 
 
 class MailboxLock:
@@ -70,14 +132,15 @@ class MailboxLock:
         turn: Turns | None = getattr(_local, "turn", None)
         if turn is not None:
             _local.turn = None
-            turn._sem.release()
+            turn._give()
         self.waiting += 1  # (for observers: a lost update skews it for a moment, no more)
         try:
             return self._lock.acquire(True, timeout)
         finally:
             self.waiting -= 1
-            if turn is not None and turn._sem.acquire(False):
+            if turn is not None and turn._try_take():
                 _local.turn = turn
+                _local.since = time.monotonic()
 
     def release(self) -> None:
         self._lock.release()

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...store import Mailbox
+from ...store.locking import share_turn
 from ...store.reading import WIRE_ITEMS_MAX, caches, read_wire, remember
 from ...store.table import UNKNOWN, UNKNOWN_DATE
 from ..flags import flags_text
@@ -161,6 +162,7 @@ def fetch(s: IMAPSession, cmd: Fetch) -> Iterator[Output]:
     needs_info = needs_data or any(i.name in ("RFC822.SIZE", "INTERNALDATE") for i in items)
     seen_set: set[int] = set()
     for pos, idx in enumerate(indexes):
+        share_turn()  # (no mailbox lock held here)
         if sets_seen and pos % SEEN_BATCH == 0:
             # \Seen for the next messages in one index transaction, just before
             # they are sent (a client gone mid-FETCH leaves the rest unseen)

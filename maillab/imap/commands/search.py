@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...store import Mailbox
+from ...store.locking import share_turn
 from ...store.reading import TEXTS_MAX, caches, header_field, read_header, read_wire, remember
 from .. import search as searching
 from ..responses import No, Output, line
@@ -42,6 +43,7 @@ def search(s: IMAPSession, cmd: Search) -> Iterator[Output]:
     if measured:
         mb.measure(view.uids)  # a batch at a time, rather than one get() at a time
     for seq, uid in enumerate(view.uids, 1):
+        share_turn()  # over a large mailbox's bodies this takes seconds: others go first now and then
         info = mb.get(uid) if measured else mb.unmeasured(uid)
         if info is None:
             continue  # expunged elsewhere: no longer matches anything
