@@ -51,7 +51,15 @@ SCREENSHOTS = ("800", "1400", "zoom150")  # light at 800 px and 150% zoom, dark 
 
 @pytest.fixture(scope="module")
 def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
-    with serve_jupyterlab(tmp_path_factory.mktemp("views"), NOTEBOOKS) as server:
+    tmp = tmp_path_factory.mktemp("views")
+    if os.environ.get("MAILLAB_VIEWS_PRESENTER"):
+        # MAILLAB_VIEWS_PRESENTER=1 walks every view at the presenter's text scale (by
+        # hand, not in CI): the kernels' IPython profile (serve_jupyterlab's IPYTHONDIR)
+        # sets MailMagics.presenter, as %config MailMagics.presenter = True does
+        profile = tmp / "jupyter" / "ipython" / "profile_default"
+        profile.mkdir(parents=True)
+        (profile / "ipython_config.py").write_text("c.MailMagics.presenter = True\n")
+    with serve_jupyterlab(tmp, NOTEBOOKS) as server:
         yield server
 
 
@@ -475,6 +483,7 @@ def test_docs_screenshot(tmp_path: Path) -> None:
 PRESENTER_CELLS = (
     "%load_ext maillab\n%mail start --ports auto --dir lab\n%mail present on",
     '%%mail --from alice@alpha.test --to bob@alpha.test --subject "read from the back row"\nHello.',
+    "%mail transcript --protocol smtp",  # time, line and note side by side only where they fit
     "%mail sequence last --protocol smtp",
     "from maillab.magics.state import current_lab\nfrom maillab.views.pop3_state import POP3StateView\n"
     "pop3_view = POP3StateView(current_lab().events)\npop3_view",
@@ -532,6 +541,7 @@ def test_diagrams_turn_at_the_presenter_scale(lab_server: JupyterLab, page: Any)
         failures: list[str] = []
         kinds = set()
         for dark, tag, width, sidebar, zoom in ((False, "800", 800, False, 1.0), (False, "1400", 1400, False, 1.0),
+                                                (False, "1400-sidebar", 1400, True, 1.0),
                                                 (True, "zoom150", 800, False, 1.5)):
             _set_theme(page, dark)
             _layout(page, width, sidebar, zoom)

@@ -177,7 +177,10 @@ CSS = (
               for k in ("ok", "err", "temp", "client", "event")) +
     # A narrow output (800 px window, sidebar open, zoom): the note goes under its
     # line instead of squeezing the protocol text into a ribbon; times are dropped.
-    "@container mlview (max-width:760px){.ml-view .ml-wire,.ml-view .ml-wire tbody{display:block}"
+    # Also below 46em of the view's text, where the time, the line's 45% and the
+    # note's 12em do not fit side by side: the presenter's scale at 1400 px with the
+    # sidebar open (921 px) scrolled sideways by 24 px.
+    "@container mlview (max-width:760px) or (max-width:46em){.ml-view .ml-wire,.ml-view .ml-wire tbody{display:block}"
     ".ml-view .ml-wire tr{display:grid;grid-template-columns:auto minmax(0,1fr)}"
     ".ml-view .ml-wire td.line{min-width:0}"
     ".ml-view .ml-wire td.t{display:none}.ml-view .ml-wire td.n{grid-column:2;min-width:0;"
