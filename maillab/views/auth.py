@@ -18,7 +18,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 from ..auth import Received
 from ..auth.lookup import asked
 from ..auth.send import split
-from .theme import badge, page
+from .theme import badge, breakable, page
 
 OK = {"pass"}
 TEMP = {"temperror", "none", "neutral", "policy", "softfail"}
@@ -121,7 +121,7 @@ class AuthView:
     def _repr_html_(self) -> str:
         e = self.entry
         parts = [f"<p><b>{html.escape(e.host)}</b> judged <b>{html.escape(e.subject)}</b> "
-                 f"<span class='mono'>{html.escape(e.message_id)}</span>: "
+                 f"<span class='mono'>{breakable(e.message_id)}</span>: "
                  f"<span class='mono'>{html.escape(e.verdict.summary())}</span></p><ol>"]
         for st in self.steps:
             items = "".join(f"<li class='mono'>{html.escape(ln)}</li>" for ln in st.lines)
