@@ -65,5 +65,7 @@ class Limits:
     class_refresh: float = 60.0  # a joined lab re-sends its records this often (and at every start)
     # All protocols
     auth_failure_delay: float = 1.0  # seconds before answering a failed login
+    auth_failures: int = 5  # failed logins on one IMAP or POP3 connection before it is closed
+    # (SMTP counts them with its other errors, smtp_bad_commands)
     max_connections: int = 256  # per listener; past it new connections get a busy reply
     tls_handshake_timeout: float = 15.0

@@ -158,3 +158,33 @@ def test_searches_over_large_bodies_leave_other_users_a_worker_turn(single_lab: 
     finally:
         for c in (*heavy, other):
             c.close()
+
+
+def test_pop3_closes_after_the_failed_login_limit_as_imap_does(single_lab: Lab) -> None:
+    """Found by guessing passwords on one connection of each protocol: IMAP said BYE
+    after 5 failed logins and SMTP counted them with its other errors (421 after 20),
+    but POP3 answered 60 of 60 and would have gone on for ever (one guess a second,
+    the failure delay, on each of max_connections connections). The limit is named
+    now (``Limits.auth_failures``) and POP3 closes there too (RFC 1939 4)."""
+    limit = single_lab.limits.auth_failures
+    pop = socket.create_connection(single_lab.address("pop3"), timeout=10)
+    replies = pop.makefile("rb")
+    replies.readline()
+    for n in range(1, limit + 1):
+        pop.sendall(b"USER bob\r\nPASS wrong\r\n" if n % 2 else b"AUTH PLAIN AGJvYgB3cm9uZw==\r\n")
+        if n % 2:
+            assert replies.readline().startswith(b"+OK")
+        reply = replies.readline()
+        assert reply.startswith(b"-ERR [AUTH]"), reply
+    assert b"too many failed logins" in reply
+    assert replies.readline() == b""  # closed
+    pop.close()
+    imap = IMAPWire(*single_lab.address("imap"))
+    for n in range(limit):
+        lines = imap.cmd(f"a{n}", "LOGIN bob wrong")
+    assert lines[0].startswith(b"* BYE")
+    imap.close()
+    good = socket.create_connection(single_lab.address("pop3"), timeout=10)  # the listener goes on
+    good.sendall(b"USER bob\r\nPASS bob-pw\r\nQUIT\r\n")
+    assert b"+OK" in good.makefile("rb").readlines()[2]
+    good.close()

@@ -80,6 +80,7 @@ class POP3Server(LineServer):
             stls_available=not self.implicit_tls,
             plaintext_auth=plaintext_auth_allowed(self.lab, "pop3"),
             auth_failure_delay=limits.auth_failure_delay,
+            auth_failures=limits.auth_failures,
             line_limit=limits.pop3_command_line,
         )
 
@@ -148,6 +149,8 @@ class POP3Server(LineServer):
                     return f"TLS handshake failed: {exc}"
                 session.tls_started()
             if reply.close:
+                if reply.auth is not None and not reply.ok:
+                    return "too many failed logins"
                 return "QUIT" if reply.ok else "connection closed by the client"
 
     def session_ended(self, rec: SessionRecorder, session: POP3Session) -> None:

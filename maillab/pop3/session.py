@@ -168,6 +168,7 @@ class POP3Session:
         stls_available: bool = True,
         plaintext_auth: bool = True,
         auth_failure_delay: float = 1.0,
+        auth_failures: int = 5,
         line_limit: int = 255,
         timestamp: str | None = None,
         implementation: str = "maillab",
@@ -178,6 +179,8 @@ class POP3Session:
         self.stls_available = stls_available
         self.plaintext_auth = plaintext_auth
         self.auth_failure_delay = auth_failure_delay
+        self.max_auth_failures = auth_failures
+        self.auth_failures = 0  # failed logins so far; at max_auth_failures the session ends
         self.command_line_limit = line_limit
         self.timestamp = timestamp or apop_timestamp(hostname)
         self.implementation = implementation
@@ -384,6 +387,10 @@ class POP3Session:
 
     def _login(self, login: str, address: str | None, mechanism: str) -> Reply:
         if address is None:
+            self.auth_failures += 1
+            if self.auth_failures >= self.max_auth_failures:  # RFC 1939 4: the server may close
+                return Reply("-ERR [AUTH] invalid user name or password; too many failed logins, closing",
+                             delay=self.auth_failure_delay, auth=(login, False, mechanism), close=True)
             return Reply("-ERR [AUTH] invalid user name or password", delay=self.auth_failure_delay,
                          auth=(login, False, mechanism))
         try:

@@ -19,9 +19,6 @@ from ..verbs import Authenticate, Login, Starttls
 if TYPE_CHECKING:
     from ..session import IMAPSession
 
-#: Failed logins on one connection before the server says BYE.
-MAX_AUTH_FAILURES = 5
-
 NOT_AUTHENTICATED = (State.NOT_AUTHENTICATED,)
 
 
@@ -93,7 +90,7 @@ def _log_in(s: IMAPSession, login: str, password: str, mechanism: str) -> Iterat
         s.auth_failures += 1
         yield Notice("auth", (login, False, mechanism))
         yield Delay(s.limits.auth_failure_delay)
-        if s.auth_failures >= MAX_AUTH_FAILURES:
+        if s.auth_failures >= s.limits.auth_failures:
             yield line("* BYE too many failed logins")
             s.action = "close"
         raise No("[AUTHENTICATIONFAILED] invalid user name or password")
