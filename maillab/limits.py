@@ -33,6 +33,8 @@ class Limits:
     # IMAP (RFC 3501, RFC 7162 3.2.1 suggests 8192-octet lines)
     imap_line: int = 64 * 1024
     imap_literal: int = 25 * 1024 * 1024 + 64 * 1024  # APPEND of a maximal SMTP message fits
+    imap_literal_before_login: int = 8 * 1024  # a password or an ID value; a client that has not
+    # logged in could otherwise make the server hold imap_literal octets on each connection
     imap_nesting: int = 32  # parenthesis depth
     imap_idle_timeout: float = 1800.0  # RFC 3501 5.4: at least 30 minutes
     imap_connections_per_user: int = 20

@@ -188,3 +188,33 @@ def test_pop3_closes_after_the_failed_login_limit_as_imap_does(single_lab: Lab) 
     good.sendall(b"USER bob\r\nPASS bob-pw\r\nQUIT\r\n")
     assert b"+OK" in good.makefile("rb").readlines()[2]
     good.close()
+
+
+def test_a_client_that_has_not_logged_in_cannot_send_a_large_literal(single_lab: Lab) -> None:
+    """Found by announcing ``a LOGIN {20000000}`` without logging in: the server said
+    ``+`` and held the 20 MB (62 MB traced at the peak, for one connection), and any
+    client could open max_connections of them. Before a login a literal is now capped
+    at ``Limits.imap_literal_before_login`` (8 KiB), refused before a byte of it is
+    read; after the login the APPEND limit is the usual one."""
+    c = IMAPWire(*single_lab.address("imap"))
+    for n, command in enumerate([b"LOGIN {20000000}", b"AUTHENTICATE PLAIN {9000}", b"ID ({20000}"]):
+        lines = c.cmd(f"a{n}", command)
+        assert lines == [lines[-1]] and lines[-1].startswith(b"a%d NO [TOOBIG]" % n), lines  # no "+"
+        assert b"imap_literal_before_login" in lines[-1]
+    c.send(b"b LOGIN {3}\r\n")  # a password-sized literal is fine
+    assert c.readline().startswith(b"+")
+    c.send(b"bob {6}\r\n")
+    assert c.readline().startswith(b"+")
+    c.send(b"bob-pw\r\n")
+    assert c.until_tagged("b")[-1].startswith(b"b OK")
+    c.send(b"c APPEND INBOX {100000}\r\n")  # logged in: the APPEND limit
+    assert c.readline().startswith(b"+")
+    c.send(b"Subject: x\r\n\r\n" + b"x" * (100000 - 15) + b"\r\n")
+    assert c.until_tagged("c")[-1].startswith(b"c OK")
+    c.close()
+    plus = IMAPWire(*single_lab.address("imap"))  # LITERAL+ before a login: BAD, BYE, closed
+    plus.send(b"d LOGIN {20000000+}\r\n" + b"x" * 100_000)
+    assert plus.readline().startswith(b"d BAD [TOOBIG]")
+    assert plus.readline().startswith(b"* BYE")
+    assert plus.closed()
+    plus.sock.close()

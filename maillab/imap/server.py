@@ -37,6 +37,7 @@ from .commands.fetch import light
 from .parser import Command, LiteralRefused, NeedLiteral, ParseError, Parser, parse_tag
 from .responses import Delay, Notice, Output, Response
 from .session import IMAPSession
+from .states import State
 from .verbs import (
     Append,
     Close,
@@ -184,6 +185,8 @@ class IMAPServer(LineServer):
             return DROPPED
         await self._send(conn, rec, session.greeting())
         while session.action != "close":
+            literal, _ = _literal_limit(session)
+            parser.max_literal, parser.max_command = literal, literal + limits.imap_line
             try:
                 line = await conn.readline(limits.imap_line)
             except LineTooLong as exc:
@@ -211,7 +214,7 @@ class IMAPServer(LineServer):
             if result is None:
                 continue
             if isinstance(result, LiteralRefused):
-                if await self._refuse_literal(conn, rec, result):
+                if await self._refuse_literal(conn, rec, session, result):
                     return "non-synchronizing literal over the limit"
                 continue
             if isinstance(result, Command):
@@ -292,22 +295,23 @@ class IMAPServer(LineServer):
         words = first.split(b" ", 2)
         return len(words) > 1 and words[1].upper() in (b"LOGIN", b"AUTHENTICATE")
 
-    async def _refuse_literal(self, conn: LineConnection, rec: SessionRecorder,
+    async def _refuse_literal(self, conn: LineConnection, rec: SessionRecorder, session: IMAPSession,
                               refused: LiteralRefused) -> bool:
-        """A literal over imap_literal. Returns True when the connection must close."""
-        limit = self.lab.limits.imap_literal
+        """A literal over imap_literal (imap_literal_before_login before a login). Returns
+        True when the connection must close."""
+        limit, name = _literal_limit(session)
         tag = refused.tag or "*"
-        rec.note(f"literal of {refused.size} octets refused before reading it", limit="imap_literal")
+        rec.note(f"literal of {refused.size} octets refused before reading it", limit=name)
         if refused.sync:
             # No "+" was sent, so the client sends no bytes: the next line is a new command.
             await self._send(conn, rec, [Response(
                 f"{tag} NO [TOOBIG] literal of {refused.size} octets is over the limit of"
-                f" {limit} (imap_literal)\r\n".encode())])
+                f" {limit} ({name})\r\n".encode())])
             return False
         # LITERAL+ bytes are already on their way: never read them as commands.
         await self._send(conn, rec, [
             Response(f"{tag} BAD [TOOBIG] non-synchronizing literal of {refused.size} octets is"
-                     f" over the limit of {limit} (imap_literal)\r\n".encode()),
+                     f" over the limit of {limit} ({name})\r\n".encode()),
             Response(b"* BYE closing: the literal's bytes cannot be skipped safely\r\n")])
         return True
 
@@ -423,6 +427,14 @@ class IMAPServer(LineServer):
 async def _inline(outputs: Iterable[Output]) -> AsyncIterator[Output]:
     for out in outputs:
         yield out
+
+
+def _literal_limit(session: IMAPSession) -> tuple[int, str]:
+    """The largest literal the session may send now, and the limit's name: before a login
+    a client gets no more than a password needs (Dovecot's login processes take 4 KB)."""
+    if session.state is State.NOT_AUTHENTICATED:
+        return session.limits.imap_literal_before_login, "imap_literal_before_login"
+    return session.limits.imap_literal, "imap_literal"
 
 
 def _light_fetch(session: IMAPSession, cmd: object) -> MailboxLock | None:
