@@ -33,7 +33,7 @@ def test_a_light_fetch_needs_no_worker_turn(single_lab: Lab) -> None:
         taken = 0
         try:
             for _ in range(MAILBOX_TURNS.count):  # every turn busy
-                assert MAILBOX_TURNS._sem.acquire(timeout=30)
+                MAILBOX_TURNS._take()
                 taken += 1
             assert c.uid("FETCH", "2", "(BODY.PEEK[] FLAGS)") == on_worker
             typ, data = c.fetch("1:3", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
@@ -45,7 +45,7 @@ def test_a_light_fetch_needs_no_worker_turn(single_lab: Lab) -> None:
             assert reader.is_alive() and not seen
         finally:
             for _ in range(taken):
-                MAILBOX_TURNS._sem.release()
+                MAILBOX_TURNS._give()
         reader.join(30)
         typ, data = seen[0]  # type: ignore[misc]
         assert typ == "OK" and b"body 2" in data[0][1]
