@@ -635,3 +635,27 @@ def test_queue_keeps_host_names_whole_and_never_scrolls(page: Any) -> None:
     finally:
         tab.close()
     assert tables, "the queue was never a table"
+
+
+def test_plain_tables_flow_in_a_view_under_24em(page: Any) -> None:
+    """At the presenter's scale at 150% zoom an output is ~17em of its text wide: a
+    plain table (user / password / also logs in as, a probe's facts) scrolled
+    sideways (456 px in 382). Under 24em each row's cells flow and wrap instead; at
+    scale 1 in the same width the table stays a table. A static page."""
+    from maillab.views.theme import page as view_page
+
+    rows = "".join(f"<tr><td>{u}@alpha.test</td><td class='mono'>{u}-pw</td><td>{u}</td></tr>"
+                   for u in ("alice", "bob", "carol"))
+    table = f"<table><thead><tr><th>user</th><th>password</th><th>also logs in as</th></tr></thead><tbody>{rows}</tbody></table>"
+    tab = page.context.new_page()
+    try:
+        for scale, flows in ((1.6, True), (1.0, False)):
+            tab.set_content(f"<style>{_LAB_FONTS}</style><div style='width:382px'>"
+                            f"{view_page(table, scale=scale)}</div>")
+            got = tab.evaluate("""() => { const t = document.querySelector('.ml-view table');
+              return {scrolls: t.scrollWidth > t.clientWidth + 1,
+                      flows: getComputedStyle(t.querySelector('tr')).display === 'flex'}; }""")
+            assert not got["scrolls"], f"scale {scale}: the table scrolls sideways"
+            assert got["flows"] == flows, f"scale {scale}: rows flow: {got['flows']}"
+    finally:
+        tab.close()

@@ -118,7 +118,7 @@ def capture_html(cap: Capture) -> str:
                 rows.append(f"<div class='line ml-err ml-badge'>&nbsp;&nbsp;⚠ Eve decodes: {html.escape(secrets[i])}</div>")
     plain = not cap.tls
     kind, glyph = ("err", "○") if plain else ("ok", "●")
-    return (f"<div style='flex:1;min-width:20em'>"
+    return (f"<div style='flex:1;min-width:min(20em,100%)'>"
             f"<div class='ml-badge ml-{kind}'>{glyph} {html.escape(summary(cap))}</div>"
             f"<div class='mono ml-wire ml-small'>{''.join(rows)}</div></div>")
 

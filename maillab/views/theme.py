@@ -198,6 +198,15 @@ CSS = (
     # (the space after the label: where a value too long for the line goes under it)
     + "@container mlview (max-width:30em){.ml-view table.ml-cards-narrow td[data-label]::before{"
     "display:inline;content:attr(data-label) ' '}}"
+    # A view under 24em of its text (the presenter's scale at 150% zoom: ~17em) has no
+    # room for a plain table's columns side by side (a user / password / also-logs-in-as
+    # table, a probe's facts, the cost of each step): each row's cells flow and wrap,
+    # a value going under its label, instead of the table scrolling sideways. At scale 1
+    # this is under 336 px, narrower than any output of an 800 px window at 150% zoom.
+    + "@container mlview (max-width:24em){.ml-view table:not([class*=ml-cards]):not(.ml-wire),"
+    ".ml-view table:not([class*=ml-cards]):not(.ml-wire) :is(thead,tbody){display:block}"
+    ".ml-view table:not([class*=ml-cards]):not(.ml-wire) tr{display:flex;flex-wrap:wrap;column-gap:.4em}"
+    ".ml-view table:not([class*=ml-cards]):not(.ml-wire) :is(td,th){flex:0 1 auto;min-width:0}}"
     # a row's label (a certificate field, a probe fact) reads whole: "certificate",
     # never "certificat" / "e"
     + ".ml-view tbody th:first-child{white-space:nowrap;overflow-wrap:normal}"
