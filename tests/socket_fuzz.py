@@ -110,7 +110,7 @@ def _rst(sock: socket.socket) -> None:
 
 
 class Walk:
-    def __init__(self, lab: Any, seed: int) -> None:
+    def __init__(self, lab: Any, seed: int, imap_sessions: int = 3) -> None:
         self.lab = lab
         self.rng = random.Random(seed)
         self.seed = seed
@@ -119,7 +119,7 @@ class Walk:
         self.doomed: set[str] = set()  # some actor asked to remove it
         self.aborted: set[str] = set()  # sent in a DATA the client reset
         self.steps: dict[str, int] = {}
-        self.imap: list[dict[str, Any]] = [self._imap_actor() for _ in range(3)]
+        self.imap: list[dict[str, Any]] = [self._imap_actor() for _ in range(imap_sessions)]
         self.pop: socket.socket | None = None
         self.pop_buf = b""
         self.probe = IMAPWire(*lab.address("imap"), timeout=30)
@@ -412,12 +412,12 @@ class Walk:
         return held
 
 
-def run(lab: Any, *, seed: int, steps: int) -> dict[str, Any]:
+def run(lab: Any, *, seed: int, steps: int, imap_sessions: int = 3) -> dict[str, Any]:
     """Walk ``steps`` steps on ``lab``; the report says what broke (``findings``)."""
     from maillab import runtime
 
     start = time.time()
-    walk = Walk(lab, seed)
+    walk = Walk(lab, seed, imap_sessions)
     if "Other" not in b"".join(walk.imap[0]["c"].cmd("l", 'LIST "" "*"')).decode("latin-1"):
         walk.imap[0]["c"].cmd("c", "CREATE Other")
     findings: list[str] = []
@@ -451,6 +451,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=1, help="seeds seed, seed+1, ...")
+    parser.add_argument("--imap-sessions", type=int, default=3, help="IMAP sessions of bob at once")
     args = parser.parse_args()
     from maillab import Lab
     from maillab.limits import Limits
@@ -461,7 +462,7 @@ def main() -> int:
             lab = Lab(Path(tmp) / "lab", ports="auto", domains=["alpha.test"], limits=Limits(auth_failure_delay=0.05))
             lab.start()
             try:
-                report = run(lab, seed=seed, steps=args.steps)
+                report = run(lab, seed=seed, steps=args.steps, imap_sessions=args.imap_sessions)
             finally:
                 lab.stop()
         print(json.dumps(report), flush=True)

@@ -12,10 +12,10 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Any
 
 from . import Received, settings
+from .headers import parse_header
 from .keys import key_for
 from .lookup import LabLookup, asked
 from .receive import Verdict, check, domain_of
@@ -36,7 +36,7 @@ def signing_domain(lab: Lab, host_name: str, message: bytes) -> str | None:
     if host is None or not host.domains:
         return None
     try:
-        from_domain = domain_of(str(BytesHeaderParser().parsebytes(message).get("From", "")))
+        from_domain = domain_of(str(parse_header(message).get("From", "")))
     except Exception:  # noqa: BLE001
         from_domain = ""
     served = [d.lower() for d in host.domains]
@@ -65,7 +65,7 @@ def _tampered(lab: Lab, host_name: str, message: bytes) -> bytes:
         return message
     message, change = tamper(message, what)
     try:
-        mid = str(BytesHeaderParser().parsebytes(message).get("Message-ID", "") or "")
+        mid = str(parse_header(message).get("Message-ID", "") or "")
     except Exception:  # noqa: BLE001
         mid = ""
     with s.lock:
@@ -133,7 +133,7 @@ def inbound_sync(lab: Lab, host_name: str, *, ip: str, helo: str, mail_from: str
     message = verdict.header().encode("utf-8") + b"\r\n" + message
     out.message = message
     try:
-        hdr = BytesHeaderParser().parsebytes(message)
+        hdr = parse_header(message)
         mid, subject = str(hdr.get("Message-ID", "") or ""), str(hdr.get("Subject", "") or "")
     except Exception:  # noqa: BLE001
         mid = subject = ""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 
 import authres
@@ -27,6 +26,7 @@ import dkim
 import dns.exception
 import spf
 
+from .headers import header_section, parse_header
 from .lookup import LabLookup, Question, using
 
 #: Signatures looked at per message (more are left unverified: RFC 6376 6.1 lets a
@@ -186,7 +186,9 @@ def _tags(sig: dict) -> dict[str, str]:
 def check_dkim(lookup: LabLookup, message: bytes) -> list[DKIMCheck]:
     out: list[DKIMCheck] = []
     try:
-        count = sum(1 for name, _ in dkim.DKIM(message).headers if name.lower() == b"dkim-signature")
+        # counted in the header section: dkimpy splits all it is given into lines
+        count = sum(1 for name, _ in dkim.DKIM(header_section(message)).headers
+                    if name.lower() == b"dkim-signature")
     except Exception as exc:  # a message dkimpy cannot even split into fields
         return [DKIMCheck("permerror", reason=f"message format: {exc}")]
     for idx in range(min(count, MAX_SIGNATURES)):
@@ -243,10 +245,12 @@ def _one_signature(lookup: LabLookup, message: bytes, idx: int) -> DKIMCheck:
 # -- ARC (RFC 8617) --------------------------------------------------------------------
 def check_arc(lookup: LabLookup, message: bytes) -> ARCCheck:
     try:
+        # most messages carry no ARC set: look in the header section before dkimpy
+        # splits the whole message into lines
+        if not any(name.lower() == b"arc-seal" for name, _ in dkim.ARC(header_section(message)).headers):
+            return ARCCheck("none")
         a = dkim.ARC(message, logger=_Reasons(), minkey=1024)
         sets = sum(1 for name, _ in a.headers if name.lower() == b"arc-seal")
-        if not sets:
-            return ARCCheck("none")
         cv, results, comment = a.verify(dnsfunc=lookup.dkim_txt)
     except dkim.DKIMException as exc:
         return ARCCheck("fail", 1, [], str(exc))
@@ -336,7 +340,7 @@ def check(message: bytes, *, lookup: LabLookup, authserv_id: str, ip: str, helo:
           mail_from: str, trusted_sealers: frozenset[str] = frozenset()) -> Verdict:
     """The receiving MX's checks and decision for one message (blocking: worker thread)."""
     try:
-        header = BytesHeaderParser().parsebytes(message)
+        header = parse_header(message)
         froms = [domain_of(a) for _, a in getaddresses(header.get_all("From", []) or []) if "@" in a]
     except Exception:  # noqa: BLE001 - a header we cannot parse has no From domain
         froms = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from dkim.canonicalization import CanonicalizationPolicy
 
-from ..auth import Received
+from ..auth import KEEP_MESSAGE, Received
 from ..auth.lookup import asked
 from ..auth.send import split
 from .theme import badge, breakable, page
@@ -63,15 +63,17 @@ def steps(entry: Received, tampered: str = "") -> list[Step]:
         out.append(Step("DKIM: no signature", "RFC 6376 6.1", "none", ["the message carries no DKIM-Signature"]))
     for d in v.dkim:
         t = d.tags
-        computed = body_hash(judged, t) if t else ""
+        computed = body_hash(judged, t) if t and entry.body_kept else ""
         lines = [f"tags: d={t.get('d', '')} s={t.get('s', '')} a={t.get('a', '')} c={t.get('c', 'simple/simple')}"
                  + (f" l={t['l']}" if "l" in t else ""),
                  f"signed header fields (h=): {' '.join(t.get('h', '').split())}",
                  f"key record: {d.selector}._domainkey.{d.domain} TXT (RFC 6376 3.6.2.1)",
                  f"body hash in bh=: {''.join(t.get('bh', '').split())}",
-                 f"body hash now:    {computed}"
-                 + ("  (same: the body is as signed)" if computed == "".join(t.get("bh", "").split())
-                    else "  (DIFFERENT: the body changed after signing)"),
+                 (f"body hash now:    {computed}"
+                  + ("  (same: the body is as signed)" if computed == "".join(t.get("bh", "").split())
+                     else "  (DIFFERENT: the body changed after signing)")) if entry.body_kept else
+                 f"body hash now:    (not kept: the lab keeps the bodies of judged messages up to"
+                 f" {KEEP_MESSAGE // 1024} KiB; the MX's result below is what it computed)",
                  f"result: {d.result}" + (f" — {d.reason}" if d.reason else "")]
         if tampered and d.result != "pass":
             lines.append(f"what changed: {tampered}")
