@@ -386,3 +386,34 @@ def test_the_mx_task_counts_the_mx_port_not_the_backup_hosts_submission_port(lab
     with smtplib.SMTP(host, port, timeout=10) as smtp:
         smtp.sendmail("alice@alpha.test", ["carol@beta.test"], "Subject: via 25\r\n\r\nx\r\n")
     assert lab.check("mx_preference").passed
+
+
+def test_the_envelope_task_counts_a_header_by_either_name(single_lab):
+    """FETCH (ENVELOPE BODY.PEEK[HEADER]) was refused and FETCH (ENVELOPE RFC822.HEADER),
+    the same octets by their older name (RFC 3501 6.4.5), passed: both send message text,
+    and the task asks for envelopes alone."""
+    import imaplib
+
+    lab = single_lab
+    from maillab.clients.smtp import send
+    from maillab.compose import compose
+
+    send(lab, compose(sender="alice@alpha.test", to=["bob@alpha.test"], subject="s", body="x"),
+         via="submission")
+    _wait(lab.store.mailbox("bob@alpha.test"), 1)
+    host, port = lab.address("imap")
+    with imaplib.IMAP4(host, port, timeout=10) as imap:
+        imap.starttls(ssl_context=lab.ca.client_context())
+        imap.login("bob@alpha.test", "bob-pw")
+        imap.select("INBOX")
+        imap.fetch("1:*", "(ENVELOPE RFC822.HEADER)")
+        imap.logout()
+    result = lab.check("imap_envelopes")
+    assert not result.passed and "RFC822.HEADER" in result.hints[0], result
+    with imaplib.IMAP4(host, port, timeout=10) as imap:
+        imap.starttls(ssl_context=lab.ca.client_context())
+        imap.login("bob@alpha.test", "bob-pw")
+        imap.select("INBOX")
+        imap.fetch("1:*", "(ENVELOPE)")
+        imap.logout()
+    assert lab.check("imap_envelopes").passed

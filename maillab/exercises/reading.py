@@ -108,9 +108,10 @@ def check_pop3_delete(lab: Lab, answer: str | None = None) -> CheckResult:
 
 
 #: A FETCH response item that carries message text (RFC 3501 7.4.2): BODY[...],
-#: BINARY[...] (RFC 3516), RFC822 and RFC822.TEXT; not RFC822.HEADER/SIZE, not BODY
-#: without a section (that is the structure).
-_TEXT_ITEM = re.compile(r"(?i)(?:\bBODY\[|\bBINARY\[|\bRFC822(?:\.TEXT)? )")
+#: BINARY[...] (RFC 3516), RFC822, RFC822.TEXT and RFC822.HEADER (BODY[HEADER] by its
+#: old name: the same octets); not RFC822.SIZE, not BODY without a section (that is
+#: the structure).
+_TEXT_ITEM = re.compile(r"(?i)(?:\bBODY\[|\bBINARY\[|\bRFC822(?:\.TEXT|\.HEADER)? )")
 _FETCH_RESPONSE = re.compile(r"(?i)^\* \d+ FETCH \(")
 
 
