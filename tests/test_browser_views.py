@@ -211,8 +211,10 @@ _MEASURE = r"""() => {
       // Protocol text that wraps goes on indented: a <pre> line wrapped back to the
       // left edge reads as a line of its own (a DNS record's data as a record, the
       // rest of a Received field as a header field, "test" of the relay path's
-      // "MX 10 mx1.beta." at 1400 px); theme.text_lines indents it.
-      for (const pre of area.querySelectorAll('.ml-view pre, .ml-view .ml-lines > div, .ml-view .ml-path .dns > .mono')) {
+      // "MX 10 mx1.beta." at 1400 px, a transcript's CAPABILITY line's rest);
+      // theme.text_lines indents it, and the transcript's line cells hang theirs.
+      for (const pre of area.querySelectorAll('.ml-view pre, .ml-view .ml-lines > div, .ml-view .ml-path .dns > .mono,'
+                                              + ' .ml-view .ml-wire td.line:not(.pl)')) {
         if (pre.closest('details:not([open]) > :not(summary)') || !pre.getBoundingClientRect().width) continue;
         range.selectNodeContents(pre);
         const rects = [...range.getClientRects()].filter(r => r.width > 0);

@@ -159,6 +159,9 @@ CSS = (
     ".ml-view pre{white-space:pre-wrap;text-align:left;margin:0;background:transparent;padding:0;"
     "word-break:normal!important;overflow-wrap:anywhere}"
     ".ml-view .ml-wire .line{white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere}"
+    # a protocol line too long for its cell goes on indented (a wrapped CAPABILITY's
+    # rest read as a line of its own at the cell's edge); a message's text (.pl) does not
+    ".ml-view .ml-wire td.line:not(.pl){padding-left:1.7em!important;text-indent:-1.2em}"
     # protocol text line by line (theme.text_lines): a line too long for the output
     # goes on indented, never back at the left edge where it reads as a line of its own
     ".ml-view .ml-lines{margin:0;font-family:var(--ml-mono)!important}"

@@ -197,8 +197,11 @@ def _row(e: Event, explain: bool) -> str:
     # The row's class colours its tag and line (theme: .ml-wire tr.KIND); the cells'
     # end tags are implied (HTML): a live transcript under load sends thousands of
     # rows a second, and this is a third of their markup.
+    # A message's text (payload: its lines in one cell) is marked "pl": only a protocol
+    # line hangs its wrapped rest (theme), the text's own lines stay flush.
+    line = "line pl" if e.data.get("payload") else "line"
     return (f'<tr class="{kind}"><td class="t">{clock(e.time)}<td class="tag">{tag}'
-            f'<td class="line">{html.escape(body)}<td class="n">{html.escape(note or "")}</tr>')
+            f'<td class="{line}">{html.escape(body)}<td class="n">{html.escape(note or "")}</tr>')
 
 
 def _rows(evs: Sequence[Event], explain: bool) -> list[str]:
