@@ -130,6 +130,7 @@ class DeferredRows:
         (50,000 rows: ~260 ms in one hold before)."""
         while self._pending and not self._closed:
             self._expand_chunk()
+            self.lock.let_waiters_in()
 
     def _expand_chunk(self) -> None:
         """One :data:`CHUNK` of a blob's rows: made into parameters outside the lock,

@@ -145,6 +145,15 @@ class MailboxLock:
     def release(self) -> None:
         self._lock.release()
 
+    def let_waiters_in(self) -> None:
+        """Between two holds of a long job (a copy-in indexed or its rows written a
+        chunk per hold), not holding the lock: if threads wait for it, give them a
+        moment to take it. A released lock is not handed to a waiter: the releasing
+        thread, still running, would take it back first, and the waiter would wait
+        for every chunk instead of one."""
+        if self.waiting:
+            time.sleep(0.001)
+
     def __enter__(self) -> bool:
         return self._try(False) or self.acquire()
 

@@ -160,6 +160,7 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
         self._log = IntRing(CHANGE_LOG_SIZE)  # not a deque: 20,000 ints every collection visits
         self._dir_stamp: tuple[int, int] | None = None
         self._syncing = False  # a background sync is running
+        self._applying = False  # a sync is applying a large copy-in, a chunk per hold
         self._own_changes = 0
         # The folder's own directory entries (index, log, new/ cur/) fsync'ed once
         # since this process opened it: the first flush includes them.
