@@ -20,15 +20,17 @@ What must hold, checked as it goes and at the end:
 - the lab thread never computes past the lag bar (``runtime.Lag.busy``); the probe's
   slowest NOOP is reported.
 
-``python3 tests/socket_fuzz.py [--seed N] [--steps N]`` runs it against a fresh
+``python3 tests/socket_fuzz.py [--seed N] [--steps N] [--runs N] [--imap-sessions N]`` runs it against a fresh
 lab and prints a JSON report (``scripts/socket-fuzz``); ``tests/test_socket_fuzz.py``
-runs a short seeded walk in CI.
+runs a short seeded walk in CI. With ``MAILLAB_SOCKET_FUZZ_LOG=FILE`` every exchange is
+written to FILE (what a finding's message then names can be followed back).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import socket
@@ -126,6 +128,16 @@ class Walk:
         self.probe.login("alice", "alice-pw")
         self.slowest = 0.0
         self.doing = ""  # what the walk is waiting for, for the report
+        self.done = 0
+        path = os.environ.get("MAILLAB_SOCKET_FUZZ_LOG")
+        self.log = open(path, "w") if path else None  # noqa: SIM115 - open for the whole walk
+
+    def trace(self, who: Any, sent: bytes, got: list[bytes]) -> None:
+        """With MAILLAB_SOCKET_FUZZ_LOG set, every exchange goes to that file."""
+        if self.log is not None:
+            self.log.write(f"{self.done} {id(who) % 1000} > {sent[:200]!r}\n")
+            for line in got:
+                self.log.write(f"    < {line[:300]!r}\n")
 
     def xid(self) -> str:
         self.n += 1
@@ -142,6 +154,7 @@ class Walk:
         tag = f"t{a['tag']}"
         self.doing = f"IMAP {tag} {text[:100]!r}"
         lines = a["c"].cmd(tag, text)
+        self.trace(a, text, lines)
         _check(lines, text[:80].decode("latin-1"))
         if ok and not lines[-1].startswith(f"{tag} OK".encode()):
             raise Finding(f"{text[:80]!r} -> {lines[-1][:200]!r}")
@@ -196,6 +209,8 @@ class Walk:
         if a.get("readonly") and op in ("delete", "expunge", "move", "close", "flags"):
             op = "fetch"
         uids = self._some_uids(a)
+        if op == "delete" and not uids:
+            op = "noop"  # (UID 1 in place of nothing could be a message no one doomed)
         uidset = ",".join(map(str, uids)) or "1"
         if op == "fetch":
             items = " ".join(rng.sample(SET_ITEMS, rng.randrange(1, 4)))
@@ -237,6 +252,7 @@ class Walk:
             self.doing = f"IMAP {tag} APPEND of {len(msg)} octets"
             a["c"].send(f"{tag} APPEND {box} {{{len(msg)}+}}\r\n".encode() + msg + b"\r\n")
             lines = a["c"].until_tagged(tag)
+            self.trace(a, f"APPEND {box} {xid}".encode(), lines)
             _check(lines, "APPEND")
             if lines[-1].startswith(f"{tag} OK".encode()):
                 self.live.add(xid)
@@ -256,6 +272,8 @@ class Walk:
         elif op == "hostile":
             line = rng.choice(HOSTILE_IMAP)
             lines = self._cmd(a, line)
+            if b"SELECT" in line:  # it may have selected another mailbox: look again
+                a["box"] = None
             if b" BAD " not in lines[-1] and b" NO " not in lines[-1] and b" OK " not in lines[-1]:
                 raise Finding(f"{line[:60]!r} -> {lines[-1][:200]!r}")
         elif op == "reset":
@@ -289,6 +307,7 @@ class Walk:
         if multi and out[0].startswith(b"+OK"):
             while out[-1] != b".":
                 out.append(self._pop_line())
+        self.trace(self, line, out)
         return out
 
     def pop_step(self) -> str:
@@ -364,6 +383,7 @@ class Walk:
                 self.doing = f"SMTP end of DATA ({len(body)} octets)"
                 s.sendall(body + b".\r\n")
                 reply = f.readline()
+                self.trace(s, f"SMTP DATA {xid}".encode(), [reply])
                 _check(reply, "SMTP end of data")
                 if reply.startswith(b"250"):
                     self.live.add(xid)
@@ -425,6 +445,7 @@ def run(lab: Any, *, seed: int, steps: int, imap_sessions: int = 3) -> dict[str,
     try:
         while done < steps:
             done += 1
+            walk.done = done
             walk.step()
         held = walk.finish()
         lost = sorted(walk.live - set(held))
