@@ -231,8 +231,25 @@ def test_power_cut_after_each_acknowledgement(tmp_path) -> None:
             time.sleep(0.1)
         time.sleep(0.5)  # a second copy would have arrived by now
         assert _carol_subjects(directory) == ["relayed-0"]
+        # through the servers: every message whole, the acknowledged ones there
+        pop = poplib.POP3(services["pop3"]["host"], services["pop3"]["port"], timeout=10)
+        pop.user("bob")
+        pop.pass_("bob-pw")
+        by_pop = set()
+        for n in range(1, len(pop.list()[1]) + 1):
+            data = b"\n".join(pop.retr(n)[1])
+            assert data.rstrip().endswith(b"x" * 10), f"POP3 RETR {n} is not a whole message"
+            by_pop.add(re.search(rb"Subject: (\S+)", data).group(1).decode())
+        pop.quit()
         c = imaplib.IMAP4(services["imap"]["host"], services["imap"]["port"], timeout=10)
         c.login("bob", "bob-pw")
+        c.select("INBOX", readonly=True)
+        typ, fetched = c.fetch("1:*", "(BODY.PEEK[])")
+        bodies = [part[1] for part in fetched if isinstance(part, tuple)]
+        assert all(b.rstrip().endswith(b"x" * 10) for b in bodies), "IMAP: a message not whole"
+        by_imap = {re.search(rb"Subject: (\S+)", b).group(1).decode() for b in bodies}
+        inbox = final.delivered - final.deleted - final.moved
+        assert by_imap == by_pop and inbox <= by_imap, (by_imap, by_pop, inbox)
         typ, data = c.append("INBOX", None, None, _message("after-the-cut"))
         uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
         assert uid > max(u for (folder, u) in final.uids if folder == "INBOX")
