@@ -24,15 +24,19 @@ thread, shared with whatever else was asked for meanwhile.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import logging
 import os
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["GroupSync", "GROUP", "mkdir_durable", "replace_file"]
+__all__ = ["GroupSync", "GROUP", "fsync_now", "mkdir_durable", "names_last_with_file_fsync", "replace_file"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +163,38 @@ def replace_file(path: Path, data: bytes, *, sync: bool = True) -> None:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def fsync_now(paths: Iterable[str]) -> None:
+    """fsync ``paths`` now, in this thread, outside any round (a caller that must not
+    wait for what others asked a round for). OSError when one failed."""
+    failure = _fsync_all(set(paths))
+    if failure is not None:
+        raise failure
+
+
+#: File systems whose fsync of a new file also makes its name durable (statfs f_type):
+#: ext2/3/4 (one journal commit carries the directory change with the inode; without a
+#: journal, ext4_sync_parent), XFS (the log force carries it), btrfs (the tree log
+#: records the new inode's parent entries). Postfix's queue relies on the same.
+_NAMES_WITH_FILE_FSYNC = {0xEF53: "ext4", 0x58465342: "xfs", 0x9123683E: "btrfs"}
+
+
+def names_last_with_file_fsync(path: str) -> bool:
+    """Whether, on the file system of directory ``path``, a new file's fsync also
+    makes its name in ``path`` durable. False when unknown (POSIX promises it only
+    with an fsync of the directory): other file systems, FUSE, another OS."""
+    if not sys.platform.startswith("linux"):
+        return False
+    buf = ctypes.create_string_buffer(256)  # struct statfs (120 bytes on x86-64); f_type first
+    if _libc().statfs(os.fsencode(path), buf) != 0:
+        return False
+    return struct.unpack_from("l", buf)[0] & 0xFFFFFFFF in _NAMES_WITH_FILE_FSYNC
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def mkdir_durable(path: Path) -> None:
