@@ -7,7 +7,8 @@ the mount see: the page cache) and, beside it, keeps what a disk would hold afte
 power cut, under the conservative POSIX model:
 
 * a file's data (writes, truncations) reaches the disk at ``fsync``/``fdatasync`` of
-  that file; its mode (``chmod``) at ``fsync`` only (it is not needed to read the data);
+  that file; its mode (``chmod``) and modification time at ``fsync`` only (they are
+  not needed to read the data; a file never fsync'ed gets the cut's time);
 * a name made or removed in a directory (create, mkdir, link, symlink, rename, unlink,
   rmdir) reaches the disk at ``fsync`` of that directory, not at the file's fsync
   (fsync(2): "an explicit fsync() on a file descriptor for the directory is also
@@ -24,8 +25,13 @@ commits them), each pending mode change or not, and for each file a random prefi
 of its pending writes (the last one possibly torn); the seed is printed with every
 failure, so the state reproduces.
 
+A cut can also be a look (``freeze=False``): what a cut right now would leave, the
+file system going on as if there had been none.
+
 Run as a script it mounts ``BACKING`` on ``MOUNT`` and reads commands on stdin
-(``cut OUT [SEED]``), answering each on stdout; the tests use :class:`Mount`.
+(``cut OUT [SEED]``, ``look OUT [SEED]``), answering each on stdout (JSON: the seed,
+the pending changes and the fsyncs so far); the tests use :class:`Mount`.
+``POWERCUT_TRACE=1`` prints every call on stderr.
 """
 
 from __future__ import annotations
@@ -63,6 +69,10 @@ class PowerCutFS:
         self._kind: dict[int, str] = {}  # node -> "f", "d" or "l"
         self._data: dict[int, bytes] = {}  # node -> its data on the disk (a symlink's target)
         self._mode: dict[int, int] = {}  # node -> its permission bits on the disk
+        # node -> its modification time on the disk (ns), at its fsync: the store keeps a
+        # message's INTERNALDATE there (utime before the fsync), and a MOVE cut short
+        # compares it to find the original's copy
+        self._mtime: dict[int, int] = {}
         self._entries: dict[int, dict[str, int]] = {}  # directory node -> its names on the disk
         self._writes: dict[int, list[tuple]] = {}  # node -> ("w", offset, bytes) | ("t", length), pending
         self._chmods: dict[int, int] = {}  # node -> pending mode
@@ -98,6 +108,7 @@ class PowerCutFS:
             node = self._new(st.st_ino, "f", st.st_mode)
             with open(path, "rb") as f:
                 self._data[node] = f.read()
+            self._mtime[node] = st.st_mtime_ns
         return node
 
     def _node(self, path: str, fh: int | None = None) -> int:
@@ -163,15 +174,17 @@ class PowerCutFS:
             if freeze:
                 self._frozen = True
                 return self._cut(out, seed)
-            saved = self._data, self._mode, self._entries, self._writes, self._chmods, self._ops
+            saved = self._data, self._mode, self._entries, self._writes, self._chmods, self._ops, self._mtime
             self._data, self._mode, self._chmods = dict(self._data), dict(self._mode), dict(self._chmods)
+            self._mtime = dict(self._mtime)
             self._entries = {node: dict(names) for node, names in self._entries.items()}
             self._writes = {node: list(w) for node, w in self._writes.items()}
             self._ops = list(self._ops)
             try:
                 return self._cut(out, seed)
             finally:
-                self._data, self._mode, self._entries, self._writes, self._chmods, self._ops = saved
+                (self._data, self._mode, self._entries, self._writes, self._chmods, self._ops,
+                 self._mtime) = saved
 
     def _cut(self, out: str, seed: int | None) -> dict:
         pending_ops, pending_writes = len(self._ops), sum(map(len, self._writes.values()))
@@ -217,6 +230,8 @@ class PowerCutFS:
                 with open(target, "wb") as f:
                     f.write(self._data.get(child, b""))
                 os.chmod(target, self._mode[child])
+                if child in self._mtime:
+                    os.utime(target, ns=(self._mtime[child], self._mtime[child]))
 
     # -- the file system (mfusepy's Operations) --------------------------------------------
 
@@ -300,8 +315,10 @@ class PowerCutFS:
         with self._lock:
             node = self._node(path, fh)
             self._commit_data(node)
-            if not datasync and node in self._chmods:
-                self._mode[node] = self._chmods.pop(node)
+            if not datasync:  # the inode's metadata too: mode and times
+                if node in self._chmods:
+                    self._mode[node] = self._chmods.pop(node)
+                self._mtime[node] = os.fstat(fh).st_mtime_ns
             self._syncs["fsync"] += 1
             return 0
 

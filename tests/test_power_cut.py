@@ -334,6 +334,8 @@ def test_power_cut_mid_traffic(tmp_path) -> None:
                     image, seed = tmp_path / f"look-{round_}-{n}", rng.choice((None, rng.randrange(10**6)))
                     before = _copy(ledger)
                     stats = mount.cut(image, seed, freeze=False)
+                    if os.environ.get("POWERCUT_KEEP"):
+                        shutil.copytree(image, f"{image}.orig", symlinks=True)
                     try:
                         _check_directory(image, _window(before, _copy(ledger)))
                     except AssertionError as exc:
