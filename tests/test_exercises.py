@@ -417,3 +417,20 @@ def test_the_envelope_task_counts_a_header_by_either_name(single_lab):
         imap.fetch("1:*", "(ENVELOPE)")
         imap.logout()
     assert lab.check("imap_envelopes").passed
+
+
+def test_the_submission_task_counts_alices_own_provider(lab):
+    """Alice logged in on mx1.beta.test's submission port (the lab's hosts share their
+    users) passed the task: her provider is mail.alpha.test, the host of her domain."""
+    import smtplib
+
+    for host_name, passed in (("mx1.beta.test", False), ("mail.alpha.test", True)):
+        host, port = lab.address("submission", host_name)
+        with smtplib.SMTP(host, port, timeout=10) as smtp:
+            smtp.starttls(context=lab.ca.client_context())
+            smtp.login("alice@alpha.test", "alice-pw")
+            smtp.sendmail("alice@alpha.test", ["bob@alpha.test"], f"Subject: via {host_name}\r\n\r\nx\r\n")
+        result = lab.check("submission")
+        assert result.passed is passed, result
+        if not passed:
+            assert "mail.alpha.test" in result.hints[0] and "mx1.beta.test" in result.hints[0], result

@@ -36,7 +36,17 @@ SENDER, RECIPIENT = "alice@alpha.test", "bob@alpha.test"
 @exercise(1, "submission", "Submit a message through port 587 with STARTTLS and AUTH")
 def check_submission(lab: Lab, answer: str | None = None) -> CheckResult:
     result = CheckResult("submission", False)
-    convs = conversations(lab, "smtp", service="submission")
+    # Alice's own provider: the host of her domain (another domain's submission server
+    # would not know her; the lab's hosts share their users, the task does not).
+    home = lab.topology.host_for_domain(SENDER.partition("@")[2])
+    own = home.name if home else None
+    convs = conversations(lab, "smtp", service="submission", host=own)
+    other = [c for c in conversations(lab, "smtp", service="submission") if own and c.host != own]
+    if not convs and other:
+        result.hints.append(f"you used the submission port of {other[-1].host}, another domain's server; "
+                            f"alice's own provider is {own}: connect to its submission port (587, in "
+                            f"this lab {_port(lab, 'submission', own)}; lab.address('submission'))")
+        return result
     if not convs:
         elsewhere = [c for c in conversations(lab, "smtp") if c.service in ("smtps", "smtp")
                      and (c.kinds("auth") or c.kinds("stored"))]
