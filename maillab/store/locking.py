@@ -112,6 +112,10 @@ def share_turn() -> None:
     _local.since = time.monotonic()
 
 
+#: Seconds a long job waits between two holds of a mailbox lock for threads waiting for it.
+LET_IN = 0.005
+
+
 class MailboxLock:
     """A re-entrant lock (``threading.RLock``'s interface) whose waiting thread gives
     back its :class:`Turns` turn, if it holds one."""
@@ -148,11 +152,15 @@ class MailboxLock:
     def let_waiters_in(self) -> None:
         """Between two holds of a long job (a copy-in indexed or its rows written a
         chunk per hold), not holding the lock: if threads wait for it, give them a
-        moment to take it. A released lock is not handed to a waiter: the releasing
-        thread, still running, would take it back first, and the waiter would wait
-        for every chunk instead of one."""
-        if self.waiting:
-            time.sleep(0.001)
+        moment to take it (until none waits, at most :data:`LET_IN` s). A released
+        lock is not handed to a waiter: the releasing thread, still running, would
+        take it back first, and the waiter would wait for every chunk instead of one
+        (on a busy machine a woken waiter may need milliseconds to get a CPU)."""
+        if not self.waiting:
+            return
+        end = time.monotonic() + LET_IN
+        while self.waiting and time.monotonic() < end:
+            time.sleep(0.0005)
 
     def __enter__(self) -> bool:
         return self._try(False) or self.acquire()
