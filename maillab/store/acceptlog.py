@@ -246,7 +246,11 @@ class AcceptLog:
         taken for this process. Another process that has it (a second lab on the same
         directory) keeps it: this one then delivers on the older path and redoes nothing."""
         with self._lock:
-            if not os.path.exists(self.path) or not self._open():
+            try:
+                if not os.path.exists(self.path) or not self._open():
+                    return []
+            except OSError:  # (a file system that refuses O_DSYNC, a read-only one)
+                self._broken = True
                 return []
             top, records = unretired(self.path)
             self._seq = self._watermark = top
