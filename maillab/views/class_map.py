@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..classnet.map import ClassMap, DomainRow, class_map
 from .publish import Throttle
 from .relay import FigureView
-from .theme import badge, breakable, clock_since, diagram, diagram_style, page
+from .theme import badge, breakable, clock_since, diagram, diagram_style, page, since
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,10 +29,7 @@ if TYPE_CHECKING:
 
 
 def _ago(t: float | None, now: float) -> str:
-    if t is None:
-        return "-"
-    s = max(0, now - t)
-    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else time.strftime("%H:%M", time.localtime(t))
+    return "-" if t is None else since(now - t)
 
 
 def _state(d: DomainRow, now: float) -> str:
