@@ -284,9 +284,7 @@ class AcceptLog:
                 os.close(self._fd)
                 self._fd = -1
             for rec in self._records:  # the round never came: the next open delivers them
-                if rec.fd >= 0:
-                    os.close(rec.fd)
-                    rec.fd = -1
+                self._close_file(rec)  # (one in the round's fsync: closed there)
 
     # -- the ring ----------------------------------------------------------------
     def _make(self) -> None:
