@@ -19,6 +19,7 @@ from __future__ import annotations
 import imaplib
 import sqlite3
 import threading
+import time
 
 from maillab import Lab
 from maillab.store import deferred
@@ -29,10 +30,10 @@ COPIED = 3 * deferred.DEFER_MIN  # a blob, several chunks
 BODY = b"Subject: copied\r\n\r\nfrom another tool\r\n"
 
 
-def _copy_in(lab: Lab) -> None:
-    """Another tool's ``cp`` of COPIED messages into bob's INBOX (unknown to the index)."""
+def _copy_in(lab: Lab, count: int = COPIED) -> None:
+    """Another tool's ``cp`` of ``count`` messages into bob's INBOX (unknown to the index)."""
     path = lab.store.mailbox(BOB).path
-    for n in range(COPIED):
+    for n in range(count):
         (path / "cur" / f"{1_700_000_000 + n}.M{n}P1.cp,S={len(BODY)}:2,S").write_bytes(BODY)
 
 
@@ -90,6 +91,64 @@ def test_a_reader_is_answered_while_a_copy_ins_rows_are_written(single_lab: Lab,
         assert b"\\Flagged" in data[-1]
         typ, data = reader.fetch(str(COPIED + 2), "(UID FLAGS RFC822.SIZE)")
         assert f"UID {COPIED + 2} ".encode() in data[0] and b"\\Seen" in data[0]
+    finally:
+        released.set()
+        for c in (writer, reader):
+            c.logout()
+
+
+def test_a_reader_is_answered_while_a_rescan_indexes_a_copy_in(single_lab: Lab, monkeypatch) -> None:
+    """A NOOP finds more copied-in files than the lab loop may index inline: the
+    rescan runs on a background thread (the old code ran it on the loop, under the
+    mailbox lock, as the table was small). While it makes their rows (held up here:
+    ``MessageTable.extend``, which the old code ran under the lock and now runs
+    outside it on the new rows alone), another session's FETCH is answered (its own
+    rescan indexes them: a sync never waits for another's preparation), and every
+    file ends up indexed once."""
+    from maillab.store.dirsync import INLINE_SYNC_MAX
+    from maillab.store.table import MessageTable
+
+    copied = INLINE_SYNC_MAX + 100
+    lab = single_lab
+    lab.store.deliver(BOB, b"Subject: m0\r\n\r\nbody 0\r\n")
+    reached, released = threading.Event(), threading.Event()
+    in_time: list[bool] = []
+    first: list[int] = []
+    real_extend = MessageTable.extend
+
+    def slow_extend(self, uids, *args, **kwargs):
+        if len(uids) >= copied and not first:
+            first.append(threading.get_ident())  # the first rescan only: others go on
+            reached.set()
+            in_time.append(released.wait(10))
+        return real_extend(self, uids, *args, **kwargs)
+
+    writer = imaplib.IMAP4(*lab.address("imap"), timeout=60)
+    reader = imaplib.IMAP4(*lab.address("imap"), timeout=60)
+    result: list[object] = []
+    try:
+        for c in (writer, reader):
+            c.login(BOB, "bob-pw")
+            assert c.select("INBOX")[0] == "OK"
+        _copy_in(lab, copied)
+        monkeypatch.setattr(MessageTable, "extend", slow_extend)
+        noop = threading.Thread(target=lambda: result.append(writer.noop()))
+        noop.start()
+        assert reached.wait(30), "the NOOP's rescan never indexed the copy-in"
+        typ, data = reader.uid("FETCH", "1", "(BODY.PEEK[])")
+        assert typ == "OK" and b"body 0" in next(d for d in data if isinstance(d, tuple))[1], data
+        released.set()
+        noop.join(30)
+        for _ in range(300):  # the rescan held up may be a background thread's
+            if in_time:
+                break
+            time.sleep(0.1)
+        assert in_time == [True], "the reader's FETCH waited for the rescan's indexing"
+        assert result and result[0][0] == "OK"
+        assert len(lab.store.mailbox(BOB)) == copied + 1
+        assert writer.noop()[0] == "OK"
+        typ, data = writer.fetch(f"{copied + 1}", "(UID)")
+        assert typ == "OK" and f"UID {copied + 1}".encode() in data[0]
     finally:
         released.set()
         for c in (writer, reader):

@@ -96,9 +96,11 @@ class DirectorySync:
         self._dir_stamp = self._stamp() if was_in_sync else None
         self._checkpoint_later()  # (after the commit that came with the change)
 
-    def sync(self) -> bool:
+    def sync(self, cap: int | None = None) -> bool:
         """Reconcile the index with the directories: files added, renamed or
-        removed by other tools. Returns True when anything changed."""
+        removed by other tools. Returns True when anything changed. With ``cap``
+        (the lab loop's inline sync), directories listing more files than that are
+        left to a background thread."""
         # No cyclic collection while 100,000 names are listed: nothing made here is
         # garbage, and in a lab process a full collection walks every object it has.
         # The lists and dicts of the listing die inside _reconcile, before the
@@ -122,6 +124,10 @@ class DirectorySync:
         # it is made again under the lock. Only its result is applied under the lock.
         with collector_paused():
             listing = self._listing()
+            if cap is not None and len(listing[0]) > cap:
+                del copy, listing
+                self._sync_in_background()
+                return False
             diff: _Diff | None = _compare(copy, listing)
             # Files found new: their rows, the blob that writes them and their UIDs
             # made here too, from UIDNEXT as it was (used if still so under the lock).

@@ -222,11 +222,16 @@ class Mailbox(Checkpointing, DeferredRows, DirectorySync, Flagging, Measuring, D
         reaches back that far (the caller rescans). Cost: the changes, not the mailbox.
 
         With ``inline`` false (the caller is the lab loop) outside changes to a large
-        mailbox are picked up by a background thread instead (comparing 100,000 file
-        names takes longer than the loop may stall): they show in a later call.
+        mailbox, or that make it large, are picked up by a background thread instead
+        (comparing 100,000 file names takes longer than the loop may stall): they show
+        in a later call.
         """
-        if inline or len(self.table) <= INLINE_SYNC_MAX:
+        if inline:
             self.sync()  # (lists the directories without the lock, if the caller holds none)
+        elif len(self.table) <= INLINE_SYNC_MAX:
+            # on the loop: inline only while the directories are small too (a copy-in of
+            # 50,000 files into a small mailbox is indexed by the background thread)
+            self.sync(cap=INLINE_SYNC_MAX)
         with self.lock:
             if not (inline or len(self.table) <= INLINE_SYNC_MAX):
                 self._sync_in_background()
