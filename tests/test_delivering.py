@@ -18,7 +18,7 @@ import stat
 from test_crash_consistency import BOB, _message, _serve
 
 from maillab.store import Store
-from maillab.store.acceptlog import LOG_FILE, SIZE
+from maillab.store.acceptlog import LOG_FILE, SIZE, unretired
 from maillab.store.delivering import MARK
 from maillab.store.groupsync import GROUP
 
@@ -52,6 +52,7 @@ def test_accept_is_in_new_before_it_returns_and_told_after_its_round(tmp_path) -
     assert told == [info.uid]
     assert not path.stat().st_mode & MARK, "the mark stays after the round"
     assert not os.listdir(tmp_path / BOB / "tmp")
+    assert unretired(str(tmp_path / BOB / LOG_FILE))[1] == [], "the round's watermark did not pass the record"
     store.close()
 
 

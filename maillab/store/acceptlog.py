@@ -34,9 +34,13 @@ directories and index log too, then the watermark written) before an expunge or 
 of the folder (:meth:`~maillab.store.mailbox.Mailbox.remove`). A flag change renames the
 file within ``new/`` and ``cur/`` under the same key: the record is then skipped.
 
+The round that retires the last record under way also writes the watermark (once at
+the end of a burst of deliveries).
+
 A record that does not fit (a message larger than the free part of the ring) is not
-written: the delivery then takes the older path, its file marked and fsync'ed in
-``tmp/`` (:mod:`maillab.store.delivering`).
+written, nor is one into a log another process holds (``flock``: a second lab on the
+same directory): the delivery then takes the older path, its file marked and fsync'ed
+in ``tmp/`` (:mod:`maillab.store.delivering`).
 """
 
 from __future__ import annotations
@@ -211,6 +215,12 @@ class AcceptLog:
             rec.done = True
             self._close_file(rec)
             self._drop_done()
+            if not self._records and self._watermark < self._seq:
+                # Nothing under way: the watermark past every record now (one write at
+                # the end of a burst), so that a kill or a power cut later redoes nothing,
+                # not even a message another program deleted meanwhile.
+                os.pwrite(self._fd, _head(self._seq), 0)
+                self._watermark = self._seq
 
     def _close_file(self, rec: Record) -> None:
         if rec.fd >= 0 and not rec.syncing:
