@@ -156,7 +156,7 @@ class MailboxLock:
         lock is not handed to a waiter: the releasing thread, still running, would
         take it back first, and the waiter would wait for every chunk instead of one
         (on a busy machine a woken waiter may need milliseconds to get a CPU)."""
-        if not self.waiting:
+        if not self.waiting or self._lock._is_owned():  # (held further up: nobody could take it)
             return
         end = time.monotonic() + LET_IN
         while self.waiting and time.monotonic() < end:
