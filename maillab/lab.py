@@ -458,6 +458,19 @@ class Lab:
         else:
             self.smtp_handlers[host] = handler
 
+    def users_at(self, host: MailHost | None) -> Users:
+        """The users who may log in at ``host`` (all of them for a lab-wide service):
+        those of the domains it keeps (:meth:`Topology.keeps_users_of`). Alice's login
+        at beta.test's server fails there like a wrong password, as on the internet."""
+        if host is None:
+            return self.users
+        return self.users.at(lambda domain: self.topology.keeps_users_of(host, domain))
+
+    def home_host(self, user: str) -> str:
+        """The name of the host where ``user`` (an address or a lab login) logs in."""
+        address = self.users.resolve(user) or user
+        return self.topology.home_of(address.rpartition("@")[2]).name
+
     def add_user(self, address: str, password: str) -> None:
         self.users.add(address, password)
         if self.started:

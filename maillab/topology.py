@@ -87,6 +87,24 @@ class Topology:
                 return self.hosts[hostname]
         return None
 
+    def home_of(self, domain: str) -> MailHost:
+        """The host where users of ``domain`` log in and read their mail: the host final
+        for it, or the primary host for a domain no lab host is final for."""
+        best = self.host_for_domain(domain)
+        if best is not None and self.keeps_users_of(best, domain):
+            return best
+        return next(h for h in self.hosts.values() if self.keeps_users_of(h, domain))
+
+    def keeps_users_of(self, host: MailHost, domain: str) -> bool:
+        """Whether ``host`` knows the users of ``domain`` (lets them log in): the domains
+        it is final for, where their mailboxes are; the primary host also keeps the users
+        of a domain no lab host is final for. With one host, that is every user."""
+        domain = domain.lower()
+        if domain in (d.lower() for d in host.domains):
+            return True
+        return host is self.primary and not any(domain in (d.lower() for d in h.domains)
+                                                for h in self.hosts.values())
+
     def local_domains(self) -> list[str]:
         return sorted(self.domains)
 

@@ -7,7 +7,7 @@ teaches protocols, not secrecy. They are still never written into a transcript.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 
@@ -35,10 +35,30 @@ DEFAULT_USERS = {
 
 
 class Users:
+    """The lab's users; :meth:`at` gives the ones one mail host lets log in."""
+
     def __init__(self, users: dict[str, str] | None = None) -> None:
         self._users: dict[str, User] = {}
+        #: which domains' users count here (None: all of them; see :meth:`at`)
+        self._serves: Callable[[str], bool] | None = None
         for address, password in (users or {}).items():
             self.add(address, password)
+
+    def at(self, serves: Callable[[str], bool]) -> Users:
+        """The users whose domain ``serves(domain)`` accepts, as one mail host sees them.
+
+        On the internet alice's password exists only at her own provider: another
+        provider's server has never heard of her, and her login there fails like any
+        wrong password. The view shares this object's users (one added later counts
+        at once) and asks ``serves`` at every look-up (domains are added at run time).
+        """
+        view = Users()
+        view._users = self._users
+        view._serves = serves
+        return view
+
+    def _here(self, user: User) -> bool:
+        return self._serves is None or self._serves(user.domain)
 
     def add(self, address: str, password: str) -> User:
         address = address.strip().lower()
@@ -49,25 +69,26 @@ class Users:
         return user
 
     def __iter__(self) -> Iterator[User]:
-        return iter(self._users.values())
+        return (u for u in list(self._users.values()) if self._here(u))
 
     def __len__(self) -> int:
-        return len(self._users)
+        return sum(1 for _ in self)
 
     def __contains__(self, address: object) -> bool:
-        return isinstance(address, str) and address.lower() in self._users
+        return isinstance(address, str) and self.get(address) is not None
 
     def get(self, address: str) -> User | None:
-        return self._users.get(address.lower())
+        user = self._users.get(address.lower())
+        return user if user is not None and self._here(user) else None
 
     def resolve(self, login: str) -> str | None:
         """The address a login names: the full address, or a local part that only
         one user has (clients differ in what they send)."""
         login = login.strip().lower()
-        if login in self._users:
+        if self.get(login) is not None:
             return login
         if "@" not in login:
-            matches = [u.address for u in self._users.values() if u.local == login]
+            matches = [u.address for u in self if u.local == login]
             if len(matches) == 1:
                 return matches[0]
         return None
@@ -84,7 +105,7 @@ class Users:
         return None
 
     def domains(self) -> list[str]:
-        return sorted({u.domain for u in self._users.values()})
+        return sorted({u.domain for u in self})
 
     def password(self, login: str) -> str:
         address = self.resolve(login)

@@ -331,9 +331,11 @@ def connect(lab: Lab, user: str, *, tls: str = "starttls", host: str | None = No
 
     ``tls``: "starttls" (port 143 -> lab 1143, upgraded before LOGIN), "implicit"
     (993 -> lab 1993) or "none" (plaintext; only for showing what an eavesdropper sees).
+    ``host``: the lab host to connect to; by default the user's own (carol's is
+    mx1.beta.test: no other host knows her login).
     """
     service = "imaps" if tls == "implicit" else "imap"
-    svc = lab.service(service, host)
+    svc = lab.service(service, host or lab.home_host(user))  # where the user's login exists
     ctx = lab.ca.client_context() if lab.ca else None
     client: RecordingIMAP4 | RecordingIMAP4_SSL
     if tls == "implicit":

@@ -286,9 +286,9 @@ def _split_target(via: str) -> tuple[str, int] | None:
     return None
 
 
-def _lab_service(lab: Lab, name: str) -> tuple[str, int]:
+def _lab_service(lab: Lab, name: str, host: str | None = None) -> tuple[str, int]:
     try:
-        return lab.address(name)
+        return lab.address(name, host)
     except KeyError:
         raise ValueError(f"the lab has no {name} service running (is it started?)") from None
 
@@ -308,10 +308,11 @@ def send(
     """Send ``message`` and record the client side of the session in ``lab.events``.
 
     ``via``:
-      * ``"submission"`` (default): the lab's port 587, STARTTLS (verified against
-        the lab CA), then AUTH as the sender (password from ``lab.users``);
-      * ``"smtps"``: the lab's port 465, implicit TLS, AUTH;
-      * ``"smtp"``: the lab's MX port 25, no AUTH (it accepts mail for its own
+      * ``"submission"`` (default): port 587 of the sender's own host (carol@beta.test
+        sends through mx1.beta.test: only there does her login exist), STARTTLS
+        (verified against the lab CA), then AUTH as the sender (password from ``lab.users``);
+      * ``"smtps"``: the same host's port 465, implicit TLS, AUTH;
+      * ``"smtp"``: the primary host's MX port 25, no AUTH (it accepts mail for its own
         domains only);
       * ``"host:port"``: any server, lab or real; STARTTLS when offered (trusting
         the system CAs and the lab CA), AUTH only when ``user`` is given.
@@ -329,8 +330,8 @@ def send(
         want_auth = user is not None
         mode = "direct"
     elif via in ("submission", "smtps", "smtp"):
-        host, port = _lab_service(lab, via)
         want_auth = via != "smtp"
+        host, port = _lab_service(lab, via, lab.home_host(user or sender) if want_auth else None)
         mode = via
     else:
         raise ValueError(f"via must be submission, smtps, smtp or host:port, not {via!r}")

@@ -162,7 +162,7 @@ class IMAPServer(LineServer):
     def open_session(self) -> IMAPSession:
         svc = self.service
         return IMAPSession(
-            self.lab.store, self.lab.users, self.lab.limits,
+            self.lab.store, self.lab.users_at(svc.host), self.lab.limits,
             hostname=svc.hostname,
             tls_active=self.implicit_tls,
             starttls_available=not self.implicit_tls,

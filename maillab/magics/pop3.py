@@ -142,7 +142,7 @@ def run_client_session(lab: Lab, user: str, *, list_: bool = True, top: tuple[in
     if address is None:
         raise UsageError(f"no lab user {user!r}; users: {', '.join(u.address for u in lab.users)}")
     service = "pop3s" if tls == "implicit" else "pop3"
-    host, port = lab.address(service)
+    host, port = lab.address(service, lab.home_host(address))  # where the user's login exists
     client = connect(host, port, events=lab.events, tls=tls, ssl_context=lab_ssl_context(lab),
                      timeout=timeout)
     session = client.recorder.session if client.recorder else None

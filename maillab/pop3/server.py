@@ -65,7 +65,7 @@ class POP3Server(LineServer):
 
     def __init__(self, lab: Lab, service: Service, *, implicit_tls: bool) -> None:
         super().__init__(lab, service, implicit_tls=implicit_tls)
-        self.backend = StoreBackend(lab.store, lab.users, lab.limits)
+        self.backend = StoreBackend(lab.store, lab.users_at(service.host), lab.limits)
 
     @property
     def idle_timeout(self) -> float:

@@ -90,14 +90,15 @@ class SMTPServer(LineServer):
 
     def open_session(self) -> SMTPSession:
         lab, host = self.lab, self.service.host
+        users = lab.users_at(host)  # who may log in here: this host's own users
         return SMTPSession(
             hostname=self.hostname,
             limits=lab.limits,
             local_domains=frozenset(host.domains) if host else frozenset(),
             is_user=lab.users.__contains__,
             postmaster=lambda domain: next(iter(sorted(u.address for u in lab.users if u.domain == domain)), None),
-            authenticate=lab.users.authenticate,
-            resolve=lab.users.resolve,
+            authenticate=users.authenticate,
+            resolve=users.resolve,
             relay_available=lab.relay is not None,
             submission=self.submission,
             starttls_available=not self.implicit_tls,
