@@ -56,7 +56,8 @@ def _describe(lab: Lab) -> str:
              f"lab.json:       {lab.directory / 'lab.json'}",
              "", "users (log in with the full address):"]
     width = max((len(u.address) for u in lab.users), default=0)
-    lines += [f"  {u.address:<{width}}  password {u.password}" for u in lab.users]
+    lines += [f"  {u.address:<{width}}  password {u.password}  at {lab.home_host(u.address)}"
+              for u in lab.users]
     member = lab.classnet
     if member is not None:
         lines += ["", f"joined the class at {member.dns_address}:{member.dns_port} as {member.domain}:",

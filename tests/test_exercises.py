@@ -420,16 +420,21 @@ def test_the_envelope_task_counts_a_header_by_either_name(single_lab):
 
 
 def test_the_submission_task_counts_alices_own_provider(lab):
-    """Alice logged in on mx1.beta.test's submission port (the lab's hosts share their
-    users) passed the task: her provider is mail.alpha.test, the host of her domain."""
+    """Alice logged in on mx1.beta.test's submission port (the lab's hosts shared their
+    users) passed the task: her provider is mail.alpha.test, the host of her domain.
+    Now beta refuses her login (535) and the hint names her own host."""
     import smtplib
 
     for host_name, passed in (("mx1.beta.test", False), ("mail.alpha.test", True)):
         host, port = lab.address("submission", host_name)
         with smtplib.SMTP(host, port, timeout=10) as smtp:
             smtp.starttls(context=lab.ca.client_context())
-            smtp.login("alice@alpha.test", "alice-pw")
-            smtp.sendmail("alice@alpha.test", ["bob@alpha.test"], f"Subject: via {host_name}\r\n\r\nx\r\n")
+            if passed:
+                smtp.login("alice@alpha.test", "alice-pw")
+                smtp.sendmail("alice@alpha.test", ["bob@alpha.test"], f"Subject: via {host_name}\r\n\r\nx\r\n")
+            else:
+                with pytest.raises(smtplib.SMTPAuthenticationError):
+                    smtp.login("alice@alpha.test", "alice-pw")
         result = lab.check("submission")
         assert result.passed is passed, result
         if not passed:

@@ -21,6 +21,7 @@ from conftest import fast_limits
 from maillab import Lab
 from maillab.clients.smtp import send
 from maillab.compose import compose
+from maillab.magics.mail import UsersTable
 from maillab.magics.pop3 import run_client_session
 from maillab.topology import single_host
 from maillab.users import Users
@@ -181,6 +182,10 @@ def test_lab_clients_go_to_the_users_own_host(mlab):
     assert result.ok and result.port == mlab.address("submission", BETA)[1]
     # %pop3 carol reads her mailbox at mx1.beta.test
     assert run_client_session(mlab, "carol", tls="stls").user == CAROL[0]
+    # %mail users says where each logs in
+    rows = {a: (loc, home) for a, _p, loc, home in UsersTable(mlab).rows}
+    assert rows[ALICE[0]] == ("alice", HOME) and rows[CAROL[0]] == ("carol", BETA)
+    assert "logs in at" in repr(UsersTable(mlab))
 
 
 def test_who_logs_in_where_without_servers():

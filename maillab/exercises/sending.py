@@ -37,7 +37,7 @@ SENDER, RECIPIENT = "alice@alpha.test", "bob@alpha.test"
 def check_submission(lab: Lab, answer: str | None = None) -> CheckResult:
     result = CheckResult("submission", False)
     # Alice's own provider: the host of her domain (another domain's submission server
-    # would not know her; the lab's hosts share their users, the task does not).
+    # does not know her and refuses her login: the hint says where to go instead).
     home = lab.topology.host_for_domain(SENDER.partition("@")[2])
     own = home.name if home else None
     convs = conversations(lab, "smtp", service="submission", host=own)

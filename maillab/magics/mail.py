@@ -417,25 +417,31 @@ def _status(magics: MailMagics, args: argparse.Namespace) -> Any:
 
 class UsersTable:
     def __init__(self, lab: Lab) -> None:
-        self.rows = [(u.address, u.password, u.local if lab.users.resolve(u.local) == u.address else "")
-                     for u in lab.users]
+        # (address, password, bare name, the host where the login exists: her provider's)
+        self.rows: list[tuple[str, str, str, str]] = []
+        for u in lab.users:
+            home = lab.home_host(u.address)
+            here = lab.users_at(lab.topology.hosts.get(home))
+            self.rows.append((u.address, u.password, u.local if here.resolve(u.local) == u.address else "",
+                              home))
 
     def __repr__(self) -> str:
         from ..views.status import text_table
 
-        rows = [{"address": a, "password": p, "local": loc} for a, p, loc in self.rows]
+        rows = [{"address": a, "password": p, "local": loc, "home": h} for a, p, loc, h in self.rows]
         return text_table(rows, [("user", "address"), ("password", "password"),
-                                 ("also logs in as", "local")])
+                                 ("also logs in as", "local"), ("logs in at", "home")])
 
     def _repr_html_(self) -> str:
         return page(self._html_body(), kind="users")
 
     def _html_body(self) -> str:
         body = "".join(f"<tr><td>{html.escape(a)}</td><td><code>{html.escape(p)}</code></td>"
-                       f"<td>{html.escape(loc)}</td></tr>" for a, p, loc in self.rows)
-        return ("<table><thead><tr><th>user</th><th>password</th><th>also logs in as</th></tr></thead>"
-                f"<tbody>{body}</tbody></table><div style='font-size:90%'>Lab passwords, shown on "
-                "purpose; they are never written into transcripts.</div>")
+                       f"<td>{html.escape(loc)}</td><td>{html.escape(h)}</td></tr>" for a, p, loc, h in self.rows)
+        return ("<table><thead><tr><th>user</th><th>password</th><th>also logs in as</th>"
+                f"<th>logs in at</th></tr></thead><tbody>{body}</tbody></table><div style='font-size:90%'>"
+                "Lab passwords, shown on purpose; they are never written into transcripts. Each user "
+                "logs in only at her own provider's host (its submission, IMAP and POP3 ports).</div>")
 
 
 @subcommand("users")
