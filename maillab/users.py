@@ -69,10 +69,12 @@ class Users:
         return user
 
     def __iter__(self) -> Iterator[User]:
+        if self._serves is None:
+            return iter(self._users.values())
         return (u for u in list(self._users.values()) if self._here(u))
 
     def __len__(self) -> int:
-        return sum(1 for _ in self)
+        return len(self._users) if self._serves is None else sum(1 for _ in self)
 
     def __contains__(self, address: object) -> bool:
         return isinstance(address, str) and self.get(address) is not None
@@ -88,7 +90,7 @@ class Users:
         if self.get(login) is not None:
             return login
         if "@" not in login:
-            matches = [u.address for u in self if u.local == login]
+            matches = [u.address for u in list(self._users.values()) if u.local == login and self._here(u)]
             if len(matches) == 1:
                 return matches[0]
         return None
