@@ -75,6 +75,8 @@ print("ready", flush=True)
 time.sleep(600)
 """
 CAROL = "carol@beta.test"
+#: ``maillab serve`` with the whole lab network (beta.test's MX too), then its directory.
+MAILLAB_SERVE = [sys.executable, "-m", "maillab", "serve", "--ports", "auto", "--dir"]
 #: Cuts looked at while the mid-traffic workers run, per round (each checked offline).
 LOOKS = 4
 
@@ -246,8 +248,8 @@ def test_power_cut_after_each_acknowledgement(tmp_path) -> None:
     directory = tmp_path / "after"
     _check_directory(directory, final)
     (directory / "lab.json").unlink(missing_ok=True)  # the last start's, written again
-    proc = subprocess.Popen([sys.executable, "-m", "maillab", "serve", "--ports", "auto", "--dir", str(directory)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # beta.test too
+    proc = subprocess.Popen([*MAILLAB_SERVE, str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # beta.test too
     services = wait_for_lab_json(proc, directory)["services"]
     try:
         deadline = time.monotonic() + 30
@@ -373,3 +375,58 @@ def test_power_cut_mid_traffic(tmp_path) -> None:
     print(f"acknowledged: {len(ledger.delivered)} delivered, {len(ledger.deleted)} deleted,"
           f" {len(ledger.moved)} moved, {len(ledger.uids)} UIDs")
     assert len(ledger.delivered) > 10 and ledger.deleted, "the workers barely ran"
+
+
+def test_power_cut_after_relaying_sends_each_once(tmp_path) -> None:
+    """Submission (smtplib, AUTH) of messages for carol@beta.test, relayed by the lab to
+    beta.test's MX in the same lab: after each 250 a cut would leave each message in the
+    spool or in carol's Maildir (never neither, never twice in her Maildir); once all
+    are delivered and the queue is empty, the power is cut and a restarted lab sends
+    none of them again."""
+    backing, mnt = tmp_path / "disk", tmp_path / "mnt"
+    subjects = [f"relay-{n}" for n in range(3)]
+    with Mount(backing, mnt) as mount:
+        proc = subprocess.Popen([*MAILLAB_SERVE, str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            info = wait_for_lab_json(proc, mnt)
+            sub = info["services"]["submission"]
+            with smtplib.SMTP(sub["host"], sub["port"], timeout=10) as s:
+                s.starttls(context=ssl.create_default_context(cafile=info["ca"]))
+                s.login("alice", "alice-pw")
+                for n, subject in enumerate(subjects):
+                    s.sendmail("alice@alpha.test", [CAROL], _message(subject).replace(
+                        b"To: " + BOB.encode(), b"To: " + CAROL.encode()))
+                    for seed in (None, n):
+                        image = tmp_path / f"look-{n}-{seed}"
+                        stats = mount.cut(image, seed, freeze=False)
+                        spooled = b"".join(_spooled(image))
+                        there = _carol_subjects(image)
+                        for sent in subjects[:n + 1]:
+                            assert there.count(sent) <= 1, (sent, there, stats)
+                            assert sent in there or sent.encode() in spooled, \
+                                f"{sent}: acknowledged, then neither spooled nor delivered ({stats})"
+                        shutil.rmtree(image)
+            deadline = time.monotonic() + 30
+            while sorted(_carol_subjects(mnt)) != subjects or _spooled(mnt):
+                assert time.monotonic() < deadline, (_carol_subjects(mnt), _spooled(mnt))
+                time.sleep(0.1)
+            time.sleep(0.5)  # the removals' fsync rounds
+            proc.send_signal(signal.SIGSTOP)
+            stats = mount.cut(tmp_path / "after")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=10)
+    directory = tmp_path / "after"
+    assert sorted(_carol_subjects(directory)) == subjects, stats
+    (directory / "lab.json").unlink(missing_ok=True)
+    proc = subprocess.Popen([*MAILLAB_SERVE, str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for_lab_json(proc, directory)
+        time.sleep(1.5)  # a spool entry left behind would be sent at once
+        assert sorted(_carol_subjects(directory)) == subjects, "a relayed message sent again after the cut"
+        assert not _spooled(directory)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
