@@ -62,3 +62,36 @@ def test_a_move_refused_by_the_disk_partway_is_rolled_back_at_once(single_lab: L
     finally:
         for c in (imap, watcher):
             c.logout()
+
+
+def test_a_move_whose_original_came_back_under_a_new_uid_is_finished(tmp_path) -> None:
+    """A power cut inside a MOVE's expunge round: the index log (fsync'ed first) keeps the
+    original's row deleted, the directory loses the file's rename out, so the next open
+    finds the file again under a new UID. The plan names the original by its key too,
+    and the next open finishes the MOVE: the message in Archive only. Before, the plan's
+    UID matched nothing and the message stayed in both folders (tests/test_power_cut.py,
+    a seeded look mid-traffic)."""
+    from maillab.store import Store
+    from maillab.store.moving import begin_move
+
+    store = Store(tmp_path)
+    inbox = store.mailbox(BOB, create=True)
+    archive = store.create_mailbox(BOB, "Archive")
+    info = inbox.add(b"Subject: moved\r\n\r\nbody\r\n", frozenset({"\\Flagged"}), None, sync=True)
+    name = inbox.file_path(info.uid)
+    data, mtime = name.read_bytes(), name.stat().st_mtime_ns
+    begin_move(inbox, archive, [info.uid], sync=True)
+    archive.add(data, info.flags, info.internaldate, sync=True)
+    inbox.remove([info.uid], sync=True)
+    name.write_bytes(data)  # the rename out lost: the file is back, its row is not
+    os.utime(name, ns=(mtime, mtime))
+    store.close()
+
+    store = Store(tmp_path)
+    try:
+        inbox, archive = store.mailbox(BOB), store.mailbox(BOB, "Archive")
+        assert [archive.read(m.uid) for m in archive.messages()] == [data]
+        assert list(inbox.messages()) == [], "the original stayed in INBOX too"
+        assert not [p for p in os.listdir(inbox.path) if p.startswith("maillab-moving-")]
+    finally:
+        store.close()

@@ -84,7 +84,12 @@ def begin_move(source: Mailbox, target: Mailbox, uids: Iterable[int], *, sync: b
     """Write down a MOVE about to copy ``uids`` from ``source`` to ``target``; with
     ``sync`` the plan is on the disk (its data, then its name) when this returns,
     before any copy can be."""
-    plan = {"target": target.name, "from_uid": target.uidnext, "uids": list(uids)}
+    uids = list(uids)
+    # the keys too: a power cut inside the expunge's fsync round can keep an original's
+    # index row deleted (the index log is fsync'ed first) and lose its file's rename out,
+    # so the next open finds the file again under a new UID (tests/test_power_cut.py)
+    keys = [info.key if (info := source.get(uid)) is not None else None for uid in uids]
+    plan = {"target": target.name, "from_uid": target.uidnext, "uids": uids, "keys": keys}
     path = f"{os.fspath(source.path)}/{_PREFIX}{os.getpid()}-{next(_counter)}.json"
     # No temporary file and rename: a plan that is not whole is one that was cut
     # short before anything was copied, and finish_moves drops it.
@@ -143,10 +148,11 @@ def finish_moves(source: Mailbox, open_target: Callable[[str], Mailbox | None], 
             plan = json.loads(path.read_bytes())
             target = open_target(plan["target"])
             first, uids = int(plan["from_uid"]), [int(u) for u in plan["uids"]]
+            keys = [str(k) if k else None for k in plan.get("keys", ())]
         except (OSError, ValueError, KeyError, TypeError):
             target = None  # not whole: cut short while it was written, before any copy
         if target is not None:
-            copies = _copied(source, target, first, uids)
+            copies = _copied(source, target, first, _found_again(source, uids, keys))
             now = {copy: flags for uid, copy in copies.items() if (flags := source.flags(uid))}
             if now:
                 target.change_flags(now, lambda old, flags: old | flags, sync=sync)
@@ -155,17 +161,39 @@ def finish_moves(source: Mailbox, open_target: Callable[[str], Mailbox | None], 
     return removed
 
 
-def _copied(source: Mailbox, target: Mailbox, first: int, uids: list[int]) -> dict[int, int]:
+def _found_again(source: Mailbox, uids: list[int], keys: list[str | None]) -> dict[int, bool]:
+    """The plan's originals as ``source`` names them now: UID -> whether it is one found
+    again by its key under another UID (its index row lost, its file not: see
+    :func:`begin_move`), whose internal date the rescan took from the file."""
+    missing = {key: uid for uid, key in zip(uids, keys, strict=False) if key and source.get(uid) is None}
+    found = {uid: False for uid in uids if source.get(uid) is not None}
+    if missing:
+        for info in source.messages():
+            if info.key in missing:
+                found[info.uid] = True
+    return found
+
+
+def _copied(source: Mailbox, target: Mailbox, first: int, uids: Iterable[int] | dict[int, bool]) -> dict[int, int]:
     """Those of ``uids`` that have a copy in ``target`` at or above UID ``first``, and
-    the copy's UID."""
+    the copy's UID: the same size and internal date, and the same bytes (the same size
+    and bytes for one found again by its key, ``uids[uid]`` true)."""
+    again = uids if isinstance(uids, dict) else {}
     candidates: dict[tuple[int, float], list[int]] = {}
+    by_size: dict[int, list[int]] = {}
     for info in target.messages():
         if info.uid >= first:
             candidates.setdefault((info.size, info.internaldate), []).append(info.uid)
+            by_size.setdefault(info.size, []).append(info.uid)
     done = {}
     for uid in uids:
         info = source.get(uid)
-        same = candidates.get((info.size, info.internaldate), []) if info is not None else []
+        if info is None:
+            same = []
+        elif again.get(uid):
+            same = [c for c in by_size.get(info.size, []) if c not in done.values()]
+        else:
+            same = candidates.get((info.size, info.internaldate), [])
         for candidate in same:
             try:
                 if target.read(candidate) == source.read(uid):
