@@ -210,3 +210,21 @@ def test_authentication_headers_read_in_linear_time(make, n) -> None:
     # %mail hops reads Authentication-Results, ARC and DKIM-Signature of any pasted message:
     # comments were removed innermost first, again and again (quadratic in the nesting)
     assert growth(_auth_headers, make, n) < BOUND
+
+
+def _inbox_row(data: bytes) -> object:
+    from maillab.views.inbox import header_fields
+
+    return header_fields(data)
+
+
+@pytest.mark.parametrize("make, n", [
+    (lambda n: b"From: " + b"(a)" * n + b" a@b\r\n\r\n", 200),
+    (lambda n: b"From: a" + b"." * n + b"@b\r\n\r\n", 1_000),
+    (lambda n: b"From: " + b"a@b, " * n + b"\r\n\r\n", 500),
+    (lambda n: b"Subject: " + b"=?utf-8?q?=C3=A9?= " * n + b"\r\n\r\n", 200),
+], ids=["comments", "dots", "addresses", "encoded-words"])
+def test_inbox_rows_read_in_linear_time(make, n) -> None:
+    # %mail inbox (the kernel) read From with email.policy.default's grammar: anyone who
+    # can reach an MX could make one row take minutes (30 KB of "(a)": 20 s)
+    assert growth(_inbox_row, make, n) < BOUND

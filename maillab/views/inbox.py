@@ -10,12 +10,12 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 from dataclasses import dataclass
-from email import policy
 from email.parser import BytesHeaderParser
 from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..imap.decoding import decode_header
 from .status import text_table
 from .theme import breakable, card_table, page
 
@@ -47,11 +47,25 @@ def _header_section(path: Path) -> bytes:
 
 
 def _header(msg: object, name: str) -> str:
+    # Read as written (the compat32 parser: no address or comment grammar) and decoded
+    # by the IMAP server's linear RFC 2047 decoder. email.policy.default parsed every
+    # From: it was shown with a grammar that is quadratic on some hostile values, and
+    # anyone may send one to an MX: "From: (a)(a)..." of 30 KB took 20 s, "From: a"
+    # and 60,000 dots 72 s, of the kernel, for one row of %mail inbox
+    # (tests/test_linear.py).
     try:
         value = msg[name]  # type: ignore[index]
     except Exception:  # a malformed header must not hide the rest of the mailbox
         return "(unparsable)"
-    return "" if value is None else " ".join(str(value).split())
+    if value is None:
+        return ""
+    return " ".join(decode_header(str(value).encode("utf-8", "surrogateescape")).split())
+
+
+def header_fields(header_section: bytes) -> tuple[str, str, str]:
+    """Date, From and Subject of a message's header section, decoded for a row."""
+    msg = BytesHeaderParser().parsebytes(header_section)
+    return _header(msg, "Date"), _header(msg, "From"), _header(msg, "Subject")
 
 
 def read_inbox(lab: Lab, user: str, folder: str = "INBOX") -> tuple[str, list[InboxRow]]:
@@ -59,19 +73,18 @@ def read_inbox(lab: Lab, user: str, folder: str = "INBOX") -> tuple[str, list[In
     address = lab.users.resolve(user) or user.lower()
     mailbox = lab.store.mailbox(address, folder)
     rows = []
-    parser = BytesHeaderParser(policy=policy.default)
     for info in mailbox.messages():
         path = mailbox.path / info.subdir / info.filename
         try:
-            msg = parser.parsebytes(_header_section(path))
+            date, sender, subject = header_fields(_header_section(path))
         except OSError:
             continue  # expunged between listing and reading
         rows.append(InboxRow(
             uid=info.uid,
             # no Date: field (a message typed by hand): the arrival time, as an RFC 5322 date
-            date=_header(msg, "Date") or formatdate(info.internaldate, localtime=True),
-            sender=_header(msg, "From"),
-            subject=_header(msg, "Subject"),
+            date=date or formatdate(info.internaldate, localtime=True),
+            sender=sender,
+            subject=subject,
             size=info.crlf_size,
             flags=" ".join(sorted(info.flags)),
             path=str(path),
