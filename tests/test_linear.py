@@ -228,3 +228,18 @@ def test_inbox_rows_read_in_linear_time(make, n) -> None:
     # %mail inbox (the kernel) read From with email.policy.default's grammar: anyone who
     # can reach an MX could make one row take minutes (30 KB of "(a)": 20 s)
     assert growth(_inbox_row, make, n) < BOUND
+
+
+def _fetched_text(data: bytes) -> object:
+    from maillab.magics.imap import FetchedMessage
+
+    return FetchedMessage(1, "INBOX", data, (), (), True).text_body()
+
+
+@pytest.mark.parametrize("make, n", [
+    (lambda n: b"Content-Type: text/plain; " + b"(a)" * n + b" charset=utf-8\r\n\r\nhello\r\n", 500),
+    (lambda n: b"Content-Type: text/plain; " + b"a=b; " * n + b"\r\n\r\nhello\r\n", 500),
+], ids=["comments", "parameters"])
+def test_fetched_message_text_is_linear(make, n) -> None:
+    # %imap --fetch showed the text through email.policy.default (30 KB of comments: 6.5 s)
+    assert growth(_fetched_text, make, n) < BOUND
