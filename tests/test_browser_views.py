@@ -661,3 +661,71 @@ def test_plain_tables_flow_in_a_view_under_24em(page: Any) -> None:
             assert got["flows"] == flows, f"scale {scale}: rows flow: {got['flows']}"
     finally:
         tab.close()
+
+
+#: For each element matching the selector: its tokens (text between spaces) of at most
+#: 40 characters, how many lines each is drawn on (the rects of a Range over its
+#: characters) and whether it is narrower than the element's line.
+_TOKEN_LINES = """(sel) => [...document.querySelectorAll(sel)].flatMap(el => {
+  const nodes = []; const w = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  while (w.nextNode()) nodes.push(w.currentNode);
+  const at = []; nodes.forEach(n => { for (let i = 0; i < n.data.length; i++) at.push([n, i]); });
+  const text = at.map(([n, i]) => n.data[i]).join('');
+  return [...text.matchAll(/[^ ]+/g)].filter(m => m[0].length <= 40).map(m => {
+    const r = document.createRange(); const a = at[m.index], b = at[m.index + m[0].length - 1];
+    r.setStart(a[0], a[1]); r.setEnd(b[0], b[1] + 1);
+    const cs = getComputedStyle(el), ctx = document.createElement('canvas').getContext('2d');
+    ctx.font = cs.font;
+    const room = el.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    return [m[0], new Set([...r.getClientRects()].filter(x => x.width > 0).map(x => Math.round(x.top))).size,
+            ctx.measureText(m[0]).width < room - 2];
+  });
+})"""
+
+
+def test_protocol_tokens_wrap_at_spaces_only(page: Any) -> None:
+    """A transcript wrapped "250-SASL-IR" as "250-SASL-" / "IR" (the browser breaks after
+    a hyphen), which reads as two tokens. Now a transcript's lines, %mail dig's text
+    lines wrap at spaces only, from 620 px down to 260 px: every token that fits a line
+    is on one line; a token of data (over 40 characters) wider than the line breaks at
+    a visible ↩. Copying a line gives back its text. A static page."""
+    from maillab.events import OPENED, SERVER_LINE, Event
+    from maillab.views.theme import page as view_page
+    from maillab.views.theme import text_lines
+    from maillab.views.transcript import render_html
+
+    lines = ["250-mail.alpha.test greets 127.0.0.1 with SASL-IR", "250-ENHANCEDSTATUSCODES 8BITMIME SASL-IR",
+             "250 AUTH PLAIN LOGIN X-OAUTH2-LONGER-EXTENSION-NAME SASL-IR",
+             "* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+] Dovecot ready.",
+             "X-Mailer-Information-Header: maillab-compose-1.0 (X-Original-To-Long-Name) SASL-IR",
+             "DKIM: v=DKIM1;k=rsa;p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAwbCq1HmE2zZc+5RtQ"]
+    events = [Event(1, 0.0, "s1", OPENED, "smtp", "server", "mail.alpha.test", "127.0.0.1")]
+    events += [Event(i + 2, 0.0, "s1", SERVER_LINE, "smtp", "server", "mail.alpha.test", t)
+               for i, t in enumerate(lines)]
+    views = {"transcript": (render_html(events, explain=False), ".ml-wire td.line"),
+             "text lines": (view_page(text_lines("\n".join(lines))), ".ml-lines>div")}
+    tab = page.context.new_page()
+    try:
+        for name, (view, sel) in views.items():
+            for width in range(620, 250, -40):
+                tab.set_content(f"<style>{_LAB_FONTS}</style><div style='width:{width}px'>{view}</div>")
+                got = tab.evaluate(_TOKEN_LINES, sel)
+                assert got, f"{name}: no tokens found"
+                broken = [t for t, n, fits in got if n != 1 and fits]
+                assert not broken, f"{name} at {width} px: tokens broken across lines: {broken}"
+                if width == 260:
+                    long = tab.evaluate("""() => { const e = document.querySelector('.ml-long');
+                      const r = document.createRange(); r.selectNodeContents(e);
+                      return [new Set([...r.getClientRects()].map(x => Math.round(x.top))).size,
+                              getComputedStyle(e).hyphenateCharacter]; }""")
+                    assert long[0] > 1 and "↩" in long[1], f"{name}: the long token's breaks are not marked: {long}"
+                    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                    tab.screenshot(path=str(ARTIFACTS / f"tokens-{name.replace(' ', '-')}.png"), full_page=True)
+            copied = tab.evaluate("""(sel) => [...document.querySelectorAll(sel)].map(e => {
+              const r = document.createRange(); r.selectNodeContents(e);
+              const s = getSelection(); s.removeAllRanges(); s.addRange(r); return s.toString(); })""", sel)
+            copied = copied[-len(lines):]  # the transcript's first row: the session opened
+            assert [c.replace("\u00ad", "") for c in copied] == lines
+            assert all("\u00ad" not in c for c in copied[:-1]), "a short token copies with soft hyphens"
+    finally:
+        tab.close()

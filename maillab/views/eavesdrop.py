@@ -17,7 +17,7 @@ import html
 from typing import TYPE_CHECKING
 
 from ..plaintext import DEMO_WARNING
-from .theme import page
+from .theme import page, protocol_line
 
 if TYPE_CHECKING:
     from ..lab import Lab
@@ -113,7 +113,7 @@ def capture_html(cap: Capture) -> str:
             rows.append(f"<div class='line ml-event'>◆ {html.escape(it.text)}</div>")
         else:
             cls = "ml-client" if it.direction == "C" else ""
-            rows.append(f"<div class='line {cls}'>{it.direction}: {html.escape(it.text)}</div>")
+            rows.append(f"<div class='line {cls}'>{it.direction}: {protocol_line(it.text)}</div>")
             if i in secrets:
                 rows.append(f"<div class='line ml-err ml-badge'>&nbsp;&nbsp;⚠ Eve decodes: {html.escape(secrets[i])}</div>")
     plain = not cap.tls

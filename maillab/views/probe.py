@@ -7,7 +7,7 @@ import html
 from typing import TYPE_CHECKING
 
 from .ports import cert_html, cert_text
-from .theme import page
+from .theme import page, protocol_line
 
 if TYPE_CHECKING:
     from ..probe import ProbeResult
@@ -58,7 +58,7 @@ def probe_html(r: ProbeResult) -> str:
     for d, t in r.transcript:
         cls = {"C": "ml-client", "S": "", "*": "ml-event"}[d]
         prefix = f"{d}: " if d in "CS" else "◆ "
-        lines.append(f"<div class='line {cls}'>{html.escape(prefix + t)}</div>")
+        lines.append(f"<div class='line {cls}'>{protocol_line(prefix + t)}</div>")
     transcript = (f"<details open><summary>transcript</summary><div class='mono ml-wire'>{''.join(lines)}"
                   "</div></details>")
     return page(f"{head}<table>{facts}</table>{chain}{transcript}", kind="probe")

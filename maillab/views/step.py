@@ -51,7 +51,7 @@ def steps_html(client: StepClient, steps: list[Step] | None = None) -> str:
             glyph = "" if ln.direction == "C" else _glyph(kind)
             note = f'<div class="ml-note">{html.escape(ln.note)}</div>' if ln.note else ""
             rows.append(f'<div class="row ml-{kind}"><span class="tag">{tag}</span>'
-                        f'<span class="txt">{glyph}{html.escape(ln.text)}</span>{note}</div>')
+                        f'<span class="txt">{glyph}{theme.protocol_line(ln.text)}</span>{note}</div>')
         if step.problem:
             rows.append(f'<div class="ml-err"><b>!! {html.escape(step.problem)}</b></div>')
     return theme.page(_CSS + "".join(rows), kind="step")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -167,6 +168,12 @@ CSS = (
     ".ml-view .ml-lines{margin:0;font-family:var(--ml-mono)!important}"
     ".ml-view .ml-lines>div{white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere;"
     "padding-left:2em;text-indent:-2em;min-height:1.35em}"
+    # a token of protocol text (theme.protocol_line) never breaks at its hyphens
+    # ("SASL-" / "IR"): it goes to the next line whole, and only one wider than the
+    # line breaks inside; a long one (data) at a soft hyphen drawn as a visible ↩
+    ".ml-view :is(.ml-tok,.ml-long){display:inline-block;max-width:100%;text-indent:0;"
+    "white-space:normal;overflow-wrap:anywhere}"
+    ".ml-view .ml-long{hyphens:manual;-webkit-hyphens:manual;hyphenate-character:'\\21A9'}"
     ".ml-view .ml-wire :is(td.t,td.tag){white-space:nowrap!important;overflow-wrap:normal;width:1%}"
     ".ml-view .ml-wire td.n{min-width:12em}"
     # the protocol line gets at least half the view (the notes the rest), so a reply
@@ -287,9 +294,42 @@ def text_lines(text: str) -> str:
     """Protocol text (a dig answer, a zone, a message as it came) one ``<div>`` a
     line, in the code font: a line too long for the output wraps with its
     continuation indented (a ``<pre>`` started it again at the left edge, where a
-    record's data read as a record and a header's rest as a header field of its own)."""
+    record's data read as a record and a header's rest as a header field of its own),
+    at spaces only (:func:`protocol_line`)."""
     return ("<div class='ml-lines'>"
-            + "".join(f"<div>{html.escape(line)}</div>" for line in text.splitlines() or [""]) + "</div>")
+            + "".join(f"<div>{protocol_line(line)}</div>" for line in text.splitlines() or [""]) + "</div>")
+
+
+#: A token longer than this many characters is data (base64, a DKIM key, a list of
+#: message ids), not a word a student types: where it is wider than the line it breaks
+#: at a visible CONTINUED mark (a soft hyphen between its characters, drawn as the
+#: mark: copying it carries the soft hyphens, so a shorter token never gets them).
+LONG_TOKEN = 40
+CONTINUED = "↩"
+
+
+def protocol_line(text: str, *, mark_long: bool = True) -> str:
+    """One line of protocol text, escaped, that wraps at its spaces only: a browser
+    breaks after a hyphen ("SASL-" / "IR", "X-Mailer" as "X-" / "Mailer"), and in
+    protocol text such a break reads as two tokens. A token holding anything but
+    letters and digits is an ``.ml-tok`` (it goes to the next line whole, and breaks
+    inside only where it is wider than the whole line); a token longer than
+    :data:`LONG_TOKEN` is an ``.ml-long``, broken where it must at a ``↩`` (CSS
+    ``hyphenate-character`` at soft hyphens), unless ``mark_long`` is false (a
+    message's text: its base64 copied from the view stays clean). Copying the line
+    gives it back unchanged, but for a long token's soft hyphens."""
+    out = []
+    for piece in _SPACES.split(text):
+        if not piece or piece[0] == " " or piece.isalnum() and len(piece) <= LONG_TOKEN:
+            out.append(html.escape(piece))
+        elif len(piece) > LONG_TOKEN and mark_long:
+            out.append("<span class='ml-long'>" + "\u00ad".join(html.escape(c) for c in piece) + "</span>")
+        else:
+            out.append(f"<span class='ml-tok'>{html.escape(piece)}</span>")
+    return "".join(out)
+
+
+_SPACES = re.compile(r"( +)")
 
 
 def escape(text: object) -> str:

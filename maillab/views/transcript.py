@@ -26,7 +26,7 @@ from ..events import CLIENT_LINE, CLOSED, FAULT, OPENED, SERVER_LINE, Event, Eve
 from .conversations import Conversation, conversations
 from .live import Block, LiveBlocks, blocks_html, sync_open_views, widget_bundle
 from .publish import Throttle
-from .theme import badge, page, reply_kind
+from .theme import badge, page, protocol_line, reply_kind
 
 Explainer = Callable[[str, str], "str | None"]
 _explainers: dict[str, Explainer | None] = {}
@@ -199,9 +199,10 @@ def _row(e: Event, explain: bool) -> str:
     # rows a second, and this is a third of their markup.
     # A message's text (payload: its lines in one cell) is marked "pl": only a protocol
     # line hangs its wrapped rest (theme), the text's own lines stay flush.
-    line = "line pl" if e.data.get("payload") else "line"
+    payload = bool(e.data.get("payload"))
+    line = "line pl" if payload else "line"
     return (f'<tr class="{kind}"><td class="t">{clock(e.time)}<td class="tag">{tag}'
-            f'<td class="{line}">{html.escape(body)}<td class="n">{html.escape(note or "")}</tr>')
+            f'<td class="{line}">{protocol_line(body, mark_long=not payload)}<td class="n">{html.escape(note or "")}</tr>')
 
 
 def _rows(evs: Sequence[Event], explain: bool) -> list[str]:
