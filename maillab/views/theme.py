@@ -311,8 +311,8 @@ CONTINUED = "↩"
 def protocol_line(text: str, *, mark_long: bool = True) -> str:
     """One line of protocol text, escaped, that wraps at its spaces only: a browser
     breaks after a hyphen ("SASL-" / "IR", "X-Mailer" as "X-" / "Mailer"), and in
-    protocol text such a break reads as two tokens. A token holding anything but
-    letters and digits is an ``.ml-tok`` (it goes to the next line whole, and breaks
+    protocol text such a break reads as two tokens. A token with such a break point
+    is an ``.ml-tok`` (it goes to the next line whole, and breaks
     inside only where it is wider than the whole line); a token longer than
     :data:`LONG_TOKEN` is an ``.ml-long``, broken where it must at a ``↩`` (CSS
     ``hyphenate-character`` at soft hyphens), unless ``mark_long`` is false (a
@@ -320,7 +320,7 @@ def protocol_line(text: str, *, mark_long: bool = True) -> str:
     gives it back unchanged, but for a long token's soft hyphens."""
     out = []
     for piece in _SPACES.split(text):
-        if not piece or piece[0] == " " or piece.isalnum() and len(piece) <= LONG_TOKEN:
+        if not piece or piece[0] == " " or len(piece) <= LONG_TOKEN and not _BREAKS_INSIDE.search(piece, 1):
             out.append(html.escape(piece))
         elif len(piece) > LONG_TOKEN and mark_long:
             out.append("<span class='ml-long'>" + "\u00ad".join(html.escape(c) for c in piece) + "</span>")
@@ -330,6 +330,10 @@ def protocol_line(text: str, *, mark_long: bool = True) -> str:
 
 
 _SPACES = re.compile(r"( +)")
+#: Where a browser may break inside a token (Unicode line breaking: after a hyphen,
+#: ``/``, ``?``, ``!``, ``}``, ``|``), but for the token's last character, and its first
+#: (a word-initial hyphen, ``-ERR``, never breaks: UAX #14 LB20a)
+_BREAKS_INSIDE = re.compile(r"[-/?!}|](?=.)")
 
 
 def escape(text: object) -> str:
