@@ -147,6 +147,12 @@ def test_tempfail_retry_is_shown_pending_then_delivered(rlab: Lab) -> None:
     queue = QueueView(rlab.relay.queue(), faults=rlab.relay.faults())
     text = repr(queue)
     assert qid in text and "retrying" in text and "451" in text and "mx1.beta.test tempfail" in text
+    # a snapshot: the next attempt is a clock time and the title says when the queue was
+    # read ("(in 5 s)" went stale while the output stayed on screen)
+    entry = next(m for m in rlab.relay.queue() if m.id == qid)
+    assert time.strftime("%H:%M:%S", time.localtime(entry.next_attempt)) in text
+    assert re.match(r"relay queue at \d\d:\d\d:\d\d\n", text)
+    assert "(in " not in text and "(in " not in queue._repr_html_()
     # as a narrow card, the long last error spans the card instead of one 13em column
     assert "<td class='ml-card-wide mono ml-token' data-label='last error'>" in queue._repr_html_()
     rlab.relay.heal("mx1.beta.test")

@@ -1,5 +1,6 @@
 """The relay queue as a table: what ``%mail queue`` returns, one row per message
-(its host, sender and recipients, state, attempts, next attempt and last error).
+(its host, sender and recipients, state, attempts, next attempt and last error),
+read at the clock time its title gives; the next attempt is a clock time too.
 
 Host names and addresses read whole in the table; the table turns into cards of
 labelled facts wherever the view is too narrow for that (``theme.card_turn``),
@@ -25,17 +26,18 @@ class QueueView:
 
     def __init__(self, messages: Iterable[Any], *, faults: dict[str, Any] | None = None,
                  rules: Iterable[str] = (), title: str = "relay queue") -> None:
+        # A snapshot: the next attempt is a clock time ("05:05:05", true however long
+        # the output is on screen; "in 5 s" went stale), and the title says when the
+        # queue was read, so how long until the attempt reads off the two.
+        self.taken = time.time()
         self.rows = [self._row(m) for m in messages]
         self.faults = dict(faults or {})
         self.rules = list(rules)  # other SMTP failure rules (lab.faults), described
-        self.title = title
+        self.title = f"{title} at {_clock(self.taken)}"
 
     @staticmethod
     def _row(m: Any) -> list[str]:
-        nxt = ""
-        if m.next_attempt:
-            nxt = (datetime.fromtimestamp(m.next_attempt).strftime("%H:%M:%S")
-                   + f" (in {max(0.0, m.next_attempt - time.time()):.0f} s)")
+        nxt = _clock(m.next_attempt) if m.next_attempt else ""
         return [m.id, m.origin, m.mail_from or "<>", ", ".join(m.rcpts), m.state, str(len(m.attempts)), nxt,
                 m.last_error or ""]
 
@@ -80,6 +82,10 @@ class QueueView:
             least = 14.0 if title == "last error" else max((text_em(p) for p in pieces), default=0.0)
             out.append(max(least, max(text_em(w, bold=True) for w in title.split())))
         return out
+
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%H:%M:%S")
 
 
 #: The queue's columns of host names and addresses, kept whole in its table.
