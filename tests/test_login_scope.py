@@ -185,7 +185,7 @@ def test_lab_clients_go_to_the_users_own_host(mlab):
     # %mail users says where each logs in
     rows = {a: (loc, home) for a, _p, loc, home in UsersTable(mlab).rows}
     assert rows[ALICE[0]] == ("alice", HOME) and rows[CAROL[0]] == ("carol", BETA)
-    assert "logs in at" in repr(UsersTable(mlab))
+    assert "logs in at" in repr(UsersTable(mlab)) and f"at {BETA}" in UsersTable(mlab)._repr_html_()
 
 
 def test_who_logs_in_where_without_servers():

@@ -436,10 +436,13 @@ class UsersTable:
         return page(self._html_body(), kind="users")
 
     def _html_body(self) -> str:
-        body = "".join(f"<tr><td>{html.escape(a)}</td><td><code>{html.escape(p)}</code></td>"
-                       f"<td>{html.escape(loc)}</td><td>{html.escape(h)}</td></tr>" for a, p, loc, h in self.rows)
-        return ("<table><thead><tr><th>user</th><th>password</th><th>also logs in as</th>"
-                f"<th>logs in at</th></tr></thead><tbody>{body}</tbody></table><div style='font-size:90%'>"
+        # where each logs in goes under the address, not in a fourth column: the table
+        # must fit a presenter's 150% zoom side by side
+        body = "".join(f"<tr><td>{html.escape(a)}<br><span class='ml-muted ml-small'>at {html.escape(h)}"
+                       f"</span></td><td><code>{html.escape(p)}</code></td><td>{html.escape(loc)}</td></tr>"
+                       for a, p, loc, h in self.rows)
+        return ("<table><thead><tr><th>user</th><th>password</th><th>also logs in as</th></tr></thead>"
+                f"<tbody>{body}</tbody></table><div style='font-size:90%'>"
                 "Lab passwords, shown on purpose; they are never written into transcripts. Each user "
                 "logs in only at her own provider's host (its submission, IMAP and POP3 ports).</div>")
 
