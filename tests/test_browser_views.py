@@ -729,3 +729,25 @@ def test_protocol_tokens_wrap_at_spaces_only(page: Any) -> None:
             assert all("\u00ad" not in c for c in copied[:-1]), "a short token copies with soft hyphens"
     finally:
         tab.close()
+
+
+def test_commands_in_check_hints_are_code(page: Any) -> None:
+    """A %mail check hint's commands (`FETCH 1:* (ENVELOPE)`, marked with backticks in
+    the hint) read in the code font, escaped; the rest of the hint in the text font. A
+    static page."""
+    from maillab.exercises import CheckResult
+
+    result = CheckResult("imap_envelopes", False, hints=[
+        "nothing was fetched: `FETCH 1:* (ENVELOPE)`, or `%mail dig beta.test MX` <b>x</b>"])
+    tab = page.context.new_page()
+    try:
+        tab.set_content(f"<style>{_LAB_FONTS}</style>{result._repr_html_()}")
+        got = tab.evaluate("""() => { const li = document.querySelector('.ml-view li');
+          const mono = getComputedStyle(document.querySelector('.ml-view')).getPropertyValue('--ml-mono');
+          return {text: li.textContent, mono, li: getComputedStyle(li).fontFamily,
+                  codes: [...li.querySelectorAll('code')].map(c => [c.textContent, getComputedStyle(c).fontFamily])}; }""")
+    finally:
+        tab.close()
+    assert got["text"] == "missing: nothing was fetched: FETCH 1:* (ENVELOPE), or %mail dig beta.test MX <b>x</b>"
+    assert [c for c, _f in got["codes"]] == ["FETCH 1:* (ENVELOPE)", "%mail dig beta.test MX"]
+    assert all("monospace" in f for _c, f in got["codes"]) and "monospace" not in got["li"], got

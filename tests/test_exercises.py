@@ -49,6 +49,9 @@ def test_every_check_fails_on_an_empty_attempt_with_a_hint(lab):
         assert result.hints, f"{name}: no hint"
         assert all(len(h) > 40 for h in result.hints), f"{name}: a hint too short to help: {result.hints}"
         assert "missing:" in repr(result) and "not yet" in result._repr_html_()
+        # each names a command to type, marked `so` in the text and shown as <code>
+        shown = result._repr_html_().split("</style>", 1)[1]
+        assert "`" in repr(result) and "<code>" in shown and "`" not in shown, f"{name}: {result.hints}"
     with pytest.raises(KeyError, match="no exercise"):
         lab.check("no_such_exercise")
 

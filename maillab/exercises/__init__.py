@@ -7,8 +7,9 @@ events) and what it holds (the store), whichever client the student used, and
 says what is still missing: never just "wrong".
 
 A check returns a :class:`CheckResult`: ``.passed``, ``.hints`` (what is
-missing, one sentence each, with the next thing to try) and ``.found`` (what
-the lab saw that counts).
+missing, one sentence each, with the next thing to try; a command to type in it
+is marked with backticks, shown as code in HTML) and ``.found`` (what the lab
+saw that counts).
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ class CheckResult:
     def _repr_html_(self) -> str:
         # the shared view style (views/theme.py): the presenter's text size, the
         # theme's colours in light and dark, a glyph beside the colour
-        from ..views.theme import badge, page
+        # commands in a hint are marked `like this` (plain text keeps the backticks):
+        # they show in the code font
+        from ..views.theme import badge, page, with_code
 
         head = badge("ok", "PASSED") if self.passed else badge("err", "not yet")
-        items = "".join(f"<li>seen: {html.escape(f)}</li>" for f in self.found)
-        items += "".join(f"<li><b>missing:</b> {html.escape(h)}</li>" for h in self.hints)
+        items = "".join(f"<li>seen: {with_code(f)}</li>" for f in self.found)
+        items += "".join(f"<li><b>missing:</b> {with_code(h)}</li>" for h in self.hints)
         return page(f"<b>{html.escape(self.name)}</b>: {head}<ul>{items}</ul>", kind="check")
 
 

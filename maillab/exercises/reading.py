@@ -62,8 +62,8 @@ def check_pop3_delete(lab: Lab, answer: str | None = None) -> CheckResult:
     if result.hints:
         return result
     if not convs:
-        result.hints.append("no POP3 session yet: put two messages in bob's mailbox, then %pop3 bob --list "
-                            "(or poplib, or %mail step pop3 bob)")
+        result.hints.append("no POP3 session yet: put two messages in bob's mailbox, then `%pop3 bob --list` "
+                            "(or poplib, or `%mail step pop3 bob`)")
         return result
     outcomes = [(c, *_pop3_outcome(c)) for c in convs]
     gone = [(c, removed) for c, _m, removed, _a, _h in outcomes if removed]
@@ -76,9 +76,9 @@ def check_pop3_delete(lab: Lab, answer: str | None = None) -> CheckResult:
         result.hints.append("the maildrop was empty in every POP3 session: send a few messages first")
     elif any(aborted and marked for _c, marked, _r, aborted, _h in outcomes):
         result.hints.append("no message is really gone yet: a DELE only marks; end that session with "
-                            "QUIT so the server enters UPDATE and removes it")
+                            "`QUIT` so the server enters UPDATE and removes it")
     else:
-        result.hints.append("no message is really gone yet: mark one with DELE n, then QUIT (the server "
+        result.hints.append("no message is really gone yet: mark one with `DELE n`, then `QUIT` (the server "
                             "removes marked messages in the UPDATE state, after QUIT)")
     # "and see that it is still there": a later session's maildrop holds what was marked
     seen = []
@@ -95,14 +95,14 @@ def check_pop3_delete(lab: Lab, answer: str | None = None) -> CheckResult:
     elif kept:
         c, marked = kept[0]
         result.hints.append(f"{c.session} marked message {marked[0]} and dropped without QUIT; now see that "
-                            "it is still there: log in again (a new POP3 session: LIST, UIDL)")
+                            "it is still there: log in again (a new POP3 session: `LIST`, `UIDL`)")
     elif any(aborted for _c, _m, _r, aborted, _h in outcomes):
         result.hints.append("a session ended without QUIT, but nothing was marked in it: DELE a message "
                             "first, then drop the connection")
     else:
         result.hints.append("no session has dropped the connection after a DELE: mark a message, then "
-                            "close the connection without QUIT (%pop3 bob --dele 1 --drop, or poplib's "
-                            "client.close(), which sends no QUIT) and see that it is still there")
+                            "close the connection without QUIT (`%pop3 bob --dele 1 --drop`, or poplib's "
+                            "`client.close()`, which sends no QUIT) and see that it is still there")
     result.passed = not result.hints
     return result
 
@@ -137,8 +137,8 @@ def check_imap_envelopes(lab: Lab, answer: str | None = None) -> CheckResult:
     if result.hints:
         return result
     if not convs:
-        result.hints.append("no IMAP session yet: log in (%imap bob --envelopes, imaplib, or "
-                            "%mail step imap bob)")
+        result.hints.append("no IMAP session yet: log in (`%imap bob --envelopes`, imaplib, or "
+                            "`%mail step imap bob`)")
         return result
     # Judged from the server's responses, not the command's words: FETCH 1:* ALL
     # (a macro holding ENVELOPE) counts, a FETCH that matched no message does not.
@@ -147,7 +147,7 @@ def check_imap_envelopes(lab: Lab, answer: str | None = None) -> CheckResult:
                 if any(v in ("SELECT", "EXAMINE") and ok and args and mailbox_name(args[0]) == "INBOX"
                        for v, args, ok in c.imap_commands())]
     if not selected:
-        result.hints.append("no session selected INBOX: SELECT INBOX (or EXAMINE INBOX, read-only) "
+        result.hints.append("no session selected INBOX: `SELECT INBOX` (or `EXAMINE INBOX`, read-only) "
                             "before FETCH")
         return result
     for c, fetches in selected:
@@ -162,7 +162,7 @@ def check_imap_envelopes(lab: Lab, answer: str | None = None) -> CheckResult:
             return result
     fetches = [(c, items, resp) for c, f in selected for items, resp in f]
     if not fetches:
-        result.hints.append("INBOX was selected, but nothing was fetched: FETCH 1:* (ENVELOPE)")
+        result.hints.append("INBOX was selected, but nothing was fetched: `FETCH 1:* (ENVELOPE)`")
     elif any(any("ENVELOPE (" in r.upper() for r in resp) for _c, _i, resp in fetches):
         body = next((items for _c, items, resp in fetches if any(_TEXT_ITEM.search(r) for r in resp)),
                     "a body")
@@ -170,10 +170,10 @@ def check_imap_envelopes(lab: Lab, answer: str | None = None) -> CheckResult:
                             "text; do it in a session that asks for ENVELOPE (and FLAGS, UID) only")
     elif any("ENVELOPE" in items.upper() for _c, items, _r in fetches):
         result.hints.append("you asked for ENVELOPE, but the server sent none: was INBOX empty? Put a "
-                            "message in bob's INBOX first, then FETCH 1:* (ENVELOPE)")
+                            "message in bob's INBOX first, then `FETCH 1:* (ENVELOPE)`")
     else:
         result.hints.append(f"you fetched {fetches[-1][1]!r} but no ENVELOPE: the summary (date, from, "
-                            "subject) without a byte of body is FETCH 1:* (ENVELOPE)")
+                            "subject) without a byte of body is `FETCH 1:* (ENVELOPE)`")
     return result
 
 
@@ -228,12 +228,12 @@ def check_imap_move(lab: Lab, answer: str | None = None) -> CheckResult:
         return result
     if not convs:
         result.hints.append("no IMAP session yet: use a real client (imaplib, IMAPClient, neomutt, "
-                            "Thunderbird) or a %%imap imap cell as bob (%imap cannot move messages)")
+                            "Thunderbird) or a `%%imap imap` cell as bob (`%imap` cannot move messages)")
         return result
     attempts = [(c, *a) for c in convs for a in _move_attempts(c)]
     if not attempts:
-        result.hints.append("no MOVE or COPY yet: SELECT INBOX, make a folder (CREATE Archive), then "
-                            "MOVE a message there (imaplib: client.uid('MOVE', uid, 'Archive'))")
+        result.hints.append("no MOVE or COPY yet: SELECT INBOX, make a folder (`CREATE Archive`), then "
+                            "MOVE a message there (imaplib: `client.uid('MOVE', uid, 'Archive')`)")
         return result
     # The store decides: a message now in the folder that INBOX no longer holds.
     hints = []
@@ -242,18 +242,18 @@ def check_imap_move(lab: Lab, answer: str | None = None) -> CheckResult:
         if missing:
             hints.append({
                 "failed": f"{how} into {target!r} failed: does the folder exist (CREATE it first; "
-                          "LIST \"\" \"*\" shows the folders)? Is there a message by that number?",
+                          "`LIST \"\" \"*\"` shows the folders)? Is there a message by that number?",
                 "deleted": f"you copied a message into {target!r}, but the original stayed: mark it "
-                           "\\Deleted (STORE n +FLAGS (\\Deleted)) and EXPUNGE (what MOVE does in one "
+                           "\\Deleted (`STORE n +FLAGS (\\Deleted)`) and `EXPUNGE` (what MOVE does in one "
                            "step, RFC 6851)",
                 "expunge": f"you copied a message into {target!r} and flagged the original \\Deleted, "
                            "but it stays in INBOX until EXPUNGE (or CLOSE) removes it",
                 "flag": f"you copied a message into {target!r} and sent EXPUNGE, but EXPUNGE removes "
-                        "only messages flagged \\Deleted: STORE n +FLAGS (\\Deleted) first",
+                        "only messages flagged \\Deleted: `STORE n +FLAGS (\\Deleted)` first",
             }[missing])
         elif source != "INBOX" or not user:
             hints.append(f"your {how} moved a message out of {source or 'no folder'!r}: the task moves "
-                         "one from INBOX (SELECT INBOX first)")
+                         "one from INBOX (`SELECT INBOX` first)")
         elif moved := _identities(lab, user, target) - _identities(lab, user, "INBOX"):
             result.found.append(f"{c.session}: {how} from INBOX into {target!r}, which holds "
                                 f"{len(moved)} message(s) that INBOX no longer has")
@@ -290,13 +290,13 @@ def check_received_chain(lab: Lab, answer: str | None = None) -> CheckResult:
         result.hints.append((f"the message that crossed hosts went from {every[-1][3] or 'an unknown sender'}"
                              f" to {every[-1][0]}; the task's goes " if every else
                              "no message in the lab has crossed two hosts yet: send one ") +
-                            f"from {CHAIN_SENDER} to {CHAIN_RECIPIENT} and wait for the relay (%mail relay)")
+                            f"from {CHAIN_SENDER} to {CHAIN_RECIPIENT} and wait for the relay (`%mail relay`)")
         return result
     user, subject, hosts, _sender = chains[-1]
     result.found.append(f"{user} holds {subject!r} with {len(hosts)} Received lines")
     if not answer:
-        result.hints.append("read the chain (%mail hops, or the raw header) and give the host that took "
-                            "the message first: %mail check received_chain --answer HOST")
+        result.hints.append("read the chain (`%mail hops`, or the raw header) and give the host that took "
+                            "the message first: `%mail check received_chain --answer HOST`")
         return result
     given = answer.strip().rstrip(".").lower()
     if any(h[0] == given for _u, _s, h, _f in chains):
@@ -310,5 +310,5 @@ def check_received_chain(lab: Lab, answer: str | None = None) -> CheckResult:
         result.hints.append(f"{answer} is a hop in the middle of the chain; the first one is at the bottom")
     else:
         result.hints.append(f"{answer} is not the 'by' host of any Received line of a message that "
-                            "crossed hosts: read the lines after 'by' (%mail hops)")
+                            "crossed hosts: read the lines after 'by' (`%mail hops`)")
     return result

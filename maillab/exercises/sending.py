@@ -45,7 +45,7 @@ def check_submission(lab: Lab, answer: str | None = None) -> CheckResult:
     if not convs and other:
         result.hints.append(f"you used the submission port of {other[-1].host}, another domain's server; "
                             f"alice's own provider is {own}: connect to its submission port (587, in "
-                            f"this lab {_port(lab, 'submission', own)}; lab.address('submission'))")
+                            f"this lab {_port(lab, 'submission', own)}; `lab.address('submission')`)")
         return result
     if not convs:
         elsewhere = [c for c in conversations(lab, "smtp") if c.service in ("smtps", "smtp")
@@ -55,8 +55,8 @@ def check_submission(lab: Lab, answer: str | None = None) -> CheckResult:
         result.hints.append((f"you used port {wrong[elsewhere[-1].service]}: " if elsewhere else
                              "no SMTP session has reached the submission port yet: ") +
                             f"connect to submission (standard port 587, in this lab "
-                            f"{_port(lab, 'submission')}) with smtplib, %%smtp submission, or "
-                            "%mail step smtp alice")
+                            f"{_port(lab, 'submission')}) with smtplib, `%%smtp submission`, or "
+                            "`%mail step smtp alice`")
         return result
 
     def score(c: Conversation) -> tuple[bool, bool, bool, bool]:
@@ -86,19 +86,19 @@ def check_submission(lab: Lab, answer: str | None = None) -> CheckResult:
         result.found.append(f"{best.session}: a message for {RECIPIENT} was accepted (250 after the text)")
     if not tls:
         result.hints.append("your session on the submission port never upgraded with STARTTLS: send "
-                            "EHLO, then STARTTLS, then EHLO again, then AUTH (a login in clear text does not count)")
+                            "`EHLO`, then `STARTTLS`, then `EHLO` again, then `AUTH` (a login in clear text does not count)")
     elif not auth:
         failed = any(not e.data.get("ok") for c in convs for e in c.kinds("auth"))
         result.hints.append("after STARTTLS you did not log in" + (
             " successfully (an AUTH failed: the user is the full address, e.g. alice@alpha.test, "
-            "password alice-pw)" if failed else ": AUTH PLAIN (smtplib's login()) as the sender"))
+            "password alice-pw)" if failed else ": `AUTH PLAIN` (smtplib's `login()`) as the sender"))
     elif not as_sender:
         result.hints.append(f"you logged in as {who}, but the task sends as {SENDER}: log in as "
                             f"{SENDER} (password alice-pw), the user the server then lets send as that address")
     elif not accepted:
         result.hints.append(f"you logged in, but no message for {RECIPIENT} was accepted in that session: "
-                            f"MAIL FROM:<{SENDER}>, RCPT TO:<{RECIPIENT}>, DATA, the text, then a line "
-                            "holding only '.'")
+                            f"`MAIL FROM:<{SENDER}>`, `RCPT TO:<{RECIPIENT}>`, `DATA`, the text, then a line "
+                            "holding only `.`")
     result.passed = not result.hints
     return result
 
@@ -150,7 +150,7 @@ def check_mx_preference(lab: Lab, answer: str | None = None) -> CheckResult:
     targets = _mx_targets(lab)
     if targets is None:
         result.hints.append("this lab has no domain with more than one MX record (start the default "
-                            "network: %mail stop, then %mail start)")
+                            "network: `%mail stop`, then `%mail start`)")
         return result
     domain, mx = targets
     highest_pref, highest = max(mx)
@@ -175,22 +175,22 @@ def check_mx_preference(lab: Lab, answer: str | None = None) -> CheckResult:
                             "no login")
     elif direct:
         result.hints.append(f"you delivered to {highest}, but for {', '.join(direct[-1])}: the task's "
-                            f"message is for {MX_RECIPIENT} (RCPT TO:<{MX_RECIPIENT}>)")
+                            f"message is for {MX_RECIPIENT} (`RCPT TO:<{MX_RECIPIENT}>`)")
     elif not tried and relayed:
         result.hints.append(f"a lab relay delivered to {highest} (a sender falls back to the backup MX "
                             "when the preferred one fails), not you: connect to it yourself, e.g. with "
-                            f"%%smtp or smtplib.SMTP(*lab.address('smtp', '{highest}'))")
+                            f"`%%smtp` or `smtplib.SMTP(*lab.address('smtp', '{highest}'))`")
     elif tried:
-        result.hints.append(f"you reached {highest}, but it accepted no message from you: MAIL FROM, "
-                            f"RCPT TO:<{MX_RECIPIENT}>, DATA, the text and '.'")
+        result.hints.append(f"you reached {highest}, but it accepted no message from you: `MAIL FROM`, "
+                            f"`RCPT TO:<{MX_RECIPIENT}>`, `DATA`, the text and `.`")
     elif _direct(lab, lowest):
         result.hints.append(f"you delivered to {lowest}: that MX has the lowest preference value, the "
                             "most preferred; the task asks for the highest value (the backup)")
     else:
         result.hints.append(f"no message has reached the right host yet: ask the lab DNS for the MX "
-                            f"records of {domain} (%mail dig {domain} MX), take the one with the highest "
+                            f"records of {domain} (`%mail dig {domain} MX`), take the one with the highest "
                             "preference number and send to it directly on its SMTP port (port 25; "
-                            "%mail status shows the lab port), e.g. with %%smtp HOST:PORT")
+                            "`%mail status` shows the lab port), e.g. with `%%smtp HOST:PORT`")
     return result
 
 
@@ -222,7 +222,7 @@ def _mime_problem(lab: Lab) -> str:
                or _CJK.search(str(parse(d).get("Subject", "")))]
     if not chinese:
         return ("no message in the lab has a Chinese subject and a PDF attachment yet: "
-                "%%mail --from alice@alpha.test --to bob@alpha.test --subject '你好' --attach file.pdf")
+                "`%%mail --from alice@alpha.test --to bob@alpha.test --subject '你好' --attach file.pdf`")
     for d, msg in reversed(chinese):  # the latest attempt first
         if not _raw_subject(d).isascii():
             return ("the Chinese subject travelled as raw UTF-8 octets, not as an RFC 2047 encoded word: "
@@ -290,22 +290,22 @@ def check_mime_parts(lab: Lab, answer: str | None = None) -> CheckResult:
         result.found.append("BODYSTRUCTURE fetched: the server listed the parts, the PDF among them")
     else:
         result.hints.append(f"ask the server for the message's structure first, logged in as {user}: "
-                            "FETCH n (BODYSTRUCTURE) lists the parts in order (imaplib: client.uid('FETCH', "
-                            "uid, '(BODYSTRUCTURE)'), or a %%imap imap cell; %imap bob --fetch downloads "
+                            "`FETCH n (BODYSTRUCTURE)` lists the parts in order (imaplib: `client.uid('FETCH', "
+                            "uid, '(BODYSTRUCTURE)')`, or a `%%imap imap` cell; `%imap bob --fetch` downloads "
                             "the whole message and draws the tree itself)")
     if pdf:
         result.found.append(f"part {pdf[0]} (the PDF) fetched by its part number, and only it")
     elif whole:
         result.hints.append(f"you downloaded the whole message; the task fetches only the PDF, by its "
-                            f"part number: FETCH n (BODY.PEEK[{number}])")
+                            f"part number: `FETCH n (BODY.PEEK[{number}])`")
     else:
         fetched = sorted({p for c in convs for p in _fetched_parts(c)})
         result.hints.append(
             (f"you fetched part(s) {', '.join(fetched)}, but the server sent no PDF: count the parts in "
              "BODYSTRUCTURE (a multipart's children are 1, 2, ...; nested ones 2.1, 2.2), and fetch "
              "them from that message") if fetched else
-            "fetch the PDF alone by its part number: FETCH n (BODY.PEEK[PART]), "
-            "e.g. with imaplib's client.fetch or %%imap")
+            "fetch the PDF alone by its part number: `FETCH n (BODY.PEEK[PART])`, "
+            "e.g. with imaplib's `client.fetch` or `%%imap`")
     result.passed = not result.hints
     return result
 
@@ -361,7 +361,7 @@ def check_bounce_dsn(lab: Lab, answer: str | None = None) -> CheckResult:
         result.hints.append("no bounce has come back yet: send to an address that cannot be delivered, "
                             "e.g. nobody@beta.test (the MX answers 550 5.1.1) or someone@example.com "
                             "(outside the lab); the relay sends the sender a DSN within seconds "
-                            "(%mail queue shows it)")
+                            "(`%mail queue` shows it)")
         return result
     # Judged from what the server sent to the DSN's owner: the DSN's octets (all of
     # it, its text or one of its parts) in a RETR, TOP or FETCH answer.
@@ -386,10 +386,10 @@ def check_bounce_dsn(lab: Lab, answer: str | None = None) -> CheckResult:
                             "message/delivery-status part before it (Status:, Diagnostic-Code:), or "
                             "download the DSN whole")
     elif header_only:
-        result.hints.append("you read only the DSN's header (TOP n 0, BODY[HEADER]): why it bounced is "
-                            "in its body; download it whole (RETR n, FETCH n (BODY[]))")
+        result.hints.append("you read only the DSN's header (`TOP n 0`, `BODY[HEADER]`): why it bounced is "
+                            "in its body; download it whole (`RETR n`, `FETCH n (BODY[])`)")
     else:
         result.hints.append(f"nobody has read it yet: log in as {user} and download it (IMAP FETCH "
-                            f"BODY[] of UID {uid}, %imap {user.split('@')[0]} --fetch {uid}, or POP3 RETR);"
+                            f"`BODY[]` of UID {uid}, `%imap {user.split('@')[0]} --fetch {uid}`, or POP3 `RETR`);"
                             " its second part, message/delivery-status, says why (Status:, Diagnostic-Code:)")
     return result

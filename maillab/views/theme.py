@@ -340,6 +340,17 @@ def escape(text: object) -> str:
     return html.escape(str(text))
 
 
+def with_code(text: str) -> str:
+    """``text`` escaped, each span between backticks (a command to type: ``%mail dig
+    beta.test MX``, ``FETCH 1:* (ENVELOPE)``) a ``<code>`` in the code font, the
+    backticks dropped. The plain text keeps them, as Markdown does. Text with an odd
+    number of backticks is shown as it is."""
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:
+        return html.escape(str(text))
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
+
+
 _BREAK_AFTER = "._@/:"
 
 
