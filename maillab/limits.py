@@ -49,6 +49,8 @@ class Limits:
     relay_connect_timeout: float = 5.0  # per MX address
     relay_reply_timeout: float = 60.0  # per SMTP reply (RFC 5321 4.5.3.2 allows minutes)
     relay_concurrency: int = 10  # deliveries (DNS + SMTP) at once, whole lab
+    relay_destination_concurrency: int = 5  # of them, at most this many to one recipient domain: a
+    # next hop that answers slowly (a tarpit) holds no more (Postfix: default_destination_concurrency_limit)
     relay_connection_cache: float = 2.0  # seconds a finished relay session stays open while more
     # mail waits for the same host (Postfix's on-demand connection cache); 0: a new session per message
     relay_inflow_backlog: int = 50  # deliveries waiting for a slot before the SMTP servers pause

@@ -250,3 +250,29 @@ def test_a_coalescing_live_transcript_still_shows_every_line(monkeypatch):
         assert state["head"] + "".join(t + "".join(r) + b for _key, (t, r, b) in state["items"]) == shown
     finally:
         view.close()
+
+
+def test_a_slow_destination_holds_at_most_its_share_of_the_slots():
+    """A next hop that answers each command after a minute (a tarpit; on the class
+    network anyone's MX) held every relay slot: mail to every other domain waited behind
+    it. At most ``per_destination`` slots serve one recipient domain; a freed slot goes
+    to the oldest waiting delivery whose domain has room (found attacking the lab:
+    tests/test_socket_attacks.py, docs/security-tests.md)."""
+    async def go():
+        slots = DeliverySlots(4, burst=10, per_destination=2)
+        tarpit = [asyncio.create_task(slots.acquire((f"h{i}", "tarpit.test"))) for i in range(6)]
+        await asyncio.sleep(0)
+        assert sum(t.done() for t in tarpit) == 2 and slots.destinations == {"tarpit.test": 2}
+        other = asyncio.create_task(slots.acquire(("h0", "beta.test")))  # not behind the tarpit's
+        assert await other == 0
+        slots.release(("h0", "beta.test"), 0)
+        assert slots.destinations == {"tarpit.test": 2}  # the freed slot stays free
+        first = next(t for t in tarpit if t.done())
+        slots.release(("h" + str(tarpit.index(first)), "tarpit.test"), first.result())
+        await asyncio.sleep(0)
+        assert sum(t.done() for t in tarpit) == 3 and slots.destinations == {"tarpit.test": 2}
+        for t in tarpit:
+            t.cancel()
+        await asyncio.gather(*tarpit, return_exceptions=True)
+
+    _run(go())

@@ -111,7 +111,8 @@ class RelayQueue:
         self._loop = asyncio.get_running_loop()
         limits = self.lab.limits
         self._slots = DeliverySlots(limits.relay_concurrency, burst=REUSE_LIMIT,
-                                    inflow_backlog=limits.relay_inflow_backlog)
+                                    inflow_backlog=limits.relay_inflow_backlog,
+                                    per_destination=limits.relay_destination_concurrency)
         self.agent.start()
         self.closed = False
         for entry in self.spool.load():  # left by a crash or a stop: queued again, same id

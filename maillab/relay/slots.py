@@ -12,7 +12,11 @@ after the kept session has expired.
 
 At most ``burst`` deliveries of one flow follow each other that way; then the slot
 goes to the oldest waiting delivery of any flow, so a flood to one domain cannot
-starve the others.
+starve the others. And at most ``per_destination`` slots serve one recipient domain at
+once (Postfix's ``default_destination_concurrency_limit``): the oldest waiting
+delivery *whose domain has room* gets a freed slot. Without that, a next hop that
+answers each command after a minute (on the class network, anyone's MX) held every
+slot of the lab, and all its other outbound mail waited (tests/test_socket_attacks.py).
 
 Flow control (Postfix's ``in_flow_delay``): the lab's SMTP servers, relay queue and
 MTAs share one interpreter, so a burst of submissions takes the time the relay
@@ -33,8 +37,10 @@ Flow = tuple[str, str]
 
 
 class DeliverySlots:
-    def __init__(self, slots: int, burst: int, inflow_backlog: int = 0) -> None:
+    def __init__(self, slots: int, burst: int, inflow_backlog: int = 0, per_destination: int = 0) -> None:
         self.burst = burst
+        self.per_destination = per_destination  # 0: no cap
+        self.destinations: dict[str, int] = {}  # slots granted per recipient domain
         self.inflow_backlog = inflow_backlog  # 0: no flow control
         self.waiting = 0  # deliveries waiting for a slot now
         self.paused = 0  # messages whose acceptance :meth:`room` delayed
@@ -55,8 +61,10 @@ class DeliverySlots:
         this one on the same slot (0: a slot of its own)."""
         self.wanting[flow] = self.wanting.get(flow, 0) + 1
         try:
-            if self._free > 0 and not self._queue:
+            # (a free slot means no waiter could have it: each one's domain is full)
+            if self._free > 0 and not self._full(flow):
                 self._free -= 1
+                self._granted(flow)
                 streak = 0
             else:
                 fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -67,6 +75,7 @@ class DeliverySlots:
                     streak = await fut
                 except asyncio.CancelledError:
                     if fut.done() and not fut.cancelled():
+                        self._ungranted(flow)
                         self._pass(flow, fut.result())  # granted, then cancelled: hand it on
                     raise
                 finally:
@@ -82,26 +91,50 @@ class DeliverySlots:
         """A delivery of ``flow`` is done with its slot (``streak`` from :meth:`acquire`)."""
         self.active[flow] = self.active.get(flow, 1) - 1
         self._forget(flow)
+        self._ungranted(flow)
         self._pass(flow, streak)
+
+    def _full(self, flow: Flow) -> bool:
+        return bool(self.per_destination) and self.destinations.get(flow[1], 0) >= self.per_destination
+
+    def _granted(self, flow: Flow) -> None:
+        self.destinations[flow[1]] = self.destinations.get(flow[1], 0) + 1
+
+    def _ungranted(self, flow: Flow) -> None:
+        left = self.destinations.get(flow[1], 1) - 1
+        if left > 0:
+            self.destinations[flow[1]] = left
+        else:
+            self.destinations.pop(flow[1], None)
 
     def _pass(self, flow: Flow, streak: int) -> None:
         """Give the slot to the next delivery of ``flow`` (up to ``burst`` in a row), else
         to the oldest waiting delivery, else keep it free. Futures already granted or
         cancelled stay in the queues until they come up, and are skipped then."""
         waiters = self._by_flow.get(flow)
-        if streak + 1 < self.burst:
+        if streak + 1 < self.burst and not self._full(flow):
             while waiters:
                 fut = waiters.popleft()
                 if not fut.done():
+                    self._granted(flow)
                     fut.set_result(streak + 1)
                     self.handed_over += 1
                     return
-        while self._queue:
-            _other, fut = self._queue.popleft()
-            if not fut.done():
+        skipped: list[tuple[Flow, asyncio.Future[int]]] = []  # waiters whose domain is full
+        try:
+            while self._queue:
+                other, fut = self._queue.popleft()
+                if fut.done():
+                    continue
+                if self._full(other):
+                    skipped.append((other, fut))
+                    continue
+                self._granted(other)
                 fut.set_result(0)
                 return
-        self._free += 1
+            self._free += 1
+        finally:
+            self._queue.extendleft(reversed(skipped))
 
     async def room(self, timeout: float) -> float:
         """Wait until fewer than ``inflow_backlog`` deliveries wait for a slot, at most
