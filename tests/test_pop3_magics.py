@@ -42,6 +42,12 @@ def test_pop3_list_top_retr(ip) -> None:
     assert res.state.visited == ["AUTHORIZATION", "TRANSACTION", "UPDATE"]
     res = ip.run_line_magic("pop3", "bob --top 2 1")
     assert res.rows[1]["subject"] == "你好 2" and "peek" in res.rows[1]["action"]
+    # LIST gave only numbers and sizes: the other messages' subjects are unknown, and
+    # the table says so (a blank read as "no subject"); the one shown came from TOP
+    assert res.rows[0]["subject"] is None and res.rows[2]["subject"] is None
+    text, page = repr(res), res._repr_html_()
+    assert text.count("(not downloaded: LIST gives sizes only)") == 2 and "C: TOP 2 1" in text
+    assert page.count("<span class='ml-muted'>(not downloaded: LIST gives sizes only)</span>") == 2
     assert res.bodies[0][1].endswith("line one of 2")
     assert "\\Seen" not in lab().store.mailbox(BOB).messages()[1].flags
     res = ip.run_line_magic("pop3", "bob --retr 1")

@@ -77,10 +77,16 @@ class POP3Result:
     @property
     def columns(self) -> tuple[tuple[str, str], ...]:
         """The table's columns, without those this session left empty."""
-        return tuple((t, k) for t, k in COLUMNS if k in ("number", "size") or any(r.get(k) for r in self.rows))
+        return tuple((t, k) for t, k in COLUMNS if k in ("number", "size") or any(
+            r.get(k) is not None if k == "subject" else r.get(k) for r in self.rows))
+
+    def _shown(self) -> list[dict[str, Any]]:
+        """The rows as shown: a Subject this session did not download says so."""
+        return [{**r, "subject": subject_cell(r.get("subject"))} for r in self.rows]
 
     def __repr__(self) -> str:
-        parts = [f"POP3 session as {self.user}", text_table(self.rows, self.columns) if self.rows else "(no messages)"]
+        parts = [f"POP3 session as {self.user}",
+                 text_table(self._shown(), self.columns) if self.rows else "(no messages)"]
         for title, text in self.bodies:
             parts += [f"--- {title}", text]
         if self.figure:
@@ -95,7 +101,7 @@ class POP3Result:
     def _html_body(self) -> str:
         # at 800 px and 150% zoom each message is a card (theme.card_table)
         table = card_table([t for t, _ in self.columns], (
-            [html.escape(str(r.get(k, ""))) for _, k in self.columns] for r in self.rows), kind="ml-cards-narrow")
+            [_cell_html(r, k) for _, k in self.columns] for r in self.rows), kind="ml-cards-narrow")
         out = [f"<b>POP3 session as {html.escape(self.user)}</b>",
                table if self.rows else "<i>no messages</i>"]
         for title, text in self.bodies:
@@ -107,6 +113,26 @@ class POP3Result:
         out.append("<details><summary>transcript (client side)</summary>"
                    f"{render_html(self.events)}</details>")
         return "".join(out)
+
+
+#: What the Subject column says of a message this session did not download: LIST
+#: (RFC 1939 5) answers numbers and sizes only, so its subject is unknown, not empty.
+NOT_DOWNLOADED = "(not downloaded: LIST gives sizes only)"
+
+
+def subject_cell(subject: str | None) -> str:
+    """A row's Subject as shown: None (not downloaded) says so; "" is a message read
+    with TOP or RETR that has no Subject field."""
+    if subject is None:
+        return NOT_DOWNLOADED
+    return subject or "(no Subject field)"
+
+
+def _cell_html(row: dict[str, Any], key: str) -> str:
+    if key == "subject":
+        shown = html.escape(subject_cell(row.get("subject")))
+        return f"<span class='ml-muted'>{shown}</span>" if row.get("subject") in (None, "") else shown
+    return html.escape(str(row.get(key, "")))
 
 
 def _subject(lines: list[bytes]) -> str:
@@ -158,7 +184,7 @@ def run_client_session(lab: Lab, user: str, *, list_: bool = True, top: tuple[in
             uidls = {int(n): u.decode() for n, u in (ln.split() for ln in client.uidl()[1])}
             for ln in listing:
                 n, size = (int(x) for x in ln.split())
-                rows[n] = {"number": n, "uidl": uidls.get(n, ""), "size": size, "subject": "", "action": ""}
+                rows[n] = {"number": n, "uidl": uidls.get(n, ""), "size": size, "subject": None, "action": ""}
         if top is not None:
             n, count = top
             _r, lines, _o = client.top(n, count)
