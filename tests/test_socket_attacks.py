@@ -297,3 +297,44 @@ def test_class_dns_writes_its_zone_once_a_second_not_once_an_update(tmp_path, mo
     assert saves and "127.0.3.10" in (tmp_path / "class" / "class.zone").read_text()  # saved at the stop
     again = ClassDNS(tmp_path / "class", port=0)
     assert any("127.0.3.10" in line for line in again.records())
+
+
+def test_a_slow_next_hop_does_not_hold_up_mail_to_other_domains(tmp_path) -> None:
+    """Found by making beta.test's MX hosts answer RCPT after half a minute (a tarpit,
+    as any student's MX on the class network can be) and submitting mail for it and
+    then for gamma.test: the relay's slots went to beta.test's deliveries in arrival
+    order, and gamma.test's message waited for them. Now one domain gets at most
+    ``relay_destination_concurrency`` of the slots (``relay/slots.py``)."""
+    import smtplib
+    import time
+
+    from conftest import fast_limits
+
+    net = Lab(tmp_path / "net", ports="auto",
+              limits=fast_limits(relay_concurrency=2, relay_destination_concurrency=1)).start()
+    try:
+        for host in ("mx1.beta.test", "mx2.beta.test"):
+            net.faults.add(host, "smtp", "RCPT", delay=60)
+        host, port = net.address("submission")
+        with smtplib.SMTP(host, port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.starttls(context=net.ca.client_context())
+            s.ehlo("client.test")
+            s.login("alice@alpha.test", "alice-pw")
+            for n in range(3):
+                s.sendmail("alice@alpha.test", ["carol@beta.test"], b"Subject: slow %d\r\n\r\nx\r\n" % n)
+            s.sendmail("alice@alpha.test", ["dave@gamma.test"], b"Subject: fast\r\n\r\nx\r\n")
+        gamma = net.store.mailbox("dave@gamma.test")
+        deadline = time.monotonic() + 30  # half the tarpit's delay: before any beta.test slot frees
+        while time.monotonic() < deadline:
+            gamma.sync()
+            if gamma.messages():
+                break
+            time.sleep(0.1)
+        assert gamma.messages(), "gamma.test's message waited behind beta.test's tarpit"
+        carol = net.store.mailbox("carol@beta.test")
+        carol.sync()
+        assert not carol.messages()  # beta.test's deliveries were still in their RCPT
+    finally:
+        net.faults.heal()
+        net.stop()
