@@ -250,8 +250,8 @@ def test_power_cut_after_each_acknowledgement(tmp_path) -> None:
     (directory / "lab.json").unlink(missing_ok=True)  # the last start's, written again
     proc = subprocess.Popen([*MAILLAB_SERVE, str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)  # beta.test too
-    services = wait_for_lab_json(proc, directory)["services"]
     try:
+        services = wait_for_lab_json(proc, directory)["services"]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (not _carol_subjects(directory) or _spooled(directory)):
             time.sleep(0.1)
