@@ -246,10 +246,12 @@ class LineConnection(asyncio.Protocol):
             self._buf.clear()
 
     async def readexactly(self, n: int) -> bytes:
-        """Exactly ``n`` bytes (an IMAP literal)."""
+        """Exactly ``n`` bytes (an IMAP literal), all of them within the idle timeout, as
+        a line must: a byte now and then no longer holds the session open for ever."""
         await self._next_turn()
+        deadline = self._line_deadline()
         while len(self._buf) < n:
-            await self._fill()
+            await self._fill(deadline)
         data = bytes(self._buf[:n])
         del self._buf[:n]
         return data

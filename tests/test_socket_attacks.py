@@ -338,3 +338,38 @@ def test_a_slow_next_hop_does_not_hold_up_mail_to_other_domains(tmp_path) -> Non
     finally:
         net.faults.heal()
         net.stop()
+
+
+def test_a_literal_trickled_a_byte_at_a_time_ends_in_a_bye(tmp_path) -> None:
+    """Found by sending an APPEND literal a byte at a time, each within the idle
+    timeout: a command line must arrive whole within it, but a literal's clock started
+    again with every byte, so one byte a minute held a session for ever. The literal
+    must now arrive whole within ``imap_idle_timeout``; then ``* BYE`` and the close."""
+    import time
+
+    from conftest import fast_limits
+
+    lab = Lab(tmp_path / "lab", ports="auto", domains=["alpha.test"], limits=fast_limits(imap_idle_timeout=2.0))
+    lab.start()
+    try:
+        c = IMAPWire(*lab.address("imap"), timeout=10)
+        c.login("bob", "bob-pw")
+        c.send(b"a APPEND INBOX {100}\r\n")
+        assert c.readline().startswith(b"+")
+        c.sock.settimeout(0.5)
+        closed = False
+        for _ in range(16):  # 8 s of a byte every 0.5 s: well past the 2 s allowed
+            try:
+                c.send(b"x")
+            except OSError:
+                closed = True
+                break
+            if c.closed(timeout=0.5):
+                closed = True
+                break
+        assert closed, "the trickled literal kept the session open"
+        assert b"* BYE" in c.buf
+        time.sleep(0.2)
+        assert lab.service("imap").active == 0
+    finally:
+        lab.stop()

@@ -201,7 +201,10 @@ class IMAPServer(LineServer):
                 continue
             try:
                 result = await self._read_command(conn, rec, parser, session, line)
-            except (ConnectionError, ConnectionClosed, TimeoutError):
+            except TimeoutError:  # a literal that did not arrive within the idle timeout
+                await self._send(conn, rec, [Response(b"* BYE autologout: idle for too long\r\n")])
+                return "idle timeout"
+            except (ConnectionError, ConnectionClosed):
                 raise
             except Exception as exc:  # a parser bug costs one command, never the session
                 tag = parser.current_tag() or parse_tag(line) or "*"
