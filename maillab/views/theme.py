@@ -316,16 +316,18 @@ def protocol_line(text: str, *, mark_long: bool = True) -> str:
     inside only where it is wider than the whole line); a token longer than
     :data:`LONG_TOKEN` is an ``.ml-long``, broken where it must at a ``↩`` (CSS
     ``hyphenate-character`` at soft hyphens), unless ``mark_long`` is false (a
-    message's text: its base64 copied from the view stays clean). Copying the line
+    message's text: its base64 copied from the view stays clean) or it holds an ``@``
+    (a Message-ID or address, which a student copies into a command: it breaks at
+    :func:`breakable`'s points, copied clean). Copying the line
     gives it back unchanged, but for a long token's soft hyphens."""
     out = []
     for piece in _SPACES.split(text):
         if not piece or piece[0] == " " or len(piece) <= LONG_TOKEN and not _BREAKS_INSIDE.search(piece, 1):
             out.append(html.escape(piece))
-        elif len(piece) > LONG_TOKEN and mark_long:
+        elif len(piece) > LONG_TOKEN and mark_long and "@" not in piece:
             out.append("<span class='ml-long'>" + "\u00ad".join(html.escape(c) for c in piece) + "</span>")
-        else:
-            out.append(f"<span class='ml-tok'>{html.escape(piece)}</span>")
+        else:  # a long address or Message-ID (copied into commands) breaks at its dots
+            out.append(f"<span class='ml-tok'>{breakable(piece) if len(piece) > LONG_TOKEN else html.escape(piece)}</span>")
     return "".join(out)
 
 
