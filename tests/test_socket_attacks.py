@@ -373,3 +373,31 @@ def test_a_literal_trickled_a_byte_at_a_time_ends_in_a_bye(tmp_path) -> None:
         assert lab.service("imap").active == 0
     finally:
         lab.stop()
+
+
+def test_list_over_many_folders_leaves_the_loop_to_other_sessions(single_lab: Lab) -> None:
+    """Found by creating 5,000 folders and listing them: LIST and LSUB ran on the lab
+    loop, a directory listing and a stat per folder (5,000: 170 ms of the loop with
+    RETURN (CHILDREN); a user may create as many as it likes, and here 20,000 are made
+    on the disk directly). They run on a worker now, as CREATE and STATUS do."""
+    import select
+
+    root = single_lab.store.user_root("bob@alpha.test")
+    for i in range(20_000):  # as 20,000 CREATEs leave them, without the 40 s of CREATEs
+        (root / f".f{i}" / "cur").mkdir(parents=True)
+    heavy = IMAPWire(*single_lab.address("imap"), timeout=120)
+    light = IMAPWire(*single_lab.address("imap"), timeout=120)
+    try:
+        heavy.login("bob", "bob-pw")
+        light.login("alice", "alice-pw")
+        heavy.send(b'l LIST "" "*" RETURN (CHILDREN)\r\n')
+        answered = 0  # alice's NOOPs completed before bob's LIST answered
+        while not select.select([heavy.sock], [], [], 0)[0]:
+            assert light.cmd(f"n{answered}", "NOOP")[-1].startswith(b"n%d OK" % answered)
+            answered += 1
+        lines = heavy.until_tagged("l")
+        assert lines[-1].startswith(b"l OK") and len(lines) > 20_000
+        assert answered >= 3, answered  # inline: none (the LIST held the loop)
+    finally:
+        heavy.close()
+        light.close()

@@ -46,6 +46,8 @@ from .verbs import (
     Delete,
     Expunge,
     Fetch,
+    List,
+    Lsub,
     Rename,
     Search,
     Select,
@@ -76,8 +78,10 @@ IDLE_POLL = 1.0
 #: inline on the loop, where it never waits for a mailbox another thread holds
 #: (see ``IMAPSession.on_loop``). CREATE, DELETE, RENAME, SUBSCRIBE and UNSUBSCRIBE
 #: wait for the disk (an fsync of the user's directory, and of the UIDVALIDITY file
-#: before a new folder uses its value) before their OK.
-OFFLOADED = (Fetch, Search, Append, Copy, Select, Status, Store, Expunge, Close, Create, Rename,
+#: before a new folder uses its value) before their OK. LIST and LSUB read the user's
+#: directory and look at every folder in it (a user may have created 20,000: 0.4 s of
+#: the loop, tests/test_socket_attacks.py).
+OFFLOADED = (Fetch, Search, Append, Copy, Select, Status, Store, Expunge, Close, Create, Rename, List, Lsub,
              Delete, Subscribe, Unsubscribe)
 #: A light command (NOOP, IDLE's updates, DONE...) whose session is owed more
 #: untagged updates than this runs on a worker too: after another session's EXPUNGE
