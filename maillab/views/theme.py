@@ -170,10 +170,11 @@ CSS = (
     "padding-left:2em;text-indent:-2em;min-height:1.35em}"
     # a token of protocol text (theme.protocol_line) never breaks at its hyphens
     # ("SASL-" / "IR"): it goes to the next line whole, and only one wider than the
-    # line breaks inside; a long one (data) at a soft hyphen drawn as a visible ↩
-    ".ml-view :is(.ml-tok,.ml-long){display:inline-block;max-width:100%;text-indent:0;"
+    # line breaks inside; a long one (data) is inline, so where it must break its
+    # next part goes on at the line's hanging indent, which marks it as continued
+    ".ml-view .ml-tok{display:inline-block;max-width:100%;text-indent:0;"
     "white-space:normal;overflow-wrap:anywhere}"
-    ".ml-view .ml-long{hyphens:manual;-webkit-hyphens:manual;hyphenate-character:'\\21A9'}"
+    ".ml-view .ml-long{display:inline;overflow-wrap:anywhere;word-break:break-all}"
     ".ml-view .ml-wire :is(td.t,td.tag){white-space:nowrap!important;overflow-wrap:normal;width:1%}"
     ".ml-view .ml-wire td.n{min-width:12em}"
     # the protocol line gets at least half the view (the notes the rest), so a reply
@@ -302,10 +303,10 @@ def text_lines(text: str) -> str:
 
 #: A token longer than this many characters is data (base64, a DKIM key, a list of
 #: message ids), not a word a student types: where it is wider than the line it breaks
-#: at a visible CONTINUED mark (a soft hyphen between its characters, drawn as the
-#: mark: copying it carries the soft hyphens, so a shorter token never gets them).
+#: anywhere, and its next part goes on at the line's hanging indent (a mark drawn in
+#: the text, e.g. soft hyphens shown as ↩, would be copied with it: a DKIM key copied
+#: from ``%mail dig`` must be the key).
 LONG_TOKEN = 40
-CONTINUED = "↩"
 
 
 def protocol_line(text: str, *, mark_long: bool = True) -> str:
@@ -314,18 +315,16 @@ def protocol_line(text: str, *, mark_long: bool = True) -> str:
     protocol text such a break reads as two tokens. A token with such a break point
     is an ``.ml-tok`` (it goes to the next line whole, and breaks
     inside only where it is wider than the whole line); a token longer than
-    :data:`LONG_TOKEN` is an ``.ml-long``, broken where it must at a ``↩`` (CSS
-    ``hyphenate-character`` at soft hyphens), unless ``mark_long`` is false (a
-    message's text: its base64 copied from the view stays clean) or it holds an ``@``
-    (a Message-ID or address, which a student copies into a command: it breaks at
-    :func:`breakable`'s points, copied clean). Copying the line
-    gives it back unchanged, but for a long token's soft hyphens."""
+    :data:`LONG_TOKEN` is an ``.ml-long``, broken anywhere where it must, its next part
+    at the line's hanging indent, unless ``mark_long`` is false (a message's text) or it
+    holds an ``@`` (a Message-ID or address: it breaks at :func:`breakable`'s points).
+    Copying the line gives it back unchanged."""
     out = []
     for piece in _SPACES.split(text):
         if not piece or piece[0] == " " or len(piece) <= LONG_TOKEN and not _BREAKS_INSIDE.search(piece, 1):
             out.append(html.escape(piece))
         elif len(piece) > LONG_TOKEN and mark_long and "@" not in piece:
-            out.append("<span class='ml-long'>" + "\u00ad".join(html.escape(c) for c in piece) + "</span>")
+            out.append(f"<span class='ml-long'>{html.escape(piece)}</span>")
         else:  # a long address or Message-ID (copied into commands) breaks at its dots
             out.append(f"<span class='ml-tok'>{breakable(piece) if len(piece) > LONG_TOKEN else html.escape(piece)}</span>")
     return "".join(out)
