@@ -171,7 +171,12 @@ _MEASURE = r"""() => {
       const strict = cell && !cell.matches('.ml-wire td.line, td.ml-token');
       const box = parent.closest('td, th, pre, li, p, div');
       for (let w, words = /\S+/g; (w = words.exec(n.data));) {
-        const whole = rectsOf(n, w.index, w.index + w[0].length);
+        // a protocol token's text may be split in nodes (theme.protocol_line holds its
+        // hyphens to the next letter): measured as the whole token
+        const tok = parent.closest('.ml-tok');
+        if (tok) range.selectNodeContents(tok);
+        const whole = tok ? [...range.getClientRects()].filter(r => r.width > 0)
+                          : rectsOf(n, w.index, w.index + w[0].length);
         if (lines(whole) < 2) continue;
         const pad = box ? parseFloat(getComputedStyle(box).paddingLeft) + parseFloat(getComputedStyle(box).paddingRight) : 0;
         if (!strict && !(box && whole.reduce((s, r) => s + r.width, 0) < box.clientWidth - pad - 2)) continue;

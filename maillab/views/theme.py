@@ -169,12 +169,12 @@ CSS = (
     ".ml-view .ml-lines>div{white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere;"
     "padding-left:2em;text-indent:-2em;min-height:1.35em}"
     # a token of protocol text (theme.protocol_line) never breaks at its hyphens
-    # ("SASL-" / "IR"): it goes to the next line whole, and only one wider than the
-    # line breaks inside; a long one (data) is inline, so where it must break its
-    # next part goes on at the line's hanging indent, which marks it as continued
-    ".ml-view .ml-tok{display:inline-block;max-width:100%;text-indent:0;"
-    "white-space:normal;overflow-wrap:anywhere}"
-    ".ml-view .ml-long{display:inline;overflow-wrap:anywhere;word-break:break-all}"
+    # ("SASL-" / "IR"): each such break point is held to its next character (.ml-nb),
+    # so the token goes to the next line whole; one wider than the whole line breaks
+    # where it must (the line's overflow-wrap). Tokens stay inline: a wrapped rest goes
+    # on at the line's hanging indent, which marks it as continued
+    ".ml-view .ml-nb{white-space:nowrap}"
+    ".ml-view .ml-long{overflow-wrap:anywhere}"
     ".ml-view .ml-wire :is(td.t,td.tag){white-space:nowrap!important;overflow-wrap:normal;width:1%}"
     ".ml-view .ml-wire td.n{min-width:12em}"
     # the protocol line gets at least half the view (the notes the rest), so a reply
@@ -313,27 +313,52 @@ def protocol_line(text: str, *, mark_long: bool = True) -> str:
     """One line of protocol text, escaped, that wraps at its spaces only: a browser
     breaks after a hyphen ("SASL-" / "IR", "X-Mailer" as "X-" / "Mailer"), and in
     protocol text such a break reads as two tokens. A token with such a break point
-    is an ``.ml-tok`` (it goes to the next line whole, and breaks
-    inside only where it is wider than the whole line); a token longer than
+    is an ``.ml-tok`` whose break points are held (:func:`_held`: it goes to the next
+    line whole, and breaks inside only where it is wider than the whole line, its rest at
+    the line's hanging indent); a token longer than
     :data:`LONG_TOKEN` is an ``.ml-long``, broken anywhere where it must, its next part
     at the line's hanging indent, unless ``mark_long`` is false (a message's text) or it
     holds an ``@`` (a Message-ID or address: it breaks at :func:`breakable`'s points).
     Copying the line gives it back unchanged."""
     out = []
     for piece in _SPACES.split(text):
-        if not piece or piece[0] == " " or len(piece) <= LONG_TOKEN and not _BREAKS_INSIDE.search(piece, 1):
+        if not piece or piece[0] in " \t" or len(piece) <= LONG_TOKEN and not _BREAKS_INSIDE.search(piece):
             out.append(html.escape(piece))
         elif len(piece) > LONG_TOKEN and mark_long and "@" not in piece:
             out.append(f"<span class='ml-long'>{html.escape(piece)}</span>")
-        else:  # a long address or Message-ID (copied into commands) breaks at its dots
-            out.append(f"<span class='ml-tok'>{breakable(piece) if len(piece) > LONG_TOKEN else html.escape(piece)}</span>")
+        elif len(piece) > LONG_TOKEN:  # a long address or Message-ID breaks at its dots
+            out.append(f"<span class='ml-tok'>{breakable(piece)}</span>")
+        else:
+            out.append(f"<span class='ml-tok'>{_held(piece)}</span>")
     return "".join(out)
 
 
-_SPACES = re.compile(r"( +)")
+def _held(token: str) -> str:
+    """``token`` escaped, each character after which a browser would break (a hyphen,
+    ``/``, ...) held to the next one in a ``.ml-nb`` (no wrap): no break inside is left
+    but the emergency one of a token wider than its line."""
+    held = [False] * len(token)  # held[i]: no break between token[i] and token[i + 1]
+    for m in _BREAKS_INSIDE.finditer(token):
+        held[m.start()] = True
+    out, i = [], 0
+    while i < len(token):
+        if not held[i]:
+            out.append(html.escape(token[i]))
+            i += 1
+            continue
+        j = i
+        while j < len(token) - 1 and held[j]:
+            j += 1
+        out.append(f"<span class='ml-nb'>{html.escape(token[i:j + 1])}</span>")
+        i = j + 1
+    return "".join(out)
+
+
+_SPACES = re.compile(r"([ \t]+)")  # (a zone's records are tab-separated: dig's answer)
 #: Where a browser may break inside a token (Unicode line breaking: after a hyphen,
-#: ``/``, ``?``, ``!``, ``}``, ``|``), but for the token's last character, and its first
-#: (a word-initial hyphen, ``-ERR``, never breaks: UAX #14 LB20a)
+#: ``/``, ``?``, ``!``, ``}``, ``|``), but for the token's last character. Also its
+#: first: UAX #14 LB20a keeps a word-initial hyphen, yet Chromium broke dig's "-p 1053"
+#: as "-" / "p 1053" (notebook 08 at 150% zoom)
 _BREAKS_INSIDE = re.compile(r"[-/?!}|](?=.)")
 
 
