@@ -147,6 +147,8 @@ def test_step_view_follows_presenter_mode(tmp_path):
             assert "--ml-scale:1;" in view.log.value or "--ml-scale:1\"" in view.log.value
             shell.run_line_magic("mail", "present on")
             assert "--ml-scale:1.6" in view.log.value and "--ml-scale:1.6" in view.state.value
+            # the title too (it stayed at JupyterLab's 13 px at the presenter's scale)
+            assert "--ml-scale:1.6" in view.title.value
         finally:
             shell.run_line_magic("mail", "present off")
             view.client.close()

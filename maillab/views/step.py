@@ -105,8 +105,7 @@ class StepView:
         import ipywidgets as w
 
         self.client = client
-        self.title = w.HTML(f"<b>step-through {client.protocol.upper()}</b> as "
-                            f"<code>{html.escape(client.address)}</code> to {html.escape(client.target)}")
+        self.title = w.HTML()
         self.log = w.HTML(layout=w.Layout(flex="2 1 24em", max_height="32em", overflow="auto"))
         self.state = w.HTML(layout=w.Layout(flex="1 1 14em", margin="0 0 0 1em"))
         # width "auto": a stretched flex child; "100%" plus the widget margins overflowed.
@@ -136,6 +135,11 @@ class StepView:
         self.command.rows = max(1, min(10, nxt.count("\n") + 1))
 
     def _refresh(self) -> None:
+        # the title is a view too: outside the theme's page it stayed at JupyterLab's
+        # 13 px under %mail present on, a line the back row could not read
+        self.title.value = theme.page(f"<b>step-through {self.client.protocol.upper()}</b> as "
+                                      f"<code>{html.escape(self.client.address)}</code> to "
+                                      f"{theme.words(self.client.target)}", kind="step")
         self.log.value = steps_html(self.client)
         self.state.value = picture_html(self.client.protocol, self.client.guide.picture())
         self._suggest()
