@@ -31,6 +31,7 @@ from .policy import Policy
 from .relay.tlspolicy import RelayTLSPolicy
 from .runtime import LabLoop, freeze_what_exists
 from .services import FACTORIES, PortBusy, Service
+from .smtp.data import Budget
 from .store import Store
 from .tls import LabCA
 from .topology import (
@@ -151,6 +152,8 @@ class Lab:
         self.wire_captures: deque[Any] = deque(maxlen=200)  # what the middleboxes saw (the eavesdropper view)
         #: host name -> aiosmtpd handler object whose hooks its SMTP servers call
         self.smtp_handlers: dict[str, Any] = {}
+        #: DATA text all the SMTP sessions hold at once (limits.smtp_data_in_flight)
+        self.smtp_data = Budget(self.limits)
         self.started = False
 
     def on_start(self, hook: Hook) -> None:

@@ -18,6 +18,9 @@ class Limits:
     smtp_text_line: int = 1000  # octets incl. CRLF inside DATA; over it: 500 after end of data
     smtp_recipients: int = 100  # past it: 452 4.5.3
     smtp_bad_commands: int = 20  # unknown/invalid commands before we disconnect (421)
+    smtp_data_in_flight: int = 128 * 1024 * 1024  # octets of DATA held at once by all the lab's SMTP
+    # sessions (each message is held in memory until stored): a DATA that would go past it, at the
+    # command (its MAIL SIZE=) or while its text comes in, gets 452 4.3.1 and the client retries later
     smtp_timeout: float = 300.0  # idle seconds before 421 (RFC 5321 4.5.3.2: 5 minutes)
     smtp_fsync: bool = True  # 250 (and IMAP APPEND/COPY/MOVE/EXPUNGE/STORE OK, a FETCH OK that set
     # \Seen, POP3 UPDATE +OK, RETR's \Seen included) only once the change is on disk: for a 250 the

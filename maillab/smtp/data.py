@@ -16,9 +16,12 @@ import asyncio
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .policy import Reply
+
+if TYPE_CHECKING:
+    from ..limits import Limits
 
 #: The end-of-data marker (RFC 5321 4.1.1.4). The driver reads the text with a
 #: CRLF in front of it, so even an empty message ends with this sequence.
@@ -32,6 +35,28 @@ _RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 CR, LF, DOT = ord("\r"), ord("\n"), ord(".")
 #: Octets scan() looks at per numpy pass (see _line_ends).
 _BLOCK = 64 * 1024
+
+
+class Budget:
+    """The octets of DATA text that all of a lab's SMTP sessions hold at once
+    (``limits.smtp_data_in_flight``): each message is in memory until it is stored
+    or refused, so many clients sending large messages together could otherwise
+    make the lab hold gigabytes. Past it, the DATA gets 452 4.3.1 (RFC 5321
+    4.2.5: insufficient system storage, a temporary failure)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits  # read at each take: a teacher may change the limit on a running lab
+        self.held = 0
+
+    def take(self, octets: int) -> bool:
+        """Hold ``octets`` more, if they fit."""
+        if octets > 0 and self.held + octets > self.limits.smtp_data_in_flight:
+            return False
+        self.held += octets
+        return True
+
+    def release(self, octets: int) -> None:
+        self.held -= octets
 
 
 @dataclass(frozen=True)

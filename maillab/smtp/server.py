@@ -56,6 +56,11 @@ SUBMISSION_SERVICES = ("submission", "smtps")
 #: Octets past the size limit that a text is read in before its transparency
 #: dots are counted (a text is sent with one more octet per stuffed line).
 DATA_SLACK = 64 * 1024
+#: The largest piece of DATA text read at once: each is counted against the lab's
+#: DATA budget before the next is read (a message up to this size is still one piece).
+DATA_PIECE = 2 * 1024 * 1024
+#: What _read_data says when the text did not fit in the lab's DATA budget.
+NO_ROOM = "no room"
 
 
 def tls_info(conn: LineConnection) -> TLSInfo:
@@ -104,10 +109,11 @@ class SMTPServer(LineServer):
             starttls_available=not self.implicit_tls,
             require_tls=bool(lab.policy.require_tls),
             plaintext_auth=self.submission and plaintext_auth_allowed(lab, "submission"),
+            data_budget=lab.smtp_data,
         )
 
     def session_ended(self, rec: SessionRecorder, session: SMTPSession) -> None:
-        pass  # a transaction not finished with <CRLF>.<CRLF> leaves nothing behind
+        session.ended()  # a transaction not finished with <CRLF>.<CRLF> leaves nothing behind
 
     # -- the conversation ---------------------------------------------------------------
     async def converse(self, conn: LineConnection, rec: SessionRecorder, session: SMTPSession) -> str:
@@ -215,9 +221,13 @@ class SMTPServer(LineServer):
     async def _data(self, conn: LineConnection, rec: SessionRecorder, session: SMTPSession,
                     handler: Any, hook_session: Any) -> Reply:
         try:
-            raw, too_big = await self._read_data(conn)
+            raw, too_big = await self._read_data(conn, session)
         except TimeoutError:
             return session.timed_out()
+        if too_big is NO_ROOM:
+            rec.client_line("<message over the lab's DATA budget, discarded while reading>", payload=True)
+            rec.client_line(".")
+            return session.no_storage()
         if too_big:
             limit = self.lab.limits.smtp_message_size
             rec.client_line(f"<message over {limit} octets, discarded while reading>", payload=True)
@@ -229,13 +239,16 @@ class SMTPServer(LineServer):
         return await self._run(session.end_of_data, text, session=session, rec=rec,
                                handler=handler, hook_session=hook_session)
 
-    async def _read_data(self, conn: LineConnection) -> tuple[bytes, bool]:
+    async def _read_data(self, conn: LineConnection, session: SMTPSession) -> tuple[bytes, bool | str]:
         """The text up to and including ``<CRLF>.<CRLF>``, with a CRLF in front.
 
         The stream is searched for the end marker as it comes (not line by line), and
         a text within the size limit comes back as one piece, copied once. Past the
         limit the text is still read to its end, but thrown away as it comes, so
-        memory stays bounded whatever the client sends.
+        memory stays bounded whatever the client sends. The same when the text
+        would take the lab past its DATA budget (limits.smtp_data_in_flight): then
+        the answer is ``NO_ROOM``. Pieces are at most DATA_PIECE octets, so what a
+        session holds outside the budget stays small.
         """
         # A CRLF in front, so that a message that is empty, or starts with ".",
         # is found by the same search.
@@ -243,10 +256,10 @@ class SMTPServer(LineServer):
         limit = self.lab.limits.smtp_message_size
         chunks: list[bytes] = []
         raw_size = 0
-        too_big = False
+        too_big: bool | str = False
         done = False
         while not done:
-            chunk, done = await conn.read_through(smtpdata.END_OF_DATA, limit + DATA_SLACK)
+            chunk, done = await conn.read_through(smtpdata.END_OF_DATA, min(limit + DATA_SLACK, DATA_PIECE))
             if too_big:
                 continue
             chunks.append(chunk)
@@ -264,7 +277,11 @@ class SMTPServer(LineServer):
                     too_big = raw_size - 3 - chunks[0].count(b"\r\n.") > limit
                 if too_big:
                     chunks.clear()
-        return (b"", True) if too_big else (b"".join(chunks), False)
+            # Over the size limit is final (552); over the budget only for now (452).
+            if not too_big and not session.hold_data(raw_size):
+                too_big = NO_ROOM
+                chunks.clear()
+        return (b"", too_big) if too_big else (b"".join(chunks), False)
 
     async def _deliver(self, job: Deliver, rec: SessionRecorder, session: SMTPSession) -> Reply | None:
         """Store and/or relay an accepted message; None, or the 451 (or a DMARC 550) when it failed."""

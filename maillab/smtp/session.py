@@ -152,6 +152,7 @@ class Transaction:
     rcpts: list[Route] = field(default_factory=list)
     rejected: int = 0  # refused RCPTs: DATA then says "no valid recipients"
     envelope: Envelope = field(default_factory=Envelope)
+    held: int = 0  # octets of the lab's DATA budget this transaction holds (smtpdata.Budget)
 
 
 class SMTPSession:
@@ -175,6 +176,7 @@ class SMTPSession:
         hooks: frozenset[str] = frozenset(),
         require_tls: bool = False,
         plaintext_auth: bool = False,
+        data_budget: smtpdata.Budget | None = None,
     ) -> None:
         self.hostname = hostname
         self.limits = limits
@@ -194,6 +196,9 @@ class SMTPSession:
         #: before STARTTLS, so the eavesdropper lesson can show what it gives away.
         self.plaintext_auth = plaintext_auth
         self.errors = 0  # 5xx replies since the last delivered message; STARTTLS keeps it
+        #: the lab's DATA held in flight, shared by all its SMTP sessions (one of its own when alone)
+        self.data_budget = data_budget if data_budget is not None else smtpdata.Budget(limits)
+        self.transaction = Transaction()
         self._reset_session()
 
     # -- per-session state -------------------------------------------------------------
@@ -205,13 +210,22 @@ class SMTPSession:
         self.extended = False
         self.user: str | None = None
         self.sasl: SASLExchange | None = None
-        self.transaction = Transaction()
+        self._new_transaction()
 
     def _reset_transaction(self) -> None:
         """RFC 5321 4.1.1.5 (RSET), 4.1.4 (EHLO mid-transaction) and after DATA."""
-        self.transaction = Transaction()
+        self._new_transaction()
         if self.state is not State.GREETING:
             self.state = State.READY
+
+    def _new_transaction(self) -> None:
+        """Forget the transaction, giving back the DATA octets it held (stored or refused)."""
+        self.data_budget.release(self.transaction.held)
+        self.transaction = Transaction()
+
+    def ended(self) -> None:
+        """The connection is gone (maybe in the middle of DATA): nothing stays held."""
+        self._new_transaction()
 
     # -- what the driver asks ----------------------------------------------------------
     @property
@@ -468,7 +482,7 @@ class SMTPSession:
 
         def begin(hook_reply: Reply | None = None) -> Reply:
             if hook_reply is not None and not hook_reply.ok:
-                self.transaction = Transaction()
+                self._new_transaction()
                 return hook_reply
             t = self.transaction
             t.mail_from, t.params = path.address, params
@@ -518,8 +532,39 @@ class SMTPSession:
     def cmd_data(self, arg: str) -> Reply:
         if arg:
             return Reply(501, "5.5.4", "Syntax: DATA")
+        # The size the client declared (RFC 1870 SIZE=) is held before 354: a message
+        # that cannot fit now is refused before its text is sent (RFC 1870 allows the
+        # 452 at MAIL too, but the room is only taken here, at DATA).
+        if not self.hold_data(self.transaction.params.size or 0):
+            self._reset_transaction()  # as after a text refused: the client starts over
+            return self._no_storage("declared")
         self.state = State.DATA
         return GO_AHEAD
+
+    def hold_data(self, octets: int) -> bool:
+        """The text read so far (or declared) is ``octets`` long: hold that much of the
+        lab's DATA budget. False when it does not fit (the driver then reads the rest
+        of the text without keeping it, and asks :meth:`no_storage`)."""
+        t = self.transaction
+        if octets <= t.held:
+            return True
+        if not self.data_budget.take(octets - t.held):
+            return False
+        t.held = octets
+        return True
+
+    def no_storage(self) -> Reply:
+        """The text went past the lab's DATA budget; the driver read it to its end and kept none."""
+        self._reset_transaction()
+        return self._no_storage("received")
+
+    def _no_storage(self, how: str) -> Reply:
+        limit = self.limits.smtp_data_in_flight
+        return Reply(452, "4.3.1", "Insufficient system storage: the server holds too much mail in"
+                     " flight right now; nothing was stored, try again later (RFC 5321 4.2.5)",
+                     notes=((f"DATA refused for now: the {how} text does not fit in the"
+                             f" {limit} octets all SMTP sessions may hold at once"
+                             " (limits.smtp_data_in_flight)", {"limit": "smtp_data_in_flight"}),))
 
     # DATA: the message text has been read -------------------------------------------
     def message_too_big(self) -> Reply:
