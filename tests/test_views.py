@@ -407,3 +407,17 @@ def test_mime_header_cards_are_headed_by_the_header_name():
     assert heads and {label for label, _ in heads} == {"header"}
     assert [name for _, name in heads] == ["Subject", "Content-Type", "Content-Type"]
     assert "data-label='part'>message</td>" in page and "data-label='part'>1</td>" in page
+
+
+def test_mime_tree_labels_wrap_at_spaces_only():
+    """A part's label is protocol text: at the presenter's scale '"trip-1.jpg"' broke as
+    '"trip-' / '1.jpg"' and 'filename*=utf-' / '8...' (notebook 03). Its break points
+    are held (theme.protocol_line), the label's text unchanged."""
+    from maillab.views.mime_tree import MimeTree, from_message
+
+    data = (b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+            b"Content-Type: image/jpeg\r\nContent-Disposition: attachment; filename=\"trip-1.jpg\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\naGk=\r\n--b--\r\n")
+    page = MimeTree(from_message(data))._repr_html_()
+    assert "<span class='ml-nb'>-1</span>" in page
+    assert "<span class='ml-nb'>/j</span>" in page  # image/jpeg

@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from ..clients.envelopes import decode_words
 from ..clients.imap import parse_fetch
-from .theme import breakable, card_row, page
+from .theme import breakable, card_row, page, protocol_line
 
 if TYPE_CHECKING:
     from ..clients.imap import RecordingIMAP4
@@ -297,7 +297,8 @@ class MimeTree:
     def _html_body(self) -> str:
         def item(node: MimeNode) -> str:
             inner = "".join(item(c) for c in node.children)
-            return (f"<li><code>{html.escape(node.label())}</code>"
+            # (protocol_line: "trip-1.jpg" broke as "trip-" / "1.jpg" at the presenter's scale)
+            return (f"<li><code>{protocol_line(node.label())}</code>"
                     + (f"<ul>{inner}</ul>" if inner else "") + "</li>")
 
         # Header names wrap at their hyphens (Content-Transfer-/Encoding); raw and
