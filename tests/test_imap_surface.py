@@ -198,6 +198,16 @@ def test_mailbox_view_summaries_first_counts_bytes(single_lab):
         assert got[2].endswith(b"hello\r\n")
         step = view.steps[-1]
         assert step.name.startswith("download UID 2") and step.received > len(got[2])
+        # the picker and its button (ipywidgets) take the view's text size: at the
+        # presenter's scale they stayed at JupyterLab's 13 px (notebook 03)
+        from maillab.views.theme import settings
+        settings.set_scale(1.6)
+        try:
+            panel = view.widget()
+            assert "ml-picker" in panel.children[0]._dom_classes
+            assert ".ml-picker,.ml-picker select{font-size:22.4px" in panel.children[2].value
+        finally:
+            settings.set_scale(1.0)
         assert view.imap_total == before + step.total
         text = view.text()
         assert "你好，Bob: 报告" in text and "POP3 would download" in text and str(view.pop3_total) in text

@@ -17,7 +17,7 @@ from typing import Any
 from ..clients.envelopes import EnvelopeClient, EnvelopeRow, Step
 from .inbox import MESSAGE_COLUMNS, message_table
 from .status import text_table
-from .theme import page
+from .theme import BASE_PX, page, settings
 
 #: What POP3 adds around each RETR'd message: "RETR n", "+OK ..." and the final ".".
 POP3_PER_MESSAGE = len(b"RETR 1\r\n") + len(b"+OK message follows\r\n") + len(b".\r\n")
@@ -121,10 +121,13 @@ class MailboxView:
         # box scrolls sideways (at 150% zoom past the subject) rather than wrap a line
         options = [(f"UID {r.uid}: {r.subject[:60]} ({r.size} octets)", r.uid) for r in self.rows]
         picker = w.SelectMultiple(options=options, rows=min(12, max(3, len(options))),
-                                  layout=w.Layout(width="auto"))
+                                  layout=w.Layout(width="auto", height="auto"))
         # as wide as its words: ipywidgets' fixed 148 px cut "Download selected" short
-        button = w.Button(description="Download selected", icon="download", layout=w.Layout(width="auto"))
-        out = w.HTML(page(self._html_tables(), kind="mailbox"))
+        button = w.Button(description="Download selected", icon="download",
+                          layout=w.Layout(width="auto", height="auto"))
+        picker.add_class("ml-picker")
+        button.add_class("ml-picker")
+        out = w.HTML(self._panel_html())
 
         def on_click(_b: Any) -> None:
             if picker.value:
@@ -136,7 +139,15 @@ class MailboxView:
 
     def _refresh(self) -> None:
         if self._widget is not None:
-            self._widget.value = page(self._html_tables(), kind="mailbox")
+            self._widget.value = self._panel_html()
+
+    def _panel_html(self) -> str:
+        # The list box and the button are ipywidgets, outside any .ml-view: at the
+        # presenter's scale they stayed at 13 px under 22 px tables (notebook 03).
+        # They take the view's text size from this rule (the kernel's one scale).
+        px = BASE_PX * settings.scale
+        return (f"<style>.ml-picker,.ml-picker select{{font-size:{px:g}px!important;"
+                f"line-height:1.35!important}}</style>" + page(self._html_tables(), kind="mailbox"))
 
     def close(self) -> None:
         self.source.close()
