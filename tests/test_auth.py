@@ -104,6 +104,9 @@ def test_signed_mail_passes_and_dkimverify_agrees(alab):
     assert "(same: the body is as signed)" in text and "lab._domainkey.alpha.test TXT?" in text
     assert "_dmarc.alpha.test TXT? ->" in text and "v=spf1 mx -all" in text
     assert "✓" in view._repr_html_()
+    # its record lines are protocol text: "mx -all" broke as "mx -" / "all" at the
+    # presenter's scale (notebook 08); the qualifier is held to its mechanism
+    assert "<span class='ml-nb'>-a</span>ll" in view._repr_html_()
 
 
 def test_forgery_at_the_mx_reject_and_quarantine(alab):

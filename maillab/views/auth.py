@@ -18,7 +18,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 from ..auth import KEEP_MESSAGE, Received
 from ..auth.lookup import asked
 from ..auth.send import split
-from .theme import badge, breakable, page
+from .theme import badge, breakable, page, protocol_line
 
 OK = {"pass"}
 TEMP = {"temperror", "none", "neutral", "policy", "softfail"}
@@ -126,11 +126,12 @@ class AuthView:
                  f"<span class='mono'>{breakable(e.message_id)}</span>: "
                  f"<span class='mono'>{html.escape(e.verdict.summary())}</span></p><ol>"]
         for st in self.steps:
-            items = "".join(f"<li class='mono'>{html.escape(ln)}</li>" for ln in st.lines)
+            # protocol text: 'v=spf1 mx -all' broke as 'mx -' / 'all' at the presenter's scale
+            items = "".join(f"<li class='mono'>{protocol_line(ln)}</li>" for ln in st.lines)
             parts.append(f"<li>{badge(_kind(st.result), st.result)} <b>{html.escape(st.title)}</b> "
                          f"<span class='ml-muted'>{html.escape(st.rfc)}</span><ul>{items}</ul></li>")
         parts.append(f"</ol><details><summary>DNS questions ({html.escape(asked(e.verdict.trace))})"
                      "</summary><ul>")
-        parts += [f"<li class='mono'>{html.escape(str(q))}</li>" for q in e.verdict.trace]
+        parts += [f"<li class='mono'>{protocol_line(str(q))}</li>" for q in e.verdict.trace]
         parts.append("</ul></details>")
         return page("".join(parts), kind="auth")
