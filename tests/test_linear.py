@@ -243,3 +243,24 @@ def _fetched_text(data: bytes) -> object:
 def test_fetched_message_text_is_linear(make, n) -> None:
     # %imap --fetch showed the text through email.policy.default (30 KB of comments: 6.5 s)
     assert growth(_fetched_text, make, n) < BOUND
+
+
+def _exercise_reading(data: bytes) -> object:
+    # what the exercise checks read of each stored message (exercises/sending.py)
+    from maillab.exercises.evidence import parse, part_numbers
+    from maillab.imap.decoding import field_text
+
+    msg = parse(data)
+    parts = [(p.get_content_type(), p.get_filename()) for p in part_numbers(msg).values()]
+    return msg.get_content_type(), parts, field_text(msg, "Subject"), field_text(msg, "From")
+
+
+@pytest.mark.parametrize("make, n", [
+    (lambda n: b"From: " + b"(a)" * n + b" a@b\r\n\r\nhello\r\n", 200),
+    (lambda n: b"Content-Type: text/plain; " + b"(a)" * n + b" charset=utf-8\r\n\r\nhello\r\n", 500),
+    (lambda n: b"Subject: " + b"=?utf-8?q?=C3=A9?= " * n + b"\r\n\r\nhello\r\n", 200),
+], ids=["from-comments", "content-type-comments", "encoded-words"])
+def test_exercise_evidence_reads_messages_in_linear_time(make, n) -> None:
+    # the exercise checks (in the kernel) parsed every stored message with
+    # email.policy.default, whose grammar is quadratic on such values
+    assert growth(_exercise_reading, make, n) < BOUND

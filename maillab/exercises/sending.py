@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from email.utils import collapse_rfc2231_value
 
+from ..imap.decoding import field_text
 from ..imap.message import section
 from ..imap.mimeparse import parse as parse_raw
 from ..lab import Lab
@@ -219,7 +221,7 @@ def _in_alternative(data: bytes, number: str) -> bool:
 def _mime_problem(lab: Lab) -> str:
     """Why no message counts yet, from the closest attempt in the store."""
     chinese = [(d, parse(d)) for *_x, d in messages(lab) if _CJK.search(_raw_subject(d).decode("utf-8", "replace"))
-               or _CJK.search(str(parse(d).get("Subject", "")))]
+               or _CJK.search(field_text(parse(d), "Subject"))]
     if not chinese:
         return ("no message in the lab has a Chinese subject and a PDF attachment yet: "
                 "`%%mail --from alice@alpha.test --to bob@alpha.test --subject '你好' --attach file.pdf`")
@@ -250,7 +252,7 @@ def _mime_candidates(lab: Lab) -> list[tuple[str, str, int, str, str, bytes, byt
     with an RFC 2047 Chinese subject and a PDF."""
     out = []
     for user, folder, uid, data in messages(lab):
-        subject = str(parse(data).get("Subject", ""))
+        subject = field_text(parse(data), "Subject")
         if not _CJK.search(subject) or not _raw_subject(data).isascii():
             continue
         for number, sent, body in _pdf_parts(data):
@@ -324,7 +326,7 @@ def _dsns(lab: Lab) -> list[tuple[str, str, int, bytes]]:
     for user, folder, uid, data in messages(lab):
         msg = parse(data)
         if msg.get_content_type() == "multipart/report" and \
-                msg.get_param("report-type", "").lower() == "delivery-status":
+                collapse_rfc2231_value(msg.get_param("report-type", "")).lower() == "delivery-status":
             out.append((user, folder, uid, data))
     return out
 

@@ -14,6 +14,7 @@ import codecs
 import functools
 import re
 import unicodedata
+from email.message import Message
 
 from .mimeparse import unfold
 
@@ -95,6 +96,20 @@ def decode_header(value: bytes) -> str:
         pos = last_word_end = m.end()
     out.append(decode_bytes(value[pos:], "utf-8"))
     return "".join(out)
+
+
+def field_text(msg: Message, name: str) -> str:
+    """Header field ``name`` of a message read by the compat32 parser (as written: no
+    address or comment grammar, which email.policy.default runs in quadratic time on
+    some values anyone may send), decoded by :func:`decode_header`, unfolded; "" when
+    absent."""
+    try:
+        value = msg[name]
+    except Exception:  # a malformed header must not hide the rest
+        return "(unparsable)"
+    if value is None:
+        return ""
+    return " ".join(decode_header(str(value).encode("utf-8", "surrogateescape")).split())
 
 
 def base64_decode(data: bytes) -> bytes:

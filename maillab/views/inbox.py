@@ -15,7 +15,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..imap.decoding import decode_header
+from ..imap.decoding import field_text
 from .status import text_table
 from .theme import breakable, card_table, page
 
@@ -46,26 +46,16 @@ def _header_section(path: Path) -> bytes:
     return head
 
 
-def _header(msg: object, name: str) -> str:
+def header_fields(header_section: bytes) -> tuple[str, str, str]:
+    """Date, From and Subject of a message's header section, decoded for a row."""
     # Read as written (the compat32 parser: no address or comment grammar) and decoded
     # by the IMAP server's linear RFC 2047 decoder. email.policy.default parsed every
     # From: it was shown with a grammar that is quadratic on some hostile values, and
     # anyone may send one to an MX: "From: (a)(a)..." of 30 KB took 20 s, "From: a"
     # and 60,000 dots 72 s, of the kernel, for one row of %mail inbox
     # (tests/test_linear.py).
-    try:
-        value = msg[name]  # type: ignore[index]
-    except Exception:  # a malformed header must not hide the rest of the mailbox
-        return "(unparsable)"
-    if value is None:
-        return ""
-    return " ".join(decode_header(str(value).encode("utf-8", "surrogateescape")).split())
-
-
-def header_fields(header_section: bytes) -> tuple[str, str, str]:
-    """Date, From and Subject of a message's header section, decoded for a row."""
     msg = BytesHeaderParser().parsebytes(header_section)
-    return _header(msg, "Date"), _header(msg, "From"), _header(msg, "Subject")
+    return field_text(msg, "Date"), field_text(msg, "From"), field_text(msg, "Subject")
 
 
 def read_inbox(lab: Lab, user: str, folder: str = "INBOX") -> tuple[str, list[InboxRow]]:
