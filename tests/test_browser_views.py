@@ -742,6 +742,31 @@ def test_protocol_tokens_wrap_at_spaces_only(page: Any) -> None:
         tab.close()
 
 
+def test_wire_lines_of_their_own_hang_their_rest(page: Any) -> None:
+    """The eavesdropper's columns and a probe's transcript are wire lines in divs: at
+    the presenter's scale "S: +OK send PASS for" went on with "bob@alpha.test" at the
+    left edge, read as a line of its own (notebook 05). Its rest now goes on indented,
+    under the text after "S: ". A static page."""
+    from maillab.views.theme import page as view_page
+    from maillab.views.theme import protocol_line
+
+    view = view_page("<div class='mono ml-wire'><div class='line'>"
+                     + protocol_line("S: +OK send PASS for bob@alpha.test please") + "</div></div>", scale=1.6)
+    tab = page.context.new_page()
+    try:
+        tab.set_content(f"<style>{_LAB_FONTS}</style><div style='width:300px'>{view}</div>")
+        got = tab.evaluate("""() => { const r = document.createRange();
+          r.selectNodeContents(document.querySelector('.ml-wire .line'));
+          const rects = [...r.getClientRects()].filter(x => x.width > 0);
+          const lefts = new Map(); rects.forEach(x => { const t = Math.round(x.top);
+            lefts.set(t, Math.min(lefts.has(t) ? lefts.get(t) : 1e9, x.left)); });
+          const v = [...lefts.values()]; return [v.length, Math.min(...v.slice(1)) - v[0]]; }""")
+    finally:
+        tab.close()
+    assert got[0] > 1, f"the line did not wrap: {got}"
+    assert got[1] >= 8, f"the line's rest goes on at its left edge: {got}"
+
+
 def test_commands_in_check_hints_are_code(page: Any) -> None:
     """A %mail check hint's commands (`FETCH 1:* (ENVELOPE)`, marked with backticks in
     the hint) read in the code font, escaped; the rest of the hint in the text font. A

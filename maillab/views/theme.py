@@ -163,6 +163,11 @@ CSS = (
     # a protocol line too long for its cell goes on indented (a wrapped CAPABILITY's
     # rest read as a line of its own at the cell's edge); a message's text (.pl) does not
     ".ml-view .ml-wire td.line:not(.pl){padding-left:1.7em!important;text-indent:-1.2em}"
+    # the same for a wire line of its own (the eavesdropper's columns, a probe's
+    # transcript): its rest went on at the left edge, where "bob@alpha.test" after
+    # "S: +OK send PASS for" read as a line of its own (notebook 05 at the presenter's
+    # scale); it goes on under the text after "S: "
+    ".ml-view .ml-wire div.line{padding-left:3ch;text-indent:-3ch}"
     # protocol text line by line (theme.text_lines): a line too long for the output
     # goes on indented, never back at the left edge where it reads as a line of its own
     ".ml-view .ml-lines{margin:0;font-family:var(--ml-mono)!important}"
