@@ -355,6 +355,9 @@ def test_class_map_model_and_views(host):
     # narrow output): widths in em, each layout with its own arrow marker
     assert "width:40.000em" in view._repr_html_() and "width:26.429em" in view._repr_html_()
     assert 'url(#ml-arrow-370)' in view._repr_html_() and "min(100%" not in view._repr_html_()
+    # arrowheads of one size: sized by the stroke, the busiest arrow's covered its
+    # lab's circle and the class DNS at the presenter's scale (notebook 06)
+    assert view._repr_html_().count('markerUnits="userSpaceOnUse"') == view._repr_html_().count("<marker ")
     assert len(figure(m).axes[0].patches) >= 4  # three labs, the class DNS, an arrow
 
 

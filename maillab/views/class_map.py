@@ -115,9 +115,12 @@ def svg(m: ClassMap, size: int = 560) -> str:
     arrow = f"ml-arrow-{size}"  # ids per layout: a hidden layout's markers do not draw
     parts = [f'<svg viewBox="0 {top:.0f} {size} {bottom - top:.0f}" xmlns="http://www.w3.org/2000/svg" role="img" '
              f'aria-label="class map of {html.escape(m.zone)}" style="{diagram_style(size)}">',
-             f'<defs><marker id="{arrow}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
-             'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
-             'fill="currentColor"/></marker></defs>']
+             # heads of one size in the picture's units: sized by the stroke (the
+             # default), the busiest arrow's head was 28 units, over its lab's circle
+             # and the class DNS in the presenter's narrowest layout (notebook 06)
+             f'<defs><marker id="{arrow}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="10" '
+             'markerHeight="10" markerUnits="userSpaceOnUse" orient="auto-start-reverse">'
+             '<path d="M0,0 L10,5 L0,10 z" fill="currentColor"/></marker></defs>']
     for d in m.domains:  # spokes: each lab registered with the class DNS
         if d.registered:
             x, y = xy(d.domain)
