@@ -199,6 +199,9 @@ def test_eavesdropper_reads_a_plaintext_login_and_only_record_sizes_of_a_tls_one
     assert not any("bob-pw" in e.text for e in lab.events.events())  # the event stream stays masked
     text = repr(view)
     assert "Eve decodes" in text and "TLS handshake" in text
+    # the decoded secret is protocol text: "'bob-pw'" broke as "'bob-" / "pw'" (notebook 05)
+    assert "Eve decodes: POP3 PASS: password <span class='ml-tok'>&#x27;bob<span class='ml-nb'>-p</span>w&#x27;" \
+        in view._repr_html_()
     # the server saw the client's own address (transparent), and its session is found
     assert plain_pop.server_session(lab) is not None
     lab.policy.plaintext_auth_demo = True

@@ -115,7 +115,9 @@ def capture_html(cap: Capture) -> str:
             cls = "ml-client" if it.direction == "C" else ""
             rows.append(f"<div class='line {cls}'>{it.direction}: {protocol_line(it.text)}</div>")
             if i in secrets:
-                rows.append(f"<div class='line ml-err ml-badge'>&nbsp;&nbsp;⚠ Eve decodes: {html.escape(secrets[i])}</div>")
+                # (protocol_line: "'bob-pw'" broke as "'bob-" / "pw'")
+                rows.append(f"<div class='line ml-err ml-badge'>&nbsp;&nbsp;⚠ Eve decodes: "
+                            f"{protocol_line(secrets[i])}</div>")
     plain = not cap.tls
     kind, glyph = ("err", "○") if plain else ("ok", "●")
     return (f"<div style='flex:1;min-width:min(20em,100%)'>"
