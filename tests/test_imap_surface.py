@@ -205,7 +205,7 @@ def test_mailbox_view_summaries_first_counts_bytes(single_lab):
         try:
             panel = view.widget()
             assert "ml-picker" in panel.children[0]._dom_classes
-            assert ".ml-picker,.ml-picker select{font-size:22.4px" in panel.children[2].value
+            assert ".ml-picker,.ml-picker select{font-size:min(22.4px,3.2vw)" in panel.children[2].value
         finally:
             settings.set_scale(1.0)
         assert view.imap_total == before + step.total

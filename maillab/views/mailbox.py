@@ -144,9 +144,14 @@ class MailboxView:
     def _panel_html(self) -> str:
         # The list box and the button are ipywidgets, outside any .ml-view: at the
         # presenter's scale they stayed at 13 px under 22 px tables (notebook 03).
-        # They take the view's text size from this rule (the kernel's one scale).
+        # They take the view's text size from this rule (the kernel's one scale), at
+        # most 3.2% of the window: a list box cannot wrap its lines, and at 22 px in
+        # 800 px at 150% zoom it scrolled sideways (3.2vw there is 17 px). At scale 1
+        # JupyterLab's own size stays.
+        if settings.scale <= 1:
+            return page(self._html_tables(), kind="mailbox")
         px = BASE_PX * settings.scale
-        return (f"<style>.ml-picker,.ml-picker select{{font-size:{px:g}px!important;"
+        return (f"<style>.ml-picker,.ml-picker select{{font-size:min({px:g}px,3.2vw)!important;"
                 f"line-height:1.35!important}}</style>" + page(self._html_tables(), kind="mailbox"))
 
     def close(self) -> None:
