@@ -767,6 +767,43 @@ def test_wire_lines_of_their_own_hang_their_rest(page: Any) -> None:
     assert got[1] >= 8, f"the line's rest goes on at its left edge: {got}"
 
 
+def test_a_sent_message_id_breaks_at_its_dots_only(page: Any) -> None:
+    """What %%mail says it sent: at the presenter's scale at 150% zoom (a 382 px
+    output) the Message-ID broke as "<...@alpha.tes" / "t>". No line of the heading
+    ends inside a name's letters (a run of digits longer than the line breaks where it
+    must). A static page."""
+    from maillab.clients.smtp import SendResult
+    from maillab.views.theme import settings
+
+    result = SendResult("<179662505965.27701.10356146715698316464@alpha.test>", "alice@alpha.test",
+                        ["carol@beta.test"], "127.0.0.1", 2587, "submission: STARTTLS, AUTH as alice@alpha.test")
+    old = settings.scale
+    settings.set_scale(1.6)
+    try:
+        view = result._repr_html_()
+    finally:
+        settings.set_scale(old)
+    tab = page.context.new_page()
+    try:
+        tab.set_content(f"<style>{_LAB_FONTS}</style><div style='width:382px'>{view}</div>")
+        ends = tab.evaluate("""() => { const el = document.querySelector('.ml-badge');
+          const nodes = []; const w = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+          while (w.nextNode()) nodes.push(w.currentNode);
+          const out = []; let last = null, prev = '';
+          for (const n of nodes) for (let i = 0; i < n.data.length; i++) {
+            const r = document.createRange(); r.setStart(n, i); r.setEnd(n, i + 1);
+            const rect = r.getClientRects()[0]; if (!rect) continue;
+            const top = Math.round(rect.top);
+            if (last !== null && top > last + 2) out.push(prev);
+            last = top; prev = n.data[i]; }
+          return out; }""")
+    finally:
+        tab.close()
+    assert ends, "the heading did not wrap"
+    # (a run of digits wider than the line breaks where it must)
+    assert not any(c.isalpha() for c in ends), f"a line of the heading ends inside a word: {ends}"
+
+
 def test_commands_in_check_hints_are_code(page: Any) -> None:
     """A %mail check hint's commands (`FETCH 1:* (ENVELOPE)`, marked with backticks in
     the hint) read in the code font, escaped; the rest of the hint in the text font. A

@@ -262,11 +262,15 @@ class SendResult:
         return self.summary() + (f"\n\n{t}" if t else "")
 
     def _repr_html_(self) -> str:
-        from ..views.theme import badge, page
+        from ..views.theme import GLYPHS, badge, page, words
         from ..views.transcript import render_body
 
         lines = self.summary().split("\n")
-        head = [f"<div>{badge('ok' if self.ok else 'err', lines[0])}</div>"]
+        # wrapping at spaces, each Message-ID and address whole on a line, broken at
+        # its dots only where longer than the line (theme.words): the presenter's
+        # scale broke "<...@alpha.test>" as "alpha.tes" / "t>"
+        kind = "ok" if self.ok else "err"
+        head = [f"<div><span class='ml-badge ml-{kind}'>{GLYPHS[kind]}\u00a0{words(lines[0])}</span></div>"]
         head += [f"<div>{badge('err', line)}</div>" for line in lines[1:]]
         events = self.events.events(session=self.session) if self.events is not None and self.session else []
         if not events:
