@@ -173,7 +173,7 @@ _MEASURE = r"""() => {
       for (let w, words = /\S+/g; (w = words.exec(n.data));) {
         // a protocol token's text may be split in nodes (theme.protocol_line holds its
         // hyphens to the next letter): measured as the whole token
-        const tok = parent.closest('.ml-tok');
+        const tok = parent.closest('.ml-tok, .ml-long');
         if (tok) range.selectNodeContents(tok);
         const whole = tok ? [...range.getClientRects()].filter(r => r.width > 0)
                           : rectsOf(n, w.index, w.index + w[0].length);

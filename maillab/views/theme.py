@@ -330,7 +330,7 @@ def protocol_line(text: str, *, mark_long: bool = True) -> str:
         if not piece or piece[0] in " \t" or len(piece) <= LONG_TOKEN and not _BREAKS_INSIDE.search(piece):
             out.append(html.escape(piece))
         elif len(piece) > LONG_TOKEN and mark_long and "@" not in piece:
-            out.append(f"<span class='ml-long'>{html.escape(piece)}</span>")
+            out.append(f"<span class='ml-long'>{_held(piece)}</span>")  # ("utf-" / "8''...")
         elif len(piece) > LONG_TOKEN:  # a long address or Message-ID breaks at its dots
             out.append(f"<span class='ml-tok'>{breakable(piece)}</span>")
         else:
