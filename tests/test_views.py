@@ -421,3 +421,19 @@ def test_mime_tree_labels_wrap_at_spaces_only():
     page = MimeTree(from_message(data))._repr_html_()
     assert "<span class='ml-nb'>-1</span>" in page
     assert "<span class='ml-nb'>/j</span>" in page  # image/jpeg
+
+
+def test_status_note_shows_a_joins_records_one_a_line(single_lab) -> None:
+    """%mail join's note lists the DNS records the class registered; run together in one
+    bold paragraph they read as one record ("…IN MX 10 mail.x. mail.x. 60 IN A…")."""
+    from maillab.views.status import StatusTable
+
+    note = ("joined class.test as alice.class.test: mail host mail.alice.class.test\n"
+            "registered in the class DNS 127.0.0.1:5053:\n"
+            "  alice.class.test. 60 IN MX 10 mail.alice.class.test.\n"
+            "  mail.alice.class.test. 60 IN A 127.0.61.1\n"
+            "your user: alice@alice.class.test  password x")
+    shown = StatusTable(single_lab.status(), note=note)._repr_html_()
+    assert ("<div class='ml-lines'><div>alice.class.test. 60 IN MX 10 mail.alice.class.test.</div>"
+            "<div>mail.alice.class.test. 60 IN A 127.0.61.1</div></div>") in shown
+    assert "<div><b>your user: alice@alice.class.test  password x</b></div>" in shown

@@ -112,7 +112,7 @@ class StatusTable:
                                  classes=dict.fromkeys(titles, "nw")))
         foot = []
         if self.note:
-            foot.append(f"<b>{html.escape(self.note)}</b>")
+            foot.append(_note_html(self.note))
         if self.ca_path:
             foot.append(f"CA certificate: <code>{html.escape(self.ca_path)}</code>")
         if self.directory:
@@ -165,3 +165,23 @@ class StartSummary:
         return page(f"<div>{badge('ok', head)}</div><div class='mono'>{html.escape(ports)}</div>"
                     "<div class='ml-note'><code>%mail status</code>: every host and port, with TLS modes"
                     " and sessions</div>", kind="start")
+
+
+def _note_html(note: str) -> str:
+    """The note line by line: its indented lines (the DNS records a join registered) as
+    protocol text, one record a line (run together in one bold paragraph, "…60 IN MX 10
+    mail.alice.class.test. mail.alice.class.test. 60 IN A…" read as one record)."""
+    from .theme import text_lines
+
+    parts: list[str] = []
+    records: list[str] = []
+    for line in [*note.splitlines(), ""]:
+        if line.startswith("  "):
+            records.append(line.strip())
+            continue
+        if records:
+            parts.append(text_lines("\n".join(records)))
+            records.clear()
+        if line:
+            parts.append(f"<div><b>{html.escape(line)}</b></div>")
+    return "".join(parts)
